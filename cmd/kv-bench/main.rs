@@ -1,0 +1,30 @@
+//! kv-bench: load a Flotilla cluster and report throughput, latency and fsyncs per write
+//! (see `kv-bench --help`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use client::bench::{run, BenchArgs};
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    match rt.block_on(run(&args)) {
+        Ok(report) if args.json => {
+            println!("{}", serde_json::to_string(&report).expect("reports serialize"));
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kv-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! kv-server: a Flotilla store. Without `--pd` it also runs an embedded PD, so that one
+//! command with no flags gives a working single node.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use server::{Config, Node};
+use util::{config::Validate, shutdown::Shutdown};
+
+/// Flags override the config file.
+#[derive(Parser)]
+#[command(name = "kv-server", version, about = "A Flotilla storage node")]
+struct Args {
+    /// TOML config file (see etc/kv-server.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC address for clients and other stores.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Address announced to PD and other stores, if not --addr.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// Status HTTP address (/metrics, /status).
+    #[arg(long)]
+    status_addr: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// PD addresses, comma-separated; none starts an embedded PD.
+    #[arg(long)]
+    pd: Option<String>,
+}
+
+fn config(args: &Args) -> util::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => util::config::load(path)?,
+        None => Config::default(),
+    };
+    let s = &mut cfg.server;
+    if let Some(v) = &args.addr {
+        s.addr = v.clone();
+    }
+    if let Some(v) = &args.advertise_addr {
+        s.advertise_addr = v.clone();
+    }
+    if let Some(v) = &args.status_addr {
+        s.status_addr = v.clone();
+    }
+    if let Some(v) = &args.data_dir {
+        s.data_dir = v.clone();
+    }
+    if let Some(v) = &args.pd {
+        s.pd_endpoints = v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logger = util::logger::new(cfg.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kv-server")
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    rt.block_on(async {
+        let node = match Node::start(cfg, logger.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                slog::error!(logger, "cannot start"; "err" => %e);
+                eprintln!("kv-server: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let shutdown = Shutdown::default();
+        shutdown.trigger_on_signals();
+        shutdown.wait().await;
+        node.stop().await;
+        ExitCode::SUCCESS
+    })
+}

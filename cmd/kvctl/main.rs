@@ -1,0 +1,35 @@
+//! kvctl: the Flotilla command-line client (see `kvctl --help`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use client::{
+    cli::{endpoints, run, shell, Cli, Command},
+    Client,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    let code = rt.block_on(async {
+        let client = match Client::connect(&endpoints(&cli.pd), cli.timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        let res = match &cli.command {
+            Command::Shell => shell(&client, cli.output).await,
+            cmd => run(cmd, cli.output, &client, &mut std::io::stdout(), &mut std::io::stderr()).await,
+        };
+        res.unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            2
+        })
+    });
+    ExitCode::from(code as u8)
+}

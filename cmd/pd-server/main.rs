@@ -1,0 +1,114 @@
+//! pd-server: the Flotilla placement driver.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use pd::{FileConfig, PdServer};
+use util::{config::Validate, shutdown::Shutdown};
+
+/// Flags override the config file.
+#[derive(Parser)]
+#[command(name = "pd-server", version, about = "The Flotilla placement driver")]
+struct Args {
+    /// TOML config file (see etc/pd-server.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC address.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Address announced to clients, if not --addr.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Voters per region.
+    #[arg(long)]
+    max_replicas: Option<usize>,
+    /// How long a store may be silent before its replicas are replaced (e.g. 30s).
+    #[arg(long, value_parser = util::config::parse_duration)]
+    max_store_down_time: Option<Duration>,
+    /// Status HTTP address (/metrics, /status).
+    #[arg(long)]
+    status_addr: Option<String>,
+}
+
+fn config(args: &Args) -> util::Result<FileConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => util::config::load(path)?,
+        None => FileConfig::default(),
+    };
+    let pd = &mut cfg.pd;
+    if let Some(v) = &args.addr {
+        pd.addr = v.clone();
+    }
+    if let Some(v) = &args.advertise_addr {
+        pd.advertise_addr = v.clone();
+    }
+    if let Some(v) = &args.data_dir {
+        pd.data_dir = v.clone();
+    }
+    if let Some(v) = args.max_replicas {
+        pd.max_replicas = v;
+    }
+    if let Some(v) = args.max_store_down_time {
+        pd.max_store_down_time = v;
+    }
+    if let Some(v) = &args.status_addr {
+        cfg.status_addr = v.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pd-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logger = util::logger::new(cfg.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime");
+    rt.block_on(async {
+        let server = match PdServer::start(cfg.pd.clone(), logger.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pd-server: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let shutdown = Shutdown::default();
+        shutdown.trigger_on_signals();
+        if !cfg.status_addr.is_empty() {
+            let core = server.core();
+            let status: util::status::StatusFn = Arc::new(move || {
+                serde_json::json!({
+                    "cluster_id": core.cluster_id(),
+                    "bootstrapped": core.is_bootstrapped(),
+                    "stores": core.stores(true).len(),
+                })
+            });
+            let addr = match cfg.status_addr.parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("pd-server: status-addr: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = util::status::serve(addr, status, shutdown.clone()).await {
+                eprintln!("pd-server: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        shutdown.wait().await;
+        server.shutdown();
+        ExitCode::SUCCESS
+    })
+}

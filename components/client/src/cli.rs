@@ -1,0 +1,404 @@
+//! `kvctl`: one-shot data and admin commands, and an interactive shell with history.
+//!
+//! Exit codes: 0 success; 1 "not found" (`get` of a missing key) or a failed
+//! compare-and-swap; 2 any error (printed on stderr).
+
+use std::{io::Write, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use proto::metapb;
+use serde_json::json;
+
+use crate::{Client, Error, Result};
+
+/// kvctl: the Flotilla command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "kvctl", version, about = "Read, write and administer a Flotilla cluster")]
+pub struct Cli {
+    /// PD addresses, comma-separated.
+    #[arg(long, global = true, default_value = "127.0.0.1:2379", env = "FLOTILLA_PD")]
+    pub pd: String,
+    /// Output format of commands that print data.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// How long a command may retry before it gives up.
+    #[arg(long, global = true, default_value = "20s", value_parser = humantime_duration)]
+    pub timeout: Duration,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn humantime_duration(s: &str) -> std::result::Result<Duration, String> {
+    util::config::parse_duration(s)
+}
+
+/// How to print results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Plain text: values alone, tables with tab-separated columns.
+    Text,
+    /// JSON documents.
+    Json,
+}
+
+/// A kvctl command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set KEY to VALUE; prints OK.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print the value of KEY; exit 1 with "not found" on stderr if it does not exist.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Remove KEY; prints OK.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Print pairs in [START, END) as KEY<TAB>VALUE lines, in key order.
+    Scan {
+        /// First key (default: the start of the key space).
+        start: Option<String>,
+        /// End key, exclusive (default: the end of the key space).
+        end: Option<String>,
+        /// Most pairs to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Set KEY to NEW if it holds EXPECTED; with --absent, if it does not exist
+    /// (then give only KEY NEW). Prints OK or FAILED and the previous value.
+    Cas {
+        /// The key must not exist (instead of holding EXPECTED).
+        #[arg(long)]
+        absent: bool,
+        /// KEY EXPECTED NEW, or KEY NEW with --absent.
+        #[arg(required = true, num_args = 2..=3)]
+        args: Vec<String>,
+    },
+    /// Regions.
+    Region {
+        /// What to do with regions.
+        #[command(subcommand)]
+        command: RegionCommand,
+    },
+    /// Stores.
+    Store {
+        /// What to do with stores.
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// What PD is doing.
+    Operator {
+        /// What to do with operators.
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// An interactive shell (with history) that takes these commands.
+    Shell,
+}
+
+/// Region commands.
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// Every region: id, range, epoch, leader store, peers with roles.
+    List,
+    /// One region, by id or by a key it holds.
+    Show {
+        /// The region id.
+        id: Option<u64>,
+        /// A key the region holds.
+        #[arg(long, conflicts_with = "id")]
+        key: Option<String>,
+    },
+}
+
+/// Store commands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Every store: id, address, state, region and leader counts, last heartbeat.
+    List,
+    /// One store.
+    Show {
+        /// The store id.
+        id: u64,
+    },
+}
+
+/// Operator commands.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Operators in progress.
+    List,
+}
+
+/// Parses the PD flag into endpoints.
+pub fn endpoints(pd: &str) -> Vec<String> {
+    pd.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn show_key(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
+}
+
+fn role(r: metapb::PeerRole) -> &'static str {
+    match r {
+        metapb::PeerRole::Voter => "voter",
+        metapb::PeerRole::Learner => "learner",
+        metapb::PeerRole::IncomingVoter => "incoming-voter",
+        metapb::PeerRole::DemotingVoter => "demoting-voter",
+    }
+}
+
+fn region_json(route: &pd_client::RegionRoute) -> serde_json::Value {
+    let r = &route.region;
+    json!({
+        "id": r.get_id(),
+        "start_key": show_key(r.get_start_key()),
+        "end_key": show_key(r.get_end_key()),
+        "epoch": {"conf_ver": r.get_region_epoch().get_conf_ver(), "version": r.get_region_epoch().get_version()},
+        "leader_store": route.leader.as_ref().map(|l| l.get_store_id()),
+        "peers": r.get_peers().iter().map(|p| json!({
+            "id": p.get_id(), "store_id": p.get_store_id(), "role": role(p.get_role()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn region_line(route: &pd_client::RegionRoute) -> String {
+    let r = &route.region;
+    let peers: Vec<String> = r
+        .get_peers()
+        .iter()
+        .map(|p| format!("{}@{}:{}", p.get_id(), p.get_store_id(), role(p.get_role())))
+        .collect();
+    format!(
+        "{}\t{:?}\t{:?}\t{}/{}\t{}\t{}",
+        r.get_id(),
+        show_key(r.get_start_key()),
+        show_key(r.get_end_key()),
+        r.get_region_epoch().get_conf_ver(),
+        r.get_region_epoch().get_version(),
+        route.leader.as_ref().map_or("-".to_string(), |l| l.get_store_id().to_string()),
+        peers.join(",")
+    )
+}
+
+fn store_state(s: &metapb::Store) -> &'static str {
+    match s.get_state() {
+        metapb::StoreState::Up => "up",
+        metapb::StoreState::Offline => "offline",
+        metapb::StoreState::Tombstone => "tombstone",
+    }
+}
+
+/// Runs one command; returns the exit code. Output goes to `out`, diagnostics to `err`.
+pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
+    let json = output == Output::Json;
+    let w = |out: &mut dyn Write, s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    match cmd {
+        Command::Put { key, value } => {
+            client.put(key.as_bytes(), value.as_bytes()).await?;
+            w(out, if json { json!({"ok": true}).to_string() } else { "OK".into() });
+        }
+        Command::Get { key } => match client.get(key.as_bytes()).await? {
+            Some(v) if json => w(out, json!({"key": key, "value": show_key(&v)}).to_string()),
+            Some(v) => {
+                let _ = out.write_all(&v);
+                let _ = out.write_all(b"\n");
+            }
+            None => {
+                if json {
+                    w(out, json!({"key": key, "value": null}).to_string());
+                }
+                let _ = writeln!(err, "not found");
+                return Ok(1);
+            }
+        },
+        Command::Delete { key } => {
+            client.delete(key.as_bytes()).await?;
+            w(out, if json { json!({"ok": true}).to_string() } else { "OK".into() });
+        }
+        Command::Scan { start, end, limit } => {
+            let start = start.as_deref().unwrap_or("").as_bytes();
+            let end = end.as_deref().unwrap_or("").as_bytes();
+            let pairs = client.scan(start, end, *limit).await?;
+            if json {
+                let v: Vec<_> = pairs
+                    .iter()
+                    .map(|(k, v)| json!({"key": show_key(k), "value": show_key(v)}))
+                    .collect();
+                w(out, serde_json::Value::Array(v).to_string());
+            } else {
+                for (k, v) in pairs {
+                    let _ = out.write_all(&k);
+                    let _ = out.write_all(b"\t");
+                    let _ = out.write_all(&v);
+                    let _ = out.write_all(b"\n");
+                }
+            }
+        }
+        Command::Cas { absent, args } => {
+            let (key, expected, new) = match (absent, args.as_slice()) {
+                (true, [k, n]) => (k, None, n),
+                (false, [k, e, n]) => (k, Some(e.as_bytes()), n),
+                (true, _) => return Err(Error::InvalidArgument("with --absent give KEY NEW".into())),
+                (false, _) => return Err(Error::InvalidArgument("give KEY EXPECTED NEW (or --absent KEY NEW)".into())),
+            };
+            let res = client.compare_and_swap(key.as_bytes(), expected, new.as_bytes()).await?;
+            let prev = res.previous.as_deref().map(show_key);
+            if json {
+                w(out, json!({"succeed": res.succeed, "previous": prev}).to_string());
+            } else {
+                w(out, if res.succeed { "OK".into() } else { format!("FAILED\tprevious={}", prev.unwrap_or_else(|| "<none>".into())) });
+            }
+            if !res.succeed {
+                return Ok(1);
+            }
+        }
+        Command::Region { command } => match command {
+            RegionCommand::List => {
+                let regions = client.regions().await?;
+                if json {
+                    w(out, serde_json::Value::Array(regions.iter().map(region_json).collect()).to_string());
+                } else {
+                    w(out, "ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)".into());
+                    for r in &regions {
+                        w(out, region_line(r));
+                    }
+                }
+            }
+            RegionCommand::Show { id, key } => {
+                let route = match (id, key) {
+                    (Some(id), _) => client.pd().get_region_by_id(*id).await?,
+                    (None, Some(k)) => client.pd().get_region(k.as_bytes()).await?,
+                    (None, None) => return Err(Error::InvalidArgument("give a region id or --key KEY".into())),
+                };
+                if route.region.get_id() == 0 {
+                    let _ = writeln!(err, "region not found");
+                    return Ok(1);
+                }
+                w(out, if json { region_json(&route).to_string() } else { region_line(&route) });
+            }
+        },
+        Command::Store { command } => {
+            let stores = client.stores().await?;
+            let wanted: Vec<_> = match command {
+                StoreCommand::List => stores.iter().collect(),
+                StoreCommand::Show { id } => {
+                    let s: Vec<_> = stores.iter().filter(|(s, _)| s.get_id() == *id).collect();
+                    if s.is_empty() {
+                        return Err(Error::InvalidArgument(format!("store {id} does not exist")));
+                    }
+                    s
+                }
+            };
+            if json {
+                let v: Vec<_> = wanted
+                    .iter()
+                    .map(|(s, st)| json!({
+                        "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
+                        "region_count": st.region_count, "leader_count": st.leader_count,
+                        "last_heartbeat_unix_nanos": s.last_heartbeat,
+                    }))
+                    .collect();
+                w(out, serde_json::Value::Array(v).to_string());
+            } else {
+                w(out, "ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT".into());
+                for (s, st) in wanted {
+                    let ago = heartbeat_age(s.last_heartbeat);
+                    w(out, format!("{}\t{}\t{}\t{}\t{}\t{}", s.get_id(), s.get_address(), store_state(s), st.region_count, st.leader_count, ago));
+                }
+            }
+        }
+        Command::Operator { command: OperatorCommand::List } => {
+            let ops = client.pd().get_operators().await?;
+            if json {
+                let v: Vec<_> = ops
+                    .iter()
+                    .map(|o| json!({"region_id": o.region_id, "kind": o.get_kind(), "step": o.get_step(), "age_ms": o.age_ms}))
+                    .collect();
+                w(out, serde_json::Value::Array(v).to_string());
+            } else {
+                w(out, "REGION\tKIND\tSTEP\tAGE".into());
+                for o in ops {
+                    w(out, format!("{}\t{}\t{}\t{:.1}s", o.region_id, o.get_kind(), o.get_step(), o.age_ms as f64 / 1000.0));
+                }
+            }
+        }
+        Command::Shell => return Err(Error::InvalidArgument("the shell cannot start a shell".into())),
+    }
+    Ok(0)
+}
+
+fn heartbeat_age(unix_nanos: i64) -> String {
+    if unix_nanos == 0 {
+        return "never".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    format!("{:.1}s ago", (now - unix_nanos).max(0) as f64 / 1e9)
+}
+
+/// A line typed into the shell.
+#[derive(Debug, Parser)]
+#[command(name = "", no_binary_name = true, disable_version_flag = true)]
+struct ShellLine {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Runs the interactive shell until `exit`, `quit` or end of input.
+pub async fn shell(client: &Client, output: Output) -> Result<i32> {
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|e| Error::InvalidArgument(format!("cannot start the shell: {e}")))?;
+    let history = std::env::var_os("HOME")
+        .map(|h| std::path::PathBuf::from(h).join(".kvctl_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    loop {
+        let line = match editor.readline("kvctl> ") {
+            Ok(l) => l,
+            Err(_) => break,
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        if line == "exit" || line == "quit" {
+            break;
+        }
+        let Some(words) = shlex::split(line) else {
+            eprintln!("unbalanced quotes");
+            continue;
+        };
+        match ShellLine::try_parse_from(words) {
+            Ok(ShellLine { command: Command::Shell }) => eprintln!("already in the shell"),
+            Ok(parsed) => {
+                let mut stdout = std::io::stdout();
+                let mut stderr = std::io::stderr();
+                if let Err(e) = run(&parsed.command, output, client, &mut stdout, &mut stderr).await {
+                    eprintln!("error: {e}");
+                }
+            }
+            Err(e) => {
+                let _ = e.print();
+            }
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(0)
+}

@@ -1,0 +1,430 @@
+//! The Rust client of Flotilla: caches regions from PD, sends each request to the leader
+//! of the region that holds its keys, and on a region error updates the cache and retries
+//! with backoff inside a deadline. Scans and range deletes walk regions in key order;
+//! batches are split by region.
+//!
+//! Also `kvctl`'s commands ([`cli`]). Must not depend on the store or PD server crates:
+//! it speaks only the wire protocol.
+
+pub mod bench;
+pub mod cli;
+mod region_cache;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use grpcio::{ChannelBuilder, Environment};
+use parking_lot::Mutex;
+use pd_client::{PdClient, RegionRoute};
+use proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb_grpc::TikvClient};
+use region_cache::RegionCache;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PD could not be reached or refused.
+    #[error(transparent)]
+    Pd(#[from] pd_client::Error),
+    /// The store rejected the request (not a routing problem: retrying will not help).
+    #[error("store error: {0}")]
+    Store(String),
+    /// The request kept failing until the deadline.
+    #[error("gave up after {elapsed:?}: {last}")]
+    Timeout {
+        /// How long it tried.
+        elapsed: Duration,
+        /// The last failure.
+        last: String,
+    },
+    /// An argument makes no sense.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A key-value pair.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// What a compare-and-swap found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// Whether the new value was written.
+    pub succeed: bool,
+    /// The value before (`None`: the key did not exist).
+    pub previous: Option<Vec<u8>>,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+}
+
+/// A connection to a Flotilla cluster.
+pub struct Client {
+    pd: Arc<PdClient>,
+    env: Arc<Environment>,
+    cache: Mutex<RegionCache>,
+    stores: Mutex<HashMap<u64, TikvClient>>,
+    timeout: Duration,
+}
+
+fn context(route: &RegionRoute, leader: &metapb::Peer) -> kvrpcpb::Context {
+    let mut c = kvrpcpb::Context::default();
+    c.region_id = route.region.get_id();
+    c.set_region_epoch(route.region.get_region_epoch().clone());
+    c.set_peer(leader.clone());
+    c
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key must not be empty".into()));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects through PD; every operation retries for up to `timeout`.
+    pub async fn connect(pd_endpoints: &[String], timeout: Duration) -> Result<Client> {
+        let logger = util::logger::discard();
+        let pd = PdClient::connect(pd_endpoints, timeout, logger).await?;
+        Ok(Client {
+            pd,
+            env: Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("client").build()),
+            cache: Mutex::default(),
+            stores: Mutex::default(),
+            timeout,
+        })
+    }
+
+    /// The PD client, for admin look-ups.
+    pub fn pd(&self) -> &PdClient {
+        &self.pd
+    }
+
+    async fn locate(&self, key: &[u8]) -> Result<RegionRoute> {
+        if let Some(r) = self.cache.lock().get(key).filter(|r| r.leader.is_some()) {
+            return Ok(r);
+        }
+        let route = self.pd.get_region(key).await?;
+        self.cache.lock().insert(route.clone());
+        Ok(route)
+    }
+
+    async fn store(&self, store_id: u64) -> Result<TikvClient> {
+        if let Some(c) = self.stores.lock().get(&store_id) {
+            return Ok(c.clone());
+        }
+        let (store, _) = self.pd.get_store(store_id).await?;
+        let ch = ChannelBuilder::new(self.env.clone())
+            .max_receive_message_len(64 << 20)
+            .max_send_message_len(64 << 20)
+            .connect(store.get_address());
+        let client = TikvClient::new(ch);
+        self.stores.lock().insert(store_id, client.clone());
+        Ok(client)
+    }
+
+    /// Learns from a region error; says why the request will be retried.
+    fn on_region_error(&self, route: &RegionRoute, leader: &metapb::Peer, e: &errorpb::Error) -> String {
+        let mut cache = self.cache.lock();
+        let id = route.region.get_id();
+        if e.has_not_leader() && e.get_not_leader().get_leader().get_id() != 0 {
+            cache.set_leader(id, e.get_not_leader().get_leader().clone());
+        } else if e.has_epoch_not_match() && !e.get_epoch_not_match().get_current_regions().is_empty() {
+            cache.invalidate(id);
+            for r in e.get_epoch_not_match().get_current_regions() {
+                // The store that answered holds these regions; its peer is the best guess
+                // for their leader.
+                let leader = r.get_peers().iter().find(|p| p.get_store_id() == leader.get_store_id()).cloned();
+                cache.insert(RegionRoute {
+                    region: r.clone(),
+                    leader,
+                });
+            }
+        } else {
+            cache.invalidate(id);
+        }
+        e.get_message().to_string()
+    }
+
+    /// Runs `call` against the leader of the region holding `key`, retrying on routing
+    /// failures until the deadline. Returns the result and the route that served it.
+    async fn on_region<T, F, Fut>(&self, key: &[u8], call: F) -> Result<(T, RegionRoute)>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        Fut: Future<Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let attempt = self.attempt(key, &call).await;
+            match attempt {
+                Ok((Attempt::Done(t), route)) => return Ok((t, route)),
+                Ok((Attempt::Retry(last), _)) => {
+                    if started.elapsed() + backoff > self.timeout {
+                        return Err(Error::Timeout {
+                            elapsed: started.elapsed(),
+                            last,
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, key: &[u8], call: &F) -> Result<(Attempt<T>, RegionRoute)>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        Fut: Future<Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>>,
+    {
+        let route = match self.locate(key).await {
+            Ok(r) => r,
+            Err(Error::Pd(e)) => return Ok((Attempt::Retry(e.to_string()), RegionRoute::default())),
+            Err(e) => return Err(e),
+        };
+        let leader = route.leader.clone().expect("located routes have a leader");
+        let client = match self.store(leader.get_store_id()).await {
+            Ok(c) => c,
+            Err(e) => return Ok((Attempt::Retry(e.to_string()), route)),
+        };
+        match call(client, context(&route, &leader), route.clone()).await {
+            Ok((Some(re), _, _)) => {
+                let why = self.on_region_error(&route, &leader, &re);
+                Ok((Attempt::Retry(why), route))
+            }
+            Ok((None, err, _)) if !err.is_empty() => Err(Error::Store(err)),
+            Ok((None, _, t)) => Ok((Attempt::Done(t), route)),
+            Err(e) => {
+                self.cache.lock().invalidate(route.region.get_id());
+                self.stores.lock().remove(&leader.get_store_id());
+                Ok((Attempt::Retry(format!("store {}: {e}", leader.get_store_id())), route))
+            }
+        }
+    }
+
+    /// The value of `key`, or `None`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        let (v, _) = self
+            .on_region(key, |c, ctx, _| {
+                let mut req = kvrpcpb::RawGetRequest::default();
+                req.set_context(ctx);
+                req.set_key(key.to_vec());
+                async move {
+                    let mut resp = c.raw_get_async(&req)?.await?;
+                    let v = (!resp.not_found).then(|| resp.take_value());
+                    Ok((resp.region_error.take(), resp.take_error(), v))
+                }
+            })
+            .await?;
+        Ok(v)
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.batch_put(&[(key.to_vec(), value.to_vec())]).await
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &[u8]) -> Result<()> {
+        self.batch_delete(&[key.to_vec()]).await
+    }
+
+    /// Groups keys by the region that holds them (in key order).
+    async fn group<T: Clone>(&self, items: &[T], key_of: impl Fn(&T) -> &[u8]) -> Result<Vec<Vec<T>>> {
+        let mut groups: BTreeMap<Vec<u8>, Vec<T>> = BTreeMap::new();
+        for item in items {
+            let key = key_of(item);
+            check_key(key)?;
+            let route = self.locate(key).await?;
+            groups
+                .entry(keys::data_key(route.region.get_start_key()))
+                .or_default()
+                .push(item.clone());
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Sets every pair (atomically within each region).
+    pub async fn batch_put(&self, pairs: &[KvPair]) -> Result<()> {
+        for group in self.group(pairs, |p| &p.0).await? {
+            self.on_region(&group[0].0, |c, ctx, _| {
+                let mut req = kvrpcpb::RawBatchPutRequest::default();
+                req.set_context(ctx);
+                for (k, v) in &group {
+                    let mut p = kvrpcpb::KvPair::default();
+                    p.set_key(k.clone());
+                    p.set_value(v.clone());
+                    req.mut_pairs().push(p);
+                }
+                async move {
+                    let mut resp = c.raw_batch_put_async(&req)?.await?;
+                    Ok((resp.region_error.take(), resp.take_error(), ()))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The pairs of the keys that exist.
+    pub async fn batch_get(&self, keys_: &[Vec<u8>]) -> Result<Vec<KvPair>> {
+        let mut out = vec![];
+        for group in self.group(keys_, |k| k).await? {
+            let (pairs, _) = self
+                .on_region(&group[0], |c, ctx, _| {
+                    let mut req = kvrpcpb::RawBatchGetRequest::default();
+                    req.set_context(ctx);
+                    req.set_keys(group.clone().into());
+                    async move {
+                        let mut resp = c.raw_batch_get_async(&req)?.await?;
+                        let pairs: Vec<KvPair> = resp
+                            .take_pairs()
+                            .into_iter()
+                            .map(|mut p| (p.take_key(), p.take_value()))
+                            .collect();
+                        Ok((resp.region_error.take(), String::new(), pairs))
+                    }
+                })
+                .await?;
+            out.extend(pairs);
+        }
+        Ok(out)
+    }
+
+    /// Removes every key (atomically within each region).
+    pub async fn batch_delete(&self, keys_: &[Vec<u8>]) -> Result<()> {
+        for group in self.group(keys_, |k| k).await? {
+            self.on_region(&group[0], |c, ctx, _| {
+                let mut req = kvrpcpb::RawBatchDeleteRequest::default();
+                req.set_context(ctx);
+                req.set_keys(group.clone().into());
+                async move {
+                    let mut resp = c.raw_batch_delete_async(&req)?.await?;
+                    Ok((resp.region_error.take(), resp.take_error(), ()))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if it does not exist).
+    pub async fn compare_and_swap(&self, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Result<CasOutcome> {
+        check_key(key)?;
+        let (out, _) = self
+            .on_region(key, |c, ctx, _| {
+                let mut req = kvrpcpb::RawCASRequest::default();
+                req.set_context(ctx);
+                req.set_key(key.to_vec());
+                req.set_value(new.to_vec());
+                match expected {
+                    Some(v) => req.set_previous_value(v.to_vec()),
+                    None => req.previous_not_exist = true,
+                }
+                async move {
+                    let mut resp = c.raw_compare_and_swap_async(&req)?.await?;
+                    let out = CasOutcome {
+                        succeed: resp.succeed,
+                        previous: (!resp.previous_not_exist).then(|| resp.take_previous_value()),
+                    };
+                    Ok((resp.region_error.take(), resp.take_error(), out))
+                }
+            })
+            .await?;
+        Ok(out)
+    }
+
+    /// Pairs in `[start, end)` (an empty end: to the end of the key space) in key order,
+    /// at most `limit`, across as many regions as it takes.
+    pub async fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
+        let mut out = vec![];
+        let mut cur = start.to_vec();
+        while out.len() < limit {
+            let left = limit - out.len();
+            let (pairs, route) = self
+                .on_region(&cur, |c, ctx, _| {
+                    let mut req = kvrpcpb::RawScanRequest::default();
+                    req.set_context(ctx);
+                    req.set_start_key(cur.clone());
+                    req.set_end_key(end.to_vec());
+                    req.limit = left.min(u32::MAX as usize) as u32;
+                    async move {
+                        let mut resp = c.raw_scan_async(&req)?.await?;
+                        let pairs: Vec<KvPair> = resp
+                            .take_kvs()
+                            .into_iter()
+                            .map(|mut p| (p.take_key(), p.take_value()))
+                            .collect();
+                        Ok((resp.region_error.take(), String::new(), pairs))
+                    }
+                })
+                .await?;
+            out.extend(pairs);
+            let region_end = route.region.get_end_key();
+            if region_end.is_empty() || (!end.is_empty() && region_end >= end) {
+                break;
+            }
+            cur = region_end.to_vec();
+        }
+        Ok(out)
+    }
+
+    /// Removes every key in `[start, end)` (an empty end: to the end of the key space).
+    pub async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        if !end.is_empty() && start >= end {
+            return Err(Error::InvalidArgument(format!("start {start:?} must be before end {end:?}")));
+        }
+        let mut cur = start.to_vec();
+        loop {
+            let (_, route) = self
+                .on_region(&cur, |c, ctx, route| {
+                    let region_end = route.region.get_end_key().to_vec();
+                    let stop = if region_end.is_empty() || (!end.is_empty() && end < region_end.as_slice()) {
+                        end.to_vec()
+                    } else {
+                        region_end
+                    };
+                    let mut req = kvrpcpb::RawDeleteRangeRequest::default();
+                    req.set_context(ctx);
+                    req.set_start_key(cur.clone());
+                    req.set_end_key(stop);
+                    async move {
+                        let mut resp = c.raw_delete_range_async(&req)?.await?;
+                        Ok((resp.region_error.take(), resp.take_error(), ()))
+                    }
+                })
+                .await?;
+            let region_end = route.region.get_end_key();
+            if region_end.is_empty() || (!end.is_empty() && region_end >= end) {
+                return Ok(());
+            }
+            cur = region_end.to_vec();
+        }
+    }
+
+    /// Every region with its leader, in key order.
+    pub async fn regions(&self) -> Result<Vec<RegionRoute>> {
+        Ok(self.pd.scan_regions(b"", b"", 0).await?)
+    }
+
+    /// Every store with its last statistics.
+    pub async fn stores(&self) -> Result<Vec<(metapb::Store, pdpb::StoreStats)>> {
+        let mut out = vec![];
+        for s in self.pd.get_all_stores(false).await? {
+            let (store, stats) = self.pd.get_store(s.get_id()).await?;
+            out.push((store, stats));
+        }
+        Ok(out)
+    }
+}

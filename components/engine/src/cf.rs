@@ -1,0 +1,43 @@
+use std::fmt;
+
+/// A column family. An enum rather than a name, so that an unknown column family cannot
+/// reach RocksDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// User values (raw key-value data; later, transaction values).
+    Default,
+    /// Transaction locks (later).
+    Lock,
+    /// Transaction commit records (later).
+    Write,
+    /// Raft logs, hard state, apply state, region state, store identity.
+    Raft,
+}
+
+impl Cf {
+    /// Every column family, in the order the database opens them.
+    pub const ALL: [Cf; 4] = [Cf::Default, Cf::Lock, Cf::Write, Cf::Raft];
+    /// The column families that hold user data, and move with a region's snapshot.
+    pub const DATA: [Cf; 3] = [Cf::Default, Cf::Lock, Cf::Write];
+
+    /// RocksDB's name for the column family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Default => "default",
+            Cf::Lock => "lock",
+            Cf::Write => "write",
+            Cf::Raft => "raft",
+        }
+    }
+
+    /// Parses a column family name; `None` for names that are not ours.
+    pub fn from_name(name: &str) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.name() == name)
+    }
+}
+
+impl fmt::Display for Cf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

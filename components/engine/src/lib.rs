@@ -1,0 +1,24 @@
+//! The storage engine seam: one RocksDB per store, with column families for user data
+//! (`default`, `lock`, `write`) and for Raft state (`raft`).
+//!
+//! Owns: opening the database, atomic write batches, point reads, range scans, consistent
+//! snapshots, and SST export/ingest for region snapshots.
+//! Must not depend on: Raft, gRPC, or any key layout (those live in `keys`); callers pass
+//! fully encoded keys.
+
+#![deny(missing_docs)]
+
+mod cf;
+mod db;
+mod error;
+mod sst;
+mod write_batch;
+
+pub use cf::Cf;
+pub use db::{Engine, Snapshot};
+pub use error::{Error, Result};
+pub use sst::{file_checksum, SstMeta};
+pub use write_batch::WriteBatch;
+
+#[cfg(test)]
+mod tests;

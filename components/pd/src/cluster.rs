@@ -1,0 +1,442 @@
+//! The cluster as PD sees it: stores, the routing table, running operators. Every
+//! mutation is persisted before it is acknowledged.
+
+use std::{
+    collections::HashMap,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use parking_lot::Mutex;
+use proto::{metapb, pdpb};
+use slog::{info, warn, Logger};
+
+use crate::{
+    id::IdAllocator,
+    region_tree::{RegionInfo, RegionTree},
+    schedule::{check_replicas, Operator, StoreView},
+    storage::Storage,
+    tso::Tso,
+    Config, Error, Result,
+};
+
+/// What PD knows of one store.
+#[derive(Clone, Debug)]
+pub struct StoreInfo {
+    /// Id, address, state.
+    pub meta: metapb::Store,
+    /// Its last reported statistics.
+    pub stats: pdpb::StoreStats,
+    /// When it last heartbeated (or registered) in this PD's lifetime.
+    pub last_seen: Instant,
+}
+
+struct State {
+    bootstrapped: bool,
+    stores: HashMap<u64, StoreInfo>,
+    regions: RegionTree,
+    operators: HashMap<u64, Operator>,
+}
+
+/// The placement driver's state and logic, independent of gRPC.
+pub struct PdCore {
+    cfg: Config,
+    cluster_id: u64,
+    storage: Storage,
+    ids: IdAllocator,
+    tso: Tso,
+    state: Mutex<State>,
+    logger: Logger,
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+struct LiveStores<'a> {
+    stores: &'a HashMap<u64, StoreInfo>,
+    down_after: std::time::Duration,
+}
+
+impl StoreView for LiveStores<'_> {
+    fn is_live(&self, store_id: u64) -> bool {
+        self.stores.get(&store_id).is_some_and(|s| {
+            s.meta.get_state() == metapb::StoreState::Up && s.last_seen.elapsed() < self.down_after
+        })
+    }
+
+    fn candidates(&self) -> Vec<u64> {
+        let mut live: Vec<&StoreInfo> = self
+            .stores
+            .values()
+            .filter(|s| self.is_live(s.meta.get_id()))
+            .collect();
+        live.sort_by_key(|s| (s.stats.region_count, s.meta.get_id()));
+        live.into_iter().map(|s| s.meta.get_id()).collect()
+    }
+}
+
+impl PdCore {
+    /// Loads PD's state from `storage`, creating a new cluster id on first start.
+    pub fn open(cfg: Config, storage: Storage, logger: Logger) -> Result<PdCore> {
+        let cluster = match storage.cluster()? {
+            Some(c) => c,
+            None => {
+                let secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut c = metapb::Cluster::default();
+                c.id = (secs << 32) | u64::from(rand::random::<u32>());
+                storage.put_cluster(&c)?;
+                info!(logger, "created cluster"; "cluster_id" => c.id);
+                c
+            }
+        };
+        let now = Instant::now();
+        let stores = storage
+            .stores()?
+            .into_iter()
+            .map(|s| {
+                let info = StoreInfo {
+                    stats: pdpb::StoreStats::default(),
+                    last_seen: now,
+                    meta: s,
+                };
+                (info.meta.get_id(), info)
+            })
+            .collect();
+        let mut regions = RegionTree::default();
+        for r in storage.regions()? {
+            regions.update(RegionInfo {
+                region: r,
+                ..Default::default()
+            });
+        }
+        let bootstrapped = cluster.max_peer_count > 0;
+        info!(logger, "pd state loaded"; "cluster_id" => cluster.id, "bootstrapped" => bootstrapped,
+              "regions" => regions.len());
+        Ok(PdCore {
+            ids: IdAllocator::new(storage.clone(), cfg.id_batch)?,
+            tso: Tso::new(storage.clone())?,
+            cluster_id: cluster.id,
+            storage,
+            state: Mutex::new(State {
+                bootstrapped,
+                stores,
+                regions,
+                operators: HashMap::new(),
+            }),
+            cfg,
+            logger,
+        })
+    }
+
+    /// This cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// PD's settings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Rejects a request meant for another cluster (0 means "not known yet").
+    pub fn check_cluster(&self, header: &pdpb::RequestHeader) -> Result<()> {
+        let got = header.get_cluster_id();
+        if got != 0 && got != self.cluster_id {
+            return Err(Error::ClusterMismatch {
+                expected: self.cluster_id,
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// A fresh id.
+    pub fn alloc_id(&self) -> Result<u64> {
+        self.ids.alloc()
+    }
+
+    /// `count` timestamps; the last one.
+    pub fn tso(&self, count: u32) -> Result<(i64, i64)> {
+        self.tso.next(count)
+    }
+
+    /// Whether the cluster has its first region.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.state.lock().bootstrapped
+    }
+
+    /// Records the cluster's first store and region.
+    pub fn bootstrap(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.bootstrapped {
+            return Err(Error::AlreadyBootstrapped);
+        }
+        validate_store(&store)?;
+        let peers = region.get_peers();
+        if region.get_id() == 0
+            || !region.get_start_key().is_empty()
+            || !region.get_end_key().is_empty()
+            || peers.len() != 1
+            || peers[0].get_store_id() != store.get_id()
+        {
+            return Err(Error::InvalidValue(
+                "the first region must cover the whole key space with one peer on the bootstrapping store".into(),
+            ));
+        }
+        let mut cluster = metapb::Cluster::default();
+        cluster.id = self.cluster_id;
+        cluster.max_peer_count = self.cfg.max_replicas as u32;
+        self.storage.bootstrap(&cluster, &store, &region)?;
+        info!(self.logger, "cluster bootstrapped"; "store_id" => store.get_id(), "region_id" => region.get_id());
+        let leader = peers[0].clone();
+        st.stores.insert(
+            store.get_id(),
+            StoreInfo {
+                meta: store,
+                stats: pdpb::StoreStats::default(),
+                last_seen: Instant::now(),
+            },
+        );
+        st.regions.update(RegionInfo {
+            region,
+            leader: Some(leader),
+            ..Default::default()
+        });
+        st.bootstrapped = true;
+        Ok(())
+    }
+
+    /// Registers or updates a store.
+    pub fn put_store(&self, mut store: metapb::Store) -> Result<()> {
+        validate_store(&store)?;
+        let mut st = self.state.lock();
+        if !st.bootstrapped {
+            return Err(Error::NotBootstrapped);
+        }
+        let id = store.get_id();
+        if let Some(other) = st.stores.values().find(|s| {
+            s.meta.get_id() != id
+                && s.meta.get_address() == store.get_address()
+                && s.meta.get_state() != metapb::StoreState::Tombstone
+        }) {
+            return Err(Error::InvalidValue(format!(
+                "address {} is already used by store {}",
+                store.get_address(),
+                other.meta.get_id()
+            )));
+        }
+        if let Some(old) = st.stores.get(&id) {
+            if old.meta.get_state() == metapb::StoreState::Tombstone {
+                return Err(Error::StoreTombstone(id));
+            }
+            store.set_state(old.meta.get_state());
+        }
+        self.storage.put_store(&store)?;
+        let stats = st.stores.get(&id).map(|s| s.stats.clone()).unwrap_or_default();
+        st.stores.insert(
+            id,
+            StoreInfo {
+                meta: store,
+                stats,
+                last_seen: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// One store.
+    pub fn get_store(&self, id: u64) -> Result<StoreInfo> {
+        self.state
+            .lock()
+            .stores
+            .get(&id)
+            .cloned()
+            .ok_or(Error::StoreNotFound(id))
+    }
+
+    /// Every store, by id.
+    pub fn stores(&self, exclude_tombstone: bool) -> Vec<StoreInfo> {
+        let st = self.state.lock();
+        let mut all: Vec<StoreInfo> = st
+            .stores
+            .values()
+            .filter(|s| !exclude_tombstone || s.meta.get_state() != metapb::StoreState::Tombstone)
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| s.meta.get_id());
+        all
+    }
+
+    /// Whether a store counts as live (up and heard from recently).
+    pub fn is_store_live(&self, id: u64) -> bool {
+        let st = self.state.lock();
+        LiveStores {
+            stores: &st.stores,
+            down_after: self.cfg.max_store_down_time,
+        }
+        .is_live(id)
+    }
+
+    /// Records a store's heartbeat.
+    pub fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
+        let mut st = self.state.lock();
+        let id = stats.store_id;
+        let store = st.stores.get_mut(&id).ok_or(Error::StoreNotFound(id))?;
+        if store.meta.get_state() == metapb::StoreState::Tombstone {
+            return Err(Error::StoreTombstone(id));
+        }
+        store.last_seen = Instant::now();
+        store.meta.last_heartbeat = unix_nanos();
+        store.stats = stats;
+        Ok(())
+    }
+
+    /// Takes a leader's report of its region; returns the next operator step, if any.
+    pub fn region_heartbeat(
+        &self,
+        req: &pdpb::RegionHeartbeatRequest,
+    ) -> Result<Option<pdpb::RegionHeartbeatResponse>> {
+        let region = req.get_region();
+        if region.get_id() == 0 || !req.has_leader() {
+            return Err(Error::InvalidValue("region heartbeat without region or leader".into()));
+        }
+        let info = RegionInfo {
+            region: region.clone(),
+            leader: Some(req.get_leader().clone()),
+            down_peers: req.get_down_peers().to_vec(),
+            pending_peers: req.get_pending_peers().to_vec(),
+            approximate_size: req.approximate_size,
+        };
+        let mut st = self.state.lock();
+        let persisted_epoch = st.regions.get(region.get_id()).map(|i| i.region.get_region_epoch().clone());
+        let Some(replaced) = st.regions.update(info.clone()) else {
+            return Ok(None);
+        };
+        if persisted_epoch.as_ref() != Some(region.get_region_epoch()) {
+            self.storage.put_region(region)?;
+        }
+        for id in replaced {
+            self.storage.delete_region(id)?;
+            st.operators.remove(&id);
+        }
+        Ok(self.next_step(&mut st, &info))
+    }
+
+    fn next_step(&self, st: &mut State, info: &RegionInfo) -> Option<pdpb::RegionHeartbeatResponse> {
+        let id = info.region.get_id();
+        if let Some(op) = st.operators.get(&id) {
+            if op.created.elapsed() > self.cfg.operator_timeout {
+                warn!(self.logger, "operator timed out"; "region_id" => id, "kind" => op.kind);
+                st.operators.remove(&id);
+            } else if !op.is_finished(info) {
+                return op.response(info);
+            } else {
+                info!(self.logger, "operator finished"; "region_id" => id, "kind" => op.kind);
+                st.operators.remove(&id);
+            }
+        }
+        let view = LiveStores {
+            stores: &st.stores,
+            down_after: self.cfg.max_store_down_time,
+        };
+        let mut alloc = || self.ids.alloc().ok();
+        let op = check_replicas(info, &view, self.cfg.max_replicas, &mut alloc)?;
+        info!(self.logger, "new operator"; "region_id" => id, "kind" => op.kind, "steps" => ?op.steps);
+        let resp = op.response(info);
+        st.operators.insert(id, op);
+        resp
+    }
+
+    /// The region holding `key`, with its leader.
+    pub fn region_by_key(&self, key: &[u8]) -> Option<RegionInfo> {
+        self.state.lock().regions.by_key(key).cloned()
+    }
+
+    /// The region before the one holding `key`.
+    pub fn prev_region(&self, key: &[u8]) -> Option<RegionInfo> {
+        self.state.lock().regions.prev(key).cloned()
+    }
+
+    /// A region by id.
+    pub fn region_by_id(&self, id: u64) -> Option<RegionInfo> {
+        self.state.lock().regions.get(id).cloned()
+    }
+
+    /// Regions overlapping `[start, end)` in key order.
+    pub fn scan_regions(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<RegionInfo> {
+        self.state
+            .lock()
+            .regions
+            .scan(start, end, limit)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Ids for splitting `region` into `count + 1` regions.
+    pub fn ask_batch_split(&self, region: &metapb::Region, count: u32) -> Result<Vec<pdpb::SplitID>> {
+        if count == 0 {
+            return Err(Error::InvalidValue("split count must be positive".into()));
+        }
+        (0..count)
+            .map(|_| {
+                let mut id = pdpb::SplitID::default();
+                id.new_region_id = self.ids.alloc()?;
+                for _ in region.get_peers() {
+                    id.mut_new_peer_ids().push(self.ids.alloc()?);
+                }
+                Ok(id)
+            })
+            .collect()
+    }
+
+    /// Records the regions a split produced.
+    pub fn report_split(&self, regions: &[metapb::Region]) -> Result<()> {
+        let mut st = self.state.lock();
+        for r in regions {
+            let leader = st.regions.get(r.get_id()).and_then(|i| i.leader.clone());
+            if st
+                .regions
+                .update(RegionInfo {
+                    region: r.clone(),
+                    leader,
+                    ..Default::default()
+                })
+                .is_some()
+            {
+                self.storage.put_region(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Operators in progress: (region id, kind, current step, age).
+    pub fn operators(&self) -> Vec<(u64, &'static str, String, std::time::Duration)> {
+        let mut st = self.state.lock();
+        let ids: Vec<u64> = st.operators.keys().copied().collect();
+        let mut out = vec![];
+        for id in ids {
+            let info = st.regions.get(id).cloned();
+            let op = &st.operators[&id];
+            out.push((id, op.kind, op.describe(info.as_ref()), op.created.elapsed()));
+        }
+        out.sort_by_key(|o| o.0);
+        out
+    }
+}
+
+fn validate_store(store: &metapb::Store) -> Result<()> {
+    if store.get_id() == 0 {
+        return Err(Error::InvalidValue("store id must not be 0".into()));
+    }
+    if store.get_address().is_empty() {
+        return Err(Error::InvalidValue("store address must not be empty".into()));
+    }
+    Ok(())
+}

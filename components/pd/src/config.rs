@@ -1,0 +1,94 @@
+//! PD settings.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use util::config::{ensure, Validate};
+
+/// PD settings; every key has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC service listens on.
+    pub addr: String,
+    /// Address given to clients (GetMembers); defaults to `addr`.
+    pub advertise_addr: String,
+    /// Where PD keeps its metadata.
+    pub data_dir: PathBuf,
+    /// Voters every region should have.
+    pub max_replicas: usize,
+    /// A store silent this long is down and its peers are replaced.
+    #[serde(with = "humantime_serde")]
+    pub max_store_down_time: Duration,
+    /// Ids reserved on disk at a time.
+    pub id_batch: u64,
+    /// An operator not finished after this long is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub operator_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: "127.0.0.1:2379".into(),
+            advertise_addr: String::new(),
+            data_dir: PathBuf::from("./pd-data"),
+            max_replicas: 3,
+            max_store_down_time: Duration::from_secs(30),
+            id_batch: 1000,
+            operator_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Config {
+    /// The address clients should dial.
+    pub fn client_addr(&self) -> &str {
+        if self.advertise_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.advertise_addr
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> util::Result<()> {
+        ensure(
+            self.addr.parse::<std::net::SocketAddr>().is_ok(),
+            "pd.addr",
+            "must be HOST:PORT with a numeric host",
+        )?;
+        ensure(self.max_replicas >= 1, "pd.max-replicas", "must be at least 1")?;
+        ensure(
+            !self.max_store_down_time.is_zero(),
+            "pd.max-store-down-time",
+            "must be positive",
+        )?;
+        ensure(self.id_batch >= 1, "pd.id-batch", "must be at least 1")?;
+        Ok(())
+    }
+}
+
+/// The pd-server config file: `[pd]`, the status address, and `[log]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    /// PD settings.
+    pub pd: Config,
+    /// Status HTTP (`/metrics`, `/status`).
+    pub status_addr: String,
+    /// Logging.
+    pub log: util::logger::LogConfig,
+}
+
+impl Validate for FileConfig {
+    fn validate(&self) -> util::Result<()> {
+        self.pd.validate()?;
+        ensure(
+            self.status_addr.is_empty() || self.status_addr.parse::<std::net::SocketAddr>().is_ok(),
+            "status-addr",
+            "must be IP:PORT (or empty for none)",
+        )
+    }
+}

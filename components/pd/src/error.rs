@@ -1,0 +1,59 @@
+use proto::pdpb::ErrorType;
+
+/// Errors of the placement driver.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster has no first region yet.
+    #[error("cluster is not bootstrapped")]
+    NotBootstrapped,
+    /// A second bootstrap was attempted.
+    #[error("cluster is already bootstrapped")]
+    AlreadyBootstrapped,
+    /// No such store.
+    #[error("store {0} not found")]
+    StoreNotFound(u64),
+    /// The store was removed from the cluster.
+    #[error("store {0} is tombstone")]
+    StoreTombstone(u64),
+    /// No region holds the key or has the id.
+    #[error("region not found: {0}")]
+    RegionNotFound(String),
+    /// A request field is missing or out of range.
+    #[error("invalid request: {0}")]
+    InvalidValue(String),
+    /// The request names another cluster.
+    #[error("request is for cluster {got}, this PD serves cluster {expected}")]
+    ClusterMismatch {
+        /// This PD's cluster.
+        expected: u64,
+        /// The request's.
+        got: u64,
+    },
+    /// PD's own storage failed.
+    #[error("pd storage: {0}")]
+    Storage(#[from] engine::Error),
+    /// Stored metadata does not decode.
+    #[error("pd metadata is corrupted: {0}")]
+    Corrupted(String),
+    /// The gRPC server failed.
+    #[error("grpc: {0}")]
+    Grpc(#[from] grpcio::Error),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The wire error type clients branch on.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            Error::NotBootstrapped => ErrorType::NOT_BOOTSTRAPPED,
+            Error::AlreadyBootstrapped => ErrorType::ALREADY_BOOTSTRAPPED,
+            Error::StoreTombstone(_) => ErrorType::STORE_TOMBSTONE,
+            Error::RegionNotFound(_) => ErrorType::REGION_NOT_FOUND,
+            Error::StoreNotFound(_) => ErrorType::ENTRY_NOT_FOUND,
+            Error::InvalidValue(_) | Error::ClusterMismatch { .. } => ErrorType::INVALID_VALUE,
+            _ => ErrorType::UNKNOWN,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The placement driver: cluster metadata, the routing table, id and timestamp
+//! allocation, and scheduling (operators delivered in region heartbeat responses).
+//!
+//! Owns: PD's persisted metadata (its own RocksDB through `engine`), `pdpb.PD` service.
+//! Must not depend on: raftstore or the store server; PD learns about regions only from
+//! what stores report.
+
+pub mod cluster;
+mod config;
+mod error;
+mod id;
+pub mod metrics;
+pub mod region_tree;
+pub mod schedule;
+mod server;
+mod service;
+mod storage;
+mod tso;
+
+pub use cluster::{PdCore, StoreInfo};
+pub use config::{Config, FileConfig};
+pub use error::{Error, Result};
+pub use server::PdServer;
+pub use tso::LOGICAL_BITS;

@@ -1,0 +1,206 @@
+//! The routing table: regions by id and by range. On conflict the higher epoch wins
+//! (`version` first: splits and merges; then `conf_ver`); an older report is ignored.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+};
+
+use proto::{metapb, pdpb};
+
+/// What PD knows of one region.
+#[derive(Clone, Debug, Default)]
+pub struct RegionInfo {
+    /// Range, epoch, peers.
+    pub region: metapb::Region,
+    /// The leader, once one has reported.
+    pub leader: Option<metapb::Peer>,
+    /// Peers the leader reports as silent.
+    pub down_peers: Vec<pdpb::PeerStats>,
+    /// Peers the leader reports as far behind.
+    pub pending_peers: Vec<metapb::Peer>,
+    /// Bytes, as estimated by the leader.
+    pub approximate_size: u64,
+}
+
+/// Whether `a` is a strictly older shape of a region than `b`.
+pub fn epoch_older(a: &metapb::RegionEpoch, b: &metapb::RegionEpoch) -> bool {
+    (a.get_version(), a.get_conf_ver()) < (b.get_version(), b.get_conf_ver())
+}
+
+/// Regions by id and by end key.
+#[derive(Default)]
+pub struct RegionTree {
+    by_id: HashMap<u64, RegionInfo>,
+    /// Encoded end key (an empty end sorts last) -> region id.
+    by_end: BTreeMap<Vec<u8>, u64>,
+}
+
+fn end_of(r: &metapb::Region) -> Vec<u8> {
+    keys::data_end_key(r.get_end_key())
+}
+
+fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
+    let a_start = keys::data_key(a.get_start_key());
+    let b_start = keys::data_key(b.get_start_key());
+    a_start < end_of(b) && b_start < end_of(a)
+}
+
+impl RegionTree {
+    /// Takes a report. Returns the ids of regions it replaced, or `None` if the report is
+    /// older than what PD knows and was ignored.
+    pub fn update(&mut self, info: RegionInfo) -> Option<Vec<u64>> {
+        let id = info.region.get_id();
+        let epoch = info.region.get_region_epoch();
+        if let Some(old) = self.by_id.get(&id) {
+            if epoch_older(epoch, old.region.get_region_epoch()) {
+                return None;
+            }
+        }
+        let overlapping: Vec<u64> = self
+            .overlapping(&info.region)
+            .into_iter()
+            .filter(|o| *o != id)
+            .collect();
+        for o in &overlapping {
+            let other = &self.by_id[o].region;
+            if other.get_region_epoch().get_version() > epoch.get_version() {
+                return None;
+            }
+        }
+        for o in &overlapping {
+            self.remove(*o);
+        }
+        self.remove(id);
+        self.by_end.insert(end_of(&info.region), id);
+        self.by_id.insert(id, info);
+        Some(overlapping)
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.by_id.remove(&id) {
+            let end = end_of(&old.region);
+            if self.by_end.get(&end) == Some(&id) {
+                self.by_end.remove(&end);
+            }
+        }
+    }
+
+    fn overlapping(&self, region: &metapb::Region) -> Vec<u64> {
+        let start = keys::data_key(region.get_start_key());
+        let end = end_of(region);
+        let mut out = vec![];
+        for (_, id) in self.by_end.range((Bound::Excluded(start), Bound::Unbounded)) {
+            let r = &self.by_id[id].region;
+            if keys::data_key(r.get_start_key()) >= end {
+                break;
+            }
+            if overlaps(r, region) {
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// The region holding `key`.
+    pub fn by_key(&self, key: &[u8]) -> Option<&RegionInfo> {
+        let dk = keys::data_key(key);
+        let (_, id) = self
+            .by_end
+            .range((Bound::Excluded(dk), Bound::Unbounded))
+            .next()?;
+        let info = &self.by_id[id];
+        (info.region.get_start_key() <= key).then_some(info)
+    }
+
+    /// The region that ends where the region holding `key` starts.
+    pub fn prev(&self, key: &[u8]) -> Option<&RegionInfo> {
+        let cur = self.by_key(key)?;
+        let start = cur.region.get_start_key();
+        if start.is_empty() {
+            return None;
+        }
+        self.by_end
+            .get(&keys::data_key(start))
+            .map(|id| &self.by_id[id])
+    }
+
+    /// A region by id.
+    pub fn get(&mut self, id: u64) -> Option<&mut RegionInfo> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// Regions overlapping `[start, end)` in key order, at most `limit` (0: no limit).
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<&RegionInfo> {
+        let end = keys::data_end_key(end);
+        let mut out = vec![];
+        for (_, id) in self
+            .by_end
+            .range((Bound::Excluded(keys::data_key(start)), Bound::Unbounded))
+        {
+            let info = &self.by_id[id];
+            if keys::data_key(info.region.get_start_key()) >= end || (limit > 0 && out.len() >= limit) {
+                break;
+            }
+            out.push(info);
+        }
+        out
+    }
+
+    /// Every region, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &RegionInfo> {
+        self.by_end.values().map(|id| &self.by_id[id])
+    }
+
+    /// How many regions.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there is no region.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u64, start: &[u8], end: &[u8], version: u64, conf_ver: u64) -> RegionInfo {
+        let mut r = metapb::Region::default();
+        r.set_id(id);
+        r.set_start_key(start.to_vec());
+        r.set_end_key(end.to_vec());
+        r.mut_region_epoch().set_version(version);
+        r.mut_region_epoch().set_conf_ver(conf_ver);
+        RegionInfo {
+            region: r,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn routes_by_key_and_prefers_newer_epochs() {
+        let mut t = RegionTree::default();
+        t.update(info(1, b"", b"", 1, 1)).unwrap();
+        assert_eq!(t.by_key(b"anything").unwrap().region.get_id(), 1);
+        // A split: the left half reports first with a newer version.
+        assert_eq!(t.update(info(1, b"", b"m", 2, 1)), Some(vec![]));
+        assert!(t.by_key(b"x").is_none(), "right half unknown until reported");
+        t.update(info(2, b"m", b"", 2, 1)).unwrap();
+        assert_eq!(t.by_key(b"x").unwrap().region.get_id(), 2);
+        assert_eq!(t.prev(b"x").unwrap().region.get_id(), 1);
+        assert!(t.prev(b"a").is_none());
+        // A stale report of the unsplit region is ignored.
+        assert_eq!(t.update(info(1, b"", b"", 1, 1)), None);
+        assert_eq!(t.by_key(b"x").unwrap().region.get_id(), 2);
+        // Membership changes bump conf_ver; an older conf_ver is ignored.
+        t.update(info(2, b"m", b"", 2, 3)).unwrap();
+        assert_eq!(t.update(info(2, b"m", b"", 2, 2)), None);
+        let scanned: Vec<u64> = t.scan(b"", b"", 0).iter().map(|i| i.region.get_id()).collect();
+        assert_eq!(scanned, vec![1, 2]);
+        assert_eq!(t.scan(b"n", b"", 0).len(), 1);
+        assert_eq!(t.scan(b"", b"", 1).len(), 1);
+    }
+}

@@ -1,0 +1,66 @@
+//! Running PD: storage, core and the gRPC server.
+
+use std::sync::{Arc, OnceLock};
+
+use grpcio::{Environment, ServerBuilder, ServerCredentials};
+use slog::{info, Logger};
+
+use crate::{cluster::PdCore, service::PdService, storage::Storage, Config, Result};
+
+/// A running placement driver.
+pub struct PdServer {
+    server: grpcio::Server,
+    core: Arc<PdCore>,
+    addr: String,
+}
+
+impl PdServer {
+    /// Opens PD's data and starts serving on `cfg.addr` (port 0 picks a free port).
+    pub fn start(cfg: Config, logger: Logger) -> Result<PdServer> {
+        let storage = Storage::open(&cfg.data_dir)?;
+        let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
+        let client_url = Arc::new(OnceLock::new());
+        let service = PdService {
+            core: core.clone(),
+            client_url: client_url.clone(),
+            logger: logger.clone(),
+        };
+        let env = Arc::new(
+            grpcio::EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("pd-grpc")
+                .build(),
+        );
+        let mut server = ServerBuilder::new(env as Arc<Environment>)
+            .register_service(proto::pdpb_grpc::create_pd(service))
+            .build()?;
+        let port = server.add_listening_port(cfg.addr.clone(), ServerCredentials::insecure())?;
+        let host = cfg.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        let addr = if cfg.advertise_addr.is_empty() {
+            format!("{host}:{port}")
+        } else {
+            cfg.advertise_addr.clone()
+        };
+        client_url
+            .set(format!("http://{addr}"))
+            .expect("set once, before serving");
+        server.start();
+        info!(logger, "pd serving"; "addr" => &addr, "cluster_id" => core.cluster_id());
+        Ok(PdServer { server, core, addr })
+    }
+
+    /// The address clients reach this PD at (host:port).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// PD's state, for status pages and tests.
+    pub fn core(&self) -> Arc<PdCore> {
+        self.core.clone()
+    }
+
+    /// Stops serving and waits for in-flight calls.
+    pub fn shutdown(mut self) {
+        let _ = futures::executor::block_on(self.server.shutdown());
+    }
+}

@@ -1,0 +1,315 @@
+//! `pdpb.PD` over gRPC: decodes requests, calls [`PdCore`], encodes answers. Errors go in
+//! the response header (as TiKV's clients expect), never as gRPC failures.
+
+use std::sync::{Arc, OnceLock};
+
+use futures::{FutureExt, SinkExt, TryStreamExt};
+use grpcio::{DuplexSink, RequestStream, RpcContext, UnarySink, WriteFlags};
+use proto::{metapb, pdpb, pdpb_grpc::Pd};
+use slog::{warn, Logger};
+
+use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, Error, Result};
+
+/// The gRPC face of PD.
+#[derive(Clone)]
+pub struct PdService {
+    pub(crate) core: Arc<PdCore>,
+    /// `http://host:port` clients use; known once the server has bound its port.
+    pub(crate) client_url: Arc<OnceLock<String>>,
+    pub(crate) logger: Logger,
+}
+
+/// Responses that carry a `pdpb.ResponseHeader`.
+trait WithHeader: Default {
+    fn header_mut(&mut self) -> &mut pdpb::ResponseHeader;
+}
+
+macro_rules! with_header {
+    ($($t:ty),*) => {$(
+        impl WithHeader for $t {
+            fn header_mut(&mut self) -> &mut pdpb::ResponseHeader {
+                self.mut_header()
+            }
+        }
+    )*};
+}
+
+with_header!(
+    pdpb::GetMembersResponse,
+    pdpb::TsoResponse,
+    pdpb::BootstrapResponse,
+    pdpb::IsBootstrappedResponse,
+    pdpb::AllocIDResponse,
+    pdpb::GetStoreResponse,
+    pdpb::PutStoreResponse,
+    pdpb::GetAllStoresResponse,
+    pdpb::StoreHeartbeatResponse,
+    pdpb::RegionHeartbeatResponse,
+    pdpb::GetRegionResponse,
+    pdpb::ScanRegionsResponse,
+    pdpb::AskBatchSplitResponse,
+    pdpb::ReportBatchSplitResponse,
+    pdpb::GetOperatorsResponse
+);
+
+impl PdService {
+    /// Builds the response from `res` (a filled response, or the error for its header)
+    /// and sends it.
+    fn reply<R: WithHeader + Send + 'static>(&self, ctx: &RpcContext, sink: UnarySink<R>, res: Result<R>) {
+        let resp = self.finish(res);
+        ctx.spawn(sink.success(resp).map(|_| ()));
+    }
+
+    fn finish<R: WithHeader>(&self, res: Result<R>) -> R {
+        let mut resp = match res {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = R::default();
+                let err = r.header_mut().mut_error();
+                err.set_field_type(e.error_type());
+                err.set_message(e.to_string());
+                r
+            }
+        };
+        resp.header_mut().cluster_id = self.core.cluster_id();
+        resp
+    }
+
+    fn checked<T>(&self, header: &pdpb::RequestHeader, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.core.check_cluster(header)?;
+        f()
+    }
+}
+
+fn region_response(info: Option<RegionInfo>, what: String) -> Result<pdpb::GetRegionResponse> {
+    let info = info.ok_or(Error::RegionNotFound(what))?;
+    let mut resp = pdpb::GetRegionResponse::default();
+    resp.set_region(info.region);
+    if let Some(l) = info.leader {
+        resp.set_leader(l);
+    }
+    resp.set_down_peers(info.down_peers.into());
+    resp.set_pending_peers(info.pending_peers.into());
+    Ok(resp)
+}
+
+fn member(url: &str) -> pdpb::Member {
+    let mut m = pdpb::Member::default();
+    m.set_name("pd".into());
+    m.member_id = 1;
+    m.mut_client_urls().push(url.to_string());
+    m.mut_peer_urls().push(url.to_string());
+    m
+}
+
+impl Pd for PdService {
+    fn get_members(&mut self, ctx: RpcContext, _req: pdpb::GetMembersRequest, sink: UnarySink<pdpb::GetMembersResponse>) {
+        let url = self.client_url.get().cloned().unwrap_or_default();
+        let mut resp = pdpb::GetMembersResponse::default();
+        resp.mut_members().push(member(&url));
+        resp.set_leader(member(&url));
+        resp.set_etcd_leader(member(&url));
+        self.reply(&ctx, sink, Ok(resp));
+    }
+
+    fn tso(&mut self, ctx: RpcContext, stream: RequestStream<pdpb::TsoRequest>, mut sink: DuplexSink<pdpb::TsoResponse>) {
+        let this = self.clone();
+        ctx.spawn(async move {
+            let res: std::result::Result<(), grpcio::Error> = async {
+                let mut stream = stream;
+                while let Some(req) = stream.try_next().await? {
+                    let res = this.checked(req.get_header(), || this.core.tso(req.count)).map(|(physical, logical)| {
+                        let mut resp = pdpb::TsoResponse::default();
+                        resp.count = req.count;
+                        let ts = resp.mut_timestamp();
+                        ts.physical = physical;
+                        ts.logical = logical;
+                        resp
+                    });
+                    sink.send((this.finish(res), WriteFlags::default())).await?;
+                }
+                sink.close().await
+            }
+            .await;
+            if let Err(e) = res {
+                warn!(this.logger, "tso stream ended"; "err" => %e);
+            }
+        });
+    }
+
+    fn bootstrap(&mut self, ctx: RpcContext, req: pdpb::BootstrapRequest, sink: UnarySink<pdpb::BootstrapResponse>) {
+        let res = self.checked(req.get_header(), || {
+            self.core.bootstrap(req.get_store().clone(), req.get_region().clone())?;
+            Ok(pdpb::BootstrapResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn is_bootstrapped(&mut self, ctx: RpcContext, req: pdpb::IsBootstrappedRequest, sink: UnarySink<pdpb::IsBootstrappedResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::IsBootstrappedResponse::default();
+            resp.bootstrapped = self.core.is_bootstrapped();
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn alloc_id(&mut self, ctx: RpcContext, req: pdpb::AllocIDRequest, sink: UnarySink<pdpb::AllocIDResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::AllocIDResponse::default();
+            resp.id = self.core.alloc_id()?;
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_store(&mut self, ctx: RpcContext, req: pdpb::GetStoreRequest, sink: UnarySink<pdpb::GetStoreResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let info = self.core.get_store(req.store_id)?;
+            let mut resp = pdpb::GetStoreResponse::default();
+            resp.set_store(info.meta);
+            resp.set_stats(info.stats);
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn put_store(&mut self, ctx: RpcContext, req: pdpb::PutStoreRequest, sink: UnarySink<pdpb::PutStoreResponse>) {
+        let res = self.checked(req.get_header(), || {
+            self.core.put_store(req.get_store().clone())?;
+            Ok(pdpb::PutStoreResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_all_stores(&mut self, ctx: RpcContext, req: pdpb::GetAllStoresRequest, sink: UnarySink<pdpb::GetAllStoresResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::GetAllStoresResponse::default();
+            for s in self.core.stores(req.exclude_tombstone_stores) {
+                resp.mut_stores().push(s.meta);
+            }
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn store_heartbeat(&mut self, ctx: RpcContext, req: pdpb::StoreHeartbeatRequest, sink: UnarySink<pdpb::StoreHeartbeatResponse>) {
+        metrics::STORE_HEARTBEATS.inc();
+        let res = self.checked(req.get_header(), || {
+            self.core.store_heartbeat(req.get_stats().clone())?;
+            Ok(pdpb::StoreHeartbeatResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn region_heartbeat(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<pdpb::RegionHeartbeatRequest>,
+        mut sink: DuplexSink<pdpb::RegionHeartbeatResponse>,
+    ) {
+        let this = self.clone();
+        ctx.spawn(async move {
+            let res: std::result::Result<(), grpcio::Error> = async {
+                let mut stream = stream;
+                while let Some(req) = stream.try_next().await? {
+                    metrics::REGION_HEARTBEATS.inc();
+                    match this.checked(req.get_header(), || this.core.region_heartbeat(&req)) {
+                        Ok(Some(op)) => sink.send((this.finish(Ok(op)), WriteFlags::default())).await?,
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(this.logger, "bad region heartbeat"; "region_id" => req.get_region().get_id(), "err" => %e);
+                            sink.send((this.finish(Err(e)), WriteFlags::default())).await?
+                        }
+                    }
+                }
+                sink.close().await
+            }
+            .await;
+            if let Err(e) = res {
+                warn!(this.logger, "region heartbeat stream ended"; "err" => %e);
+            }
+        });
+    }
+
+    fn get_region(&mut self, ctx: RpcContext, req: pdpb::GetRegionRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let key = req.get_region_key();
+            region_response(self.core.region_by_key(key), format!("no region holds key {key:?}"))
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_prev_region(&mut self, ctx: RpcContext, req: pdpb::GetRegionRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let key = req.get_region_key();
+            region_response(self.core.prev_region(key), format!("no region before key {key:?}"))
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_region_by_id(&mut self, ctx: RpcContext, req: pdpb::GetRegionByIDRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+        let res = self.checked(req.get_header(), || {
+            region_response(self.core.region_by_id(req.region_id), format!("no region with id {}", req.region_id))
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn scan_regions(&mut self, ctx: RpcContext, req: pdpb::ScanRegionsRequest, sink: UnarySink<pdpb::ScanRegionsResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let limit = req.limit.max(0) as usize;
+            let mut resp = pdpb::ScanRegionsResponse::default();
+            for info in self.core.scan_regions(req.get_start_key(), req.get_end_key(), limit) {
+                let leader = info.leader.clone().unwrap_or_default();
+                resp.mut_region_metas().push(info.region.clone());
+                resp.mut_leaders().push(leader.clone());
+                let mut r = pdpb::Region::default();
+                r.set_region(info.region);
+                r.set_leader(leader);
+                r.set_down_peers(info.down_peers.into());
+                r.set_pending_peers(info.pending_peers.into());
+                resp.mut_regions().push(r);
+            }
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn ask_batch_split(&mut self, ctx: RpcContext, req: pdpb::AskBatchSplitRequest, sink: UnarySink<pdpb::AskBatchSplitResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::AskBatchSplitResponse::default();
+            resp.set_ids(self.core.ask_batch_split(req.get_region(), req.split_count)?.into());
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn report_batch_split(&mut self, ctx: RpcContext, req: pdpb::ReportBatchSplitRequest, sink: UnarySink<pdpb::ReportBatchSplitResponse>) {
+        let res = self.checked(req.get_header(), || {
+            self.core.report_split(req.get_regions())?;
+            Ok(pdpb::ReportBatchSplitResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_operators(&mut self, ctx: RpcContext, req: pdpb::GetOperatorsRequest, sink: UnarySink<pdpb::GetOperatorsResponse>) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::GetOperatorsResponse::default();
+            for (region_id, kind, step, age) in self.core.operators() {
+                let mut o = pdpb::OperatorInfo::default();
+                o.region_id = region_id;
+                o.set_kind(kind.into());
+                o.set_step(step);
+                o.age_ms = age.as_millis() as u64;
+                resp.mut_operators().push(o);
+            }
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+}
+
+/// The empty leader peer clients see when a region's leader is not known yet.
+pub fn no_leader() -> metapb::Peer {
+    metapb::Peer::default()
+}

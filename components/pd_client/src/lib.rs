@@ -1,0 +1,424 @@
+//! A client of PD: finds the PD leader, stamps every request with the cluster id, retries
+//! unavailable calls with backoff inside a deadline, and keeps the region heartbeat
+//! stream.
+//!
+//! Used by stores (bootstrap, heartbeats) and by smart clients (routing). Async; needs a
+//! tokio runtime for its timers. Must not depend on the store or PD server crates.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
+use parking_lot::RwLock;
+use proto::{
+    metapb,
+    pdpb::{self, ErrorType},
+    pdpb_grpc,
+};
+use slog::{info, warn, Logger};
+
+/// Errors of the PD client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No PD endpoint answered before the deadline.
+    #[error("PD is unavailable at {endpoints}: {last}")]
+    Unavailable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last failure.
+        last: String,
+    },
+    /// PD answered with an error.
+    #[error("PD error {kind:?}: {message}")]
+    Pd {
+        /// What kind.
+        kind: ErrorType,
+        /// PD's words.
+        message: String,
+    },
+    /// The endpoint list is empty or malformed.
+    #[error("invalid PD endpoints: {0}")]
+    InvalidEndpoints(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether PD said the cluster has no first region yet.
+    pub fn is_not_bootstrapped(&self) -> bool {
+        matches!(self, Error::Pd { kind: ErrorType::NOT_BOOTSTRAPPED, .. })
+    }
+
+    /// Whether PD said the cluster already has its first region.
+    pub fn is_already_bootstrapped(&self) -> bool {
+        matches!(self, Error::Pd { kind: ErrorType::ALREADY_BOOTSTRAPPED, .. })
+    }
+}
+
+/// A region with the leader PD knows of.
+#[derive(Clone, Debug, Default)]
+pub struct RegionRoute {
+    /// Range, epoch and peers.
+    pub region: metapb::Region,
+    /// The leader, if PD knows one.
+    pub leader: Option<metapb::Peer>,
+}
+
+/// Requests that carry a `pdpb.RequestHeader`.
+pub trait PdRequest: Clone + Send {
+    /// Sets the header.
+    fn set_request_header(&mut self, h: pdpb::RequestHeader);
+}
+
+/// Responses that carry a `pdpb.ResponseHeader`.
+pub trait PdResponse {
+    /// The header.
+    fn response_header(&self) -> &pdpb::ResponseHeader;
+}
+
+macro_rules! requests {
+    ($($t:ty),*) => {$(
+        impl PdRequest for $t {
+            fn set_request_header(&mut self, h: pdpb::RequestHeader) {
+                self.set_header(h);
+            }
+        }
+    )*};
+}
+
+macro_rules! responses {
+    ($($t:ty),*) => {$(
+        impl PdResponse for $t {
+            fn response_header(&self) -> &pdpb::ResponseHeader {
+                self.get_header()
+            }
+        }
+    )*};
+}
+
+requests!(
+    pdpb::IsBootstrappedRequest,
+    pdpb::BootstrapRequest,
+    pdpb::AllocIDRequest,
+    pdpb::GetStoreRequest,
+    pdpb::PutStoreRequest,
+    pdpb::GetAllStoresRequest,
+    pdpb::StoreHeartbeatRequest,
+    pdpb::GetRegionRequest,
+    pdpb::GetRegionByIDRequest,
+    pdpb::ScanRegionsRequest,
+    pdpb::AskBatchSplitRequest,
+    pdpb::ReportBatchSplitRequest,
+    pdpb::GetOperatorsRequest
+);
+
+responses!(
+    pdpb::IsBootstrappedResponse,
+    pdpb::BootstrapResponse,
+    pdpb::AllocIDResponse,
+    pdpb::GetStoreResponse,
+    pdpb::PutStoreResponse,
+    pdpb::GetAllStoresResponse,
+    pdpb::StoreHeartbeatResponse,
+    pdpb::GetRegionResponse,
+    pdpb::ScanRegionsResponse,
+    pdpb::AskBatchSplitResponse,
+    pdpb::ReportBatchSplitResponse,
+    pdpb::GetOperatorsResponse
+);
+
+type Call<Req, Resp> =
+    fn(&pdpb_grpc::PdClient, &Req, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>;
+
+/// A connection to PD.
+pub struct PdClient {
+    env: Arc<Environment>,
+    endpoints: Vec<String>,
+    conn: RwLock<(String, pdpb_grpc::PdClient)>,
+    cluster_id: AtomicU64,
+    timeout: Duration,
+    logger: Logger,
+}
+
+fn strip_scheme(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
+}
+
+impl PdClient {
+    /// Connects to the PD among `endpoints` that answers, waiting up to `timeout`; later
+    /// calls retry for up to `timeout` too.
+    pub async fn connect(endpoints: &[String], timeout: Duration, logger: Logger) -> Result<Arc<PdClient>> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| strip_scheme(e.trim()).to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::InvalidEndpoints("no PD address given".into()));
+        }
+        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("pd-client").build());
+        let first = endpoints[0].clone();
+        let client = PdClient {
+            conn: RwLock::new((first.clone(), Self::dial(&env, &first))),
+            env,
+            endpoints,
+            cluster_id: AtomicU64::new(0),
+            timeout,
+            logger,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match client.reconnect().await {
+                Ok(()) => return Ok(Arc::new(client)),
+                Err(e) if Instant::now() + backoff >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn dial(env: &Arc<Environment>, addr: &str) -> pdpb_grpc::PdClient {
+        let ch = ChannelBuilder::new(env.clone())
+            .max_receive_message_len(64 << 20)
+            .connect(addr);
+        pdpb_grpc::PdClient::new(ch)
+    }
+
+    /// Asks each endpoint for the members and switches to the leader.
+    async fn reconnect(&self) -> Result<()> {
+        let mut last = String::new();
+        for ep in &self.endpoints {
+            let client = Self::dial(&self.env, ep);
+            let opt = CallOption::default().timeout(Duration::from_secs(2));
+            let resp = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
+                Ok(rx) => rx.await,
+                Err(e) => Err(e),
+            };
+            match resp {
+                Ok(resp) => {
+                    let Some(url) = resp.get_leader().get_client_urls().first() else {
+                        last = format!("{ep} reports no leader");
+                        continue;
+                    };
+                    let leader = strip_scheme(url).to_string();
+                    let id = resp.get_header().cluster_id;
+                    let old = self.cluster_id.swap(id, Ordering::SeqCst);
+                    if old != 0 && old != id {
+                        warn!(self.logger, "PD cluster id changed"; "old" => old, "new" => id);
+                    }
+                    let client = if leader == *ep { client } else { Self::dial(&self.env, &leader) };
+                    *self.conn.write() = (leader.clone(), client);
+                    info!(self.logger, "connected to PD"; "leader" => leader, "cluster_id" => id);
+                    return Ok(());
+                }
+                Err(e) => last = format!("{ep}: {e}"),
+            }
+        }
+        Err(Error::Unavailable {
+            endpoints: self.endpoints.join(","),
+            last,
+        })
+    }
+
+    /// The cluster this PD serves.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::SeqCst)
+    }
+
+    /// The address of the PD in use.
+    pub fn leader_addr(&self) -> String {
+        self.conn.read().0.clone()
+    }
+
+    fn header(&self) -> pdpb::RequestHeader {
+        let mut h = pdpb::RequestHeader::default();
+        h.cluster_id = self.cluster_id();
+        h
+    }
+
+    async fn unary<Req: PdRequest, Resp: PdResponse>(&self, mut req: Req, call: Call<Req, Resp>) -> Result<Resp> {
+        req.set_request_header(self.header());
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let client = self.conn.read().1.clone();
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let opt = CallOption::default().timeout(left.min(Duration::from_secs(5)));
+            let res = match call(&client, &req, opt) {
+                Ok(rx) => rx.await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(resp) => {
+                    let h = resp.response_header();
+                    if h.has_error() {
+                        return Err(Error::Pd {
+                            kind: h.get_error().get_field_type(),
+                            message: h.get_error().get_message().to_string(),
+                        });
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(Error::Unavailable {
+                            endpoints: self.endpoints.join(","),
+                            last: e.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let _ = self.reconnect().await;
+                }
+            }
+        }
+    }
+
+    /// Whether the cluster has its first region.
+    pub async fn is_bootstrapped(&self) -> Result<bool> {
+        let resp = self
+            .unary(pdpb::IsBootstrappedRequest::default(), pdpb_grpc::PdClient::is_bootstrapped_async_opt)
+            .await?;
+        Ok(resp.bootstrapped)
+    }
+
+    /// Creates the cluster's first store and region.
+    pub async fn bootstrap(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
+        let mut req = pdpb::BootstrapRequest::default();
+        req.set_store(store);
+        req.set_region(region);
+        self.unary(req, pdpb_grpc::PdClient::bootstrap_async_opt).await?;
+        Ok(())
+    }
+
+    /// A fresh id.
+    pub async fn alloc_id(&self) -> Result<u64> {
+        Ok(self
+            .unary(pdpb::AllocIDRequest::default(), pdpb_grpc::PdClient::alloc_id_async_opt)
+            .await?
+            .id)
+    }
+
+    /// Registers or updates a store.
+    pub async fn put_store(&self, store: metapb::Store) -> Result<()> {
+        let mut req = pdpb::PutStoreRequest::default();
+        req.set_store(store);
+        self.unary(req, pdpb_grpc::PdClient::put_store_async_opt).await?;
+        Ok(())
+    }
+
+    /// One store and its last statistics.
+    pub async fn get_store(&self, store_id: u64) -> Result<(metapb::Store, pdpb::StoreStats)> {
+        let mut req = pdpb::GetStoreRequest::default();
+        req.store_id = store_id;
+        let mut resp = self.unary(req, pdpb_grpc::PdClient::get_store_async_opt).await?;
+        Ok((resp.take_store(), resp.take_stats()))
+    }
+
+    /// Every store.
+    pub async fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
+        let mut req = pdpb::GetAllStoresRequest::default();
+        req.exclude_tombstone_stores = exclude_tombstone;
+        let mut resp = self.unary(req, pdpb_grpc::PdClient::get_all_stores_async_opt).await?;
+        Ok(resp.take_stores().into_vec())
+    }
+
+    /// Reports store statistics.
+    pub async fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
+        let mut req = pdpb::StoreHeartbeatRequest::default();
+        req.set_stats(stats);
+        self.unary(req, pdpb_grpc::PdClient::store_heartbeat_async_opt).await?;
+        Ok(())
+    }
+
+    /// The region holding `key`.
+    pub async fn get_region(&self, key: &[u8]) -> Result<RegionRoute> {
+        let mut req = pdpb::GetRegionRequest::default();
+        req.set_region_key(key.to_vec());
+        route(self.unary(req, pdpb_grpc::PdClient::get_region_async_opt).await?)
+    }
+
+    /// A region by id.
+    pub async fn get_region_by_id(&self, region_id: u64) -> Result<RegionRoute> {
+        let mut req = pdpb::GetRegionByIDRequest::default();
+        req.region_id = region_id;
+        route(self.unary(req, pdpb_grpc::PdClient::get_region_by_id_async_opt).await?)
+    }
+
+    /// Regions overlapping `[start, end)`, at most `limit` (0: all).
+    pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: i32) -> Result<Vec<RegionRoute>> {
+        let mut req = pdpb::ScanRegionsRequest::default();
+        req.set_start_key(start.to_vec());
+        req.set_end_key(end.to_vec());
+        req.limit = limit;
+        let mut resp = self.unary(req, pdpb_grpc::PdClient::scan_regions_async_opt).await?;
+        Ok(resp
+            .take_regions()
+            .into_iter()
+            .map(|mut r| RegionRoute {
+                leader: Some(r.take_leader()).filter(|l| l.get_id() != 0),
+                region: r.take_region(),
+            })
+            .collect())
+    }
+
+    /// Ids for splitting a region into `count + 1`.
+    pub async fn ask_batch_split(&self, region: metapb::Region, count: u32) -> Result<Vec<pdpb::SplitID>> {
+        let mut req = pdpb::AskBatchSplitRequest::default();
+        req.set_region(region);
+        req.split_count = count;
+        let mut resp = self.unary(req, pdpb_grpc::PdClient::ask_batch_split_async_opt).await?;
+        Ok(resp.take_ids().into_vec())
+    }
+
+    /// Tells PD about the regions a split produced.
+    pub async fn report_batch_split(&self, regions: Vec<metapb::Region>) -> Result<()> {
+        let mut req = pdpb::ReportBatchSplitRequest::default();
+        req.set_regions(regions.into());
+        self.unary(req, pdpb_grpc::PdClient::report_batch_split_async_opt).await?;
+        Ok(())
+    }
+
+    /// What PD is doing now.
+    pub async fn get_operators(&self) -> Result<Vec<pdpb::OperatorInfo>> {
+        let mut resp = self
+            .unary(pdpb::GetOperatorsRequest::default(), pdpb_grpc::PdClient::get_operators_async_opt)
+            .await?;
+        Ok(resp.take_operators().into_vec())
+    }
+
+    /// Opens the region heartbeat stream to the current PD.
+    pub fn region_heartbeat_stream(
+        &self,
+    ) -> Result<(
+        grpcio::ClientDuplexSender<pdpb::RegionHeartbeatRequest>,
+        grpcio::ClientDuplexReceiver<pdpb::RegionHeartbeatResponse>,
+    )> {
+        let client = self.conn.read().1.clone();
+        client.region_heartbeat().map_err(|e| Error::Unavailable {
+            endpoints: self.endpoints.join(","),
+            last: e.to_string(),
+        })
+    }
+
+    /// The header every streamed request must carry.
+    pub fn request_header(&self) -> pdpb::RequestHeader {
+        self.header()
+    }
+}
+
+fn route(mut resp: pdpb::GetRegionResponse) -> Result<RegionRoute> {
+    Ok(RegionRoute {
+        leader: resp.has_leader().then(|| resp.take_leader()),
+        region: resp.take_region(),
+    })
+}

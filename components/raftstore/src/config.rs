@@ -1,0 +1,135 @@
+//! Raftstore settings: the `[raftstore]` section of a store's config file.
+
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use util::config::{ensure, Validate};
+
+/// Raftstore settings; every key has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Fsync the Raft log before acknowledging; turn off only for benchmarks.
+    pub sync_log: bool,
+    /// One Raft tick.
+    #[serde(with = "humantime_serde")]
+    pub raft_base_tick_interval: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub raft_election_timeout_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub raft_heartbeat_ticks: usize,
+    /// Largest append message a leader sends at once.
+    pub raft_max_size_per_msg: ByteSize,
+    /// Appends in flight to one follower.
+    pub raft_max_inflight_msgs: usize,
+    /// Largest command (and so largest value) a region accepts.
+    pub raft_entry_max_size: ByteSize,
+    /// How often a leader considers compacting its log.
+    #[serde(with = "humantime_serde")]
+    pub raft_log_gc_tick_interval: Duration,
+    /// Compact at least this many applied entries at once.
+    pub raft_log_gc_threshold: u64,
+    /// Past this many entries the log is compacted even if a follower still needs them
+    /// (that follower then gets a snapshot).
+    pub raft_log_gc_count_limit: u64,
+    /// Past this many bytes of log, likewise.
+    pub raft_log_gc_size_limit: ByteSize,
+    /// How often a leader reports its region to PD when nothing changed.
+    #[serde(with = "humantime_serde")]
+    pub pd_heartbeat_tick_interval: Duration,
+    /// How often the store reports its statistics to PD.
+    #[serde(with = "humantime_serde")]
+    pub pd_store_heartbeat_tick_interval: Duration,
+    /// A peer silent for this long is reported to PD as down.
+    #[serde(with = "humantime_serde")]
+    pub max_peer_down_duration: Duration,
+    /// Threads that run Raft peers.
+    pub store_pool_size: usize,
+    /// Threads that apply committed entries.
+    pub apply_pool_size: usize,
+    /// Most peers handled in one round (so in one fsync).
+    pub max_batch_size: usize,
+    /// Most messages one peer handles in one round, so that one busy region cannot starve
+    /// the others.
+    pub messages_per_round: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sync_log: true,
+            raft_base_tick_interval: Duration::from_millis(100),
+            raft_election_timeout_ticks: 10,
+            raft_heartbeat_ticks: 2,
+            raft_max_size_per_msg: ByteSize::mib(1),
+            raft_max_inflight_msgs: 256,
+            raft_entry_max_size: ByteSize::mib(8),
+            raft_log_gc_tick_interval: Duration::from_secs(3),
+            raft_log_gc_threshold: 50,
+            raft_log_gc_count_limit: 20_000,
+            raft_log_gc_size_limit: ByteSize::mib(64),
+            pd_heartbeat_tick_interval: Duration::from_secs(10),
+            pd_store_heartbeat_tick_interval: Duration::from_secs(10),
+            max_peer_down_duration: Duration::from_secs(30),
+            store_pool_size: 2,
+            apply_pool_size: 2,
+            max_batch_size: 256,
+            messages_per_round: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Whole ticks in `d` (at least one).
+    pub fn ticks(&self, d: Duration) -> u64 {
+        let base = self.raft_base_tick_interval.as_millis().max(1);
+        ((d.as_millis() / base) as u64).max(1)
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> util::Result<()> {
+        ensure(
+            !self.raft_base_tick_interval.is_zero(),
+            "raftstore.raft-base-tick-interval",
+            "must be positive",
+        )?;
+        ensure(
+            self.raft_heartbeat_ticks > 0,
+            "raftstore.raft-heartbeat-ticks",
+            "must be positive",
+        )?;
+        ensure(
+            self.raft_election_timeout_ticks > self.raft_heartbeat_ticks,
+            "raftstore.raft-election-timeout-ticks",
+            "must be greater than raft-heartbeat-ticks",
+        )?;
+        ensure(
+            self.raft_entry_max_size.as_u64() >= 1024,
+            "raftstore.raft-entry-max-size",
+            "must be at least 1KiB",
+        )?;
+        ensure(
+            self.raft_log_gc_count_limit > self.raft_log_gc_threshold,
+            "raftstore.raft-log-gc-count-limit",
+            "must be greater than raft-log-gc-threshold",
+        )?;
+        ensure(
+            self.store_pool_size > 0,
+            "raftstore.store-pool-size",
+            "must be positive",
+        )?;
+        ensure(
+            self.apply_pool_size > 0,
+            "raftstore.apply-pool-size",
+            "must be positive",
+        )?;
+        ensure(
+            self.max_batch_size > 0 && self.messages_per_round > 0,
+            "raftstore.max-batch-size",
+            "batch limits must be positive",
+        )?;
+        Ok(())
+    }
+}

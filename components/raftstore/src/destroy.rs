@@ -1,0 +1,89 @@
+//! Removing a peer from this store: after its own removal is applied, or when another
+//! peer tells it that it was removed (a tombstone message).
+
+use engine::Cf;
+use proto::{
+    raft_serverpb::{PeerState, RaftMessage, RegionLocalState},
+};
+use raft::eraftpb::Message;
+use protobuf::Message as _;
+use slog::info;
+
+use crate::{fsm::peer::PeerFsm, msg::{ApplyMsg, StoreMsg}, poll::PollContext, Error};
+
+impl PeerFsm {
+    /// Deletes this peer's log, states and data, leaving a tombstone so that late
+    /// messages cannot bring it back.
+    pub(crate) fn destroy(&mut self, ctx: &mut PollContext, reason: &str) {
+        let region = self.region().clone();
+        let id = region.get_id();
+        info!(self.logger, "destroying peer"; "reason" => reason);
+        self.stopped = true;
+        self.fail_all(|| Error::RegionNotFound(id));
+        let wb = &mut ctx.raft_wb;
+        let raft = keys::region_raft_range(id);
+        wb.delete_range(Cf::Raft, &raft.start, &raft.end);
+        if self.raft.store().is_initialized() {
+            let start = keys::data_key(region.get_start_key());
+            let end = keys::data_end_key(region.get_end_key());
+            for cf in Cf::DATA {
+                wb.delete_range(cf, &start, &end);
+            }
+        }
+        let mut state = RegionLocalState::default();
+        state.set_state(PeerState::Tombstone);
+        state.set_region(region);
+        wb.put_msg(Cf::Raft, &keys::region_state_key(id), &state);
+        ctx.sync = true;
+        let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);
+        ctx.apply_router.unregister(id);
+        ctx.router.peers.unregister(id);
+        ctx.store_meta.lock().remove_region(id);
+        let _ = ctx.router.store.send(StoreMsg::PeerDestroyed { region_id: id });
+    }
+
+    /// A peer that knows this one was removed says so.
+    pub(crate) fn on_tombstone_message(&mut self, msg: &RaftMessage, ctx: &mut PollContext) {
+        let ours = self.region().get_region_epoch().get_conf_ver();
+        if msg.get_to_peer().get_id() == self.peer.get_id()
+            && (msg.get_region_epoch().get_conf_ver() > ours || !self.raft.store().is_initialized())
+        {
+            self.destroy(ctx, "told by a newer peer that it was removed");
+        }
+    }
+
+    /// Whether a message comes from a peer that is no longer in the region; if so, tells
+    /// it so.
+    pub(crate) fn is_stale_sender(&mut self, msg: &RaftMessage, ctx: &mut PollContext) -> bool {
+        let from = msg.get_from_peer();
+        let region = self.region();
+        let known = region.get_peers().iter().any(|p| p.get_id() == from.get_id());
+        let older = msg.get_region_epoch().get_conf_ver() < region.get_region_epoch().get_conf_ver();
+        if known || !older || !self.raft.store().is_initialized() {
+            return false;
+        }
+        let mut reply = RaftMessage::default();
+        reply.set_region_id(region.get_id());
+        reply.set_from_peer(self.peer.clone());
+        reply.set_to_peer(from.clone());
+        reply.set_region_epoch(region.get_region_epoch().clone());
+        reply.set_is_tombstone(true);
+        reply.set_message(Message::default().write_to_bytes().expect("encode empty message"));
+        ctx.outgoing.entry(from.get_store_id()).or_default().push(reply);
+        true
+    }
+
+    /// Whether a snapshot may be taken: its range must not overlap another region here.
+    pub(crate) fn accept_snapshot(&self, msg: &Message, ctx: &PollContext) -> bool {
+        let Ok(data) = proto::raft_serverpb::SnapshotData::parse_from_bytes(msg.get_snapshot().get_data()) else {
+            return false;
+        };
+        match ctx.store_meta.lock().overlapping(data.get_region()) {
+            Some(other) => {
+                info!(self.logger, "rejecting snapshot that overlaps another region"; "other" => other);
+                false
+            }
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+use proto::metapb;
+
+/// Errors of the raftstore. The region-level ones map one to one onto `errorpb.Error`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This store has no peer of the region.
+    #[error("region {0} not found on this store")]
+    RegionNotFound(u64),
+    /// The local peer is not the leader; `leader` is the one it knows of, if any.
+    #[error("peer of region {region_id} on this store is not the leader")]
+    NotLeader {
+        /// The region.
+        region_id: u64,
+        /// The leader as far as this peer knows.
+        leader: Option<metapb::Peer>,
+    },
+    /// The request was meant for an older shape of the region.
+    #[error("region epoch does not match: {reason}")]
+    EpochNotMatch {
+        /// What differs.
+        reason: String,
+        /// The regions that now cover the range.
+        current: Vec<metapb::Region>,
+    },
+    /// A key of the request lies outside the region.
+    #[error("key {key:?} is not in region {}", region.id)]
+    KeyNotInRegion {
+        /// The key.
+        key: Vec<u8>,
+        /// The region as it is now.
+        region: metapb::Region,
+    },
+    /// The proposal was dropped (leadership changed before it committed).
+    #[error("command is stale: {0}")]
+    StaleCommand(&'static str),
+    /// The command is larger than a Raft entry may be.
+    #[error("raft entry of {size} bytes is larger than the limit of {limit} bytes (raftstore.raft-entry-max-size)")]
+    EntryTooLarge {
+        /// The region.
+        region_id: u64,
+        /// The command's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The request is not valid (for example, a membership change that makes no sense).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The store is stopping.
+    #[error("the store is shutting down")]
+    Stopped,
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    /// Raft refused an operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// Bytes that should decode do not.
+    #[error("decode: {0}")]
+    Codec(#[from] protobuf::ProtobufError),
+    /// A snapshot could not be generated, sent, received or applied.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,367 @@
+//! The apply state machine: executes a region's committed entries against the engine.
+//!
+//! Data and the apply state that covers it go into the same WriteBatch, so a restart
+//! resumes exactly after the last applied entry. Data writes are not fsynced (the Raft log
+//! is, and replay is deterministic); admin commands are.
+
+use std::{path::PathBuf, time::Instant};
+
+use engine::{Cf, Engine, WriteBatch};
+use proto::{
+    metapb,
+    raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest, Request},
+    raft_serverpb::{PeerState, RaftApplyState, RaftTruncatedState, RegionLocalState},
+};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
+use slog::{error, info, o, Logger};
+
+use crate::{
+    batch::{Fsm, FsmGuard, PollHandler},
+    conf_change::apply_change,
+    metrics,
+    msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, PeerMsg, Proposal},
+    snap::SnapManager,
+    util::{check_epoch, check_request_keys},
+    Error, RaftRouter, Result,
+};
+
+/// One region's apply state machine.
+pub struct ApplyFsm {
+    region: metapb::Region,
+    apply_state: RaftApplyState,
+    logger: Logger,
+    stopped: bool,
+    results: Vec<ExecResult>,
+    dirty: bool,
+}
+
+impl Fsm for ApplyFsm {
+    type Message = ApplyMsg;
+}
+
+/// What every region handled by one apply poller shares in a round.
+pub(crate) struct ApplyContext {
+    pub engine: Engine,
+    pub router: RaftRouter,
+    pub snap_mgr: SnapManager,
+    pub messages_per_round: usize,
+    wb: WriteBatch,
+    sync: bool,
+    cbs: Vec<(Proposal, Result<CmdResponse>)>,
+    res: Vec<(u64, ApplyRes)>,
+}
+
+impl ApplyContext {
+    pub fn new(engine: Engine, router: RaftRouter, snap_mgr: SnapManager, messages_per_round: usize) -> Self {
+        ApplyContext {
+            wb: engine.write_batch(),
+            engine,
+            router,
+            snap_mgr,
+            messages_per_round,
+            sync: false,
+            cbs: vec![],
+            res: vec![],
+        }
+    }
+
+    fn write(&mut self) {
+        if self.wb.is_empty() {
+            return;
+        }
+        let wb = std::mem::replace(&mut self.wb, self.engine.write_batch());
+        let started = Instant::now();
+        self.engine
+            .write(wb, self.sync)
+            .expect("applied data must be writable; continuing would diverge replicas");
+        metrics::APPLY_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+        self.sync = false;
+    }
+}
+
+fn data_cf(name: &str) -> Result<Cf> {
+    let cf = if name.is_empty() { "default" } else { name };
+    Cf::from_name(cf)
+        .filter(|cf| Cf::DATA.contains(cf))
+        .ok_or_else(|| Error::InvalidRequest(format!("unknown column family {name:?}")))
+}
+
+impl ApplyFsm {
+    /// An apply state machine resuming from the state on disk.
+    pub fn new(region: metapb::Region, apply_state: RaftApplyState, logger: &Logger) -> ApplyFsm {
+        let logger = logger.new(o!("region_id" => region.get_id(), "apply" => true));
+        ApplyFsm {
+            region,
+            apply_state,
+            logger,
+            stopped: false,
+            results: vec![],
+            dirty: false,
+        }
+    }
+
+    fn on_msg(&mut self, msg: ApplyMsg, ctx: &mut ApplyContext) {
+        match msg {
+            ApplyMsg::Entries { entries, proposals } => {
+                let mut proposals = proposals.into_iter().peekable();
+                for e in entries {
+                    let p = proposals.next_if(|p| p.index == e.index);
+                    self.apply_entry(e, p, ctx);
+                }
+            }
+            ApplyMsg::Snapshot {
+                region,
+                index,
+                term,
+                files,
+            } => {
+                if let Err(e) = self.apply_snapshot(region, index, term, &files, ctx) {
+                    // The region stays marked Applying on disk and is redone at restart.
+                    error!(self.logger, "applying snapshot failed"; "err" => %e);
+                    metrics::SNAPSHOTS.with_label_values(&["apply", "error"]).inc();
+                }
+            }
+            ApplyMsg::Destroy => self.stopped = true,
+        }
+    }
+
+    fn apply_entry(&mut self, entry: Entry, proposal: Option<Proposal>, ctx: &mut ApplyContext) {
+        if entry.index <= self.apply_state.applied_index {
+            // Already applied before a restart; only the proposal (if any) is answered.
+            if let Some(p) = proposal {
+                ctx.cbs.push((p, Err(Error::StaleCommand("entry applied before restart"))));
+            }
+            return;
+        }
+        let (res, is_write) = match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => (Ok(CmdResponse::default()), false),
+            EntryType::EntryNormal => match RaftCmdRequest::parse_from_bytes(&entry.data) {
+                Ok(cmd) => (self.exec(&cmd, ctx), !cmd.has_admin_request()),
+                Err(e) => (Err(e.into()), false),
+            },
+            EntryType::EntryConfChangeV2 => (self.exec_conf_change(&entry, ctx), false),
+            EntryType::EntryConfChange => (
+                Err(Error::InvalidRequest("membership changes must use ConfChangeV2".into())),
+                false,
+            ),
+        };
+        self.apply_state.applied_index = entry.index;
+        self.apply_state.applied_term = entry.term;
+        self.dirty = true;
+        if let Some(p) = proposal {
+            if is_write && res.is_ok() {
+                metrics::WRITES_APPLIED.inc();
+            }
+            ctx.cbs.push((p, res));
+        }
+    }
+
+    fn exec(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+        if cmd.has_admin_request() {
+            return self.exec_admin(cmd, ctx);
+        }
+        check_epoch(&self.region, cmd.get_header().get_region_epoch(), false)?;
+        for req in cmd.get_requests() {
+            check_request_keys(&self.region, req)?;
+            match req.get_cmd_type() {
+                CmdType::Put => data_cf(req.get_put().get_cf())?,
+                CmdType::Delete => data_cf(req.get_delete().get_cf())?,
+                CmdType::DeleteRange => data_cf(req.get_delete_range().get_cf())?,
+                CmdType::CompareAndSwap => data_cf(req.get_cas().get_cf())?,
+                CmdType::Invalid => unreachable!("rejected by check_request_keys"),
+            };
+        }
+        let mut resp = CmdResponse::default();
+        for req in cmd.get_requests() {
+            self.exec_request(req, &mut resp, ctx)?;
+        }
+        Ok(resp)
+    }
+
+    fn exec_request(&mut self, req: &Request, resp: &mut CmdResponse, ctx: &mut ApplyContext) -> Result<()> {
+        match req.get_cmd_type() {
+            CmdType::Put => {
+                let put = req.get_put();
+                ctx.wb.put(data_cf(put.get_cf())?, &keys::data_key(put.get_key()), put.get_value());
+            }
+            CmdType::Delete => {
+                let del = req.get_delete();
+                ctx.wb.delete(data_cf(del.get_cf())?, &keys::data_key(del.get_key()));
+            }
+            CmdType::DeleteRange => {
+                let dr = req.get_delete_range();
+                let end = if dr.get_end_key().is_empty() {
+                    keys::data_end_key(self.region.get_end_key())
+                } else {
+                    keys::data_key(dr.get_end_key())
+                };
+                ctx.wb.delete_range(data_cf(dr.get_cf())?, &keys::data_key(dr.get_start_key()), &end);
+            }
+            CmdType::CompareAndSwap => {
+                let cas = req.get_cas();
+                let cf = data_cf(cas.get_cf())?;
+                let key = keys::data_key(cas.get_key());
+                // The decision must see every earlier write of this round, and a replay
+                // after a crash must see the same state: write both out first.
+                ctx.wb.put_msg(Cf::Raft, &keys::apply_state_key(self.region.get_id()), &self.apply_state);
+                ctx.write();
+                let previous = ctx.engine.get(cf, &key)?;
+                let succeed = if cas.get_previous_not_exist() {
+                    previous.is_none()
+                } else {
+                    previous.as_deref() == Some(cas.get_previous_value())
+                };
+                if succeed {
+                    ctx.wb.put(cf, &key, cas.get_value());
+                }
+                resp.cas.push(CasResult { succeed, previous });
+            }
+            CmdType::Invalid => unreachable!("rejected by check_request_keys"),
+        }
+        Ok(())
+    }
+
+    fn exec_admin(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+        let admin = cmd.get_admin_request();
+        match admin.get_cmd_type() {
+            AdminCmdType::CompactLog => {
+                let req = admin.get_compact_log();
+                let truncated = self.apply_state.get_truncated_state().index;
+                if req.compact_index <= truncated || req.compact_index > self.apply_state.applied_index {
+                    return Ok(CmdResponse::default());
+                }
+                let mut t = RaftTruncatedState::default();
+                t.index = req.compact_index;
+                t.term = req.compact_term;
+                self.apply_state.set_truncated_state(t);
+                self.results.push(ExecResult::CompactLog {
+                    index: req.compact_index,
+                    term: req.compact_term,
+                });
+                let _ = ctx;
+                Ok(CmdResponse::default())
+            }
+            other => Err(Error::InvalidRequest(format!(
+                "admin command {other:?} cannot be applied as a normal entry"
+            ))),
+        }
+    }
+
+    fn exec_conf_change(&mut self, entry: &Entry, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data)?;
+        let cmd = RaftCmdRequest::parse_from_bytes(cc.get_context())?;
+        if let Err(e) = check_epoch(&self.region, cmd.get_header().get_region_epoch(), true) {
+            // Raft must still see the entry applied, as a change of nothing.
+            self.results.push(ExecResult::ChangePeer {
+                cc: ConfChangeV2::default(),
+                region: self.region.clone(),
+            });
+            return Err(e);
+        }
+        let mut region = self.region.clone();
+        for change in cmd.get_admin_request().get_change_peer_v2().get_changes() {
+            apply_change(&mut region, change);
+        }
+        let mut state = RegionLocalState::default();
+        state.set_state(PeerState::Normal);
+        state.set_region(region.clone());
+        ctx.wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
+        ctx.sync = true;
+        info!(self.logger, "applied membership change"; "peers" => ?region.get_peers(), "index" => entry.index);
+        self.region = region.clone();
+        self.results.push(ExecResult::ChangePeer { cc, region: region.clone() });
+        Ok(CmdResponse {
+            region: Some(region),
+            ..Default::default()
+        })
+    }
+
+    fn apply_snapshot(
+        &mut self,
+        region: metapb::Region,
+        index: u64,
+        term: u64,
+        files: &[(Cf, PathBuf)],
+        ctx: &mut ApplyContext,
+    ) -> Result<()> {
+        ctx.write();
+        let start = keys::data_key(region.get_start_key());
+        let end = keys::data_end_key(region.get_end_key());
+        let mut clear = ctx.engine.write_batch();
+        for cf in Cf::DATA {
+            clear.delete_range(cf, &start, &end);
+        }
+        ctx.engine.write(clear, false)?;
+        for cf in Cf::DATA {
+            let of_cf: Vec<PathBuf> = files.iter().filter(|(c, _)| *c == cf).map(|(_, p)| p.clone()).collect();
+            ctx.engine.ingest(cf, &of_cf)?;
+        }
+        self.region = region.clone();
+        self.apply_state.applied_index = index;
+        self.apply_state.applied_term = term;
+        let mut t = RaftTruncatedState::default();
+        t.index = index;
+        t.term = term;
+        self.apply_state.set_truncated_state(t);
+        let mut done = ctx.engine.write_batch();
+        let mut state = RegionLocalState::default();
+        state.set_state(PeerState::Normal);
+        state.set_region(region.clone());
+        done.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
+        done.put_msg(Cf::Raft, &keys::apply_state_key(region.get_id()), &self.apply_state);
+        ctx.engine.write(done, true)?;
+        ctx.snap_mgr.remove_files(files);
+        metrics::SNAPSHOTS.with_label_values(&["apply", "ok"]).inc();
+        self.results.push(ExecResult::SnapshotApplied { region });
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+/// The handler of an apply poller thread.
+pub(crate) struct ApplyPoller {
+    pub ctx: ApplyContext,
+}
+
+impl PollHandler<ApplyFsm> for ApplyPoller {
+    fn handle(&mut self, fsm: &mut ApplyFsm, inbox: &crossbeam_channel::Receiver<ApplyMsg>) {
+        for _ in 0..self.ctx.messages_per_round {
+            if fsm.stopped {
+                return;
+            }
+            match inbox.try_recv() {
+                Ok(msg) => fsm.on_msg(msg, &mut self.ctx),
+                Err(_) => break,
+            }
+        }
+        if fsm.dirty && !fsm.stopped {
+            fsm.dirty = false;
+            let region_id = fsm.region.get_id();
+            self.ctx
+                .wb
+                .put_msg(Cf::Raft, &keys::apply_state_key(region_id), &fsm.apply_state);
+            self.ctx.res.push((
+                region_id,
+                ApplyRes {
+                    applied_index: fsm.apply_state.applied_index,
+                    applied_term: fsm.apply_state.applied_term,
+                    results: std::mem::take(&mut fsm.results),
+                },
+            ));
+        }
+    }
+
+    fn end(&mut self, _fsms: &mut [FsmGuard<ApplyFsm>]) {
+        self.ctx.write();
+        for (p, res) in self.ctx.cbs.drain(..) {
+            metrics::COMMAND_SECONDS
+                .with_label_values(&["apply"])
+                .observe(p.proposed_at.elapsed().as_secs_f64());
+            (p.cb)(res);
+        }
+        for (region_id, res) in self.ctx.res.drain(..) {
+            let _ = self.ctx.router.send(region_id, PeerMsg::ApplyRes(Box::new(res)));
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The peer state machine: one region's Raft node on this store.
+//!
+//! Operations live in their own files as further `impl PeerFsm` blocks: reads in
+//! `read.rs`, membership and operators in `conf_change.rs`, log compaction in
+//! `log_gc.rs`, PD heartbeats in `heartbeat.rs`, removal in `destroy.rs`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Instant,
+};
+
+use proto::{
+    metapb,
+    raft_cmdpb::{AdminCmdType, RaftCmdRequest},
+    raft_serverpb::RaftMessage,
+};
+use protobuf::Message as _;
+use raft::{
+    eraftpb::{Entry, Message, MessageType, Snapshot},
+    Ready, RawNode, StateRole,
+};
+use slog::{debug, info, o, warn, Logger};
+
+use crate::{
+    batch::Fsm,
+    metrics,
+    msg::{ApplyMsg, ApplyRes, Callback, CmdResponse, ExecResult, PeerMsg, Proposal},
+    poll::PollContext,
+    read::ReadQueue,
+    storage::PeerStorage,
+    Config, Error, Result,
+};
+
+/// A Ready taken from raft-rs, persisted by the round's write, finished after it.
+struct PendingReady {
+    ready: Ready,
+    persisted_messages: Vec<Message>,
+    committed: Vec<Entry>,
+    snapshot: Option<Snapshot>,
+}
+
+/// One region's Raft peer on this store.
+pub struct PeerFsm {
+    pub(crate) peer: metapb::Peer,
+    pub(crate) raft: RawNode<PeerStorage>,
+    pub(crate) logger: Logger,
+    proposals: VecDeque<Proposal>,
+    pub(crate) reads: ReadQueue,
+    /// Peers heard from, so that a peer created by a message (whose region has no peers
+    /// yet) can answer the leader.
+    peer_cache: HashMap<u64, metapb::Peer>,
+    /// Leader only: when each other peer was last heard from.
+    pub(crate) peer_heartbeats: HashMap<u64, Instant>,
+    pub(crate) ticks: u64,
+    pending: Option<PendingReady>,
+    /// Report to PD at the next opportunity (the region or its leader changed).
+    pub(crate) heartbeat_due: bool,
+    pub(crate) stopped: bool,
+}
+
+impl Fsm for PeerFsm {
+    type Message = PeerMsg;
+}
+
+impl PeerFsm {
+    /// Creates the peer `peer` of `region` over storage loaded from the engine.
+    pub fn new(
+        cfg: &Config,
+        storage: PeerStorage,
+        peer: metapb::Peer,
+        logger: &Logger,
+    ) -> Result<PeerFsm> {
+        let region_id = storage.region().get_id();
+        let logger = logger.new(o!("region_id" => region_id, "peer_id" => peer.get_id()));
+        let raft_cfg = raft::Config {
+            id: peer.get_id(),
+            election_tick: cfg.raft_election_timeout_ticks,
+            heartbeat_tick: cfg.raft_heartbeat_ticks,
+            applied: storage.applied_index(),
+            max_size_per_msg: cfg.raft_max_size_per_msg.as_u64(),
+            max_inflight_msgs: cfg.raft_max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let raft = RawNode::new(&raft_cfg, storage, &logger)?;
+        Ok(PeerFsm {
+            peer,
+            raft,
+            logger,
+            proposals: VecDeque::new(),
+            reads: ReadQueue::default(),
+            peer_cache: HashMap::new(),
+            peer_heartbeats: HashMap::new(),
+            ticks: 0,
+            pending: None,
+            heartbeat_due: true,
+            stopped: false,
+        })
+    }
+
+    /// The region id.
+    pub fn region_id(&self) -> u64 {
+        self.region().get_id()
+    }
+
+    /// The region as this peer knows it.
+    pub fn region(&self) -> &metapb::Region {
+        self.raft.store().region()
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.raft.state == StateRole::Leader
+    }
+
+    /// The leader this peer knows of, if it is in the region.
+    pub(crate) fn leader(&self) -> Option<metapb::Peer> {
+        self.peer_by_id(self.raft.raft.leader_id)
+    }
+
+    pub(crate) fn peer_by_id(&self, id: u64) -> Option<metapb::Peer> {
+        self.region()
+            .get_peers()
+            .iter()
+            .find(|p| p.get_id() == id)
+            .or_else(|| self.peer_cache.get(&id))
+            .cloned()
+    }
+
+    pub(crate) fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            region_id: self.region_id(),
+            leader: self.leader(),
+        }
+    }
+
+    /// Handles one piece of mail.
+    pub(crate) fn on_msg(&mut self, msg: PeerMsg, ctx: &mut PollContext) {
+        if self.stopped {
+            return;
+        }
+        match msg {
+            PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
+            PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
+            PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
+            PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to)),
+            PeerMsg::Tick => self.on_tick(ctx),
+            PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
+            PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
+            PeerMsg::SnapshotStatus { to_peer_id, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raft.report_snapshot(to_peer_id, status);
+            }
+            PeerMsg::Operator(op) => self.on_operator(*op, ctx),
+        }
+    }
+
+    fn on_raft_message(&mut self, msg: RaftMessage, ctx: &mut PollContext) {
+        if msg.get_is_tombstone() {
+            self.on_tombstone_message(&msg, ctx);
+            return;
+        }
+        if self.is_stale_sender(&msg, ctx) {
+            return;
+        }
+        let raft_msg = match Message::parse_from_bytes(msg.get_message()) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(self.logger, "dropping undecodable raft message"; "err" => %e);
+                return;
+            }
+        };
+        if raft_msg.get_msg_type() == MessageType::MsgSnapshot
+            && !self.accept_snapshot(&raft_msg, ctx)
+        {
+            return;
+        }
+        let from = msg.get_from_peer();
+        self.peer_cache.insert(from.get_id(), from.clone());
+        if self.is_leader() {
+            self.peer_heartbeats.insert(from.get_id(), Instant::now());
+        }
+        if let Err(e) = self.raft.step(raft_msg) {
+            debug!(self.logger, "raft rejected a message"; "from" => from.get_id(), "err" => %e);
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut PollContext) {
+        self.ticks += 1;
+        self.raft.tick();
+        self.reads.expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
+        if self.is_leader() {
+            if self.ticks % ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval) == 0 {
+                self.maybe_compact_log(ctx);
+            }
+            if self.heartbeat_due
+                || self.ticks % ctx.cfg.ticks(ctx.cfg.pd_heartbeat_tick_interval) == 0
+            {
+                self.heartbeat_pd(ctx);
+            }
+        }
+    }
+
+    /// Checks that a command may be proposed by this peer now.
+    fn check_command(&self, cmd: &RaftCmdRequest) -> Result<()> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let region = self.region();
+        let header = cmd.get_header();
+        if header.get_region_id() != region.get_id() {
+            return Err(Error::RegionNotFound(header.get_region_id()));
+        }
+        crate::util::check_epoch(region, header.get_region_epoch(), cmd.has_admin_request())?;
+        for req in cmd.get_requests() {
+            crate::util::check_request_keys(region, req)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn propose_command(
+        &mut self,
+        cmd: RaftCmdRequest,
+        cb: Callback<CmdResponse>,
+        ctx: &mut PollContext,
+    ) {
+        if let Err(e) = self.check_command(&cmd) {
+            metrics::PROPOSALS.with_label_values(&["normal", "rejected"]).inc();
+            cb(Err(e));
+            return;
+        }
+        let data = cmd
+            .write_to_bytes()
+            .expect("encoding a command into memory cannot fail");
+        let limit = ctx.cfg.raft_entry_max_size.as_u64();
+        if data.len() as u64 > limit {
+            cb(Err(Error::EntryTooLarge {
+                region_id: self.region_id(),
+                size: data.len() as u64,
+                limit,
+            }));
+            return;
+        }
+        if cmd.has_admin_request() {
+            match cmd.get_admin_request().get_cmd_type() {
+                AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb),
+                AdminCmdType::CompactLog => {}
+                other => {
+                    return cb(Err(Error::InvalidRequest(format!(
+                        "unsupported admin command {other:?}"
+                    ))))
+                }
+            }
+        }
+        self.propose("normal", |raft| raft.propose(vec![], data), cb);
+    }
+
+    /// Proposes through `f` and tracks the entry it appends, if any.
+    pub(crate) fn propose(
+        &mut self,
+        kind: &str,
+        f: impl FnOnce(&mut RawNode<PeerStorage>) -> raft::Result<()>,
+        cb: Callback<CmdResponse>,
+    ) {
+        let last = self.raft.raft.raft_log.last_index();
+        let res = f(&mut self.raft);
+        let index = self.raft.raft.raft_log.last_index();
+        if res.is_err() || index == last {
+            // raft-rs drops proposals while a leader transfer is in progress.
+            metrics::PROPOSALS.with_label_values(&[kind, "dropped"]).inc();
+            cb(Err(Error::StaleCommand("proposal dropped by raft")));
+            return;
+        }
+        metrics::PROPOSALS.with_label_values(&[kind, "ok"]).inc();
+        self.proposals.push_back(Proposal {
+            index,
+            term: self.raft.raft.term,
+            cb,
+            proposed_at: Instant::now(),
+        });
+    }
+
+    fn transfer_leader(&mut self, to: &metapb::Peer) -> Result<()> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let target = self
+            .region()
+            .get_peers()
+            .iter()
+            .find(|p| p.get_store_id() == to.get_store_id())
+            .cloned()
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "region {} has no peer on store {}",
+                    self.region_id(),
+                    to.get_store_id()
+                ))
+            })?;
+        if target.get_role() == metapb::PeerRole::Learner {
+            return Err(Error::InvalidRequest(format!(
+                "peer {} on store {} is a learner and cannot lead",
+                target.get_id(),
+                target.get_store_id()
+            )));
+        }
+        if target.get_id() != self.peer.get_id() {
+            info!(self.logger, "transferring leadership"; "to" => target.get_id());
+            self.raft.transfer_leader(target.get_id());
+        }
+        Ok(())
+    }
+
+    fn on_apply_res(&mut self, res: ApplyRes, ctx: &mut PollContext) {
+        for r in res.results {
+            match r {
+                ExecResult::ChangePeer { cc, region } => self.on_change_peer(cc, region, ctx),
+                ExecResult::CompactLog { index, term } => self.on_compact_log(index, term, ctx),
+                ExecResult::SnapshotApplied { region } => {
+                    info!(self.logger, "snapshot applied"; "index" => res.applied_index);
+                    ctx.store_meta.lock().set_region(region);
+                }
+            }
+            if self.stopped {
+                return;
+            }
+        }
+        self.raft
+            .mut_store()
+            .on_applied(res.applied_index, res.applied_term);
+        self.raft.advance_apply_to(res.applied_index);
+        self.reads.on_applied(res.applied_index, self.raft.store().region());
+        self.reads.retry_pending(&mut self.raft);
+    }
+
+    /// Takes this round's Ready, if any, and writes what must be persisted into the
+    /// round's batch.
+    pub(crate) fn collect_ready(&mut self, ctx: &mut PollContext) {
+        if self.stopped {
+            return;
+        }
+        self.reads.flush(&mut self.raft, self.is_leader());
+        if !self.raft.has_ready() {
+            return;
+        }
+        let mut ready = self.raft.ready();
+        if let Some(ss) = ready.ss() {
+            let role = ss.raft_state;
+            let leader = ss.leader_id;
+            self.on_role_changed(role, leader, ctx);
+        }
+        // A leader's messages may go out before its own write (the Raft thesis, 10.2.1).
+        let msgs = ready.take_messages();
+        self.send(msgs, ctx);
+        let wb = &mut ctx.raft_wb;
+        let mut snapshot = None;
+        if !ready.snapshot().is_empty() {
+            match self.raft.mut_store().apply_snapshot(ready.snapshot(), wb) {
+                Ok(_) => snapshot = Some(ready.snapshot().clone()),
+                Err(e) => panic!("{:?} cannot take a snapshot it accepted: {e}", self.logger),
+            }
+            ctx.sync = true;
+        }
+        if !ready.entries().is_empty() {
+            self.raft.mut_store().append(ready.take_entries(), wb);
+            ctx.sync = true;
+        }
+        if let Some(hs) = ready.hs() {
+            self.raft.mut_store().set_hard_state(hs);
+            ctx.sync = true;
+        }
+        self.raft.mut_store().write_raft_state(wb);
+        let read_states = ready.take_read_states();
+        let store = self.raft.store();
+        self.reads.on_read_states(read_states, store.applied_index(), store.region());
+        self.pending = Some(PendingReady {
+            persisted_messages: ready.take_persisted_messages(),
+            committed: ready.take_committed_entries(),
+            ready,
+            snapshot,
+        });
+    }
+
+    /// Finishes this round's Ready after the round's write is durable.
+    pub(crate) fn post_persist(&mut self, ctx: &mut PollContext) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        self.send(p.persisted_messages, ctx);
+        if let Some(snap) = p.snapshot {
+            self.on_snapshot_persisted(&snap, ctx);
+        }
+        self.apply_committed(p.committed, ctx);
+        let mut light = self.raft.advance_append(p.ready);
+        if let Some(commit) = light.commit_index() {
+            self.raft.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages(), ctx);
+        self.apply_committed(light.take_committed_entries(), ctx);
+    }
+
+    fn on_snapshot_persisted(&mut self, snap: &Snapshot, ctx: &mut PollContext) {
+        let region = self.region().clone();
+        let data = match proto::raft_serverpb::SnapshotData::parse_from_bytes(snap.get_data()) {
+            Ok(d) => d,
+            Err(e) => panic!("{:?} persisted a snapshot it cannot decode: {e}", self.logger),
+        };
+        let files = ctx
+            .snap_mgr
+            .recv_files(region.get_id(), snap, &data)
+            .expect("files of a snapshot that was received whole");
+        let meta = snap.get_metadata();
+        info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);
+        ctx.store_meta.lock().set_region(region.clone());
+        let task = ApplyMsg::Snapshot {
+            region,
+            index: meta.index,
+            term: meta.term,
+            files,
+        };
+        if ctx.apply_router.send(self.region_id(), task).is_err() {
+            warn!(self.logger, "apply state machine is gone; snapshot not applied");
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>, ctx: &mut PollContext) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let last_index = last.index;
+        let mut proposals = vec![];
+        for e in &entries {
+            while let Some(p) = self.proposals.front() {
+                if p.index > e.index {
+                    break;
+                }
+                let p = self.proposals.pop_front().expect("front exists");
+                if p.index == e.index && p.term == e.term {
+                    metrics::COMMAND_SECONDS
+                        .with_label_values(&["commit"])
+                        .observe(p.proposed_at.elapsed().as_secs_f64());
+                    proposals.push(p);
+                } else {
+                    // Another leader's entry took this index: the proposal is lost.
+                    (p.cb)(Err(Error::StaleCommand("entry overwritten by a new leader")));
+                }
+            }
+        }
+        debug!(self.logger, "handing entries to apply"; "count" => entries.len(), "last" => last_index);
+        let msg = ApplyMsg::Entries { entries, proposals };
+        if let Err(ApplyMsg::Entries { proposals, .. }) =
+            ctx.apply_router.send(self.region_id(), msg)
+        {
+            for p in proposals {
+                (p.cb)(Err(Error::Stopped));
+            }
+        }
+    }
+
+    fn on_role_changed(&mut self, role: StateRole, leader_id: u64, ctx: &mut PollContext) {
+        info!(self.logger, "role changed"; "role" => ?role, "leader_id" => leader_id,
+              "term" => self.raft.raft.term);
+        let is_leader = role == StateRole::Leader;
+        ctx.store_meta
+            .lock()
+            .set_leader(self.region_id(), is_leader);
+        if is_leader {
+            let now = Instant::now();
+            self.peer_heartbeats = self
+                .region()
+                .get_peers()
+                .iter()
+                .map(|p| (p.get_id(), now))
+                .collect();
+            self.heartbeat_due = true;
+        } else {
+            let (region_id, leader) = (self.region_id(), self.leader());
+            self.reads.fail_all(|| Error::NotLeader {
+                region_id,
+                leader: leader.clone(),
+            });
+        }
+    }
+
+    /// Queues Raft messages for their stores (sent at the end of the round).
+    pub(crate) fn send(&mut self, msgs: Vec<Message>, ctx: &mut PollContext) {
+        for m in msgs {
+            let Some(to) = self.peer_by_id(m.to) else {
+                debug!(self.logger, "dropping message to a peer not in the region"; "to" => m.to);
+                continue;
+            };
+            let region = self.region();
+            let mut out = RaftMessage::default();
+            out.set_region_id(region.get_id());
+            out.set_from_peer(self.peer.clone());
+            out.set_region_epoch(region.get_region_epoch().clone());
+            out.set_start_key(region.get_start_key().to_vec());
+            out.set_end_key(region.get_end_key().to_vec());
+            out.set_message(
+                m.write_to_bytes()
+                    .expect("encoding a raft message into memory cannot fail"),
+            );
+            let store_id = to.get_store_id();
+            out.set_to_peer(to);
+            ctx.outgoing.entry(store_id).or_default().push(out);
+        }
+    }
+
+    /// Answers every waiting proposal and read with `err`, for a peer that is going away.
+    pub(crate) fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for p in self.proposals.drain(..) {
+            (p.cb)(Err(err()));
+        }
+        self.reads.fail_all(err);
+    }
+}

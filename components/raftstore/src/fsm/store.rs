@@ -1,0 +1,240 @@
+//! The store's own loop: drives ticks, reports store statistics to PD, loads peers at
+//! start-up, and creates peers for regions other stores tell it about.
+
+use std::{sync::Arc, time::SystemTime};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use engine::{Cf, Engine};
+use parking_lot::Mutex;
+use proto::{
+    metapb, pdpb,
+    raft_serverpb::{PeerState, RaftApplyState, RaftMessage, RegionLocalState},
+};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use slog::{debug, info, warn, Logger};
+
+use crate::{
+    batch::Registrar,
+    fsm::{apply::ApplyFsm, peer::PeerFsm},
+    msg::{ApplyMsg, PdTask, PeerMsg, StoreMsg},
+    router::ApplyRouter,
+    snap::{GenTask, SnapManager},
+    storage::PeerStorage,
+    store_meta::StoreMeta,
+    Config, RaftRouter, Result,
+};
+
+pub(crate) struct StoreFsm {
+    pub store_id: u64,
+    pub cfg: Arc<Config>,
+    pub engine: Engine,
+    pub router: RaftRouter,
+    pub apply_router: ApplyRouter,
+    pub peers: Registrar<PeerFsm>,
+    pub applies: Registrar<ApplyFsm>,
+    pub store_meta: Arc<Mutex<StoreMeta>>,
+    pub pd_tx: Sender<PdTask>,
+    pub gen_tx: Sender<GenTask>,
+    pub snap_mgr: SnapManager,
+    pub logger: Logger,
+    pub start_time: u32,
+}
+
+impl StoreFsm {
+    pub fn run(self, inbox: Receiver<StoreMsg>, stop: Receiver<()>) {
+        let ticker = crossbeam_channel::tick(self.cfg.raft_base_tick_interval);
+        let heartbeat_every = self.cfg.ticks(self.cfg.pd_store_heartbeat_tick_interval);
+        self.heartbeat();
+        let mut ticks = 0u64;
+        loop {
+            select! {
+                recv(inbox) -> msg => match msg {
+                    Ok(msg) => self.on_msg(msg),
+                    Err(_) => return,
+                },
+                recv(ticker) -> _ => {
+                    self.router.peers.broadcast(|| PeerMsg::Tick);
+                    ticks += 1;
+                    if ticks % heartbeat_every == 0 {
+                        self.heartbeat();
+                    }
+                }
+                recv(stop) -> _ => return,
+            }
+        }
+    }
+
+    fn on_msg(&self, msg: StoreMsg) {
+        match msg {
+            StoreMsg::RaftMessage(msg) => {
+                if let Err(e) = self.maybe_create_peer(*msg) {
+                    warn!(self.logger, "cannot create peer"; "err" => %e);
+                }
+            }
+            StoreMsg::PeerDestroyed { region_id } => {
+                debug!(self.logger, "peer destroyed"; "region_id" => region_id);
+                self.heartbeat();
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let mut stats = pdpb::StoreStats::default();
+        stats.store_id = self.store_id;
+        let dir = self.engine.path();
+        stats.capacity = fs2::total_space(dir).unwrap_or(0);
+        stats.available = fs2::available_space(dir).unwrap_or(0);
+        stats.used_size = stats.capacity.saturating_sub(stats.available);
+        stats.start_time = self.start_time;
+        {
+            let meta = self.store_meta.lock();
+            stats.region_count = meta.region_count() as u32;
+            stats.leader_count = meta.leader_count() as u32;
+        }
+        let _ = self.pd_tx.send(PdTask::StoreHeartbeat(stats));
+    }
+
+    /// Registers a peer and its apply state machine.
+    fn register(&self, mut peer: PeerFsm, apply: ApplyFsm) {
+        let region = peer.region().clone();
+        let region_id = region.get_id();
+        let voters: Vec<u64> = region
+            .get_peers()
+            .iter()
+            .filter(|p| p.get_role() == metapb::PeerRole::Voter)
+            .map(|p| p.get_id())
+            .collect();
+        if voters == [peer.peer.get_id()] {
+            // Alone in its region: no reason to wait out an election timeout.
+            let _ = peer.raft.campaign();
+        }
+        if !region.get_peers().is_empty() {
+            self.store_meta.lock().set_region(region);
+        }
+        self.apply_router
+            .register(region_id, self.applies.mailbox(apply));
+        let mailbox = self.peers.mailbox(peer);
+        // Wake the peer so that a campaign or a restart's Ready is processed at once.
+        let _ = mailbox.send(PeerMsg::Tick);
+        self.router.peers.register(region_id, mailbox);
+    }
+
+    /// Creates the peers of every region on disk.
+    pub fn load_peers(&self) -> Result<usize> {
+        let range = keys::region_state_range();
+        let mut states = vec![];
+        self.engine.scan(Cf::Raft, &range.start, &range.end, |_, v| {
+            let state = RegionLocalState::parse_from_bytes(v).map_err(|source| {
+                engine::Error::Corrupted {
+                    key: range.start.to_vec(),
+                    source,
+                }
+            })?;
+            states.push(state);
+            Ok(true)
+        })?;
+        let mut loaded = 0;
+        for state in states {
+            if state.get_state() == PeerState::Tombstone {
+                continue;
+            }
+            let region = state.get_region().clone();
+            let Some(me) = region
+                .get_peers()
+                .iter()
+                .find(|p| p.get_store_id() == self.store_id)
+                .cloned()
+            else {
+                warn!(self.logger, "region on disk has no peer on this store"; "region_id" => region.get_id());
+                continue;
+            };
+            let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+            let apply_state: RaftApplyState = self
+                .engine
+                .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
+                .unwrap_or_default();
+            let applying = state.get_state() == PeerState::Applying;
+            let (index, term) = (apply_state.applied_index, apply_state.applied_term);
+            let peer = PeerFsm::new(&self.cfg, storage, me, &self.logger)?;
+            let apply = ApplyFsm::new(region.clone(), apply_state, &self.logger);
+            self.register(peer, apply);
+            if applying {
+                info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
+                let files = self.snap_mgr.existing_recv_files(region.get_id(), term, index);
+                let _ = self.apply_router.send(
+                    region.get_id(),
+                    ApplyMsg::Snapshot {
+                        region,
+                        index,
+                        term,
+                        files,
+                    },
+                );
+            }
+            loaded += 1;
+        }
+        info!(self.logger, "loaded peers"; "count" => loaded);
+        Ok(loaded)
+    }
+
+    /// Creates an empty peer for a region another store says this store belongs to.
+    fn maybe_create_peer(&self, msg: RaftMessage) -> Result<()> {
+        let region_id = msg.get_region_id();
+        if self.router.peers.contains(region_id) {
+            // Created between the router miss and now.
+            return self.router.send_raft_message(msg);
+        }
+        let to = msg.get_to_peer();
+        if msg.get_is_tombstone() || to.get_store_id() != self.store_id {
+            return Ok(());
+        }
+        let raft_msg = Message::parse_from_bytes(msg.get_message())?;
+        let creates = matches!(
+            raft_msg.get_msg_type(),
+            MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+                | MessageType::MsgSnapshot
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+        );
+        if !creates {
+            return Ok(());
+        }
+        if let Some(state) = self
+            .engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region_id))?
+        {
+            let local = state.get_region();
+            let stale = state.get_state() != PeerState::Tombstone
+                || msg.get_region_epoch().get_conf_ver() <= local.get_region_epoch().get_conf_ver()
+                || local.get_peers().iter().any(|p| p.get_id() >= to.get_id() && p.get_store_id() == self.store_id);
+            if stale {
+                debug!(self.logger, "not recreating a removed peer"; "region_id" => region_id);
+                return Ok(());
+            }
+        }
+        info!(self.logger, "creating peer from a message"; "region_id" => region_id,
+              "peer_id" => to.get_id(), "from" => msg.get_from_peer().get_id());
+        // Raft state left by an earlier, never-initialized incarnation must not leak in.
+        let raft = keys::region_raft_range(region_id);
+        let mut wb = self.engine.write_batch();
+        wb.delete_range(Cf::Raft, &raft.start, &raft.end);
+        self.engine.write(wb, false)?;
+        let mut region = metapb::Region::default();
+        region.set_id(region_id);
+        let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+        let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
+        let apply = ApplyFsm::new(region, RaftApplyState::default(), &self.logger);
+        self.register(peer, apply);
+        self.router.send_raft_message(msg)
+    }
+}
+
+/// Seconds since the Unix epoch, for the store's start time.
+pub(crate) fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}

@@ -1,0 +1,47 @@
+//! Region heartbeats: a leader tells PD what its region looks like, on change and at a
+//! slow interval otherwise.
+
+use engine::Cf;
+use proto::pdpb;
+
+use crate::{fsm::peer::PeerFsm, msg::PdTask, poll::PollContext};
+
+impl PeerFsm {
+    pub(crate) fn heartbeat_pd(&mut self, ctx: &mut PollContext) {
+        self.heartbeat_due = false;
+        let region = self.region().clone();
+        let mut req = pdpb::RegionHeartbeatRequest::default();
+        req.set_leader(self.peer.clone());
+        req.term = self.raft.raft.term;
+        let down_after = ctx.cfg.max_peer_down_duration;
+        for p in region.get_peers() {
+            if p.get_id() == self.peer.get_id() {
+                continue;
+            }
+            if let Some(seen) = self.peer_heartbeats.get(&p.get_id()) {
+                let silent = seen.elapsed();
+                if silent > down_after {
+                    let mut stats = pdpb::PeerStats::default();
+                    stats.set_peer(p.clone());
+                    stats.down_seconds = silent.as_secs();
+                    req.mut_down_peers().push(stats);
+                }
+            }
+        }
+        let truncated = self.raft.store().truncated_index();
+        for (id, progress) in self.raft.raft.prs().iter() {
+            if progress.matched < truncated {
+                if let Some(p) = self.peer_by_id(*id) {
+                    req.mut_pending_peers().push(p);
+                }
+            }
+        }
+        req.approximate_size = ctx.engine.approximate_size(
+            Cf::Default,
+            &keys::data_key(region.get_start_key()),
+            &keys::data_end_key(region.get_end_key()),
+        );
+        req.set_region(region);
+        let _ = ctx.pd_tx.send(PdTask::RegionHeartbeat(req));
+    }
+}

@@ -1,0 +1,67 @@
+//! Raft log compaction. A leader compacts up to what every peer has, or, past the count or
+//! size limit, up to what it has applied (a follower that lags that far gets a snapshot).
+
+use proto::raft_cmdpb::{AdminCmdType, AdminRequest, RaftCmdRequest};
+use protobuf::Message as _;
+use slog::{debug, warn};
+
+use crate::{fsm::peer::PeerFsm, poll::PollContext};
+
+impl PeerFsm {
+    pub(crate) fn maybe_compact_log(&mut self, ctx: &mut PollContext) {
+        let store = self.raft.store();
+        let applied = store.applied_index();
+        let first = store.truncated_index() + 1;
+        let last = store.last_index();
+        if applied < first {
+            return;
+        }
+        let replicated = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, p)| p.matched)
+            .min()
+            .unwrap_or(applied);
+        let over_limit = last + 1 - first > ctx.cfg.raft_log_gc_count_limit
+            || store.approximate_log_bytes() > ctx.cfg.raft_log_gc_size_limit.as_u64();
+        let compact_to = if over_limit {
+            applied
+        } else {
+            replicated.min(applied)
+        };
+        if compact_to < first || (!over_limit && compact_to + 1 - first < ctx.cfg.raft_log_gc_threshold) {
+            return;
+        }
+        let term = match self.raft.raft.raft_log.term(compact_to) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(self.logger, "cannot compact log"; "index" => compact_to, "err" => %e);
+                return;
+            }
+        };
+        debug!(self.logger, "compacting raft log"; "to" => compact_to, "forced" => over_limit);
+        let mut cmd = RaftCmdRequest::default();
+        let header = cmd.mut_header();
+        header.set_region_id(self.region_id());
+        header.set_peer(self.peer.clone());
+        header.set_region_epoch(self.region().get_region_epoch().clone());
+        let mut admin = AdminRequest::default();
+        admin.set_cmd_type(AdminCmdType::CompactLog);
+        admin.mut_compact_log().compact_index = compact_to;
+        admin.mut_compact_log().compact_term = term;
+        cmd.set_admin_request(admin);
+        let data = cmd
+            .write_to_bytes()
+            .expect("encoding a command into memory cannot fail");
+        self.propose("compact_log", |raft| raft.propose(vec![], data), Box::new(|_| {}));
+    }
+
+    /// Deletes the compacted entries once the compaction is applied.
+    pub(crate) fn on_compact_log(&mut self, index: u64, term: u64, ctx: &mut PollContext) {
+        self.raft
+            .mut_store()
+            .compact_to(index, term, &mut ctx.raft_wb);
+    }
+}

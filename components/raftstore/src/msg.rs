@@ -1,0 +1,168 @@
+//! What flows between the parts of the raftstore: mail for peers, for the apply pool, for
+//! the store, and tasks for PD.
+
+use std::{path::PathBuf, time::Instant};
+
+use engine::Cf;
+use proto::{metapb, pdpb, raft_cmdpb::RaftCmdRequest, raft_serverpb::RaftMessage};
+use raft::eraftpb::{ConfChangeV2, Entry};
+
+use crate::Result;
+
+/// Called once with the outcome of a request.
+pub type Callback<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// The outcome of a compare-and-swap, decided at apply time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CasResult {
+    /// Whether the new value was written.
+    pub succeed: bool,
+    /// The value before the command (`None`: the key did not exist).
+    pub previous: Option<Vec<u8>>,
+}
+
+/// What an applied command produced.
+#[derive(Debug, Default)]
+pub struct CmdResponse {
+    /// One result per compare-and-swap request, in request order.
+    pub cas: Vec<CasResult>,
+    /// The region after an admin command.
+    pub region: Option<metapb::Region>,
+}
+
+/// A proposal waiting for its entry to be applied.
+pub struct Proposal {
+    /// Log index of the entry.
+    pub index: u64,
+    /// Term the entry was proposed in; a different term at that index means it was lost.
+    pub term: u64,
+    /// Who waits.
+    pub cb: Callback<CmdResponse>,
+    /// When it was proposed (for the latency histograms).
+    pub proposed_at: Instant,
+}
+
+/// Mail for a peer.
+pub enum PeerMsg {
+    /// A Raft message from another store.
+    RaftMessage(Box<RaftMessage>),
+    /// A write or admin command to propose.
+    Command {
+        /// The command.
+        cmd: RaftCmdRequest,
+        /// Called once it is applied or rejected.
+        cb: Callback<CmdResponse>,
+    },
+    /// A linearizable read: the callback is called once the local state may be read, with
+    /// the region as it is then.
+    Read {
+        /// The epoch the reader expects.
+        epoch: metapb::RegionEpoch,
+        /// Called when the read may run.
+        cb: Callback<metapb::Region>,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// The voter to hand it to.
+        to: metapb::Peer,
+        /// Called once the transfer has started (not finished).
+        cb: Callback<()>,
+    },
+    /// One Raft tick.
+    Tick,
+    /// Entries were applied.
+    ApplyRes(Box<ApplyRes>),
+    /// A message to this peer could not be delivered.
+    Unreachable {
+        /// The peer that could not be reached.
+        to_peer_id: u64,
+    },
+    /// A snapshot this peer sent was delivered or failed.
+    SnapshotStatus {
+        /// The receiver.
+        to_peer_id: u64,
+        /// Whether it arrived.
+        ok: bool,
+    },
+    /// An operator from PD.
+    Operator(Box<pdpb::RegionHeartbeatResponse>),
+}
+
+/// Mail for a region's apply state machine.
+pub enum ApplyMsg {
+    /// Committed entries, with the proposals that wait for some of them.
+    Entries {
+        /// The entries, in log order.
+        entries: Vec<Entry>,
+        /// Proposals, in index order.
+        proposals: Vec<Proposal>,
+    },
+    /// Replace the region's data with a received snapshot.
+    Snapshot {
+        /// The region the snapshot describes.
+        region: metapb::Region,
+        /// Its last included index and term.
+        index: u64,
+        /// Term of `index`.
+        term: u64,
+        /// The SST files to ingest.
+        files: Vec<(Cf, PathBuf)>,
+    },
+    /// The peer is gone; stop.
+    Destroy,
+}
+
+/// What a region's apply state machine reports back to its peer.
+#[derive(Debug)]
+pub struct ApplyRes {
+    /// How far the region has applied.
+    pub applied_index: u64,
+    /// The term of that entry.
+    pub applied_term: u64,
+    /// Side effects the peer must act on.
+    pub results: Vec<ExecResult>,
+}
+
+/// A side effect of an applied admin command.
+#[derive(Debug)]
+pub enum ExecResult {
+    /// Membership changed (or, with `cc` empty, a change was rejected at apply time).
+    ChangePeer {
+        /// What raft-rs must apply.
+        cc: ConfChangeV2,
+        /// The region after the change.
+        region: metapb::Region,
+    },
+    /// The log may be truncated up to `index`.
+    CompactLog {
+        /// New truncated index.
+        index: u64,
+        /// Its term.
+        term: u64,
+    },
+    /// A snapshot's data is in place.
+    SnapshotApplied {
+        /// The region it described.
+        region: metapb::Region,
+    },
+}
+
+/// Mail for the store itself.
+pub enum StoreMsg {
+    /// A Raft message for a region this store has no peer of (yet).
+    RaftMessage(Box<RaftMessage>),
+    /// A peer was destroyed and unregistered.
+    PeerDestroyed {
+        /// Its region.
+        region_id: u64,
+    },
+}
+
+/// Work for the PD client, done outside the Raft threads.
+#[derive(Debug)]
+pub enum PdTask {
+    /// A leader reports its region.
+    RegionHeartbeat(pdpb::RegionHeartbeatRequest),
+    /// The store reports its statistics.
+    StoreHeartbeat(pdpb::StoreStats),
+}

@@ -1,0 +1,131 @@
+//! Routers: region id -> mailbox, for peers and for apply state machines.
+
+use std::collections::HashMap;
+
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
+use proto::raft_serverpb::RaftMessage;
+use std::sync::Arc;
+
+use crate::{
+    batch::{Fsm, Mailbox},
+    fsm::{apply::ApplyFsm, peer::PeerFsm},
+    msg::{PeerMsg, StoreMsg},
+    Error, Result,
+};
+
+/// Region id -> mailbox.
+pub struct Router<F: Fsm> {
+    boxes: Arc<RwLock<HashMap<u64, Mailbox<F>>>>,
+}
+
+impl<F: Fsm> Clone for Router<F> {
+    fn clone(&self) -> Self {
+        Router {
+            boxes: self.boxes.clone(),
+        }
+    }
+}
+
+impl<F: Fsm> Default for Router<F> {
+    fn default() -> Self {
+        Router {
+            boxes: Arc::default(),
+        }
+    }
+}
+
+impl<F: Fsm> Router<F> {
+    /// Sends to one region; gives the message back if the region is not registered or
+    /// its pool stopped.
+    pub fn send(&self, region_id: u64, msg: F::Message) -> std::result::Result<(), F::Message> {
+        let mailbox = self.boxes.read().get(&region_id).cloned();
+        match mailbox {
+            Some(mb) => mb.send(msg),
+            None => Err(msg),
+        }
+    }
+
+    /// Sends a message made by `make` to every registered region.
+    pub fn broadcast(&self, mut make: impl FnMut() -> F::Message) {
+        let boxes: Vec<Mailbox<F>> = self.boxes.read().values().cloned().collect();
+        for mb in boxes {
+            let _ = mb.send(make());
+        }
+    }
+
+    pub(crate) fn register(&self, region_id: u64, mailbox: Mailbox<F>) {
+        self.boxes.write().insert(region_id, mailbox);
+    }
+
+    pub(crate) fn unregister(&self, region_id: u64) {
+        self.boxes.write().remove(&region_id);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.boxes.write().clear();
+    }
+
+    /// Whether a region is registered.
+    pub fn contains(&self, region_id: u64) -> bool {
+        self.boxes.read().contains_key(&region_id)
+    }
+
+    /// How many regions are registered.
+    pub fn len(&self) -> usize {
+        self.boxes.read().len()
+    }
+
+    /// Whether no region is registered.
+    pub fn is_empty(&self) -> bool {
+        self.boxes.read().is_empty()
+    }
+}
+
+/// Routes mail to apply state machines.
+pub type ApplyRouter = Router<ApplyFsm>;
+
+/// The entry point into a running raftstore: routes mail to peers, and to the store for
+/// regions it has no peer of.
+#[derive(Clone)]
+pub struct RaftRouter {
+    pub(crate) peers: Router<PeerFsm>,
+    pub(crate) store: Sender<StoreMsg>,
+}
+
+impl RaftRouter {
+    /// Sends mail to the peer of `region_id`.
+    pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<()> {
+        self.peers
+            .send(region_id, msg)
+            .map_err(|_| Error::RegionNotFound(region_id))
+    }
+
+    /// Delivers a Raft message from another store, creating the peer if needed.
+    pub fn send_raft_message(&self, msg: RaftMessage) -> Result<()> {
+        let region_id = msg.get_region_id();
+        match self.peers.send(region_id, PeerMsg::RaftMessage(Box::new(msg))) {
+            Ok(()) => Ok(()),
+            Err(PeerMsg::RaftMessage(msg)) => self
+                .store
+                .send(StoreMsg::RaftMessage(msg))
+                .map_err(|_| Error::Stopped),
+            Err(_) => unreachable!("the message given back is the one sent"),
+        }
+    }
+
+    /// Tells a peer that a message it sent to `to_peer_id` was not delivered.
+    pub fn report_unreachable(&self, region_id: u64, to_peer_id: u64) {
+        let _ = self.send(region_id, PeerMsg::Unreachable { to_peer_id });
+    }
+
+    /// Tells a peer how sending a snapshot to `to_peer_id` ended.
+    pub fn report_snapshot_status(&self, region_id: u64, to_peer_id: u64, ok: bool) {
+        let _ = self.send(region_id, PeerMsg::SnapshotStatus { to_peer_id, ok });
+    }
+
+    /// How many peers this store hosts.
+    pub fn region_count(&self) -> usize {
+        self.peers.len()
+    }
+}

@@ -1,0 +1,398 @@
+//! A peer's Raft storage: raft-rs's `Storage` over the engine, plus the writes that
+//! persist a Ready (entries, hard state, snapshot) and log truncation.
+//!
+//! The tail of the log lives in an in-memory cache, so a leader replicating to followers
+//! that keep up never reads RocksDB.
+
+use std::{cell::RefCell, collections::VecDeque};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use engine::{Cf, Engine, WriteBatch};
+use proto::{
+    metapb,
+    raft_serverpb::{
+        PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
+        SnapshotData,
+    },
+};
+use protobuf::Message as _;
+use raft::{
+    eraftpb::{ConfState, Entry, HardState, Snapshot},
+    GetEntriesContext, RaftState, StorageError,
+};
+
+use crate::{snap::GenTask, Error, Result};
+
+/// Index and term every new region's log starts from, so that a peer created empty (term
+/// 0, index 0) is always behind and gets a snapshot.
+pub const RAFT_INIT_LOG_INDEX: u64 = 5;
+/// See [`RAFT_INIT_LOG_INDEX`].
+pub const RAFT_INIT_LOG_TERM: u64 = 5;
+
+/// Most entries kept in memory beyond what is applied.
+const CACHE_KEEP_APPLIED: usize = 1024;
+
+enum SnapState {
+    Relax,
+    Generating(Receiver<Result<Snapshot>>),
+}
+
+/// One peer's Raft log and states.
+pub struct PeerStorage {
+    engine: Engine,
+    region: metapb::Region,
+    raft_state: RaftLocalState,
+    apply_state: RaftApplyState,
+    last_term: u64,
+    cache: VecDeque<Entry>,
+    snap_state: RefCell<SnapState>,
+    gen_tx: Sender<GenTask>,
+    /// The raft state changed since it was last written.
+    raft_state_dirty: bool,
+}
+
+/// The voters and learners a region's peers form.
+pub fn conf_state_of(region: &metapb::Region) -> ConfState {
+    let mut cs = ConfState::default();
+    for p in region.get_peers() {
+        match p.get_role() {
+            metapb::PeerRole::Learner => cs.mut_learners().push(p.get_id()),
+            _ => cs.mut_voters().push(p.get_id()),
+        }
+    }
+    cs
+}
+
+impl PeerStorage {
+    /// Loads (or, for a peer that has never had data, starts empty) a peer's storage.
+    pub fn new(engine: Engine, region: metapb::Region, gen_tx: Sender<GenTask>) -> Result<Self> {
+        let id = region.get_id();
+        let initialized = !region.get_peers().is_empty();
+        let mut raft_state: RaftLocalState = engine
+            .get_msg(Cf::Raft, &keys::raft_state_key(id))?
+            .unwrap_or_default();
+        let apply_state: RaftApplyState = match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
+            Some(s) => s,
+            None if initialized => {
+                return Err(Error::Snapshot(format!(
+                    "region {id} has a region state but no apply state"
+                )))
+            }
+            None => RaftApplyState::default(),
+        };
+        // Applied entries are committed even if the commit index written with the hard
+        // state lags behind (it is persisted lazily).
+        raft_state.commit = raft_state.commit.max(apply_state.applied_index);
+        let truncated = apply_state.get_truncated_state();
+        let last_term = if raft_state.last_index == truncated.index {
+            truncated.term
+        } else {
+            let e: Entry = engine
+                .get_msg(Cf::Raft, &keys::raft_log_key(id, raft_state.last_index))?
+                .ok_or_else(|| {
+                    Error::Snapshot(format!(
+                        "region {id}: last log entry {} is missing",
+                        raft_state.last_index
+                    ))
+                })?;
+            e.term
+        };
+        Ok(PeerStorage {
+            engine,
+            region,
+            raft_state,
+            apply_state,
+            last_term,
+            cache: VecDeque::new(),
+            snap_state: RefCell::new(SnapState::Relax),
+            gen_tx,
+            raft_state_dirty: false,
+        })
+    }
+
+    /// The region as this peer knows it.
+    pub fn region(&self) -> &metapb::Region {
+        &self.region
+    }
+
+    /// Replaces the region (after a membership change or a snapshot).
+    pub fn set_region(&mut self, region: metapb::Region) {
+        self.region = region;
+    }
+
+    /// Whether the peer has data (a range and peers), as opposed to having just been
+    /// created by a message and waiting for a snapshot.
+    pub fn is_initialized(&self) -> bool {
+        !self.region.get_peers().is_empty()
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    /// Term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.apply_state.applied_term
+    }
+
+    /// Index of the last entry removed from the log.
+    pub fn truncated_index(&self) -> u64 {
+        self.apply_state.get_truncated_state().index
+    }
+
+    /// Index of the last entry in the log.
+    pub fn last_index(&self) -> u64 {
+        self.raft_state.last_index
+    }
+
+    /// Records apply progress, and drops cached entries nobody is likely to ask for.
+    pub fn on_applied(&mut self, index: u64, term: u64) {
+        self.apply_state.applied_index = index;
+        self.apply_state.applied_term = term;
+        while self.cache.len() > CACHE_KEEP_APPLIED
+            && self.cache.front().is_some_and(|e| e.index <= index)
+        {
+            self.cache.pop_front();
+        }
+    }
+
+    /// Writes new log entries (replacing any conflicting suffix) into `wb`.
+    pub fn append(&mut self, entries: Vec<Entry>, wb: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let (first_index, last_index, last_term) = (first.index, last.index, last.term);
+        let id = self.region.get_id();
+        for e in &entries {
+            wb.put_msg(Cf::Raft, &keys::raft_log_key(id, e.index), e);
+        }
+        for stale in last_index + 1..=self.raft_state.last_index {
+            wb.delete(Cf::Raft, &keys::raft_log_key(id, stale));
+        }
+        self.raft_state.last_index = last_index;
+        self.last_term = last_term;
+        self.raft_state_dirty = true;
+        while self.cache.back().is_some_and(|e| e.index >= first_index) {
+            self.cache.pop_back();
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first_index) {
+            self.cache.clear();
+        }
+        self.cache.extend(entries);
+    }
+
+    /// Records a new hard state (written by [`PeerStorage::write_raft_state`]).
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        self.raft_state.term = hs.term;
+        self.raft_state.vote = hs.vote;
+        self.raft_state.commit = hs.commit;
+        self.raft_state_dirty = true;
+    }
+
+    /// Records a commit index that advanced after the last persisted Ready.
+    pub fn set_commit(&mut self, commit: u64) {
+        self.raft_state.commit = commit;
+        self.raft_state_dirty = true;
+    }
+
+    /// Writes the hard state and last index into `wb`, if they changed.
+    pub fn write_raft_state(&mut self, wb: &mut WriteBatch) {
+        if !std::mem::take(&mut self.raft_state_dirty) {
+            return;
+        }
+        wb.put_msg(
+            Cf::Raft,
+            &keys::raft_state_key(self.region.get_id()),
+            &self.raft_state,
+        );
+    }
+
+    /// Takes a received snapshot as the new base of the log: the old log goes, and the
+    /// region is marked `Applying` until the apply pool has put the data in place.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot, wb: &mut WriteBatch) -> Result<SnapshotData> {
+        let data = SnapshotData::parse_from_bytes(snap.get_data())?;
+        let meta = snap.get_metadata();
+        let id = self.region.get_id();
+        let old_first = self.truncated_index() + 1;
+        let old_last = self.raft_state.last_index;
+        if old_last >= old_first {
+            let range = keys::raft_log_range(id, old_first, old_last + 1);
+            wb.delete_range(Cf::Raft, &range.start, &range.end);
+        }
+        self.raft_state.last_index = meta.index;
+        self.raft_state.commit = self.raft_state.commit.max(meta.index);
+        self.raft_state_dirty = true;
+        self.last_term = meta.term;
+        self.cache.clear();
+        let mut truncated = RaftTruncatedState::default();
+        truncated.index = meta.index;
+        truncated.term = meta.term;
+        self.apply_state.set_truncated_state(truncated);
+        self.apply_state.applied_index = meta.index;
+        self.apply_state.applied_term = meta.term;
+        self.region = data.get_region().clone();
+
+        let mut region_state = RegionLocalState::default();
+        region_state.set_state(PeerState::Applying);
+        region_state.set_region(self.region.clone());
+        wb.put_msg(Cf::Raft, &keys::region_state_key(id), &region_state);
+        wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &self.apply_state);
+        Ok(data)
+    }
+
+    /// Removes log entries up to and including `index` (already applied everywhere that
+    /// matters, or past the limits).
+    pub fn compact_to(&mut self, index: u64, term: u64, wb: &mut WriteBatch) {
+        let old_first = self.truncated_index() + 1;
+        if index < old_first {
+            return;
+        }
+        let range = keys::raft_log_range(self.region.get_id(), old_first, index + 1);
+        wb.delete_range(Cf::Raft, &range.start, &range.end);
+        let mut truncated = RaftTruncatedState::default();
+        truncated.index = index;
+        truncated.term = term;
+        self.apply_state.set_truncated_state(truncated);
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            self.cache.pop_front();
+        }
+    }
+
+    /// Rough size in bytes of the entries still in the log (from the cache's average).
+    pub fn approximate_log_bytes(&self) -> u64 {
+        let count = self.raft_state.last_index.saturating_sub(self.truncated_index());
+        if self.cache.is_empty() {
+            return 0;
+        }
+        let cached: u64 = self.cache.iter().map(|e| e.data.len() as u64 + 16).sum();
+        cached / self.cache.len() as u64 * count
+    }
+
+    fn entry(&self, index: u64) -> raft::Result<Entry> {
+        if let Some(front) = self.cache.front() {
+            if index >= front.index {
+                if let Some(e) = self.cache.get((index - front.index) as usize) {
+                    return Ok(e.clone());
+                }
+            }
+        }
+        let key = keys::raft_log_key(self.region.get_id(), index);
+        match self.engine.get_msg::<Entry>(Cf::Raft, &key) {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
+            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        }
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let mut hs = HardState::default();
+        hs.term = self.raft_state.term;
+        hs.vote = self.raft_state.vote;
+        hs.commit = self.raft_state.commit;
+        Ok(RaftState::new(hs, conf_state_of(&self.region)))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.raft_state.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut ents = Vec::with_capacity((high - low) as usize);
+        let cache_first = self.cache.front().map_or(high, |e| e.index).max(low);
+        if low < cache_first {
+            let end = cache_first.min(high);
+            let range = keys::raft_log_range(self.region.get_id(), low, end);
+            let mut expected = low;
+            let mut gap = false;
+            self.engine
+                .scan(Cf::Raft, &range.start, &range.end, |_, v| {
+                    let e = Entry::parse_from_bytes(v).map_err(|source| engine::Error::Corrupted {
+                        key: range.start.to_vec(),
+                        source,
+                    })?;
+                    gap = e.index != expected;
+                    expected += 1;
+                    ents.push(e);
+                    Ok(!gap)
+                })
+                .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+            if gap || expected != end {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        if high > cache_first {
+            let front = self.cache.front().expect("cache_first < high implies a cache").index;
+            let from = (cache_first - front) as usize;
+            let to = (high - front) as usize;
+            ents.extend(self.cache.range(from..to).cloned());
+        }
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let truncated = self.apply_state.get_truncated_state();
+        if idx == truncated.index {
+            return Ok(truncated.term);
+        }
+        if idx < truncated.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.raft_state.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.raft_state.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index() + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut state = self.snap_state.borrow_mut();
+        if let SnapState::Generating(rx) = &*state {
+            match rx.try_recv() {
+                Ok(Ok(snap)) if snap.get_metadata().index >= request_index => {
+                    *state = SnapState::Relax;
+                    return Ok(snap);
+                }
+                Err(TryRecvError::Empty) => {
+                    return Err(raft::Error::Store(
+                        StorageError::SnapshotTemporarilyUnavailable,
+                    ))
+                }
+                // Too old, failed, or the worker is gone: generate again.
+                Ok(_) | Err(TryRecvError::Disconnected) => {}
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let task = GenTask {
+            region_id: self.region.get_id(),
+            notifier: tx,
+        };
+        if self.gen_tx.send(task).is_ok() {
+            *state = SnapState::Generating(rx);
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

@@ -1,0 +1,127 @@
+//! What the store knows about all its regions at once: ranges (for overlap checks and
+//! key lookups) and which ones it leads.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proto::metapb;
+
+/// Every initialized region on this store.
+#[derive(Default)]
+pub struct StoreMeta {
+    regions: HashMap<u64, metapb::Region>,
+    /// Encoded end key -> region id, for finding the region of a key.
+    ranges: BTreeMap<Vec<u8>, u64>,
+    leaders: HashSet<u64>,
+}
+
+impl StoreMeta {
+    /// Adds or updates a region.
+    pub fn set_region(&mut self, region: metapb::Region) {
+        if let Some(old) = self.regions.get(&region.get_id()) {
+            let old_end = keys::data_end_key(old.get_end_key());
+            if self.ranges.get(&old_end) == Some(&region.get_id()) {
+                self.ranges.remove(&old_end);
+            }
+        }
+        self.ranges
+            .insert(keys::data_end_key(region.get_end_key()), region.get_id());
+        self.regions.insert(region.get_id(), region);
+    }
+
+    /// Forgets a region.
+    pub fn remove_region(&mut self, region_id: u64) {
+        if let Some(old) = self.regions.remove(&region_id) {
+            let end = keys::data_end_key(old.get_end_key());
+            if self.ranges.get(&end) == Some(&region_id) {
+                self.ranges.remove(&end);
+            }
+        }
+        self.leaders.remove(&region_id);
+    }
+
+    /// Records whether this store leads a region.
+    pub fn set_leader(&mut self, region_id: u64, is_leader: bool) {
+        if is_leader {
+            self.leaders.insert(region_id);
+        } else {
+            self.leaders.remove(&region_id);
+        }
+    }
+
+    /// A region other than `region`'s own that overlaps its range, if any.
+    pub fn overlapping(&self, region: &metapb::Region) -> Option<u64> {
+        let start = keys::data_key(region.get_start_key());
+        let end = keys::data_end_key(region.get_end_key());
+        // The first region whose end is past our start is the only candidate left of us;
+        // walk forward while regions start before our end.
+        for (_, id) in self.ranges.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)) {
+            let other = &self.regions[id];
+            if keys::data_key(other.get_start_key()) >= end {
+                break;
+            }
+            if *id != region.get_id() {
+                return Some(*id);
+            }
+        }
+        None
+    }
+
+    /// The region holding `key`, if this store has it.
+    pub fn region_for_key(&self, key: &[u8]) -> Option<&metapb::Region> {
+        let dk = keys::data_key(key);
+        let (_, id) = self
+            .ranges
+            .range((std::ops::Bound::Excluded(dk.clone()), std::ops::Bound::Unbounded))
+            .next()?;
+        let region = &self.regions[id];
+        crate::util::key_in_region(key, region).then_some(region)
+    }
+
+    /// A region by id.
+    pub fn region(&self, region_id: u64) -> Option<&metapb::Region> {
+        self.regions.get(&region_id)
+    }
+
+    /// Number of regions.
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Number of regions this store leads.
+    pub fn leader_count(&self) -> usize {
+        self.leaders.len()
+    }
+
+    /// Whether this store leads `region_id`.
+    pub fn is_leader(&self, region_id: u64) -> bool {
+        self.leaders.contains(&region_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> metapb::Region {
+        let mut r = metapb::Region::default();
+        r.set_id(id);
+        r.set_start_key(start.to_vec());
+        r.set_end_key(end.to_vec());
+        r
+    }
+
+    #[test]
+    fn finds_regions_by_key_and_overlap() {
+        let mut m = StoreMeta::default();
+        m.set_region(region(1, b"", b"m"));
+        m.set_region(region(2, b"m", b""));
+        assert_eq!(m.region_for_key(b"a").map(|r| r.get_id()), Some(1));
+        assert_eq!(m.region_for_key(b"m").map(|r| r.get_id()), Some(2));
+        assert_eq!(m.region_for_key(b"zzz").map(|r| r.get_id()), Some(2));
+        assert_eq!(m.overlapping(&region(3, b"k", b"n")), Some(1));
+        assert_eq!(m.overlapping(&region(1, b"", b"m")), None);
+        m.remove_region(2);
+        assert_eq!(m.region_for_key(b"x"), None);
+        assert_eq!(m.overlapping(&region(3, b"n", b"")), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Starting and stopping a store's raftstore: pollers, apply pool, store loop, snapshot
+//! generator.
+
+use std::{sync::Arc, thread::JoinHandle};
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use engine::Engine;
+use parking_lot::Mutex;
+use slog::Logger;
+
+use crate::{
+    batch::BatchSystem,
+    fsm::{
+        apply::{ApplyContext, ApplyFsm, ApplyPoller},
+        peer::PeerFsm,
+        store::{unix_now, StoreFsm},
+    },
+    msg::PdTask,
+    poll::{PollContext, RaftPoller},
+    router::{ApplyRouter, Router},
+    snap::SnapManager,
+    store_meta::StoreMeta,
+    transport::Transport,
+    Config, RaftRouter, Result,
+};
+
+/// What a raftstore needs from the process around it.
+pub struct StoreDeps {
+    /// This store's id, from PD.
+    pub store_id: u64,
+    /// Raftstore settings.
+    pub cfg: Config,
+    /// The store's database.
+    pub engine: Engine,
+    /// Delivers Raft messages to other stores.
+    pub transport: Arc<dyn Transport>,
+    /// Where heartbeats for PD go.
+    pub pd_tx: Sender<PdTask>,
+    /// Where snapshot files live.
+    pub snap_mgr: SnapManager,
+    /// The store's logger.
+    pub logger: Logger,
+}
+
+/// A running raftstore.
+pub struct RaftStore {
+    router: RaftRouter,
+    apply_router: ApplyRouter,
+    store_meta: Arc<Mutex<StoreMeta>>,
+    raft_system: BatchSystem<PeerFsm>,
+    apply_system: BatchSystem<ApplyFsm>,
+    stop_store: Sender<()>,
+    store_thread: Option<JoinHandle<()>>,
+    gen_thread: Option<JoinHandle<()>>,
+}
+
+impl RaftStore {
+    /// Loads every peer on disk and starts serving them.
+    pub fn start(deps: StoreDeps) -> Result<RaftStore> {
+        let cfg = Arc::new(deps.cfg);
+        let mut raft_system = BatchSystem::new();
+        let mut apply_system = BatchSystem::new();
+        let (store_tx, store_rx) = unbounded();
+        let router = RaftRouter {
+            peers: Router::default(),
+            store: store_tx,
+        };
+        let apply_router = ApplyRouter::default();
+        let store_meta = Arc::new(Mutex::new(StoreMeta::default()));
+        let (gen_tx, gen_rx) = unbounded();
+        let gen_thread = deps
+            .snap_mgr
+            .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
+        let store = StoreFsm {
+            store_id: deps.store_id,
+            cfg: cfg.clone(),
+            engine: deps.engine.clone(),
+            router: router.clone(),
+            apply_router: apply_router.clone(),
+            peers: raft_system.registrar(),
+            applies: apply_system.registrar(),
+            store_meta: store_meta.clone(),
+            pd_tx: deps.pd_tx.clone(),
+            gen_tx,
+            snap_mgr: deps.snap_mgr.clone(),
+            logger: deps.logger.clone(),
+            start_time: unix_now(),
+        };
+        store.load_peers()?;
+        raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || RaftPoller {
+            ctx: PollContext {
+                store_id: deps.store_id,
+                cfg: cfg.clone(),
+                engine: deps.engine.clone(),
+                router: router.clone(),
+                apply_router: apply_router.clone(),
+                transport: deps.transport.clone(),
+                pd_tx: deps.pd_tx.clone(),
+                store_meta: store_meta.clone(),
+                snap_mgr: deps.snap_mgr.clone(),
+                logger: deps.logger.clone(),
+                raft_wb: deps.engine.write_batch(),
+                sync: false,
+                outgoing: Default::default(),
+            },
+        });
+        apply_system.spawn("apply", cfg.apply_pool_size, cfg.max_batch_size, || ApplyPoller {
+            ctx: ApplyContext::new(
+                deps.engine.clone(),
+                router.clone(),
+                deps.snap_mgr.clone(),
+                cfg.messages_per_round,
+            ),
+        });
+        let (stop_store, stop_rx) = bounded(1);
+        let store_thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || store.run(store_rx, stop_rx))
+            .expect("spawn store thread");
+        Ok(RaftStore {
+            router,
+            apply_router,
+            store_meta,
+            raft_system,
+            apply_system,
+            stop_store,
+            store_thread: Some(store_thread),
+            gen_thread: Some(gen_thread),
+        })
+    }
+
+    /// Where requests and Raft messages for this store go.
+    pub fn router(&self) -> RaftRouter {
+        self.router.clone()
+    }
+
+    /// The store's view of its regions.
+    pub fn store_meta(&self) -> Arc<Mutex<StoreMeta>> {
+        self.store_meta.clone()
+    }
+
+    /// Stops every thread and releases the database, so that it can be opened again.
+    pub fn shutdown(mut self) {
+        let _ = self.stop_store.send(());
+        if let Some(t) = self.store_thread.take() {
+            let _ = t.join();
+        }
+        self.raft_system.shutdown();
+        self.apply_system.shutdown();
+        // Peers and apply state machines hold the engine and the generator's sender.
+        self.router.peers.clear();
+        self.apply_router.clear();
+        if let Some(t) = self.gen_thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! A store's config file: `[server]`, `[raftstore]`, `[pd]` (the embedded PD, used when no
+//! PD endpoints are given) and `[log]`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use util::{
+    config::{ensure, Validate},
+    logger::LogConfig,
+};
+
+/// The whole kv-server config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Addresses, data directory, PD.
+    pub server: ServerConfig,
+    /// Raft settings.
+    pub raftstore: raftstore::Config,
+    /// Settings of the embedded PD.
+    pub pd: pd::Config,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The `[server]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where clients and other stores reach this store's gRPC service.
+    pub addr: String,
+    /// Address announced to PD, if not `addr`.
+    pub advertise_addr: String,
+    /// Status HTTP (`/metrics`, `/status`).
+    pub status_addr: String,
+    /// Data directory (RocksDB, snapshots, embedded PD).
+    pub data_dir: PathBuf,
+    /// PD addresses; empty starts an embedded PD (a single-node cluster in one process).
+    pub pd_endpoints: Vec<String>,
+    /// gRPC completion queues.
+    pub grpc_concurrency: usize,
+    /// How long a client request may wait on Raft before it fails.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: "127.0.0.1:20160".into(),
+            advertise_addr: String::new(),
+            status_addr: "127.0.0.1:20180".into(),
+            data_dir: PathBuf::from("./flotilla-data"),
+            pd_endpoints: vec![],
+            grpc_concurrency: 2,
+            request_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The address other stores and clients should dial.
+    pub fn advertise(&self) -> &str {
+        if self.advertise_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.advertise_addr
+        }
+    }
+}
+
+fn socket_addr(s: &str, key: &str) -> util::Result<()> {
+    ensure(
+        s.parse::<std::net::SocketAddr>().is_ok(),
+        key,
+        "must be IP:PORT",
+    )
+}
+
+impl Validate for Config {
+    fn validate(&self) -> util::Result<()> {
+        socket_addr(&self.server.addr, "server.addr")?;
+        socket_addr(&self.server.status_addr, "server.status-addr")?;
+        ensure(
+            !self.server.data_dir.as_os_str().is_empty(),
+            "server.data-dir",
+            "must not be empty",
+        )?;
+        ensure(
+            self.server.grpc_concurrency > 0,
+            "server.grpc-concurrency",
+            "must be positive",
+        )?;
+        ensure(
+            !self.server.request_timeout.is_zero(),
+            "server.request-timeout",
+            "must be positive",
+        )?;
+        self.raftstore.validate()?;
+        if self.server.pd_endpoints.is_empty() {
+            self.pd.validate()?;
+        }
+        Ok(())
+    }
+}

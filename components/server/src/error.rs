@@ -1,0 +1,110 @@
+//! Errors of the store server, and their one conversion into wire errors.
+
+use proto::{errorpb, metapb};
+
+/// Errors of the store server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed (empty key, unknown column family, oversize value...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The raftstore refused or failed.
+    #[error(transparent)]
+    Raft(#[from] raftstore::Error),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    /// PD could not be reached or refused.
+    #[error(transparent)]
+    Pd(#[from] pd_client::Error),
+    /// The embedded PD failed.
+    #[error("embedded pd: {0}")]
+    EmbeddedPd(#[from] pd::Error),
+    /// gRPC failed.
+    #[error("grpc: {0}")]
+    Grpc(#[from] grpcio::Error),
+    /// The request did not finish in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The data directory belongs to another cluster.
+    #[error("data directory {dir} belongs to cluster {local}, but PD serves cluster {pd}; use an empty data directory or the right PD")]
+    ClusterMismatch {
+        /// The data directory.
+        dir: String,
+        /// Its cluster.
+        local: u64,
+        /// PD's cluster.
+        pd: u64,
+    },
+    /// Start-up failed.
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn region_error(e: &raftstore::Error) -> Option<errorpb::Error> {
+    use raftstore::Error as R;
+    let mut err = errorpb::Error::default();
+    err.set_message(e.to_string());
+    match e {
+        R::NotLeader { region_id, leader } => {
+            let nl = err.mut_not_leader();
+            nl.region_id = *region_id;
+            if let Some(l) = leader {
+                nl.set_leader(l.clone());
+            }
+        }
+        R::RegionNotFound(id) => err.mut_region_not_found().region_id = *id,
+        R::EpochNotMatch { current, .. } => {
+            err.mut_epoch_not_match()
+                .set_current_regions(current.clone().into());
+        }
+        R::KeyNotInRegion { key, region } => {
+            let k = err.mut_key_not_in_region();
+            k.set_key(key.clone());
+            k.region_id = region.get_id();
+            k.set_start_key(region.get_start_key().to_vec());
+            k.set_end_key(region.get_end_key().to_vec());
+        }
+        R::StaleCommand(_) | R::Stopped => {
+            err.mut_stale_command();
+        }
+        R::EntryTooLarge { region_id, size, .. } => {
+            let t = err.mut_raft_entry_too_large();
+            t.region_id = *region_id;
+            t.entry_size = *size;
+        }
+        _ => return None,
+    }
+    Some(err)
+}
+
+impl Error {
+    /// Splits an error into what TiKV's clients expect: a region error (they retry or
+    /// re-route) or a plain message (returned to the caller).
+    pub fn into_wire(self) -> (Option<errorpb::Error>, String) {
+        match &self {
+            Error::Raft(r) => match region_error(r) {
+                Some(re) => (Some(re), String::new()),
+                None => (None, self.to_string()),
+            },
+            Error::Timeout(_) => {
+                let mut err = errorpb::Error::default();
+                err.set_message(self.to_string());
+                err.mut_server_is_busy().set_reason(self.to_string());
+                (Some(err), String::new())
+            }
+            _ => (None, self.to_string()),
+        }
+    }
+
+    /// The leader a not-leader error names, if it names one.
+    pub fn leader_hint(&self) -> Option<&metapb::Peer> {
+        match self {
+            Error::Raft(raftstore::Error::NotLeader { leader: Some(l), .. }) => Some(l),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! A store node: the `tikvpb.Tikv` gRPC service (TiKV's raw key-value calls plus the
+//! store-to-store Raft transport), forwarding for clients that do not route, the gRPC
+//! Raft transport, the PD worker, and the process around them (start-up, bootstrap,
+//! status HTTP, shutdown).
+//!
+//! Owns: every conversion between raftstore errors and wire errors (`error.rs`).
+//! Must not be depended on by raftstore, pd or client.
+
+pub mod config;
+mod error;
+pub mod metrics;
+mod node;
+pub mod pd_worker;
+mod resolver;
+pub mod service;
+pub mod storage;
+pub mod transport;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use node::{join_cluster, Node};
+pub use resolver::Resolver;

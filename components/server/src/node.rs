@@ -1,0 +1,253 @@
+//! A store process: opens the engine, joins (or bootstraps) the cluster through PD, and
+//! runs the raftstore, the gRPC service, the PD worker and the status server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use engine::{Cf, Engine};
+use grpcio::{ServerBuilder, ServerCredentials};
+use pd_client::PdClient;
+use proto::{metapb, raft_serverpb::RegionLocalState};
+use protobuf::Message as _;
+use raftstore::{bootstrap, RaftStore, SnapManager, StoreDeps};
+use slog::{info, warn, Logger};
+use util::shutdown::Shutdown;
+
+use crate::{
+    config::Config, pd_worker, resolver::Resolver, service::TikvService, storage::RawStorage,
+    transport::GrpcTransport, Error, Result,
+};
+
+/// A running store.
+pub struct Node {
+    store_id: u64,
+    cluster_id: u64,
+    addr: String,
+    pd_addr: String,
+    status_addr: SocketAddr,
+    raftstore: Option<RaftStore>,
+    grpc: grpcio::Server,
+    pd_server: Option<pd::PdServer>,
+    pd_worker: Option<std::thread::JoinHandle<()>>,
+    shutdown: Shutdown,
+    logger: Logger,
+}
+
+/// Regions whose state is on disk (a first region prepared before a crash, say).
+fn regions_on_disk(engine: &Engine) -> Result<Vec<metapb::Region>> {
+    let range = keys::region_state_range();
+    let mut out = vec![];
+    engine.scan(Cf::Raft, &range.start, &range.end, |_, v| {
+        if let Ok(s) = RegionLocalState::parse_from_bytes(v) {
+            out.push(s.get_region().clone());
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Makes `engine` a store of PD's cluster: checks or writes the store identity, and
+/// bootstraps the cluster with a first region if nobody has. Sets `store`'s id.
+pub async fn join_cluster(engine: &Engine, pd: &PdClient, store: &mut metapb::Store, dir: &str, logger: &Logger) -> Result<()> {
+    let cluster_id = pd.cluster_id();
+    match bootstrap::store_ident(engine)? {
+        Some(ident) if ident.cluster_id != cluster_id => {
+            return Err(Error::ClusterMismatch {
+                dir: dir.to_string(),
+                local: ident.cluster_id,
+                pd: cluster_id,
+            })
+        }
+        Some(ident) => store.set_id(ident.store_id),
+        None => {
+            let id = pd.alloc_id().await?;
+            bootstrap::write_store_ident(engine, cluster_id, id)?;
+            info!(logger, "joined cluster"; "store_id" => id, "cluster_id" => cluster_id);
+            store.set_id(id);
+        }
+    }
+    if pd.is_bootstrapped().await? {
+        return Ok(());
+    }
+    let region = match regions_on_disk(engine)?.into_iter().next() {
+        Some(r) => r,
+        None => {
+            let region = bootstrap::first_region(pd.alloc_id().await?, pd.alloc_id().await?, store.get_id());
+            bootstrap::write_initial_region(engine, &region)?;
+            region
+        }
+    };
+    match pd.bootstrap(store.clone(), region.clone()).await {
+        Ok(()) => {
+            info!(logger, "bootstrapped the cluster"; "region_id" => region.get_id());
+            Ok(())
+        }
+        Err(e) if e.is_already_bootstrapped() => {
+            // Another store won the race; its region is the first one, not ours.
+            bootstrap::clear_region(engine, region.get_id())?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Node {
+    /// Starts a store. Must run inside a tokio runtime.
+    pub async fn start(cfg: Config, logger: Logger) -> Result<Node> {
+        let data_dir = cfg.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| Error::Startup(format!("create data directory {}: {e}", data_dir.display())))?;
+        let engine = Engine::open(&data_dir.join("db"))?;
+        let snap_mgr = SnapManager::new(data_dir.join("snap"))?;
+
+        let (pd_server, endpoints) = if cfg.server.pd_endpoints.is_empty() {
+            let mut pd_cfg = cfg.pd.clone();
+            pd_cfg.data_dir = data_dir.join("pd");
+            let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
+            let addr = server.addr().to_string();
+            (Some(server), vec![addr])
+        } else {
+            (None, cfg.server.pd_endpoints.clone())
+        };
+        let pd = PdClient::connect(&endpoints, Duration::from_secs(30), logger.clone()).await?;
+
+        let addr = cfg.server.advertise().to_string();
+        let mut store = metapb::Store::default();
+        store.set_address(addr.clone());
+        store.set_status_address(cfg.server.status_addr.clone());
+        store.set_version(env!("CARGO_PKG_VERSION").into());
+        join_cluster(&engine, &pd, &mut store, &data_dir.display().to_string(), &logger).await?;
+        let store_id = store.get_id();
+        let logger = logger.new(slog::o!("store_id" => store_id));
+
+        let env = Arc::new(
+            grpcio::EnvBuilder::new()
+                .cq_count(cfg.server.grpc_concurrency)
+                .name_prefix("grpc")
+                .build(),
+        );
+        let rt = tokio::runtime::Handle::current();
+        let resolver = Resolver::new(pd.clone(), env.clone());
+        let transport = GrpcTransport::new(store_id, resolver.clone(), snap_mgr.clone(), rt.clone(), logger.clone());
+        let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
+        let raftstore = RaftStore::start(StoreDeps {
+            store_id,
+            cfg: cfg.raftstore.clone(),
+            engine: engine.clone(),
+            transport: Arc::new(transport.clone()),
+            pd_tx,
+            snap_mgr: snap_mgr.clone(),
+            logger: logger.clone(),
+        })?;
+        let router = raftstore.router();
+        transport.set_router(router.clone());
+        let pd_worker = pd_worker::spawn(pd.clone(), pd_rx, router.clone(), rt.clone(), logger.clone());
+
+        let storage = RawStorage::new(
+            router.clone(),
+            engine.clone(),
+            raftstore.store_meta(),
+            cfg.raftstore.raft_entry_max_size.as_u64(),
+            cfg.server.request_timeout,
+        );
+        let service = TikvService {
+            store_id,
+            storage,
+            router,
+            snap_mgr,
+            resolver,
+            rt,
+            logger: logger.clone(),
+        };
+        let mut grpc = ServerBuilder::new(env)
+            .max_receive_message_len(64 << 20)
+            .max_send_message_len(64 << 20)
+            .register_service(proto::tikvpb_grpc::create_tikv(service))
+            .build()?;
+        grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
+            .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
+        grpc.start();
+        pd.put_store(store).await?;
+
+        let shutdown = Shutdown::default();
+        let meta = raftstore.store_meta();
+        let cluster_id = pd.cluster_id();
+        let status_addr: SocketAddr = cfg
+            .server
+            .status_addr
+            .parse()
+            .map_err(|e| Error::Startup(format!("server.status-addr: {e}")))?;
+        let status_addr_s = addr.clone();
+        let status: util::status::StatusFn = Arc::new(move || {
+            let m = meta.lock();
+            serde_json::json!({
+                "store_id": store_id,
+                "cluster_id": cluster_id,
+                "address": status_addr_s,
+                "regions": m.region_count(),
+                "leaders": m.leader_count(),
+                "version": env!("CARGO_PKG_VERSION"),
+            })
+        });
+        let (status_addr, _) = util::status::serve(status_addr, status, shutdown.clone())
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))?;
+        info!(logger, "store serving"; "addr" => &addr, "status" => %status_addr,
+              "pd" => pd.leader_addr());
+        Ok(Node {
+            store_id,
+            cluster_id,
+            addr,
+            pd_addr: pd.leader_addr(),
+            status_addr,
+            raftstore: Some(raftstore),
+            grpc,
+            pd_server,
+            pd_worker: Some(pd_worker),
+            shutdown,
+            logger,
+        })
+    }
+
+    /// This store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Where clients reach this store.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The PD this store uses.
+    pub fn pd_addr(&self) -> &str {
+        &self.pd_addr
+    }
+
+    /// The status server's address.
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
+
+    /// Stops serving, stops the raftstore, and releases the data directory.
+    pub async fn stop(mut self) {
+        info!(self.logger, "store stopping");
+        self.shutdown.trigger();
+        let _ = self.grpc.shutdown().await;
+        if let Some(rs) = self.raftstore.take() {
+            tokio::task::spawn_blocking(move || rs.shutdown())
+                .await
+                .unwrap_or_else(|e| warn!(self.logger, "raftstore shutdown panicked"; "err" => %e));
+        }
+        if let Some(w) = self.pd_worker.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        if let Some(pd) = self.pd_server.take() {
+            pd.shutdown();
+        }
+    }
+}

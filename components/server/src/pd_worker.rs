@@ -1,0 +1,93 @@
+//! Talks to PD for the raftstore: store heartbeats, the region heartbeat stream, and
+//! operators coming back on it. A store that cannot reach PD keeps serving; heartbeats
+//! are retried on the next tick.
+
+use std::{sync::Arc, time::Duration};
+
+use crossbeam_channel::Receiver;
+use futures::{SinkExt, TryStreamExt};
+use grpcio::WriteFlags;
+use pd_client::PdClient;
+use proto::pdpb;
+use raftstore::{PdTask, PeerMsg, RaftRouter};
+use slog::{debug, warn, Logger};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Starts the PD worker; it stops when every sender of `tasks` is gone.
+pub fn spawn(
+    pd: Arc<PdClient>,
+    tasks: Receiver<PdTask>,
+    router: RaftRouter,
+    rt: tokio::runtime::Handle,
+    logger: Logger,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("pd-worker".into())
+        .spawn(move || {
+            let (hb_tx, hb_rx) = unbounded_channel();
+            let stream = rt.spawn(region_heartbeats(pd.clone(), hb_rx, router, logger.clone()));
+            for task in tasks {
+                match task {
+                    PdTask::RegionHeartbeat(req) => {
+                        let _ = hb_tx.send(req);
+                    }
+                    PdTask::StoreHeartbeat(stats) => {
+                        let pd = pd.clone();
+                        let logger = logger.clone();
+                        rt.spawn(async move {
+                            if let Err(e) = pd.store_heartbeat(stats).await {
+                                warn!(logger, "store heartbeat failed"; "err" => %e);
+                            }
+                        });
+                    }
+                }
+            }
+            stream.abort();
+        })
+        .expect("spawn pd worker")
+}
+
+async fn region_heartbeats(
+    pd: Arc<PdClient>,
+    mut rx: UnboundedReceiver<pdpb::RegionHeartbeatRequest>,
+    router: RaftRouter,
+    logger: Logger,
+) {
+    loop {
+        let (mut sink, mut responses) = match pd.region_heartbeat_stream() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(logger, "cannot open region heartbeat stream"; "err" => %e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let operators = {
+            let router = router.clone();
+            let logger = logger.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(resp)) = responses.try_next().await {
+                    if resp.get_header().has_error() {
+                        debug!(logger, "pd rejected a region heartbeat"; "err" => ?resp.get_header().get_error());
+                        continue;
+                    }
+                    let region_id = resp.region_id;
+                    let _ = router.send(region_id, PeerMsg::Operator(Box::new(resp)));
+                }
+            })
+        };
+        loop {
+            let Some(mut req) = rx.recv().await else {
+                operators.abort();
+                return;
+            };
+            req.set_header(pd.request_header());
+            if let Err(e) = sink.send((req, WriteFlags::default())).await {
+                warn!(logger, "region heartbeat stream broke"; "err" => %e);
+                break;
+            }
+        }
+        operators.abort();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

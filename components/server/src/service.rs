@@ -1,0 +1,389 @@
+//! `tikvpb.Tikv` over gRPC: TiKV's raw key-value calls, and the store-to-store Raft
+//! transport (BatchRaft, Snapshot).
+//!
+//! A request with a region in its context comes from a smart client and is answered here,
+//! with a region error if this store cannot serve it. A request without one (a dumb
+//! client) is routed by key: served here if this store leads the key's region, otherwise
+//! forwarded once to the leader's store.
+
+use std::future::Future;
+
+use futures::TryStreamExt;
+use grpcio::{ClientStreamingSink, ClientUnaryReceiver, RequestStream, RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+use proto::{
+    errorpb,
+    kvrpcpb::{self, Context},
+    metapb,
+    raft_serverpb::{BatchRaftMessage, Done, SnapshotChunk},
+    tikvpb_grpc::{Tikv, TikvClient},
+};
+use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
+use slog::{warn, Logger};
+
+use crate::{metrics, resolver::Resolver, storage::RawStorage, Error, Result};
+
+/// The store's gRPC service.
+#[derive(Clone)]
+pub struct TikvService {
+    pub(crate) store_id: u64,
+    pub(crate) storage: RawStorage,
+    pub(crate) router: RaftRouter,
+    pub(crate) snap_mgr: SnapManager,
+    pub(crate) resolver: Resolver,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) logger: Logger,
+}
+
+/// A raw request: where it goes, and how to forward it.
+pub trait RawRequest: Send + 'static {
+    /// Its response.
+    type Resp: RawResponse;
+    /// The routing context.
+    fn context(&self) -> &Context;
+    /// Replaces the routing context.
+    fn set_routing(&mut self, ctx: Context);
+    /// The key that decides the region for a request without one.
+    fn route_key(&self) -> &[u8];
+    /// Sends the request to another store.
+    fn forward(&self, client: &TikvClient) -> grpcio::Result<ClientUnaryReceiver<Self::Resp>>;
+    /// The metric label.
+    const NAME: &'static str;
+}
+
+/// A raw response: where errors go.
+pub trait RawResponse: Default + Send + 'static {
+    /// Sets the region error.
+    fn set_region_err(&mut self, e: errorpb::Error);
+    /// Sets the key-level error string (responses without one fold it into a region
+    /// error's message).
+    fn set_error_str(&mut self, e: String);
+}
+
+macro_rules! raw_pair {
+    (@req $req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr) => {
+        impl RawRequest for $req {
+            type Resp = $resp;
+            const NAME: &'static str = $name;
+            fn context(&self) -> &Context {
+                self.get_context()
+            }
+            fn set_routing(&mut self, ctx: Context) {
+                self.set_context(ctx);
+            }
+            fn route_key(&self) -> &[u8] {
+                let $r = self;
+                $key
+            }
+            fn forward(&self, client: &TikvClient) -> grpcio::Result<ClientUnaryReceiver<$resp>> {
+                client.$fwd(self)
+            }
+        }
+    };
+    ($req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr, has_error: true) => {
+        raw_pair!(@req $req, $resp, $name, $fwd, |$r| $key);
+        impl RawResponse for $resp {
+            fn set_region_err(&mut self, e: errorpb::Error) {
+                self.set_region_error(e);
+            }
+            fn set_error_str(&mut self, e: String) {
+                self.set_error(e);
+            }
+        }
+    };
+    ($req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr, has_error: false) => {
+        raw_pair!(@req $req, $resp, $name, $fwd, |$r| $key);
+        impl RawResponse for $resp {
+            fn set_region_err(&mut self, e: errorpb::Error) {
+                self.set_region_error(e);
+            }
+            fn set_error_str(&mut self, e: String) {
+                let mut err = errorpb::Error::default();
+                err.set_message(e);
+                self.set_region_error(err);
+            }
+        }
+    };
+}
+
+raw_pair!(kvrpcpb::RawGetRequest, kvrpcpb::RawGetResponse, "raw_get", raw_get_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchGetRequest, kvrpcpb::RawBatchGetResponse, "raw_batch_get", raw_batch_get_async,
+          |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: false);
+raw_pair!(kvrpcpb::RawPutRequest, kvrpcpb::RawPutResponse, "raw_put", raw_put_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchPutRequest, kvrpcpb::RawBatchPutResponse, "raw_batch_put", raw_batch_put_async,
+          |r| r.get_pairs().first().map_or(&[][..], |p| p.get_key()), has_error: true);
+raw_pair!(kvrpcpb::RawDeleteRequest, kvrpcpb::RawDeleteResponse, "raw_delete", raw_delete_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchDeleteRequest, kvrpcpb::RawBatchDeleteResponse, "raw_batch_delete", raw_batch_delete_async,
+          |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: true);
+raw_pair!(kvrpcpb::RawScanRequest, kvrpcpb::RawScanResponse, "raw_scan", raw_scan_async,
+          |r| if r.get_reverse() { r.get_end_key() } else { r.get_start_key() }, has_error: false);
+raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_delete_range", raw_delete_range_async,
+          |r| r.get_start_key(), has_error: true);
+raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", raw_compare_and_swap_async,
+          |r| r.get_key(), has_error: true);
+
+fn error_response<R: RawResponse>(e: Error) -> R {
+    let mut resp = R::default();
+    let (region_err, msg) = e.into_wire();
+    if let Some(re) = region_err {
+        resp.set_region_err(re);
+    } else {
+        resp.set_error_str(msg);
+    }
+    resp
+}
+
+fn routing(region: &metapb::Region, leader: &metapb::Peer) -> Context {
+    let mut c = Context::default();
+    c.region_id = region.get_id();
+    c.set_region_epoch(region.get_region_epoch().clone());
+    c.set_peer(leader.clone());
+    c
+}
+
+enum Routed<Req: RawRequest> {
+    Local(Req),
+    Forwarded(Req::Resp),
+}
+
+impl TikvService {
+    /// Answers `req` with `handle` here, or forwards it (see the module doc).
+    fn serve<Req, F, Fut>(&self, sink: UnarySink<Req::Resp>, req: Req, handle: F)
+    where
+        Req: RawRequest,
+        F: FnOnce(RawStorage, Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
+    {
+        let this = self.clone();
+        let timer = metrics::REQUEST_SECONDS.with_label_values(&[Req::NAME]).start_timer();
+        self.rt.spawn(async move {
+            let resp = match this.route(req).await {
+                Ok(Routed::Local(req)) => handle(this.storage.clone(), req).await.unwrap_or_else(error_response),
+                Ok(Routed::Forwarded(resp)) => resp,
+                Err(e) => error_response(e),
+            };
+            timer.observe_duration();
+            let _ = sink.success(resp).await;
+        });
+    }
+
+    async fn route<Req: RawRequest>(&self, mut req: Req) -> Result<Routed<Req>> {
+        if req.context().get_region_id() != 0 {
+            return Ok(Routed::Local(req));
+        }
+        let key = req.route_key().to_vec();
+        if let Some(region) = self.storage.local_leader_region(&key) {
+            let me = region
+                .get_peers()
+                .iter()
+                .find(|p| p.get_store_id() == self.store_id)
+                .cloned()
+                .unwrap_or_default();
+            req.set_routing(routing(&region, &me));
+            return Ok(Routed::Local(req));
+        }
+        let route = self.resolver.pd().get_region(&key).await?;
+        let leader = route.leader.ok_or_else(|| {
+            Error::Raft(raftstore::Error::NotLeader {
+                region_id: route.region.get_id(),
+                leader: None,
+            })
+        })?;
+        req.set_routing(routing(&route.region, &leader));
+        if leader.get_store_id() == self.store_id {
+            return Ok(Routed::Local(req));
+        }
+        metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
+        let client = self.resolver.client(leader.get_store_id()).await?;
+        match req.forward(&client) {
+            Ok(rx) => Ok(Routed::Forwarded(rx.await?)),
+            Err(e) => {
+                self.resolver.forget(leader.get_store_id());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn pairs_of(kvs: &[kvrpcpb::KvPair]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    kvs.iter().map(|p| (p.get_key().to_vec(), p.get_value().to_vec())).collect()
+}
+
+fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::KvPair> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let mut p = kvrpcpb::KvPair::default();
+            p.set_key(k);
+            p.set_value(v);
+            p
+        })
+        .collect()
+}
+
+impl Tikv for TikvService {
+    fn raw_get(&mut self, _: RpcContext, req: kvrpcpb::RawGetRequest, sink: UnarySink<kvrpcpb::RawGetResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            let mut resp = kvrpcpb::RawGetResponse::default();
+            match s.get(req.get_context(), req.get_cf(), req.get_key()).await? {
+                Some(v) => resp.set_value(v),
+                None => resp.not_found = true,
+            }
+            Ok(resp)
+        });
+    }
+
+    fn raw_batch_get(&mut self, _: RpcContext, req: kvrpcpb::RawBatchGetRequest, sink: UnarySink<kvrpcpb::RawBatchGetResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            let pairs = s.batch_get(req.get_context(), req.get_cf(), req.get_keys()).await?;
+            let mut resp = kvrpcpb::RawBatchGetResponse::default();
+            resp.set_pairs(kv_pairs(pairs));
+            Ok(resp)
+        });
+    }
+
+    fn raw_put(&mut self, _: RpcContext, req: kvrpcpb::RawPutRequest, sink: UnarySink<kvrpcpb::RawPutResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            s.put(req.get_context(), req.get_cf(), req.get_key(), req.get_value()).await?;
+            Ok(kvrpcpb::RawPutResponse::default())
+        });
+    }
+
+    fn raw_batch_put(&mut self, _: RpcContext, req: kvrpcpb::RawBatchPutRequest, sink: UnarySink<kvrpcpb::RawBatchPutResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            s.batch_put(req.get_context(), req.get_cf(), &pairs_of(req.get_pairs())).await?;
+            Ok(kvrpcpb::RawBatchPutResponse::default())
+        });
+    }
+
+    fn raw_delete(&mut self, _: RpcContext, req: kvrpcpb::RawDeleteRequest, sink: UnarySink<kvrpcpb::RawDeleteResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            s.batch_delete(req.get_context(), req.get_cf(), &[req.get_key().to_vec()]).await?;
+            Ok(kvrpcpb::RawDeleteResponse::default())
+        });
+    }
+
+    fn raw_batch_delete(&mut self, _: RpcContext, req: kvrpcpb::RawBatchDeleteRequest, sink: UnarySink<kvrpcpb::RawBatchDeleteResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            s.batch_delete(req.get_context(), req.get_cf(), req.get_keys()).await?;
+            Ok(kvrpcpb::RawBatchDeleteResponse::default())
+        });
+    }
+
+    fn raw_scan(&mut self, _: RpcContext, req: kvrpcpb::RawScanRequest, sink: UnarySink<kvrpcpb::RawScanResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            let pairs = s
+                .scan(
+                    req.get_context(),
+                    req.get_cf(),
+                    req.get_start_key(),
+                    req.get_end_key(),
+                    req.limit as usize,
+                    req.key_only,
+                    req.reverse,
+                )
+                .await?;
+            let mut resp = kvrpcpb::RawScanResponse::default();
+            resp.set_kvs(kv_pairs(pairs));
+            Ok(resp)
+        });
+    }
+
+    fn raw_delete_range(&mut self, _: RpcContext, req: kvrpcpb::RawDeleteRangeRequest, sink: UnarySink<kvrpcpb::RawDeleteRangeResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            s.delete_range(req.get_context(), req.get_cf(), req.get_start_key(), req.get_end_key())
+                .await?;
+            Ok(kvrpcpb::RawDeleteRangeResponse::default())
+        });
+    }
+
+    fn raw_compare_and_swap(&mut self, _: RpcContext, req: kvrpcpb::RawCASRequest, sink: UnarySink<kvrpcpb::RawCASResponse>) {
+        self.serve(sink, req, |s, req| async move {
+            let previous = (!req.previous_not_exist).then(|| req.get_previous_value());
+            let res = s
+                .compare_and_swap(req.get_context(), req.get_cf(), req.get_key(), req.get_value(), previous)
+                .await?;
+            let mut resp = kvrpcpb::RawCASResponse::default();
+            resp.succeed = res.succeed;
+            match res.previous {
+                Some(v) => resp.set_previous_value(v),
+                None => resp.previous_not_exist = true,
+            }
+            Ok(resp)
+        });
+    }
+
+    fn batch_raft(&mut self, ctx: RpcContext, stream: RequestStream<BatchRaftMessage>, sink: ClientStreamingSink<Done>) {
+        let router = self.router.clone();
+        let logger = self.logger.clone();
+        ctx.spawn(async move {
+            let mut stream = stream;
+            let res: grpcio::Result<()> = async {
+                while let Some(mut batch) = stream.try_next().await? {
+                    metrics::RAFT_MESSAGES_RECEIVED.inc_by(batch.get_msgs().len() as u64);
+                    for msg in batch.take_msgs() {
+                        if let Err(e) = router.send_raft_message(msg) {
+                            warn!(logger, "dropping raft message"; "err" => %e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match res {
+                Ok(()) => {
+                    let _ = sink.success(Done::default()).await;
+                }
+                Err(e) => {
+                    let _ = sink
+                        .fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, e.to_string()))
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn snapshot(&mut self, ctx: RpcContext, stream: RequestStream<SnapshotChunk>, sink: ClientStreamingSink<Done>) {
+        let router = self.router.clone();
+        let mgr = self.snap_mgr.clone();
+        let logger = self.logger.clone();
+        // File writes block; keep them off gRPC's threads.
+        self.rt.spawn(async move {
+            let res = receive_snapshot(&mgr, stream).await.and_then(|msg| {
+                router.send_raft_message(msg).map_err(|e| e.to_string())
+            });
+            match res {
+                Ok(()) => {
+                    let _ = sink.success(Done::default()).await;
+                }
+                Err(e) => {
+                    warn!(logger, "snapshot receive failed"; "err" => &e);
+                    let _ = sink
+                        .fail(RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))
+                        .await;
+                }
+            }
+        });
+        let _ = ctx;
+    }
+}
+
+async fn receive_snapshot(
+    mgr: &SnapManager,
+    mut stream: RequestStream<SnapshotChunk>,
+) -> std::result::Result<proto::raft_serverpb::RaftMessage, String> {
+    let first = stream
+        .try_next()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("empty snapshot stream")?;
+    let mut rx = SnapReceiver::new(mgr, first).map_err(|e| e.to_string())?;
+    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
+        rx.write(chunk.get_data()).map_err(|e| e.to_string())?;
+    }
+    rx.finish().map_err(|e| e.to_string())
+}
+
+/// The services a store registers.
+pub fn services(svc: TikvService) -> Vec<grpcio::Service> {
+    vec![proto::tikvpb_grpc::create_tikv(svc)]
+}

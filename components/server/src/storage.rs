@@ -1,0 +1,285 @@
+//! The raw key-value API over the raftstore. Writes become Raft commands; reads wait for
+//! a ReadIndex confirmation and then read the local engine within the region's bounds.
+
+use std::{sync::Arc, time::Duration};
+
+use engine::{Cf, Engine};
+use futures::channel::oneshot;
+use parking_lot::Mutex;
+use proto::{
+    kvrpcpb::Context,
+    metapb,
+    raft_cmdpb::{CmdType, RaftCmdRequest, Request},
+};
+use raftstore::{CasResult, CmdResponse, PeerMsg, RaftRouter, StoreMeta};
+
+use crate::{Error, Result};
+
+/// Raw key-value operations on this store's regions.
+#[derive(Clone)]
+pub struct RawStorage {
+    router: RaftRouter,
+    engine: Engine,
+    store_meta: Arc<Mutex<StoreMeta>>,
+    max_entry_size: u64,
+    timeout: Duration,
+}
+
+/// The column family of a raw request: only `default` (spelled "" or "default").
+pub fn raw_cf(name: &str) -> Result<Cf> {
+    match name {
+        "" | "default" => Ok(Cf::Default),
+        other => Err(Error::InvalidRequest(format!(
+            "column family {other:?} is not available to the raw API (use \"default\")"
+        ))),
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidRequest("key must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn cf_name(cf: Cf) -> String {
+    cf.name().to_string()
+}
+
+impl RawStorage {
+    /// Raw operations through `router`, reading `engine`.
+    pub fn new(
+        router: RaftRouter,
+        engine: Engine,
+        store_meta: Arc<Mutex<StoreMeta>>,
+        max_entry_size: u64,
+        timeout: Duration,
+    ) -> Self {
+        RawStorage {
+            router,
+            engine,
+            store_meta,
+            max_entry_size,
+            timeout,
+        }
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() as u64 > self.max_entry_size {
+            return Err(Error::InvalidRequest(format!(
+                "value of {} bytes is larger than the limit of {} bytes (raftstore.raft-entry-max-size)",
+                value.len(),
+                self.max_entry_size
+            )));
+        }
+        Ok(())
+    }
+
+    async fn wait<T: Send + 'static>(
+        &self,
+        region_id: u64,
+        make: impl FnOnce(raftstore::msg::Callback<T>) -> PeerMsg,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let cb: raftstore::msg::Callback<T> = Box::new(move |res| {
+            let _ = tx.send(res);
+        });
+        self.router.send(region_id, make(cb))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(res)) => Ok(res?),
+            Ok(Err(_)) => Err(raftstore::Error::Stopped.into()),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse> {
+        let mut cmd = RaftCmdRequest::default();
+        let header = cmd.mut_header();
+        header.set_region_id(ctx.get_region_id());
+        header.set_peer(ctx.get_peer().clone());
+        header.set_region_epoch(ctx.get_region_epoch().clone());
+        cmd.set_requests(requests.into());
+        self.wait(ctx.get_region_id(), |cb| PeerMsg::Command { cmd, cb })
+            .await
+    }
+
+    /// Waits until the region's state may be read linearizably; returns the region.
+    async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
+        let epoch = ctx.get_region_epoch().clone();
+        self.wait(ctx.get_region_id(), |cb| PeerMsg::Read { epoch, cb })
+            .await
+    }
+
+    fn check_in(region: &metapb::Region, key: &[u8]) -> Result<()> {
+        if raftstore::util::key_in_region(key, region) {
+            Ok(())
+        } else {
+            Err(raftstore::Error::KeyNotInRegion {
+                key: key.to_vec(),
+                region: region.clone(),
+            }
+            .into())
+        }
+    }
+
+    /// One value, or `None`.
+    pub async fn get(&self, ctx: &Context, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cf = raw_cf(cf)?;
+        check_key(key)?;
+        let region = self.read(ctx).await?;
+        Self::check_in(&region, key)?;
+        Ok(self.engine.get(cf, &keys::data_key(key))?)
+    }
+
+    /// The pairs of the keys that exist.
+    pub async fn batch_get(&self, ctx: &Context, cf: &str, keys_: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = raw_cf(cf)?;
+        keys_.iter().try_for_each(|k| check_key(k))?;
+        let region = self.read(ctx).await?;
+        let mut out = vec![];
+        for k in keys_ {
+            Self::check_in(&region, k)?;
+            if let Some(v) = self.engine.get(cf, &keys::data_key(k))? {
+                out.push((k.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, ctx: &Context, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.batch_put(ctx, cf, &[(key.to_vec(), value.to_vec())]).await
+    }
+
+    /// Sets every pair, atomically.
+    pub async fn batch_put(&self, ctx: &Context, cf: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let cf = raw_cf(cf)?;
+        let mut reqs = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            check_key(k)?;
+            self.check_value(v)?;
+            let mut r = Request::default();
+            r.set_cmd_type(CmdType::Put);
+            let put = r.mut_put();
+            put.set_cf(cf_name(cf));
+            put.set_key(k.clone());
+            put.set_value(v.clone());
+            reqs.push(r);
+        }
+        self.write(ctx, reqs).await?;
+        Ok(())
+    }
+
+    /// Removes every key, atomically.
+    pub async fn batch_delete(&self, ctx: &Context, cf: &str, keys_: &[Vec<u8>]) -> Result<()> {
+        let cf = raw_cf(cf)?;
+        let mut reqs = Vec::with_capacity(keys_.len());
+        for k in keys_ {
+            check_key(k)?;
+            let mut r = Request::default();
+            r.set_cmd_type(CmdType::Delete);
+            let del = r.mut_delete();
+            del.set_cf(cf_name(cf));
+            del.set_key(k.clone());
+            reqs.push(r);
+        }
+        self.write(ctx, reqs).await?;
+        Ok(())
+    }
+
+    /// Removes every key in `[start, end)` (an empty end: to the region's end).
+    pub async fn delete_range(&self, ctx: &Context, cf: &str, start: &[u8], end: &[u8]) -> Result<()> {
+        let cf = raw_cf(cf)?;
+        if !end.is_empty() && start >= end {
+            return Err(Error::InvalidRequest(format!(
+                "delete range start {start:?} must be before end {end:?}"
+            )));
+        }
+        let mut r = Request::default();
+        r.set_cmd_type(CmdType::DeleteRange);
+        let dr = r.mut_delete_range();
+        dr.set_cf(cf_name(cf));
+        dr.set_start_key(start.to_vec());
+        dr.set_end_key(end.to_vec());
+        self.write(ctx, vec![r]).await?;
+        Ok(())
+    }
+
+    /// Sets `key` to `value` if it holds `previous` (`None`: if it does not exist).
+    pub async fn compare_and_swap(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        key: &[u8],
+        value: &[u8],
+        previous: Option<&[u8]>,
+    ) -> Result<CasResult> {
+        let cf = raw_cf(cf)?;
+        check_key(key)?;
+        self.check_value(value)?;
+        let mut r = Request::default();
+        r.set_cmd_type(CmdType::CompareAndSwap);
+        let cas = r.mut_cas();
+        cas.set_cf(cf_name(cf));
+        cas.set_key(key.to_vec());
+        cas.set_value(value.to_vec());
+        match previous {
+            Some(p) => cas.set_previous_value(p.to_vec()),
+            None => cas.set_previous_not_exist(true),
+        }
+        let mut resp = self.write(ctx, vec![r]).await?;
+        resp.cas
+            .pop()
+            .ok_or_else(|| Error::Startup("compare-and-swap produced no result".into()))
+    }
+
+    /// Pairs in the region within `[start, end)` in key order (or, with `reverse`, within
+    /// `[end, start)` from the top down), at most `limit`.
+    pub async fn scan(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        key_only: bool,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = raw_cf(cf)?;
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let region = self.read(ctx).await?;
+        let (lower, upper) = if reverse { (end, start) } else { (start, end) };
+        let lo = keys::data_key(lower.max(region.get_start_key()));
+        let region_hi = keys::data_end_key(region.get_end_key());
+        let hi = if upper.is_empty() {
+            region_hi
+        } else {
+            keys::data_key(upper).min(region_hi)
+        };
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        let mut take = |k: &[u8], v: &[u8]| -> engine::Result<bool> {
+            let key = keys::origin_key(k).expect("data keys carry the data prefix").to_vec();
+            out.push((key, if key_only { vec![] } else { v.to_vec() }));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            self.engine.scan_reverse(cf, &lo, &hi, &mut take)?;
+        } else {
+            self.engine.scan(cf, &lo, &hi, &mut take)?;
+        }
+        Ok(out)
+    }
+
+    /// The region of `key` if this store leads it.
+    pub fn local_leader_region(&self, key: &[u8]) -> Option<metapb::Region> {
+        let meta = self.store_meta.lock();
+        meta.region_for_key(key)
+            .filter(|r| meta.is_leader(r.get_id()))
+            .cloned()
+    }
+}

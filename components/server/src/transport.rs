@@ -1,0 +1,194 @@
+//! The gRPC Raft transport: one long-lived `BatchRaft` stream per destination store, fed
+//! by a queue, so that everything a round sends one store travels as one batch. Snapshots
+//! go on their own `Snapshot` stream. Failures are reported to the sending peers.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use futures::SinkExt;
+use grpcio::WriteFlags;
+use parking_lot::Mutex;
+use proto::raft_serverpb::{BatchRaftMessage, RaftMessage};
+use raftstore::{snap, RaftRouter, SnapManager, Transport};
+use slog::{debug, warn, Logger};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::{metrics, resolver::Resolver};
+
+struct Inner {
+    store_id: u64,
+    resolver: Resolver,
+    router: OnceLock<RaftRouter>,
+    snap_mgr: SnapManager,
+    rt: tokio::runtime::Handle,
+    conns: Mutex<HashMap<u64, UnboundedSender<Vec<RaftMessage>>>>,
+    logger: Logger,
+}
+
+/// Sends Raft messages to other stores over gRPC.
+#[derive(Clone)]
+pub struct GrpcTransport {
+    inner: Arc<Inner>,
+}
+
+impl GrpcTransport {
+    /// A transport for store `store_id`; call [`GrpcTransport::set_router`] before use.
+    pub fn new(
+        store_id: u64,
+        resolver: Resolver,
+        snap_mgr: SnapManager,
+        rt: tokio::runtime::Handle,
+        logger: Logger,
+    ) -> Self {
+        GrpcTransport {
+            inner: Arc::new(Inner {
+                store_id,
+                resolver,
+                router: OnceLock::new(),
+                snap_mgr,
+                rt,
+                conns: Mutex::default(),
+                logger,
+            }),
+        }
+    }
+
+    /// Where delivery failures are reported.
+    pub fn set_router(&self, router: RaftRouter) {
+        let _ = self.inner.router.set(router);
+    }
+}
+
+impl Inner {
+    fn report_unreachable(&self, msgs: &[RaftMessage]) {
+        if let Some(router) = self.router.get() {
+            for m in msgs {
+                router.report_unreachable(m.get_region_id(), m.get_to_peer().get_id());
+            }
+        }
+    }
+
+    async fn run_connection(self: Arc<Self>, store_id: u64, mut rx: UnboundedReceiver<Vec<RaftMessage>>) {
+        let mut pending: Option<Vec<RaftMessage>> = None;
+        loop {
+            let first = match pending.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(b) => b,
+                    None => return,
+                },
+            };
+            let stream = match self.resolver.client(store_id).await {
+                Ok(client) => client.batch_raft().map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let (mut sink, _done) = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(self.logger, "cannot reach store"; "to_store" => store_id, "err" => e);
+                    self.report_unreachable(&first);
+                    self.resolver.forget(store_id);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut batch = first;
+            loop {
+                while let Ok(more) = rx.try_recv() {
+                    batch.extend(more);
+                }
+                let ids: Vec<(u64, u64)> = batch
+                    .iter()
+                    .map(|m| (m.get_region_id(), m.get_to_peer().get_id()))
+                    .collect();
+                let mut b = BatchRaftMessage::default();
+                b.set_msgs(std::mem::take(&mut batch).into());
+                if let Err(e) = sink.send((b, WriteFlags::default().buffer_hint(false))).await {
+                    debug!(self.logger, "raft stream broke"; "to_store" => store_id, "err" => %e);
+                    if let Some(router) = self.router.get() {
+                        for (region, peer) in ids {
+                            router.report_unreachable(region, peer);
+                        }
+                    }
+                    self.resolver.forget(store_id);
+                    break;
+                }
+                metrics::RAFT_BATCHES_SENT.inc();
+                match rx.recv().await {
+                    Some(b) => batch = b,
+                    None => {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_snapshot(self: Arc<Self>, store_id: u64, msg: RaftMessage) {
+        let region_id = msg.get_region_id();
+        let to_peer = msg.get_to_peer().get_id();
+        let res: Result<(), String> = async {
+            let client = self.resolver.client(store_id).await.map_err(|e| e.to_string())?;
+            let (mut sink, done) = client.snapshot().map_err(|e| e.to_string())?;
+            let (tx, mut chunks) = tokio::sync::mpsc::channel(4);
+            let mgr = self.snap_mgr.clone();
+            // File reads block: produce chunks on a blocking thread.
+            let producer = tokio::task::spawn_blocking(move || {
+                snap::send_snapshot(&mgr, msg, |chunk| {
+                    tx.blocking_send(chunk)
+                        .map_err(|_| raftstore::Error::Snapshot("stream closed".into()))
+                })
+            });
+            while let Some(chunk) = chunks.recv().await {
+                sink.send((chunk, WriteFlags::default()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            producer
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            sink.close().await.map_err(|e| e.to_string())?;
+            done.await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &res {
+            warn!(self.logger, "sending snapshot failed"; "region_id" => region_id, "to_store" => store_id, "err" => e);
+        }
+        if let Some(router) = self.router.get() {
+            router.report_snapshot_status(region_id, to_peer, res.is_ok());
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
+        if store_id == self.inner.store_id {
+            warn!(self.inner.logger, "dropping raft messages addressed to this store");
+            return;
+        }
+        let (snaps, msgs): (Vec<_>, Vec<_>) = msgs.into_iter().partition(snap::is_snapshot);
+        for s in snaps {
+            self.inner.rt.spawn(self.inner.clone().send_snapshot(store_id, s));
+        }
+        if msgs.is_empty() {
+            return;
+        }
+        let mut conns = self.inner.conns.lock();
+        let tx = conns.entry(store_id).or_insert_with(|| {
+            let (tx, rx) = unbounded_channel();
+            self.inner.rt.spawn(self.inner.clone().run_connection(store_id, rx));
+            tx
+        });
+        if let Err(e) = tx.send(msgs) {
+            // The connection task is gone (runtime shutting down).
+            conns.remove(&store_id);
+            self.inner.report_unreachable(&e.0);
+        }
+    }
+}

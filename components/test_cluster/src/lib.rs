@@ -1,0 +1,350 @@
+//! An in-process cluster for tests: a real PD (gRPC on loopback) and N stores in one
+//! process, the stores talking Raft through a simulated network whose filters can drop,
+//! delay, partition or isolate. Stores can be stopped and started again on the same data.
+//!
+//! Tests wait on conditions with deadlines ([`wait_until`]); nothing here sleeps blindly.
+//! Used only by tests.
+
+mod network;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use engine::{Cf, Engine};
+use parking_lot::Mutex;
+use pd_client::PdClient;
+use proto::{kvrpcpb::Context, metapb};
+use raftstore::{RaftStore, SnapManager, StoreDeps, StoreMeta};
+use server::storage::RawStorage;
+
+pub use network::{Filter, Network, Verdict};
+
+/// Polls `cond` until it holds or `timeout` passes; panics naming `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Settings for a test cluster: fast ticks and heartbeats so that tests finish quickly.
+pub fn test_config() -> (raftstore::Config, pd::Config) {
+    let rs = raftstore::Config {
+        raft_base_tick_interval: Duration::from_millis(50),
+        raft_election_timeout_ticks: 10,
+        raft_heartbeat_ticks: 2,
+        raft_log_gc_tick_interval: Duration::from_millis(200),
+        pd_heartbeat_tick_interval: Duration::from_millis(200),
+        pd_store_heartbeat_tick_interval: Duration::from_millis(200),
+        max_peer_down_duration: Duration::from_secs(2),
+        store_pool_size: 1,
+        apply_pool_size: 1,
+        ..Default::default()
+    };
+    let pd = pd::Config {
+        addr: "127.0.0.1:0".into(),
+        max_store_down_time: Duration::from_secs(3),
+        ..Default::default()
+    };
+    (rs, pd)
+}
+
+struct Running {
+    raftstore: RaftStore,
+    storage: RawStorage,
+    meta: Arc<Mutex<StoreMeta>>,
+    engine: Engine,
+    pd_worker: std::thread::JoinHandle<()>,
+}
+
+/// N stores and a PD in one process.
+pub struct Cluster {
+    /// Raftstore settings every store starts with.
+    pub raft_cfg: raftstore::Config,
+    rt: tokio::runtime::Runtime,
+    pd_server: Option<pd::PdServer>,
+    pd: Arc<PdClient>,
+    network: Network,
+    dirs: BTreeMap<u64, PathBuf>,
+    running: HashMap<u64, Running>,
+    _tmp: tempfile::TempDir,
+    next_index: usize,
+}
+
+impl Cluster {
+    /// Starts PD and `n` stores with [`test_config`].
+    pub fn new(n: usize) -> Cluster {
+        let (rs, pd) = test_config();
+        Cluster::with_config(n, rs, pd)
+    }
+
+    /// Starts PD and `n` stores with the given settings.
+    pub fn with_config(n: usize, raft_cfg: raftstore::Config, mut pd_cfg: pd::Config) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        pd_cfg.data_dir = tmp.path().join("pd");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let pd_server = pd::PdServer::start(pd_cfg, util::logger::discard()).expect("start pd");
+        let pd = rt
+            .block_on(PdClient::connect(&[pd_server.addr().to_string()], Duration::from_secs(10), util::logger::discard()))
+            .expect("connect to pd");
+        let mut c = Cluster {
+            raft_cfg,
+            rt,
+            pd_server: Some(pd_server),
+            pd,
+            network: Network::default(),
+            dirs: BTreeMap::new(),
+            running: HashMap::new(),
+            _tmp: tmp,
+            next_index: 0,
+        };
+        for _ in 0..n {
+            c.add_store();
+        }
+        c
+    }
+
+    /// Adds and starts a new, empty store; returns its id.
+    pub fn add_store(&mut self) -> u64 {
+        let dir = self._tmp.path().join(format!("store-{}", self.next_index));
+        self.next_index += 1;
+        let id = self.start_at(dir.clone());
+        self.dirs.insert(id, dir);
+        id
+    }
+
+    fn start_at(&mut self, dir: PathBuf) -> u64 {
+        let engine = Engine::open(&dir.join("db")).expect("open engine");
+        let snap_mgr = SnapManager::new(dir.join("snap")).expect("snap dir");
+        let mut store = metapb::Store::default();
+        store.set_address(format!("sim://{}", dir.display()));
+        self.rt
+            .block_on(server::join_cluster(&engine, &self.pd, &mut store, &dir.display().to_string(), &util::logger::discard()))
+            .expect("join cluster");
+        let store_id = store.get_id();
+        let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
+        let raftstore = RaftStore::start(StoreDeps {
+            store_id,
+            cfg: self.raft_cfg.clone(),
+            engine: engine.clone(),
+            transport: Arc::new(self.network.transport(store_id)),
+            pd_tx,
+            snap_mgr: snap_mgr.clone(),
+            logger: util::logger::discard(),
+        })
+        .expect("start raftstore");
+        let router = raftstore.router();
+        self.network.attach(store_id, router.clone(), snap_mgr);
+        let pd_worker = server::pd_worker::spawn(self.pd.clone(), pd_rx, router.clone(), self.rt.handle().clone(), util::logger::discard());
+        self.rt.block_on(self.pd.put_store(store)).expect("register store");
+        let meta = raftstore.store_meta();
+        let storage = RawStorage::new(router, engine.clone(), meta.clone(), self.raft_cfg.raft_entry_max_size.as_u64(), Duration::from_secs(5));
+        self.running.insert(
+            store_id,
+            Running {
+                raftstore,
+                storage,
+                meta,
+                engine,
+                pd_worker,
+            },
+        );
+        store_id
+    }
+
+    /// Ids of every store ever added, running or not.
+    pub fn store_ids(&self) -> Vec<u64> {
+        self.dirs.keys().copied().collect()
+    }
+
+    /// Stops a store (its data stays).
+    pub fn stop_store(&mut self, store_id: u64) {
+        let r = self.running.remove(&store_id).expect("store is running");
+        self.network.detach(store_id);
+        r.raftstore.shutdown();
+        drop(r.storage);
+        drop(r.meta);
+        drop(r.engine);
+        let _ = r.pd_worker.join();
+    }
+
+    /// Starts a stopped store on its data.
+    pub fn start_store(&mut self, store_id: u64) {
+        let dir = self.dirs[&store_id].clone();
+        let id = self.start_at(dir);
+        assert_eq!(id, store_id, "a restarted store keeps its id");
+    }
+
+    /// The simulated network, for filters.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// The PD client.
+    pub fn pd(&self) -> &Arc<PdClient> {
+        &self.pd
+    }
+
+    /// The tokio runtime the cluster runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// The store whose peer leads the region holding `key`, with that region.
+    pub fn leader_of_key(&self, key: &[u8]) -> Option<(u64, metapb::Region)> {
+        self.running.iter().find_map(|(id, r)| {
+            let meta = r.meta.lock();
+            meta.region_for_key(key)
+                .filter(|reg| meta.is_leader(reg.get_id()))
+                .map(|reg| (*id, reg.clone()))
+        })
+    }
+
+    /// The store leading `region_id`, if a running store leads it.
+    pub fn leader_of(&self, region_id: u64) -> Option<u64> {
+        self.running
+            .iter()
+            .find(|(_, r)| r.meta.lock().is_leader(region_id))
+            .map(|(id, _)| *id)
+    }
+
+    fn context(region: &metapb::Region, store_id: u64) -> Context {
+        let mut c = Context::default();
+        c.region_id = region.get_id();
+        c.set_region_epoch(region.get_region_epoch().clone());
+        if let Some(p) = region.get_peers().iter().find(|p| p.get_store_id() == store_id) {
+            c.set_peer(p.clone());
+        }
+        c
+    }
+
+    /// Writes through the current leader, retrying routing failures for up to `timeout`.
+    pub fn put_within(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            if let Some((store, region)) = self.leader_of_key(key) {
+                let storage = self.running[&store].storage.clone();
+                let ctx = Self::context(&region, store);
+                match self.rt.block_on(storage.put(&ctx, "", key, value)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(last)
+    }
+
+    /// Writes through the current leader; panics if no write succeeds within 10 s.
+    pub fn must_put(&self, key: &[u8], value: &[u8]) {
+        if let Err(e) = self.put_within(key, value, Duration::from_secs(10)) {
+            panic!("put {key:?} failed: {e}");
+        }
+    }
+
+    /// A linearizable read through the current leader.
+    pub fn get_within(&self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            if let Some((store, region)) = self.leader_of_key(key) {
+                let storage = self.running[&store].storage.clone();
+                match self.rt.block_on(storage.get(&Self::context(&region, store), "", key)) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(last)
+    }
+
+    /// Panics unless a linearizable read of `key` returns `value`.
+    pub fn must_get_equal(&self, key: &[u8], value: &[u8]) {
+        let got = self.get_within(key, Duration::from_secs(10)).expect("read");
+        assert_eq!(got.as_deref(), Some(value), "key {:?}", String::from_utf8_lossy(key));
+    }
+
+    /// The value in one store's engine, read directly (not linearizable: for checking
+    /// replication).
+    pub fn local_get(&self, store_id: u64, key: &[u8]) -> Option<Vec<u8>> {
+        self.running[&store_id]
+            .engine
+            .get(Cf::Default, &keys::data_key(key))
+            .expect("engine read")
+    }
+
+    /// Waits until every running store holds `value` for `key`.
+    pub fn must_replicate(&self, key: &[u8], value: &[u8], timeout: Duration) {
+        wait_until(&format!("{:?} on every store", String::from_utf8_lossy(key)), timeout, || {
+            self.running
+                .keys()
+                .all(|s| self.local_get(*s, key).as_deref() == Some(value))
+        });
+    }
+
+    /// Waits until one store holds `value` for `key`.
+    pub fn must_replicate_on(&self, store_id: u64, key: &[u8], value: &[u8], timeout: Duration) {
+        wait_until(&format!("{:?} on store {store_id}", String::from_utf8_lossy(key)), timeout, || {
+            self.local_get(store_id, key).as_deref() == Some(value)
+        });
+    }
+
+    /// The region holding `key` as one store sees it.
+    pub fn local_region(&self, store_id: u64, key: &[u8]) -> Option<metapb::Region> {
+        self.running
+            .get(&store_id)?
+            .meta
+            .lock()
+            .region_for_key(key)
+            .cloned()
+    }
+
+    /// Waits until the region holding `key` has `n` voters on running stores, as its
+    /// leader sees it.
+    pub fn wait_voters(&self, key: &[u8], n: usize, timeout: Duration) {
+        wait_until(&format!("{n} voters"), timeout, || {
+            self.leader_of_key(key).is_some_and(|(_, r)| {
+                r.get_peers()
+                    .iter()
+                    .filter(|p| p.get_role() == metapb::PeerRole::Voter)
+                    .count()
+                    == n
+            })
+        });
+    }
+
+    /// The raw key-value API of one running store (for requests with explicit routing).
+    pub fn storage(&self, store_id: u64) -> RawStorage {
+        self.running[&store_id].storage.clone()
+    }
+
+    /// Whether a store is running.
+    pub fn is_running(&self, store_id: u64) -> bool {
+        self.running.contains_key(&store_id)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.stop_store(id);
+        }
+        if let Some(pd) = self.pd_server.take() {
+            pd.shutdown();
+        }
+    }
+}

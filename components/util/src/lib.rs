@@ -1,0 +1,14 @@
+//! Shared plumbing for every Flotilla process: config loading, logging, the status HTTP
+//! server (`/metrics`, `/status`), and graceful shutdown.
+//!
+//! Must not depend on any other Flotilla crate: everything else may depend on this one.
+
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod logger;
+pub mod shutdown;
+pub mod status;
+
+pub use error::{Error, Result};

@@ -1,0 +1,51 @@
+//! The status HTTP server every process runs: `/metrics` in Prometheus text format and
+//! `/status` as JSON.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{routing::get, Router};
+use prometheus::{Encoder, TextEncoder};
+
+use crate::{shutdown::Shutdown, Error, Result};
+
+/// Produces the JSON document served at `/status`.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Serves `/metrics` and `/status` on `addr` until `shutdown` fires. Returns the bound
+/// address (useful when `addr` asks for port 0) once listening.
+pub async fn serve(
+    addr: SocketAddr,
+    status: StatusFn,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/status",
+            get(move || {
+                let status = status.clone();
+                async move { axum::Json(status()) }
+            }),
+        );
+    let server = axum::Server::try_bind(&addr)
+        .map_err(|source| Error::Status {
+            addr: addr.to_string(),
+            source,
+        })?
+        .serve(app.into_make_service());
+    let bound = server.local_addr();
+    let handle = tokio::spawn(async move {
+        let _ = server
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+    });
+    Ok((bound, handle))
+}
+
+async fn metrics() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&prometheus::gather(), &mut buf)
+        .expect("encoding metrics into memory cannot fail");
+    String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
+}

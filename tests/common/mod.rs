@@ -1,0 +1,216 @@
+//! Helpers for tests that run the real binaries on 127.0.0.1. Every process is killed
+//! (SIGKILL) when its handle drops, so a failing test leaves nothing running.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A free port on 127.0.0.1 (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`, logging to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, bin: &str, args: &[String], cwd: &Path, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open process log");
+        let child = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The tail of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ---\n{}", self.name, self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// Runs kvctl to completion.
+pub fn kvctl(pd: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--pd")
+        .arg(pd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvctl")
+}
+
+/// A PD and stores started as processes in one temporary directory.
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub pd_addr: String,
+    pub pd: Proc,
+    pub stores: Vec<Option<Proc>>,
+    pub store_addrs: Vec<(u16, u16)>,
+}
+
+impl ProcCluster {
+    /// Starts pd-server and `n` kv-servers.
+    pub fn start(n: usize) -> ProcCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pd_port = free_port();
+        let pd_addr = format!("127.0.0.1:{pd_port}");
+        let pd = Proc::spawn(
+            "pd",
+            env!("CARGO_BIN_EXE_pd-server"),
+            &[
+                "--addr".into(),
+                pd_addr.clone(),
+                "--data-dir".into(),
+                dir.path().join("pd").display().to_string(),
+                "--max-store-down-time".into(),
+                "60s".into(),
+                "--status-addr".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ],
+            dir.path(),
+            dir.path(),
+        );
+        let mut c = ProcCluster {
+            dir,
+            pd_addr,
+            pd,
+            stores: vec![],
+            store_addrs: vec![],
+        };
+        for _ in 0..n {
+            c.store_addrs.push((free_port(), free_port()));
+            c.stores.push(None);
+        }
+        for i in 0..n {
+            c.start_store(i);
+        }
+        c
+    }
+
+    /// Starts (or restarts) store `i` on its data directory and ports.
+    pub fn start_store(&mut self, i: usize) {
+        let (port, status) = self.store_addrs[i];
+        let cfg = self.dir.path().join(format!("store-{i}.toml"));
+        // Faster heartbeats than production so that tests converge quickly.
+        std::fs::write(
+            &cfg,
+            "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n",
+        )
+        .expect("write store config");
+        let p = Proc::spawn(
+            &format!("store-{i}"),
+            env!("CARGO_BIN_EXE_kv-server"),
+            &[
+                "--config".into(),
+                cfg.display().to_string(),
+                "--pd".into(),
+                self.pd_addr.clone(),
+                "--addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--status-addr".into(),
+                format!("127.0.0.1:{status}"),
+                "--data-dir".into(),
+                self.dir.path().join(format!("store-{i}")).display().to_string(),
+            ],
+            self.dir.path(),
+            self.dir.path(),
+        );
+        self.stores[i] = Some(p);
+    }
+
+    /// SIGKILLs store `i`.
+    pub fn kill_store(&mut self, i: usize) {
+        if let Some(mut p) = self.stores[i].take() {
+            p.kill();
+        }
+    }
+
+    /// Store `i`'s status address.
+    pub fn status_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.store_addrs[i].1)
+    }
+}
+
+/// GETs a path from a status server; `None` if it does not answer.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The value of a counter in Prometheus text, summed over label sets.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(|c| c == ' ' || c == '{').next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
