@@ -100,3 +100,69 @@ fn acknowledged_writes_survive_sigkill_of_each_store_and_of_all() {
     let out = kvctl(&cluster.pd_addr, &["scan", "k0000", "k0003"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "k0000\tv0\nk0001\tv1\nk0002\tv2\n");
 }
+
+fn tikv(addr: &str) -> proto::tikvpb_grpc::TikvClient {
+    let env = std::sync::Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+    proto::tikvpb_grpc::TikvClient::new(grpcio::ChannelBuilder::new(env).connect(addr))
+}
+
+#[test]
+fn dumb_requests_are_forwarded_and_smart_ones_get_a_leader_hint() {
+    let cluster = ProcCluster::start(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("three voters", Duration::from_secs(60), || voters(&rt, &c) == 3);
+    let route = rt.block_on(c.regions()).unwrap().remove(0);
+    let leader_store = route.leader.clone().unwrap().get_store_id();
+    let stores = rt.block_on(c.stores()).unwrap();
+    let follower = stores
+        .iter()
+        .find(|(s, _)| s.get_id() != leader_store)
+        .map(|(s, _)| s.get_address().to_string())
+        .unwrap();
+    let store = tikv(&follower);
+
+    // No routing in the context: the follower forwards to the leader.
+    let mut put = proto::kvrpcpb::RawPutRequest::default();
+    put.set_key(b"dumb".to_vec());
+    put.set_value(b"client".to_vec());
+    let resp = store.raw_put(&put).expect("rpc");
+    assert!(!resp.has_region_error() && resp.get_error().is_empty(), "{resp:?}");
+    let mut get = proto::kvrpcpb::RawGetRequest::default();
+    get.set_key(b"dumb".to_vec());
+    assert_eq!(store.raw_get(&get).expect("rpc").get_value(), b"client");
+
+    // With routing, the follower answers not_leader and names the leader.
+    let mut ctx = proto::kvrpcpb::Context::default();
+    ctx.region_id = route.region.get_id();
+    ctx.set_region_epoch(route.region.get_region_epoch().clone());
+    get.set_context(ctx);
+    let resp = store.raw_get(&get).expect("rpc");
+    let nl = resp.get_region_error().get_not_leader();
+    assert_eq!(nl.get_leader().get_store_id(), leader_store, "{resp:?}");
+}
+
+#[test]
+fn a_data_directory_of_another_cluster_is_refused() {
+    let mut first = ProcCluster::start(1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &first.pd_addr);
+    rt.block_on(c.put(b"k", b"v")).expect("first cluster serves");
+    first.kill_store(0);
+    // A second, unrelated cluster: its PD has another cluster id.
+    let second = ProcCluster::start(0);
+    let foreign = first.dir.path().join("store-0");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args(["--pd", &second.pd_addr, "--data-dir", &foreign.display().to_string()])
+        .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--status-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kv-server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+    // Nothing was lost: the first cluster still has its data.
+    first.start_store(0);
+    assert_eq!(rt.block_on(c.get(b"k")).unwrap(), Some(b"v".to_vec()));
+}

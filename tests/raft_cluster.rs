@@ -181,3 +181,31 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
     c.must_get_equal(b"k", b"v");
 }
+
+#[test]
+fn leadership_moves_on_request_and_not_to_learners_or_strangers() {
+    let (rs, pd) = test_config();
+    let c = replicated(3, rs, pd);
+    c.must_put(b"k", b"v1");
+    let (leader, region) = c.leader_of_key(b"k").unwrap();
+    let target = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.transfer_leader(region.get_id(), target).expect("transfer starts");
+    wait_until("leadership to move", T, || c.leader_of(region.get_id()) == Some(target));
+    c.must_put(b"k", b"v2");
+    c.must_get_equal(b"k", b"v2");
+    let err = c.transfer_leader(region.get_id(), 999).unwrap_err();
+    assert!(err.contains("no peer on store 999"), "{err}");
+}
+
+#[test]
+fn stores_keep_serving_while_pd_is_down() {
+    let (rs, pd) = test_config();
+    let mut c = replicated(3, rs, pd);
+    c.must_put(b"before", b"pd stops");
+    c.stop_pd();
+    for i in 0..20 {
+        c.must_put(&key(i), &value(i, 0));
+    }
+    c.must_get_equal(&key(19), &value(19, 0));
+    c.must_replicate(&key(19), &value(19, 0), T);
+}

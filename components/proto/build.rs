@@ -1,7 +1,11 @@
-//! Generates Rust for `proto/*.proto`: messages with rust-protobuf 2 (pure Rust parser, so
-//! no `protoc` is needed) and gRPC services with grpcio-compiler.
+//! Generates Rust for `proto/*.proto`: `protoc` parses the files into descriptors, then
+//! rust-protobuf 2 generates the messages and grpcio-compiler the services. (rust-protobuf's
+//! pure-Rust parser drops service definitions, so `protoc` is required; `PROTOC` may name
+//! it.)
 
-use std::{env, fs, path::PathBuf};
+use std::{env, fs, path::PathBuf, process::Command};
+
+use protobuf::Message;
 
 const FILES: &[&str] = &[
     "metapb",
@@ -27,31 +31,36 @@ fn main() {
     for input in &inputs {
         println!("cargo:rerun-if-changed={}", input.display());
     }
+    println!("cargo:rerun-if-env-changed=PROTOC");
 
-    protobuf_codegen_pure::Codegen::new()
-        .out_dir(&out_dir)
-        .include(&proto_dir)
-        .inputs(&inputs)
-        .run()
-        .expect("generate protobuf messages");
+    let set_path = out_dir.join("descriptors.bin");
+    let protoc = env::var("PROTOC").unwrap_or_else(|_| "protoc".into());
+    let status = Command::new(&protoc)
+        .arg(format!("-I{}", proto_dir.display()))
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", set_path.display()))
+        .args(&inputs)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {protoc} (install protobuf-compiler): {e}"));
+    assert!(status.success(), "{protoc} rejected the .proto files");
+    let set = protobuf::descriptor::FileDescriptorSet::parse_from_bytes(
+        &fs::read(&set_path).expect("read descriptor set"),
+    )
+    .expect("decode descriptor set");
+    let descriptors = set.get_file();
 
-    let input_refs: Vec<&std::path::Path> = inputs.iter().map(|p| p.as_path()).collect();
-    let parsed = protobuf_codegen_pure::parse_and_typecheck(&[proto_dir.as_path()], &input_refs)
-        .expect("parse protos for gRPC codegen");
-    let to_generate: Vec<String> = SERVICES.iter().map(|s| format!("{s}.proto")).collect();
-    for file in grpcio_compiler::codegen::gen(&parsed.file_descriptors, &to_generate) {
-        fs::write(out_dir.join(&file.name), &file.content).expect("write gRPC service code");
-    }
-
+    let messages: Vec<String> = FILES.iter().map(|f| format!("{f}.proto")).collect();
+    let services: Vec<String> = SERVICES.iter().map(|s| format!("{s}.proto")).collect();
+    let generated = protobuf_codegen::gen(descriptors, &messages, &Default::default())
+        .into_iter()
+        .chain(grpcio_compiler::codegen::gen(descriptors, &services));
     let mut modules = String::new();
-    for name in FILES
-        .iter()
-        .map(|f| f.to_string())
-        .chain(SERVICES.iter().map(|s| format!("{s}_grpc")))
-    {
-        let path = out_dir.join(format!("{name}.rs"));
+    for file in generated {
+        let path = out_dir.join(&file.name);
+        fs::write(&path, &file.content).expect("write generated code");
+        let module = file.name.trim_end_matches(".rs");
         modules.push_str(&format!(
-            "#[path = {:?}]\npub mod {name};\n",
+            "#[path = {:?}]\npub mod {module};\n",
             path.to_str().expect("OUT_DIR is valid UTF-8")
         ));
     }

@@ -117,6 +117,22 @@ impl Client {
         Ok(route)
     }
 
+    /// Like `locate`, but retries PD failures (a cluster still starting has no region yet)
+    /// until the deadline.
+    async fn locate_retrying(&self, key: &[u8]) -> Result<RegionRoute> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.locate(key).await {
+                Err(Error::Pd(_)) if started.elapsed() + backoff < self.timeout => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn store(&self, store_id: u64) -> Result<TikvClient> {
         if let Some(c) = self.stores.lock().get(&store_id) {
             return Ok(c.clone());
@@ -246,7 +262,7 @@ impl Client {
         for item in items {
             let key = key_of(item);
             check_key(key)?;
-            let route = self.locate(key).await?;
+            let route = self.locate_retrying(key).await?;
             groups
                 .entry(keys::data_key(route.region.get_start_key()))
                 .or_default()

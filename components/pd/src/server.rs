@@ -59,8 +59,10 @@ impl PdServer {
         self.core.clone()
     }
 
-    /// Stops serving and waits for in-flight calls.
+    /// Stops serving; long-lived streams (heartbeats, TSO) are cancelled, not awaited.
     pub fn shutdown(mut self) {
-        let _ = futures::executor::block_on(self.server.shutdown());
+        let done = self.server.shutdown();
+        self.server.cancel_all_calls();
+        let _ = futures::executor::block_on(done);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures::{FutureExt, SinkExt, TryStreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, UnarySink, WriteFlags};
-use proto::{metapb, pdpb, pdpb_grpc::Pd};
+use proto::{pdpb, pdpb_grpc::Pd};
 use slog::{warn, Logger};
 
 use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, Error, Result};
@@ -307,9 +307,4 @@ impl Pd for PdService {
         });
         self.reply(&ctx, sink, res);
     }
-}
-
-/// The empty leader peer clients see when a region's leader is not known yet.
-pub fn no_leader() -> metapb::Peer {
-    metapb::Peer::default()
 }

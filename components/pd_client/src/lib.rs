@@ -245,7 +245,7 @@ impl PdClient {
         h
     }
 
-    async fn unary<Req: PdRequest, Resp: PdResponse>(&self, mut req: Req, call: Call<Req, Resp>) -> Result<Resp> {
+    async fn unary<Req: PdRequest, Resp: PdResponse + Unpin + Send>(&self, mut req: Req, call: Call<Req, Resp>) -> Result<Resp> {
         req.set_request_header(self.header());
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);

@@ -2,6 +2,6 @@
 //! services), and nothing else. Every other crate speaks these types; this crate depends on
 //! no other part of Flotilla.
 
-#![allow(missing_docs, clippy::all)]
+#![allow(warnings, missing_docs, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/modules.rs"));

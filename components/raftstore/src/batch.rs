@@ -172,6 +172,9 @@ impl<F: Fsm> BatchSystem<F> {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // FSMs still waiting to be scheduled would outlive the pool, and with them
+        // whatever they hold (the engine, senders other threads wait on).
+        while self.queue.try_recv().is_ok() {}
     }
 }
 

@@ -8,7 +8,6 @@ use crossbeam_channel::{Receiver, Sender};
 use engine::{Engine, WriteBatch};
 use parking_lot::Mutex;
 use proto::raft_serverpb::RaftMessage;
-use slog::Logger;
 
 use crate::{
     batch::{FsmGuard, PollHandler},
@@ -24,7 +23,6 @@ use crate::{
 
 /// What every peer handled by one poller shares.
 pub(crate) struct PollContext {
-    pub store_id: u64,
     pub cfg: Arc<Config>,
     pub engine: Engine,
     pub router: RaftRouter,
@@ -33,7 +31,6 @@ pub(crate) struct PollContext {
     pub pd_tx: Sender<PdTask>,
     pub store_meta: Arc<Mutex<StoreMeta>>,
     pub snap_mgr: SnapManager,
-    pub logger: Logger,
     /// This round's Raft writes, for every peer.
     pub raft_wb: WriteBatch,
     /// Whether this round's write must be fsynced.

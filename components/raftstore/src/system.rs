@@ -89,7 +89,6 @@ impl RaftStore {
         store.load_peers()?;
         raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || RaftPoller {
             ctx: PollContext {
-                store_id: deps.store_id,
                 cfg: cfg.clone(),
                 engine: deps.engine.clone(),
                 router: router.clone(),
@@ -98,7 +97,6 @@ impl RaftStore {
                 pd_tx: deps.pd_tx.clone(),
                 store_meta: store_meta.clone(),
                 snap_mgr: deps.snap_mgr.clone(),
-                logger: deps.logger.clone(),
                 raft_wb: deps.engine.write_batch(),
                 sync: false,
                 outgoing: Default::default(),

@@ -158,9 +158,12 @@ impl Node {
             rt,
             logger: logger.clone(),
         };
-        let mut grpc = ServerBuilder::new(env)
+        let args = grpcio::ChannelBuilder::new(env.clone())
             .max_receive_message_len(64 << 20)
             .max_send_message_len(64 << 20)
+            .build_args();
+        let mut grpc = ServerBuilder::new(env)
+            .channel_args(args)
             .register_service(proto::tikvpb_grpc::create_tikv(service))
             .build()?;
         grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
@@ -237,7 +240,10 @@ impl Node {
     pub async fn stop(mut self) {
         info!(self.logger, "store stopping");
         self.shutdown.trigger();
-        let _ = self.grpc.shutdown().await;
+        // Raft streams from other stores never end by themselves: cancel them.
+        let done = self.grpc.shutdown();
+        self.grpc.cancel_all_calls();
+        let _ = done.await;
         if let Some(rs) = self.raftstore.take() {
             tokio::task::spawn_blocking(move || rs.shutdown())
                 .await

@@ -51,7 +51,7 @@ pub trait RawRequest: Send + 'static {
 }
 
 /// A raw response: where errors go.
-pub trait RawResponse: Default + Send + 'static {
+pub trait RawResponse: Default + Send + Unpin + 'static {
     /// Sets the region error.
     fn set_region_err(&mut self, e: errorpb::Error);
     /// Sets the key-level error string (responses without one fold it into a region

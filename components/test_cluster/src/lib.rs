@@ -331,6 +331,34 @@ impl Cluster {
         self.running[&store_id].storage.clone()
     }
 
+    /// Asks the leader of `region_id` to hand leadership to its peer on `to_store`.
+    pub fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<(), String> {
+        let leader = self.leader_of(region_id).ok_or("no leader")?;
+        let router = self.running[&leader].raftstore.router();
+        let mut to = metapb::Peer::default();
+        to.set_store_id(to_store);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        router
+            .send(
+                region_id,
+                raftstore::PeerMsg::TransferLeader {
+                    to,
+                    cb: Box::new(move |r| {
+                        let _ = tx.send(r.map_err(|e| e.to_string()));
+                    }),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?
+    }
+
+    /// Stops PD; stores keep running and retry.
+    pub fn stop_pd(&mut self) {
+        if let Some(pd) = self.pd_server.take() {
+            pd.shutdown();
+        }
+    }
+
     /// Whether a store is running.
     pub fn is_running(&self, store_id: u64) -> bool {
         self.running.contains_key(&store_id)

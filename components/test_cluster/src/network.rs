@@ -138,6 +138,13 @@ impl Network {
     fn deliver(&self, from: u64, to: u64, msg: RaftMessage) {
         match self.verdict(from, to, &msg) {
             Verdict::Pass => self.arrive(from, to, msg),
+            // A snapshot stream that cannot get through fails at its sender, as over gRPC;
+            // without the report Raft would wait for that snapshot forever.
+            Verdict::Drop if snap::is_snapshot(&msg) => {
+                if let Some((sender, _)) = self.inner.stores.read().get(&from) {
+                    sender.report_snapshot_status(msg.get_region_id(), msg.get_to_peer().get_id(), false);
+                }
+            }
             Verdict::Drop => {}
             Verdict::Delay(d) => self.delayer().send((Instant::now() + d, from, to, msg)).expect("delayer runs"),
         }

@@ -286,7 +286,7 @@ impl PeerFsm {
         });
     }
 
-    fn transfer_leader(&mut self, to: &metapb::Peer) -> Result<()> {
+    pub(crate) fn transfer_leader(&mut self, to: &metapb::Peer) -> Result<()> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -345,7 +345,8 @@ impl PeerFsm {
         if self.stopped {
             return;
         }
-        self.reads.flush(&mut self.raft, self.is_leader());
+        let is_leader = self.is_leader();
+        self.reads.flush(&mut self.raft, is_leader);
         if !self.raft.has_ready() {
             return;
         }
