@@ -5,6 +5,8 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/flotilla/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
 .PHONY: deps build run test bench clean-data
 
@@ -20,8 +22,11 @@ build: deps
 run: build
 	$(BIN)/kv-server
 
+# The same targets as `build` (so nothing is rebuilt), then one summary line over every
+# test binary.
 test: build
-	$(CARGO) test --release --workspace --no-fail-fast
+	$(CARGO) test --release --workspace --all-targets --no-fail-fast 2>&1 | tee $(CARGO_TARGET_DIR)/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' $(CARGO_TARGET_DIR)/test.log
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build
