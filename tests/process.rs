@@ -166,3 +166,67 @@ fn a_data_directory_of_another_cluster_is_refused() {
     first.start_store(0);
     assert_eq!(rt.block_on(c.get(b"k")).unwrap(), Some(b"v".to_vec()));
 }
+
+#[test]
+fn kvctl_commands_and_shell() {
+    let cluster = ProcCluster::start(1);
+    let pd = cluster.pd_addr.clone();
+    wait_until("the cluster to serve", Duration::from_secs(60), || {
+        kvctl(&pd, &["put", "a", "1"]).status.success()
+    });
+    let text = |args: &[&str]| {
+        let out = kvctl(&pd, args);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(text(&["put", "b", "2"]).1, "OK\n");
+    assert_eq!(text(&["get", "b", "--output", "json"]).1.trim(), r#"{"key":"b","value":"2"}"#);
+    assert_eq!(text(&["scan", "--limit", "1"]).1, "a\t1\n");
+    assert_eq!(text(&["scan", "a", "c", "--output", "json"]).1.trim(), r#"[{"key":"a","value":"1"},{"key":"b","value":"2"}]"#);
+
+    // Compare-and-swap: the expected value, then absence.
+    assert_eq!(text(&["cas", "b", "2", "3"]).1, "OK\n");
+    let (code, out, _) = text(&["cas", "b", "2", "4"]);
+    assert_eq!((code, out.as_str()), (Some(1), "FAILED\tprevious=3\n"));
+    assert_eq!(text(&["cas", "--absent", "c", "new"]).1, "OK\n");
+    assert_eq!(text(&["cas", "--absent", "c", "again"]).0, Some(1));
+    let (code, _, err) = text(&["cas", "--absent", "c", "x", "y"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("with --absent give KEY NEW"), "{err}");
+
+    assert_eq!(text(&["delete", "a"]).1, "OK\n");
+    assert_eq!(text(&["get", "a"]).0, Some(1));
+    let (code, _, err) = text(&["put", "", "v"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("key must not be empty"), "{err}");
+
+    let regions = text(&["region", "list"]).1;
+    assert!(regions.starts_with("ID\tSTART\tEND"), "{regions}");
+    assert!(regions.contains(":voter"), "{regions}");
+    let region: serde_json::Value = serde_json::from_str(text(&["region", "show", "--key", "b", "--output", "json"]).1.trim()).unwrap();
+    assert!(region["peers"].as_array().is_some_and(|p| p.len() == 1), "{region}");
+    let stores: serde_json::Value = serde_json::from_str(text(&["store", "list", "--output", "json"]).1.trim()).unwrap();
+    assert_eq!(stores[0]["state"], "up", "{stores}");
+    assert!(text(&["operator", "list"]).1.starts_with("REGION\tKIND\tSTEP\tAGE"));
+
+    // The shell reads commands from stdin when it is not a terminal.
+    use std::io::Write;
+    let mut shell = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--pd", &pd, "shell"])
+        .env("HOME", cluster.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put s \"with space\"\nget s\nnot-a-command\nexit\n")
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK\n") && stdout.contains("with space\n"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cluster.dir.path().join(".kvctl_history").exists(), "history is saved");
+}

@@ -209,3 +209,17 @@ fn stores_keep_serving_while_pd_is_down() {
     c.must_get_equal(&key(19), &value(19, 0));
     c.must_replicate(&key(19), &value(19, 0), T);
 }
+
+#[test]
+fn writes_commit_through_a_slow_network() {
+    let (rs, pd) = test_config();
+    let c = replicated(3, rs, pd);
+    let slow = c.network().delay_all(Duration::from_millis(30));
+    for i in 0..20 {
+        c.must_put(&key(i), &value(i, 0));
+    }
+    c.must_replicate(&key(19), &value(19, 0), T);
+    c.network().remove_filter(slow);
+    c.must_put(b"fast", b"again");
+    c.must_replicate(b"fast", b"again", T);
+}

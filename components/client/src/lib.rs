@@ -208,7 +208,13 @@ impl Client {
             Err(Error::Pd(e)) => return Ok((Attempt::Retry(e.to_string()), RegionRoute::default())),
             Err(e) => return Err(e),
         };
-        let leader = route.leader.clone().expect("located routes have a leader");
+        let Some(leader) = route.leader.clone() else {
+            // PD knows the region but not its leader yet (it restarted, or an election is
+            // under way): ask again after a backoff.
+            self.cache.lock().invalidate(route.region.get_id());
+            let why = format!("no leader known for region {}", route.region.get_id());
+            return Ok((Attempt::Retry(why), route));
+        };
         let client = match self.store(leader.get_store_id()).await {
             Ok(c) => c,
             Err(e) => return Ok((Attempt::Retry(e.to_string()), route)),

@@ -78,6 +78,7 @@ impl Engine {
     }
 
     /// Calls `f` on every pair in `[start, end)` in key order until it returns `false`.
+    /// The scan sees one consistent view.
     pub fn scan(
         &self,
         cf: Cf,
@@ -85,13 +86,7 @@ impl Engine {
         end: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
-        let opts = bounded_read_opts(start, end);
-        let iter = self.db.iterator_cf_opt(
-            cf_handle(&self.db, cf),
-            opts,
-            IteratorMode::From(start, Direction::Forward),
-        );
-        drive(iter, f)
+        self.snapshot().scan(cf, start, end, f)
     }
 
     /// Like [`Engine::scan`] but from the end of the range backwards.
@@ -102,11 +97,7 @@ impl Engine {
         end: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
-        let opts = bounded_read_opts(start, end);
-        let iter = self
-            .db
-            .iterator_cf_opt(cf_handle(&self.db, cf), opts, IteratorMode::End);
-        drive(iter, f)
+        self.snapshot().scan_reverse(cf, start, end, f)
     }
 
     /// A consistent point-in-time view of the whole database.
@@ -141,11 +132,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes every write so far durable (used after unsynced writes that must survive).
-    pub fn sync_wal(&self) -> Result<()> {
-        self.db.flush_wal(true)?;
-        Ok(())
-    }
 }
 
 /// A consistent point-in-time view of the database, for reads and snapshot export.
@@ -179,6 +165,21 @@ impl Snapshot<'_> {
             opts,
             IteratorMode::From(start, Direction::Forward),
         );
+        drive(iter, f)
+    }
+
+    /// Like [`Snapshot::scan`] but from the end of the range backwards.
+    pub fn scan_reverse(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let opts = bounded_read_opts(start, end);
+        let iter = self
+            .inner
+            .iterator_cf_opt(cf_handle(self.db, cf), opts, IteratorMode::End);
         drive(iter, f)
     }
 }

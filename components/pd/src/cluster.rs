@@ -139,11 +139,6 @@ impl PdCore {
         self.cluster_id
     }
 
-    /// PD's settings.
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// Rejects a request meant for another cluster (0 means "not known yet").
     pub fn check_cluster(&self, header: &pdpb::RequestHeader) -> Result<()> {
         let got = header.get_cluster_id();
@@ -271,16 +266,6 @@ impl PdCore {
             .collect();
         all.sort_by_key(|s| s.meta.get_id());
         all
-    }
-
-    /// Whether a store counts as live (up and heard from recently).
-    pub fn is_store_live(&self, id: u64) -> bool {
-        let st = self.state.lock();
-        LiveStores {
-            stores: &st.stores,
-            down_after: self.cfg.max_store_down_time,
-        }
-        .is_live(id)
     }
 
     /// Records a store's heartbeat.

@@ -50,10 +50,6 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    /// Whether PD said the cluster has no first region yet.
-    pub fn is_not_bootstrapped(&self) -> bool {
-        matches!(self, Error::Pd { kind: ErrorType::NOT_BOOTSTRAPPED, .. })
-    }
 
     /// Whether PD said the cluster already has its first region.
     pub fn is_already_bootstrapped(&self) -> bool {
@@ -194,7 +190,7 @@ impl PdClient {
     }
 
     /// Asks each endpoint for the members and switches to the leader.
-    async fn reconnect(&self) -> Result<()> {
+    pub async fn reconnect(&self) -> Result<()> {
         let mut last = String::new();
         for ep in &self.endpoints {
             let client = Self::dial(&self.env, ep);

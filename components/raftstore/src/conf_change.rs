@@ -173,7 +173,7 @@ impl PeerFsm {
             return;
         }
         if let Err(e) = self.raft.apply_conf_change(&cc) {
-            panic!("{:?} cannot apply a committed membership change: {e}", self.logger);
+            panic!("region {} cannot apply a committed membership change: {e}", self.region_id());
         }
         info!(self.logger, "membership changed"; "peers" => ?region.get_peers(),
               "conf_ver" => region.get_region_epoch().get_conf_ver());
@@ -198,7 +198,7 @@ impl PeerFsm {
     }
 
     /// Carries out an operator from PD, if this peer still leads.
-    pub(crate) fn on_operator(&mut self, op: pdpb::RegionHeartbeatResponse, ctx: &mut PollContext) {
+    pub(crate) fn on_operator(&mut self, op: pdpb::RegionHeartbeatResponse) {
         if !self.is_leader() {
             return;
         }
@@ -224,7 +224,6 @@ impl PeerFsm {
                 }
             });
             self.propose_conf_change(cmd, cb);
-            let _ = ctx;
         }
     }
 
@@ -240,14 +239,19 @@ impl PeerFsm {
 
     /// A ChangePeerV2 admin command for this region at its current epoch.
     pub(crate) fn change_peer_command(&self, change: ChangePeerRequest) -> RaftCmdRequest {
+        let mut admin = AdminRequest::default();
+        admin.set_cmd_type(AdminCmdType::ChangePeerV2);
+        admin.mut_change_peer_v2().mut_changes().push(change);
+        self.admin_command(admin)
+    }
+
+    /// An admin command from this peer for its region at the current epoch.
+    pub(crate) fn admin_command(&self, admin: AdminRequest) -> RaftCmdRequest {
         let mut cmd = RaftCmdRequest::default();
         let header = cmd.mut_header();
         header.set_region_id(self.region_id());
         header.set_peer(self.peer.clone());
         header.set_region_epoch(self.region().get_region_epoch().clone());
-        let mut admin = AdminRequest::default();
-        admin.set_cmd_type(AdminCmdType::ChangePeerV2);
-        admin.mut_change_peer_v2().mut_changes().push(change);
         cmd.set_admin_request(admin);
         cmd
     }

@@ -7,6 +7,18 @@ use proto::pdpb;
 use crate::{fsm::peer::PeerFsm, msg::PdTask, poll::PollContext};
 
 impl PeerFsm {
+    /// Peers so far behind that they need the log the leader no longer has (a snapshot).
+    pub(crate) fn pending_peers(&self) -> Vec<proto::metapb::Peer> {
+        let truncated = self.raft.store().truncated_index();
+        self.raft
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.matched < truncated)
+            .filter_map(|(id, _)| self.peer_by_id(*id))
+            .collect()
+    }
+
     pub(crate) fn heartbeat_pd(&mut self, ctx: &mut PollContext) {
         self.heartbeat_due = false;
         let region = self.region().clone();
@@ -28,14 +40,9 @@ impl PeerFsm {
                 }
             }
         }
-        let truncated = self.raft.store().truncated_index();
-        for (id, progress) in self.raft.raft.prs().iter() {
-            if progress.matched < truncated {
-                if let Some(p) = self.peer_by_id(*id) {
-                    req.mut_pending_peers().push(p);
-                }
-            }
-        }
+        let pending = self.pending_peers();
+        self.reported_pending = pending.len();
+        req.set_pending_peers(pending.into());
         req.approximate_size = ctx.engine.approximate_size(
             Cf::Default,
             &keys::data_key(region.get_start_key()),

@@ -1,7 +1,7 @@
 //! Raft log compaction. A leader compacts up to what every peer has, or, past the count or
 //! size limit, up to what it has applied (a follower that lags that far gets a snapshot).
 
-use proto::raft_cmdpb::{AdminCmdType, AdminRequest, RaftCmdRequest};
+use proto::raft_cmdpb::{AdminCmdType, AdminRequest};
 use protobuf::Message as _;
 use slog::{debug, warn};
 
@@ -42,17 +42,12 @@ impl PeerFsm {
             }
         };
         debug!(self.logger, "compacting raft log"; "to" => compact_to, "forced" => over_limit);
-        let mut cmd = RaftCmdRequest::default();
-        let header = cmd.mut_header();
-        header.set_region_id(self.region_id());
-        header.set_peer(self.peer.clone());
-        header.set_region_epoch(self.region().get_region_epoch().clone());
         let mut admin = AdminRequest::default();
         admin.set_cmd_type(AdminCmdType::CompactLog);
         admin.mut_compact_log().compact_index = compact_to;
         admin.mut_compact_log().compact_term = term;
-        cmd.set_admin_request(admin);
-        let data = cmd
+        let data = self
+            .admin_command(admin)
             .write_to_bytes()
             .expect("encoding a command into memory cannot fail");
         self.propose("compact_log", |raft| raft.propose(vec![], data), Box::new(|_| {}));

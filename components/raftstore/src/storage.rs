@@ -396,3 +396,95 @@ impl raft::Storage for PeerStorage {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raft::Storage;
+
+    use super::*;
+    use crate::bootstrap;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 8].into();
+        e
+    }
+
+    fn setup() -> (tempfile::TempDir, Engine, PeerStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let region = bootstrap::first_region(1, 2, 3);
+        bootstrap::write_initial_region(&engine, &region).unwrap();
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let storage = PeerStorage::new(engine.clone(), region, tx).unwrap();
+        (dir, engine, storage)
+    }
+
+    fn append(engine: &Engine, s: &mut PeerStorage, entries: Vec<Entry>) {
+        let mut wb = engine.write_batch();
+        s.append(entries, &mut wb);
+        s.write_raft_state(&mut wb);
+        engine.write(wb, true).unwrap();
+    }
+
+    #[test]
+    fn a_new_region_starts_at_the_initial_index() {
+        let (_d, _e, s) = setup();
+        assert_eq!(s.first_index().unwrap(), RAFT_INIT_LOG_INDEX + 1);
+        assert_eq!(s.last_index(), RAFT_INIT_LOG_INDEX);
+        assert_eq!(s.term(RAFT_INIT_LOG_INDEX).unwrap(), RAFT_INIT_LOG_TERM);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, RAFT_INIT_LOG_INDEX);
+        assert_eq!(st.conf_state.voters, vec![2]);
+    }
+
+    #[test]
+    fn entries_come_from_cache_and_engine_and_conflicts_are_replaced() {
+        let (_d, engine, mut s) = setup();
+        append(&engine, &mut s, (6..=20).map(|i| entry(i, 6)).collect());
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(s.entries(6, 21, None, ctx()).unwrap().len(), 15);
+        assert_eq!(s.term(20).unwrap(), 6);
+        // A new leader's entries replace the suffix from 15 on.
+        append(&engine, &mut s, (15..=17).map(|i| entry(i, 7)).collect());
+        assert_eq!(s.last_index(), 17);
+        assert_eq!(s.term(16).unwrap(), 7);
+        assert_eq!(s.term(14).unwrap(), 6);
+        // Reloading from disk (an empty cache) sees the same log.
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let reloaded = PeerStorage::new(engine.clone(), s.region().clone(), tx).unwrap();
+        let from_disk = reloaded.entries(6, 18, None, ctx()).unwrap();
+        let from_cache = s.entries(6, 18, None, ctx()).unwrap();
+        assert_eq!(from_disk, from_cache);
+        assert_eq!(reloaded.last_index(), 17);
+        assert!(matches!(
+            s.entries(6, 19, None, ctx()),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        // A size limit still returns at least one entry.
+        assert_eq!(s.entries(6, 18, Some(1), ctx()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn compaction_removes_the_prefix() {
+        let (_d, engine, mut s) = setup();
+        append(&engine, &mut s, (6..=30).map(|i| entry(i, 6)).collect());
+        let mut wb = engine.write_batch();
+        s.compact_to(20, 6, &mut wb);
+        engine.write(wb, true).unwrap();
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.term(20).unwrap(), 6);
+        assert!(matches!(s.term(19), Err(raft::Error::Store(StorageError::Compacted))));
+        let ctx = GetEntriesContext::empty(false);
+        assert!(matches!(
+            s.entries(10, 25, None, ctx),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(engine
+            .get(engine::Cf::Raft, &keys::raft_log_key(1, 15))
+            .unwrap()
+            .is_none());
+    }
+}

@@ -19,11 +19,6 @@ use crate::{
 
 /// A running store.
 pub struct Node {
-    store_id: u64,
-    cluster_id: u64,
-    addr: String,
-    pd_addr: String,
-    status_addr: SocketAddr,
     raftstore: Option<RaftStore>,
     grpc: grpcio::Server,
     pd_server: Option<pd::PdServer>,
@@ -197,11 +192,6 @@ impl Node {
         info!(logger, "store serving"; "addr" => &addr, "status" => %status_addr,
               "pd" => pd.leader_addr());
         Ok(Node {
-            store_id,
-            cluster_id,
-            addr,
-            pd_addr: pd.leader_addr(),
-            status_addr,
             raftstore: Some(raftstore),
             grpc,
             pd_server,
@@ -209,31 +199,6 @@ impl Node {
             shutdown,
             logger,
         })
-    }
-
-    /// This store's id.
-    pub fn store_id(&self) -> u64 {
-        self.store_id
-    }
-
-    /// The cluster's id.
-    pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
-    }
-
-    /// Where clients reach this store.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    /// The PD this store uses.
-    pub fn pd_addr(&self) -> &str {
-        &self.pd_addr
-    }
-
-    /// The status server's address.
-    pub fn status_addr(&self) -> SocketAddr {
-        self.status_addr
     }
 
     /// Stops serving, stops the raftstore, and releases the data directory.

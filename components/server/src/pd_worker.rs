@@ -88,6 +88,11 @@ async fn region_heartbeats(
             }
         }
         operators.abort();
+        // Heartbeats are periodic: the ones queued while PD is away are stale.
+        while rx.try_recv().is_ok() {}
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(e) = pd.reconnect().await {
+            debug!(logger, "PD still unreachable"; "err" => %e);
+        }
     }
 }

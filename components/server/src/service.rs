@@ -342,7 +342,7 @@ impl Tikv for TikvService {
         });
     }
 
-    fn snapshot(&mut self, ctx: RpcContext, stream: RequestStream<SnapshotChunk>, sink: ClientStreamingSink<Done>) {
+    fn snapshot(&mut self, _: RpcContext, stream: RequestStream<SnapshotChunk>, sink: ClientStreamingSink<Done>) {
         let router = self.router.clone();
         let mgr = self.snap_mgr.clone();
         let logger = self.logger.clone();
@@ -363,7 +363,6 @@ impl Tikv for TikvService {
                 }
             }
         });
-        let _ = ctx;
     }
 }
 

@@ -359,10 +359,6 @@ impl Cluster {
         }
     }
 
-    /// Whether a store is running.
-    pub fn is_running(&self, store_id: u64) -> bool {
-        self.running.contains_key(&store_id)
-    }
 }
 
 impl Drop for Cluster {

@@ -159,7 +159,7 @@ impl ApplyFsm {
 
     fn exec(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
         if cmd.has_admin_request() {
-            return self.exec_admin(cmd, ctx);
+            return self.exec_admin(cmd);
         }
         check_epoch(&self.region, cmd.get_header().get_region_epoch(), false)?;
         for req in cmd.get_requests() {
@@ -222,7 +222,7 @@ impl ApplyFsm {
         Ok(())
     }
 
-    fn exec_admin(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+    fn exec_admin(&mut self, cmd: &RaftCmdRequest) -> Result<CmdResponse> {
         let admin = cmd.get_admin_request();
         match admin.get_cmd_type() {
             AdminCmdType::CompactLog => {
@@ -239,7 +239,6 @@ impl ApplyFsm {
                     index: req.compact_index,
                     term: req.compact_term,
                 });
-                let _ = ctx;
                 Ok(CmdResponse::default())
             }
             other => Err(Error::InvalidRequest(format!(

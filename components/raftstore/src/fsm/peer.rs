@@ -55,6 +55,9 @@ pub struct PeerFsm {
     pending: Option<PendingReady>,
     /// Report to PD at the next opportunity (the region or its leader changed).
     pub(crate) heartbeat_due: bool,
+    /// How many peers the last heartbeat reported as pending; a change is news for PD
+    /// (a learner that caught up can be promoted).
+    pub(crate) reported_pending: usize,
     pub(crate) stopped: bool,
 }
 
@@ -97,6 +100,7 @@ impl PeerFsm {
             ticks: 0,
             pending: None,
             heartbeat_due: true,
+            reported_pending: 0,
             stopped: false,
         })
     }
@@ -157,7 +161,7 @@ impl PeerFsm {
                 };
                 self.raft.report_snapshot(to_peer_id, status);
             }
-            PeerMsg::Operator(op) => self.on_operator(*op, ctx),
+            PeerMsg::Operator(op) => self.on_operator(*op),
         }
     }
 
@@ -200,6 +204,7 @@ impl PeerFsm {
                 self.maybe_compact_log(ctx);
             }
             if self.heartbeat_due
+                || self.pending_peers().len() != self.reported_pending
                 || self.ticks % ctx.cfg.ticks(ctx.cfg.pd_heartbeat_tick_interval) == 0
             {
                 self.heartbeat_pd(ctx);
@@ -359,22 +364,24 @@ impl PeerFsm {
         // A leader's messages may go out before its own write (the Raft thesis, 10.2.1).
         let msgs = ready.take_messages();
         self.send(msgs, ctx);
+        // New entries, a new term or a vote must be durable before anyone hears of them; a
+        // commit index that only advanced need not be (it is recovered from the log).
+        ctx.sync |= ready.must_sync();
         let wb = &mut ctx.raft_wb;
         let mut snapshot = None;
         if !ready.snapshot().is_empty() {
+            let region_id = self.region_id();
             match self.raft.mut_store().apply_snapshot(ready.snapshot(), wb) {
                 Ok(_) => snapshot = Some(ready.snapshot().clone()),
-                Err(e) => panic!("{:?} cannot take a snapshot it accepted: {e}", self.logger),
+                Err(e) => panic!("region {region_id} cannot take a snapshot it accepted: {e}"),
             }
             ctx.sync = true;
         }
         if !ready.entries().is_empty() {
             self.raft.mut_store().append(ready.take_entries(), wb);
-            ctx.sync = true;
         }
         if let Some(hs) = ready.hs() {
             self.raft.mut_store().set_hard_state(hs);
-            ctx.sync = true;
         }
         self.raft.mut_store().write_raft_state(wb);
         let read_states = ready.take_read_states();
@@ -410,7 +417,7 @@ impl PeerFsm {
         let region = self.region().clone();
         let data = match proto::raft_serverpb::SnapshotData::parse_from_bytes(snap.get_data()) {
             Ok(d) => d,
-            Err(e) => panic!("{:?} persisted a snapshot it cannot decode: {e}", self.logger),
+            Err(e) => panic!("region {} persisted a snapshot it cannot decode: {e}", region.get_id()),
         };
         let files = ctx
             .snap_mgr
