@@ -25,16 +25,28 @@ fn pd_server_template_is_the_defaults() {
 fn unknown_and_invalid_keys_are_rejected_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[server]\naddr = \"127.0.0.1:1\"\nadress = \"typo\"\n").unwrap();
-    let err = util::config::load::<server::Config>(&path).unwrap_err().to_string();
+    std::fs::write(
+        &path,
+        "[server]\naddr = \"127.0.0.1:1\"\nadress = \"typo\"\n",
+    )
+    .unwrap();
+    let err = util::config::load::<server::Config>(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("adress"), "{err}");
     std::fs::write(&path, "[raftstore]\nraft-heartbeat-ticks = 20\n").unwrap();
-    let err = util::config::load::<server::Config>(&path).unwrap_err().to_string();
+    let err = util::config::load::<server::Config>(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("raft-election-timeout-ticks"), "{err}");
     std::fs::write(&path, "[server]\naddr = \"not an address\"\n").unwrap();
-    let err = util::config::load::<server::Config>(&path).unwrap_err().to_string();
+    let err = util::config::load::<server::Config>(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("server.addr"), "{err}");
     std::fs::write(&path, "[raftstore\n").unwrap();
-    let err = util::config::load::<server::Config>(&path).unwrap_err().to_string();
+    let err = util::config::load::<server::Config>(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid config file"), "{err}");
 }

@@ -17,8 +17,11 @@ use common::{kvctl, wait_until, ProcCluster};
 const KEYS: usize = 1000;
 
 fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
-    rt.block_on(client::Client::connect(&[pd.to_string()], Duration::from_secs(20)))
-        .expect("connect client")
+    rt.block_on(client::Client::connect(
+        &[pd.to_string()],
+        Duration::from_secs(20),
+    ))
+    .expect("connect client")
 }
 
 fn voters(rt: &tokio::runtime::Runtime, c: &client::Client) -> usize {
@@ -40,7 +43,11 @@ fn acknowledged_writes_survive_sigkill_of_each_store_and_of_all() {
     let mut cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = Arc::new(client(&rt, &cluster.pd_addr));
-    wait_until("the first region to have three voters", Duration::from_secs(60), || voters(&rt, &c) == 3);
+    wait_until(
+        "the first region to have three voters",
+        Duration::from_secs(60),
+        || voters(&rt, &c) == 3,
+    );
 
     // One writer: each key is written once with its own value and retried until
     // acknowledged, so "the last acknowledged value" is exact.
@@ -68,12 +75,16 @@ fn acknowledged_writes_survive_sigkill_of_each_store_and_of_all() {
     };
     for victim in 0..3 {
         let before = written.load(Ordering::SeqCst);
-        wait_until("writes to progress", Duration::from_secs(60), || written.load(Ordering::SeqCst) >= before + 50);
+        wait_until("writes to progress", Duration::from_secs(60), || {
+            written.load(Ordering::SeqCst) >= before + 50
+        });
         cluster.kill_store(victim);
         let at_kill = written.load(Ordering::SeqCst);
-        wait_until("writes to go on without the killed store", Duration::from_secs(60), || {
-            written.load(Ordering::SeqCst) >= (at_kill + 50).min(KEYS)
-        });
+        wait_until(
+            "writes to go on without the killed store",
+            Duration::from_secs(60),
+            || written.load(Ordering::SeqCst) >= (at_kill + 50).min(KEYS),
+        );
         cluster.start_store(victim);
     }
     writer.join().expect("writer thread");
@@ -98,7 +109,10 @@ fn acknowledged_writes_survive_sigkill_of_each_store_and_of_all() {
     let out = kvctl(&cluster.pd_addr, &["get", "k0999"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v999");
     let out = kvctl(&cluster.pd_addr, &["scan", "k0000", "k0003"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "k0000\tv0\nk0001\tv1\nk0002\tv2\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "k0000\tv0\nk0001\tv1\nk0002\tv2\n"
+    );
 }
 
 fn tikv(addr: &str) -> proto::tikvpb_grpc::TikvClient {
@@ -111,7 +125,9 @@ fn dumb_requests_are_forwarded_and_smart_ones_get_a_leader_hint() {
     let cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
-    wait_until("three voters", Duration::from_secs(60), || voters(&rt, &c) == 3);
+    wait_until("three voters", Duration::from_secs(60), || {
+        voters(&rt, &c) == 3
+    });
     let route = rt.block_on(c.regions()).unwrap().remove(0);
     let leader_store = route.leader.clone().unwrap().get_store_id();
     let stores = rt.block_on(c.stores()).unwrap();
@@ -127,7 +143,10 @@ fn dumb_requests_are_forwarded_and_smart_ones_get_a_leader_hint() {
     put.set_key(b"dumb".to_vec());
     put.set_value(b"client".to_vec());
     let resp = store.raw_put(&put).expect("rpc");
-    assert!(!resp.has_region_error() && resp.get_error().is_empty(), "{resp:?}");
+    assert!(
+        !resp.has_region_error() && resp.get_error().is_empty(),
+        "{resp:?}"
+    );
     let mut get = proto::kvrpcpb::RawGetRequest::default();
     get.set_key(b"dumb".to_vec());
     assert_eq!(store.raw_get(&get).expect("rpc").get_value(), b"client");
@@ -147,15 +166,24 @@ fn a_data_directory_of_another_cluster_is_refused() {
     let mut first = ProcCluster::start(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &first.pd_addr);
-    rt.block_on(c.put(b"k", b"v")).expect("first cluster serves");
+    rt.block_on(c.put(b"k", b"v"))
+        .expect("first cluster serves");
     first.kill_store(0);
     // A second, unrelated cluster: its PD has another cluster id.
     let second = ProcCluster::start(0);
     let foreign = first.dir.path().join("store-0");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kv-server"))
-        .args(["--pd", &second.pd_addr, "--data-dir", &foreign.display().to_string()])
+        .args([
+            "--pd",
+            &second.pd_addr,
+            "--data-dir",
+            &foreign.display().to_string(),
+        ])
         .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["--status-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args([
+            "--status-addr",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run kv-server");
@@ -176,12 +204,22 @@ fn kvctl_commands_and_shell() {
     });
     let text = |args: &[&str]| {
         let out = kvctl(&pd, args);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(text(&["put", "b", "2"]).1, "OK\n");
-    assert_eq!(text(&["get", "b", "--output", "json"]).1.trim(), r#"{"key":"b","value":"2"}"#);
+    assert_eq!(
+        text(&["get", "b", "--output", "json"]).1.trim(),
+        r#"{"key":"b","value":"2"}"#
+    );
     assert_eq!(text(&["scan", "--limit", "1"]).1, "a\t1\n");
-    assert_eq!(text(&["scan", "a", "c", "--output", "json"]).1.trim(), r#"[{"key":"a","value":"1"},{"key":"b","value":"2"}]"#);
+    assert_eq!(
+        text(&["scan", "a", "c", "--output", "json"]).1.trim(),
+        r#"[{"key":"a","value":"1"},{"key":"b","value":"2"}]"#
+    );
 
     // Compare-and-swap: the expected value, then absence.
     assert_eq!(text(&["cas", "b", "2", "3"]).1, "OK\n");
@@ -202,11 +240,22 @@ fn kvctl_commands_and_shell() {
     let regions = text(&["region", "list"]).1;
     assert!(regions.starts_with("ID\tSTART\tEND"), "{regions}");
     assert!(regions.contains(":voter"), "{regions}");
-    let region: serde_json::Value = serde_json::from_str(text(&["region", "show", "--key", "b", "--output", "json"]).1.trim()).unwrap();
-    assert!(region["peers"].as_array().is_some_and(|p| p.len() == 1), "{region}");
-    let stores: serde_json::Value = serde_json::from_str(text(&["store", "list", "--output", "json"]).1.trim()).unwrap();
+    let region: serde_json::Value = serde_json::from_str(
+        text(&["region", "show", "--key", "b", "--output", "json"])
+            .1
+            .trim(),
+    )
+    .unwrap();
+    assert!(
+        region["peers"].as_array().is_some_and(|p| p.len() == 1),
+        "{region}"
+    );
+    let stores: serde_json::Value =
+        serde_json::from_str(text(&["store", "list", "--output", "json"]).1.trim()).unwrap();
     assert_eq!(stores[0]["state"], "up", "{stores}");
-    assert!(text(&["operator", "list"]).1.starts_with("REGION\tKIND\tSTEP\tAGE"));
+    assert!(text(&["operator", "list"])
+        .1
+        .starts_with("REGION\tKIND\tSTEP\tAGE"));
 
     // The shell reads commands from stdin when it is not a terminal.
     use std::io::Write;
@@ -226,7 +275,47 @@ fn kvctl_commands_and_shell() {
         .unwrap();
     let out = shell.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("OK\n") && stdout.contains("with space\n"), "{stdout}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(cluster.dir.path().join(".kvctl_history").exists(), "history is saved");
+    assert!(
+        stdout.contains("OK\n") && stdout.contains("with space\n"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cluster.dir.path().join(".kvctl_history").exists(),
+        "history is saved"
+    );
+}
+
+#[test]
+fn pd_keeps_the_cluster_across_sigkill() {
+    let mut cluster = ProcCluster::start(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("three voters", Duration::from_secs(60), || {
+        voters(&rt, &c) == 3
+    });
+    rt.block_on(c.put(b"before", b"pd restart")).unwrap();
+    let stores_before = kvctl(&cluster.pd_addr, &["store", "list"]).stdout;
+    cluster.restart_pd();
+    // Same cluster id, stores and routing: the old client and stores carry on.
+    rt.block_on(c.put(b"after", b"pd restart"))
+        .expect("writes after PD restart");
+    assert_eq!(
+        rt.block_on(c.get(b"before")).unwrap(),
+        Some(b"pd restart".to_vec())
+    );
+    let id_lines = |out: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').take(2).collect::<Vec<_>>().join("\t"))
+            .collect()
+    };
+    let stores_after = kvctl(&cluster.pd_addr, &["store", "list"]).stdout;
+    assert_eq!(id_lines(&stores_before), id_lines(&stores_after));
+    assert_eq!(voters(&rt, &c), 3);
 }

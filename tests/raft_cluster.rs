@@ -24,7 +24,9 @@ fn replicated(n: usize, rs: raftstore::Config, pd: pd::Config) -> Cluster {
 }
 
 fn snapshots_applied() -> u64 {
-    raftstore::metrics::SNAPSHOTS.with_label_values(&["apply", "ok"]).get()
+    raftstore::metrics::SNAPSHOTS
+        .with_label_values(&["apply", "ok"])
+        .get()
 }
 
 #[test]
@@ -49,10 +51,16 @@ fn isolated_leader_is_replaced_and_catches_up() {
     }
     let (old, _) = c.leader_of_key(b"").expect("a leader");
     c.network().isolate(old);
-    wait_until("a new leader elsewhere, and the old one stepping down", T, || {
-        c.leader_of_key(b"").is_some_and(|(s, r)| s != old && c.leader_of(r.get_id()) == Some(s))
-            && c.local_region(old, b"").is_some_and(|r| c.leader_of(r.get_id()) != Some(old))
-    });
+    wait_until(
+        "a new leader elsewhere, and the old one stepping down",
+        T,
+        || {
+            c.leader_of_key(b"")
+                .is_some_and(|(s, r)| s != old && c.leader_of(r.get_id()) == Some(s))
+                && c.local_region(old, b"")
+                    .is_some_and(|r| c.leader_of(r.get_id()) != Some(old))
+        },
+    );
     for i in 0..20 {
         c.must_put(&key(i), &value(i, 1));
     }
@@ -70,11 +78,19 @@ fn follower_partitioned_past_log_gc_recovers_by_snapshot() {
     rs.raft_log_gc_threshold = 5;
     let c = replicated(3, rs, pd);
     let (leader, _) = c.leader_of_key(b"").expect("a leader");
-    let follower = *c.store_ids().iter().find(|s| **s != leader).expect("a follower");
+    let follower = *c
+        .store_ids()
+        .iter()
+        .find(|s| **s != leader)
+        .expect("a follower");
     c.must_put(b"before", b"partition");
     c.must_replicate(b"before", b"partition", T);
     let applied_before = snapshots_applied();
-    let others: Vec<u64> = c.store_ids().into_iter().filter(|s| *s != follower).collect();
+    let others: Vec<u64> = c
+        .store_ids()
+        .into_iter()
+        .filter(|s| *s != follower)
+        .collect();
     c.network().partition(&[follower], &others);
     for i in 0..200 {
         c.must_put(&key(i), &value(i, 0));
@@ -158,19 +174,31 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     ctx.set_region_epoch(region.get_region_epoch().clone());
     ctx.set_peer(region.get_peers()[0].clone());
 
-    let err = rt.block_on(s.put(&ctx, "", b"", b"v")).unwrap_err().to_string();
+    let err = rt
+        .block_on(s.put(&ctx, "", b"", b"v"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("key must not be empty"), "{err}");
 
     let big = vec![0u8; (8 << 20) + 1];
-    let err = rt.block_on(s.put(&ctx, "", b"k", &big)).unwrap_err().to_string();
+    let err = rt
+        .block_on(s.put(&ctx, "", b"k", &big))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("larger than the limit"), "{err}");
 
-    let err = rt.block_on(s.put(&ctx, "write", b"k", b"v")).unwrap_err().to_string();
+    let err = rt
+        .block_on(s.put(&ctx, "write", b"k", b"v"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("column family"), "{err}");
 
     let mut unknown = ctx.clone();
     unknown.region_id = 999_999;
-    let err = rt.block_on(s.put(&unknown, "", b"k", b"x")).unwrap_err().to_string();
+    let err = rt
+        .block_on(s.put(&unknown, "", b"k", b"x"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("region 999999 not found"), "{err}");
 
     let mut stale = ctx.clone();
@@ -189,8 +217,11 @@ fn leadership_moves_on_request_and_not_to_learners_or_strangers() {
     c.must_put(b"k", b"v1");
     let (leader, region) = c.leader_of_key(b"k").unwrap();
     let target = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
-    c.transfer_leader(region.get_id(), target).expect("transfer starts");
-    wait_until("leadership to move", T, || c.leader_of(region.get_id()) == Some(target));
+    c.transfer_leader(region.get_id(), target)
+        .expect("transfer starts");
+    wait_until("leadership to move", T, || {
+        c.leader_of(region.get_id()) == Some(target)
+    });
     c.must_put(b"k", b"v2");
     c.must_get_equal(b"k", b"v2");
     let err = c.transfer_leader(region.get_id(), 999).unwrap_err();

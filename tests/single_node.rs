@@ -38,19 +38,33 @@ fn single_node_with_no_flags_keeps_acknowledged_writes_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
     let out = kvctl_default(&["put", "hello", "world"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-    assert!(dir.path().join("flotilla-data").is_dir(), "data goes to ./flotilla-data");
+    assert!(
+        dir.path().join("flotilla-data").is_dir(),
+        "data goes to ./flotilla-data"
+    );
 
     let status = http_get("127.0.0.1:20180", "/status").expect("status page");
     assert!(status.contains("\"store_id\""), "{status}");
     let metrics = http_get("127.0.0.1:20180", "/metrics").expect("metrics page");
-    assert!(metric(&metrics, "flotilla_raftstore_log_fsyncs_total") >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "flotilla_raftstore_log_fsyncs_total") >= 1.0,
+        "{metrics}"
+    );
 
     server.kill();
     let _server = start(dir.path());
     let out = kvctl_default(&["get", "hello"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "world\n");
 
     let missing = kvctl_default(&["get", "no-such-key"]);

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         .expect("start the tokio runtime");
     match rt.block_on(run(&args)) {
         Ok(report) if args.json => {
-            println!("{}", serde_json::to_string(&report).expect("reports serialize"));
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("reports serialize")
+            );
             ExitCode::SUCCESS
         }
         Ok(report) => {

@@ -50,7 +50,11 @@ fn config(args: &Args) -> util::Result<Config> {
         s.data_dir = v.clone();
     }
     if let Some(v) = &args.pd {
-        s.pd_endpoints = v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        s.pd_endpoints = v
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
     }
     cfg.validate()?;
     Ok(cfg)

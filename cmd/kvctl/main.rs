@@ -24,7 +24,16 @@ fn main() -> ExitCode {
         };
         let res = match &cli.command {
             Command::Shell => shell(&client, cli.output).await,
-            cmd => run(cmd, cli.output, &client, &mut std::io::stdout(), &mut std::io::stderr()).await,
+            cmd => {
+                run(
+                    cmd,
+                    cli.output,
+                    &client,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                )
+                .await
+            }
         };
         res.unwrap_or_else(|e| {
             eprintln!("error: {e}");

@@ -23,7 +23,10 @@ pub fn free_port() -> u16 {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -108,6 +111,7 @@ pub struct ProcCluster {
     pub dir: tempfile::TempDir,
     pub pd_addr: String,
     pub pd: Proc,
+    pd_args: Vec<String>,
     pub stores: Vec<Option<Proc>>,
     pub store_addrs: Vec<(u16, u16)>,
 }
@@ -118,19 +122,20 @@ impl ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let pd_port = free_port();
         let pd_addr = format!("127.0.0.1:{pd_port}");
+        let pd_args = vec![
+            "--addr".into(),
+            pd_addr.clone(),
+            "--data-dir".into(),
+            dir.path().join("pd").display().to_string(),
+            "--max-store-down-time".into(),
+            "60s".into(),
+            "--status-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
         let pd = Proc::spawn(
             "pd",
             env!("CARGO_BIN_EXE_pd-server"),
-            &[
-                "--addr".into(),
-                pd_addr.clone(),
-                "--data-dir".into(),
-                dir.path().join("pd").display().to_string(),
-                "--max-store-down-time".into(),
-                "60s".into(),
-                "--status-addr".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ],
+            &pd_args,
             dir.path(),
             dir.path(),
         );
@@ -138,6 +143,7 @@ impl ProcCluster {
             dir,
             pd_addr,
             pd,
+            pd_args,
             stores: vec![],
             store_addrs: vec![],
         };
@@ -174,12 +180,28 @@ impl ProcCluster {
                 "--status-addr".into(),
                 format!("127.0.0.1:{status}"),
                 "--data-dir".into(),
-                self.dir.path().join(format!("store-{i}")).display().to_string(),
+                self.dir
+                    .path()
+                    .join(format!("store-{i}"))
+                    .display()
+                    .to_string(),
             ],
             self.dir.path(),
             self.dir.path(),
         );
         self.stores[i] = Some(p);
+    }
+
+    /// SIGKILLs PD and starts it again on the same data and address.
+    pub fn restart_pd(&mut self) {
+        self.pd.kill();
+        self.pd = Proc::spawn(
+            "pd",
+            env!("CARGO_BIN_EXE_pd-server"),
+            &self.pd_args,
+            self.dir.path(),
+            self.dir.path(),
+        );
     }
 
     /// SIGKILLs store `i`.

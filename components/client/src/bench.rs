@@ -16,7 +16,11 @@ use crate::{cli::endpoints, Client, Error, Result};
 
 /// kv-bench: load a Flotilla cluster and report throughput and latency.
 #[derive(Debug, Parser)]
-#[command(name = "kv-bench", version, about = "Load generator and benchmark for Flotilla")]
+#[command(
+    name = "kv-bench",
+    version,
+    about = "Load generator and benchmark for Flotilla"
+)]
 pub struct BenchArgs {
     /// PD addresses, comma-separated.
     #[arg(long, default_value = "127.0.0.1:2379")]
@@ -129,7 +133,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     let before = cluster_counters(&client).await;
     let started = Instant::now();
     let deadline = started + args.duration;
-    let budget = Arc::new(std::sync::atomic::AtomicU64::new(if args.ops == 0 { u64::MAX } else { args.ops }));
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(if args.ops == 0 {
+        u64::MAX
+    } else {
+        args.ops
+    }));
     let mut workers = vec![];
     for _ in 0..args.threads {
         let (client, budget) = (client.clone(), budget.clone());
@@ -140,7 +148,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
             let value = vec![b'x'; size];
             while Instant::now() < deadline
                 && budget
-                    .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |b| b.checked_sub(1))
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |b| b.checked_sub(1),
+                    )
                     .is_ok()
             {
                 let (k, write) = {
@@ -170,7 +182,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     let mut hist = Histogram::<u64>::new(3).expect("valid histogram precision");
     let mut errors = 0;
     for w in workers {
-        let (h, e) = w.await.map_err(|e| Error::InvalidArgument(format!("worker failed: {e}")))?;
+        let (h, e) = w
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("worker failed: {e}")))?;
         hist.add(h).expect("histograms of the same precision add");
         errors += e;
     }
@@ -200,7 +214,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "ops          {} ({} errors) in {:.1}s", self.ops, self.errors, self.seconds)?;
+        writeln!(
+            f,
+            "ops          {} ({} errors) in {:.1}s",
+            self.ops, self.errors, self.seconds
+        )?;
         writeln!(f, "throughput   {:.0} ops/s", self.ops_per_sec)?;
         writeln!(
             f,
@@ -208,7 +226,10 @@ impl std::fmt::Display for Report {
             self.p50_us, self.p99_us, self.p999_us, self.max_us
         )?;
         match (self.fsyncs, self.writes_applied, self.fsyncs_per_write) {
-            (Some(fs), Some(w), Some(r)) => write!(f, "raft log     {fs:.0} fsyncs for {w:.0} writes: {r:.3} fsyncs per write"),
+            (Some(fs), Some(w), Some(r)) => write!(
+                f,
+                "raft log     {fs:.0} fsyncs for {w:.0} writes: {r:.3} fsyncs per write"
+            ),
             _ => write!(f, "raft log     (store metrics not reachable)"),
         }
     }

@@ -13,10 +13,19 @@ use crate::{Client, Error, Result};
 
 /// kvctl: the Flotilla command-line client.
 #[derive(Debug, Parser)]
-#[command(name = "kvctl", version, about = "Read, write and administer a Flotilla cluster")]
+#[command(
+    name = "kvctl",
+    version,
+    about = "Read, write and administer a Flotilla cluster"
+)]
 pub struct Cli {
     /// PD addresses, comma-separated.
-    #[arg(long, global = true, default_value = "127.0.0.1:2379", env = "FLOTILLA_PD")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2379",
+        env = "FLOTILLA_PD"
+    )]
     pub pd: String,
     /// Output format of commands that print data.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -140,7 +149,10 @@ pub enum OperatorCommand {
 
 /// Parses the PD flag into endpoints.
 pub fn endpoints(pd: &str) -> Vec<String> {
-    pd.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    pd.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn show_key(k: &[u8]) -> String {
@@ -184,7 +196,10 @@ fn region_line(route: &pd_client::RegionRoute) -> String {
         show_key(r.get_end_key()),
         r.get_region_epoch().get_conf_ver(),
         r.get_region_epoch().get_version(),
-        route.leader.as_ref().map_or("-".to_string(), |l| l.get_store_id().to_string()),
+        route
+            .leader
+            .as_ref()
+            .map_or("-".to_string(), |l| l.get_store_id().to_string()),
         peers.join(",")
     )
 }
@@ -198,7 +213,13 @@ fn store_state(s: &metapb::Store) -> &'static str {
 }
 
 /// Runs one command; returns the exit code. Output goes to `out`, diagnostics to `err`.
-pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
+pub async fn run(
+    cmd: &Command,
+    output: Output,
+    client: &Client,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
     let json = output == Output::Json;
     let w = |out: &mut dyn Write, s: String| {
         let _ = writeln!(out, "{s}");
@@ -206,7 +227,14 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
     match cmd {
         Command::Put { key, value } => {
             client.put(key.as_bytes(), value.as_bytes()).await?;
-            w(out, if json { json!({"ok": true}).to_string() } else { "OK".into() });
+            w(
+                out,
+                if json {
+                    json!({"ok": true}).to_string()
+                } else {
+                    "OK".into()
+                },
+            );
         }
         Command::Get { key } => match client.get(key.as_bytes()).await? {
             Some(v) if json => w(out, json!({"key": key, "value": show_key(&v)}).to_string()),
@@ -224,7 +252,14 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
         },
         Command::Delete { key } => {
             client.delete(key.as_bytes()).await?;
-            w(out, if json { json!({"ok": true}).to_string() } else { "OK".into() });
+            w(
+                out,
+                if json {
+                    json!({"ok": true}).to_string()
+                } else {
+                    "OK".into()
+                },
+            );
         }
         Command::Scan { start, end, limit } => {
             let start = start.as_deref().unwrap_or("").as_bytes();
@@ -249,15 +284,36 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
             let (key, expected, new) = match (absent, args.as_slice()) {
                 (true, [k, n]) => (k, None, n),
                 (false, [k, e, n]) => (k, Some(e.as_bytes()), n),
-                (true, _) => return Err(Error::InvalidArgument("with --absent give KEY NEW".into())),
-                (false, _) => return Err(Error::InvalidArgument("give KEY EXPECTED NEW (or --absent KEY NEW)".into())),
+                (true, _) => {
+                    return Err(Error::InvalidArgument("with --absent give KEY NEW".into()))
+                }
+                (false, _) => {
+                    return Err(Error::InvalidArgument(
+                        "give KEY EXPECTED NEW (or --absent KEY NEW)".into(),
+                    ))
+                }
             };
-            let res = client.compare_and_swap(key.as_bytes(), expected, new.as_bytes()).await?;
+            let res = client
+                .compare_and_swap(key.as_bytes(), expected, new.as_bytes())
+                .await?;
             let prev = res.previous.as_deref().map(show_key);
             if json {
-                w(out, json!({"succeed": res.succeed, "previous": prev}).to_string());
+                w(
+                    out,
+                    json!({"succeed": res.succeed, "previous": prev}).to_string(),
+                );
             } else {
-                w(out, if res.succeed { "OK".into() } else { format!("FAILED\tprevious={}", prev.unwrap_or_else(|| "<none>".into())) });
+                w(
+                    out,
+                    if res.succeed {
+                        "OK".into()
+                    } else {
+                        format!(
+                            "FAILED\tprevious={}",
+                            prev.unwrap_or_else(|| "<none>".into())
+                        )
+                    },
+                );
             }
             if !res.succeed {
                 return Ok(1);
@@ -267,9 +323,17 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
             RegionCommand::List => {
                 let regions = client.regions().await?;
                 if json {
-                    w(out, serde_json::Value::Array(regions.iter().map(region_json).collect()).to_string());
+                    w(
+                        out,
+                        serde_json::Value::Array(regions.iter().map(region_json).collect())
+                            .to_string(),
+                    );
                 } else {
-                    w(out, "ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)".into());
+                    w(
+                        out,
+                        "ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)"
+                            .into(),
+                    );
                     for r in &regions {
                         w(out, region_line(r));
                     }
@@ -279,13 +343,24 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
                 let route = match (id, key) {
                     (Some(id), _) => client.pd().get_region_by_id(*id).await?,
                     (None, Some(k)) => client.pd().get_region(k.as_bytes()).await?,
-                    (None, None) => return Err(Error::InvalidArgument("give a region id or --key KEY".into())),
+                    (None, None) => {
+                        return Err(Error::InvalidArgument(
+                            "give a region id or --key KEY".into(),
+                        ))
+                    }
                 };
                 if route.region.get_id() == 0 {
                     let _ = writeln!(err, "region not found");
                     return Ok(1);
                 }
-                w(out, if json { region_json(&route).to_string() } else { region_line(&route) });
+                w(
+                    out,
+                    if json {
+                        region_json(&route).to_string()
+                    } else {
+                        region_line(&route)
+                    },
+                );
             }
         },
         Command::Store { command } => {
@@ -303,22 +378,40 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
             if json {
                 let v: Vec<_> = wanted
                     .iter()
-                    .map(|(s, st)| json!({
-                        "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
-                        "region_count": st.region_count, "leader_count": st.leader_count,
-                        "last_heartbeat_unix_nanos": s.last_heartbeat,
-                    }))
+                    .map(|(s, st)| {
+                        json!({
+                            "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
+                            "region_count": st.region_count, "leader_count": st.leader_count,
+                            "last_heartbeat_unix_nanos": s.last_heartbeat,
+                        })
+                    })
                     .collect();
                 w(out, serde_json::Value::Array(v).to_string());
             } else {
-                w(out, "ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT".into());
+                w(
+                    out,
+                    "ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT".into(),
+                );
                 for (s, st) in wanted {
                     let ago = heartbeat_age(s.last_heartbeat);
-                    w(out, format!("{}\t{}\t{}\t{}\t{}\t{}", s.get_id(), s.get_address(), store_state(s), st.region_count, st.leader_count, ago));
+                    w(
+                        out,
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            s.get_id(),
+                            s.get_address(),
+                            store_state(s),
+                            st.region_count,
+                            st.leader_count,
+                            ago
+                        ),
+                    );
                 }
             }
         }
-        Command::Operator { command: OperatorCommand::List } => {
+        Command::Operator {
+            command: OperatorCommand::List,
+        } => {
             let ops = client.pd().get_operators().await?;
             if json {
                 let v: Vec<_> = ops
@@ -329,11 +422,24 @@ pub async fn run(cmd: &Command, output: Output, client: &Client, out: &mut dyn W
             } else {
                 w(out, "REGION\tKIND\tSTEP\tAGE".into());
                 for o in ops {
-                    w(out, format!("{}\t{}\t{}\t{:.1}s", o.region_id, o.get_kind(), o.get_step(), o.age_ms as f64 / 1000.0));
+                    w(
+                        out,
+                        format!(
+                            "{}\t{}\t{}\t{:.1}s",
+                            o.region_id,
+                            o.get_kind(),
+                            o.get_step(),
+                            o.age_ms as f64 / 1000.0
+                        ),
+                    );
                 }
             }
         }
-        Command::Shell => return Err(Error::InvalidArgument("the shell cannot start a shell".into())),
+        Command::Shell => {
+            return Err(Error::InvalidArgument(
+                "the shell cannot start a shell".into(),
+            ))
+        }
     }
     Ok(0)
 }
@@ -361,8 +467,8 @@ struct ShellLine {
 pub async fn shell(client: &Client, output: Output) -> Result<i32> {
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| Error::InvalidArgument(format!("cannot start the shell: {e}")))?;
-    let history = std::env::var_os("HOME")
-        .map(|h| std::path::PathBuf::from(h).join(".kvctl_history"));
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".kvctl_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
@@ -384,11 +490,14 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
             continue;
         };
         match ShellLine::try_parse_from(words) {
-            Ok(ShellLine { command: Command::Shell }) => eprintln!("already in the shell"),
+            Ok(ShellLine {
+                command: Command::Shell,
+            }) => eprintln!("already in the shell"),
             Ok(parsed) => {
                 let mut stdout = std::io::stdout();
                 let mut stderr = std::io::stderr();
-                if let Err(e) = run(&parsed.command, output, client, &mut stdout, &mut stderr).await {
+                if let Err(e) = run(&parsed.command, output, client, &mut stdout, &mut stderr).await
+                {
                     eprintln!("error: {e}");
                 }
             }

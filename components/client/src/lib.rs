@@ -96,7 +96,12 @@ impl Client {
         let pd = PdClient::connect(pd_endpoints, timeout, logger).await?;
         Ok(Client {
             pd,
-            env: Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("client").build()),
+            env: Arc::new(
+                grpcio::EnvBuilder::new()
+                    .cq_count(1)
+                    .name_prefix("client")
+                    .build(),
+            ),
             cache: Mutex::default(),
             stores: Mutex::default(),
             timeout,
@@ -148,17 +153,28 @@ impl Client {
     }
 
     /// Learns from a region error; says why the request will be retried.
-    fn on_region_error(&self, route: &RegionRoute, leader: &metapb::Peer, e: &errorpb::Error) -> String {
+    fn on_region_error(
+        &self,
+        route: &RegionRoute,
+        leader: &metapb::Peer,
+        e: &errorpb::Error,
+    ) -> String {
         let mut cache = self.cache.lock();
         let id = route.region.get_id();
         if e.has_not_leader() && e.get_not_leader().get_leader().get_id() != 0 {
             cache.set_leader(id, e.get_not_leader().get_leader().clone());
-        } else if e.has_epoch_not_match() && !e.get_epoch_not_match().get_current_regions().is_empty() {
+        } else if e.has_epoch_not_match()
+            && !e.get_epoch_not_match().get_current_regions().is_empty()
+        {
             cache.invalidate(id);
             for r in e.get_epoch_not_match().get_current_regions() {
                 // The store that answered holds these regions; its peer is the best guess
                 // for their leader.
-                let leader = r.get_peers().iter().find(|p| p.get_store_id() == leader.get_store_id()).cloned();
+                let leader = r
+                    .get_peers()
+                    .iter()
+                    .find(|p| p.get_store_id() == leader.get_store_id())
+                    .cloned();
                 cache.insert(RegionRoute {
                     region: r.clone(),
                     leader,
@@ -175,7 +191,9 @@ impl Client {
     async fn on_region<T, F, Fut>(&self, key: &[u8], call: F) -> Result<(T, RegionRoute)>
     where
         F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
-        Fut: Future<Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>>,
+        Fut: Future<
+            Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
+        >,
     {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
@@ -201,11 +219,15 @@ impl Client {
     async fn attempt<T, F, Fut>(&self, key: &[u8], call: &F) -> Result<(Attempt<T>, RegionRoute)>
     where
         F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
-        Fut: Future<Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>>,
+        Fut: Future<
+            Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
+        >,
     {
         let route = match self.locate(key).await {
             Ok(r) => r,
-            Err(Error::Pd(e)) => return Ok((Attempt::Retry(e.to_string()), RegionRoute::default())),
+            Err(Error::Pd(e)) => {
+                return Ok((Attempt::Retry(e.to_string()), RegionRoute::default()))
+            }
             Err(e) => return Err(e),
         };
         let Some(leader) = route.leader.clone() else {
@@ -229,7 +251,10 @@ impl Client {
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
-                Ok((Attempt::Retry(format!("store {}: {e}", leader.get_store_id())), route))
+                Ok((
+                    Attempt::Retry(format!("store {}: {e}", leader.get_store_id())),
+                    route,
+                ))
             }
         }
     }
@@ -263,7 +288,11 @@ impl Client {
     }
 
     /// Groups keys by the region that holds them (in key order).
-    async fn group<T: Clone>(&self, items: &[T], key_of: impl Fn(&T) -> &[u8]) -> Result<Vec<Vec<T>>> {
+    async fn group<T: Clone>(
+        &self,
+        items: &[T],
+        key_of: impl Fn(&T) -> &[u8],
+    ) -> Result<Vec<Vec<T>>> {
         let mut groups: BTreeMap<Vec<u8>, Vec<T>> = BTreeMap::new();
         for item in items {
             let key = key_of(item);
@@ -342,7 +371,12 @@ impl Client {
     }
 
     /// Sets `key` to `new` if it holds `expected` (`None`: if it does not exist).
-    pub async fn compare_and_swap(&self, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Result<CasOutcome> {
+    pub async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<CasOutcome> {
         check_key(key)?;
         let (out, _) = self
             .on_region(key, |c, ctx, _| {
@@ -405,14 +439,18 @@ impl Client {
     /// Removes every key in `[start, end)` (an empty end: to the end of the key space).
     pub async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
         if !end.is_empty() && start >= end {
-            return Err(Error::InvalidArgument(format!("start {start:?} must be before end {end:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "start {start:?} must be before end {end:?}"
+            )));
         }
         let mut cur = start.to_vec();
         loop {
             let (_, route) = self
                 .on_region(&cur, |c, ctx, route| {
                     let region_end = route.region.get_end_key().to_vec();
-                    let stop = if region_end.is_empty() || (!end.is_empty() && end < region_end.as_slice()) {
+                    let stop = if region_end.is_empty()
+                        || (!end.is_empty() && end < region_end.as_slice())
+                    {
                         end.to_vec()
                     } else {
                         region_end

@@ -44,7 +44,11 @@ impl RegionCache {
 
     /// Records a new leader for a cached region.
     pub fn set_leader(&mut self, region_id: u64, leader: metapb::Peer) {
-        if let Some(r) = self.by_end.values_mut().find(|r| r.region.get_id() == region_id) {
+        if let Some(r) = self
+            .by_end
+            .values_mut()
+            .find(|r| r.region.get_id() == region_id)
+        {
             r.leader = Some(leader);
         }
     }
@@ -59,7 +63,10 @@ mod tests {
         r.set_id(id);
         r.set_start_key(start.to_vec());
         r.set_end_key(end.to_vec());
-        RegionRoute { region: r, leader: None }
+        RegionRoute {
+            region: r,
+            leader: None,
+        }
     }
 
     #[test]

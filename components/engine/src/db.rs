@@ -5,9 +5,9 @@ use std::{
 
 use protobuf::Message;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
-    SnapshotWithThreadMode, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SnapshotWithThreadMode,
+    WriteOptions, DB,
 };
 
 use crate::{Cf, Error, Result, WriteBatch};
@@ -131,7 +131,6 @@ impl Engine {
             .ingest_external_file_cf_opts(cf_handle(&self.db, cf), &opts, files.to_vec())?;
         Ok(())
     }
-
 }
 
 /// A consistent point-in-time view of the database, for reads and snapshot export.

@@ -12,8 +12,14 @@ fn column_families_are_separate() {
     wb.put(Cf::Default, b"k", b"data");
     wb.put(Cf::Raft, b"k", b"raft");
     e.write(wb, true).unwrap();
-    assert_eq!(e.get(Cf::Default, b"k").unwrap().as_deref(), Some(&b"data"[..]));
-    assert_eq!(e.get(Cf::Raft, b"k").unwrap().as_deref(), Some(&b"raft"[..]));
+    assert_eq!(
+        e.get(Cf::Default, b"k").unwrap().as_deref(),
+        Some(&b"data"[..])
+    );
+    assert_eq!(
+        e.get(Cf::Raft, b"k").unwrap().as_deref(),
+        Some(&b"raft"[..])
+    );
     assert_eq!(e.get(Cf::Lock, b"k").unwrap(), None);
     assert_eq!(Cf::from_name("write"), Some(Cf::Write));
     assert_eq!(Cf::from_name("nope"), None);
@@ -94,9 +100,15 @@ fn snapshot_does_not_see_later_writes() {
     wb.put(Cf::Default, b"k", b"new");
     wb.put(Cf::Default, b"k2", b"new");
     e.write(wb, false).unwrap();
-    assert_eq!(snap.get(Cf::Default, b"k").unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(
+        snap.get(Cf::Default, b"k").unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
     assert_eq!(snap.get(Cf::Default, b"k2").unwrap(), None);
-    assert_eq!(e.get(Cf::Default, b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        e.get(Cf::Default, b"k").unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
 }
 
 #[test]

@@ -38,7 +38,8 @@ impl WriteBatch {
 
     /// Removes every key in `[start, end)`.
     pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
-        self.inner.delete_range_cf(cf_handle(&self.db, cf), start, end);
+        self.inner
+            .delete_range_cf(cf_handle(&self.db, cf), start, end);
     }
 
     /// Number of operations in the batch.

@@ -246,7 +246,10 @@ mod tests {
         ] {
             assert!(r.start.as_slice() <= k.as_slice() && k.as_slice() < r.end.as_slice());
         }
-        for k in [raft_log_key(4, u64::MAX).to_vec(), raft_log_key(6, 0).to_vec()] {
+        for k in [
+            raft_log_key(4, u64::MAX).to_vec(),
+            raft_log_key(6, 0).to_vec(),
+        ] {
             assert!(!(r.start.as_slice() <= k.as_slice() && k.as_slice() < r.end.as_slice()));
         }
         let logs = raft_log_range(5, 3, 9);

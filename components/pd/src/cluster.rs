@@ -232,8 +232,14 @@ impl PdCore {
             }
             store.set_state(old.meta.get_state());
         }
+        // Registering is a sign of life, as a heartbeat is.
+        store.last_heartbeat = unix_nanos();
         self.storage.put_store(&store)?;
-        let stats = st.stores.get(&id).map(|s| s.stats.clone()).unwrap_or_default();
+        let stats = st
+            .stores
+            .get(&id)
+            .map(|s| s.stats.clone())
+            .unwrap_or_default();
         st.stores.insert(
             id,
             StoreInfo {
@@ -289,7 +295,9 @@ impl PdCore {
     ) -> Result<Option<pdpb::RegionHeartbeatResponse>> {
         let region = req.get_region();
         if region.get_id() == 0 || !req.has_leader() {
-            return Err(Error::InvalidValue("region heartbeat without region or leader".into()));
+            return Err(Error::InvalidValue(
+                "region heartbeat without region or leader".into(),
+            ));
         }
         let info = RegionInfo {
             region: region.clone(),
@@ -299,7 +307,10 @@ impl PdCore {
             approximate_size: req.approximate_size,
         };
         let mut st = self.state.lock();
-        let persisted_epoch = st.regions.get(region.get_id()).map(|i| i.region.get_region_epoch().clone());
+        let persisted_epoch = st
+            .regions
+            .get(region.get_id())
+            .map(|i| i.region.get_region_epoch().clone());
         let Some(replaced) = st.regions.update(info.clone()) else {
             return Ok(None);
         };
@@ -313,7 +324,11 @@ impl PdCore {
         Ok(self.next_step(&mut st, &info))
     }
 
-    fn next_step(&self, st: &mut State, info: &RegionInfo) -> Option<pdpb::RegionHeartbeatResponse> {
+    fn next_step(
+        &self,
+        st: &mut State,
+        info: &RegionInfo,
+    ) -> Option<pdpb::RegionHeartbeatResponse> {
         let id = info.region.get_id();
         if let Some(op) = st.operators.get(&id) {
             if op.created.elapsed() > self.cfg.operator_timeout {
@@ -365,7 +380,11 @@ impl PdCore {
     }
 
     /// Ids for splitting `region` into `count + 1` regions.
-    pub fn ask_batch_split(&self, region: &metapb::Region, count: u32) -> Result<Vec<pdpb::SplitID>> {
+    pub fn ask_batch_split(
+        &self,
+        region: &metapb::Region,
+        count: u32,
+    ) -> Result<Vec<pdpb::SplitID>> {
         if count == 0 {
             return Err(Error::InvalidValue("split count must be positive".into()));
         }
@@ -409,7 +428,12 @@ impl PdCore {
         for id in ids {
             let info = st.regions.get(id).cloned();
             let op = &st.operators[&id];
-            out.push((id, op.kind, op.describe(info.as_ref()), op.created.elapsed()));
+            out.push((
+                id,
+                op.kind,
+                op.describe(info.as_ref()),
+                op.created.elapsed(),
+            ));
         }
         out.sort_by_key(|o| o.0);
         out
@@ -421,7 +445,9 @@ fn validate_store(store: &metapb::Store) -> Result<()> {
         return Err(Error::InvalidValue("store id must not be 0".into()));
     }
     if store.get_address().is_empty() {
-        return Err(Error::InvalidValue("store address must not be empty".into()));
+        return Err(Error::InvalidValue(
+            "store address must not be empty".into(),
+        ));
     }
     Ok(())
 }

@@ -59,7 +59,11 @@ impl Validate for Config {
             "pd.addr",
             "must be HOST:PORT with a numeric host",
         )?;
-        ensure(self.max_replicas >= 1, "pd.max-replicas", "must be at least 1")?;
+        ensure(
+            self.max_replicas >= 1,
+            "pd.max-replicas",
+            "must be at least 1",
+        )?;
         ensure(
             !self.max_store_down_time.is_zero(),
             "pd.max-store-down-time",

@@ -90,7 +90,10 @@ impl RegionTree {
         let start = keys::data_key(region.get_start_key());
         let end = end_of(region);
         let mut out = vec![];
-        for (_, id) in self.by_end.range((Bound::Excluded(start), Bound::Unbounded)) {
+        for (_, id) in self
+            .by_end
+            .range((Bound::Excluded(start), Bound::Unbounded))
+        {
             let r = &self.by_id[id].region;
             if keys::data_key(r.get_start_key()) >= end {
                 break;
@@ -139,7 +142,9 @@ impl RegionTree {
             .range((Bound::Excluded(keys::data_key(start)), Bound::Unbounded))
         {
             let info = &self.by_id[id];
-            if keys::data_key(info.region.get_start_key()) >= end || (limit > 0 && out.len() >= limit) {
+            if keys::data_key(info.region.get_start_key()) >= end
+                || (limit > 0 && out.len() >= limit)
+            {
                 break;
             }
             out.push(info);
@@ -187,7 +192,10 @@ mod tests {
         assert_eq!(t.by_key(b"anything").unwrap().region.get_id(), 1);
         // A split: the left half reports first with a newer version.
         assert_eq!(t.update(info(1, b"", b"m", 2, 1)), Some(vec![]));
-        assert!(t.by_key(b"x").is_none(), "right half unknown until reported");
+        assert!(
+            t.by_key(b"x").is_none(),
+            "right half unknown until reported"
+        );
         t.update(info(2, b"m", b"", 2, 1)).unwrap();
         assert_eq!(t.by_key(b"x").unwrap().region.get_id(), 2);
         assert_eq!(t.prev(b"x").unwrap().region.get_id(), 1);
@@ -198,7 +206,11 @@ mod tests {
         // Membership changes bump conf_ver; an older conf_ver is ignored.
         t.update(info(2, b"m", b"", 2, 3)).unwrap();
         assert_eq!(t.update(info(2, b"m", b"", 2, 2)), None);
-        let scanned: Vec<u64> = t.scan(b"", b"", 0).iter().map(|i| i.region.get_id()).collect();
+        let scanned: Vec<u64> = t
+            .scan(b"", b"", 0)
+            .iter()
+            .map(|i| i.region.get_id())
+            .collect();
         assert_eq!(scanned, vec![1, 2]);
         assert_eq!(t.scan(b"n", b"", 0).len(), 1);
         assert_eq!(t.scan(b"", b"", 1).len(), 1);

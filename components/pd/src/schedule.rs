@@ -30,16 +30,27 @@ impl Step {
         let find = |id: u64| info.region.get_peers().iter().find(|p| p.get_id() == id);
         match self {
             Step::AddLearner(p) => find(p.get_id()).is_some(),
-            Step::Promote(p) => find(p.get_id()).is_some_and(|p| p.get_role() == metapb::PeerRole::Voter),
+            Step::Promote(p) => {
+                find(p.get_id()).is_some_and(|p| p.get_role() == metapb::PeerRole::Voter)
+            }
             Step::Remove(p) => find(p.get_id()).is_none(),
-            Step::TransferLeader(store) => info.leader.as_ref().is_some_and(|l| l.get_store_id() == *store),
+            Step::TransferLeader(store) => info
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.get_store_id() == *store),
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            Step::AddLearner(p) => format!("add learner {} on store {}", p.get_id(), p.get_store_id()),
-            Step::Promote(p) => format!("promote learner {} on store {}", p.get_id(), p.get_store_id()),
+            Step::AddLearner(p) => {
+                format!("add learner {} on store {}", p.get_id(), p.get_store_id())
+            }
+            Step::Promote(p) => format!(
+                "promote learner {} on store {}",
+                p.get_id(),
+                p.get_store_id()
+            ),
             Step::Remove(p) => format!("remove peer {} on store {}", p.get_id(), p.get_store_id()),
             Step::TransferLeader(s) => format!("transfer leader to store {s}"),
         }
@@ -61,11 +72,26 @@ impl Step {
             c
         };
         match self {
-            Step::AddLearner(p) => resp.set_change_peer(change(p, metapb::PeerRole::Learner, pdpb::ConfChangeType::AddLearnerNode)),
-            Step::Promote(p) => resp.set_change_peer(change(p, metapb::PeerRole::Voter, pdpb::ConfChangeType::AddNode)),
-            Step::Remove(p) => resp.set_change_peer(change(p, p.get_role(), pdpb::ConfChangeType::RemoveNode)),
+            Step::AddLearner(p) => resp.set_change_peer(change(
+                p,
+                metapb::PeerRole::Learner,
+                pdpb::ConfChangeType::AddLearnerNode,
+            )),
+            Step::Promote(p) => resp.set_change_peer(change(
+                p,
+                metapb::PeerRole::Voter,
+                pdpb::ConfChangeType::AddNode,
+            )),
+            Step::Remove(p) => {
+                resp.set_change_peer(change(p, p.get_role(), pdpb::ConfChangeType::RemoveNode))
+            }
             Step::TransferLeader(store) => {
-                if let Some(p) = info.region.get_peers().iter().find(|p| p.get_store_id() == *store) {
+                if let Some(p) = info
+                    .region
+                    .get_peers()
+                    .iter()
+                    .find(|p| p.get_store_id() == *store)
+                {
                     let mut t = pdpb::TransferLeader::default();
                     t.set_peer(p.clone());
                     resp.set_transfer_leader(t);
@@ -147,21 +173,40 @@ pub fn check_replicas(
 ) -> Option<Operator> {
     let peers = info.region.get_peers();
     let pending = |p: &metapb::Peer| info.pending_peers.iter().any(|q| q.get_id() == p.get_id());
-    if let Some(l) = peers.iter().find(|p| p.get_role() == metapb::PeerRole::Learner) {
+    if let Some(l) = peers
+        .iter()
+        .find(|p| p.get_role() == metapb::PeerRole::Learner)
+    {
         if !stores.is_live(l.get_store_id()) {
-            return Some(Operator::new("remove-down-learner", vec![Step::Remove(l.clone())]));
+            return Some(Operator::new(
+                "remove-down-learner",
+                vec![Step::Remove(l.clone())],
+            ));
         }
         if !pending(l) {
-            return Some(Operator::new("promote-learner", vec![Step::Promote(l.clone())]));
+            return Some(Operator::new(
+                "promote-learner",
+                vec![Step::Promote(l.clone())],
+            ));
         }
         return None;
     }
-    let voters: Vec<&metapb::Peer> = peers.iter().filter(|p| p.get_role() == metapb::PeerRole::Voter).collect();
-    let down: Vec<&metapb::Peer> = voters.iter().copied().filter(|p| !stores.is_live(p.get_store_id())).collect();
+    let voters: Vec<&metapb::Peer> = peers
+        .iter()
+        .filter(|p| p.get_role() == metapb::PeerRole::Voter)
+        .collect();
+    let down: Vec<&metapb::Peer> = voters
+        .iter()
+        .copied()
+        .filter(|p| !stores.is_live(p.get_store_id()))
+        .collect();
     let healthy = voters.len() - down.len();
     if healthy < max_replicas {
         let used: Vec<u64> = peers.iter().map(|p| p.get_store_id()).collect();
-        let target = stores.candidates().into_iter().find(|s| !used.contains(s))?;
+        let target = stores
+            .candidates()
+            .into_iter()
+            .find(|s| !used.contains(s))?;
         let mut peer = metapb::Peer::default();
         peer.set_id(alloc()?);
         peer.set_store_id(target);
@@ -178,11 +223,16 @@ pub fn check_replicas(
     }
     if voters.len() > max_replicas {
         let leader_store = info.leader.as_ref().map(|l| l.get_store_id());
-        let victim = down
-            .first()
-            .copied()
-            .or_else(|| voters.iter().copied().find(|p| Some(p.get_store_id()) != leader_store))?;
-        return Some(Operator::new("remove-extra-replica", vec![Step::Remove(victim.clone())]));
+        let victim = down.first().copied().or_else(|| {
+            voters
+                .iter()
+                .copied()
+                .find(|p| Some(p.get_store_id()) != leader_store)
+        })?;
+        return Some(Operator::new(
+            "remove-extra-replica",
+            vec![Step::Remove(victim.clone())],
+        ));
     }
     None
 }
@@ -224,7 +274,9 @@ mod tests {
     #[test]
     fn adds_replicas_until_max_then_replaces_down_ones() {
         use metapb::PeerRole::*;
-        let stores = Stores { live: vec![1, 2, 3] };
+        let stores = Stores {
+            live: vec![1, 2, 3],
+        };
         let mut next = 100;
         let mut alloc = || {
             next += 1;
@@ -239,15 +291,24 @@ mod tests {
         }
         // The learner is promoted once it is no longer pending.
         let mut with_learner = region(&[(1, 1, Voter), (101, 2, Learner)]);
-        with_learner.pending_peers.push(with_learner.region.get_peers()[1].clone());
+        with_learner
+            .pending_peers
+            .push(with_learner.region.get_peers()[1].clone());
         assert!(check_replicas(&with_learner, &stores, 3, &mut alloc).is_none());
         with_learner.pending_peers.clear();
-        assert_eq!(check_replicas(&with_learner, &stores, 3, &mut alloc).unwrap().kind, "promote-learner");
+        assert_eq!(
+            check_replicas(&with_learner, &stores, 3, &mut alloc)
+                .unwrap()
+                .kind,
+            "promote-learner"
+        );
         // Full and healthy: nothing to do.
         let full = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
         assert!(check_replicas(&full, &stores, 3, &mut alloc).is_none());
         // Store 3 is down and store 4 is free: replace.
-        let stores = Stores { live: vec![1, 2, 4] };
+        let stores = Stores {
+            live: vec![1, 2, 4],
+        };
         let op = check_replicas(&full, &stores, 3, &mut alloc).unwrap();
         assert_eq!(op.kind, "replace-down-replica");
         assert!(matches!(op.steps.last(), Some(Step::Remove(p)) if p.get_store_id() == 3));

@@ -55,7 +55,12 @@ with_header!(
 impl PdService {
     /// Builds the response from `res` (a filled response, or the error for its header)
     /// and sends it.
-    fn reply<R: WithHeader + Send + 'static>(&self, ctx: &RpcContext, sink: UnarySink<R>, res: Result<R>) {
+    fn reply<R: WithHeader + Send + 'static>(
+        &self,
+        ctx: &RpcContext,
+        sink: UnarySink<R>,
+        res: Result<R>,
+    ) {
         let resp = self.finish(res);
         ctx.spawn(sink.success(resp).map(|_| ()));
     }
@@ -103,7 +108,12 @@ fn member(url: &str) -> pdpb::Member {
 }
 
 impl Pd for PdService {
-    fn get_members(&mut self, ctx: RpcContext, _req: pdpb::GetMembersRequest, sink: UnarySink<pdpb::GetMembersResponse>) {
+    fn get_members(
+        &mut self,
+        ctx: RpcContext,
+        _req: pdpb::GetMembersRequest,
+        sink: UnarySink<pdpb::GetMembersResponse>,
+    ) {
         let url = self.client_url.get().cloned().unwrap_or_default();
         let mut resp = pdpb::GetMembersResponse::default();
         resp.mut_members().push(member(&url));
@@ -112,20 +122,27 @@ impl Pd for PdService {
         self.reply(&ctx, sink, Ok(resp));
     }
 
-    fn tso(&mut self, ctx: RpcContext, stream: RequestStream<pdpb::TsoRequest>, mut sink: DuplexSink<pdpb::TsoResponse>) {
+    fn tso(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<pdpb::TsoRequest>,
+        mut sink: DuplexSink<pdpb::TsoResponse>,
+    ) {
         let this = self.clone();
         ctx.spawn(async move {
             let res: std::result::Result<(), grpcio::Error> = async {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
-                    let res = this.checked(req.get_header(), || this.core.tso(req.count)).map(|(physical, logical)| {
-                        let mut resp = pdpb::TsoResponse::default();
-                        resp.count = req.count;
-                        let ts = resp.mut_timestamp();
-                        ts.physical = physical;
-                        ts.logical = logical;
-                        resp
-                    });
+                    let res = this
+                        .checked(req.get_header(), || this.core.tso(req.count))
+                        .map(|(physical, logical)| {
+                            let mut resp = pdpb::TsoResponse::default();
+                            resp.count = req.count;
+                            let ts = resp.mut_timestamp();
+                            ts.physical = physical;
+                            ts.logical = logical;
+                            resp
+                        });
                     sink.send((this.finish(res), WriteFlags::default())).await?;
                 }
                 sink.close().await
@@ -137,15 +154,26 @@ impl Pd for PdService {
         });
     }
 
-    fn bootstrap(&mut self, ctx: RpcContext, req: pdpb::BootstrapRequest, sink: UnarySink<pdpb::BootstrapResponse>) {
+    fn bootstrap(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::BootstrapRequest,
+        sink: UnarySink<pdpb::BootstrapResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
-            self.core.bootstrap(req.get_store().clone(), req.get_region().clone())?;
+            self.core
+                .bootstrap(req.get_store().clone(), req.get_region().clone())?;
             Ok(pdpb::BootstrapResponse::default())
         });
         self.reply(&ctx, sink, res);
     }
 
-    fn is_bootstrapped(&mut self, ctx: RpcContext, req: pdpb::IsBootstrappedRequest, sink: UnarySink<pdpb::IsBootstrappedResponse>) {
+    fn is_bootstrapped(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::IsBootstrappedRequest,
+        sink: UnarySink<pdpb::IsBootstrappedResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::IsBootstrappedResponse::default();
             resp.bootstrapped = self.core.is_bootstrapped();
@@ -154,7 +182,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn alloc_id(&mut self, ctx: RpcContext, req: pdpb::AllocIDRequest, sink: UnarySink<pdpb::AllocIDResponse>) {
+    fn alloc_id(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::AllocIDRequest,
+        sink: UnarySink<pdpb::AllocIDResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::AllocIDResponse::default();
             resp.id = self.core.alloc_id()?;
@@ -163,7 +196,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn get_store(&mut self, ctx: RpcContext, req: pdpb::GetStoreRequest, sink: UnarySink<pdpb::GetStoreResponse>) {
+    fn get_store(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetStoreRequest,
+        sink: UnarySink<pdpb::GetStoreResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let info = self.core.get_store(req.store_id)?;
             let mut resp = pdpb::GetStoreResponse::default();
@@ -174,7 +212,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn put_store(&mut self, ctx: RpcContext, req: pdpb::PutStoreRequest, sink: UnarySink<pdpb::PutStoreResponse>) {
+    fn put_store(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::PutStoreRequest,
+        sink: UnarySink<pdpb::PutStoreResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             self.core.put_store(req.get_store().clone())?;
             Ok(pdpb::PutStoreResponse::default())
@@ -182,7 +225,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn get_all_stores(&mut self, ctx: RpcContext, req: pdpb::GetAllStoresRequest, sink: UnarySink<pdpb::GetAllStoresResponse>) {
+    fn get_all_stores(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetAllStoresRequest,
+        sink: UnarySink<pdpb::GetAllStoresResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::GetAllStoresResponse::default();
             for s in self.core.stores(req.exclude_tombstone_stores) {
@@ -193,7 +241,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn store_heartbeat(&mut self, ctx: RpcContext, req: pdpb::StoreHeartbeatRequest, sink: UnarySink<pdpb::StoreHeartbeatResponse>) {
+    fn store_heartbeat(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::StoreHeartbeatRequest,
+        sink: UnarySink<pdpb::StoreHeartbeatResponse>,
+    ) {
         metrics::STORE_HEARTBEATS.inc();
         let res = self.checked(req.get_header(), || {
             self.core.store_heartbeat(req.get_stats().clone())?;
@@ -232,34 +285,66 @@ impl Pd for PdService {
         });
     }
 
-    fn get_region(&mut self, ctx: RpcContext, req: pdpb::GetRegionRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+    fn get_region(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetRegionRequest,
+        sink: UnarySink<pdpb::GetRegionResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let key = req.get_region_key();
-            region_response(self.core.region_by_key(key), format!("no region holds key {key:?}"))
+            region_response(
+                self.core.region_by_key(key),
+                format!("no region holds key {key:?}"),
+            )
         });
         self.reply(&ctx, sink, res);
     }
 
-    fn get_prev_region(&mut self, ctx: RpcContext, req: pdpb::GetRegionRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+    fn get_prev_region(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetRegionRequest,
+        sink: UnarySink<pdpb::GetRegionResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let key = req.get_region_key();
-            region_response(self.core.prev_region(key), format!("no region before key {key:?}"))
+            region_response(
+                self.core.prev_region(key),
+                format!("no region before key {key:?}"),
+            )
         });
         self.reply(&ctx, sink, res);
     }
 
-    fn get_region_by_id(&mut self, ctx: RpcContext, req: pdpb::GetRegionByIDRequest, sink: UnarySink<pdpb::GetRegionResponse>) {
+    fn get_region_by_id(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetRegionByIDRequest,
+        sink: UnarySink<pdpb::GetRegionResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
-            region_response(self.core.region_by_id(req.region_id), format!("no region with id {}", req.region_id))
+            region_response(
+                self.core.region_by_id(req.region_id),
+                format!("no region with id {}", req.region_id),
+            )
         });
         self.reply(&ctx, sink, res);
     }
 
-    fn scan_regions(&mut self, ctx: RpcContext, req: pdpb::ScanRegionsRequest, sink: UnarySink<pdpb::ScanRegionsResponse>) {
+    fn scan_regions(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::ScanRegionsRequest,
+        sink: UnarySink<pdpb::ScanRegionsResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let limit = req.limit.max(0) as usize;
             let mut resp = pdpb::ScanRegionsResponse::default();
-            for info in self.core.scan_regions(req.get_start_key(), req.get_end_key(), limit) {
+            for info in self
+                .core
+                .scan_regions(req.get_start_key(), req.get_end_key(), limit)
+            {
                 let leader = info.leader.clone().unwrap_or_default();
                 resp.mut_region_metas().push(info.region.clone());
                 resp.mut_leaders().push(leader.clone());
@@ -275,16 +360,30 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn ask_batch_split(&mut self, ctx: RpcContext, req: pdpb::AskBatchSplitRequest, sink: UnarySink<pdpb::AskBatchSplitResponse>) {
+    fn ask_batch_split(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::AskBatchSplitRequest,
+        sink: UnarySink<pdpb::AskBatchSplitResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::AskBatchSplitResponse::default();
-            resp.set_ids(self.core.ask_batch_split(req.get_region(), req.split_count)?.into());
+            resp.set_ids(
+                self.core
+                    .ask_batch_split(req.get_region(), req.split_count)?
+                    .into(),
+            );
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
     }
 
-    fn report_batch_split(&mut self, ctx: RpcContext, req: pdpb::ReportBatchSplitRequest, sink: UnarySink<pdpb::ReportBatchSplitResponse>) {
+    fn report_batch_split(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::ReportBatchSplitRequest,
+        sink: UnarySink<pdpb::ReportBatchSplitResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             self.core.report_split(req.get_regions())?;
             Ok(pdpb::ReportBatchSplitResponse::default())
@@ -292,7 +391,12 @@ impl Pd for PdService {
         self.reply(&ctx, sink, res);
     }
 
-    fn get_operators(&mut self, ctx: RpcContext, req: pdpb::GetOperatorsRequest, sink: UnarySink<pdpb::GetOperatorsResponse>) {
+    fn get_operators(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetOperatorsRequest,
+        sink: UnarySink<pdpb::GetOperatorsResponse>,
+    ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::GetOperatorsResponse::default();
             for (region_id, kind, step, age) in self.core.operators() {

@@ -49,7 +49,12 @@ impl Storage {
     }
 
     /// Saves the cluster's first store and region together.
-    pub fn bootstrap(&self, c: &metapb::Cluster, s: &metapb::Store, r: &metapb::Region) -> Result<()> {
+    pub fn bootstrap(
+        &self,
+        c: &metapb::Cluster,
+        s: &metapb::Store,
+        r: &metapb::Region,
+    ) -> Result<()> {
         let mut wb = self.engine.write_batch();
         wb.put_msg(Cf::Default, k::CLUSTER_KEY, c);
         wb.put_msg(Cf::Default, &k::store_key(s.get_id()), s);

@@ -50,10 +50,15 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-
     /// Whether PD said the cluster already has its first region.
     pub fn is_already_bootstrapped(&self) -> bool {
-        matches!(self, Error::Pd { kind: ErrorType::ALREADY_BOOTSTRAPPED, .. })
+        matches!(
+            self,
+            Error::Pd {
+                kind: ErrorType::ALREADY_BOOTSTRAPPED,
+                ..
+            }
+        )
     }
 }
 
@@ -149,7 +154,11 @@ fn strip_scheme(url: &str) -> &str {
 impl PdClient {
     /// Connects to the PD among `endpoints` that answers, waiting up to `timeout`; later
     /// calls retry for up to `timeout` too.
-    pub async fn connect(endpoints: &[String], timeout: Duration, logger: Logger) -> Result<Arc<PdClient>> {
+    pub async fn connect(
+        endpoints: &[String],
+        timeout: Duration,
+        logger: Logger,
+    ) -> Result<Arc<PdClient>> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| strip_scheme(e.trim()).to_string())
@@ -158,7 +167,12 @@ impl PdClient {
         if endpoints.is_empty() {
             return Err(Error::InvalidEndpoints("no PD address given".into()));
         }
-        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("pd-client").build());
+        let env = Arc::new(
+            grpcio::EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("pd-client")
+                .build(),
+        );
         let first = endpoints[0].clone();
         let client = PdClient {
             conn: RwLock::new((first.clone(), Self::dial(&env, &first))),
@@ -195,7 +209,8 @@ impl PdClient {
         for ep in &self.endpoints {
             let client = Self::dial(&self.env, ep);
             let opt = CallOption::default().timeout(Duration::from_secs(2));
-            let resp = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
+            let resp = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt)
+            {
                 Ok(rx) => rx.await,
                 Err(e) => Err(e),
             };
@@ -211,7 +226,11 @@ impl PdClient {
                     if old != 0 && old != id {
                         warn!(self.logger, "PD cluster id changed"; "old" => old, "new" => id);
                     }
-                    let client = if leader == *ep { client } else { Self::dial(&self.env, &leader) };
+                    let client = if leader == *ep {
+                        client
+                    } else {
+                        Self::dial(&self.env, &leader)
+                    };
                     *self.conn.write() = (leader.clone(), client);
                     info!(self.logger, "connected to PD"; "leader" => leader, "cluster_id" => id);
                     return Ok(());
@@ -241,13 +260,19 @@ impl PdClient {
         h
     }
 
-    async fn unary<Req: PdRequest, Resp: PdResponse + Unpin + Send>(&self, mut req: Req, call: Call<Req, Resp>) -> Result<Resp> {
+    async fn unary<Req: PdRequest, Resp: PdResponse + Unpin + Send>(
+        &self,
+        mut req: Req,
+        call: Call<Req, Resp>,
+    ) -> Result<Resp> {
         req.set_request_header(self.header());
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
             let client = self.conn.read().1.clone();
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
             let opt = CallOption::default().timeout(left.min(Duration::from_secs(5)));
             let res = match call(&client, &req, opt) {
                 Ok(rx) => rx.await,
@@ -282,7 +307,10 @@ impl PdClient {
     /// Whether the cluster has its first region.
     pub async fn is_bootstrapped(&self) -> Result<bool> {
         let resp = self
-            .unary(pdpb::IsBootstrappedRequest::default(), pdpb_grpc::PdClient::is_bootstrapped_async_opt)
+            .unary(
+                pdpb::IsBootstrappedRequest::default(),
+                pdpb_grpc::PdClient::is_bootstrapped_async_opt,
+            )
             .await?;
         Ok(resp.bootstrapped)
     }
@@ -292,14 +320,18 @@ impl PdClient {
         let mut req = pdpb::BootstrapRequest::default();
         req.set_store(store);
         req.set_region(region);
-        self.unary(req, pdpb_grpc::PdClient::bootstrap_async_opt).await?;
+        self.unary(req, pdpb_grpc::PdClient::bootstrap_async_opt)
+            .await?;
         Ok(())
     }
 
     /// A fresh id.
     pub async fn alloc_id(&self) -> Result<u64> {
         Ok(self
-            .unary(pdpb::AllocIDRequest::default(), pdpb_grpc::PdClient::alloc_id_async_opt)
+            .unary(
+                pdpb::AllocIDRequest::default(),
+                pdpb_grpc::PdClient::alloc_id_async_opt,
+            )
             .await?
             .id)
     }
@@ -308,7 +340,8 @@ impl PdClient {
     pub async fn put_store(&self, store: metapb::Store) -> Result<()> {
         let mut req = pdpb::PutStoreRequest::default();
         req.set_store(store);
-        self.unary(req, pdpb_grpc::PdClient::put_store_async_opt).await?;
+        self.unary(req, pdpb_grpc::PdClient::put_store_async_opt)
+            .await?;
         Ok(())
     }
 
@@ -316,7 +349,9 @@ impl PdClient {
     pub async fn get_store(&self, store_id: u64) -> Result<(metapb::Store, pdpb::StoreStats)> {
         let mut req = pdpb::GetStoreRequest::default();
         req.store_id = store_id;
-        let mut resp = self.unary(req, pdpb_grpc::PdClient::get_store_async_opt).await?;
+        let mut resp = self
+            .unary(req, pdpb_grpc::PdClient::get_store_async_opt)
+            .await?;
         Ok((resp.take_store(), resp.take_stats()))
     }
 
@@ -324,7 +359,9 @@ impl PdClient {
     pub async fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
         let mut req = pdpb::GetAllStoresRequest::default();
         req.exclude_tombstone_stores = exclude_tombstone;
-        let mut resp = self.unary(req, pdpb_grpc::PdClient::get_all_stores_async_opt).await?;
+        let mut resp = self
+            .unary(req, pdpb_grpc::PdClient::get_all_stores_async_opt)
+            .await?;
         Ok(resp.take_stores().into_vec())
     }
 
@@ -332,7 +369,8 @@ impl PdClient {
     pub async fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
         let mut req = pdpb::StoreHeartbeatRequest::default();
         req.set_stats(stats);
-        self.unary(req, pdpb_grpc::PdClient::store_heartbeat_async_opt).await?;
+        self.unary(req, pdpb_grpc::PdClient::store_heartbeat_async_opt)
+            .await?;
         Ok(())
     }
 
@@ -340,23 +378,36 @@ impl PdClient {
     pub async fn get_region(&self, key: &[u8]) -> Result<RegionRoute> {
         let mut req = pdpb::GetRegionRequest::default();
         req.set_region_key(key.to_vec());
-        route(self.unary(req, pdpb_grpc::PdClient::get_region_async_opt).await?)
+        route(
+            self.unary(req, pdpb_grpc::PdClient::get_region_async_opt)
+                .await?,
+        )
     }
 
     /// A region by id.
     pub async fn get_region_by_id(&self, region_id: u64) -> Result<RegionRoute> {
         let mut req = pdpb::GetRegionByIDRequest::default();
         req.region_id = region_id;
-        route(self.unary(req, pdpb_grpc::PdClient::get_region_by_id_async_opt).await?)
+        route(
+            self.unary(req, pdpb_grpc::PdClient::get_region_by_id_async_opt)
+                .await?,
+        )
     }
 
     /// Regions overlapping `[start, end)`, at most `limit` (0: all).
-    pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: i32) -> Result<Vec<RegionRoute>> {
+    pub async fn scan_regions(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: i32,
+    ) -> Result<Vec<RegionRoute>> {
         let mut req = pdpb::ScanRegionsRequest::default();
         req.set_start_key(start.to_vec());
         req.set_end_key(end.to_vec());
         req.limit = limit;
-        let mut resp = self.unary(req, pdpb_grpc::PdClient::scan_regions_async_opt).await?;
+        let mut resp = self
+            .unary(req, pdpb_grpc::PdClient::scan_regions_async_opt)
+            .await?;
         Ok(resp
             .take_regions()
             .into_iter()
@@ -368,11 +419,17 @@ impl PdClient {
     }
 
     /// Ids for splitting a region into `count + 1`.
-    pub async fn ask_batch_split(&self, region: metapb::Region, count: u32) -> Result<Vec<pdpb::SplitID>> {
+    pub async fn ask_batch_split(
+        &self,
+        region: metapb::Region,
+        count: u32,
+    ) -> Result<Vec<pdpb::SplitID>> {
         let mut req = pdpb::AskBatchSplitRequest::default();
         req.set_region(region);
         req.split_count = count;
-        let mut resp = self.unary(req, pdpb_grpc::PdClient::ask_batch_split_async_opt).await?;
+        let mut resp = self
+            .unary(req, pdpb_grpc::PdClient::ask_batch_split_async_opt)
+            .await?;
         Ok(resp.take_ids().into_vec())
     }
 
@@ -380,14 +437,18 @@ impl PdClient {
     pub async fn report_batch_split(&self, regions: Vec<metapb::Region>) -> Result<()> {
         let mut req = pdpb::ReportBatchSplitRequest::default();
         req.set_regions(regions.into());
-        self.unary(req, pdpb_grpc::PdClient::report_batch_split_async_opt).await?;
+        self.unary(req, pdpb_grpc::PdClient::report_batch_split_async_opt)
+            .await?;
         Ok(())
     }
 
     /// What PD is doing now.
     pub async fn get_operators(&self) -> Result<Vec<pdpb::OperatorInfo>> {
         let mut resp = self
-            .unary(pdpb::GetOperatorsRequest::default(), pdpb_grpc::PdClient::get_operators_async_opt)
+            .unary(
+                pdpb::GetOperatorsRequest::default(),
+                pdpb_grpc::PdClient::get_operators_async_opt,
+            )
             .await?;
         Ok(resp.take_operators().into_vec())
     }

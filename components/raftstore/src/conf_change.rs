@@ -3,11 +3,8 @@
 //! sends back in heartbeat responses.
 
 use proto::{
-    metapb,
-    pdpb,
-    raft_cmdpb::{
-        AdminCmdType, AdminRequest, ChangePeerRequest, ConfChangeType, RaftCmdRequest,
-    },
+    metapb, pdpb,
+    raft_cmdpb::{AdminCmdType, AdminRequest, ChangePeerRequest, ConfChangeType, RaftCmdRequest},
 };
 use protobuf::Message as _;
 use raft::eraftpb::{self, ConfChangeSingle, ConfChangeV2};
@@ -73,7 +70,10 @@ pub fn validate_change(
                 .filter(|p| p.get_role() == metapb::PeerRole::Voter)
                 .count();
             if p.get_role() == metapb::PeerRole::Voter && voters <= 1 {
-                return invalid(format!("region {} would have no voter left", region.get_id()));
+                return invalid(format!(
+                    "region {} would have no voter left",
+                    region.get_id()
+                ));
             }
             Ok(true)
         }
@@ -116,11 +116,7 @@ fn raft_change_type(t: ConfChangeType) -> eraftpb::ConfChangeType {
 
 impl PeerFsm {
     /// Proposes the membership change in `cmd` (already checked for leadership and epoch).
-    pub(crate) fn propose_conf_change(
-        &mut self,
-        cmd: RaftCmdRequest,
-        cb: Callback<CmdResponse>,
-    ) {
+    pub(crate) fn propose_conf_change(&mut self, cmd: RaftCmdRequest, cb: Callback<CmdResponse>) {
         let changes = cmd.get_admin_request().get_change_peer_v2().get_changes();
         let [change] = changes else {
             cb(Err(Error::InvalidRequest(format!(
@@ -159,7 +155,11 @@ impl PeerFsm {
         info!(self.logger, "proposing membership change";
               "change" => ?change.get_change_type(), "peer" => change.get_peer().get_id(),
               "store" => change.get_peer().get_store_id());
-        self.propose("conf_change", |raft| raft.propose_conf_change(vec![], cc), cb);
+        self.propose(
+            "conf_change",
+            |raft| raft.propose_conf_change(vec![], cc),
+            cb,
+        );
     }
 
     /// Acts on an applied membership change.
@@ -173,13 +173,20 @@ impl PeerFsm {
             return;
         }
         if let Err(e) = self.raft.apply_conf_change(&cc) {
-            panic!("region {} cannot apply a committed membership change: {e}", self.region_id());
+            panic!(
+                "region {} cannot apply a committed membership change: {e}",
+                self.region_id()
+            );
         }
         info!(self.logger, "membership changed"; "peers" => ?region.get_peers(),
               "conf_ver" => region.get_region_epoch().get_conf_ver());
         self.raft.mut_store().set_region(region.clone());
         ctx.store_meta.lock().set_region(region.clone());
-        if !region.get_peers().iter().any(|p| p.get_id() == self.peer.get_id()) {
+        if !region
+            .get_peers()
+            .iter()
+            .any(|p| p.get_id() == self.peer.get_id())
+        {
             self.destroy(ctx, "removed from the region");
             return;
         }
@@ -287,9 +294,15 @@ mod tests {
         assert!(validate_change(&r, &leader, &add).unwrap());
         apply_change(&mut r, &add);
         assert_eq!(r.get_region_epoch().get_conf_ver(), 1);
-        assert!(!validate_change(&r, &leader, &add).unwrap(), "repeat is a no-op");
+        assert!(
+            !validate_change(&r, &leader, &add).unwrap(),
+            "repeat is a no-op"
+        );
         let other = change(ConfChangeType::AddLearnerNode, peer(9, 2, Learner));
-        assert!(validate_change(&r, &leader, &other).is_err(), "one peer per store");
+        assert!(
+            validate_change(&r, &leader, &other).is_err(),
+            "one peer per store"
+        );
         let promote = change(ConfChangeType::AddNode, peer(2, 2, Voter));
         assert!(validate_change(&r, &leader, &promote).unwrap());
         apply_change(&mut r, &promote);

@@ -2,14 +2,17 @@
 //! peer tells it that it was removed (a tombstone message).
 
 use engine::Cf;
-use proto::{
-    raft_serverpb::{PeerState, RaftMessage, RegionLocalState},
-};
-use raft::eraftpb::Message;
+use proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
 use protobuf::Message as _;
+use raft::eraftpb::Message;
 use slog::info;
 
-use crate::{fsm::peer::PeerFsm, msg::{ApplyMsg, StoreMsg}, poll::PollContext, Error};
+use crate::{
+    fsm::peer::PeerFsm,
+    msg::{ApplyMsg, StoreMsg},
+    poll::PollContext,
+    Error,
+};
 
 impl PeerFsm {
     /// Deletes this peer's log, states and data, leaving a tombstone so that late
@@ -39,7 +42,10 @@ impl PeerFsm {
         ctx.apply_router.unregister(id);
         ctx.router.peers.unregister(id);
         ctx.store_meta.lock().remove_region(id);
-        let _ = ctx.router.store.send(StoreMsg::PeerDestroyed { region_id: id });
+        let _ = ctx
+            .router
+            .store
+            .send(StoreMsg::PeerDestroyed { region_id: id });
     }
 
     /// A peer that knows this one was removed says so.
@@ -57,8 +63,12 @@ impl PeerFsm {
     pub(crate) fn is_stale_sender(&mut self, msg: &RaftMessage, ctx: &mut PollContext) -> bool {
         let from = msg.get_from_peer();
         let region = self.region();
-        let known = region.get_peers().iter().any(|p| p.get_id() == from.get_id());
-        let older = msg.get_region_epoch().get_conf_ver() < region.get_region_epoch().get_conf_ver();
+        let known = region
+            .get_peers()
+            .iter()
+            .any(|p| p.get_id() == from.get_id());
+        let older =
+            msg.get_region_epoch().get_conf_ver() < region.get_region_epoch().get_conf_ver();
         if known || !older || !self.raft.store().is_initialized() {
             return false;
         }
@@ -68,14 +78,23 @@ impl PeerFsm {
         reply.set_to_peer(from.clone());
         reply.set_region_epoch(region.get_region_epoch().clone());
         reply.set_is_tombstone(true);
-        reply.set_message(Message::default().write_to_bytes().expect("encode empty message"));
-        ctx.outgoing.entry(from.get_store_id()).or_default().push(reply);
+        reply.set_message(
+            Message::default()
+                .write_to_bytes()
+                .expect("encode empty message"),
+        );
+        ctx.outgoing
+            .entry(from.get_store_id())
+            .or_default()
+            .push(reply);
         true
     }
 
     /// Whether a snapshot may be taken: its range must not overlap another region here.
     pub(crate) fn accept_snapshot(&self, msg: &Message, ctx: &PollContext) -> bool {
-        let Ok(data) = proto::raft_serverpb::SnapshotData::parse_from_bytes(msg.get_snapshot().get_data()) else {
+        let Ok(data) =
+            proto::raft_serverpb::SnapshotData::parse_from_bytes(msg.get_snapshot().get_data())
+        else {
             return false;
         };
         match ctx.store_meta.lock().overlapping(data.get_region()) {

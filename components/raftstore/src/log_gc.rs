@@ -31,7 +31,9 @@ impl PeerFsm {
         } else {
             replicated.min(applied)
         };
-        if compact_to < first || (!over_limit && compact_to + 1 - first < ctx.cfg.raft_log_gc_threshold) {
+        if compact_to < first
+            || (!over_limit && compact_to + 1 - first < ctx.cfg.raft_log_gc_threshold)
+        {
             return;
         }
         let term = match self.raft.raft.raft_log.term(compact_to) {
@@ -50,7 +52,11 @@ impl PeerFsm {
             .admin_command(admin)
             .write_to_bytes()
             .expect("encoding a command into memory cannot fail");
-        self.propose("compact_log", |raft| raft.propose(vec![], data), Box::new(|_| {}));
+        self.propose(
+            "compact_log",
+            |raft| raft.propose(vec![], data),
+            Box::new(|_| {}),
+        );
     }
 
     /// Deletes the compacted entries once the compaction is applied.

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use proto::metapb;
-use raft::{ReadState, RawNode};
+use raft::{RawNode, ReadState};
 use slog::{warn, Logger};
 
 use crate::{
@@ -57,13 +57,20 @@ impl ReadQueue {
         }
         for b in self.batches.iter_mut().filter(|b| !b.issued) {
             b.issued = true;
-            metrics::PROPOSALS.with_label_values(&["read_index", "ok"]).inc();
+            metrics::PROPOSALS
+                .with_label_values(&["read_index", "ok"])
+                .inc();
             raft.read_index(b.id.to_be_bytes().to_vec());
         }
     }
 
     /// Records the read indexes Raft confirmed, and runs the reads already applied.
-    pub fn on_read_states(&mut self, states: Vec<ReadState>, applied: u64, region: &metapb::Region) {
+    pub fn on_read_states(
+        &mut self,
+        states: Vec<ReadState>,
+        applied: u64,
+        region: &metapb::Region,
+    ) {
         for s in states {
             let Ok(id) = <[u8; 8]>::try_from(s.request_ctx.as_slice()) else {
                 continue;

@@ -104,7 +104,10 @@ impl RaftRouter {
     /// Delivers a Raft message from another store, creating the peer if needed.
     pub fn send_raft_message(&self, msg: RaftMessage) -> Result<()> {
         let region_id = msg.get_region_id();
-        match self.peers.send(region_id, PeerMsg::RaftMessage(Box::new(msg))) {
+        match self
+            .peers
+            .send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
+        {
             Ok(()) => Ok(()),
             Err(PeerMsg::RaftMessage(msg)) => self
                 .store

@@ -63,7 +63,12 @@ impl SnapManager {
     }
 
     /// The received files of a snapshot, by column family.
-    pub fn recv_files(&self, region_id: u64, snap: &Snapshot, data: &SnapshotData) -> Result<Vec<(Cf, PathBuf)>> {
+    pub fn recv_files(
+        &self,
+        region_id: u64,
+        snap: &Snapshot,
+        data: &SnapshotData,
+    ) -> Result<Vec<(Cf, PathBuf)>> {
         let meta = snap.get_metadata();
         data.get_files()
             .iter()
@@ -263,7 +268,10 @@ impl SnapReceiver {
 
     fn finish_current(&mut self) -> Result<()> {
         let (meta, path) = &self.files[self.current];
-        let out = self.out.take().expect("a file is open while one is expected");
+        let out = self
+            .out
+            .take()
+            .expect("a file is open while one is expected");
         out.sync_all()
             .map_err(|e| Error::Snapshot(format!("sync {}: {e}", path.display())))?;
         let crc = std::mem::take(&mut self.hasher).finalize();
@@ -282,11 +290,16 @@ impl SnapReceiver {
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let Some((meta, path)) = self.files.get(self.current) else {
-                return Err(Error::Snapshot("more data than the snapshot's files hold".into()));
+                return Err(Error::Snapshot(
+                    "more data than the snapshot's files hold".into(),
+                ));
             };
             let room = (meta.size - self.written) as usize;
             let n = room.min(data.len());
-            let out = self.out.as_mut().expect("a file is open while one is expected");
+            let out = self
+                .out
+                .as_mut()
+                .expect("a file is open while one is expected");
             out.write_all(&data[..n])
                 .map_err(|e| Error::Snapshot(format!("write {}: {e}", path.display())))?;
             self.hasher.update(&data[..n]);
@@ -310,7 +323,9 @@ impl SnapReceiver {
             for p in paths {
                 let _ = fs::remove_file(p);
             }
-            return Err(Error::Snapshot("stream ended before every file arrived".into()));
+            return Err(Error::Snapshot(
+                "stream ended before every file arrived".into(),
+            ));
         }
         Ok(self.msg)
     }

@@ -71,15 +71,16 @@ impl PeerStorage {
         let mut raft_state: RaftLocalState = engine
             .get_msg(Cf::Raft, &keys::raft_state_key(id))?
             .unwrap_or_default();
-        let apply_state: RaftApplyState = match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
-            Some(s) => s,
-            None if initialized => {
-                return Err(Error::Snapshot(format!(
-                    "region {id} has a region state but no apply state"
-                )))
-            }
-            None => RaftApplyState::default(),
-        };
+        let apply_state: RaftApplyState =
+            match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
+                Some(s) => s,
+                None if initialized => {
+                    return Err(Error::Snapshot(format!(
+                        "region {id} has a region state but no apply state"
+                    )))
+                }
+                None => RaftApplyState::default(),
+            };
         // Applied entries are committed even if the commit index written with the hard
         // state lags behind (it is persisted lazily).
         raft_state.commit = raft_state.commit.max(apply_state.applied_index);
@@ -176,7 +177,11 @@ impl PeerStorage {
         while self.cache.back().is_some_and(|e| e.index >= first_index) {
             self.cache.pop_back();
         }
-        if self.cache.back().is_some_and(|e| e.index + 1 != first_index) {
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first_index)
+        {
             self.cache.clear();
         }
         self.cache.extend(entries);
@@ -261,7 +266,10 @@ impl PeerStorage {
 
     /// Rough size in bytes of the entries still in the log (from the cache's average).
     pub fn approximate_log_bytes(&self) -> u64 {
-        let count = self.raft_state.last_index.saturating_sub(self.truncated_index());
+        let count = self
+            .raft_state
+            .last_index
+            .saturating_sub(self.truncated_index());
         if self.cache.is_empty() {
             return 0;
         }
@@ -317,10 +325,11 @@ impl raft::Storage for PeerStorage {
             let mut gap = false;
             self.engine
                 .scan(Cf::Raft, &range.start, &range.end, |_, v| {
-                    let e = Entry::parse_from_bytes(v).map_err(|source| engine::Error::Corrupted {
-                        key: range.start.to_vec(),
-                        source,
-                    })?;
+                    let e =
+                        Entry::parse_from_bytes(v).map_err(|source| engine::Error::Corrupted {
+                            key: range.start.to_vec(),
+                            source,
+                        })?;
                     gap = e.index != expected;
                     expected += 1;
                     ents.push(e);
@@ -332,7 +341,11 @@ impl raft::Storage for PeerStorage {
             }
         }
         if high > cache_first {
-            let front = self.cache.front().expect("cache_first < high implies a cache").index;
+            let front = self
+                .cache
+                .front()
+                .expect("cache_first < high implies a cache")
+                .index;
             let from = (cache_first - front) as usize;
             let to = (high - front) as usize;
             ents.extend(self.cache.range(from..to).cloned());
@@ -476,7 +489,10 @@ mod tests {
         engine.write(wb, true).unwrap();
         assert_eq!(s.first_index().unwrap(), 21);
         assert_eq!(s.term(20).unwrap(), 6);
-        assert!(matches!(s.term(19), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.term(19),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
         let ctx = GetEntriesContext::empty(false);
         assert!(matches!(
             s.entries(10, 25, None, ctx),

@@ -54,7 +54,10 @@ impl StoreMeta {
         let end = keys::data_end_key(region.get_end_key());
         // The first region whose end is past our start is the only candidate left of us;
         // walk forward while regions start before our end.
-        for (_, id) in self.ranges.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)) {
+        for (_, id) in self
+            .ranges
+            .range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded))
+        {
             let other = &self.regions[id];
             if keys::data_key(other.get_start_key()) >= end {
                 break;
@@ -71,7 +74,10 @@ impl StoreMeta {
         let dk = keys::data_key(key);
         let (_, id) = self
             .ranges
-            .range((std::ops::Bound::Excluded(dk.clone()), std::ops::Bound::Unbounded))
+            .range((
+                std::ops::Bound::Excluded(dk.clone()),
+                std::ops::Bound::Unbounded,
+            ))
             .next()?;
         let region = &self.regions[id];
         crate::util::key_in_region(key, region).then_some(region)

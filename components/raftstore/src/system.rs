@@ -68,9 +68,9 @@ impl RaftStore {
         let apply_router = ApplyRouter::default();
         let store_meta = Arc::new(Mutex::new(StoreMeta::default()));
         let (gen_tx, gen_rx) = unbounded();
-        let gen_thread = deps
-            .snap_mgr
-            .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
+        let gen_thread =
+            deps.snap_mgr
+                .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
         let store = StoreFsm {
             store_id: deps.store_id,
             cfg: cfg.clone(),
@@ -87,28 +87,32 @@ impl RaftStore {
             start_time: unix_now(),
         };
         store.load_peers()?;
-        raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || RaftPoller {
-            ctx: PollContext {
-                cfg: cfg.clone(),
-                engine: deps.engine.clone(),
-                router: router.clone(),
-                apply_router: apply_router.clone(),
-                transport: deps.transport.clone(),
-                pd_tx: deps.pd_tx.clone(),
-                store_meta: store_meta.clone(),
-                snap_mgr: deps.snap_mgr.clone(),
-                raft_wb: deps.engine.write_batch(),
-                sync: false,
-                outgoing: Default::default(),
-            },
+        raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || {
+            RaftPoller {
+                ctx: PollContext {
+                    cfg: cfg.clone(),
+                    engine: deps.engine.clone(),
+                    router: router.clone(),
+                    apply_router: apply_router.clone(),
+                    transport: deps.transport.clone(),
+                    pd_tx: deps.pd_tx.clone(),
+                    store_meta: store_meta.clone(),
+                    snap_mgr: deps.snap_mgr.clone(),
+                    raft_wb: deps.engine.write_batch(),
+                    sync: false,
+                    outgoing: Default::default(),
+                },
+            }
         });
-        apply_system.spawn("apply", cfg.apply_pool_size, cfg.max_batch_size, || ApplyPoller {
-            ctx: ApplyContext::new(
-                deps.engine.clone(),
-                router.clone(),
-                deps.snap_mgr.clone(),
-                cfg.messages_per_round,
-            ),
+        apply_system.spawn("apply", cfg.apply_pool_size, cfg.max_batch_size, || {
+            ApplyPoller {
+                ctx: ApplyContext::new(
+                    deps.engine.clone(),
+                    router.clone(),
+                    deps.snap_mgr.clone(),
+                    cfg.messages_per_round,
+                ),
+            }
         });
         let (stop_store, stop_rx) = bounded(1);
         let store_thread = std::thread::Builder::new()

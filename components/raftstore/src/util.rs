@@ -65,6 +65,8 @@ pub fn check_request_keys(region: &metapb::Region, req: &Request) -> Result<()> 
             }
             Ok(())
         }
-        CmdType::Invalid => Err(Error::InvalidRequest("request without a command type".into())),
+        CmdType::Invalid => Err(Error::InvalidRequest(
+            "request without a command type".into(),
+        )),
     }
 }

@@ -71,7 +71,9 @@ fn region_error(e: &raftstore::Error) -> Option<errorpb::Error> {
         R::StaleCommand(_) | R::Stopped => {
             err.mut_stale_command();
         }
-        R::EntryTooLarge { region_id, size, .. } => {
+        R::EntryTooLarge {
+            region_id, size, ..
+        } => {
             let t = err.mut_raft_entry_too_large();
             t.region_id = *region_id;
             t.entry_size = *size;
@@ -103,7 +105,9 @@ impl Error {
     /// The leader a not-leader error names, if it names one.
     pub fn leader_hint(&self) -> Option<&metapb::Peer> {
         match self {
-            Error::Raft(raftstore::Error::NotLeader { leader: Some(l), .. }) => Some(l),
+            Error::Raft(raftstore::Error::NotLeader {
+                leader: Some(l), ..
+            }) => Some(l),
             _ => None,
         }
     }

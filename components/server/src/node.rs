@@ -42,7 +42,13 @@ fn regions_on_disk(engine: &Engine) -> Result<Vec<metapb::Region>> {
 
 /// Makes `engine` a store of PD's cluster: checks or writes the store identity, and
 /// bootstraps the cluster with a first region if nobody has. Sets `store`'s id.
-pub async fn join_cluster(engine: &Engine, pd: &PdClient, store: &mut metapb::Store, dir: &str, logger: &Logger) -> Result<()> {
+pub async fn join_cluster(
+    engine: &Engine,
+    pd: &PdClient,
+    store: &mut metapb::Store,
+    dir: &str,
+    logger: &Logger,
+) -> Result<()> {
     let cluster_id = pd.cluster_id();
     match bootstrap::store_ident(engine)? {
         Some(ident) if ident.cluster_id != cluster_id => {
@@ -66,7 +72,8 @@ pub async fn join_cluster(engine: &Engine, pd: &PdClient, store: &mut metapb::St
     let region = match regions_on_disk(engine)?.into_iter().next() {
         Some(r) => r,
         None => {
-            let region = bootstrap::first_region(pd.alloc_id().await?, pd.alloc_id().await?, store.get_id());
+            let region =
+                bootstrap::first_region(pd.alloc_id().await?, pd.alloc_id().await?, store.get_id());
             bootstrap::write_initial_region(engine, &region)?;
             region
         }
@@ -89,8 +96,9 @@ impl Node {
     /// Starts a store. Must run inside a tokio runtime.
     pub async fn start(cfg: Config, logger: Logger) -> Result<Node> {
         let data_dir = cfg.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| Error::Startup(format!("create data directory {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            Error::Startup(format!("create data directory {}: {e}", data_dir.display()))
+        })?;
         let engine = Engine::open(&data_dir.join("db"))?;
         let snap_mgr = SnapManager::new(data_dir.join("snap"))?;
 
@@ -110,7 +118,14 @@ impl Node {
         store.set_address(addr.clone());
         store.set_status_address(cfg.server.status_addr.clone());
         store.set_version(env!("CARGO_PKG_VERSION").into());
-        join_cluster(&engine, &pd, &mut store, &data_dir.display().to_string(), &logger).await?;
+        join_cluster(
+            &engine,
+            &pd,
+            &mut store,
+            &data_dir.display().to_string(),
+            &logger,
+        )
+        .await?;
         let store_id = store.get_id();
         let logger = logger.new(slog::o!("store_id" => store_id));
 
@@ -122,7 +137,13 @@ impl Node {
         );
         let rt = tokio::runtime::Handle::current();
         let resolver = Resolver::new(pd.clone(), env.clone());
-        let transport = GrpcTransport::new(store_id, resolver.clone(), snap_mgr.clone(), rt.clone(), logger.clone());
+        let transport = GrpcTransport::new(
+            store_id,
+            resolver.clone(),
+            snap_mgr.clone(),
+            rt.clone(),
+            logger.clone(),
+        );
         let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
         let raftstore = RaftStore::start(StoreDeps {
             store_id,
@@ -135,7 +156,13 @@ impl Node {
         })?;
         let router = raftstore.router();
         transport.set_router(router.clone());
-        let pd_worker = pd_worker::spawn(pd.clone(), pd_rx, router.clone(), rt.clone(), logger.clone());
+        let pd_worker = pd_worker::spawn(
+            pd.clone(),
+            pd_rx,
+            router.clone(),
+            rt.clone(),
+            logger.clone(),
+        );
 
         let storage = RawStorage::new(
             router.clone(),

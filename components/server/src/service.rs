@@ -9,7 +9,10 @@
 use std::future::Future;
 
 use futures::TryStreamExt;
-use grpcio::{ClientStreamingSink, ClientUnaryReceiver, RequestStream, RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+use grpcio::{
+    ClientStreamingSink, ClientUnaryReceiver, RequestStream, RpcContext, RpcStatus, RpcStatusCode,
+    UnarySink,
+};
 use proto::{
     errorpb,
     kvrpcpb::{self, Context},
@@ -154,10 +157,14 @@ impl TikvService {
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
         let this = self.clone();
-        let timer = metrics::REQUEST_SECONDS.with_label_values(&[Req::NAME]).start_timer();
+        let timer = metrics::REQUEST_SECONDS
+            .with_label_values(&[Req::NAME])
+            .start_timer();
         self.rt.spawn(async move {
             let resp = match this.route(req).await {
-                Ok(Routed::Local(req)) => handle(this.storage.clone(), req).await.unwrap_or_else(error_response),
+                Ok(Routed::Local(req)) => handle(this.storage.clone(), req)
+                    .await
+                    .unwrap_or_else(error_response),
                 Ok(Routed::Forwarded(resp)) => resp,
                 Err(e) => error_response(e),
             };
@@ -205,7 +212,9 @@ impl TikvService {
 }
 
 fn pairs_of(kvs: &[kvrpcpb::KvPair]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    kvs.iter().map(|p| (p.get_key().to_vec(), p.get_value().to_vec())).collect()
+    kvs.iter()
+        .map(|p| (p.get_key().to_vec(), p.get_value().to_vec()))
+        .collect()
 }
 
 fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::KvPair> {
@@ -221,10 +230,18 @@ fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::
 }
 
 impl Tikv for TikvService {
-    fn raw_get(&mut self, _: RpcContext, req: kvrpcpb::RawGetRequest, sink: UnarySink<kvrpcpb::RawGetResponse>) {
+    fn raw_get(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawGetRequest,
+        sink: UnarySink<kvrpcpb::RawGetResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
             let mut resp = kvrpcpb::RawGetResponse::default();
-            match s.get(req.get_context(), req.get_cf(), req.get_key()).await? {
+            match s
+                .get(req.get_context(), req.get_cf(), req.get_key())
+                .await?
+            {
                 Some(v) => resp.set_value(v),
                 None => resp.not_found = true,
             }
@@ -232,44 +249,85 @@ impl Tikv for TikvService {
         });
     }
 
-    fn raw_batch_get(&mut self, _: RpcContext, req: kvrpcpb::RawBatchGetRequest, sink: UnarySink<kvrpcpb::RawBatchGetResponse>) {
+    fn raw_batch_get(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawBatchGetRequest,
+        sink: UnarySink<kvrpcpb::RawBatchGetResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            let pairs = s.batch_get(req.get_context(), req.get_cf(), req.get_keys()).await?;
+            let pairs = s
+                .batch_get(req.get_context(), req.get_cf(), req.get_keys())
+                .await?;
             let mut resp = kvrpcpb::RawBatchGetResponse::default();
             resp.set_pairs(kv_pairs(pairs));
             Ok(resp)
         });
     }
 
-    fn raw_put(&mut self, _: RpcContext, req: kvrpcpb::RawPutRequest, sink: UnarySink<kvrpcpb::RawPutResponse>) {
+    fn raw_put(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawPutRequest,
+        sink: UnarySink<kvrpcpb::RawPutResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            s.put(req.get_context(), req.get_cf(), req.get_key(), req.get_value()).await?;
+            s.put(
+                req.get_context(),
+                req.get_cf(),
+                req.get_key(),
+                req.get_value(),
+            )
+            .await?;
             Ok(kvrpcpb::RawPutResponse::default())
         });
     }
 
-    fn raw_batch_put(&mut self, _: RpcContext, req: kvrpcpb::RawBatchPutRequest, sink: UnarySink<kvrpcpb::RawBatchPutResponse>) {
+    fn raw_batch_put(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawBatchPutRequest,
+        sink: UnarySink<kvrpcpb::RawBatchPutResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            s.batch_put(req.get_context(), req.get_cf(), &pairs_of(req.get_pairs())).await?;
+            s.batch_put(req.get_context(), req.get_cf(), &pairs_of(req.get_pairs()))
+                .await?;
             Ok(kvrpcpb::RawBatchPutResponse::default())
         });
     }
 
-    fn raw_delete(&mut self, _: RpcContext, req: kvrpcpb::RawDeleteRequest, sink: UnarySink<kvrpcpb::RawDeleteResponse>) {
+    fn raw_delete(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawDeleteRequest,
+        sink: UnarySink<kvrpcpb::RawDeleteResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            s.batch_delete(req.get_context(), req.get_cf(), &[req.get_key().to_vec()]).await?;
+            s.batch_delete(req.get_context(), req.get_cf(), &[req.get_key().to_vec()])
+                .await?;
             Ok(kvrpcpb::RawDeleteResponse::default())
         });
     }
 
-    fn raw_batch_delete(&mut self, _: RpcContext, req: kvrpcpb::RawBatchDeleteRequest, sink: UnarySink<kvrpcpb::RawBatchDeleteResponse>) {
+    fn raw_batch_delete(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawBatchDeleteRequest,
+        sink: UnarySink<kvrpcpb::RawBatchDeleteResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            s.batch_delete(req.get_context(), req.get_cf(), req.get_keys()).await?;
+            s.batch_delete(req.get_context(), req.get_cf(), req.get_keys())
+                .await?;
             Ok(kvrpcpb::RawBatchDeleteResponse::default())
         });
     }
 
-    fn raw_scan(&mut self, _: RpcContext, req: kvrpcpb::RawScanRequest, sink: UnarySink<kvrpcpb::RawScanResponse>) {
+    fn raw_scan(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawScanRequest,
+        sink: UnarySink<kvrpcpb::RawScanResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
             let pairs = s
                 .scan(
@@ -288,19 +346,40 @@ impl Tikv for TikvService {
         });
     }
 
-    fn raw_delete_range(&mut self, _: RpcContext, req: kvrpcpb::RawDeleteRangeRequest, sink: UnarySink<kvrpcpb::RawDeleteRangeResponse>) {
+    fn raw_delete_range(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawDeleteRangeRequest,
+        sink: UnarySink<kvrpcpb::RawDeleteRangeResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
-            s.delete_range(req.get_context(), req.get_cf(), req.get_start_key(), req.get_end_key())
-                .await?;
+            s.delete_range(
+                req.get_context(),
+                req.get_cf(),
+                req.get_start_key(),
+                req.get_end_key(),
+            )
+            .await?;
             Ok(kvrpcpb::RawDeleteRangeResponse::default())
         });
     }
 
-    fn raw_compare_and_swap(&mut self, _: RpcContext, req: kvrpcpb::RawCASRequest, sink: UnarySink<kvrpcpb::RawCASResponse>) {
+    fn raw_compare_and_swap(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawCASRequest,
+        sink: UnarySink<kvrpcpb::RawCASResponse>,
+    ) {
         self.serve(sink, req, |s, req| async move {
             let previous = (!req.previous_not_exist).then(|| req.get_previous_value());
             let res = s
-                .compare_and_swap(req.get_context(), req.get_cf(), req.get_key(), req.get_value(), previous)
+                .compare_and_swap(
+                    req.get_context(),
+                    req.get_cf(),
+                    req.get_key(),
+                    req.get_value(),
+                    previous,
+                )
                 .await?;
             let mut resp = kvrpcpb::RawCASResponse::default();
             resp.succeed = res.succeed;
@@ -312,7 +391,12 @@ impl Tikv for TikvService {
         });
     }
 
-    fn batch_raft(&mut self, ctx: RpcContext, stream: RequestStream<BatchRaftMessage>, sink: ClientStreamingSink<Done>) {
+    fn batch_raft(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<BatchRaftMessage>,
+        sink: ClientStreamingSink<Done>,
+    ) {
         let router = self.router.clone();
         let logger = self.logger.clone();
         ctx.spawn(async move {
@@ -335,22 +419,30 @@ impl Tikv for TikvService {
                 }
                 Err(e) => {
                     let _ = sink
-                        .fail(RpcStatus::with_message(RpcStatusCode::UNKNOWN, e.to_string()))
+                        .fail(RpcStatus::with_message(
+                            RpcStatusCode::UNKNOWN,
+                            e.to_string(),
+                        ))
                         .await;
                 }
             }
         });
     }
 
-    fn snapshot(&mut self, _: RpcContext, stream: RequestStream<SnapshotChunk>, sink: ClientStreamingSink<Done>) {
+    fn snapshot(
+        &mut self,
+        _: RpcContext,
+        stream: RequestStream<SnapshotChunk>,
+        sink: ClientStreamingSink<Done>,
+    ) {
         let router = self.router.clone();
         let mgr = self.snap_mgr.clone();
         let logger = self.logger.clone();
         // File writes block; keep them off gRPC's threads.
         self.rt.spawn(async move {
-            let res = receive_snapshot(&mgr, stream).await.and_then(|msg| {
-                router.send_raft_message(msg).map_err(|e| e.to_string())
-            });
+            let res = receive_snapshot(&mgr, stream)
+                .await
+                .and_then(|msg| router.send_raft_message(msg).map_err(|e| e.to_string()));
             match res {
                 Ok(()) => {
                     let _ = sink.success(Done::default()).await;

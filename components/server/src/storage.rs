@@ -132,7 +132,12 @@ impl RawStorage {
     }
 
     /// The pairs of the keys that exist.
-    pub async fn batch_get(&self, ctx: &Context, cf: &str, keys_: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub async fn batch_get(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        keys_: &[Vec<u8>],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let cf = raw_cf(cf)?;
         keys_.iter().try_for_each(|k| check_key(k))?;
         let region = self.read(ctx).await?;
@@ -148,11 +153,17 @@ impl RawStorage {
 
     /// Sets `key` to `value`.
     pub async fn put(&self, ctx: &Context, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.batch_put(ctx, cf, &[(key.to_vec(), value.to_vec())]).await
+        self.batch_put(ctx, cf, &[(key.to_vec(), value.to_vec())])
+            .await
     }
 
     /// Sets every pair, atomically.
-    pub async fn batch_put(&self, ctx: &Context, cf: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    pub async fn batch_put(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
         let cf = raw_cf(cf)?;
         let mut reqs = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
@@ -188,7 +199,13 @@ impl RawStorage {
     }
 
     /// Removes every key in `[start, end)` (an empty end: to the region's end).
-    pub async fn delete_range(&self, ctx: &Context, cf: &str, start: &[u8], end: &[u8]) -> Result<()> {
+    pub async fn delete_range(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<()> {
         let cf = raw_cf(cf)?;
         if !end.is_empty() && start >= end {
             return Err(Error::InvalidRequest(format!(
@@ -263,7 +280,9 @@ impl RawStorage {
             return Ok(out);
         }
         let mut take = |k: &[u8], v: &[u8]| -> engine::Result<bool> {
-            let key = keys::origin_key(k).expect("data keys carry the data prefix").to_vec();
+            let key = keys::origin_key(k)
+                .expect("data keys carry the data prefix")
+                .to_vec();
             out.push((key, if key_only { vec![] } else { v.to_vec() }));
             Ok(out.len() < limit)
         };

@@ -71,7 +71,11 @@ impl Inner {
         }
     }
 
-    async fn run_connection(self: Arc<Self>, store_id: u64, mut rx: UnboundedReceiver<Vec<RaftMessage>>) {
+    async fn run_connection(
+        self: Arc<Self>,
+        store_id: u64,
+        mut rx: UnboundedReceiver<Vec<RaftMessage>>,
+    ) {
         let mut pending: Option<Vec<RaftMessage>> = None;
         loop {
             let first = match pending.take() {
@@ -106,7 +110,10 @@ impl Inner {
                     .collect();
                 let mut b = BatchRaftMessage::default();
                 b.set_msgs(std::mem::take(&mut batch).into());
-                if let Err(e) = sink.send((b, WriteFlags::default().buffer_hint(false))).await {
+                if let Err(e) = sink
+                    .send((b, WriteFlags::default().buffer_hint(false)))
+                    .await
+                {
                     debug!(self.logger, "raft stream broke"; "to_store" => store_id, "err" => %e);
                     if let Some(router) = self.router.get() {
                         for (region, peer) in ids {
@@ -132,7 +139,11 @@ impl Inner {
         let region_id = msg.get_region_id();
         let to_peer = msg.get_to_peer().get_id();
         let res: Result<(), String> = async {
-            let client = self.resolver.client(store_id).await.map_err(|e| e.to_string())?;
+            let client = self
+                .resolver
+                .client(store_id)
+                .await
+                .map_err(|e| e.to_string())?;
             let (mut sink, done) = client.snapshot().map_err(|e| e.to_string())?;
             let (tx, mut chunks) = tokio::sync::mpsc::channel(4);
             let mgr = self.snap_mgr.clone();
@@ -169,12 +180,17 @@ impl Inner {
 impl Transport for GrpcTransport {
     fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
         if store_id == self.inner.store_id {
-            warn!(self.inner.logger, "dropping raft messages addressed to this store");
+            warn!(
+                self.inner.logger,
+                "dropping raft messages addressed to this store"
+            );
             return;
         }
         let (snaps, msgs): (Vec<_>, Vec<_>) = msgs.into_iter().partition(snap::is_snapshot);
         for s in snaps {
-            self.inner.rt.spawn(self.inner.clone().send_snapshot(store_id, s));
+            self.inner
+                .rt
+                .spawn(self.inner.clone().send_snapshot(store_id, s));
         }
         if msgs.is_empty() {
             return;
@@ -182,7 +198,9 @@ impl Transport for GrpcTransport {
         let mut conns = self.inner.conns.lock();
         let tx = conns.entry(store_id).or_insert_with(|| {
             let (tx, rx) = unbounded_channel();
-            self.inner.rt.spawn(self.inner.clone().run_connection(store_id, rx));
+            self.inner
+                .rt
+                .spawn(self.inner.clone().run_connection(store_id, rx));
             tx
         });
         if let Err(e) = tx.send(msgs) {

@@ -28,7 +28,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -96,7 +99,11 @@ impl Cluster {
             .expect("tokio runtime");
         let pd_server = pd::PdServer::start(pd_cfg, util::logger::discard()).expect("start pd");
         let pd = rt
-            .block_on(PdClient::connect(&[pd_server.addr().to_string()], Duration::from_secs(10), util::logger::discard()))
+            .block_on(PdClient::connect(
+                &[pd_server.addr().to_string()],
+                Duration::from_secs(10),
+                util::logger::discard(),
+            ))
             .expect("connect to pd");
         let mut c = Cluster {
             raft_cfg,
@@ -130,7 +137,13 @@ impl Cluster {
         let mut store = metapb::Store::default();
         store.set_address(format!("sim://{}", dir.display()));
         self.rt
-            .block_on(server::join_cluster(&engine, &self.pd, &mut store, &dir.display().to_string(), &util::logger::discard()))
+            .block_on(server::join_cluster(
+                &engine,
+                &self.pd,
+                &mut store,
+                &dir.display().to_string(),
+                &util::logger::discard(),
+            ))
             .expect("join cluster");
         let store_id = store.get_id();
         let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
@@ -146,10 +159,24 @@ impl Cluster {
         .expect("start raftstore");
         let router = raftstore.router();
         self.network.attach(store_id, router.clone(), snap_mgr);
-        let pd_worker = server::pd_worker::spawn(self.pd.clone(), pd_rx, router.clone(), self.rt.handle().clone(), util::logger::discard());
-        self.rt.block_on(self.pd.put_store(store)).expect("register store");
+        let pd_worker = server::pd_worker::spawn(
+            self.pd.clone(),
+            pd_rx,
+            router.clone(),
+            self.rt.handle().clone(),
+            util::logger::discard(),
+        );
+        self.rt
+            .block_on(self.pd.put_store(store))
+            .expect("register store");
         let meta = raftstore.store_meta();
-        let storage = RawStorage::new(router, engine.clone(), meta.clone(), self.raft_cfg.raft_entry_max_size.as_u64(), Duration::from_secs(5));
+        let storage = RawStorage::new(
+            router,
+            engine.clone(),
+            meta.clone(),
+            self.raft_cfg.raft_entry_max_size.as_u64(),
+            Duration::from_secs(5),
+        );
         self.running.insert(
             store_id,
             Running {
@@ -223,7 +250,11 @@ impl Cluster {
         let mut c = Context::default();
         c.region_id = region.get_id();
         c.set_region_epoch(region.get_region_epoch().clone());
-        if let Some(p) = region.get_peers().iter().find(|p| p.get_store_id() == store_id) {
+        if let Some(p) = region
+            .get_peers()
+            .iter()
+            .find(|p| p.get_store_id() == store_id)
+        {
             c.set_peer(p.clone());
         }
         c
@@ -261,7 +292,10 @@ impl Cluster {
         while Instant::now() < deadline {
             if let Some((store, region)) = self.leader_of_key(key) {
                 let storage = self.running[&store].storage.clone();
-                match self.rt.block_on(storage.get(&Self::context(&region, store), "", key)) {
+                match self
+                    .rt
+                    .block_on(storage.get(&Self::context(&region, store), "", key))
+                {
                     Ok(v) => return Ok(v),
                     Err(e) => last = e.to_string(),
                 }
@@ -274,7 +308,12 @@ impl Cluster {
     /// Panics unless a linearizable read of `key` returns `value`.
     pub fn must_get_equal(&self, key: &[u8], value: &[u8]) {
         let got = self.get_within(key, Duration::from_secs(10)).expect("read");
-        assert_eq!(got.as_deref(), Some(value), "key {:?}", String::from_utf8_lossy(key));
+        assert_eq!(
+            got.as_deref(),
+            Some(value),
+            "key {:?}",
+            String::from_utf8_lossy(key)
+        );
     }
 
     /// The value in one store's engine, read directly (not linearizable: for checking
@@ -288,18 +327,24 @@ impl Cluster {
 
     /// Waits until every running store holds `value` for `key`.
     pub fn must_replicate(&self, key: &[u8], value: &[u8], timeout: Duration) {
-        wait_until(&format!("{:?} on every store", String::from_utf8_lossy(key)), timeout, || {
-            self.running
-                .keys()
-                .all(|s| self.local_get(*s, key).as_deref() == Some(value))
-        });
+        wait_until(
+            &format!("{:?} on every store", String::from_utf8_lossy(key)),
+            timeout,
+            || {
+                self.running
+                    .keys()
+                    .all(|s| self.local_get(*s, key).as_deref() == Some(value))
+            },
+        );
     }
 
     /// Waits until one store holds `value` for `key`.
     pub fn must_replicate_on(&self, store_id: u64, key: &[u8], value: &[u8], timeout: Duration) {
-        wait_until(&format!("{:?} on store {store_id}", String::from_utf8_lossy(key)), timeout, || {
-            self.local_get(store_id, key).as_deref() == Some(value)
-        });
+        wait_until(
+            &format!("{:?} on store {store_id}", String::from_utf8_lossy(key)),
+            timeout,
+            || self.local_get(store_id, key).as_deref() == Some(value),
+        );
     }
 
     /// The region holding `key` as one store sees it.
@@ -349,7 +394,8 @@ impl Cluster {
                 },
             )
             .map_err(|e| e.to_string())?;
-        rx.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?
     }
 
     /// Stops PD; stores keep running and retry.
@@ -358,7 +404,6 @@ impl Cluster {
             pd.shutdown();
         }
     }
-
 }
 
 impl Drop for Cluster {

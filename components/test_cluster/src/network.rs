@@ -66,7 +66,10 @@ impl Network {
     }
 
     pub(crate) fn attach(&self, store_id: u64, router: RaftRouter, snap_mgr: SnapManager) {
-        self.inner.stores.write().insert(store_id, (router, snap_mgr));
+        self.inner
+            .stores
+            .write()
+            .insert(store_id, (router, snap_mgr));
     }
 
     pub(crate) fn detach(&self, store_id: u64) {
@@ -94,7 +97,8 @@ impl Network {
     pub fn partition(&self, a: &[u64], b: &[u64]) -> u64 {
         let (a, b) = (a.to_vec(), b.to_vec());
         self.add_filter(Arc::new(move |from, to, _| {
-            let cut = (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to));
+            let cut =
+                (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to));
             if cut {
                 Verdict::Drop
             } else {
@@ -142,11 +146,18 @@ impl Network {
             // without the report Raft would wait for that snapshot forever.
             Verdict::Drop if snap::is_snapshot(&msg) => {
                 if let Some((sender, _)) = self.inner.stores.read().get(&from) {
-                    sender.report_snapshot_status(msg.get_region_id(), msg.get_to_peer().get_id(), false);
+                    sender.report_snapshot_status(
+                        msg.get_region_id(),
+                        msg.get_to_peer().get_id(),
+                        false,
+                    );
                 }
             }
             Verdict::Drop => {}
-            Verdict::Delay(d) => self.delayer().send((Instant::now() + d, from, to, msg)).expect("delayer runs"),
+            Verdict::Delay(d) => self
+                .delayer()
+                .send((Instant::now() + d, from, to, msg))
+                .expect("delayer runs"),
         }
     }
 
@@ -186,7 +197,9 @@ impl Network {
             let _ = router.send_raft_message(msg);
             return;
         }
-        let Some((sender_router, src_mgr)) = sender else { return };
+        let Some((sender_router, src_mgr)) = sender else {
+            return;
+        };
         // Stream off the poller thread, as the gRPC transport does.
         std::thread::spawn(move || {
             let region_id = msg.get_region_id();

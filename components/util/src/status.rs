@@ -18,15 +18,13 @@ pub async fn serve(
     status: StatusFn,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route(
-            "/status",
-            get(move || {
-                let status = status.clone();
-                async move { axum::Json(status()) }
-            }),
-        );
+    let app = Router::new().route("/metrics", get(metrics)).route(
+        "/status",
+        get(move || {
+            let status = status.clone();
+            async move { axum::Json(status()) }
+        }),
+    );
     let server = axum::Server::try_bind(&addr)
         .map_err(|source| Error::Status {
             addr: addr.to_string(),

@@ -53,7 +53,12 @@ pub(crate) struct ApplyContext {
 }
 
 impl ApplyContext {
-    pub fn new(engine: Engine, router: RaftRouter, snap_mgr: SnapManager, messages_per_round: usize) -> Self {
+    pub fn new(
+        engine: Engine,
+        router: RaftRouter,
+        snap_mgr: SnapManager,
+        messages_per_round: usize,
+    ) -> Self {
         ApplyContext {
             wb: engine.write_batch(),
             engine,
@@ -119,7 +124,9 @@ impl ApplyFsm {
                 if let Err(e) = self.apply_snapshot(region, index, term, &files, ctx) {
                     // The region stays marked Applying on disk and is redone at restart.
                     error!(self.logger, "applying snapshot failed"; "err" => %e);
-                    metrics::SNAPSHOTS.with_label_values(&["apply", "error"]).inc();
+                    metrics::SNAPSHOTS
+                        .with_label_values(&["apply", "error"])
+                        .inc();
                 }
             }
             ApplyMsg::Destroy => self.stopped = true,
@@ -130,7 +137,8 @@ impl ApplyFsm {
         if entry.index <= self.apply_state.applied_index {
             // Already applied before a restart; only the proposal (if any) is answered.
             if let Some(p) = proposal {
-                ctx.cbs.push((p, Err(Error::StaleCommand("entry applied before restart"))));
+                ctx.cbs
+                    .push((p, Err(Error::StaleCommand("entry applied before restart"))));
             }
             return;
         }
@@ -142,7 +150,9 @@ impl ApplyFsm {
             },
             EntryType::EntryConfChangeV2 => (self.exec_conf_change(&entry, ctx), false),
             EntryType::EntryConfChange => (
-                Err(Error::InvalidRequest("membership changes must use ConfChangeV2".into())),
+                Err(Error::InvalidRequest(
+                    "membership changes must use ConfChangeV2".into(),
+                )),
                 false,
             ),
         };
@@ -179,15 +189,25 @@ impl ApplyFsm {
         Ok(resp)
     }
 
-    fn exec_request(&mut self, req: &Request, resp: &mut CmdResponse, ctx: &mut ApplyContext) -> Result<()> {
+    fn exec_request(
+        &mut self,
+        req: &Request,
+        resp: &mut CmdResponse,
+        ctx: &mut ApplyContext,
+    ) -> Result<()> {
         match req.get_cmd_type() {
             CmdType::Put => {
                 let put = req.get_put();
-                ctx.wb.put(data_cf(put.get_cf())?, &keys::data_key(put.get_key()), put.get_value());
+                ctx.wb.put(
+                    data_cf(put.get_cf())?,
+                    &keys::data_key(put.get_key()),
+                    put.get_value(),
+                );
             }
             CmdType::Delete => {
                 let del = req.get_delete();
-                ctx.wb.delete(data_cf(del.get_cf())?, &keys::data_key(del.get_key()));
+                ctx.wb
+                    .delete(data_cf(del.get_cf())?, &keys::data_key(del.get_key()));
             }
             CmdType::DeleteRange => {
                 let dr = req.get_delete_range();
@@ -196,7 +216,11 @@ impl ApplyFsm {
                 } else {
                     keys::data_key(dr.get_end_key())
                 };
-                ctx.wb.delete_range(data_cf(dr.get_cf())?, &keys::data_key(dr.get_start_key()), &end);
+                ctx.wb.delete_range(
+                    data_cf(dr.get_cf())?,
+                    &keys::data_key(dr.get_start_key()),
+                    &end,
+                );
             }
             CmdType::CompareAndSwap => {
                 let cas = req.get_cas();
@@ -204,7 +228,11 @@ impl ApplyFsm {
                 let key = keys::data_key(cas.get_key());
                 // The decision must see every earlier write of this round, and a replay
                 // after a crash must see the same state: write both out first.
-                ctx.wb.put_msg(Cf::Raft, &keys::apply_state_key(self.region.get_id()), &self.apply_state);
+                ctx.wb.put_msg(
+                    Cf::Raft,
+                    &keys::apply_state_key(self.region.get_id()),
+                    &self.apply_state,
+                );
                 ctx.write();
                 let previous = ctx.engine.get(cf, &key)?;
                 let succeed = if cas.get_previous_not_exist() {
@@ -228,7 +256,9 @@ impl ApplyFsm {
             AdminCmdType::CompactLog => {
                 let req = admin.get_compact_log();
                 let truncated = self.apply_state.get_truncated_state().index;
-                if req.compact_index <= truncated || req.compact_index > self.apply_state.applied_index {
+                if req.compact_index <= truncated
+                    || req.compact_index > self.apply_state.applied_index
+                {
                     return Ok(CmdResponse::default());
                 }
                 let mut t = RaftTruncatedState::default();
@@ -265,11 +295,15 @@ impl ApplyFsm {
         let mut state = RegionLocalState::default();
         state.set_state(PeerState::Normal);
         state.set_region(region.clone());
-        ctx.wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
+        ctx.wb
+            .put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
         ctx.sync = true;
         info!(self.logger, "applied membership change"; "peers" => ?region.get_peers(), "index" => entry.index);
         self.region = region.clone();
-        self.results.push(ExecResult::ChangePeer { cc, region: region.clone() });
+        self.results.push(ExecResult::ChangePeer {
+            cc,
+            region: region.clone(),
+        });
         Ok(CmdResponse {
             region: Some(region),
             ..Default::default()
@@ -293,7 +327,11 @@ impl ApplyFsm {
         }
         ctx.engine.write(clear, false)?;
         for cf in Cf::DATA {
-            let of_cf: Vec<PathBuf> = files.iter().filter(|(c, _)| *c == cf).map(|(_, p)| p.clone()).collect();
+            let of_cf: Vec<PathBuf> = files
+                .iter()
+                .filter(|(c, _)| *c == cf)
+                .map(|(_, p)| p.clone())
+                .collect();
             ctx.engine.ingest(cf, &of_cf)?;
         }
         self.region = region.clone();
@@ -308,7 +346,11 @@ impl ApplyFsm {
         state.set_state(PeerState::Normal);
         state.set_region(region.clone());
         done.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
-        done.put_msg(Cf::Raft, &keys::apply_state_key(region.get_id()), &self.apply_state);
+        done.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(region.get_id()),
+            &self.apply_state,
+        );
         ctx.engine.write(done, true)?;
         ctx.snap_mgr.remove_files(files);
         metrics::SNAPSHOTS.with_label_values(&["apply", "ok"]).inc();
@@ -337,9 +379,11 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
         if fsm.dirty && !fsm.stopped {
             fsm.dirty = false;
             let region_id = fsm.region.get_id();
-            self.ctx
-                .wb
-                .put_msg(Cf::Raft, &keys::apply_state_key(region_id), &fsm.apply_state);
+            self.ctx.wb.put_msg(
+                Cf::Raft,
+                &keys::apply_state_key(region_id),
+                &fsm.apply_state,
+            );
             self.ctx.res.push((
                 region_id,
                 ApplyRes {
@@ -360,7 +404,10 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
             (p.cb)(res);
         }
         for (region_id, res) in self.ctx.res.drain(..) {
-            let _ = self.ctx.router.send(region_id, PeerMsg::ApplyRes(Box::new(res)));
+            let _ = self
+                .ctx
+                .router
+                .send(region_id, PeerMsg::ApplyRes(Box::new(res)));
         }
     }
 }

@@ -17,7 +17,7 @@ use proto::{
 use protobuf::Message as _;
 use raft::{
     eraftpb::{Entry, Message, MessageType, Snapshot},
-    Ready, RawNode, StateRole,
+    RawNode, Ready, StateRole,
 };
 use slog::{debug, info, o, warn, Logger};
 
@@ -198,7 +198,8 @@ impl PeerFsm {
     fn on_tick(&mut self, ctx: &mut PollContext) {
         self.ticks += 1;
         self.raft.tick();
-        self.reads.expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
+        self.reads
+            .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
         if self.is_leader() {
             if self.ticks % ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval) == 0 {
                 self.maybe_compact_log(ctx);
@@ -236,7 +237,9 @@ impl PeerFsm {
         ctx: &mut PollContext,
     ) {
         if let Err(e) = self.check_command(&cmd) {
-            metrics::PROPOSALS.with_label_values(&["normal", "rejected"]).inc();
+            metrics::PROPOSALS
+                .with_label_values(&["normal", "rejected"])
+                .inc();
             cb(Err(e));
             return;
         }
@@ -278,7 +281,9 @@ impl PeerFsm {
         let index = self.raft.raft.raft_log.last_index();
         if res.is_err() || index == last {
             // raft-rs drops proposals while a leader transfer is in progress.
-            metrics::PROPOSALS.with_label_values(&[kind, "dropped"]).inc();
+            metrics::PROPOSALS
+                .with_label_values(&[kind, "dropped"])
+                .inc();
             cb(Err(Error::StaleCommand("proposal dropped by raft")));
             return;
         }
@@ -340,7 +345,8 @@ impl PeerFsm {
             .mut_store()
             .on_applied(res.applied_index, res.applied_term);
         self.raft.advance_apply_to(res.applied_index);
-        self.reads.on_applied(res.applied_index, self.raft.store().region());
+        self.reads
+            .on_applied(res.applied_index, self.raft.store().region());
         self.reads.retry_pending(&mut self.raft);
     }
 
@@ -386,7 +392,8 @@ impl PeerFsm {
         self.raft.mut_store().write_raft_state(wb);
         let read_states = ready.take_read_states();
         let store = self.raft.store();
-        self.reads.on_read_states(read_states, store.applied_index(), store.region());
+        self.reads
+            .on_read_states(read_states, store.applied_index(), store.region());
         self.pending = Some(PendingReady {
             persisted_messages: ready.take_persisted_messages(),
             committed: ready.take_committed_entries(),
@@ -417,7 +424,10 @@ impl PeerFsm {
         let region = self.region().clone();
         let data = match proto::raft_serverpb::SnapshotData::parse_from_bytes(snap.get_data()) {
             Ok(d) => d,
-            Err(e) => panic!("region {} persisted a snapshot it cannot decode: {e}", region.get_id()),
+            Err(e) => panic!(
+                "region {} persisted a snapshot it cannot decode: {e}",
+                region.get_id()
+            ),
         };
         let files = ctx
             .snap_mgr
@@ -433,7 +443,10 @@ impl PeerFsm {
             files,
         };
         if ctx.apply_router.send(self.region_id(), task).is_err() {
-            warn!(self.logger, "apply state machine is gone; snapshot not applied");
+            warn!(
+                self.logger,
+                "apply state machine is gone; snapshot not applied"
+            );
         }
     }
 
@@ -456,7 +469,9 @@ impl PeerFsm {
                     proposals.push(p);
                 } else {
                     // Another leader's entry took this index: the proposal is lost.
-                    (p.cb)(Err(Error::StaleCommand("entry overwritten by a new leader")));
+                    (p.cb)(Err(Error::StaleCommand(
+                        "entry overwritten by a new leader",
+                    )));
                 }
             }
         }

@@ -124,16 +124,17 @@ impl StoreFsm {
     pub fn load_peers(&self) -> Result<usize> {
         let range = keys::region_state_range();
         let mut states = vec![];
-        self.engine.scan(Cf::Raft, &range.start, &range.end, |_, v| {
-            let state = RegionLocalState::parse_from_bytes(v).map_err(|source| {
-                engine::Error::Corrupted {
-                    key: range.start.to_vec(),
-                    source,
-                }
+        self.engine
+            .scan(Cf::Raft, &range.start, &range.end, |_, v| {
+                let state = RegionLocalState::parse_from_bytes(v).map_err(|source| {
+                    engine::Error::Corrupted {
+                        key: range.start.to_vec(),
+                        source,
+                    }
+                })?;
+                states.push(state);
+                Ok(true)
             })?;
-            states.push(state);
-            Ok(true)
-        })?;
         let mut loaded = 0;
         for state in states {
             if state.get_state() == PeerState::Tombstone {
@@ -149,7 +150,8 @@ impl StoreFsm {
                 warn!(self.logger, "region on disk has no peer on this store"; "region_id" => region.get_id());
                 continue;
             };
-            let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+            let storage =
+                PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
             let apply_state: RaftApplyState = self
                 .engine
                 .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
@@ -161,7 +163,9 @@ impl StoreFsm {
             self.register(peer, apply);
             if applying {
                 info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
-                let files = self.snap_mgr.existing_recv_files(region.get_id(), term, index);
+                let files = self
+                    .snap_mgr
+                    .existing_recv_files(region.get_id(), term, index);
                 let _ = self.apply_router.send(
                     region.get_id(),
                     ApplyMsg::Snapshot {
@@ -208,7 +212,10 @@ impl StoreFsm {
             let local = state.get_region();
             let stale = state.get_state() != PeerState::Tombstone
                 || msg.get_region_epoch().get_conf_ver() <= local.get_region_epoch().get_conf_ver()
-                || local.get_peers().iter().any(|p| p.get_id() >= to.get_id() && p.get_store_id() == self.store_id);
+                || local
+                    .get_peers()
+                    .iter()
+                    .any(|p| p.get_id() >= to.get_id() && p.get_store_id() == self.store_id);
             if stale {
                 debug!(self.logger, "not recreating a removed peer"; "region_id" => region_id);
                 return Ok(());
