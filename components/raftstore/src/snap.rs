@@ -217,7 +217,8 @@ pub fn send_snapshot(
 
 /// Writes a snapshot's chunks into files as they arrive, and checks them at the end.
 pub struct SnapReceiver {
-    msg: RaftMessage,
+    /// Taken when the snapshot arrived whole; until then the files are removed on drop.
+    msg: Option<RaftMessage>,
     files: Vec<(SnapshotFile, PathBuf)>,
     current: usize,
     written: u64,
@@ -242,7 +243,7 @@ impl SnapReceiver {
             .map(|((_, path), f)| (f.clone(), path))
             .collect();
         let mut rx = SnapReceiver {
-            msg,
+            msg: Some(msg),
             files,
             current: 0,
             written: 0,
@@ -319,15 +320,22 @@ impl SnapReceiver {
             self.finish_current()?;
         }
         if self.current != self.files.len() {
-            let paths: Vec<PathBuf> = self.files.iter().map(|(_, p)| p.clone()).collect();
-            for p in paths {
-                let _ = fs::remove_file(p);
-            }
             return Err(Error::Snapshot(
                 "stream ended before every file arrived".into(),
             ));
         }
-        Ok(self.msg)
+        Ok(self.msg.take().expect("taken only here"))
+    }
+}
+
+impl Drop for SnapReceiver {
+    fn drop(&mut self) {
+        // A snapshot that did not arrive whole is of no use; do not leave it on disk.
+        if self.msg.is_some() {
+            for (_, path) in &self.files {
+                let _ = fs::remove_file(path);
+            }
+        }
     }
 }
 
@@ -340,5 +348,132 @@ impl SnapManager {
             .map(|cf| (cf, self.recv_path(region_id, term, index, cf)))
             .filter(|(_, p)| p.exists())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::metapb;
+
+    use super::*;
+    use crate::bootstrap;
+
+    /// A region with 3,000 keys (about 3 MB: several chunks) on a fresh engine, and a
+    /// snapshot message for it.
+    fn snapshot_message(dir: &std::path::Path) -> (SnapManager, RaftMessage, Vec<u8>) {
+        let engine = Engine::open(&dir.join("db")).unwrap();
+        let region = bootstrap::first_region(1, 2, 3);
+        bootstrap::write_initial_region(&engine, &region).unwrap();
+        let mut wb = engine.write_batch();
+        for i in 0..3000u32 {
+            // Random values: compression must not fold the file into one chunk.
+            let value: Vec<u8> = (0..1000).map(|_| rand::random::<u8>()).collect();
+            wb.put(
+                Cf::Default,
+                &keys::data_key(format!("k{i:05}").as_bytes()),
+                &value,
+            );
+        }
+        engine.write(wb, false).unwrap();
+        let mgr = SnapManager::new(dir.join("snap")).unwrap();
+        let snap = mgr.generate(&engine, 1).unwrap();
+        let data = SnapshotData::parse_from_bytes(snap.get_data()).unwrap();
+        assert_eq!(data.get_region().get_id(), 1);
+        assert_eq!(
+            data.get_files().len(),
+            1,
+            "only the default column family has data"
+        );
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.set_snapshot(snap);
+        let mut msg = RaftMessage::default();
+        msg.set_region_id(1);
+        let mut to = metapb::Peer::default();
+        to.set_id(9);
+        msg.set_to_peer(to);
+        msg.set_message(m.write_to_bytes().unwrap());
+        let gen = mgr.gen_path(1, 5, 5, Cf::Default);
+        (mgr, msg, std::fs::read(gen).unwrap())
+    }
+
+    #[test]
+    fn chunks_reassemble_into_the_same_files() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let (mgr, msg, original) = snapshot_message(src.path());
+        assert!(is_snapshot(&msg));
+        assert!(
+            original.len() > CHUNK_SIZE,
+            "the test needs more than one chunk"
+        );
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let mut rx = None;
+        send_snapshot(&mgr, msg.clone(), |chunk| {
+            match rx.as_mut() {
+                None => rx = Some(SnapReceiver::new(&dst_mgr, chunk)?),
+                Some(r) => r.write(chunk.get_data())?,
+            }
+            Ok(())
+        })
+        .unwrap();
+        let delivered = rx.unwrap().finish().unwrap();
+        assert_eq!(delivered, msg);
+        let received = std::fs::read(dst_mgr.recv_path(1, 5, 5, Cf::Default)).unwrap();
+        assert_eq!(received, original);
+    }
+
+    #[test]
+    fn a_corrupted_chunk_is_caught_by_its_checksum() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let (mgr, msg, _) = snapshot_message(src.path());
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let mut rx = None;
+        let res = send_snapshot(&mgr, msg, |mut chunk| {
+            match rx.as_mut() {
+                None => rx = Some(SnapReceiver::new(&dst_mgr, chunk)?),
+                Some(r) => {
+                    let mut data = chunk.take_data();
+                    data[10] ^= 0xff;
+                    r.write(&data)?
+                }
+            }
+            Ok(())
+        });
+        let err = res
+            .and_then(|_| rx.unwrap().finish().map(|_| ()))
+            .unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let (mgr, msg, _) = snapshot_message(src.path());
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let mut rx = None;
+        let mut chunks = 0;
+        send_snapshot(&mgr, msg, |chunk| {
+            chunks += 1;
+            match rx.as_mut() {
+                None => rx = Some(SnapReceiver::new(&dst_mgr, chunk)?),
+                Some(r) if chunks == 2 => r.write(chunk.get_data())?,
+                Some(_) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        let err = rx.unwrap().finish().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("stream ended before every file arrived"),
+            "{err}"
+        );
+        assert!(
+            !dst_mgr.recv_path(1, 5, 5, Cf::Default).exists(),
+            "partial files are removed"
+        );
     }
 }
