@@ -212,6 +212,38 @@ fn store_state(s: &metapb::Store) -> &'static str {
     }
 }
 
+/// Where a command's output goes, and in what format.
+struct Printer<'a> {
+    json: bool,
+    out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
+}
+
+impl Printer<'_> {
+    fn line(&mut self, s: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{s}");
+    }
+
+    /// Raw bytes (keys and values are printed as stored, not as lossy UTF-8).
+    fn bytes(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            let _ = self.out.write_all(p);
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.json {
+            self.line(json!({"ok": true}));
+        } else {
+            self.line("OK");
+        }
+    }
+
+    fn diagnostic(&mut self, s: &str) {
+        let _ = writeln!(self.err, "{s}");
+    }
+}
+
 /// Runs one command; returns the exit code. Output goes to `out`, diagnostics to `err`.
 pub async fn run(
     cmd: &Command,
@@ -220,225 +252,195 @@ pub async fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<i32> {
-    let json = output == Output::Json;
-    let w = |out: &mut dyn Write, s: String| {
-        let _ = writeln!(out, "{s}");
+    let mut p = Printer {
+        json: output == Output::Json,
+        out,
+        err,
     };
     match cmd {
         Command::Put { key, value } => {
             client.put(key.as_bytes(), value.as_bytes()).await?;
-            w(
-                out,
-                if json {
-                    json!({"ok": true}).to_string()
-                } else {
-                    "OK".into()
-                },
-            );
+            p.ok();
+            Ok(0)
         }
-        Command::Get { key } => match client.get(key.as_bytes()).await? {
-            Some(v) if json => w(out, json!({"key": key, "value": show_key(&v)}).to_string()),
-            Some(v) => {
-                let _ = out.write_all(&v);
-                let _ = out.write_all(b"\n");
-            }
-            None => {
-                if json {
-                    w(out, json!({"key": key, "value": null}).to_string());
-                }
-                let _ = writeln!(err, "not found");
-                return Ok(1);
-            }
-        },
+        Command::Get { key } => get(client, key, &mut p).await,
         Command::Delete { key } => {
             client.delete(key.as_bytes()).await?;
-            w(
-                out,
-                if json {
-                    json!({"ok": true}).to_string()
-                } else {
-                    "OK".into()
-                },
-            );
+            p.ok();
+            Ok(0)
         }
         Command::Scan { start, end, limit } => {
             let start = start.as_deref().unwrap_or("").as_bytes();
             let end = end.as_deref().unwrap_or("").as_bytes();
-            let pairs = client.scan(start, end, *limit).await?;
-            if json {
-                let v: Vec<_> = pairs
-                    .iter()
-                    .map(|(k, v)| json!({"key": show_key(k), "value": show_key(v)}))
-                    .collect();
-                w(out, serde_json::Value::Array(v).to_string());
+            scan(client, start, end, *limit, &mut p).await
+        }
+        Command::Cas { absent, args } => cas(client, *absent, args, &mut p).await,
+        Command::Region { command } => region(client, command, &mut p).await,
+        Command::Store { command } => store(client, command, &mut p).await,
+        Command::Operator {
+            command: OperatorCommand::List,
+        } => operators(client, &mut p).await,
+        Command::Shell => Err(Error::InvalidArgument(
+            "the shell cannot start a shell".into(),
+        )),
+    }
+}
+
+async fn get(client: &Client, key: &str, p: &mut Printer<'_>) -> Result<i32> {
+    match client.get(key.as_bytes()).await? {
+        Some(v) if p.json => p.line(json!({"key": key, "value": show_key(&v)})),
+        Some(v) => p.bytes(&[&v, b"\n"]),
+        None => {
+            if p.json {
+                p.line(json!({"key": key, "value": null}));
+            }
+            p.diagnostic("not found");
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
+async fn scan(
+    client: &Client,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    p: &mut Printer<'_>,
+) -> Result<i32> {
+    let pairs = client.scan(start, end, limit).await?;
+    if p.json {
+        let v: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| json!({"key": show_key(k), "value": show_key(v)}))
+            .collect();
+        p.line(serde_json::Value::Array(v));
+    } else {
+        for (k, v) in pairs {
+            p.bytes(&[&k, b"\t", &v, b"\n"]);
+        }
+    }
+    Ok(0)
+}
+
+async fn cas(client: &Client, absent: bool, args: &[String], p: &mut Printer<'_>) -> Result<i32> {
+    let (key, expected, new) = match (absent, args) {
+        (true, [k, n]) => (k, None, n),
+        (false, [k, e, n]) => (k, Some(e.as_bytes()), n),
+        (true, _) => return Err(Error::InvalidArgument("with --absent give KEY NEW".into())),
+        (false, _) => {
+            return Err(Error::InvalidArgument(
+                "give KEY EXPECTED NEW (or --absent KEY NEW)".into(),
+            ))
+        }
+    };
+    let res = client
+        .compare_and_swap(key.as_bytes(), expected, new.as_bytes())
+        .await?;
+    let prev = res.previous.as_deref().map(show_key);
+    if p.json {
+        p.line(json!({"succeed": res.succeed, "previous": prev}));
+    } else if res.succeed {
+        p.line("OK");
+    } else {
+        p.line(format!(
+            "FAILED\tprevious={}",
+            prev.unwrap_or_else(|| "<none>".into())
+        ));
+    }
+    Ok(if res.succeed { 0 } else { 1 })
+}
+
+async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -> Result<i32> {
+    match command {
+        RegionCommand::List => {
+            let regions = client.regions().await?;
+            if p.json {
+                p.line(serde_json::Value::Array(
+                    regions.iter().map(region_json).collect(),
+                ));
             } else {
-                for (k, v) in pairs {
-                    let _ = out.write_all(&k);
-                    let _ = out.write_all(b"\t");
-                    let _ = out.write_all(&v);
-                    let _ = out.write_all(b"\n");
+                p.line("ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)");
+                for r in &regions {
+                    p.line(region_line(r));
                 }
             }
         }
-        Command::Cas { absent, args } => {
-            let (key, expected, new) = match (absent, args.as_slice()) {
-                (true, [k, n]) => (k, None, n),
-                (false, [k, e, n]) => (k, Some(e.as_bytes()), n),
-                (true, _) => {
-                    return Err(Error::InvalidArgument("with --absent give KEY NEW".into()))
-                }
-                (false, _) => {
+        RegionCommand::Show { id, key } => {
+            let route = match (id, key) {
+                (Some(id), _) => client.pd().get_region_by_id(*id).await?,
+                (None, Some(k)) => client.pd().get_region(k.as_bytes()).await?,
+                (None, None) => {
                     return Err(Error::InvalidArgument(
-                        "give KEY EXPECTED NEW (or --absent KEY NEW)".into(),
+                        "give a region id or --key KEY".into(),
                     ))
                 }
             };
-            let res = client
-                .compare_and_swap(key.as_bytes(), expected, new.as_bytes())
-                .await?;
-            let prev = res.previous.as_deref().map(show_key);
-            if json {
-                w(
-                    out,
-                    json!({"succeed": res.succeed, "previous": prev}).to_string(),
-                );
+            if p.json {
+                p.line(region_json(&route));
             } else {
-                w(
-                    out,
-                    if res.succeed {
-                        "OK".into()
-                    } else {
-                        format!(
-                            "FAILED\tprevious={}",
-                            prev.unwrap_or_else(|| "<none>".into())
-                        )
-                    },
-                );
-            }
-            if !res.succeed {
-                return Ok(1);
+                p.line(region_line(&route));
             }
         }
-        Command::Region { command } => match command {
-            RegionCommand::List => {
-                let regions = client.regions().await?;
-                if json {
-                    w(
-                        out,
-                        serde_json::Value::Array(regions.iter().map(region_json).collect())
-                            .to_string(),
-                    );
-                } else {
-                    w(
-                        out,
-                        "ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)"
-                            .into(),
-                    );
-                    for r in &regions {
-                        w(out, region_line(r));
-                    }
-                }
-            }
-            RegionCommand::Show { id, key } => {
-                let route = match (id, key) {
-                    (Some(id), _) => client.pd().get_region_by_id(*id).await?,
-                    (None, Some(k)) => client.pd().get_region(k.as_bytes()).await?,
-                    (None, None) => {
-                        return Err(Error::InvalidArgument(
-                            "give a region id or --key KEY".into(),
-                        ))
-                    }
-                };
-                if route.region.get_id() == 0 {
-                    let _ = writeln!(err, "region not found");
-                    return Ok(1);
-                }
-                w(
-                    out,
-                    if json {
-                        region_json(&route).to_string()
-                    } else {
-                        region_line(&route)
-                    },
-                );
-            }
-        },
-        Command::Store { command } => {
-            let stores = client.stores().await?;
-            let wanted: Vec<_> = match command {
-                StoreCommand::List => stores.iter().collect(),
-                StoreCommand::Show { id } => {
-                    let s: Vec<_> = stores.iter().filter(|(s, _)| s.get_id() == *id).collect();
-                    if s.is_empty() {
-                        return Err(Error::InvalidArgument(format!("store {id} does not exist")));
-                    }
-                    s
-                }
-            };
-            if json {
-                let v: Vec<_> = wanted
-                    .iter()
-                    .map(|(s, st)| {
-                        json!({
-                            "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
-                            "region_count": st.region_count, "leader_count": st.leader_count,
-                            "last_heartbeat_unix_nanos": s.last_heartbeat,
-                        })
-                    })
-                    .collect();
-                w(out, serde_json::Value::Array(v).to_string());
-            } else {
-                w(
-                    out,
-                    "ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT".into(),
-                );
-                for (s, st) in wanted {
-                    let ago = heartbeat_age(s.last_heartbeat);
-                    w(
-                        out,
-                        format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}",
-                            s.get_id(),
-                            s.get_address(),
-                            store_state(s),
-                            st.region_count,
-                            st.leader_count,
-                            ago
-                        ),
-                    );
-                }
-            }
+    }
+    Ok(0)
+}
+
+async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> Result<i32> {
+    let mut stores = client.stores().await?;
+    if let StoreCommand::Show { id } = command {
+        stores.retain(|(s, _)| s.get_id() == *id);
+        if stores.is_empty() {
+            return Err(Error::InvalidArgument(format!("store {id} does not exist")));
         }
-        Command::Operator {
-            command: OperatorCommand::List,
-        } => {
-            let ops = client.pd().get_operators().await?;
-            if json {
-                let v: Vec<_> = ops
-                    .iter()
-                    .map(|o| json!({"region_id": o.region_id, "kind": o.get_kind(), "step": o.get_step(), "age_ms": o.age_ms}))
-                    .collect();
-                w(out, serde_json::Value::Array(v).to_string());
-            } else {
-                w(out, "REGION\tKIND\tSTEP\tAGE".into());
-                for o in ops {
-                    w(
-                        out,
-                        format!(
-                            "{}\t{}\t{}\t{:.1}s",
-                            o.region_id,
-                            o.get_kind(),
-                            o.get_step(),
-                            o.age_ms as f64 / 1000.0
-                        ),
-                    );
-                }
-            }
+    }
+    if p.json {
+        let v: Vec<_> = stores
+            .iter()
+            .map(|(s, st)| {
+                json!({
+                    "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
+                    "region_count": st.region_count, "leader_count": st.leader_count,
+                    "last_heartbeat_unix_nanos": s.last_heartbeat,
+                })
+            })
+            .collect();
+        p.line(serde_json::Value::Array(v));
+    } else {
+        p.line("ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT");
+        for (s, st) in &stores {
+            p.line(format!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                s.get_id(),
+                s.get_address(),
+                store_state(s),
+                st.region_count,
+                st.leader_count,
+                heartbeat_age(s.last_heartbeat)
+            ));
         }
-        Command::Shell => {
-            return Err(Error::InvalidArgument(
-                "the shell cannot start a shell".into(),
-            ))
+    }
+    Ok(0)
+}
+
+async fn operators(client: &Client, p: &mut Printer<'_>) -> Result<i32> {
+    let ops = client.pd().get_operators().await?;
+    if p.json {
+        let v: Vec<_> = ops
+            .iter()
+            .map(|o| json!({"region_id": o.region_id, "kind": o.get_kind(), "step": o.get_step(), "age_ms": o.age_ms}))
+            .collect();
+        p.line(serde_json::Value::Array(v));
+    } else {
+        p.line("REGION\tKIND\tSTEP\tAGE");
+        for o in ops {
+            p.line(format!(
+                "{}\t{}\t{}\t{:.1}s",
+                o.region_id,
+                o.get_kind(),
+                o.get_step(),
+                o.age_ms as f64 / 1000.0
+            ));
         }
     }
     Ok(0)

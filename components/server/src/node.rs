@@ -92,6 +92,76 @@ pub async fn join_cluster(
     }
 }
 
+/// The embedded PD (when no endpoints are configured) and the PD endpoints to use.
+fn pd_endpoints(cfg: &Config, logger: &Logger) -> Result<(Option<pd::PdServer>, Vec<String>)> {
+    if !cfg.server.pd_endpoints.is_empty() {
+        return Ok((None, cfg.server.pd_endpoints.clone()));
+    }
+    let mut pd_cfg = cfg.pd.clone();
+    pd_cfg.data_dir = cfg.server.data_dir.join("pd");
+    let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
+    let addr = server.addr().to_string();
+    Ok((Some(server), vec![addr]))
+}
+
+/// What this store tells PD about itself (the id comes from joining the cluster).
+fn announced_store(cfg: &Config) -> metapb::Store {
+    let mut store = metapb::Store::default();
+    store.set_address(cfg.server.advertise().to_string());
+    store.set_status_address(cfg.server.status_addr.clone());
+    store.set_version(env!("CARGO_PKG_VERSION").into());
+    store
+}
+
+fn serve_grpc(
+    cfg: &Config,
+    env: Arc<grpcio::Environment>,
+    service: TikvService,
+) -> Result<grpcio::Server> {
+    let args = grpcio::ChannelBuilder::new(env.clone())
+        .max_receive_message_len(64 << 20)
+        .max_send_message_len(64 << 20)
+        .build_args();
+    let mut grpc = ServerBuilder::new(env)
+        .channel_args(args)
+        .register_service(proto::tikvpb_grpc::create_tikv(service))
+        .build()?;
+    grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
+        .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
+    grpc.start();
+    Ok(grpc)
+}
+
+async fn serve_status(
+    cfg: &Config,
+    store: &metapb::Store,
+    cluster_id: u64,
+    meta: Arc<parking_lot::Mutex<raftstore::StoreMeta>>,
+    shutdown: &Shutdown,
+) -> Result<SocketAddr> {
+    let addr: SocketAddr = cfg
+        .server
+        .status_addr
+        .parse()
+        .map_err(|e| Error::Startup(format!("server.status-addr: {e}")))?;
+    let (store_id, address) = (store.get_id(), store.get_address().to_string());
+    let status: util::status::StatusFn = Arc::new(move || {
+        let m = meta.lock();
+        serde_json::json!({
+            "store_id": store_id,
+            "cluster_id": cluster_id,
+            "address": address,
+            "regions": m.region_count(),
+            "leaders": m.leader_count(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+    });
+    let (bound, _) = util::status::serve(addr, status, shutdown.clone())
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    Ok(bound)
+}
+
 impl Node {
     /// Starts a store. Must run inside a tokio runtime.
     pub async fn start(cfg: Config, logger: Logger) -> Result<Node> {
@@ -102,22 +172,10 @@ impl Node {
         let engine = Engine::open(&data_dir.join("db"))?;
         let snap_mgr = SnapManager::new(data_dir.join("snap"))?;
 
-        let (pd_server, endpoints) = if cfg.server.pd_endpoints.is_empty() {
-            let mut pd_cfg = cfg.pd.clone();
-            pd_cfg.data_dir = data_dir.join("pd");
-            let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
-            let addr = server.addr().to_string();
-            (Some(server), vec![addr])
-        } else {
-            (None, cfg.server.pd_endpoints.clone())
-        };
+        let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
         let pd = PdClient::connect(&endpoints, Duration::from_secs(30), logger.clone()).await?;
-
         let addr = cfg.server.advertise().to_string();
-        let mut store = metapb::Store::default();
-        store.set_address(addr.clone());
-        store.set_status_address(cfg.server.status_addr.clone());
-        store.set_version(env!("CARGO_PKG_VERSION").into());
+        let mut store = announced_store(&cfg);
         join_cluster(
             &engine,
             &pd,
@@ -180,42 +238,18 @@ impl Node {
             rt,
             logger: logger.clone(),
         };
-        let args = grpcio::ChannelBuilder::new(env.clone())
-            .max_receive_message_len(64 << 20)
-            .max_send_message_len(64 << 20)
-            .build_args();
-        let mut grpc = ServerBuilder::new(env)
-            .channel_args(args)
-            .register_service(proto::tikvpb_grpc::create_tikv(service))
-            .build()?;
-        grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
-            .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
-        grpc.start();
-        pd.put_store(store).await?;
+        let grpc = serve_grpc(&cfg, env, service)?;
+        pd.put_store(store.clone()).await?;
 
         let shutdown = Shutdown::default();
-        let meta = raftstore.store_meta();
-        let cluster_id = pd.cluster_id();
-        let status_addr: SocketAddr = cfg
-            .server
-            .status_addr
-            .parse()
-            .map_err(|e| Error::Startup(format!("server.status-addr: {e}")))?;
-        let status_addr_s = addr.clone();
-        let status: util::status::StatusFn = Arc::new(move || {
-            let m = meta.lock();
-            serde_json::json!({
-                "store_id": store_id,
-                "cluster_id": cluster_id,
-                "address": status_addr_s,
-                "regions": m.region_count(),
-                "leaders": m.leader_count(),
-                "version": env!("CARGO_PKG_VERSION"),
-            })
-        });
-        let (status_addr, _) = util::status::serve(status_addr, status, shutdown.clone())
-            .await
-            .map_err(|e| Error::Startup(e.to_string()))?;
+        let status_addr = serve_status(
+            &cfg,
+            &store,
+            pd.cluster_id(),
+            raftstore.store_meta(),
+            &shutdown,
+        )
+        .await?;
         info!(logger, "store serving"; "addr" => &addr, "status" => %status_addr,
               "pd" => pd.leader_addr());
         Ok(Node {
