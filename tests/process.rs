@@ -319,3 +319,55 @@ fn pd_keeps_the_cluster_across_sigkill() {
     assert_eq!(id_lines(&stores_before), id_lines(&stores_after));
     assert_eq!(voters(&rt, &c), 3);
 }
+
+#[test]
+fn kvctl_moves_leadership_and_refuses_impossible_transfers() {
+    let cluster = ProcCluster::start(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("three voters", Duration::from_secs(60), || {
+        voters(&rt, &c) == 3
+    });
+    let route = rt.block_on(c.regions()).unwrap().remove(0);
+    let id = route.region.get_id().to_string();
+    let leader = route.leader.unwrap().get_store_id();
+    let target = route
+        .region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| *s != leader)
+        .unwrap()
+        .to_string();
+    let out = kvctl(
+        &cluster.pd_addr,
+        &["region", "transfer-leader", &id, "--to", &target],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = kvctl(
+        &cluster.pd_addr,
+        &["region", "show", &id, "--output", "json"],
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["leader_store"].to_string(), target);
+    rt.block_on(c.put(b"after", b"transfer")).unwrap();
+
+    let refused = |args: &[&str], why: &str| {
+        let out = kvctl(&cluster.pd_addr, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    refused(
+        &["region", "transfer-leader", &id, "--to", "999"],
+        "has no peer on store 999",
+    );
+    refused(
+        &["region", "transfer-leader", "424242", "--to", &target],
+        "no region with id 424242",
+    );
+}

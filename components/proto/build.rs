@@ -28,8 +28,11 @@ fn main() {
         .iter()
         .map(|f| proto_dir.join(format!("{f}.proto")))
         .collect();
-    for input in &inputs {
-        println!("cargo:rerun-if-changed={}", input.display());
+    // Relative to this package: the target directory is shared by every checkout (CI
+    // clones anew each run), and an absolute path would tie reruns to whichever checkout
+    // ran the script last.
+    for f in FILES {
+        println!("cargo:rerun-if-changed=../../proto/{f}.proto");
     }
     println!("cargo:rerun-if-env-changed=PROTOC");
 

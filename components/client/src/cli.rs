@@ -118,6 +118,14 @@ pub enum Command {
 pub enum RegionCommand {
     /// Every region: id, range, epoch, leader store, peers with roles.
     List,
+    /// Move a region's leadership to its voter on another store; waits until it moved.
+    TransferLeader {
+        /// The region id.
+        id: u64,
+        /// The store that should lead.
+        #[arg(long)]
+        to: u64,
+    },
     /// One region, by id or by a key it holds.
     Show {
         /// The region id.
@@ -365,6 +373,28 @@ async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -
                     p.line(region_line(r));
                 }
             }
+        }
+        RegionCommand::TransferLeader { id, to } => {
+            client.pd().transfer_leader(*id, *to).await?;
+            let deadline = std::time::Instant::now() + client.timeout();
+            loop {
+                let route = client.pd().get_region_by_id(*id).await?;
+                if route
+                    .leader
+                    .as_ref()
+                    .is_some_and(|l| l.get_store_id() == *to)
+                {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        elapsed: client.timeout(),
+                        last: format!("the leader of region {id} has not moved to store {to} yet"),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            p.ok();
         }
         RegionCommand::Show { id, key } => {
             let route = match (id, key) {

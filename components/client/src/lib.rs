@@ -108,6 +108,11 @@ impl Client {
         })
     }
 
+    /// How long an operation may retry.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The PD client, for admin look-ups.
     pub fn pd(&self) -> &PdClient {
         &self.pd

@@ -13,7 +13,7 @@ use slog::{info, warn, Logger};
 use crate::{
     id::IdAllocator,
     region_tree::{RegionInfo, RegionTree},
-    schedule::{check_replicas, Operator, StoreView},
+    schedule::{check_replicas, Operator, Step, StoreView},
     storage::Storage,
     tso::Tso,
     Config, Error, Result,
@@ -420,6 +420,60 @@ impl PdCore {
         Ok(())
     }
 
+    /// Schedules moving the leadership of `region_id` to its voter on `to_store`.
+    pub fn add_transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let info = st
+            .regions
+            .get(region_id)
+            .cloned()
+            .ok_or_else(|| Error::RegionNotFound(format!("no region with id {region_id}")))?;
+        let peer = info
+            .region
+            .get_peers()
+            .iter()
+            .find(|p| p.get_store_id() == to_store)
+            .ok_or_else(|| {
+                Error::InvalidValue(format!(
+                    "region {region_id} has no peer on store {to_store}"
+                ))
+            })?;
+        if peer.get_role() != metapb::PeerRole::Voter {
+            return Err(Error::InvalidValue(format!(
+                "peer {} of region {region_id} on store {to_store} is a learner and cannot lead",
+                peer.get_id()
+            )));
+        }
+        let view = LiveStores {
+            stores: &st.stores,
+            down_after: self.cfg.max_store_down_time,
+        };
+        if !view.is_live(to_store) {
+            return Err(Error::InvalidValue(format!(
+                "store {to_store} is down or not up"
+            )));
+        }
+        if let Some(op) = st.operators.get(&region_id) {
+            return Err(Error::InvalidValue(format!(
+                "region {region_id} already has a running operator ({})",
+                op.kind
+            )));
+        }
+        if info
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.get_store_id() == to_store)
+        {
+            return Ok(());
+        }
+        info!(self.logger, "operator added by hand"; "region_id" => region_id, "kind" => "transfer-leader", "to_store" => to_store);
+        st.operators.insert(
+            region_id,
+            Operator::new("transfer-leader", vec![Step::TransferLeader(to_store)]),
+        );
+        Ok(())
+    }
+
     /// Operators in progress: (region id, kind, current step, age).
     pub fn operators(&self) -> Vec<(u64, &'static str, String, std::time::Duration)> {
         let mut st = self.state.lock();
@@ -450,4 +504,67 @@ fn validate_store(store: &metapb::Store) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, store: u64, role: metapb::PeerRole) -> metapb::Peer {
+        let mut p = metapb::Peer::default();
+        p.set_id(id);
+        p.set_store_id(store);
+        p.set_role(role);
+        p
+    }
+
+    fn store(id: u64) -> metapb::Store {
+        let mut s = metapb::Store::default();
+        s.set_id(id);
+        s.set_address(format!("store-{id}"));
+        s
+    }
+
+    #[test]
+    fn manual_leader_transfers_are_checked_before_they_are_scheduled() {
+        use metapb::PeerRole::*;
+        let dir = tempfile::tempdir().unwrap();
+        let core = PdCore::open(
+            Config::default(),
+            Storage::open(dir.path()).unwrap(),
+            util::logger::discard(),
+        )
+        .unwrap();
+        let mut region = metapb::Region::default();
+        region.set_id(2);
+        region.mut_peers().push(peer(3, 1, Voter));
+        core.bootstrap(store(1), region.clone()).unwrap();
+        core.put_store(store(4)).unwrap();
+        core.put_store(store(5)).unwrap();
+        region.mut_peers().push(peer(6, 4, Voter));
+        region.mut_peers().push(peer(7, 5, Learner));
+        region.mut_region_epoch().set_conf_ver(3);
+        let mut hb = pdpb::RegionHeartbeatRequest::default();
+        hb.set_region(region.clone());
+        hb.set_leader(peer(3, 1, Voter));
+        // The learner is still catching up, so the replica checker waits.
+        hb.mut_pending_peers().push(peer(7, 5, Learner));
+        assert!(core.region_heartbeat(&hb).unwrap().is_none());
+
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        assert!(err(core.add_transfer_leader(2, 5)).contains("is a learner and cannot lead"));
+        assert!(err(core.add_transfer_leader(2, 9)).contains("has no peer on store 9"));
+        assert!(err(core.add_transfer_leader(99, 4)).contains("no region with id 99"));
+        core.add_transfer_leader(2, 4).unwrap();
+        assert!(err(core.add_transfer_leader(2, 4)).contains("already has a running operator"));
+        let resp = core
+            .region_heartbeat(&hb)
+            .unwrap()
+            .expect("the operator's step");
+        assert_eq!(resp.get_transfer_leader().get_peer().get_store_id(), 4);
+        // Once store 4 leads, the operator is done.
+        hb.set_leader(peer(6, 4, Voter));
+        assert!(core.region_heartbeat(&hb).unwrap().is_none());
+        assert!(core.operators().is_empty());
+    }
 }

@@ -49,7 +49,8 @@ with_header!(
     pdpb::ScanRegionsResponse,
     pdpb::AskBatchSplitResponse,
     pdpb::ReportBatchSplitResponse,
-    pdpb::GetOperatorsResponse
+    pdpb::GetOperatorsResponse,
+    pdpb::AddOperatorResponse
 );
 
 impl PdService {
@@ -387,6 +388,23 @@ impl Pd for PdService {
         let res = self.checked(req.get_header(), || {
             self.core.report_split(req.get_regions())?;
             Ok(pdpb::ReportBatchSplitResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn add_operator(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::AddOperatorRequest,
+        sink: UnarySink<pdpb::AddOperatorResponse>,
+    ) {
+        let res = self.checked(req.get_header(), || {
+            if !req.has_transfer_leader() {
+                return Err(Error::InvalidValue("no operator given".into()));
+            }
+            self.core
+                .add_transfer_leader(req.region_id, req.get_transfer_leader().to_store)?;
+            Ok(pdpb::AddOperatorResponse::default())
         });
         self.reply(&ctx, sink, res);
     }

@@ -104,6 +104,7 @@ macro_rules! responses {
 }
 
 requests!(
+    pdpb::AddOperatorRequest,
     pdpb::IsBootstrappedRequest,
     pdpb::BootstrapRequest,
     pdpb::AllocIDRequest,
@@ -120,6 +121,7 @@ requests!(
 );
 
 responses!(
+    pdpb::AddOperatorResponse,
     pdpb::IsBootstrappedResponse,
     pdpb::BootstrapResponse,
     pdpb::AllocIDResponse,
@@ -451,6 +453,16 @@ impl PdClient {
             )
             .await?;
         Ok(resp.take_operators().into_vec())
+    }
+
+    /// Asks PD to move the leadership of a region to its voter on `to_store`.
+    pub async fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
+        let mut req = pdpb::AddOperatorRequest::default();
+        req.region_id = region_id;
+        req.mut_transfer_leader().to_store = to_store;
+        self.unary(req, pdpb_grpc::PdClient::add_operator_async_opt)
+            .await?;
+        Ok(())
     }
 
     /// Opens the region heartbeat stream to the current PD.
