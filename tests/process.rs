@@ -371,3 +371,103 @@ fn kvctl_moves_leadership_and_refuses_impossible_transfers() {
         "no region with id 424242",
     );
 }
+
+#[test]
+fn kvctl_moves_a_replica_to_an_empty_store() {
+    let cluster = ProcCluster::start(4);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("three voters", Duration::from_secs(60), || {
+        voters(&rt, &c) == 3
+    });
+    for i in 0..200 {
+        rt.block_on(c.put(format!("m{i:03}").as_bytes(), b"v"))
+            .unwrap();
+    }
+    let route = rt.block_on(c.regions()).unwrap().remove(0);
+    let id = route.region.get_id().to_string();
+    let have: Vec<u64> = route
+        .region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .collect();
+    let stores: Vec<u64> = rt
+        .block_on(c.stores())
+        .unwrap()
+        .iter()
+        .map(|(s, _)| s.get_id())
+        .collect();
+    let empty = stores
+        .iter()
+        .find(|s| !have.contains(s))
+        .unwrap()
+        .to_string();
+    // Move the leader's own replica: leadership has to move first.
+    let from = route.leader.unwrap().get_store_id().to_string();
+    let out = kvctl(
+        &cluster.pd_addr,
+        &[
+            "--timeout",
+            "60s",
+            "region",
+            "move",
+            &id,
+            "--from",
+            &from,
+            "--to",
+            &empty,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add learner"),
+        "progress is shown"
+    );
+    let route = rt.block_on(c.regions()).unwrap().remove(0);
+    let now: Vec<u64> = route
+        .region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .collect();
+    assert!(
+        now.contains(&empty.parse().unwrap()) && !now.contains(&from.parse().unwrap()),
+        "{now:?}"
+    );
+    assert_eq!(voters(&rt, &c), 3);
+    assert_eq!(rt.block_on(c.scan(b"m", b"n", 1000)).unwrap().len(), 200);
+
+    let refused = |args: &[&str], why: &str| {
+        let out = kvctl(&cluster.pd_addr, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    let holder = now[0].to_string();
+    refused(
+        &[
+            "region",
+            "move",
+            &id,
+            "--from",
+            &holder,
+            "--to",
+            &now[1].to_string(),
+        ],
+        "already has peer",
+    );
+    refused(
+        &["region", "move", &id, "--from", &from, "--to", &empty],
+        "has no peer on store",
+    );
+    refused(
+        &["region", "move", &id, "--from", &holder, "--to", "999"],
+        "store 999 does not exist",
+    );
+}

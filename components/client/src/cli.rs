@@ -126,6 +126,18 @@ pub enum RegionCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Move a region's replica from one store to another (add a learner there, promote
+    /// it once caught up, remove the old one); prints each step and waits until done.
+    Move {
+        /// The region id.
+        id: u64,
+        /// The store that has the replica now.
+        #[arg(long)]
+        from: u64,
+        /// The store that should have it.
+        #[arg(long)]
+        to: u64,
+    },
     /// One region, by id or by a key it holds.
     Show {
         /// The region id.
@@ -396,6 +408,11 @@ async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -
             }
             p.ok();
         }
+        RegionCommand::Move { id, from, to } => {
+            client.pd().move_peer(*id, *from, *to).await?;
+            wait_for_move(client, *id, *from, *to, p).await?;
+            p.ok();
+        }
         RegionCommand::Show { id, key } => {
             let route = match (id, key) {
                 (Some(id), _) => client.pd().get_region_by_id(*id).await?,
@@ -414,6 +431,53 @@ async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -
         }
     }
     Ok(0)
+}
+
+/// Waits until region `id` has a replica on `to` and none on `from`, printing PD's
+/// current step whenever it changes.
+async fn wait_for_move(
+    client: &Client,
+    id: u64,
+    from: u64,
+    to: u64,
+    p: &mut Printer<'_>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut last_step = String::new();
+    loop {
+        let route = client.pd().get_region_by_id(id).await?;
+        let stores: Vec<u64> = route
+            .region
+            .get_peers()
+            .iter()
+            .map(|p| p.get_store_id())
+            .collect();
+        if stores.contains(&to) && !stores.contains(&from) {
+            return Ok(());
+        }
+        let step = client
+            .pd()
+            .get_operators()
+            .await?
+            .into_iter()
+            .find(|o| o.region_id == id)
+            .map(|o| o.get_step().to_string())
+            .unwrap_or_default();
+        if !step.is_empty() && step != last_step {
+            p.diagnostic(&format!(
+                "region {id}: {step} ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            ));
+            last_step = step;
+        }
+        if started.elapsed() >= client.timeout() {
+            return Err(Error::Timeout {
+                elapsed: started.elapsed(),
+                last: format!("region {id} is still moving from store {from} to store {to}; see `kvctl operator list`"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> Result<i32> {

@@ -420,14 +420,42 @@ impl PdCore {
         Ok(())
     }
 
-    /// Schedules moving the leadership of `region_id` to its voter on `to_store`.
-    pub fn add_transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
-        let mut st = self.state.lock();
+    /// Checks that a hand-made operator may start on `region_id` now; returns the region.
+    fn manual_operator_target(&self, st: &mut State, region_id: u64) -> Result<RegionInfo> {
         let info = st
             .regions
             .get(region_id)
             .cloned()
             .ok_or_else(|| Error::RegionNotFound(format!("no region with id {region_id}")))?;
+        if let Some(op) = st.operators.get(&region_id) {
+            return Err(Error::InvalidValue(format!(
+                "region {region_id} already has a running operator ({})",
+                op.kind
+            )));
+        }
+        Ok(info)
+    }
+
+    fn check_live(st: &State, down_after: std::time::Duration, store: u64) -> Result<()> {
+        let view = LiveStores {
+            stores: &st.stores,
+            down_after,
+        };
+        if view.is_live(store) {
+            Ok(())
+        } else if st.stores.contains_key(&store) {
+            Err(Error::InvalidValue(format!(
+                "store {store} is down, offline or tombstone"
+            )))
+        } else {
+            Err(Error::InvalidValue(format!("store {store} does not exist")))
+        }
+    }
+
+    /// Schedules moving the leadership of `region_id` to its voter on `to_store`.
+    pub fn add_transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let info = self.manual_operator_target(&mut st, region_id)?;
         let peer = info
             .region
             .get_peers()
@@ -444,21 +472,7 @@ impl PdCore {
                 peer.get_id()
             )));
         }
-        let view = LiveStores {
-            stores: &st.stores,
-            down_after: self.cfg.max_store_down_time,
-        };
-        if !view.is_live(to_store) {
-            return Err(Error::InvalidValue(format!(
-                "store {to_store} is down or not up"
-            )));
-        }
-        if let Some(op) = st.operators.get(&region_id) {
-            return Err(Error::InvalidValue(format!(
-                "region {region_id} already has a running operator ({})",
-                op.kind
-            )));
-        }
+        Self::check_live(&st, self.cfg.max_store_down_time, to_store)?;
         if info
             .leader
             .as_ref()
@@ -466,12 +480,60 @@ impl PdCore {
         {
             return Ok(());
         }
-        info!(self.logger, "operator added by hand"; "region_id" => region_id, "kind" => "transfer-leader", "to_store" => to_store);
-        st.operators.insert(
+        self.start_manual(
+            &mut st,
             region_id,
             Operator::new("transfer-leader", vec![Step::TransferLeader(to_store)]),
         );
         Ok(())
+    }
+
+    /// Schedules moving the replica of `region_id` on `from_store` to `to_store`: a learner
+    /// there, promoted once it has caught up, leadership moved off `from_store` if it led,
+    /// then the old replica removed.
+    pub fn add_move_peer(&self, region_id: u64, from_store: u64, to_store: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let info = self.manual_operator_target(&mut st, region_id)?;
+        let peers = info.region.get_peers();
+        let from = peers
+            .iter()
+            .find(|p| p.get_store_id() == from_store)
+            .cloned()
+            .ok_or_else(|| {
+                Error::InvalidValue(format!(
+                    "region {region_id} has no peer on store {from_store}"
+                ))
+            })?;
+        if let Some(p) = peers.iter().find(|p| p.get_store_id() == to_store) {
+            return Err(Error::InvalidValue(format!(
+                "store {to_store} already has peer {} of region {region_id}",
+                p.get_id()
+            )));
+        }
+        Self::check_live(&st, self.cfg.max_store_down_time, to_store)?;
+        let mut new_peer = metapb::Peer::default();
+        new_peer.set_id(self.ids.alloc()?);
+        new_peer.set_store_id(to_store);
+        new_peer.set_role(from.get_role());
+        let mut steps = vec![Step::AddLearner(new_peer.clone())];
+        if from.get_role() == metapb::PeerRole::Voter {
+            steps.push(Step::Promote(new_peer));
+        }
+        if info
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.get_store_id() == from_store)
+        {
+            steps.push(Step::TransferLeader(to_store));
+        }
+        steps.push(Step::Remove(from));
+        self.start_manual(&mut st, region_id, Operator::new("move-peer", steps));
+        Ok(())
+    }
+
+    fn start_manual(&self, st: &mut State, region_id: u64, op: Operator) {
+        info!(self.logger, "operator added by hand"; "region_id" => region_id, "kind" => op.kind, "steps" => ?op.steps);
+        st.operators.insert(region_id, op);
     }
 
     /// Operators in progress: (region id, kind, current step, age).

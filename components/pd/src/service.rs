@@ -399,11 +399,17 @@ impl Pd for PdService {
         sink: UnarySink<pdpb::AddOperatorResponse>,
     ) {
         let res = self.checked(req.get_header(), || {
-            if !req.has_transfer_leader() {
-                return Err(Error::InvalidValue("no operator given".into()));
+            match (req.has_transfer_leader(), req.has_move_peer()) {
+                (true, false) => self
+                    .core
+                    .add_transfer_leader(req.region_id, req.get_transfer_leader().to_store)?,
+                (false, true) => {
+                    let m = req.get_move_peer();
+                    self.core
+                        .add_move_peer(req.region_id, m.from_store, m.to_store)?
+                }
+                _ => return Err(Error::InvalidValue("give exactly one operator".into())),
             }
-            self.core
-                .add_transfer_leader(req.region_id, req.get_transfer_leader().to_store)?;
             Ok(pdpb::AddOperatorResponse::default())
         });
         self.reply(&ctx, sink, res);

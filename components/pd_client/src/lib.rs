@@ -465,6 +465,18 @@ impl PdClient {
         Ok(())
     }
 
+    /// Asks PD to move a region's replica from one store to another.
+    pub async fn move_peer(&self, region_id: u64, from_store: u64, to_store: u64) -> Result<()> {
+        let mut req = pdpb::AddOperatorRequest::default();
+        req.region_id = region_id;
+        let m = req.mut_move_peer();
+        m.from_store = from_store;
+        m.to_store = to_store;
+        self.unary(req, pdpb_grpc::PdClient::add_operator_async_opt)
+            .await?;
+        Ok(())
+    }
+
     /// Opens the region heartbeat stream to the current PD.
     pub fn region_heartbeat_stream(
         &self,
