@@ -1,14 +1,19 @@
 //! Helpers for tests that run the real binaries on 127.0.0.1. Every process is killed
-//! (SIGKILL) when its handle drops, so a failing test leaves nothing running.
+//! (SIGKILL) when its handle drops, and by the kernel if the test itself dies, so a
+//! failing test leaves nothing running.
 
 #![allow(dead_code)]
 
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
+    os::unix::process::CommandExt,
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+pub use test_cluster::wait_until;
+use test_cluster::Watchdog;
 
 /// A free port on 127.0.0.1 (bound and released; fine for tests on one machine).
 pub fn free_port() -> u16 {
@@ -19,23 +24,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `cond` until it holds or `timeout` passes; panics naming `what`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A child process that is killed when dropped.
 pub struct Proc {
     child: Option<Child>,
     name: String,
     log: PathBuf,
+    _watchdog: Watchdog,
 }
 
 impl Proc {
@@ -47,7 +41,19 @@ impl Proc {
             .append(true)
             .open(&log)
             .expect("open process log");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            // Killed with the test thread that started it, even if the test aborts.
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -59,6 +65,7 @@ impl Proc {
             child: Some(child),
             name: name.to_string(),
             log,
+            _watchdog: Watchdog::arm(Watchdog::TEST_LIMIT),
         }
     }
 

@@ -116,7 +116,8 @@ impl<F: Fsm> Registrar<F> {
 /// A pool of pollers for one kind of FSM.
 pub struct BatchSystem<F: Fsm> {
     scheduler: Sender<Task<F>>,
-    queue: Receiver<Task<F>>,
+    /// `None` once shut down.
+    queue: Option<Receiver<Task<F>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -126,7 +127,7 @@ impl<F: Fsm> BatchSystem<F> {
         let (scheduler, queue) = unbounded();
         BatchSystem {
             scheduler,
-            queue,
+            queue: Some(queue),
             threads: vec![],
         }
     }
@@ -152,7 +153,7 @@ impl<F: Fsm> BatchSystem<F> {
         mut make_handler: impl FnMut() -> H,
     ) {
         for i in 0..pollers {
-            let queue = self.queue.clone();
+            let queue = self.queue.clone().expect("pool not shut down");
             let scheduler = self.scheduler.clone();
             let handler = make_handler();
             let thread = std::thread::Builder::new()
@@ -172,9 +173,11 @@ impl<F: Fsm> BatchSystem<F> {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // FSMs still waiting to be scheduled would outlive the pool, and with them
-        // whatever they hold (the engine, senders other threads wait on).
-        while self.queue.try_recv().is_ok() {}
+        // Dropping the last receiver discards the FSMs still queued, and makes every later
+        // schedule (a message racing with shutdown) drop its FSM at once: otherwise an
+        // FSM could outlive the pool with whatever it holds (the engine, senders that
+        // other threads wait on to close).
+        self.queue = None;
     }
 }
 
@@ -308,5 +311,26 @@ mod tests {
         }
         assert!(rounds.load(Ordering::SeqCst) > 0);
         system.shutdown();
+    }
+
+    #[test]
+    fn mail_after_shutdown_does_not_keep_the_fsm_alive() {
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut system = BatchSystem::new();
+        let mailbox = system.mailbox(Counter {
+            seen: 0,
+            rounds: rounds.clone(),
+        });
+        system.spawn("test-poller", 1, 8, || Handler {
+            max_per_round: 8,
+            total: Arc::new(Default::default()),
+        });
+        system.shutdown();
+        // A message racing with shutdown: the FSM must not end up parked in the pool's
+        // queue, where it would live as long as the pool does.
+        mailbox.send(1).expect("the mailbox itself still accepts mail");
+        drop(mailbox);
+        assert_eq!(Arc::strong_count(&rounds), 1, "the FSM was dropped");
+        drop(system);
     }
 }

@@ -6,6 +6,7 @@
 //! Used only by tests.
 
 mod network;
+mod watchdog;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,6 +23,7 @@ use raftstore::{RaftStore, SnapManager, StoreDeps, StoreMeta};
 use server::storage::RawStorage;
 
 pub use network::{Filter, Network, Verdict};
+pub use watchdog::Watchdog;
 
 /// Polls `cond` until it holds or `timeout` passes; panics naming `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -79,6 +81,7 @@ pub struct Cluster {
     running: HashMap<u64, Running>,
     _tmp: tempfile::TempDir,
     next_index: usize,
+    _watchdog: Watchdog,
 }
 
 impl Cluster {
@@ -90,6 +93,7 @@ impl Cluster {
 
     /// Starts PD and `n` stores with the given settings.
     pub fn with_config(n: usize, raft_cfg: raftstore::Config, mut pd_cfg: pd::Config) -> Cluster {
+        let watchdog = Watchdog::arm(Watchdog::TEST_LIMIT);
         let tmp = tempfile::tempdir().expect("temp dir");
         pd_cfg.data_dir = tmp.path().join("pd");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -115,6 +119,7 @@ impl Cluster {
             running: HashMap::new(),
             _tmp: tmp,
             next_index: 0,
+            _watchdog: watchdog,
         };
         for _ in 0..n {
             c.add_store();
