@@ -6,8 +6,8 @@
 
 use std::{
     net::TcpListener,
-    path::{Path, PathBuf},
     os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };

@@ -91,6 +91,11 @@ pub enum Command {
         #[arg(required = true, num_args = 2..=3)]
         args: Vec<String>,
     },
+    /// Split the region that holds KEY at KEY; prints the resulting regions.
+    Split {
+        /// The key that starts the new region.
+        key: String,
+    },
     /// Regions.
     Region {
         /// What to do with regions.
@@ -137,6 +142,14 @@ pub enum RegionCommand {
         /// The store that should have it.
         #[arg(long)]
         to: u64,
+    },
+    /// Split a region at one or more keys; prints the resulting regions.
+    Split {
+        /// The region id.
+        id: u64,
+        /// A key that starts a new region (repeat for several).
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
     },
     /// One region, by id or by a key it holds.
     Show {
@@ -295,6 +308,10 @@ pub async fn run(
             scan(client, start, end, *limit, &mut p).await
         }
         Command::Cas { absent, args } => cas(client, *absent, args, &mut p).await,
+        Command::Split { key } => {
+            let route = client.pd().get_region(key.as_bytes()).await?;
+            split(client, route.region.get_id(), &[key.clone()], &mut p).await
+        }
         Command::Region { command } => region(client, command, &mut p).await,
         Command::Store { command } => store(client, command, &mut p).await,
         Command::Operator {
@@ -371,21 +388,36 @@ async fn cas(client: &Client, absent: bool, args: &[String], p: &mut Printer<'_>
     Ok(if res.succeed { 0 } else { 1 })
 }
 
+async fn split(client: &Client, id: u64, keys: &[String], p: &mut Printer<'_>) -> Result<i32> {
+    let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+    let regions = client.split_region(id, &keys).await?;
+    let routes: Vec<pd_client::RegionRoute> = regions
+        .into_iter()
+        .map(|region| pd_client::RegionRoute {
+            region,
+            leader: None,
+        })
+        .collect();
+    print_regions(&routes, p);
+    Ok(0)
+}
+
+fn print_regions(routes: &[pd_client::RegionRoute], p: &mut Printer<'_>) {
+    if p.json {
+        p.line(serde_json::Value::Array(
+            routes.iter().map(region_json).collect(),
+        ));
+    } else {
+        p.line("ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)");
+        for r in routes {
+            p.line(region_line(r));
+        }
+    }
+}
+
 async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -> Result<i32> {
     match command {
-        RegionCommand::List => {
-            let regions = client.regions().await?;
-            if p.json {
-                p.line(serde_json::Value::Array(
-                    regions.iter().map(region_json).collect(),
-                ));
-            } else {
-                p.line("ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)");
-                for r in &regions {
-                    p.line(region_line(r));
-                }
-            }
-        }
+        RegionCommand::List => print_regions(&client.regions().await?, p),
         RegionCommand::TransferLeader { id, to } => {
             client.pd().transfer_leader(*id, *to).await?;
             let deadline = std::time::Instant::now() + client.timeout();
@@ -408,6 +440,7 @@ async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -
             }
             p.ok();
         }
+        RegionCommand::Split { id, keys } => return split(client, *id, keys, p).await,
         RegionCommand::Move { id, from, to } => {
             client.pd().move_peer(*id, *from, *to).await?;
             wait_for_move(client, *id, *from, *to, p).await?;

@@ -82,6 +82,17 @@ fn context(route: &RegionRoute, leader: &metapb::Peer) -> kvrpcpb::Context {
     c
 }
 
+/// Whether a region error means "ask again elsewhere or later" (as opposed to a refusal
+/// carried in a region error because the response has no other error field).
+fn is_routing_error(e: &errorpb::Error) -> bool {
+    e.has_not_leader()
+        || e.has_epoch_not_match()
+        || e.has_region_not_found()
+        || e.has_key_not_in_region()
+        || e.has_stale_command()
+        || e.has_server_is_busy()
+}
+
 fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));
@@ -235,31 +246,43 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        let res = self.attempt_at(route.clone(), call).await?;
+        Ok((res, route))
+    }
+
+    /// One try of `call` against the leader of `route`.
+    async fn attempt_at<T, F, Fut>(&self, route: RegionRoute, call: F) -> Result<Attempt<T>>
+    where
+        F: FnOnce(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        Fut: Future<
+            Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
+        >,
+    {
         let Some(leader) = route.leader.clone() else {
             // PD knows the region but not its leader yet (it restarted, or an election is
             // under way): ask again after a backoff.
             self.cache.lock().invalidate(route.region.get_id());
             let why = format!("no leader known for region {}", route.region.get_id());
-            return Ok((Attempt::Retry(why), route));
+            return Ok(Attempt::Retry(why));
         };
         let client = match self.store(leader.get_store_id()).await {
             Ok(c) => c,
-            Err(e) => return Ok((Attempt::Retry(e.to_string()), route)),
+            Err(e) => return Ok(Attempt::Retry(e.to_string())),
         };
         match call(client, context(&route, &leader), route.clone()).await {
-            Ok((Some(re), _, _)) => {
-                let why = self.on_region_error(&route, &leader, &re);
-                Ok((Attempt::Retry(why), route))
+            Ok((Some(re), _, _)) if !is_routing_error(&re) => {
+                Err(Error::Store(re.get_message().to_string()))
             }
+            Ok((Some(re), _, _)) => Ok(Attempt::Retry(self.on_region_error(&route, &leader, &re))),
             Ok((None, err, _)) if !err.is_empty() => Err(Error::Store(err)),
-            Ok((None, _, t)) => Ok((Attempt::Done(t), route)),
+            Ok((None, _, t)) => Ok(Attempt::Done(t)),
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
-                Ok((
-                    Attempt::Retry(format!("store {}: {e}", leader.get_store_id())),
-                    route,
-                ))
+                Ok(Attempt::Retry(format!(
+                    "store {}: {e}",
+                    leader.get_store_id()
+                )))
             }
         }
     }
@@ -292,32 +315,93 @@ impl Client {
         self.batch_delete(&[key.to_vec()]).await
     }
 
-    /// Groups keys by the region that holds them (in key order).
+    /// Groups items by the region that holds their keys, in key order.
     async fn group<T: Clone>(
         &self,
         items: &[T],
         key_of: impl Fn(&T) -> &[u8],
-    ) -> Result<Vec<Vec<T>>> {
-        let mut groups: BTreeMap<Vec<u8>, Vec<T>> = BTreeMap::new();
+    ) -> Result<Vec<(RegionRoute, Vec<T>)>> {
+        let mut groups: BTreeMap<Vec<u8>, (RegionRoute, Vec<T>)> = BTreeMap::new();
         for item in items {
-            let key = key_of(item);
-            check_key(key)?;
-            let route = self.locate_retrying(key).await?;
+            let route = self.locate_retrying(key_of(item)).await?;
             groups
                 .entry(keys::data_key(route.region.get_start_key()))
-                .or_default()
+                .or_insert_with(|| (route, vec![]))
+                .1
                 .push(item.clone());
         }
         Ok(groups.into_values().collect())
     }
 
+    /// Sends each region's share of `items` to its leader, all regions at once. Items
+    /// whose region answered with a region error (it split, moved, or changed leader) are
+    /// grouped again and retried with backoff until the deadline. Returns each region's
+    /// result, in no particular order.
+    async fn per_region<T, R, F, Fut>(
+        &self,
+        items: &[T],
+        key_of: impl Fn(&T) -> &[u8] + Copy,
+        call: F,
+    ) -> Result<Vec<R>>
+    where
+        T: Clone,
+        F: Fn(TikvClient, kvrpcpb::Context, &[T]) -> Fut,
+        Fut: Future<
+            Output = std::result::Result<(Option<errorpb::Error>, String, R), grpcio::Error>,
+        >,
+    {
+        for item in items {
+            check_key(key_of(item))?;
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut pending = items.to_vec();
+        let mut out = vec![];
+        while !pending.is_empty() {
+            let groups = self.group(&pending, key_of).await?;
+            let attempts =
+                futures::future::join_all(groups.into_iter().map(|(route, items)| async {
+                    let res = self
+                        .attempt_at(route, |c, ctx, _| call(c, ctx, &items))
+                        .await;
+                    (items, res)
+                }))
+                .await;
+            pending.clear();
+            let mut last = String::new();
+            for (items, res) in attempts {
+                match res? {
+                    Attempt::Done(r) => out.push(r),
+                    Attempt::Retry(why) => {
+                        pending.extend(items);
+                        last = why;
+                    }
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            if started.elapsed() + backoff > self.timeout {
+                return Err(Error::Timeout {
+                    elapsed: started.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Ok(out)
+    }
+
     /// Sets every pair (atomically within each region).
     pub async fn batch_put(&self, pairs: &[KvPair]) -> Result<()> {
-        for group in self.group(pairs, |p| &p.0).await? {
-            self.on_region(&group[0].0, |c, ctx, _| {
+        self.per_region(
+            pairs,
+            |p| &p.0,
+            |c, ctx, group| {
                 let mut req = kvrpcpb::RawBatchPutRequest::default();
                 req.set_context(ctx);
-                for (k, v) in &group {
+                for (k, v) in group {
                     let mut p = kvrpcpb::KvPair::default();
                     p.set_key(k.clone());
                     p.set_value(v.clone());
@@ -327,21 +411,22 @@ impl Client {
                     let mut resp = c.raw_batch_put_async(&req)?.await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
-            })
-            .await?;
-        }
+            },
+        )
+        .await?;
         Ok(())
     }
 
-    /// The pairs of the keys that exist.
+    /// The pairs of the keys that exist, in key order.
     pub async fn batch_get(&self, keys_: &[Vec<u8>]) -> Result<Vec<KvPair>> {
-        let mut out = vec![];
-        for group in self.group(keys_, |k| k).await? {
-            let (pairs, _) = self
-                .on_region(&group[0], |c, ctx, _| {
+        let found = self
+            .per_region(
+                keys_,
+                |k| k,
+                |c, ctx, group| {
                     let mut req = kvrpcpb::RawBatchGetRequest::default();
                     req.set_context(ctx);
-                    req.set_keys(group.clone().into());
+                    req.set_keys(group.to_vec().into());
                     async move {
                         let mut resp = c.raw_batch_get_async(&req)?.await?;
                         let pairs: Vec<KvPair> = resp
@@ -351,27 +436,30 @@ impl Client {
                             .collect();
                         Ok((resp.region_error.take(), String::new(), pairs))
                     }
-                })
-                .await?;
-            out.extend(pairs);
-        }
+                },
+            )
+            .await?;
+        let mut out: Vec<KvPair> = found.into_iter().flatten().collect();
+        out.sort();
         Ok(out)
     }
 
     /// Removes every key (atomically within each region).
     pub async fn batch_delete(&self, keys_: &[Vec<u8>]) -> Result<()> {
-        for group in self.group(keys_, |k| k).await? {
-            self.on_region(&group[0], |c, ctx, _| {
+        self.per_region(
+            keys_,
+            |k| k,
+            |c, ctx, group| {
                 let mut req = kvrpcpb::RawBatchDeleteRequest::default();
                 req.set_context(ctx);
-                req.set_keys(group.clone().into());
+                req.set_keys(group.to_vec().into());
                 async move {
                     let mut resp = c.raw_batch_delete_async(&req)?.await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
-            })
-            .await?;
-        }
+            },
+        )
+        .await?;
         Ok(())
     }
 
@@ -475,6 +563,63 @@ impl Client {
                 return Ok(());
             }
             cur = region_end.to_vec();
+        }
+    }
+
+    /// Splits region `region_id` at `split_keys`; returns every resulting region in key
+    /// order, and routes to them from now on.
+    pub async fn split_region(
+        &self,
+        region_id: u64,
+        split_keys: &[Vec<u8>],
+    ) -> Result<Vec<metapb::Region>> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let route = self.pd.get_region_by_id(region_id).await?;
+            let leader = route.leader.clone();
+            let attempt = self
+                .attempt_at(route, |c, ctx, _| {
+                    let mut req = kvrpcpb::SplitRegionRequest::default();
+                    req.set_context(ctx);
+                    req.set_split_keys(split_keys.to_vec().into());
+                    req.is_raw_kv = true;
+                    async move {
+                        let mut resp = c.split_region_async(&req)?.await?;
+                        let regions = resp.take_regions().into_vec();
+                        Ok((resp.region_error.take(), String::new(), regions))
+                    }
+                })
+                .await?;
+            match attempt {
+                Attempt::Done(regions) => {
+                    let mut cache = self.cache.lock();
+                    for r in &regions {
+                        // The new regions' peers on the old leader's store campaign first.
+                        let leader = leader.as_ref().and_then(|l| {
+                            r.get_peers()
+                                .iter()
+                                .find(|p| p.get_store_id() == l.get_store_id())
+                                .cloned()
+                        });
+                        cache.insert(RegionRoute {
+                            region: r.clone(),
+                            leader,
+                        });
+                    }
+                    return Ok(regions);
+                }
+                Attempt::Retry(last) if started.elapsed() + backoff > self.timeout => {
+                    return Err(Error::Timeout {
+                        elapsed: started.elapsed(),
+                        last,
+                    })
+                }
+                Attempt::Retry(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
         }
     }
 

@@ -328,7 +328,9 @@ mod tests {
         system.shutdown();
         // A message racing with shutdown: the FSM must not end up parked in the pool's
         // queue, where it would live as long as the pool does.
-        mailbox.send(1).expect("the mailbox itself still accepts mail");
+        mailbox
+            .send(1)
+            .expect("the mailbox itself still accepts mail");
         drop(mailbox);
         assert_eq!(Arc::strong_count(&rounds), 1, "the FSM was dropped");
         drop(system);

@@ -1,6 +1,6 @@
 //! Writing a store's identity and the cluster's first region.
 
-use engine::{Cf, Engine};
+use engine::{Cf, Engine, WriteBatch};
 use proto::{
     metapb,
     raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState, StoreIdent},
@@ -50,6 +50,15 @@ pub fn first_region(region_id: u64, peer_id: u64, store_id: u64) -> metapb::Regi
 
 /// Writes the states of a new region whose log starts at the initial index.
 pub fn write_initial_region(engine: &Engine, region: &metapb::Region) -> Result<()> {
+    let mut wb = engine.write_batch();
+    initial_region_states(&mut wb, region);
+    engine.write(wb, true)?;
+    Ok(())
+}
+
+/// Adds to `wb` the states of a new region (bootstrapped, or made by a split) whose log
+/// starts at the initial index.
+pub fn initial_region_states(wb: &mut WriteBatch, region: &metapb::Region) {
     let id = region.get_id();
     let mut raft_state = RaftLocalState::default();
     raft_state.term = RAFT_INIT_LOG_TERM;
@@ -64,12 +73,9 @@ pub fn write_initial_region(engine: &Engine, region: &metapb::Region) -> Result<
     let mut region_state = RegionLocalState::default();
     region_state.set_state(PeerState::Normal);
     region_state.set_region(region.clone());
-    let mut wb = engine.write_batch();
     wb.put_msg(Cf::Raft, &keys::raft_state_key(id), &raft_state);
     wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &apply_state);
     wb.put_msg(Cf::Raft, &keys::region_state_key(id), &region_state);
-    engine.write(wb, true)?;
-    Ok(())
 }
 
 /// Removes a region written by [`write_initial_region`] that PD did not accept.

@@ -53,6 +53,16 @@ pub struct Config {
     /// Most messages one peer handles in one round, so that one busy region cannot starve
     /// the others.
     pub messages_per_round: usize,
+    /// A region larger than this (keys plus values) is split in two.
+    pub region_split_size: ByteSize,
+    /// A region with more keys than this is split in two.
+    pub region_split_keys: u64,
+    /// How often a leader considers measuring its region for a split.
+    #[serde(with = "humantime_serde")]
+    pub split_region_check_tick_interval: Duration,
+    /// A region is measured again only after this much has been written to it, so that
+    /// quiet regions are never scanned.
+    pub region_split_check_diff: ByteSize,
 }
 
 impl Default for Config {
@@ -76,6 +86,10 @@ impl Default for Config {
             apply_pool_size: 2,
             max_batch_size: 256,
             messages_per_round: 4096,
+            region_split_size: ByteSize::mib(96),
+            region_split_keys: 960_000,
+            split_region_check_tick_interval: Duration::from_secs(10),
+            region_split_check_diff: ByteSize::mib(6),
         }
     }
 }
@@ -129,6 +143,21 @@ impl Validate for Config {
             self.max_batch_size > 0 && self.messages_per_round > 0,
             "raftstore.max-batch-size",
             "batch limits must be positive",
+        )?;
+        ensure(
+            self.region_split_size.as_u64() > 0,
+            "raftstore.region-split-size",
+            "must be positive",
+        )?;
+        ensure(
+            self.region_split_keys > 1,
+            "raftstore.region-split-keys",
+            "must be at least 2",
+        )?;
+        ensure(
+            self.region_split_check_diff.as_u64() <= self.region_split_size.as_u64(),
+            "raftstore.region-split-check-diff",
+            "must not exceed region-split-size",
         )?;
         Ok(())
     }

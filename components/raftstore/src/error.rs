@@ -58,6 +58,9 @@ pub enum Error {
     /// Bytes that should decode do not.
     #[error("decode: {0}")]
     Codec(#[from] protobuf::ProtobufError),
+    /// PD could not be asked (for split ids).
+    #[error("placement driver: {0}")]
+    Pd(String),
     /// A snapshot could not be generated, sent, received or applied.
     #[error("snapshot: {0}")]
     Snapshot(String),

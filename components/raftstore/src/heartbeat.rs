@@ -43,11 +43,16 @@ impl PeerFsm {
         let pending = self.pending_peers();
         self.reported_pending = pending.len();
         req.set_pending_peers(pending.into());
-        req.approximate_size = ctx.engine.approximate_size(
-            Cf::Default,
-            &keys::data_key(region.get_start_key()),
-            &keys::data_end_key(region.get_end_key()),
-        );
+        // The split checker's count is exact (or a lower bound past the limits); without
+        // one, RocksDB's estimate from file metadata costs no read.
+        (req.approximate_size, req.approximate_keys) = self.approximate.unwrap_or_else(|| {
+            let size = ctx.engine.approximate_size(
+                Cf::Default,
+                &keys::data_key(region.get_start_key()),
+                &keys::data_end_key(region.get_end_key()),
+            );
+            (size, 0)
+        });
         req.set_region(region);
         let _ = ctx.pd_tx.send(PdTask::RegionHeartbeat(req));
     }

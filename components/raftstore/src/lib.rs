@@ -10,9 +10,9 @@
 //!    state together, answers the proposals, and reports back to the peer.
 //!
 //! Reads are linearizable through batched ReadIndex. Membership changes go one peer at a
-//! time (add learner, promote, remove). Logs are compacted once every peer has the entries
-//! or past count/size limits; a peer left behind gets a snapshot (SST files streamed in
-//! checksummed chunks).
+//! time (add learner, promote, remove). Regions split past size or key limits, or by
+//! hand. Logs are compacted once every peer has the entries or past count/size limits;
+//! a peer left behind gets a snapshot (SST files streamed in checksummed chunks).
 //!
 //! Owns: Raft peers, apply, snapshots, log GC, region metadata on disk.
 //! Must not depend on: gRPC, the PD client or server. It talks to other stores through
@@ -33,6 +33,8 @@ mod poll;
 mod read;
 mod router;
 pub mod snap;
+pub mod split;
+mod split_check;
 mod storage;
 mod store_meta;
 mod system;

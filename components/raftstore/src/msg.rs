@@ -28,6 +28,8 @@ pub struct CmdResponse {
     pub cas: Vec<CasResult>,
     /// The region after an admin command.
     pub region: Option<metapb::Region>,
+    /// Every region a split produced, in key order (the first keeps the old id).
+    pub split_regions: Vec<metapb::Region>,
 }
 
 /// A proposal waiting for its entry to be applied.
@@ -86,6 +88,26 @@ pub enum PeerMsg {
     },
     /// An operator from PD.
     Operator(Box<pdpb::RegionHeartbeatResponse>),
+    /// Split the region at these keys (asked by hand or by the split checker).
+    Split {
+        /// The epoch the asker saw; `None` for the split checker (it saw the current one).
+        epoch: Option<metapb::RegionEpoch>,
+        /// Split keys, ascending.
+        keys: Vec<Vec<u8>>,
+        /// Called with every resulting region once the split is applied.
+        cb: Callback<Vec<metapb::Region>>,
+    },
+    /// What the split checker measured.
+    SplitCheckResult {
+        /// The epoch the measurement is for.
+        epoch: metapb::RegionEpoch,
+        /// Bytes of keys and values (a lower bound once the scan stopped early).
+        size: u64,
+        /// Keys (likewise).
+        keys: u64,
+        /// Where to split, if the region is past its limits.
+        split_key: Option<Vec<u8>>,
+    },
 }
 
 /// Mail for a region's apply state machine.
@@ -145,6 +167,14 @@ pub enum ExecResult {
         /// The region it described.
         region: metapb::Region,
     },
+    /// The region was split.
+    Split {
+        /// Every region, in key order; the first is this peer's own, shrunk.
+        regions: Vec<metapb::Region>,
+        /// The new regions whose peers this store must create (a new region whose peer
+        /// already exists here, created by a message, is left to catch up by snapshot).
+        create: Vec<metapb::Region>,
+    },
 }
 
 /// Mail for the store itself.
@@ -156,13 +186,31 @@ pub enum StoreMsg {
         /// Its region.
         region_id: u64,
     },
+    /// A split was applied: create this store's peers of the new regions.
+    CreateSplitPeers {
+        /// The new regions, their states already on disk.
+        regions: Vec<metapb::Region>,
+        /// Whether the parent led: the new peers campaign at once instead of waiting out
+        /// an election timeout.
+        campaign: bool,
+    },
 }
 
 /// Work for the PD client, done outside the Raft threads.
-#[derive(Debug)]
 pub enum PdTask {
     /// A leader reports its region.
     RegionHeartbeat(pdpb::RegionHeartbeatRequest),
     /// The store reports its statistics.
     StoreHeartbeat(pdpb::StoreStats),
+    /// Ask PD for ids, then propose splitting `region` at `keys` through its leader.
+    AskBatchSplit {
+        /// The region as its leader sees it.
+        region: metapb::Region,
+        /// The leader (the proposal's sender).
+        peer: metapb::Peer,
+        /// Split keys, ascending, checked against the region.
+        keys: Vec<Vec<u8>>,
+        /// Called with every resulting region once the split is applied.
+        cb: Callback<Vec<metapb::Region>>,
+    },
 }

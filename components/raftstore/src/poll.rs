@@ -16,6 +16,7 @@ use crate::{
     msg::{PdTask, PeerMsg},
     router::ApplyRouter,
     snap::SnapManager,
+    split_check::SplitCheckTask,
     store_meta::StoreMeta,
     transport::Transport,
     Config, RaftRouter,
@@ -31,6 +32,7 @@ pub(crate) struct PollContext {
     pub pd_tx: Sender<PdTask>,
     pub store_meta: Arc<Mutex<StoreMeta>>,
     pub snap_mgr: SnapManager,
+    pub split_check_tx: Sender<SplitCheckTask>,
     /// This round's Raft writes, for every peer.
     pub raft_wb: WriteBatch,
     /// Whether this round's write must be fsynced.

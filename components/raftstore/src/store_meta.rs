@@ -12,6 +12,9 @@ pub struct StoreMeta {
     /// Encoded end key -> region id, for finding the region of a key.
     ranges: BTreeMap<Vec<u8>, u64>,
     leaders: HashSet<u64>,
+    /// New regions whose peers a split applied here is about to create; a message for
+    /// one of them must not create it first.
+    pub(crate) pending_split_peers: HashSet<u64>,
 }
 
 impl StoreMeta {
@@ -50,8 +53,17 @@ impl StoreMeta {
 
     /// A region other than `region`'s own that overlaps its range, if any.
     pub fn overlapping(&self, region: &metapb::Region) -> Option<u64> {
-        let start = keys::data_key(region.get_start_key());
-        let end = keys::data_end_key(region.get_end_key());
+        self.overlapping_range(
+            region.get_id(),
+            region.get_start_key(),
+            region.get_end_key(),
+        )
+    }
+
+    /// A region other than `region_id` that overlaps `[start, end)`, if any.
+    pub fn overlapping_range(&self, region_id: u64, start: &[u8], end: &[u8]) -> Option<u64> {
+        let start = keys::data_key(start);
+        let end = keys::data_end_key(end);
         // The first region whose end is past our start is the only candidate left of us;
         // walk forward while regions start before our end.
         for (_, id) in self
@@ -62,7 +74,7 @@ impl StoreMeta {
             if keys::data_key(other.get_start_key()) >= end {
                 break;
             }
-            if *id != region.get_id() {
+            if *id != region_id {
                 return Some(*id);
             }
         }
@@ -81,6 +93,27 @@ impl StoreMeta {
             .next()?;
         let region = &self.regions[id];
         crate::util::key_in_region(key, region).then_some(region)
+    }
+
+    /// Up to `limit` regions that follow `region` without a gap, in key order.
+    pub fn following(&self, region: &metapb::Region, limit: usize) -> Vec<metapb::Region> {
+        let mut out = vec![];
+        let mut end = region.get_end_key().to_vec();
+        while !end.is_empty() && out.len() < limit {
+            match self.region_for_key(&end) {
+                Some(next) if next.get_start_key() == end.as_slice() => {
+                    end = next.get_end_key().to_vec();
+                    out.push(next.clone());
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Every region, in no particular order.
+    pub fn regions(&self) -> impl Iterator<Item = &metapb::Region> {
+        self.regions.values()
     }
 
     /// A region by id.
@@ -126,6 +159,12 @@ mod tests {
         assert_eq!(m.region_for_key(b"zzz").map(|r| r.get_id()), Some(2));
         assert_eq!(m.overlapping(&region(3, b"k", b"n")), Some(1));
         assert_eq!(m.overlapping(&region(1, b"", b"m")), None);
+        let after: Vec<u64> = m
+            .following(&region(1, b"", b"m"), 8)
+            .iter()
+            .map(|r| r.get_id())
+            .collect();
+        assert_eq!(after, vec![2]);
         m.remove_region(2);
         assert_eq!(m.region_for_key(b"x"), None);
         assert_eq!(m.overlapping(&region(3, b"n", b"")), None);

@@ -19,6 +19,7 @@ use crate::{
     poll::{PollContext, RaftPoller},
     router::{ApplyRouter, Router},
     snap::SnapManager,
+    split_check,
     store_meta::StoreMeta,
     transport::Transport,
     Config, RaftRouter, Result,
@@ -52,6 +53,7 @@ pub struct RaftStore {
     stop_store: Sender<()>,
     store_thread: Option<JoinHandle<()>>,
     gen_thread: Option<JoinHandle<()>>,
+    split_check_thread: Option<JoinHandle<()>>,
 }
 
 impl RaftStore {
@@ -86,6 +88,13 @@ impl RaftStore {
             logger: deps.logger.clone(),
             start_time: unix_now(),
         };
+        let (split_check_tx, split_check_rx) = unbounded();
+        let split_check_thread = split_check::spawn(
+            deps.engine.clone(),
+            router.clone(),
+            split_check_rx,
+            deps.logger.clone(),
+        );
         store.load_peers()?;
         raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || {
             RaftPoller {
@@ -98,6 +107,7 @@ impl RaftStore {
                     pd_tx: deps.pd_tx.clone(),
                     store_meta: store_meta.clone(),
                     snap_mgr: deps.snap_mgr.clone(),
+                    split_check_tx: split_check_tx.clone(),
                     raft_wb: deps.engine.write_batch(),
                     sync: false,
                     outgoing: Default::default(),
@@ -109,11 +119,14 @@ impl RaftStore {
                 ctx: ApplyContext::new(
                     deps.engine.clone(),
                     router.clone(),
+                    store_meta.clone(),
                     deps.snap_mgr.clone(),
                     cfg.messages_per_round,
                 ),
             }
         });
+        // Only the pollers may hold the checker's sender, so that it stops with them.
+        drop(split_check_tx);
         let (stop_store, stop_rx) = bounded(1);
         let store_thread = std::thread::Builder::new()
             .name("store".into())
@@ -128,6 +141,7 @@ impl RaftStore {
             stop_store,
             store_thread: Some(store_thread),
             gen_thread: Some(gen_thread),
+            split_check_thread: Some(split_check_thread),
         })
     }
 
@@ -152,7 +166,10 @@ impl RaftStore {
         // Peers and apply state machines hold the engine and the generator's sender.
         self.router.peers.clear();
         self.apply_router.clear();
-        if let Some(t) = self.gen_thread.take() {
+        for t in [self.gen_thread.take(), self.split_check_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }

@@ -1,6 +1,6 @@
-//! Talks to PD for the raftstore: store heartbeats, the region heartbeat stream, and
-//! operators coming back on it. A store that cannot reach PD keeps serving; heartbeats
-//! are retried on the next tick.
+//! Talks to PD for the raftstore: store heartbeats, the region heartbeat stream and
+//! operators coming back on it, and split ids. A store that cannot reach PD keeps
+//! serving; heartbeats are retried on the next tick.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,8 +8,8 @@ use crossbeam_channel::Receiver;
 use futures::{SinkExt, TryStreamExt};
 use grpcio::WriteFlags;
 use pd_client::PdClient;
-use proto::pdpb;
-use raftstore::{PdTask, PeerMsg, RaftRouter};
+use proto::{metapb, pdpb};
+use raftstore::{msg::Callback, split, CmdResponse, PdTask, PeerMsg, RaftRouter};
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -25,11 +25,31 @@ pub fn spawn(
         .name("pd-worker".into())
         .spawn(move || {
             let (hb_tx, hb_rx) = unbounded_channel();
-            let stream = rt.spawn(region_heartbeats(pd.clone(), hb_rx, router, logger.clone()));
+            let stream = rt.spawn(region_heartbeats(
+                pd.clone(),
+                hb_rx,
+                router.clone(),
+                logger.clone(),
+            ));
             for task in tasks {
                 match task {
                     PdTask::RegionHeartbeat(req) => {
                         let _ = hb_tx.send(req);
+                    }
+                    PdTask::AskBatchSplit {
+                        region,
+                        peer,
+                        keys,
+                        cb,
+                    } => {
+                        rt.spawn(ask_split(
+                            pd.clone(),
+                            router.clone(),
+                            region,
+                            peer,
+                            keys,
+                            cb,
+                        ));
                     }
                     PdTask::StoreHeartbeat(stats) => {
                         let pd = pd.clone();
@@ -45,6 +65,42 @@ pub fn spawn(
             stream.abort();
         })
         .expect("spawn pd worker")
+}
+
+/// Gets ids from PD and proposes the split; once applied, reports the new regions so
+/// that PD routes to them before their first heartbeats.
+async fn ask_split(
+    pd: Arc<PdClient>,
+    router: RaftRouter,
+    region: metapb::Region,
+    peer: metapb::Peer,
+    keys: Vec<Vec<u8>>,
+    cb: Callback<Vec<metapb::Region>>,
+) {
+    let ids = match pd.ask_batch_split(region.clone(), keys.len() as u32).await {
+        Ok(ids) => ids,
+        Err(e) => return cb(Err(raftstore::Error::Pd(e.to_string()))),
+    };
+    let cmd = match split::split_command(&region, &peer, &keys, ids) {
+        Ok(cmd) => cmd,
+        Err(e) => return cb(Err(e)),
+    };
+    let rt = tokio::runtime::Handle::current();
+    let done: Callback<CmdResponse> = Box::new(move |res| match res {
+        Ok(resp) => {
+            let regions = resp.split_regions;
+            let report = regions.clone();
+            rt.spawn(async move {
+                // Heartbeats from the new leaders would tell PD too, a little later.
+                let _ = pd.report_batch_split(report).await;
+            });
+            cb(Ok(regions));
+        }
+        Err(e) => cb(Err(e)),
+    });
+    // If the region is gone, the callback is dropped with the message and the asker
+    // sees the request end.
+    let _ = router.send(region.get_id(), PeerMsg::Command { cmd, cb: done });
 }
 
 async fn region_heartbeats(

@@ -123,6 +123,8 @@ raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_
           |r| r.get_start_key(), has_error: true);
 raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", raw_compare_and_swap_async,
           |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", split_region_async,
+          |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
 
 fn error_response<R: RawResponse>(e: Error) -> R {
     let mut resp = R::default();
@@ -387,6 +389,29 @@ impl Tikv for TikvService {
                 Some(v) => resp.set_previous_value(v),
                 None => resp.previous_not_exist = true,
             }
+            Ok(resp)
+        });
+    }
+
+    fn split_region(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::SplitRegionRequest,
+        sink: UnarySink<kvrpcpb::SplitRegionResponse>,
+    ) {
+        self.serve(sink, req, |s, mut req| async move {
+            let keys = if req.get_split_keys().is_empty() {
+                vec![req.take_split_key()]
+            } else {
+                req.take_split_keys().into_vec()
+            };
+            let regions = s.split_region(req.get_context(), keys).await?;
+            let mut resp = kvrpcpb::SplitRegionResponse::default();
+            if let [left, right, ..] = regions.as_slice() {
+                resp.set_left(left.clone());
+                resp.set_right(right.clone());
+            }
+            resp.set_regions(regions.into());
             Ok(resp)
         });
     }

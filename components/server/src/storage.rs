@@ -86,10 +86,42 @@ impl RawStorage {
         });
         self.router.send(region_id, make(cb))?;
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(res)) => Ok(res?),
+            Ok(Ok(res)) => res.map_err(|e| self.with_split_regions(e).into()),
             Ok(Err(_)) => Err(raftstore::Error::Stopped.into()),
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
+    }
+
+    /// An epoch mismatch after a split names the regions the old range became (as far
+    /// as this store has them), so that a client can route without asking PD.
+    fn with_split_regions(&self, e: raftstore::Error) -> raftstore::Error {
+        match e {
+            raftstore::Error::EpochNotMatch {
+                reason,
+                mut current,
+            } => {
+                if let Some(first) = current.first().cloned() {
+                    current.extend(self.store_meta.lock().following(&first, 64));
+                }
+                raftstore::Error::EpochNotMatch { reason, current }
+            }
+            other => other,
+        }
+    }
+
+    /// Splits the region of `ctx` at `keys`; returns every resulting region in key order.
+    pub async fn split_region(
+        &self,
+        ctx: &Context,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<metapb::Region>> {
+        let epoch = ctx.get_region_epoch().clone();
+        self.wait(ctx.get_region_id(), |cb| PeerMsg::Split {
+            epoch: Some(epoch),
+            keys,
+            cb,
+        })
+        .await
     }
 
     async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse> {

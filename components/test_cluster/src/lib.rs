@@ -403,6 +403,49 @@ impl Cluster {
             .map_err(|e| e.to_string())?
     }
 
+    /// Asks the leader of the region holding `key` to split at `split_key`, as a client's
+    /// SplitRegion request would; returns the resulting regions.
+    pub fn split(&self, key: &[u8], split_key: &[u8]) -> Result<Vec<metapb::Region>, String> {
+        let (store, region) = self.leader_of_key(key).ok_or("no leader")?;
+        let ctx = Self::context(&region, store);
+        self.rt
+            .block_on(
+                self.running[&store]
+                    .storage
+                    .split_region(&ctx, vec![split_key.to_vec()]),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// Splits at `split_key`, retrying while leadership moves, for up to 10 s.
+    pub fn must_split(&self, split_key: &[u8]) -> Vec<metapb::Region> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.split(split_key, split_key) {
+                Ok(regions) => return regions,
+                Err(e) if Instant::now() > deadline => panic!("split at {split_key:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Every region (by id) that some running store has, as the store with the highest
+    /// epoch version sees it.
+    pub fn regions(&self) -> BTreeMap<u64, metapb::Region> {
+        let mut out: BTreeMap<u64, metapb::Region> = BTreeMap::new();
+        for r in self.running.values() {
+            for region in r.meta.lock().regions() {
+                let newer = out.get(&region.get_id()).is_none_or(|o| {
+                    o.get_region_epoch().get_version() < region.get_region_epoch().get_version()
+                });
+                if newer {
+                    out.insert(region.get_id(), region.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Stops PD; stores keep running and retry.
     pub fn stop_pd(&mut self) {
         if let Some(pd) = self.pd_server.take() {

@@ -4,9 +4,10 @@
 //! resumes exactly after the last applied entry. Data writes are not fsynced (the Raft log
 //! is, and replay is deterministic); admin commands are.
 
-use std::{path::PathBuf, time::Instant};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use engine::{Cf, Engine, WriteBatch};
+use parking_lot::Mutex;
 use proto::{
     metapb,
     raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest, Request},
@@ -22,17 +23,18 @@ use crate::{
     metrics,
     msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, PeerMsg, Proposal},
     snap::SnapManager,
+    store_meta::StoreMeta,
     util::{check_epoch, check_request_keys},
     Error, RaftRouter, Result,
 };
 
 /// One region's apply state machine.
 pub struct ApplyFsm {
-    region: metapb::Region,
+    pub(crate) region: metapb::Region,
     apply_state: RaftApplyState,
-    logger: Logger,
+    pub(crate) logger: Logger,
     stopped: bool,
-    results: Vec<ExecResult>,
+    pub(crate) results: Vec<ExecResult>,
     dirty: bool,
 }
 
@@ -44,10 +46,11 @@ impl Fsm for ApplyFsm {
 pub(crate) struct ApplyContext {
     pub engine: Engine,
     pub router: RaftRouter,
+    pub store_meta: Arc<Mutex<StoreMeta>>,
     pub snap_mgr: SnapManager,
     pub messages_per_round: usize,
-    wb: WriteBatch,
-    sync: bool,
+    pub wb: WriteBatch,
+    pub sync: bool,
     cbs: Vec<(Proposal, Result<CmdResponse>)>,
     res: Vec<(u64, ApplyRes)>,
 }
@@ -56,6 +59,7 @@ impl ApplyContext {
     pub fn new(
         engine: Engine,
         router: RaftRouter,
+        store_meta: Arc<Mutex<StoreMeta>>,
         snap_mgr: SnapManager,
         messages_per_round: usize,
     ) -> Self {
@@ -63,6 +67,7 @@ impl ApplyContext {
             wb: engine.write_batch(),
             engine,
             router,
+            store_meta,
             snap_mgr,
             messages_per_round,
             sync: false,
@@ -169,7 +174,7 @@ impl ApplyFsm {
 
     fn exec(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
         if cmd.has_admin_request() {
-            return self.exec_admin(cmd);
+            return self.exec_admin(cmd, ctx);
         }
         check_epoch(&self.region, cmd.get_header().get_region_epoch(), false)?;
         for req in cmd.get_requests() {
@@ -250,9 +255,10 @@ impl ApplyFsm {
         Ok(())
     }
 
-    fn exec_admin(&mut self, cmd: &RaftCmdRequest) -> Result<CmdResponse> {
+    fn exec_admin(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
         let admin = cmd.get_admin_request();
         match admin.get_cmd_type() {
+            AdminCmdType::BatchSplit => self.exec_batch_split(cmd, ctx),
             AdminCmdType::CompactLog => {
                 let req = admin.get_compact_log();
                 let truncated = self.apply_state.get_truncated_state().index;
@@ -397,17 +403,19 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
 
     fn end(&mut self, _fsms: &mut [FsmGuard<ApplyFsm>]) {
         self.ctx.write();
-        for (p, res) in self.ctx.cbs.drain(..) {
-            metrics::COMMAND_SECONDS
-                .with_label_values(&["apply"])
-                .observe(p.proposed_at.elapsed().as_secs_f64());
-            (p.cb)(res);
-        }
+        // Peers hear first: a client that acts on an answer (say, sends to a region a
+        // split just made) finds its request queued behind the news.
         for (region_id, res) in self.ctx.res.drain(..) {
             let _ = self
                 .ctx
                 .router
                 .send(region_id, PeerMsg::ApplyRes(Box::new(res)));
+        }
+        for (p, res) in self.ctx.cbs.drain(..) {
+            metrics::COMMAND_SECONDS
+                .with_label_values(&["apply"])
+                .observe(p.proposed_at.elapsed().as_secs_f64());
+            (p.cb)(res);
         }
     }
 }

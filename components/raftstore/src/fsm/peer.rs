@@ -59,6 +59,10 @@ pub struct PeerFsm {
     /// (a learner that caught up can be promoted).
     pub(crate) reported_pending: usize,
     pub(crate) stopped: bool,
+    /// Bytes proposed since the split checker last measured the region.
+    pub(crate) size_diff_hint: u64,
+    /// Size and keys the split checker last measured.
+    pub(crate) approximate: Option<(u64, u64)>,
 }
 
 impl Fsm for PeerFsm {
@@ -102,6 +106,8 @@ impl PeerFsm {
             heartbeat_due: true,
             reported_pending: 0,
             stopped: false,
+            size_diff_hint: 0,
+            approximate: None,
         })
     }
 
@@ -162,6 +168,13 @@ impl PeerFsm {
                 self.raft.report_snapshot(to_peer_id, status);
             }
             PeerMsg::Operator(op) => self.on_operator(*op),
+            PeerMsg::Split { epoch, keys, cb } => self.on_split_request(epoch, keys, cb, ctx),
+            PeerMsg::SplitCheckResult {
+                epoch,
+                size,
+                keys,
+                split_key,
+            } => self.on_split_check_result(epoch, size, keys, split_key, ctx),
         }
     }
 
@@ -203,6 +216,9 @@ impl PeerFsm {
         if self.is_leader() {
             if self.ticks % ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval) == 0 {
                 self.maybe_compact_log(ctx);
+            }
+            if self.ticks % ctx.cfg.ticks(ctx.cfg.split_region_check_tick_interval) == 0 {
+                self.maybe_check_split(ctx);
             }
             if self.heartbeat_due
                 || self.pending_peers().len() != self.reported_pending
@@ -258,13 +274,16 @@ impl PeerFsm {
         if cmd.has_admin_request() {
             match cmd.get_admin_request().get_cmd_type() {
                 AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb),
-                AdminCmdType::CompactLog => {}
+                AdminCmdType::CompactLog | AdminCmdType::BatchSplit => {}
                 other => {
                     return cb(Err(Error::InvalidRequest(format!(
                         "unsupported admin command {other:?}"
                     ))))
                 }
             }
+        }
+        if !cmd.has_admin_request() {
+            self.size_diff_hint += data.len() as u64;
         }
         self.propose("normal", |raft| raft.propose(vec![], data), cb);
     }
@@ -335,6 +354,9 @@ impl PeerFsm {
                 ExecResult::SnapshotApplied { region } => {
                     info!(self.logger, "snapshot applied"; "index" => res.applied_index);
                     ctx.store_meta.lock().set_region(region);
+                }
+                ExecResult::Split { regions, create } => {
+                    self.on_split_applied(regions, create, ctx)
                 }
             }
             if self.stopped {

@@ -76,6 +76,9 @@ impl StoreFsm {
                 debug!(self.logger, "peer destroyed"; "region_id" => region_id);
                 self.heartbeat();
             }
+            StoreMsg::CreateSplitPeers { regions, campaign } => {
+                self.create_split_peers(regions, campaign)
+            }
         }
     }
 
@@ -95,8 +98,9 @@ impl StoreFsm {
         let _ = self.pd_tx.send(PdTask::StoreHeartbeat(stats));
     }
 
-    /// Registers a peer and its apply state machine.
-    fn register(&self, mut peer: PeerFsm, apply: ApplyFsm) {
+    /// Registers a peer and its apply state machine; `meta` is the store's view, locked
+    /// by the caller so that checks made before creating the peer still hold.
+    fn register(&self, mut peer: PeerFsm, apply: ApplyFsm, meta: &mut StoreMeta) {
         let region = peer.region().clone();
         let region_id = region.get_id();
         let voters: Vec<u64> = region
@@ -110,7 +114,7 @@ impl StoreFsm {
             let _ = peer.raft.campaign();
         }
         if !region.get_peers().is_empty() {
-            self.store_meta.lock().set_region(region);
+            meta.set_region(region);
         }
         self.apply_router
             .register(region_id, self.applies.mailbox(apply));
@@ -118,6 +122,27 @@ impl StoreFsm {
         // Wake the peer so that a campaign or a restart's Ready is processed at once.
         let _ = mailbox.send(PeerMsg::Tick);
         self.router.peers.register(region_id, mailbox);
+    }
+
+    /// A peer and apply state machine for an initialized region whose states are on disk.
+    fn load_peer(&self, region: &metapb::Region) -> Result<Option<(PeerFsm, ApplyFsm)>> {
+        let Some(me) = region
+            .get_peers()
+            .iter()
+            .find(|p| p.get_store_id() == self.store_id)
+            .cloned()
+        else {
+            warn!(self.logger, "region on disk has no peer on this store"; "region_id" => region.get_id());
+            return Ok(None);
+        };
+        let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+        let apply_state: RaftApplyState = self
+            .engine
+            .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
+            .unwrap_or_default();
+        let peer = PeerFsm::new(&self.cfg, storage, me, &self.logger)?;
+        let apply = ApplyFsm::new(region.clone(), apply_state, &self.logger);
+        Ok(Some((peer, apply)))
     }
 
     /// Creates the peers of every region on disk.
@@ -141,27 +166,15 @@ impl StoreFsm {
                 continue;
             }
             let region = state.get_region().clone();
-            let Some(me) = region
-                .get_peers()
-                .iter()
-                .find(|p| p.get_store_id() == self.store_id)
-                .cloned()
-            else {
-                warn!(self.logger, "region on disk has no peer on this store"; "region_id" => region.get_id());
+            let Some((peer, apply)) = self.load_peer(&region)? else {
                 continue;
             };
-            let storage =
-                PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
-            let apply_state: RaftApplyState = self
-                .engine
-                .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
-                .unwrap_or_default();
-            let applying = state.get_state() == PeerState::Applying;
-            let (index, term) = (apply_state.applied_index, apply_state.applied_term);
-            let peer = PeerFsm::new(&self.cfg, storage, me, &self.logger)?;
-            let apply = ApplyFsm::new(region.clone(), apply_state, &self.logger);
-            self.register(peer, apply);
-            if applying {
+            let (index, term) = (
+                peer.raft.store().applied_index(),
+                peer.raft.store().applied_term(),
+            );
+            self.register(peer, apply, &mut self.store_meta.lock());
+            if state.get_state() == PeerState::Applying {
                 info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
                 let files = self
                     .snap_mgr
@@ -182,13 +195,38 @@ impl StoreFsm {
         Ok(loaded)
     }
 
+    /// Creates this store's peers of regions a split just made (their states are on
+    /// disk already).
+    fn create_split_peers(&self, regions: Vec<metapb::Region>, campaign: bool) {
+        for region in regions {
+            let id = region.get_id();
+            let created = match self.load_peer(&region) {
+                Ok(Some((mut peer, apply))) => {
+                    // Measure the new region once: it may be past a limit already.
+                    peer.size_diff_hint = self.cfg.region_split_check_diff.as_u64().max(1);
+                    if campaign {
+                        let _ = peer.raft.campaign();
+                    }
+                    let mut meta = self.store_meta.lock();
+                    meta.pending_split_peers.remove(&id);
+                    self.register(peer, apply, &mut meta);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    warn!(self.logger, "cannot create a split region's peer"; "region_id" => id, "err" => %e);
+                    false
+                }
+            };
+            if !created {
+                self.store_meta.lock().pending_split_peers.remove(&id);
+            }
+        }
+    }
+
     /// Creates an empty peer for a region another store says this store belongs to.
     fn maybe_create_peer(&self, msg: RaftMessage) -> Result<()> {
         let region_id = msg.get_region_id();
-        if self.router.peers.contains(region_id) {
-            // Created between the router miss and now.
-            return self.router.send_raft_message(msg);
-        }
         let to = msg.get_to_peer();
         if msg.get_is_tombstone() || to.get_store_id() != self.store_id {
             return Ok(());
@@ -205,21 +243,30 @@ impl StoreFsm {
         if !creates {
             return Ok(());
         }
-        if let Some(state) = self
-            .engine
-            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region_id))?
+        // Held until the peer is registered: a split being applied checks, under the same
+        // lock, whether the new region's peer exists.
+        let mut meta = self.store_meta.lock();
+        if self.router.peers.contains(region_id) {
+            // Created between the router miss and now.
+            drop(meta);
+            return self.router.send_raft_message(msg);
+        }
+        if meta.pending_split_peers.contains(&region_id) {
+            debug!(self.logger, "peer is being created by a split"; "region_id" => region_id);
+            return Ok(());
+        }
+        if let Some(other) =
+            meta.overlapping_range(region_id, msg.get_start_key(), msg.get_end_key())
         {
-            let local = state.get_region();
-            let stale = state.get_state() != PeerState::Tombstone
-                || msg.get_region_epoch().get_conf_ver() <= local.get_region_epoch().get_conf_ver()
-                || local
-                    .get_peers()
-                    .iter()
-                    .any(|p| p.get_id() >= to.get_id() && p.get_store_id() == self.store_id);
-            if stale {
-                debug!(self.logger, "not recreating a removed peer"; "region_id" => region_id);
-                return Ok(());
-            }
+            // Most likely a region here has yet to apply the split that made this one;
+            // applying it will create the peer.
+            debug!(self.logger, "not creating a peer that overlaps a local region";
+                   "region_id" => region_id, "local" => other);
+            return Ok(());
+        }
+        if self.is_removed_peer(region_id, &msg)? {
+            debug!(self.logger, "not recreating a removed peer"; "region_id" => region_id);
+            return Ok(());
         }
         info!(self.logger, "creating peer from a message"; "region_id" => region_id,
               "peer_id" => to.get_id(), "from" => msg.get_from_peer().get_id());
@@ -233,8 +280,28 @@ impl StoreFsm {
         let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
         let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
         let apply = ApplyFsm::new(region, RaftApplyState::default(), &self.logger);
-        self.register(peer, apply);
+        self.register(peer, apply, &mut meta);
+        drop(meta);
         self.router.send_raft_message(msg)
+    }
+
+    /// Whether the message is for a peer this store already removed (or for an older
+    /// one than the store had).
+    fn is_removed_peer(&self, region_id: u64, msg: &RaftMessage) -> Result<bool> {
+        let Some(state) = self
+            .engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region_id))?
+        else {
+            return Ok(false);
+        };
+        let local = state.get_region();
+        let to = msg.get_to_peer();
+        Ok(state.get_state() != PeerState::Tombstone
+            || msg.get_region_epoch().get_conf_ver() <= local.get_region_epoch().get_conf_ver()
+            || local
+                .get_peers()
+                .iter()
+                .any(|p| p.get_id() >= to.get_id() && p.get_store_id() == self.store_id))
     }
 }
 
