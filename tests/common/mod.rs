@@ -121,11 +121,18 @@ pub struct ProcCluster {
     pd_args: Vec<String>,
     pub stores: Vec<Option<Proc>>,
     pub store_addrs: Vec<(u16, u16)>,
+    /// Extra `[raftstore]` settings every store starts with.
+    raftstore_extra: String,
 }
 
 impl ProcCluster {
     /// Starts pd-server and `n` kv-servers.
     pub fn start(n: usize) -> ProcCluster {
+        Self::start_with(n, "")
+    }
+
+    /// Starts pd-server and `n` kv-servers with extra `[raftstore]` settings (TOML lines).
+    pub fn start_with(n: usize, raftstore_extra: &str) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let pd_port = free_port();
         let pd_addr = format!("127.0.0.1:{pd_port}");
@@ -153,6 +160,7 @@ impl ProcCluster {
             pd_args,
             stores: vec![],
             store_addrs: vec![],
+            raftstore_extra: raftstore_extra.to_string(),
         };
         for _ in 0..n {
             c.store_addrs.push((free_port(), free_port()));
@@ -171,7 +179,10 @@ impl ProcCluster {
         // Faster heartbeats than production so that tests converge quickly.
         std::fs::write(
             &cfg,
-            "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n",
+            format!(
+                "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n{}\n",
+                self.raftstore_extra
+            ),
         )
         .expect("write store config");
         let p = Proc::spawn(

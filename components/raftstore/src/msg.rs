@@ -105,8 +105,8 @@ pub enum PeerMsg {
         size: u64,
         /// Keys (likewise).
         keys: u64,
-        /// Where to split, if the region is past its limits.
-        split_key: Option<Vec<u8>>,
+        /// Where to split (ascending); empty if the region is within its limits.
+        split_keys: Vec<Vec<u8>>,
     },
 }
 

@@ -238,7 +238,8 @@ impl PeerFsm {
         if self.size_diff_hint == 0 || self.size_diff_hint < diff {
             return;
         }
-        self.size_diff_hint = 0;
+        // The hint is cleared by the result, not here: a split that fails (a membership
+        // change bumped the epoch meanwhile) is then measured and tried again.
         let _ = ctx.split_check_tx.send(SplitCheckTask {
             region: self.region().clone(),
             split_size: ctx.cfg.region_split_size.as_u64(),
@@ -252,23 +253,24 @@ impl PeerFsm {
         epoch: metapb::RegionEpoch,
         size: u64,
         keys: u64,
-        split_key: Option<Vec<u8>>,
+        split_keys: Vec<Vec<u8>>,
         ctx: &mut PollContext,
     ) {
         if epoch.get_version() != self.region().get_region_epoch().get_version() {
             return;
         }
         self.approximate = Some((size, keys));
-        let Some(key) = split_key else {
+        if split_keys.is_empty() {
+            self.size_diff_hint = 0;
             return;
-        };
+        }
         let logger = self.logger.clone();
         let cb: Callback<Vec<metapb::Region>> = Box::new(move |res| {
             if let Err(e) = res {
                 warn!(logger, "automatic split failed"; "err" => %e);
             }
         });
-        self.on_split_request(Some(epoch), vec![key], cb, ctx);
+        self.on_split_request(Some(epoch), split_keys, cb, ctx);
     }
 
     /// Acts on an applied split: shrink this peer's range, have the store create the new

@@ -1,10 +1,10 @@
 //! The split checker: measures a region off the Raft threads and finds where to cut it.
 //!
 //! A leader asks for a check only after enough has been written to its region since the
-//! last one (`region-split-check-diff`), so quiet regions are never read. The scan is
-//! bounded: it stops as soon as the region is known to be past a limit, and the split
-//! key is the first key past half of that limit, so a region that grew far past its
-//! limit is cut again on the next check rather than read whole.
+//! last one (`region-split-check-diff`), so quiet regions are never read. A region past a
+//! limit is cut every half limit, into at most [`MAX_SPLIT_KEYS`] + 1 pieces per check;
+//! the scan stops there, so one check never reads more than a few limits' worth, and a
+//! region far past its limit (a bulk load) is cut in a handful of checks.
 
 use crossbeam_channel::Receiver;
 use engine::{Cf, Engine};
@@ -30,45 +30,63 @@ pub struct Measured {
     pub size: u64,
     /// Keys seen (likewise).
     pub keys: u64,
-    /// The key to split at, if the region is past a limit.
-    pub split_key: Option<Vec<u8>>,
+    /// Where to split, ascending; empty if the region is within its limits.
+    pub split_keys: Vec<Vec<u8>>,
 }
 
-/// Scans the region's data until it is past a limit or ends.
+/// Most split keys one check proposes: a region far past its limit is cut into this many
+/// pieces at once instead of one piece per check, and the scan stops there.
+pub const MAX_SPLIT_KEYS: usize = 16;
+
+/// Scans the region's data and proposes a cut every half limit, if the whole is past a
+/// limit. The scan stops after [`MAX_SPLIT_KEYS`] cuts.
 pub fn measure(engine: &Engine, task: &SplitCheckTask) -> engine::Result<Measured> {
     let region = &task.region;
     let start = keys::data_key(region.get_start_key());
     let end = keys::data_end_key(region.get_end_key());
+    let (half_size, half_keys) = (task.split_size / 2, task.split_keys / 2);
     let (mut size, mut count) = (0u64, 0u64);
-    let (mut half_by_size, mut half_by_keys) = (None, None);
-    let mut split_key = None;
+    // Since the last cut (or the region's start).
+    let (mut piece_size, mut piece_keys) = (0u64, 0u64);
+    let mut cuts: Vec<Vec<u8>> = vec![];
     engine.scan(Cf::Default, &start, &end, |k, v| {
-        size += (k.len() + v.len()) as u64;
+        let len = (k.len() + v.len()) as u64;
+        // A cut before `k` when the piece would grow past half a limit; never before the
+        // region's first key (the left part would be empty).
+        if (piece_size + len > half_size || piece_keys + 1 > half_keys)
+            && piece_keys > 0
+            && k != start.as_slice()
+        {
+            cuts.push(k.to_vec());
+            (piece_size, piece_keys) = (0, 0);
+        }
+        piece_size += len;
+        piece_keys += 1;
+        size += len;
         count += 1;
-        // The region's first key cannot be a split key: the left part would be empty.
-        if k != start.as_slice() {
-            if half_by_size.is_none() && size > task.split_size / 2 {
-                half_by_size = Some(k.to_vec());
-            }
-            if half_by_keys.is_none() && count > task.split_keys / 2 {
-                half_by_keys = Some(k.to_vec());
-            }
-        }
-        if size > task.split_size && half_by_size.is_some() {
-            split_key = half_by_size.take();
-        } else if count > task.split_keys && half_by_keys.is_some() {
-            split_key = half_by_keys.take();
-        }
-        Ok(split_key.is_none())
+        Ok(cuts.len() < MAX_SPLIT_KEYS)
     })?;
+    let past_limit = size > task.split_size || count > task.split_keys;
+    if !past_limit {
+        cuts.clear();
+    } else if cuts.len() < MAX_SPLIT_KEYS
+        && piece_size <= half_size / 2
+        && piece_keys <= half_keys / 2
+    {
+        // The scan reached the end: fold a small tail into the piece before it.
+        cuts.pop();
+    }
     Ok(Measured {
         size,
         keys: count,
-        split_key: split_key.map(|k| {
-            keys::origin_key(&k)
-                .expect("keys in the data range carry the data prefix")
-                .to_vec()
-        }),
+        split_keys: cuts
+            .iter()
+            .map(|k| {
+                keys::origin_key(k)
+                    .expect("keys in the data range carry the data prefix")
+                    .to_vec()
+            })
+            .collect(),
     })
 }
 
@@ -92,7 +110,7 @@ pub fn spawn(
                                 epoch: task.region.get_region_epoch().clone(),
                                 size: m.size,
                                 keys: m.keys,
-                                split_key: m.split_key,
+                                split_keys: m.split_keys,
                             },
                         );
                     }
@@ -141,29 +159,42 @@ mod tests {
         let m = measure(&e, &task(b"", b"", 1 << 20, 1000)).unwrap();
         assert_eq!(m.keys, 10);
         assert_eq!(m.size, 10 * (6 + 90));
-        assert_eq!(m.split_key, None);
+        assert!(m.split_keys.is_empty());
     }
 
     #[test]
-    fn splits_at_half_the_size_limit_and_stops_early() {
-        let (_d, e) = engine_with(1000);
-        // 96 bytes a pair: past 960 bytes after 11 keys; half the limit after 6.
+    fn cuts_every_half_limit_and_folds_a_small_tail() {
+        let (_d, e) = engine_with(11);
+        // 96 bytes a pair, 1,056 in all past a 960-byte limit: pieces of five keys (480
+        // bytes) and a one-key tail folded into the second piece.
         let m = measure(&e, &task(b"", b"", 960, 1_000_000)).unwrap();
-        assert_eq!(m.split_key.as_deref(), Some(&b"k0005"[..]));
-        assert_eq!(m.keys, 11, "the scan stops once past the limit");
+        assert_eq!(m.split_keys, vec![b"k0005".to_vec()]);
+    }
+
+    #[test]
+    fn a_region_far_past_its_limit_is_cut_many_times_in_one_bounded_scan() {
+        let (_d, e) = engine_with(1000);
+        let m = measure(&e, &task(b"", b"", 960, 1_000_000)).unwrap();
+        assert_eq!(m.split_keys.len(), MAX_SPLIT_KEYS);
+        assert_eq!(m.split_keys[0], b"k0005".to_vec());
+        assert_eq!(m.split_keys[1], b"k0010".to_vec());
+        assert!(
+            m.keys <= 5 * MAX_SPLIT_KEYS as u64 + 1,
+            "the scan stops early"
+        );
     }
 
     #[test]
     fn splits_by_key_count_within_the_range() {
         let (_d, e) = engine_with(1000);
-        let m = measure(&e, &task(b"k0100", b"k0200", 1 << 30, 10)).unwrap();
-        assert_eq!(m.split_key.as_deref(), Some(&b"k0105"[..]));
+        let m = measure(&e, &task(b"k0100", b"k0130", 1 << 30, 20)).unwrap();
+        assert_eq!(m.split_keys, vec![b"k0110".to_vec(), b"k0120".to_vec()]);
     }
 
     #[test]
     fn a_single_huge_key_is_never_a_split_point() {
         let (_d, e) = engine_with(1);
         let m = measure(&e, &task(b"k0000", b"", 10, 1_000_000)).unwrap();
-        assert_eq!(m.split_key, None);
+        assert!(m.split_keys.is_empty());
     }
 }

@@ -173,8 +173,8 @@ impl PeerFsm {
                 epoch,
                 size,
                 keys,
-                split_key,
-            } => self.on_split_check_result(epoch, size, keys, split_key, ctx),
+                split_keys,
+            } => self.on_split_check_result(epoch, size, keys, split_keys, ctx),
         }
     }
 
