@@ -10,7 +10,7 @@ use common::{kvctl, wait_until, ProcCluster};
 use grpcio::{ChannelBuilder, EnvBuilder};
 use proto::{kvrpcpb, tikvpb_grpc::TikvClient};
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 /// Regions past 4 KiB split, measured 5 times a second once 1 KiB was written.
 const SMALL_REGIONS: &str = "region-split-size = \"4KiB\"\nregion-split-check-diff = \"1KiB\"\nsplit-region-check-tick-interval = \"200ms\"";

@@ -62,12 +62,16 @@ fn bad_split_keys_are_refused_and_change_nothing() {
     c.must_put(b"m", b"v");
     let split = c.must_split(b"m");
     let version = split[0].get_region_epoch().get_version();
-    wait_until("every replica to apply the split", T, || {
-        c.store_ids().iter().all(|s| {
-            c.local_region(*s, b"a")
-                .is_some_and(|r| r.get_region_epoch().get_version() == version)
-        })
-    });
+    wait_until(
+        "every replica to apply the split, and both leaders",
+        T,
+        || {
+            c.store_ids().iter().all(|s| {
+                c.local_region(*s, b"a")
+                    .is_some_and(|r| r.get_region_epoch().get_version() == version)
+            }) && split.iter().all(|r| c.leader_of(r.get_id()).is_some())
+        },
+    );
     let before = c.regions();
     for (at, bad, why) in [
         (&b"a"[..], &b""[..], "must not be empty"),

@@ -60,6 +60,36 @@ pub struct CasOutcome {
     pub previous: Option<Vec<u8>>,
 }
 
+/// Waits between tries inside the client's deadline: 20 ms, doubling up to 500 ms.
+struct Backoff {
+    started: Instant,
+    next: Duration,
+    timeout: Duration,
+}
+
+impl Backoff {
+    fn new(timeout: Duration) -> Self {
+        Backoff {
+            started: Instant::now(),
+            next: Duration::from_millis(20),
+            timeout,
+        }
+    }
+
+    /// Waits before the next try, or gives up with `last` if the deadline would pass.
+    async fn wait(&mut self, last: String) -> Result<()> {
+        if self.started.elapsed() + self.next > self.timeout {
+            return Err(Error::Timeout {
+                elapsed: self.started.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_millis(500));
+        Ok(())
+    }
+}
+
 enum Attempt<T> {
     Done(T),
     Retry(String),
@@ -141,14 +171,10 @@ impl Client {
     /// Like `locate`, but retries PD failures (a cluster still starting has no region yet)
     /// until the deadline.
     async fn locate_retrying(&self, key: &[u8]) -> Result<RegionRoute> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(self.timeout);
         loop {
             match self.locate(key).await {
-                Err(Error::Pd(_)) if started.elapsed() + backoff < self.timeout => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
+                Err(Error::Pd(e)) => backoff.wait(e.to_string()).await?,
                 other => return other,
             }
         }
@@ -211,23 +237,11 @@ impl Client {
             Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
         >,
     {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(self.timeout);
         loop {
-            let attempt = self.attempt(key, &call).await;
-            match attempt {
-                Ok((Attempt::Done(t), route)) => return Ok((t, route)),
-                Ok((Attempt::Retry(last), _)) => {
-                    if started.elapsed() + backoff > self.timeout {
-                        return Err(Error::Timeout {
-                            elapsed: started.elapsed(),
-                            last,
-                        });
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
+            match self.attempt(key, &call).await? {
+                (Attempt::Done(t), route) => return Ok((t, route)),
+                (Attempt::Retry(last), _) => backoff.wait(last).await?,
             }
         }
     }
@@ -353,8 +367,7 @@ impl Client {
         for item in items {
             check_key(key_of(item))?;
         }
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(self.timeout);
         let mut pending = items.to_vec();
         let mut out = vec![];
         while !pending.is_empty() {
@@ -378,17 +391,9 @@ impl Client {
                     }
                 }
             }
-            if pending.is_empty() {
-                break;
+            if !pending.is_empty() {
+                backoff.wait(last).await?;
             }
-            if started.elapsed() + backoff > self.timeout {
-                return Err(Error::Timeout {
-                    elapsed: started.elapsed(),
-                    last,
-                });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
         Ok(out)
     }
@@ -573,8 +578,7 @@ impl Client {
         region_id: u64,
         split_keys: &[Vec<u8>],
     ) -> Result<Vec<metapb::Region>> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(self.timeout);
         loop {
             let route = self.pd.get_region_by_id(region_id).await?;
             let leader = route.leader.clone();
@@ -609,16 +613,7 @@ impl Client {
                     }
                     return Ok(regions);
                 }
-                Attempt::Retry(last) if started.elapsed() + backoff > self.timeout => {
-                    return Err(Error::Timeout {
-                        elapsed: started.elapsed(),
-                        last,
-                    })
-                }
-                Attempt::Retry(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
+                Attempt::Retry(last) => backoff.wait(last).await?,
             }
         }
     }
