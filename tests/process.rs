@@ -12,31 +12,9 @@ use std::{
     time::Duration,
 };
 
-use common::{kvctl, wait_until, ProcCluster};
+use common::{client, kvctl, voters, wait_until, ProcCluster};
 
 const KEYS: usize = 1000;
-
-fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
-    rt.block_on(client::Client::connect(
-        &[pd.to_string()],
-        Duration::from_secs(20),
-    ))
-    .expect("connect client")
-}
-
-fn voters(rt: &tokio::runtime::Runtime, c: &client::Client) -> usize {
-    rt.block_on(c.regions())
-        .ok()
-        .and_then(|rs| rs.into_iter().next())
-        .map(|r| {
-            r.region
-                .get_peers()
-                .iter()
-                .filter(|p| p.get_role() == proto::metapb::PeerRole::Voter)
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn acknowledged_writes_survive_sigkill_of_each_store_and_of_all() {

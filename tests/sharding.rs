@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{kvctl, wait_until, ProcCluster};
+use common::{client, kvctl, voters, wait_until, ProcCluster};
 use grpcio::{ChannelBuilder, EnvBuilder};
 use proto::{kvrpcpb, tikvpb_grpc::TikvClient};
 
@@ -23,19 +23,11 @@ fn value(i: usize) -> Vec<u8> {
     format!("{i:0100}").into_bytes()
 }
 
-fn connect(cluster: &ProcCluster, rt: &tokio::runtime::Runtime) -> client::Client {
-    rt.block_on(client::Client::connect(
-        &[cluster.pd_addr.clone()],
-        Duration::from_secs(30),
-    ))
-    .expect("connect")
-}
-
 #[test]
 fn many_regions_serve_every_key_to_smart_and_dumb_clients() {
     let cluster = ProcCluster::start_with(3, SMALL_REGIONS);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = connect(&cluster, &rt);
+    let c = client(&rt, &cluster.pd_addr);
     const N: usize = 2000;
     for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
         let pairs: Vec<_> = chunk.iter().map(|i| (key(*i), value(*i))).collect();
@@ -97,19 +89,8 @@ fn region_list(pd: &str) -> Vec<serde_json::Value> {
 fn kvctl_splits_by_hand_and_clients_route_at_once() {
     let cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = connect(&cluster, &rt);
-    wait_until("three voters", T, || {
-        rt.block_on(c.regions()).is_ok_and(|rs| {
-            rs.first().is_some_and(|r| {
-                r.region
-                    .get_peers()
-                    .iter()
-                    .filter(|p| p.get_role() == proto::metapb::PeerRole::Voter)
-                    .count()
-                    == 3
-            })
-        })
-    });
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("three voters", T, || voters(&rt, &c) == 3);
     for i in 0..10 {
         rt.block_on(c.put(&key(i), &value(i))).unwrap();
     }

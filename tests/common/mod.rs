@@ -264,3 +264,27 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A client of the cluster whose PD is at `pd`.
+pub fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
+    rt.block_on(client::Client::connect(
+        &[pd.to_string()],
+        Duration::from_secs(20),
+    ))
+    .expect("connect client")
+}
+
+/// Voters of the first region as PD sees it (0 if PD cannot say).
+pub fn voters(rt: &tokio::runtime::Runtime, c: &client::Client) -> usize {
+    rt.block_on(c.regions())
+        .ok()
+        .and_then(|rs| rs.into_iter().next())
+        .map(|r| {
+            r.region
+                .get_peers()
+                .iter()
+                .filter(|p| p.get_role() == proto::metapb::PeerRole::Voter)
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -3,11 +3,11 @@
 use engine::{Cf, Engine, WriteBatch};
 use proto::{
     metapb,
-    raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState, StoreIdent},
+    raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, StoreIdent},
 };
 
 use crate::{
-    storage::{RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM},
+    storage::{put_region_state, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM},
     Error, Result,
 };
 
@@ -70,12 +70,9 @@ pub fn initial_region_states(wb: &mut WriteBatch, region: &metapb::Region) {
     let t = apply_state.mut_truncated_state();
     t.index = RAFT_INIT_LOG_INDEX;
     t.term = RAFT_INIT_LOG_TERM;
-    let mut region_state = RegionLocalState::default();
-    region_state.set_state(PeerState::Normal);
-    region_state.set_region(region.clone());
     wb.put_msg(Cf::Raft, &keys::raft_state_key(id), &raft_state);
     wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &apply_state);
-    wb.put_msg(Cf::Raft, &keys::region_state_key(id), &region_state);
+    put_region_state(wb, region, PeerState::Normal);
 }
 
 /// Removes a region written by [`write_initial_region`] that PD did not accept.

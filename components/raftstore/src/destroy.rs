@@ -2,7 +2,7 @@
 //! peer tells it that it was removed (a tombstone message).
 
 use engine::Cf;
-use proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
+use proto::raft_serverpb::{PeerState, RaftMessage};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use slog::info;
@@ -11,6 +11,7 @@ use crate::{
     fsm::peer::PeerFsm,
     msg::{ApplyMsg, StoreMsg},
     poll::PollContext,
+    storage::put_region_state,
     Error,
 };
 
@@ -33,10 +34,7 @@ impl PeerFsm {
                 wb.delete_range(cf, &start, &end);
             }
         }
-        let mut state = RegionLocalState::default();
-        state.set_state(PeerState::Tombstone);
-        state.set_region(region);
-        wb.put_msg(Cf::Raft, &keys::region_state_key(id), &state);
+        put_region_state(wb, &region, PeerState::Tombstone);
         ctx.sync = true;
         let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);
         ctx.apply_router.unregister(id);

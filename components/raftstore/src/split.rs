@@ -21,6 +21,7 @@ use crate::{
     msg::{Callback, CmdResponse, ExecResult, PdTask, StoreMsg},
     poll::PollContext,
     split_check::SplitCheckTask,
+    storage::put_region_state,
     util::{check_epoch, key_in_region},
     Error, Result,
 };
@@ -175,14 +176,7 @@ impl ApplyFsm {
                 create.push(new.clone());
             }
         }
-        let mut state = RegionLocalState::default();
-        state.set_state(PeerState::Normal);
-        state.set_region(regions[0].clone());
-        ctx.wb.put_msg(
-            Cf::Raft,
-            &keys::region_state_key(self.region.get_id()),
-            &state,
-        );
+        put_region_state(&mut ctx.wb, &regions[0], PeerState::Normal);
         ctx.sync = true;
         info!(self.logger, "applied split"; "regions" => ?regions.iter().map(|r| r.get_id()).collect::<Vec<_>>(),
               "version" => regions[0].get_region_epoch().get_version());

@@ -51,6 +51,15 @@ pub struct PeerStorage {
     raft_state_dirty: bool,
 }
 
+/// Adds to `wb` the region's local state: its shape and whether it is live, being
+/// filled by a snapshot, or removed.
+pub fn put_region_state(wb: &mut WriteBatch, region: &metapb::Region, state: PeerState) {
+    let mut s = RegionLocalState::default();
+    s.set_state(state);
+    s.set_region(region.clone());
+    wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
+}
+
 /// The voters and learners a region's peers form.
 pub fn conf_state_of(region: &metapb::Region) -> ConfState {
     let mut cs = ConfState::default();
@@ -238,10 +247,7 @@ impl PeerStorage {
         self.apply_state.applied_term = meta.term;
         self.region = data.get_region().clone();
 
-        let mut region_state = RegionLocalState::default();
-        region_state.set_state(PeerState::Applying);
-        region_state.set_region(self.region.clone());
-        wb.put_msg(Cf::Raft, &keys::region_state_key(id), &region_state);
+        put_region_state(wb, &self.region, PeerState::Applying);
         wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &self.apply_state);
         Ok(data)
     }

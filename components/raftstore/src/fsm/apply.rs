@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use proto::{
     metapb,
     raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest, Request},
-    raft_serverpb::{PeerState, RaftApplyState, RaftTruncatedState, RegionLocalState},
+    raft_serverpb::{PeerState, RaftApplyState, RaftTruncatedState},
 };
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
@@ -23,6 +23,7 @@ use crate::{
     metrics,
     msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, PeerMsg, Proposal},
     snap::SnapManager,
+    storage::put_region_state,
     store_meta::StoreMeta,
     util::{check_epoch, check_request_keys},
     Error, RaftRouter, Result,
@@ -298,11 +299,7 @@ impl ApplyFsm {
         for change in cmd.get_admin_request().get_change_peer_v2().get_changes() {
             apply_change(&mut region, change);
         }
-        let mut state = RegionLocalState::default();
-        state.set_state(PeerState::Normal);
-        state.set_region(region.clone());
-        ctx.wb
-            .put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
+        put_region_state(&mut ctx.wb, &region, PeerState::Normal);
         ctx.sync = true;
         info!(self.logger, "applied membership change"; "peers" => ?region.get_peers(), "index" => entry.index);
         self.region = region.clone();
@@ -348,10 +345,7 @@ impl ApplyFsm {
         t.term = term;
         self.apply_state.set_truncated_state(t);
         let mut done = ctx.engine.write_batch();
-        let mut state = RegionLocalState::default();
-        state.set_state(PeerState::Normal);
-        state.set_region(region.clone());
-        done.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &state);
+        put_region_state(&mut done, &region, PeerState::Normal);
         done.put_msg(
             Cf::Raft,
             &keys::apply_state_key(region.get_id()),
