@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use proto::metapb;
 use serde_json::json;
 
-use crate::{Client, Error, Result};
+use crate::{progress::Progress, Client, Error, Result};
 
 /// kvctl: the Flotilla command-line client.
 #[derive(Debug, Parser)]
@@ -170,6 +170,16 @@ pub enum StoreCommand {
     Show {
         /// The store id.
         id: u64,
+    },
+    /// Decommission a store: PD moves every replica on it to other stores, then marks
+    /// it tombstone. Refused if fewer than max-replicas stores would remain.
+    Delete {
+        /// The store id.
+        id: u64,
+        /// Show progress until the store is tombstone; give up if no replica moved
+        /// within --timeout.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -514,6 +524,14 @@ async fn wait_for_move(
 }
 
 async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> Result<i32> {
+    if let StoreCommand::Delete { id, wait } = command {
+        client.pd().delete_store(*id).await?;
+        if *wait {
+            wait_for_decommission(client, *id, p).await?;
+        }
+        p.ok();
+        return Ok(0);
+    }
     let mut stores = client.stores().await?;
     if let StoreCommand::Show { id } = command {
         stores.retain(|(s, _)| s.get_id() == *id);
@@ -548,6 +566,40 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
         }
     }
     Ok(0)
+}
+
+/// Follows a decommission until the store is tombstone, showing how many of its
+/// replicas have moved. Gives up when nothing moved for the client's timeout.
+async fn wait_for_decommission(client: &Client, id: u64, p: &mut Printer<'_>) -> Result<()> {
+    let (_, stats) = client.pd().get_store(id).await?;
+    let total = u64::from(stats.region_count);
+    let mut progress = Progress::new(format!("replicas moved off store {id}"), total);
+    let mut left = total;
+    let mut last_change = std::time::Instant::now();
+    loop {
+        let (store, stats) = client.pd().get_store(id).await?;
+        if store.get_state() == metapb::StoreState::Tombstone {
+            progress.set(total, p.err);
+            progress.finish();
+            return Ok(());
+        }
+        let now_left = u64::from(stats.region_count);
+        if now_left != left {
+            left = now_left;
+            last_change = std::time::Instant::now();
+        }
+        progress.set(total.saturating_sub(left), p.err);
+        if last_change.elapsed() >= client.timeout() {
+            progress.finish();
+            return Err(Error::Timeout {
+                elapsed: last_change.elapsed(),
+                last: format!(
+                    "store {id} still holds {left} replicas and none moved lately; see `kvctl operator list`"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn operators(client: &Client, p: &mut Printer<'_>) -> Result<i32> {

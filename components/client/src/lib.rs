@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+mod progress;
 mod region_cache;
 
 use std::{

@@ -2,7 +2,7 @@
 //! mutation is persisted before it is acknowledged.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -12,8 +12,9 @@ use slog::{info, warn, Logger};
 
 use crate::{
     id::IdAllocator,
+    balance::{balance_leader, balance_region},
     region_tree::{RegionInfo, RegionTree},
-    schedule::{check_replicas, Operator, Step, StoreView},
+    schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
     tso::Tso,
     Config, Error, Result,
@@ -55,26 +56,61 @@ fn unix_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-struct LiveStores<'a> {
-    stores: &'a HashMap<u64, StoreInfo>,
-    down_after: std::time::Duration,
-}
-
-impl StoreView for LiveStores<'_> {
-    fn is_live(&self, store_id: u64) -> bool {
-        self.stores.get(&store_id).is_some_and(|s| {
-            s.meta.get_state() == metapb::StoreState::Up && s.last_seen.elapsed() < self.down_after
-        })
+impl State {
+    fn with_counts(&self, store: &StoreInfo) -> StoreInfo {
+        let mut s = store.clone();
+        let id = s.meta.get_id();
+        s.stats.region_count = self.regions.peer_count(id) as u32;
+        s.stats.leader_count = self.regions.leader_count(id) as u32;
+        s
     }
 
-    fn candidates(&self) -> Vec<u64> {
-        let mut live: Vec<&StoreInfo> = self
+    /// The schedulers' view of the stores: health, and counts with running operators'
+    /// unfinished steps included.
+    fn loads(&self, cfg: &Config) -> Stores {
+        let mut loads: BTreeMap<u64, Load> = self
             .stores
             .values()
-            .filter(|s| self.is_live(s.meta.get_id()))
+            .filter_map(|s| {
+                let health = match s.meta.get_state() {
+                    metapb::StoreState::Tombstone => return None,
+                    metapb::StoreState::Offline => Health::Offline,
+                    metapb::StoreState::Up if s.last_seen.elapsed() >= cfg.max_store_down_time => {
+                        Health::Down
+                    }
+                    metapb::StoreState::Up => Health::Up,
+                };
+                let id = s.meta.get_id();
+                Some((
+                    id,
+                    Load {
+                        health,
+                        regions: self.regions.peer_count(id) as isize,
+                        leaders: self.regions.leader_count(id) as isize,
+                        operators: 0,
+                    },
+                ))
+            })
             .collect();
-        live.sort_by_key(|s| (s.stats.region_count, s.meta.get_id()));
-        live.into_iter().map(|s| s.meta.get_id()).collect()
+        for op in self.operators.values() {
+            let mut touched: Vec<u64> = op.influence.iter().map(|i| i.store).collect();
+            touched.dedup();
+            for i in &op.influence {
+                if let Some(l) = loads.get_mut(&i.store) {
+                    l.regions += i.regions;
+                    l.leaders += i.leaders;
+                }
+            }
+            for s in touched {
+                if let Some(l) = loads.get_mut(&s) {
+                    l.operators += 1;
+                }
+            }
+        }
+        Stores {
+            loads,
+            limit: cfg.store_limit,
+        }
     }
 }
 
@@ -251,24 +287,24 @@ impl PdCore {
         Ok(())
     }
 
-    /// One store.
+    /// One store. Its region and leader counts are PD's (from the routing table), not
+    /// the store's last report: they are what decommissioning and balancing go by.
     pub fn get_store(&self, id: u64) -> Result<StoreInfo> {
-        self.state
-            .lock()
-            .stores
+        let st = self.state.lock();
+        st.stores
             .get(&id)
-            .cloned()
+            .map(|s| st.with_counts(s))
             .ok_or(Error::StoreNotFound(id))
     }
 
-    /// Every store, by id.
+    /// Every store, by id, with counts as in [`PdCore::get_store`].
     pub fn stores(&self, exclude_tombstone: bool) -> Vec<StoreInfo> {
         let st = self.state.lock();
         let mut all: Vec<StoreInfo> = st
             .stores
             .values()
             .filter(|s| !exclude_tombstone || s.meta.get_state() != metapb::StoreState::Tombstone)
-            .cloned()
+            .map(|s| st.with_counts(s))
             .collect();
         all.sort_by_key(|s| s.meta.get_id());
         all
@@ -285,6 +321,57 @@ impl PdCore {
         store.last_seen = Instant::now();
         store.meta.last_heartbeat = unix_nanos();
         store.stats = stats;
+        self.retire_empty_offline_stores(&mut st)
+    }
+
+    /// Starts decommissioning a store: it goes offline, every replica on it moves to
+    /// another store, and once it holds none it becomes tombstone. Refused if fewer than
+    /// max-replicas stores would be left to hold a region's voters.
+    pub fn delete_store(&self, id: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let store = st.stores.get(&id).ok_or(Error::StoreNotFound(id))?;
+        match store.meta.get_state() {
+            metapb::StoreState::Tombstone => return Err(Error::StoreTombstone(id)),
+            metapb::StoreState::Offline => return Ok(()),
+            metapb::StoreState::Up => {}
+        }
+        let remaining = st
+            .stores
+            .values()
+            .filter(|s| s.meta.get_id() != id && s.meta.get_state() == metapb::StoreState::Up)
+            .count();
+        if remaining < self.cfg.max_replicas {
+            return Err(Error::InvalidValue(format!(
+                "deleting store {id} would leave {remaining} stores, fewer than max-replicas ({})",
+                self.cfg.max_replicas
+            )));
+        }
+        let mut meta = store.meta.clone();
+        meta.set_state(metapb::StoreState::Offline);
+        self.storage.put_store(&meta)?;
+        info!(self.logger, "store is being decommissioned"; "store_id" => id,
+              "regions" => st.regions.peer_count(id));
+        st.stores.get_mut(&id).expect("checked above").meta = meta;
+        self.retire_empty_offline_stores(&mut st)
+    }
+
+    /// Marks offline stores that no region has a replica on any more as tombstone.
+    fn retire_empty_offline_stores(&self, st: &mut State) -> Result<()> {
+        let empty: Vec<u64> = st
+            .stores
+            .values()
+            .filter(|s| {
+                s.meta.get_state() == metapb::StoreState::Offline
+                    && st.regions.peer_count(s.meta.get_id()) == 0
+            })
+            .map(|s| s.meta.get_id())
+            .collect();
+        for id in empty {
+            let info = st.stores.get_mut(&id).expect("collected above");
+            info.meta.set_state(metapb::StoreState::Tombstone);
+            self.storage.put_store(&info.meta)?;
+            info!(self.logger, "decommissioned store is now tombstone"; "store_id" => id);
+        }
         Ok(())
     }
 
@@ -321,6 +408,9 @@ impl PdCore {
             self.storage.delete_region(id)?;
             st.operators.remove(&id);
         }
+        if persisted_epoch.as_ref() != Some(region.get_region_epoch()) {
+            self.retire_empty_offline_stores(&mut st)?;
+        }
         Ok(self.next_step(&mut st, &info))
     }
 
@@ -330,23 +420,26 @@ impl PdCore {
         info: &RegionInfo,
     ) -> Option<pdpb::RegionHeartbeatResponse> {
         let id = info.region.get_id();
-        if let Some(op) = st.operators.get(&id) {
+        if let Some(op) = st.operators.get_mut(&id) {
             if op.created.elapsed() > self.cfg.operator_timeout {
                 warn!(self.logger, "operator timed out"; "region_id" => id, "kind" => op.kind);
                 st.operators.remove(&id);
             } else if !op.is_finished(info) {
+                op.refresh(info);
                 return op.response(info);
             } else {
                 info!(self.logger, "operator finished"; "region_id" => id, "kind" => op.kind);
                 st.operators.remove(&id);
             }
         }
-        let view = LiveStores {
-            stores: &st.stores,
-            down_after: self.cfg.max_store_down_time,
-        };
+        let stores = st.loads(&self.cfg);
         let mut alloc = || self.ids.alloc().ok();
-        let op = check_replicas(info, &view, self.cfg.max_replicas, &mut alloc)?;
+        let op = check_replicas(info, &stores, self.cfg.max_replicas, &mut alloc).or_else(|| {
+            if !self.cfg.enable_balance {
+                return None;
+            }
+            balance_region(info, &stores, &mut alloc).or_else(|| balance_leader(info, &stores))
+        })?;
         info!(self.logger, "new operator"; "region_id" => id, "kind" => op.kind, "steps" => ?op.steps);
         let resp = op.response(info);
         st.operators.insert(id, op);
@@ -436,19 +529,16 @@ impl PdCore {
         Ok(info)
     }
 
-    fn check_live(st: &State, down_after: std::time::Duration, store: u64) -> Result<()> {
-        let view = LiveStores {
-            stores: &st.stores,
-            down_after,
-        };
-        if view.is_live(store) {
-            Ok(())
-        } else if st.stores.contains_key(&store) {
-            Err(Error::InvalidValue(format!(
-                "store {store} is down, offline or tombstone"
-            )))
-        } else {
-            Err(Error::InvalidValue(format!("store {store} does not exist")))
+    fn check_live(&self, st: &State, store: u64) -> Result<()> {
+        match st.loads(&self.cfg).health(store) {
+            Some(Health::Up) => Ok(()),
+            Some(_) => Err(Error::InvalidValue(format!(
+                "store {store} is down or offline"
+            ))),
+            None if st.stores.contains_key(&store) => {
+                Err(Error::InvalidValue(format!("store {store} is tombstone")))
+            }
+            None => Err(Error::InvalidValue(format!("store {store} does not exist"))),
         }
     }
 
@@ -472,7 +562,7 @@ impl PdCore {
                 peer.get_id()
             )));
         }
-        Self::check_live(&st, self.cfg.max_store_down_time, to_store)?;
+        self.check_live(&st, to_store)?;
         if info
             .leader
             .as_ref()
@@ -483,7 +573,11 @@ impl PdCore {
         self.start_manual(
             &mut st,
             region_id,
-            Operator::new("transfer-leader", vec![Step::TransferLeader(to_store)]),
+            Operator::new(
+                "transfer-leader",
+                vec![Step::TransferLeader(to_store)],
+                &info,
+            ),
         );
         Ok(())
     }
@@ -510,24 +604,17 @@ impl PdCore {
                 p.get_id()
             )));
         }
-        Self::check_live(&st, self.cfg.max_store_down_time, to_store)?;
+        self.check_live(&st, to_store)?;
         let mut new_peer = metapb::Peer::default();
         new_peer.set_id(self.ids.alloc()?);
         new_peer.set_store_id(to_store);
-        new_peer.set_role(from.get_role());
-        let mut steps = vec![Step::AddLearner(new_peer.clone())];
-        if from.get_role() == metapb::PeerRole::Voter {
-            steps.push(Step::Promote(new_peer));
-        }
-        if info
-            .leader
-            .as_ref()
-            .is_some_and(|l| l.get_store_id() == from_store)
-        {
-            steps.push(Step::TransferLeader(to_store));
-        }
-        steps.push(Step::Remove(from));
-        self.start_manual(&mut st, region_id, Operator::new("move-peer", steps));
+        new_peer.set_role(metapb::PeerRole::Learner);
+        let steps = replace_steps(&info, &from, new_peer);
+        self.start_manual(
+            &mut st,
+            region_id,
+            Operator::new("move-peer", steps, &info),
+        );
         Ok(())
     }
 
@@ -538,7 +625,7 @@ impl PdCore {
 
     /// Operators in progress: (region id, kind, current step, age).
     pub fn operators(&self) -> Vec<(u64, &'static str, String, std::time::Duration)> {
-        let mut st = self.state.lock();
+        let st = self.state.lock();
         let ids: Vec<u64> = st.operators.keys().copied().collect();
         let mut out = vec![];
         for id in ids {

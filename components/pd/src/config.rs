@@ -25,6 +25,10 @@ pub struct Config {
     /// An operator not finished after this long is abandoned.
     #[serde(with = "humantime_serde")]
     pub operator_timeout: Duration,
+    /// Move replicas and leaders between stores to even out their counts.
+    pub enable_balance: bool,
+    /// Balance operators start on a store only while fewer than this many touch it.
+    pub store_limit: usize,
 }
 
 impl Default for Config {
@@ -37,6 +41,8 @@ impl Default for Config {
             max_store_down_time: Duration::from_secs(30),
             id_batch: 1000,
             operator_timeout: Duration::from_secs(600),
+            enable_balance: true,
+            store_limit: 4,
         }
     }
 }
@@ -70,6 +76,11 @@ impl Validate for Config {
             "must be positive",
         )?;
         ensure(self.id_batch >= 1, "pd.id-batch", "must be at least 1")?;
+        ensure(
+            self.store_limit >= 1,
+            "pd.store-limit",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }

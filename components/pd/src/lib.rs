@@ -5,6 +5,7 @@
 //! Must not depend on: raftstore or the store server; PD learns about regions only from
 //! what stores report.
 
+mod balance;
 pub mod cluster;
 mod config;
 mod error;

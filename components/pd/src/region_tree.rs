@@ -28,12 +28,17 @@ pub fn epoch_older(a: &metapb::RegionEpoch, b: &metapb::RegionEpoch) -> bool {
     (a.get_version(), a.get_conf_ver()) < (b.get_version(), b.get_conf_ver())
 }
 
-/// Regions by id and by end key.
+/// Regions by id and by end key, with per-store replica and leader counts kept up to
+/// date on every change (schedulers read them on every heartbeat).
 #[derive(Default)]
 pub struct RegionTree {
     by_id: HashMap<u64, RegionInfo>,
     /// Encoded end key (an empty end sorts last) -> region id.
     by_end: BTreeMap<Vec<u8>, u64>,
+    /// Store id -> replicas (voters and learners) on it.
+    peers_on: HashMap<u64, usize>,
+    /// Store id -> regions it leads.
+    leaders_on: HashMap<u64, usize>,
 }
 
 fn end_of(r: &metapb::Region) -> Vec<u8> {
@@ -72,6 +77,7 @@ impl RegionTree {
             self.remove(*o);
         }
         self.remove(id);
+        self.count(&info, 1);
         self.by_end.insert(end_of(&info.region), id);
         self.by_id.insert(id, info);
         Some(overlapping)
@@ -79,11 +85,35 @@ impl RegionTree {
 
     fn remove(&mut self, id: u64) {
         if let Some(old) = self.by_id.remove(&id) {
+            self.count(&old, -1);
             let end = end_of(&old.region);
             if self.by_end.get(&end) == Some(&id) {
                 self.by_end.remove(&end);
             }
         }
+    }
+
+    fn count(&mut self, info: &RegionInfo, delta: isize) {
+        let bump = |m: &mut HashMap<u64, usize>, store: u64| {
+            let n = m.entry(store).or_default();
+            *n = n.checked_add_signed(delta).expect("a count never goes below zero");
+        };
+        for p in info.region.get_peers() {
+            bump(&mut self.peers_on, p.get_store_id());
+        }
+        if let Some(l) = &info.leader {
+            bump(&mut self.leaders_on, l.get_store_id());
+        }
+    }
+
+    /// Replicas (voters and learners) on `store`.
+    pub fn peer_count(&self, store: u64) -> usize {
+        self.peers_on.get(&store).copied().unwrap_or(0)
+    }
+
+    /// Regions led from `store`.
+    pub fn leader_count(&self, store: u64) -> usize {
+        self.leaders_on.get(&store).copied().unwrap_or(0)
     }
 
     fn overlapping(&self, region: &metapb::Region) -> Vec<u64> {
@@ -129,8 +159,8 @@ impl RegionTree {
     }
 
     /// A region by id.
-    pub fn get(&mut self, id: u64) -> Option<&mut RegionInfo> {
-        self.by_id.get_mut(&id)
+    pub fn get(&self, id: u64) -> Option<&RegionInfo> {
+        self.by_id.get(&id)
     }
 
     /// Regions overlapping `[start, end)` in key order, at most `limit` (0: no limit).
@@ -214,5 +244,29 @@ mod tests {
         assert_eq!(scanned, vec![1, 2]);
         assert_eq!(t.scan(b"n", b"", 0).len(), 1);
         assert_eq!(t.scan(b"", b"", 1).len(), 1);
+    }
+
+    #[test]
+    fn counts_replicas_and_leaders_per_store() {
+        let mut a = info(1, b"", b"m", 1, 1);
+        for (id, store) in [(11, 1), (12, 2)] {
+            let mut p = metapb::Peer::default();
+            p.set_id(id);
+            p.set_store_id(store);
+            a.region.mut_peers().push(p);
+        }
+        a.leader = Some(a.region.get_peers()[0].clone());
+        let mut t = RegionTree::default();
+        t.update(a.clone()).unwrap();
+        assert_eq!((t.peer_count(1), t.peer_count(2), t.leader_count(1)), (1, 1, 1));
+        // A membership change replaces the old counts; it does not add to them.
+        a.region.mut_peers().remove(1);
+        a.region.mut_region_epoch().set_conf_ver(2);
+        a.leader = None;
+        t.update(a).unwrap();
+        assert_eq!((t.peer_count(1), t.peer_count(2), t.leader_count(1)), (1, 0, 0));
+        // A region swallowed by a newer one no longer counts.
+        t.update(info(2, b"", b"z", 2, 1)).unwrap();
+        assert_eq!(t.peer_count(1), 0);
     }
 }

@@ -50,7 +50,8 @@ with_header!(
     pdpb::AskBatchSplitResponse,
     pdpb::ReportBatchSplitResponse,
     pdpb::GetOperatorsResponse,
-    pdpb::AddOperatorResponse
+    pdpb::AddOperatorResponse,
+    pdpb::DeleteStoreResponse
 );
 
 impl PdService {
@@ -411,6 +412,19 @@ impl Pd for PdService {
                 _ => return Err(Error::InvalidValue("give exactly one operator".into())),
             }
             Ok(pdpb::AddOperatorResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn delete_store(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::DeleteStoreRequest,
+        sink: UnarySink<pdpb::DeleteStoreResponse>,
+    ) {
+        let res = self.checked(req.get_header(), || {
+            self.core.delete_store(req.store_id)?;
+            Ok(pdpb::DeleteStoreResponse::default())
         });
         self.reply(&ctx, sink, res);
     }

@@ -105,6 +105,7 @@ macro_rules! responses {
 
 requests!(
     pdpb::AddOperatorRequest,
+    pdpb::DeleteStoreRequest,
     pdpb::IsBootstrappedRequest,
     pdpb::BootstrapRequest,
     pdpb::AllocIDRequest,
@@ -122,6 +123,7 @@ requests!(
 
 responses!(
     pdpb::AddOperatorResponse,
+    pdpb::DeleteStoreResponse,
     pdpb::IsBootstrappedResponse,
     pdpb::BootstrapResponse,
     pdpb::AllocIDResponse,
@@ -473,6 +475,15 @@ impl PdClient {
         m.from_store = from_store;
         m.to_store = to_store;
         self.unary(req, pdpb_grpc::PdClient::add_operator_async_opt)
+            .await?;
+        Ok(())
+    }
+
+    /// Asks PD to decommission a store: move every replica off it, then retire it.
+    pub async fn delete_store(&self, store_id: u64) -> Result<()> {
+        let mut req = pdpb::DeleteStoreRequest::default();
+        req.store_id = store_id;
+        self.unary(req, pdpb_grpc::PdClient::delete_store_async_opt)
             .await?;
         Ok(())
     }

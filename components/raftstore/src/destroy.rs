@@ -27,13 +27,9 @@ impl PeerFsm {
         let wb = &mut ctx.raft_wb;
         let raft = keys::region_raft_range(id);
         wb.delete_range(Cf::Raft, &raft.start, &raft.end);
-        if self.raft.store().is_initialized() {
-            let start = keys::data_key(region.get_start_key());
-            let end = keys::data_end_key(region.get_end_key());
-            for cf in Cf::DATA {
-                wb.delete_range(cf, &start, &end);
-            }
-        }
+        // The tombstone goes with the log's deletion so that a restart never finds a live
+        // region without a log. The apply side writes it again, after its last entry,
+        // and deletes the data (see `ApplyMsg::Destroy`).
         put_region_state(wb, &region, PeerState::Tombstone);
         ctx.sync = true;
         let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);

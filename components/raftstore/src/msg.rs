@@ -130,7 +130,9 @@ pub enum ApplyMsg {
         /// The SST files to ingest.
         files: Vec<(Cf, PathBuf)>,
     },
-    /// The peer is gone; stop.
+    /// The peer is gone: delete the region's data, mark it tombstone, stop. Done here,
+    /// after every entry queued before it, so a late apply cannot write data back or
+    /// overwrite the tombstone with a live state.
     Destroy,
 }
 

@@ -4,7 +4,7 @@
 //! A request with a region in its context comes from a smart client and is answered here,
 //! with a region error if this store cannot serve it. A request without one (a dumb
 //! client) is routed by key: served here if this store leads the key's region, otherwise
-//! forwarded once to the leader's store.
+//! forwarded to the leader's store, following a newer leader a few hops if PD's was stale.
 
 use std::future::Future;
 
@@ -37,8 +37,13 @@ pub struct TikvService {
     pub(crate) logger: Logger,
 }
 
+/// Hops a request without routing may take before its region error goes to the client.
+const FORWARD_ATTEMPTS: u32 = 3;
+/// Wait before asking PD again, times the attempt.
+const FORWARD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A raw request: where it goes, and how to forward it.
-pub trait RawRequest: Send + 'static {
+pub trait RawRequest: Send + Sync + 'static {
     /// Its response.
     type Resp: RawResponse;
     /// The routing context.
@@ -57,6 +62,8 @@ pub trait RawRequest: Send + 'static {
 pub trait RawResponse: Default + Send + Unpin + 'static {
     /// Sets the region error.
     fn set_region_err(&mut self, e: errorpb::Error);
+    /// The region error, if any.
+    fn region_err(&self) -> Option<&errorpb::Error>;
     /// Sets the key-level error string (responses without one fold it into a region
     /// error's message).
     fn set_error_str(&mut self, e: String);
@@ -88,6 +95,9 @@ macro_rules! raw_pair {
             fn set_region_err(&mut self, e: errorpb::Error) {
                 self.set_region_error(e);
             }
+            fn region_err(&self) -> Option<&errorpb::Error> {
+                self.region_error.as_ref()
+            }
             fn set_error_str(&mut self, e: String) {
                 self.set_error(e);
             }
@@ -98,6 +108,9 @@ macro_rules! raw_pair {
         impl RawResponse for $resp {
             fn set_region_err(&mut self, e: errorpb::Error) {
                 self.set_region_error(e);
+            }
+            fn region_err(&self) -> Option<&errorpb::Error> {
+                self.region_error.as_ref()
             }
             fn set_error_str(&mut self, e: String) {
                 let mut err = errorpb::Error::default();
@@ -190,23 +203,54 @@ impl TikvService {
             req.set_routing(routing(&region, &me));
             return Ok(Routed::Local(req));
         }
-        let route = self.resolver.pd().get_region(&key).await?;
+        let mut attempt = 0;
+        let (mut region, mut leader) = self.pd_route(&key).await?;
+        loop {
+            attempt += 1;
+            req.set_routing(routing(&region, &leader));
+            if leader.get_store_id() == self.store_id {
+                return Ok(Routed::Local(req));
+            }
+            metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
+            let resp = self.forward(&req, leader.get_store_id()).await?;
+            // PD learns of a new leader a heartbeat late: follow the leader's own hint,
+            // or ask PD again, a few times before handing the error to the client.
+            match resp.region_err() {
+                Some(e) if attempt < FORWARD_ATTEMPTS && e.get_not_leader().has_leader() => {
+                    leader = e.get_not_leader().get_leader().clone();
+                }
+                Some(e)
+                    if attempt < FORWARD_ATTEMPTS
+                        && (e.has_not_leader()
+                            || e.has_epoch_not_match()
+                            || e.has_region_not_found()) =>
+                {
+                    tokio::time::sleep(FORWARD_BACKOFF * attempt).await;
+                    (region, leader) = self.pd_route(&key).await?;
+                }
+                _ => return Ok(Routed::Forwarded(resp)),
+            }
+        }
+    }
+
+    /// The region holding `key` and its leader, as PD knows them.
+    async fn pd_route(&self, key: &[u8]) -> Result<(metapb::Region, metapb::Peer)> {
+        let route = self.resolver.pd().get_region(key).await?;
         let leader = route.leader.ok_or_else(|| {
             Error::Raft(raftstore::Error::NotLeader {
                 region_id: route.region.get_id(),
                 leader: None,
             })
         })?;
-        req.set_routing(routing(&route.region, &leader));
-        if leader.get_store_id() == self.store_id {
-            return Ok(Routed::Local(req));
-        }
-        metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
-        let client = self.resolver.client(leader.get_store_id()).await?;
+        Ok((route.region, leader))
+    }
+
+    async fn forward<Req: RawRequest>(&self, req: &Req, store_id: u64) -> Result<Req::Resp> {
+        let client = self.resolver.client(store_id).await?;
         match req.forward(&client) {
-            Ok(rx) => Ok(Routed::Forwarded(rx.await?)),
+            Ok(rx) => Ok(rx.await?),
             Err(e) => {
-                self.resolver.forget(leader.get_store_id());
+                self.resolver.forget(store_id);
                 Err(e.into())
             }
         }

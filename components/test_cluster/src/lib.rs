@@ -39,6 +39,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Where the cluster's stores and PD log: nowhere, unless `FLOTILLA_TEST_LOG` names a
+/// level (error, warn, info, debug) to debug a failing test with.
+fn test_logger() -> util::logger::Logger {
+    use util::logger::Level;
+    let level = match std::env::var("FLOTILLA_TEST_LOG").as_deref() {
+        Ok("error") => Level::Error,
+        Ok("warn") => Level::Warn,
+        Ok("info") => Level::Info,
+        Ok("debug") => Level::Debug,
+        _ => return util::logger::discard(),
+    };
+    util::logger::new(level)
+}
+
 /// Settings for a test cluster: fast ticks and heartbeats so that tests finish quickly.
 pub fn test_config() -> (raftstore::Config, pd::Config) {
     let rs = raftstore::Config {
@@ -101,12 +115,12 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let pd_server = pd::PdServer::start(pd_cfg, util::logger::discard()).expect("start pd");
+        let pd_server = pd::PdServer::start(pd_cfg, test_logger()).expect("start pd");
         let pd = rt
             .block_on(PdClient::connect(
                 &[pd_server.addr().to_string()],
                 Duration::from_secs(10),
-                util::logger::discard(),
+                test_logger(),
             ))
             .expect("connect to pd");
         let mut c = Cluster {
@@ -147,7 +161,7 @@ impl Cluster {
                 &self.pd,
                 &mut store,
                 &dir.display().to_string(),
-                &util::logger::discard(),
+                &test_logger(),
             ))
             .expect("join cluster");
         let store_id = store.get_id();
@@ -159,7 +173,7 @@ impl Cluster {
             transport: Arc::new(self.network.transport(store_id)),
             pd_tx,
             snap_mgr: snap_mgr.clone(),
-            logger: util::logger::discard(),
+            logger: test_logger(),
         })
         .expect("start raftstore");
         let router = raftstore.router();
@@ -169,7 +183,7 @@ impl Cluster {
             pd_rx,
             router.clone(),
             self.rt.handle().clone(),
-            util::logger::discard(),
+            test_logger(),
         );
         self.rt
             .block_on(self.pd.put_store(store))
@@ -406,14 +420,19 @@ impl Cluster {
     /// Asks the leader of the region holding `key` to split at `split_key`, as a client's
     /// SplitRegion request would; returns the resulting regions.
     pub fn split(&self, key: &[u8], split_key: &[u8]) -> Result<Vec<metapb::Region>, String> {
+        self.split_at_keys(key, vec![split_key.to_vec()])
+    }
+
+    /// Splits the region holding `key` at every one of `split_keys` in one command.
+    pub fn split_at_keys(
+        &self,
+        key: &[u8],
+        split_keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<metapb::Region>, String> {
         let (store, region) = self.leader_of_key(key).ok_or("no leader")?;
         let ctx = Self::context(&region, store);
         self.rt
-            .block_on(
-                self.running[&store]
-                    .storage
-                    .split_region(&ctx, vec![split_key.to_vec()]),
-            )
+            .block_on(self.running[&store].storage.split_region(&ctx, split_keys))
             .map_err(|e| e.to_string())
     }
 

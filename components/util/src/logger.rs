@@ -1,7 +1,8 @@
 //! Structured logging: slog to stderr, asynchronously, with a level from config.
 
 use serde::{Deserialize, Serialize};
-use slog::{o, Drain, Logger};
+pub use slog::Logger;
+use slog::{o, Drain};
 
 /// How much to log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

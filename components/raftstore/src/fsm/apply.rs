@@ -135,8 +135,22 @@ impl ApplyFsm {
                         .inc();
                 }
             }
-            ApplyMsg::Destroy => self.stopped = true,
+            ApplyMsg::Destroy => self.destroy(ctx),
         }
+    }
+
+    fn destroy(&mut self, ctx: &mut ApplyContext) {
+        // A peer created by a message has no range yet (an empty region means "all").
+        if !self.region.get_peers().is_empty() {
+            let start = keys::data_key(self.region.get_start_key());
+            let end = keys::data_end_key(self.region.get_end_key());
+            for cf in Cf::DATA {
+                ctx.wb.delete_range(cf, &start, &end);
+            }
+        }
+        put_region_state(&mut ctx.wb, &self.region, PeerState::Tombstone);
+        ctx.sync = true;
+        self.stopped = true;
     }
 
     fn apply_entry(&mut self, entry: Entry, proposal: Option<Proposal>, ctx: &mut ApplyContext) {
