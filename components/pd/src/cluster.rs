@@ -11,8 +11,8 @@ use proto::{metapb, pdpb};
 use slog::{info, warn, Logger};
 
 use crate::{
-    id::IdAllocator,
     balance::{balance_leader, balance_region},
+    id::IdAllocator,
     region_tree::{RegionInfo, RegionTree},
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
@@ -434,12 +434,13 @@ impl PdCore {
         }
         let stores = st.loads(&self.cfg);
         let mut alloc = || self.ids.alloc().ok();
-        let op = check_replicas(info, &stores, self.cfg.max_replicas, &mut alloc).or_else(|| {
-            if !self.cfg.enable_balance {
-                return None;
-            }
-            balance_region(info, &stores, &mut alloc).or_else(|| balance_leader(info, &stores))
-        })?;
+        let op =
+            check_replicas(info, &stores, self.cfg.max_replicas, &mut alloc).or_else(|| {
+                if !self.cfg.enable_balance {
+                    return None;
+                }
+                balance_region(info, &stores, &mut alloc).or_else(|| balance_leader(info, &stores))
+            })?;
         info!(self.logger, "new operator"; "region_id" => id, "kind" => op.kind, "steps" => ?op.steps);
         let resp = op.response(info);
         st.operators.insert(id, op);
@@ -610,11 +611,7 @@ impl PdCore {
         new_peer.set_store_id(to_store);
         new_peer.set_role(metapb::PeerRole::Learner);
         let steps = replace_steps(&info, &from, new_peer);
-        self.start_manual(
-            &mut st,
-            region_id,
-            Operator::new("move-peer", steps, &info),
-        );
+        self.start_manual(&mut st, region_id, Operator::new("move-peer", steps, &info));
         Ok(())
     }
 

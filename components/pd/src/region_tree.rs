@@ -96,7 +96,9 @@ impl RegionTree {
     fn count(&mut self, info: &RegionInfo, delta: isize) {
         let bump = |m: &mut HashMap<u64, usize>, store: u64| {
             let n = m.entry(store).or_default();
-            *n = n.checked_add_signed(delta).expect("a count never goes below zero");
+            *n = n
+                .checked_add_signed(delta)
+                .expect("a count never goes below zero");
         };
         for p in info.region.get_peers() {
             bump(&mut self.peers_on, p.get_store_id());
@@ -258,13 +260,19 @@ mod tests {
         a.leader = Some(a.region.get_peers()[0].clone());
         let mut t = RegionTree::default();
         t.update(a.clone()).unwrap();
-        assert_eq!((t.peer_count(1), t.peer_count(2), t.leader_count(1)), (1, 1, 1));
+        assert_eq!(
+            (t.peer_count(1), t.peer_count(2), t.leader_count(1)),
+            (1, 1, 1)
+        );
         // A membership change replaces the old counts; it does not add to them.
         a.region.mut_peers().remove(1);
         a.region.mut_region_epoch().set_conf_ver(2);
         a.leader = None;
         t.update(a).unwrap();
-        assert_eq!((t.peer_count(1), t.peer_count(2), t.leader_count(1)), (1, 0, 0));
+        assert_eq!(
+            (t.peer_count(1), t.peer_count(2), t.leader_count(1)),
+            (1, 0, 0)
+        );
         // A region swallowed by a newer one no longer counts.
         t.update(info(2, b"", b"z", 2, 1)).unwrap();
         assert_eq!(t.peer_count(1), 0);

@@ -63,6 +63,12 @@ pub struct Config {
     /// A region is measured again only after this much has been written to it, so that
     /// quiet regions are never scanned.
     pub region_split_check_diff: ByteSize,
+    /// Stop ticking a region whose peers are all up to date and that has been quiet for
+    /// a while; any message, proposal or the loss of its leader's store wakes it.
+    pub hibernate_regions: bool,
+    /// How often a hibernating leader still reports its region to PD.
+    #[serde(with = "humantime_serde")]
+    pub pd_heartbeat_idle_interval: Duration,
 }
 
 impl Default for Config {
@@ -90,11 +96,19 @@ impl Default for Config {
             region_split_keys: 960_000,
             split_region_check_tick_interval: Duration::from_secs(10),
             region_split_check_diff: ByteSize::mib(6),
+            hibernate_regions: true,
+            pd_heartbeat_idle_interval: Duration::from_secs(60),
         }
     }
 }
 
 impl Config {
+    /// A store that has not heartbeated to PD for this long is presumed down by the
+    /// others (three missed heartbeats).
+    pub fn store_silent_after(&self) -> Duration {
+        self.pd_store_heartbeat_tick_interval * 3
+    }
+
     /// Whole ticks in `d` (at least one).
     pub fn ticks(&self, d: Duration) -> u64 {
         let base = self.raft_base_tick_interval.as_millis().max(1);

@@ -22,6 +22,7 @@ impl PeerFsm {
         let region = self.region().clone();
         let id = region.get_id();
         info!(self.logger, "destroying peer"; "reason" => reason);
+        self.wake(ctx);
         self.stopped = true;
         self.fail_all(|| Error::RegionNotFound(id));
         let wb = &mut ctx.raft_wb;

@@ -26,6 +26,7 @@ mod destroy;
 mod error;
 pub mod fsm;
 mod heartbeat;
+mod hibernate;
 mod log_gc;
 pub mod metrics;
 pub mod msg;

@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 
 use prometheus::{
     exponential_buckets, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    register_int_counter_vec, register_int_gauge, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge,
 };
 
 fn latency_buckets() -> Vec<f64> {
@@ -97,6 +98,15 @@ pub static SNAPSHOTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "flotilla_raftstore_snapshots_total",
         "Region snapshots by stage (generate, apply) and outcome",
         &["stage", "outcome"]
+    )
+    .expect("register metric")
+});
+
+/// Peers that are hibernating (not ticking).
+pub static HIBERNATING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "flotilla_raftstore_hibernating_peers",
+        "Peers of idle regions that receive no ticks"
     )
     .expect("register metric")
 });

@@ -72,6 +72,11 @@ pub enum PeerMsg {
     },
     /// One Raft tick.
     Tick,
+    /// Report the region to PD (sent by the store to hibernating leaders, which get no
+    /// ticks); does not wake the peer.
+    HeartbeatPd,
+    /// Leave hibernation (the store suspects the leader's store is gone).
+    Wake,
     /// Entries were applied.
     ApplyRes(Box<ApplyRes>),
     /// A message to this peer could not be delivered.
@@ -183,6 +188,9 @@ pub enum ExecResult {
 pub enum StoreMsg {
     /// A Raft message for a region this store has no peer of (yet).
     RaftMessage(Box<RaftMessage>),
+    /// These stores stopped heartbeating to PD: wake hibernating regions with a peer
+    /// there, so that they notice a lost leader and elect another.
+    StoresDown(Vec<u64>),
     /// A peer was destroyed and unregistered.
     PeerDestroyed {
         /// Its region.

@@ -31,6 +31,11 @@ pub struct ReadQueue {
 }
 
 impl ReadQueue {
+    /// Whether no read is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.incoming.is_empty() && self.batches.is_empty()
+    }
+
     /// Turns the reads of this round into one batch and asks Raft for its read index.
     pub fn flush(&mut self, raft: &mut RawNode<PeerStorage>, is_leader: bool) {
         if self.incoming.is_empty() {

@@ -1,9 +1,9 @@
 //! Routers: region id -> mailbox, for peers and for apply state machines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crossbeam_channel::Sender;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use proto::raft_serverpb::RaftMessage;
 use std::sync::Arc;
 
@@ -46,9 +46,19 @@ impl<F: Fsm> Router<F> {
         }
     }
 
-    /// Sends a message made by `make` to every registered region.
-    pub fn broadcast(&self, mut make: impl FnMut() -> F::Message) {
-        let boxes: Vec<Mailbox<F>> = self.boxes.read().values().cloned().collect();
+    /// Sends a message made by `make` to every registered region `pick` accepts.
+    pub fn broadcast(
+        &self,
+        mut pick: impl FnMut(u64) -> bool,
+        mut make: impl FnMut() -> F::Message,
+    ) {
+        let boxes: Vec<Mailbox<F>> = self
+            .boxes
+            .read()
+            .iter()
+            .filter(|(id, _)| pick(**id))
+            .map(|(_, mb)| mb.clone())
+            .collect();
         for mb in boxes {
             let _ = mb.send(make());
         }
@@ -91,6 +101,8 @@ pub type ApplyRouter = Router<ApplyFsm>;
 pub struct RaftRouter {
     pub(crate) peers: Router<PeerFsm>,
     pub(crate) store: Sender<StoreMsg>,
+    /// Regions whose peer here hibernates: the store sends them no ticks.
+    pub(crate) hibernating: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl RaftRouter {
@@ -125,6 +137,25 @@ impl RaftRouter {
     /// Tells a peer how sending a snapshot to `to_peer_id` ended.
     pub fn report_snapshot_status(&self, region_id: u64, to_peer_id: u64, ok: bool) {
         let _ = self.send(region_id, PeerMsg::SnapshotStatus { to_peer_id, ok });
+    }
+
+    /// Sends mail to the store itself.
+    pub fn send_store(&self, msg: StoreMsg) {
+        let _ = self.store.send(msg);
+    }
+
+    pub(crate) fn set_hibernating(&self, region_id: u64, quiet: bool) {
+        let mut set = self.hibernating.lock();
+        if quiet {
+            set.insert(region_id);
+        } else {
+            set.remove(&region_id);
+        }
+    }
+
+    /// How many peers on this store hibernate.
+    pub fn hibernating_count(&self) -> usize {
+        self.hibernating.lock().len()
     }
 
     /// How many peers this store hosts.

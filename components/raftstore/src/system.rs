@@ -66,6 +66,7 @@ impl RaftStore {
         let router = RaftRouter {
             peers: Router::default(),
             store: store_tx,
+            hibernating: Arc::default(),
         };
         let apply_router = ApplyRouter::default();
         let store_meta = Arc::new(Mutex::new(StoreMeta::default()));

@@ -219,6 +219,7 @@ impl Node {
             pd_rx,
             router.clone(),
             rt.clone(),
+            cfg.raftstore.store_silent_after(),
             logger.clone(),
         );
 

@@ -2,23 +2,30 @@
 //! operators coming back on it, and split ids. A store that cannot reach PD keeps
 //! serving; heartbeats are retried on the next tick.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crossbeam_channel::Receiver;
 use futures::{SinkExt, TryStreamExt};
 use grpcio::WriteFlags;
+use parking_lot::Mutex;
 use pd_client::PdClient;
 use proto::{metapb, pdpb};
-use raftstore::{msg::Callback, split, CmdResponse, PdTask, PeerMsg, RaftRouter};
+use raftstore::{
+    msg::{Callback, StoreMsg},
+    split, CmdResponse, PdTask, PeerMsg, RaftRouter,
+};
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// Starts the PD worker; it stops when every sender of `tasks` is gone.
+/// Starts the PD worker; it stops when every sender of `tasks` is gone. A store whose
+/// last heartbeat to PD is older than `silent_after` is reported to the raftstore as
+/// down, once, so that regions hibernating with a leader there wake up.
 pub fn spawn(
     pd: Arc<PdClient>,
     tasks: Receiver<PdTask>,
     router: RaftRouter,
     rt: tokio::runtime::Handle,
+    silent_after: Duration,
     logger: Logger,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -31,6 +38,7 @@ pub fn spawn(
                 router.clone(),
                 logger.clone(),
             ));
+            let silent = Arc::new(Mutex::new(HashSet::new()));
             for task in tasks {
                 match task {
                     PdTask::RegionHeartbeat(req) => {
@@ -52,11 +60,19 @@ pub fn spawn(
                         ));
                     }
                     PdTask::StoreHeartbeat(stats) => {
-                        let pd = pd.clone();
-                        let logger = logger.clone();
+                        let (pd, router) = (pd.clone(), router.clone());
+                        let (silent, logger) = (silent.clone(), logger.clone());
                         rt.spawn(async move {
                             if let Err(e) = pd.store_heartbeat(stats).await {
                                 warn!(logger, "store heartbeat failed"; "err" => %e);
+                                return;
+                            }
+                            match newly_silent_stores(&pd, &silent, silent_after).await {
+                                Ok(down) if !down.is_empty() => {
+                                    router.send_store(StoreMsg::StoresDown(down))
+                                }
+                                Ok(_) => {}
+                                Err(e) => debug!(logger, "cannot list stores"; "err" => %e),
                             }
                         });
                     }
@@ -65,6 +81,31 @@ pub fn spawn(
             stream.abort();
         })
         .expect("spawn pd worker")
+}
+
+/// Stores that PD has not heard from within `silent_after` and were not reported yet;
+/// a store heard from again is forgotten, so that it is reported if it goes silent again.
+async fn newly_silent_stores(
+    pd: &PdClient,
+    reported: &Mutex<HashSet<u64>>,
+    silent_after: Duration,
+) -> pd_client::Result<Vec<u64>> {
+    let stores = pd.get_all_stores(true).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let mut reported = reported.lock();
+    let mut down = vec![];
+    for s in stores {
+        let quiet_for = Duration::from_nanos((now - s.last_heartbeat).max(0) as u64);
+        if s.last_heartbeat == 0 || quiet_for < silent_after {
+            reported.remove(&s.get_id());
+        } else if reported.insert(s.get_id()) {
+            down.push(s.get_id());
+        }
+    }
+    Ok(down)
 }
 
 /// Gets ids from PD and proposes the split; once applied, reports the new regions so

@@ -61,6 +61,7 @@ pub fn test_config() -> (raftstore::Config, pd::Config) {
         raft_heartbeat_ticks: 2,
         raft_log_gc_tick_interval: Duration::from_millis(200),
         pd_heartbeat_tick_interval: Duration::from_millis(200),
+        pd_heartbeat_idle_interval: Duration::from_millis(500),
         pd_store_heartbeat_tick_interval: Duration::from_millis(200),
         max_peer_down_duration: Duration::from_secs(2),
         store_pool_size: 1,
@@ -183,6 +184,7 @@ impl Cluster {
             pd_rx,
             router.clone(),
             self.rt.handle().clone(),
+            self.raft_cfg.store_silent_after(),
             test_logger(),
         );
         self.rt
@@ -255,6 +257,12 @@ impl Cluster {
                 .filter(|reg| meta.is_leader(reg.get_id()))
                 .map(|reg| (*id, reg.clone()))
         })
+    }
+
+    /// (hibernating peers, all peers) of a running store.
+    pub fn hibernating(&self, store_id: u64) -> (usize, usize) {
+        let router = self.running[&store_id].raftstore.router();
+        (router.hibernating_count(), router.region_count())
     }
 
     /// The store leading `region_id`, if a running store leads it.

@@ -63,6 +63,10 @@ pub struct PeerFsm {
     pub(crate) size_diff_hint: u64,
     /// Size and keys the split checker last measured.
     pub(crate) approximate: Option<(u64, u64)>,
+    /// Hibernating: the store sends no ticks (see `hibernate.rs`).
+    pub(crate) quiet: bool,
+    /// Ticks since the last proposal, read or admin request.
+    pub(crate) idle_ticks: u64,
 }
 
 impl Fsm for PeerFsm {
@@ -108,6 +112,8 @@ impl PeerFsm {
             stopped: false,
             size_diff_hint: 0,
             approximate: None,
+            quiet: false,
+            idle_ticks: 0,
         })
     }
 
@@ -151,12 +157,25 @@ impl PeerFsm {
         if self.stopped {
             return;
         }
+        if Self::wakes(&msg) {
+            self.wake(ctx);
+        }
+        if !matches!(
+            msg,
+            PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::RaftMessage(_) | PeerMsg::ApplyRes(_)
+        ) {
+            self.idle_ticks = 0;
+        }
         match msg {
+            PeerMsg::RaftMessage(m) if m.get_hibernate() => self.on_hibernate_message(&m, ctx),
             PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
             PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
             PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to)),
+            PeerMsg::Tick if self.quiet => {}
             PeerMsg::Tick => self.on_tick(ctx),
+            PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
+            PeerMsg::HeartbeatPd | PeerMsg::Wake => {}
             PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
             PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
             PeerMsg::SnapshotStatus { to_peer_id, ok } => {
@@ -208,8 +227,17 @@ impl PeerFsm {
         }
     }
 
+    /// Whether a proposal, read or Ready is still being worked on.
+    pub(crate) fn has_work_in_flight(&self) -> bool {
+        !self.proposals.is_empty()
+            || !self.reads.is_empty()
+            || self.pending.is_some()
+            || self.raft.has_ready()
+    }
+
     fn on_tick(&mut self, ctx: &mut PollContext) {
         self.ticks += 1;
+        self.idle_ticks += 1;
         self.raft.tick();
         self.reads
             .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
@@ -226,6 +254,7 @@ impl PeerFsm {
             {
                 self.heartbeat_pd(ctx);
             }
+            self.maybe_hibernate_leader(ctx);
         }
     }
 
@@ -536,25 +565,32 @@ impl PeerFsm {
     /// Queues Raft messages for their stores (sent at the end of the round).
     pub(crate) fn send(&mut self, msgs: Vec<Message>, ctx: &mut PollContext) {
         for m in msgs {
-            let Some(to) = self.peer_by_id(m.to) else {
-                debug!(self.logger, "dropping message to a peer not in the region"; "to" => m.to);
-                continue;
-            };
-            let region = self.region();
-            let mut out = RaftMessage::default();
-            out.set_region_id(region.get_id());
-            out.set_from_peer(self.peer.clone());
-            out.set_region_epoch(region.get_region_epoch().clone());
-            out.set_start_key(region.get_start_key().to_vec());
-            out.set_end_key(region.get_end_key().to_vec());
-            out.set_message(
-                m.write_to_bytes()
-                    .expect("encoding a raft message into memory cannot fail"),
-            );
-            let store_id = to.get_store_id();
-            out.set_to_peer(to);
-            ctx.outgoing.entry(store_id).or_default().push(out);
+            if let Some((store_id, out)) = self.wrap(m) {
+                ctx.outgoing.entry(store_id).or_default().push(out);
+            }
         }
+    }
+
+    /// A Raft message in its store-to-store envelope, with the receiver's store id.
+    pub(crate) fn wrap(&self, m: Message) -> Option<(u64, RaftMessage)> {
+        let Some(to) = self.peer_by_id(m.to) else {
+            debug!(self.logger, "dropping message to a peer not in the region"; "to" => m.to);
+            return None;
+        };
+        let region = self.region();
+        let mut out = RaftMessage::default();
+        out.set_region_id(region.get_id());
+        out.set_from_peer(self.peer.clone());
+        out.set_region_epoch(region.get_region_epoch().clone());
+        out.set_start_key(region.get_start_key().to_vec());
+        out.set_end_key(region.get_end_key().to_vec());
+        out.set_message(
+            m.write_to_bytes()
+                .expect("encoding a raft message into memory cannot fail"),
+        );
+        let store_id = to.get_store_id();
+        out.set_to_peer(to);
+        Some((store_id, out))
     }
 
     /// Answers every waiting proposal and read with `err`, for a peer that is going away.

@@ -45,6 +45,7 @@ impl StoreFsm {
     pub fn run(self, inbox: Receiver<StoreMsg>, stop: Receiver<()>) {
         let ticker = crossbeam_channel::tick(self.cfg.raft_base_tick_interval);
         let heartbeat_every = self.cfg.ticks(self.cfg.pd_store_heartbeat_tick_interval);
+        let idle_heartbeat_every = self.cfg.ticks(self.cfg.pd_heartbeat_idle_interval);
         self.heartbeat();
         let mut ticks = 0u64;
         loop {
@@ -54,8 +55,8 @@ impl StoreFsm {
                     Err(_) => return,
                 },
                 recv(ticker) -> _ => {
-                    self.router.peers.broadcast(|| PeerMsg::Tick);
                     ticks += 1;
+                    self.tick_peers(ticks % idle_heartbeat_every == 0);
                     if ticks % heartbeat_every == 0 {
                         self.heartbeat();
                     }
@@ -65,8 +66,24 @@ impl StoreFsm {
         }
     }
 
+    /// Ticks every awake peer; hibernating ones only get a prompt to report to PD, when
+    /// `idle_heartbeat` says it is time.
+    fn tick_peers(&self, idle_heartbeat: bool) {
+        // Held while sending: a peer that changes state meanwhile waits for this tick.
+        let quiet = self.router.hibernating.lock();
+        self.router
+            .peers
+            .broadcast(|id| !quiet.contains(&id), || PeerMsg::Tick);
+        if idle_heartbeat {
+            self.router
+                .peers
+                .broadcast(|id| quiet.contains(&id), || PeerMsg::HeartbeatPd);
+        }
+    }
+
     fn on_msg(&self, msg: StoreMsg) {
         match msg {
+            StoreMsg::StoresDown(stores) => self.wake_regions_on(&stores),
             StoreMsg::RaftMessage(msg) => {
                 if let Err(e) = self.maybe_create_peer(*msg) {
                     warn!(self.logger, "cannot create peer"; "err" => %e);
@@ -79,6 +96,28 @@ impl StoreFsm {
             StoreMsg::CreateSplitPeers { regions, campaign } => {
                 self.create_split_peers(regions, campaign)
             }
+        }
+    }
+
+    fn wake_regions_on(&self, stores: &[u64]) {
+        let quiet = self.router.hibernating.lock().clone();
+        let to_wake: Vec<u64> = {
+            let meta = self.store_meta.lock();
+            quiet
+                .into_iter()
+                .filter(|id| {
+                    meta.region(*id).is_some_and(|r| {
+                        r.get_peers()
+                            .iter()
+                            .any(|p| stores.contains(&p.get_store_id()))
+                    })
+                })
+                .collect()
+        };
+        info!(self.logger, "waking hibernating regions with a peer on a silent store";
+              "stores" => ?stores, "regions" => to_wake.len());
+        for id in to_wake {
+            let _ = self.router.send(id, PeerMsg::Wake);
         }
     }
 
@@ -228,7 +267,8 @@ impl StoreFsm {
     fn maybe_create_peer(&self, msg: RaftMessage) -> Result<()> {
         let region_id = msg.get_region_id();
         let to = msg.get_to_peer();
-        if msg.get_is_tombstone() || to.get_store_id() != self.store_id {
+        // A hibernate notice is no reason to create a peer: the leader is going quiet.
+        if msg.get_is_tombstone() || msg.get_hibernate() || to.get_store_id() != self.store_id {
             return Ok(());
         }
         let raft_msg = Message::parse_from_bytes(msg.get_message())?;

@@ -1,0 +1,121 @@
+//! Hibernation: an idle region stops ticking, so that a store can hold thousands of
+//! regions and stay idle.
+//!
+//! A leader goes quiet once nothing is in flight, every peer has its whole log and has
+//! been heard from recently, and it has been idle long enough for a log GC pass. It
+//! tells its peers (a `hibernate` RaftMessage carrying its term, last index and commit);
+//! a peer whose log matches goes quiet too. A peer that does not agree keeps ticking:
+//! its election timer then sends a pre-vote, which wakes the leader, which heartbeats
+//! again and tries later. Nothing is lost by a wrong guess, only a few messages.
+//!
+//! Any mail wakes a quiet peer except its own heartbeat-to-PD prompt: a proposal, a
+//! read, a Raft message, an operator. A quiet leader whose store died wakes no one, so
+//! the store wakes every quiet region with a peer on a store that PD reports as silent
+//! (`StoreMsg::StoresDown`); they then elect a new leader as usual.
+
+use proto::raft_serverpb::RaftMessage;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use slog::debug;
+
+use crate::{fsm::peer::PeerFsm, metrics, msg::PeerMsg, poll::PollContext};
+
+impl PeerFsm {
+    /// Whether `msg` should wake this peer if it is quiet.
+    pub(crate) fn wakes(msg: &PeerMsg) -> bool {
+        match msg {
+            PeerMsg::Tick | PeerMsg::HeartbeatPd => false,
+            PeerMsg::RaftMessage(m) => !m.get_hibernate(),
+            _ => true,
+        }
+    }
+
+    /// Leaves hibernation: ticks resume.
+    pub(crate) fn wake(&mut self, ctx: &mut PollContext) {
+        if !self.quiet {
+            return;
+        }
+        self.quiet = false;
+        self.idle_ticks = 0;
+        ctx.router.set_hibernating(self.region_id(), false);
+        metrics::HIBERNATING.dec();
+        debug!(self.logger, "woke up");
+    }
+
+    fn go_quiet(&mut self, ctx: &mut PollContext) {
+        self.quiet = true;
+        ctx.router.set_hibernating(self.region_id(), true);
+        metrics::HIBERNATING.inc();
+        debug!(self.logger, "hibernating");
+    }
+
+    /// Called on every tick of a leader: goes quiet if the region is idle and settled.
+    pub(crate) fn maybe_hibernate_leader(&mut self, ctx: &mut PollContext) {
+        if !ctx.cfg.hibernate_regions || !self.is_idle_leader(ctx) {
+            return;
+        }
+        let r = &self.raft.raft;
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.term = r.term;
+        m.index = r.raft_log.last_index();
+        m.commit = r.raft_log.committed;
+        m.from = self.peer.get_id();
+        let to: Vec<u64> = r.prs().iter().map(|(id, _)| *id).collect();
+        for id in to.into_iter().filter(|id| *id != m.from) {
+            let mut m = m.clone();
+            m.to = id;
+            if let Some((store_id, mut out)) = self.wrap(m) {
+                out.set_hibernate(true);
+                ctx.outgoing.entry(store_id).or_default().push(out);
+            }
+        }
+        self.go_quiet(ctx);
+    }
+
+    fn is_idle_leader(&self, ctx: &PollContext) -> bool {
+        let cfg = &ctx.cfg;
+        let idle_for = (cfg.raft_election_timeout_ticks as u64)
+            .max(cfg.ticks(cfg.raft_log_gc_tick_interval))
+            + 1;
+        let r = &self.raft.raft;
+        let last = r.raft_log.last_index();
+        let recent = cfg.raft_base_tick_interval * cfg.raft_election_timeout_ticks as u32;
+        self.idle_ticks >= idle_for
+            && !self.has_work_in_flight()
+            && !self.heartbeat_due
+            && self.size_diff_hint < cfg.region_split_check_diff.as_u64()
+            && r.lead_transferee.is_none()
+            && !r.has_pending_conf()
+            && r.raft_log.committed == last
+            && self.raft.store().applied_index() == last
+            && r.prs().iter().all(|(id, p)| {
+                *id == self.peer.get_id()
+                    || (p.matched == last
+                        && self
+                            .peer_heartbeats
+                            .get(id)
+                            .is_some_and(|t| t.elapsed() < recent))
+            })
+    }
+
+    /// A follower or learner takes a leader's hibernate message: goes quiet if its log
+    /// is the leader's.
+    pub(crate) fn on_hibernate_message(&mut self, msg: &RaftMessage, ctx: &mut PollContext) {
+        let Ok(m) = Message::parse_from_bytes(msg.get_message()) else {
+            return;
+        };
+        let r = &self.raft.raft;
+        let agrees = ctx.cfg.hibernate_regions
+            && !self.quiet
+            && m.from == r.leader_id
+            && m.term == r.term
+            && m.index == r.raft_log.last_index()
+            && m.commit == r.raft_log.committed
+            && self.raft.store().applied_index() == m.commit
+            && !self.has_work_in_flight();
+        if agrees {
+            self.go_quiet(ctx);
+        }
+    }
+}
