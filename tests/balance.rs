@@ -88,15 +88,20 @@ fn a_new_store_gets_its_share_and_a_deleted_store_ends_empty() {
     let new = c.add_store();
     let stores = c.store_ids();
     wait_until(
-        "replica and leader counts within one of each other",
+        "no operator running and counts within one of each other",
         SETTLE,
         || {
             let n = counts(&c, &stores);
-            within_one(n.iter().map(|x| x.0)) && within_one(n.iter().map(|x| x.1))
+            let idle = c
+                .runtime()
+                .block_on(c.pd().get_operators())
+                .is_ok_and(|ops| ops.is_empty());
+            idle && n.iter().map(|x| x.0).sum::<u32>() == 3 * REGIONS as u32
+                && within_one(n.iter().map(|x| x.0))
+                && within_one(n.iter().map(|x| x.1))
         },
     );
     let n = counts(&c, &stores);
-    assert_eq!(n.iter().map(|x| x.0).sum::<u32>(), 3 * REGIONS as u32);
     assert!(n[stores.iter().position(|s| *s == new).unwrap()].0 >= 149);
     for i in 0..REGIONS {
         c.must_get_equal(&data_key(i), &split_key(i));
