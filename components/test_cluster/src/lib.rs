@@ -89,7 +89,9 @@ pub struct Cluster {
     /// Raftstore settings every store starts with.
     pub raft_cfg: raftstore::Config,
     rt: tokio::runtime::Runtime,
-    pd_server: Option<pd::PdServer>,
+    /// In a mutex only so that a `Cluster` can be shared by test threads (the gRPC
+    /// server is not `Sync`).
+    pd_server: Option<Mutex<pd::PdServer>>,
     pd: Arc<PdClient>,
     network: Network,
     dirs: BTreeMap<u64, PathBuf>,
@@ -127,7 +129,7 @@ impl Cluster {
         let mut c = Cluster {
             raft_cfg,
             rt,
-            pd_server: Some(pd_server),
+            pd_server: Some(Mutex::new(pd_server)),
             pd,
             network: Network::default(),
             dirs: BTreeMap::new(),
@@ -476,7 +478,7 @@ impl Cluster {
     /// Stops PD; stores keep running and retry.
     pub fn stop_pd(&mut self) {
         if let Some(pd) = self.pd_server.take() {
-            pd.shutdown();
+            pd.into_inner().shutdown();
         }
     }
 }
@@ -488,7 +490,7 @@ impl Drop for Cluster {
             self.stop_store(id);
         }
         if let Some(pd) = self.pd_server.take() {
-            pd.shutdown();
+            pd.into_inner().shutdown();
         }
     }
 }
