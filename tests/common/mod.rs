@@ -92,6 +92,18 @@ impl Proc {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -148,10 +160,19 @@ impl ProcCluster {
 
     /// Starts pd-server and `n` kv-servers with extra `[raftstore]` settings (TOML lines).
     pub fn start_with(n: usize, raftstore_extra: &str) -> ProcCluster {
+        Self::start_configured(n, raftstore_extra, "")
+    }
+
+    /// Like [`ProcCluster::start_with`], with extra `[pd]` settings for pd-server too.
+    pub fn start_configured(n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let pd_port = free_port();
         let pd_addr = format!("127.0.0.1:{pd_port}");
+        let pd_cfg = dir.path().join("pd.toml");
+        std::fs::write(&pd_cfg, format!("[pd]\n{pd_extra}\n")).expect("write pd config");
         let pd_args = vec![
+            "--config".into(),
+            pd_cfg.display().to_string(),
             "--addr".into(),
             pd_addr.clone(),
             "--data-dir".into(),
