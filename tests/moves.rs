@@ -2,7 +2,8 @@
 //! (about 100 MiB). A whole-range move is timed; after `kvctl split`, a second move is
 //! interrupted by SIGKILLing the target store, which then restarts: the move finishes
 //! (or is abandoned) cleanly, every region ends with three voters, and every key reads
-//! back. Bad `kvctl region move` and `transfer-leader` requests change nothing.
+//! back. Bad `kvctl region move` and `transfer-leader` requests change nothing, and
+//! `kvctl store delete --wait` empties a store into tombstone.
 
 mod common;
 
@@ -206,6 +207,35 @@ fn moves_finish_through_a_killed_target_and_keep_every_key() {
                 p.len() == 3 && p.iter().all(|x| x.1 == metapb::PeerRole::Voter)
             })
     });
+
+    // Decommission the target: kvctl follows it to tombstone, showing progress; with
+    // three stores left, deleting another is refused.
+    let victim = target.to_string();
+    let out = kvctl(
+        &pd,
+        &["--timeout", "120s", "store", "delete", &victim, "--wait"],
+    );
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    let last = progress.lines().last().unwrap_or_default();
+    let done = last
+        .strip_prefix(&format!("replicas moved off store {target}: "))
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(count, _)| count.split_once('/'));
+    assert!(
+        matches!(done, Some((a, b)) if a == b && a != "0"),
+        "progress ends with every replica moved: {progress}"
+    );
+    let (store, _) = rt.block_on(c.pd().get_store(target)).expect("store");
+    assert_eq!(store.get_state(), metapb::StoreState::Tombstone);
+    let regions = rt.block_on(c.regions()).expect("regions");
+    assert!(regions
+        .iter()
+        .all(|r| peers(&r.region).len() == 3 && !peers(&r.region).iter().any(|p| p.0 == target)));
+    let other = source.to_string();
+    let out = kvctl(&pd, &["store", "delete", &other]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fewer than max-replicas"));
 
     let got = rt
         .block_on(c.scan(b"", b"", N + 10))
