@@ -85,6 +85,7 @@ fn a_new_store_gets_its_share_and_a_deleted_store_ends_empty() {
         c.must_put(&data_key(i), &split_key(i));
     }
 
+    let joined = std::time::Instant::now();
     let new = c.add_store();
     let stores = c.store_ids();
     wait_until(
@@ -102,6 +103,10 @@ fn a_new_store_gets_its_share_and_a_deleted_store_ends_empty() {
         },
     );
     let n = counts(&c, &stores);
+    eprintln!(
+        "balanced in {:.1}s: (replicas, leaders) per store {n:?}",
+        joined.elapsed().as_secs_f64()
+    );
     assert!(n[stores.iter().position(|s| *s == new).unwrap()].0 >= 149);
     for i in 0..REGIONS {
         c.must_get_equal(&data_key(i), &split_key(i));
