@@ -94,6 +94,7 @@ impl State {
             .collect();
         for op in self.operators.values() {
             let mut touched: Vec<u64> = op.influence.iter().map(|i| i.store).collect();
+            touched.sort_unstable();
             touched.dedup();
             for i in &op.influence {
                 if let Some(l) = loads.get_mut(&i.store) {
