@@ -714,4 +714,58 @@ mod tests {
         assert!(core.region_heartbeat(&hb).unwrap().is_none());
         assert!(core.operators().is_empty());
     }
+
+    #[test]
+    fn moves_to_unusable_stores_and_deletes_below_max_replicas_are_refused() {
+        use metapb::PeerRole::*;
+        let dir = tempfile::tempdir().unwrap();
+        let core = PdCore::open(
+            Config::default(),
+            Storage::open(dir.path()).unwrap(),
+            util::logger::discard(),
+        )
+        .unwrap();
+        let mut region = metapb::Region::default();
+        region.set_id(2);
+        region.mut_peers().push(peer(3, 1, Voter));
+        core.bootstrap(store(1), region.clone()).unwrap();
+        for s in [4, 5, 6, 7] {
+            core.put_store(store(s)).unwrap();
+        }
+        region.mut_peers().push(peer(8, 4, Voter));
+        region.mut_peers().push(peer(9, 5, Voter));
+        region.mut_region_epoch().set_conf_ver(3);
+        let mut hb = pdpb::RegionHeartbeatRequest::default();
+        hb.set_region(region);
+        hb.set_leader(peer(3, 1, Voter));
+        assert!(core.region_heartbeat(&hb).unwrap().is_none());
+
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        // Store 6 holds nothing: deleting it retires it at once.
+        core.delete_store(6).unwrap();
+        assert_eq!(
+            core.get_store(6).unwrap().meta.get_state(),
+            metapb::StoreState::Tombstone
+        );
+        assert!(err(core.add_move_peer(2, 4, 6)).contains("store 6 is tombstone"));
+        assert!(err(core.delete_store(6)).contains("tombstone"));
+        // Store 5 holds a replica: it goes offline and takes no new ones.
+        core.delete_store(5).unwrap();
+        assert_eq!(
+            core.get_store(5).unwrap().meta.get_state(),
+            metapb::StoreState::Offline
+        );
+        assert!(err(core.add_transfer_leader(2, 5)).contains("store 5 is down or offline"));
+        // The next heartbeat starts moving its replica to the one store left, 7.
+        let resp = core.region_heartbeat(&hb).unwrap().expect("a step");
+        assert_eq!(resp.get_change_peer().get_peer().get_store_id(), 7);
+        assert!(err(core.add_move_peer(2, 4, 7)).contains("already has a running operator"));
+        // Three stores are left up (1, 4, 7): no more deletes.
+        assert!(err(core.delete_store(7)).contains("fewer than max-replicas (3)"));
+        assert_eq!(
+            core.get_store(7).unwrap().meta.get_state(),
+            metapb::StoreState::Up
+        );
+        assert!(err(core.delete_store(42)).contains("not found"));
+    }
 }
