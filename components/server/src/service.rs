@@ -4,7 +4,8 @@
 //! A request with a region in its context comes from a smart client and is answered here,
 //! with a region error if this store cannot serve it. A request without one (a dumb
 //! client) is routed by key: served here if this store leads the key's region, otherwise
-//! forwarded to the leader's store, following a newer leader a few hops if PD's was stale.
+//! forwarded to the leader's store; a routing error from either is retried a few times
+//! (leadership may have moved meanwhile) before it reaches the client.
 
 use std::future::Future;
 
@@ -43,7 +44,7 @@ const FORWARD_ATTEMPTS: u32 = 3;
 const FORWARD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A raw request: where it goes, and how to forward it.
-pub trait RawRequest: Send + Sync + 'static {
+pub trait RawRequest: Clone + Send + Sync + 'static {
     /// Its response.
     type Resp: RawResponse;
     /// The routing context.
@@ -168,7 +169,7 @@ impl TikvService {
     fn serve<Req, F, Fut>(&self, sink: UnarySink<Req::Resp>, req: Req, handle: F)
     where
         Req: RawRequest,
-        F: FnOnce(RawStorage, Req) -> Fut + Send + 'static,
+        F: Fn(RawStorage, Req) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
         let this = self.clone();
@@ -176,22 +177,61 @@ impl TikvService {
             .with_label_values(&[Req::NAME])
             .start_timer();
         self.rt.spawn(async move {
-            let resp = match this.route(req).await {
-                Ok(Routed::Local(req)) => handle(this.storage.clone(), req)
+            let resp = if req.context().get_region_id() != 0 {
+                handle(this.storage.clone(), req)
                     .await
-                    .unwrap_or_else(error_response),
-                Ok(Routed::Forwarded(resp)) => resp,
-                Err(e) => error_response(e),
+                    .unwrap_or_else(error_response)
+            } else {
+                this.serve_unrouted(req, handle).await
             };
             timer.observe_duration();
             let _ = sink.success(resp).await;
         });
     }
 
-    async fn route<Req: RawRequest>(&self, mut req: Req) -> Result<Routed<Req>> {
-        if req.context().get_region_id() != 0 {
-            return Ok(Routed::Local(req));
+    /// Serves a request without routing (a dumb client's), here or at the leader's store.
+    /// Leadership may move between looking it up and serving (PD learns of a new leader
+    /// a heartbeat late), so a routing error is retried a few times, following the
+    /// leader hint it carries, before it goes back to the client.
+    async fn serve_unrouted<Req, F, Fut>(&self, req: Req, handle: F) -> Req::Resp
+    where
+        Req: RawRequest,
+        F: Fn(RawStorage, Req) -> Fut,
+        Fut: Future<Output = Result<Req::Resp>>,
+    {
+        let mut hint = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = match self.route(req.clone(), hint.take()).await {
+                Ok(Routed::Local(req)) => handle(self.storage.clone(), req)
+                    .await
+                    .unwrap_or_else(error_response),
+                Ok(Routed::Forwarded(resp)) => resp,
+                Err(e) => error_response(e),
+            };
+            let Some(e) = resp.region_err() else {
+                return resp;
+            };
+            let routing = e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found();
+            if attempt >= FORWARD_ATTEMPTS || !routing {
+                return resp;
+            }
+            if e.get_not_leader().has_leader() {
+                hint = Some(e.get_not_leader().get_leader().clone());
+            } else {
+                tokio::time::sleep(FORWARD_BACKOFF * attempt).await;
+            }
         }
+    }
+
+    /// Where a request without routing goes: this store if it leads the key's region,
+    /// else `leader` (a hint from a previous attempt) or the leader PD knows.
+    async fn route<Req: RawRequest>(
+        &self,
+        mut req: Req,
+        leader: Option<metapb::Peer>,
+    ) -> Result<Routed<Req>> {
         let key = req.route_key().to_vec();
         if let Some(region) = self.storage.local_leader_region(&key) {
             let me = region
@@ -203,34 +243,16 @@ impl TikvService {
             req.set_routing(routing(&region, &me));
             return Ok(Routed::Local(req));
         }
-        let mut attempt = 0;
-        let (mut region, mut leader) = self.pd_route(&key).await?;
-        loop {
-            attempt += 1;
-            req.set_routing(routing(&region, &leader));
-            if leader.get_store_id() == self.store_id {
-                return Ok(Routed::Local(req));
-            }
-            metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
-            let resp = self.forward(&req, leader.get_store_id()).await?;
-            // PD learns of a new leader a heartbeat late: follow the leader's own hint,
-            // or ask PD again, a few times before handing the error to the client.
-            match resp.region_err() {
-                Some(e) if attempt < FORWARD_ATTEMPTS && e.get_not_leader().has_leader() => {
-                    leader = e.get_not_leader().get_leader().clone();
-                }
-                Some(e)
-                    if attempt < FORWARD_ATTEMPTS
-                        && (e.has_not_leader()
-                            || e.has_epoch_not_match()
-                            || e.has_region_not_found()) =>
-                {
-                    tokio::time::sleep(FORWARD_BACKOFF * attempt).await;
-                    (region, leader) = self.pd_route(&key).await?;
-                }
-                _ => return Ok(Routed::Forwarded(resp)),
-            }
+        let (region, pd_leader) = self.pd_route(&key).await?;
+        let leader = leader.unwrap_or(pd_leader);
+        req.set_routing(routing(&region, &leader));
+        if leader.get_store_id() == self.store_id {
+            return Ok(Routed::Local(req));
         }
+        metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
+        Ok(Routed::Forwarded(
+            self.forward(&req, leader.get_store_id()).await?,
+        ))
     }
 
     /// The region holding `key` and its leader, as PD knows them.
