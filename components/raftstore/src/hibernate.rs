@@ -37,6 +37,11 @@ impl PeerFsm {
         }
         self.quiet = false;
         self.idle_ticks = 0;
+        if self.is_leader() {
+            // Heard-from flags date from before the sleep; a heartbeat round refreshes
+            // them before the next check-quorum could make the leader step down.
+            self.raft.ping();
+        }
         ctx.router.set_hibernating(self.region_id(), false);
         metrics::HIBERNATING.dec();
         debug!(self.logger, "woke up");
