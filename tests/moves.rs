@@ -3,7 +3,7 @@
 //! interrupted by SIGKILLing the target store, which then restarts: the move finishes
 //! (or is abandoned) cleanly, every region ends with three voters, and every key reads
 //! back. Bad `kvctl region move` and `transfer-leader` requests change nothing, and
-//! `kvctl store delete --wait` empties a store into tombstone.
+//! `kvctl store delete --wait` empties a store into tombstone, after which it exits.
 
 mod common;
 
@@ -228,6 +228,14 @@ fn moves_finish_through_a_killed_target_and_keep_every_key() {
     );
     let (store, _) = rt.block_on(c.pd().get_store(target)).expect("store");
     assert_eq!(store.get_state(), metapb::StoreState::Tombstone);
+    let exit = cluster.stores[target_index]
+        .as_mut()
+        .expect("the target was restarted")
+        .wait_exit(T);
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "a decommissioned store stops by itself: {exit:?}"
+    );
     let regions = rt.block_on(c.regions()).expect("regions");
     assert!(regions
         .iter()

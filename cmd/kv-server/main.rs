@@ -87,7 +87,10 @@ fn main() -> ExitCode {
         };
         let shutdown = Shutdown::default();
         shutdown.trigger_on_signals();
-        shutdown.wait().await;
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            _ = node.retired() => {}
+        }
         node.stop().await;
         ExitCode::SUCCESS
     })

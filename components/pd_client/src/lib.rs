@@ -50,6 +50,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Whether PD said this store was removed from the cluster.
+    pub fn is_store_tombstone(&self) -> bool {
+        matches!(
+            self,
+            Error::Pd {
+                kind: ErrorType::STORE_TOMBSTONE,
+                ..
+            }
+        )
+    }
+
     /// Whether PD said the cluster already has its first region.
     pub fn is_already_bootstrapped(&self) -> bool {
         matches!(

@@ -24,6 +24,8 @@ pub struct Node {
     pd_server: Option<pd::PdServer>,
     pd_worker: Option<std::thread::JoinHandle<()>>,
     shutdown: Shutdown,
+    /// Fires when PD says this store is tombstone.
+    retired: Shutdown,
     logger: Logger,
 }
 
@@ -214,12 +216,14 @@ impl Node {
         })?;
         let router = raftstore.router();
         transport.set_router(router.clone());
+        let retired = Shutdown::default();
         let pd_worker = pd_worker::spawn(
             pd.clone(),
             pd_rx,
             router.clone(),
             rt.clone(),
             cfg.raftstore.store_silent_after(),
+            retired.clone(),
             logger.clone(),
         );
 
@@ -259,8 +263,14 @@ impl Node {
             pd_server,
             pd_worker: Some(pd_worker),
             shutdown,
+            retired,
             logger,
         })
+    }
+
+    /// Waits until PD says this store was decommissioned (tombstone).
+    pub async fn retired(&self) {
+        self.retired.wait().await
     }
 
     /// Stops serving, stops the raftstore, and releases the data directory.

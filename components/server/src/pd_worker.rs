@@ -14,18 +14,21 @@ use raftstore::{
     msg::{Callback, StoreMsg},
     split, CmdResponse, PdTask, PeerMsg, RaftRouter,
 };
-use slog::{debug, warn, Logger};
+use slog::{debug, error, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use util::shutdown::Shutdown;
 
 /// Starts the PD worker; it stops when every sender of `tasks` is gone. A store whose
 /// last heartbeat to PD is older than `silent_after` is reported to the raftstore as
-/// down, once, so that regions hibernating with a leader there wake up.
+/// down, once, so that regions hibernating with a leader there wake up. `retired` fires
+/// when PD says this store is tombstone (decommissioned): it has nothing left to serve.
 pub fn spawn(
     pd: Arc<PdClient>,
     tasks: Receiver<PdTask>,
     router: RaftRouter,
     rt: tokio::runtime::Handle,
     silent_after: Duration,
+    retired: Shutdown,
     logger: Logger,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -62,10 +65,19 @@ pub fn spawn(
                     PdTask::StoreHeartbeat(stats) => {
                         let (pd, router) = (pd.clone(), router.clone());
                         let (silent, logger) = (silent.clone(), logger.clone());
+                        let retired = retired.clone();
                         rt.spawn(async move {
-                            if let Err(e) = pd.store_heartbeat(stats).await {
-                                warn!(logger, "store heartbeat failed"; "err" => %e);
-                                return;
+                            match pd.store_heartbeat(stats).await {
+                                Ok(()) => {}
+                                Err(e) if e.is_store_tombstone() => {
+                                    error!(logger, "PD says this store is tombstone (decommissioned); stopping");
+                                    retired.trigger();
+                                    return;
+                                }
+                                Err(e) => {
+                                    warn!(logger, "store heartbeat failed"; "err" => %e);
+                                    return;
+                                }
                             }
                             match newly_silent_stores(&pd, &silent, silent_after).await {
                                 Ok(down) if !down.is_empty() => {

@@ -187,6 +187,7 @@ impl Cluster {
             router.clone(),
             self.rt.handle().clone(),
             self.raft_cfg.store_silent_after(),
+            util::shutdown::Shutdown::default(),
             test_logger(),
         );
         self.rt
