@@ -26,7 +26,8 @@ fn is_settled(info: &RegionInfo) -> bool {
 }
 
 /// Moves one replica of the region from the fullest store it is on to the emptiest
-/// store it is not on, if they differ by more than one.
+/// store it is not on, if their replica counts differ by more than one. Fullest and
+/// emptiest go by count, then by bytes.
 pub fn balance_region(
     info: &RegionInfo,
     stores: &Stores,
@@ -39,13 +40,16 @@ pub fn balance_region(
     let source = peers
         .iter()
         .filter(|p| stores.has_room(p.get_store_id()))
-        .max_by_key(|p| (stores.loads[&p.get_store_id()].regions, p.get_store_id()))?;
+        .max_by_key(|p| {
+            let l = &stores.loads[&p.get_store_id()];
+            (l.regions, l.size, p.get_store_id())
+        })?;
     let (target, target_load) = stores
         .loads
         .iter()
         .filter(|(id, _)| stores.has_room(**id))
         .filter(|(id, _)| !peers.iter().any(|p| p.get_store_id() == **id))
-        .min_by_key(|(id, l)| (l.regions, **id))?;
+        .min_by_key(|(id, l)| (l.regions, l.size, **id))?;
     if stores.loads[&source.get_store_id()].regions - target_load.regions <= 1 {
         return None;
     }
@@ -132,6 +136,25 @@ mod tests {
         let mut down = s;
         down.loads.get_mut(&4).unwrap().health = Health::Down;
         assert!(balance_region(&info, &down, &mut || Some(50)).is_none());
+    }
+
+    #[test]
+    fn between_equal_counts_bytes_pick_source_and_target() {
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
+        let mut s = stores(&[
+            (1, Health::Up, 12, 4),
+            (2, Health::Up, 12, 3),
+            (3, Health::Up, 12, 3),
+            (4, Health::Up, 10, 0),
+            (5, Health::Up, 10, 0),
+        ]);
+        for (id, size) in [(1, 300), (2, 900), (3, 500), (4, 200), (5, 100)] {
+            s.loads.get_mut(&id).unwrap().size = size;
+        }
+        let op = balance_region(&info, &s, &mut || Some(50)).unwrap();
+        let steps: Vec<String> = op.steps.iter().map(|s| s.describe()).collect();
+        assert_eq!(steps[0], "add learner 50 on store 5");
+        assert_eq!(steps[2], "remove peer 2 on store 2");
     }
 
     #[test]

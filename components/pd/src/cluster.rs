@@ -87,6 +87,7 @@ impl State {
                         health,
                         regions: self.regions.peer_count(id) as isize,
                         leaders: self.regions.leader_count(id) as isize,
+                        size: self.regions.size_on(id),
                         operators: 0,
                     },
                 ))

@@ -39,6 +39,8 @@ pub struct RegionTree {
     peers_on: HashMap<u64, usize>,
     /// Store id -> regions it leads.
     leaders_on: HashMap<u64, usize>,
+    /// Store id -> bytes of the replicas on it, by their leaders' estimates.
+    size_on: HashMap<u64, u64>,
 }
 
 fn end_of(r: &metapb::Region) -> Vec<u8> {
@@ -102,6 +104,13 @@ impl RegionTree {
         };
         for p in info.region.get_peers() {
             bump(&mut self.peers_on, p.get_store_id());
+            let size = self.size_on.entry(p.get_store_id()).or_default();
+            *size = if delta > 0 {
+                *size + info.approximate_size
+            } else {
+                size.checked_sub(info.approximate_size)
+                    .expect("a region's size is removed as it was added")
+            };
         }
         if let Some(l) = &info.leader {
             bump(&mut self.leaders_on, l.get_store_id());
@@ -111,6 +120,11 @@ impl RegionTree {
     /// Replicas (voters and learners) on `store`.
     pub fn peer_count(&self, store: u64) -> usize {
         self.peers_on.get(&store).copied().unwrap_or(0)
+    }
+
+    /// Bytes of the replicas on `store`.
+    pub fn size_on(&self, store: u64) -> u64 {
+        self.size_on.get(&store).copied().unwrap_or(0)
     }
 
     /// Regions led from `store`.
@@ -249,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_replicas_and_leaders_per_store() {
+    fn counts_replicas_leaders_and_bytes_per_store() {
         let mut a = info(1, b"", b"m", 1, 1);
         for (id, store) in [(11, 1), (12, 2)] {
             let mut p = metapb::Peer::default();
@@ -258,23 +272,28 @@ mod tests {
             a.region.mut_peers().push(p);
         }
         a.leader = Some(a.region.get_peers()[0].clone());
+        a.approximate_size = 100;
         let mut t = RegionTree::default();
         t.update(a.clone()).unwrap();
         assert_eq!(
             (t.peer_count(1), t.peer_count(2), t.leader_count(1)),
             (1, 1, 1)
         );
-        // A membership change replaces the old counts; it does not add to them.
+        assert_eq!((t.size_on(1), t.size_on(2)), (100, 100));
+        // A membership change replaces the old counts; it does not add to them. So does
+        // a new size estimate.
         a.region.mut_peers().remove(1);
         a.region.mut_region_epoch().set_conf_ver(2);
         a.leader = None;
+        a.approximate_size = 250;
         t.update(a).unwrap();
         assert_eq!(
             (t.peer_count(1), t.peer_count(2), t.leader_count(1)),
             (1, 0, 0)
         );
+        assert_eq!((t.size_on(1), t.size_on(2)), (250, 0));
         // A region swallowed by a newer one no longer counts.
         t.update(info(2, b"", b"z", 2, 1)).unwrap();
-        assert_eq!(t.peer_count(1), 0);
+        assert_eq!((t.peer_count(1), t.size_on(1)), (0, 0));
     }
 }

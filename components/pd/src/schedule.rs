@@ -219,6 +219,9 @@ pub struct Load {
     pub regions: isize,
     /// Regions it leads or will lead.
     pub leaders: isize,
+    /// Bytes of the replicas it holds: between stores with equal counts, the fuller
+    /// gives and the emptier takes.
+    pub size: u64,
     /// Running operators that touch it.
     pub operators: usize,
 }
@@ -388,6 +391,7 @@ pub(crate) mod tests {
                             health,
                             regions,
                             leaders,
+                            size: 0,
                             operators: 0,
                         },
                     )
