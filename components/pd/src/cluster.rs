@@ -36,6 +36,8 @@ struct State {
     stores: HashMap<u64, StoreInfo>,
     regions: RegionTree,
     operators: HashMap<u64, Operator>,
+    /// Whether balancing has started (see `Config::balance_warmup`).
+    warmed_up: bool,
 }
 
 /// The placement driver's state and logic, independent of gRPC.
@@ -46,6 +48,7 @@ pub struct PdCore {
     ids: IdAllocator,
     tso: Tso,
     state: Mutex<State>,
+    started: Instant,
     logger: Logger,
 }
 
@@ -166,7 +169,9 @@ impl PdCore {
                 stores,
                 regions,
                 operators: HashMap::new(),
+                warmed_up: false,
             }),
+            started: Instant::now(),
             cfg,
             logger,
         })
@@ -434,11 +439,12 @@ impl PdCore {
                 st.operators.remove(&id);
             }
         }
+        let balance = self.cfg.enable_balance && self.warmed_up(st);
         let stores = st.loads(&self.cfg);
         let mut alloc = || self.ids.alloc().ok();
         let op =
             check_replicas(info, &stores, self.cfg.max_replicas, &mut alloc).or_else(|| {
-                if !self.cfg.enable_balance {
+                if !balance {
                     return None;
                 }
                 balance_region(info, &stores, &mut alloc).or_else(|| balance_leader(info, &stores))
@@ -447,6 +453,20 @@ impl PdCore {
         let resp = op.response(info);
         st.operators.insert(id, op);
         resp
+    }
+
+    /// Whether balancing may run. A restarted PD knows its regions from disk but not their
+    /// leaders, and quiet regions report only at their idle interval: balancing on zero
+    /// leader counts would move leaders only to move them back.
+    fn warmed_up(&self, st: &mut State) -> bool {
+        if !st.warmed_up
+            && (st.regions.all_led() || self.started.elapsed() >= self.cfg.balance_warmup)
+        {
+            st.warmed_up = true;
+            info!(self.logger, "balancing starts"; "regions" => st.regions.len(),
+                  "after" => ?self.started.elapsed());
+        }
+        st.warmed_up
     }
 
     /// The region holding `key`, with its leader.
@@ -768,5 +788,84 @@ mod tests {
             metapb::StoreState::Up
         );
         assert!(err(core.delete_store(42)).contains("not found"));
+    }
+
+    /// Three regions with voters on stores 1, 4 and 5, each `(id, start, end)`.
+    fn three_regions() -> Vec<metapb::Region> {
+        use metapb::PeerRole::Voter;
+        [(2, "", "b"), (10, "b", "c"), (11, "c", "")]
+            .iter()
+            .map(|&(id, start, end)| {
+                let mut r = metapb::Region::default();
+                r.set_id(id);
+                r.set_start_key(start.into());
+                r.set_end_key(end.into());
+                r.mut_region_epoch().set_version(2);
+                r.mut_region_epoch().set_conf_ver(3);
+                for (i, s) in [1, 4, 5].into_iter().enumerate() {
+                    r.mut_peers().push(peer(id * 100 + i as u64, s, Voter));
+                }
+                r
+            })
+            .collect()
+    }
+
+    fn led_from(r: &metapb::Region, store: u64) -> pdpb::RegionHeartbeatRequest {
+        let mut hb = pdpb::RegionHeartbeatRequest::default();
+        hb.set_region(r.clone());
+        let leader = r.get_peers().iter().find(|p| p.get_store_id() == store);
+        hb.set_leader(leader.expect("a peer on the store").clone());
+        hb
+    }
+
+    #[test]
+    fn a_restarted_pd_balances_only_once_every_region_reported_its_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let cfg = Config {
+                balance_warmup: std::time::Duration::from_secs(3600),
+                ..Config::default()
+            };
+            let storage = Storage::open(dir.path()).unwrap();
+            PdCore::open(cfg, storage, util::logger::discard()).unwrap()
+        };
+        let regions = three_regions();
+        {
+            let core = open();
+            let mut first = regions[0].clone();
+            first.set_end_key(vec![]);
+            first.mut_peers().truncate(1);
+            core.bootstrap(store(1), first).unwrap();
+            core.put_store(store(4)).unwrap();
+            core.put_store(store(5)).unwrap();
+            core.report_split(&regions).unwrap();
+        }
+        let core = open();
+        for s in [1, 4, 5] {
+            core.put_store(store(s)).unwrap();
+        }
+        // Store 1 reports leading two regions; the third has not reported. Balancing
+        // now would move a leader to store 4 or 5, which may already lead the third.
+        assert!(core
+            .region_heartbeat(&led_from(&regions[0], 1))
+            .unwrap()
+            .is_none());
+        assert!(core
+            .region_heartbeat(&led_from(&regions[1], 1))
+            .unwrap()
+            .is_none());
+        assert!(core.operators().is_empty());
+        // Every region has reported: store 1 leads two, store 4 one, store 5 none.
+        assert!(core
+            .region_heartbeat(&led_from(&regions[2], 4))
+            .unwrap()
+            .is_none());
+        let resp = core.region_heartbeat(&led_from(&regions[0], 1)).unwrap();
+        let to = resp
+            .expect("a leader transfer")
+            .get_transfer_leader()
+            .get_peer()
+            .get_store_id();
+        assert_eq!(to, 5);
     }
 }

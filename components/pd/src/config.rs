@@ -29,6 +29,10 @@ pub struct Config {
     pub enable_balance: bool,
     /// Balance operators start on a store only while fewer than this many touch it.
     pub store_limit: usize,
+    /// After a restart, balancing waits until every known region has reported its
+    /// leader, or this long at most: until then leader counts are guesses.
+    #[serde(with = "humantime_serde")]
+    pub balance_warmup: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             operator_timeout: Duration::from_secs(600),
             enable_balance: true,
             store_limit: 4,
+            balance_warmup: Duration::from_secs(120),
         }
     }
 }

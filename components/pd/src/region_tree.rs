@@ -127,6 +127,12 @@ impl RegionTree {
         self.size_on.get(&store).copied().unwrap_or(0)
     }
 
+    /// Whether every region has a known leader (regions loaded from disk have none
+    /// until they report).
+    pub fn all_led(&self) -> bool {
+        self.leaders_on.values().sum::<usize>() == self.by_id.len()
+    }
+
     /// Regions led from `store`.
     pub fn leader_count(&self, store: u64) -> usize {
         self.leaders_on.get(&store).copied().unwrap_or(0)
