@@ -77,6 +77,112 @@ fn many_regions_serve_every_key_to_smart_and_dumb_clients() {
         assert_eq!(resp.get_value(), want.as_slice(), "key {i}");
         assert_eq!(resp.get_not_found(), i < N / 2, "key {i}");
     }
+    dumb_requests_span_regions(&stores, &rt, &c, &expected[N / 2..]);
+}
+
+fn pairs(kvs: &[kvrpcpb::KvPair]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    kvs.iter()
+        .map(|p| (p.get_key().to_vec(), p.get_value().to_vec()))
+        .collect()
+}
+
+/// Requests without a region that cover many regions are served whole, by any store:
+/// `live` holds the pairs of keys N/2..N, the others were deleted.
+fn dumb_requests_span_regions(
+    stores: &[TikvClient],
+    rt: &tokio::runtime::Runtime,
+    c: &client::Client,
+    live: &[(Vec<u8>, Vec<u8>)],
+) {
+    let n = live.len();
+    let mut scan = kvrpcpb::RawScanRequest::default();
+    scan.set_limit(10 * n as u32);
+    let resp = stores[0].raw_scan(&scan).expect("scan");
+    assert!(!resp.has_region_error(), "{:?}", resp.get_region_error());
+    assert!(
+        pairs(resp.get_kvs()) == live,
+        "a dumb scan returns every key once, in order"
+    );
+
+    scan.set_start_key(live[10].0.clone());
+    scan.set_limit(700);
+    let resp = stores[1].raw_scan(&scan).expect("limited scan");
+    assert!(
+        pairs(resp.get_kvs()) == live[10..710],
+        "the limit holds across regions"
+    );
+
+    let mut reverse = kvrpcpb::RawScanRequest::default();
+    reverse.set_reverse(true);
+    reverse.set_start_key(live[n - 100].0.clone());
+    reverse.set_end_key(live[0].0.clone());
+    reverse.set_limit(500);
+    let resp = stores[2].raw_scan(&reverse).expect("reverse scan");
+    let want: Vec<_> = live[n - 600..n - 100].iter().rev().cloned().collect();
+    assert!(
+        pairs(resp.get_kvs()) == want,
+        "a reverse scan starts at the top"
+    );
+
+    let mut get = kvrpcpb::RawBatchGetRequest::default();
+    get.set_keys(live.iter().step_by(7).map(|(k, _)| k.clone()).collect());
+    let resp = stores[1].raw_batch_get(&get).expect("batch get");
+    let want: Vec<_> = live.iter().step_by(7).cloned().collect();
+    assert!(
+        pairs(resp.get_pairs()) == want,
+        "a dumb batch get spans regions"
+    );
+
+    // Rewrite every third live key with a new value, then delete those keys.
+    let mut put = kvrpcpb::RawBatchPutRequest::default();
+    let rewritten: Vec<_> = live
+        .iter()
+        .step_by(3)
+        .map(|(k, _)| (k.clone(), b"new".to_vec()))
+        .collect();
+    put.set_pairs(
+        rewritten
+            .iter()
+            .map(|(k, v)| {
+                let mut p = kvrpcpb::KvPair::default();
+                p.set_key(k.clone());
+                p.set_value(v.clone());
+                p
+            })
+            .collect(),
+    );
+    let resp = stores[2].raw_batch_put(&put).expect("batch put");
+    assert!(
+        !resp.has_region_error() && resp.get_error().is_empty(),
+        "{resp:?}"
+    );
+    let keys: Vec<_> = rewritten.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(rt.block_on(c.batch_get(&keys)).unwrap(), rewritten);
+    let mut del = kvrpcpb::RawBatchDeleteRequest::default();
+    del.set_keys(keys.clone().into());
+    let resp = stores[0].raw_batch_delete(&del).expect("batch delete");
+    assert!(
+        !resp.has_region_error() && resp.get_error().is_empty(),
+        "{resp:?}"
+    );
+    assert!(rt.block_on(c.batch_get(&keys)).unwrap().is_empty());
+
+    let mut range = kvrpcpb::RawDeleteRangeRequest::default();
+    range.set_start_key(live[0].0.clone());
+    range.set_end_key(live[n / 2].0.clone());
+    let resp = stores[1].raw_delete_range(&range).expect("delete range");
+    assert!(
+        !resp.has_region_error() && resp.get_error().is_empty(),
+        "{resp:?}"
+    );
+    let left = rt.block_on(c.scan(b"", b"", 10 * n)).unwrap();
+    let want: Vec<_> = live[n / 2..]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| (n / 2 + i) % 3 != 0)
+        .map(|(_, kv)| kv.clone())
+        .collect();
+    assert!(left == want, "a dumb range delete spans regions");
 }
 
 /// `kvctl region list` without the leaders (they may move while a test looks).

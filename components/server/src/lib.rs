@@ -13,6 +13,7 @@ mod node;
 pub mod pd_worker;
 mod resolver;
 pub mod service;
+mod span;
 pub mod storage;
 pub mod transport;
 

@@ -5,7 +5,8 @@
 //! with a region error if this store cannot serve it. A request without one (a dumb
 //! client) is routed by key: served here if this store leads the key's region, otherwise
 //! forwarded to the leader's store; a routing error from either is retried a few times
-//! (leadership may have moved meanwhile) before it reaches the client.
+//! (leadership may have moved meanwhile) before it reaches the client. Such a request
+//! that spans regions is served region by region (`span.rs`).
 
 use std::future::Future;
 
@@ -24,7 +25,7 @@ use proto::{
 use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
 use slog::{warn, Logger};
 
-use crate::{metrics, resolver::Resolver, storage::RawStorage, Error, Result};
+use crate::{metrics, resolver::Resolver, span::Span, storage::RawStorage, Error, Result};
 
 /// The store's gRPC service.
 #[derive(Clone)]
@@ -44,9 +45,7 @@ const FORWARD_ATTEMPTS: u32 = 3;
 const FORWARD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A raw request: where it goes, and how to forward it.
-pub trait RawRequest: Clone + Send + Sync + 'static {
-    /// Its response.
-    type Resp: RawResponse;
+pub trait RawRequest: Span<Resp: RawResponse> + Send + Sync + 'static {
     /// The routing context.
     fn context(&self) -> &Context;
     /// Replaces the routing context.
@@ -65,6 +64,8 @@ pub trait RawResponse: Default + Send + Unpin + 'static {
     fn set_region_err(&mut self, e: errorpb::Error);
     /// The region error, if any.
     fn region_err(&self) -> Option<&errorpb::Error>;
+    /// Whether it carries an error of any kind.
+    fn failed(&self) -> bool;
     /// Sets the key-level error string (responses without one fold it into a region
     /// error's message).
     fn set_error_str(&mut self, e: String);
@@ -73,7 +74,6 @@ pub trait RawResponse: Default + Send + Unpin + 'static {
 macro_rules! raw_pair {
     (@req $req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr) => {
         impl RawRequest for $req {
-            type Resp = $resp;
             const NAME: &'static str = $name;
             fn context(&self) -> &Context {
                 self.get_context()
@@ -102,6 +102,9 @@ macro_rules! raw_pair {
             fn set_error_str(&mut self, e: String) {
                 self.set_error(e);
             }
+            fn failed(&self) -> bool {
+                self.region_error.is_some() || !self.get_error().is_empty()
+            }
         }
     };
     ($req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr, has_error: false) => {
@@ -117,6 +120,9 @@ macro_rules! raw_pair {
                 let mut err = errorpb::Error::default();
                 err.set_message(e);
                 self.set_region_error(err);
+            }
+            fn failed(&self) -> bool {
+                self.region_error.is_some()
             }
         }
     };
@@ -169,7 +175,7 @@ impl TikvService {
     fn serve<Req, F, Fut>(&self, sink: UnarySink<Req::Resp>, req: Req, handle: F)
     where
         Req: RawRequest,
-        F: Fn(RawStorage, Req) -> Fut + Send + 'static,
+        F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
         let this = self.clone();
@@ -189,33 +195,67 @@ impl TikvService {
         });
     }
 
-    /// Serves a request without routing (a dumb client's), here or at the leader's store.
-    /// Leadership may move between looking it up and serving (PD learns of a new leader
-    /// a heartbeat late), so a routing error is retried a few times, following the
-    /// leader hint it carries, before it goes back to the client.
+    /// Serves a request without routing (a dumb client's) one region at a time: the
+    /// part in its route key's region, then what is left, merging the answers. The first
+    /// error ends it.
     async fn serve_unrouted<Req, F, Fut>(&self, req: Req, handle: F) -> Req::Resp
     where
         Req: RawRequest,
-        F: Fn(RawStorage, Req) -> Fut,
+        F: Fn(RawStorage, Req) -> Fut + Sync,
+        Fut: Future<Output = Result<Req::Resp>>,
+    {
+        let (first, region) = self.serve_in_region(&req, &handle).await;
+        let mut next = region.and_then(|r| req.after(&r, &first));
+        let mut so_far = first;
+        while let Some(part) = next.take() {
+            let (resp, region) = self.serve_in_region(&part, &handle).await;
+            if resp.failed() {
+                return resp;
+            }
+            next = region.and_then(|r| part.after(&r, &resp));
+            part.merge(&mut so_far, resp);
+        }
+        so_far
+    }
+
+    /// Serves the part of `req` in its route key's region, here or at the leader's store;
+    /// returns the answer and, if it succeeded, the region that gave it. Leadership may
+    /// move between looking it up and serving (PD learns of a new leader a heartbeat
+    /// late), so a routing error is retried a few times, following the leader hint it
+    /// carries, before it goes back to the client.
+    async fn serve_in_region<Req, F, Fut>(
+        &self,
+        req: &Req,
+        handle: &F,
+    ) -> (Req::Resp, Option<metapb::Region>)
+    where
+        Req: RawRequest,
+        F: Fn(RawStorage, Req) -> Fut + Sync,
         Fut: Future<Output = Result<Req::Resp>>,
     {
         let mut hint = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = match self.route(req.clone(), hint.take()).await {
-                Ok(Routed::Local(req)) => handle(self.storage.clone(), req)
-                    .await
-                    .unwrap_or_else(error_response),
-                Ok(Routed::Forwarded(resp)) => resp,
-                Err(e) => error_response(e),
+            let (resp, region) = match self.route(req, hint.take()).await {
+                Ok((Routed::Local(req), region)) => (
+                    handle(self.storage.clone(), req)
+                        .await
+                        .unwrap_or_else(error_response),
+                    Some(region),
+                ),
+                Ok((Routed::Forwarded(resp), region)) => (resp, Some(region)),
+                Err(e) => (error_response(e), None),
             };
+            if !resp.failed() {
+                return (resp, region);
+            }
             let Some(e) = resp.region_err() else {
-                return resp;
+                return (resp, None);
             };
             let routing = e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found();
             if attempt >= FORWARD_ATTEMPTS || !routing {
-                return resp;
+                return (resp, None);
             }
             if e.get_not_leader().has_leader() {
                 hint = Some(e.get_not_leader().get_leader().clone());
@@ -225,34 +265,38 @@ impl TikvService {
         }
     }
 
-    /// Where a request without routing goes: this store if it leads the key's region,
-    /// else `leader` (a hint from a previous attempt) or the leader PD knows.
+    /// Where the part of a request without routing in its route key's region goes: this
+    /// store if it leads that region, else `leader` (a hint from a previous attempt) or
+    /// the leader PD knows. The region goes with it, so a stale one gets epoch_not_match.
     async fn route<Req: RawRequest>(
         &self,
-        mut req: Req,
+        req: &Req,
         leader: Option<metapb::Peer>,
-    ) -> Result<Routed<Req>> {
-        let key = req.route_key().to_vec();
-        if let Some(region) = self.storage.local_leader_region(&key) {
-            let me = region
-                .get_peers()
-                .iter()
-                .find(|p| p.get_store_id() == self.store_id)
-                .cloned()
-                .unwrap_or_default();
-            req.set_routing(routing(&region, &me));
-            return Ok(Routed::Local(req));
-        }
-        let (region, pd_leader) = self.pd_route(&key).await?;
-        let leader = leader.unwrap_or(pd_leader);
-        req.set_routing(routing(&region, &leader));
+    ) -> Result<(Routed<Req>, metapb::Region)> {
+        let key = req.route_key();
+        let (region, leader) = match self.storage.local_leader_region(key) {
+            Some(region) => {
+                let me = region
+                    .get_peers()
+                    .iter()
+                    .find(|p| p.get_store_id() == self.store_id)
+                    .cloned()
+                    .unwrap_or_default();
+                (region, me)
+            }
+            None => {
+                let (region, pd_leader) = self.pd_route(key).await?;
+                (region, leader.unwrap_or(pd_leader))
+            }
+        };
+        let mut part = req.within(&region);
+        part.set_routing(routing(&region, &leader));
         if leader.get_store_id() == self.store_id {
-            return Ok(Routed::Local(req));
+            return Ok((Routed::Local(part), region));
         }
         metrics::FORWARDED.with_label_values(&[Req::NAME]).inc();
-        Ok(Routed::Forwarded(
-            self.forward(&req, leader.get_store_id()).await?,
-        ))
+        let resp = self.forward(&part, leader.get_store_id()).await?;
+        Ok((Routed::Forwarded(resp), region))
     }
 
     /// The region holding `key` and its leader, as PD knows them.
