@@ -790,7 +790,7 @@ mod tests {
         assert!(err(core.delete_store(42)).contains("not found"));
     }
 
-    /// Three regions with voters on stores 1, 4 and 5, each `(id, start, end)`.
+    /// Regions 2, 10 and 11, cut at "b" and "c", each with voters on stores 1, 4 and 5.
     fn three_regions() -> Vec<metapb::Region> {
         use metapb::PeerRole::Voter;
         [(2, "", "b"), (10, "b", "c"), (11, "c", "")]
