@@ -6,6 +6,7 @@
 //! across them: an error stops it, and what earlier regions applied stays applied.
 
 use proto::{kvrpcpb, metapb};
+use raftstore::util::key_in_region;
 
 /// How a request is cut at region boundaries. The defaults suit requests about one key.
 pub trait Span: Clone {
@@ -24,10 +25,6 @@ pub trait Span: Clone {
 
     /// Adds the answer of a later part to the answer so far.
     fn merge(&self, _so_far: &mut Self::Resp, _next: Self::Resp) {}
-}
-
-fn in_region(region: &metapb::Region, key: &[u8]) -> bool {
-    key >= region.get_start_key() && (region.get_end_key().is_empty() || key < region.get_end_key())
 }
 
 /// The region's end, if a range ending at `end` (empty: unbounded) goes on past it.
@@ -61,7 +58,7 @@ macro_rules! keyed_batch {
 
             fn within(&self, region: &metapb::Region) -> Self {
                 let mut part = self.clone();
-                let items = self.$items().iter().filter(|$item| in_region(region, $key));
+                let items = self.$items().iter().filter(|$item| key_in_region($key, region));
                 part.$set(items.cloned().collect());
                 part
             }
@@ -70,7 +67,7 @@ macro_rules! keyed_batch {
                 let rest: Vec<_> = self
                     .$items()
                     .iter()
-                    .filter(|$item| !in_region(region, $key))
+                    .filter(|$item| !key_in_region($key, region))
                     .cloned()
                     .collect();
                 (!rest.is_empty()).then(|| {
