@@ -61,6 +61,7 @@ fn config(args: &Args) -> util::Result<Config> {
 }
 
 fn main() -> ExitCode {
+    util::panic::abort_on_panic();
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,

@@ -62,6 +62,7 @@ fn config(args: &Args) -> util::Result<FileConfig> {
 }
 
 fn main() -> ExitCode {
+    util::panic::abort_on_panic();
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,

@@ -44,6 +44,22 @@ pub enum Error {
     /// An argument makes no sense.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A write's outcome is unknown: it may or may not have been applied (the store did
+    /// not answer in time, or the connection failed after the request was sent). It is
+    /// not retried, since applying it twice could be wrong (a compare-and-swap that
+    /// succeeded would then report failure).
+    #[error("undetermined: {0}")]
+    Undetermined(String),
+}
+
+impl Error {
+    /// A key-level error from a store, which may say that a write's outcome is unknown.
+    fn from_store(msg: String) -> Error {
+        match msg.strip_prefix(util::wire::UNDETERMINED) {
+            Some(why) => Error::Undetermined(why.to_string()),
+            None => Error::Store(msg),
+        }
+    }
 }
 
 /// The result type of this crate.
@@ -94,6 +110,25 @@ impl Backoff {
 enum Attempt<T> {
     Done(T),
     Retry(String),
+}
+
+/// Whether a request changes state: one that may have been applied is never retried.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// Whether a failed call certainly never reached the store (gRPC could not connect), so
+/// that even a write may be retried.
+fn never_sent(e: &grpcio::Error) -> bool {
+    match e {
+        grpcio::Error::RpcFailure(s) => {
+            s.code() == grpcio::RpcStatusCode::UNAVAILABLE
+                && s.message().contains("failed to connect")
+        }
+        _ => false,
+    }
 }
 
 /// A connection to a Flotilla cluster.
@@ -231,7 +266,12 @@ impl Client {
 
     /// Runs `call` against the leader of the region holding `key`, retrying on routing
     /// failures until the deadline. Returns the result and the route that served it.
-    async fn on_region<T, F, Fut>(&self, key: &[u8], call: F) -> Result<(T, RegionRoute)>
+    async fn on_region<T, F, Fut>(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        call: F,
+    ) -> Result<(T, RegionRoute)>
     where
         F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
@@ -240,14 +280,19 @@ impl Client {
     {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            match self.attempt(key, &call).await? {
+            match self.attempt(kind, key, &call).await? {
                 (Attempt::Done(t), route) => return Ok((t, route)),
                 (Attempt::Retry(last), _) => backoff.wait(last).await?,
             }
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, key: &[u8], call: &F) -> Result<(Attempt<T>, RegionRoute)>
+    async fn attempt<T, F, Fut>(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        call: &F,
+    ) -> Result<(Attempt<T>, RegionRoute)>
     where
         F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
@@ -261,12 +306,17 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let res = self.attempt_at(route.clone(), call).await?;
+        let res = self.attempt_at(kind, route.clone(), call).await?;
         Ok((res, route))
     }
 
     /// One try of `call` against the leader of `route`.
-    async fn attempt_at<T, F, Fut>(&self, route: RegionRoute, call: F) -> Result<Attempt<T>>
+    async fn attempt_at<T, F, Fut>(
+        &self,
+        kind: Kind,
+        route: RegionRoute,
+        call: F,
+    ) -> Result<Attempt<T>>
     where
         F: FnOnce(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
@@ -286,18 +336,19 @@ impl Client {
         };
         match call(client, context(&route, &leader), route.clone()).await {
             Ok((Some(re), _, _)) if !is_routing_error(&re) => {
-                Err(Error::Store(re.get_message().to_string()))
+                Err(Error::from_store(re.get_message().to_string()))
             }
             Ok((Some(re), _, _)) => Ok(Attempt::Retry(self.on_region_error(&route, &leader, &re))),
-            Ok((None, err, _)) if !err.is_empty() => Err(Error::Store(err)),
+            Ok((None, err, _)) if !err.is_empty() => Err(Error::from_store(err)),
             Ok((None, _, t)) => Ok(Attempt::Done(t)),
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
-                Ok(Attempt::Retry(format!(
-                    "store {}: {e}",
-                    leader.get_store_id()
-                )))
+                let why = format!("store {}: {e}", leader.get_store_id());
+                if kind == Kind::Write && !never_sent(&e) {
+                    return Err(Error::Undetermined(why));
+                }
+                Ok(Attempt::Retry(why))
             }
         }
     }
@@ -306,7 +357,7 @@ impl Client {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
         let (v, _) = self
-            .on_region(key, |c, ctx, _| {
+            .on_region(Kind::Read, key, |c, ctx, _| {
                 let mut req = kvrpcpb::RawGetRequest::default();
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
@@ -354,6 +405,7 @@ impl Client {
     /// result, in no particular order.
     async fn per_region<T, R, F, Fut>(
         &self,
+        kind: Kind,
         items: &[T],
         key_of: impl Fn(&T) -> &[u8] + Copy,
         call: F,
@@ -376,7 +428,7 @@ impl Client {
             let attempts =
                 futures::future::join_all(groups.into_iter().map(|(route, items)| async {
                     let res = self
-                        .attempt_at(route, |c, ctx, _| call(c, ctx, &items))
+                        .attempt_at(kind, route, |c, ctx, _| call(c, ctx, &items))
                         .await;
                     (items, res)
                 }))
@@ -402,6 +454,7 @@ impl Client {
     /// Sets every pair (atomically within each region).
     pub async fn batch_put(&self, pairs: &[KvPair]) -> Result<()> {
         self.per_region(
+            Kind::Write,
             pairs,
             |p| &p.0,
             |c, ctx, group| {
@@ -427,6 +480,7 @@ impl Client {
     pub async fn batch_get(&self, keys_: &[Vec<u8>]) -> Result<Vec<KvPair>> {
         let found = self
             .per_region(
+                Kind::Read,
                 keys_,
                 |k| k,
                 |c, ctx, group| {
@@ -453,6 +507,7 @@ impl Client {
     /// Removes every key (atomically within each region).
     pub async fn batch_delete(&self, keys_: &[Vec<u8>]) -> Result<()> {
         self.per_region(
+            Kind::Write,
             keys_,
             |k| k,
             |c, ctx, group| {
@@ -478,7 +533,7 @@ impl Client {
     ) -> Result<CasOutcome> {
         check_key(key)?;
         let (out, _) = self
-            .on_region(key, |c, ctx, _| {
+            .on_region(Kind::Write, key, |c, ctx, _| {
                 let mut req = kvrpcpb::RawCASRequest::default();
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
@@ -508,7 +563,7 @@ impl Client {
         while out.len() < limit {
             let left = limit - out.len();
             let (pairs, route) = self
-                .on_region(&cur, |c, ctx, _| {
+                .on_region(Kind::Read, &cur, |c, ctx, _| {
                     let mut req = kvrpcpb::RawScanRequest::default();
                     req.set_context(ctx);
                     req.set_start_key(cur.clone());
@@ -545,7 +600,7 @@ impl Client {
         let mut cur = start.to_vec();
         loop {
             let (_, route) = self
-                .on_region(&cur, |c, ctx, route| {
+                .on_region(Kind::Write, &cur, |c, ctx, route| {
                     let region_end = route.region.get_end_key().to_vec();
                     let stop = if region_end.is_empty()
                         || (!end.is_empty() && end < region_end.as_slice())
@@ -584,7 +639,7 @@ impl Client {
             let route = self.pd.get_region_by_id(region_id).await?;
             let leader = route.leader.clone();
             let attempt = self
-                .attempt_at(route, |c, ctx, _| {
+                .attempt_at(Kind::Write, route, |c, ctx, _| {
                     let mut req = kvrpcpb::SplitRegionRequest::default();
                     req.set_context(ctx);
                     req.set_split_keys(split_keys.to_vec().into());
@@ -632,5 +687,29 @@ impl Client {
             out.push((store, stats));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undetermined_store_error_is_not_a_plain_refusal() {
+        let e = Error::from_store(format!("{}no answer within 5s", util::wire::UNDETERMINED));
+        assert!(matches!(e, Error::Undetermined(ref why) if why == "no answer within 5s"));
+        assert!(matches!(Error::from_store("key must not be empty".into()), Error::Store(_)));
+    }
+
+    #[test]
+    fn only_a_failed_connect_proves_a_request_was_never_sent() {
+        let status = |code, msg: &str| {
+            grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(code, msg.to_string()))
+        };
+        use grpcio::RpcStatusCode as C;
+        assert!(never_sent(&status(C::UNAVAILABLE, "failed to connect to all addresses")));
+        assert!(!never_sent(&status(C::UNAVAILABLE, "Socket closed")));
+        assert!(!never_sent(&status(C::DEADLINE_EXCEEDED, "Deadline Exceeded")));
+        assert!(!never_sent(&grpcio::Error::RemoteStopped));
     }
 }

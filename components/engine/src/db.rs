@@ -1,6 +1,9 @@
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use protobuf::Message;
@@ -17,6 +20,9 @@ use crate::{Cf, Error, Result, WriteBatch};
 pub struct Engine {
     db: Arc<DB>,
     path: PathBuf,
+    /// Writes made with `sync`, so that tests can see that an fsync the design needs
+    /// happened (a dropped fsync is otherwise invisible until a power loss).
+    synced_writes: Arc<AtomicU64>,
 }
 
 pub(crate) fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
@@ -46,6 +52,7 @@ impl Engine {
         Ok(Engine {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            synced_writes: Arc::default(),
         })
     }
 
@@ -64,7 +71,23 @@ impl Engine {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.write_opt(batch.into_inner(), &opts)?;
+        if sync {
+            self.synced_writes.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Copies the database as it is now (every write so far, fsynced or not) into a new
+    /// directory `path`: what a restart would find after a crash at this instant that kept
+    /// the page cache. Tests use it to crash a store at a chosen point.
+    pub fn checkpoint(&self, path: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
+        Ok(())
+    }
+
+    /// How many writes were made with `sync` since the database was opened.
+    pub fn synced_writes(&self) -> u64 {
+        self.synced_writes.load(Ordering::Relaxed)
     }
 
     /// Reads one value.

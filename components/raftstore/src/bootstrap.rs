@@ -64,12 +64,12 @@ pub fn initial_region_states(wb: &mut WriteBatch, region: &metapb::Region) {
     raft_state.term = RAFT_INIT_LOG_TERM;
     raft_state.commit = RAFT_INIT_LOG_INDEX;
     raft_state.last_index = RAFT_INIT_LOG_INDEX;
+    let t = raft_state.mut_truncated_state();
+    t.index = RAFT_INIT_LOG_INDEX;
+    t.term = RAFT_INIT_LOG_TERM;
     let mut apply_state = RaftApplyState::default();
     apply_state.applied_index = RAFT_INIT_LOG_INDEX;
     apply_state.applied_term = RAFT_INIT_LOG_TERM;
-    let t = apply_state.mut_truncated_state();
-    t.index = RAFT_INIT_LOG_INDEX;
-    t.term = RAFT_INIT_LOG_TERM;
     wb.put_msg(Cf::Raft, &keys::raft_state_key(id), &raft_state);
     wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &apply_state);
     put_region_state(wb, region, PeerState::Normal);

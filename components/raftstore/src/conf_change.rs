@@ -106,6 +106,33 @@ pub fn apply_change(region: &mut metapb::Region, change: &ChangePeerRequest) {
     epoch.set_conf_ver(epoch.get_conf_ver() + 1);
 }
 
+/// Checks that the voters left after removing `removed` can still commit: at least a
+/// majority of them must be `healthy`. Removing a healthy voter while another is down
+/// would otherwise leave a region that cannot elect a leader or take a write.
+pub fn check_quorum_after_removal(
+    region: &metapb::Region,
+    removed: u64,
+    healthy: impl Fn(u64) -> bool,
+) -> Result<()> {
+    let left: Vec<u64> = region
+        .get_peers()
+        .iter()
+        .filter(|p| p.get_role() == metapb::PeerRole::Voter && p.get_id() != removed)
+        .map(|p| p.get_id())
+        .collect();
+    let alive = left.iter().filter(|id| healthy(**id)).count();
+    let quorum = left.len() / 2 + 1;
+    if alive < quorum {
+        return Err(Error::InvalidRequest(format!(
+            "removing peer {removed} of region {} would leave {alive} healthy voters of {}, \
+             fewer than the {quorum} needed to commit; replace the unhealthy voters first",
+            region.get_id(),
+            left.len()
+        )));
+    }
+    Ok(())
+}
+
 fn raft_change_type(t: ConfChangeType) -> eraftpb::ConfChangeType {
     match t {
         ConfChangeType::AddNode => eraftpb::ConfChangeType::AddNode,
@@ -115,8 +142,38 @@ fn raft_change_type(t: ConfChangeType) -> eraftpb::ConfChangeType {
 }
 
 impl PeerFsm {
-    /// Proposes the membership change in `cmd` (already checked for leadership and epoch).
-    pub(crate) fn propose_conf_change(&mut self, cmd: RaftCmdRequest, cb: Callback<CmdResponse>) {
+    /// Whether a voter can help commit now: this peer, or one heard from within an
+    /// election timeout that does not need a snapshot.
+    fn is_healthy_voter(&self, peer_id: u64, ctx: &PollContext) -> bool {
+        if peer_id == self.peer.get_id() {
+            return true;
+        }
+        let timeout = ctx.cfg.raft_base_tick_interval * ctx.cfg.raft_election_timeout_ticks as u32;
+        let heard = self
+            .peer_heartbeats
+            .get(&peer_id)
+            .is_some_and(|t| t.elapsed() <= timeout);
+        let truncated = self.raft.store().truncated_index();
+        let caught_up = self
+            .raft
+            .raft
+            .prs()
+            .get(peer_id)
+            .is_some_and(|p| p.matched >= truncated);
+        heard && caught_up
+    }
+
+    /// Proposes the membership change in `cmd`, checked for leadership; its header's
+    /// epoch is checked again when it applies.
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        cmd: RaftCmdRequest,
+        cb: Callback<CmdResponse>,
+        ctx: &PollContext,
+    ) {
+        if let Err(e) = crate::util::check_epoch(self.region(), cmd.get_header().get_region_epoch(), true) {
+            return cb(Err(e));
+        }
         let changes = cmd.get_admin_request().get_change_peer_v2().get_changes();
         let [change] = changes else {
             cb(Err(Error::InvalidRequest(format!(
@@ -134,6 +191,14 @@ impl PeerFsm {
                 }))
             }
             Ok(true) => {}
+        }
+        if change.get_change_type() == ConfChangeType::RemoveNode {
+            let removed = change.get_peer().get_id();
+            if let Err(e) =
+                check_quorum_after_removal(self.region(), removed, |id| self.is_healthy_voter(id, ctx))
+            {
+                return cb(Err(e));
+            }
         }
         if self.raft.raft.has_pending_conf() {
             cb(Err(Error::InvalidRequest(format!(
@@ -204,9 +269,15 @@ impl PeerFsm {
         }
     }
 
-    /// Carries out an operator from PD, if this peer still leads.
-    pub(crate) fn on_operator(&mut self, op: pdpb::RegionHeartbeatResponse) {
+    /// Carries out an operator from PD, if this peer still leads and the region is still
+    /// as PD saw it: an operator decided for an older shape of the region (its epoch) is
+    /// stale and is dropped; PD decides again from the next heartbeat.
+    pub(crate) fn on_operator(&mut self, op: pdpb::RegionHeartbeatResponse, ctx: &PollContext) {
         if !self.is_leader() {
+            return;
+        }
+        if let Err(e) = crate::util::check_epoch(self.region(), op.get_region_epoch(), true) {
+            warn!(self.logger, "dropping a stale operator from PD"; "err" => %e);
             return;
         }
         if op.has_transfer_leader() {
@@ -223,14 +294,18 @@ impl PeerFsm {
                 pdpb::ConfChangeType::AddLearnerNode => ConfChangeType::AddLearnerNode,
             });
             change.set_peer(ch.get_peer().clone());
-            let cmd = self.change_peer_command(change);
+            let mut cmd = self.change_peer_command(change);
+            // The epoch PD decided on: if the region changes before this applies, the
+            // apply-time check refuses it.
+            cmd.mut_header()
+                .set_region_epoch(op.get_region_epoch().clone());
             let logger = self.logger.clone();
             let cb: Callback<CmdResponse> = Box::new(move |res| {
                 if let Err(e) = res {
                     warn!(logger, "PD's membership change failed"; "err" => %e);
                 }
             });
-            self.propose_conf_change(cmd, cb);
+            self.propose_conf_change(cmd, cb, ctx);
         }
     }
 
@@ -281,6 +356,23 @@ mod tests {
         c.set_change_type(t);
         c.set_peer(p);
         c
+    }
+
+    #[test]
+    fn removal_must_leave_a_healthy_majority() {
+        use metapb::PeerRole::*;
+        let mut r = metapb::Region::default();
+        for id in 1..=3 {
+            r.mut_peers().push(peer(id, id, Voter));
+        }
+        r.mut_peers().push(peer(4, 4, Learner));
+        // Peer 3 is down: removing healthy 2 leaves {1, 3} with one healthy of two.
+        let healthy = |id| id != 3;
+        assert!(check_quorum_after_removal(&r, 2, healthy).is_err());
+        assert!(check_quorum_after_removal(&r, 3, healthy).is_ok());
+        // Learners neither count nor matter.
+        assert!(check_quorum_after_removal(&r, 4, |id| id != 4).is_ok());
+        assert!(check_quorum_after_removal(&r, 2, |id| id == 1).is_err());
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! peer tells it that it was removed (a tombstone message).
 
 use engine::Cf;
-use proto::raft_serverpb::{PeerState, RaftMessage};
+use proto::raft_serverpb::{PeerState, RaftMessage, SnapshotData};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use slog::info;
+use slog::{info, warn};
 
 use crate::{
     fsm::peer::PeerFsm,
+    metrics,
     msg::{ApplyMsg, StoreMsg},
     poll::PollContext,
+    snap::{parse_cf, snap_key, SnapKey},
     storage::put_region_state,
     Error,
 };
@@ -24,7 +26,10 @@ impl PeerFsm {
         info!(self.logger, "destroying peer"; "reason" => reason);
         self.wake(ctx);
         self.stopped = true;
-        self.fail_all(|| Error::RegionNotFound(id));
+        self.fail_all(
+            || Error::Undetermined("the peer was removed while the command was in flight"),
+            || Error::RegionNotFound(id),
+        );
         let wb = &mut ctx.raft_wb;
         let raft = keys::region_raft_range(id);
         wb.delete_range(Cf::Raft, &raft.start, &raft.end);
@@ -32,7 +37,7 @@ impl PeerFsm {
         // region without a log. The apply side writes it again, after its last entry,
         // and deletes the data (see `ApplyMsg::Destroy`).
         put_region_state(wb, &region, PeerState::Tombstone);
-        ctx.sync = true;
+        ctx.sync_state = true;
         let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);
         ctx.apply_router.unregister(id);
         ctx.router.peers.unregister(id);
@@ -85,19 +90,58 @@ impl PeerFsm {
         true
     }
 
-    /// Whether a snapshot may be taken: its range must not overlap another region here.
+    /// Whether a snapshot message may be stepped: it must decode, be for this region,
+    /// name only data column families, have arrived whole with its files (a snapshot
+    /// message sent on the plain Raft stream has none), and its range must not overlap
+    /// another region here, live or with a snapshot of its own accepted. The range is
+    /// claimed under the same lock, so two peers can never accept overlapping snapshots
+    /// in one round.
     pub(crate) fn accept_snapshot(&self, msg: &Message, ctx: &PollContext) -> bool {
-        let Ok(data) =
-            proto::raft_serverpb::SnapshotData::parse_from_bytes(msg.get_snapshot().get_data())
-        else {
-            return false;
+        let snap = msg.get_snapshot();
+        let key = snap_key(self.region_id(), snap);
+        let refuse = |why: &str| {
+            warn!(self.logger, "refusing snapshot"; "why" => why, "index" => key.2);
+            metrics::SNAPSHOTS.with_label_values(&["accept", "refused"]).inc();
+            ctx.snap_mgr.discard_received(key);
+            false
         };
-        match ctx.store_meta.lock().overlapping(data.get_region()) {
-            Some(other) => {
-                info!(self.logger, "rejecting snapshot that overlaps another region"; "other" => other);
-                false
-            }
-            None => true,
+        let Ok(data) = SnapshotData::parse_from_bytes(snap.get_data()) else {
+            return refuse("snapshot data does not decode");
+        };
+        let region = data.get_region();
+        if region.get_id() != self.region_id() || region.get_peers().is_empty() {
+            return refuse("snapshot describes another or an empty region");
+        }
+        if data.get_files().iter().any(|f| parse_cf(f.get_cf()).is_err()) {
+            return refuse("snapshot names an unknown column family");
+        }
+        if !ctx.snap_mgr.has_received(key) {
+            return refuse("snapshot arrived without its files");
+        }
+        let mut meta = ctx.store_meta.lock();
+        if let Some(other) = meta.overlapping(region) {
+            info!(self.logger, "rejecting snapshot that overlaps another region"; "other" => other);
+            drop(meta);
+            return refuse("overlaps another region");
+        }
+        meta.claim_snapshot_range(region.clone());
+        true
+    }
+
+    /// After stepping a snapshot message: if raft-rs did not keep the snapshot (stale, or
+    /// superseded), its files and range claim go.
+    pub(crate) fn release_unused_snapshot(&mut self, key: SnapKey, ctx: &PollContext) {
+        let kept = self
+            .raft
+            .raft
+            .raft_log
+            .unstable
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| snap_key(self.region_id(), s) == key);
+        if !kept {
+            ctx.snap_mgr.discard_received(key);
+            ctx.store_meta.lock().release_snapshot_range(self.region_id());
         }
     }
 }

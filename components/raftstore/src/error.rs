@@ -49,6 +49,10 @@ pub enum Error {
     /// The store is stopping.
     #[error("the store is shutting down")]
     Stopped,
+    /// A proposed command's outcome is unknown: it may or may not have been applied (its
+    /// peer went away while it was in flight). Never retried as if it had not happened.
+    #[error("{0}; the command may or may not have been applied")]
+    Undetermined(&'static str),
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] engine::Error),

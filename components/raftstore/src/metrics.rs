@@ -96,7 +96,7 @@ pub static RAFT_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static SNAPSHOTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "flotilla_raftstore_snapshots_total",
-        "Region snapshots by stage (generate, apply) and outcome",
+        "Region snapshots by stage (generate, accept, persist, apply) and outcome",
         &["stage", "outcome"]
     )
     .expect("register metric")

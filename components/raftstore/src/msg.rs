@@ -1,9 +1,8 @@
 //! What flows between the parts of the raftstore: mail for peers, for the apply pool, for
 //! the store, and tasks for PD.
 
-use std::{path::PathBuf, time::Instant};
+use std::time::Instant;
 
-use engine::Cf;
 use proto::{metapb, pdpb, raft_cmdpb::RaftCmdRequest, raft_serverpb::RaftMessage};
 use raft::eraftpb::{ConfChangeV2, Entry};
 
@@ -132,8 +131,8 @@ pub enum ApplyMsg {
         index: u64,
         /// Term of `index`.
         term: u64,
-        /// The SST files to ingest.
-        files: Vec<(Cf, PathBuf)>,
+        /// The SST files to ingest, with what each must hold.
+        files: crate::snap::ReceivedFiles,
     },
     /// The peer is gone: delete the region's data, mark it tombstone, stop. Done here,
     /// after every entry queued before it, so a late apply cannot write data back or

@@ -35,8 +35,12 @@ pub(crate) struct PollContext {
     pub split_check_tx: Sender<SplitCheckTask>,
     /// This round's Raft writes, for every peer.
     pub raft_wb: WriteBatch,
-    /// Whether this round's write must be fsynced.
-    pub sync: bool,
+    /// This round's write holds new log entries: fsynced unless `sync-log` is off.
+    pub sync_log: bool,
+    /// This round's write holds state that must be durable whatever `sync-log` says: a
+    /// new term or vote (else a store that lost power could vote twice in one term), a
+    /// snapshot's new log base, a peer's removal.
+    pub sync_state: bool,
     /// This round's outgoing messages, by destination store.
     pub outgoing: HashMap<u64, Vec<RaftMessage>>,
 }
@@ -56,7 +60,7 @@ impl PollContext {
             return;
         }
         let wb = std::mem::replace(&mut self.raft_wb, self.engine.write_batch());
-        let sync = self.sync && self.cfg.sync_log;
+        let sync = self.sync_state || (self.sync_log && self.cfg.sync_log);
         let started = Instant::now();
         self.engine
             .write(wb, sync)
@@ -65,7 +69,8 @@ impl PollContext {
             metrics::LOG_FSYNCS.inc();
         }
         metrics::APPEND_SECONDS.observe(started.elapsed().as_secs_f64());
-        self.sync = false;
+        self.sync_log = false;
+        self.sync_state = false;
     }
 }
 

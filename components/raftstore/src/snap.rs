@@ -6,15 +6,23 @@
 //! chunks for any sink, and [`SnapReceiver`] turns chunks back into files and a message.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
     io::{Read, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crossbeam_channel::{Receiver, Sender};
 use engine::{Cf, Engine};
+use parking_lot::Mutex;
 use proto::raft_serverpb::{
-    RaftApplyState, RaftMessage, RegionLocalState, SnapshotChunk, SnapshotData, SnapshotFile,
+    PendingSnapshot, RaftApplyState, RaftMessage, RegionLocalState, SnapshotChunk, SnapshotData,
+    SnapshotFile,
 };
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType, Snapshot};
@@ -33,10 +41,30 @@ pub struct GenTask {
     pub notifier: Sender<Result<Snapshot>>,
 }
 
-/// Where snapshot files live on a store.
+/// Which snapshot: region, term and index.
+pub type SnapKey = (u64, u64, u64);
+
+/// The key of the snapshot a message carries.
+pub fn snap_key(region_id: u64, snap: &Snapshot) -> SnapKey {
+    let meta = snap.get_metadata();
+    (region_id, meta.term, meta.index)
+}
+
+/// A received snapshot's files: what the sender declared, and where each one arrived.
+pub type ReceivedFiles = Vec<(SnapshotFile, PathBuf)>;
+
+/// Where snapshot files live on a store, and which received snapshots are whole and not
+/// yet taken by their peer.
 #[derive(Clone)]
 pub struct SnapManager {
     dir: PathBuf,
+    /// Snapshots that arrived whole, by key. A peer takes a snapshot's files from here
+    /// when it persists the snapshot; a snapshot message with no entry here (one that
+    /// came without its files) is refused.
+    received: Arc<Mutex<HashMap<SnapKey, ReceivedFiles>>>,
+    /// Makes every receive stream's file names its own, so that two streams of the same
+    /// snapshot never write or remove each other's files.
+    next_stream: Arc<AtomicU64>,
 }
 
 impl SnapManager {
@@ -44,39 +72,86 @@ impl SnapManager {
     pub fn new(dir: PathBuf) -> Result<SnapManager> {
         fs::create_dir_all(&dir)
             .map_err(|e| Error::Snapshot(format!("create {}: {e}", dir.display())))?;
-        Ok(SnapManager { dir })
-    }
-
-    fn path(&self, kind: &str, region_id: u64, term: u64, index: u64, cf: &str) -> PathBuf {
-        self.dir
-            .join(format!("{kind}_{region_id}_{term}_{index}_{cf}.sst"))
+        // Unique across restarts too: received files of a stream cut by a crash may still
+        // be on disk.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(SnapManager {
+            dir,
+            received: Arc::default(),
+            next_stream: Arc::new(AtomicU64::new(start)),
+        })
     }
 
     /// Where a generated snapshot's file for `cf` is written.
     pub fn gen_path(&self, region_id: u64, term: u64, index: u64, cf: Cf) -> PathBuf {
-        self.path("gen", region_id, term, index, cf.name())
+        self.dir
+            .join(format!("gen_{region_id}_{term}_{index}_{}.sst", cf.name()))
     }
 
-    /// Where a received snapshot's file for `cf` is written.
-    pub fn recv_path(&self, region_id: u64, term: u64, index: u64, cf: Cf) -> PathBuf {
-        self.path("rcv", region_id, term, index, cf.name())
+    /// Where one receive stream writes a snapshot's file for `cf`.
+    fn recv_path(&self, key: SnapKey, cf: &str, stream: u64) -> PathBuf {
+        let (region_id, term, index) = key;
+        self.dir
+            .join(format!("rcv_{region_id}_{term}_{index}_{cf}_{stream}.sst"))
     }
 
-    /// The received files of a snapshot, by column family.
-    pub fn recv_files(
-        &self,
-        region_id: u64,
-        snap: &Snapshot,
-        data: &SnapshotData,
-    ) -> Result<Vec<(Cf, PathBuf)>> {
-        let meta = snap.get_metadata();
-        data.get_files()
-            .iter()
-            .map(|f| {
-                let cf = parse_cf(f.get_cf())?;
-                Ok((cf, self.recv_path(region_id, meta.term, meta.index, cf)))
-            })
-            .collect()
+    /// The path of a received file named in a region's pending snapshot.
+    pub fn received_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Records a snapshot that arrived whole. A second stream of the same snapshot
+    /// (the sender retried) loses: its files are removed, the first one's kept.
+    fn register_received(&self, key: SnapKey, files: ReceivedFiles) {
+        let mut received = self.received.lock();
+        if received.contains_key(&key) {
+            remove_paths(files.iter().map(|(_, p)| p));
+            return;
+        }
+        received.insert(key, files);
+    }
+
+    /// Whether the files of this snapshot arrived whole and wait for their peer.
+    pub fn has_received(&self, key: SnapKey) -> bool {
+        self.received.lock().contains_key(&key)
+    }
+
+    /// Hands a received snapshot's files to its peer, which now owns them; removes
+    /// every other received snapshot of the region (older, or superseded).
+    pub fn take_received(&self, key: SnapKey) -> Option<ReceivedFiles> {
+        let mut received = self.received.lock();
+        let files = received.remove(&key);
+        received.retain(|k, other| {
+            let keep = k.0 != key.0;
+            if !keep {
+                remove_paths(other.iter().map(|(_, p)| p));
+            }
+            keep
+        });
+        files
+    }
+
+    /// Forgets a received snapshot its peer did not take, removing its files.
+    pub fn discard_received(&self, key: SnapKey) {
+        if let Some(files) = self.received.lock().remove(&key) {
+            remove_paths(files.iter().map(|(_, p)| p));
+        }
+    }
+
+    /// Removes every received file not named in `keep` (files of streams cut short by a
+    /// crash, or of snapshots no peer took), at start-up.
+    pub fn remove_received_except(&self, keep: &std::collections::HashSet<String>) {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("rcv_") && !keep.contains(&name) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Removes every generated file of a region (older snapshots are never reused).
@@ -157,18 +232,71 @@ impl SnapManager {
             .expect("spawn snapshot generator")
     }
 
-    /// Removes a received snapshot's files once its data is in the database.
-    pub fn remove_files(&self, files: &[(Cf, PathBuf)]) {
-        for (_, path) in files {
-            let _ = fs::remove_file(path);
-        }
+}
+
+fn remove_paths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) {
+    for p in paths {
+        let _ = fs::remove_file(p);
     }
 }
 
-fn parse_cf(name: &str) -> Result<Cf> {
+/// Removes a received snapshot's files once its data is in the database.
+pub fn remove_files(files: &[(Cf, PathBuf)]) {
+    remove_paths(files.iter().map(|(_, p)| p));
+}
+
+/// The column family a snapshot file names: a data column family, or an error (a snapshot
+/// from a hostile or broken sender must not panic the store).
+pub fn parse_cf(name: &str) -> Result<Cf> {
     Cf::from_name(name)
         .filter(|cf| Cf::DATA.contains(cf))
         .ok_or_else(|| Error::Snapshot(format!("unknown column family {name:?} in snapshot")))
+}
+
+/// Checks that `path` holds exactly what `meta` declares (size and CRC32), so that a file
+/// damaged or cut short on disk is never ingested.
+pub fn verify_file(meta: &SnapshotFile, path: &Path) -> Result<()> {
+    let fail = |why: String| Error::Snapshot(format!("{}: {why}", path.display()));
+    let mut file = File::open(path).map_err(|e| fail(format!("open: {e}")))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| fail(format!("read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if size != meta.size {
+        return Err(fail(format!("{size} bytes, expected {}", meta.size)));
+    }
+    let crc = hasher.finalize();
+    if crc != meta.checksum {
+        return Err(fail(format!(
+            "checksum {crc:#x}, expected {:#x}",
+            meta.checksum
+        )));
+    }
+    Ok(())
+}
+
+/// The record of a snapshot being put in place, written with the state `Applying`.
+pub fn pending_snapshot(snap: &Snapshot, files: &ReceivedFiles) -> PendingSnapshot {
+    let meta = snap.get_metadata();
+    let mut p = PendingSnapshot::default();
+    p.index = meta.index;
+    p.term = meta.term;
+    for (f, path) in files {
+        p.mut_files().push(f.clone());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        p.mut_file_names().push(name);
+    }
+    p
 }
 
 /// Whether a store-to-store message carries a snapshot (and must be streamed).
@@ -217,9 +345,11 @@ pub fn send_snapshot(
 
 /// Writes a snapshot's chunks into files as they arrive, and checks them at the end.
 pub struct SnapReceiver {
+    mgr: SnapManager,
+    key: SnapKey,
     /// Taken when the snapshot arrived whole; until then the files are removed on drop.
     msg: Option<RaftMessage>,
-    files: Vec<(SnapshotFile, PathBuf)>,
+    files: ReceivedFiles,
     current: usize,
     written: u64,
     hasher: crc32fast::Hasher,
@@ -234,15 +364,24 @@ impl SnapReceiver {
         }
         let msg = first.get_message().clone();
         let raft_msg = Message::parse_from_bytes(msg.get_message())?;
+        if raft_msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Error::Snapshot("first chunk carries no snapshot message".into()));
+        }
         let snap = raft_msg.get_snapshot();
         let data = SnapshotData::parse_from_bytes(snap.get_data())?;
-        let files = mgr
-            .recv_files(msg.get_region_id(), snap, &data)?
-            .into_iter()
-            .zip(data.get_files())
-            .map(|((_, path), f)| (f.clone(), path))
-            .collect();
+        let key = snap_key(msg.get_region_id(), snap);
+        let stream = mgr.next_stream.fetch_add(1, Ordering::Relaxed);
+        let files = data
+            .get_files()
+            .iter()
+            .map(|f| {
+                let cf = parse_cf(f.get_cf())?;
+                Ok((f.clone(), mgr.recv_path(key, cf.name(), stream)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut rx = SnapReceiver {
+            mgr: mgr.clone(),
+            key,
             msg: Some(msg),
             files,
             current: 0,
@@ -313,7 +452,8 @@ impl SnapReceiver {
         Ok(())
     }
 
-    /// Checks that every file arrived whole and returns the message to deliver.
+    /// Checks that every file arrived whole, makes them durable, records them for the
+    /// peer, and returns the message to deliver.
     pub fn finish(mut self) -> Result<RaftMessage> {
         // Files of size zero are never written; close them now.
         while self.current < self.files.len() && self.files[self.current].0.size == 0 {
@@ -324,7 +464,15 @@ impl SnapReceiver {
                 "stream ended before every file arrived".into(),
             ));
         }
-        Ok(self.msg.take().expect("taken only here"))
+        // The files are synced; their names must be too before a peer records them as
+        // the data to put in place after a restart.
+        File::open(&self.mgr.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::Snapshot(format!("sync {}: {e}", self.mgr.dir.display())))?;
+        let msg = self.msg.take().expect("taken only here");
+        self.mgr
+            .register_received(self.key, std::mem::take(&mut self.files));
+        Ok(msg)
     }
 }
 
@@ -339,17 +487,6 @@ impl Drop for SnapReceiver {
     }
 }
 
-impl SnapManager {
-    /// The received files of a snapshot that are still on disk (for redoing an apply that
-    /// a restart interrupted).
-    pub fn existing_recv_files(&self, region_id: u64, term: u64, index: u64) -> Vec<(Cf, PathBuf)> {
-        Cf::DATA
-            .into_iter()
-            .map(|cf| (cf, self.recv_path(region_id, term, index, cf)))
-            .filter(|(_, p)| p.exists())
-            .collect()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -419,8 +556,77 @@ mod tests {
         .unwrap();
         let delivered = rx.unwrap().finish().unwrap();
         assert_eq!(delivered, msg);
-        let received = std::fs::read(dst_mgr.recv_path(1, 5, 5, Cf::Default)).unwrap();
-        assert_eq!(received, original);
+        assert!(dst_mgr.has_received((1, 5, 5)));
+        let files = dst_mgr.take_received((1, 5, 5)).expect("registered");
+        assert_eq!(files.len(), 1);
+        verify_file(&files[0].0, &files[0].1).expect("whole");
+        assert_eq!(std::fs::read(&files[0].1).unwrap(), original);
+        assert!(!dst_mgr.has_received((1, 5, 5)), "taken once");
+    }
+
+    fn received_files(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("rcv_"))
+            .collect()
+    }
+
+    /// A sender that retries can have two streams of one snapshot in flight; the one that
+    /// fails must not remove the files of the one that arrived (they shared names).
+    #[test]
+    fn a_failed_duplicate_stream_leaves_the_live_one_alone() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let (mgr, msg, _) = snapshot_message(src.path());
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let mut chunks = vec![];
+        send_snapshot(&mgr, msg, |c| {
+            chunks.push(c);
+            Ok(())
+        })
+        .unwrap();
+        let mut live = SnapReceiver::new(&dst_mgr, chunks[0].clone()).unwrap();
+        let mut dup = SnapReceiver::new(&dst_mgr, chunks[0].clone()).unwrap();
+        dup.write(chunks[1].get_data()).unwrap();
+        for c in &chunks[1..] {
+            live.write(c.get_data()).unwrap();
+        }
+        live.finish().unwrap();
+        drop(dup);
+        let files = dst_mgr.take_received((1, 5, 5)).expect("the live stream's files");
+        verify_file(&files[0].0, &files[0].1).expect("still whole");
+        assert_eq!(received_files(dst.path()).len(), 1, "the duplicate's files are gone");
+    }
+
+    /// A snapshot message whose first chunk is not a snapshot is refused, and one naming an
+    /// unknown column family is refused with an error rather than a panic.
+    #[test]
+    fn hostile_first_chunks_are_refused() {
+        let dst = tempfile::tempdir().unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let mut not_snap = SnapshotChunk::default();
+        let mut m = RaftMessage::default();
+        m.set_message(Message::default().write_to_bytes().unwrap());
+        not_snap.set_message(m.clone());
+        assert!(SnapReceiver::new(&dst_mgr, not_snap).is_err());
+        let mut data = SnapshotData::default();
+        let mut f = SnapshotFile::default();
+        f.set_cf("raft".into());
+        f.size = 10;
+        data.mut_files().push(f);
+        let mut raft_msg = Message::default();
+        raft_msg.set_msg_type(MessageType::MsgSnapshot);
+        raft_msg
+            .mut_snapshot()
+            .set_data(data.write_to_bytes().unwrap().into());
+        m.set_message(raft_msg.write_to_bytes().unwrap());
+        let mut chunk = SnapshotChunk::default();
+        chunk.set_message(m);
+        let err = SnapReceiver::new(&dst_mgr, chunk).err().expect("refused");
+        assert!(err.to_string().contains("unknown column family"), "{err}");
+        assert!(received_files(dst.path()).is_empty());
     }
 
     #[test]
@@ -471,9 +677,7 @@ mod tests {
                 .contains("stream ended before every file arrived"),
             "{err}"
         );
-        assert!(
-            !dst_mgr.recv_path(1, 5, 5, Cf::Default).exists(),
-            "partial files are removed"
-        );
+        assert!(received_files(dst.path()).is_empty(), "partial files are removed");
+        assert!(!dst_mgr.has_received((1, 5, 5)));
     }
 }

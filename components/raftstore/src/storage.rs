@@ -11,8 +11,8 @@ use engine::{Cf, Engine, WriteBatch};
 use proto::{
     metapb,
     raft_serverpb::{
-        PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
-        SnapshotData,
+        PeerState, PendingSnapshot, RaftApplyState, RaftLocalState, RaftTruncatedState,
+        RegionLocalState, SnapshotData,
     },
 };
 use protobuf::Message as _;
@@ -37,12 +37,15 @@ enum SnapState {
     Generating(Receiver<Result<Snapshot>>),
 }
 
-/// One peer's Raft log and states.
+/// One peer's Raft log and states. It owns the log and the Raft state on disk; the apply
+/// state belongs to the region's apply state machine, and only a copy of its progress
+/// (reported back after each apply) is kept here.
 pub struct PeerStorage {
     engine: Engine,
     region: metapb::Region,
     raft_state: RaftLocalState,
-    apply_state: RaftApplyState,
+    applied_index: u64,
+    applied_term: u64,
     last_term: u64,
     cache: VecDeque<Entry>,
     snap_state: RefCell<SnapState>,
@@ -51,12 +54,20 @@ pub struct PeerStorage {
     raft_state_dirty: bool,
 }
 
-/// Adds to `wb` the region's local state: its shape and whether it is live, being
-/// filled by a snapshot, or removed.
+/// Adds to `wb` the region's local state: its shape and whether it is live or removed.
 pub fn put_region_state(wb: &mut WriteBatch, region: &metapb::Region, state: PeerState) {
     let mut s = RegionLocalState::default();
     s.set_state(state);
     s.set_region(region.clone());
+    wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
+}
+
+/// Adds to `wb` the local state of a region being filled by a received snapshot.
+fn put_applying_state(wb: &mut WriteBatch, region: &metapb::Region, pending: PendingSnapshot) {
+    let mut s = RegionLocalState::default();
+    s.set_state(PeerState::Applying);
+    s.set_region(region.clone());
+    s.set_pending_snapshot(pending);
     wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
 }
 
@@ -74,7 +85,14 @@ pub fn conf_state_of(region: &metapb::Region) -> ConfState {
 
 impl PeerStorage {
     /// Loads (or, for a peer that has never had data, starts empty) a peer's storage.
-    pub fn new(engine: Engine, region: metapb::Region, gen_tx: Sender<GenTask>) -> Result<Self> {
+    /// `applying`: the region's data is being replaced by a snapshot whose apply a
+    /// restart interrupted (and will redo before anything else applies).
+    pub fn new(
+        engine: Engine,
+        region: metapb::Region,
+        applying: bool,
+        gen_tx: Sender<GenTask>,
+    ) -> Result<Self> {
         let id = region.get_id();
         let initialized = !region.get_peers().is_empty();
         let mut raft_state: RaftLocalState = engine
@@ -83,17 +101,30 @@ impl PeerStorage {
         let apply_state: RaftApplyState =
             match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
                 Some(s) => s,
-                None if initialized => {
+                None if initialized && !applying => {
                     return Err(Error::Snapshot(format!(
                         "region {id} has a region state but no apply state"
                     )))
                 }
                 None => RaftApplyState::default(),
             };
+        let truncated = raft_state.get_truncated_state().clone();
+        let (applied_index, applied_term) = if applying {
+            // The redone snapshot apply brings the data to the log's new base.
+            (truncated.index, truncated.term)
+        } else {
+            (apply_state.applied_index, apply_state.applied_term)
+        };
+        if initialized && applied_index < truncated.index {
+            return Err(Error::Snapshot(format!(
+                "region {id}: applied index {applied_index} is behind the log's start {}; \
+                 the entries in between are gone",
+                truncated.index + 1
+            )));
+        }
         // Applied entries are committed even if the commit index written with the hard
         // state lags behind (it is persisted lazily).
-        raft_state.commit = raft_state.commit.max(apply_state.applied_index);
-        let truncated = apply_state.get_truncated_state();
+        raft_state.commit = raft_state.commit.max(applied_index);
         let last_term = if raft_state.last_index == truncated.index {
             truncated.term
         } else {
@@ -111,7 +142,8 @@ impl PeerStorage {
             engine,
             region,
             raft_state,
-            apply_state,
+            applied_index,
+            applied_term,
             last_term,
             cache: VecDeque::new(),
             snap_state: RefCell::new(SnapState::Relax),
@@ -138,17 +170,17 @@ impl PeerStorage {
 
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
-        self.apply_state.applied_index
+        self.applied_index
     }
 
     /// Term of the last applied entry.
     pub fn applied_term(&self) -> u64 {
-        self.apply_state.applied_term
+        self.applied_term
     }
 
     /// Index of the last entry removed from the log.
     pub fn truncated_index(&self) -> u64 {
-        self.apply_state.get_truncated_state().index
+        self.raft_state.get_truncated_state().index
     }
 
     /// Index of the last entry in the log.
@@ -158,8 +190,8 @@ impl PeerStorage {
 
     /// Records apply progress, and drops cached entries nobody is likely to ask for.
     pub fn on_applied(&mut self, index: u64, term: u64) {
-        self.apply_state.applied_index = index;
-        self.apply_state.applied_term = term;
+        self.applied_index = index;
+        self.applied_term = term;
         while self.cache.len() > CACHE_KEEP_APPLIED
             && self.cache.front().is_some_and(|e| e.index <= index)
         {
@@ -196,12 +228,15 @@ impl PeerStorage {
         self.cache.extend(entries);
     }
 
-    /// Records a new hard state (written by [`PeerStorage::write_raft_state`]).
-    pub fn set_hard_state(&mut self, hs: &HardState) {
+    /// Records a new hard state (written by [`PeerStorage::write_raft_state`]); returns
+    /// whether the term or vote changed, which must be fsynced whatever `sync-log` says.
+    pub fn set_hard_state(&mut self, hs: &HardState) -> bool {
+        let changed = self.raft_state.term != hs.term || self.raft_state.vote != hs.vote;
         self.raft_state.term = hs.term;
         self.raft_state.vote = hs.vote;
         self.raft_state.commit = hs.commit;
         self.raft_state_dirty = true;
+        changed
     }
 
     /// Records a commit index that advanced after the last persisted Ready.
@@ -223,8 +258,15 @@ impl PeerStorage {
     }
 
     /// Takes a received snapshot as the new base of the log: the old log goes, and the
-    /// region is marked `Applying` until the apply pool has put the data in place.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot, wb: &mut WriteBatch) -> Result<SnapshotData> {
+    /// region is marked `Applying`, with what it takes to redo the apply after a restart,
+    /// until the apply state machine has put the data in place (and written the apply
+    /// state, which is its alone). The apply side must have nothing in flight.
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        pending: PendingSnapshot,
+        wb: &mut WriteBatch,
+    ) -> Result<SnapshotData> {
         let data = SnapshotData::parse_from_bytes(snap.get_data())?;
         let meta = snap.get_metadata();
         let id = self.region.get_id();
@@ -239,17 +281,21 @@ impl PeerStorage {
         self.raft_state_dirty = true;
         self.last_term = meta.term;
         self.cache.clear();
-        let mut truncated = RaftTruncatedState::default();
-        truncated.index = meta.index;
-        truncated.term = meta.term;
-        self.apply_state.set_truncated_state(truncated);
-        self.apply_state.applied_index = meta.index;
-        self.apply_state.applied_term = meta.term;
+        self.set_truncated(meta.index, meta.term);
+        self.applied_index = meta.index;
+        self.applied_term = meta.term;
         self.region = data.get_region().clone();
-
-        put_region_state(wb, &self.region, PeerState::Applying);
-        wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &self.apply_state);
+        self.write_raft_state(wb);
+        put_applying_state(wb, &self.region, pending);
         Ok(data)
+    }
+
+    fn set_truncated(&mut self, index: u64, term: u64) {
+        let mut truncated = RaftTruncatedState::default();
+        truncated.index = index;
+        truncated.term = term;
+        self.raft_state.set_truncated_state(truncated);
+        self.raft_state_dirty = true;
     }
 
     /// Removes log entries up to and including `index` (already applied everywhere that
@@ -261,10 +307,8 @@ impl PeerStorage {
         }
         let range = keys::raft_log_range(self.region.get_id(), old_first, index + 1);
         wb.delete_range(Cf::Raft, &range.start, &range.end);
-        let mut truncated = RaftTruncatedState::default();
-        truncated.index = index;
-        truncated.term = term;
-        self.apply_state.set_truncated_state(truncated);
+        self.set_truncated(index, term);
+        self.write_raft_state(wb);
         while self.cache.front().is_some_and(|e| e.index <= index) {
             self.cache.pop_front();
         }
@@ -361,7 +405,7 @@ impl raft::Storage for PeerStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let truncated = self.apply_state.get_truncated_state();
+        let truncated = self.raft_state.get_truncated_state();
         if idx == truncated.index {
             return Ok(truncated.term);
         }
@@ -437,7 +481,7 @@ mod tests {
         let region = bootstrap::first_region(1, 2, 3);
         bootstrap::write_initial_region(&engine, &region).unwrap();
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let storage = PeerStorage::new(engine.clone(), region, tx).unwrap();
+        let storage = PeerStorage::new(engine.clone(), region, false, tx).unwrap();
         (dir, engine, storage)
     }
 
@@ -473,7 +517,7 @@ mod tests {
         assert_eq!(s.term(14).unwrap(), 6);
         // Reloading from disk (an empty cache) sees the same log.
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let reloaded = PeerStorage::new(engine.clone(), s.region().clone(), tx).unwrap();
+        let reloaded = PeerStorage::new(engine.clone(), s.region().clone(), false, tx).unwrap();
         let from_disk = reloaded.entries(6, 18, None, ctx()).unwrap();
         let from_cache = s.entries(6, 18, None, ctx()).unwrap();
         assert_eq!(from_disk, from_cache);

@@ -15,11 +15,25 @@ pub struct StoreMeta {
     /// New regions whose peers a split applied here is about to create; a message for
     /// one of them must not create it first.
     pub(crate) pending_split_peers: HashSet<u64>,
+    /// Ranges of snapshots accepted by peers (by region id) but not yet persisted: they
+    /// count as taken in overlap checks.
+    snapshot_ranges: HashMap<u64, metapb::Region>,
 }
 
 impl StoreMeta {
-    /// Adds or updates a region.
+    /// Marks a range as taken by a snapshot `region`'s peer accepted.
+    pub(crate) fn claim_snapshot_range(&mut self, region: metapb::Region) {
+        self.snapshot_ranges.insert(region.get_id(), region);
+    }
+
+    /// Drops a snapshot's range claim (it was persisted, or dropped).
+    pub(crate) fn release_snapshot_range(&mut self, region_id: u64) {
+        self.snapshot_ranges.remove(&region_id);
+    }
+
+    /// Adds or updates a region (and ends any snapshot claim of its own).
     pub fn set_region(&mut self, region: metapb::Region) {
+        self.snapshot_ranges.remove(&region.get_id());
         if let Some(old) = self.regions.get(&region.get_id()) {
             let old_end = keys::data_end_key(old.get_end_key());
             if self.ranges.get(&old_end) == Some(&region.get_id()) {
@@ -33,6 +47,7 @@ impl StoreMeta {
 
     /// Forgets a region.
     pub fn remove_region(&mut self, region_id: u64) {
+        self.snapshot_ranges.remove(&region_id);
         if let Some(old) = self.regions.remove(&region_id) {
             let end = keys::data_end_key(old.get_end_key());
             if self.ranges.get(&end) == Some(&region_id) {
@@ -60,8 +75,15 @@ impl StoreMeta {
         )
     }
 
-    /// A region other than `region_id` that overlaps `[start, end)`, if any.
+    /// A region other than `region_id` that overlaps `[start, end)`, if any: a live one,
+    /// or one whose accepted snapshot claims the range.
     pub fn overlapping_range(&self, region_id: u64, start: &[u8], end: &[u8]) -> Option<u64> {
+        let claimed = self.snapshot_ranges.values().find(|r| {
+            r.get_id() != region_id && ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
+        });
+        if let Some(r) = claimed {
+            return Some(r.get_id());
+        }
         let start = keys::data_key(start);
         let end = keys::data_end_key(end);
         // The first region whose end is past our start is the only candidate left of us;
@@ -137,6 +159,13 @@ impl StoreMeta {
     }
 }
 
+/// Whether `[a_start, a_end)` and `[b_start, b_end)` share a key (an empty end is
+/// unbounded).
+pub fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
+    let before = |end: &[u8], start: &[u8]| !end.is_empty() && end <= start;
+    !before(a_end, b_start) && !before(b_end, a_start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +197,33 @@ mod tests {
         m.remove_region(2);
         assert_eq!(m.region_for_key(b"x"), None);
         assert_eq!(m.overlapping(&region(3, b"n", b"")), None);
+    }
+
+    /// Two peers created by messages (no range yet) must not both accept snapshots for
+    /// overlapping ranges: the first claim blocks the second until it is released.
+    #[test]
+    fn snapshot_claims_count_as_overlaps() {
+        let mut m = StoreMeta::default();
+        assert_eq!(m.overlapping(&region(7, b"a", b"m")), None);
+        m.claim_snapshot_range(region(7, b"a", b"m"));
+        assert_eq!(m.overlapping(&region(8, b"k", b"z")), Some(7));
+        assert_eq!(m.overlapping(&region(8, b"m", b"z")), None);
+        assert_eq!(m.overlapping(&region(7, b"a", b"z")), None, "its own claim");
+        m.set_region(region(7, b"a", b"m"));
+        assert_eq!(m.overlapping(&region(8, b"k", b"z")), Some(7), "now live");
+        m.remove_region(7);
+        m.claim_snapshot_range(region(9, b"", b""));
+        assert_eq!(m.overlapping(&region(8, b"k", b"z")), Some(9));
+        m.release_snapshot_range(9);
+        assert_eq!(m.overlapping(&region(8, b"k", b"z")), None);
+    }
+
+    #[test]
+    fn range_overlap_treats_empty_ends_as_unbounded() {
+        assert!(ranges_overlap(b"", b"", b"x", b"y"));
+        assert!(ranges_overlap(b"a", b"c", b"b", b""));
+        assert!(!ranges_overlap(b"a", b"b", b"b", b"c"));
+        assert!(!ranges_overlap(b"b", b"", b"a", b"b"));
+        assert!(ranges_overlap(b"b", b"", b"a", b"c"));
     }
 }

@@ -97,7 +97,10 @@ impl RaftStore {
             deps.logger.clone(),
         );
         store.load_peers()?;
-        raft_system.spawn("raftstore", cfg.store_pool_size, cfg.max_batch_size, || {
+        // Thread names carry the store: several stores share a process in tests, and fail
+        // points tell them apart by it.
+        let raft_threads = format!("raftstore-s{}", deps.store_id);
+        raft_system.spawn(&raft_threads, cfg.store_pool_size, cfg.max_batch_size, || {
             RaftPoller {
                 ctx: PollContext {
                     cfg: cfg.clone(),
@@ -110,18 +113,19 @@ impl RaftStore {
                     snap_mgr: deps.snap_mgr.clone(),
                     split_check_tx: split_check_tx.clone(),
                     raft_wb: deps.engine.write_batch(),
-                    sync: false,
+                    sync_log: false,
+                    sync_state: false,
                     outgoing: Default::default(),
                 },
             }
         });
-        apply_system.spawn("apply", cfg.apply_pool_size, cfg.max_batch_size, || {
+        let apply_threads = format!("apply-s{}", deps.store_id);
+        apply_system.spawn(&apply_threads, cfg.apply_pool_size, cfg.max_batch_size, || {
             ApplyPoller {
                 ctx: ApplyContext::new(
                     deps.engine.clone(),
                     router.clone(),
                     store_meta.clone(),
-                    deps.snap_mgr.clone(),
                     cfg.messages_per_round,
                 ),
             }

@@ -23,9 +23,12 @@ pub enum Error {
     /// gRPC failed.
     #[error("grpc: {0}")]
     Grpc(#[from] grpcio::Error),
-    /// The request did not finish in time.
+    /// A read did not finish in time (safe to retry).
     #[error("request timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A write's outcome is unknown: it may or may not have been applied.
+    #[error("{0}; the write may or may not have been applied")]
+    Undetermined(String),
     /// The data directory belongs to another cluster.
     #[error("data directory {dir} belongs to cluster {local}, but PD serves cluster {pd}; use an empty data directory or the right PD")]
     ClusterMismatch {
@@ -88,6 +91,9 @@ impl Error {
     /// re-route) or a plain message (returned to the caller).
     pub fn into_wire(self) -> (Option<errorpb::Error>, String) {
         match &self {
+            Error::Undetermined(_) | Error::Raft(raftstore::Error::Undetermined(_)) => {
+                (None, format!("{}{self}", util::wire::UNDETERMINED))
+            }
             Error::Raft(r) => match region_error(r) {
                 Some(re) => (Some(re), String::new()),
                 None => (None, self.to_string()),

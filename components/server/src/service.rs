@@ -56,6 +56,8 @@ pub trait RawRequest: Span<Resp: RawResponse> + Send + Sync + 'static {
     fn forward(&self, client: &TikvClient) -> grpcio::Result<ClientUnaryReceiver<Self::Resp>>;
     /// The metric label.
     const NAME: &'static str;
+    /// Whether it changes state: if it may have been applied, it is never retried.
+    const WRITES: bool;
 }
 
 /// A raw response: where errors go.
@@ -72,9 +74,10 @@ pub trait RawResponse: Default + Send + Unpin + 'static {
 }
 
 macro_rules! raw_pair {
-    (@req $req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr) => {
+    (@req $req:ty, $resp:ty, $name:literal, $writes:literal, $fwd:ident, |$r:ident| $key:expr) => {
         impl RawRequest for $req {
             const NAME: &'static str = $name;
+            const WRITES: bool = $writes;
             fn context(&self) -> &Context {
                 self.get_context()
             }
@@ -90,8 +93,8 @@ macro_rules! raw_pair {
             }
         }
     };
-    ($req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr, has_error: true) => {
-        raw_pair!(@req $req, $resp, $name, $fwd, |$r| $key);
+    ($req:ty, $resp:ty, $name:literal, writes: $writes:literal, $fwd:ident, |$r:ident| $key:expr, has_error: true) => {
+        raw_pair!(@req $req, $resp, $name, $writes, $fwd, |$r| $key);
         impl RawResponse for $resp {
             fn set_region_err(&mut self, e: errorpb::Error) {
                 self.set_region_error(e);
@@ -107,8 +110,8 @@ macro_rules! raw_pair {
             }
         }
     };
-    ($req:ty, $resp:ty, $name:literal, $fwd:ident, |$r:ident| $key:expr, has_error: false) => {
-        raw_pair!(@req $req, $resp, $name, $fwd, |$r| $key);
+    ($req:ty, $resp:ty, $name:literal, writes: $writes:literal, $fwd:ident, |$r:ident| $key:expr, has_error: false) => {
+        raw_pair!(@req $req, $resp, $name, $writes, $fwd, |$r| $key);
         impl RawResponse for $resp {
             fn set_region_err(&mut self, e: errorpb::Error) {
                 self.set_region_error(e);
@@ -128,22 +131,22 @@ macro_rules! raw_pair {
     };
 }
 
-raw_pair!(kvrpcpb::RawGetRequest, kvrpcpb::RawGetResponse, "raw_get", raw_get_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchGetRequest, kvrpcpb::RawBatchGetResponse, "raw_batch_get", raw_batch_get_async,
+raw_pair!(kvrpcpb::RawGetRequest, kvrpcpb::RawGetResponse, "raw_get", writes: false, raw_get_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchGetRequest, kvrpcpb::RawBatchGetResponse, "raw_batch_get", writes: false, raw_batch_get_async,
           |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: false);
-raw_pair!(kvrpcpb::RawPutRequest, kvrpcpb::RawPutResponse, "raw_put", raw_put_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchPutRequest, kvrpcpb::RawBatchPutResponse, "raw_batch_put", raw_batch_put_async,
+raw_pair!(kvrpcpb::RawPutRequest, kvrpcpb::RawPutResponse, "raw_put", writes: true, raw_put_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchPutRequest, kvrpcpb::RawBatchPutResponse, "raw_batch_put", writes: true, raw_batch_put_async,
           |r| r.get_pairs().first().map_or(&[][..], |p| p.get_key()), has_error: true);
-raw_pair!(kvrpcpb::RawDeleteRequest, kvrpcpb::RawDeleteResponse, "raw_delete", raw_delete_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchDeleteRequest, kvrpcpb::RawBatchDeleteResponse, "raw_batch_delete", raw_batch_delete_async,
+raw_pair!(kvrpcpb::RawDeleteRequest, kvrpcpb::RawDeleteResponse, "raw_delete", writes: true, raw_delete_async, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchDeleteRequest, kvrpcpb::RawBatchDeleteResponse, "raw_batch_delete", writes: true, raw_batch_delete_async,
           |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: true);
-raw_pair!(kvrpcpb::RawScanRequest, kvrpcpb::RawScanResponse, "raw_scan", raw_scan_async,
+raw_pair!(kvrpcpb::RawScanRequest, kvrpcpb::RawScanResponse, "raw_scan", writes: false, raw_scan_async,
           |r| if r.get_reverse() { r.get_end_key() } else { r.get_start_key() }, has_error: false);
-raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_delete_range", raw_delete_range_async,
+raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_delete_range", writes: true, raw_delete_range_async,
           |r| r.get_start_key(), has_error: true);
-raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", raw_compare_and_swap_async,
+raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", writes: true, raw_compare_and_swap_async,
           |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", split_region_async,
+raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async,
           |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
 
 fn error_response<R: RawResponse>(e: Error) -> R {
@@ -313,13 +316,19 @@ impl TikvService {
 
     async fn forward<Req: RawRequest>(&self, req: &Req, store_id: u64) -> Result<Req::Resp> {
         let client = self.resolver.client(store_id).await?;
-        match req.forward(&client) {
-            Ok(rx) => Ok(rx.await?),
-            Err(e) => {
-                self.resolver.forget(store_id);
-                Err(e.into())
-            }
+        let sent = req.forward(&client);
+        let res = match sent {
+            Ok(rx) => rx.await.map_err(|e| match Req::WRITES {
+                // The other store may have applied it before the answer was lost.
+                true => Error::Undetermined(format!("forwarded to store {store_id}: {e}")),
+                false => e.into(),
+            }),
+            Err(e) => Err(e.into()),
+        };
+        if res.is_err() {
+            self.resolver.forget(store_id);
         }
+        res
     }
 }
 

@@ -75,9 +75,12 @@ impl RawStorage {
         Ok(())
     }
 
+    /// Sends the mail `make` builds and waits for its answer. For a command that changes
+    /// state (`writes`), no answer means an unknown outcome: it may have been applied.
     async fn wait<T: Send + 'static>(
         &self,
         region_id: u64,
+        writes: bool,
         make: impl FnOnce(raftstore::msg::Callback<T>) -> PeerMsg,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
@@ -87,7 +90,14 @@ impl RawStorage {
         self.router.send(region_id, make(cb))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(res)) => res.map_err(|e| self.with_split_regions(e).into()),
+            Ok(Err(_)) if writes => Err(Error::Undetermined(
+                "the store dropped the command before answering".into(),
+            )),
             Ok(Err(_)) => Err(raftstore::Error::Stopped.into()),
+            Err(_) if writes => Err(Error::Undetermined(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
     }
@@ -116,7 +126,7 @@ impl RawStorage {
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<metapb::Region>> {
         let epoch = ctx.get_region_epoch().clone();
-        self.wait(ctx.get_region_id(), |cb| PeerMsg::Split {
+        self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Split {
             epoch: Some(epoch),
             keys,
             cb,
@@ -131,14 +141,14 @@ impl RawStorage {
         header.set_peer(ctx.get_peer().clone());
         header.set_region_epoch(ctx.get_region_epoch().clone());
         cmd.set_requests(requests.into());
-        self.wait(ctx.get_region_id(), |cb| PeerMsg::Command { cmd, cb })
+        self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Command { cmd, cb })
             .await
     }
 
     /// Waits until the region's state may be read linearizably; returns the region.
     async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
         let epoch = ctx.get_region_epoch().clone();
-        self.wait(ctx.get_region_id(), |cb| PeerMsg::Read { epoch, cb })
+        self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read { epoch, cb })
             .await
     }
 
@@ -173,12 +183,15 @@ impl RawStorage {
         let cf = raw_cf(cf)?;
         keys_.iter().try_for_each(|k| check_key(k))?;
         let region = self.read(ctx).await?;
+        keys_.iter().try_for_each(|k| Self::check_in(&region, k))?;
+        // One view for every key: an atomic batch put is seen whole or not at all.
+        let snap = self.engine.snapshot();
         let mut out = vec![];
         for k in keys_ {
-            Self::check_in(&region, k)?;
-            if let Some(v) = self.engine.get(cf, &keys::data_key(k))? {
+            if let Some(v) = snap.get(cf, &keys::data_key(k))? {
                 out.push((k.clone(), v));
             }
+            fail::fail_point!("raw_batch_get_between_keys");
         }
         Ok(out)
     }

@@ -18,7 +18,7 @@ use std::{
 use engine::{Cf, Engine};
 use parking_lot::Mutex;
 use pd_client::PdClient;
-use proto::{kvrpcpb::Context, metapb};
+use proto::{kvrpcpb::Context, metapb, raft_cmdpb};
 use raftstore::{RaftStore, SnapManager, StoreDeps, StoreMeta};
 use server::storage::RawStorage;
 
@@ -148,12 +148,12 @@ impl Cluster {
     pub fn add_store(&mut self) -> u64 {
         let dir = self._tmp.path().join(format!("store-{}", self.next_index));
         self.next_index += 1;
-        let id = self.start_at(dir.clone());
+        let id = self.start_at(dir.clone()).expect("start a new store");
         self.dirs.insert(id, dir);
         id
     }
 
-    fn start_at(&mut self, dir: PathBuf) -> u64 {
+    fn start_at(&mut self, dir: PathBuf) -> Result<u64, String> {
         let engine = Engine::open(&dir.join("db")).expect("open engine");
         let snap_mgr = SnapManager::new(dir.join("snap")).expect("snap dir");
         let mut store = metapb::Store::default();
@@ -178,7 +178,7 @@ impl Cluster {
             snap_mgr: snap_mgr.clone(),
             logger: test_logger(),
         })
-        .expect("start raftstore");
+        .map_err(|e| e.to_string())?;
         let router = raftstore.router();
         self.network.attach(store_id, router.clone(), snap_mgr);
         let pd_worker = server::pd_worker::spawn(
@@ -211,7 +211,7 @@ impl Cluster {
                 pd_worker,
             },
         );
-        store_id
+        Ok(store_id)
     }
 
     /// Ids of every store ever added, running or not.
@@ -232,9 +232,51 @@ impl Cluster {
 
     /// Starts a stopped store on its data.
     pub fn start_store(&mut self, store_id: u64) {
+        if let Err(e) = self.try_start_store(store_id) {
+            panic!("store {store_id} does not start: {e}");
+        }
+    }
+
+    /// Starts a stopped store on its data; says why if it refuses.
+    pub fn try_start_store(&mut self, store_id: u64) -> Result<(), String> {
         let dir = self.dirs[&store_id].clone();
-        let id = self.start_at(dir);
+        let id = self.start_at(dir)?;
         assert_eq!(id, store_id, "a restarted store keeps its id");
+        Ok(())
+    }
+
+    /// What a store would find on disk if it crashed now, keeping the page cache (as a
+    /// killed process does): its database as of this instant, every write in it fsynced
+    /// or not, and its snapshot files. Take it while the store's threads are held at a
+    /// fail point to crash the store exactly there.
+    pub fn crash_image(&self, store_id: u64) -> PathBuf {
+        let image = self
+            ._tmp
+            .path()
+            .join(format!("image-{store_id}-{}", self.next_index));
+        std::fs::create_dir_all(&image).expect("image dir");
+        let engine = &self.running[&store_id].engine;
+        engine
+            .checkpoint(&image.join("db"))
+            .expect("checkpoint the database");
+        let snap = self.dirs[&store_id].join("snap");
+        std::fs::create_dir_all(image.join("snap")).expect("image snap dir");
+        for entry in std::fs::read_dir(&snap).expect("read snap dir").flatten() {
+            let _ = std::fs::copy(entry.path(), image.join("snap").join(entry.file_name()));
+        }
+        image
+    }
+
+    /// Stops a store, puts a crash image taken earlier in place of its data, and starts
+    /// it on that; says why if it refuses to start.
+    pub fn restart_from_image(&mut self, store_id: u64, image: &std::path::Path) -> Result<(), String> {
+        self.stop_store(store_id);
+        let dir = self.dirs[&store_id].clone();
+        for part in ["db", "snap"] {
+            std::fs::remove_dir_all(dir.join(part)).expect("remove old data");
+            std::fs::rename(image.join(part), dir.join(part)).expect("put the image in place");
+        }
+        self.try_start_store(store_id)
     }
 
     /// The simulated network, for filters.
@@ -288,6 +330,13 @@ impl Cluster {
             c.set_peer(p.clone());
         }
         c
+    }
+
+    /// The raw API of the store leading the region of `key`, with the routing context a
+    /// smart client would send it.
+    pub fn leader_storage(&self, key: &[u8]) -> Option<(RawStorage, Context)> {
+        let (store, region) = self.leader_of_key(key)?;
+        Some((self.storage(store), Self::context(&region, store)))
     }
 
     /// Writes through the current leader, retrying routing failures for up to `timeout`.
@@ -401,9 +450,31 @@ impl Cluster {
         });
     }
 
+    /// One running store's database.
+    pub fn engine(&self, store_id: u64) -> Engine {
+        self.running[&store_id].engine.clone()
+    }
+
+    /// One running store's router, for mail sent straight to its peers.
+    pub fn router(&self, store_id: u64) -> raftstore::RaftRouter {
+        self.running[&store_id].raftstore.router()
+    }
+
     /// The raw key-value API of one running store (for requests with explicit routing).
     pub fn storage(&self, store_id: u64) -> RawStorage {
         self.running[&store_id].storage.clone()
+    }
+
+    /// Like [`Cluster::storage`], with requests that give up after `timeout`.
+    pub fn storage_with_timeout(&self, store_id: u64, timeout: Duration) -> RawStorage {
+        let r = &self.running[&store_id];
+        RawStorage::new(
+            r.raftstore.router(),
+            r.engine.clone(),
+            r.meta.clone(),
+            self.raft_cfg.raft_entry_max_size.as_u64(),
+            timeout,
+        )
     }
 
     /// Asks the leader of `region_id` to hand leadership to its peer on `to_store`.
@@ -426,6 +497,42 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|e| e.to_string())?
+    }
+
+    /// Proposes one membership change of `region_id` through its leader, at the epoch the
+    /// leader has; returns the region after it applied, or why it was refused.
+    pub fn change_peer(
+        &self,
+        region_id: u64,
+        change_type: raft_cmdpb::ConfChangeType,
+        peer: metapb::Peer,
+    ) -> Result<metapb::Region, String> {
+        let leader = self.leader_of(region_id).ok_or("no leader")?;
+        let region = self.running[&leader]
+            .meta
+            .lock()
+            .region(region_id)
+            .cloned()
+            .ok_or("leader has no such region")?;
+        let mut change = raft_cmdpb::ChangePeerRequest::default();
+        change.set_change_type(change_type);
+        change.set_peer(peer);
+        let mut cmd = raft_cmdpb::RaftCmdRequest::default();
+        let header = cmd.mut_header();
+        header.set_region_id(region_id);
+        header.set_region_epoch(region.get_region_epoch().clone());
+        let admin = cmd.mut_admin_request();
+        admin.set_cmd_type(raft_cmdpb::AdminCmdType::ChangePeerV2);
+        admin.mut_change_peer_v2().mut_changes().push(change);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cb = Box::new(move |r: raftstore::Result<raftstore::CmdResponse>| {
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        self.router(leader)
+            .send(region_id, raftstore::PeerMsg::Command { cmd, cb })
+            .map_err(|e| e.to_string())?;
+        let resp = rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())??;
+        Ok(resp.region.unwrap_or(region))
     }
 
     /// Asks the leader of the region holding `key` to split at `split_key`, as a client's

@@ -8,7 +8,9 @@
 pub mod config;
 mod error;
 pub mod logger;
+pub mod panic;
 pub mod shutdown;
 pub mod status;
+pub mod wire;
 
 pub use error::{Error, Result};

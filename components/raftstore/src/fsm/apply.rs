@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use proto::{
     metapb,
     raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest, Request},
-    raft_serverpb::{PeerState, RaftApplyState, RaftTruncatedState},
+    raft_serverpb::{PeerState, RaftApplyState},
 };
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
@@ -22,7 +22,7 @@ use crate::{
     conf_change::apply_change,
     metrics,
     msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, PeerMsg, Proposal},
-    snap::SnapManager,
+    snap::{self, ReceivedFiles},
     storage::put_region_state,
     store_meta::StoreMeta,
     util::{check_epoch, check_request_keys},
@@ -48,7 +48,6 @@ pub(crate) struct ApplyContext {
     pub engine: Engine,
     pub router: RaftRouter,
     pub store_meta: Arc<Mutex<StoreMeta>>,
-    pub snap_mgr: SnapManager,
     pub messages_per_round: usize,
     pub wb: WriteBatch,
     pub sync: bool,
@@ -61,7 +60,6 @@ impl ApplyContext {
         engine: Engine,
         router: RaftRouter,
         store_meta: Arc<Mutex<StoreMeta>>,
-        snap_mgr: SnapManager,
         messages_per_round: usize,
     ) -> Self {
         ApplyContext {
@@ -69,7 +67,6 @@ impl ApplyContext {
             engine,
             router,
             store_meta,
-            snap_mgr,
             messages_per_round,
             sync: false,
             cbs: vec![],
@@ -115,6 +112,9 @@ impl ApplyFsm {
     fn on_msg(&mut self, msg: ApplyMsg, ctx: &mut ApplyContext) {
         match msg {
             ApplyMsg::Entries { entries, proposals } => {
+                // Reported even if every entry was applied already: the peer waits for
+                // the report before it takes a snapshot.
+                self.dirty = true;
                 let mut proposals = proposals.into_iter().peekable();
                 for e in entries {
                     let p = proposals.next_if(|p| p.index == e.index);
@@ -128,11 +128,18 @@ impl ApplyFsm {
                 files,
             } => {
                 if let Err(e) = self.apply_snapshot(region, index, term, &files, ctx) {
-                    // The region stays marked Applying on disk and is redone at restart.
-                    error!(self.logger, "applying snapshot failed"; "err" => %e);
+                    // Going on would apply later entries on top of a half-replaced range
+                    // and diverge from the other replicas. Stop instead: the region stays
+                    // marked Applying on disk and a restart redoes the apply from the
+                    // received files, checked first.
+                    error!(self.logger, "applying snapshot failed; stopping"; "err" => %e);
                     metrics::SNAPSHOTS
                         .with_label_values(&["apply", "error"])
                         .inc();
+                    panic!(
+                        "region {}: applying the snapshot at index {index} failed: {e}",
+                        self.region.get_id()
+                    );
                 }
             }
             ApplyMsg::Destroy => self.destroy(ctx),
@@ -155,10 +162,13 @@ impl ApplyFsm {
 
     fn apply_entry(&mut self, entry: Entry, proposal: Option<Proposal>, ctx: &mut ApplyContext) {
         if entry.index <= self.apply_state.applied_index {
-            // Already applied before a restart; only the proposal (if any) is answered.
+            // Already applied (before a restart, or inside a snapshot): its result is
+            // not known here.
             if let Some(p) = proposal {
-                ctx.cbs
-                    .push((p, Err(Error::StaleCommand("entry applied before restart"))));
+                ctx.cbs.push((
+                    p,
+                    Err(Error::Undetermined("the entry was applied by a snapshot")),
+                ));
             }
             return;
         }
@@ -275,17 +285,11 @@ impl ApplyFsm {
         match admin.get_cmd_type() {
             AdminCmdType::BatchSplit => self.exec_batch_split(cmd, ctx),
             AdminCmdType::CompactLog => {
+                // The log's owner (the Raft side) truncates, skipping what is gone already.
                 let req = admin.get_compact_log();
-                let truncated = self.apply_state.get_truncated_state().index;
-                if req.compact_index <= truncated
-                    || req.compact_index > self.apply_state.applied_index
-                {
+                if req.compact_index > self.apply_state.applied_index {
                     return Ok(CmdResponse::default());
                 }
-                let mut t = RaftTruncatedState::default();
-                t.index = req.compact_index;
-                t.term = req.compact_term;
-                self.apply_state.set_truncated_state(t);
                 self.results.push(ExecResult::CompactLog {
                     index: req.compact_index,
                     term: req.compact_term,
@@ -327,15 +331,24 @@ impl ApplyFsm {
         })
     }
 
+    /// Replaces the region's data with a received snapshot's files (checked first, since
+    /// after a restart they come from disk), then records the region as live and the
+    /// snapshot's index as applied.
     fn apply_snapshot(
         &mut self,
         region: metapb::Region,
         index: u64,
         term: u64,
-        files: &[(Cf, PathBuf)],
+        files: &ReceivedFiles,
         ctx: &mut ApplyContext,
     ) -> Result<()> {
         ctx.write();
+        let mut by_cf = vec![];
+        for (meta, path) in files {
+            snap::verify_file(meta, path)?;
+            by_cf.push((snap::parse_cf(meta.get_cf())?, path.clone()));
+        }
+        fail::fail_point!("apply_snapshot_before_ingest");
         let start = keys::data_key(region.get_start_key());
         let end = keys::data_end_key(region.get_end_key());
         let mut clear = ctx.engine.write_batch();
@@ -344,20 +357,17 @@ impl ApplyFsm {
         }
         ctx.engine.write(clear, false)?;
         for cf in Cf::DATA {
-            let of_cf: Vec<PathBuf> = files
+            let of_cf: Vec<PathBuf> = by_cf
                 .iter()
                 .filter(|(c, _)| *c == cf)
                 .map(|(_, p)| p.clone())
                 .collect();
             ctx.engine.ingest(cf, &of_cf)?;
         }
+        fail::fail_point!("apply_snapshot_after_ingest");
         self.region = region.clone();
         self.apply_state.applied_index = index;
         self.apply_state.applied_term = term;
-        let mut t = RaftTruncatedState::default();
-        t.index = index;
-        t.term = term;
-        self.apply_state.set_truncated_state(t);
         let mut done = ctx.engine.write_batch();
         put_region_state(&mut done, &region, PeerState::Normal);
         done.put_msg(
@@ -366,7 +376,7 @@ impl ApplyFsm {
             &self.apply_state,
         );
         ctx.engine.write(done, true)?;
-        ctx.snap_mgr.remove_files(files);
+        snap::remove_files(&by_cf);
         metrics::SNAPSHOTS.with_label_values(&["apply", "ok"]).inc();
         self.results.push(ExecResult::SnapshotApplied { region });
         self.dirty = true;
@@ -410,6 +420,7 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
     }
 
     fn end(&mut self, _fsms: &mut [FsmGuard<ApplyFsm>]) {
+        fail::fail_point!("apply_before_write");
         self.ctx.write();
         // Peers hear first: a client that acts on an answer (say, sends to a region a
         // split just made) finds its request queued behind the news.

@@ -27,6 +27,7 @@ use crate::{
     msg::{ApplyMsg, ApplyRes, Callback, CmdResponse, ExecResult, PeerMsg, Proposal},
     poll::PollContext,
     read::ReadQueue,
+    snap::{snap_key, ReceivedFiles},
     storage::PeerStorage,
     Config, Error, Result,
 };
@@ -36,7 +37,7 @@ struct PendingReady {
     ready: Ready,
     persisted_messages: Vec<Message>,
     committed: Vec<Entry>,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<(Snapshot, ReceivedFiles)>,
 }
 
 /// One region's Raft peer on this store.
@@ -67,6 +68,11 @@ pub struct PeerFsm {
     pub(crate) quiet: bool,
     /// Ticks since the last proposal, read or admin request.
     pub(crate) idle_ticks: u64,
+    /// The last entry handed to the apply state machine: a snapshot waits until the
+    /// apply side has reported it applied, so that nothing is in flight there.
+    last_sent_to_apply: u64,
+    /// A snapshot is waiting for the apply queue to empty (counted once).
+    snapshot_waits: bool,
 }
 
 impl Fsm for PeerFsm {
@@ -114,6 +120,8 @@ impl PeerFsm {
             approximate: None,
             quiet: false,
             idle_ticks: 0,
+            last_sent_to_apply: 0,
+            snapshot_waits: false,
         })
     }
 
@@ -186,7 +194,7 @@ impl PeerFsm {
                 };
                 self.raft.report_snapshot(to_peer_id, status);
             }
-            PeerMsg::Operator(op) => self.on_operator(*op),
+            PeerMsg::Operator(op) => self.on_operator(*op, ctx),
             PeerMsg::Split { epoch, keys, cb } => self.on_split_request(epoch, keys, cb, ctx),
             PeerMsg::SplitCheckResult {
                 epoch,
@@ -212,9 +220,9 @@ impl PeerFsm {
                 return;
             }
         };
-        if raft_msg.get_msg_type() == MessageType::MsgSnapshot
-            && !self.accept_snapshot(&raft_msg, ctx)
-        {
+        let snap = (raft_msg.get_msg_type() == MessageType::MsgSnapshot)
+            .then(|| snap_key(self.region_id(), raft_msg.get_snapshot()));
+        if snap.is_some() && !self.accept_snapshot(&raft_msg, ctx) {
             return;
         }
         let from = msg.get_from_peer();
@@ -224,6 +232,9 @@ impl PeerFsm {
         }
         if let Err(e) = self.raft.step(raft_msg) {
             debug!(self.logger, "raft rejected a message"; "from" => from.get_id(), "err" => %e);
+        }
+        if let Some(key) = snap {
+            self.release_unused_snapshot(key, ctx);
         }
     }
 
@@ -302,7 +313,7 @@ impl PeerFsm {
         }
         if cmd.has_admin_request() {
             match cmd.get_admin_request().get_cmd_type() {
-                AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb),
+                AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb, ctx),
                 AdminCmdType::CompactLog | AdminCmdType::BatchSplit => {}
                 other => {
                     return cb(Err(Error::InvalidRequest(format!(
@@ -412,6 +423,19 @@ impl PeerFsm {
         if !self.raft.has_ready() {
             return;
         }
+        if self.raft.raft.raft_log.unstable.snapshot.is_some()
+            && self.raft.store().applied_index() < self.last_sent_to_apply
+        {
+            // A snapshot replaces what the apply side works on: wait until its queue is
+            // empty (its report brings this peer back here).
+            if !std::mem::replace(&mut self.snapshot_waits, true) {
+                metrics::SNAPSHOTS
+                    .with_label_values(&["persist", "waited_for_apply"])
+                    .inc();
+            }
+            return;
+        }
+        self.snapshot_waits = false;
         let mut ready = self.raft.ready();
         if let Some(ss) = ready.ss() {
             let role = ss.raft_state;
@@ -423,22 +447,18 @@ impl PeerFsm {
         self.send(msgs, ctx);
         // New entries, a new term or a vote must be durable before anyone hears of them; a
         // commit index that only advanced need not be (it is recovered from the log).
-        ctx.sync |= ready.must_sync();
-        let wb = &mut ctx.raft_wb;
+        // `sync-log = false` may skip the fsync for entries only (see `PollContext`).
+        ctx.sync_log |= ready.must_sync();
         let mut snapshot = None;
         if !ready.snapshot().is_empty() {
-            let region_id = self.region_id();
-            match self.raft.mut_store().apply_snapshot(ready.snapshot(), wb) {
-                Ok(_) => snapshot = Some(ready.snapshot().clone()),
-                Err(e) => panic!("region {region_id} cannot take a snapshot it accepted: {e}"),
-            }
-            ctx.sync = true;
+            snapshot = Some(self.persist_snapshot(ready.snapshot(), ctx));
         }
+        let wb = &mut ctx.raft_wb;
         if !ready.entries().is_empty() {
             self.raft.mut_store().append(ready.take_entries(), wb);
         }
         if let Some(hs) = ready.hs() {
-            self.raft.mut_store().set_hard_state(hs);
+            ctx.sync_state |= self.raft.mut_store().set_hard_state(hs);
         }
         self.raft.mut_store().write_raft_state(wb);
         let read_states = ready.take_read_states();
@@ -459,8 +479,8 @@ impl PeerFsm {
             return;
         };
         self.send(p.persisted_messages, ctx);
-        if let Some(snap) = p.snapshot {
-            self.on_snapshot_persisted(&snap, ctx);
+        if let Some((snap, files)) = p.snapshot {
+            self.on_snapshot_persisted(&snap, files, ctx);
         }
         self.apply_committed(p.committed, ctx);
         let mut light = self.raft.advance_append(p.ready);
@@ -471,19 +491,34 @@ impl PeerFsm {
         self.apply_committed(light.take_committed_entries(), ctx);
     }
 
-    fn on_snapshot_persisted(&mut self, snap: &Snapshot, ctx: &mut PollContext) {
-        let region = self.region().clone();
-        let data = match proto::raft_serverpb::SnapshotData::parse_from_bytes(snap.get_data()) {
-            Ok(d) => d,
-            Err(e) => panic!(
-                "region {} persisted a snapshot it cannot decode: {e}",
-                region.get_id()
-            ),
-        };
+    /// Writes a snapshot's new log base and the record that lets a restart redo its
+    /// apply into the round's batch; takes its received files. Accepted snapshots came
+    /// with their files and decode (see `accept_snapshot`), so a failure here is a bug.
+    fn persist_snapshot(&mut self, snap: &Snapshot, ctx: &mut PollContext) -> (Snapshot, ReceivedFiles) {
+        let region_id = self.region_id();
         let files = ctx
             .snap_mgr
-            .recv_files(region.get_id(), snap, &data)
-            .expect("files of a snapshot that was received whole");
+            .take_received(snap_key(region_id, snap))
+            .unwrap_or_else(|| panic!("region {region_id}: an accepted snapshot's files are gone"));
+        let pending = crate::snap::pending_snapshot(snap, &files);
+        if let Err(e) = self
+            .raft
+            .mut_store()
+            .apply_snapshot(snap, pending, &mut ctx.raft_wb)
+        {
+            panic!("region {region_id} cannot take a snapshot it accepted: {e}");
+        }
+        ctx.sync_state = true;
+        (snap.clone(), files)
+    }
+
+    fn on_snapshot_persisted(
+        &mut self,
+        snap: &Snapshot,
+        files: ReceivedFiles,
+        ctx: &mut PollContext,
+    ) {
+        let region = self.region().clone();
         let meta = snap.get_metadata();
         info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);
         ctx.store_meta.lock().set_region(region.clone());
@@ -506,6 +541,7 @@ impl PeerFsm {
             return;
         };
         let last_index = last.index;
+        self.last_sent_to_apply = last_index;
         let mut proposals = vec![];
         for e in &entries {
             while let Some(p) = self.proposals.front() {
@@ -532,7 +568,9 @@ impl PeerFsm {
             ctx.apply_router.send(self.region_id(), msg)
         {
             for p in proposals {
-                (p.cb)(Err(Error::Stopped));
+                (p.cb)(Err(Error::Undetermined(
+                    "committed but the region's apply state machine is gone",
+                )));
             }
         }
     }
@@ -593,11 +631,16 @@ impl PeerFsm {
         Some((store_id, out))
     }
 
-    /// Answers every waiting proposal and read with `err`, for a peer that is going away.
-    pub(crate) fn fail_all(&mut self, err: impl Fn() -> Error) {
+    /// Answers every waiting proposal with `proposal_err` (it may have committed, so its
+    /// outcome is unknown) and every read with `read_err`, for a peer that is going away.
+    pub(crate) fn fail_all(
+        &mut self,
+        proposal_err: impl Fn() -> Error,
+        read_err: impl Fn() -> Error,
+    ) {
         for p in self.proposals.drain(..) {
-            (p.cb)(Err(err()));
+            (p.cb)(Err(proposal_err()));
         }
-        self.reads.fail_all(err);
+        self.reads.fail_all(read_err);
     }
 }

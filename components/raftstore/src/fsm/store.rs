@@ -1,7 +1,7 @@
 //! The store's own loop: drives ticks, reports store statistics to PD, loads peers at
 //! start-up, and creates peers for regions other stores tell it about.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use engine::{Cf, Engine};
@@ -19,7 +19,7 @@ use crate::{
     fsm::{apply::ApplyFsm, peer::PeerFsm},
     msg::{ApplyMsg, PdTask, PeerMsg, StoreMsg},
     router::ApplyRouter,
-    snap::{GenTask, SnapManager},
+    snap::{self, GenTask, SnapManager},
     storage::PeerStorage,
     store_meta::StoreMeta,
     Config, RaftRouter, Result,
@@ -163,8 +163,13 @@ impl StoreFsm {
         self.router.peers.register(region_id, mailbox);
     }
 
-    /// A peer and apply state machine for an initialized region whose states are on disk.
-    fn load_peer(&self, region: &metapb::Region) -> Result<Option<(PeerFsm, ApplyFsm)>> {
+    /// A peer and apply state machine for an initialized region whose states are on disk
+    /// (`applying`: with a snapshot apply to redo).
+    fn load_peer(
+        &self,
+        region: &metapb::Region,
+        applying: bool,
+    ) -> Result<Option<(PeerFsm, ApplyFsm)>> {
         let Some(me) = region
             .get_peers()
             .iter()
@@ -174,7 +179,12 @@ impl StoreFsm {
             warn!(self.logger, "region on disk has no peer on this store"; "region_id" => region.get_id());
             return Ok(None);
         };
-        let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+        let storage = PeerStorage::new(
+            self.engine.clone(),
+            region.clone(),
+            applying,
+            self.gen_tx.clone(),
+        )?;
         let apply_state: RaftApplyState = self
             .engine
             .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
@@ -200,38 +210,63 @@ impl StoreFsm {
                 Ok(true)
             })?;
         let mut loaded = 0;
+        let mut keep = HashSet::new();
         for state in states {
             if state.get_state() == PeerState::Tombstone {
                 continue;
             }
+            let applying = state.get_state() == PeerState::Applying;
             let region = state.get_region().clone();
-            let Some((peer, apply)) = self.load_peer(&region)? else {
+            let redo = if applying {
+                Some(self.interrupted_snapshot(&state)?)
+            } else {
+                None
+            };
+            let Some((peer, apply)) = self.load_peer(&region, applying)? else {
                 continue;
             };
-            let (index, term) = (
-                peer.raft.store().applied_index(),
-                peer.raft.store().applied_term(),
-            );
             self.register(peer, apply, &mut self.store_meta.lock());
-            if state.get_state() == PeerState::Applying {
+            if let Some(task) = redo {
                 info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
-                let files = self
-                    .snap_mgr
-                    .existing_recv_files(region.get_id(), term, index);
-                let _ = self.apply_router.send(
-                    region.get_id(),
-                    ApplyMsg::Snapshot {
-                        region,
-                        index,
-                        term,
-                        files,
-                    },
-                );
+                keep.extend(state.get_pending_snapshot().get_file_names().iter().cloned());
+                let _ = self.apply_router.send(region.get_id(), task);
             }
             loaded += 1;
         }
+        self.snap_mgr.remove_received_except(&keep);
         info!(self.logger, "loaded peers"; "count" => loaded);
         Ok(loaded)
+    }
+
+    /// The apply to redo for a region whose snapshot apply a restart interrupted. Its
+    /// files must still be whole: if not, this replica cannot be rebuilt in place, and
+    /// starting would serve a range with half its data.
+    fn interrupted_snapshot(&self, state: &RegionLocalState) -> Result<ApplyMsg> {
+        let region = state.get_region();
+        let pending = state.get_pending_snapshot();
+        let unusable = |why: String| {
+            crate::Error::Snapshot(format!(
+                "region {}: the snapshot at index {} that was being applied when the store \
+                 stopped cannot be redone ({why}); this replica cannot be restored in place",
+                region.get_id(),
+                pending.index
+            ))
+        };
+        if pending.get_files().len() != pending.get_file_names().len() {
+            return Err(unusable("its record is damaged".into()));
+        }
+        let mut files = vec![];
+        for (meta, name) in pending.get_files().iter().zip(pending.get_file_names()) {
+            let path = self.snap_mgr.received_path(name);
+            snap::verify_file(meta, &path).map_err(|e| unusable(e.to_string()))?;
+            files.push((meta.clone(), path));
+        }
+        Ok(ApplyMsg::Snapshot {
+            region: region.clone(),
+            index: pending.index,
+            term: pending.term,
+            files,
+        })
     }
 
     /// Creates this store's peers of regions a split just made (their states are on
@@ -239,7 +274,7 @@ impl StoreFsm {
     fn create_split_peers(&self, regions: Vec<metapb::Region>, campaign: bool) {
         for region in regions {
             let id = region.get_id();
-            let created = match self.load_peer(&region) {
+            let created = match self.load_peer(&region, false) {
                 Ok(Some((mut peer, apply))) => {
                     // Measure the new region once: it may be past a limit already.
                     peer.size_diff_hint = self.cfg.region_split_check_diff.as_u64().max(1);
@@ -317,7 +352,8 @@ impl StoreFsm {
         self.engine.write(wb, false)?;
         let mut region = metapb::Region::default();
         region.set_id(region_id);
-        let storage = PeerStorage::new(self.engine.clone(), region.clone(), self.gen_tx.clone())?;
+        let storage =
+            PeerStorage::new(self.engine.clone(), region.clone(), false, self.gen_tx.clone())?;
         let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
         let apply = ApplyFsm::new(region, RaftApplyState::default(), &self.logger);
         self.register(peer, apply, &mut meta);
