@@ -68,6 +68,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A key-value pair.
 pub type KvPair = (Vec<u8>, Vec<u8>);
 
+/// Most split keys sent in one request.
+pub const SPLIT_KEYS_PER_REQUEST: usize = 256;
+
+/// Most pairs one scan request asks a store for; longer scans page, so that no answer
+/// outgrows a store's `server.max-response-size` unless its values are huge.
+pub const SCAN_PAGE: usize = 1024;
+
 /// What a compare-and-swap found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CasOutcome {
@@ -561,7 +568,7 @@ impl Client {
         let mut out = vec![];
         let mut cur = start.to_vec();
         while out.len() < limit {
-            let left = limit - out.len();
+            let left = (limit - out.len()).min(SCAN_PAGE);
             let (pairs, route) = self
                 .on_region(Kind::Read, &cur, |c, ctx, _| {
                     let mut req = kvrpcpb::RawScanRequest::default();
@@ -580,7 +587,18 @@ impl Client {
                     }
                 })
                 .await?;
+            let full_page = pairs.len() == left;
+            let next = pairs.last().map(|(k, _)| {
+                let mut after = k.clone();
+                after.push(0);
+                after
+            });
             out.extend(pairs);
+            if full_page {
+                // The region may hold more: go on right after the last key.
+                cur = next.expect("a full page is not empty");
+                continue;
+            }
             let region_end = route.region.get_end_key();
             if region_end.is_empty() || (!end.is_empty() && region_end >= end) {
                 break;
@@ -628,8 +646,32 @@ impl Client {
     }
 
     /// Splits region `region_id` at `split_keys`; returns every resulting region in key
-    /// order, and routes to them from now on.
+    /// order, and routes to them from now on. Many keys go in several requests of at most
+    /// [`SPLIT_KEYS_PER_REQUEST`] (a store's default `raftstore.max-split-keys`), each
+    /// splitting the last region the one before made.
     pub async fn split_region(
+        &self,
+        region_id: u64,
+        split_keys: &[Vec<u8>],
+    ) -> Result<Vec<metapb::Region>> {
+        let mut out: Vec<metapb::Region> = vec![];
+        let mut target = region_id;
+        for chunk in split_keys.chunks(SPLIT_KEYS_PER_REQUEST) {
+            let regions = self.split_once(target, chunk).await?;
+            out.pop();
+            target = regions
+                .last()
+                .ok_or_else(|| Error::Store("a split returned no region".into()))?
+                .get_id();
+            out.extend(regions);
+        }
+        if split_keys.is_empty() {
+            return self.split_once(region_id, split_keys).await;
+        }
+        Ok(out)
+    }
+
+    async fn split_once(
         &self,
         region_id: u64,
         split_keys: &[Vec<u8>],

@@ -17,7 +17,7 @@ use crate::{
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
     tso::Tso,
-    Config, Error, Result,
+    validate, Config, Error, Result,
 };
 
 /// What PD knows of one store.
@@ -388,19 +388,21 @@ impl PdCore {
         req: &pdpb::RegionHeartbeatRequest,
     ) -> Result<Option<pdpb::RegionHeartbeatResponse>> {
         let region = req.get_region();
-        if region.get_id() == 0 || !req.has_leader() {
+        if !req.has_leader() {
             return Err(Error::InvalidValue(
-                "region heartbeat without region or leader".into(),
+                "region heartbeat without a leader".into(),
             ));
         }
+        let mut st = self.state.lock();
+        validate::check_region(region, &st.stores)?;
+        validate::check_leader(region, req.get_leader())?;
         let info = RegionInfo {
             region: region.clone(),
             leader: Some(req.get_leader().clone()),
-            down_peers: req.get_down_peers().to_vec(),
-            pending_peers: req.get_pending_peers().to_vec(),
+            down_peers: validate::peers_of(region, req.get_down_peers(), |d| d.get_peer()),
+            pending_peers: validate::peers_of(region, req.get_pending_peers(), |p| p),
             approximate_size: req.approximate_size,
         };
-        let mut st = self.state.lock();
         let persisted_epoch = st
             .regions
             .get(region.get_id())
@@ -501,8 +503,21 @@ impl PdCore {
         region: &metapb::Region,
         count: u32,
     ) -> Result<Vec<pdpb::SplitID>> {
-        if count == 0 {
-            return Err(Error::InvalidValue("split count must be positive".into()));
+        if count == 0 || count > self.cfg.max_batch_split {
+            return Err(Error::InvalidValue(format!(
+                "split count {count} must be between 1 and {} (pd.max-batch-split)",
+                self.cfg.max_batch_split
+            )));
+        }
+        {
+            let st = self.state.lock();
+            validate::check_region(region, &st.stores)?;
+            if st.regions.get(region.get_id()).is_none() {
+                return Err(Error::RegionNotFound(format!(
+                    "no region with id {}",
+                    region.get_id()
+                )));
+            }
         }
         (0..count)
             .map(|_| {
@@ -519,6 +534,23 @@ impl PdCore {
     /// Records the regions a split produced.
     pub fn report_split(&self, regions: &[metapb::Region]) -> Result<()> {
         let mut st = self.state.lock();
+        if regions.is_empty() || regions.len() as u64 > u64::from(self.cfg.max_batch_split) + 1 {
+            return Err(Error::InvalidValue(format!(
+                "a split reports 1 to {} regions (pd.max-batch-split + 1), not {}",
+                u64::from(self.cfg.max_batch_split) + 1,
+                regions.len()
+            )));
+        }
+        for (i, r) in regions.iter().enumerate() {
+            validate::check_region(r, &st.stores)?;
+            if i > 0 && regions[i - 1].get_end_key() != r.get_start_key() {
+                return Err(Error::InvalidValue(format!(
+                    "split regions {} and {} are not adjacent",
+                    regions[i - 1].get_id(),
+                    r.get_id()
+                )));
+            }
+        }
         for r in regions {
             let leader = st.regions.get(r.get_id()).and_then(|i| i.leader.clone());
             if st
@@ -705,6 +737,7 @@ mod tests {
         .unwrap();
         let mut region = metapb::Region::default();
         region.set_id(2);
+        region.mut_region_epoch().set_version(1);
         region.mut_peers().push(peer(3, 1, Voter));
         core.bootstrap(store(1), region.clone()).unwrap();
         core.put_store(store(4)).unwrap();
@@ -748,6 +781,7 @@ mod tests {
         .unwrap();
         let mut region = metapb::Region::default();
         region.set_id(2);
+        region.mut_region_epoch().set_version(1);
         region.mut_peers().push(peer(3, 1, Voter));
         core.bootstrap(store(1), region.clone()).unwrap();
         for s in [4, 5, 6, 7] {

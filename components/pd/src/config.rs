@@ -33,6 +33,8 @@ pub struct Config {
     /// leader, or this long at most: until then leader counts are guesses.
     #[serde(with = "humantime_serde")]
     pub balance_warmup: Duration,
+    /// Most new regions one split may ask ids for (AskBatchSplit's split count).
+    pub max_batch_split: u32,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             enable_balance: true,
             store_limit: 4,
             balance_warmup: Duration::from_secs(120),
+            max_batch_split: 256,
         }
     }
 }
@@ -74,6 +77,11 @@ impl Validate for Config {
             self.max_replicas >= 1,
             "pd.max-replicas",
             "must be at least 1",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.max_batch_split),
+            "pd.max-batch-split",
+            "must be between 1 and 100000",
         )?;
         ensure(
             !self.max_store_down_time.is_zero(),

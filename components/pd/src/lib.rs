@@ -17,6 +17,7 @@ mod server;
 mod service;
 mod storage;
 mod tso;
+mod validate;
 
 pub use cluster::{PdCore, StoreInfo};
 pub use config::{Config, FileConfig};

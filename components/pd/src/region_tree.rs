@@ -39,8 +39,9 @@ pub struct RegionTree {
     peers_on: HashMap<u64, usize>,
     /// Store id -> regions it leads.
     leaders_on: HashMap<u64, usize>,
-    /// Store id -> bytes of the replicas on it, by their leaders' estimates.
-    size_on: HashMap<u64, u64>,
+    /// Store id -> bytes of the replicas on it, by their leaders' estimates. Wide enough
+    /// that no sum of reported sizes overflows, whatever a store claims.
+    size_on: HashMap<u64, u128>,
 }
 
 fn end_of(r: &metapb::Region) -> Vec<u8> {
@@ -105,10 +106,11 @@ impl RegionTree {
         for p in info.region.get_peers() {
             bump(&mut self.peers_on, p.get_store_id());
             let size = self.size_on.entry(p.get_store_id()).or_default();
+            let region = u128::from(info.approximate_size);
             *size = if delta > 0 {
-                *size + info.approximate_size
+                *size + region
             } else {
-                size.checked_sub(info.approximate_size)
+                size.checked_sub(region)
                     .expect("a region's size is removed as it was added")
             };
         }
@@ -124,7 +126,8 @@ impl RegionTree {
 
     /// Bytes of the replicas on `store`.
     pub fn size_on(&self, store: u64) -> u64 {
-        self.size_on.get(&store).copied().unwrap_or(0)
+        let size = self.size_on.get(&store).copied().unwrap_or(0);
+        u64::try_from(size).unwrap_or(u64::MAX)
     }
 
     /// Whether every region has a known leader (regions loaded from disk have none
@@ -301,5 +304,24 @@ mod tests {
         // A region swallowed by a newer one no longer counts.
         t.update(info(2, b"", b"z", 2, 1)).unwrap();
         assert_eq!((t.peer_count(1), t.size_on(1)), (0, 0));
+    }
+
+    /// Sizes are whatever a store claims: sums of absurd ones must not overflow (they
+    /// panicked PD), and removing them must take back exactly what was added.
+    #[test]
+    fn absurd_sizes_neither_overflow_nor_underflow() {
+        let mut t = RegionTree::default();
+        for (id, start, end) in [(1, &b""[..], &b"m"[..]), (2, b"m", b"")] {
+            let mut a = info(id, start, end, 1, 1);
+            let mut p = metapb::Peer::default();
+            p.set_id(10 + id);
+            p.set_store_id(1);
+            a.region.mut_peers().push(p);
+            a.approximate_size = u64::MAX;
+            t.update(a).unwrap();
+        }
+        assert_eq!(t.size_on(1), u64::MAX, "saturates when read");
+        t.update(info(3, b"", b"", 2, 1)).unwrap();
+        assert_eq!(t.size_on(1), 0);
     }
 }

@@ -38,6 +38,17 @@ pub struct Mailbox<F: Fsm> {
     tx: Sender<F::Message>,
     cell: Arc<Cell<F>>,
     scheduler: Sender<Task<F>>,
+    /// Most messages [`Mailbox::try_send`] lets wait; internal mail ([`Mailbox::send`])
+    /// is never refused, since losing it would stall the FSM.
+    capacity: usize,
+}
+
+/// Why [`Mailbox::try_send`] gave a message back.
+pub enum SendError<M> {
+    /// The mailbox holds its capacity.
+    Full(M),
+    /// The pool has stopped.
+    Closed(M),
 }
 
 /// What a poller's queue carries: an FSM to run, or `None` to stop.
@@ -49,6 +60,7 @@ impl<F: Fsm> Clone for Mailbox<F> {
             tx: self.tx.clone(),
             cell: self.cell.clone(),
             scheduler: self.scheduler.clone(),
+            capacity: self.capacity,
         }
     }
 }
@@ -63,6 +75,15 @@ impl<F: Fsm> Mailbox<F> {
             let _ = self.scheduler.send(Some(self.cell.clone()));
         }
         Ok(())
+    }
+
+    /// Like [`Mailbox::send`], but refuses a message while the mailbox holds its
+    /// capacity: for mail from outside (clients, other stores) that must not pile up.
+    pub fn try_send(&self, msg: F::Message) -> Result<(), SendError<F::Message>> {
+        if self.tx.len() >= self.capacity {
+            return Err(SendError::Full(msg));
+        }
+        self.send(msg).map_err(SendError::Closed)
     }
 
     /// Number of messages waiting.
@@ -87,12 +108,14 @@ pub trait PollHandler<F: Fsm>: Send + 'static {
 /// Creates mailboxes for a pool; cheap to clone.
 pub struct Registrar<F: Fsm> {
     scheduler: Sender<Task<F>>,
+    capacity: usize,
 }
 
 impl<F: Fsm> Clone for Registrar<F> {
     fn clone(&self) -> Self {
         Registrar {
             scheduler: self.scheduler.clone(),
+            capacity: self.capacity,
         }
     }
 }
@@ -109,6 +132,7 @@ impl<F: Fsm> Registrar<F> {
                 inbox,
             }),
             scheduler: self.scheduler.clone(),
+            capacity: self.capacity,
         }
     }
 }
@@ -116,17 +140,20 @@ impl<F: Fsm> Registrar<F> {
 /// A pool of pollers for one kind of FSM.
 pub struct BatchSystem<F: Fsm> {
     scheduler: Sender<Task<F>>,
+    capacity: usize,
     /// `None` once shut down.
     queue: Option<Receiver<Task<F>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl<F: Fsm> BatchSystem<F> {
-    /// A pool with no pollers yet; mailboxes can be created before it starts.
-    pub fn new() -> Self {
+    /// A pool with no pollers yet, whose mailboxes take up to `capacity` messages from
+    /// [`Mailbox::try_send`]; mailboxes can be created before it starts.
+    pub fn new(capacity: usize) -> Self {
         let (scheduler, queue) = unbounded();
         BatchSystem {
             scheduler,
+            capacity,
             queue: Some(queue),
             threads: vec![],
         }
@@ -141,6 +168,7 @@ impl<F: Fsm> BatchSystem<F> {
     pub fn registrar(&self) -> Registrar<F> {
         Registrar {
             scheduler: self.scheduler.clone(),
+            capacity: self.capacity,
         }
     }
 
@@ -178,12 +206,6 @@ impl<F: Fsm> BatchSystem<F> {
         // FSM could outlive the pool with whatever it holds (the engine, senders that
         // other threads wait on to close).
         self.queue = None;
-    }
-}
-
-impl<F: Fsm> Default for BatchSystem<F> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -271,7 +293,7 @@ mod tests {
     #[test]
     fn every_message_is_handled_once_across_pollers() {
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut system = BatchSystem::new();
+        let mut system = BatchSystem::new(usize::MAX);
         let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let boxes: Vec<_> = (0..50)
             .map(|_| {
@@ -316,7 +338,7 @@ mod tests {
     #[test]
     fn mail_after_shutdown_does_not_keep_the_fsm_alive() {
         let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut system = BatchSystem::new();
+        let mut system = BatchSystem::new(usize::MAX);
         let mailbox = system.mailbox(Counter {
             seen: 0,
             rounds: rounds.clone(),

@@ -69,6 +69,18 @@ pub struct Config {
     /// How often a hibernating leader still reports its region to PD.
     #[serde(with = "humantime_serde")]
     pub pd_heartbeat_idle_interval: Duration,
+    /// Most keys one split request may give.
+    pub max_split_keys: usize,
+    /// Most messages from clients and other stores waiting in one peer's mailbox; past it
+    /// requests get server_is_busy and Raft messages are dropped (Raft sends them again).
+    pub peer_mailbox_capacity: usize,
+    /// Most committed entries a leader may have handed to its apply side and not seen
+    /// applied; past it new proposals get server_is_busy, so a slow apply side cannot
+    /// make its queue grow without bound.
+    pub max_apply_lag: u64,
+    /// Largest snapshot this store accepts (the sum of its files' declared sizes); it
+    /// must also fit in the free disk space.
+    pub snap_max_size: ByteSize,
 }
 
 impl Default for Config {
@@ -98,6 +110,10 @@ impl Default for Config {
             region_split_check_diff: ByteSize::mib(6),
             hibernate_regions: true,
             pd_heartbeat_idle_interval: Duration::from_secs(60),
+            max_split_keys: 256,
+            peer_mailbox_capacity: 40_960,
+            max_apply_lag: 8192,
+            snap_max_size: ByteSize::gib(16),
         }
     }
 }
@@ -172,6 +188,26 @@ impl Validate for Config {
             self.region_split_check_diff.as_u64() <= self.region_split_size.as_u64(),
             "raftstore.region-split-check-diff",
             "must not exceed region-split-size",
+        )?;
+        ensure(
+            self.max_split_keys > 0,
+            "raftstore.max-split-keys",
+            "must be positive",
+        )?;
+        ensure(
+            self.peer_mailbox_capacity > 0,
+            "raftstore.peer-mailbox-capacity",
+            "must be positive",
+        )?;
+        ensure(
+            self.max_apply_lag > 0,
+            "raftstore.max-apply-lag",
+            "must be positive",
+        )?;
+        ensure(
+            self.snap_max_size.as_u64() >= self.region_split_size.as_u64(),
+            "raftstore.snap-max-size",
+            "must be at least region-split-size",
         )?;
         Ok(())
     }

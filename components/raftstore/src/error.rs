@@ -46,6 +46,9 @@ pub enum Error {
     /// The request is not valid (for example, a membership change that makes no sense).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Too much is waiting; nothing was done (the request may be retried later).
+    #[error("server is busy: {0}")]
+    Busy(String),
     /// The store is stopping.
     #[error("the store is shutting down")]
     Stopped,

@@ -8,7 +8,7 @@ use proto::raft_serverpb::RaftMessage;
 use std::sync::Arc;
 
 use crate::{
-    batch::{Fsm, Mailbox},
+    batch::{Fsm, Mailbox, SendError},
     fsm::{apply::ApplyFsm, peer::PeerFsm},
     msg::{PeerMsg, StoreMsg},
     Error, Result,
@@ -43,6 +43,15 @@ impl<F: Fsm> Router<F> {
         match mailbox {
             Some(mb) => mb.send(msg),
             None => Err(msg),
+        }
+    }
+
+    /// Sends to one region unless its mailbox is full (see [`Mailbox::try_send`]).
+    pub fn try_send(&self, region_id: u64, msg: F::Message) -> std::result::Result<(), SendError<F::Message>> {
+        let mailbox = self.boxes.read().get(&region_id).cloned();
+        match mailbox {
+            Some(mb) => mb.try_send(msg),
+            None => Err(SendError::Closed(msg)),
         }
     }
 
@@ -106,37 +115,54 @@ pub struct RaftRouter {
 }
 
 impl RaftRouter {
-    /// Sends mail to the peer of `region_id`.
+    /// Sends a request from outside (a client, an operator) to the peer of `region_id`;
+    /// refused with `Busy` while its mailbox is full, before any work starts.
     pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<()> {
+        match self.peers.try_send(region_id, msg) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(Error::Busy(format!(
+                "region {region_id} has too many requests waiting (raftstore.peer-mailbox-capacity)"
+            ))),
+            Err(SendError::Closed(_)) => Err(Error::RegionNotFound(region_id)),
+        }
+    }
+
+    /// Sends mail from inside the store (results, reports, ticks), which is never
+    /// refused for a full mailbox: losing it would stall the peer.
+    pub fn force_send(&self, region_id: u64, msg: PeerMsg) -> Result<()> {
         self.peers
             .send(region_id, msg)
             .map_err(|_| Error::RegionNotFound(region_id))
     }
 
-    /// Delivers a Raft message from another store, creating the peer if needed.
+    /// Delivers a Raft message from another store, creating the peer if needed. While the
+    /// peer's mailbox is full the message is dropped: Raft sends again.
     pub fn send_raft_message(&self, msg: RaftMessage) -> Result<()> {
         let region_id = msg.get_region_id();
         match self
             .peers
-            .send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
+            .try_send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
         {
             Ok(()) => Ok(()),
-            Err(PeerMsg::RaftMessage(msg)) => self
+            Err(SendError::Full(_)) => Err(Error::Busy(format!(
+                "region {region_id} has too many messages waiting (raftstore.peer-mailbox-capacity)"
+            ))),
+            Err(SendError::Closed(PeerMsg::RaftMessage(msg))) => self
                 .store
                 .send(StoreMsg::RaftMessage(msg))
                 .map_err(|_| Error::Stopped),
-            Err(_) => unreachable!("the message given back is the one sent"),
+            Err(SendError::Closed(_)) => unreachable!("the message given back is the one sent"),
         }
     }
 
     /// Tells a peer that a message it sent to `to_peer_id` was not delivered.
     pub fn report_unreachable(&self, region_id: u64, to_peer_id: u64) {
-        let _ = self.send(region_id, PeerMsg::Unreachable { to_peer_id });
+        let _ = self.force_send(region_id, PeerMsg::Unreachable { to_peer_id });
     }
 
     /// Tells a peer how sending a snapshot to `to_peer_id` ended.
     pub fn report_snapshot_status(&self, region_id: u64, to_peer_id: u64, ok: bool) {
-        let _ = self.send(region_id, PeerMsg::SnapshotStatus { to_peer_id, ok });
+        let _ = self.force_send(region_id, PeerMsg::SnapshotStatus { to_peer_id, ok });
     }
 
     /// Sends mail to the store itself.

@@ -65,11 +65,14 @@ pub struct SnapManager {
     /// Makes every receive stream's file names its own, so that two streams of the same
     /// snapshot never write or remove each other's files.
     next_stream: Arc<AtomicU64>,
+    /// Largest snapshot accepted (the sum of its files' declared sizes).
+    max_size: u64,
 }
 
 impl SnapManager {
-    /// Uses (and creates) `dir` for snapshot files.
-    pub fn new(dir: PathBuf) -> Result<SnapManager> {
+    /// Uses (and creates) `dir` for snapshot files; accepts snapshots of up to
+    /// `max_size` bytes.
+    pub fn new(dir: PathBuf, max_size: u64) -> Result<SnapManager> {
         fs::create_dir_all(&dir)
             .map_err(|e| Error::Snapshot(format!("create {}: {e}", dir.display())))?;
         // Unique across restarts too: received files of a stream cut by a crash may still
@@ -81,7 +84,31 @@ impl SnapManager {
             dir,
             received: Arc::default(),
             next_stream: Arc::new(AtomicU64::new(start)),
+            max_size,
         })
+    }
+
+    /// Checks a snapshot's declared size before a byte of it is written: no larger than
+    /// `raftstore.snap-max-size`, and no larger than the free disk space.
+    fn check_declared_size(&self, files: &[SnapshotFile]) -> Result<()> {
+        let total = files
+            .iter()
+            .try_fold(0u64, |sum, f| sum.checked_add(f.size))
+            .ok_or_else(|| Error::Snapshot("declared file sizes overflow".into()))?;
+        if total > self.max_size {
+            return Err(Error::Snapshot(format!(
+                "snapshot of {total} bytes is larger than raftstore.snap-max-size ({} bytes)",
+                self.max_size
+            )));
+        }
+        let free = fs2::available_space(&self.dir)
+            .map_err(|e| Error::Snapshot(format!("free space of {}: {e}", self.dir.display())))?;
+        if total > free {
+            return Err(Error::Snapshot(format!(
+                "snapshot of {total} bytes does not fit in the {free} bytes free on disk"
+            )));
+        }
+        Ok(())
     }
 
     /// Where a generated snapshot's file for `cf` is written.
@@ -369,6 +396,7 @@ impl SnapReceiver {
         }
         let snap = raft_msg.get_snapshot();
         let data = SnapshotData::parse_from_bytes(snap.get_data())?;
+        mgr.check_declared_size(data.get_files())?;
         let key = snap_key(msg.get_region_id(), snap);
         let stream = mgr.next_stream.fetch_add(1, Ordering::Relaxed);
         let files = data
@@ -512,7 +540,7 @@ mod tests {
             );
         }
         engine.write(wb, false).unwrap();
-        let mgr = SnapManager::new(dir.join("snap")).unwrap();
+        let mgr = SnapManager::new(dir.join("snap"), u64::MAX).unwrap();
         let snap = mgr.generate(&engine, 1).unwrap();
         let data = SnapshotData::parse_from_bytes(snap.get_data()).unwrap();
         assert_eq!(data.get_region().get_id(), 1);
@@ -544,7 +572,7 @@ mod tests {
             original.len() > CHUNK_SIZE,
             "the test needs more than one chunk"
         );
-        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf(), u64::MAX).unwrap();
         let mut rx = None;
         send_snapshot(&mgr, msg.clone(), |chunk| {
             match rx.as_mut() {
@@ -580,7 +608,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let (mgr, msg, _) = snapshot_message(src.path());
-        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf(), u64::MAX).unwrap();
         let mut chunks = vec![];
         send_snapshot(&mgr, msg, |c| {
             chunks.push(c);
@@ -605,7 +633,7 @@ mod tests {
     #[test]
     fn hostile_first_chunks_are_refused() {
         let dst = tempfile::tempdir().unwrap();
-        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf(), u64::MAX).unwrap();
         let mut not_snap = SnapshotChunk::default();
         let mut m = RaftMessage::default();
         m.set_message(Message::default().write_to_bytes().unwrap());
@@ -624,8 +652,29 @@ mod tests {
         m.set_message(raft_msg.write_to_bytes().unwrap());
         let mut chunk = SnapshotChunk::default();
         chunk.set_message(m);
-        let err = SnapReceiver::new(&dst_mgr, chunk).err().expect("refused");
+        let err = SnapReceiver::new(&dst_mgr, chunk.clone()).err().expect("refused");
         assert!(err.to_string().contains("unknown column family"), "{err}");
+        // Declared sizes are not trusted: past the limit, or past the free disk space.
+        data.mut_files()[0].set_cf("default".into());
+        data.mut_files()[0].size = 1 << 40;
+        raft_msg
+            .mut_snapshot()
+            .set_data(data.write_to_bytes().unwrap().into());
+        chunk
+            .mut_message()
+            .set_message(raft_msg.write_to_bytes().unwrap());
+        let small = SnapManager::new(dst.path().to_path_buf(), 1 << 20).unwrap();
+        let err = SnapReceiver::new(&small, chunk.clone()).err().expect("refused");
+        assert!(err.to_string().contains("snap-max-size"), "{err}");
+        data.mut_files()[0].size = u64::MAX;
+        raft_msg
+            .mut_snapshot()
+            .set_data(data.write_to_bytes().unwrap().into());
+        chunk
+            .mut_message()
+            .set_message(raft_msg.write_to_bytes().unwrap());
+        let err = SnapReceiver::new(&dst_mgr, chunk).err().expect("refused");
+        assert!(err.to_string().contains("free on disk"), "{err}");
         assert!(received_files(dst.path()).is_empty());
     }
 
@@ -634,7 +683,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let (mgr, msg, _) = snapshot_message(src.path());
-        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf(), u64::MAX).unwrap();
         let mut rx = None;
         let res = send_snapshot(&mgr, msg, |mut chunk| {
             match rx.as_mut() {
@@ -658,7 +707,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let (mgr, msg, _) = snapshot_message(src.path());
-        let dst_mgr = SnapManager::new(dst.path().to_path_buf()).unwrap();
+        let dst_mgr = SnapManager::new(dst.path().to_path_buf(), u64::MAX).unwrap();
         let mut rx = None;
         let mut chunks = 0;
         send_snapshot(&mgr, msg, |chunk| {

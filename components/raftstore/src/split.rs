@@ -202,7 +202,13 @@ impl PeerFsm {
         cb: Callback<Vec<metapb::Region>>,
         ctx: &mut PollContext,
     ) {
-        let checked = if !self.is_leader() {
+        let limit = ctx.cfg.max_split_keys;
+        let checked = if keys.len() > limit {
+            Err(Error::InvalidRequest(format!(
+                "{} split keys, more than raftstore.max-split-keys ({limit})",
+                keys.len()
+            )))
+        } else if !self.is_leader() {
             Err(self.not_leader())
         } else {
             epoch

@@ -104,7 +104,7 @@ pub fn spawn(
                 let region_id = task.region.get_id();
                 match measure(&engine, &task) {
                     Ok(m) => {
-                        let _ = router.send(
+                        let _ = router.force_send(
                             region_id,
                             PeerMsg::SplitCheckResult {
                                 epoch: task.region.get_region_epoch().clone(),

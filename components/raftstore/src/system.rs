@@ -60,8 +60,9 @@ impl RaftStore {
     /// Loads every peer on disk and starts serving them.
     pub fn start(deps: StoreDeps) -> Result<RaftStore> {
         let cfg = Arc::new(deps.cfg);
-        let mut raft_system = BatchSystem::new();
-        let mut apply_system = BatchSystem::new();
+        let mut raft_system = BatchSystem::new(cfg.peer_mailbox_capacity);
+        // Only peers send to apply state machines, bounded by `max-apply-lag`.
+        let mut apply_system = BatchSystem::new(usize::MAX);
         let (store_tx, store_rx) = unbounded();
         let router = RaftRouter {
             peers: Router::default(),

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use util::{
     config::{ensure, Validate},
@@ -39,9 +40,22 @@ pub struct ServerConfig {
     pub pd_endpoints: Vec<String>,
     /// gRPC completion queues.
     pub grpc_concurrency: usize,
-    /// How long a client request may wait on Raft before it fails.
+    /// How long a client request may wait on Raft before it fails (a write then has an
+    /// undetermined result).
     #[serde(with = "humantime_serde")]
     pub request_timeout: std::time::Duration,
+    /// Largest gRPC message this store sends or receives.
+    pub max_message_size: ByteSize,
+    /// Largest answer a scan or batch get may build; past it the request fails and should
+    /// ask for fewer keys.
+    pub max_response_size: ByteSize,
+    /// Snapshots received at once; more are refused until one ends (the sender retries).
+    pub snap_max_concurrent_recv: usize,
+    /// Snapshots sent at once; more wait their turn.
+    pub snap_max_concurrent_send: usize,
+    /// Raft messages waiting to go to one other store; past it new ones are dropped
+    /// (Raft sends them again).
+    pub raft_msg_queue_capacity: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +68,11 @@ impl Default for ServerConfig {
             pd_endpoints: vec![],
             grpc_concurrency: 2,
             request_timeout: std::time::Duration::from_secs(10),
+            max_message_size: ByteSize::mib(64),
+            max_response_size: ByteSize::mib(32),
+            snap_max_concurrent_recv: 4,
+            snap_max_concurrent_send: 4,
+            raft_msg_queue_capacity: 16_384,
         }
     }
 }
@@ -94,6 +113,28 @@ impl Validate for Config {
         ensure(
             !self.server.request_timeout.is_zero(),
             "server.request-timeout",
+            "must be positive",
+        )?;
+        let s = &self.server;
+        ensure(
+            s.max_message_size.as_u64() <= i32::MAX as u64
+                && s.max_message_size.as_u64() > self.raftstore.raft_entry_max_size.as_u64(),
+            "server.max-message-size",
+            "must be larger than raftstore.raft-entry-max-size and below 2GiB",
+        )?;
+        ensure(
+            s.max_response_size.as_u64() > 0 && s.max_response_size < s.max_message_size,
+            "server.max-response-size",
+            "must be positive and smaller than server.max-message-size",
+        )?;
+        ensure(
+            s.snap_max_concurrent_recv > 0 && s.snap_max_concurrent_send > 0,
+            "server.snap-max-concurrent-recv",
+            "snapshot concurrency limits must be positive",
+        )?;
+        ensure(
+            s.raft_msg_queue_capacity > 0,
+            "server.raft-msg-queue-capacity",
             "must be positive",
         )?;
         self.raftstore.validate()?;

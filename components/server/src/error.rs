@@ -71,6 +71,9 @@ fn region_error(e: &raftstore::Error) -> Option<errorpb::Error> {
             k.set_start_key(region.get_start_key().to_vec());
             k.set_end_key(region.get_end_key().to_vec());
         }
+        R::Busy(reason) => {
+            err.mut_server_is_busy().set_reason(reason.clone());
+        }
         R::StaleCommand(_) | R::Stopped => {
             err.mut_stale_command();
         }

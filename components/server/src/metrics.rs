@@ -45,3 +45,12 @@ pub static RAFT_MESSAGES_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Raft messages dropped because the queue to their store was full.
+pub static RAFT_MESSAGES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_server_raft_messages_dropped_total",
+        "Raft messages dropped because the queue to their store was full (server.raft-msg-queue-capacity)"
+    )
+    .expect("register metric")
+});

@@ -13,8 +13,10 @@ use slog::{info, warn, Logger};
 use util::shutdown::Shutdown;
 
 use crate::{
-    config::Config, pd_worker, resolver::Resolver, service::TikvService, storage::RawStorage,
-    transport::GrpcTransport, Error, Result,
+    config::Config, pd_worker, resolver::Resolver, service::TikvService,
+    storage::{RawLimits, RawStorage},
+    transport::{GrpcTransport, TransportLimits},
+    Error, Result,
 };
 
 /// A running store.
@@ -120,9 +122,10 @@ fn serve_grpc(
     env: Arc<grpcio::Environment>,
     service: TikvService,
 ) -> Result<grpcio::Server> {
+    let max = cfg.server.max_message_size.as_u64() as i32;
     let args = grpcio::ChannelBuilder::new(env.clone())
-        .max_receive_message_len(64 << 20)
-        .max_send_message_len(64 << 20)
+        .max_receive_message_len(max)
+        .max_send_message_len(max)
         .build_args();
     let mut grpc = ServerBuilder::new(env)
         .channel_args(args)
@@ -172,7 +175,10 @@ impl Node {
             Error::Startup(format!("create data directory {}: {e}", data_dir.display()))
         })?;
         let engine = Engine::open(&data_dir.join("db"))?;
-        let snap_mgr = SnapManager::new(data_dir.join("snap"))?;
+        let snap_mgr = SnapManager::new(
+            data_dir.join("snap"),
+            cfg.raftstore.snap_max_size.as_u64(),
+        )?;
 
         let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
         let pd = PdClient::connect(&endpoints, Duration::from_secs(30), logger.clone()).await?;
@@ -196,11 +202,19 @@ impl Node {
                 .build(),
         );
         let rt = tokio::runtime::Handle::current();
-        let resolver = Resolver::new(pd.clone(), env.clone());
+        let resolver = Resolver::new(
+            pd.clone(),
+            env.clone(),
+            cfg.server.max_message_size.as_u64() as i32,
+        );
         let transport = GrpcTransport::new(
             store_id,
             resolver.clone(),
             snap_mgr.clone(),
+            TransportLimits {
+                queue_capacity: cfg.server.raft_msg_queue_capacity,
+                concurrent_snapshots: cfg.server.snap_max_concurrent_send,
+            },
             rt.clone(),
             logger.clone(),
         );
@@ -231,14 +245,16 @@ impl Node {
             router.clone(),
             engine.clone(),
             raftstore.store_meta(),
-            cfg.raftstore.raft_entry_max_size.as_u64(),
-            cfg.server.request_timeout,
+            RawLimits::of(&cfg),
         );
         let service = TikvService {
             store_id,
             storage,
             router,
             snap_mgr,
+            snap_recv: Arc::new(tokio::sync::Semaphore::new(
+                cfg.server.snap_max_concurrent_recv,
+            )),
             resolver,
             rt,
             logger: logger.clone(),

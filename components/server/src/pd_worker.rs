@@ -153,7 +153,7 @@ async fn ask_split(
     });
     // If the region is gone, the callback is dropped with the message and the asker
     // sees the request end.
-    let _ = router.send(region.get_id(), PeerMsg::Command { cmd, cb: done });
+    let _ = router.force_send(region.get_id(), PeerMsg::Command { cmd, cb: done });
 }
 
 async fn region_heartbeats(
@@ -181,7 +181,7 @@ async fn region_heartbeats(
                         continue;
                     }
                     let region_id = resp.region_id;
-                    let _ = router.send(region_id, PeerMsg::Operator(Box::new(resp)));
+                    let _ = router.force_send(region_id, PeerMsg::Operator(Box::new(resp)));
                 }
             })
         };

@@ -14,16 +14,18 @@ use crate::Result;
 pub struct Resolver {
     pd: Arc<PdClient>,
     env: Arc<Environment>,
+    max_message_size: i32,
     addrs: Arc<Mutex<HashMap<u64, String>>>,
     clients: Arc<Mutex<HashMap<String, TikvClient>>>,
 }
 
 impl Resolver {
-    /// Resolves through `pd`, dialing with `env`.
-    pub fn new(pd: Arc<PdClient>, env: Arc<Environment>) -> Self {
+    /// Resolves through `pd`, dialing with `env`; messages up to `max_message_size`.
+    pub fn new(pd: Arc<PdClient>, env: Arc<Environment>, max_message_size: i32) -> Self {
         Resolver {
             pd,
             env,
+            max_message_size,
             addrs: Arc::default(),
             clients: Arc::default(),
         }
@@ -53,8 +55,8 @@ impl Resolver {
         let mut clients = self.clients.lock();
         let client = clients.entry(addr.clone()).or_insert_with(|| {
             let ch = ChannelBuilder::new(self.env.clone())
-                .max_receive_message_len(64 << 20)
-                .max_send_message_len(64 << 20)
+                .max_receive_message_len(self.max_message_size)
+                .max_send_message_len(self.max_message_size)
                 .connect(&addr);
             TikvClient::new(ch)
         });

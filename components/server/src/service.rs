@@ -34,6 +34,8 @@ pub struct TikvService {
     pub(crate) storage: RawStorage,
     pub(crate) router: RaftRouter,
     pub(crate) snap_mgr: SnapManager,
+    /// Snapshots this store may receive at once (`server.snap-max-concurrent-recv`).
+    pub(crate) snap_recv: std::sync::Arc<tokio::sync::Semaphore>,
     pub(crate) resolver: Resolver,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) logger: Logger,
@@ -582,11 +584,19 @@ impl Tikv for TikvService {
         let router = self.router.clone();
         let mgr = self.snap_mgr.clone();
         let logger = self.logger.clone();
-        // File writes block; keep them off gRPC's threads.
+        let Ok(permit) = self.snap_recv.clone().try_acquire_owned() else {
+            let why = "too many snapshots being received (server.snap-max-concurrent-recv)";
+            self.rt.spawn(async move {
+                let status = RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, why.into());
+                let _ = sink.fail(status).await;
+            });
+            return;
+        };
         self.rt.spawn(async move {
-            let res = receive_snapshot(&mgr, stream)
+            let res = receive_snapshot(mgr, stream)
                 .await
                 .and_then(|msg| router.send_raft_message(msg).map_err(|e| e.to_string()));
+            drop(permit);
             match res {
                 Ok(()) => {
                     let _ = sink.success(Done::default()).await;
@@ -602,20 +612,47 @@ impl Tikv for TikvService {
     }
 }
 
+/// Receives a snapshot stream into files. The file writes block, so they run on a
+/// blocking thread fed chunk by chunk, never on the runtime's workers.
 async fn receive_snapshot(
-    mgr: &SnapManager,
+    mgr: SnapManager,
     mut stream: RequestStream<SnapshotChunk>,
 ) -> std::result::Result<proto::raft_serverpb::RaftMessage, String> {
-    let first = stream
-        .try_next()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("empty snapshot stream")?;
-    let mut rx = SnapReceiver::new(mgr, first).map_err(|e| e.to_string())?;
-    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
-        rx.write(chunk.get_data()).map_err(|e| e.to_string())?;
+    // `None` marks the stream's clean end: a stream cut short never finishes a snapshot,
+    // even if the files so far looked whole.
+    let (tx, mut chunks) = tokio::sync::mpsc::channel::<Option<SnapshotChunk>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let cut = || "snapshot stream broke off".to_string();
+        let first = chunks.blocking_recv().flatten().ok_or("empty snapshot stream")?;
+        let mut rx = SnapReceiver::new(&mgr, first).map_err(|e| e.to_string())?;
+        loop {
+            match chunks.blocking_recv().ok_or_else(cut)? {
+                Some(chunk) => rx.write(chunk.get_data()).map_err(|e| e.to_string())?,
+                None => return rx.finish().map_err(|e| e.to_string()),
+            }
+        }
+    });
+    let mut read_err = None;
+    loop {
+        let next = match stream.try_next().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                read_err = Some(e.to_string());
+                break;
+            }
+        };
+        let end = next.is_none();
+        // A send fails only if the writer gave up; its error says why.
+        if tx.send(next).await.is_err() || end {
+            break;
+        }
     }
-    rx.finish().map_err(|e| e.to_string())
+    drop(tx);
+    let written = writer.await.map_err(|e| e.to_string())?;
+    match read_err {
+        Some(e) => Err(e),
+        None => written,
+    }
 }
 
 /// The services a store registers.

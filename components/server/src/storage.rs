@@ -21,8 +21,53 @@ pub struct RawStorage {
     router: RaftRouter,
     engine: Engine,
     store_meta: Arc<Mutex<StoreMeta>>,
-    max_entry_size: u64,
-    timeout: Duration,
+    limits: RawLimits,
+}
+
+/// The bounds every raw request is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct RawLimits {
+    /// Largest value (`raftstore.raft-entry-max-size`).
+    pub max_value_size: u64,
+    /// Largest answer a read may build (`server.max-response-size`).
+    pub max_response_size: u64,
+    /// How long a request may wait on Raft (`server.request-timeout`).
+    pub timeout: Duration,
+}
+
+impl RawLimits {
+    /// The limits a store's config sets.
+    pub fn of(cfg: &crate::Config) -> RawLimits {
+        RawLimits {
+            max_value_size: cfg.raftstore.raft_entry_max_size.as_u64(),
+            max_response_size: cfg.server.max_response_size.as_u64(),
+            timeout: cfg.server.request_timeout,
+        }
+    }
+}
+
+/// Counts the bytes of an answer being built and fails once they pass the limit, so that
+/// a read asking for everything cannot exhaust memory.
+struct ResponseBudget {
+    left: u64,
+    limit: u64,
+}
+
+impl ResponseBudget {
+    fn new(limit: u64) -> Self {
+        ResponseBudget { left: limit, limit }
+    }
+
+    fn take(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let cost = key.len() as u64 + value.len() as u64 + 8;
+        self.left = self.left.checked_sub(cost).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "the answer would be larger than server.max-response-size ({} bytes); ask for fewer keys",
+                self.limit
+            ))
+        })?;
+        Ok(())
+    }
 }
 
 /// The column family of a raw request: only `default` (spelled "" or "default").
@@ -52,24 +97,22 @@ impl RawStorage {
         router: RaftRouter,
         engine: Engine,
         store_meta: Arc<Mutex<StoreMeta>>,
-        max_entry_size: u64,
-        timeout: Duration,
+        limits: RawLimits,
     ) -> Self {
         RawStorage {
             router,
             engine,
             store_meta,
-            max_entry_size,
-            timeout,
+            limits,
         }
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
-        if value.len() as u64 > self.max_entry_size {
+        if value.len() as u64 > self.limits.max_value_size {
             return Err(Error::InvalidRequest(format!(
                 "value of {} bytes is larger than the limit of {} bytes (raftstore.raft-entry-max-size)",
                 value.len(),
-                self.max_entry_size
+                self.limits.max_value_size
             )));
         }
         Ok(())
@@ -88,17 +131,17 @@ impl RawStorage {
             let _ = tx.send(res);
         });
         self.router.send(region_id, make(cb))?;
-        match tokio::time::timeout(self.timeout, rx).await {
+        let timeout = self.limits.timeout;
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(res)) => res.map_err(|e| self.with_split_regions(e).into()),
             Ok(Err(_)) if writes => Err(Error::Undetermined(
                 "the store dropped the command before answering".into(),
             )),
             Ok(Err(_)) => Err(raftstore::Error::Stopped.into()),
             Err(_) if writes => Err(Error::Undetermined(format!(
-                "no answer within {:?}",
-                self.timeout
+                "no answer within {timeout:?}"
             ))),
-            Err(_) => Err(Error::Timeout(self.timeout)),
+            Err(_) => Err(Error::Timeout(timeout)),
         }
     }
 
@@ -186,9 +229,11 @@ impl RawStorage {
         keys_.iter().try_for_each(|k| Self::check_in(&region, k))?;
         // One view for every key: an atomic batch put is seen whole or not at all.
         let snap = self.engine.snapshot();
+        let mut budget = ResponseBudget::new(self.limits.max_response_size);
         let mut out = vec![];
         for k in keys_ {
             if let Some(v) = snap.get(cf, &keys::data_key(k))? {
+                budget.take(k, &v)?;
                 out.push((k.clone(), v));
             }
             fail::fail_point!("raw_batch_get_between_keys");
@@ -324,11 +369,18 @@ impl RawStorage {
         if lo >= hi {
             return Ok(out);
         }
+        let mut budget = ResponseBudget::new(self.limits.max_response_size);
+        let mut over = None;
         let mut take = |k: &[u8], v: &[u8]| -> engine::Result<bool> {
             let key = keys::origin_key(k)
                 .expect("data keys carry the data prefix")
                 .to_vec();
-            out.push((key, if key_only { vec![] } else { v.to_vec() }));
+            let value = if key_only { vec![] } else { v.to_vec() };
+            if let Err(e) = budget.take(&key, &value) {
+                over = Some(e);
+                return Ok(false);
+            }
+            out.push((key, value));
             Ok(out.len() < limit)
         };
         if reverse {
@@ -336,7 +388,10 @@ impl RawStorage {
         } else {
             self.engine.scan(cf, &lo, &hi, &mut take)?;
         }
-        Ok(out)
+        match over {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// The region of `key` if this store leads it.

@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -14,17 +17,37 @@ use parking_lot::Mutex;
 use proto::raft_serverpb::{BatchRaftMessage, RaftMessage};
 use raftstore::{snap, RaftRouter, SnapManager, Transport};
 use slog::{debug, warn, Logger};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{
+    mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
+    Semaphore,
+};
 
 use crate::{metrics, resolver::Resolver};
+
+/// How much the transport lets wait.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportLimits {
+    /// Raft messages queued for one store (`server.raft-msg-queue-capacity`).
+    pub queue_capacity: usize,
+    /// Snapshots sent at once (`server.snap-max-concurrent-send`).
+    pub concurrent_snapshots: usize,
+}
+
+/// The queue to one store, and how many messages wait in it.
+struct Conn {
+    tx: UnboundedSender<Vec<RaftMessage>>,
+    queued: Arc<AtomicUsize>,
+}
 
 struct Inner {
     store_id: u64,
     resolver: Resolver,
     router: OnceLock<RaftRouter>,
     snap_mgr: SnapManager,
+    limits: TransportLimits,
+    snap_permits: Arc<Semaphore>,
     rt: tokio::runtime::Handle,
-    conns: Mutex<HashMap<u64, UnboundedSender<Vec<RaftMessage>>>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     logger: Logger,
 }
 
@@ -40,6 +63,7 @@ impl GrpcTransport {
         store_id: u64,
         resolver: Resolver,
         snap_mgr: SnapManager,
+        limits: TransportLimits,
         rt: tokio::runtime::Handle,
         logger: Logger,
     ) -> Self {
@@ -49,6 +73,8 @@ impl GrpcTransport {
                 resolver,
                 router: OnceLock::new(),
                 snap_mgr,
+                limits,
+                snap_permits: Arc::new(Semaphore::new(limits.concurrent_snapshots)),
                 rt,
                 conns: Mutex::default(),
                 logger,
@@ -75,15 +101,16 @@ impl Inner {
         self: Arc<Self>,
         store_id: u64,
         mut rx: UnboundedReceiver<Vec<RaftMessage>>,
+        queued: Arc<AtomicUsize>,
     ) {
-        let mut pending: Option<Vec<RaftMessage>> = None;
+        let take = |b: Vec<RaftMessage>| {
+            queued.fetch_sub(b.len(), Ordering::Relaxed);
+            b
+        };
         loop {
-            let first = match pending.take() {
-                Some(p) => p,
-                None => match rx.recv().await {
-                    Some(b) => b,
-                    None => return,
-                },
+            let first = match rx.recv().await {
+                Some(b) => take(b),
+                None => return,
             };
             let stream = match self.resolver.client(store_id).await {
                 Ok(client) => client.batch_raft().map_err(|e| e.to_string()),
@@ -102,7 +129,7 @@ impl Inner {
             let mut batch = first;
             loop {
                 while let Ok(more) = rx.try_recv() {
-                    batch.extend(more);
+                    batch.extend(take(more));
                 }
                 let ids: Vec<(u64, u64)> = batch
                     .iter()
@@ -125,7 +152,7 @@ impl Inner {
                 }
                 metrics::RAFT_BATCHES_SENT.inc();
                 match rx.recv().await {
-                    Some(b) => batch = b,
+                    Some(b) => batch = take(b),
                     None => {
                         let _ = sink.close().await;
                         return;
@@ -139,6 +166,12 @@ impl Inner {
         let region_id = msg.get_region_id();
         let to_peer = msg.get_to_peer().get_id();
         let res: Result<(), String> = async {
+            let _permit = self
+                .snap_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
             let client = self
                 .resolver
                 .client(store_id)
@@ -196,14 +229,24 @@ impl Transport for GrpcTransport {
             return;
         }
         let mut conns = self.inner.conns.lock();
-        let tx = conns.entry(store_id).or_insert_with(|| {
+        let conn = conns.entry(store_id).or_insert_with(|| {
             let (tx, rx) = unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
             self.inner
                 .rt
-                .spawn(self.inner.clone().run_connection(store_id, rx));
-            tx
+                .spawn(self.inner.clone().run_connection(store_id, rx, queued.clone()));
+            Conn { tx, queued }
         });
-        if let Err(e) = tx.send(msgs) {
+        let n = msgs.len();
+        if conn.queued.load(Ordering::Relaxed) + n > self.inner.limits.queue_capacity {
+            // The store is slow or gone: drop rather than queue without bound; Raft
+            // sends again once the peers hear it did not arrive.
+            metrics::RAFT_MESSAGES_DROPPED.inc_by(n as u64);
+            self.inner.report_unreachable(&msgs);
+            return;
+        }
+        conn.queued.fetch_add(n, Ordering::Relaxed);
+        if let Err(e) = conn.tx.send(msgs) {
             // The connection task is gone (runtime shutting down).
             conns.remove(&store_id);
             self.inner.report_unreachable(&e.0);

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use pd_client::PdClient;
 use proto::{kvrpcpb::Context, metapb, raft_cmdpb};
 use raftstore::{RaftStore, SnapManager, StoreDeps, StoreMeta};
-use server::storage::RawStorage;
+use server::storage::{RawLimits, RawStorage};
 
 pub use network::{Filter, Network, Verdict};
 pub use watchdog::Watchdog;
@@ -155,7 +155,8 @@ impl Cluster {
 
     fn start_at(&mut self, dir: PathBuf) -> Result<u64, String> {
         let engine = Engine::open(&dir.join("db")).expect("open engine");
-        let snap_mgr = SnapManager::new(dir.join("snap")).expect("snap dir");
+        let snap_mgr = SnapManager::new(dir.join("snap"), self.raft_cfg.snap_max_size.as_u64())
+            .expect("snap dir");
         let mut store = metapb::Store::default();
         store.set_address(format!("sim://{}", dir.display()));
         self.rt
@@ -194,13 +195,7 @@ impl Cluster {
             .block_on(self.pd.put_store(store))
             .expect("register store");
         let meta = raftstore.store_meta();
-        let storage = RawStorage::new(
-            router,
-            engine.clone(),
-            meta.clone(),
-            self.raft_cfg.raft_entry_max_size.as_u64(),
-            Duration::from_secs(5),
-        );
+        let storage = RawStorage::new(router, engine.clone(), meta.clone(), self.limits(Duration::from_secs(5)));
         self.running.insert(
             store_id,
             Running {
@@ -472,9 +467,17 @@ impl Cluster {
             r.raftstore.router(),
             r.engine.clone(),
             r.meta.clone(),
-            self.raft_cfg.raft_entry_max_size.as_u64(),
-            timeout,
+            self.limits(timeout),
         )
+    }
+
+    /// The request limits of a store's raw API: the store server's defaults, with this
+    /// cluster's entry size and `timeout`.
+    fn limits(&self, timeout: Duration) -> RawLimits {
+        let mut cfg = server::Config::default();
+        cfg.raftstore = self.raft_cfg.clone();
+        cfg.server.request_timeout = timeout;
+        RawLimits::of(&cfg)
     }
 
     /// Asks the leader of `region_id` to hand leadership to its peer on `to_store`.

@@ -428,7 +428,7 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
             let _ = self
                 .ctx
                 .router
-                .send(region_id, PeerMsg::ApplyRes(Box::new(res)));
+                .force_send(region_id, PeerMsg::ApplyRes(Box::new(res)));
         }
         for (p, res) in self.ctx.cbs.drain(..) {
             metrics::COMMAND_SECONDS

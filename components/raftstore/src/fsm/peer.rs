@@ -270,9 +270,18 @@ impl PeerFsm {
     }
 
     /// Checks that a command may be proposed by this peer now.
-    fn check_command(&self, cmd: &RaftCmdRequest) -> Result<()> {
+    fn check_command(&self, cmd: &RaftCmdRequest, max_apply_lag: u64) -> Result<()> {
         if !self.is_leader() {
             return Err(self.not_leader());
+        }
+        let lag = self
+            .last_sent_to_apply
+            .saturating_sub(self.raft.store().applied_index());
+        if lag > max_apply_lag && !cmd.has_admin_request() {
+            return Err(Error::Busy(format!(
+                "region {} has {lag} committed entries waiting to apply (raftstore.max-apply-lag)",
+                self.region_id()
+            )));
         }
         let region = self.region();
         let header = cmd.get_header();
@@ -292,7 +301,7 @@ impl PeerFsm {
         cb: Callback<CmdResponse>,
         ctx: &mut PollContext,
     ) {
-        if let Err(e) = self.check_command(&cmd) {
+        if let Err(e) = self.check_command(&cmd, ctx.cfg.max_apply_lag) {
             metrics::PROPOSALS
                 .with_label_values(&["normal", "rejected"])
                 .inc();

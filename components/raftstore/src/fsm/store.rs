@@ -117,7 +117,7 @@ impl StoreFsm {
         info!(self.logger, "waking hibernating regions with a peer on a silent store";
               "stores" => ?stores, "regions" => to_wake.len());
         for id in to_wake {
-            let _ = self.router.send(id, PeerMsg::Wake);
+            let _ = self.router.force_send(id, PeerMsg::Wake);
         }
     }
 
