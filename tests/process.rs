@@ -154,6 +154,8 @@ fn a_data_directory_of_another_cluster_is_refused() {
         .args([
             "--pd",
             &second.pd_addr,
+            "--cluster-secret-file",
+            &second.secret_file().display().to_string(),
             "--data-dir",
             &foreign.display().to_string(),
         ])

@@ -29,6 +29,9 @@ struct Args {
     /// PD addresses, comma-separated; none starts an embedded PD.
     #[arg(long)]
     pd: Option<String>,
+    /// The cluster secret (the file pd-server created: <pd data-dir>/cluster-secret).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
 }
 
 fn config(args: &Args) -> util::Result<Config> {
@@ -48,6 +51,9 @@ fn config(args: &Args) -> util::Result<Config> {
     }
     if let Some(v) = &args.data_dir {
         s.data_dir = v.clone();
+    }
+    if let Some(v) = &args.cluster_secret_file {
+        cfg.security.cluster_secret_file = v.clone();
     }
     if let Some(v) = &args.pd {
         s.pd_endpoints = v

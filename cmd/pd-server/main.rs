@@ -31,6 +31,10 @@ struct Args {
     /// Status HTTP address (/metrics, /status).
     #[arg(long)]
     status_addr: Option<String>,
+    /// The cluster secret stores must present; created there if missing (default:
+    /// <data-dir>/cluster-secret). Give every store the same file.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
 }
 
 fn config(args: &Args) -> util::Result<FileConfig> {
@@ -56,6 +60,9 @@ fn config(args: &Args) -> util::Result<FileConfig> {
     }
     if let Some(v) = &args.status_addr {
         cfg.status_addr = v.clone();
+    }
+    if let Some(v) = &args.cluster_secret_file {
+        cfg.pd.cluster_secret_file = v.clone();
     }
     cfg.validate()?;
     Ok(cfg)

@@ -170,7 +170,11 @@ impl ProcCluster {
         let pd_addr = format!("127.0.0.1:{pd_port}");
         let pd_cfg = dir.path().join("pd.toml");
         std::fs::write(&pd_cfg, format!("[pd]\n{pd_extra}\n")).expect("write pd config");
+        let secret = dir.path().join("cluster-secret");
+        util::secret::ClusterSecret::load_or_create(&secret).expect("create the cluster secret");
         let pd_args = vec![
+            "--cluster-secret-file".into(),
+            secret.display().to_string(),
             "--config".into(),
             pd_cfg.display().to_string(),
             "--addr".into(),
@@ -229,6 +233,8 @@ impl ProcCluster {
                 cfg.display().to_string(),
                 "--pd".into(),
                 self.pd_addr.clone(),
+                "--cluster-secret-file".into(),
+                self.secret_file().display().to_string(),
                 "--addr".into(),
                 format!("127.0.0.1:{port}"),
                 "--status-addr".into(),
@@ -244,6 +250,11 @@ impl ProcCluster {
             self.dir.path(),
         );
         self.stores[i] = Some(p);
+    }
+
+    /// The cluster secret every process of this cluster is given.
+    pub fn secret_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("cluster-secret")
     }
 
     /// SIGKILLs PD and starts it again on the same data and address.

@@ -678,7 +678,14 @@ impl Client {
     ) -> Result<Vec<metapb::Region>> {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            let route = self.pd.get_region_by_id(region_id).await?;
+            // PD may not have heard yet of a region a split just made.
+            let route = match self.pd.get_region_by_id(region_id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    backoff.wait(e.to_string()).await?;
+                    continue;
+                }
+            };
             let leader = route.leader.clone();
             let attempt = self
                 .attempt_at(Kind::Write, route, |c, ctx, _| {

@@ -35,6 +35,9 @@ pub struct Config {
     pub balance_warmup: Duration,
     /// Most new regions one split may ask ids for (AskBatchSplit's split count).
     pub max_batch_split: u32,
+    /// The cluster secret stores must present (see `util::secret`); empty: created at
+    /// first start as `<data-dir>/cluster-secret`, the file to give every store.
+    pub cluster_secret_file: PathBuf,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             store_limit: 4,
             balance_warmup: Duration::from_secs(120),
             max_batch_split: 256,
+            cluster_secret_file: PathBuf::new(),
         }
     }
 }

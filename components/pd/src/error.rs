@@ -38,6 +38,12 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc: {0}")]
     Grpc(#[from] grpcio::Error),
+    /// A call only stores of this cluster may make came without the cluster secret.
+    #[error("this call must come from a store of this cluster: it carries no valid cluster secret (security.cluster-secret-file)")]
+    Unauthenticated,
+    /// The cluster secret could not be read or created.
+    #[error("{0}")]
+    Secret(#[from] util::Error),
 }
 
 /// The result type of this crate.

@@ -18,11 +18,14 @@ impl PdServer {
     /// Opens PD's data and starts serving on `cfg.addr` (port 0 picks a free port).
     pub fn start(cfg: Config, logger: Logger) -> Result<PdServer> {
         let storage = Storage::open(&cfg.data_dir)?;
+        let secret_path = util::secret::path_in(&cfg.cluster_secret_file, &cfg.data_dir);
+        let secret = util::secret::ClusterSecret::load_or_create(&secret_path)?;
         let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
         let client_url = Arc::new(OnceLock::new());
         let service = PdService {
             core: core.clone(),
             client_url: client_url.clone(),
+            secret,
             logger: logger.clone(),
         };
         let env = Arc::new(

@@ -7,6 +7,7 @@ use futures::{FutureExt, SinkExt, TryStreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, UnarySink, WriteFlags};
 use proto::{pdpb, pdpb_grpc::Pd};
 use slog::{warn, Logger};
+use util::secret::ClusterSecret;
 
 use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, Error, Result};
 
@@ -16,7 +17,16 @@ pub struct PdService {
     pub(crate) core: Arc<PdCore>,
     /// `http://host:port` clients use; known once the server has bound its port.
     pub(crate) client_url: Arc<OnceLock<String>>,
+    /// What stores prove they belong to this cluster with (see `util::secret`).
+    pub(crate) secret: ClusterSecret,
     pub(crate) logger: Logger,
+}
+
+/// Whether a call carries the cluster secret.
+fn authenticated(ctx: &RpcContext, secret: &ClusterSecret) -> bool {
+    ctx.request_headers()
+        .iter()
+        .any(|(k, v)| k == util::secret::HEADER && secret.matches(v))
 }
 
 /// Responses that carry a `pdpb.ResponseHeader`.
@@ -85,6 +95,20 @@ impl PdService {
     fn checked<T>(&self, header: &pdpb::RequestHeader, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.core.check_cluster(header)?;
         f()
+    }
+
+    /// Like `checked`, for the calls only a store of this cluster may make (they change
+    /// the cluster's metadata): the call must carry the cluster secret.
+    fn from_store<T>(
+        &self,
+        ctx: &RpcContext,
+        header: &pdpb::RequestHeader,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !authenticated(ctx, &self.secret) {
+            return Err(Error::Unauthenticated);
+        }
+        self.checked(header, f)
     }
 }
 
@@ -162,7 +186,7 @@ impl Pd for PdService {
         req: pdpb::BootstrapRequest,
         sink: UnarySink<pdpb::BootstrapResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             self.core
                 .bootstrap(req.get_store().clone(), req.get_region().clone())?;
             Ok(pdpb::BootstrapResponse::default())
@@ -220,7 +244,7 @@ impl Pd for PdService {
         req: pdpb::PutStoreRequest,
         sink: UnarySink<pdpb::PutStoreResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             self.core.put_store(req.get_store().clone())?;
             Ok(pdpb::PutStoreResponse::default())
         });
@@ -250,7 +274,7 @@ impl Pd for PdService {
         sink: UnarySink<pdpb::StoreHeartbeatResponse>,
     ) {
         metrics::STORE_HEARTBEATS.inc();
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             self.core.store_heartbeat(req.get_stats().clone())?;
             Ok(pdpb::StoreHeartbeatResponse::default())
         });
@@ -264,12 +288,17 @@ impl Pd for PdService {
         mut sink: DuplexSink<pdpb::RegionHeartbeatResponse>,
     ) {
         let this = self.clone();
+        let trusted = authenticated(&ctx, &self.secret);
         ctx.spawn(async move {
             let res: std::result::Result<(), grpcio::Error> = async {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
                     metrics::REGION_HEARTBEATS.inc();
-                    match this.checked(req.get_header(), || this.core.region_heartbeat(&req)) {
+                    let res = match trusted {
+                        true => this.checked(req.get_header(), || this.core.region_heartbeat(&req)),
+                        false => Err(Error::Unauthenticated),
+                    };
+                    match res {
                         Ok(Some(op)) => sink.send((this.finish(Ok(op)), WriteFlags::default())).await?,
                         Ok(None) => {}
                         Err(e) => {
@@ -368,7 +397,7 @@ impl Pd for PdService {
         req: pdpb::AskBatchSplitRequest,
         sink: UnarySink<pdpb::AskBatchSplitResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             let mut resp = pdpb::AskBatchSplitResponse::default();
             resp.set_ids(
                 self.core
@@ -386,7 +415,7 @@ impl Pd for PdService {
         req: pdpb::ReportBatchSplitRequest,
         sink: UnarySink<pdpb::ReportBatchSplitResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             self.core.report_split(req.get_regions())?;
             Ok(pdpb::ReportBatchSplitResponse::default())
         });

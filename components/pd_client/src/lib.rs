@@ -21,6 +21,7 @@ use proto::{
     pdpb_grpc,
 };
 use slog::{info, warn, Logger};
+use util::secret::ClusterSecret;
 
 /// Errors of the PD client.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,9 @@ pub struct PdClient {
     conn: RwLock<(String, pdpb_grpc::PdClient)>,
     cluster_id: AtomicU64,
     timeout: Duration,
+    /// A store's proof that it belongs to the cluster, sent with every call; clients
+    /// (kvctl) have none and cannot make the calls that need it.
+    secret: Option<ClusterSecret>,
     logger: Logger,
 }
 
@@ -172,6 +176,26 @@ impl PdClient {
     pub async fn connect(
         endpoints: &[String],
         timeout: Duration,
+        logger: Logger,
+    ) -> Result<Arc<PdClient>> {
+        Self::connect_with(endpoints, timeout, None, logger).await
+    }
+
+    /// Like [`PdClient::connect`], for a store of the cluster: every call carries
+    /// `secret`, which the calls that change the cluster's metadata require.
+    pub async fn connect_as_store(
+        endpoints: &[String],
+        timeout: Duration,
+        secret: ClusterSecret,
+        logger: Logger,
+    ) -> Result<Arc<PdClient>> {
+        Self::connect_with(endpoints, timeout, Some(secret), logger).await
+    }
+
+    async fn connect_with(
+        endpoints: &[String],
+        timeout: Duration,
+        secret: Option<ClusterSecret>,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
         let endpoints: Vec<String> = endpoints
@@ -195,6 +219,7 @@ impl PdClient {
             endpoints,
             cluster_id: AtomicU64::new(0),
             timeout,
+            secret,
             logger,
         };
         let deadline = Instant::now() + timeout;
@@ -288,7 +313,9 @@ impl PdClient {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));
-            let opt = CallOption::default().timeout(left.min(Duration::from_secs(5)));
+            let opt = self
+                .call_option()
+                .timeout(left.min(Duration::from_secs(5)));
             let res = match call(&client, &req, opt) {
                 Ok(rx) => rx.await,
                 Err(e) => Err(e),
@@ -507,16 +534,35 @@ impl PdClient {
         grpcio::ClientDuplexReceiver<pdpb::RegionHeartbeatResponse>,
     )> {
         let client = self.conn.read().1.clone();
-        client.region_heartbeat().map_err(|e| Error::Unavailable {
-            endpoints: self.endpoints.join(","),
-            last: e.to_string(),
-        })
+        client
+            .region_heartbeat_opt(self.call_option())
+            .map_err(|e| Error::Unavailable {
+                endpoints: self.endpoints.join(","),
+                last: e.to_string(),
+            })
+    }
+
+    /// Call options with the store's secret, if it has one.
+    fn call_option(&self) -> CallOption {
+        let opt = CallOption::default();
+        match &self.secret {
+            Some(secret) => opt.headers(secret_headers(secret)),
+            None => opt,
+        }
     }
 
     /// The header every streamed request must carry.
     pub fn request_header(&self) -> pdpb::RequestHeader {
         self.header()
     }
+}
+
+/// gRPC metadata carrying the cluster secret.
+pub fn secret_headers(secret: &ClusterSecret) -> grpcio::Metadata {
+    let mut b = grpcio::MetadataBuilder::with_capacity(1);
+    b.add_str(util::secret::HEADER, secret.as_str())
+        .expect("the secret is a valid ASCII header value");
+    b.build()
 }
 
 fn route(mut resp: pdpb::GetRegionResponse) -> Result<RegionRoute> {

@@ -20,8 +20,20 @@ pub struct Config {
     pub raftstore: raftstore::Config,
     /// Settings of the embedded PD.
     pub pd: pd::Config,
+    /// How this store proves it belongs to the cluster.
+    pub security: SecurityConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[security]` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The cluster secret, the file pd-server created (`<pd data-dir>/cluster-secret`):
+    /// required with an external PD; with the embedded PD, empty means
+    /// `<data-dir>/cluster-secret`, created at first start.
+    pub cluster_secret_file: PathBuf,
 }
 
 /// The `[server]` section.

@@ -54,3 +54,12 @@ pub static RAFT_MESSAGES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Peer streams refused for lacking the cluster secret.
+pub static PEER_STREAMS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_server_peer_streams_refused_total",
+        "Raft and snapshot streams refused because they carried no valid cluster secret"
+    )
+    .expect("register metric")
+});

@@ -9,6 +9,7 @@ use pd_client::PdClient;
 use proto::{metapb, raft_serverpb::RegionLocalState};
 use protobuf::Message as _;
 use raftstore::{bootstrap, RaftStore, SnapManager, StoreDeps};
+use util::secret::ClusterSecret;
 use slog::{info, warn, Logger};
 use util::shutdown::Shutdown;
 
@@ -103,9 +104,33 @@ fn pd_endpoints(cfg: &Config, logger: &Logger) -> Result<(Option<pd::PdServer>, 
     }
     let mut pd_cfg = cfg.pd.clone();
     pd_cfg.data_dir = cfg.server.data_dir.join("pd");
+    pd_cfg.cluster_secret_file = secret_path(cfg);
     let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
     let addr = server.addr().to_string();
     Ok((Some(server), vec![addr]))
+}
+
+fn secret_path(cfg: &Config) -> std::path::PathBuf {
+    util::secret::path_in(&cfg.security.cluster_secret_file, &cfg.server.data_dir)
+}
+
+/// This store's proof that it belongs to the cluster: the configured file; with the
+/// embedded PD (a cluster of one process), one created in the data directory.
+fn cluster_secret(cfg: &Config) -> Result<ClusterSecret> {
+    let embedded = cfg.server.pd_endpoints.is_empty();
+    if !embedded && cfg.security.cluster_secret_file.as_os_str().is_empty() {
+        return Err(Error::Startup(
+            "no cluster secret: set security.cluster-secret-file (--cluster-secret-file) to the \
+             file pd-server created, <pd data-dir>/cluster-secret"
+                .into(),
+        ));
+    }
+    let path = secret_path(cfg);
+    let secret = match embedded {
+        true => ClusterSecret::load_or_create(&path),
+        false => ClusterSecret::load(&path),
+    };
+    secret.map_err(|e| Error::Startup(e.to_string()))
 }
 
 /// What this store tells PD about itself (the id comes from joining the cluster).
@@ -180,8 +205,15 @@ impl Node {
             cfg.raftstore.snap_max_size.as_u64(),
         )?;
 
+        let secret = cluster_secret(&cfg)?;
         let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
-        let pd = PdClient::connect(&endpoints, Duration::from_secs(30), logger.clone()).await?;
+        let pd = PdClient::connect_as_store(
+            &endpoints,
+            Duration::from_secs(30),
+            secret.clone(),
+            logger.clone(),
+        )
+        .await?;
         let addr = cfg.server.advertise().to_string();
         let mut store = announced_store(&cfg);
         join_cluster(
@@ -215,6 +247,7 @@ impl Node {
                 queue_capacity: cfg.server.raft_msg_queue_capacity,
                 concurrent_snapshots: cfg.server.snap_max_concurrent_send,
             },
+            secret.clone(),
             rt.clone(),
             logger.clone(),
         );
@@ -255,6 +288,7 @@ impl Node {
             snap_recv: Arc::new(tokio::sync::Semaphore::new(
                 cfg.server.snap_max_concurrent_recv,
             )),
+            secret: secret.clone(),
             resolver,
             rt,
             logger: logger.clone(),

@@ -24,6 +24,7 @@ use proto::{
 };
 use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
 use slog::{warn, Logger};
+use util::secret::ClusterSecret;
 
 use crate::{metrics, resolver::Resolver, span::Span, storage::RawStorage, Error, Result};
 
@@ -36,6 +37,8 @@ pub struct TikvService {
     pub(crate) snap_mgr: SnapManager,
     /// Snapshots this store may receive at once (`server.snap-max-concurrent-recv`).
     pub(crate) snap_recv: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Peer streams must carry it (see `util::secret`).
+    pub(crate) secret: ClusterSecret,
     pub(crate) resolver: Resolver,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) logger: Logger,
@@ -520,6 +523,11 @@ impl Tikv for TikvService {
         req: kvrpcpb::SplitRegionRequest,
         sink: UnarySink<kvrpcpb::SplitRegionResponse>,
     ) {
+        let count = req.get_split_keys().len().max(1);
+        if let Err(e) = self.storage.check_split_keys(count) {
+            self.rt.spawn(sink.success(error_response(e)));
+            return;
+        }
         self.serve(sink, req, |s, mut req| async move {
             let keys = if req.get_split_keys().is_empty() {
                 vec![req.take_split_key()]
@@ -543,6 +551,9 @@ impl Tikv for TikvService {
         stream: RequestStream<BatchRaftMessage>,
         sink: ClientStreamingSink<Done>,
     ) {
+        if !self.from_peer(&ctx, "raft messages") {
+            return refuse_peer(&ctx, stream, sink);
+        }
         let router = self.router.clone();
         let logger = self.logger.clone();
         ctx.spawn(async move {
@@ -577,10 +588,13 @@ impl Tikv for TikvService {
 
     fn snapshot(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         stream: RequestStream<SnapshotChunk>,
         sink: ClientStreamingSink<Done>,
     ) {
+        if !self.from_peer(&ctx, "a snapshot") {
+            return refuse_peer(&ctx, stream, sink);
+        }
         let router = self.router.clone();
         let mgr = self.snap_mgr.clone();
         let logger = self.logger.clone();
@@ -610,6 +624,40 @@ impl Tikv for TikvService {
             }
         });
     }
+}
+
+impl TikvService {
+    /// Whether a peer stream carries the cluster secret; logs the refusal if not.
+    fn from_peer(&self, ctx: &RpcContext, what: &str) -> bool {
+        let ok = ctx
+            .request_headers()
+            .iter()
+            .any(|(k, v)| k == util::secret::HEADER && self.secret.matches(v));
+        if !ok {
+            metrics::PEER_STREAMS_REFUSED.inc();
+            warn!(self.logger, "refusing a peer stream without the cluster secret";
+                  "what" => what, "from" => ctx.peer());
+        }
+        ok
+    }
+}
+
+/// Fails a peer stream that did not prove it comes from a store of this cluster. The
+/// request stream lives until the status is sent: dropping it first cancels the call, and
+/// the sender would see that instead of why.
+fn refuse_peer<T: Send + 'static>(
+    ctx: &RpcContext,
+    stream: RequestStream<T>,
+    sink: ClientStreamingSink<Done>,
+) {
+    let status = RpcStatus::with_message(
+        RpcStatusCode::UNAUTHENTICATED,
+        "store-to-store traffic must carry this cluster's secret".into(),
+    );
+    ctx.spawn(async move {
+        let _ = sink.fail(status).await;
+        drop(stream);
+    });
 }
 
 /// Receives a snapshot stream into files. The file writes block, so they run on a

@@ -33,6 +33,8 @@ pub struct RawLimits {
     pub max_response_size: u64,
     /// How long a request may wait on Raft (`server.request-timeout`).
     pub timeout: Duration,
+    /// Most keys one split may give (`raftstore.max-split-keys`).
+    pub max_split_keys: usize,
 }
 
 impl RawLimits {
@@ -42,6 +44,7 @@ impl RawLimits {
             max_value_size: cfg.raftstore.raft_entry_max_size.as_u64(),
             max_response_size: cfg.server.max_response_size.as_u64(),
             timeout: cfg.server.request_timeout,
+            max_split_keys: cfg.raftstore.max_split_keys,
         }
     }
 }
@@ -105,6 +108,17 @@ impl RawStorage {
             store_meta,
             limits,
         }
+    }
+
+    /// Checks a split's key count before it is routed anywhere.
+    pub fn check_split_keys(&self, count: usize) -> Result<()> {
+        let limit = self.limits.max_split_keys;
+        if count > limit {
+            return Err(Error::InvalidRequest(format!(
+                "{count} split keys, more than raftstore.max-split-keys ({limit})"
+            )));
+        }
+        Ok(())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use proto::raft_serverpb::{BatchRaftMessage, RaftMessage};
 use raftstore::{snap, RaftRouter, SnapManager, Transport};
 use slog::{debug, warn, Logger};
+use util::secret::ClusterSecret;
 use tokio::sync::{
     mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
     Semaphore,
@@ -46,6 +47,8 @@ struct Inner {
     snap_mgr: SnapManager,
     limits: TransportLimits,
     snap_permits: Arc<Semaphore>,
+    /// Sent with every stream: other stores accept Raft traffic only with it.
+    secret: ClusterSecret,
     rt: tokio::runtime::Handle,
     conns: Mutex<HashMap<u64, Conn>>,
     logger: Logger,
@@ -64,6 +67,7 @@ impl GrpcTransport {
         resolver: Resolver,
         snap_mgr: SnapManager,
         limits: TransportLimits,
+        secret: ClusterSecret,
         rt: tokio::runtime::Handle,
         logger: Logger,
     ) -> Self {
@@ -75,6 +79,7 @@ impl GrpcTransport {
                 snap_mgr,
                 limits,
                 snap_permits: Arc::new(Semaphore::new(limits.concurrent_snapshots)),
+                secret,
                 rt,
                 conns: Mutex::default(),
                 logger,
@@ -89,6 +94,10 @@ impl GrpcTransport {
 }
 
 impl Inner {
+    fn call_option(&self) -> grpcio::CallOption {
+        grpcio::CallOption::default().headers(pd_client::secret_headers(&self.secret))
+    }
+
     fn report_unreachable(&self, msgs: &[RaftMessage]) {
         if let Some(router) = self.router.get() {
             for m in msgs {
@@ -113,7 +122,9 @@ impl Inner {
                 None => return,
             };
             let stream = match self.resolver.client(store_id).await {
-                Ok(client) => client.batch_raft().map_err(|e| e.to_string()),
+                Ok(client) => client
+                    .batch_raft_opt(self.call_option())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             let (mut sink, _done) = match stream {
@@ -177,7 +188,9 @@ impl Inner {
                 .client(store_id)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut sink, done) = client.snapshot().map_err(|e| e.to_string())?;
+            let (mut sink, done) = client
+                .snapshot_opt(self.call_option())
+                .map_err(|e| e.to_string())?;
             let (tx, mut chunks) = tokio::sync::mpsc::channel(4);
             let mgr = self.snap_mgr.clone();
             // File reads block: produce chunks on a blocking thread.

@@ -118,11 +118,14 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let secret_file = pd_cfg.data_dir.join(util::secret::FILE_NAME);
         let pd_server = pd::PdServer::start(pd_cfg, test_logger()).expect("start pd");
+        let secret = util::secret::ClusterSecret::load(&secret_file).expect("pd's secret");
         let pd = rt
-            .block_on(PdClient::connect(
+            .block_on(PdClient::connect_as_store(
                 &[pd_server.addr().to_string()],
                 Duration::from_secs(10),
+                secret,
                 test_logger(),
             ))
             .expect("connect to pd");

@@ -22,6 +22,9 @@ pub enum Error {
     /// A config value is out of range or inconsistent.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// The cluster secret is missing or unreadable.
+    #[error("{0}")]
+    Secret(String),
     /// The status server could not start.
     #[error("status server on {addr}: {source}")]
     Status {

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod logger;
 pub mod panic;
+pub mod secret;
 pub mod shutdown;
 pub mod status;
 pub mod wire;
