@@ -12,7 +12,10 @@ use std::{
 use crossbeam_channel::bounded;
 use engine::Cf;
 use proto::raft_serverpb::RaftLocalState;
-use test_cluster::{test_config, wait_until, Cluster};
+use test_cluster::{
+    history::{Op, Outcome, Recorder},
+    test_config, wait_until, Cluster,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -203,4 +206,55 @@ fn a_write_that_times_out_is_reported_undetermined() {
     assert!(msg.starts_with(util::wire::UNDETERMINED), "{msg}");
     // It did apply: a blind retry would now fail.
     c.must_get_equal(b"k", b"b");
+}
+
+fn value(n: u64) -> Vec<u8> {
+    format!("v{n}").into_bytes()
+}
+
+fn value_of(bytes: &[u8]) -> u64 {
+    std::str::from_utf8(&bytes[1..]).unwrap().parse().unwrap()
+}
+
+/// The history checker finds a real violation: with reads served by a cut-off follower
+/// without a ReadIndex round, a read that starts after a write was acknowledged returns
+/// the value before it.
+#[test]
+fn the_checker_catches_reads_served_without_read_index() {
+    let _scenario = fail::FailScenario::setup();
+    let c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    let rec = Recorder::default();
+    let write = |process, n: u64| {
+        let inv = rec.invoke(process, Op::Put(b"k".to_vec(), n));
+        c.must_put(b"k", &value(n));
+        rec.complete(inv, Outcome::Written);
+    };
+    write(0, 1);
+    let (leader, region) = c.leader_of_key(b"k").expect("a leader");
+    let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.must_replicate_on(follower, b"k", &value(1), T);
+    let cut = c.network().isolate(follower);
+    write(0, 2);
+    fail::cfg("read_without_read_index", "return").expect("configure fail point");
+    let storage = c.storage(follower);
+    let mut ctx = proto::kvrpcpb::Context::default();
+    ctx.region_id = region.get_id();
+    ctx.set_region_epoch(region.get_region_epoch().clone());
+    let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
+    let got = c
+        .runtime()
+        .block_on(storage.get(&ctx, "", b"k"))
+        .expect("a read served by the follower");
+    rec.complete(inv, Outcome::Read(got.as_deref().map(value_of)));
+    fail::remove("read_without_read_index");
+    c.network().remove_filter(cut);
+    assert_eq!(got, Some(value(1)), "the follower served its stale value");
+    let dir = tempfile::tempdir().unwrap();
+    let violation = rec.check(dir.path()).expect_err("a stale read is not linearizable");
+    eprintln!("{violation}");
+    let smallest = format!("{:?}", violation.smallest);
+    assert_eq!(violation.smallest.len(), 3, "both writes and the stale read: {smallest}");
+    assert!(smallest.contains("Read(Some(1))"), "{smallest}");
+    assert!(violation.file.exists(), "the whole history is saved");
 }

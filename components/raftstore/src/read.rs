@@ -135,6 +135,12 @@ impl ReadQueue {
 
 impl PeerFsm {
     pub(crate) fn on_read(&mut self, epoch: metapb::RegionEpoch, cb: Callback<metapb::Region>) {
+        // Test-only: serve from whatever this replica has, leader or not, with no ReadIndex
+        // round. It breaks linearizability on purpose, so that tests can show their
+        // checker catches it.
+        if fail::eval("read_without_read_index", |_| ()).is_some() {
+            return cb(Ok(self.region().clone()));
+        }
         if !self.is_leader() {
             cb(Err(self.not_leader()));
             return;
