@@ -1,129 +1,165 @@
-//! Eight writers against the in-process cluster while regions split (by size and by
-//! hand), replicas move, leadership moves, the network partitions and a store stops:
-//! no acknowledged write is lost and no read returns a value that was never written or
-//! is older than a write acknowledged before the read began.
-//!
-//! Each writer owns its keys and writes them one at a time with rising sequence numbers,
-//! so for every key the set of values that may be seen is known exactly.
+//! Eight clients share a small key set on the in-process cluster while regions split (by
+//! size and by hand), replicas move, leadership moves, the network partitions and a store
+//! stops. Every operation (get, put, delete, compare-and-swap, batch put) is one attempt,
+//! recorded with its outcome, and the whole history is checked for linearizability per
+//! key by a library checker. Every fault must have taken effect.
 
 use std::{
-    collections::HashMap,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use test_cluster::{test_config, wait_until, Cluster};
+use server::storage::RawStorage;
+use test_cluster::{
+    history::{outcome_of, Op, Outcome, Recorder, Value},
+    test_config, wait_until, Cluster,
+};
 
-const WRITERS: usize = 8;
-const KEYS_PER_WRITER: usize = 64;
+const CLIENTS: usize = 8;
+const KEYS: usize = 64;
 /// Upper bounds: the test stops at whichever comes first.
-const MAX_OPS_PER_WRITER: usize = 50_000;
+const MAX_OPS_PER_CLIENT: usize = 20_000;
 const NEMESIS_ROUNDS: usize = 14;
 const T: Duration = Duration::from_secs(30);
+/// The process that reads every key at the end (clients' ids stay far below).
+const FINAL_READER: usize = 1 << 40;
 
-fn key(writer: usize, k: usize) -> Vec<u8> {
-    format!("w{writer}-k{k:02}").into_bytes()
+fn key(k: usize) -> Vec<u8> {
+    format!("key-{k:02}").into_bytes()
 }
 
-/// A value that names its sequence number and is large enough to trigger size splits.
-fn value(seq: u64) -> Vec<u8> {
-    format!("{seq:08}-{}", "x".repeat(200)).into_bytes()
+/// A value that names its number and is large enough to trigger size splits.
+fn value(n: Value) -> Vec<u8> {
+    format!("{n:012}-{}", "x".repeat(200)).into_bytes()
 }
 
-fn seq_of(v: &[u8]) -> u64 {
-    std::str::from_utf8(&v[..8])
+fn value_of(v: &[u8]) -> Value {
+    std::str::from_utf8(&v[..12])
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a value this test never writes: {v:?}"))
 }
 
-/// What one key may hold: every sequence number ever sent, and the last acknowledged.
-#[derive(Default)]
-struct History {
-    attempted: Vec<u64>,
-    acked: Option<u64>,
-}
-
-impl History {
-    /// Checks a read that began when `acked_before` was the last acknowledged write.
-    fn check(&self, k: &[u8], got: Option<&[u8]>, acked_before: Option<u64>) {
-        let name = String::from_utf8_lossy(k);
-        match (got, acked_before) {
-            (None, None) => {}
-            (None, Some(a)) => panic!("{name}: acknowledged write {a} lost"),
-            (Some(v), _) => {
-                let seq = seq_of(v);
-                assert!(
-                    self.attempted.contains(&seq),
-                    "{name}: read {seq}, which was never written"
-                );
-                assert!(
-                    acked_before.is_none_or(|a| seq >= a),
-                    "{name}: read {seq}, older than acknowledged {acked_before:?}"
-                );
-            }
-        }
-    }
-}
-
-fn writer(
-    id: usize,
+/// One attempt of `op` through the current leader of `routing_key`'s region.
+fn attempt<T>(
     c: &RwLock<Cluster>,
-    histories: &Mutex<HashMap<Vec<u8>, History>>,
-    stop: &AtomicBool,
-) -> (usize, usize) {
+    routing_key: &[u8],
+    op: impl AsyncFnOnce(RawStorage, proto::kvrpcpb::Context) -> server::Result<T>,
+) -> server::Result<T> {
+    let c = c.read();
+    let (storage, ctx) = c.leader_storage(routing_key).ok_or_else(|| {
+        server::Error::Raft(raftstore::Error::NotLeader {
+            region_id: 0,
+            leader: None,
+        })
+    })?;
+    c.runtime().block_on(op(storage, ctx))
+}
+
+/// Runs one random operation as `process` and records it.
+fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize, n: Value) -> Outcome {
+    let k = key(rng.gen_range(0..KEYS));
+    let roll = rng.gen_range(0..100);
+    let (op, outcome) = if roll < 40 {
+        let inv = rec.invoke(process, Op::Get(k.clone()));
+        let res = attempt(c, &k, async |s, ctx| s.get(&ctx, "", &k).await);
+        let out = outcome_of(&res, |v| Outcome::Read(v.as_deref().map(value_of)));
+        (inv, out)
+    } else if roll < 65 {
+        let inv = rec.invoke(process, Op::Put(k.clone(), n));
+        let res = attempt(c, &k, async |s, ctx| s.put(&ctx, "", &k, &value(n)).await);
+        (inv, outcome_of(&res, |_| Outcome::Written))
+    } else if roll < 75 {
+        let inv = rec.invoke(process, Op::Delete(k.clone()));
+        let keys = [k.clone()];
+        let res = attempt(c, &k, async |s, ctx| s.batch_delete(&ctx, "", &keys).await);
+        (inv, outcome_of(&res, |_| Outcome::Written))
+    } else if roll < 90 {
+        // Expect what was last written by anyone, often enough to succeed.
+        let expected = (n > 1 && rng.gen_bool(0.8)).then(|| rng.gen_range(n.saturating_sub(200)..n));
+        let inv = rec.invoke(process, Op::Cas(k.clone(), expected, n));
+        let prev = expected.map(value);
+        let res = attempt(c, &k, async |s, ctx| {
+            s.compare_and_swap(&ctx, "", &k, &value(n), prev.as_deref())
+                .await
+        });
+        (inv, outcome_of(&res, |r| Outcome::Swapped(r.succeed)))
+    } else {
+        // Two keys in one atomic batch: both in the first key's region or refused whole.
+        let k2 = key(rng.gen_range(0..KEYS));
+        let pairs = vec![(k.clone(), n), (k2, n)];
+        let inv = rec.invoke(process, Op::BatchPut(pairs.clone()));
+        let bytes: Vec<(Vec<u8>, Vec<u8>)> =
+            pairs.iter().map(|(k, v)| (k.clone(), value(*v))).collect();
+        let res = attempt(c, &k, async |s, ctx| s.batch_put(&ctx, "", &bytes).await);
+        (inv, outcome_of(&res, |_| Outcome::Written))
+    };
+    rec.complete(op, outcome.clone());
+    outcome
+}
+
+fn client(id: usize, c: &RwLock<Cluster>, rec: &Recorder, stop: &AtomicBool) {
     let mut rng = StdRng::seed_from_u64(id as u64);
-    let (mut acked, mut reads) = (0, 0);
-    for op in 0..MAX_OPS_PER_WRITER {
+    // A process whose operation ended unknown issues no more: the next one is new.
+    let mut process = id;
+    for op in 0..MAX_OPS_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let k = key(id, rng.gen_range(0..KEYS_PER_WRITER));
-        if op % 4 == 3 {
-            let before = histories.lock().entry(k.clone()).or_default().acked;
-            if let Ok(got) = c.read().get_within(&k, Duration::from_secs(1)) {
-                histories.lock()[&k].check(&k, got.as_deref(), before);
-                reads += 1;
-            }
-            continue;
-        }
-        let seq = (op as u64 + 1) * 100 + id as u64;
-        histories
-            .lock()
-            .entry(k.clone())
-            .or_default()
-            .attempted
-            .push(seq);
-        if c.read()
-            .put_within(&k, &value(seq), Duration::from_secs(1))
-            .is_ok()
-        {
-            histories.lock().get_mut(&k).expect("recorded").acked = Some(seq);
-            acked += 1;
+        let n = (op as Value + 1) * CLIENTS as Value + id as Value;
+        match one_op(c, rec, &mut rng, process, n) {
+            Outcome::Unknown => process += CLIENTS,
+            Outcome::Failed => std::thread::sleep(Duration::from_millis(10)),
+            _ => {}
         }
     }
-    (acked, reads)
 }
 
-/// One disturbance per round, each undone before the next.
-fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) {
+/// Faults that took effect, by kind.
+#[derive(Default, Debug)]
+struct Effective {
+    splits: usize,
+    transfers: usize,
+    moves: usize,
+    partitions: usize,
+    restarts: usize,
+    isolations: usize,
+}
+
+/// One disturbance per round, each undone (and checked) before the next.
+fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
     let mut rng = StdRng::seed_from_u64(42);
     let stores = c.read().store_ids();
     let net = c.read().network().clone();
+    let mut done = Effective::default();
     for round in 0..NEMESIS_ROUNDS {
         let store = stores[rng.gen_range(0..stores.len())];
-        let some_key = key(rng.gen_range(0..WRITERS), rng.gen_range(0..KEYS_PER_WRITER));
+        let some_key = key(rng.gen_range(0..KEYS));
         let region = c.read().leader_of_key(&some_key).map(|(_, r)| r);
         match round % 6 {
             0 => {
-                let _ = c.read().split(&some_key, &some_key);
+                if c.read().split(&some_key, &some_key).is_ok() {
+                    done.splits += 1;
+                }
             }
             1 => {
                 if let Some(r) = &region {
-                    let to = r.get_peers()[rng.gen_range(0..r.get_peers().len())].get_store_id();
-                    let _ = c.read().transfer_leader(r.get_id(), to);
+                    let leader = c.read().leader_of(r.get_id());
+                    let to = r
+                        .get_peers()
+                        .iter()
+                        .map(|p| p.get_store_id())
+                        .find(|s| Some(*s) != leader && *s != store);
+                    if let Some(to) = to {
+                        let _ = c.read().transfer_leader(r.get_id(), to);
+                        let moved = (0..100).any(|_| {
+                            std::thread::sleep(Duration::from_millis(20));
+                            c.read().leader_of(r.get_id()) == Some(to)
+                        });
+                        done.transfers += moved as usize;
+                    }
                 }
             }
             2 => {
@@ -135,7 +171,17 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) {
                         .find(|s| !r.get_peers().iter().any(|p| p.get_store_id() == *s));
                     if let Some(to) = to {
                         let g = c.read();
-                        let _ = g.runtime().block_on(g.pd().move_peer(r.get_id(), from, to));
+                        if g.runtime().block_on(g.pd().move_peer(r.get_id(), from, to)).is_ok() {
+                            drop(g);
+                            let moved = (0..250).any(|_| {
+                                std::thread::sleep(Duration::from_millis(20));
+                                c.read().local_region(to, &some_key).is_some_and(|now| {
+                                    now.get_id() == r.get_id()
+                                        && !now.get_peers().iter().any(|p| p.get_store_id() == from)
+                                })
+                            });
+                            done.moves += moved as usize;
+                        }
                     }
                 }
             }
@@ -144,66 +190,90 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) {
                 let f = net.partition(&[store], &others);
                 std::thread::sleep(Duration::from_millis(1500));
                 net.remove_filter(f);
+                done.partitions += 1;
             }
             4 => {
                 c.write().stop_store(store);
                 std::thread::sleep(Duration::from_secs(2));
                 c.write().start_store(store);
+                done.restarts += 1;
             }
             _ => {
                 let f = net.isolate(store);
                 std::thread::sleep(Duration::from_millis(800));
                 net.remove_filter(f);
+                done.isolations += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(700));
     }
     stop.store(true, Ordering::Relaxed);
+    done
 }
 
 #[test]
-fn no_acknowledged_write_is_lost_through_splits_moves_partitions_and_a_stopped_store() {
+fn histories_stay_linearizable_through_splits_moves_partitions_and_a_stopped_store() {
     let (mut rs, pd) = test_config();
     rs.split_region_check_tick_interval = Duration::from_millis(100);
-    rs.region_split_size = bytesize::ByteSize::kib(8);
-    rs.region_split_check_diff = bytesize::ByteSize::kib(2);
+    rs.region_split_size = bytesize::ByteSize::kib(2);
+    rs.region_split_check_diff = bytesize::ByteSize::b(512);
     let c = Cluster::with_config(5, rs, pd);
     c.wait_voters(b"", 3, T);
     let c = RwLock::new(c);
-    let histories = Mutex::new(HashMap::new());
+    let rec = Recorder::default();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let results: Vec<(usize, usize)> = std::thread::scope(|s| {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|id| {
-                let (c, h, stop) = (&c, &histories, &stop);
-                s.spawn(move || writer(id, c, h, stop))
-            })
-            .collect();
-        nemesis(&c, &stop);
-        writers
-            .into_iter()
-            .map(|w| w.join().expect("writer"))
-            .collect()
+    let effective = std::thread::scope(|s| {
+        for id in 0..CLIENTS {
+            let (c, rec, stop) = (&c, &rec, &stop);
+            s.spawn(move || client(id, c, rec, stop));
+        }
+        nemesis(&c, &stop)
     });
     let c = c.into_inner();
     c.network().clear_filters();
-    let acked: usize = results.iter().map(|r| r.0).sum();
-    let reads: usize = results.iter().map(|r| r.1).sum();
+    // A final read of every key, once the cluster has settled, closes each history.
+    for k in 0..KEYS {
+        let k = key(k);
+        wait_until("a final read", T, || {
+            let inv = rec.invoke(FINAL_READER, Op::Get(k.clone()));
+            let res = c
+                .leader_storage(&k)
+                .map(|(s, ctx)| c.runtime().block_on(s.get(&ctx, "", &k)));
+            let ok = matches!(res, Some(Ok(_)));
+            let out = match res {
+                Some(r) => outcome_of(&r, |v| Outcome::Read(v.as_deref().map(value_of))),
+                None => Outcome::Failed,
+            };
+            rec.complete(inv, out);
+            ok
+        });
+    }
+    let (ok, failed, unknown) = rec.counts();
     eprintln!(
-        "{acked} writes acknowledged, {reads} reads checked, {} regions, in {:.0}s",
+        "{ok} operations ok, {failed} failed, {unknown} unknown; {} regions; faults {effective:?}; in {:.0}s",
         c.regions().len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(acked > 100, "the cluster kept taking writes ({acked})");
+    assert!(ok > 500, "the cluster kept serving ({ok})");
     assert!(c.regions().len() > 5, "regions split");
-    let histories = histories.into_inner();
-    for (k, h) in &histories {
-        let mut got = Err(String::new());
-        wait_until("a final read", T, || {
-            got = c.get_within(k, Duration::from_secs(2));
-            got.is_ok()
-        });
-        h.check(k, got.expect("read").as_deref(), h.acked);
+    for (kind, n) in [
+        ("split", effective.splits),
+        ("leader transfer", effective.transfers),
+        ("replica move", effective.moves),
+        ("partition", effective.partitions),
+        ("restart", effective.restarts),
+        ("isolation", effective.isolations),
+    ] {
+        assert!(n > 0, "no {kind} took effect: {effective:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let checking = Instant::now();
+    let checked = rec.check(dir.path());
+    eprintln!("history checked in {:.1}s", checking.elapsed().as_secs_f64());
+    if let Err(v) = checked {
+        let kept = std::env::temp_dir().join("flotilla-chaos-history.json");
+        let _ = std::fs::copy(&v.file, &kept);
+        panic!("{v}(history kept in {})", kept.display());
     }
 }

@@ -73,6 +73,17 @@ struct Record {
     outcome: Option<Outcome>,
 }
 
+/// How a store's answer to a write is recorded: an undetermined result is unknown, any
+/// other error means the write was refused before it could apply.
+pub fn outcome_of<T>(res: &server::Result<T>, ok: impl FnOnce(&T) -> Outcome) -> Outcome {
+    match res {
+        Ok(t) => ok(t),
+        Err(server::Error::Undetermined(_))
+        | Err(server::Error::Raft(raftstore::Error::Undetermined(_))) => Outcome::Unknown,
+        Err(_) => Outcome::Failed,
+    }
+}
+
 /// A shared, thread-safe log of operations; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -262,11 +273,15 @@ fn is_linearizable(ops: &[KeyOp]) -> bool {
         return true;
     }
     // Calls and responses in time order; unknown operations answer after everything.
+    // The checker wants small, dense process ids.
+    let mut dense = BTreeMap::new();
     let mut events: Vec<(u128, usize, Action<Effect>)> = vec![];
     for op in ops {
-        events.push((op.invoked_us, op.process, Action::Call(op.effect.clone())));
+        let next = dense.len();
+        let p = *dense.entry(op.process).or_insert(next);
+        events.push((op.invoked_us, p, Action::Call(op.effect.clone())));
         let done = op.completed_us.unwrap_or(u128::MAX);
-        events.push((done, op.process, Action::Response(op.effect.clone())));
+        events.push((done, p, Action::Response(op.effect.clone())));
     }
     // A response at the same instant as a call goes after it (the ops overlap).
     events.sort_by_key(|(t, _, a)| (*t, matches!(a, Action::Response(_))));
