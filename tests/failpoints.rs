@@ -11,6 +11,7 @@ use std::{
 
 use crossbeam_channel::bounded;
 use engine::Cf;
+use proto::raft_cmdpb::ConfChangeType;
 use proto::raft_serverpb::RaftLocalState;
 use test_cluster::{
     history::{Op, Outcome, Recorder},
@@ -21,11 +22,21 @@ const T: Duration = Duration::from_secs(30);
 
 /// Runs `during` while the next thread to reach fail point `name` is held there.
 fn while_held_at(name: &str, during: impl FnOnce()) -> impl FnOnce() {
+    while_held_on(name, "", during)
+}
+
+/// Like [`while_held_at`], for the next thread whose name starts with `thread` (for
+/// example "apply-s3-": store 3's apply threads).
+fn while_held_on(name: &str, thread: &str, during: impl FnOnce()) -> impl FnOnce() {
     let (hit_tx, hit_rx) = bounded(1);
     let (go_tx, go_rx) = bounded::<()>(1);
     let first = Arc::new(AtomicBool::new(true));
+    let thread = thread.to_string();
     fail::cfg_callback(name, move || {
-        if first.swap(false, Ordering::SeqCst) {
+        let ours = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(&thread));
+        if ours && first.swap(false, Ordering::SeqCst) {
             let _ = hit_tx.send(());
             let _ = go_rx.recv_timeout(T);
         }
@@ -257,4 +268,116 @@ fn the_checker_catches_reads_served_without_read_index() {
     assert_eq!(violation.smallest.len(), 3, "both writes and the stale read: {smallest}");
     assert!(smallest.contains("Read(Some(1))"), "{smallest}");
     assert!(violation.file.exists(), "the whole history is saved");
+}
+
+/// What a crash test does while a store is held at its fail point.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Write,
+    Split,
+    AddLearner,
+    RemoveHeld,
+}
+
+/// Holds `store`'s `thread` at fail point `point` while `trigger` runs, takes a crash
+/// image there, restarts the store from it, and checks that it starts, that every
+/// acknowledged write is there, and that every replica ends with the same data.
+fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
+    let _scenario = fail::FailScenario::setup();
+    let mut c = Cluster::new(4);
+    c.wait_voters(b"", 3, T);
+    for i in 0..20 {
+        c.must_put(&key(i), b"v");
+    }
+    let (leader, region) = c.leader_of_key(&key(0)).expect("a leader");
+    let voters: Vec<u64> = region.get_peers().iter().map(|p| p.get_store_id()).collect();
+    let spare = c.store_ids().into_iter().find(|s| !voters.contains(s)).unwrap();
+    let held = match on_leader {
+        true => leader,
+        false => *voters.iter().find(|s| **s != leader).unwrap(),
+    };
+    let mut image = None;
+    let crash = while_held_on(point, &format!("{thread}-s{held}-"), || {
+        image = Some(c.crash_image(held))
+    });
+    let acked = std::thread::scope(|s| {
+        let c = &c;
+        let work = s.spawn(move || match trigger {
+            Trigger::Write => c.put_within(b"x", b"during", Duration::from_secs(5)).is_ok(),
+            Trigger::Split => c.split(&key(10), &key(10)).is_ok(),
+            Trigger::AddLearner => {
+                let id = c.runtime().block_on(c.pd().alloc_id()).expect("an id");
+                let mut p = proto::metapb::Peer::default();
+                p.set_id(id);
+                p.set_store_id(spare);
+                p.set_role(proto::metapb::PeerRole::Learner);
+                c.change_peer(region.get_id(), ConfChangeType::AddLearnerNode, p).is_ok()
+            }
+            Trigger::RemoveHeld => {
+                let p = region.get_peers().iter().find(|p| p.get_store_id() == held).unwrap();
+                c.change_peer(region.get_id(), ConfChangeType::RemoveNode, p.clone()).is_ok()
+            }
+        });
+        crash();
+        work.join().expect("trigger")
+    });
+    fail::remove(point);
+    let image = image.expect("a crash image");
+    c.restart_from_image(held, &image)
+        .unwrap_or_else(|e| panic!("store {held} does not restart after a crash at {point}: {e}"));
+    for i in 0..20 {
+        c.must_get_equal(&key(i), b"v");
+    }
+    if acked && matches!(trigger, Trigger::Write) {
+        c.must_get_equal(b"x", b"during");
+    }
+    c.must_put(b"after", b"crash");
+    wait_until("every replica of every region holds the same data", T, || {
+        replicas_agree(&c)
+    });
+}
+
+/// Whether every store holding a replica of a region has the same pairs in its range.
+fn replicas_agree(c: &Cluster) -> bool {
+    c.regions().values().all(|r| {
+        let stores: Vec<u64> = r.get_peers().iter().map(|p| p.get_store_id()).collect();
+        let data: Vec<Option<Vec<(Vec<u8>, Vec<u8>)>>> = stores
+            .iter()
+            .map(|s| {
+                let local = c.local_region(*s, r.get_start_key())?;
+                (local.get_region_epoch() == r.get_region_epoch()).then(|| c.local_scan(*s, r))
+            })
+            .collect();
+        data.iter().all(|d| d.is_some() && *d == data[0])
+    })
+}
+
+#[test]
+fn crash_before_persisting_a_ready() {
+    crash_at("raft_before_persist", "raftstore", true, Trigger::Write);
+}
+
+#[test]
+fn crash_after_persisting_a_ready() {
+    crash_at("raft_after_persist", "raftstore", true, Trigger::Write);
+}
+
+#[test]
+fn crash_before_applying_a_split() {
+    crash_at("apply_before_split", "apply", false, Trigger::Split);
+}
+
+#[test]
+fn crash_after_applying_a_split() {
+    crash_at("raft_after_split_applied", "raftstore", false, Trigger::Split);
+}
+
+#[test]
+fn crash_during_a_conf_change() {
+    crash_at("apply_conf_change", "apply", false, Trigger::AddLearner);
+}
+
+#[test]
+fn crash_between_a_destroys_two_writes() {
+    crash_at("apply_destroy", "apply", false, Trigger::RemoveHeld);
 }

@@ -93,7 +93,9 @@ impl PollHandler<PeerFsm> for RaftPoller {
     fn end(&mut self, fsms: &mut [FsmGuard<PeerFsm>]) {
         // A leader's appends go out while its own write is in flight.
         self.ctx.flush_messages();
+        fail::fail_point!("raft_before_persist");
         self.ctx.write();
+        fail::fail_point!("raft_after_persist");
         metrics::READY_PER_ROUND.observe(fsms.len() as f64);
         for fsm in fsms.iter_mut() {
             fsm.post_persist(&mut self.ctx);

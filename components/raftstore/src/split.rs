@@ -152,6 +152,7 @@ impl ApplyFsm {
         cmd: &RaftCmdRequest,
         ctx: &mut ApplyContext,
     ) -> Result<CmdResponse> {
+        fail::fail_point!("apply_before_split");
         check_epoch(&self.region, cmd.get_header().get_region_epoch(), true)?;
         let regions = split_regions(&self.region, cmd.get_admin_request().get_splits())?;
         let mut create = vec![];
@@ -281,6 +282,8 @@ impl PeerFsm {
         create: Vec<metapb::Region>,
         ctx: &mut PollContext,
     ) {
+        // The split is durable; the new regions' peers are not created yet.
+        fail::fail_point!("raft_after_split_applied");
         let parent = regions[0].clone();
         self.raft.mut_store().set_region(parent.clone());
         {

@@ -403,6 +403,21 @@ impl Cluster {
             .expect("engine read")
     }
 
+    /// Every pair in `region`'s range in one store's engine, read directly.
+    pub fn local_scan(&self, store_id: u64, region: &metapb::Region) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = vec![];
+        let start = keys::data_key(region.get_start_key());
+        let end = keys::data_end_key(region.get_end_key());
+        self.running[&store_id]
+            .engine
+            .scan(Cf::Default, &start, &end, |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })
+            .expect("engine scan");
+        out
+    }
+
     /// Waits until every running store holds `value` for `key`.
     pub fn must_replicate(&self, key: &[u8], value: &[u8], timeout: Duration) {
         wait_until(

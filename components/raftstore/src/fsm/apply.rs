@@ -147,6 +147,8 @@ impl ApplyFsm {
     }
 
     fn destroy(&mut self, ctx: &mut ApplyContext) {
+        // The Raft side has written the tombstone and deleted the log; the data goes now.
+        fail::fail_point!("apply_destroy");
         // A peer created by a message has no range yet (an empty region means "all").
         if !self.region.get_peers().is_empty() {
             let start = keys::data_key(self.region.get_start_key());
@@ -303,6 +305,7 @@ impl ApplyFsm {
     }
 
     fn exec_conf_change(&mut self, entry: &Entry, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+        fail::fail_point!("apply_conf_change");
         let cc = ConfChangeV2::parse_from_bytes(&entry.data)?;
         let cmd = RaftCmdRequest::parse_from_bytes(cc.get_context())?;
         if let Err(e) = check_epoch(&self.region, cmd.get_header().get_region_epoch(), true) {
