@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod bootstrap;
 mod conf_change;
+pub mod consistency;
 mod config;
 mod destroy;
 mod error;

@@ -29,6 +29,8 @@ pub struct CmdResponse {
     pub region: Option<metapb::Region>,
     /// Every region a split produced, in key order (the first keeps the old id).
     pub split_regions: Vec<metapb::Region>,
+    /// A ComputeHash's entry index and this replica's hash of the region at it.
+    pub hash: Option<(u64, u64)>,
 }
 
 /// A proposal waiting for its entry to be applied.

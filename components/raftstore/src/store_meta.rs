@@ -18,6 +18,8 @@ pub struct StoreMeta {
     /// Ranges of snapshots accepted by peers (by region id) but not yet persisted: they
     /// count as taken in overlap checks.
     snapshot_ranges: HashMap<u64, metapb::Region>,
+    /// Region id -> (index, hash) of the last ComputeHash this store's replica applied.
+    hashes: HashMap<u64, (u64, u64)>,
 }
 
 impl StoreMeta {
@@ -45,9 +47,23 @@ impl StoreMeta {
         self.regions.insert(region.get_id(), region);
     }
 
+    /// Records this replica's hash of a region at a ComputeHash entry.
+    pub(crate) fn set_hash(&mut self, region_id: u64, index: u64, hash: u64) {
+        self.hashes.insert(region_id, (index, hash));
+    }
+
+    /// This replica's hash of a region at the ComputeHash entry `index`, once applied.
+    pub fn hash_at(&self, region_id: u64, index: u64) -> Option<u64> {
+        self.hashes
+            .get(&region_id)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, h)| *h)
+    }
+
     /// Forgets a region.
     pub fn remove_region(&mut self, region_id: u64) {
         self.snapshot_ranges.remove(&region_id);
+        self.hashes.remove(&region_id);
         if let Some(old) = self.regions.remove(&region_id) {
             let end = keys::data_end_key(old.get_end_key());
             if self.ranges.get(&end) == Some(&region_id) {

@@ -19,7 +19,10 @@ use proto::{
     errorpb,
     kvrpcpb::{self, Context},
     metapb,
-    raft_serverpb::{BatchRaftMessage, Done, SnapshotChunk},
+    raft_serverpb::{
+        BatchRaftMessage, ComputeHashRequest, ComputeHashResponse, Done, RegionHashRequest,
+        RegionHashResponse, SnapshotChunk,
+    },
     tikvpb_grpc::{Tikv, TikvClient},
 };
 use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
@@ -542,6 +545,45 @@ impl Tikv for TikvService {
             }
             resp.set_regions(regions.into());
             Ok(resp)
+        });
+    }
+
+    fn compute_hash(
+        &mut self,
+        ctx: RpcContext,
+        req: ComputeHashRequest,
+        sink: UnarySink<ComputeHashResponse>,
+    ) {
+        let storage = self.storage.clone();
+        ctx.spawn(async move {
+            let mut resp = ComputeHashResponse::default();
+            match storage
+                .compute_hash(req.region_id, req.get_region_epoch().clone())
+                .await
+            {
+                Ok((index, hash)) => (resp.index, resp.hash) = (index, hash),
+                Err(e) => match e.into_wire() {
+                    (Some(re), _) => resp.set_region_error(re),
+                    (None, msg) => resp.set_error(msg),
+                },
+            }
+            let _ = sink.success(resp).await;
+        });
+    }
+
+    fn region_hash(
+        &mut self,
+        ctx: RpcContext,
+        req: RegionHashRequest,
+        sink: UnarySink<RegionHashResponse>,
+    ) {
+        let mut resp = RegionHashResponse::default();
+        if let Some(hash) = self.storage.region_hash(req.region_id, req.index) {
+            resp.found = true;
+            resp.hash = hash;
+        }
+        ctx.spawn(async move {
+            let _ = sink.success(resp).await;
         });
     }
 

@@ -176,6 +176,30 @@ impl RawStorage {
         }
     }
 
+    /// Has every replica of region `region_id` hash its data at one log index (see
+    /// `raftstore::consistency`); returns that index and this leader's hash.
+    pub async fn compute_hash(
+        &self,
+        region_id: u64,
+        epoch: metapb::RegionEpoch,
+    ) -> Result<(u64, u64)> {
+        let mut cmd = RaftCmdRequest::default();
+        cmd.mut_header().set_region_id(region_id);
+        cmd.mut_header().set_region_epoch(epoch);
+        cmd.mut_admin_request()
+            .set_cmd_type(proto::raft_cmdpb::AdminCmdType::ComputeHash);
+        let resp = self
+            .wait(region_id, false, |cb| PeerMsg::Command { cmd, cb })
+            .await?;
+        resp.hash
+            .ok_or_else(|| Error::InvalidRequest("ComputeHash produced no hash".into()))
+    }
+
+    /// This store's hash of a region at the ComputeHash entry `index`, once applied.
+    pub fn region_hash(&self, region_id: u64, index: u64) -> Option<u64> {
+        self.store_meta.lock().hash_at(region_id, index)
+    }
+
     /// Splits the region of `ctx` at `keys`; returns every resulting region in key order.
     pub async fn split_region(
         &self,

@@ -74,7 +74,7 @@ impl ApplyContext {
         }
     }
 
-    fn write(&mut self) {
+    pub(crate) fn write(&mut self) {
         if self.wb.is_empty() {
             return;
         }
@@ -177,7 +177,7 @@ impl ApplyFsm {
         let (res, is_write) = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => (Ok(CmdResponse::default()), false),
             EntryType::EntryNormal => match RaftCmdRequest::parse_from_bytes(&entry.data) {
-                Ok(cmd) => (self.exec(&cmd, ctx), !cmd.has_admin_request()),
+                Ok(cmd) => (self.exec(&cmd, entry.index, ctx), !cmd.has_admin_request()),
                 Err(e) => (Err(e.into()), false),
             },
             EntryType::EntryConfChangeV2 => (self.exec_conf_change(&entry, ctx), false),
@@ -199,9 +199,9 @@ impl ApplyFsm {
         }
     }
 
-    fn exec(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+    fn exec(&mut self, cmd: &RaftCmdRequest, index: u64, ctx: &mut ApplyContext) -> Result<CmdResponse> {
         if cmd.has_admin_request() {
-            return self.exec_admin(cmd, ctx);
+            return self.exec_admin(cmd, index, ctx);
         }
         check_epoch(&self.region, cmd.get_header().get_region_epoch(), false)?;
         for req in cmd.get_requests() {
@@ -282,10 +282,16 @@ impl ApplyFsm {
         Ok(())
     }
 
-    fn exec_admin(&mut self, cmd: &RaftCmdRequest, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+    fn exec_admin(
+        &mut self,
+        cmd: &RaftCmdRequest,
+        index: u64,
+        ctx: &mut ApplyContext,
+    ) -> Result<CmdResponse> {
         let admin = cmd.get_admin_request();
         match admin.get_cmd_type() {
             AdminCmdType::BatchSplit => self.exec_batch_split(cmd, ctx),
+            AdminCmdType::ComputeHash => self.exec_compute_hash(index, ctx),
             AdminCmdType::CompactLog => {
                 // The log's owner (the Raft side) truncates, skipping what is gone already.
                 let req = admin.get_compact_log();

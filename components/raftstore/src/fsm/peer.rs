@@ -323,7 +323,7 @@ impl PeerFsm {
         if cmd.has_admin_request() {
             match cmd.get_admin_request().get_cmd_type() {
                 AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb, ctx),
-                AdminCmdType::CompactLog | AdminCmdType::BatchSplit => {}
+                AdminCmdType::CompactLog | AdminCmdType::BatchSplit | AdminCmdType::ComputeHash => {}
                 other => {
                     return cb(Err(Error::InvalidRequest(format!(
                         "unsupported admin command {other:?}"
