@@ -62,20 +62,19 @@ fn attempt<T>(
 fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize, n: Value) -> Outcome {
     let k = key(rng.gen_range(0..KEYS));
     let roll = rng.gen_range(0..100);
-    let (op, outcome) = if roll < 40 {
+    let (op, (outcome, error)) = if roll < 40 {
         let inv = rec.invoke(process, Op::Get(k.clone()));
         let res = attempt(c, &k, async |s, ctx| s.get(&ctx, "", &k).await);
-        let out = outcome_of(&res, |v| Outcome::Read(v.as_deref().map(value_of)));
-        (inv, out)
+        (inv, with_error(&res, |v| Outcome::Read(v.as_deref().map(value_of))))
     } else if roll < 65 {
         let inv = rec.invoke(process, Op::Put(k.clone(), n));
         let res = attempt(c, &k, async |s, ctx| s.put(&ctx, "", &k, &value(n)).await);
-        (inv, outcome_of(&res, |_| Outcome::Written))
+        (inv, with_error(&res, |_| Outcome::Written))
     } else if roll < 75 {
         let inv = rec.invoke(process, Op::Delete(k.clone()));
         let keys = [k.clone()];
         let res = attempt(c, &k, async |s, ctx| s.batch_delete(&ctx, "", &keys).await);
-        (inv, outcome_of(&res, |_| Outcome::Written))
+        (inv, with_error(&res, |_| Outcome::Written))
     } else if roll < 90 {
         // Expect what was last written by anyone, often enough to succeed.
         let expected = (n > 1 && rng.gen_bool(0.8)).then(|| rng.gen_range(n.saturating_sub(200)..n));
@@ -85,7 +84,7 @@ fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize,
             s.compare_and_swap(&ctx, "", &k, &value(n), prev.as_deref())
                 .await
         });
-        (inv, outcome_of(&res, |r| Outcome::Swapped(r.succeed)))
+        (inv, with_error(&res, |r| Outcome::Swapped(r.succeed)))
     } else {
         // Two keys in one atomic batch: both in the first key's region or refused whole.
         let k2 = key(rng.gen_range(0..KEYS));
@@ -94,10 +93,14 @@ fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize,
         let bytes: Vec<(Vec<u8>, Vec<u8>)> =
             pairs.iter().map(|(k, v)| (k.clone(), value(*v))).collect();
         let res = attempt(c, &k, async |s, ctx| s.batch_put(&ctx, "", &bytes).await);
-        (inv, outcome_of(&res, |_| Outcome::Written))
+        (inv, with_error(&res, |_| Outcome::Written))
     };
-    rec.complete(op, outcome.clone());
+    rec.complete_with(op, outcome.clone(), error);
     outcome
+}
+
+fn with_error<T>(res: &server::Result<T>, ok: impl FnOnce(&T) -> Outcome) -> (Outcome, Option<String>) {
+    (outcome_of(res, ok), res.as_ref().err().map(|e| e.to_string()))
 }
 
 fn client(id: usize, c: &RwLock<Cluster>, rec: &Recorder, stop: &AtomicBool) {

@@ -33,9 +33,10 @@ fn while_held_on(name: &str, thread: &str, during: impl FnOnce()) -> impl FnOnce
     let first = Arc::new(AtomicBool::new(true));
     let thread = thread.to_string();
     fail::cfg_callback(name, move || {
-        let ours = std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with(&thread));
+        let ours = thread.is_empty()
+            || std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(&thread));
         if ours && first.swap(false, Ordering::SeqCst) {
             let _ = hit_tx.send(());
             let _ = go_rx.recv_timeout(T);

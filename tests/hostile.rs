@@ -114,6 +114,16 @@ async fn heartbeat_error(pd: &PdClient, region: metapb::Region, leader: metapb::
     resp.get_header().get_error().get_message().to_string()
 }
 
+/// A store of the cluster other than `store`.
+fn cluster_store_other_than(rt: &tokio::runtime::Runtime, pd: &PdClient, store: u64) -> u64 {
+    rt.block_on(pd.get_all_stores(true))
+        .unwrap()
+        .iter()
+        .map(|s| s.get_id())
+        .find(|id| *id != store)
+        .expect("another store")
+}
+
 /// Region reports and split requests PD must refuse, from a client without the secret
 /// and from one with it.
 fn attack_pd(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) {
@@ -134,6 +144,16 @@ fn attack_pd(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cluster secret"), "{err}");
+    // Placement changes and id allocation are for stores and operators only.
+    let other = cluster_store_other_than(rt, &insider, store);
+    for err in [
+        rt.block_on(outsider.move_peer(first.get_id(), store, other)).unwrap_err(),
+        rt.block_on(outsider.transfer_leader(first.get_id(), other)).unwrap_err(),
+        rt.block_on(outsider.delete_store(store)).unwrap_err(),
+        rt.block_on(outsider.alloc_id()).map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("cluster secret"), "{err}");
+    }
     let (region, leader) = hostile_region(store);
     let err = rt.block_on(heartbeat_error(&outsider, region.clone(), leader.clone()));
     assert!(err.contains("cluster secret"), "{err}");

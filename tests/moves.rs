@@ -175,6 +175,8 @@ fn moves_finish_through_a_killed_target_and_keep_every_key() {
         &[
             "--pd".into(),
             pd.clone(),
+            "--cluster-secret-file".into(),
+            cluster.secret_file().display().to_string(),
             "--timeout".into(),
             "120s".into(),
             "region".into(),

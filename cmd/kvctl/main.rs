@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use util::secret::ClusterSecret;
 use client::{
     cli::{endpoints, run, shell, Cli, Command},
     Client,
@@ -15,7 +16,15 @@ fn main() -> ExitCode {
         .build()
         .expect("start the tokio runtime");
     let code = rt.block_on(async {
-        let client = match Client::connect(&endpoints(&cli.pd), cli.timeout).await {
+        let secret = match cli.cluster_secret_file.as_deref().map(ClusterSecret::load) {
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+            Some(Ok(s)) => Some(s),
+            None => None,
+        };
+        let client = match Client::connect_with(&endpoints(&cli.pd), cli.timeout, secret).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -129,10 +129,23 @@ impl Drop for Proc {
     }
 }
 
-/// Runs kvctl to completion.
+/// The cluster secret of each PD a test started, by PD address, so that kvctl and
+/// clients act as the cluster's operator.
+static SECRETS: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// The cluster secret file of the cluster whose PD listens on `pd`, if a test started it.
+pub fn secret_of(pd: &str) -> Option<std::path::PathBuf> {
+    let secrets = SECRETS.lock().unwrap();
+    secrets.iter().find(|(a, _)| a == pd).map(|(_, f)| f.clone())
+}
+
+/// Runs kvctl to completion, as the cluster's operator (with its secret).
 pub fn kvctl(pd: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .arg("--pd")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    if let Some(secret) = secret_of(pd) {
+        cmd.env("FLOTILLA_CLUSTER_SECRET_FILE", secret);
+    }
+    cmd.arg("--pd")
         .arg(pd)
         .args(args)
         .stdin(Stdio::null())
@@ -171,7 +184,8 @@ impl ProcCluster {
         let pd_cfg = dir.path().join("pd.toml");
         std::fs::write(&pd_cfg, format!("[pd]\n{pd_extra}\n")).expect("write pd config");
         let secret = dir.path().join("cluster-secret");
-        util::secret::ClusterSecret::load_or_create(&secret).expect("create the cluster secret");
+        util::secret::ClusterSecret::load_or_create(&secret, true).expect("create the cluster secret");
+        SECRETS.lock().unwrap().push((pd_addr.clone(), secret.clone()));
         let pd_args = vec![
             "--cluster-secret-file".into(),
             secret.display().to_string(),
@@ -302,11 +316,13 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// A client of the cluster whose PD is at `pd`.
+/// A client of the cluster whose PD is at `pd`, as its operator (with its secret).
 pub fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
-    rt.block_on(client::Client::connect(
+    let secret = secret_of(pd).map(|f| util::secret::ClusterSecret::load(&f).expect("secret"));
+    rt.block_on(client::Client::connect_with(
         &[pd.to_string()],
         Duration::from_secs(20),
+        secret,
     ))
     .expect("connect client")
 }

@@ -33,6 +33,10 @@ pub struct Cli {
     /// How long a command may retry before it gives up.
     #[arg(long, global = true, default_value = "20s", value_parser = humantime_duration)]
     pub timeout: Duration,
+    /// The cluster secret (pd-server's <data-dir>/cluster-secret), needed for commands
+    /// that change placement: region move, transfer-leader, store delete.
+    #[arg(long, global = true, env = "FLOTILLA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

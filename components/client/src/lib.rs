@@ -176,8 +176,21 @@ fn check_key(key: &[u8]) -> Result<()> {
 impl Client {
     /// Connects through PD; every operation retries for up to `timeout`.
     pub async fn connect(pd_endpoints: &[String], timeout: Duration) -> Result<Client> {
+        Self::connect_with(pd_endpoints, timeout, None).await
+    }
+
+    /// Like [`Client::connect`], for an operator holding the cluster secret, which the
+    /// calls that change placement (moves, leader transfers, store deletion) require.
+    pub async fn connect_with(
+        pd_endpoints: &[String],
+        timeout: Duration,
+        secret: Option<util::secret::ClusterSecret>,
+    ) -> Result<Client> {
         let logger = util::logger::discard();
-        let pd = PdClient::connect(pd_endpoints, timeout, logger).await?;
+        let pd = match secret {
+            Some(s) => PdClient::connect_as_store(pd_endpoints, timeout, s, logger).await?,
+            None => PdClient::connect(pd_endpoints, timeout, logger).await?,
+        };
         Ok(Client {
             pd,
             env: Arc::new(

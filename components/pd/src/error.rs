@@ -39,7 +39,7 @@ pub enum Error {
     #[error("grpc: {0}")]
     Grpc(#[from] grpcio::Error),
     /// A call only stores of this cluster may make came without the cluster secret.
-    #[error("this call must come from a store of this cluster: it carries no valid cluster secret (security.cluster-secret-file)")]
+    #[error("this call must come from a store or an operator of this cluster: it carries no valid cluster secret (kv-server and kvctl --cluster-secret-file)")]
     Unauthenticated,
     /// The cluster secret could not be read or created.
     #[error("{0}")]

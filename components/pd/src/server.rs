@@ -17,9 +17,10 @@ pub struct PdServer {
 impl PdServer {
     /// Opens PD's data and starts serving on `cfg.addr` (port 0 picks a free port).
     pub fn start(cfg: Config, logger: Logger) -> Result<PdServer> {
+        let fresh = !cfg.data_dir.join("CURRENT").exists();
         let storage = Storage::open(&cfg.data_dir)?;
         let secret_path = util::secret::path_in(&cfg.cluster_secret_file, &cfg.data_dir);
-        let secret = util::secret::ClusterSecret::load_or_create(&secret_path)?;
+        let secret = util::secret::ClusterSecret::load_or_create(&secret_path, fresh)?;
         let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
         let client_url = Arc::new(OnceLock::new());
         let service = PdService {

@@ -214,7 +214,7 @@ impl Pd for PdService {
         req: pdpb::AllocIDRequest,
         sink: UnarySink<pdpb::AllocIDResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             let mut resp = pdpb::AllocIDResponse::default();
             resp.id = self.core.alloc_id()?;
             Ok(resp)
@@ -428,7 +428,7 @@ impl Pd for PdService {
         req: pdpb::AddOperatorRequest,
         sink: UnarySink<pdpb::AddOperatorResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             match (req.has_transfer_leader(), req.has_move_peer()) {
                 (true, false) => self
                     .core
@@ -451,7 +451,7 @@ impl Pd for PdService {
         req: pdpb::DeleteStoreRequest,
         sink: UnarySink<pdpb::DeleteStoreResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        let res = self.from_store(&ctx, req.get_header(), || {
             self.core.delete_store(req.store_id)?;
             Ok(pdpb::DeleteStoreResponse::default())
         });

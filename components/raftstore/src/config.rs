@@ -71,8 +71,8 @@ pub struct Config {
     pub pd_heartbeat_idle_interval: Duration,
     /// Most keys one split request may give.
     pub max_split_keys: usize,
-    /// Most messages from clients and other stores waiting in one peer's mailbox; past it
-    /// requests get server_is_busy and Raft messages are dropped (Raft sends them again).
+    /// Most requests from clients waiting in one peer's mailbox; past it they get
+    /// server_is_busy (Raft messages from other stores are never refused for it).
     pub peer_mailbox_capacity: usize,
     /// Most committed entries a leader may have handed to its apply side and not seen
     /// applied; past it new proposals get server_is_busy, so a slow apply side cannot

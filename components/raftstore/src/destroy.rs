@@ -24,6 +24,9 @@ impl PeerFsm {
         let region = self.region().clone();
         let id = region.get_id();
         info!(self.logger, "destroying peer"; "reason" => reason);
+        if let Some(kept) = self.kept_snapshot() {
+            ctx.snap_mgr.discard_received(kept);
+        }
         self.wake(ctx);
         self.stopped = true;
         self.fail_all(
@@ -99,6 +102,17 @@ impl PeerFsm {
     pub(crate) fn accept_snapshot(&self, msg: &Message, ctx: &PollContext) -> bool {
         let snap = msg.get_snapshot();
         let key = snap_key(self.region_id(), snap);
+        match self.kept_snapshot() {
+            // The same snapshot again: its claim and files stand; stepping it is harmless.
+            Some(kept) if kept == key => return true,
+            // One snapshot at a time: the kept one is persisted first (the leader sends
+            // again if this one is still needed after).
+            Some(_) => {
+                ctx.snap_mgr.discard_received(key);
+                return false;
+            }
+            None => {}
+        }
         let refuse = |why: &str| {
             warn!(self.logger, "refusing snapshot"; "why" => why, "index" => key.2);
             metrics::SNAPSHOTS.with_label_values(&["accept", "refused"]).inc();
@@ -128,20 +142,28 @@ impl PeerFsm {
         true
     }
 
-    /// After stepping a snapshot message: if raft-rs did not keep the snapshot (stale, or
-    /// superseded), its files and range claim go.
-    pub(crate) fn release_unused_snapshot(&mut self, key: SnapKey, ctx: &PollContext) {
-        let kept = self
-            .raft
+    /// The snapshot raft-rs holds to be persisted, if any.
+    pub(crate) fn kept_snapshot(&self) -> Option<SnapKey> {
+        let region_id = self.region_id();
+        self.raft
             .raft
             .raft_log
             .unstable
             .snapshot
             .as_ref()
-            .is_some_and(|s| snap_key(self.region_id(), s) == key);
-        if !kept {
-            ctx.snap_mgr.discard_received(key);
-            ctx.store_meta.lock().release_snapshot_range(self.region_id());
+            .map(|s| snap_key(region_id, s))
+    }
+
+    /// After stepping a snapshot message: if raft-rs did not keep the snapshot (stale),
+    /// its files and range claim go.
+    pub(crate) fn release_unused_snapshot(&mut self, key: SnapKey, ctx: &PollContext) {
+        match self.kept_snapshot() {
+            Some(kept) if kept == key => {}
+            Some(_) => ctx.snap_mgr.discard_received(key),
+            None => {
+                ctx.snap_mgr.discard_received(key);
+                ctx.store_meta.lock().release_snapshot_range(self.region_id());
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ mod log_gc;
 pub mod metrics;
 pub mod msg;
 mod poll;
+mod proposal;
 mod read;
 mod router;
 pub mod snap;

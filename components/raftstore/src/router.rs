@@ -135,23 +135,22 @@ impl RaftRouter {
             .map_err(|_| Error::RegionNotFound(region_id))
     }
 
-    /// Delivers a Raft message from another store, creating the peer if needed. While the
-    /// peer's mailbox is full the message is dropped: Raft sends again.
+    /// Delivers a Raft message from another store, creating the peer if needed. Raft
+    /// traffic comes only from authenticated stores and is paced by Raft itself (in-flight
+    /// windows), so it is never refused for a mailbox that clients filled: dropping
+    /// heartbeats under client load would depose healthy leaders.
     pub fn send_raft_message(&self, msg: RaftMessage) -> Result<()> {
         let region_id = msg.get_region_id();
         match self
             .peers
-            .try_send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
+            .send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
         {
             Ok(()) => Ok(()),
-            Err(SendError::Full(_)) => Err(Error::Busy(format!(
-                "region {region_id} has too many messages waiting (raftstore.peer-mailbox-capacity)"
-            ))),
-            Err(SendError::Closed(PeerMsg::RaftMessage(msg))) => self
+            Err(PeerMsg::RaftMessage(msg)) => self
                 .store
                 .send(StoreMsg::RaftMessage(msg))
                 .map_err(|_| Error::Stopped),
-            Err(SendError::Closed(_)) => unreachable!("the message given back is the one sent"),
+            Err(_) => unreachable!("the message given back is the one sent"),
         }
     }
 

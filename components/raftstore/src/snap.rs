@@ -50,6 +50,13 @@ pub fn snap_key(region_id: u64, snap: &Snapshot) -> SnapKey {
     (region_id, meta.term, meta.index)
 }
 
+/// The snapshot a store-to-store message carries, if any.
+pub fn snapshot_of(msg: &RaftMessage) -> Option<SnapKey> {
+    let m = Message::parse_from_bytes(msg.get_message()).ok()?;
+    (m.get_msg_type() == MessageType::MsgSnapshot)
+        .then(|| snap_key(msg.get_region_id(), m.get_snapshot()))
+}
+
 /// A received snapshot's files: what the sender declared, and where each one arrived.
 pub type ReceivedFiles = Vec<(SnapshotFile, PathBuf)>;
 

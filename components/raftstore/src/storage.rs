@@ -109,13 +109,10 @@ impl PeerStorage {
                 None => RaftApplyState::default(),
             };
         let truncated = raft_state.get_truncated_state().clone();
-        let (applied_index, applied_term) = if applying {
-            // The redone snapshot apply brings the data to the log's new base.
-            (truncated.index, truncated.term)
-        } else {
-            (apply_state.applied_index, apply_state.applied_term)
-        };
-        if initialized && applied_index < truncated.index {
+        // While a snapshot's apply is redone, the data is the old one: what was applied
+        // stays what the apply side last recorded until it reports the snapshot in place.
+        let (applied_index, applied_term) = (apply_state.applied_index, apply_state.applied_term);
+        if initialized && !applying && applied_index < truncated.index {
             return Err(Error::Snapshot(format!(
                 "region {id}: applied index {applied_index} is behind the log's start {}; \
                  the entries in between are gone",
@@ -124,7 +121,7 @@ impl PeerStorage {
         }
         // Applied entries are committed even if the commit index written with the hard
         // state lags behind (it is persisted lazily).
-        raft_state.commit = raft_state.commit.max(applied_index);
+        raft_state.commit = raft_state.commit.max(applied_index).max(truncated.index);
         let last_term = if raft_state.last_index == truncated.index {
             truncated.term
         } else {
@@ -178,6 +175,12 @@ impl PeerStorage {
         self.applied_term
     }
 
+    /// Where raft-rs may consider the log applied from: never before the log's base, even
+    /// while a snapshot's data is still being put in place.
+    pub fn raft_applied(&self) -> u64 {
+        self.applied_index.max(self.truncated_index())
+    }
+
     /// Index of the last entry removed from the log.
     pub fn truncated_index(&self) -> u64 {
         self.raft_state.get_truncated_state().index
@@ -190,6 +193,9 @@ impl PeerStorage {
 
     /// Records apply progress, and drops cached entries nobody is likely to ask for.
     pub fn on_applied(&mut self, index: u64, term: u64) {
+        if index < self.applied_index {
+            return;
+        }
         self.applied_index = index;
         self.applied_term = term;
         while self.cache.len() > CACHE_KEEP_APPLIED
@@ -281,9 +287,9 @@ impl PeerStorage {
         self.raft_state_dirty = true;
         self.last_term = meta.term;
         self.cache.clear();
+        // Not applied yet: the apply side reports it once the data is in place, and until
+        // then nothing may be read from this peer as of the snapshot.
         self.set_truncated(meta.index, meta.term);
-        self.applied_index = meta.index;
-        self.applied_term = meta.term;
         self.region = data.get_region().clone();
         self.write_raft_state(wb);
         put_applying_state(wb, &self.region, pending);

@@ -126,8 +126,9 @@ fn cluster_secret(cfg: &Config) -> Result<ClusterSecret> {
         ));
     }
     let path = secret_path(cfg);
+    let fresh = !cfg.server.data_dir.join("db").join("CURRENT").exists();
     let secret = match embedded {
-        true => ClusterSecret::load_or_create(&path),
+        true => ClusterSecret::load_or_create(&path, fresh),
         false => ClusterSecret::load(&path),
     };
     secret.map_err(|e| Error::Startup(e.to_string()))
@@ -199,13 +200,14 @@ impl Node {
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             Error::Startup(format!("create data directory {}: {e}", data_dir.display()))
         })?;
+        // Before the database opens: a secret is created only for a new data directory.
+        let secret = cluster_secret(&cfg)?;
         let engine = Engine::open(&data_dir.join("db"))?;
         let snap_mgr = SnapManager::new(
             data_dir.join("snap"),
             cfg.raftstore.snap_max_size.as_u64(),
         )?;
 
-        let secret = cluster_secret(&cfg)?;
         let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
         let pd = PdClient::connect_as_store(
             &endpoints,

@@ -639,6 +639,7 @@ impl Tikv for TikvService {
         }
         let router = self.router.clone();
         let mgr = self.snap_mgr.clone();
+        let snap_files = self.snap_mgr.clone();
         let logger = self.logger.clone();
         let Ok(permit) = self.snap_recv.clone().try_acquire_owned() else {
             let why = "too many snapshots being received (server.snap-max-concurrent-recv)";
@@ -651,7 +652,16 @@ impl Tikv for TikvService {
         self.rt.spawn(async move {
             let res = receive_snapshot(mgr, stream)
                 .await
-                .and_then(|msg| router.send_raft_message(msg).map_err(|e| e.to_string()));
+                .and_then(|msg| {
+                    let key = raftstore::snap::snapshot_of(&msg);
+                    router.send_raft_message(msg).map_err(|e| {
+                        // Undelivered, its files would wait for a peer that never asks.
+                        if let Some(key) = key {
+                            snap_files.discard_received(key);
+                        }
+                        e.to_string()
+                    })
+                });
             drop(permit);
             match res {
                 Ok(()) => {

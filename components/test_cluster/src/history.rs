@@ -71,6 +71,8 @@ struct Record {
     invoked_us: u128,
     completed_us: Option<u128>,
     outcome: Option<Outcome>,
+    /// The error a failed or unknown operation got, for whoever reads a saved history.
+    error: Option<String>,
 }
 
 /// How a store's answer to a write is recorded: an undetermined result is unknown, any
@@ -115,6 +117,7 @@ impl Recorder {
             invoked_us: self.started.elapsed().as_micros(),
             completed_us: None,
             outcome: None,
+            error: None,
         });
         Invocation {
             index: records.len() - 1,
@@ -123,10 +126,16 @@ impl Recorder {
 
     /// Records how an operation ended.
     pub fn complete(&self, inv: Invocation, outcome: Outcome) {
+        self.complete_with(inv, outcome, None);
+    }
+
+    /// Records how an operation ended, with the error it got, if any.
+    pub fn complete_with(&self, inv: Invocation, outcome: Outcome, error: Option<String>) {
         let mut records = self.records.lock();
         let r = &mut records[inv.index];
         r.completed_us = Some(self.started.elapsed().as_micros());
         r.outcome = Some(outcome);
+        r.error = error;
     }
 
     /// Operations recorded so far, by outcome: (ok, failed, unknown).

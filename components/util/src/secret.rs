@@ -47,9 +47,18 @@ impl ClusterSecret {
         Ok(ClusterSecret(secret.to_string()))
     }
 
-    /// Reads the secret in `path`, creating a random one there first if there is none.
-    pub fn load_or_create(path: &Path) -> Result<ClusterSecret> {
+    /// Reads the secret in `path`, creating a random one there first if there is none
+    /// and `fresh` says the data it guards is new. A secret missing beside old data is an
+    /// error: a new one would lock every store of the cluster out.
+    pub fn load_or_create(path: &Path, fresh: bool) -> Result<ClusterSecret> {
         if !path.exists() {
+            if !fresh {
+                return Err(err(
+                    path,
+                    "missing, but the data directory is not new: restore the file (every \
+                     store of the cluster has a copy)",
+                ));
+            }
             let secret: String = (0..32)
                 .map(|_| format!("{:02x}", rand::random::<u8>()))
                 .collect();
@@ -94,7 +103,12 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path)?;
     f.write_all(secret.as_bytes())?;
-    f.sync_all()
+    f.sync_all()?;
+    // The name must survive a power loss too.
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -105,8 +119,9 @@ mod tests {
     fn created_once_then_read_back_and_compared_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let a = ClusterSecret::load_or_create(&path).unwrap();
-        let b = ClusterSecret::load_or_create(&path).unwrap();
+        assert!(ClusterSecret::load_or_create(&path, false).is_err(), "not beside old data");
+        let a = ClusterSecret::load_or_create(&path, true).unwrap();
+        let b = ClusterSecret::load_or_create(&path, false).unwrap();
         assert_eq!(a.as_str(), b.as_str());
         assert!(a.matches(b.as_str().as_bytes()));
         assert!(!a.matches(b""));

@@ -5,7 +5,7 @@
 //! `log_gc.rs`, PD heartbeats in `heartbeat.rs`, removal in `destroy.rs`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     time::Instant,
 };
 
@@ -26,6 +26,7 @@ use crate::{
     metrics,
     msg::{ApplyMsg, ApplyRes, Callback, CmdResponse, ExecResult, PeerMsg, Proposal},
     poll::PollContext,
+    proposal::ProposalQueue,
     read::ReadQueue,
     snap::{snap_key, ReceivedFiles},
     storage::PeerStorage,
@@ -45,7 +46,7 @@ pub struct PeerFsm {
     pub(crate) peer: metapb::Peer,
     pub(crate) raft: RawNode<PeerStorage>,
     pub(crate) logger: Logger,
-    proposals: VecDeque<Proposal>,
+    proposals: ProposalQueue,
     pub(crate) reads: ReadQueue,
     /// Peers heard from, so that a peer created by a message (whose region has no peers
     /// yet) can answer the leader.
@@ -89,11 +90,13 @@ impl PeerFsm {
     ) -> Result<PeerFsm> {
         let region_id = storage.region().get_id();
         let logger = logger.new(o!("region_id" => region_id, "peer_id" => peer.get_id()));
+        // A snapshot whose apply a restart interrupted is in flight to the apply side.
+        let last_sent_to_apply = storage.raft_applied();
         let raft_cfg = raft::Config {
             id: peer.get_id(),
             election_tick: cfg.raft_election_timeout_ticks,
             heartbeat_tick: cfg.raft_heartbeat_ticks,
-            applied: storage.applied_index(),
+            applied: storage.raft_applied(),
             max_size_per_msg: cfg.raft_max_size_per_msg.as_u64(),
             max_inflight_msgs: cfg.raft_max_inflight_msgs,
             check_quorum: true,
@@ -107,7 +110,7 @@ impl PeerFsm {
             peer,
             raft,
             logger,
-            proposals: VecDeque::new(),
+            proposals: ProposalQueue::default(),
             reads: ReadQueue::default(),
             peer_cache: HashMap::new(),
             peer_heartbeats: HashMap::new(),
@@ -120,7 +123,7 @@ impl PeerFsm {
             approximate: None,
             quiet: false,
             idle_ticks: 0,
-            last_sent_to_apply: 0,
+            last_sent_to_apply,
             snapshot_waits: false,
         })
     }
@@ -356,7 +359,7 @@ impl PeerFsm {
             return;
         }
         metrics::PROPOSALS.with_label_values(&[kind, "ok"]).inc();
-        self.proposals.push_back(Proposal {
+        self.proposals.push(Proposal {
             index,
             term: self.raft.raft.term,
             cb,
@@ -518,6 +521,8 @@ impl PeerFsm {
             panic!("region {region_id} cannot take a snapshot it accepted: {e}");
         }
         ctx.sync_state = true;
+        // The snapshot is the apply side's work now: another waits until it is done.
+        self.last_sent_to_apply = snap.get_metadata().index;
         (snap.clone(), files)
     }
 
@@ -550,32 +555,26 @@ impl PeerFsm {
             return;
         };
         let last_index = last.index;
-        self.last_sent_to_apply = last_index;
-        let mut proposals = vec![];
+        let (mut proposals, mut lost) = (vec![], vec![]);
         for e in &entries {
-            while let Some(p) = self.proposals.front() {
-                if p.index > e.index {
-                    break;
-                }
-                let p = self.proposals.pop_front().expect("front exists");
-                if p.index == e.index && p.term == e.term {
-                    metrics::COMMAND_SECONDS
-                        .with_label_values(&["commit"])
-                        .observe(p.proposed_at.elapsed().as_secs_f64());
-                    proposals.push(p);
-                } else {
-                    // Another leader's entry took this index: the proposal is lost.
-                    (p.cb)(Err(Error::StaleCommand(
-                        "entry overwritten by a new leader",
-                    )));
-                }
+            if let Some(p) = self.proposals.take(e.term, e.index, &mut lost) {
+                metrics::COMMAND_SECONDS
+                    .with_label_values(&["commit"])
+                    .observe(p.proposed_at.elapsed().as_secs_f64());
+                proposals.push(p);
             }
+        }
+        for p in lost {
+            // Another leader's entry took its place: it never applies.
+            (p.cb)(Err(Error::StaleCommand("entry overwritten by a new leader")));
         }
         debug!(self.logger, "handing entries to apply"; "count" => entries.len(), "last" => last_index);
         let msg = ApplyMsg::Entries { entries, proposals };
-        if let Err(ApplyMsg::Entries { proposals, .. }) =
-            ctx.apply_router.send(self.region_id(), msg)
-        {
+        let sent = ctx.apply_router.send(self.region_id(), msg);
+        if sent.is_ok() {
+            self.last_sent_to_apply = last_index;
+        }
+        if let Err(ApplyMsg::Entries { proposals, .. }) = sent {
             for p in proposals {
                 (p.cb)(Err(Error::Undetermined(
                     "committed but the region's apply state machine is gone",
@@ -647,7 +646,7 @@ impl PeerFsm {
         proposal_err: impl Fn() -> Error,
         read_err: impl Fn() -> Error,
     ) {
-        for p in self.proposals.drain(..) {
+        for p in self.proposals.drain() {
             (p.cb)(Err(proposal_err()));
         }
         self.reads.fail_all(read_err);

@@ -85,8 +85,14 @@ impl StoreFsm {
         match msg {
             StoreMsg::StoresDown(stores) => self.wake_regions_on(&stores),
             StoreMsg::RaftMessage(msg) => {
+                let region_id = msg.get_region_id();
+                let snapshot = snap::snapshot_of(&msg);
                 if let Err(e) = self.maybe_create_peer(*msg) {
                     warn!(self.logger, "cannot create peer"; "err" => %e);
+                }
+                // A snapshot no peer took: its received files are of no use.
+                if let Some(key) = snapshot.filter(|_| !self.router.peers.contains(region_id)) {
+                    self.snap_mgr.discard_received(key);
                 }
             }
             StoreMsg::PeerDestroyed { region_id } => {
