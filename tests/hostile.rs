@@ -21,6 +21,15 @@ use protobuf::Message as _;
 
 const T: Duration = Duration::from_secs(60);
 const N: usize = 200;
+/// 200 values of 200 KB: 40 MB in two regions, each under a store's 32 MiB answer
+/// budget, together over it.
+const VALUE_SIZE: usize = 200_000;
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("{i:06}").into_bytes();
+    v.resize(VALUE_SIZE, b'v');
+    v
+}
 
 fn key(i: usize) -> Vec<u8> {
     format!("key-{i:04}").into_bytes()
@@ -195,10 +204,18 @@ fn attack_store_api(rt: &tokio::runtime::Runtime, addr: &str) {
     let resp = rt.block_on(async { store.split_region_async(&split)?.await }).unwrap();
     let msg = resp.get_region_error().get_message().to_string();
     assert!(msg.contains("raftstore.max-split-keys"), "{msg}");
+    // A scan without a bound across both regions: each region's part fits the budget,
+    // their sum does not.
     let mut scan = kvrpcpb::RawScanRequest::default();
     scan.limit = u32::MAX;
     let resp = rt.block_on(async { store.raw_scan_async(&scan)?.await }).unwrap();
-    assert_eq!(resp.get_kvs().len(), N, "a scan without a bound returns what there is");
+    let msg = resp.get_region_error().get_message();
+    assert!(msg.contains("server.max-response-size"), "{msg} ({} pairs)", resp.get_kvs().len());
+    let mut keys = kvrpcpb::RawBatchGetRequest::default();
+    keys.set_keys((0..N).map(key).collect());
+    let resp = rt.block_on(async { store.raw_batch_get_async(&keys)?.await }).unwrap();
+    let msg = resp.get_region_error().get_message();
+    assert!(msg.contains("server.max-response-size"), "{msg}");
 }
 
 #[test]
@@ -208,7 +225,7 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     let c = client(&rt, &cluster.pd_addr);
     wait_until("3 voters", T, || voters(&rt, &c) == 3);
     for i in 0..N {
-        rt.block_on(c.put(&key(i), b"v")).expect("put");
+        rt.block_on(c.put(&key(i), &value(i))).expect("put");
     }
     rt.block_on(c.split_region(
         rt.block_on(c.pd().get_region(b"")).unwrap().region.get_id(),
@@ -235,7 +252,10 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(r.region.get_peers().len(), 3);
     }
     for i in 0..N {
-        assert_eq!(rt.block_on(c.get(&key(i))).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(rt.block_on(c.get(&key(i))).unwrap(), Some(value(i)));
     }
+    // The client pages a scan in halves until each page fits.
+    let all = rt.block_on(c.scan(b"", b"", 10 * N)).expect("a paged scan");
+    assert_eq!(all.len(), N);
     rt.block_on(c.put(b"after", b"ok")).expect("writes still work");
 }

@@ -71,9 +71,14 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 /// Most split keys sent in one request.
 pub const SPLIT_KEYS_PER_REQUEST: usize = 256;
 
-/// Most pairs one scan request asks a store for; longer scans page, so that no answer
-/// outgrows a store's `server.max-response-size` unless its values are huge.
+/// Most pairs one scan request asks a store for at first; longer scans page. A page a
+/// store finds too large (past its `server.max-response-size`) is asked again in halves.
 pub const SCAN_PAGE: usize = 1024;
+
+/// Whether a store refused an answer for its size (the name of the limit is the contract).
+fn too_large(e: &Error) -> bool {
+    matches!(e, Error::Store(msg) if msg.contains("server.max-response-size"))
+}
 
 /// What a compare-and-swap found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -580,9 +585,10 @@ impl Client {
     pub async fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
         let mut out = vec![];
         let mut cur = start.to_vec();
+        let mut page = SCAN_PAGE;
         while out.len() < limit {
-            let left = (limit - out.len()).min(SCAN_PAGE);
-            let (pairs, route) = self
+            let left = (limit - out.len()).min(page);
+            let res = self
                 .on_region(Kind::Read, &cur, |c, ctx, _| {
                     let mut req = kvrpcpb::RawScanRequest::default();
                     req.set_context(ctx);
@@ -599,7 +605,14 @@ impl Client {
                         Ok((resp.region_error.take(), String::new(), pairs))
                     }
                 })
-                .await?;
+                .await;
+            let (pairs, route) = match res {
+                Err(e) if too_large(&e) && page > 1 => {
+                    page /= 2;
+                    continue;
+                }
+                other => other?,
+            };
             let full_page = pairs.len() == left;
             let next = pairs.last().map(|(k, _)| {
                 let mut after = k.clone();

@@ -108,6 +108,11 @@ impl PeerStorage {
                 }
                 None => RaftApplyState::default(),
             };
+        // A data directory from before the log's base moved into the Raft state.
+        let legacy = !raft_state.has_truncated_state() && apply_state.has_legacy_truncated_state();
+        if legacy {
+            raft_state.set_truncated_state(apply_state.get_legacy_truncated_state().clone());
+        }
         let truncated = raft_state.get_truncated_state().clone();
         // While a snapshot's apply is redone, the data is the old one: what was applied
         // stays what the apply side last recorded until it reports the snapshot in place.
@@ -145,7 +150,8 @@ impl PeerStorage {
             cache: VecDeque::new(),
             snap_state: RefCell::new(SnapState::Relax),
             gen_tx,
-            raft_state_dirty: false,
+            // Written back in the new place with the next Ready.
+            raft_state_dirty: legacy,
         })
     }
 
@@ -534,6 +540,30 @@ mod tests {
         ));
         // A size limit still returns at least one entry.
         assert_eq!(s.entries(6, 18, Some(1), ctx()).unwrap().len(), 1);
+    }
+
+    /// A data directory written before the log's base moved into the Raft state loads
+    /// with its base from the apply state.
+    #[test]
+    fn an_older_data_directory_keeps_its_log_base() {
+        let (_d, engine, mut s) = setup();
+        append(&engine, &mut s, (6..=30).map(|i| entry(i, 6)).collect());
+        let mut wb = engine.write_batch();
+        s.compact_to(20, 6, &mut wb);
+        engine.write(wb, true).unwrap();
+        let id = s.region().get_id();
+        let mut raft: RaftLocalState = engine.get_msg(Cf::Raft, &keys::raft_state_key(id)).unwrap().unwrap();
+        let mut apply: RaftApplyState = engine.get_msg(Cf::Raft, &keys::apply_state_key(id)).unwrap().unwrap();
+        apply.set_legacy_truncated_state(raft.take_truncated_state());
+        apply.applied_index = 25;
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::raft_state_key(id), &raft);
+        wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &apply);
+        engine.write(wb, true).unwrap();
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let old = PeerStorage::new(engine.clone(), s.region().clone(), false, tx).unwrap();
+        assert_eq!(old.first_index().unwrap(), 21);
+        assert_eq!(old.term(20).unwrap(), 6);
     }
 
     #[test]

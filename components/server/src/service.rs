@@ -217,11 +217,20 @@ impl TikvService {
     {
         let (first, region) = self.serve_in_region(&req, &handle).await;
         let mut next = region.and_then(|r| req.after(&r, &first));
+        // Each region's part is bounded on its own; so is their sum.
+        let budget = self.storage.max_response_size();
+        let mut bytes = Req::answer_bytes(&first);
         let mut so_far = first;
         while let Some(part) = next.take() {
             let (resp, region) = self.serve_in_region(&part, &handle).await;
             if resp.failed() {
                 return resp;
+            }
+            bytes += Req::answer_bytes(&resp);
+            if bytes > budget {
+                return error_response(Error::InvalidRequest(format!(
+                    "the answer would be larger than server.max-response-size ({budget} bytes); ask for fewer keys"
+                )));
             }
             next = region.and_then(|r| part.after(&r, &resp));
             part.merge(&mut so_far, resp);

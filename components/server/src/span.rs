@@ -25,6 +25,18 @@ pub trait Span: Clone {
 
     /// Adds the answer of a later part to the answer so far.
     fn merge(&self, _so_far: &mut Self::Resp, _next: Self::Resp) {}
+
+    /// Bytes of data an answer carries (what `server.max-response-size` bounds).
+    fn answer_bytes(_answer: &Self::Resp) -> u64 {
+        0
+    }
+}
+
+fn pairs_bytes(pairs: &[kvrpcpb::KvPair]) -> u64 {
+    pairs
+        .iter()
+        .map(|p| (p.get_key().len() + p.get_value().len() + 8) as u64)
+        .sum()
 }
 
 /// The region's end, if a range ending at `end` (empty: unbounded) goes on past it.
@@ -52,7 +64,8 @@ one_key!(
 /// Batches of keys: the keys in the region, then the rest.
 macro_rules! keyed_batch {
     ($req:ty => $resp:ty, $items:ident, $set:ident, |$item:ident| $key:expr
-     $(, merge: |$acc:ident, $next:ident| $merge:expr)?) => {
+     $(, merge: |$acc:ident, $next:ident| $merge:expr)?
+     $(, size: |$bytes:ident| $size:expr)?) => {
         impl Span for $req {
             type Resp = $resp;
 
@@ -80,12 +93,18 @@ macro_rules! keyed_batch {
             $(fn merge(&self, $acc: &mut $resp, mut $next: $resp) {
                 $merge
             })?
+
+            $(fn answer_bytes(answer: &$resp) -> u64 {
+                let $bytes = answer;
+                $size
+            })?
         }
     };
 }
 
 keyed_batch!(kvrpcpb::RawBatchGetRequest => kvrpcpb::RawBatchGetResponse, get_keys, set_keys,
-    |k| k, merge: |acc, next| acc.mut_pairs().extend(next.take_pairs()));
+    |k| k, merge: |acc, next| acc.mut_pairs().extend(next.take_pairs()),
+    size: |answer| pairs_bytes(answer.get_pairs()));
 keyed_batch!(kvrpcpb::RawBatchPutRequest => kvrpcpb::RawBatchPutResponse, get_pairs, set_pairs,
     |p| p.get_key());
 keyed_batch!(kvrpcpb::RawBatchDeleteRequest => kvrpcpb::RawBatchDeleteResponse, get_keys, set_keys,
@@ -112,6 +131,10 @@ impl Span for kvrpcpb::RawScanRequest {
             next.set_limit(left as u32);
         }
         Some(next)
+    }
+
+    fn answer_bytes(answer: &Self::Resp) -> u64 {
+        pairs_bytes(answer.get_kvs())
     }
 
     fn merge(&self, so_far: &mut Self::Resp, mut next: Self::Resp) {

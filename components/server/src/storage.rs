@@ -110,6 +110,11 @@ impl RawStorage {
         }
     }
 
+    /// The most bytes of data one answer may carry.
+    pub fn max_response_size(&self) -> u64 {
+        self.limits.max_response_size
+    }
+
     /// Checks a split's key count before it is routed anywhere.
     pub fn check_split_keys(&self, count: usize) -> Result<()> {
         let limit = self.limits.max_split_keys;
