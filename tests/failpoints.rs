@@ -12,7 +12,7 @@ use std::{
 use crossbeam_channel::bounded;
 use engine::Cf;
 use proto::raft_cmdpb::ConfChangeType;
-use proto::raft_serverpb::RaftLocalState;
+use proto::raft_serverpb::{PeerState, RaftLocalState, RegionLocalState};
 use test_cluster::{
     history::{Op, Outcome, Recorder},
     test_config, wait_until, Cluster,
@@ -87,6 +87,15 @@ fn snapshot_waits() -> u64 {
         .get()
 }
 
+/// A region's local state as a crash image holds it.
+fn region_state_in(image: &std::path::Path, region_id: u64) -> RegionLocalState {
+    let engine = engine::Engine::open(&image.join("db")).expect("open the image");
+    engine
+        .get_msg(Cf::Raft, &keys::region_state_key(region_id))
+        .expect("read")
+        .expect("a region state")
+}
+
 /// Where a region's log starts on one store, and its last index.
 fn log_bounds(c: &Cluster, store: u64, region_id: u64) -> (u64, u64) {
     let state: RaftLocalState = c
@@ -135,30 +144,38 @@ fn crash_during_snapshot_apply(damage: impl FnOnce(&std::path::Path)) -> (Cluste
         .into_iter()
         .find(|s| *s != leader)
         .expect("a follower");
-    slow_down("apply_before_write", "apply", follower, Duration::from_millis(700));
-    c.must_put(&key(1), b"v");
-    let cut = c.network().isolate(follower);
-    let (_, last_at_cut) = log_bounds(&c, leader, id);
-    for i in 2..40 {
-        c.must_put(&key(i), b"v");
-    }
-    wait_until("the leader to compact past the follower", T, || {
-        log_bounds(&c, leader, id).0 > last_at_cut
-    });
     let waits = snapshot_waits();
     let mut image = None;
     let crash = while_held_at("apply_snapshot_before_ingest", || {
         image = Some(c.crash_image(follower))
     });
-    c.network().remove_filter(cut);
+    // While the follower's apply side is held with entries to apply, cut it off, move
+    // the log past it, and let it back: its snapshot must wait for the apply queue.
+    let stall = while_held_on("apply_before_write", &format!("apply-s{follower}-"), || {
+        let cut = c.network().isolate(follower);
+        let (_, last_at_cut) = log_bounds(&c, leader, id);
+        for i in 2..40 {
+            c.must_put(&key(i), b"v");
+        }
+        wait_until("the leader to compact past the follower", T, || {
+            log_bounds(&c, leader, id).0 > last_at_cut
+        });
+        c.network().remove_filter(cut);
+        wait_until("the snapshot to wait for the apply side", T, || {
+            snapshot_waits() > waits
+        });
+    });
+    c.must_put(&key(1), b"v");
+    stall();
     crash();
     let image = image.expect("a crash image");
-    assert!(
-        snapshot_waits() > waits,
-        "the snapshot arrived while the follower's apply side had entries in flight"
-    );
     fail::remove("apply_before_write");
     fail::remove("apply_snapshot_before_ingest");
+    assert_eq!(
+        region_state_in(&image, id).get_state(),
+        PeerState::Applying,
+        "the crash came mid-apply, so the restart must redo it"
+    );
     damage(&image);
     let restarted = c.restart_from_image(follower, &image);
     (c, follower, restarted)

@@ -220,7 +220,7 @@ fn attack_store_api(rt: &tokio::runtime::Runtime, addr: &str) {
 
 #[test]
 fn hostile_requests_get_clear_errors_and_change_nothing() {
-    let cluster = ProcCluster::start(3);
+    let mut cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
     wait_until("3 voters", T, || voters(&rt, &c) == 3);
@@ -258,4 +258,14 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     let all = rt.block_on(c.scan(b"", b"", 10 * N)).expect("a paged scan");
     assert_eq!(all.len(), N);
     rt.block_on(c.put(b"after", b"ok")).expect("writes still work");
+    for r in &after {
+        let id = r.region.get_id().to_string();
+        let out = common::kvctl(&cluster.pd_addr, &["region", "check", &id]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("3 replicas agree"), "{text}{err}");
+    }
+    for (i, s) in cluster.stores.iter_mut().enumerate() {
+        assert!(s.as_mut().is_some_and(|p| p.is_running()), "store {i} is still running");
+    }
 }

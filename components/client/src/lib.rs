@@ -7,6 +7,7 @@
 //! it speaks only the wire protocol.
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 mod progress;
 mod region_cache;

@@ -559,12 +559,13 @@ impl Tikv for TikvService {
 
     fn compute_hash(
         &mut self,
-        ctx: RpcContext,
+        _: RpcContext,
         req: ComputeHashRequest,
         sink: UnarySink<ComputeHashResponse>,
     ) {
         let storage = self.storage.clone();
-        ctx.spawn(async move {
+        // On the runtime: waiting for the answer needs its timers.
+        self.rt.spawn(async move {
             let mut resp = ComputeHashResponse::default();
             match storage
                 .compute_hash(req.region_id, req.get_region_epoch().clone())

@@ -99,6 +99,8 @@ pub struct Cluster {
     running: HashMap<u64, Running>,
     _tmp: tempfile::TempDir,
     next_index: usize,
+    /// Stores crashed by [`Cluster::crash_image`]: the filter that cuts each off.
+    crashed: Mutex<HashMap<u64, u64>>,
     _watchdog: Watchdog,
 }
 
@@ -140,6 +142,7 @@ impl Cluster {
             running: HashMap::new(),
             _tmp: tmp,
             next_index: 0,
+            crashed: Mutex::default(),
             _watchdog: watchdog,
         };
         for _ in 0..n {
@@ -244,11 +247,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// What a store would find on disk if it crashed now, keeping the page cache (as a
-    /// killed process does): its database as of this instant, every write in it fsynced
-    /// or not, and its snapshot files. Take it while the store's threads are held at a
-    /// fail point to crash the store exactly there.
+    /// Crashes a store, as far as the others can tell: returns what it would find on disk
+    /// if it died now keeping the page cache (as a killed process does): its database as
+    /// of this instant, every write in it fsynced or not, and its snapshot files. From now
+    /// on it is cut off the network, so nothing it does later (it runs on until
+    /// [`Cluster::restart_from_image`]) is seen. Take it while the store's threads are held
+    /// at a fail point to crash the store exactly there.
     pub fn crash_image(&self, store_id: u64) -> PathBuf {
+        let cut = self.network.isolate(store_id);
+        self.crashed.lock().insert(store_id, cut);
         let image = self
             ._tmp
             .path()
@@ -270,6 +277,9 @@ impl Cluster {
     /// it on that; says why if it refuses to start.
     pub fn restart_from_image(&mut self, store_id: u64, image: &std::path::Path) -> Result<(), String> {
         self.stop_store(store_id);
+        if let Some(cut) = self.crashed.lock().remove(&store_id) {
+            self.network.remove_filter(cut);
+        }
         let dir = self.dirs[&store_id].clone();
         for part in ["db", "snap"] {
             std::fs::remove_dir_all(dir.join(part)).expect("remove old data");
@@ -401,6 +411,44 @@ impl Cluster {
             .engine
             .get(Cf::Default, &keys::data_key(key))
             .expect("engine read")
+    }
+
+    /// The consistency check between replicas, as `kvctl region check` runs it: every
+    /// replica of `region_id` hashes its data at one applied index; returns the
+    /// (store, hash) pairs, or why not all replicas answered.
+    pub fn region_hashes(&self, region_id: u64) -> Result<Vec<(u64, u64)>, String> {
+        let store = self.leader_of(region_id).ok_or("no leader")?;
+        let region = self.running[&store]
+            .meta
+            .lock()
+            .region(region_id)
+            .cloned()
+            .ok_or("no such region")?;
+        let (index, _) = self
+            .rt
+            .block_on(self.storage(store).compute_hash(region_id, region.get_region_epoch().clone()))
+            .map_err(|e| e.to_string())?;
+        let mut hashes = vec![];
+        for p in region.get_peers() {
+            let s = p.get_store_id();
+            let meta = &self.running.get(&s).ok_or("a replica's store is down")?.meta;
+            let mut hash = None;
+            wait_until("every replica's hash", Duration::from_secs(10), || {
+                hash = meta.lock().hash_at(region_id, index);
+                hash.is_some()
+            });
+            hashes.push((s, hash.expect("waited for")));
+        }
+        Ok(hashes)
+    }
+
+    /// Writes `key` straight into one store's engine, behind Raft's back: a replica that
+    /// diverges, for tests of the consistency check.
+    pub fn corrupt(&self, store_id: u64, key: &[u8], value: &[u8]) {
+        let engine = &self.running[&store_id].engine;
+        let mut wb = engine.write_batch();
+        wb.put(Cf::Default, &keys::data_key(key), value);
+        engine.write(wb, true).expect("engine write");
     }
 
     /// Every pair in `region`'s range in one store's engine, read directly.

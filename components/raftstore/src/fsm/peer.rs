@@ -33,6 +33,9 @@ use crate::{
     Config, Error, Result,
 };
 
+/// Least time between two consistency checks of one region.
+const HASH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A Ready taken from raft-rs, persisted by the round's write, finished after it.
 struct PendingReady {
     ready: Ready,
@@ -74,6 +77,9 @@ pub struct PeerFsm {
     last_sent_to_apply: u64,
     /// A snapshot is waiting for the apply queue to empty (counted once).
     snapshot_waits: bool,
+    /// When this peer last proposed a ComputeHash: every replica scans the region for
+    /// one, so they are spaced out.
+    last_hash: Option<Instant>,
 }
 
 impl Fsm for PeerFsm {
@@ -125,6 +131,7 @@ impl PeerFsm {
             idle_ticks: 0,
             last_sent_to_apply,
             snapshot_waits: false,
+            last_hash: None,
         })
     }
 
@@ -326,7 +333,16 @@ impl PeerFsm {
         if cmd.has_admin_request() {
             match cmd.get_admin_request().get_cmd_type() {
                 AdminCmdType::ChangePeerV2 => return self.propose_conf_change(cmd, cb, ctx),
-                AdminCmdType::CompactLog | AdminCmdType::BatchSplit | AdminCmdType::ComputeHash => {}
+                AdminCmdType::ComputeHash => {
+                    if self.last_hash.is_some_and(|t| t.elapsed() < HASH_INTERVAL) {
+                        return cb(Err(Error::Busy(format!(
+                            "region {} was hashed less than {HASH_INTERVAL:?} ago",
+                            self.region_id()
+                        ))));
+                    }
+                    self.last_hash = Some(Instant::now());
+                }
+                AdminCmdType::CompactLog | AdminCmdType::BatchSplit => {}
                 other => {
                     return cb(Err(Error::InvalidRequest(format!(
                         "unsupported admin command {other:?}"
