@@ -47,13 +47,7 @@ impl Client {
     async fn compute_hash(&self, region_id: u64) -> Result<(u64, pd_client::RegionRoute)> {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            let route = match self.pd.get_region_by_id(region_id).await {
-                Ok(r) => r,
-                Err(e) => {
-                    backoff.wait(e.to_string()).await?;
-                    continue;
-                }
-            };
+            let route = self.region_by_id(region_id, &mut backoff).await?;
             let attempt = self
                 .attempt_at(Kind::Read, route.clone(), |c, ctx, _| {
                     let mut req = ComputeHashRequest::default();

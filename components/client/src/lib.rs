@@ -698,6 +698,17 @@ impl Client {
         Ok(out)
     }
 
+    /// A region by id from PD, asking again within `backoff`'s deadline: PD may not have
+    /// heard yet of a region a split just made.
+    async fn region_by_id(&self, region_id: u64, backoff: &mut Backoff) -> Result<RegionRoute> {
+        loop {
+            match self.pd.get_region_by_id(region_id).await {
+                Ok(r) => return Ok(r),
+                Err(e) => backoff.wait(e.to_string()).await?,
+            }
+        }
+    }
+
     async fn split_once(
         &self,
         region_id: u64,
@@ -705,14 +716,7 @@ impl Client {
     ) -> Result<Vec<metapb::Region>> {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            // PD may not have heard yet of a region a split just made.
-            let route = match self.pd.get_region_by_id(region_id).await {
-                Ok(r) => r,
-                Err(e) => {
-                    backoff.wait(e.to_string()).await?;
-                    continue;
-                }
-            };
+            let route = self.region_by_id(region_id, &mut backoff).await?;
             let leader = route.leader.clone();
             let attempt = self
                 .attempt_at(Kind::Write, route, |c, ctx, _| {
