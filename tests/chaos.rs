@@ -59,13 +59,22 @@ fn attempt<T>(
 }
 
 /// Runs one random operation as `process` and records it.
-fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize, n: Value) -> Outcome {
+fn one_op(
+    c: &RwLock<Cluster>,
+    rec: &Recorder,
+    rng: &mut StdRng,
+    process: usize,
+    n: Value,
+) -> Outcome {
     let k = key(rng.gen_range(0..KEYS));
     let roll = rng.gen_range(0..100);
     let (op, (outcome, error)) = if roll < 40 {
         let inv = rec.invoke(process, Op::Get(k.clone()));
         let res = attempt(c, &k, async |s, ctx| s.get(&ctx, "", &k).await);
-        (inv, with_error(&res, |v| Outcome::Read(v.as_deref().map(value_of))))
+        (
+            inv,
+            with_error(&res, |v| Outcome::Read(v.as_deref().map(value_of))),
+        )
     } else if roll < 65 {
         let inv = rec.invoke(process, Op::Put(k.clone(), n));
         let res = attempt(c, &k, async |s, ctx| s.put(&ctx, "", &k, &value(n)).await);
@@ -77,7 +86,8 @@ fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize,
         (inv, with_error(&res, |_| Outcome::Written))
     } else if roll < 90 {
         // Expect what was last written by anyone, often enough to succeed.
-        let expected = (n > 1 && rng.gen_bool(0.8)).then(|| rng.gen_range(n.saturating_sub(200)..n));
+        let expected =
+            (n > 1 && rng.gen_bool(0.8)).then(|| rng.gen_range(n.saturating_sub(200)..n));
         let inv = rec.invoke(process, Op::Cas(k.clone(), expected, n));
         let prev = expected.map(value);
         let res = attempt(c, &k, async |s, ctx| {
@@ -99,8 +109,14 @@ fn one_op(c: &RwLock<Cluster>, rec: &Recorder, rng: &mut StdRng, process: usize,
     outcome
 }
 
-fn with_error<T>(res: &server::Result<T>, ok: impl FnOnce(&T) -> Outcome) -> (Outcome, Option<String>) {
-    (outcome_of(res, ok), res.as_ref().err().map(|e| e.to_string()))
+fn with_error<T>(
+    res: &server::Result<T>,
+    ok: impl FnOnce(&T) -> Outcome,
+) -> (Outcome, Option<String>) {
+    (
+        outcome_of(res, ok),
+        res.as_ref().err().map(|e| e.to_string()),
+    )
 }
 
 fn client(id: usize, c: &RwLock<Cluster>, rec: &Recorder, stop: &AtomicBool) {
@@ -174,7 +190,10 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
                         .find(|s| !r.get_peers().iter().any(|p| p.get_store_id() == *s));
                     if let Some(to) = to {
                         let g = c.read();
-                        if g.runtime().block_on(g.pd().move_peer(r.get_id(), from, to)).is_ok() {
+                        if g.runtime()
+                            .block_on(g.pd().move_peer(r.get_id(), from, to))
+                            .is_ok()
+                        {
                             drop(g);
                             let moved = (0..250).any(|_| {
                                 std::thread::sleep(Duration::from_millis(20));
@@ -273,7 +292,10 @@ fn histories_stay_linearizable_through_splits_moves_partitions_and_a_stopped_sto
     let dir = tempfile::tempdir().unwrap();
     let checking = Instant::now();
     let checked = rec.check(dir.path());
-    eprintln!("history checked in {:.1}s", checking.elapsed().as_secs_f64());
+    eprintln!(
+        "history checked in {:.1}s",
+        checking.elapsed().as_secs_f64()
+    );
     if let Err(v) = checked {
         let kept = std::env::temp_dir().join("flotilla-chaos-history.json");
         let _ = std::fs::copy(&v.file, &kept);

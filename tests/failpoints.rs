@@ -62,8 +62,12 @@ fn batch_get_sees_a_batch_put_whole() {
     let keys = vec![b"a".to_vec(), b"b".to_vec()];
     let (s, cx, rt) = (storage.clone(), ctx.clone(), c.runtime().handle().clone());
     let release = while_held_at("raw_batch_get_between_keys", move || {
-        let pairs = [(b"a".to_vec(), b"2".to_vec()), (b"b".to_vec(), b"2".to_vec())];
-        rt.block_on(s.batch_put(&cx, "", &pairs)).expect("batch put");
+        let pairs = [
+            (b"a".to_vec(), b"2".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+        ];
+        rt.block_on(s.batch_put(&cx, "", &pairs))
+            .expect("batch put");
     });
     let reader = std::thread::spawn({
         let rt = c.runtime().handle().clone();
@@ -130,7 +134,9 @@ fn key(i: usize) -> Vec<u8> {
 /// wrote the snapshot's apply state and the apply side then overwrote it from its stale
 /// copy: after the crash the store found a log base behind its deleted log and refused to
 /// start. Now the apply state has one owner and the snapshot waits for the apply queue.
-fn crash_during_snapshot_apply(damage: impl FnOnce(&std::path::Path)) -> (Cluster, u64, Result<(), String>) {
+fn crash_during_snapshot_apply(
+    damage: impl FnOnce(&std::path::Path),
+) -> (Cluster, u64, Result<(), String>) {
     let (mut rs, pd) = test_config();
     rs.raft_log_gc_threshold = 1;
     rs.raft_log_gc_count_limit = 5;
@@ -205,7 +211,10 @@ fn a_damaged_snapshot_file_is_never_ingested_after_a_restart() {
             .flatten()
             .find(|e| e.file_name().to_string_lossy().starts_with("rcv_"))
             .expect("a received snapshot file in the crash image");
-        let f = std::fs::OpenOptions::new().write(true).open(damaged.path()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(damaged.path())
+            .unwrap();
         f.set_len(f.metadata().unwrap().len() / 2).unwrap();
     });
     let err = restarted.expect_err("a damaged snapshot must stop the store");
@@ -224,14 +233,22 @@ fn a_write_that_times_out_is_reported_undetermined() {
     let (leader, _) = c.leader_of_key(b"k").expect("a leader");
     let (_, ctx) = c.leader_storage(b"k").expect("a leader");
     let storage = c.storage_with_timeout(leader, Duration::from_millis(300));
-    slow_down("apply_before_write", "apply", leader, Duration::from_millis(1000));
+    slow_down(
+        "apply_before_write",
+        "apply",
+        leader,
+        Duration::from_millis(1000),
+    );
     let res = c
         .runtime()
         .block_on(storage.compare_and_swap(&ctx, "", b"k", b"b", Some(b"a")));
     fail::remove("apply_before_write");
     let err = res.expect_err("no answer within the timeout");
     let (region_err, msg) = err.into_wire();
-    assert!(region_err.is_none(), "must not be a retryable region error: {region_err:?}");
+    assert!(
+        region_err.is_none(),
+        "must not be a retryable region error: {region_err:?}"
+    );
     assert!(msg.starts_with(util::wire::UNDETERMINED), "{msg}");
     // It did apply: a blind retry would now fail.
     c.must_get_equal(b"k", b"b");
@@ -280,10 +297,16 @@ fn the_checker_catches_reads_served_without_read_index() {
     c.network().remove_filter(cut);
     assert_eq!(got, Some(value(1)), "the follower served its stale value");
     let dir = tempfile::tempdir().unwrap();
-    let violation = rec.check(dir.path()).expect_err("a stale read is not linearizable");
+    let violation = rec
+        .check(dir.path())
+        .expect_err("a stale read is not linearizable");
     eprintln!("{violation}");
     let smallest = format!("{:?}", violation.smallest);
-    assert_eq!(violation.smallest.len(), 3, "both writes and the stale read: {smallest}");
+    assert_eq!(
+        violation.smallest.len(),
+        3,
+        "both writes and the stale read: {smallest}"
+    );
     assert!(smallest.contains("Read(Some(1))"), "{smallest}");
     assert!(violation.file.exists(), "the whole history is saved");
 }
@@ -308,8 +331,16 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
         c.must_put(&key(i), b"v");
     }
     let (leader, region) = c.leader_of_key(&key(0)).expect("a leader");
-    let voters: Vec<u64> = region.get_peers().iter().map(|p| p.get_store_id()).collect();
-    let spare = c.store_ids().into_iter().find(|s| !voters.contains(s)).unwrap();
+    let voters: Vec<u64> = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .collect();
+    let spare = c
+        .store_ids()
+        .into_iter()
+        .find(|s| !voters.contains(s))
+        .unwrap();
     let held = match on_leader {
         true => leader,
         false => *voters.iter().find(|s| **s != leader).unwrap(),
@@ -321,7 +352,9 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
     let acked = std::thread::scope(|s| {
         let c = &c;
         let work = s.spawn(move || match trigger {
-            Trigger::Write => c.put_within(b"x", b"during", Duration::from_secs(5)).is_ok(),
+            Trigger::Write => c
+                .put_within(b"x", b"during", Duration::from_secs(5))
+                .is_ok(),
             Trigger::Split => c.split(&key(10), &key(10)).is_ok(),
             Trigger::AddLearner => {
                 let id = c.runtime().block_on(c.pd().alloc_id()).expect("an id");
@@ -329,11 +362,17 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
                 p.set_id(id);
                 p.set_store_id(spare);
                 p.set_role(proto::metapb::PeerRole::Learner);
-                c.change_peer(region.get_id(), ConfChangeType::AddLearnerNode, p).is_ok()
+                c.change_peer(region.get_id(), ConfChangeType::AddLearnerNode, p)
+                    .is_ok()
             }
             Trigger::RemoveHeld => {
-                let p = region.get_peers().iter().find(|p| p.get_store_id() == held).unwrap();
-                c.change_peer(region.get_id(), ConfChangeType::RemoveNode, p.clone()).is_ok()
+                let p = region
+                    .get_peers()
+                    .iter()
+                    .find(|p| p.get_store_id() == held)
+                    .unwrap();
+                c.change_peer(region.get_id(), ConfChangeType::RemoveNode, p.clone())
+                    .is_ok()
             }
         });
         crash();
@@ -350,9 +389,11 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
         c.must_get_equal(b"x", b"during");
     }
     c.must_put(b"after", b"crash");
-    wait_until("every replica of every region holds the same data", T, || {
-        replicas_agree(&c)
-    });
+    wait_until(
+        "every replica of every region holds the same data",
+        T,
+        || replicas_agree(&c),
+    );
 }
 
 /// Whether every store holding a replica of a region has the same pairs in its range.
@@ -387,7 +428,12 @@ fn crash_before_applying_a_split() {
 
 #[test]
 fn crash_after_applying_a_split() {
-    crash_at("raft_after_split_applied", "raftstore", false, Trigger::Split);
+    crash_at(
+        "raft_after_split_applied",
+        "raftstore",
+        false,
+        Trigger::Split,
+    );
 }
 
 #[test]

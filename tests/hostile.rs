@@ -64,19 +64,29 @@ fn expect_unauthenticated(res: grpcio::Result<impl std::fmt::Debug>, what: &str)
     // The refusal ends the call, or the stream while it is still being written.
     match res {
         Err(grpcio::Error::RpcFailure(s)) | Err(grpcio::Error::RpcFinished(Some(s))) => {
-            assert_eq!(s.code(), grpcio::RpcStatusCode::UNAUTHENTICATED, "{what}: {s:?}")
+            assert_eq!(
+                s.code(),
+                grpcio::RpcStatusCode::UNAUTHENTICATED,
+                "{what}: {s:?}"
+            )
         }
         other => panic!("{what} was not refused: {other:?}"),
     }
 }
 
 /// Sends forged Raft traffic to a store over its client port, without the secret.
-fn forge_raft_traffic(rt: &tokio::runtime::Runtime, addr: &str, regions: &[pd_client::RegionRoute]) {
+fn forge_raft_traffic(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    regions: &[pd_client::RegionRoute],
+) {
     let store = store_client(addr);
     // The call's final status says why; writes into a refused stream may fail first.
     let res = rt.block_on(async {
         let (mut sink, done) = store.batch_raft()?;
-        let _ = sink.send((forged_tombstones(regions), WriteFlags::default())).await;
+        let _ = sink
+            .send((forged_tombstones(regions), WriteFlags::default()))
+            .await;
         let _ = sink.close().await;
         done.await
     });
@@ -84,7 +94,13 @@ fn forge_raft_traffic(rt: &tokio::runtime::Runtime, addr: &str, regions: &[pd_cl
     let res = rt.block_on(async {
         let (mut sink, done) = store.snapshot()?;
         let mut chunk = SnapshotChunk::default();
-        chunk.set_message(forged_tombstones(regions).take_msgs().into_iter().next().unwrap());
+        chunk.set_message(
+            forged_tombstones(regions)
+                .take_msgs()
+                .into_iter()
+                .next()
+                .unwrap(),
+        );
         let _ = sink.send((chunk, WriteFlags::default())).await;
         let _ = sink.close().await;
         done.await
@@ -112,7 +128,9 @@ async fn heartbeat_error(pd: &PdClient, region: metapb::Region, leader: metapb::
     req.set_region(region);
     req.set_leader(leader);
     req.approximate_size = u64::MAX;
-    tx.send((req, WriteFlags::default())).await.expect("send heartbeat");
+    tx.send((req, WriteFlags::default()))
+        .await
+        .expect("send heartbeat");
     let resp = tokio::time::timeout(Duration::from_secs(10), rx.next())
         .await
         .expect("PD answers a bad heartbeat")
@@ -156,8 +174,10 @@ fn attack_pd(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) {
     // Placement changes and id allocation are for stores and operators only.
     let other = cluster_store_other_than(rt, &insider, store);
     for err in [
-        rt.block_on(outsider.move_peer(first.get_id(), store, other)).unwrap_err(),
-        rt.block_on(outsider.transfer_leader(first.get_id(), other)).unwrap_err(),
+        rt.block_on(outsider.move_peer(first.get_id(), store, other))
+            .unwrap_err(),
+        rt.block_on(outsider.transfer_leader(first.get_id(), other))
+            .unwrap_err(),
         rt.block_on(outsider.delete_store(store)).unwrap_err(),
         rt.block_on(outsider.alloc_id()).map(|_| ()).unwrap_err(),
     ] {
@@ -200,20 +220,34 @@ fn attack_pd(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) {
 fn attack_store_api(rt: &tokio::runtime::Runtime, addr: &str) {
     let store = store_client(addr);
     let mut split = kvrpcpb::SplitRegionRequest::default();
-    split.set_split_keys((0..10_000).map(|i| format!("s{i:05}").into_bytes()).collect());
-    let resp = rt.block_on(async { store.split_region_async(&split)?.await }).unwrap();
+    split.set_split_keys(
+        (0..10_000)
+            .map(|i| format!("s{i:05}").into_bytes())
+            .collect(),
+    );
+    let resp = rt
+        .block_on(async { store.split_region_async(&split)?.await })
+        .unwrap();
     let msg = resp.get_region_error().get_message().to_string();
     assert!(msg.contains("raftstore.max-split-keys"), "{msg}");
     // A scan without a bound across both regions: each region's part fits the budget,
     // their sum does not.
     let mut scan = kvrpcpb::RawScanRequest::default();
     scan.limit = u32::MAX;
-    let resp = rt.block_on(async { store.raw_scan_async(&scan)?.await }).unwrap();
+    let resp = rt
+        .block_on(async { store.raw_scan_async(&scan)?.await })
+        .unwrap();
     let msg = resp.get_region_error().get_message();
-    assert!(msg.contains("server.max-response-size"), "{msg} ({} pairs)", resp.get_kvs().len());
+    assert!(
+        msg.contains("server.max-response-size"),
+        "{msg} ({} pairs)",
+        resp.get_kvs().len()
+    );
     let mut keys = kvrpcpb::RawBatchGetRequest::default();
     keys.set_keys((0..N).map(key).collect());
-    let resp = rt.block_on(async { store.raw_batch_get_async(&keys)?.await }).unwrap();
+    let resp = rt
+        .block_on(async { store.raw_batch_get_async(&keys)?.await })
+        .unwrap();
     let msg = resp.get_region_error().get_message();
     assert!(msg.contains("server.max-response-size"), "{msg}");
 }
@@ -257,15 +291,22 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     // The client pages a scan in halves until each page fits.
     let all = rt.block_on(c.scan(b"", b"", 10 * N)).expect("a paged scan");
     assert_eq!(all.len(), N);
-    rt.block_on(c.put(b"after", b"ok")).expect("writes still work");
+    rt.block_on(c.put(b"after", b"ok"))
+        .expect("writes still work");
     for r in &after {
         let id = r.region.get_id().to_string();
         let out = common::kvctl(&cluster.pd_addr, &["region", "check", &id]);
         let text = String::from_utf8_lossy(&out.stdout);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && text.contains("3 replicas agree"), "{text}{err}");
+        assert!(
+            out.status.success() && text.contains("3 replicas agree"),
+            "{text}{err}"
+        );
     }
     for (i, s) in cluster.stores.iter_mut().enumerate() {
-        assert!(s.as_mut().is_some_and(|p| p.is_running()), "store {i} is still running");
+        assert!(
+            s.as_mut().is_some_and(|p| p.is_running()),
+            "store {i} is still running"
+        );
     }
 }

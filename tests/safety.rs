@@ -27,7 +27,9 @@ fn term_and_vote_are_fsynced_with_sync_log_off() {
         .collect();
     let to = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
     c.transfer_leader(region.get_id(), to).expect("transfer");
-    wait_until("the new leader", T, || c.leader_of(region.get_id()) == Some(to));
+    wait_until("the new leader", T, || {
+        c.leader_of(region.get_id()) == Some(to)
+    });
     // Every voter saw the new term; each must have fsynced it.
     for (store, synced) in before {
         wait_until(&format!("an fsync on store {store}"), T, || {
@@ -74,7 +76,10 @@ fn an_operator_for_an_older_epoch_is_dropped() {
         region.get_region_epoch(),
         "a stale operator changed the region: {now:?}"
     );
-    assert!(now.get_peers().iter().any(|p| p.get_id() == victim.get_id()));
+    assert!(now
+        .get_peers()
+        .iter()
+        .any(|p| p.get_id() == victim.get_id()));
 }
 
 /// Removing a healthy voter while another voter is down would leave the region unable to

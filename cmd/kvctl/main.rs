@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use util::secret::ClusterSecret;
 use client::{
     cli::{endpoints, run, shell, Cli, Command},
     Client,
 };
+use util::secret::ClusterSecret;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

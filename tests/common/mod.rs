@@ -131,12 +131,16 @@ impl Drop for Proc {
 
 /// The cluster secret of each PD a test started, by PD address, so that kvctl and
 /// clients act as the cluster's operator.
-static SECRETS: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> = std::sync::Mutex::new(Vec::new());
+static SECRETS: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// The cluster secret file of the cluster whose PD listens on `pd`, if a test started it.
 pub fn secret_of(pd: &str) -> Option<std::path::PathBuf> {
     let secrets = SECRETS.lock().unwrap();
-    secrets.iter().find(|(a, _)| a == pd).map(|(_, f)| f.clone())
+    secrets
+        .iter()
+        .find(|(a, _)| a == pd)
+        .map(|(_, f)| f.clone())
 }
 
 /// Runs kvctl to completion, as the cluster's operator (with its secret).
@@ -184,8 +188,12 @@ impl ProcCluster {
         let pd_cfg = dir.path().join("pd.toml");
         std::fs::write(&pd_cfg, format!("[pd]\n{pd_extra}\n")).expect("write pd config");
         let secret = dir.path().join("cluster-secret");
-        util::secret::ClusterSecret::load_or_create(&secret, true).expect("create the cluster secret");
-        SECRETS.lock().unwrap().push((pd_addr.clone(), secret.clone()));
+        util::secret::ClusterSecret::load_or_create(&secret, true)
+            .expect("create the cluster secret");
+        SECRETS
+            .lock()
+            .unwrap()
+            .push((pd_addr.clone(), secret.clone()));
         let pd_args = vec![
             "--cluster-secret-file".into(),
             secret.display().to_string(),

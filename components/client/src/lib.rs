@@ -778,7 +778,10 @@ mod tests {
     fn an_undetermined_store_error_is_not_a_plain_refusal() {
         let e = Error::from_store(format!("{}no answer within 5s", util::wire::UNDETERMINED));
         assert!(matches!(e, Error::Undetermined(ref why) if why == "no answer within 5s"));
-        assert!(matches!(Error::from_store("key must not be empty".into()), Error::Store(_)));
+        assert!(matches!(
+            Error::from_store("key must not be empty".into()),
+            Error::Store(_)
+        ));
     }
 
     #[test]
@@ -787,9 +790,15 @@ mod tests {
             grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(code, msg.to_string()))
         };
         use grpcio::RpcStatusCode as C;
-        assert!(never_sent(&status(C::UNAVAILABLE, "failed to connect to all addresses")));
+        assert!(never_sent(&status(
+            C::UNAVAILABLE,
+            "failed to connect to all addresses"
+        )));
         assert!(!never_sent(&status(C::UNAVAILABLE, "Socket closed")));
-        assert!(!never_sent(&status(C::DEADLINE_EXCEEDED, "Deadline Exceeded")));
+        assert!(!never_sent(&status(
+            C::DEADLINE_EXCEEDED,
+            "Deadline Exceeded"
+        )));
         assert!(!never_sent(&grpcio::Error::RemoteStopped));
     }
 }

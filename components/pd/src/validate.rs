@@ -35,7 +35,10 @@ pub fn check_region(region: &metapb::Region, stores: &HashMap<u64, StoreInfo>) -
     let (mut ids, mut on) = (HashSet::new(), HashSet::new());
     for p in region.get_peers() {
         if p.get_id() == 0 || !ids.insert(p.get_id()) {
-            return Err(invalid(region, format!("peer id {} is 0 or repeated", p.get_id())));
+            return Err(invalid(
+                region,
+                format!("peer id {} is 0 or repeated", p.get_id()),
+            ));
         }
         if !on.insert(p.get_store_id()) {
             return Err(invalid(
@@ -75,7 +78,11 @@ pub fn check_leader(region: &metapb::Region, leader: &metapb::Peer) -> Result<()
 }
 
 /// Keeps only the reported peers that belong to `region` (down and pending lists).
-pub fn peers_of<T>(region: &metapb::Region, items: &[T], peer: impl Fn(&T) -> &metapb::Peer) -> Vec<T>
+pub fn peers_of<T>(
+    region: &metapb::Region,
+    items: &[T],
+    peer: impl Fn(&T) -> &metapb::Peer,
+) -> Vec<T>
 where
     T: Clone,
 {
@@ -139,7 +146,10 @@ mod tests {
             (region(b"a", b"b", &[]), "no peers"),
             (region(b"a", b"b", &[(1, 1), (1, 2)]), "repeated"),
             (region(b"a", b"b", &[(0, 1)]), "repeated"),
-            (region(b"a", b"b", &[(1, 1), (2, 1)]), "two peers on store 1"),
+            (
+                region(b"a", b"b", &[(1, 1), (2, 1)]),
+                "two peers on store 1",
+            ),
             (region(b"a", b"b", &[(1, 7)]), "store 7 not found"),
         ];
         for (r, why) in cases {

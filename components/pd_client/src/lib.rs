@@ -313,9 +313,7 @@ impl PdClient {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));
-            let opt = self
-                .call_option()
-                .timeout(left.min(Duration::from_secs(5)));
+            let opt = self.call_option().timeout(left.min(Duration::from_secs(5)));
             let res = match call(&client, &req, opt) {
                 Ok(rx) => rx.await,
                 Err(e) => Err(e),

@@ -171,7 +171,9 @@ impl PeerFsm {
         cb: Callback<CmdResponse>,
         ctx: &PollContext,
     ) {
-        if let Err(e) = crate::util::check_epoch(self.region(), cmd.get_header().get_region_epoch(), true) {
+        if let Err(e) =
+            crate::util::check_epoch(self.region(), cmd.get_header().get_region_epoch(), true)
+        {
             return cb(Err(e));
         }
         let changes = cmd.get_admin_request().get_change_peer_v2().get_changes();
@@ -194,9 +196,9 @@ impl PeerFsm {
         }
         if change.get_change_type() == ConfChangeType::RemoveNode {
             let removed = change.get_peer().get_id();
-            if let Err(e) =
-                check_quorum_after_removal(self.region(), removed, |id| self.is_healthy_voter(id, ctx))
-            {
+            if let Err(e) = check_quorum_after_removal(self.region(), removed, |id| {
+                self.is_healthy_voter(id, ctx)
+            }) {
                 return cb(Err(e));
             }
         }

@@ -115,7 +115,9 @@ impl PeerFsm {
         }
         let refuse = |why: &str| {
             warn!(self.logger, "refusing snapshot"; "why" => why, "index" => key.2);
-            metrics::SNAPSHOTS.with_label_values(&["accept", "refused"]).inc();
+            metrics::SNAPSHOTS
+                .with_label_values(&["accept", "refused"])
+                .inc();
             ctx.snap_mgr.discard_received(key);
             false
         };
@@ -126,7 +128,11 @@ impl PeerFsm {
         if region.get_id() != self.region_id() || region.get_peers().is_empty() {
             return refuse("snapshot describes another or an empty region");
         }
-        if data.get_files().iter().any(|f| parse_cf(f.get_cf()).is_err()) {
+        if data
+            .get_files()
+            .iter()
+            .any(|f| parse_cf(f.get_cf()).is_err())
+        {
             return refuse("snapshot names an unknown column family");
         }
         if !ctx.snap_mgr.has_received(key) {
@@ -162,7 +168,9 @@ impl PeerFsm {
             Some(_) => ctx.snap_mgr.discard_received(key),
             None => {
                 ctx.snap_mgr.discard_received(key);
-                ctx.store_meta.lock().release_snapshot_range(self.region_id());
+                ctx.store_meta
+                    .lock()
+                    .release_snapshot_range(self.region_id());
             }
         }
     }

@@ -21,8 +21,8 @@
 pub mod batch;
 pub mod bootstrap;
 mod conf_change;
-pub mod consistency;
 mod config;
+pub mod consistency;
 mod destroy;
 mod error;
 pub mod fsm;

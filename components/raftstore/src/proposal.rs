@@ -104,8 +104,14 @@ mod tests {
             q.push(p(t, i));
         }
         let mut lost = vec![];
-        assert_eq!(q.take(7, 11, &mut lost).map(|p| (p.term, p.index)), Some((7, 11)));
+        assert_eq!(
+            q.take(7, 11, &mut lost).map(|p| (p.term, p.index)),
+            Some((7, 11))
+        );
         assert_eq!(ids(&lost), vec![(5, 12)]);
-        assert_eq!(q.take(7, 12, &mut lost).map(|p| (p.term, p.index)), Some((7, 12)));
+        assert_eq!(
+            q.take(7, 12, &mut lost).map(|p| (p.term, p.index)),
+            Some((7, 12))
+        );
     }
 }

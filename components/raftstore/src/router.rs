@@ -47,7 +47,11 @@ impl<F: Fsm> Router<F> {
     }
 
     /// Sends to one region unless its mailbox is full (see [`Mailbox::try_send`]).
-    pub fn try_send(&self, region_id: u64, msg: F::Message) -> std::result::Result<(), SendError<F::Message>> {
+    pub fn try_send(
+        &self,
+        region_id: u64,
+        msg: F::Message,
+    ) -> std::result::Result<(), SendError<F::Message>> {
         let mailbox = self.boxes.read().get(&region_id).cloned();
         match mailbox {
             Some(mb) => mb.try_send(msg),

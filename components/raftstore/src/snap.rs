@@ -265,7 +265,6 @@ impl SnapManager {
             })
             .expect("spawn snapshot generator")
     }
-
 }
 
 fn remove_paths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) {
@@ -296,7 +295,9 @@ pub fn verify_file(meta: &SnapshotFile, path: &Path) -> Result<()> {
     let mut buf = vec![0u8; 256 << 10];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(|e| fail(format!("read: {e}")))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| fail(format!("read: {e}")))?;
         if n == 0 {
             break;
         }
@@ -399,7 +400,9 @@ impl SnapReceiver {
         let msg = first.get_message().clone();
         let raft_msg = Message::parse_from_bytes(msg.get_message())?;
         if raft_msg.get_msg_type() != MessageType::MsgSnapshot {
-            return Err(Error::Snapshot("first chunk carries no snapshot message".into()));
+            return Err(Error::Snapshot(
+                "first chunk carries no snapshot message".into(),
+            ));
         }
         let snap = raft_msg.get_snapshot();
         let data = SnapshotData::parse_from_bytes(snap.get_data())?;
@@ -522,7 +525,6 @@ impl Drop for SnapReceiver {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use proto::metapb;
@@ -630,9 +632,15 @@ mod tests {
         }
         live.finish().unwrap();
         drop(dup);
-        let files = dst_mgr.take_received((1, 5, 5)).expect("the live stream's files");
+        let files = dst_mgr
+            .take_received((1, 5, 5))
+            .expect("the live stream's files");
         verify_file(&files[0].0, &files[0].1).expect("still whole");
-        assert_eq!(received_files(dst.path()).len(), 1, "the duplicate's files are gone");
+        assert_eq!(
+            received_files(dst.path()).len(),
+            1,
+            "the duplicate's files are gone"
+        );
     }
 
     /// A snapshot message whose first chunk is not a snapshot is refused, and one naming an
@@ -659,7 +667,9 @@ mod tests {
         m.set_message(raft_msg.write_to_bytes().unwrap());
         let mut chunk = SnapshotChunk::default();
         chunk.set_message(m);
-        let err = SnapReceiver::new(&dst_mgr, chunk.clone()).err().expect("refused");
+        let err = SnapReceiver::new(&dst_mgr, chunk.clone())
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("unknown column family"), "{err}");
         // Declared sizes are not trusted: past the limit, or past the free disk space.
         data.mut_files()[0].set_cf("default".into());
@@ -671,7 +681,9 @@ mod tests {
             .mut_message()
             .set_message(raft_msg.write_to_bytes().unwrap());
         let small = SnapManager::new(dst.path().to_path_buf(), 1 << 20).unwrap();
-        let err = SnapReceiver::new(&small, chunk.clone()).err().expect("refused");
+        let err = SnapReceiver::new(&small, chunk.clone())
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("snap-max-size"), "{err}");
         data.mut_files()[0].size = u64::MAX;
         raft_msg
@@ -733,7 +745,10 @@ mod tests {
                 .contains("stream ended before every file arrived"),
             "{err}"
         );
-        assert!(received_files(dst.path()).is_empty(), "partial files are removed");
+        assert!(
+            received_files(dst.path()).is_empty(),
+            "partial files are removed"
+        );
         assert!(!dst_mgr.has_received((1, 5, 5)));
     }
 }

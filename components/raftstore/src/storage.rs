@@ -552,8 +552,14 @@ mod tests {
         s.compact_to(20, 6, &mut wb);
         engine.write(wb, true).unwrap();
         let id = s.region().get_id();
-        let mut raft: RaftLocalState = engine.get_msg(Cf::Raft, &keys::raft_state_key(id)).unwrap().unwrap();
-        let mut apply: RaftApplyState = engine.get_msg(Cf::Raft, &keys::apply_state_key(id)).unwrap().unwrap();
+        let mut raft: RaftLocalState = engine
+            .get_msg(Cf::Raft, &keys::raft_state_key(id))
+            .unwrap()
+            .unwrap();
+        let mut apply: RaftApplyState = engine
+            .get_msg(Cf::Raft, &keys::apply_state_key(id))
+            .unwrap()
+            .unwrap();
         apply.set_legacy_truncated_state(raft.take_truncated_state());
         apply.applied_index = 25;
         let mut wb = engine.write_batch();

@@ -95,7 +95,8 @@ impl StoreMeta {
     /// or one whose accepted snapshot claims the range.
     pub fn overlapping_range(&self, region_id: u64, start: &[u8], end: &[u8]) -> Option<u64> {
         let claimed = self.snapshot_ranges.values().find(|r| {
-            r.get_id() != region_id && ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
+            r.get_id() != region_id
+                && ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
         });
         if let Some(r) = claimed {
             return Some(r.get_id());

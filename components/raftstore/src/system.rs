@@ -101,8 +101,11 @@ impl RaftStore {
         // Thread names carry the store: several stores share a process in tests, and fail
         // points tell them apart by it.
         let raft_threads = format!("raftstore-s{}", deps.store_id);
-        raft_system.spawn(&raft_threads, cfg.store_pool_size, cfg.max_batch_size, || {
-            RaftPoller {
+        raft_system.spawn(
+            &raft_threads,
+            cfg.store_pool_size,
+            cfg.max_batch_size,
+            || RaftPoller {
                 ctx: PollContext {
                     cfg: cfg.clone(),
                     engine: deps.engine.clone(),
@@ -118,19 +121,22 @@ impl RaftStore {
                     sync_state: false,
                     outgoing: Default::default(),
                 },
-            }
-        });
+            },
+        );
         let apply_threads = format!("apply-s{}", deps.store_id);
-        apply_system.spawn(&apply_threads, cfg.apply_pool_size, cfg.max_batch_size, || {
-            ApplyPoller {
+        apply_system.spawn(
+            &apply_threads,
+            cfg.apply_pool_size,
+            cfg.max_batch_size,
+            || ApplyPoller {
                 ctx: ApplyContext::new(
                     deps.engine.clone(),
                     router.clone(),
                     store_meta.clone(),
                     cfg.messages_per_round,
                 ),
-            }
-        });
+            },
+        );
         // Only the pollers may hold the checker's sender, so that it stops with them.
         drop(split_check_tx);
         let (stop_store, stop_rx) = bounded(1);

@@ -9,12 +9,15 @@ use pd_client::PdClient;
 use proto::{metapb, raft_serverpb::RegionLocalState};
 use protobuf::Message as _;
 use raftstore::{bootstrap, RaftStore, SnapManager, StoreDeps};
-use util::secret::ClusterSecret;
 use slog::{info, warn, Logger};
+use util::secret::ClusterSecret;
 use util::shutdown::Shutdown;
 
 use crate::{
-    config::Config, pd_worker, resolver::Resolver, service::TikvService,
+    config::Config,
+    pd_worker,
+    resolver::Resolver,
+    service::TikvService,
     storage::{RawLimits, RawStorage},
     transport::{GrpcTransport, TransportLimits},
     Error, Result,
@@ -203,10 +206,8 @@ impl Node {
         // Before the database opens: a secret is created only for a new data directory.
         let secret = cluster_secret(&cfg)?;
         let engine = Engine::open(&data_dir.join("db"))?;
-        let snap_mgr = SnapManager::new(
-            data_dir.join("snap"),
-            cfg.raftstore.snap_max_size.as_u64(),
-        )?;
+        let snap_mgr =
+            SnapManager::new(data_dir.join("snap"), cfg.raftstore.snap_max_size.as_u64())?;
 
         let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
         let pd = PdClient::connect_as_store(

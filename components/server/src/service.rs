@@ -660,18 +660,16 @@ impl Tikv for TikvService {
             return;
         };
         self.rt.spawn(async move {
-            let res = receive_snapshot(mgr, stream)
-                .await
-                .and_then(|msg| {
-                    let key = raftstore::snap::snapshot_of(&msg);
-                    router.send_raft_message(msg).map_err(|e| {
-                        // Undelivered, its files would wait for a peer that never asks.
-                        if let Some(key) = key {
-                            snap_files.discard_received(key);
-                        }
-                        e.to_string()
-                    })
-                });
+            let res = receive_snapshot(mgr, stream).await.and_then(|msg| {
+                let key = raftstore::snap::snapshot_of(&msg);
+                router.send_raft_message(msg).map_err(|e| {
+                    // Undelivered, its files would wait for a peer that never asks.
+                    if let Some(key) = key {
+                        snap_files.discard_received(key);
+                    }
+                    e.to_string()
+                })
+            });
             drop(permit);
             match res {
                 Ok(()) => {
@@ -733,7 +731,10 @@ async fn receive_snapshot(
     let (tx, mut chunks) = tokio::sync::mpsc::channel::<Option<SnapshotChunk>>(4);
     let writer = tokio::task::spawn_blocking(move || {
         let cut = || "snapshot stream broke off".to_string();
-        let first = chunks.blocking_recv().flatten().ok_or("empty snapshot stream")?;
+        let first = chunks
+            .blocking_recv()
+            .flatten()
+            .ok_or("empty snapshot stream")?;
         let mut rx = SnapReceiver::new(&mgr, first).map_err(|e| e.to_string())?;
         loop {
             match chunks.blocking_recv().ok_or_else(cut)? {

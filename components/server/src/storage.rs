@@ -157,9 +157,7 @@ impl RawStorage {
                 "the store dropped the command before answering".into(),
             )),
             Ok(Err(_)) => Err(raftstore::Error::Stopped.into()),
-            Err(_) if writes => Err(Error::Undetermined(format!(
-                "no answer within {timeout:?}"
-            ))),
+            Err(_) if writes => Err(Error::Undetermined(format!("no answer within {timeout:?}"))),
             Err(_) => Err(Error::Timeout(timeout)),
         }
     }

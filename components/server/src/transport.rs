@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 use proto::raft_serverpb::{BatchRaftMessage, RaftMessage};
 use raftstore::{snap, RaftRouter, SnapManager, Transport};
 use slog::{debug, warn, Logger};
-use util::secret::ClusterSecret;
 use tokio::sync::{
     mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
     Semaphore,
 };
+use util::secret::ClusterSecret;
 
 use crate::{metrics, resolver::Resolver};
 
@@ -245,9 +245,11 @@ impl Transport for GrpcTransport {
         let conn = conns.entry(store_id).or_insert_with(|| {
             let (tx, rx) = unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
-            self.inner
-                .rt
-                .spawn(self.inner.clone().run_connection(store_id, rx, queued.clone()));
+            self.inner.rt.spawn(
+                self.inner
+                    .clone()
+                    .run_connection(store_id, rx, queued.clone()),
+            );
             Conn { tx, queued }
         });
         let n = msgs.len();

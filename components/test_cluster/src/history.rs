@@ -375,7 +375,10 @@ mod tests {
             op(1, 10, Some(20), Read(Some(7))),
             op(1, 30, Some(40), Read(None)),
         ];
-        assert!(!is_linearizable(&flickers), "once seen, a write cannot be undone");
+        assert!(
+            !is_linearizable(&flickers),
+            "once seen, a write cannot be undone"
+        );
     }
 
     #[test]

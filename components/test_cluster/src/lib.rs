@@ -202,7 +202,12 @@ impl Cluster {
             .block_on(self.pd.put_store(store))
             .expect("register store");
         let meta = raftstore.store_meta();
-        let storage = RawStorage::new(router, engine.clone(), meta.clone(), self.limits(Duration::from_secs(5)));
+        let storage = RawStorage::new(
+            router,
+            engine.clone(),
+            meta.clone(),
+            self.limits(Duration::from_secs(5)),
+        );
         self.running.insert(
             store_id,
             Running {
@@ -275,7 +280,11 @@ impl Cluster {
 
     /// Stops a store, puts a crash image taken earlier in place of its data, and starts
     /// it on that; says why if it refuses to start.
-    pub fn restart_from_image(&mut self, store_id: u64, image: &std::path::Path) -> Result<(), String> {
+    pub fn restart_from_image(
+        &mut self,
+        store_id: u64,
+        image: &std::path::Path,
+    ) -> Result<(), String> {
         self.stop_store(store_id);
         if let Some(cut) = self.crashed.lock().remove(&store_id) {
             self.network.remove_filter(cut);
@@ -426,12 +435,19 @@ impl Cluster {
             .ok_or("no such region")?;
         let (index, _) = self
             .rt
-            .block_on(self.storage(store).compute_hash(region_id, region.get_region_epoch().clone()))
+            .block_on(
+                self.storage(store)
+                    .compute_hash(region_id, region.get_region_epoch().clone()),
+            )
             .map_err(|e| e.to_string())?;
         let mut hashes = vec![];
         for p in region.get_peers() {
             let s = p.get_store_id();
-            let meta = &self.running.get(&s).ok_or("a replica's store is down")?.meta;
+            let meta = &self
+                .running
+                .get(&s)
+                .ok_or("a replica's store is down")?
+                .meta;
             let mut hash = None;
             wait_until("every replica's hash", Duration::from_secs(10), || {
                 hash = meta.lock().hash_at(region_id, index);
@@ -601,7 +617,9 @@ impl Cluster {
         self.router(leader)
             .send(region_id, raftstore::PeerMsg::Command { cmd, cb })
             .map_err(|e| e.to_string())?;
-        let resp = rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())??;
+        let resp = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())??;
         Ok(resp.region.unwrap_or(region))
     }
 

@@ -119,7 +119,10 @@ mod tests {
     fn created_once_then_read_back_and_compared_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        assert!(ClusterSecret::load_or_create(&path, false).is_err(), "not beside old data");
+        assert!(
+            ClusterSecret::load_or_create(&path, false).is_err(),
+            "not beside old data"
+        );
         let a = ClusterSecret::load_or_create(&path, true).unwrap();
         let b = ClusterSecret::load_or_create(&path, false).unwrap();
         assert_eq!(a.as_str(), b.as_str());

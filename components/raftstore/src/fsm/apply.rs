@@ -199,7 +199,12 @@ impl ApplyFsm {
         }
     }
 
-    fn exec(&mut self, cmd: &RaftCmdRequest, index: u64, ctx: &mut ApplyContext) -> Result<CmdResponse> {
+    fn exec(
+        &mut self,
+        cmd: &RaftCmdRequest,
+        index: u64,
+        ctx: &mut ApplyContext,
+    ) -> Result<CmdResponse> {
         if cmd.has_admin_request() {
             return self.exec_admin(cmd, index, ctx);
         }

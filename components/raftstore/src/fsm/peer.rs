@@ -4,10 +4,7 @@
 //! `read.rs`, membership and operators in `conf_change.rs`, log compaction in
 //! `log_gc.rs`, PD heartbeats in `heartbeat.rs`, removal in `destroy.rs`.
 
-use std::{
-    collections::HashMap,
-    time::Instant,
-};
+use std::{collections::HashMap, time::Instant};
 
 use proto::{
     metapb,
@@ -522,7 +519,11 @@ impl PeerFsm {
     /// Writes a snapshot's new log base and the record that lets a restart redo its
     /// apply into the round's batch; takes its received files. Accepted snapshots came
     /// with their files and decode (see `accept_snapshot`), so a failure here is a bug.
-    fn persist_snapshot(&mut self, snap: &Snapshot, ctx: &mut PollContext) -> (Snapshot, ReceivedFiles) {
+    fn persist_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        ctx: &mut PollContext,
+    ) -> (Snapshot, ReceivedFiles) {
         let region_id = self.region_id();
         let files = ctx
             .snap_mgr
@@ -582,7 +583,9 @@ impl PeerFsm {
         }
         for p in lost {
             // Another leader's entry took its place: it never applies.
-            (p.cb)(Err(Error::StaleCommand("entry overwritten by a new leader")));
+            (p.cb)(Err(Error::StaleCommand(
+                "entry overwritten by a new leader",
+            )));
         }
         debug!(self.logger, "handing entries to apply"; "count" => entries.len(), "last" => last_index);
         let msg = ApplyMsg::Entries { entries, proposals };

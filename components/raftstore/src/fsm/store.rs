@@ -234,7 +234,13 @@ impl StoreFsm {
             self.register(peer, apply, &mut self.store_meta.lock());
             if let Some(task) = redo {
                 info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
-                keep.extend(state.get_pending_snapshot().get_file_names().iter().cloned());
+                keep.extend(
+                    state
+                        .get_pending_snapshot()
+                        .get_file_names()
+                        .iter()
+                        .cloned(),
+                );
                 let _ = self.apply_router.send(region.get_id(), task);
             }
             loaded += 1;
@@ -358,8 +364,12 @@ impl StoreFsm {
         self.engine.write(wb, false)?;
         let mut region = metapb::Region::default();
         region.set_id(region_id);
-        let storage =
-            PeerStorage::new(self.engine.clone(), region.clone(), false, self.gen_tx.clone())?;
+        let storage = PeerStorage::new(
+            self.engine.clone(),
+            region.clone(),
+            false,
+            self.gen_tx.clone(),
+        )?;
         let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
         let apply = ApplyFsm::new(region, RaftApplyState::default(), &self.logger);
         self.register(peer, apply, &mut meta);
