@@ -336,11 +336,7 @@ pub fn pending_snapshot(snap: &Snapshot, files: &ReceivedFiles) -> PendingSnapsh
 
 /// Whether a store-to-store message carries a snapshot (and must be streamed).
 pub fn is_snapshot(msg: &RaftMessage) -> bool {
-    // The message type is field 1 of eraftpb.Message; decoding the whole message is
-    // cheap next to the snapshot itself, and only done here.
-    Message::parse_from_bytes(msg.get_message())
-        .map(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-        .unwrap_or(false)
+    snapshot_of(msg).is_some()
 }
 
 /// Streams a snapshot message and its files into `sink`, chunk by chunk.

@@ -328,6 +328,13 @@ impl Cluster {
         (router.hibernating_count(), router.region_count())
     }
 
+    /// The store leading `region_id` and the region as that leader has it.
+    fn led_region(&self, region_id: u64) -> Result<(u64, metapb::Region), String> {
+        let leader = self.leader_of(region_id).ok_or("no leader")?;
+        let region = self.running[&leader].meta.lock().region(region_id).cloned();
+        Ok((leader, region.ok_or("leader has no such region")?))
+    }
+
     /// The store leading `region_id`, if a running store leads it.
     pub fn leader_of(&self, region_id: u64) -> Option<u64> {
         self.running
@@ -426,13 +433,7 @@ impl Cluster {
     /// replica of `region_id` hashes its data at one applied index; returns the
     /// (store, hash) pairs, or why not all replicas answered.
     pub fn region_hashes(&self, region_id: u64) -> Result<Vec<(u64, u64)>, String> {
-        let store = self.leader_of(region_id).ok_or("no leader")?;
-        let region = self.running[&store]
-            .meta
-            .lock()
-            .region(region_id)
-            .cloned()
-            .ok_or("no such region")?;
+        let (store, region) = self.led_region(region_id)?;
         let (index, _) = self
             .rt
             .block_on(
@@ -593,13 +594,7 @@ impl Cluster {
         change_type: raft_cmdpb::ConfChangeType,
         peer: metapb::Peer,
     ) -> Result<metapb::Region, String> {
-        let leader = self.leader_of(region_id).ok_or("no leader")?;
-        let region = self.running[&leader]
-            .meta
-            .lock()
-            .region(region_id)
-            .cloned()
-            .ok_or("leader has no such region")?;
+        let (leader, region) = self.led_region(region_id)?;
         let mut change = raft_cmdpb::ChangePeerRequest::default();
         change.set_change_type(change_type);
         change.set_peer(peer);
