@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: deps build run test bench clean-data
+.PHONY: deps build run test jepsen bench clean-data
 
 deps:
 	@bash scripts/install-deps.sh
@@ -27,6 +27,18 @@ run: build
 test: build
 	$(CARGO) test --release --workspace --all-targets --no-fail-fast 2>&1 | tee $(CARGO_TARGET_DIR)/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' $(CARGO_TARGET_DIR)/test.log
+
+# The long fault campaign: 100 seeded runs of the nemesis (kills, pauses, partitions in
+# network namespaces, power loss on a filesystem that drops un-fsynced writes), each
+# checked for linearizability, lost acknowledged writes and replica mismatches. Prints
+# the table and keeps it in $(CARGO_TARGET_DIR)/jepsen.txt. About 40 minutes; needs root.
+JEPSEN_RUNS ?= 100
+JEPSEN_SECS ?= 20
+jepsen: build
+	FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
+	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
+	$(CARGO) test --release --test nemesis seeded_fault_runs -- --nocapture 2>&1 | grep -v '^[A-Z][a-z][a-z] [0-9]' | tee $(CARGO_TARGET_DIR)/jepsen.log
+	@cat $(CARGO_TARGET_DIR)/jepsen.txt
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs (Debian), only if they are missing:
 # cmake and a C++ compiler for the gRPC core and RocksDB, libclang for RocksDB's bindings,
-# protoc for the wire protocol's code generation.
+# protoc for the wire protocol's code generation; iproute2 and ping for the fault tests'
+# network namespaces.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,8 @@ has_libclang() {
   return 1
 }
 has_libclang || need+=(libclang-dev)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -1,27 +1,33 @@
 //! Eight clients share a small key set on the in-process cluster while regions split (by
-//! size and by hand), replicas move, leadership moves, the network partitions and a store
-//! stops. Every operation (get, put, delete, compare-and-swap, batch put) is one attempt,
+//! size and by hand), replicas move, leadership moves, the network partitions (one store
+//! off, or a bridge), links lose, delay and reorder messages, and stores stop gracefully
+//! or crash (their disk image taken mid-flight, as a killed process leaves it). The
+//! nemesis is seeded (`FLOTILLA_CHAOS_SEED`, printed on failure). Every operation (get, put, delete, compare-and-swap, batch put) is one attempt,
 //! recorded with its outcome, and the whole history is checked for linearizability per
 //! key by a library checker. Every fault must have taken effect.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use server::storage::RawStorage;
 use test_cluster::{
     history::{outcome_of, Op, Outcome, Recorder, Value},
-    test_config, wait_until, Cluster,
+    test_config, wait_until, Cluster, Network, Verdict,
 };
 
 const CLIENTS: usize = 8;
 const KEYS: usize = 64;
 /// Upper bounds: the test stops at whichever comes first.
 const MAX_OPS_PER_CLIENT: usize = 20_000;
-const NEMESIS_ROUNDS: usize = 14;
+const NEMESIS_ROUNDS: usize = 20;
+const KINDS: usize = 10;
 const T: Duration = Duration::from_secs(30);
 /// The process that reads every key at the end (clients' ids stay far below).
 const FINAL_READER: usize = 1 << 40;
@@ -145,11 +151,55 @@ struct Effective {
     partitions: usize,
     restarts: usize,
     isolations: usize,
+    lossy: usize,
+    reordered: usize,
+    bridges: usize,
+    crashes: usize,
+}
+
+fn seed() -> u64 {
+    std::env::var("FLOTILLA_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(42)
+}
+
+/// Drops each message with probability `p` for a second; true if any was dropped.
+fn lossy_links(net: &Network, seed: u64, p: f64) -> bool {
+    let rng = Mutex::new(StdRng::seed_from_u64(seed));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let f = net.add_filter(Arc::new(move |_, _, _| {
+        if rng.lock().gen_bool(p) {
+            d.fetch_add(1, Ordering::Relaxed);
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        }
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    net.remove_filter(f);
+    dropped.load(Ordering::Relaxed) > 0
+}
+
+/// Delays each message by 0 to 40 ms for a second, so that messages overtake each other;
+/// true if any was delayed.
+fn reordering_links(net: &Network, seed: u64) -> bool {
+    let rng = Mutex::new(StdRng::seed_from_u64(seed));
+    let delayed = Arc::new(AtomicUsize::new(0));
+    let d = delayed.clone();
+    let f = net.add_filter(Arc::new(move |_, _, _| {
+        d.fetch_add(1, Ordering::Relaxed);
+        Verdict::Delay(Duration::from_millis(rng.lock().gen_range(0..40)))
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    net.remove_filter(f);
+    delayed.load(Ordering::Relaxed) > 0
 }
 
 /// One disturbance per round, each undone (and checked) before the next.
 fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
-    let mut rng = StdRng::seed_from_u64(42);
+    let mut rng = StdRng::seed_from_u64(seed());
     let stores = c.read().store_ids();
     let net = c.read().network().clone();
     let mut done = Effective::default();
@@ -157,7 +207,7 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
         let store = stores[rng.gen_range(0..stores.len())];
         let some_key = key(rng.gen_range(0..KEYS));
         let region = c.read().leader_of_key(&some_key).map(|(_, r)| r);
-        match round % 6 {
+        match round % KINDS {
             0 => {
                 if c.read().split(&some_key, &some_key).is_ok() {
                     done.splits += 1;
@@ -220,11 +270,32 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
                 c.write().start_store(store);
                 done.restarts += 1;
             }
-            _ => {
+            5 => {
                 let f = net.isolate(store);
                 std::thread::sleep(Duration::from_millis(800));
                 net.remove_filter(f);
                 done.isolations += 1;
+            }
+            6 => done.lossy += lossy_links(&net, rng.gen(), 0.3) as usize,
+            7 => done.reordered += reordering_links(&net, rng.gen()) as usize,
+            8 => {
+                // Every store but `store` reaches `store`; two of the others do not reach
+                // each other, so only `store` bridges them.
+                let others: Vec<u64> = stores.iter().copied().filter(|s| *s != store).collect();
+                let f = net.partition(&others[..1], &others[1..2]);
+                std::thread::sleep(Duration::from_millis(1500));
+                net.remove_filter(f);
+                done.bridges += 1;
+            }
+            _ => {
+                let image = c.read().crash_image(store);
+                std::thread::sleep(Duration::from_millis(500));
+                c.write()
+                    .restart_from_image(store, &image)
+                    .unwrap_or_else(|e| {
+                        panic!("store {store} refused to restart after a crash: {e}")
+                    });
+                done.crashes += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(700));
@@ -286,6 +357,10 @@ fn histories_stay_linearizable_through_splits_moves_partitions_and_a_stopped_sto
         ("partition", effective.partitions),
         ("restart", effective.restarts),
         ("isolation", effective.isolations),
+        ("lossy link", effective.lossy),
+        ("reordering link", effective.reordered),
+        ("bridge partition", effective.bridges),
+        ("crash", effective.crashes),
     ] {
         assert!(n > 0, "no {kind} took effect: {effective:?}");
     }
@@ -299,6 +374,6 @@ fn histories_stay_linearizable_through_splits_moves_partitions_and_a_stopped_sto
     if let Err(v) = checked {
         let kept = std::env::temp_dir().join("flotilla-chaos-history.json");
         let _ = std::fs::copy(&v.file, &kept);
-        panic!("{v}(history kept in {})", kept.display());
+        panic!("seed {}: {v}(history kept in {})", seed(), kept.display());
     }
 }

@@ -45,6 +45,25 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args`, logging to `<log_dir>/<name>.log`.
     pub fn spawn(name: &str, bin: &str, args: &[String], cwd: &Path, log_dir: &Path) -> Proc {
+        Self::spawn_in(name, bin, args, cwd, log_dir, None)
+    }
+
+    /// Like [`Proc::spawn`], in the network namespace at `netns` (a file under
+    /// /var/run/netns) if given. Unlike `ip netns exec` this leaves the mount namespace
+    /// alone, so filesystems the test mounts and unmounts stay its own.
+    pub fn spawn_in(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        cwd: &Path,
+        log_dir: &Path,
+        netns: Option<&Path>,
+    ) -> Proc {
+        use std::os::fd::AsRawFd;
+        let ns = netns.map(|p| {
+            std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+        });
+        let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -52,15 +71,19 @@ impl Proc {
             .open(&log)
             .expect("open process log");
         let mut cmd = Command::new(bin);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // SAFETY: prctl and setns are async-signal-safe and touch no memory of the parent.
         unsafe {
             // Killed with the test thread that started it, even if the test aborts.
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                if let Some(fd) = ns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         let child = cmd
@@ -143,6 +166,14 @@ pub fn secret_of(pd: &str) -> Option<std::path::PathBuf> {
         .map(|(_, f)| f.clone())
 }
 
+/// Makes kvctl and clients of the cluster whose PD is at `pd` use `secret`.
+pub fn register_secret(pd: &str, secret: &Path) {
+    SECRETS
+        .lock()
+        .unwrap()
+        .push((pd.to_string(), secret.to_path_buf()));
+}
+
 /// Runs kvctl to completion, as the cluster's operator (with its secret).
 pub fn kvctl(pd: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
@@ -190,10 +221,7 @@ impl ProcCluster {
         let secret = dir.path().join("cluster-secret");
         util::secret::ClusterSecret::load_or_create(&secret, true)
             .expect("create the cluster secret");
-        SECRETS
-            .lock()
-            .unwrap()
-            .push((pd_addr.clone(), secret.clone()));
+        register_secret(&pd_addr, &secret);
         let pd_args = vec![
             "--cluster-secret-file".into(),
             secret.display().to_string(),
@@ -225,13 +253,23 @@ impl ProcCluster {
             raftstore_extra: raftstore_extra.to_string(),
         };
         for _ in 0..n {
-            c.store_addrs.push((free_port(), free_port()));
-            c.stores.push(None);
-        }
-        for i in 0..n {
-            c.start_store(i);
+            c.add_store();
         }
         c
+    }
+
+    /// Adds a store with the next index and starts it; returns its index.
+    pub fn add_store(&mut self) -> usize {
+        self.store_addrs.push((free_port(), free_port()));
+        self.stores.push(None);
+        let i = self.stores.len() - 1;
+        self.start_store(i);
+        i
+    }
+
+    /// Store `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("store-{i}"))
     }
 
     /// Starts (or restarts) store `i` on its data directory and ports.
@@ -262,11 +300,7 @@ impl ProcCluster {
                 "--status-addr".into(),
                 format!("127.0.0.1:{status}"),
                 "--data-dir".into(),
-                self.dir
-                    .path()
-                    .join(format!("store-{i}"))
-                    .display()
-                    .to_string(),
+                self.data_dir(i).display().to_string(),
             ],
             self.dir.path(),
             self.dir.path(),

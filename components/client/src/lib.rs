@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use grpcio::{ChannelBuilder, Environment};
@@ -90,33 +90,28 @@ pub struct CasOutcome {
     pub previous: Option<Vec<u8>>,
 }
 
-/// Waits between tries inside the client's deadline: 20 ms, doubling up to 500 ms.
-struct Backoff {
-    started: Instant,
-    next: Duration,
-    timeout: Duration,
-}
+/// Waits between tries inside the client's deadline: from 20 ms, doubling up to 500 ms,
+/// jittered.
+struct Backoff(util::retry::Retry);
 
 impl Backoff {
     fn new(timeout: Duration) -> Self {
-        Backoff {
-            started: Instant::now(),
-            next: Duration::from_millis(20),
+        Backoff(util::retry::Retry::new(
             timeout,
-        }
+            Duration::from_millis(20),
+            Duration::from_millis(500),
+        ))
     }
 
     /// Waits before the next try, or gives up with `last` if the deadline would pass.
     async fn wait(&mut self, last: String) -> Result<()> {
-        if self.started.elapsed() + self.next > self.timeout {
-            return Err(Error::Timeout {
-                elapsed: self.started.elapsed(),
-                last,
-            });
+        if self.0.wait().await {
+            return Ok(());
         }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_millis(500));
-        Ok(())
+        Err(Error::Timeout {
+            elapsed: self.0.elapsed(),
+            last,
+        })
     }
 }
 
@@ -360,7 +355,20 @@ impl Client {
             Ok(c) => c,
             Err(e) => return Ok(Attempt::Retry(e.to_string())),
         };
-        match call(client, context(&route, &leader), route.clone()).await {
+        // A store that accepted the connection and then stopped answering (paused, or cut
+        // off mid-request) must not hold the caller past its deadline.
+        let answer = tokio::time::timeout(
+            self.timeout,
+            call(client, context(&route, &leader), route.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
+                grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
+                format!("no answer within {:?}", self.timeout),
+            )))
+        });
+        match answer {
             Ok((Some(re), _, _)) if !is_routing_error(&re) => {
                 Err(Error::from_store(re.get_message().to_string()))
             }

@@ -34,6 +34,13 @@ impl Cf {
     pub fn from_name(name: &str) -> Option<Cf> {
         Cf::ALL.into_iter().find(|cf| cf.name() == name)
     }
+
+    /// Parses the name of a data column family as requests and snapshots carry it (empty
+    /// means default); `None` for anything else, the Raft column family included.
+    pub fn data_from_name(name: &str) -> Option<Cf> {
+        let name = if name.is_empty() { "default" } else { name };
+        Cf::from_name(name).filter(|cf| Cf::DATA.contains(cf))
+    }
 }
 
 impl fmt::Display for Cf {

@@ -70,6 +70,13 @@ pub fn data_end_key(region_end_key: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Whether two key ranges share a key; each is `[start, end)` in user keys, non-empty,
+/// an empty end meaning the end of the key space.
+pub fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
+    let before = |end: &[u8], start: &[u8]| !end.is_empty() && end <= start;
+    !before(a_end, b_start) && !before(b_end, a_start)
+}
+
 /// Recovers the user key from a data key.
 pub fn origin_key(data_key: &[u8]) -> Result<&[u8]> {
     match data_key.split_first() {

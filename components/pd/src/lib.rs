@@ -23,4 +23,5 @@ pub use cluster::{PdCore, StoreInfo};
 pub use config::{Config, FileConfig};
 pub use error::{Error, Result};
 pub use server::PdServer;
+pub use storage::Storage;
 pub use tso::LOGICAL_BITS;

@@ -49,9 +49,12 @@ fn end_of(r: &metapb::Region) -> Vec<u8> {
 }
 
 fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
-    let a_start = keys::data_key(a.get_start_key());
-    let b_start = keys::data_key(b.get_start_key());
-    a_start < end_of(b) && b_start < end_of(a)
+    keys::ranges_overlap(
+        a.get_start_key(),
+        a.get_end_key(),
+        b.get_start_key(),
+        b.get_end_key(),
+    )
 }
 
 impl RegionTree {

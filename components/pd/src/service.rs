@@ -24,9 +24,7 @@ pub struct PdService {
 
 /// Whether a call carries the cluster secret.
 fn authenticated(ctx: &RpcContext, secret: &ClusterSecret) -> bool {
-    ctx.request_headers()
-        .iter()
-        .any(|(k, v)| k == util::secret::HEADER && secret.matches(v))
+    secret.carried_by(ctx.request_headers().iter())
 }
 
 /// Responses that carry a `pdpb.ResponseHeader`.

@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
@@ -222,16 +222,12 @@ impl PdClient {
             secret,
             logger,
         };
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(50);
+        let mut retry = Self::retry(timeout);
         loop {
             match client.reconnect().await {
                 Ok(()) => return Ok(Arc::new(client)),
-                Err(e) if Instant::now() + backoff >= deadline => return Err(e),
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+                Err(e) if !retry.wait().await => return Err(e),
+                Err(_) => {}
             }
         }
     }
@@ -300,18 +296,23 @@ impl PdClient {
         h
     }
 
+    /// Retry delays for PD calls: from 50 ms, doubling up to a second, jittered.
+    fn retry(timeout: Duration) -> util::retry::Retry {
+        util::retry::Retry::new(timeout, Duration::from_millis(50), Duration::from_secs(1))
+    }
+
     async fn unary<Req: PdRequest, Resp: PdResponse + Unpin + Send>(
         &self,
         mut req: Req,
         call: Call<Req, Resp>,
     ) -> Result<Resp> {
         req.set_request_header(self.header());
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = Duration::from_millis(50);
+        let mut retry = Self::retry(self.timeout);
         loop {
             let client = self.conn.read().1.clone();
-            let left = deadline
-                .saturating_duration_since(Instant::now())
+            let left = self
+                .timeout
+                .saturating_sub(retry.elapsed())
                 .max(Duration::from_millis(100));
             let opt = self.call_option().timeout(left.min(Duration::from_secs(5)));
             let res = match call(&client, &req, opt) {
@@ -330,14 +331,12 @@ impl PdClient {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    if Instant::now() + backoff >= deadline {
+                    if !retry.wait().await {
                         return Err(Error::Unavailable {
                             endpoints: self.endpoints.join(","),
                             last: e.to_string(),
                         });
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     let _ = self.reconnect().await;
                 }
             }

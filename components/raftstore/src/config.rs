@@ -81,6 +81,9 @@ pub struct Config {
     /// Largest snapshot this store accepts (the sum of its files' declared sizes); it
     /// must also fit in the free disk space.
     pub snap_max_size: ByteSize,
+    /// Free disk space kept in reserve: below it client writes are refused (reads and
+    /// replication go on) until space is freed.
+    pub reserve_space: ByteSize,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             peer_mailbox_capacity: 40_960,
             max_apply_lag: 8192,
             snap_max_size: ByteSize::gib(16),
+            reserve_space: ByteSize::mib(256),
         }
     }
 }

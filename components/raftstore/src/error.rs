@@ -49,6 +49,9 @@ pub enum Error {
     /// Too much is waiting; nothing was done (the request may be retried later).
     #[error("server is busy: {0}")]
     Busy(String),
+    /// Free disk space is below the reserve; nothing was written.
+    #[error("disk full: {0}; writes are refused until space is freed")]
+    DiskFull(String),
     /// The store is stopping.
     #[error("the store is shutting down")]
     Stopped,

@@ -18,12 +18,14 @@
 //! Must not depend on: gRPC, the PD client or server. It talks to other stores through
 //! the [`Transport`] trait and to PD through [`PdTask`]s.
 
+mod apply_poll;
 pub mod batch;
 pub mod bootstrap;
 mod conf_change;
 mod config;
 pub mod consistency;
 mod destroy;
+pub mod disk;
 mod error;
 pub mod fsm;
 mod heartbeat;

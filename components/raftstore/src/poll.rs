@@ -33,6 +33,8 @@ pub(crate) struct PollContext {
     pub store_meta: Arc<Mutex<StoreMeta>>,
     pub snap_mgr: SnapManager,
     pub split_check_tx: Sender<SplitCheckTask>,
+    /// Whether the disk has room for client writes (measured by the store loop).
+    pub disk: crate::disk::DiskSpace,
     /// This round's Raft writes, for every peer.
     pub raft_wb: WriteBatch,
     /// This round's write holds new log entries: fsynced unless `sync-log` is off.

@@ -281,8 +281,7 @@ pub fn remove_files(files: &[(Cf, PathBuf)]) {
 /// The column family a snapshot file names: a data column family, or an error (a snapshot
 /// from a hostile or broken sender must not panic the store).
 pub fn parse_cf(name: &str) -> Result<Cf> {
-    Cf::from_name(name)
-        .filter(|cf| Cf::DATA.contains(cf))
+    Cf::data_from_name(name)
         .ok_or_else(|| Error::Snapshot(format!("unknown column family {name:?} in snapshot")))
 }
 

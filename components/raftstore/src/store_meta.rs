@@ -96,7 +96,7 @@ impl StoreMeta {
     pub fn overlapping_range(&self, region_id: u64, start: &[u8], end: &[u8]) -> Option<u64> {
         let claimed = self.snapshot_ranges.values().find(|r| {
             r.get_id() != region_id
-                && ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
+                && keys::ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
         });
         if let Some(r) = claimed {
             return Some(r.get_id());
@@ -177,11 +177,6 @@ impl StoreMeta {
 }
 
 /// Whether `[a_start, a_end)` and `[b_start, b_end)` share a key (an empty end is
-/// unbounded).
-pub fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
-    let before = |end: &[u8], start: &[u8]| !end.is_empty() && end <= start;
-    !before(a_end, b_start) && !before(b_end, a_start)
-}
 
 #[cfg(test)]
 mod tests {
@@ -237,10 +232,10 @@ mod tests {
 
     #[test]
     fn range_overlap_treats_empty_ends_as_unbounded() {
-        assert!(ranges_overlap(b"", b"", b"x", b"y"));
-        assert!(ranges_overlap(b"a", b"c", b"b", b""));
-        assert!(!ranges_overlap(b"a", b"b", b"b", b"c"));
-        assert!(!ranges_overlap(b"b", b"", b"a", b"b"));
-        assert!(ranges_overlap(b"b", b"", b"a", b"c"));
+        assert!(keys::ranges_overlap(b"", b"", b"x", b"y"));
+        assert!(keys::ranges_overlap(b"a", b"c", b"b", b""));
+        assert!(!keys::ranges_overlap(b"a", b"b", b"b", b"c"));
+        assert!(!keys::ranges_overlap(b"b", b"", b"a", b"b"));
+        assert!(keys::ranges_overlap(b"b", b"", b"a", b"c"));
     }
 }

@@ -9,9 +9,10 @@ use parking_lot::Mutex;
 use slog::Logger;
 
 use crate::{
+    apply_poll::{ApplyContext, ApplyPoller},
     batch::BatchSystem,
     fsm::{
-        apply::{ApplyContext, ApplyFsm, ApplyPoller},
+        apply::ApplyFsm,
         peer::PeerFsm,
         store::{unix_now, StoreFsm},
     },
@@ -75,6 +76,7 @@ impl RaftStore {
         let gen_thread =
             deps.snap_mgr
                 .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
+        let disk = crate::disk::DiskSpace::new(cfg.reserve_space);
         let store = StoreFsm {
             store_id: deps.store_id,
             cfg: cfg.clone(),
@@ -89,6 +91,7 @@ impl RaftStore {
             snap_mgr: deps.snap_mgr.clone(),
             logger: deps.logger.clone(),
             start_time: unix_now(),
+            disk: disk.clone(),
         };
         let (split_check_tx, split_check_rx) = unbounded();
         let split_check_thread = split_check::spawn(
@@ -116,6 +119,7 @@ impl RaftStore {
                     store_meta: store_meta.clone(),
                     snap_mgr: deps.snap_mgr.clone(),
                     split_check_tx: split_check_tx.clone(),
+                    disk: disk.clone(),
                     raft_wb: deps.engine.write_batch(),
                     sync_log: false,
                     sync_state: false,

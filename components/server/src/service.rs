@@ -689,10 +689,7 @@ impl Tikv for TikvService {
 impl TikvService {
     /// Whether a peer stream carries the cluster secret; logs the refusal if not.
     fn from_peer(&self, ctx: &RpcContext, what: &str) -> bool {
-        let ok = ctx
-            .request_headers()
-            .iter()
-            .any(|(k, v)| k == util::secret::HEADER && self.secret.matches(v));
+        let ok = self.secret.carried_by(ctx.request_headers().iter());
         if !ok {
             metrics::PEER_STREAMS_REFUSED.inc();
             warn!(self.logger, "refusing a peer stream without the cluster secret";

@@ -75,10 +75,10 @@ impl ResponseBudget {
 
 /// The column family of a raw request: only `default` (spelled "" or "default").
 pub fn raw_cf(name: &str) -> Result<Cf> {
-    match name {
-        "" | "default" => Ok(Cf::Default),
-        other => Err(Error::InvalidRequest(format!(
-            "column family {other:?} is not available to the raw API (use \"default\")"
+    match Cf::data_from_name(name) {
+        Some(Cf::Default) => Ok(Cf::Default),
+        _ => Err(Error::InvalidRequest(format!(
+            "column family {name:?} is not available to the raw API (use \"default\")"
         ))),
     }
 }

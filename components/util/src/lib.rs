@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod logger;
 pub mod panic;
+pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod status;

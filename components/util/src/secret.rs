@@ -72,6 +72,11 @@ impl ClusterSecret {
         &self.0
     }
 
+    /// Whether request headers (name, value) carry this secret in [`HEADER`].
+    pub fn carried_by<'a>(&self, mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> bool {
+        headers.any(|(k, v)| k == HEADER && self.matches(v))
+    }
+
     /// Whether a header value is this secret (compared in constant time).
     pub fn matches(&self, value: &[u8]) -> bool {
         let ours = self.0.as_bytes();

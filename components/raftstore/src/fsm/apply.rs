@@ -4,10 +4,9 @@
 //! resumes exactly after the last applied entry. Data writes are not fsynced (the Raft log
 //! is, and replay is deterministic); admin commands are.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::path::PathBuf;
 
-use engine::{Cf, Engine, WriteBatch};
-use parking_lot::Mutex;
+use engine::Cf;
 use proto::{
     metapb,
     raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest, Request},
@@ -17,16 +16,16 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use slog::{error, info, o, Logger};
 
+pub(crate) use crate::apply_poll::ApplyContext;
 use crate::{
-    batch::{Fsm, FsmGuard, PollHandler},
+    batch::Fsm,
     conf_change::apply_change,
     metrics,
-    msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, PeerMsg, Proposal},
+    msg::{ApplyMsg, ApplyRes, CasResult, CmdResponse, ExecResult, Proposal},
     snap::{self, ReceivedFiles},
     storage::put_region_state,
-    store_meta::StoreMeta,
     util::{check_epoch, check_request_keys},
-    Error, RaftRouter, Result,
+    Error, Result,
 };
 
 /// One region's apply state machine.
@@ -43,55 +42,8 @@ impl Fsm for ApplyFsm {
     type Message = ApplyMsg;
 }
 
-/// What every region handled by one apply poller shares in a round.
-pub(crate) struct ApplyContext {
-    pub engine: Engine,
-    pub router: RaftRouter,
-    pub store_meta: Arc<Mutex<StoreMeta>>,
-    pub messages_per_round: usize,
-    pub wb: WriteBatch,
-    pub sync: bool,
-    cbs: Vec<(Proposal, Result<CmdResponse>)>,
-    res: Vec<(u64, ApplyRes)>,
-}
-
-impl ApplyContext {
-    pub fn new(
-        engine: Engine,
-        router: RaftRouter,
-        store_meta: Arc<Mutex<StoreMeta>>,
-        messages_per_round: usize,
-    ) -> Self {
-        ApplyContext {
-            wb: engine.write_batch(),
-            engine,
-            router,
-            store_meta,
-            messages_per_round,
-            sync: false,
-            cbs: vec![],
-            res: vec![],
-        }
-    }
-
-    pub(crate) fn write(&mut self) {
-        if self.wb.is_empty() {
-            return;
-        }
-        let wb = std::mem::replace(&mut self.wb, self.engine.write_batch());
-        let started = Instant::now();
-        self.engine
-            .write(wb, self.sync)
-            .expect("applied data must be writable; continuing would diverge replicas");
-        metrics::APPLY_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
-        self.sync = false;
-    }
-}
-
 fn data_cf(name: &str) -> Result<Cf> {
-    let cf = if name.is_empty() { "default" } else { name };
-    Cf::from_name(cf)
-        .filter(|cf| Cf::DATA.contains(cf))
+    Cf::data_from_name(name)
         .ok_or_else(|| Error::InvalidRequest(format!("unknown column family {name:?}")))
 }
 
@@ -167,10 +119,10 @@ impl ApplyFsm {
             // Already applied (before a restart, or inside a snapshot): its result is
             // not known here.
             if let Some(p) = proposal {
-                ctx.cbs.push((
+                ctx.respond(
                     p,
                     Err(Error::Undetermined("the entry was applied by a snapshot")),
-                ));
+                );
             }
             return;
         }
@@ -195,7 +147,7 @@ impl ApplyFsm {
             if is_write && res.is_ok() {
                 metrics::WRITES_APPLIED.inc();
             }
-            ctx.cbs.push((p, res));
+            ctx.respond(p, res);
         }
     }
 
@@ -398,57 +350,43 @@ impl ApplyFsm {
     }
 }
 
-/// The handler of an apply poller thread.
-pub(crate) struct ApplyPoller {
-    pub ctx: ApplyContext,
-}
-
-impl PollHandler<ApplyFsm> for ApplyPoller {
-    fn handle(&mut self, fsm: &mut ApplyFsm, inbox: &crossbeam_channel::Receiver<ApplyMsg>) {
-        for _ in 0..self.ctx.messages_per_round {
-            if fsm.stopped {
+impl ApplyFsm {
+    /// Handles up to a round's worth of messages from `inbox`.
+    pub(crate) fn handle_inbox(
+        &mut self,
+        inbox: &crossbeam_channel::Receiver<ApplyMsg>,
+        ctx: &mut ApplyContext,
+    ) {
+        for _ in 0..ctx.messages_per_round {
+            if self.stopped {
                 return;
             }
             match inbox.try_recv() {
-                Ok(msg) => fsm.on_msg(msg, &mut self.ctx),
+                Ok(msg) => self.on_msg(msg, ctx),
                 Err(_) => break,
             }
         }
-        if fsm.dirty && !fsm.stopped {
-            fsm.dirty = false;
-            let region_id = fsm.region.get_id();
-            self.ctx.wb.put_msg(
-                Cf::Raft,
-                &keys::apply_state_key(region_id),
-                &fsm.apply_state,
-            );
-            self.ctx.res.push((
-                region_id,
-                ApplyRes {
-                    applied_index: fsm.apply_state.applied_index,
-                    applied_term: fsm.apply_state.applied_term,
-                    results: std::mem::take(&mut fsm.results),
-                },
-            ));
-        }
     }
 
-    fn end(&mut self, _fsms: &mut [FsmGuard<ApplyFsm>]) {
-        fail::fail_point!("apply_before_write");
-        self.ctx.write();
-        // Peers hear first: a client that acts on an answer (say, sends to a region a
-        // split just made) finds its request queued behind the news.
-        for (region_id, res) in self.ctx.res.drain(..) {
-            let _ = self
-                .ctx
-                .router
-                .force_send(region_id, PeerMsg::ApplyRes(Box::new(res)));
+    /// Adds this round's apply state to the batch and queues the report to the peer.
+    pub(crate) fn finish_round(&mut self, ctx: &mut ApplyContext) {
+        if !self.dirty || self.stopped {
+            return;
         }
-        for (p, res) in self.ctx.cbs.drain(..) {
-            metrics::COMMAND_SECONDS
-                .with_label_values(&["apply"])
-                .observe(p.proposed_at.elapsed().as_secs_f64());
-            (p.cb)(res);
-        }
+        self.dirty = false;
+        let region_id = self.region.get_id();
+        ctx.wb.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(region_id),
+            &self.apply_state,
+        );
+        ctx.report(
+            region_id,
+            ApplyRes {
+                applied_index: self.apply_state.applied_index,
+                applied_term: self.apply_state.applied_term,
+                results: std::mem::take(&mut self.results),
+            },
+        );
     }
 }

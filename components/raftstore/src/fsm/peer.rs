@@ -277,10 +277,16 @@ impl PeerFsm {
     }
 
     /// Checks that a command may be proposed by this peer now.
-    fn check_command(&self, cmd: &RaftCmdRequest, max_apply_lag: u64) -> Result<()> {
+    fn check_command(&self, cmd: &RaftCmdRequest, ctx: &PollContext) -> Result<()> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        // Every client command writes (reads never become commands); admin commands
+        // (splits, membership, hashes) stay allowed, the reserve is for them.
+        if !cmd.get_requests().is_empty() {
+            ctx.disk.check_write()?;
+        }
+        let max_apply_lag = ctx.cfg.max_apply_lag;
         let lag = self
             .last_sent_to_apply
             .saturating_sub(self.raft.store().applied_index());
@@ -308,7 +314,7 @@ impl PeerFsm {
         cb: Callback<CmdResponse>,
         ctx: &mut PollContext,
     ) {
-        if let Err(e) = self.check_command(&cmd, ctx.cfg.max_apply_lag) {
+        if let Err(e) = self.check_command(&cmd, ctx) {
             metrics::PROPOSALS
                 .with_label_values(&["normal", "rejected"])
                 .inc();

@@ -39,6 +39,7 @@ pub(crate) struct StoreFsm {
     pub snap_mgr: SnapManager,
     pub logger: Logger,
     pub start_time: u32,
+    pub disk: crate::disk::DiskSpace,
 }
 
 impl StoreFsm {
@@ -56,6 +57,7 @@ impl StoreFsm {
                 },
                 recv(ticker) -> _ => {
                     ticks += 1;
+                    self.measure_disk();
                     self.tick_peers(ticks % idle_heartbeat_every == 0);
                     if ticks % heartbeat_every == 0 {
                         self.heartbeat();
@@ -124,6 +126,18 @@ impl StoreFsm {
               "stores" => ?stores, "regions" => to_wake.len());
         for id in to_wake {
             let _ = self.router.force_send(id, PeerMsg::Wake);
+        }
+    }
+
+    /// Measures free space; says so in the log when writes stop or resume for it.
+    fn measure_disk(&self) {
+        let was_full = self.disk.full();
+        let full = self.disk.measure(self.engine.path());
+        if full != was_full {
+            match self.disk.check_write() {
+                Err(e) => warn!(self.logger, "refusing client writes"; "why" => %e),
+                Ok(()) => info!(self.logger, "disk has room again: client writes resume"),
+            }
         }
     }
 

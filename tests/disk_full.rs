@@ -1,0 +1,112 @@
+//! A store on a small filesystem (tmpfs, as root): once free space falls below
+//! `raftstore.reserve-space` writes get a "disk full" error that names the limit, reads
+//! go on, nothing acknowledged is lost, and writes resume by themselves when the
+//! filesystem grows.
+
+mod common;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use common::{client, wait_until, ProcCluster};
+
+const VALUE: usize = 256 << 10;
+/// Enough to fill the filesystem several times over; the loop stops at the first refusal.
+const MAX_WRITES: usize = 4000;
+
+/// A tmpfs mounted for the test, lazily unmounted when dropped (the store may still hold
+/// files on it if the test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mount a tmpfs at {} (the test runs as root)",
+            at.display()
+        );
+        Tmpfs(at)
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "grow the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("big-{i:05}").into_bytes()
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers() {
+    let mut cluster = ProcCluster::start_with(0, "reserve-space = \"128MiB\"");
+    let disk = Tmpfs::mount(cluster.data_dir(0), "384m");
+    cluster.add_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    let value = vec![b'v'; VALUE];
+
+    let mut acked = 0;
+    let refusal = loop {
+        assert!(
+            acked < MAX_WRITES,
+            "{MAX_WRITES} writes of {VALUE} bytes and the disk never filled"
+        );
+        match rt.block_on(c.put(&key(acked), &value)) {
+            Ok(()) => acked += 1,
+            Err(e) => break e.to_string(),
+        }
+    };
+    eprintln!("{acked} writes of {VALUE} bytes before: {refusal}");
+    assert!(
+        acked > 10,
+        "only {acked} writes fit before the first refusal: {refusal}"
+    );
+    assert!(
+        refusal.contains("disk full") && refusal.contains("raftstore.reserve-space"),
+        "{refusal}"
+    );
+    // Refused again, and nothing of the refused write is there.
+    let again = rt
+        .block_on(c.put(&key(acked), &value))
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("disk full"), "{again}");
+    assert_eq!(rt.block_on(c.get(&key(acked))).unwrap(), None);
+    for i in (0..acked).step_by(7) {
+        assert_eq!(
+            rt.block_on(c.get(&key(i))).unwrap().map(|v| v.len()),
+            Some(VALUE),
+            "key {i}"
+        );
+    }
+
+    disk.resize("2g");
+    wait_until(
+        "writes to resume once there is room",
+        Duration::from_secs(30),
+        || rt.block_on(c.put(&key(acked), &value)).is_ok(),
+    );
+    assert!(
+        cluster.stores[0].as_mut().unwrap().is_running(),
+        "the store stayed up"
+    );
+    let all = rt.block_on(c.scan(b"big-", b"big.", MAX_WRITES)).unwrap();
+    assert_eq!(all.len(), acked + 1, "every acknowledged write is there");
+}
