@@ -149,6 +149,16 @@ impl NetCluster {
         d.appended_bytes + d.restored_bytes
     }
 
+    /// Every store loses power at the same instant: all are killed before any disk drops
+    /// its unsynced writes, so no survivor can fsync (say, a new term after an election)
+    /// what the others are about to lose. Returns the bytes dropped.
+    pub fn power_loss_all(&mut self) -> u64 {
+        for i in 0..self.stores.len() {
+            self.kill(i);
+        }
+        (0..self.stores.len()).map(|i| self.power_loss(i)).sum()
+    }
+
     /// Sends `sig` to store `i`'s process.
     pub fn signal(&self, i: usize, sig: i32) {
         if let Some(pid) = self.stores[i].as_ref().and_then(|p| p.pid()) {

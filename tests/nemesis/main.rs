@@ -154,12 +154,10 @@ fn inject(
             true
         }
         Fault::KillAll | Fault::PowerLossAll => {
-            for h in 0..STORES {
-                if fault == Fault::KillAll {
-                    c.kill(h);
-                } else {
-                    report.dropped_bytes += c.power_loss(h);
-                }
+            if fault == Fault::KillAll {
+                (0..STORES).for_each(|h| c.kill(h));
+            } else {
+                report.dropped_bytes += c.power_loss_all();
             }
             std::thread::sleep(hold / 2);
             for h in 0..STORES {
@@ -407,7 +405,7 @@ fn power_loss_takes_back_writes_acknowledged_before_their_fsync() {
             .expect("put");
         ledger.acked.lock().push(workload::ledger_key(i));
     }
-    let dropped: u64 = (0..STORES).map(|h| c.power_loss(h)).sum();
+    let dropped = c.power_loss_all();
     assert!(dropped > 0, "the power loss dropped nothing");
     for h in 0..STORES {
         c.start_store(h);

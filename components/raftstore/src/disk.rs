@@ -15,7 +15,12 @@ use std::{
 
 use bytesize::ByteSize;
 
-/// Free bytes at the last measurement; written by the store loop only.
+/// Disk bytes a written byte takes until the Raft log is compacted: it is in the Raft
+/// log's WAL and SST and, applied, in the data's WAL and SST.
+pub const WRITE_AMPLIFICATION: u64 = 4;
+
+/// Free bytes: measured by the store loop, and lowered by every write admitted since, so
+/// that a burst between two measurements cannot run through the reserve.
 #[derive(Clone, Debug)]
 pub struct DiskSpace {
     available: Arc<AtomicU64>,
@@ -45,13 +50,27 @@ impl DiskSpace {
         self.available.load(Ordering::Relaxed) < self.reserve
     }
 
-    /// Why a write is refused, if it is.
-    pub fn check_write(&self) -> crate::Result<()> {
+    /// Admits a write of `bytes`, charging it [`WRITE_AMPLIFICATION`] times until the next
+    /// measurement; or says why it is refused.
+    pub fn admit_write(&self, bytes: u64) -> crate::Result<()> {
+        self.check()?;
+        let cost = bytes.saturating_mul(WRITE_AMPLIFICATION);
+        // `fetch_update` fails only when the closure returns None, which this one never does.
+        let _ = self
+            .available
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(cost))
+            });
+        Ok(())
+    }
+
+    /// Why writes are refused now, if they are.
+    pub fn check(&self) -> crate::Result<()> {
         if !self.full() {
             return Ok(());
         }
         Err(crate::Error::DiskFull(format!(
-            "{} free, below raftstore.reserve-space ({})",
+            "about {} free, below raftstore.reserve-space ({})",
             ByteSize::b(self.available.load(Ordering::Relaxed)),
             ByteSize::b(self.reserve)
         )))
@@ -68,14 +87,30 @@ mod tests {
         let free = fs2::available_space(dir.path()).unwrap();
         let plenty = DiskSpace::new(ByteSize::b(0));
         assert!(!plenty.measure(dir.path()));
-        plenty.check_write().unwrap();
+        plenty.admit_write(1).unwrap();
 
         let tight = DiskSpace::new(ByteSize::b(free.saturating_mul(2).max(1 << 40)));
         tight
-            .check_write()
+            .admit_write(1)
             .expect("no measurement yet: writes go on");
         assert!(tight.measure(dir.path()));
-        let e = tight.check_write().unwrap_err().to_string();
+        let e = tight.admit_write(1).unwrap_err().to_string();
         assert!(e.contains("raftstore.reserve-space"), "{e}");
+    }
+
+    #[test]
+    fn admitted_writes_count_against_free_space_until_the_next_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = fs2::available_space(dir.path()).unwrap();
+        let reserve = free / 2;
+        let disk = DiskSpace::new(ByteSize::b(reserve));
+        assert!(!disk.measure(dir.path()));
+        // The room above the reserve, once amplified, and a margin for whatever else
+        // writes to this filesystem meanwhile.
+        disk.admit_write((free - reserve) / WRITE_AMPLIFICATION + (4 << 20))
+            .unwrap();
+        assert!(disk.full(), "writes are charged with their amplification");
+        assert!(disk.admit_write(1).is_err());
+        assert!(!disk.measure(dir.path()), "a measurement starts afresh");
     }
 }

@@ -284,7 +284,7 @@ impl PeerFsm {
         // Every client command writes (reads never become commands); admin commands
         // (splits, membership, hashes) stay allowed, the reserve is for them.
         if !cmd.get_requests().is_empty() {
-            ctx.disk.check_write()?;
+            ctx.disk.admit_write(u64::from(cmd.compute_size()))?;
         }
         let max_apply_lag = ctx.cfg.max_apply_lag;
         let lag = self

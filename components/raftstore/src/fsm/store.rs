@@ -134,7 +134,7 @@ impl StoreFsm {
         let was_full = self.disk.full();
         let full = self.disk.measure(self.engine.path());
         if full != was_full {
-            match self.disk.check_write() {
+            match self.disk.check() {
                 Err(e) => warn!(self.logger, "refusing client writes"; "why" => %e),
                 Ok(()) => info!(self.logger, "disk has room again: client writes resume"),
             }
