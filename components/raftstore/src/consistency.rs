@@ -1,16 +1,13 @@
 //! Consistency check between replicas: every replica hashes a region's data when it
 //! applies the same ComputeHash entry, so equal data gives equal hashes at that index
 //! (TiKV's ComputeHash); the hashes are then read and compared from outside
-//! (`kvctl region check`, the fault tests). Runs on the apply poller.
+//! (`kvctl region check`, the fault tests). The hash runs on the apply poller
+//! (`fsm::apply::consistency`).
 
 use engine::Cf;
 use proto::metapb;
 
-use crate::{
-    fsm::apply::{ApplyContext, ApplyFsm},
-    msg::CmdResponse,
-    Result,
-};
+use crate::Result;
 
 /// A 64-bit hash of the region's range and of every pair of its data column families.
 pub fn region_hash(engine: &engine::Engine, region: &metapb::Region) -> Result<u64> {
@@ -39,24 +36,4 @@ pub fn region_hash(engine: &engine::Engine, region: &metapb::Region) -> Result<u
         })?;
     }
     Ok((u64::from(hi.finalize()) << 32) | u64::from(lo.finalize()))
-}
-
-impl ApplyFsm {
-    /// Hashes the region as of the ComputeHash entry at `index`: everything applied
-    /// before it is written out first, so the hash sees exactly that state.
-    pub(crate) fn exec_compute_hash(
-        &mut self,
-        index: u64,
-        ctx: &mut ApplyContext,
-    ) -> Result<CmdResponse> {
-        ctx.write();
-        let hash = region_hash(&ctx.engine, &self.region)?;
-        ctx.store_meta
-            .lock()
-            .set_hash(self.region.get_id(), index, hash);
-        Ok(CmdResponse {
-            hash: Some((index, hash)),
-            ..Default::default()
-        })
-    }
 }

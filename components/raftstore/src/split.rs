@@ -1,5 +1,5 @@
 //! Splitting a region: the leader checks the keys and asks PD for ids (through a
-//! [`PdTask::AskBatchSplit`]); the split is then proposed like any admin command. Every
+//! [`crate::PdTask::AskBatchSplit`]); the split is then proposed like any admin command. Every
 //! replica applies it, writing the new regions' initial states in the same batch as the
 //! parent's shrunk range, and the store creates the new regions' peers.
 //!
@@ -7,27 +7,19 @@
 //! A new region's peer that already exists on this store (created by a message from a
 //! replica that split first, and possibly having voted since) is left alone: it catches
 //! up by snapshot instead of being overwritten.
+//!
+//! This module holds what both sides share: key checks and the new regions' layout. The
+//! leader's part runs on the Raft poller (`fsm::peer::split`), applying it on the apply
+//! poller (`fsm::apply::split`).
 
 use proto::{
     metapb, pdpb,
     raft_cmdpb::{AdminCmdType, AdminRequest, BatchSplitRequest, RaftCmdRequest, SplitRequest},
-    raft_serverpb::{PeerState, RegionLocalState},
 };
-use slog::{info, warn};
 
-use crate::{
-    bootstrap,
-    fsm::{apply::ApplyContext, apply::ApplyFsm, peer::PeerFsm},
-    msg::{Callback, CmdResponse, ExecResult, PdTask, StoreMsg},
-    poll::PollContext,
-    split_check::SplitCheckTask,
-    storage::put_region_state,
-    util::{check_epoch, key_in_region},
-    Error, Result,
-};
-use engine::Cf;
+use crate::{util::key_in_region, Error, Result};
 
-fn show(key: &[u8]) -> String {
+pub(crate) fn show(key: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(key))
 }
 
@@ -144,165 +136,6 @@ pub fn split_regions(
         out.push(new);
     }
     Ok(out)
-}
-
-impl ApplyFsm {
-    pub(crate) fn exec_batch_split(
-        &mut self,
-        cmd: &RaftCmdRequest,
-        ctx: &mut ApplyContext,
-    ) -> Result<CmdResponse> {
-        fail::fail_point!("apply_before_split");
-        check_epoch(&self.region, cmd.get_header().get_region_epoch(), true)?;
-        let regions = split_regions(&self.region, cmd.get_admin_request().get_splits())?;
-        let mut create = vec![];
-        {
-            // Under the lock the store also holds while creating peers from messages, so
-            // that a new region's peer is made by exactly one of the two.
-            let mut meta = ctx.store_meta.lock();
-            for new in &regions[1..] {
-                let id = new.get_id();
-                let known = ctx.router.peers.contains(id)
-                    || ctx
-                        .engine
-                        .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(id))?
-                        .is_some();
-                if known {
-                    warn!(self.logger, "new region's peer already exists here; it will catch up by snapshot";
-                          "new_region_id" => id);
-                    continue;
-                }
-                meta.pending_split_peers.insert(id);
-                bootstrap::initial_region_states(&mut ctx.wb, new);
-                create.push(new.clone());
-            }
-        }
-        put_region_state(&mut ctx.wb, &regions[0], PeerState::Normal);
-        ctx.sync = true;
-        info!(self.logger, "applied split"; "regions" => ?regions.iter().map(|r| r.get_id()).collect::<Vec<_>>(),
-              "version" => regions[0].get_region_epoch().get_version());
-        self.region = regions[0].clone();
-        self.results.push(ExecResult::Split {
-            regions: regions.clone(),
-            create,
-        });
-        Ok(CmdResponse {
-            region: Some(regions[0].clone()),
-            split_regions: regions,
-            ..Default::default()
-        })
-    }
-}
-
-impl PeerFsm {
-    /// A request to split at `keys`: checked here, then PD is asked for ids.
-    pub(crate) fn on_split_request(
-        &mut self,
-        epoch: Option<metapb::RegionEpoch>,
-        keys: Vec<Vec<u8>>,
-        cb: Callback<Vec<metapb::Region>>,
-        ctx: &mut PollContext,
-    ) {
-        let limit = ctx.cfg.max_split_keys;
-        let checked = if keys.len() > limit {
-            Err(Error::InvalidRequest(format!(
-                "{} split keys, more than raftstore.max-split-keys ({limit})",
-                keys.len()
-            )))
-        } else if !self.is_leader() {
-            Err(self.not_leader())
-        } else {
-            epoch
-                .map_or(Ok(()), |e| check_epoch(self.region(), &e, false))
-                .and_then(|()| validate_split_keys(self.region(), &keys))
-        };
-        if let Err(e) = checked {
-            return cb(Err(e));
-        }
-        info!(self.logger, "asking PD to split"; "keys" => ?keys.iter().map(|k| show(k)).collect::<Vec<_>>());
-        let task = PdTask::AskBatchSplit {
-            region: self.region().clone(),
-            peer: self.peer.clone(),
-            keys,
-            cb,
-        };
-        if let Err(e) = ctx.pd_tx.send(task) {
-            if let PdTask::AskBatchSplit { cb, .. } = e.into_inner() {
-                cb(Err(Error::Stopped));
-            }
-        }
-    }
-
-    /// Sends the region to the split checker if enough was written since the last check.
-    pub(crate) fn maybe_check_split(&mut self, ctx: &mut PollContext) {
-        let diff = ctx.cfg.region_split_check_diff.as_u64();
-        if self.size_diff_hint == 0 || self.size_diff_hint < diff {
-            return;
-        }
-        // The hint is cleared by the result, not here: a split that fails (a membership
-        // change bumped the epoch meanwhile) is then measured and tried again.
-        let _ = ctx.split_check_tx.send(SplitCheckTask {
-            region: self.region().clone(),
-            split_size: ctx.cfg.region_split_size.as_u64(),
-            split_keys: ctx.cfg.region_split_keys,
-        });
-    }
-
-    /// What the split checker measured; splits if it found a split key.
-    pub(crate) fn on_split_check_result(
-        &mut self,
-        epoch: metapb::RegionEpoch,
-        size: u64,
-        keys: u64,
-        split_keys: Vec<Vec<u8>>,
-        ctx: &mut PollContext,
-    ) {
-        if epoch.get_version() != self.region().get_region_epoch().get_version() {
-            return;
-        }
-        self.approximate = Some((size, keys));
-        if split_keys.is_empty() {
-            self.size_diff_hint = 0;
-            return;
-        }
-        let logger = self.logger.clone();
-        let cb: Callback<Vec<metapb::Region>> = Box::new(move |res| {
-            if let Err(e) = res {
-                warn!(logger, "automatic split failed"; "err" => %e);
-            }
-        });
-        self.on_split_request(Some(epoch), split_keys, cb, ctx);
-    }
-
-    /// Acts on an applied split: shrink this peer's range, have the store create the new
-    /// regions' peers.
-    pub(crate) fn on_split_applied(
-        &mut self,
-        regions: Vec<metapb::Region>,
-        create: Vec<metapb::Region>,
-        ctx: &mut PollContext,
-    ) {
-        // The split is durable; the new regions' peers are not created yet.
-        fail::fail_point!("raft_after_split_applied");
-        let parent = regions[0].clone();
-        self.raft.mut_store().set_region(parent.clone());
-        {
-            let mut meta = ctx.store_meta.lock();
-            meta.set_region(parent);
-            for r in &create {
-                meta.set_region(r.clone());
-            }
-        }
-        // The shrunk region may still be past a limit; measure it again.
-        self.size_diff_hint = ctx.cfg.region_split_check_diff.as_u64().max(1);
-        self.approximate = None;
-        self.heartbeat_due = true;
-        let campaign = self.is_leader();
-        let _ = ctx.router.store.send(StoreMsg::CreateSplitPeers {
-            regions: create,
-            campaign,
-        });
-    }
 }
 
 #[cfg(test)]

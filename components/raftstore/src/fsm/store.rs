@@ -162,15 +162,8 @@ impl StoreFsm {
     fn register(&self, mut peer: PeerFsm, apply: ApplyFsm, meta: &mut StoreMeta) {
         let region = peer.region().clone();
         let region_id = region.get_id();
-        let voters: Vec<u64> = region
-            .get_peers()
-            .iter()
-            .filter(|p| p.get_role() == metapb::PeerRole::Voter)
-            .map(|p| p.get_id())
-            .collect();
-        if voters == [peer.peer.get_id()] {
-            // Alone in its region: no reason to wait out an election timeout.
-            let _ = peer.raft.campaign();
+        if peer.is_sole_voter() {
+            peer.campaign();
         }
         if !region.get_peers().is_empty() {
             meta.set_region(region);
@@ -303,9 +296,9 @@ impl StoreFsm {
             let created = match self.load_peer(&region, false) {
                 Ok(Some((mut peer, apply))) => {
                     // Measure the new region once: it may be past a limit already.
-                    peer.size_diff_hint = self.cfg.region_split_check_diff.as_u64().max(1);
+                    peer.schedule_split_check(&self.cfg);
                     if campaign {
-                        let _ = peer.raft.campaign();
+                        peer.campaign();
                     }
                     let mut meta = self.store_meta.lock();
                     meta.pending_split_peers.remove(&id);

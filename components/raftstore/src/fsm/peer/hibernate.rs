@@ -18,7 +18,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use slog::debug;
 
-use crate::{fsm::peer::PeerFsm, metrics, msg::PeerMsg, poll::PollContext};
+use super::PeerFsm;
+use crate::{metrics, msg::PeerMsg, poll::PollContext};
 
 impl PeerFsm {
     /// Whether `msg` should wake this peer if it is quiet.

@@ -8,9 +8,8 @@ use proto::metapb;
 use raft::{RawNode, ReadState};
 use slog::{warn, Logger};
 
-use crate::{
-    fsm::peer::PeerFsm, metrics, msg::Callback, storage::PeerStorage, util::check_epoch, Error,
-};
+use super::PeerFsm;
+use crate::{metrics, msg::Callback, storage::PeerStorage, util::check_epoch, Error};
 
 type Read = (metapb::RegionEpoch, Callback<metapb::Region>);
 

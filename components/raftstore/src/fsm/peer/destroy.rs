@@ -7,8 +7,8 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use slog::{info, warn};
 
+use super::PeerFsm;
 use crate::{
-    fsm::peer::PeerFsm,
     metrics,
     msg::{ApplyMsg, StoreMsg},
     poll::PollContext,

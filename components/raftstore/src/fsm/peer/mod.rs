@@ -1,8 +1,18 @@
 //! The peer state machine: one region's Raft node on this store.
 //!
-//! Operations live in their own files as further `impl PeerFsm` blocks: reads in
-//! `read.rs`, membership and operators in `conf_change.rs`, log compaction in
-//! `log_gc.rs`, PD heartbeats in `heartbeat.rs`, removal in `destroy.rs`.
+//! Operations live in the child modules as further `impl PeerFsm` blocks: reads in
+//! `read`, membership and operators in `conf_change`, splits in `split`, log compaction
+//! in `log_gc`, PD heartbeats in `heartbeat`, hibernation in `hibernate`, removal in
+//! `destroy`. The peer's state is private to this module and its children; the store
+//! and the pollers use its methods.
+
+mod conf_change;
+mod destroy;
+mod heartbeat;
+mod hibernate;
+mod log_gc;
+mod read;
+mod split;
 
 use std::{collections::HashMap, time::Instant};
 
@@ -18,13 +28,13 @@ use raft::{
 };
 use slog::{debug, info, o, warn, Logger};
 
+use self::read::ReadQueue;
 use crate::{
     batch::Fsm,
     metrics,
     msg::{ApplyMsg, ApplyRes, Callback, CmdResponse, ExecResult, PeerMsg, Proposal},
     poll::PollContext,
     proposal::ProposalQueue,
-    read::ReadQueue,
     snap::{snap_key, ReceivedFiles},
     storage::PeerStorage,
     Config, Error, Result,
@@ -43,32 +53,32 @@ struct PendingReady {
 
 /// One region's Raft peer on this store.
 pub struct PeerFsm {
-    pub(crate) peer: metapb::Peer,
-    pub(crate) raft: RawNode<PeerStorage>,
-    pub(crate) logger: Logger,
+    peer: metapb::Peer,
+    raft: RawNode<PeerStorage>,
+    logger: Logger,
     proposals: ProposalQueue,
-    pub(crate) reads: ReadQueue,
+    reads: ReadQueue,
     /// Peers heard from, so that a peer created by a message (whose region has no peers
     /// yet) can answer the leader.
     peer_cache: HashMap<u64, metapb::Peer>,
     /// Leader only: when each other peer was last heard from.
-    pub(crate) peer_heartbeats: HashMap<u64, Instant>,
-    pub(crate) ticks: u64,
+    peer_heartbeats: HashMap<u64, Instant>,
+    ticks: u64,
     pending: Option<PendingReady>,
     /// Report to PD at the next opportunity (the region or its leader changed).
-    pub(crate) heartbeat_due: bool,
+    heartbeat_due: bool,
     /// How many peers the last heartbeat reported as pending; a change is news for PD
     /// (a learner that caught up can be promoted).
-    pub(crate) reported_pending: usize,
-    pub(crate) stopped: bool,
+    reported_pending: usize,
+    stopped: bool,
     /// Bytes proposed since the split checker last measured the region.
-    pub(crate) size_diff_hint: u64,
+    size_diff_hint: u64,
     /// Size and keys the split checker last measured.
-    pub(crate) approximate: Option<(u64, u64)>,
-    /// Hibernating: the store sends no ticks (see `hibernate.rs`).
-    pub(crate) quiet: bool,
+    approximate: Option<(u64, u64)>,
+    /// Hibernating: the store sends no ticks (see `hibernate`).
+    quiet: bool,
     /// Ticks since the last proposal, read or admin request.
-    pub(crate) idle_ticks: u64,
+    idle_ticks: u64,
     /// The last entry handed to the apply state machine: a snapshot waits until the
     /// apply side has reported it applied, so that nothing is in flight there.
     last_sent_to_apply: u64,
@@ -142,8 +152,32 @@ impl PeerFsm {
         self.raft.store().region()
     }
 
+    /// Whether this peer leads its region.
     pub(crate) fn is_leader(&self) -> bool {
         self.raft.raft.state == StateRole::Leader
+    }
+
+    /// Whether this peer is its region's only voter (it need not wait out an election
+    /// timeout to lead).
+    pub(crate) fn is_sole_voter(&self) -> bool {
+        let mut voters = self
+            .region()
+            .get_peers()
+            .iter()
+            .filter(|p| p.get_role() == metapb::PeerRole::Voter);
+        voters.next().map(|p| p.get_id()) == Some(self.peer.get_id()) && voters.next().is_none()
+    }
+
+    /// Starts an election now.
+    pub(crate) fn campaign(&mut self) {
+        if let Err(e) = self.raft.campaign() {
+            debug!(self.logger, "cannot campaign"; "err" => %e);
+        }
+    }
+
+    /// Has the split checker measure this peer's region at its next pass.
+    pub(crate) fn schedule_split_check(&mut self, cfg: &Config) {
+        self.size_diff_hint = cfg.region_split_check_diff.as_u64().max(1);
     }
 
     /// The leader this peer knows of, if it is in the region.

@@ -5,7 +5,8 @@ use proto::raft_cmdpb::{AdminCmdType, AdminRequest};
 use protobuf::Message as _;
 use slog::{debug, warn};
 
-use crate::{fsm::peer::PeerFsm, poll::PollContext};
+use super::PeerFsm;
+use crate::poll::PollContext;
 
 impl PeerFsm {
     pub(crate) fn maybe_compact_log(&mut self, ctx: &mut PollContext) {

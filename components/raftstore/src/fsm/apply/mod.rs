@@ -4,6 +4,9 @@
 //! resumes exactly after the last applied entry. Data writes are not fsynced (the Raft log
 //! is, and replay is deterministic); admin commands are.
 
+mod consistency;
+mod split;
+
 use std::path::PathBuf;
 
 use engine::Cf;
@@ -30,11 +33,11 @@ use crate::{
 
 /// One region's apply state machine.
 pub struct ApplyFsm {
-    pub(crate) region: metapb::Region,
+    region: metapb::Region,
     apply_state: RaftApplyState,
-    pub(crate) logger: Logger,
+    logger: Logger,
     stopped: bool,
-    pub(crate) results: Vec<ExecResult>,
+    results: Vec<ExecResult>,
     dirty: bool,
 }
 

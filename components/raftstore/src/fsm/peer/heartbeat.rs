@@ -4,7 +4,8 @@
 use engine::Cf;
 use proto::pdpb;
 
-use crate::{fsm::peer::PeerFsm, msg::PdTask, poll::PollContext};
+use super::PeerFsm;
+use crate::{msg::PdTask, poll::PollContext};
 
 impl PeerFsm {
     /// Peers so far behind that they need the log the leader no longer has (a snapshot).
