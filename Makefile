@@ -23,10 +23,13 @@ run: build
 	$(BIN)/kv-server
 
 # The same targets as `build` (so nothing is rebuilt), then one summary line over every
-# test binary.
+# test binary. cargo's own status counts too: a test binary that aborts prints no
+# "test result" line.
 test: build
-	$(CARGO) test --release --workspace --all-targets --no-fail-fast 2>&1 | tee $(CARGO_TARGET_DIR)/test.log
+	{ $(CARGO) test --release --workspace --all-targets --no-fail-fast 2>&1; echo $$? > $(CARGO_TARGET_DIR)/test.status; } \
+		| tee $(CARGO_TARGET_DIR)/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' $(CARGO_TARGET_DIR)/test.log
+	@exit $$(cat $(CARGO_TARGET_DIR)/test.status)
 
 # The long fault campaign: 100 seeded runs of the nemesis (kills, pauses, partitions in
 # network namespaces, power loss on a filesystem that drops un-fsynced writes), each
@@ -35,10 +38,11 @@ test: build
 JEPSEN_RUNS ?= 100
 JEPSEN_SECS ?= 20
 jepsen: build
+	@echo "progress: tail -f $(CARGO_TARGET_DIR)/jepsen.log"
 	FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
 	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
-	$(CARGO) test --release --test nemesis seeded_fault_runs -- --nocapture 2>&1 | grep -v '^[A-Z][a-z][a-z] [0-9]' | tee $(CARGO_TARGET_DIR)/jepsen.log
-	@cat $(CARGO_TARGET_DIR)/jepsen.txt
+	$(CARGO) test --release --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1; \
+	status=$$?; cat $(CARGO_TARGET_DIR)/jepsen.txt; exit $$status
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build
