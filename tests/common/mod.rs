@@ -153,17 +153,14 @@ impl Drop for Proc {
 }
 
 /// The cluster secret of each PD a test started, by PD address, so that kvctl and
-/// clients act as the cluster's operator.
-static SECRETS: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
-    std::sync::Mutex::new(Vec::new());
+/// clients act as the cluster's operator. A later cluster on the same address (the
+/// nemesis reuses subnets) replaces the entry.
+static SECRETS: std::sync::Mutex<std::collections::BTreeMap<String, std::path::PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// The cluster secret file of the cluster whose PD listens on `pd`, if a test started it.
 pub fn secret_of(pd: &str) -> Option<std::path::PathBuf> {
-    let secrets = SECRETS.lock().unwrap();
-    secrets
-        .iter()
-        .find(|(a, _)| a == pd)
-        .map(|(_, f)| f.clone())
+    SECRETS.lock().unwrap().get(pd).cloned()
 }
 
 /// Makes kvctl and clients of the cluster whose PD is at `pd` use `secret`.
@@ -171,7 +168,7 @@ pub fn register_secret(pd: &str, secret: &Path) {
     SECRETS
         .lock()
         .unwrap()
-        .push((pd.to_string(), secret.to_path_buf()));
+        .insert(pd.to_string(), secret.to_path_buf());
 }
 
 /// Runs kvctl to completion, as the cluster's operator (with its secret).
