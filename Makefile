@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: deps build run test jepsen bench clean-data
+.PHONY: deps build run test jepsen bench clean-data image cluster-up cluster-down
 
 deps:
 	@bash scripts/install-deps.sh
@@ -47,6 +47,19 @@ jepsen: build
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build
 	$(BIN)/kv-bench --threads 32 --duration 20s --workload write
+
+# The flotilla image, FROM scratch with nothing pulled (docker/build-image.sh).
+IMAGE ?= flotilla:latest
+image: build
+	bash docker/build-image.sh $(IMAGE)
+
+# The compose cluster (docker/docker-compose.yml): one PD, three stores. `cluster-down`
+# removes containers and networks; with VOLUMES=1 the data volumes too.
+COMPOSE := docker-compose -p flotilla -f docker/docker-compose.yml
+cluster-up: image
+	FLOTILLA_IMAGE=$(IMAGE) $(COMPOSE) up -d
+cluster-down:
+	$(COMPOSE) down --remove-orphans $(if $(VOLUMES),--volumes)
 
 clean-data:
 	rm -rf ./flotilla-data
