@@ -167,19 +167,15 @@ fn seed() -> u64 {
 /// Drops each message with probability `p` for a second; true if any was dropped.
 fn lossy_links(net: &Network, seed: u64, p: f64) -> bool {
     let rng = Mutex::new(StdRng::seed_from_u64(seed));
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let d = dropped.clone();
     let f = net.add_filter(Arc::new(move |_, _, _| {
         if rng.lock().gen_bool(p) {
-            d.fetch_add(1, Ordering::Relaxed);
             Verdict::Drop
         } else {
             Verdict::Pass
         }
     }));
     std::thread::sleep(Duration::from_secs(1));
-    net.remove_filter(f);
-    dropped.load(Ordering::Relaxed) > 0
+    net.remove_filter(f) > 0
 }
 
 /// Delays each message by 0 to 40 ms for a second, so that messages overtake each other;
@@ -261,8 +257,7 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
                 let others: Vec<u64> = stores.iter().copied().filter(|s| *s != store).collect();
                 let f = net.partition(&[store], &others);
                 std::thread::sleep(Duration::from_millis(1500));
-                net.remove_filter(f);
-                done.partitions += 1;
+                done.partitions += (net.remove_filter(f) > 0) as usize;
             }
             4 => {
                 c.write().stop_store(store);
@@ -273,19 +268,28 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
             5 => {
                 let f = net.isolate(store);
                 std::thread::sleep(Duration::from_millis(800));
-                net.remove_filter(f);
-                done.isolations += 1;
+                done.isolations += (net.remove_filter(f) > 0) as usize;
             }
             6 => done.lossy += lossy_links(&net, rng.gen(), 0.3) as usize,
             7 => done.reordered += reordering_links(&net, rng.gen()) as usize,
             8 => {
-                // Every store but `store` reaches `store`; two of the others do not reach
-                // each other, so only `store` bridges them.
-                let others: Vec<u64> = stores.iter().copied().filter(|s| *s != store).collect();
-                let f = net.partition(&others[..1], &others[1..2]);
-                std::thread::sleep(Duration::from_millis(1500));
-                net.remove_filter(f);
-                done.bridges += 1;
+                // A region's leader and one follower stop reaching each other; the other
+                // follower reaches both and bridges them. (Followers never talk to each
+                // other, so cutting two followers apart would cut nothing.)
+                let leader = region.as_ref().and_then(|r| c.read().leader_of(r.get_id()));
+                if let (Some(r), Some(leader)) = (&region, leader) {
+                    let followers: Vec<u64> = r
+                        .get_peers()
+                        .iter()
+                        .map(|p| p.get_store_id())
+                        .filter(|s| *s != leader)
+                        .collect();
+                    if let [_bridge, cut_off, ..] = followers[..] {
+                        let f = net.partition(&[leader], &[cut_off]);
+                        std::thread::sleep(Duration::from_millis(1500));
+                        done.bridges += (net.remove_filter(f) > 0) as usize;
+                    }
+                }
             }
             _ => {
                 let image = c.read().crash_image(store);

@@ -86,6 +86,17 @@ fn assert_refused(res: grpcio::Result<Vec<u8>>, why: &str, what: &str) {
     );
 }
 
+/// Asserts that PD's answer carries an error in its header that mentions `why`, and
+/// nothing else (any response's header is field 1, so one type parses them all).
+fn assert_pd_refused(resp: &[u8], why: &str, what: &str) {
+    let r = pdpb::AskBatchSplitResponse::parse_from_bytes(resp).expect("a PD response");
+    let text = r.get_header().get_error().get_message();
+    assert!(
+        text.contains(why) && r.get_ids().is_empty(),
+        "{what}: {r:?} does not mention {why:?}"
+    );
+}
+
 const STORE_WRITES: [&str; 7] = [
     "/tikvpb.Tikv/RawPut",
     "/tikvpb.Tikv/RawBatchPut",
@@ -220,7 +231,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "/tikvpb.Tikv/RawPut",
             &put.write_to_bytes().unwrap(),
         ),
-        "",
+        "larger than max",
         "a 65 MiB put",
     );
     put.set_value(vec![b'x'; 9 << 20]);
@@ -230,7 +241,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "/tikvpb.Tikv/RawPut",
             &put.write_to_bytes().unwrap(),
         ),
-        "max",
+        "raft-entry-max-size",
         "a 9 MiB put",
     );
 
@@ -280,7 +291,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "/tikvpb.Tikv/RawDeleteRange",
             &range.write_to_bytes().unwrap(),
         ),
-        "",
+        "must be before end",
         "a backwards range",
     );
     let mut split = kvrpcpb::SplitRegionRequest::default();
@@ -319,23 +330,34 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     let resp = pdpb::GetRegionResponse::parse_from_bytes(&resp.expect("an answer")).unwrap();
     assert!(!resp.has_region(), "{resp:?}");
+    // An absurd split count for a real region, from a caller with and without the
+    // cluster secret: refused for the count, or for the missing secret.
+    let region = rt.block_on(c.regions()).unwrap().remove(0).region;
     let mut ask = pdpb::AskBatchSplitRequest::default();
+    ask.set_region(region);
     ask.set_split_count(u32::MAX);
-    match call(
-        &pd,
-        "/pdpb.PD/AskBatchSplit",
-        &ask.write_to_bytes().unwrap(),
-    ) {
-        Err(grpcio::Error::RpcFailure(s)) => assert_ne!(s.code(), RpcStatusCode::OK),
-        Ok(r) => {
-            let r = pdpb::AskBatchSplitResponse::parse_from_bytes(&r).unwrap();
-            assert!(
-                r.get_header().has_error() && r.get_ids().is_empty(),
-                "{r:?}"
-            );
-        }
-        Err(e) => panic!("{e}"),
-    }
+    let ask = ask.write_to_bytes().unwrap();
+    let secret = util::secret::ClusterSecret::load(
+        &common::secret_of(&cluster.pd_addr).expect("the cluster's secret"),
+    )
+    .unwrap();
+    let mut headers = grpcio::MetadataBuilder::new();
+    headers
+        .add_str(util::secret::HEADER, secret.as_str())
+        .unwrap();
+    let with_secret = CallOption::default()
+        .timeout(Duration::from_secs(20))
+        .headers(headers.build());
+    let answer = pd
+        .unary_call(&unary("/pdpb.PD/AskBatchSplit"), &ask, with_secret)
+        .expect("an answer");
+    assert_pd_refused(&answer, "pd.max-batch-split", "split count u32::MAX");
+    let answer = call(&pd, "/pdpb.PD/AskBatchSplit", &ask).expect("an answer");
+    assert_pd_refused(
+        &answer,
+        "cluster secret",
+        "a split asked without the secret",
+    );
 
     // Nothing died, nothing changed, and writes still work.
     assert!(cluster.pd.is_running(), "PD is up");

@@ -195,4 +195,21 @@ impl NetCluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+
+    /// Stops everything and keeps the run's directory (logs, data, history) for a look.
+    pub fn keep(self) -> PathBuf {
+        let NetCluster {
+            stores,
+            _pd,
+            disks,
+            net,
+            dir,
+            ..
+        } = self;
+        drop(stores);
+        drop(_pd);
+        drop(disks);
+        drop(net);
+        dir.keep()
+    }
 }

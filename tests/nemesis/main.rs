@@ -4,8 +4,9 @@
 //! a leader, every store killed at once, cut routes between hosts (one store off the
 //! others, a bridge, one store off everything), and power loss of one store or of all.
 //!
-//! Each run is replayable from its seed: the seed picks the faults, their targets and
-//! timings, and the clients' operations. After the run the network heals, every store
+//! The seed fixes a run's fault plan: which faults, their targets and hold times, and the
+//! clients' operations (what the processes then do is not deterministic, so a seed
+//! reproduces the plan, not the exact interleaving). After the run the network heals, every store
 //! runs, and three things are checked: the history is linearizable per key (library
 //! checker), every acknowledged write of the ledger is there, and every region's
 //! replicas hash the same. `make test` runs a short campaign; `make jepsen` a long one
@@ -104,16 +105,28 @@ fn inject(
 ) {
     let hold = Duration::from_millis(rng.gen_range(1000..3500));
     let victim = rng.gen_range(0..STORES);
+    let leader_of = key(rng.gen_range(0..KEYS));
     eprintln!("nemesis: {fault:?} (store on host {victim} unless led elsewhere) for {hold:?}");
+    restart_exited(c, report);
     let effective = match fault {
         Fault::Kill => {
             c.kill(victim);
+            let dead = !c.running(victim);
             std::thread::sleep(hold);
             c.start_store(victim);
-            true
+            dead
         }
         Fault::PauseLeader => {
-            let h = leader_host(c, rt, cl, &key(rng.gen_range(0..KEYS))).unwrap_or(victim);
+            let leader = test_cluster::poll_until(Duration::from_secs(5), || {
+                leader_host(c, rt, cl, &leader_of)
+            });
+            let Some(h) = leader else {
+                report.problems.push(format!(
+                    "PauseLeader: PD named no leader for {:?} within 5s",
+                    String::from_utf8_lossy(&leader_of)
+                ));
+                return;
+            };
             c.signal(h, libc::SIGSTOP);
             std::thread::sleep(hold);
             let stopped = process_state(c, h) == Some('T');
@@ -138,20 +151,28 @@ fn inject(
             for (a, b) in &cuts {
                 c.net.cut(*a, *b);
             }
-            let (a, b) = cuts[0];
-            let Node::Host(a) = a else {
-                unreachable!("cuts start at a host")
+            let reachable = |c: &NetCluster| -> Vec<bool> {
+                cuts.iter()
+                    .map(|(a, b)| {
+                        let Node::Host(a) = *a else {
+                            unreachable!("cuts start at a host")
+                        };
+                        c.net.reaches(a, *b)
+                    })
+                    .collect()
             };
-            let cut = !c.net.reaches(a, b);
+            let cut = reachable(c).iter().all(|r| !r);
             std::thread::sleep(hold);
             c.net.heal();
-            cut && c.net.reaches(a, b)
+            let healed = reachable(c).iter().all(|r| *r);
+            cut && healed
         }
         Fault::PowerLoss => {
             report.dropped_bytes += c.power_loss(victim);
+            let dead = !c.running(victim);
             std::thread::sleep(hold / 2);
             c.start_store(victim);
-            true
+            dead
         }
         Fault::KillAll | Fault::PowerLossAll => {
             if fault == Fault::KillAll {
@@ -159,11 +180,12 @@ fn inject(
             } else {
                 report.dropped_bytes += c.power_loss_all();
             }
+            let dead = (0..STORES).all(|h| !c.running(h));
             std::thread::sleep(hold / 2);
             for h in 0..STORES {
                 c.start_store(h);
             }
-            true
+            dead
         }
     };
     if effective {
@@ -172,6 +194,29 @@ fn inject(
         report
             .problems
             .push(format!("{fault:?} did not take effect"));
+    }
+}
+
+/// A store that died by itself is a bug: recorded with its log, then restarted so that
+/// the run goes on (a later fault must not quietly restart it).
+fn restart_exited(c: &mut NetCluster, report: &mut Report) {
+    for h in 0..STORES {
+        if !c.running(h) {
+            report
+                .problems
+                .push(format!("store {h} exited by itself:\n{}", c.log_tail(h)));
+            c.start_store(h);
+        }
+    }
+}
+
+/// Sets the flag when dropped, so that a panicking fault loop still stops the clients
+/// (the scope would otherwise wait for them forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -225,6 +270,7 @@ fn run(seed: u64, secs: u64) -> Report {
         }
         let (rth, cl2, ledger, stop2) = (rt.handle(), &cl, &ledger, &stop);
         s.spawn(move || ledger.write(rth, cl2, stop2));
+        let _stop = StopOnDrop(&stop);
         while Instant::now() + Duration::from_secs(4) < deadline {
             std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
             let fault = if rng.gen_bool(0.6) {
@@ -235,22 +281,21 @@ fn run(seed: u64, secs: u64) -> Report {
             inject(fault, &mut rng, &mut c, &rt, &cl, &mut report);
         }
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        stop.store(true, Ordering::Relaxed);
     });
-    for h in 0..STORES {
-        if !c.running(h) {
-            report
-                .problems
-                .push(format!("store {h} exited by itself:\n{}", c.log_tail(h)));
-            c.start_store(h);
-        }
+    restart_exited(&mut c, &mut report);
+    finish(seed, &c, &rt, &cl, &rec, &ledger, &mut report);
+    if !report.problems.is_empty() {
+        let kept = c.keep();
+        report
+            .problems
+            .push(format!("logs and data kept in {}", kept.display()));
     }
-    finish(&c, &rt, &cl, &rec, &ledger, &mut report);
     report
 }
 
 /// Closes the history with a read of every key, then runs the three checks.
 fn finish(
+    seed: u64,
     c: &NetCluster,
     rt: &tokio::runtime::Runtime,
     cl: &client::Client,
@@ -277,8 +322,10 @@ fn finish(
     (report.ok, report.failed, report.unknown) = rec.counts();
     if let Err(v) = rec.check(c.dir()) {
         report.violations += 1;
-        let kept =
-            std::env::temp_dir().join(format!("flotilla-nemesis-{}.json", std::process::id()));
+        let kept = std::env::temp_dir().join(format!(
+            "flotilla-nemesis-seed{seed}-{}.json",
+            std::process::id()
+        ));
         let _ = std::fs::copy(&v.file, &kept);
         report
             .problems
@@ -322,6 +369,13 @@ fn finish(
     }
 }
 
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Runs `runs` seeds from `first` and prints the table.
 fn campaign(first: u64, runs: u64, secs: u64) {
     let mut table = String::new();
@@ -335,7 +389,11 @@ fn campaign(first: u64, runs: u64, secs: u64) {
     .unwrap();
     let started = Instant::now();
     for seed in first..first + runs {
-        let r = run(seed, secs);
+        // One run's panic is that run's failure; the campaign goes on to its table.
+        let r = std::panic::catch_unwind(|| run(seed, secs)).unwrap_or_else(|p| Report {
+            problems: vec![format!("the run panicked: {}", panic_message(&p))],
+            ..Report::default()
+        });
         let faults = r
             .faults
             .iter()

@@ -164,10 +164,13 @@ impl Net {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// Deleting a namespace deletes the veth ends in it, and with them their peers.
+    /// Deleting a namespace deletes the veth ends in it, and with them their peers; the
+    /// test's own namespace may still hold cuts left by a process killed mid-fault.
     fn remove_all(&self) {
         for h in 0..self.hosts {
             let _ = ip(&["netns", "del", &self.netns(h)]);
+            let dst = format!("{}/32", self.addr(Node::Host(h)));
+            let _ = ip(&["route", "del", "blackhole", &dst]);
         }
         let _ = ip(&["netns", "del", &self.switch()]);
         let _ = ip(&["link", "del", &format!("{}g", self.tag)]);

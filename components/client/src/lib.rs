@@ -113,11 +113,28 @@ impl Backoff {
             last,
         })
     }
+
+    /// How long the next try may wait for an answer.
+    fn remaining(&self) -> Duration {
+        self.0.remaining()
+    }
 }
 
 enum Attempt<T> {
     Done(T),
     Retry(String),
+}
+
+/// A write that some regions applied and one refused or did not answer is neither done
+/// nor undone: the caller must learn that its outcome is undetermined.
+fn partly_written(kind: Kind, some_applied: bool, e: Error) -> Error {
+    match e {
+        Error::Undetermined(_) => e,
+        e if kind == Kind::Write && some_applied => {
+            Error::Undetermined(format!("applied in some regions only: {e}"))
+        }
+        e => e,
+    }
 }
 
 /// Whether a request changes state: one that may have been applied is never retried.
@@ -301,7 +318,7 @@ impl Client {
     {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            match self.attempt(kind, key, &call).await? {
+            match self.attempt(kind, key, &backoff, &call).await? {
                 (Attempt::Done(t), route) => return Ok((t, route)),
                 (Attempt::Retry(last), _) => backoff.wait(last).await?,
             }
@@ -312,6 +329,7 @@ impl Client {
         &self,
         kind: Kind,
         key: &[u8],
+        backoff: &Backoff,
         call: &F,
     ) -> Result<(Attempt<T>, RegionRoute)>
     where
@@ -327,15 +345,17 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let res = self.attempt_at(kind, route.clone(), call).await?;
+        let res = self.attempt_at(kind, route.clone(), backoff, call).await?;
         Ok((res, route))
     }
 
-    /// One try of `call` against the leader of `route`.
+    /// One try of `call` against the leader of `route`, within what is left of `backoff`'s
+    /// deadline.
     async fn attempt_at<T, F, Fut>(
         &self,
         kind: Kind,
         route: RegionRoute,
+        backoff: &Backoff,
         call: F,
     ) -> Result<Attempt<T>>
     where
@@ -358,14 +378,14 @@ impl Client {
         // A store that accepted the connection and then stopped answering (paused, or cut
         // off mid-request) must not hold the caller past its deadline.
         let answer = tokio::time::timeout(
-            self.timeout,
+            backoff.remaining(),
             call(client, context(&route, &leader), route.clone()),
         )
         .await
         .unwrap_or_else(|_| {
             Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
                 grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
-                format!("no answer within {:?}", self.timeout),
+                format!("no answer within the deadline of {:?}", self.timeout),
             )))
         });
         match answer {
@@ -462,24 +482,31 @@ impl Client {
             let attempts =
                 futures::future::join_all(groups.into_iter().map(|(route, items)| async {
                     let res = self
-                        .attempt_at(kind, route, |c, ctx, _| call(c, ctx, &items))
+                        .attempt_at(kind, route, &backoff, |c, ctx, _| call(c, ctx, &items))
                         .await;
                     (items, res)
                 }))
                 .await;
             pending.clear();
             let mut last = String::new();
+            let mut failure = None;
             for (items, res) in attempts {
-                match res? {
-                    Attempt::Done(r) => out.push(r),
-                    Attempt::Retry(why) => {
+                match res {
+                    Ok(Attempt::Done(r)) => out.push(r),
+                    Ok(Attempt::Retry(why)) => {
                         pending.extend(items);
                         last = why;
                     }
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
-            if !pending.is_empty() {
-                backoff.wait(last).await?;
+            let failure = match failure {
+                Some(e) => Some(e),
+                None if pending.is_empty() => None,
+                None => backoff.wait(last).await.err(),
+            };
+            if let Some(e) = failure {
+                return Err(partly_written(kind, !out.is_empty(), e));
             }
         }
         Ok(out)
@@ -727,7 +754,7 @@ impl Client {
             let route = self.region_by_id(region_id, &mut backoff).await?;
             let leader = route.leader.clone();
             let attempt = self
-                .attempt_at(Kind::Write, route, |c, ctx, _| {
+                .attempt_at(Kind::Write, route, &backoff, |c, ctx, _| {
                     let mut req = kvrpcpb::SplitRegionRequest::default();
                     req.set_context(ctx);
                     req.set_split_keys(split_keys.to_vec().into());
@@ -788,6 +815,23 @@ mod tests {
         assert!(matches!(e, Error::Undetermined(ref why) if why == "no answer within 5s"));
         assert!(matches!(
             Error::from_store("key must not be empty".into()),
+            Error::Store(_)
+        ));
+    }
+
+    #[test]
+    fn a_batch_write_refused_in_one_region_after_another_applied_is_undetermined() {
+        let refused = || Error::Store("disk full".into());
+        assert!(matches!(
+            partly_written(Kind::Write, true, refused()),
+            Error::Undetermined(ref why) if why.contains("some regions only") && why.contains("disk full")
+        ));
+        assert!(matches!(
+            partly_written(Kind::Write, false, refused()),
+            Error::Store(_)
+        ));
+        assert!(matches!(
+            partly_written(Kind::Read, true, refused()),
             Error::Store(_)
         ));
     }

@@ -137,6 +137,7 @@ impl LazyFsOps {
             Some(fh) => self.file(fh)?.0,
             None => Arc::new(
                 OpenOptions::new()
+                    .read(true) // the undo log reads what the cut removes
                     .write(true)
                     .open(self.full(&self.rel(ino)?))
                     .map_err(errno)?,
@@ -182,9 +183,10 @@ impl LazyFsOps {
 
     fn open_options(flags: i32) -> OpenOptions {
         let mut o = OpenOptions::new();
+        // A writer's backing file is opened for reading too: the undo log reads the synced
+        // bytes a write is about to replace. (The kernel has already checked the mode.)
         match flags & libc::O_ACCMODE {
-            libc::O_WRONLY => o.write(true),
-            libc::O_RDWR => o.read(true).write(true),
+            libc::O_WRONLY | libc::O_RDWR => o.read(true).write(true),
             _ => o.read(true),
         };
         // The kernel has already applied O_APPEND to the offsets it sends.
@@ -342,8 +344,10 @@ impl Filesystem for LazyFsOps {
         let res = (|| {
             let (from, to) = (self.rel(ino)?, self.child(newparent, newname)?);
             std::fs::hard_link(self.full(&from), self.full(&to)).map_err(errno)?;
-            // The inode keeps the path it had; a lookup of the new name finds it too.
+            // The inode now goes by its newest name, so that linking a file in and
+            // unlinking its old name (how files are moved into place) keeps it reachable.
             let m = std::fs::symlink_metadata(self.full(&to)).map_err(errno)?;
+            self.state.lock().inodes.remember(to, m.ino());
             Ok(attr(ino.0, &m))
         })();
         reply!(reply, res, |a| reply.entry(&TTL, &a, Generation(0)))
@@ -593,13 +597,13 @@ impl Filesystem for LazyFsOps {
     ) {
         let res = self.file(fh).and_then(|(f, backing)| {
             use std::os::fd::AsRawFd;
-            let mut s = self.state.lock();
-            if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
-                // Growing the file is a change like an append.
-                s.undo
-                    .before_write(backing, &f, offset, length)
-                    .map_err(errno)?;
-            }
+            // Punching a hole or zeroing a range changes synced bytes like a write does;
+            // growing the file is a change like an append.
+            self.state
+                .lock()
+                .undo
+                .before_write(backing, &f, offset, length)
+                .map_err(errno)?;
             // SAFETY: a valid open descriptor; fallocate reads no memory of ours.
             let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, length as i64) };
             if rc == 0 {

@@ -70,17 +70,6 @@ impl LazyFs {
         &self.mountpoint
     }
 
-    /// Bytes a power loss now would drop.
-    pub fn unsynced_bytes(&self) -> u64 {
-        let s = self.state.lock();
-        s.undo.unsynced_bytes(|backing| {
-            let rel = s.inodes.path_of_backing(backing)?;
-            std::fs::metadata(self.backing.join(rel))
-                .ok()
-                .map(|m| m.len())
-        })
-    }
-
     /// Drops every byte not fsynced and mounts the filesystem again. Every process that
     /// had it open must be dead first (or unmounting fails with `EBUSY`).
     pub fn power_loss(&mut self) -> io::Result<Dropped> {

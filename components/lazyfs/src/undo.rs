@@ -4,7 +4,7 @@
 //! old bytes back. Appends (all a write-ahead log does) cost nothing to track.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     io,
     os::unix::fs::FileExt,
@@ -14,9 +14,38 @@ use std::{
 #[derive(Debug)]
 struct Undo {
     synced_len: u64,
-    /// Old contents of synced ranges, oldest first; restored newest first so that the
-    /// oldest (the synced) version of a byte wins.
-    saved: Vec<(u64, Vec<u8>)>,
+    /// Synced contents of ranges changed since, by offset; the ranges never overlap, and
+    /// a byte is saved once (its first change), so memory stays bounded by the file's
+    /// synced length however often the same range is rewritten.
+    saved: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Undo {
+    /// The parts of `[from, to)` not saved yet.
+    fn unsaved(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        let mut gaps = vec![];
+        let mut at = from;
+        // A saved range starting before `from` may still cover it.
+        let before = self.saved.range(..from).next_back();
+        let covering = before.map(|(o, b)| (*o, *o + b.len() as u64));
+        let after = self
+            .saved
+            .range(from..to)
+            .map(|(o, b)| (*o, *o + b.len() as u64));
+        for (start, end) in covering.into_iter().chain(after) {
+            if start > at {
+                gaps.push((at, start.min(to)));
+            }
+            at = at.max(end);
+            if at >= to {
+                break;
+            }
+        }
+        if at < to {
+            gaps.push((at, to));
+        }
+        gaps
+    }
 }
 
 /// Un-fsynced changes of every file, by the backing file's inode number (stable across
@@ -54,7 +83,7 @@ impl UndoLog {
             ino,
             Undo {
                 synced_len: 0,
-                saved: vec![],
+                saved: BTreeMap::new(),
             },
         );
     }
@@ -67,17 +96,6 @@ impl UndoLog {
     /// The file is gone: there is nothing left to put back.
     pub fn removed(&mut self, ino: u64) {
         self.files.remove(&ino);
-    }
-
-    /// Bytes that a power loss now would drop.
-    pub fn unsynced_bytes(&self, len_of: impl Fn(u64) -> Option<u64>) -> u64 {
-        self.files
-            .iter()
-            .map(|(ino, u)| {
-                let appended = len_of(*ino).map_or(0, |l| l.saturating_sub(u.synced_len));
-                appended + u.saved.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
-            })
-            .sum()
     }
 
     /// Puts every file back to what it held at its last fsync. `path_of` finds a backing
@@ -96,7 +114,7 @@ impl UndoLog {
             dropped.files += 1;
             dropped.appended_bytes += len.saturating_sub(undo.synced_len);
             file.set_len(undo.synced_len)?;
-            for (offset, bytes) in undo.saved.iter().rev() {
+            for (offset, bytes) in &undo.saved {
                 file.write_all_at(bytes, *offset)?;
                 dropped.restored_bytes += bytes.len() as u64;
             }
@@ -113,14 +131,19 @@ impl UndoLog {
             // durable (it was synced, or was there when the filesystem was mounted).
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Undo {
                 synced_len: file.metadata()?.len(),
-                saved: vec![],
+                saved: BTreeMap::new(),
             }),
         };
-        let end = to.min(undo.synced_len);
-        if from < end {
-            let mut old = vec![0; (end - from) as usize];
-            file.read_exact_at(&mut old, from)?;
-            undo.saved.push((from, old));
+        // Synced bytes past the file's current end were cut off by a truncation, which
+        // saved them already.
+        let end = to.min(undo.synced_len).min(file.metadata()?.len());
+        if from >= end {
+            return Ok(());
+        }
+        for (start, stop) in undo.unsaved(from, end) {
+            let mut old = vec![0; (stop - start) as usize];
+            file.read_exact_at(&mut old, start)?;
+            undo.saved.insert(start, old);
         }
         Ok(())
     }
@@ -194,7 +217,6 @@ mod tests {
         log.created(ib);
         fa.write_all_at(b"unsynced", 0).unwrap();
         fb.write_all_at(b"unsynced", 0).unwrap();
-        assert_eq!(log.unsynced_bytes(|_| Some(8)), 16);
         std::fs::remove_file(&b).unwrap();
 
         let paths = [(ia, a.clone()), (ib, b.clone())];
@@ -204,5 +226,47 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"");
         assert_eq!(dropped.appended_bytes, 8);
         assert_eq!(dropped.files, 1);
+    }
+
+    #[test]
+    fn a_write_after_a_truncation_below_the_synced_length_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let f = open(&path);
+        let ino = f.metadata().unwrap().ino();
+        let mut log = UndoLog::default();
+        // O_TRUNC, then a write inside what used to be synced.
+        log.before_truncate(ino, &f, 0).unwrap();
+        f.set_len(0).unwrap();
+        log.before_write(ino, &f, 4, 4).unwrap();
+        f.write_all_at(b"abcd", 4).unwrap();
+        log.before_write(ino, &f, 0, 10).unwrap();
+        f.write_all_at(b"ABCDEFGHIJ", 0).unwrap();
+
+        let path_of = |i: u64| (i == ino).then(|| path.clone());
+        log.drop_unsynced(path_of).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn rewriting_a_range_saves_its_synced_bytes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let f = open(&path);
+        let ino = f.metadata().unwrap().ino();
+        let mut log = UndoLog::default();
+        for round in 0..100u8 {
+            let (off, len) = (u64::from(round % 7), 3);
+            log.before_write(ino, &f, off, len).unwrap();
+            f.write_all_at(&[b'a' + round % 26; 3], off).unwrap();
+        }
+        let saved: usize = log.files[&ino].saved.values().map(Vec::len).sum();
+        assert_eq!(saved, 9, "bytes 0..9 were changed, each saved once");
+
+        let path_of = |i: u64| (i == ino).then(|| path.clone());
+        log.drop_unsynced(path_of).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
     }
 }

@@ -78,6 +78,34 @@ fn core() -> (tempfile::TempDir, PdCore) {
     (dir, core)
 }
 
+/// Whether a report is malformed on its face (checked here independently of PD's own
+/// validation): PD must refuse it and change nothing.
+fn malformed(hb: &pdpb::RegionHeartbeatRequest) -> bool {
+    let r = hb.get_region();
+    let (start, end) = (r.get_start_key(), r.get_end_key());
+    let epoch = r.get_region_epoch();
+    let peers = r.get_peers();
+    let dup = |f: fn(&metapb::Peer) -> u64| {
+        let mut v: Vec<u64> = peers.iter().map(f).collect();
+        v.sort_unstable();
+        v.windows(2).any(|w| w[0] == w[1])
+    };
+    let l = hb.get_leader();
+    let leader_is_voter = peers.iter().any(|p| {
+        p.get_id() == l.get_id()
+            && p.get_store_id() == l.get_store_id()
+            && p.get_role() == metapb::PeerRole::Voter
+    });
+    (!end.is_empty() && start >= end)
+        || epoch.get_version() == 0
+        || epoch.get_conf_ver() == 0
+        || peers.is_empty()
+        || dup(|p| p.get_id())
+        || dup(|p| p.get_store_id())
+        || peers.iter().any(|p| !(1..=4).contains(&p.get_store_id()))
+        || !leader_is_voter
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -85,7 +113,18 @@ proptest! {
     fn hostile_heartbeats_never_break_the_routing_table(hbs in proptest::collection::vec(heartbeat(), 1..40)) {
         let (_dir, core) = core();
         for hb in &hbs {
-            let _ = core.region_heartbeat(hb);
+            let table = |core: &PdCore| -> Vec<_> {
+                core.scan_regions(b"", b"", usize::MAX)
+                    .into_iter()
+                    .map(|r| (r.region, r.leader))
+                    .collect()
+            };
+            let before = table(&core);
+            let res = core.region_heartbeat(hb);
+            if malformed(hb) {
+                prop_assert!(res.is_err(), "a malformed report was taken: {hb:?}");
+                prop_assert_eq!(table(&core), before, "a refused report changed the routing table");
+            }
             let regions = core.scan_regions(b"", b"", usize::MAX);
             for r in &regions {
                 let (s, e) = (r.region.get_start_key(), r.region.get_end_key());

@@ -40,6 +40,22 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// The first `Some` that `f` returns within `timeout`, or `None`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// Where the cluster's stores and PD log: nowhere, unless `FLOTILLA_TEST_LOG` names a
 /// level (error, warn, info, debug) to debug a failing test with.
 fn test_logger() -> util::logger::Logger {

@@ -32,7 +32,8 @@ pub type Filter = Arc<dyn Fn(u64, u64, &RaftMessage) -> Verdict + Send + Sync>;
 #[derive(Default)]
 struct Inner {
     stores: RwLock<HashMap<u64, (RaftRouter, SnapManager)>>,
-    filters: RwLock<Vec<(u64, Filter)>>,
+    /// Each filter with its id and the messages it dropped.
+    filters: RwLock<Vec<(u64, Filter, Arc<AtomicU64>)>>,
     next_filter: AtomicU64,
     delayed: Mutex<Option<Sender<(Instant, u64, u64, RaftMessage)>>>,
 }
@@ -79,13 +80,23 @@ impl Network {
     /// Adds a filter; returns its id for [`Network::remove_filter`].
     pub fn add_filter(&self, f: Filter) -> u64 {
         let id = self.inner.next_filter.fetch_add(1, Ordering::SeqCst);
-        self.inner.filters.write().push((id, f));
+        self.inner
+            .filters
+            .write()
+            .push((id, f, Arc::new(AtomicU64::new(0))));
         id
     }
 
-    /// Removes one filter.
-    pub fn remove_filter(&self, id: u64) {
-        self.inner.filters.write().retain(|(i, _)| *i != id);
+    /// Removes one filter; returns how many messages it dropped, so that a test can tell
+    /// a partition that cut something from one that cut nothing.
+    pub fn remove_filter(&self, id: u64) -> u64 {
+        let mut filters = self.inner.filters.write();
+        let dropped = filters
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map_or(0, |(_, _, n)| n.load(Ordering::Relaxed));
+        filters.retain(|(i, _, _)| *i != id);
+        dropped
     }
 
     /// Removes every filter: the network heals.
@@ -125,9 +136,12 @@ impl Network {
 
     fn verdict(&self, from: u64, to: u64, msg: &RaftMessage) -> Verdict {
         let mut delay = Duration::ZERO;
-        for (_, f) in self.inner.filters.read().iter() {
+        for (_, f, dropped) in self.inner.filters.read().iter() {
             match f(from, to, msg) {
-                Verdict::Drop => return Verdict::Drop,
+                Verdict::Drop => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    return Verdict::Drop;
+                }
                 Verdict::Delay(d) => delay = delay.max(d),
                 Verdict::Pass => {}
             }

@@ -45,6 +45,11 @@ impl Retry {
         }
     }
 
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.timeout.saturating_sub(self.started.elapsed())
+    }
+
     /// Time since the first try.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

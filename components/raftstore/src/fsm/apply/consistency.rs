@@ -1,6 +1,7 @@
 //! ComputeHash on the apply poller.
 
-use super::{ApplyContext, ApplyFsm};
+use super::ApplyFsm;
+use crate::apply_poll::ApplyContext;
 use crate::{consistency::region_hash, msg::CmdResponse, Result};
 
 impl ApplyFsm {

@@ -19,7 +19,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use slog::{error, info, o, Logger};
 
-pub(crate) use crate::apply_poll::ApplyContext;
+use crate::apply_poll::ApplyContext;
 use crate::{
     batch::Fsm,
     conf_change::apply_change,
@@ -351,9 +351,7 @@ impl ApplyFsm {
         self.dirty = true;
         Ok(())
     }
-}
 
-impl ApplyFsm {
     /// Handles up to a round's worth of messages from `inbox`.
     pub(crate) fn handle_inbox(
         &mut self,

@@ -6,7 +6,8 @@ use proto::raft_cmdpb::RaftCmdRequest;
 use proto::raft_serverpb::{PeerState, RegionLocalState};
 use slog::{info, warn};
 
-use super::{ApplyContext, ApplyFsm};
+use super::ApplyFsm;
+use crate::apply_poll::ApplyContext;
 use crate::{
     bootstrap,
     msg::{CmdResponse, ExecResult},

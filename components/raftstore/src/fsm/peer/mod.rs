@@ -18,7 +18,7 @@ use std::{collections::HashMap, time::Instant};
 
 use proto::{
     metapb,
-    raft_cmdpb::{AdminCmdType, RaftCmdRequest},
+    raft_cmdpb::{AdminCmdType, CmdType, RaftCmdRequest},
     raft_serverpb::RaftMessage,
 };
 use protobuf::Message as _;
@@ -315,9 +315,14 @@ impl PeerFsm {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        // Every client command writes (reads never become commands); admin commands
-        // (splits, membership, hashes) stay allowed, the reserve is for them.
-        if !cmd.get_requests().is_empty() {
+        // Every client command writes (reads never become commands). Admin commands
+        // (splits, membership, hashes) stay allowed, the reserve is for them; so do
+        // deletes, which write a small tombstone and are how an operator makes room.
+        let only_deletes = cmd
+            .get_requests()
+            .iter()
+            .all(|r| matches!(r.get_cmd_type(), CmdType::Delete | CmdType::DeleteRange));
+        if !only_deletes {
             ctx.disk.admit_write(u64::from(cmd.compute_size()))?;
         }
         let max_apply_lag = ctx.cfg.max_apply_lag;
