@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: deps build run test jepsen bench clean-data image cluster-up cluster-down
+.PHONY: deps build run test jepsen bench clean-data image prometheus-image cluster-up cluster-down
 
 deps:
 	@bash scripts/install-deps.sh
@@ -48,18 +48,24 @@ jepsen: build
 bench: build
 	$(BIN)/kv-bench --threads 32 --duration 20s --workload write
 
-# The flotilla image, FROM scratch with nothing pulled (docker/build-image.sh).
+# The images, FROM scratch with nothing pulled (docker/build-image.sh): Flotilla's
+# binaries, and Prometheus from Debian's package for the compose `monitoring` profile.
 IMAGE ?= flotilla:latest
+PROMETHEUS_IMAGE ?= flotilla-prometheus:latest
 image: build
 	bash docker/build-image.sh $(IMAGE)
+prometheus-image: deps
+	bash docker/build-image.sh --prometheus $(PROMETHEUS_IMAGE)
 
-# The compose cluster (docker/docker-compose.yml): one PD, three stores. `cluster-down`
-# removes containers and networks; with VOLUMES=1 the data volumes too.
+# The compose cluster (docker/docker-compose.yml): one PD, three stores; MONITORING=1 adds
+# Prometheus on 127.0.0.1:9090. `cluster-down` removes containers and networks; with
+# VOLUMES=1 the data volumes too.
 COMPOSE := docker-compose -p flotilla -f docker/docker-compose.yml
-cluster-up: image
-	FLOTILLA_IMAGE=$(IMAGE) $(COMPOSE) up -d
+cluster-up: image $(if $(MONITORING),prometheus-image)
+	FLOTILLA_IMAGE=$(IMAGE) FLOTILLA_PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) \
+		$(COMPOSE) $(if $(MONITORING),--profile monitoring) up -d
 cluster-down:
-	$(COMPOSE) down --remove-orphans $(if $(VOLUMES),--volumes)
+	$(COMPOSE) --profile monitoring down --remove-orphans $(if $(VOLUMES),--volumes)
 
 clean-data:
 	rm -rf ./flotilla-data

@@ -2,7 +2,8 @@
 # Installs the system packages the build needs (Debian), only if they are missing:
 # cmake and a C++ compiler for the gRPC core and RocksDB, libclang for RocksDB's bindings,
 # protoc for the wire protocol's code generation; iproute2 and ping for the fault tests'
-# network namespaces.
+# network namespaces; prometheus (one binary linking only libc) for the metrics test and
+# the compose cluster's monitoring image.
 set -euo pipefail
 
 need=()
@@ -24,14 +25,27 @@ has_libclang || need+=(libclang-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 
-if [ ${#need[@]} -eq 0 ]; then
+# Prometheus alone, without what it recommends (node-exporter); its service, where a
+# systemd runs, is stopped: tests and the compose image start their own.
+lean=()
+command -v prometheus >/dev/null 2>&1 || lean+=(prometheus)
+
+if [ ${#need[@]} -eq 0 ] && [ ${#lean[@]} -eq 0 ]; then
   exit 0
 fi
 
-echo "installing system packages: ${need[*]}"
+echo "installing system packages: ${need[*]} ${lean[*]}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+if [ ${#lean[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${lean[@]}"
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi

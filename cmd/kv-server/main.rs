@@ -23,6 +23,9 @@ struct Args {
     /// Status HTTP address (/metrics, /status).
     #[arg(long)]
     status_addr: Option<String>,
+    /// Status address announced to PD, if not --status-addr.
+    #[arg(long)]
+    advertise_status_addr: Option<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -32,6 +35,8 @@ struct Args {
     /// The cluster secret (the file pd-server created: <pd data-dir>/cluster-secret).
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    log: util::logger::LogFlags,
 }
 
 fn config(args: &Args) -> util::Result<Config> {
@@ -49,6 +54,9 @@ fn config(args: &Args) -> util::Result<Config> {
     if let Some(v) = &args.status_addr {
         s.status_addr = v.clone();
     }
+    if let Some(v) = &args.advertise_status_addr {
+        s.advertise_status_addr = v.clone();
+    }
     if let Some(v) = &args.data_dir {
         s.data_dir = v.clone();
     }
@@ -62,6 +70,7 @@ fn config(args: &Args) -> util::Result<Config> {
             .filter(|e| !e.is_empty())
             .collect();
     }
+    args.log.apply(&mut cfg.log);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -76,7 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logger = util::logger::new(cfg.log.level);
+    let logger = util::logger::new(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("kv-server")

@@ -35,6 +35,8 @@ struct Args {
     /// <data-dir>/cluster-secret). Give every store the same file.
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    log: util::logger::LogFlags,
 }
 
 fn config(args: &Args) -> util::Result<FileConfig> {
@@ -64,6 +66,7 @@ fn config(args: &Args) -> util::Result<FileConfig> {
     if let Some(v) = &args.cluster_secret_file {
         cfg.pd.cluster_secret_file = v.clone();
     }
+    args.log.apply(&mut cfg.log);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logger = util::logger::new(cfg.log.level);
+    let logger = util::logger::new(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

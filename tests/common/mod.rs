@@ -127,6 +127,18 @@ impl Proc {
         None
     }
 
+    /// SIGTERM, then waits up to `timeout` for the process to exit; its status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.pid()?;
+        // SAFETY: kill(2) on a child this handle started and has not reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = self.wait_exit(timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -322,11 +334,38 @@ impl ProcCluster {
         );
     }
 
+    /// Gives store `i` new ports (it must be stopped); the next start uses them.
+    pub fn readdress_store(&mut self, i: usize) {
+        assert!(self.stores[i].is_none(), "store {i} is still running");
+        self.store_addrs[i] = (free_port(), free_port());
+    }
+
+    /// Stops store `i` with SIGTERM (a graceful shutdown); its exit status, or `None`
+    /// if it did not exit within `timeout` (it is then killed).
+    pub fn terminate_store(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut p = self.stores[i].take()?;
+        p.terminate(timeout)
+    }
+
     /// SIGKILLs store `i`.
     pub fn kill_store(&mut self, i: usize) {
         if let Some(mut p) = self.stores[i].take() {
             p.kill();
         }
+    }
+
+    /// PD's status address (`/metrics`).
+    pub fn pd_status_addr(&self) -> String {
+        let i = self
+            .pd_args
+            .iter()
+            .position(|a| a == "--status-addr")
+            .expect("PD is started with a status address");
+        self.pd_args[i + 1].clone()
     }
 
     /// Store `i`'s status address.

@@ -86,16 +86,6 @@ pub struct Report {
     pub fsyncs_per_write: Option<f64>,
 }
 
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), hyper::Client::new().get(uri))
-        .await
-        .ok()?
-        .ok()?;
-    let body = hyper::body::to_bytes(resp.into_body()).await.ok()?;
-    String::from_utf8(body.to_vec()).ok()
-}
-
 /// Sums a metric over its label sets in Prometheus text.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -110,7 +100,7 @@ async fn cluster_counters(client: &Client) -> Option<(f64, f64)> {
     let stores = client.pd().get_all_stores(true).await.ok()?;
     let mut total = (0.0, 0.0);
     for s in stores {
-        let text = http_get(s.get_status_address(), "/metrics").await?;
+        let text = crate::status::http_get(s.get_status_address(), "/metrics").await?;
         total.0 += metric_sum(&text, "flotilla_raftstore_log_fsyncs_total");
         total.1 += metric_sum(&text, "flotilla_raftstore_writes_applied_total");
     }

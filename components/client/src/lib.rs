@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 mod progress;
 mod region_cache;
+mod status;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -10,10 +10,10 @@ use protobuf::Message;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
     IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SnapshotWithThreadMode,
-    WriteOptions, DB,
+    WriteBufferManager, WriteOptions, DB,
 };
 
-use crate::{Cf, Error, Result, WriteBatch};
+use crate::{Cf, EngineOptions, Error, Result, WriteBatch};
 
 /// A store's database. Cheap to clone; every clone is the same database.
 #[derive(Clone)]
@@ -23,6 +23,38 @@ pub struct Engine {
     /// Writes made with `sync`, so that tests can see that an fsync the design needs
     /// happened (a dropped fsync is otherwise invisible until a power loss).
     synced_writes: Arc<AtomicU64>,
+    memory: Arc<Memory>,
+}
+
+/// What bounds the database's memory, kept for its statistics.
+pub(crate) struct Memory {
+    pub(crate) cache: Cache,
+    pub(crate) cache_capacity: usize,
+    pub(crate) write_buffers: WriteBufferManager,
+    /// The options the database opened with: they hold its statistics.
+    pub(crate) db_opts: Options,
+}
+
+/// An engine that does not keep the database open (for observers such as a metrics
+/// collector, which must not outlive the store's use of it).
+#[derive(Clone)]
+pub struct WeakEngine {
+    db: std::sync::Weak<DB>,
+    path: PathBuf,
+    synced_writes: std::sync::Weak<AtomicU64>,
+    memory: std::sync::Weak<Memory>,
+}
+
+impl WeakEngine {
+    /// The engine, if it is still open.
+    pub fn upgrade(&self) -> Option<Engine> {
+        Some(Engine {
+            db: self.db.upgrade()?,
+            path: self.path.clone(),
+            synced_writes: self.synced_writes.upgrade()?,
+            memory: self.memory.upgrade()?,
+        })
+    }
 }
 
 pub(crate) fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
@@ -31,29 +63,72 @@ pub(crate) fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the database at `path` with every column family.
+    /// Opens (creating if needed) the database at `path` with every column family and
+    /// the default memory budget.
     pub fn open(path: &Path) -> Result<Engine> {
-        let cache = Cache::new_lru_cache(128 << 20);
+        Self::open_with(path, &EngineOptions::default())
+    }
+
+    /// Opens the database at `path` within `opts`'s memory budget.
+    pub fn open_with(path: &Path, opts: &EngineOptions) -> Result<Engine> {
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager(opts.memtable_budget_bytes, true);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
+        db_opts.set_max_background_jobs(opts.max_background_jobs);
+        db_opts.set_write_buffer_manager(&write_buffers);
+        db_opts.enable_statistics();
+        // Counters only: timers and histograms on every operation would cost the write path.
+        db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = Cf::ALL.iter().map(|&cf| {
             let mut block = BlockBasedOptions::default();
             block.set_block_cache(&cache);
             block.set_bloom_filter(10.0, false);
-            let mut opts = Options::default();
-            opts.set_block_based_table_factory(&block);
-            opts.set_compression_type(DBCompressionType::Lz4);
-            opts.set_bottommost_compression_type(DBCompressionType::Zstd);
-            ColumnFamilyDescriptor::new(cf.name(), opts)
+            // Index and filter blocks count against the cache instead of growing apart
+            // from it, so that the budget bounds them too; kept at high priority, and
+            // pinned for level 0, so that a small cache does not evict them first.
+            block.set_cache_index_and_filter_blocks(true);
+            block.set_cache_index_and_filter_blocks_with_high_priority(true);
+            block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&block);
+            cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
+            cf_opts.set_compression_type(DBCompressionType::Lz4);
+            cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(Engine {
             db: Arc::new(db),
             path: path.to_path_buf(),
             synced_writes: Arc::default(),
+            memory: Arc::new(Memory {
+                cache,
+                cache_capacity: opts.block_cache_bytes,
+                write_buffers,
+                db_opts,
+            }),
         })
+    }
+
+    /// A handle that does not keep the database open.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine {
+            db: Arc::downgrade(&self.db),
+            path: self.path.clone(),
+            synced_writes: Arc::downgrade(&self.synced_writes),
+            memory: Arc::downgrade(&self.memory),
+        }
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Where the database lives.
@@ -82,6 +157,14 @@ impl Engine {
     /// the page cache. Tests use it to crash a store at a chosen point.
     pub fn checkpoint(&self, path: &Path) -> Result<()> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
+        Ok(())
+    }
+
+    /// Writes every memtable to SST files, so that the next open replays no log.
+    pub fn flush(&self) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|cf| cf_handle(&self.db, *cf)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
     }
 

@@ -147,3 +147,39 @@ fn sst_export_and_ingest_move_a_range() {
     .unwrap();
     assert_eq!(n, 100);
 }
+
+#[test]
+fn stats_see_the_memory_budget_memtables_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = crate::EngineOptions {
+        block_cache_bytes: 16 << 20,
+        memtable_budget_bytes: 8 << 20,
+        write_buffer_bytes: 1 << 20,
+        max_background_jobs: 2,
+    };
+    let e = Engine::open_with(dir.path(), &opts).unwrap();
+    for i in 0..2000u32 {
+        let mut wb = e.write_batch();
+        wb.put(Cf::Default, format!("k{i:05}").as_bytes(), &[7u8; 1024]);
+        e.write(wb, false).unwrap();
+    }
+    let s = e.stats();
+    assert_eq!(s.block_cache_capacity, 16 << 20);
+    assert_eq!(s.memtable_budget, 8 << 20);
+    assert!(s.memtable_bytes > 0, "{s:?}");
+    // 2 MB through 1 MiB memtables: some are flushed to files, in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = e.stats();
+        let default = s.cfs.iter().find(|c| c.cf == "default").unwrap().clone();
+        if default.sst_files > 0 {
+            assert!(default.sst_bytes > 0 && default.estimated_keys > 0, "{s:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing flushed: {s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -80,7 +80,7 @@ pub fn balance_leader(info: &RegionInfo, stores: &Stores) -> Option<Operator> {
         .get_peers()
         .iter()
         .map(|p| p.get_store_id())
-        .filter(|s| *s != from && stores.has_room(*s))
+        .filter(|s| *s != from && stores.has_room(*s) && !stores.loads[s].stopping)
         .min_by_key(|s| (stores.loads[s].leaders, *s))?;
     if from_load.leaders - stores.loads[&to].leaders <= 1 {
         return None;
@@ -173,5 +173,22 @@ mod tests {
             (3, Health::Up, 10, 4),
         ]);
         assert!(balance_leader(&info, &close).is_none());
+    }
+
+    #[test]
+    fn a_stopping_store_is_given_no_leadership() {
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
+        let mut s = stores(&[
+            (1, Health::Up, 10, 6),
+            (2, Health::Up, 10, 4),
+            (3, Health::Up, 10, 0),
+        ]);
+        s.loads.get_mut(&3).unwrap().stopping = true;
+        let op = balance_leader(&info, &s).unwrap();
+        assert_eq!(
+            op.steps,
+            vec![Step::TransferLeader(2)],
+            "not to the stopping store 3"
+        );
     }
 }

@@ -13,6 +13,7 @@ use slog::{info, warn, Logger};
 use crate::{
     balance::{balance_leader, balance_region},
     id::IdAllocator,
+    metrics,
     region_tree::{RegionInfo, RegionTree},
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
@@ -29,6 +30,21 @@ pub struct StoreInfo {
     pub stats: pdpb::StoreStats,
     /// When it last heartbeated (or registered) in this PD's lifetime.
     pub last_seen: Instant,
+}
+
+/// The cluster at a glance (see [`PdCore::summary`]).
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Stores by state: up, down, offline, tombstone.
+    pub stores: BTreeMap<&'static str, usize>,
+    /// Regions PD routes.
+    pub regions: usize,
+    /// Regions with no known leader, or one on a down store.
+    pub leaderless: usize,
+    /// Regions with fewer live voters than `max-replicas`.
+    pub under_replicated: usize,
+    /// Operators in progress.
+    pub operators: usize,
 }
 
 struct State {
@@ -92,6 +108,7 @@ impl State {
                         leaders: self.regions.leader_count(id) as isize,
                         size: self.regions.size_on(id),
                         operators: 0,
+                        stopping: s.stats.stopping,
                     },
                 ))
             })
@@ -180,6 +197,14 @@ impl PdCore {
     /// This cluster's id.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
+    }
+
+    /// The cluster's id and the replica count PD keeps every region at.
+    pub fn cluster_config(&self) -> metapb::Cluster {
+        let mut c = metapb::Cluster::default();
+        c.id = self.cluster_id;
+        c.max_peer_count = self.cfg.max_replicas as u32;
+        c
     }
 
     /// Rejects a request meant for another cluster (0 means "not known yet").
@@ -415,7 +440,12 @@ impl PdCore {
         }
         for id in replaced {
             self.storage.delete_region(id)?;
-            st.operators.remove(&id);
+            if let Some(op) = st.operators.remove(&id) {
+                // The region split or merged away under it.
+                metrics::OPERATORS
+                    .with_label_values(&[op.kind, "cancelled"])
+                    .inc();
+            }
         }
         if persisted_epoch.as_ref() != Some(region.get_region_epoch()) {
             self.retire_empty_offline_stores(&mut st)?;
@@ -432,12 +462,18 @@ impl PdCore {
         if let Some(op) = st.operators.get_mut(&id) {
             if op.created.elapsed() > self.cfg.operator_timeout {
                 warn!(self.logger, "operator timed out"; "region_id" => id, "kind" => op.kind);
+                metrics::OPERATORS
+                    .with_label_values(&[op.kind, "timed_out"])
+                    .inc();
                 st.operators.remove(&id);
             } else if !op.is_finished(info) {
                 op.refresh(info);
                 return op.response(info);
             } else {
                 info!(self.logger, "operator finished"; "region_id" => id, "kind" => op.kind);
+                metrics::OPERATORS
+                    .with_label_values(&[op.kind, "finished"])
+                    .inc();
                 st.operators.remove(&id);
             }
         }
@@ -452,6 +488,9 @@ impl PdCore {
                 balance_region(info, &stores, &mut alloc).or_else(|| balance_leader(info, &stores))
             })?;
         info!(self.logger, "new operator"; "region_id" => id, "kind" => op.kind, "steps" => ?op.steps);
+        metrics::OPERATORS
+            .with_label_values(&[op.kind, "created"])
+            .inc();
         let resp = op.response(info);
         st.operators.insert(id, op);
         resp
@@ -671,7 +710,48 @@ impl PdCore {
 
     fn start_manual(&self, st: &mut State, region_id: u64, op: Operator) {
         info!(self.logger, "operator added by hand"; "region_id" => region_id, "kind" => op.kind, "steps" => ?op.steps);
+        metrics::OPERATORS
+            .with_label_values(&[op.kind, "created"])
+            .inc();
         st.operators.insert(region_id, op);
+    }
+
+    /// What the cluster looks like now, for the metrics: stores by state (a store
+    /// silent for `max-store-down-time` is down), regions, and regions that lack a leader
+    /// or live voters.
+    pub fn summary(&self) -> Summary {
+        let st = self.state.lock();
+        let loads = st.loads(&self.cfg);
+        let mut out = Summary {
+            regions: st.regions.len(),
+            operators: st.operators.len(),
+            ..Summary::default()
+        };
+        for s in st.stores.values() {
+            let state = match (s.meta.get_state(), loads.health(s.meta.get_id())) {
+                (metapb::StoreState::Tombstone, _) => "tombstone",
+                (_, Some(Health::Down)) => "down",
+                (metapb::StoreState::Offline, _) => "offline",
+                _ => "up",
+            };
+            *out.stores.entry(state).or_default() += 1;
+        }
+        let live = |store: u64| loads.health(store).is_some_and(|h| h != Health::Down);
+        for r in st.regions.iter() {
+            if !r.leader.as_ref().is_some_and(|l| live(l.get_store_id())) {
+                out.leaderless += 1;
+            }
+            let live_voters = r
+                .region
+                .get_peers()
+                .iter()
+                .filter(|p| p.get_role() == metapb::PeerRole::Voter && live(p.get_store_id()))
+                .count();
+            if live_voters < self.cfg.max_replicas {
+                out.under_replicated += 1;
+            }
+        }
+        out
     }
 
     /// Operators in progress: (region id, kind, current step, age).

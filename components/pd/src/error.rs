@@ -41,9 +41,10 @@ pub enum Error {
     /// A call only stores of this cluster may make came without the cluster secret.
     #[error("this call must come from a store or an operator of this cluster: it carries no valid cluster secret (kv-server and kvctl --cluster-secret-file)")]
     Unauthenticated,
-    /// The cluster secret could not be read or created.
+    /// Shared plumbing failed: the cluster secret could not be read or created, or the
+    /// data directory is held by another process.
     #[error("{0}")]
-    Secret(#[from] util::Error),
+    Util(#[from] util::Error),
 }
 
 /// The result type of this crate.

@@ -1,8 +1,17 @@
-//! PD metrics.
+//! PD metrics: what PD hears (heartbeats, timestamp requests), what it decides
+//! (operators), and, read at each scrape, what the cluster looks like.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Weak};
 
-use prometheus::{register_int_counter, IntCounter};
+use prometheus::{
+    core::{Collector, Desc},
+    exponential_buckets,
+    proto::MetricFamily,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+use crate::cluster::PdCore;
 
 /// Region heartbeats received.
 pub static REGION_HEARTBEATS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -21,3 +30,127 @@ pub static STORE_HEARTBEATS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Time to handle a heartbeat, by kind.
+pub static HEARTBEAT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "flotilla_pd_heartbeat_seconds",
+        "Time PD takes to handle a heartbeat, by kind (region, store)",
+        &["kind"],
+        exponential_buckets(0.00001, 2.0, 20).expect("valid buckets")
+    )
+    .expect("register metric")
+});
+
+/// Operators, by kind and event.
+pub static OPERATORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_pd_operators_total",
+        "Operators by kind and event (created, finished, timed_out, cancelled: the region split or merged away under it)",
+        &["kind", "event"]
+    )
+    .expect("register metric")
+});
+
+/// Timestamp requests and the timestamps they asked for.
+pub static TSO: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_pd_tso_total",
+        "Timestamp oracle: requests, and timestamps handed out",
+        &["what"]
+    )
+    .expect("register metric")
+});
+
+/// Registers every series, so that a scrape shows zeros before the first event.
+pub fn register_all() {
+    LazyLock::force(&REGION_HEARTBEATS);
+    LazyLock::force(&STORE_HEARTBEATS);
+    for kind in ["region", "store"] {
+        HEARTBEAT_SECONDS.with_label_values(&[kind]);
+    }
+    for what in ["requests", "timestamps"] {
+        TSO.with_label_values(&[what]);
+    }
+    LazyLock::force(&OPERATORS);
+}
+
+/// The cluster as PD sees it, computed at each scrape.
+pub struct ClusterCollector {
+    /// Weak: the registry lives as long as the process, PD's database must not.
+    core: Weak<PdCore>,
+    descs: Vec<Desc>,
+}
+
+const SERIES: [(&str, &str); 5] = [
+    (
+        "flotilla_pd_stores",
+        "Stores by state (up, down, offline, tombstone)",
+    ),
+    ("flotilla_pd_regions", "Regions PD routes"),
+    (
+        "flotilla_pd_leaderless_regions",
+        "Regions with no known leader, or one on a down store",
+    ),
+    (
+        "flotilla_pd_under_replicated_regions",
+        "Regions with fewer live voters than max-replicas",
+    ),
+    ("flotilla_pd_pending_operators", "Operators in progress"),
+];
+
+impl ClusterCollector {
+    /// A collector for `core`, reporting nothing once PD is gone.
+    pub fn new(core: Weak<PdCore>) -> ClusterCollector {
+        let descs = SERIES
+            .iter()
+            .enumerate()
+            .map(|(i, (name, help))| {
+                let labels = if i == 0 {
+                    vec!["state".to_string()]
+                } else {
+                    vec![]
+                };
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels,
+                    Default::default(),
+                )
+                .expect("valid metric description")
+            })
+            .collect();
+        ClusterCollector { core, descs }
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(core) = self.core.upgrade() else {
+            return vec![];
+        };
+        let s = core.summary();
+        let stores =
+            IntGaugeVec::new(Opts::new(SERIES[0].0, SERIES[0].1), &["state"]).expect("valid gauge");
+        for state in ["up", "down", "offline", "tombstone"] {
+            let n = s.stores.get(state).copied().unwrap_or(0);
+            stores.with_label_values(&[state]).set(n as i64);
+        }
+        let gauge = |i: usize, v: usize| {
+            let g = IntGauge::new(SERIES[i].0, SERIES[i].1).expect("valid gauge");
+            g.set(v as i64);
+            g.collect().remove(0)
+        };
+        vec![
+            stores.collect().remove(0),
+            gauge(1, s.regions),
+            gauge(2, s.leaderless),
+            gauge(3, s.under_replicated),
+            gauge(4, s.operators),
+        ]
+    }
+}

@@ -224,6 +224,8 @@ pub struct Load {
     pub size: u64,
     /// Running operators that touch it.
     pub operators: usize,
+    /// It is shutting down and handing its leaders away: it takes none.
+    pub stopping: bool,
 }
 
 /// The stores that are not tombstone, and how busy they may get.
@@ -393,6 +395,7 @@ pub(crate) mod tests {
                             leaders,
                             size: 0,
                             operators: 0,
+                            stopping: false,
                         },
                     )
                 })

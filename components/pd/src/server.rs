@@ -12,16 +12,26 @@ pub struct PdServer {
     server: grpcio::Server,
     core: Arc<PdCore>,
     addr: String,
+    /// Held until PD stops: no second PD opens this data directory.
+    _dir_lock: util::dir_lock::DirLock,
 }
 
 impl PdServer {
     /// Opens PD's data and starts serving on `cfg.addr` (port 0 picks a free port).
     pub fn start(cfg: Config, logger: Logger) -> Result<PdServer> {
         let fresh = !cfg.data_dir.join("CURRENT").exists();
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| util::Error::DataDir(format!("create {}: {e}", cfg.data_dir.display())))?;
+        let dir_lock = util::dir_lock::DirLock::acquire(&cfg.data_dir)?;
         let storage = Storage::open(&cfg.data_dir)?;
         let secret_path = util::secret::path_in(&cfg.cluster_secret_file, &cfg.data_dir);
         let secret = util::secret::ClusterSecret::load_or_create(&secret_path, fresh)?;
         let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
+        crate::metrics::register_all();
+        let weak = Arc::downgrade(&core);
+        util::status::register_latest(|| {
+            Box::new(crate::metrics::ClusterCollector::new(weak.clone()))
+        });
         let client_url = Arc::new(OnceLock::new());
         let service = PdService {
             core: core.clone(),
@@ -50,7 +60,12 @@ impl PdServer {
             .expect("set once, before serving");
         server.start();
         info!(logger, "pd serving"; "addr" => &addr, "cluster_id" => core.cluster_id());
-        Ok(PdServer { server, core, addr })
+        Ok(PdServer {
+            server,
+            core,
+            addr,
+            _dir_lock: dir_lock,
+        })
     }
 
     /// The address clients reach this PD at (host:port).

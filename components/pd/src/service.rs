@@ -58,6 +58,7 @@ with_header!(
     pdpb::AskBatchSplitResponse,
     pdpb::ReportBatchSplitResponse,
     pdpb::GetOperatorsResponse,
+    pdpb::GetClusterConfigResponse,
     pdpb::AddOperatorResponse,
     pdpb::DeleteStoreResponse
 );
@@ -157,6 +158,10 @@ impl Pd for PdService {
             let res: std::result::Result<(), grpcio::Error> = async {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
+                    metrics::TSO.with_label_values(&["requests"]).inc();
+                    metrics::TSO
+                        .with_label_values(&["timestamps"])
+                        .inc_by(u64::from(req.count));
                     let res = this
                         .checked(req.get_header(), || this.core.tso(req.count))
                         .map(|(physical, logical)| {
@@ -272,6 +277,9 @@ impl Pd for PdService {
         sink: UnarySink<pdpb::StoreHeartbeatResponse>,
     ) {
         metrics::STORE_HEARTBEATS.inc();
+        let _timer = metrics::HEARTBEAT_SECONDS
+            .with_label_values(&["store"])
+            .start_timer();
         let res = self.from_store(&ctx, req.get_header(), || {
             self.core.store_heartbeat(req.get_stats().clone())?;
             Ok(pdpb::StoreHeartbeatResponse::default())
@@ -292,10 +300,14 @@ impl Pd for PdService {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
                     metrics::REGION_HEARTBEATS.inc();
+                    let timer = metrics::HEARTBEAT_SECONDS
+                        .with_label_values(&["region"])
+                        .start_timer();
                     let res = match trusted {
                         true => this.checked(req.get_header(), || this.core.region_heartbeat(&req)),
                         false => Err(Error::Unauthenticated),
                     };
+                    timer.observe_duration();
                     match res {
                         Ok(Some(op)) => sink.send((this.finish(Ok(op)), WriteFlags::default())).await?,
                         Ok(None) => {}
@@ -452,6 +464,20 @@ impl Pd for PdService {
         let res = self.from_store(&ctx, req.get_header(), || {
             self.core.delete_store(req.store_id)?;
             Ok(pdpb::DeleteStoreResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_cluster_config(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetClusterConfigRequest,
+        sink: UnarySink<pdpb::GetClusterConfigResponse>,
+    ) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::GetClusterConfigResponse::default();
+            resp.set_cluster(self.core.cluster_config());
+            Ok(resp)
         });
         self.reply(&ctx, sink, res);
     }

@@ -130,7 +130,8 @@ requests!(
     pdpb::ScanRegionsRequest,
     pdpb::AskBatchSplitRequest,
     pdpb::ReportBatchSplitRequest,
-    pdpb::GetOperatorsRequest
+    pdpb::GetOperatorsRequest,
+    pdpb::GetClusterConfigRequest
 );
 
 responses!(
@@ -147,7 +148,8 @@ responses!(
     pdpb::ScanRegionsResponse,
     pdpb::AskBatchSplitResponse,
     pdpb::ReportBatchSplitResponse,
-    pdpb::GetOperatorsResponse
+    pdpb::GetOperatorsResponse,
+    pdpb::GetClusterConfigResponse
 );
 
 type Call<Req, Resp> =
@@ -256,7 +258,14 @@ impl PdClient {
                         last = format!("{ep} reports no leader");
                         continue;
                     };
-                    let leader = strip_scheme(url).to_string();
+                    // A PD that is the only member is the leader, however it advertises
+                    // itself: behind a published port or a NAT its advertised name may not
+                    // resolve here, while the endpoint that answered does.
+                    let leader = if resp.get_members().len() <= 1 {
+                        ep.clone()
+                    } else {
+                        strip_scheme(url).to_string()
+                    };
                     let id = resp.get_header().cluster_id;
                     let old = self.cluster_id.swap(id, Ordering::SeqCst);
                     if old != 0 && old != id {
@@ -479,6 +488,17 @@ impl PdClient {
         self.unary(req, pdpb_grpc::PdClient::report_batch_split_async_opt)
             .await?;
         Ok(())
+    }
+
+    /// The cluster's id and the replica count PD keeps every region at.
+    pub async fn get_cluster_config(&self) -> Result<metapb::Cluster> {
+        let mut resp = self
+            .unary(
+                pdpb::GetClusterConfigRequest::default(),
+                pdpb_grpc::PdClient::get_cluster_config_async_opt,
+            )
+            .await?;
+        Ok(resp.take_cluster())
     }
 
     /// What PD is doing now.

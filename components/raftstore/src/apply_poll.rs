@@ -62,6 +62,9 @@ impl ApplyContext {
             return;
         }
         let wb = std::mem::replace(&mut self.wb, self.engine.write_batch());
+        metrics::WRITE_BATCH_BYTES
+            .with_label_values(&["apply"])
+            .observe(wb.size_in_bytes() as f64);
         let started = Instant::now();
         self.engine
             .write(wb, self.sync)

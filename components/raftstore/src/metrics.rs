@@ -82,12 +82,158 @@ pub static WRITES_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register metric")
 });
 
-/// Raft messages sent, by type.
+/// Raft messages, by direction and type.
 pub static RAFT_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "flotilla_raftstore_raft_messages_total",
-        "Raft messages sent to other stores, by direction",
-        &["direction"]
+        "Raft messages sent to and received from other stores, by direction and type",
+        &["direction", "type"]
+    )
+    .expect("register metric")
+});
+
+/// The label values of Raft message types; `message_type_index` maps a type to one.
+const MESSAGE_TYPES: [&str; 11] = [
+    "append",
+    "append_response",
+    "heartbeat",
+    "heartbeat_response",
+    "vote",
+    "vote_response",
+    "snapshot",
+    "timeout_now",
+    "read_index",
+    "transfer_leader",
+    "other",
+];
+
+fn message_type_index(t: raft::eraftpb::MessageType) -> usize {
+    use raft::eraftpb::MessageType as M;
+    match t {
+        M::MsgAppend => 0,
+        M::MsgAppendResponse => 1,
+        M::MsgHeartbeat => 2,
+        M::MsgHeartbeatResponse => 3,
+        M::MsgRequestVote | M::MsgRequestPreVote => 4,
+        M::MsgRequestVoteResponse | M::MsgRequestPreVoteResponse => 5,
+        M::MsgSnapshot => 6,
+        M::MsgTimeoutNow => 7,
+        M::MsgReadIndex | M::MsgReadIndexResp => 8,
+        M::MsgTransferLeader => 9,
+        _ => 10,
+    }
+}
+
+/// Counters resolved once per (direction, type): a label lookup per message would cost
+/// a hash and a lock on the raft thread.
+static MESSAGE_COUNTERS: LazyLock<[Vec<IntCounter>; 2]> = LazyLock::new(|| {
+    ["sent", "received"].map(|d| {
+        MESSAGE_TYPES
+            .iter()
+            .map(|t| RAFT_MESSAGES.with_label_values(&[d, t]))
+            .collect()
+    })
+});
+
+/// Counts one Raft message sent to, or received from, another store.
+pub fn count_message(sent: bool, t: raft::eraftpb::MessageType) {
+    MESSAGE_COUNTERS[usize::from(!sent)][message_type_index(t)].inc();
+}
+
+/// Regions with a peer on this store.
+pub static REGIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "flotilla_raftstore_regions",
+        "Regions with a peer on this store"
+    )
+    .expect("register metric")
+});
+
+/// Regions this store leads.
+pub static LEADERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "flotilla_raftstore_leaders",
+        "Regions whose leader is on this store"
+    )
+    .expect("register metric")
+});
+
+/// Elections this store's peers started, and leaderships they won.
+pub static ROLE_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_raftstore_role_changes_total",
+        "Role changes of this store's peers: to candidate (an election started) or to leader",
+        &["to"]
+    )
+    .expect("register metric")
+});
+
+/// Bytes of the write batches that persist Raft state and apply entries.
+pub static WRITE_BATCH_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "flotilla_raftstore_write_batch_bytes",
+        "Size of each write batch, by thread (raft: log and hard state; apply: applied data)",
+        &["thread"],
+        exponential_buckets(256.0, 4.0, 12).expect("valid buckets")
+    )
+    .expect("register metric")
+});
+
+/// Raft log entries removed by log GC.
+pub static LOG_GC_ENTRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_raftstore_log_gc_entries_total",
+        "Raft log entries deleted by log compaction"
+    )
+    .expect("register metric")
+});
+
+/// Split checks, by outcome.
+pub static SPLIT_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_raftstore_split_checks_total",
+        "Region size checks, by outcome (split: keys found to split at, small, error)",
+        &["outcome"]
+    )
+    .expect("register metric")
+});
+
+/// Splits applied on this store.
+pub static SPLITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_raftstore_splits_total",
+        "Region splits applied by this store's peers"
+    )
+    .expect("register metric")
+});
+
+/// Snapshot bytes, by stage.
+pub static SNAPSHOT_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_raftstore_snapshot_bytes_total",
+        "Bytes of region snapshots, by stage (generate, apply)",
+        &["stage"]
+    )
+    .expect("register metric")
+});
+
+/// Snapshot durations, by stage.
+pub static SNAPSHOT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "flotilla_raftstore_snapshot_seconds",
+        "Time to generate or apply a region snapshot",
+        &["stage"],
+        exponential_buckets(0.001, 2.0, 18).expect("valid buckets")
+    )
+    .expect("register metric")
+});
+
+/// Messages waiting in peer mailboxes, sampled as each round starts.
+pub static MAILBOX_DEPTH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "flotilla_raftstore_mailbox_depth",
+        "Messages waiting in a peer's mailbox when the poller takes it up",
+        exponential_buckets(1.0, 2.0, 14).expect("valid buckets")
     )
     .expect("register metric")
 });
@@ -110,3 +256,38 @@ pub static HIBERNATING: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Registers every series, with the label values known up front, so that a scrape shows
+/// zeros instead of nothing before the first event (dashboards and alerts need the
+/// series to exist).
+pub fn register_all() {
+    LazyLock::force(&APPEND_SECONDS);
+    LazyLock::force(&LOG_FSYNCS);
+    LazyLock::force(&READY_PER_ROUND);
+    LazyLock::force(&APPLY_WRITE_SECONDS);
+    LazyLock::force(&WRITES_APPLIED);
+    LazyLock::force(&HIBERNATING);
+    LazyLock::force(&REGIONS);
+    LazyLock::force(&LEADERS);
+    LazyLock::force(&LOG_GC_ENTRIES);
+    LazyLock::force(&SPLITS);
+    LazyLock::force(&MAILBOX_DEPTH);
+    for stage in ["commit", "apply"] {
+        COMMAND_SECONDS.with_label_values(&[stage]);
+    }
+    for to in ["candidate", "leader"] {
+        ROLE_CHANGES.with_label_values(&[to]);
+    }
+    for thread in ["raft", "apply"] {
+        WRITE_BATCH_BYTES.with_label_values(&[thread]);
+    }
+    for outcome in ["split", "small", "error"] {
+        SPLIT_CHECKS.with_label_values(&[outcome]);
+    }
+    for stage in ["generate", "apply"] {
+        SNAPSHOT_BYTES.with_label_values(&[stage]);
+        SNAPSHOT_SECONDS.with_label_values(&[stage]);
+        SNAPSHOTS.with_label_values(&[stage, "ok"]);
+    }
+    LazyLock::force(&MESSAGE_COUNTERS);
+}

@@ -64,6 +64,9 @@ pub enum PeerMsg {
         /// Called when the read may run.
         cb: Callback<metapb::Region>,
     },
+    /// The store is stopping: a leader hands leadership to its most caught-up voter on
+    /// another store.
+    EvictLeader,
     /// Hand leadership to another voter.
     TransferLeader {
         /// The voter to hand it to.
@@ -192,6 +195,8 @@ pub enum StoreMsg {
     /// These stores stopped heartbeating to PD: wake hibernating regions with a peer
     /// there, so that they notice a lost leader and elect another.
     StoresDown(Vec<u64>),
+    /// The store is shutting down: tell PD at once, so that it moves no leader here.
+    Stopping,
     /// A peer was destroyed and unregistered.
     PeerDestroyed {
         /// Its region.

@@ -50,9 +50,6 @@ pub(crate) struct PollContext {
 impl PollContext {
     fn flush_messages(&mut self) {
         for (store_id, msgs) in self.outgoing.drain() {
-            metrics::RAFT_MESSAGES
-                .with_label_values(&["sent"])
-                .inc_by(msgs.len() as u64);
             self.transport.send(store_id, msgs);
         }
     }
@@ -62,6 +59,9 @@ impl PollContext {
             return;
         }
         let wb = std::mem::replace(&mut self.raft_wb, self.engine.write_batch());
+        metrics::WRITE_BATCH_BYTES
+            .with_label_values(&["raft"])
+            .observe(wb.size_in_bytes() as f64);
         let sync = self.sync_state || (self.sync_log && self.cfg.sync_log);
         let started = Instant::now();
         self.engine
@@ -83,6 +83,7 @@ pub(crate) struct RaftPoller {
 
 impl PollHandler<PeerFsm> for RaftPoller {
     fn handle(&mut self, fsm: &mut PeerFsm, inbox: &Receiver<PeerMsg>) {
+        metrics::MAILBOX_DEPTH.observe(inbox.len() as f64);
         for _ in 0..self.ctx.cfg.messages_per_round {
             match inbox.try_recv() {
                 Ok(msg) => fsm.on_msg(msg, &mut self.ctx),

@@ -247,10 +247,19 @@ impl SnapManager {
             .name("snap-gen".into())
             .spawn(move || {
                 for task in tasks {
+                    let started = std::time::Instant::now();
                     let res = mgr.generate(&engine, task.region_id);
                     match &res {
                         Ok(s) => {
                             metrics::SNAPSHOTS.with_label_values(&["generate", "ok"]).inc();
+                            metrics::SNAPSHOT_SECONDS
+                                .with_label_values(&["generate"])
+                                .observe(started.elapsed().as_secs_f64());
+                            let bytes = SnapshotData::parse_from_bytes(s.get_data())
+                                .map_or(0, |d| d.get_files().iter().map(|f| f.size).sum());
+                            metrics::SNAPSHOT_BYTES
+                                .with_label_values(&["generate"])
+                                .inc_by(bytes);
                             info!(logger, "generated snapshot"; "region_id" => task.region_id,
                                   "index" => s.get_metadata().index);
                         }

@@ -11,7 +11,7 @@ use engine::{Cf, Engine};
 use proto::metapb;
 use slog::{warn, Logger};
 
-use crate::{msg::PeerMsg, RaftRouter};
+use crate::{metrics, msg::PeerMsg, RaftRouter};
 
 /// Measure one region.
 pub struct SplitCheckTask {
@@ -104,6 +104,12 @@ pub fn spawn(
                 let region_id = task.region.get_id();
                 match measure(&engine, &task) {
                     Ok(m) => {
+                        let outcome = if m.split_keys.is_empty() {
+                            "small"
+                        } else {
+                            "split"
+                        };
+                        metrics::SPLIT_CHECKS.with_label_values(&[outcome]).inc();
                         let _ = router.force_send(
                             region_id,
                             PeerMsg::SplitCheckResult {
@@ -115,6 +121,7 @@ pub fn spawn(
                         );
                     }
                     Err(e) => {
+                        metrics::SPLIT_CHECKS.with_label_values(&["error"]).inc();
                         warn!(logger, "split check failed"; "region_id" => region_id, "err" => %e)
                     }
                 }

@@ -170,6 +170,19 @@ impl StoreMeta {
         self.leaders.len()
     }
 
+    /// Regions led here that have a voter on another store to hand leadership to.
+    pub fn movable_leader_count(&self, store_id: u64) -> usize {
+        self.leaders
+            .iter()
+            .filter_map(|id| self.regions.get(id))
+            .filter(|r| {
+                r.get_peers().iter().any(|p| {
+                    p.get_store_id() != store_id && p.get_role() == metapb::PeerRole::Voter
+                })
+            })
+            .count()
+    }
+
     /// Whether this store leads `region_id`.
     pub fn is_leader(&self, region_id: u64) -> bool {
         self.leaders.contains(&region_id)

@@ -16,7 +16,7 @@ use crate::{
         peer::PeerFsm,
         store::{unix_now, StoreFsm},
     },
-    msg::PdTask,
+    msg::{PdTask, PeerMsg, StoreMsg},
     poll::{PollContext, RaftPoller},
     router::{ApplyRouter, Router},
     snap::SnapManager,
@@ -46,6 +46,9 @@ pub struct StoreDeps {
 
 /// A running raftstore.
 pub struct RaftStore {
+    store_id: u64,
+    /// Set once the store starts handing its leaders away (see `evict_leaders`).
+    evicting: Arc<std::sync::atomic::AtomicBool>,
     router: RaftRouter,
     apply_router: ApplyRouter,
     store_meta: Arc<Mutex<StoreMeta>>,
@@ -77,6 +80,7 @@ impl RaftStore {
             deps.snap_mgr
                 .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
         let disk = crate::disk::DiskSpace::new(cfg.reserve_space);
+        let evicting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let store = StoreFsm {
             store_id: deps.store_id,
             cfg: cfg.clone(),
@@ -92,6 +96,7 @@ impl RaftStore {
             logger: deps.logger.clone(),
             start_time: unix_now(),
             disk: disk.clone(),
+            evicting: evicting.clone(),
         };
         let (split_check_tx, split_check_rx) = unbounded();
         let split_check_thread = split_check::spawn(
@@ -149,6 +154,8 @@ impl RaftStore {
             .spawn(move || store.run(store_rx, stop_rx))
             .expect("spawn store thread");
         Ok(RaftStore {
+            store_id: deps.store_id,
+            evicting,
             router,
             apply_router,
             store_meta,
@@ -169,6 +176,26 @@ impl RaftStore {
     /// The store's view of its regions.
     pub fn store_meta(&self) -> Arc<Mutex<StoreMeta>> {
         self.store_meta.clone()
+    }
+
+    /// Starts handing every leader on this store to a caught-up voter elsewhere, and
+    /// tells PD to move no leader here; for a shutdown that clients should not notice. Returns at once: [`RaftStore::movable_leader_count`] tells progress,
+    /// and calling again retries regions whose transfer did not happen.
+    pub fn evict_leaders(&self) {
+        if !self
+            .evicting
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.router.send_store(StoreMsg::Stopping);
+        }
+        self.router
+            .peers
+            .broadcast(|_| true, || PeerMsg::EvictLeader);
+    }
+
+    /// Regions this store leads now that another store could lead.
+    pub fn movable_leader_count(&self) -> usize {
+        self.store_meta.lock().movable_leader_count(self.store_id)
     }
 
     /// Stops every thread and releases the database, so that it can be opened again.

@@ -1,5 +1,5 @@
-//! A store's config file: `[server]`, `[raftstore]`, `[pd]` (the embedded PD, used when no
-//! PD endpoints are given) and `[log]`.
+//! A store's config file: `[server]`, `[storage]` (RocksDB's memory), `[raftstore]`,
+//! `[pd]` (the embedded PD, used when no PD endpoints are given) and `[log]`.
 
 use std::path::PathBuf;
 
@@ -16,6 +16,8 @@ use util::{
 pub struct Config {
     /// Addresses, data directory, PD.
     pub server: ServerConfig,
+    /// The database's memory.
+    pub storage: StorageConfig,
     /// Raft settings.
     pub raftstore: raftstore::Config,
     /// Settings of the embedded PD.
@@ -24,6 +26,61 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[storage]` section: what bounds RocksDB's memory. A store's resident memory is
+/// about `block-cache-size + memtable-budget` plus a fixed overhead (see the README).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The block cache shared by every column family.
+    pub block_cache_size: ByteSize,
+    /// All memtables together; past it RocksDB flushes, and stalls writers if flushes
+    /// cannot keep up.
+    pub memtable_budget: ByteSize,
+    /// One memtable's size before it is flushed.
+    pub write_buffer_size: ByteSize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let e = engine::EngineOptions::default();
+        StorageConfig {
+            block_cache_size: ByteSize::b(e.block_cache_bytes as u64),
+            memtable_budget: ByteSize::b(e.memtable_budget_bytes as u64),
+            write_buffer_size: ByteSize::b(e.write_buffer_bytes as u64),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The engine's options.
+    pub fn engine_options(&self) -> engine::EngineOptions {
+        engine::EngineOptions {
+            block_cache_bytes: self.block_cache_size.as_u64() as usize,
+            memtable_budget_bytes: self.memtable_budget.as_u64() as usize,
+            write_buffer_bytes: self.write_buffer_size.as_u64() as usize,
+            ..Default::default()
+        }
+    }
+
+    fn validate(&self) -> util::Result<()> {
+        ensure(
+            self.block_cache_size >= ByteSize::mib(8),
+            "storage.block-cache-size",
+            "must be at least 8MiB",
+        )?;
+        ensure(
+            self.write_buffer_size >= ByteSize::mib(1),
+            "storage.write-buffer-size",
+            "must be at least 1MiB",
+        )?;
+        ensure(
+            self.memtable_budget >= self.write_buffer_size,
+            "storage.memtable-budget",
+            "must be at least storage.write-buffer-size",
+        )
+    }
 }
 
 /// The `[security]` section.
@@ -46,6 +103,9 @@ pub struct ServerConfig {
     pub advertise_addr: String,
     /// Status HTTP (`/metrics`, `/status`).
     pub status_addr: String,
+    /// Status address announced to PD (what `kvctl cluster stats` scrapes), if not
+    /// `status_addr`.
+    pub advertise_status_addr: String,
     /// Data directory (RocksDB, snapshots, embedded PD).
     pub data_dir: PathBuf,
     /// PD addresses; empty starts an embedded PD (a single-node cluster in one process).
@@ -68,6 +128,10 @@ pub struct ServerConfig {
     /// Raft messages waiting to go to one other store; past it new ones are dropped
     /// (Raft sends them again).
     pub raft_msg_queue_capacity: usize,
+    /// On SIGTERM, how long the store may spend handing its leaders to other stores
+    /// before it stops anyway.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +140,7 @@ impl Default for ServerConfig {
             addr: "127.0.0.1:20160".into(),
             advertise_addr: String::new(),
             status_addr: "127.0.0.1:20180".into(),
+            advertise_status_addr: String::new(),
             data_dir: PathBuf::from("./flotilla-data"),
             pd_endpoints: vec![],
             grpc_concurrency: 2,
@@ -85,6 +150,7 @@ impl Default for ServerConfig {
             snap_max_concurrent_recv: 4,
             snap_max_concurrent_send: 4,
             raft_msg_queue_capacity: 16_384,
+            graceful_shutdown_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -149,6 +215,7 @@ impl Validate for Config {
             "server.raft-msg-queue-capacity",
             "must be positive",
         )?;
+        self.storage.validate()?;
         self.raftstore.validate()?;
         if self.server.pd_endpoints.is_empty() {
             self.pd.validate()?;

@@ -33,6 +33,12 @@ pub struct Node {
     /// Fires when PD says this store is tombstone.
     retired: Shutdown,
     logger: Logger,
+    /// Flushed once the raftstore has stopped, so that a restart replays no log.
+    engine: Engine,
+    /// How long a shutdown may wait for leaders to move away.
+    graceful_shutdown_timeout: Duration,
+    /// Held until the process ends: no second server opens this data directory.
+    _dir_lock: util::dir_lock::DirLock,
 }
 
 /// Regions whose state is on disk (a first region prepared before a crash, say).
@@ -88,7 +94,8 @@ pub async fn join_cluster(
     };
     match pd.bootstrap(store.clone(), region.clone()).await {
         Ok(()) => {
-            info!(logger, "bootstrapped the cluster"; "region_id" => region.get_id());
+            info!(logger, "bootstrapped the cluster"; "region_id" => region.get_id(),
+                  "peer_id" => region.get_peers().first().map_or(0, |p| p.get_id()));
             Ok(())
         }
         Err(e) if e.is_already_bootstrapped() => {
@@ -103,6 +110,7 @@ pub async fn join_cluster(
 /// The embedded PD (when no endpoints are configured) and the PD endpoints to use.
 fn pd_endpoints(cfg: &Config, logger: &Logger) -> Result<(Option<pd::PdServer>, Vec<String>)> {
     if !cfg.server.pd_endpoints.is_empty() {
+        check_resolvable(&cfg.server.pd_endpoints)?;
         return Ok((None, cfg.server.pd_endpoints.clone()));
     }
     let mut pd_cfg = cfg.pd.clone();
@@ -111,6 +119,27 @@ fn pd_endpoints(cfg: &Config, logger: &Logger) -> Result<(Option<pd::PdServer>, 
     let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
     let addr = server.addr().to_string();
     Ok((Some(server), vec![addr]))
+}
+
+/// Fails at once, naming the addresses, when no PD endpoint resolves: retrying a name
+/// that does not exist would only hide a typo behind a timeout.
+fn check_resolvable(endpoints: &[String]) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut why = vec![];
+    for e in endpoints {
+        // As the PD client takes them: an optional scheme, surrounding blanks.
+        let e = e.trim();
+        let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+        match e.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => why.push(format!("{e}: no addresses")),
+            Err(err) => why.push(format!("{e}: {err}")),
+        }
+    }
+    Err(Error::Startup(format!(
+        "no PD address resolves ({}); check --pd / server.pd-endpoints",
+        why.join("; ")
+    )))
 }
 
 fn secret_path(cfg: &Config) -> std::path::PathBuf {
@@ -141,7 +170,11 @@ fn cluster_secret(cfg: &Config) -> Result<ClusterSecret> {
 fn announced_store(cfg: &Config) -> metapb::Store {
     let mut store = metapb::Store::default();
     store.set_address(cfg.server.advertise().to_string());
-    store.set_status_address(cfg.server.status_addr.clone());
+    let status = match cfg.server.advertise_status_addr.as_str() {
+        "" => &cfg.server.status_addr,
+        a => a,
+    };
+    store.set_status_address(status.to_string());
     store.set_version(env!("CARGO_PKG_VERSION").into());
     store
 }
@@ -203,9 +236,16 @@ impl Node {
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             Error::Startup(format!("create data directory {}: {e}", data_dir.display()))
         })?;
+        let dir_lock = util::dir_lock::DirLock::acquire(&data_dir)
+            .map_err(|e| Error::Startup(e.to_string()))?;
         // Before the database opens: a secret is created only for a new data directory.
         let secret = cluster_secret(&cfg)?;
-        let engine = Engine::open(&data_dir.join("db"))?;
+        let engine = Engine::open_with(&data_dir.join("db"), &cfg.storage.engine_options())?;
+        crate::metrics::register_all();
+        let weak = engine.downgrade();
+        util::status::register_latest(|| {
+            Box::new(crate::metrics::EngineCollector::new(weak.clone()))
+        });
         let snap_mgr =
             SnapManager::new(data_dir.join("snap"), cfg.raftstore.snap_max_size.as_u64())?;
 
@@ -318,7 +358,39 @@ impl Node {
             shutdown,
             retired,
             logger,
+            engine,
+            graceful_shutdown_timeout: cfg.server.graceful_shutdown_timeout,
+            _dir_lock: dir_lock,
         })
+    }
+
+    /// Moves every leader that another store can take to that store, and waits (within
+    /// `server.graceful-shutdown-timeout`) until none is left here, while still serving:
+    /// clients are redirected to the new leaders instead of waiting out an election.
+    async fn hand_off_leaders(&self) {
+        let Some(rs) = &self.raftstore else { return };
+        let started = std::time::Instant::now();
+        let mut asked = None::<std::time::Instant>;
+        loop {
+            let left = rs.movable_leader_count();
+            if left == 0 {
+                info!(self.logger, "no leaders left to hand over";
+                      "took_ms" => started.elapsed().as_millis() as u64);
+                return;
+            }
+            if started.elapsed() >= self.graceful_shutdown_timeout {
+                warn!(self.logger, "stopping with leaders still here (server.graceful-shutdown-timeout)";
+                      "leaders" => left);
+                return;
+            }
+            // Asked again now and then: a transfer can be refused or lost.
+            if asked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                info!(self.logger, "handing leaders to other stores"; "leaders" => left);
+                rs.evict_leaders();
+                asked = Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until PD says this store was decommissioned (tombstone).
@@ -328,6 +400,7 @@ impl Node {
 
     /// Stops serving, stops the raftstore, and releases the data directory.
     pub async fn stop(mut self) {
+        self.hand_off_leaders().await;
         info!(self.logger, "store stopping");
         self.shutdown.trigger();
         // Raft streams from other stores never end by themselves: cancel them.
@@ -341,6 +414,12 @@ impl Node {
         }
         if let Some(w) = self.pd_worker.take() {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.flush()).await {
+            Ok(Ok(())) => info!(self.logger, "memtables flushed"),
+            Ok(Err(e)) => warn!(self.logger, "flushing memtables failed"; "err" => %e),
+            Err(e) => warn!(self.logger, "flushing memtables panicked"; "err" => %e),
         }
         if let Some(pd) = self.pd_server.take() {
             pd.shutdown();

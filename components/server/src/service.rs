@@ -202,6 +202,14 @@ impl TikvService {
                 this.serve_unrouted(req, handle).await
             };
             timer.observe_duration();
+            let outcome = match (resp.region_err(), resp.failed()) {
+                (Some(_), _) => "region_error",
+                (None, true) => "error",
+                (None, false) => "ok",
+            };
+            metrics::REQUESTS
+                .with_label_values(&[Req::NAME, outcome])
+                .inc();
             let _ = sink.success(resp).await;
         });
     }

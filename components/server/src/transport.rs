@@ -37,7 +37,36 @@ pub struct TransportLimits {
 /// The queue to one store, and how many messages wait in it.
 struct Conn {
     tx: UnboundedSender<Vec<RaftMessage>>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Depth>,
+}
+
+/// Messages waiting for one store, counted and shown in its gauge.
+struct Depth {
+    n: AtomicUsize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Depth {
+    fn new(store_id: u64) -> Depth {
+        Depth {
+            n: AtomicUsize::new(0),
+            gauge: metrics::TRANSPORT_QUEUE.with_label_values(&[&store_id.to_string()]),
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.n.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        let now = self.n.fetch_add(n, Ordering::Relaxed) + n;
+        self.gauge.set(now as i64);
+    }
+
+    fn sub(&self, n: usize) {
+        let now = self.n.fetch_sub(n, Ordering::Relaxed) - n;
+        self.gauge.set(now as i64);
+    }
 }
 
 struct Inner {
@@ -110,10 +139,10 @@ impl Inner {
         self: Arc<Self>,
         store_id: u64,
         mut rx: UnboundedReceiver<Vec<RaftMessage>>,
-        queued: Arc<AtomicUsize>,
+        queued: Arc<Depth>,
     ) {
         let take = |b: Vec<RaftMessage>| {
-            queued.fetch_sub(b.len(), Ordering::Relaxed);
+            queued.sub(b.len());
             b
         };
         loop {
@@ -244,7 +273,7 @@ impl Transport for GrpcTransport {
         let mut conns = self.inner.conns.lock();
         let conn = conns.entry(store_id).or_insert_with(|| {
             let (tx, rx) = unbounded_channel();
-            let queued = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(Depth::new(store_id));
             self.inner.rt.spawn(
                 self.inner
                     .clone()
@@ -253,14 +282,14 @@ impl Transport for GrpcTransport {
             Conn { tx, queued }
         });
         let n = msgs.len();
-        if conn.queued.load(Ordering::Relaxed) + n > self.inner.limits.queue_capacity {
+        if conn.queued.get() + n > self.inner.limits.queue_capacity {
             // The store is slow or gone: drop rather than queue without bound; Raft
             // sends again once the peers hear it did not arrive.
             metrics::RAFT_MESSAGES_DROPPED.inc_by(n as u64);
             self.inner.report_unreachable(&msgs);
             return;
         }
-        conn.queued.fetch_add(n, Ordering::Relaxed);
+        conn.queued.add(n);
         if let Err(e) = conn.tx.send(msgs) {
             // The connection task is gone (runtime shutting down).
             conns.remove(&store_id);

@@ -59,15 +59,13 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 /// Where the cluster's stores and PD log: nowhere, unless `FLOTILLA_TEST_LOG` names a
 /// level (error, warn, info, debug) to debug a failing test with.
 fn test_logger() -> util::logger::Logger {
-    use util::logger::Level;
-    let level = match std::env::var("FLOTILLA_TEST_LOG").as_deref() {
-        Ok("error") => Level::Error,
-        Ok("warn") => Level::Warn,
-        Ok("info") => Level::Info,
-        Ok("debug") => Level::Debug,
-        _ => return util::logger::discard(),
-    };
-    util::logger::new(level)
+    match std::env::var("FLOTILLA_TEST_LOG").map(|l| l.parse()) {
+        Ok(Ok(level)) => util::logger::new(&util::logger::LogConfig {
+            level,
+            ..Default::default()
+        }),
+        _ => util::logger::discard(),
+    }
 }
 
 /// Settings for a test cluster: fast ticks and heartbeats so that tests finish quickly.

@@ -22,6 +22,9 @@ pub enum Error {
     /// A config value is out of range or inconsistent.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// A data directory cannot be used (another process holds it).
+    #[error("{0}")]
+    DataDir(String),
     /// The cluster secret is missing or unreadable.
     #[error("{0}")]
     Secret(String),

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod dir_lock;
 mod error;
 pub mod logger;
 pub mod panic;

@@ -47,3 +47,13 @@ async fn metrics() -> String {
         .expect("encoding metrics into memory cannot fail");
     String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
 }
+
+/// Registers a collector in the default registry (what `/metrics` serves), replacing one
+/// with the same series: a process that restarts a component in place (tests do) serves
+/// the newest one. `make` builds the collector; it is called again to unregister.
+pub fn register_latest(make: impl Fn() -> Box<dyn prometheus::core::Collector>) {
+    if prometheus::register(make()).is_err() {
+        let _ = prometheus::unregister(make());
+        let _ = prometheus::register(make());
+    }
+}

@@ -17,6 +17,7 @@ use slog::{debug, info, warn, Logger};
 use crate::{
     batch::Registrar,
     fsm::{apply::ApplyFsm, peer::PeerFsm},
+    metrics,
     msg::{ApplyMsg, PdTask, PeerMsg, StoreMsg},
     router::ApplyRouter,
     snap::{self, GenTask, SnapManager},
@@ -40,6 +41,8 @@ pub(crate) struct StoreFsm {
     pub logger: Logger,
     pub start_time: u32,
     pub disk: crate::disk::DiskSpace,
+    /// Set when the store starts handing its leaders away before a shutdown.
+    pub evicting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreFsm {
@@ -97,6 +100,7 @@ impl StoreFsm {
                     self.snap_mgr.discard_received(key);
                 }
             }
+            StoreMsg::Stopping => self.heartbeat(),
             StoreMsg::PeerDestroyed { region_id } => {
                 debug!(self.logger, "peer destroyed"; "region_id" => region_id);
                 self.heartbeat();
@@ -149,10 +153,13 @@ impl StoreFsm {
         stats.available = fs2::available_space(dir).unwrap_or(0);
         stats.used_size = stats.capacity.saturating_sub(stats.available);
         stats.start_time = self.start_time;
+        stats.stopping = self.evicting.load(std::sync::atomic::Ordering::Relaxed);
         {
             let meta = self.store_meta.lock();
             stats.region_count = meta.region_count() as u32;
             stats.leader_count = meta.leader_count() as u32;
+            metrics::REGIONS.set(i64::from(stats.region_count));
+            metrics::LEADERS.set(i64::from(stats.leader_count));
         }
         let _ = self.pd_tx.send(PdTask::StoreHeartbeat(stats));
     }
@@ -202,8 +209,8 @@ impl StoreFsm {
             .engine
             .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))?
             .unwrap_or_default();
+        let apply = ApplyFsm::new(region.clone(), me.get_id(), apply_state, &self.logger);
         let peer = PeerFsm::new(&self.cfg, storage, me, &self.logger)?;
-        let apply = ApplyFsm::new(region.clone(), apply_state, &self.logger);
         Ok(Some((peer, apply)))
     }
 
@@ -378,7 +385,7 @@ impl StoreFsm {
             self.gen_tx.clone(),
         )?;
         let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
-        let apply = ApplyFsm::new(region, RaftApplyState::default(), &self.logger);
+        let apply = ApplyFsm::new(region, to.get_id(), RaftApplyState::default(), &self.logger);
         self.register(peer, apply, &mut meta);
         drop(meta);
         self.router.send_raft_message(msg)

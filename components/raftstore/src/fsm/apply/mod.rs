@@ -52,8 +52,14 @@ fn data_cf(name: &str) -> Result<Cf> {
 
 impl ApplyFsm {
     /// An apply state machine resuming from the state on disk.
-    pub fn new(region: metapb::Region, apply_state: RaftApplyState, logger: &Logger) -> ApplyFsm {
-        let logger = logger.new(o!("region_id" => region.get_id(), "apply" => true));
+    pub fn new(
+        region: metapb::Region,
+        peer_id: u64,
+        apply_state: RaftApplyState,
+        logger: &Logger,
+    ) -> ApplyFsm {
+        let logger =
+            logger.new(o!("region_id" => region.get_id(), "peer_id" => peer_id, "apply" => true));
         ApplyFsm {
             region,
             apply_state,
@@ -312,6 +318,7 @@ impl ApplyFsm {
         ctx: &mut ApplyContext,
     ) -> Result<()> {
         ctx.write();
+        let started = std::time::Instant::now();
         let mut by_cf = vec![];
         for (meta, path) in files {
             snap::verify_file(meta, path)?;
@@ -347,6 +354,12 @@ impl ApplyFsm {
         ctx.engine.write(done, true)?;
         snap::remove_files(&by_cf);
         metrics::SNAPSHOTS.with_label_values(&["apply", "ok"]).inc();
+        metrics::SNAPSHOT_SECONDS
+            .with_label_values(&["apply"])
+            .observe(started.elapsed().as_secs_f64());
+        metrics::SNAPSHOT_BYTES
+            .with_label_values(&["apply"])
+            .inc_by(files.iter().map(|(m, _)| m.size).sum());
         self.results.push(ExecResult::SnapshotApplied { region });
         self.dirty = true;
         Ok(())

@@ -25,7 +25,8 @@ impl PeerFsm {
     /// Whether `msg` should wake this peer if it is quiet.
     pub(crate) fn wakes(msg: &PeerMsg) -> bool {
         match msg {
-            PeerMsg::Tick | PeerMsg::HeartbeatPd => false,
+            // Only leaders act on an eviction, and they wake themselves for it.
+            PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::EvictLeader => false,
             PeerMsg::RaftMessage(m) => !m.get_hibernate(),
             _ => true,
         }

@@ -6,7 +6,7 @@ use protobuf::Message as _;
 use slog::{debug, warn};
 
 use super::PeerFsm;
-use crate::poll::PollContext;
+use crate::{metrics, poll::PollContext};
 
 impl PeerFsm {
     pub(crate) fn maybe_compact_log(&mut self, ctx: &mut PollContext) {
@@ -62,6 +62,8 @@ impl PeerFsm {
 
     /// Deletes the compacted entries once the compaction is applied.
     pub(crate) fn on_compact_log(&mut self, index: u64, term: u64, ctx: &mut PollContext) {
+        let first = self.raft.store().truncated_index() + 1;
+        metrics::LOG_GC_ENTRIES.inc_by((index + 1).saturating_sub(first));
         self.raft
             .mut_store()
             .compact_to(index, term, &mut ctx.raft_wb);

@@ -8,6 +8,7 @@
 
 mod conf_change;
 mod destroy;
+mod evict;
 mod heartbeat;
 mod hibernate;
 mod log_gc;
@@ -221,6 +222,7 @@ impl PeerFsm {
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
             PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
             PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to)),
+            PeerMsg::EvictLeader => self.evict_leader(ctx),
             PeerMsg::Tick if self.quiet => {}
             PeerMsg::Tick => self.on_tick(ctx),
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
@@ -255,7 +257,10 @@ impl PeerFsm {
             return;
         }
         let raft_msg = match Message::parse_from_bytes(msg.get_message()) {
-            Ok(m) => m,
+            Ok(m) => {
+                metrics::count_message(false, m.get_msg_type());
+                m
+            }
             Err(e) => {
                 warn!(self.logger, "dropping undecodable raft message"; "err" => %e);
                 return;
@@ -651,6 +656,13 @@ impl PeerFsm {
         info!(self.logger, "role changed"; "role" => ?role, "leader_id" => leader_id,
               "term" => self.raft.raft.term);
         let is_leader = role == StateRole::Leader;
+        match role {
+            StateRole::Leader => metrics::ROLE_CHANGES.with_label_values(&["leader"]).inc(),
+            StateRole::Candidate => metrics::ROLE_CHANGES
+                .with_label_values(&["candidate"])
+                .inc(),
+            _ => {}
+        }
         ctx.store_meta
             .lock()
             .set_leader(self.region_id(), is_leader);
@@ -687,6 +699,7 @@ impl PeerFsm {
             debug!(self.logger, "dropping message to a peer not in the region"; "to" => m.to);
             return None;
         };
+        metrics::count_message(true, m.get_msg_type());
         let region = self.region();
         let mut out = RaftMessage::default();
         out.set_region_id(region.get_id());

@@ -2,7 +2,7 @@
 //! split, and the store creates the new regions' peers once it is applied.
 
 use proto::metapb;
-use slog::{info, warn};
+use slog::{debug, info, warn};
 
 use super::PeerFsm;
 use crate::{
@@ -39,7 +39,9 @@ impl PeerFsm {
         if let Err(e) = checked {
             return cb(Err(e));
         }
-        info!(self.logger, "asking PD to split"; "keys" => ?keys.iter().map(|k| show(k)).collect::<Vec<_>>());
+        // The keys are user data: only at debug level.
+        info!(self.logger, "asking PD to split"; "split_keys" => keys.len());
+        debug!(self.logger, "split keys"; "keys" => ?keys.iter().map(|k| show(k)).collect::<Vec<_>>());
         let task = PdTask::AskBatchSplit {
             region: self.region().clone(),
             peer: self.peer.clone(),
@@ -104,6 +106,7 @@ impl PeerFsm {
     ) {
         // The split is durable; the new regions' peers are not created yet.
         fail::fail_point!("raft_after_split_applied");
+        crate::metrics::SPLITS.inc();
         let parent = regions[0].clone();
         self.raft.mut_store().set_region(parent.clone());
         {

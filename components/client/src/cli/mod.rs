@@ -11,6 +11,11 @@ use serde_json::json;
 
 use crate::{progress::Progress, Client, Error, Result};
 
+mod health;
+mod stats;
+
+pub use health::{Health, Verdict};
+
 /// kvctl: the Flotilla command-line client.
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +117,12 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The cluster as a whole.
+    Cluster {
+        /// What to ask about the cluster.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// What PD is doing.
     Operator {
         /// What to do with operators.
@@ -190,6 +201,26 @@ pub enum StoreCommand {
         /// within --timeout.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+/// Cluster commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Stores up/down/offline/tombstone, regions without a leader, a quorum or all their
+    /// replicas, pending operators, and a verdict. Exit 0 healthy, 1 degraded (serving
+    /// with something missing), 2 unhealthy (some regions do not serve) or PD unreachable.
+    Health {
+        /// A store PD has not heard from for this long counts as down.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        down_after: Duration,
+    },
+    /// Keys and bytes (estimates), regions, and per request type the rate and p99
+    /// latency, from every store's metrics scraped twice an interval apart.
+    Stats {
+        /// Time between the two scrapes.
+        #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+        interval: Duration,
     },
 }
 
@@ -334,6 +365,12 @@ pub async fn run(
         }
         Command::Region { command } => region(client, command, &mut p).await,
         Command::Store { command } => store(client, command, &mut p).await,
+        Command::Cluster {
+            command: ClusterCommand::Health { down_after },
+        } => cluster_health(client, *down_after, &mut p).await,
+        Command::Cluster {
+            command: ClusterCommand::Stats { interval },
+        } => cluster_stats(client, *interval, &mut p).await,
         Command::Operator {
             command: OperatorCommand::List,
         } => operators(client, &mut p).await,
@@ -561,25 +598,44 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
         p.ok();
         return Ok(0);
     }
-    let mut stores = client.stores().await?;
+    let stores = client.stores().await?;
+    let store_json = |(s, st): &(metapb::Store, proto::pdpb::StoreStats)| {
+        json!({
+            "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
+            "region_count": st.region_count, "leader_count": st.leader_count,
+            "capacity_bytes": st.capacity, "used_bytes": st.used_size,
+            "available_bytes": st.available,
+            "last_heartbeat_unix_nanos": s.last_heartbeat,
+        })
+    };
     if let StoreCommand::Show { id } = command {
-        stores.retain(|(s, _)| s.get_id() == *id);
-        if stores.is_empty() {
+        let Some(one) = stores.iter().find(|(s, _)| s.get_id() == *id) else {
             return Err(Error::InvalidArgument(format!("store {id} does not exist")));
+        };
+        if p.json {
+            p.line(store_json(one));
+        } else {
+            let (s, st) = one;
+            let gib = |b: u64| format!("{:.2} GiB ({b} bytes)", b as f64 / (1u64 << 30) as f64);
+            p.line(format!("id:              {}", s.get_id()));
+            p.line(format!("address:         {}", s.get_address()));
+            p.line(format!("state:           {}", store_state(s)));
+            p.line(format!("capacity:        {}", gib(st.capacity)));
+            p.line(format!("used:            {}", gib(st.used_size)));
+            p.line(format!("available:       {}", gib(st.available)));
+            p.line(format!("regions:         {}", st.region_count));
+            p.line(format!("leaders:         {}", st.leader_count));
+            p.line(format!(
+                "last heartbeat:  {}",
+                heartbeat_age(s.last_heartbeat)
+            ));
         }
+        return Ok(0);
     }
     if p.json {
-        let v: Vec<_> = stores
-            .iter()
-            .map(|(s, st)| {
-                json!({
-                    "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
-                    "region_count": st.region_count, "leader_count": st.leader_count,
-                    "last_heartbeat_unix_nanos": s.last_heartbeat,
-                })
-            })
-            .collect();
-        p.line(serde_json::Value::Array(v));
+        p.line(serde_json::Value::Array(
+            stores.iter().map(store_json).collect(),
+        ));
     } else {
         p.line("ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT");
         for (s, st) in &stores {
@@ -629,6 +685,53 @@ async fn wait_for_decommission(client: &Client, id: u64, p: &mut Printer<'_>) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn cluster_health(client: &Client, down_after: Duration, p: &mut Printer<'_>) -> Result<i32> {
+    let pd = client.pd();
+    let stores = pd.get_all_stores(false).await?;
+    let regions = client.regions().await?;
+    let cluster = pd.get_cluster_config().await?;
+    let operators = pd.get_operators().await?;
+    let h = health::judge(&stores, &regions, &cluster, &operators, down_after);
+    if p.json {
+        p.line(serde_json::to_value(&h).expect("the report serializes"));
+    } else {
+        p.line(format!("pd:         reachable, cluster {}", cluster.id));
+        for l in health::text(&h) {
+            p.line(l);
+        }
+    }
+    Ok(h.verdict as i32)
+}
+
+async fn cluster_stats(client: &Client, interval: Duration, p: &mut Printer<'_>) -> Result<i32> {
+    let stores = client.pd().get_all_stores(true).await?;
+    let addrs: Vec<String> = stores
+        .iter()
+        .map(|s| s.get_status_address().to_string())
+        .collect();
+    let before = crate::status::scrape_stores(&addrs).await;
+    tokio::time::sleep(interval).await;
+    let after = crate::status::scrape_stores(&addrs).await;
+    if after.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no store's status address answered ({}); stores announce it with \
+             --advertise-status-addr",
+            addrs.join(", ")
+        )));
+    }
+    let regions = client.regions().await?.len();
+    let replicas = client.pd().get_cluster_config().await?.max_peer_count;
+    let s = stats::compute(regions, stores.len(), replicas, &before, &after, interval);
+    if p.json {
+        p.line(serde_json::to_value(&s).expect("the report serializes"));
+    } else {
+        for l in stats::text(&s) {
+            p.line(l);
+        }
+    }
+    Ok(0)
 }
 
 async fn operators(client: &Client, p: &mut Printer<'_>) -> Result<i32> {

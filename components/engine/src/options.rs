@@ -1,0 +1,28 @@
+//! How much memory the database may use: one block cache shared by every column family,
+//! and one budget for all memtables together (RocksDB's write buffer manager, which
+//! flushes the largest memtable when the budget fills and stalls writers past it).
+
+/// Memory and background settings for [`crate::Engine::open_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Bytes of the LRU block cache shared by every column family.
+    pub block_cache_bytes: usize,
+    /// Bytes all memtables of all column families may take together.
+    pub memtable_budget_bytes: usize,
+    /// One memtable's size before it is switched for flushing.
+    pub write_buffer_bytes: usize,
+    /// Flush and compaction threads.
+    pub max_background_jobs: i32,
+}
+
+impl Default for EngineOptions {
+    /// Sized for a small machine: 128 MiB of cache, 128 MiB of memtables.
+    fn default() -> Self {
+        EngineOptions {
+            block_cache_bytes: 128 << 20,
+            memtable_budget_bytes: 128 << 20,
+            write_buffer_bytes: 32 << 20,
+            max_background_jobs: 2,
+        }
+    }
+}

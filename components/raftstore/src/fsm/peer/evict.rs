@@ -1,0 +1,45 @@
+//! Leaving before a shutdown: a leader on a stopping store hands leadership to an active
+//! voter on another store that has the most of its log, so that clients meet a leader
+//! change (a redirect) instead of an election timeout. PD, told by the store's
+//! heartbeat, moves no leader back; one that comes back by election is handed away again
+//! when the store asks its peers once more.
+
+use proto::metapb;
+use slog::{debug, info};
+
+use super::PeerFsm;
+use crate::poll::PollContext;
+
+impl PeerFsm {
+    /// Hands leadership away if this peer leads; a follower has nothing to do.
+    pub(crate) fn evict_leader(&mut self, ctx: &mut PollContext) {
+        if !self.is_leader() {
+            return;
+        }
+        self.wake(ctx);
+        let Some(to) = self.best_successor() else {
+            debug!(self.logger, "no voter elsewhere to take leadership");
+            return;
+        };
+        info!(self.logger, "handing leadership away before shutdown"; "to_peer" => to.get_id(),
+              "to_store" => to.get_store_id());
+        if let Err(e) = self.transfer_leader(&to) {
+            debug!(self.logger, "leadership hand-off refused"; "err" => %e);
+        }
+    }
+
+    /// The voter on another store, heard from lately (a dead one would stall writes
+    /// until the transfer times out), that has matched the most of the log.
+    fn best_successor(&self) -> Option<metapb::Peer> {
+        let prs = self.raft.raft.prs();
+        self.region()
+            .get_peers()
+            .iter()
+            .filter(|p| p.get_store_id() != self.peer.get_store_id())
+            .filter(|p| p.get_role() == metapb::PeerRole::Voter)
+            .filter_map(|p| prs.get(p.get_id()).map(|pr| (pr, p)))
+            .filter(|(pr, _)| pr.recent_active)
+            .max_by_key(|(pr, p)| (pr.matched, std::cmp::Reverse(p.get_id())))
+            .map(|(_, p)| p.clone())
+    }
+}
