@@ -61,7 +61,9 @@ impl Compose {
             .env("FLOTILLA_IMAGE", &self.image)
             .env("FLOTILLA_PROMETHEUS_IMAGE", &self.prometheus_image)
             .env("FLOTILLA_PD_PORT", self.pd_port.to_string())
-            .env("FLOTILLA_PROMETHEUS_PORT", self.prometheus_port.to_string());
+            .env("FLOTILLA_PROMETHEUS_PORT", self.prometheus_port.to_string())
+            // Containers left by a killed test run must not come back with the daemon.
+            .env("FLOTILLA_RESTART", "no");
         c
     }
 
@@ -162,6 +164,7 @@ fn write(c: &Compose, acked: &mut Vec<String>, range: std::ops::Range<u32>) {
                 acked.push(k);
                 break;
             }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }

@@ -23,6 +23,16 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Sets the flag when dropped: a failing step must still stop the writers, or the
+/// thread scope would wait for them forever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 /// `server.graceful-shutdown-timeout`'s default: the bound a shutdown waits for leaders.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// An election can take up to twice the configured timeout (10 ticks of 100 ms,
@@ -102,6 +112,7 @@ fn sigterm_hands_leadership_away_so_no_request_waits_for_an_election() {
     let stop = AtomicBool::new(false);
     let acked = Mutex::new(vec![]);
     let (slowest, status) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         let w = s.spawn(|| writer(&rt, &c, "w", &stop, &acked));
         std::thread::sleep(Duration::from_millis(500));
         let before = acked.lock().unwrap().len();
@@ -172,6 +183,7 @@ fn rolling_restart_under_load_loses_nothing_and_keeps_every_region_served() {
                 gaps.lock().unwrap().insert(p, longest);
             });
         }
+        let _stop = StopOnDrop(&stop);
         for i in 0..3 {
             let status = cluster.terminate_store(i, SHUTDOWN_WAIT + Duration::from_secs(20));
             assert!(

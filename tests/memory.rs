@@ -16,7 +16,7 @@ const T: Duration = Duration::from_secs(60);
 /// slack, code).
 const BLOCK_CACHE_MIB: u64 = 32;
 const MEMTABLE_MIB: u64 = 32;
-const OVERHEAD_MIB: u64 = 224;
+const OVERHEAD_MIB: u64 = 320;
 
 #[test]
 fn a_store_under_sustained_writes_stays_within_its_memory_budget() {

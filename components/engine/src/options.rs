@@ -1,6 +1,7 @@
 //! How much memory the database may use: one block cache shared by every column family,
 //! and one budget for all memtables together (RocksDB's write buffer manager, which
-//! flushes the largest memtable when the budget fills and stalls writers past it).
+//! flushes the largest memtable when the budget fills, and stalls writers until flushes
+//! catch up).
 
 /// Memory and background settings for [`crate::Engine::open_with`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +14,18 @@ pub struct EngineOptions {
     pub write_buffer_bytes: usize,
     /// Flush and compaction threads.
     pub max_background_jobs: i32,
+}
+
+impl EngineOptions {
+    /// Small, for metadata databases (PD's): a few MiB of cache and memtables.
+    pub fn small() -> Self {
+        EngineOptions {
+            block_cache_bytes: 8 << 20,
+            memtable_budget_bytes: 16 << 20,
+            write_buffer_bytes: 4 << 20,
+            max_background_jobs: 1,
+        }
+    }
 }
 
 impl Default for EngineOptions {

@@ -80,7 +80,7 @@ pub fn balance_leader(info: &RegionInfo, stores: &Stores) -> Option<Operator> {
         .get_peers()
         .iter()
         .map(|p| p.get_store_id())
-        .filter(|s| *s != from && stores.has_room(*s) && !stores.loads[s].stopping)
+        .filter(|s| *s != from && stores.has_room(*s))
         .min_by_key(|s| (stores.loads[s].leaders, *s))?;
     if from_load.leaders - stores.loads[&to].leaders <= 1 {
         return None;

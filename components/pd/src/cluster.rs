@@ -303,11 +303,14 @@ impl PdCore {
         // Registering is a sign of life, as a heartbeat is.
         store.last_heartbeat = unix_nanos();
         self.storage.put_store(&store)?;
-        let stats = st
+        let mut stats = st
             .stores
             .get(&id)
             .map(|s| s.stats.clone())
             .unwrap_or_default();
+        // A process registering is a new start: whatever shutdown the last one was in
+        // is over.
+        stats.stopping = false;
         st.stores.insert(
             id,
             StoreInfo {

@@ -263,7 +263,7 @@ impl Stores {
     pub fn has_room(&self, store: u64) -> bool {
         self.loads
             .get(&store)
-            .is_some_and(|l| l.health == Health::Up && l.operators < self.limit)
+            .is_some_and(|l| l.health == Health::Up && !l.stopping && l.operators < self.limit)
     }
 }
 

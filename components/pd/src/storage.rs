@@ -24,7 +24,9 @@ impl Storage {
     /// Opens (creating if needed) PD's metadata under `dir`.
     pub fn open(dir: &Path) -> Result<Storage> {
         Ok(Storage {
-            engine: Engine::open(dir)?,
+            // PD's metadata is small; in a store with an embedded PD this database sits
+            // beside the store's own, outside `[storage]`'s budget.
+            engine: Engine::open_with(dir, &engine::EngineOptions::small())?,
         })
     }
 

@@ -35,8 +35,8 @@ pub struct Config {
 pub struct StorageConfig {
     /// The block cache shared by every column family.
     pub block_cache_size: ByteSize,
-    /// All memtables together; past it RocksDB flushes, and stalls writers if flushes
-    /// cannot keep up.
+    /// All memtables together; past it RocksDB flushes the largest, and stalls writers
+    /// while flushes cannot keep up.
     pub memtable_budget: ByteSize,
     /// One memtable's size before it is flushed.
     pub write_buffer_size: ByteSize,
@@ -76,9 +76,9 @@ impl StorageConfig {
             "must be at least 1MiB",
         )?;
         ensure(
-            self.memtable_budget >= self.write_buffer_size,
+            self.memtable_budget.as_u64() >= 2 * self.write_buffer_size.as_u64(),
             "storage.memtable-budget",
-            "must be at least storage.write-buffer-size",
+            "must be at least twice storage.write-buffer-size",
         )
     }
 }
@@ -128,6 +128,14 @@ pub struct ServerConfig {
     /// Raft messages waiting to go to one other store; past it new ones are dropped
     /// (Raft sends them again).
     pub raft_msg_queue_capacity: usize,
+    /// How often a connection between stores with calls in flight is pinged: a peer
+    /// whose address went away (a container reconnected with a new IP, a host gone)
+    /// is noticed within this plus `grpc-keepalive-timeout`, not at TCP's timeout.
+    #[serde(with = "humantime_serde")]
+    pub grpc_keepalive_time: std::time::Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    #[serde(with = "humantime_serde")]
+    pub grpc_keepalive_timeout: std::time::Duration,
     /// On SIGTERM, how long the store may spend handing its leaders to other stores
     /// before it stops anyway.
     #[serde(with = "humantime_serde")]
@@ -150,6 +158,8 @@ impl Default for ServerConfig {
             snap_max_concurrent_recv: 4,
             snap_max_concurrent_send: 4,
             raft_msg_queue_capacity: 16_384,
+            grpc_keepalive_time: std::time::Duration::from_secs(10),
+            grpc_keepalive_timeout: std::time::Duration::from_secs(3),
             graceful_shutdown_timeout: std::time::Duration::from_secs(10),
         }
     }
@@ -209,6 +219,11 @@ impl Validate for Config {
             s.snap_max_concurrent_recv > 0 && s.snap_max_concurrent_send > 0,
             "server.snap-max-concurrent-recv",
             "snapshot concurrency limits must be positive",
+        )?;
+        ensure(
+            !s.grpc_keepalive_time.is_zero() && !s.grpc_keepalive_timeout.is_zero(),
+            "server.grpc-keepalive-time",
+            "keepalive time and timeout must be positive",
         )?;
         ensure(
             s.raft_msg_queue_capacity > 0,

@@ -185,9 +185,15 @@ fn serve_grpc(
     service: TikvService,
 ) -> Result<grpcio::Server> {
     let max = cfg.server.max_message_size.as_u64() as i32;
+    // Pings both ways: the server drops a peer stream whose sender's address went away,
+    // and accepts the other stores' pings as often as they send them.
+    let s = &cfg.server;
     let args = grpcio::ChannelBuilder::new(env.clone())
         .max_receive_message_len(max)
         .max_send_message_len(max)
+        .keepalive_time(s.grpc_keepalive_time)
+        .keepalive_timeout(s.grpc_keepalive_timeout)
+        .http2_min_recv_ping_interval_without_data(s.grpc_keepalive_time / 2)
         .build_args();
     let mut grpc = ServerBuilder::new(env)
         .channel_args(args)
@@ -281,6 +287,10 @@ impl Node {
             pd.clone(),
             env.clone(),
             cfg.server.max_message_size.as_u64() as i32,
+            (
+                cfg.server.grpc_keepalive_time,
+                cfg.server.grpc_keepalive_timeout,
+            ),
         );
         let transport = GrpcTransport::new(
             store_id,
@@ -415,11 +425,18 @@ impl Node {
         if let Some(w) = self.pd_worker.take() {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
+        // Only saves the next start a log replay (the WAL has everything): bounded, so
+        // that a flush stuck behind compaction cannot outlast the operator's patience.
         let engine = self.engine.clone();
-        match tokio::task::spawn_blocking(move || engine.flush()).await {
-            Ok(Ok(())) => info!(self.logger, "memtables flushed"),
-            Ok(Err(e)) => warn!(self.logger, "flushing memtables failed"; "err" => %e),
-            Err(e) => warn!(self.logger, "flushing memtables panicked"; "err" => %e),
+        let flush = tokio::task::spawn_blocking(move || engine.flush());
+        match tokio::time::timeout(Duration::from_secs(10), flush).await {
+            Ok(Ok(Ok(()))) => info!(self.logger, "memtables flushed"),
+            Ok(Ok(Err(e))) => warn!(self.logger, "flushing memtables failed"; "err" => %e),
+            Ok(Err(e)) => warn!(self.logger, "flushing memtables panicked"; "err" => %e),
+            Err(_) => warn!(
+                self.logger,
+                "flushing memtables took over 10s; the log replays at the next start"
+            ),
         }
         if let Some(pd) = self.pd_server.take() {
             pd.shutdown();

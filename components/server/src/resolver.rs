@@ -1,6 +1,6 @@
 //! Store id -> address, from PD, cached; and gRPC clients by address, cached.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use grpcio::{ChannelBuilder, Environment};
 use parking_lot::Mutex;
@@ -15,17 +15,26 @@ pub struct Resolver {
     pd: Arc<PdClient>,
     env: Arc<Environment>,
     max_message_size: i32,
+    /// Ping time and timeout of connections to other stores.
+    keepalive: (Duration, Duration),
     addrs: Arc<Mutex<HashMap<u64, String>>>,
     clients: Arc<Mutex<HashMap<String, TikvClient>>>,
 }
 
 impl Resolver {
-    /// Resolves through `pd`, dialing with `env`; messages up to `max_message_size`.
-    pub fn new(pd: Arc<PdClient>, env: Arc<Environment>, max_message_size: i32) -> Self {
+    /// Resolves through `pd`, dialing with `env`; messages up to `max_message_size`,
+    /// connections pinged every `keepalive.0` and dropped after `keepalive.1` of silence.
+    pub fn new(
+        pd: Arc<PdClient>,
+        env: Arc<Environment>,
+        max_message_size: i32,
+        keepalive: (Duration, Duration),
+    ) -> Self {
         Resolver {
             pd,
             env,
             max_message_size,
+            keepalive,
             addrs: Arc::default(),
             clients: Arc::default(),
         }
@@ -54,9 +63,15 @@ impl Resolver {
         let addr = self.address(store_id).await?;
         let mut clients = self.clients.lock();
         let client = clients.entry(addr.clone()).or_insert_with(|| {
+            // Pinged, also while a stream is idle (a hibernating region's), so that a
+            // peer whose address went away fails the stream and is dialled afresh,
+            // resolving its name again.
             let ch = ChannelBuilder::new(self.env.clone())
                 .max_receive_message_len(self.max_message_size)
                 .max_send_message_len(self.max_message_size)
+                .keepalive_time(self.keepalive.0)
+                .keepalive_timeout(self.keepalive.1)
+                .http2_max_pings_without_data(0)
                 .connect(&addr);
             TikvClient::new(ch)
         });

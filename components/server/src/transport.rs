@@ -59,13 +59,13 @@ impl Depth {
     }
 
     fn add(&self, n: usize) {
-        let now = self.n.fetch_add(n, Ordering::Relaxed) + n;
-        self.gauge.set(now as i64);
+        self.n.fetch_add(n, Ordering::Relaxed);
+        self.gauge.add(n as i64);
     }
 
     fn sub(&self, n: usize) {
-        let now = self.n.fetch_sub(n, Ordering::Relaxed) - n;
-        self.gauge.set(now as i64);
+        self.n.fetch_sub(n, Ordering::Relaxed);
+        self.gauge.sub(n as i64);
     }
 }
 

@@ -37,18 +37,25 @@ impl Shutdown {
         let _ = rx.wait_for(|stop| *stop).await;
     }
 
-    /// Triggers this signal on SIGTERM or SIGINT.
+    /// Triggers this signal on SIGTERM or SIGINT. A second signal exits at once (status
+    /// 130): an operator who asks twice does not want to wait for a graceful stop.
     pub fn trigger_on_signals(&self) {
         let this = self.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            for n in 0.. {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if n > 0 {
+                    eprintln!("second signal: exiting without finishing the graceful stop");
+                    std::process::exit(130);
+                }
+                this.trigger();
             }
-            this.trigger();
         });
     }
 }

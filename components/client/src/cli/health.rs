@@ -30,7 +30,8 @@ pub struct StoreHealth {
     pub id: u64,
     /// Address clients dial.
     pub address: String,
-    /// up, down (no heartbeat for the threshold), offline (decommissioning) or tombstone.
+    /// up, down (no heartbeat for the threshold), stopping (shutting down: its leaders
+    /// are moving away), offline (decommissioning) or tombstone.
     pub state: &'static str,
     /// Seconds since PD last heard from it (`None`: never).
     pub last_heartbeat_secs: Option<f64>,
@@ -63,12 +64,18 @@ fn now_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn store_health(s: &metapb::Store, now: i64, down_after: Duration) -> StoreHealth {
+fn store_health(
+    (s, stats): &(metapb::Store, pdpb::StoreStats),
+    now: i64,
+    down_after: Duration,
+) -> StoreHealth {
     let age = (s.last_heartbeat > 0).then(|| (now - s.last_heartbeat).max(0) as f64 / 1e9);
     let stale = age.is_none_or(|a| a > down_after.as_secs_f64());
     let state = match s.get_state() {
         metapb::StoreState::Tombstone => "tombstone",
         _ if stale => "down",
+        // Its last heartbeat is fresh, but the process is on its way out (or gone).
+        _ if stats.stopping => "stopping",
         metapb::StoreState::Offline => "offline",
         metapb::StoreState::Up => "up",
     };
@@ -83,7 +90,7 @@ fn store_health(s: &metapb::Store, now: i64, down_after: Duration) -> StoreHealt
 /// Judges what PD reported; `down_after` is how long without a heartbeat makes a store
 /// down.
 pub fn judge(
-    stores: &[metapb::Store],
+    stores: &[(metapb::Store, pdpb::StoreStats)],
     regions: &[RegionRoute],
     cluster: &metapb::Cluster,
     operators: &[pdpb::OperatorInfo],
@@ -123,7 +130,11 @@ pub fn judge(
     let no_store_up = !stores.iter().any(|s| s.state == "up");
     let verdict = if no_store_up || !leaderless.is_empty() || !without_quorum.is_empty() {
         Verdict::Unhealthy
-    } else if !under_replicated.is_empty() || stores.iter().any(|s| s.state == "down") {
+    } else if !under_replicated.is_empty()
+        || stores
+            .iter()
+            .any(|s| matches!(s.state, "down" | "stopping"))
+    {
         Verdict::Degraded
     } else {
         Verdict::Healthy
@@ -144,19 +155,24 @@ pub fn judge(
 pub fn text(h: &Health) -> Vec<String> {
     let count = |state: &str| h.stores.iter().filter(|s| s.state == state).count();
     let mut lines = vec![format!(
-        "stores:     {} up, {} down, {} offline, {} tombstone",
+        "stores:     {} up, {} down, {} stopping, {} offline, {} tombstone",
         count("up"),
         count("down"),
+        count("stopping"),
         count("offline"),
         count("tombstone")
     )];
-    for s in h.stores.iter().filter(|s| s.state == "down") {
+    for s in h
+        .stores
+        .iter()
+        .filter(|s| matches!(s.state, "down" | "stopping"))
+    {
         let last = s
             .last_heartbeat_secs
             .map_or("never".to_string(), |a| format!("{a:.1}s ago"));
         lines.push(format!(
-            "  store {} ({}) is down: last heartbeat {last}",
-            s.id, s.address
+            "  store {} ({}) is {}: last heartbeat {last}",
+            s.id, s.address, s.state
         ));
     }
     let ids = |v: &[u64]| {
@@ -190,12 +206,12 @@ pub fn text(h: &Health) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn store(id: u64, heartbeat_ago: Option<Duration>) -> metapb::Store {
+    fn store(id: u64, heartbeat_ago: Option<Duration>) -> (metapb::Store, pdpb::StoreStats) {
         let mut s = metapb::Store::default();
         s.set_id(id);
         s.set_address(format!("s{id}"));
         s.last_heartbeat = heartbeat_ago.map_or(0, |a| now_nanos() - a.as_nanos() as i64);
-        s
+        (s, pdpb::StoreStats::default())
     }
 
     fn region(id: u64, stores: &[u64], leader: Option<u64>) -> RegionRoute {
@@ -250,6 +266,18 @@ mod tests {
         let h = judge(&two, &regions, &cluster(), &[], AFTER);
         assert_eq!(h.verdict, Verdict::Unhealthy, "{h:?}");
         assert_eq!(h.without_quorum, [1]);
+    }
+
+    #[test]
+    fn a_stopping_store_is_not_counted_live_while_its_heartbeat_is_fresh() {
+        let mut stopping = store(3, FRESH);
+        stopping.1.stopping = true;
+        let stores = [store(1, FRESH), store(2, FRESH), stopping];
+        let regions = [region(1, &[1, 2, 3], Some(1))];
+        let h = judge(&stores, &regions, &cluster(), &[], AFTER);
+        assert_eq!(h.verdict, Verdict::Degraded, "{h:?}");
+        assert_eq!(h.under_replicated, [1]);
+        assert!(text(&h)[0].contains("1 stopping"), "{:?}", text(&h));
     }
 
     #[test]

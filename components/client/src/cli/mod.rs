@@ -689,7 +689,7 @@ async fn wait_for_decommission(client: &Client, id: u64, p: &mut Printer<'_>) ->
 
 async fn cluster_health(client: &Client, down_after: Duration, p: &mut Printer<'_>) -> Result<i32> {
     let pd = client.pd();
-    let stores = pd.get_all_stores(false).await?;
+    let stores = client.stores().await?;
     let regions = client.regions().await?;
     let cluster = pd.get_cluster_config().await?;
     let operators = pd.get_operators().await?;

@@ -16,7 +16,12 @@ impl PeerFsm {
         if !self.is_leader() {
             return;
         }
-        self.wake(ctx);
+        if self.quiet {
+            // Who is alive dates from before the sleep: wake, let a heartbeat round
+            // refresh it, and pick a successor when the store asks again.
+            self.wake(ctx);
+            return;
+        }
         let Some(to) = self.best_successor() else {
             debug!(self.logger, "no voter elsewhere to take leadership");
             return;
