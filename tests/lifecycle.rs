@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{client, voters, wait_until, ProcCluster};
+use common::{client, voters, wait_until, ProcCluster, StopOnDrop};
 
 const T: Duration = Duration::from_secs(60);
 /// These tests time requests: run one at a time, not beside each other's clusters.
@@ -24,15 +24,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sets the flag when dropped: a failing step must still stop the writers, or the
-/// thread scope would wait for them forever.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 /// `server.graceful-shutdown-timeout`'s default: the bound a shutdown waits for leaders.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// An election can take up to twice the configured timeout (10 ticks of 100 ms,

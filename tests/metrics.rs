@@ -86,13 +86,7 @@ fn every_series_the_dashboard_queries_is_exported() {
     // kvctl cluster stats, from the same metrics, while a client writes.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let out = std::thread::scope(|s| {
-        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let _stop = StopOnDrop(&stop);
+        let _stop = common::StopOnDrop(&stop);
         s.spawn(|| {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

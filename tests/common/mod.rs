@@ -450,3 +450,13 @@ pub fn cpu_share(pid: u32, window: Duration) -> f64 {
     std::thread::sleep(window);
     (cpu_time(pid) - before).as_secs_f64() / window.as_secs_f64()
 }
+
+/// Sets the flag when dropped: a failing step must still stop the threads that loop
+/// until it is set, or the thread scope waiting for them would never return.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -21,7 +21,7 @@ mod workload;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
@@ -210,16 +210,6 @@ fn restart_exited(c: &mut NetCluster, report: &mut Report) {
     }
 }
 
-/// Sets the flag when dropped, so that a panicking fault loop still stops the clients
-/// (the scope would otherwise wait for them forever).
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// A process's state letter from /proc (`T`: stopped).
 fn process_state(c: &NetCluster, h: usize) -> Option<char> {
     let pid = c.pid(h)?;
@@ -270,7 +260,7 @@ fn run(seed: u64, secs: u64) -> Report {
         }
         let (rth, cl2, ledger, stop2) = (rt.handle(), &cl, &ledger, &stop);
         s.spawn(move || ledger.write(rth, cl2, stop2));
-        let _stop = StopOnDrop(&stop);
+        let _stop = common::StopOnDrop(&stop);
         while Instant::now() + Duration::from_secs(4) < deadline {
             std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
             let fault = if rng.gen_bool(0.6) {
