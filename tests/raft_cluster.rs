@@ -229,6 +229,41 @@ fn leadership_moves_on_request_and_not_to_learners_or_strangers() {
 }
 
 #[test]
+fn leadership_is_not_handed_to_a_peer_that_is_behind() {
+    let (rs, pd) = test_config();
+    let mut c = replicated(3, rs, pd);
+    c.must_put(b"k", b"v1");
+    let (leader, region) = c.leader_of_key(b"k").unwrap();
+    let behind = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.stop_store(behind);
+    // Writes the stopped store misses; the leader stops counting it as active within an
+    // election timeout.
+    for i in 0..10 {
+        c.must_put(&key(i), &value(i, 0));
+    }
+    let mut err = String::new();
+    wait_until("the leader to refuse a peer that is behind", T, || {
+        match c.try_transfer_leader(region.get_id(), behind) {
+            Err(e) => {
+                err = e;
+                true
+            }
+            Ok(()) => false,
+        }
+    });
+    assert!(err.contains("not caught up"), "{err}");
+    assert_eq!(c.leader_of(region.get_id()), Some(leader), "leadership stayed");
+    c.must_put(b"k", b"v2");
+    c.start_store(behind);
+    c.must_replicate_on(behind, b"k", b"v2", T);
+    c.transfer_leader(region.get_id(), behind)
+        .expect("a peer that caught up may lead");
+    wait_until("leadership to move", T, || {
+        c.leader_of(region.get_id()) == Some(behind)
+    });
+}
+
+#[test]
 fn stores_keep_serving_while_pd_is_down() {
     let (rs, pd) = test_config();
     let mut c = replicated(3, rs, pd);

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use grpcio::{ChannelBuilder, Environment};
+use grpcio::Environment;
 use parking_lot::Mutex;
 use pd_client::{PdClient, RegionRoute};
 use proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb_grpc::TikvClient};
@@ -260,7 +260,7 @@ impl Client {
             return Ok(c.clone());
         }
         let (store, _) = self.pd.get_store(store_id).await?;
-        let ch = ChannelBuilder::new(self.env.clone())
+        let ch = util::grpc::channel(self.env.clone())
             .max_receive_message_len(64 << 20)
             .max_send_message_len(64 << 20)
             .connect(store.get_address());

@@ -469,6 +469,17 @@ impl PdCore {
                     .with_label_values(&[op.kind, "timed_out"])
                     .inc();
                 st.operators.remove(&id);
+            } else if matches!(op.current(info), Some(Step::TransferLeader(to))
+                if st.stores.get(to).is_some_and(|s| s.stats.stopping))
+            {
+                // Leadership sent to a store that is shutting down would come straight
+                // back, or be lost with the store.
+                info!(self.logger, "operator cancelled: it moves leadership to a stopping store";
+                      "region_id" => id, "kind" => op.kind);
+                metrics::OPERATORS
+                    .with_label_values(&[op.kind, "cancelled"])
+                    .inc();
+                st.operators.remove(&id);
             } else if !op.is_finished(info) {
                 op.refresh(info);
                 return op.response(info);
@@ -849,6 +860,40 @@ mod tests {
         // Once store 4 leads, the operator is done.
         hb.set_leader(peer(6, 4, Voter));
         assert!(core.region_heartbeat(&hb).unwrap().is_none());
+        assert!(core.operators().is_empty());
+    }
+
+    #[test]
+    fn a_leader_transfer_to_a_store_that_is_stopping_is_cancelled() {
+        use metapb::PeerRole::*;
+        let dir = tempfile::tempdir().unwrap();
+        let core = PdCore::open(
+            Config::default(),
+            Storage::open(dir.path()).unwrap(),
+            util::logger::discard(),
+        )
+        .unwrap();
+        let mut region = metapb::Region::default();
+        region.set_id(2);
+        region.mut_region_epoch().set_version(1);
+        region.mut_peers().push(peer(3, 1, Voter));
+        core.bootstrap(store(1), region.clone()).unwrap();
+        core.put_store(store(4)).unwrap();
+        region.mut_peers().push(peer(6, 4, Voter));
+        region.mut_region_epoch().set_conf_ver(2);
+        let mut hb = pdpb::RegionHeartbeatRequest::default();
+        hb.set_region(region);
+        hb.set_leader(peer(3, 1, Voter));
+        core.region_heartbeat(&hb).unwrap();
+        core.add_transfer_leader(2, 4).unwrap();
+        let mut stats = pdpb::StoreStats::default();
+        stats.store_id = 4;
+        stats.stopping = true;
+        core.store_heartbeat(stats).unwrap();
+        assert!(
+            core.region_heartbeat(&hb).unwrap().is_none(),
+            "no leadership sent to a stopping store"
+        );
         assert!(core.operators().is_empty());
     }
 

@@ -45,7 +45,12 @@ impl PdServer {
                 .name_prefix("pd-grpc")
                 .build(),
         );
+        // Accepts the pings PD clients send to find a dead connection.
+        let args = grpcio::ChannelBuilder::new(env.clone())
+            .http2_min_recv_ping_interval_without_data(util::grpc::PD_KEEPALIVE.0 / 2)
+            .build_args();
         let mut server = ServerBuilder::new(env as Arc<Environment>)
+            .channel_args(args)
             .register_service(proto::pdpb_grpc::create_pd(service))
             .build()?;
         let port = server.add_listening_port(cfg.addr.clone(), ServerCredentials::insecure())?;

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
+use grpcio::{CallOption, ClientUnaryReceiver, Environment};
 use parking_lot::RwLock;
 use proto::{
     metapb,
@@ -235,8 +235,11 @@ impl PdClient {
     }
 
     fn dial(env: &Arc<Environment>, addr: &str) -> pdpb_grpc::PdClient {
-        let ch = ChannelBuilder::new(env.clone())
+        let (ping, wait) = util::grpc::PD_KEEPALIVE;
+        let ch = util::grpc::channel(env.clone())
             .max_receive_message_len(64 << 20)
+            .keepalive_time(ping)
+            .keepalive_timeout(wait)
             .connect(addr);
         pdpb_grpc::PdClient::new(ch)
     }

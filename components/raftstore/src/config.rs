@@ -78,6 +78,14 @@ pub struct Config {
     /// applied; past it new proposals get server_is_busy, so a slow apply side cannot
     /// make its queue grow without bound.
     pub max_apply_lag: u64,
+    /// Leadership goes only to a peer at most this many entries behind the leader (and
+    /// heard from lately): raft refuses writes while a transfer waits for the transferee
+    /// to catch up, so a lagging one would stall the region for up to an election.
+    pub leader_transfer_max_log_lag: u64,
+    /// A leadership transfer not done by then is abandoned and writes resume (raft would
+    /// wait a whole election timeout); under the election timeout.
+    #[serde(with = "humantime_serde")]
+    pub leader_transfer_timeout: Duration,
     /// Largest snapshot this store accepts (the sum of its files' declared sizes); it
     /// must also fit in the free disk space.
     pub snap_max_size: ByteSize,
@@ -116,6 +124,8 @@ impl Default for Config {
             max_split_keys: 256,
             peer_mailbox_capacity: 40_960,
             max_apply_lag: 8192,
+            leader_transfer_max_log_lag: 128,
+            leader_transfer_timeout: Duration::from_millis(500),
             snap_max_size: ByteSize::gib(16),
             reserve_space: ByteSize::mib(256),
         }
@@ -152,6 +162,13 @@ impl Validate for Config {
             self.raft_election_timeout_ticks > self.raft_heartbeat_ticks,
             "raftstore.raft-election-timeout-ticks",
             "must be greater than raft-heartbeat-ticks",
+        )?;
+        ensure(
+            self.leader_transfer_timeout >= self.raft_base_tick_interval
+                && self.leader_transfer_timeout
+                    < self.raft_base_tick_interval * self.raft_election_timeout_ticks as u32,
+            "raftstore.leader-transfer-timeout",
+            "must be at least raft-base-tick-interval and under the election timeout",
         )?;
         ensure(
             self.raft_entry_max_size.as_u64() >= 1024,

@@ -195,6 +195,9 @@ pub enum StoreMsg {
     /// These stores stopped heartbeating to PD: wake hibernating regions with a peer
     /// there, so that they notice a lost leader and elect another.
     StoresDown(Vec<u64>),
+    /// These stores joined or came back: hibernating leaders report to PD now rather
+    /// than at their slow idle interval, so that PD can place replicas or leaders there.
+    StoresUp(Vec<u64>),
     /// The store is shutting down: tell PD at once, so that it moves no leader here.
     Stopping,
     /// A peer was destroyed and unregistered.

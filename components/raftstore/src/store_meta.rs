@@ -12,6 +12,10 @@ pub struct StoreMeta {
     /// Encoded end key -> region id, for finding the region of a key.
     ranges: BTreeMap<Vec<u8>, u64>,
     leaders: HashSet<u64>,
+    /// Regions whose peer here is campaigning (a candidate): it may lead in a moment.
+    campaigning: HashSet<u64>,
+    /// The store is shutting down: it hands its leaders away and takes no new ones.
+    pub(crate) stopping: bool,
     /// New regions whose peers a split applied here is about to create; a message for
     /// one of them must not create it first.
     pub(crate) pending_split_peers: HashSet<u64>,
@@ -71,14 +75,20 @@ impl StoreMeta {
             }
         }
         self.leaders.remove(&region_id);
+        self.campaigning.remove(&region_id);
     }
 
-    /// Records whether this store leads a region.
-    pub fn set_leader(&mut self, region_id: u64, is_leader: bool) {
-        if is_leader {
-            self.leaders.insert(region_id);
-        } else {
-            self.leaders.remove(&region_id);
+    /// Records whether this store leads a region, or is campaigning to.
+    pub fn set_role(&mut self, region_id: u64, is_leader: bool, is_candidate: bool) {
+        for (set, member) in [
+            (&mut self.leaders, is_leader),
+            (&mut self.campaigning, is_candidate),
+        ] {
+            if member {
+                set.insert(region_id);
+            } else {
+                set.remove(&region_id);
+            }
         }
     }
 
@@ -170,10 +180,12 @@ impl StoreMeta {
         self.leaders.len()
     }
 
-    /// Regions led here that have a voter on another store to hand leadership to.
+    /// Regions led here, or about to be (a candidate), that have a voter on another
+    /// store to hand leadership to.
     pub fn movable_leader_count(&self, store_id: u64) -> usize {
         self.leaders
             .iter()
+            .chain(&self.campaigning)
             .filter_map(|id| self.regions.get(id))
             .filter(|r| {
                 r.get_peers().iter().any(|p| {

@@ -47,8 +47,6 @@ pub struct StoreDeps {
 /// A running raftstore.
 pub struct RaftStore {
     store_id: u64,
-    /// Set once the store starts handing its leaders away (see `evict_leaders`).
-    evicting: Arc<std::sync::atomic::AtomicBool>,
     router: RaftRouter,
     apply_router: ApplyRouter,
     store_meta: Arc<Mutex<StoreMeta>>,
@@ -80,7 +78,6 @@ impl RaftStore {
             deps.snap_mgr
                 .spawn_generator(deps.engine.clone(), gen_rx, deps.logger.clone());
         let disk = crate::disk::DiskSpace::new(cfg.reserve_space);
-        let evicting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let store = StoreFsm {
             store_id: deps.store_id,
             cfg: cfg.clone(),
@@ -96,7 +93,6 @@ impl RaftStore {
             logger: deps.logger.clone(),
             start_time: unix_now(),
             disk: disk.clone(),
-            evicting: evicting.clone(),
         };
         let (split_check_tx, split_check_rx) = unbounded();
         let split_check_thread = split_check::spawn(
@@ -155,7 +151,6 @@ impl RaftStore {
             .expect("spawn store thread");
         Ok(RaftStore {
             store_id: deps.store_id,
-            evicting,
             router,
             apply_router,
             store_meta,
@@ -182,10 +177,8 @@ impl RaftStore {
     /// tells PD to move no leader here; for a shutdown that clients should not notice. Returns at once: [`RaftStore::movable_leader_count`] tells progress,
     /// and calling again retries regions whose transfer did not happen.
     pub fn evict_leaders(&self) {
-        if !self
-            .evicting
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        let first = !std::mem::replace(&mut self.store_meta.lock().stopping, true);
+        if first {
             self.router.send_store(StoreMsg::Stopping);
         }
         self.router

@@ -18,9 +18,10 @@ use slog::{debug, error, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use util::shutdown::Shutdown;
 
-/// Starts the PD worker; it stops when every sender of `tasks` is gone. A store whose
-/// last heartbeat to PD is older than `silent_after` is reported to the raftstore as
-/// down, once, so that regions hibernating with a leader there wake up. `retired` fires
+/// Starts the PD worker; it stops when every sender of `tasks` is gone. After each store
+/// heartbeat it reports to the raftstore the stores whose last heartbeat to PD is older
+/// than `silent_after` (regions hibernating with a leader there wake up) and those that
+/// joined or came back (see `watch_stores`). `retired` fires
 /// when PD says this store is tombstone (decommissioned): it has nothing left to serve.
 pub fn spawn(
     pd: Arc<PdClient>,
@@ -41,7 +42,7 @@ pub fn spawn(
                 router.clone(),
                 logger.clone(),
             ));
-            let silent = Arc::new(Mutex::new(HashSet::new()));
+            let watch = Arc::new(Mutex::new(StoreWatch::default()));
             for task in tasks {
                 match task {
                     PdTask::RegionHeartbeat(req) => {
@@ -64,7 +65,7 @@ pub fn spawn(
                     }
                     PdTask::StoreHeartbeat(stats) => {
                         let (pd, router) = (pd.clone(), router.clone());
-                        let (silent, logger) = (silent.clone(), logger.clone());
+                        let (watch, logger) = (watch.clone(), logger.clone());
                         let retired = retired.clone();
                         rt.spawn(async move {
                             match pd.store_heartbeat(stats).await {
@@ -79,12 +80,8 @@ pub fn spawn(
                                     return;
                                 }
                             }
-                            match newly_silent_stores(&pd, &silent, silent_after).await {
-                                Ok(down) if !down.is_empty() => {
-                                    router.send_store(StoreMsg::StoresDown(down))
-                                }
-                                Ok(_) => {}
-                                Err(e) => debug!(logger, "cannot list stores"; "err" => %e),
+                            if let Err(e) = watch_stores(&pd, &router, &watch, silent_after).await {
+                                debug!(logger, "cannot list stores"; "err" => %e);
                             }
                         });
                     }
@@ -95,29 +92,65 @@ pub fn spawn(
         .expect("spawn pd worker")
 }
 
-/// Stores that PD has not heard from within `silent_after` and were not reported yet;
-/// a store heard from again is forgotten, so that it is reported if it goes silent again.
-async fn newly_silent_stores(
+/// What this store last learnt from PD about the other stores' liveness.
+#[derive(Default)]
+struct StoreWatch {
+    /// Stores reported down (silent), not yet heard from again.
+    down: HashSet<u64>,
+    /// Stores heard from lately.
+    up: HashSet<u64>,
+}
+
+impl StoreWatch {
+    /// Which stores went silent for `silent_after` and which were heard from, each
+    /// since the last look; a store is reported again only after it changed state.
+    fn observe(
+        &mut self,
+        stores: &[metapb::Store],
+        now_ns: i64,
+        silent_after: Duration,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let (mut down, mut joined) = (vec![], vec![]);
+        for s in stores {
+            let quiet_for = Duration::from_nanos((now_ns - s.last_heartbeat).max(0) as u64);
+            let id = s.get_id();
+            if s.last_heartbeat == 0 || quiet_for < silent_after {
+                self.down.remove(&id);
+                if s.last_heartbeat != 0 && self.up.insert(id) {
+                    joined.push(id);
+                }
+            } else {
+                self.up.remove(&id);
+                if self.down.insert(id) {
+                    down.push(id);
+                }
+            }
+        }
+        (down, joined)
+    }
+}
+
+/// Asks PD for every store and tells the raftstore which went silent (their regions
+/// wake to elect) and which joined or came back (hibernating leaders report to PD).
+async fn watch_stores(
     pd: &PdClient,
-    reported: &Mutex<HashSet<u64>>,
+    router: &RaftRouter,
+    watch: &Mutex<StoreWatch>,
     silent_after: Duration,
-) -> pd_client::Result<Vec<u64>> {
+) -> pd_client::Result<()> {
     let stores = pd.get_all_stores(true).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let mut reported = reported.lock();
-    let mut down = vec![];
-    for s in stores {
-        let quiet_for = Duration::from_nanos((now - s.last_heartbeat).max(0) as u64);
-        if s.last_heartbeat == 0 || quiet_for < silent_after {
-            reported.remove(&s.get_id());
-        } else if reported.insert(s.get_id()) {
-            down.push(s.get_id());
-        }
+    let (down, joined) = watch.lock().observe(&stores, now, silent_after);
+    if !down.is_empty() {
+        router.send_store(StoreMsg::StoresDown(down));
     }
-    Ok(down)
+    if !joined.is_empty() {
+        router.send_store(StoreMsg::StoresUp(joined));
+    }
+    Ok(())
 }
 
 /// Gets ids from PD and proposes the split; once applied, reports the new regions so
@@ -203,5 +236,33 @@ async fn region_heartbeats(
         if let Err(e) = pd.reconnect().await {
             debug!(logger, "PD still unreachable"; "err" => %e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(id: u64, last_heartbeat: i64) -> metapb::Store {
+        let mut s = metapb::Store::default();
+        s.set_id(id);
+        s.last_heartbeat = last_heartbeat;
+        s
+    }
+
+    #[test]
+    fn each_change_of_liveness_is_reported_once() {
+        let after = Duration::from_secs(10);
+        let sec = 1_000_000_000i64;
+        let mut w = StoreWatch::default();
+        // Store 3 registered but never heartbeat: neither up nor down.
+        let all = |t2: i64| vec![store(1, 100 * sec), store(2, t2), store(3, 0)];
+        assert_eq!(w.observe(&all(100 * sec), 101 * sec, after), (vec![], vec![1, 2]));
+        assert_eq!(w.observe(&all(100 * sec), 102 * sec, after), (vec![], vec![]));
+        // Store 2 goes silent; store 1 too, at the later look.
+        assert_eq!(w.observe(&all(100 * sec), 111 * sec, after), (vec![1, 2], vec![]));
+        assert_eq!(w.observe(&all(100 * sec), 112 * sec, after), (vec![], vec![]));
+        // Store 2 comes back.
+        assert_eq!(w.observe(&all(112 * sec), 113 * sec, after), (vec![], vec![2]));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use grpcio::{ChannelBuilder, Environment};
+use grpcio::Environment;
 use parking_lot::Mutex;
 use pd_client::PdClient;
 use proto::tikvpb_grpc::TikvClient;
@@ -66,7 +66,7 @@ impl Resolver {
             // Pinged, also while a stream is idle (a hibernating region's), so that a
             // peer whose address went away fails the stream and is dialled afresh,
             // resolving its name again.
-            let ch = ChannelBuilder::new(self.env.clone())
+            let ch = util::grpc::channel(self.env.clone())
                 .max_receive_message_len(self.max_message_size)
                 .max_send_message_len(self.max_message_size)
                 .keepalive_time(self.keepalive.0)

@@ -578,8 +578,22 @@ impl Cluster {
         RawLimits::of(&cfg)
     }
 
-    /// Asks the leader of `region_id` to hand leadership to its peer on `to_store`.
+    /// Asks the leader of `region_id` to hand leadership to its peer on `to_store`, again
+    /// for a while if that peer is still catching up (the leader refuses it until then).
     pub fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.try_transfer_leader(region_id, to_store) {
+                Err(e) if e.contains("not caught up") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                res => return res,
+            }
+        }
+    }
+
+    /// One request to hand leadership over, as `transfer_leader`, not repeated.
+    pub fn try_transfer_leader(&self, region_id: u64, to_store: u64) -> Result<(), String> {
         let leader = self.leader_of(region_id).ok_or("no leader")?;
         let router = self.running[&leader].raftstore.router();
         let mut to = metapb::Peer::default();

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dir_lock;
+pub mod grpc;
 mod error;
 pub mod logger;
 pub mod panic;

@@ -41,8 +41,6 @@ pub(crate) struct StoreFsm {
     pub logger: Logger,
     pub start_time: u32,
     pub disk: crate::disk::DiskSpace,
-    /// Set when the store starts handing its leaders away before a shutdown.
-    pub evicting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreFsm {
@@ -89,6 +87,14 @@ impl StoreFsm {
     fn on_msg(&self, msg: StoreMsg) {
         match msg {
             StoreMsg::StoresDown(stores) => self.wake_regions_on(&stores),
+            StoreMsg::StoresUp(stores) => {
+                info!(self.logger, "stores joined: hibernating leaders report to PD";
+                      "stores" => ?stores);
+                let quiet = self.router.hibernating.lock();
+                self.router
+                    .peers
+                    .broadcast(|id| quiet.contains(&id), || PeerMsg::HeartbeatPd);
+            }
             StoreMsg::RaftMessage(msg) => {
                 let region_id = msg.get_region_id();
                 let snapshot = snap::snapshot_of(&msg);
@@ -153,7 +159,7 @@ impl StoreFsm {
         stats.available = fs2::available_space(dir).unwrap_or(0);
         stats.used_size = stats.capacity.saturating_sub(stats.available);
         stats.start_time = self.start_time;
-        stats.stopping = self.evicting.load(std::sync::atomic::Ordering::Relaxed);
+        stats.stopping = self.store_meta.lock().stopping;
         {
             let meta = self.store_meta.lock();
             stats.region_count = meta.region_count() as u32;

@@ -14,7 +14,7 @@ use crate::{
     conf_change::{check_quorum_after_removal, raft_change_type, validate_change},
     msg::{Callback, CmdResponse},
     poll::PollContext,
-    Error, Result,
+    Error,
 };
 
 impl PeerFsm {
@@ -159,7 +159,7 @@ impl PeerFsm {
             return;
         }
         if op.has_transfer_leader() {
-            if let Err(e) = self.transfer_leader_to(op.get_transfer_leader().get_peer()) {
+            if let Err(e) = self.transfer_leader(op.get_transfer_leader().get_peer(), ctx) {
                 warn!(self.logger, "cannot follow PD's leader transfer"; "err" => %e);
             }
         }
@@ -185,16 +185,6 @@ impl PeerFsm {
             });
             self.propose_conf_change(cmd, cb, ctx);
         }
-    }
-
-    pub(crate) fn transfer_leader_to(&mut self, to: &metapb::Peer) -> Result<()> {
-        let mut target = to.clone();
-        if target.get_store_id() == 0 {
-            if let Some(p) = self.peer_by_id(to.get_id()) {
-                target = p;
-            }
-        }
-        self.transfer_leader(&target)
     }
 
     /// A ChangePeerV2 admin command for this region at its current epoch.

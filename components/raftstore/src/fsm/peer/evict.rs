@@ -28,7 +28,7 @@ impl PeerFsm {
         };
         info!(self.logger, "handing leadership away before shutdown"; "to_peer" => to.get_id(),
               "to_store" => to.get_store_id());
-        if let Err(e) = self.transfer_leader(&to) {
+        if let Err(e) = self.transfer_leader(&to, ctx) {
             debug!(self.logger, "leadership hand-off refused"; "err" => %e);
         }
     }

@@ -11,6 +11,7 @@ mod destroy;
 mod evict;
 mod heartbeat;
 mod hibernate;
+mod transfer;
 mod log_gc;
 mod read;
 mod split;
@@ -88,6 +89,8 @@ pub struct PeerFsm {
     /// When this peer last proposed a ComputeHash: every replica scans the region for
     /// one, so they are spaced out.
     last_hash: Option<Instant>,
+    /// Leader only: ticks the current leadership transfer has been under way.
+    transfer_ticks: u64,
 }
 
 impl Fsm for PeerFsm {
@@ -140,6 +143,7 @@ impl PeerFsm {
             last_sent_to_apply,
             snapshot_waits: false,
             last_hash: None,
+            transfer_ticks: 0,
         })
     }
 
@@ -221,7 +225,9 @@ impl PeerFsm {
             PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
             PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
-            PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to)),
+            PeerMsg::TransferLeader { to, cb } => {
+                cb(self.transfer_leader(&to, ctx))
+            }
             PeerMsg::EvictLeader => self.evict_leader(ctx),
             PeerMsg::Tick if self.quiet => {}
             PeerMsg::Tick => self.on_tick(ctx),
@@ -271,6 +277,11 @@ impl PeerFsm {
         if snap.is_some() && !self.accept_snapshot(&raft_msg, ctx) {
             return;
         }
+        if raft_msg.get_msg_type() == MessageType::MsgTimeoutNow && ctx.store_meta.lock().stopping {
+            // The leader resends it, then gives up on this store and writes go on.
+            info!(self.logger, "refusing leadership: the store is stopping");
+            return;
+        }
         let from = msg.get_from_peer();
         self.peer_cache.insert(from.get_id(), from.clone());
         if self.is_leader() {
@@ -299,6 +310,7 @@ impl PeerFsm {
         self.reads
             .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
         if self.is_leader() {
+            self.expire_leader_transfer(ctx);
             if self.ticks % ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval) == 0 {
                 self.maybe_compact_log(ctx);
             }
@@ -428,37 +440,6 @@ impl PeerFsm {
             cb,
             proposed_at: Instant::now(),
         });
-    }
-
-    pub(crate) fn transfer_leader(&mut self, to: &metapb::Peer) -> Result<()> {
-        if !self.is_leader() {
-            return Err(self.not_leader());
-        }
-        let target = self
-            .region()
-            .get_peers()
-            .iter()
-            .find(|p| p.get_store_id() == to.get_store_id())
-            .cloned()
-            .ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "region {} has no peer on store {}",
-                    self.region_id(),
-                    to.get_store_id()
-                ))
-            })?;
-        if target.get_role() == metapb::PeerRole::Learner {
-            return Err(Error::InvalidRequest(format!(
-                "peer {} on store {} is a learner and cannot lead",
-                target.get_id(),
-                target.get_store_id()
-            )));
-        }
-        if target.get_id() != self.peer.get_id() {
-            info!(self.logger, "transferring leadership"; "to" => target.get_id());
-            self.raft.transfer_leader(target.get_id());
-        }
-        Ok(())
     }
 
     fn on_apply_res(&mut self, res: ApplyRes, ctx: &mut PollContext) {
@@ -665,7 +646,7 @@ impl PeerFsm {
         }
         ctx.store_meta
             .lock()
-            .set_leader(self.region_id(), is_leader);
+            .set_role(self.region_id(), is_leader, role == StateRole::Candidate);
         if is_leader {
             let now = Instant::now();
             self.peer_heartbeats = self
