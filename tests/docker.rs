@@ -250,6 +250,11 @@ fn compose_cluster_survives_a_kill_and_a_cut_and_loses_nothing() {
     ]));
     let reconnected = Instant::now();
     write(&c, &mut acked, 20..21);
+    assert_eq!(
+        acked.last().map(String::as_str),
+        Some("key-020"),
+        "no write acknowledged within 30 s of the reconnect"
+    );
     eprintln!(
         "first write {:.1}s after the reconnect",
         reconnected.elapsed().as_secs_f64()

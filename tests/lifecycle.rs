@@ -200,7 +200,11 @@ fn rolling_restart_under_load_loses_nothing_and_keeps_every_region_served() {
             serving.load(Ordering::Relaxed) == prefixes.len()
         });
         for i in 0..3 {
-            let before = started_at(&cluster, &rt, &c, i).expect("the store is known to PD");
+            let mut before = None;
+            wait_until("PD to tell the store's start time", T, || {
+                before = started_at(&cluster, &rt, &c, i);
+                before.is_some()
+            });
             let status = cluster.terminate_store(i, SHUTDOWN_WAIT + Duration::from_secs(20));
             assert!(
                 status.is_some_and(|s| s.success()),
@@ -210,7 +214,7 @@ fn rolling_restart_under_load_loses_nothing_and_keeps_every_region_served() {
             // The next store goes only once this one is back: it told PD of its new
             // start, and no region lacks a leader or a replica.
             wait_until("the restarted store to report to PD", T, || {
-                started_at(&cluster, &rt, &c, i).is_some_and(|t| t != before)
+                started_at(&cluster, &rt, &c, i).is_some_and(|t| Some(t) != before)
             });
             wait_until("the cluster healthy again", T, || {
                 common::kvctl(&cluster.pd_addr, &["cluster", "health"])

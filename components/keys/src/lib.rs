@@ -14,6 +14,8 @@
 
 use std::ops::Range;
 
+pub mod txn;
+
 /// First byte of every local (non-user) key.
 pub const LOCAL_PREFIX: u8 = 0x01;
 /// First byte of every user data key.

@@ -355,6 +355,8 @@ impl PdCore {
         }
         store.last_seen = Instant::now();
         store.meta.last_heartbeat = unix_nanos();
+        // Where stores learn that another one restarted (see the store's pd worker).
+        store.meta.start_timestamp = i64::from(stats.start_time);
         store.stats = stats;
         self.retire_empty_offline_stores(&mut st)
     }

@@ -83,7 +83,8 @@ pub struct Config {
     /// to catch up, so a lagging one would stall the region for up to an election.
     pub leader_transfer_max_log_lag: u64,
     /// A leadership transfer not done by then is abandoned and writes resume (raft would
-    /// wait a whole election timeout); under the election timeout.
+    /// wait a whole election timeout); from a heartbeat interval to under the election
+    /// timeout.
     #[serde(with = "humantime_serde")]
     pub leader_transfer_timeout: Duration,
     /// Largest snapshot this store accepts (the sum of its files' declared sizes); it
@@ -163,12 +164,19 @@ impl Validate for Config {
             "raftstore.raft-election-timeout-ticks",
             "must be greater than raft-heartbeat-ticks",
         )?;
+        let tick = self.raft_base_tick_interval;
         ensure(
-            self.leader_transfer_timeout >= self.raft_base_tick_interval
-                && self.leader_transfer_timeout
-                    < self.raft_base_tick_interval * self.raft_election_timeout_ticks as u32,
+            self.leader_transfer_timeout >= tick * self.raft_heartbeat_ticks as u32
+                && self.leader_transfer_timeout < tick * self.raft_election_timeout_ticks as u32,
             "raftstore.leader-transfer-timeout",
-            "must be at least raft-base-tick-interval and under the election timeout",
+            "must be at least a heartbeat interval (raft-base-tick-interval times \
+             raft-heartbeat-ticks) and under the election timeout (times \
+             raft-election-timeout-ticks)",
+        )?;
+        ensure(
+            self.leader_transfer_max_log_lag > 0,
+            "raftstore.leader-transfer-max-log-lag",
+            "must be positive (under load a leader is always a few entries ahead)",
         )?;
         ensure(
             self.raft_entry_max_size.as_u64() >= 1024,

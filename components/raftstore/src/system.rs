@@ -173,9 +173,11 @@ impl RaftStore {
         self.store_meta.clone()
     }
 
-    /// Starts handing every leader on this store to a caught-up voter elsewhere, and
-    /// tells PD to move no leader here; for a shutdown that clients should not notice. Returns at once: [`RaftStore::movable_leader_count`] tells progress,
-    /// and calling again retries regions whose transfer did not happen.
+    /// Starts handing every leader on this store to a caught-up voter elsewhere, tells PD
+    /// to move no leader here, and makes this store's peers refuse leadership offered by
+    /// transfer; for a shutdown that clients should not notice. Returns at once:
+    /// [`RaftStore::movable_leader_count`] tells progress, and calling again retries
+    /// regions whose transfer did not happen.
     pub fn evict_leaders(&self) {
         let first = !std::mem::replace(&mut self.store_meta.lock().stopping, true);
         if first {

@@ -2,12 +2,15 @@
 //! operators coming back on it, and split ids. A store that cannot reach PD keeps
 //! serving; heartbeats are retried on the next tick.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use crossbeam_channel::Receiver;
 use futures::{SinkExt, TryStreamExt};
 use grpcio::WriteFlags;
-use parking_lot::Mutex;
 use pd_client::PdClient;
 use proto::{metapb, pdpb};
 use raftstore::{
@@ -42,7 +45,7 @@ pub fn spawn(
                 router.clone(),
                 logger.clone(),
             ));
-            let watch = Arc::new(Mutex::new(StoreWatch::default()));
+            let watch = Arc::new(tokio::sync::Mutex::new(StoreWatch::default()));
             for task in tasks {
                 match task {
                     PdTask::RegionHeartbeat(req) => {
@@ -92,18 +95,20 @@ pub fn spawn(
         .expect("spawn pd worker")
 }
 
-/// What this store last learnt from PD about the other stores' liveness.
+/// What this store last learnt from PD about the stores' liveness.
 #[derive(Default)]
 struct StoreWatch {
     /// Stores reported down (silent), not yet heard from again.
     down: HashSet<u64>,
-    /// Stores heard from lately.
-    up: HashSet<u64>,
+    /// Each live store's start time as it last told PD: a new one is a restart.
+    starts: HashMap<u64, i64>,
+    /// Whether a first look has been taken (it reports nothing: it is no news).
+    looked: bool,
 }
 
 impl StoreWatch {
-    /// Which stores went silent for `silent_after` and which were heard from, each
-    /// since the last look; a store is reported again only after it changed state.
+    /// Which stores went silent for `silent_after`, and which joined, restarted or were
+    /// heard from again, since the last look; each change is reported once.
     fn observe(
         &mut self,
         stores: &[metapb::Store],
@@ -112,38 +117,45 @@ impl StoreWatch {
     ) -> (Vec<u64>, Vec<u64>) {
         let (mut down, mut joined) = (vec![], vec![]);
         for s in stores {
-            let quiet_for = Duration::from_nanos((now_ns - s.last_heartbeat).max(0) as u64);
             let id = s.get_id();
-            if s.last_heartbeat == 0 || quiet_for < silent_after {
-                self.down.remove(&id);
-                if s.last_heartbeat != 0 && self.up.insert(id) {
-                    joined.push(id);
-                }
-            } else {
-                self.up.remove(&id);
+            if s.last_heartbeat == 0 {
+                continue;
+            }
+            let quiet_for = Duration::from_nanos((now_ns - s.last_heartbeat).max(0) as u64);
+            if quiet_for >= silent_after {
                 if self.down.insert(id) {
                     down.push(id);
                 }
+                continue;
+            }
+            let was_down = self.down.remove(&id);
+            let started = self.starts.insert(id, s.start_timestamp);
+            if self.looked && (was_down || started != Some(s.start_timestamp)) {
+                joined.push(id);
             }
         }
+        self.looked = true;
         (down, joined)
     }
 }
 
 /// Asks PD for every store and tells the raftstore which went silent (their regions
-/// wake to elect) and which joined or came back (hibernating leaders report to PD).
+/// wake to elect) and which joined or came back (hibernating leaders report to PD, so
+/// that it can place replicas and leaders there). One look at a time, so that an older
+/// answer never follows a newer one.
 async fn watch_stores(
     pd: &PdClient,
     router: &RaftRouter,
-    watch: &Mutex<StoreWatch>,
+    watch: &tokio::sync::Mutex<StoreWatch>,
     silent_after: Duration,
 ) -> pd_client::Result<()> {
+    let mut watch = watch.lock().await;
     let stores = pd.get_all_stores(true).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let (down, joined) = watch.lock().observe(&stores, now, silent_after);
+    let (down, joined) = watch.observe(&stores, now, silent_after);
     if !down.is_empty() {
         router.send_store(StoreMsg::StoresDown(down));
     }
@@ -254,15 +266,28 @@ mod tests {
     fn each_change_of_liveness_is_reported_once() {
         let after = Duration::from_secs(10);
         let sec = 1_000_000_000i64;
+        let started = |id: u64, last: i64, start: i64| {
+            let mut s = store(id, last);
+            s.start_timestamp = start;
+            s
+        };
         let mut w = StoreWatch::default();
         // Store 3 registered but never heartbeat: neither up nor down.
-        let all = |t2: i64| vec![store(1, 100 * sec), store(2, t2), store(3, 0)];
-        assert_eq!(w.observe(&all(100 * sec), 101 * sec, after), (vec![], vec![1, 2]));
-        assert_eq!(w.observe(&all(100 * sec), 102 * sec, after), (vec![], vec![]));
-        // Store 2 goes silent; store 1 too, at the later look.
-        assert_eq!(w.observe(&all(100 * sec), 111 * sec, after), (vec![1, 2], vec![]));
-        assert_eq!(w.observe(&all(100 * sec), 112 * sec, after), (vec![], vec![]));
-        // Store 2 comes back.
-        assert_eq!(w.observe(&all(112 * sec), 113 * sec, after), (vec![], vec![2]));
+        let all = |t2: i64, start2: i64| {
+            vec![started(1, 100 * sec, 1), started(2, t2, start2), started(3, 0, 0)]
+        };
+        assert_eq!(w.observe(&all(100 * sec, 1), 101 * sec, after), (vec![], vec![]), "first look");
+        assert_eq!(w.observe(&all(100 * sec, 1), 102 * sec, after), (vec![], vec![]));
+        // Store 2 restarts quickly: a new start time.
+        assert_eq!(w.observe(&all(102 * sec, 5), 103 * sec, after), (vec![], vec![2]));
+        // Stores 1 and 2 go silent; store 2 comes back (same process, a partition healed).
+        assert_eq!(w.observe(&all(102 * sec, 5), 111 * sec, after), (vec![1], vec![]));
+        assert_eq!(w.observe(&all(102 * sec, 5), 113 * sec, after), (vec![2], vec![]));
+        assert_eq!(w.observe(&all(113 * sec, 5), 113 * sec, after), (vec![], vec![2]));
+        assert_eq!(w.observe(&all(113 * sec, 5), 114 * sec, after), (vec![], vec![]));
+        // A store that joins later is news.
+        let mut four = all(114 * sec, 5);
+        four.push(started(4, 114 * sec, 9));
+        assert_eq!(w.observe(&four, 115 * sec, after), (vec![], vec![4]));
     }
 }

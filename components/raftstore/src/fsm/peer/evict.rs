@@ -1,8 +1,9 @@
-//! Leaving before a shutdown: a leader on a stopping store hands leadership to an active
-//! voter on another store that has the most of its log, so that clients meet a leader
-//! change (a redirect) instead of an election timeout. PD, told by the store's
-//! heartbeat, moves no leader back; one that comes back by election is handed away again
-//! when the store asks its peers once more.
+//! Leaving before a shutdown: a leader on a stopping store hands leadership to a voter on
+//! another store that can take over at once, the one with the most of its log, so that
+//! clients meet a leader change (a redirect) instead of an election timeout. PD, told by
+//! the store's heartbeat, moves no leader back, and the store's peers refuse leadership
+//! offered by transfer; one that comes back by election is handed away again when the
+//! store asks its peers once more.
 
 use proto::metapb;
 use slog::{debug, info};
@@ -22,8 +23,8 @@ impl PeerFsm {
             self.wake(ctx);
             return;
         }
-        let Some(to) = self.best_successor() else {
-            debug!(self.logger, "no voter elsewhere to take leadership");
+        let Some(to) = self.best_successor(ctx) else {
+            debug!(self.logger, "no voter elsewhere can take leadership now");
             return;
         };
         info!(self.logger, "handing leadership away before shutdown"; "to_peer" => to.get_id(),
@@ -33,18 +34,18 @@ impl PeerFsm {
         }
     }
 
-    /// The voter on another store, heard from lately (a dead one would stall writes
-    /// until the transfer times out), that has matched the most of the log.
-    fn best_successor(&self) -> Option<metapb::Peer> {
+    /// The voter on another store that could take over at once (see
+    /// `transferee_ready`) and has matched the most of the log.
+    fn best_successor(&self, ctx: &PollContext) -> Option<metapb::Peer> {
         let prs = self.raft.raft.prs();
         self.region()
             .get_peers()
             .iter()
             .filter(|p| p.get_store_id() != self.peer.get_store_id())
             .filter(|p| p.get_role() == metapb::PeerRole::Voter)
-            .filter_map(|p| prs.get(p.get_id()).map(|pr| (pr, p)))
-            .filter(|(pr, _)| pr.recent_active)
-            .max_by_key(|(pr, p)| (pr.matched, std::cmp::Reverse(p.get_id())))
+            .filter(|p| self.transferee_ready(p.get_id(), ctx))
+            .filter_map(|p| prs.get(p.get_id()).map(|pr| (pr.matched, p)))
+            .max_by_key(|(matched, p)| (*matched, std::cmp::Reverse(p.get_id())))
             .map(|(_, p)| p.clone())
     }
 }

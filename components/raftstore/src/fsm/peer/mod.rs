@@ -89,8 +89,8 @@ pub struct PeerFsm {
     /// When this peer last proposed a ComputeHash: every replica scans the region for
     /// one, so they are spaced out.
     last_hash: Option<Instant>,
-    /// Leader only: ticks the current leadership transfer has been under way.
-    transfer_ticks: u64,
+    /// Leader only: the peer leadership is being transferred to, and for how many ticks.
+    transfer: Option<(u64, u64)>,
 }
 
 impl Fsm for PeerFsm {
@@ -143,7 +143,7 @@ impl PeerFsm {
             last_sent_to_apply,
             snapshot_waits: false,
             last_hash: None,
-            transfer_ticks: 0,
+            transfer: None,
         })
     }
 
