@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "raft_cmdpb",
     "pdpb",
     "tikvpb",
+    "mvccpb",
 ];
 const SERVICES: &[&str] = &["pdpb", "tikvpb"];
 
