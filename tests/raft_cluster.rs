@@ -242,17 +242,21 @@ fn leadership_is_not_handed_to_a_peer_that_is_behind() {
         c.must_put(&key(i), &value(i, 0));
     }
     let mut err = String::new();
-    wait_until("the leader to refuse a peer that is behind", T, || {
-        match c.try_transfer_leader(region.get_id(), behind) {
-            Err(e) => {
-                err = e;
-                true
-            }
-            Ok(()) => false,
+    wait_until("the leader to refuse a peer that is behind", T, || match c
+        .try_transfer_leader(region.get_id(), behind)
+    {
+        Err(e) => {
+            err = e;
+            true
         }
+        Ok(()) => false,
     });
     assert!(err.contains("not caught up"), "{err}");
-    assert_eq!(c.leader_of(region.get_id()), Some(leader), "leadership stayed");
+    assert_eq!(
+        c.leader_of(region.get_id()),
+        Some(leader),
+        "leadership stayed"
+    );
     c.must_put(b"k", b"v2");
     c.start_store(behind);
     c.must_replicate_on(behind, b"k", b"v2", T);

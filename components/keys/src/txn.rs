@@ -156,7 +156,9 @@ mod tests {
         assert!(!is_encoded_boundary(b"h"));
         assert!(is_encoded_boundary(b""));
         assert!(is_encoded_boundary(&encode_bytes(b"h")));
-        assert!(!is_encoded_boundary(&[encode_bytes(b"h"), vec![1]].concat()));
+        assert!(!is_encoded_boundary(
+            &[encode_bytes(b"h"), vec![1]].concat()
+        ));
     }
 
     #[test]
@@ -170,7 +172,10 @@ mod tests {
     fn versions_sort_newest_first_and_split_back() {
         let (old, new) = (write_key(b"k", 5), write_key(b"k", 9));
         assert!(new < old);
-        assert!(write_key(b"k", 1) < lock_key(b"k\0"), "versions of one key stay together");
+        assert!(
+            write_key(b"k", 1) < lock_key(b"k\0"),
+            "versions of one key stay together"
+        );
         let (prefix, ts) = split_versioned(&new).unwrap();
         assert_eq!((prefix, ts), (lock_key(b"k").as_slice(), 9));
         assert_eq!(user_key(prefix).unwrap(), b"k");

@@ -821,10 +821,8 @@ mod tests {
         s
     }
 
-    #[test]
-    fn manual_leader_transfers_are_checked_before_they_are_scheduled() {
-        use metapb::PeerRole::*;
-        let dir = tempfile::tempdir().unwrap();
+    /// A PD in `dir` bootstrapped with store 1 and region 2 (one voter, peer 3).
+    fn bootstrapped(dir: &tempfile::TempDir) -> (PdCore, metapb::Region) {
         let core = PdCore::open(
             Config::default(),
             Storage::open(dir.path()).unwrap(),
@@ -834,8 +832,16 @@ mod tests {
         let mut region = metapb::Region::default();
         region.set_id(2);
         region.mut_region_epoch().set_version(1);
-        region.mut_peers().push(peer(3, 1, Voter));
+        region.mut_peers().push(peer(3, 1, metapb::PeerRole::Voter));
         core.bootstrap(store(1), region.clone()).unwrap();
+        (core, region)
+    }
+
+    #[test]
+    fn manual_leader_transfers_are_checked_before_they_are_scheduled() {
+        use metapb::PeerRole::*;
+        let dir = tempfile::tempdir().unwrap();
+        let (core, mut region) = bootstrapped(&dir);
         core.put_store(store(4)).unwrap();
         core.put_store(store(5)).unwrap();
         region.mut_peers().push(peer(6, 4, Voter));
@@ -869,17 +875,7 @@ mod tests {
     fn a_leader_transfer_to_a_store_that_is_stopping_is_cancelled() {
         use metapb::PeerRole::*;
         let dir = tempfile::tempdir().unwrap();
-        let core = PdCore::open(
-            Config::default(),
-            Storage::open(dir.path()).unwrap(),
-            util::logger::discard(),
-        )
-        .unwrap();
-        let mut region = metapb::Region::default();
-        region.set_id(2);
-        region.mut_region_epoch().set_version(1);
-        region.mut_peers().push(peer(3, 1, Voter));
-        core.bootstrap(store(1), region.clone()).unwrap();
+        let (core, mut region) = bootstrapped(&dir);
         core.put_store(store(4)).unwrap();
         region.mut_peers().push(peer(6, 4, Voter));
         region.mut_region_epoch().set_conf_ver(2);
@@ -903,17 +899,7 @@ mod tests {
     fn moves_to_unusable_stores_and_deletes_below_max_replicas_are_refused() {
         use metapb::PeerRole::*;
         let dir = tempfile::tempdir().unwrap();
-        let core = PdCore::open(
-            Config::default(),
-            Storage::open(dir.path()).unwrap(),
-            util::logger::discard(),
-        )
-        .unwrap();
-        let mut region = metapb::Region::default();
-        region.set_id(2);
-        region.mut_region_epoch().set_version(1);
-        region.mut_peers().push(peer(3, 1, Voter));
-        core.bootstrap(store(1), region.clone()).unwrap();
+        let (core, mut region) = bootstrapped(&dir);
         for s in [4, 5, 6, 7] {
             core.put_store(store(s)).unwrap();
         }

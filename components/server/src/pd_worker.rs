@@ -274,17 +274,43 @@ mod tests {
         let mut w = StoreWatch::default();
         // Store 3 registered but never heartbeat: neither up nor down.
         let all = |t2: i64, start2: i64| {
-            vec![started(1, 100 * sec, 1), started(2, t2, start2), started(3, 0, 0)]
+            vec![
+                started(1, 100 * sec, 1),
+                started(2, t2, start2),
+                started(3, 0, 0),
+            ]
         };
-        assert_eq!(w.observe(&all(100 * sec, 1), 101 * sec, after), (vec![], vec![]), "first look");
-        assert_eq!(w.observe(&all(100 * sec, 1), 102 * sec, after), (vec![], vec![]));
+        assert_eq!(
+            w.observe(&all(100 * sec, 1), 101 * sec, after),
+            (vec![], vec![]),
+            "first look"
+        );
+        assert_eq!(
+            w.observe(&all(100 * sec, 1), 102 * sec, after),
+            (vec![], vec![])
+        );
         // Store 2 restarts quickly: a new start time.
-        assert_eq!(w.observe(&all(102 * sec, 5), 103 * sec, after), (vec![], vec![2]));
+        assert_eq!(
+            w.observe(&all(102 * sec, 5), 103 * sec, after),
+            (vec![], vec![2])
+        );
         // Stores 1 and 2 go silent; store 2 comes back (same process, a partition healed).
-        assert_eq!(w.observe(&all(102 * sec, 5), 111 * sec, after), (vec![1], vec![]));
-        assert_eq!(w.observe(&all(102 * sec, 5), 113 * sec, after), (vec![2], vec![]));
-        assert_eq!(w.observe(&all(113 * sec, 5), 113 * sec, after), (vec![], vec![2]));
-        assert_eq!(w.observe(&all(113 * sec, 5), 114 * sec, after), (vec![], vec![]));
+        assert_eq!(
+            w.observe(&all(102 * sec, 5), 111 * sec, after),
+            (vec![1], vec![])
+        );
+        assert_eq!(
+            w.observe(&all(102 * sec, 5), 113 * sec, after),
+            (vec![2], vec![])
+        );
+        assert_eq!(
+            w.observe(&all(113 * sec, 5), 113 * sec, after),
+            (vec![], vec![2])
+        );
+        assert_eq!(
+            w.observe(&all(113 * sec, 5), 114 * sec, after),
+            (vec![], vec![])
+        );
         // A store that joins later is news.
         let mut four = all(114 * sec, 5);
         four.push(started(4, 114 * sec, 9));

@@ -27,7 +27,10 @@ pub fn channel(env: Arc<Environment>) -> ChannelBuilder {
     ChannelBuilder::new(env)
         .initial_reconnect_backoff(INITIAL_RECONNECT_BACKOFF)
         .max_reconnect_backoff(MAX_RECONNECT_BACKOFF)
-        .raw_cfg_int(arg("grpc.min_reconnect_backoff_ms"), millis(CONNECT_TIMEOUT))
+        .raw_cfg_int(
+            arg("grpc.min_reconnect_backoff_ms"),
+            millis(CONNECT_TIMEOUT),
+        )
         .raw_cfg_int(
             arg("grpc.dns_min_time_between_resolutions_ms"),
             millis(MIN_RESOLVE_INTERVAL),

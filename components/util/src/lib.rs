@@ -7,8 +7,8 @@
 
 pub mod config;
 pub mod dir_lock;
-pub mod grpc;
 mod error;
+pub mod grpc;
 pub mod logger;
 pub mod panic;
 pub mod retry;

@@ -11,10 +11,10 @@ mod destroy;
 mod evict;
 mod heartbeat;
 mod hibernate;
-mod transfer;
 mod log_gc;
 mod read;
 mod split;
+mod transfer;
 
 use std::{collections::HashMap, time::Instant};
 
@@ -225,9 +225,7 @@ impl PeerFsm {
             PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
             PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
-            PeerMsg::TransferLeader { to, cb } => {
-                cb(self.transfer_leader(&to, ctx))
-            }
+            PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to, ctx)),
             PeerMsg::EvictLeader => self.evict_leader(ctx),
             PeerMsg::Tick if self.quiet => {}
             PeerMsg::Tick => self.on_tick(ctx),
