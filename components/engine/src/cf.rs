@@ -4,21 +4,23 @@ use std::fmt;
 /// reach RocksDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cf {
-    /// User values (raw key-value data; later, transaction values).
+    /// Raw key-value data.
     Default,
-    /// Transaction locks (later).
+    /// Transaction locks, one per user key.
     Lock,
-    /// Transaction commit records (later).
+    /// Transaction commit and rollback records, newest version first.
     Write,
+    /// Transaction values too long to inline in a lock or commit record.
+    TxnValue,
     /// Raft logs, hard state, apply state, region state, store identity.
     Raft,
 }
 
 impl Cf {
     /// Every column family, in the order the database opens them.
-    pub const ALL: [Cf; 4] = [Cf::Default, Cf::Lock, Cf::Write, Cf::Raft];
+    pub const ALL: [Cf; 5] = [Cf::Default, Cf::Lock, Cf::Write, Cf::TxnValue, Cf::Raft];
     /// The column families that hold user data, and move with a region's snapshot.
-    pub const DATA: [Cf; 3] = [Cf::Default, Cf::Lock, Cf::Write];
+    pub const DATA: [Cf; 4] = [Cf::Default, Cf::Lock, Cf::Write, Cf::TxnValue];
 
     /// RocksDB's name for the column family.
     pub fn name(self) -> &'static str {
@@ -26,6 +28,7 @@ impl Cf {
             Cf::Default => "default",
             Cf::Lock => "lock",
             Cf::Write => "write",
+            Cf::TxnValue => "txn_value",
             Cf::Raft => "raft",
         }
     }

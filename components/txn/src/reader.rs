@@ -1,0 +1,298 @@
+//! Reading multi-version records: a key's lock, its versions, its value at a timestamp.
+
+use engine::Cf;
+use keys::txn::{lock_key, split_versioned, user_key, value_key, write_key};
+
+use crate::{
+    types::{Kind, Lock, Write},
+    Error, Result, Snapshot,
+};
+
+/// What a transaction left on a key, found by its start timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommitRecord {
+    /// Committed at this timestamp.
+    Committed(u64),
+    /// Rolled back (a rollback record, or a commit record of another transaction that
+    /// carries its rollback).
+    RolledBack,
+    /// Nothing: never prewritten here, or its records were collected.
+    None,
+}
+
+/// The transactions whose locks a read passes (TiKV's `resolved_locks` and
+/// `committed_locks` of a request's context).
+#[derive(Debug, Default, Clone)]
+pub struct Bypass {
+    /// Transactions known to be rolled back (or committed past the read): their locks
+    /// are ignored.
+    pub resolved: Vec<u64>,
+    /// Transactions known to be committed before the read: their locks' values are read.
+    pub committed: Vec<u64>,
+}
+
+/// Reads one region's records through a snapshot.
+pub struct MvccReader<'a> {
+    snap: &'a dyn Snapshot,
+}
+
+/// The end (exclusive) of every version of the key whose lock key is `prefix`.
+fn versions_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&[0xff; keys::txn::TS_LEN + 1]);
+    end
+}
+
+fn decode<M: protobuf::Message>(what: &str, key: &[u8], bytes: &[u8]) -> Result<M> {
+    M::parse_from_bytes(bytes)
+        .map_err(|e| Error::Corrupted(format!("{what} at {key:?} does not decode: {e}")))
+}
+
+impl<'a> MvccReader<'a> {
+    /// A reader over `snap`.
+    pub fn new(snap: &'a dyn Snapshot) -> Self {
+        MvccReader { snap }
+    }
+
+    /// The lock on `key`, if any.
+    pub fn load_lock(&self, key: &[u8]) -> Result<Option<Lock>> {
+        let k = lock_key(key);
+        self.snap
+            .get(Cf::Lock, &k)?
+            .map(|v| decode("lock", &k, &v))
+            .transpose()
+    }
+
+    /// Walks `key`'s versions committed at or below `ts`, newest first, until `f` says
+    /// stop.
+    pub fn versions(
+        &self,
+        key: &[u8],
+        ts: u64,
+        f: &mut dyn FnMut(u64, Write) -> Result<bool>,
+    ) -> Result<()> {
+        let start = write_key(key, ts);
+        let end = versions_end(&lock_key(key));
+        self.snap.scan(Cf::Write, &start, &end, false, &mut |k, v| {
+            let (_, commit_ts) = split_versioned(k)?;
+            f(commit_ts, decode("commit record", k, v)?)
+        })
+    }
+
+    /// The newest version committed at or below `ts`, of any kind.
+    pub fn seek_write(&self, key: &[u8], ts: u64) -> Result<Option<(u64, Write)>> {
+        let mut found = None;
+        self.versions(key, ts, &mut |commit_ts, w| {
+            found = Some((commit_ts, w));
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// The record committed exactly at `commit_ts`, if any.
+    pub fn write_at(&self, key: &[u8], commit_ts: u64) -> Result<Option<Write>> {
+        Ok(self
+            .seek_write(key, commit_ts)?
+            .filter(|(ts, _)| *ts == commit_ts)
+            .map(|(_, w)| w))
+    }
+
+    /// What the transaction that started at `start_ts` left on `key`.
+    pub fn commit_record(&self, key: &[u8], start_ts: u64) -> Result<CommitRecord> {
+        let mut found = CommitRecord::None;
+        self.versions(key, u64::MAX, &mut |commit_ts, w| {
+            if commit_ts < start_ts {
+                return Ok(false);
+            }
+            if w.start_ts == start_ts {
+                found = if w.kind == Kind::ROLLBACK {
+                    CommitRecord::RolledBack
+                } else {
+                    CommitRecord::Committed(commit_ts)
+                };
+                return Ok(false);
+            }
+            if commit_ts == start_ts && w.has_overlapped_rollback {
+                found = CommitRecord::RolledBack;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+
+    /// The value a Put record or lock holds: inline, or in the txn value CF.
+    pub fn value_of(&self, key: &[u8], start_ts: u64, short: Option<&[u8]>) -> Result<Vec<u8>> {
+        if let Some(v) = short {
+            return Ok(v.to_vec());
+        }
+        let k = value_key(key, start_ts);
+        self.snap.get(Cf::TxnValue, &k)?.ok_or_else(|| {
+            Error::Corrupted(format!(
+                "the value of key {key:?} written by transaction {start_ts} is missing"
+            ))
+        })
+    }
+
+    /// The newest committed value of `key` at or below `ts`, ignoring locks.
+    pub fn committed_value(&self, key: &[u8], ts: u64) -> Result<Option<Vec<u8>>> {
+        let mut put = None;
+        let mut deleted = false;
+        self.versions(key, ts, &mut |_, w| match w.kind {
+            Kind::PUT => {
+                put = Some(w);
+                Ok(false)
+            }
+            Kind::DELETE => {
+                deleted = true;
+                Ok(false)
+            }
+            _ => Ok(true),
+        })?;
+        match put {
+            Some(w) if !deleted => Ok(Some(self.value_of(
+                key,
+                w.start_ts,
+                w.has_short_value.then_some(&w.short_value[..]),
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `key` has a live value now (for inserts).
+    pub fn exists(&self, key: &[u8]) -> Result<bool> {
+        let mut live = false;
+        self.versions(key, u64::MAX, &mut |_, w| match w.kind {
+            Kind::PUT => {
+                live = true;
+                Ok(false)
+            }
+            Kind::DELETE => Ok(false),
+            _ => Ok(true),
+        })?;
+        Ok(live)
+    }
+
+    /// `key`'s value as a snapshot read at `ts` sees it: fails on a lock the read must
+    /// wait for (Percolator), passes the locks it may.
+    pub fn get(&self, key: &[u8], ts: u64, bypass: &Bypass) -> Result<Option<Vec<u8>>> {
+        if let Some(lock) = self.load_lock(key)? {
+            if let Some(v) = check_lock_for_read(key, lock, ts, bypass, self)? {
+                return Ok(v);
+            }
+        }
+        self.committed_value(key, ts)
+    }
+
+    /// Calls `f` on every user key that has a lock or a version in `[lower, upper)`
+    /// (lock-CF key bounds), in order (descending if `reverse`), until it says stop.
+    pub fn keys_in(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        reverse: bool,
+        f: &mut dyn FnMut(Vec<u8>) -> Result<bool>,
+    ) -> Result<()> {
+        let mut locks = vec![];
+        self.snap
+            .scan(Cf::Lock, lower, upper, reverse, &mut |k, _| {
+                locks.push(k.to_vec());
+                Ok(true)
+            })?;
+        let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut next_lock = 0;
+        let mut last: Option<Vec<u8>> = None;
+        let mut stopped = false;
+        let mut emit = |prefix: &[u8], stopped: &mut bool| -> Result<bool> {
+            let go_on = f(user_key(prefix)?)?;
+            *stopped = !go_on;
+            Ok(go_on)
+        };
+        self.snap
+            .scan(Cf::Write, lower, upper, reverse, &mut |k, _| {
+                let (prefix, _) = split_versioned(k)?;
+                if last.as_deref() == Some(prefix) {
+                    return Ok(true);
+                }
+                while next_lock < locks.len() && before(&locks[next_lock], prefix) {
+                    next_lock += 1;
+                    if !emit(&locks[next_lock - 1], &mut stopped)? {
+                        return Ok(false);
+                    }
+                }
+                if locks.get(next_lock).is_some_and(|l| l == prefix) {
+                    next_lock += 1;
+                }
+                last = Some(prefix.to_vec());
+                emit(prefix, &mut stopped)
+            })?;
+        if !stopped {
+            for l in &locks[next_lock..] {
+                if !emit(l, &mut stopped)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every lock in `[lower, upper)` (lock-CF key bounds) that `keep` accepts, with its
+    /// user key, up to `limit` (0: no limit).
+    pub fn scan_locks(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        keep: &dyn Fn(&Lock) -> bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Lock)>> {
+        let mut out = vec![];
+        self.snap.scan(Cf::Lock, lower, upper, false, &mut |k, v| {
+            let lock: Lock = decode("lock", k, v)?;
+            if keep(&lock) {
+                out.push((user_key(k)?, lock));
+            }
+            Ok(limit == 0 || out.len() < limit)
+        })?;
+        Ok(out)
+    }
+}
+
+/// Decides what a read at `ts` does about `lock`: `Ok(None)` to read past it,
+/// `Ok(Some(value))` to read the value of a transaction the client says committed, or
+/// the lock as an error.
+fn check_lock_for_read(
+    key: &[u8],
+    lock: Lock,
+    ts: u64,
+    bypass: &Bypass,
+    reader: &MvccReader,
+) -> Result<Option<Option<Vec<u8>>>> {
+    if lock.start_ts > ts
+        || matches!(lock.kind, Kind::LOCK | Kind::PESSIMISTIC)
+        || bypass.resolved.contains(&lock.start_ts)
+        // The transaction cannot commit at or below `ts` (async commit pushed it).
+        || lock.min_commit_ts > ts
+    {
+        return Ok(None);
+    }
+    if bypass.committed.contains(&lock.start_ts) {
+        return Ok(Some(match lock.kind {
+            Kind::PUT => Some(reader.value_of(
+                key,
+                lock.start_ts,
+                lock.has_short_value.then_some(&lock.short_value[..]),
+            )?),
+            _ => None,
+        }));
+    }
+    Err(Error::KeyIsLocked {
+        key: key.to_vec(),
+        lock: Box::new(lock),
+    })
+}
+
+/// Encodes a record for the write batch.
+pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("encoding a record into memory cannot fail")
+}
