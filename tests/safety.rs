@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proto::{metapb, pdpb, raft_cmdpb::ConfChangeType};
+use proto::{metapb, pdpb, raft_cmdpb::ConfChangeType, raft_serverpb};
 use raftstore::PeerMsg;
 use test_cluster::{test_config, wait_until, Cluster};
 
@@ -142,4 +142,85 @@ fn the_consistency_check_catches_a_diverged_replica() {
         .map(|(s, _)| *s)
         .collect();
     assert_eq!(bad, vec![victim], "{again:?}");
+}
+
+/// A vote request for a region this store does not have yet, from peer `from` of
+/// store `from_store` to peer `to` of store `to_store`, at `term`.
+fn vote_request(from: (u64, u64), to: (u64, u64), term: u64) -> raft_serverpb::RaftMessage {
+    use protobuf::Message as _;
+    let peer = |(id, store_id): (u64, u64)| {
+        let mut p = metapb::Peer::default();
+        p.set_id(id);
+        p.set_store_id(store_id);
+        p
+    };
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+    m.from = from.0;
+    m.to = to.0;
+    m.term = term;
+    m.log_term = 5;
+    m.index = 5;
+    let mut out = raft_serverpb::RaftMessage::default();
+    out.set_region_id(NEW_REGION);
+    out.set_from_peer(peer(from));
+    out.set_to_peer(peer(to));
+    out.mut_region_epoch().set_version(1);
+    out.mut_region_epoch().set_conf_ver(1);
+    out.set_start_key(b"zzz-vote-1".to_vec());
+    out.set_end_key(b"zzz-vote-2".to_vec());
+    out.set_message(m.write_to_bytes().unwrap());
+    out
+}
+
+const NEW_REGION: u64 = 1_000_000;
+
+/// A store can be asked to vote for a region it has no data of yet (its peer is created
+/// empty by the request). That vote must outlive a restart like any other: a store that
+/// forgot it could vote for a second candidate in the same term, and two leaders of one
+/// term break Raft.
+#[test]
+fn a_vote_cast_by_a_peer_created_from_a_message_survives_a_restart() {
+    let mut c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    let voter = c.add_store();
+    // Keep every answer of the new store, and keep it from reaching anyone.
+    let answers = std::sync::Arc::new(parking_lot::Mutex::new(vec![]));
+    let seen = answers.clone();
+    c.network().add_filter(std::sync::Arc::new(
+        move |from, _, msg: &raft_serverpb::RaftMessage| {
+            if from != voter || msg.get_region_id() != NEW_REGION {
+                return test_cluster::Verdict::Pass;
+            }
+            use protobuf::Message as _;
+            let m = raft::eraftpb::Message::parse_from_bytes(msg.get_message()).unwrap();
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVoteResponse {
+                seen.lock().push((m.from, m.to, m.term, m.reject));
+            }
+            test_cluster::Verdict::Drop
+        },
+    ));
+    let me = (2_000_003, voter);
+    let ask = |c: &Cluster, candidate: (u64, u64)| {
+        c.router(voter)
+            .send_raft_message(vote_request(candidate, me, 7))
+            .expect("send the vote request");
+    };
+    let first = (2_000_001, 1);
+    ask(&c, first);
+    wait_until("the first answer", T, || answers.lock().len() == 1);
+    assert!(
+        !answers.lock()[0].3,
+        "the first candidate of term 7 gets the vote"
+    );
+    c.stop_store(voter);
+    c.start_store(voter);
+    let second = (2_000_002, 2);
+    ask(&c, second);
+    wait_until("the second answer", T, || answers.lock().len() == 2);
+    assert_eq!(
+        answers.lock()[1],
+        (me.0, second.0, 7, true),
+        "the store voted twice in term 7"
+    );
 }

@@ -377,11 +377,9 @@ impl StoreFsm {
         }
         info!(self.logger, "creating peer from a message"; "region_id" => region_id,
               "peer_id" => to.get_id(), "from" => msg.get_from_peer().get_id());
-        // Raft state left by an earlier, never-initialized incarnation must not leak in.
-        let raft = keys::region_raft_range(region_id);
-        let mut wb = self.engine.write_batch();
-        wb.delete_range(Cf::Raft, &raft.start, &raft.end);
-        self.engine.write(wb, false)?;
+        // An empty peer from before a restart (never initialized, so not loaded) may
+        // have voted: its term and vote are read back, or this store could vote twice
+        // in one term. It has no log, and a destroyed peer's state went with it.
         let mut region = metapb::Region::default();
         region.set_id(region_id);
         let storage = PeerStorage::new(
