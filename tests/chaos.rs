@@ -15,6 +15,7 @@ use std::{
 };
 
 use parking_lot::{Mutex, RwLock};
+use proto::metapb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use server::storage::RawStorage;
 use test_cluster::{
@@ -193,6 +194,25 @@ fn reordering_links(net: &Network, seed: u64) -> bool {
     delayed.load(Ordering::Relaxed) > 0
 }
 
+/// Asks the leader of `r` to hand over to a voter on another store than `avoid`; true
+/// if the leadership got there.
+fn transfer_somewhere(c: &RwLock<Cluster>, r: &metapb::Region, avoid: u64) -> bool {
+    let leader = c.read().leader_of(r.get_id());
+    let Some(to) = r
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| Some(*s) != leader && *s != avoid)
+    else {
+        return false;
+    };
+    let _ = c.read().transfer_leader(r.get_id(), to);
+    (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        c.read().leader_of(r.get_id()) == Some(to)
+    })
+}
+
 /// One disturbance per round, each undone (and checked) before the next.
 fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
     let mut rng = StdRng::seed_from_u64(seed());
@@ -210,20 +230,20 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
                 }
             }
             1 => {
-                if let Some(r) = &region {
-                    let leader = c.read().leader_of(r.get_id());
-                    let to = r
-                        .get_peers()
-                        .iter()
-                        .map(|p| p.get_store_id())
-                        .find(|s| Some(*s) != leader && *s != store);
-                    if let Some(to) = to {
-                        let _ = c.read().transfer_leader(r.get_id(), to);
-                        let moved = (0..100).any(|_| {
-                            std::thread::sleep(Duration::from_millis(20));
-                            c.read().leader_of(r.get_id()) == Some(to)
-                        });
-                        done.transfers += moved as usize;
+                // A transfer may be declined (the target is behind, just restarted, or
+                // PD moves the leader back at once): try a few keys' regions.
+                for attempt in 0..5 {
+                    let k = if attempt == 0 {
+                        some_key.clone()
+                    } else {
+                        key(rng.gen_range(0..KEYS))
+                    };
+                    let Some((_, r)) = c.read().leader_of_key(&k) else {
+                        continue;
+                    };
+                    if transfer_somewhere(c, &r, store) {
+                        done.transfers += 1;
+                        break;
                     }
                 }
             }
