@@ -13,10 +13,14 @@
 #![deny(missing_docs)]
 
 pub mod actions;
+pub mod commands;
 pub mod concurrency;
 mod error;
+pub mod latch;
 pub mod reader;
 mod snapshot;
+#[cfg(test)]
+mod test_util;
 pub mod txn;
 pub mod types;
 

@@ -177,7 +177,7 @@ impl<'a> MvccReader<'a> {
     /// wait for (Percolator), passes the locks it may.
     pub fn get(&self, key: &[u8], ts: u64, bypass: &Bypass) -> Result<Option<Vec<u8>>> {
         if let Some(lock) = self.load_lock(key)? {
-            if let Some(v) = check_lock_for_read(key, lock, ts, bypass, self)? {
+            if let Some(v) = check_lock_for_read(key, lock, ts, bypass, Some(self))? {
                 return Ok(v);
             }
         }
@@ -258,14 +258,15 @@ impl<'a> MvccReader<'a> {
 }
 
 /// Decides what a read at `ts` does about `lock`: `Ok(None)` to read past it,
-/// `Ok(Some(value))` to read the value of a transaction the client says committed, or
-/// the lock as an error.
-fn check_lock_for_read(
+/// `Ok(Some(value))` to read the value of a transaction the client says committed (from
+/// `reader`; an in-memory lock, which has no reader, is simply passed), or the lock as
+/// an error.
+pub(crate) fn check_lock_for_read(
     key: &[u8],
     lock: Lock,
     ts: u64,
     bypass: &Bypass,
-    reader: &MvccReader,
+    reader: Option<&MvccReader>,
 ) -> Result<Option<Option<Vec<u8>>>> {
     if lock.start_ts > ts
         || matches!(lock.kind, Kind::LOCK | Kind::PESSIMISTIC)
@@ -276,6 +277,9 @@ fn check_lock_for_read(
         return Ok(None);
     }
     if bypass.committed.contains(&lock.start_ts) {
+        let Some(reader) = reader else {
+            return Ok(None);
+        };
         return Ok(Some(match lock.kind {
             Kind::PUT => Some(reader.value_of(
                 key,

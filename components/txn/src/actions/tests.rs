@@ -1,65 +1,15 @@
 //! Percolator's rules, each checked through the actions on a real engine.
 
-use engine::{Cf, Engine};
+use engine::Cf;
 
 use super::*;
 use crate::{
-    reader::Bypass,
-    types::{from_physical_ms, Lock, Modify, Mutation, MutationOp},
-    ConflictReason, Error, MvccReader, MvccTxn, Result,
+    test_util::Db,
+    types::{from_physical_ms, Mutation, MutationOp},
+    ConflictReason, Error, MvccReader, Result,
 };
 
-struct Db {
-    _dir: tempfile::TempDir,
-    engine: Engine,
-}
-
 impl Db {
-    fn new() -> Db {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        Db { _dir: dir, engine }
-    }
-
-    /// Runs one command: `f` reads a fresh snapshot and gathers writes, applied only if
-    /// it succeeds.
-    fn run<T>(&self, f: impl FnOnce(&mut MvccTxn, &MvccReader) -> Result<T>) -> Result<T> {
-        let snap = self.engine.snapshot();
-        let reader = MvccReader::new(&snap);
-        let mut txn = MvccTxn::new();
-        let out = f(&mut txn, &reader)?;
-        let mut wb = self.engine.write_batch();
-        for m in txn.into_modifies() {
-            match m {
-                Modify::Put { cf, key, value } => wb.put(cf, &key, &value),
-                Modify::Delete { cf, key } => wb.delete(cf, &key),
-            }
-        }
-        self.engine.write(wb, false).unwrap();
-        Ok(out)
-    }
-
-    fn get(&self, key: &[u8], ts: u64) -> Result<Option<Vec<u8>>> {
-        let snap = self.engine.snapshot();
-        MvccReader::new(&snap).get(key, ts, &Bypass::default())
-    }
-
-    fn lock(&self, key: &[u8]) -> Option<Lock> {
-        let snap = self.engine.snapshot();
-        MvccReader::new(&snap).load_lock(key).unwrap()
-    }
-
-    fn count(&self, cf: Cf) -> usize {
-        let mut n = 0;
-        self.engine
-            .scan(cf, b"", &[0xff], |_, _| {
-                n += 1;
-                Ok(true)
-            })
-            .unwrap();
-        n
-    }
-
     fn prewrite(&self, props: &TxnProps, m: Mutation, pessimistic: bool) -> Result<Prewrite> {
         self.run(|txn, r| {
             let out = prewrite(txn, r, props, &m, pessimistic, 0)?;
