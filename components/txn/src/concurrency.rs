@@ -30,14 +30,14 @@ pub struct MemLockGuard {
 
 impl MemLockGuard {
     /// Replaces the placeholders with the locks as prewritten (their min_commit_ts now
-    /// known, so reads below it pass).
-    pub fn set(&self, locks: &[(Vec<u8>, Lock)]) {
+    /// known, so reads below it pass), and drops those of keys that got no lock.
+    pub fn set(&mut self, locks: &[(Vec<u8>, Lock)]) {
         let mut mem = self.cm.locks();
-        for (k, l) in locks {
-            if let Some(slot) = mem.get_mut(k) {
-                *slot = l.clone();
-            }
+        for k in &self.keys {
+            mem.remove(k);
         }
+        mem.extend(locks.iter().cloned());
+        self.keys = locks.iter().map(|(k, _)| k.clone()).collect();
     }
 }
 

@@ -88,6 +88,17 @@ pub enum Error {
         /// The key.
         key: Vec<u8>,
     },
+    /// An async-commit or 1PC prewrite whose commit timestamp would pass the client's
+    /// bound: the client falls back to two phases.
+    #[error("transaction {start_ts} would commit at {min_commit_ts}, above its max_commit_ts {max_commit_ts}")]
+    CommitTsTooLarge {
+        /// The transaction.
+        start_ts: u64,
+        /// The least commit timestamp this store allows.
+        min_commit_ts: u64,
+        /// The client's bound.
+        max_commit_ts: u64,
+    },
     /// A pessimistic prewrite or commit whose pessimistic lock is gone.
     #[error(
         "transaction {start_ts} holds no pessimistic lock on key {}",

@@ -89,5 +89,5 @@ impl Mutation {
 /// Whether a lock has outlived its TTL at `current_ts` (TTL runs from the physical time
 /// of the transaction's start).
 pub fn lock_expired(lock: &Lock, current_ts: u64) -> bool {
-    physical_ms(lock.start_ts) + lock.ttl < physical_ms(current_ts)
+    physical_ms(lock.start_ts).saturating_add(lock.ttl) < physical_ms(current_ts)
 }

@@ -28,6 +28,9 @@ pub struct TxnProps {
     pub secondaries: Vec<Vec<u8>>,
     /// One-phase commit: no locks; the caller commits at once.
     pub one_pc: bool,
+    /// For async commit and 1PC: the largest commit timestamp the client accepts (0: no
+    /// bound); above it the prewrite fails and the client falls back to two phases.
+    pub max_commit_ts: u64,
 }
 
 /// The outcome of prewriting one key.
@@ -40,6 +43,8 @@ pub enum Prewrite {
     Done {
         /// The min_commit_ts of a lock left by an earlier attempt (0 if none).
         min_commit_ts: u64,
+        /// The commit timestamp, if the transaction already committed the key.
+        committed_at: u64,
     },
 }
 
@@ -75,6 +80,7 @@ pub fn prewrite(
             // A retried prewrite: the lock is in place.
             return Ok(Prewrite::Done {
                 min_commit_ts: lock.min_commit_ts,
+                committed_at: 0,
             });
         }
         if !pessimistic {
@@ -87,7 +93,12 @@ pub fn prewrite(
         held_pessimistic = true;
     }
     match reader.commit_record(key, start_ts)? {
-        CommitRecord::Committed(_) => return Ok(Prewrite::Done { min_commit_ts: 0 }),
+        CommitRecord::Committed(ts) => {
+            return Ok(Prewrite::Done {
+                min_commit_ts: 0,
+                committed_at: ts,
+            })
+        }
         CommitRecord::RolledBack => {
             return Err(Error::WriteConflict {
                 key: key.clone(),
@@ -113,9 +124,20 @@ pub fn prewrite(
         return Err(Error::AlreadyExist { key: key.clone() });
     }
     if m.op == MutationOp::CheckNotExists {
-        return Ok(Prewrite::Done { min_commit_ts: 0 });
+        return Ok(Prewrite::Done {
+            min_commit_ts: 0,
+            committed_at: 0,
+        });
     }
-    Ok(Prewrite::Locked(new_lock(txn, props, m, max_ts)))
+    let lock = new_lock(txn, props, m, max_ts);
+    if props.max_commit_ts != 0 && lock.min_commit_ts > props.max_commit_ts {
+        return Err(Error::CommitTsTooLarge {
+            start_ts,
+            min_commit_ts: lock.min_commit_ts,
+            max_commit_ts: props.max_commit_ts,
+        });
+    }
+    Ok(Prewrite::Locked(lock))
 }
 
 /// An optimistic transaction fails if anyone committed the key after it started.
@@ -157,9 +179,9 @@ fn new_lock(txn: &mut MvccTxn, props: &TxnProps, m: &Mutation, max_ts: u64) -> L
         // Above every read this store has served, so that none of them misses the commit.
         lock.min_commit_ts = [
             props.min_commit_ts,
-            props.start_ts + 1,
-            props.for_update_ts + 1,
-            max_ts + 1,
+            props.start_ts.saturating_add(1),
+            props.for_update_ts.saturating_add(1),
+            max_ts.saturating_add(1),
         ]
         .into_iter()
         .max()

@@ -70,6 +70,9 @@ impl PrewriteRequest {
     fn validate(&self) -> Result<()> {
         let p = &self.props;
         check_ts("start_version", p.start_ts)?;
+        if p.start_ts == u64::MAX || p.for_update_ts == u64::MAX {
+            return invalid("start_version and for_update_ts must be below the greatest timestamp");
+        }
         check_keys(self.mutations.iter().map(|m| &m.key[..]))?;
         if p.primary.is_empty() {
             return invalid("primary_lock must not be empty");
@@ -107,7 +110,7 @@ pub fn prewrite(
     let p = &req.props;
     // Locks go in memory before max_ts is read: a read either raised max_ts first (and
     // the commit lands above it) or meets the lock.
-    let guard = (p.async_commit || p.one_pc).then(|| {
+    let mut guard = (p.async_commit || p.one_pc).then(|| {
         let mem = req
             .mutations
             .iter()
@@ -126,8 +129,13 @@ pub fn prewrite(
                 out.min_commit_ts = out.min_commit_ts.max(lock.min_commit_ts);
                 locks.push((m.key.clone(), lock));
             }
-            Ok(Prewrite::Done { min_commit_ts }) => {
-                out.min_commit_ts = out.min_commit_ts.max(min_commit_ts)
+            Ok(Prewrite::Done {
+                min_commit_ts,
+                committed_at,
+            }) => {
+                out.min_commit_ts = out.min_commit_ts.max(min_commit_ts);
+                // A retried 1PC reports the timestamp it committed at.
+                out.one_pc_commit_ts = out.one_pc_commit_ts.max(committed_at);
             }
             Err(e @ Error::KeyIsLocked { .. }) => out.locked.push(e),
             Err(e) => return Err(e),
@@ -136,20 +144,13 @@ pub fn prewrite(
     if !out.locked.is_empty() {
         return Ok((out, MvccTxn::new(), None));
     }
-    if let Some(g) = &guard {
+    if let Some(g) = &mut guard {
         g.set(&locks);
     }
     if p.one_pc {
-        out.one_pc_commit_ts = out.min_commit_ts;
+        out.one_pc_commit_ts = out.one_pc_commit_ts.max(out.min_commit_ts);
         for (key, lock) in &locks {
-            let w = Write {
-                kind: lock.kind,
-                start_ts: lock.start_ts,
-                has_short_value: lock.has_short_value,
-                short_value: lock.short_value.clone(),
-                ..Default::default()
-            };
-            txn.put_write(key, out.one_pc_commit_ts, &w);
+            commit_one_pc(&mut txn, reader, key, lock, out.one_pc_commit_ts)?;
         }
     } else {
         for (key, lock) in &locks {
@@ -160,6 +161,32 @@ pub fn prewrite(
         }
     }
     Ok((out, txn, guard))
+}
+
+/// Writes a 1PC key's commit record in place of its lock, keeping a rollback of another
+/// transaction at that timestamp (as a commit does), and removes the key's pessimistic
+/// lock if it held one.
+fn commit_one_pc(
+    txn: &mut MvccTxn,
+    reader: &MvccReader,
+    key: &[u8],
+    lock: &Lock,
+    commit_ts: u64,
+) -> Result<()> {
+    let overlapped = reader
+        .write_at(key, commit_ts)?
+        .is_some_and(|w| w.kind == crate::types::Kind::ROLLBACK);
+    let w = Write {
+        kind: lock.kind,
+        start_ts: lock.start_ts,
+        has_short_value: lock.has_short_value,
+        short_value: lock.short_value.clone(),
+        has_overlapped_rollback: overlapped,
+        ..Default::default()
+    };
+    txn.put_write(key, commit_ts, &w);
+    txn.unlock(key);
+    Ok(())
 }
 
 /// The in-memory lock of an async-commit or 1PC key while its commit timestamp is being
@@ -197,9 +224,17 @@ pub fn commit(
     Ok(txn)
 }
 
-/// Rolls back every key, or none (a committed key fails the whole request).
-pub fn rollback(reader: &MvccReader, keys: &[Vec<u8>], start_ts: u64) -> Result<MvccTxn> {
+/// Rolls back every key, or none (a committed key fails the whole request). Raises
+/// `max_ts` to the transaction's start first, so that no async-commit or 1PC commit can
+/// later land on its rollback record.
+pub fn rollback(
+    reader: &MvccReader,
+    cm: &ConcurrencyManager,
+    keys: &[Vec<u8>],
+    start_ts: u64,
+) -> Result<MvccTxn> {
     check_ts("start_version", start_ts)?;
+    cm.update_max_ts(start_ts);
     check_keys(keys.iter().map(|k| &k[..]))?;
     let mut txn = MvccTxn::new();
     for k in keys {
@@ -212,9 +247,19 @@ pub fn rollback(reader: &MvccReader, keys: &[Vec<u8>], start_ts: u64) -> Result<
 /// (or, with commit_ts 0, rolls back) that transaction's `locks` found in the region.
 pub fn resolve_locks(
     reader: &MvccReader,
+    cm: &ConcurrencyManager,
     txns: &[(u64, u64)],
     locks: &[(Vec<u8>, Lock)],
 ) -> Result<MvccTxn> {
+    for &(start_ts, commit_ts) in txns {
+        check_ts("start_version", start_ts)?;
+        if commit_ts != 0 && commit_ts <= start_ts {
+            return invalid(format!(
+                "commit_version {commit_ts} must be above start_version {start_ts} (or 0 to roll back)"
+            ));
+        }
+        cm.update_max_ts(start_ts);
+    }
     let mut txn = MvccTxn::new();
     for (key, lock) in locks {
         let Some(&(start_ts, commit_ts)) = txns.iter().find(|(s, _)| *s == lock.start_ts) else {
@@ -222,6 +267,10 @@ pub fn resolve_locks(
         };
         if commit_ts == 0 {
             actions::rollback(&mut txn, reader, key, start_ts, false)?;
+        } else if lock.kind == crate::types::Kind::PESSIMISTIC {
+            // Left by a committed transaction that never prewrote this key: it wrote
+            // nothing here, so the lock just goes.
+            txn.unlock(key);
         } else {
             actions::commit(&mut txn, reader, key, start_ts, commit_ts)?;
         }

@@ -33,10 +33,16 @@ impl ApplyFsm {
             let mut meta = ctx.store_meta.lock();
             for new in &regions[1..] {
                 let id = new.get_id();
+                // A Raft state alone is an empty peer from before a restart that may
+                // have voted: the initial state must not overwrite its vote.
                 let known = ctx.router.peers.contains(id)
                     || ctx
                         .engine
                         .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(id))?
+                        .is_some()
+                    || ctx
+                        .engine
+                        .get(Cf::Raft, &keys::raft_state_key(id))?
                         .is_some();
                 if known {
                     warn!(self.logger, "new region's peer already exists here; it will catch up by snapshot";
