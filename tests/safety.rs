@@ -224,3 +224,62 @@ fn a_vote_cast_by_a_peer_created_from_a_message_survives_a_restart() {
         "the store voted twice in term 7"
     );
 }
+
+/// A transactional command is computed from a snapshot read in one leader term and
+/// carries that term: if leadership changed since (another leader may have written the
+/// keys), the command is refused rather than applied over writes it never saw.
+#[test]
+fn a_command_computed_in_an_earlier_term_is_refused() {
+    let c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    c.must_put(b"k", b"v");
+    let (leader, region) = c.leader_of_key(b"k").expect("a leader");
+    let read = || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.router(leader)
+            .send(
+                region.get_id(),
+                PeerMsg::Read {
+                    epoch: region.get_region_epoch().clone(),
+                    cb: Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                },
+            )
+            .expect("send the read");
+        rx.recv_timeout(T).expect("an answer").expect("the read")
+    };
+    let term = read().term;
+    assert!(term > 0);
+    let put = |term: u64| {
+        let mut cmd = proto::raft_cmdpb::RaftCmdRequest::default();
+        cmd.mut_header().set_region_id(region.get_id());
+        cmd.mut_header()
+            .set_region_epoch(region.get_region_epoch().clone());
+        cmd.mut_header().set_term(term);
+        let mut req = proto::raft_cmdpb::Request::default();
+        req.set_cmd_type(proto::raft_cmdpb::CmdType::Put);
+        req.mut_put().set_key(b"k".to_vec());
+        req.mut_put()
+            .set_value(format!("written in term {term}").into_bytes());
+        cmd.mut_requests().push(req);
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.router(leader)
+            .send(
+                region.get_id(),
+                PeerMsg::Command {
+                    cmd,
+                    cb: Box::new(move |r| {
+                        let _ = tx.send(r.map(|_| ()));
+                    }),
+                },
+            )
+            .expect("send the command");
+        rx.recv_timeout(T).expect("an answer")
+    };
+    let err = put(term - 1).expect_err("an earlier term is refused");
+    assert!(err.to_string().contains("leadership changed"), "{err}");
+    c.must_get_equal(b"k", b"v");
+    put(term).expect("the current term is accepted");
+    c.must_get_equal(b"k", format!("written in term {term}").as_bytes());
+}

@@ -43,7 +43,7 @@ pub mod util;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use msg::{CasResult, CmdResponse, PdTask, PeerMsg};
+pub use msg::{CasResult, CmdResponse, PdTask, PeerMsg, ReadReady};
 pub use router::{RaftRouter, Router};
 pub use snap::SnapManager;
 pub use store_meta::StoreMeta;

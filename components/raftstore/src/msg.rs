@@ -11,6 +11,16 @@ use crate::Result;
 /// Called once with the outcome of a request.
 pub type Callback<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
+/// What a linearizable read learns when it may run.
+#[derive(Debug, Clone)]
+pub struct ReadReady {
+    /// The region as it is then.
+    pub region: metapb::Region,
+    /// The leader's term then: a command computed from what the read sees carries it, and
+    /// is refused if leadership changed since (another leader may have written).
+    pub term: u64,
+}
+
 /// The outcome of a compare-and-swap, decided at apply time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CasResult {
@@ -62,7 +72,7 @@ pub enum PeerMsg {
         /// The epoch the reader expects.
         epoch: metapb::RegionEpoch,
         /// Called when the read may run.
-        cb: Callback<metapb::Region>,
+        cb: Callback<ReadReady>,
     },
     /// The store is stopping: a leader hands leadership to its most caught-up voter on
     /// another store.

@@ -234,6 +234,7 @@ impl RawStorage {
         let epoch = ctx.get_region_epoch().clone();
         self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read { epoch, cb })
             .await
+            .map(|r| r.region)
     }
 
     fn check_in(region: &metapb::Region, key: &[u8]) -> Result<()> {

@@ -352,6 +352,11 @@ impl PeerFsm {
         }
         let region = self.region();
         let header = cmd.get_header();
+        if header.get_term() != 0 && header.get_term() != self.raft.raft.term {
+            return Err(Error::StaleCommand(
+                "leadership changed since the snapshot the command was computed from",
+            ));
+        }
         if header.get_region_id() != region.get_id() {
             return Err(Error::RegionNotFound(header.get_region_id()));
         }
@@ -461,8 +466,11 @@ impl PeerFsm {
             .mut_store()
             .on_applied(res.applied_index, res.applied_term);
         self.raft.advance_apply_to(res.applied_index);
-        self.reads
-            .on_applied(res.applied_index, self.raft.store().region());
+        self.reads.on_applied(
+            res.applied_index,
+            self.raft.store().region(),
+            self.raft.raft.term,
+        );
         self.reads.retry_pending(&mut self.raft);
     }
 
@@ -517,8 +525,12 @@ impl PeerFsm {
         self.raft.mut_store().write_raft_state(wb);
         let read_states = ready.take_read_states();
         let store = self.raft.store();
-        self.reads
-            .on_read_states(read_states, store.applied_index(), store.region());
+        self.reads.on_read_states(
+            read_states,
+            store.applied_index(),
+            store.region(),
+            self.raft.raft.term,
+        );
         self.pending = Some(PendingReady {
             persisted_messages: ready.take_persisted_messages(),
             committed: ready.take_committed_entries(),

@@ -9,9 +9,15 @@ use raft::{RawNode, ReadState};
 use slog::{warn, Logger};
 
 use super::PeerFsm;
-use crate::{metrics, msg::Callback, storage::PeerStorage, util::check_epoch, Error};
+use crate::{
+    metrics,
+    msg::{Callback, ReadReady},
+    storage::PeerStorage,
+    util::check_epoch,
+    Error,
+};
 
-type Read = (metapb::RegionEpoch, Callback<metapb::Region>);
+type Read = (metapb::RegionEpoch, Callback<ReadReady>);
 
 struct Batch {
     id: u64,
@@ -74,6 +80,7 @@ impl ReadQueue {
         states: Vec<ReadState>,
         applied: u64,
         region: &metapb::Region,
+        term: u64,
     ) {
         for s in states {
             let Ok(id) = <[u8; 8]>::try_from(s.request_ctx.as_slice()) else {
@@ -84,11 +91,11 @@ impl ReadQueue {
                 b.index = Some(s.index);
             }
         }
-        self.on_applied(applied, region);
+        self.on_applied(applied, region, term);
     }
 
     /// Runs every read whose index has been applied.
-    pub fn on_applied(&mut self, applied: u64, region: &metapb::Region) {
+    pub fn on_applied(&mut self, applied: u64, region: &metapb::Region, term: u64) {
         let (ready, waiting): (Vec<Batch>, Vec<Batch>) = self
             .batches
             .drain(..)
@@ -97,7 +104,10 @@ impl ReadQueue {
         for b in ready {
             for (epoch, cb) in b.reads {
                 // A split or merge since the read arrived may have moved its keys.
-                cb(check_epoch(region, &epoch, false).map(|_| region.clone()));
+                cb(check_epoch(region, &epoch, false).map(|_| ReadReady {
+                    region: region.clone(),
+                    term,
+                }));
             }
         }
     }
@@ -133,12 +143,15 @@ impl ReadQueue {
 }
 
 impl PeerFsm {
-    pub(crate) fn on_read(&mut self, epoch: metapb::RegionEpoch, cb: Callback<metapb::Region>) {
+    pub(crate) fn on_read(&mut self, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
         // Test-only: serve from whatever this replica has, leader or not, with no ReadIndex
         // round. It breaks linearizability on purpose, so that tests can show their
         // checker catches it.
         if fail::eval("read_without_read_index", |_| ()).is_some() {
-            return cb(Ok(self.region().clone()));
+            return cb(Ok(ReadReady {
+                region: self.region().clone(),
+                term: self.raft.raft.term,
+            }));
         }
         if !self.is_leader() {
             cb(Err(self.not_leader()));
