@@ -575,6 +575,57 @@ impl PdClient {
     pub fn request_header(&self) -> pdpb::RequestHeader {
         self.header()
     }
+
+    /// A fresh timestamp from PD's oracle: physical milliseconds << 18 | logical.
+    pub async fn get_ts(&self) -> Result<u64> {
+        let mut retry = Self::retry(self.timeout);
+        loop {
+            match self.tso_once().await {
+                Ok(ts) => return Ok(ts),
+                Err(e @ Error::Pd { .. }) => return Err(e),
+                Err(e) => {
+                    if !retry.wait().await {
+                        return Err(e);
+                    }
+                    let _ = self.reconnect().await;
+                }
+            }
+        }
+    }
+
+    async fn tso_once(&self) -> Result<u64> {
+        use futures::{SinkExt, TryStreamExt};
+        let unavailable = |e: String| Error::Unavailable {
+            endpoints: self.endpoints.join(","),
+            last: e,
+        };
+        let client = self.conn.read().1.clone();
+        let opt = self.call_option().timeout(Duration::from_secs(5));
+        let (mut tx, mut rx) = client
+            .tso_opt(opt)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut req = pdpb::TsoRequest::default();
+        req.set_header(self.header());
+        req.count = 1;
+        tx.send((req, grpcio::WriteFlags::default()))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let resp = rx
+            .try_next()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("the TSO stream ended without an answer".into()))?;
+        let _ = tx.close().await;
+        let h = resp.get_header();
+        if h.has_error() {
+            return Err(Error::Pd {
+                kind: h.get_error().get_field_type(),
+                message: h.get_error().get_message().to_string(),
+            });
+        }
+        let ts = resp.get_timestamp();
+        Ok(((ts.physical as u64) << 18) | ts.logical as u64)
+    }
 }
 
 /// gRPC metadata carrying the cluster secret.

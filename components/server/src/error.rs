@@ -14,6 +14,9 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] engine::Error),
+    /// A transactional command failed (a key error for the client, mostly).
+    #[error(transparent)]
+    Txn(#[from] txn::Error),
     /// PD could not be reached or refused.
     #[error(transparent)]
     Pd(#[from] pd_client::Error),

@@ -51,17 +51,17 @@ impl RawLimits {
 
 /// Counts the bytes of an answer being built and fails once they pass the limit, so that
 /// a read asking for everything cannot exhaust memory.
-struct ResponseBudget {
+pub(crate) struct ResponseBudget {
     left: u64,
     limit: u64,
 }
 
 impl ResponseBudget {
-    fn new(limit: u64) -> Self {
+    pub(crate) fn new(limit: u64) -> Self {
         ResponseBudget { left: limit, limit }
     }
 
-    fn take(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn take(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let cost = key.len() as u64 + value.len() as u64 + 8;
         self.left = self.left.checked_sub(cost).ok_or_else(|| {
             Error::InvalidRequest(format!(
@@ -219,22 +219,49 @@ impl RawStorage {
     }
 
     async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse> {
+        self.propose(ctx, 0, requests).await
+    }
+
+    /// Carries `requests` through Raft as one command; a non-zero `term` refuses it if
+    /// leadership changed since the snapshot it was computed from. (The transaction layer
+    /// reaches Raft this way too.)
+    pub(crate) async fn propose(
+        &self,
+        ctx: &Context,
+        term: u64,
+        requests: Vec<Request>,
+    ) -> Result<CmdResponse> {
         let mut cmd = RaftCmdRequest::default();
         let header = cmd.mut_header();
         header.set_region_id(ctx.get_region_id());
         header.set_peer(ctx.get_peer().clone());
         header.set_region_epoch(ctx.get_region_epoch().clone());
+        header.set_term(term);
         cmd.set_requests(requests.into());
         self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Command { cmd, cb })
             .await
     }
 
-    /// Waits until the region's state may be read linearizably; returns the region.
-    async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
+    /// Waits until the region's state may be read linearizably; returns the region and
+    /// the leader's term.
+    pub(crate) async fn read_ready(&self, ctx: &Context) -> Result<raftstore::ReadReady> {
         let epoch = ctx.get_region_epoch().clone();
         self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read { epoch, cb })
             .await
-            .map(|r| r.region)
+    }
+
+    async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
+        Ok(self.read_ready(ctx).await?.region)
+    }
+
+    /// The store's engine, for reads after [`Self::read_ready`].
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The limits requests are held to.
+    pub(crate) fn limits(&self) -> &RawLimits {
+        &self.limits
     }
 
     fn check_in(region: &metapb::Region, key: &[u8]) -> Result<()> {

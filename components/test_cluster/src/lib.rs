@@ -95,6 +95,7 @@ pub fn test_config() -> (raftstore::Config, pd::Config) {
 struct Running {
     raftstore: RaftStore,
     storage: RawStorage,
+    txn: server::txn_storage::TxnStorage,
     meta: Arc<Mutex<StoreMeta>>,
     engine: Engine,
     pd_worker: std::thread::JoinHandle<()>,
@@ -223,10 +224,12 @@ impl Cluster {
             meta.clone(),
             self.limits(Duration::from_secs(5)),
         );
+        let txn = server::txn_storage::TxnStorage::new(storage.clone(), self.pd.clone());
         self.running.insert(
             store_id,
             Running {
                 raftstore,
+                txn,
                 storage,
                 meta,
                 engine,
@@ -377,6 +380,16 @@ impl Cluster {
     pub fn leader_storage(&self, key: &[u8]) -> Option<(RawStorage, Context)> {
         let (store, region) = self.leader_of_key(key)?;
         Some((self.storage(store), Self::context(&region, store)))
+    }
+
+    /// The transactional API of the store leading the region of the transactional key
+    /// `key` (regions hold such keys by their encoding), with a smart client's context.
+    pub fn leader_txn(&self, key: &[u8]) -> Option<(server::txn_storage::TxnStorage, Context)> {
+        let (store, region) = self.leader_of_key(&keys::txn::encode_bytes(key))?;
+        Some((
+            self.running[&store].txn.clone(),
+            Self::context(&region, store),
+        ))
     }
 
     /// Writes through the current leader, retrying routing failures for up to `timeout`.

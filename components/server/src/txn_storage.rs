@@ -1,0 +1,366 @@
+//! The transactional API over the raftstore (Percolator; the rules are in the `txn`
+//! crate). A command takes its keys' latches, waits for a ReadIndex, reads one snapshot,
+//! and carries its writes through Raft as one command tagged with the leader term of
+//! that snapshot, so that a leader that lost and regained leadership meanwhile (and so
+//! may have missed another leader's writes) cannot apply it.
+//!
+//! Transactional keys are compared with region boundaries in their memcomparable
+//! encoding (see `keys::txn`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use engine::Cf;
+use parking_lot::Mutex;
+use proto::{
+    kvrpcpb::Context,
+    metapb,
+    raft_cmdpb::{CmdType, Request},
+};
+use txn::{
+    commands::{self, PrewriteOutcome, PrewriteRequest},
+    concurrency::{ConcurrencyManager, MemLockGuard},
+    latch::Latches,
+    reader::Bypass,
+    types::Lock,
+    Modify, MvccReader, MvccTxn,
+};
+
+use crate::{
+    storage::{RawStorage, ResponseBudget},
+    Error, Result,
+};
+
+/// Latch slots per store (TiKV: 2048000 by default; this is plenty for a small store).
+const LATCH_SLOTS: usize = 1 << 16;
+/// Locks one resolve round handles before it scans again.
+const RESOLVE_BATCH: usize = 256;
+
+/// Transactional operations on this store's regions.
+#[derive(Clone)]
+pub struct TxnStorage {
+    kv: RawStorage,
+    latches: Arc<Latches>,
+    cm: ConcurrencyManager,
+    pd: Arc<pd_client::PdClient>,
+    /// The leader term in which each region last raised `max_ts` from PD.
+    synced: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+/// What one command leaves for the caller: its answer, its writes, and in-memory locks
+/// to keep until the writes are applied.
+type Outcome<T> = (T, MvccTxn, Option<MemLockGuard>);
+
+impl TxnStorage {
+    /// Transactions over `kv`'s Raft and engine, with timestamps from `pd`.
+    pub fn new(kv: RawStorage, pd: Arc<pd_client::PdClient>) -> Self {
+        TxnStorage {
+            kv,
+            latches: Arc::new(Latches::new(LATCH_SLOTS)),
+            cm: ConcurrencyManager::default(),
+            pd,
+            synced: Arc::default(),
+        }
+    }
+
+    fn check_in(region: &metapb::Region, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("key must not be empty".into()));
+        }
+        let enc = keys::txn::encode_bytes(key);
+        if raftstore::util::key_in_region(&enc, region) {
+            return Ok(());
+        }
+        Err(raftstore::Error::KeyNotInRegion {
+            key: key.to_vec(),
+            region: region.clone(),
+        }
+        .into())
+    }
+
+    /// Runs `f` over a snapshot with `keys` latched, then applies its writes.
+    async fn run<T>(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        f: impl FnOnce(&MvccReader, &metapb::Region, u64) -> Result<Outcome<T>>,
+    ) -> Result<T> {
+        let _latched = self.latches.acquire(keys.iter().map(|k| &k[..])).await;
+        let ready = self.kv.read_ready(ctx).await?;
+        for k in keys {
+            Self::check_in(&ready.region, k)?;
+        }
+        let (out, txn, mem_locks) = {
+            let snap = self.kv.engine().snapshot();
+            let reader = MvccReader::new(&snap);
+            f(&reader, &ready.region, ready.term)?
+        };
+        if !txn.is_empty() {
+            let size = txn.size() as u64;
+            let limit = self.kv.limits().max_value_size;
+            if size > limit {
+                return Err(Error::InvalidRequest(format!(
+                    "the command writes {size} bytes, more than raftstore.raft-entry-max-size ({limit})"
+                )));
+            }
+            self.kv
+                .propose(ctx, ready.term, to_requests(txn.into_modifies()))
+                .await?;
+        }
+        drop(mem_locks);
+        Ok(out)
+    }
+
+    /// Raises `max_ts` from PD once per region and leader term: a new leader knows
+    /// nothing of the reads its predecessor served, and async commit must land above
+    /// them.
+    async fn sync_max_ts(&self, region_id: u64, term: u64) -> Result<()> {
+        if self.synced.lock().get(&region_id) == Some(&term) {
+            return Ok(());
+        }
+        let ts = self.pd.get_ts().await?;
+        self.cm.update_max_ts(ts);
+        self.synced.lock().insert(region_id, term);
+        Ok(())
+    }
+
+    /// Prewrites the mutations (see `txn::commands::prewrite`).
+    pub async fn prewrite(&self, ctx: &Context, req: PrewriteRequest) -> Result<PrewriteOutcome> {
+        let keys: Vec<Vec<u8>> = req.mutations.iter().map(|m| m.key.clone()).collect();
+        let size: usize = req
+            .mutations
+            .iter()
+            .map(|m| m.key.len() + mutation_value_len(m))
+            .sum();
+        let limit = self.kv.limits().max_value_size;
+        if size as u64 > limit {
+            return Err(Error::InvalidRequest(format!(
+                "the mutations come to {size} bytes, more than raftstore.raft-entry-max-size ({limit})"
+            )));
+        }
+        if req.props.async_commit || req.props.one_pc {
+            let ready = self.kv.read_ready(ctx).await?;
+            self.sync_max_ts(ready.region.get_id(), ready.term).await?;
+        }
+        self.run(ctx, &keys, |reader, _, _| {
+            let (out, txn, guard) = commands::prewrite(reader, &self.cm, &req)?;
+            Ok((out, txn, guard))
+        })
+        .await
+    }
+
+    /// Commits the keys of the transaction `start_ts` at `commit_ts`.
+    pub async fn commit(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        start_ts: u64,
+        commit_ts: u64,
+    ) -> Result<()> {
+        self.run(ctx, keys, |reader, _, _| {
+            Ok((
+                (),
+                commands::commit(reader, keys, start_ts, commit_ts)?,
+                None,
+            ))
+        })
+        .await
+    }
+
+    /// Rolls back the keys of the transaction `start_ts`.
+    pub async fn rollback(&self, ctx: &Context, keys: &[Vec<u8>], start_ts: u64) -> Result<()> {
+        self.run(ctx, keys, |reader, _, _| {
+            Ok((
+                (),
+                commands::rollback(reader, &self.cm, keys, start_ts)?,
+                None,
+            ))
+        })
+        .await
+    }
+
+    /// Commits (`commit_ts` > 0) or rolls back each listed transaction's locks: on
+    /// `keys`, or, with none given, every one of its locks in the region.
+    pub async fn resolve_locks(
+        &self,
+        ctx: &Context,
+        txns: &[(u64, u64)],
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        if txns.is_empty() {
+            return Err(Error::InvalidRequest("no transaction to resolve".into()));
+        }
+        if !keys.is_empty() {
+            return self.resolve_keys(ctx, txns, keys).await;
+        }
+        // Scan without latches, then resolve what was found under them; a lock taken
+        // meanwhile by another transaction is not one of these.
+        loop {
+            let ready = self.kv.read_ready(ctx).await?;
+            let (lower, upper) = region_bounds(&ready.region);
+            let found: Vec<Vec<u8>> = {
+                let snap = self.kv.engine().snapshot();
+                let reader = MvccReader::new(&snap);
+                let keep = |l: &Lock| txns.iter().any(|(s, _)| *s == l.start_ts);
+                reader
+                    .scan_locks(&lower, &upper, &keep, RESOLVE_BATCH)
+                    .map_err(Error::from)?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect()
+            };
+            if found.is_empty() {
+                return Ok(());
+            }
+            self.resolve_keys(ctx, txns, &found).await?;
+        }
+    }
+
+    async fn resolve_keys(
+        &self,
+        ctx: &Context,
+        txns: &[(u64, u64)],
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        self.run(ctx, keys, |reader, _, _| {
+            let mut locks = vec![];
+            for k in keys {
+                if let Some(l) = reader.load_lock(k)? {
+                    locks.push((k.clone(), l));
+                }
+            }
+            Ok((
+                (),
+                commands::resolve_locks(reader, &self.cm, txns, &locks)?,
+                None,
+            ))
+        })
+        .await
+    }
+
+    /// The value of `key` a snapshot read at `ts` sees.
+    pub async fn get(
+        &self,
+        ctx: &Context,
+        key: &[u8],
+        ts: u64,
+        bypass: &Bypass,
+    ) -> Result<Option<Vec<u8>>> {
+        let ready = self.kv.read_ready(ctx).await?;
+        Self::check_in(&ready.region, key)?;
+        self.cm.read_key(key, ts, bypass)?;
+        let snap = self.kv.engine().snapshot();
+        Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
+    }
+
+    /// Keys in `[start, end)` (empty end: the region's end) with their values at `ts`,
+    /// in order (descending from `end` if `reverse`), at most `limit`; a key locked by a
+    /// transaction the read must wait for comes with that error instead.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        ctx: &Context,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        ts: u64,
+        key_only: bool,
+        reverse: bool,
+        bypass: &Bypass,
+    ) -> Result<Vec<(Vec<u8>, txn::Result<Vec<u8>>)>> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let ready = self.kv.read_ready(ctx).await?;
+        let (region_lo, region_hi) = region_bounds(&ready.region);
+        let lower = keys::txn::lock_key(start).max(region_lo);
+        let upper = if end.is_empty() {
+            region_hi
+        } else {
+            keys::txn::lock_key(end).min(region_hi)
+        };
+        let in_range = |k: &[u8]| {
+            let enc = keys::txn::lock_key(k);
+            enc >= lower && enc < upper
+        };
+        self.cm.read_range(&in_range, ts, bypass)?;
+        let mut out = vec![];
+        if lower >= upper {
+            return Ok(out);
+        }
+        let snap = self.kv.engine().snapshot();
+        let reader = MvccReader::new(&snap);
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        let mut over = None;
+        reader.keys_in(&lower, &upper, reverse, &mut |key| {
+            match reader.get(&key, ts, bypass) {
+                Ok(None) => {}
+                Ok(Some(v)) => {
+                    let v = if key_only { vec![] } else { v };
+                    if let Err(e) = budget.take(&key, &v) {
+                        over = Some(e);
+                        return Ok(false);
+                    }
+                    out.push((key, Ok(v)));
+                }
+                Err(e @ txn::Error::KeyIsLocked { .. }) => out.push((key, Err(e))),
+                Err(e) => return Err(e),
+            }
+            Ok(out.len() < limit)
+        })?;
+        match over {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+/// The lock-CF key range of a region (its boundaries are encoded keys).
+fn region_bounds(region: &metapb::Region) -> (Vec<u8>, Vec<u8>) {
+    (
+        keys::data_key(region.get_start_key()),
+        keys::data_end_key(region.get_end_key()),
+    )
+}
+
+fn mutation_value_len(m: &txn::Mutation) -> usize {
+    match &m.op {
+        txn::MutationOp::Put(v) | txn::MutationOp::Insert(v) => v.len(),
+        _ => 0,
+    }
+}
+
+/// A command's writes as Raft requests (keys without the data prefix, as the apply
+/// side adds it).
+fn to_requests(modifies: Vec<Modify>) -> Vec<Request> {
+    let origin = |k: &[u8]| {
+        keys::origin_key(k)
+            .expect("transaction keys carry the data prefix")
+            .to_vec()
+    };
+    modifies
+        .into_iter()
+        .map(|m| {
+            let mut r = Request::default();
+            match m {
+                Modify::Put { cf, key, value } => {
+                    r.set_cmd_type(CmdType::Put);
+                    let p = r.mut_put();
+                    p.set_cf(cf_name(cf));
+                    p.set_key(origin(&key));
+                    p.set_value(value);
+                }
+                Modify::Delete { cf, key } => {
+                    r.set_cmd_type(CmdType::Delete);
+                    let d = r.mut_delete();
+                    d.set_cf(cf_name(cf));
+                    d.set_key(origin(&key));
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+fn cf_name(cf: Cf) -> String {
+    cf.name().to_string()
+}

@@ -1,0 +1,236 @@
+//! Transactions on the in-process cluster through the store's transactional API (the
+//! layer the Kv* calls use): two-phase commit across regions, conflicts, snapshot
+//! reads, async commit, and the bad input the API must refuse.
+
+use std::time::Duration;
+
+use test_cluster::{wait_until, Cluster};
+use txn::{actions::TxnProps, commands::PrewriteRequest, reader::Bypass, Mutation, MutationOp};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Env {
+    c: Cluster,
+}
+
+impl Env {
+    /// Three stores, the transactional key space split at `m` (as the encoded boundary
+    /// TiKV's clients expect).
+    fn new() -> Env {
+        let c = Cluster::new(3);
+        c.wait_voters(b"", 3, T);
+        c.must_split(&keys::txn::split_boundary(b"m"));
+        wait_until("a leader for both halves", T, || {
+            c.leader_txn(b"a").is_some() && c.leader_txn(b"x").is_some()
+        });
+        Env { c }
+    }
+
+    fn ts(&self) -> u64 {
+        self.c
+            .runtime()
+            .block_on(self.c.pd().get_ts())
+            .expect("a timestamp")
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.c.runtime().block_on(f)
+    }
+
+    fn prewrite(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        primary: &[u8],
+        start_ts: u64,
+    ) -> server::Result<()> {
+        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
+        let req = PrewriteRequest {
+            mutations: vec![Mutation {
+                key: key.to_vec(),
+                op: MutationOp::Put(value.to_vec()),
+            }],
+            pessimistic: vec![],
+            props: TxnProps {
+                start_ts,
+                primary: primary.to_vec(),
+                lock_ttl: 3000,
+                ..Default::default()
+            },
+        };
+        let out = self.block(s.prewrite(&ctx, req))?;
+        match out.locked.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> server::Result<()> {
+        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
+        self.block(s.commit(&ctx, &[key.to_vec()], start_ts, commit_ts))
+    }
+
+    fn get(&self, key: &[u8], ts: u64) -> server::Result<Option<Vec<u8>>> {
+        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
+        self.block(s.get(&ctx, key, ts, &Bypass::default()))
+    }
+}
+
+#[test]
+fn a_transaction_across_two_regions_commits_whole_and_reads_see_one_snapshot() {
+    let e = Env::new();
+    let (ra, rx) = (
+        e.c.leader_txn(b"a").unwrap().1,
+        e.c.leader_txn(b"x").unwrap().1,
+    );
+    assert_ne!(
+        ra.region_id, rx.region_id,
+        "the keys are in different regions"
+    );
+    let start = e.ts();
+    e.prewrite(b"a", b"1", b"a", start).unwrap();
+    e.prewrite(b"x", b"2", b"a", start).unwrap();
+    let before = e.ts();
+    let commit = e.ts();
+    e.commit(b"a", start, commit).unwrap();
+    // The secondary is still locked: a reader after the commit meets the lock.
+    assert!(matches!(
+        e.get(b"x", e.ts()),
+        Err(server::Error::Txn(txn::Error::KeyIsLocked { .. }))
+    ));
+    e.commit(b"x", start, commit).unwrap();
+    let after = e.ts();
+    assert_eq!(e.get(b"a", before).unwrap(), None);
+    assert_eq!(e.get(b"x", before).unwrap(), None);
+    assert_eq!(e.get(b"a", after).unwrap(), Some(b"1".to_vec()));
+    assert_eq!(e.get(b"x", after).unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn the_second_committer_of_a_key_gets_a_write_conflict() {
+    let e = Env::new();
+    let t1 = e.ts();
+    let t2 = e.ts();
+    e.prewrite(b"k", b"one", b"k", t1).unwrap();
+    e.commit(b"k", t1, e.ts()).unwrap();
+    let err = e.prewrite(b"k", b"two", b"k", t2).unwrap_err();
+    assert!(
+        matches!(err, server::Error::Txn(txn::Error::WriteConflict { .. })),
+        "{err}"
+    );
+    assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"one".to_vec()));
+}
+
+#[test]
+fn raw_and_transactional_data_do_not_see_each_other() {
+    let e = Env::new();
+    let (raw, ctx) = e.c.leader_storage(b"a").unwrap();
+    e.block(raw.put(&ctx, "", b"a", b"raw")).unwrap();
+    assert_eq!(e.get(b"a", e.ts()).unwrap(), None);
+    let start = e.ts();
+    e.prewrite(b"b", b"txn", b"b", start).unwrap();
+    e.commit(b"b", start, e.ts()).unwrap();
+    let (raw, ctx) = e.c.leader_storage(b"b").unwrap();
+    assert_eq!(e.block(raw.get(&ctx, "", b"b")).unwrap(), None);
+    assert_eq!(
+        e.block(raw.get(&ctx, "", b"a")).unwrap(),
+        Some(b"raw".to_vec())
+    );
+}
+
+#[test]
+fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
+    let e = Env::new();
+    let start = e.ts();
+    // A commit with no lock.
+    let err = e.commit(b"a", start, e.ts()).unwrap_err();
+    assert!(
+        matches!(err, server::Error::Txn(txn::Error::TxnLockNotFound { .. })),
+        "{err}"
+    );
+    // A key outside the request's region.
+    let (s, ctx_a) = e.c.leader_txn(b"a").unwrap();
+    let req = PrewriteRequest {
+        mutations: vec![Mutation {
+            key: b"x".to_vec(),
+            op: MutationOp::Put(b"v".to_vec()),
+        }],
+        pessimistic: vec![],
+        props: TxnProps {
+            start_ts: start,
+            primary: b"x".to_vec(),
+            ..Default::default()
+        },
+    };
+    let err = e.block(s.prewrite(&ctx_a, req.clone())).unwrap_err();
+    assert!(err.to_string().contains("not in region"), "{err}");
+    // A timestamp of 0, a commit below the start, a mutation list past the size limit.
+    let mut zero = req.clone();
+    zero.props.start_ts = 0;
+    let (sx, ctx_x) = e.c.leader_txn(b"x").unwrap();
+    let err = e.block(sx.prewrite(&ctx_x, zero)).unwrap_err();
+    assert!(
+        err.to_string().contains("start_version must not be 0"),
+        "{err}"
+    );
+    e.prewrite(b"x", b"v", b"x", start).unwrap();
+    let err = e.commit(b"x", start, start - 1).unwrap_err();
+    assert!(
+        err.to_string().contains("must be above start_version"),
+        "{err}"
+    );
+    let mut big = req;
+    big.mutations = (0..2000)
+        .map(|i| Mutation {
+            key: format!("x{i}").into_bytes(),
+            op: MutationOp::Put(vec![0; 8 << 10]),
+        })
+        .collect();
+    let err = e.block(sx.prewrite(&ctx_x, big)).unwrap_err();
+    assert!(err.to_string().contains("raft-entry-max-size"), "{err}");
+    // Nothing of the refused requests was written.
+    assert_eq!(e.get(b"x1", e.ts()).unwrap(), None);
+    let err = e.get(b"x", e.ts()).unwrap_err();
+    assert!(
+        matches!(err, server::Error::Txn(txn::Error::KeyIsLocked { .. })),
+        "only the good prewrite's lock"
+    );
+}
+
+#[test]
+fn an_async_commit_lands_above_every_timestamp_pd_gave_out_before_it() {
+    let e = Env::new();
+    let start = e.ts();
+    let read_at = e.ts();
+    // A read at `read_at` on the key's leader raises its max_ts.
+    assert_eq!(e.get(b"k", read_at).unwrap(), None);
+    let (s, ctx) = e.c.leader_txn(b"k").unwrap();
+    let req = PrewriteRequest {
+        mutations: vec![Mutation {
+            key: b"k".to_vec(),
+            op: MutationOp::Put(b"v".to_vec()),
+        }],
+        pessimistic: vec![],
+        props: TxnProps {
+            start_ts: start,
+            primary: b"k".to_vec(),
+            lock_ttl: 3000,
+            async_commit: true,
+            ..Default::default()
+        },
+    };
+    let out = e.block(s.prewrite(&ctx, req)).unwrap();
+    assert!(out.locked.is_empty());
+    assert!(
+        out.min_commit_ts > read_at,
+        "{} <= {read_at}",
+        out.min_commit_ts
+    );
+    e.commit(b"k", start, out.min_commit_ts).unwrap();
+    assert_eq!(
+        e.get(b"k", read_at).unwrap(),
+        None,
+        "the earlier read stays right"
+    );
+    assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"v".to_vec()));
+}
