@@ -16,6 +16,7 @@ pub mod service;
 mod span;
 pub mod storage;
 pub mod transport;
+pub mod txn_service;
 pub mod txn_storage;
 
 pub use config::Config;

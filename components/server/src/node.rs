@@ -335,6 +335,7 @@ impl Node {
         );
         let service = TikvService {
             store_id,
+            txn: crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone()),
             storage,
             router,
             snap_mgr,

@@ -36,6 +36,8 @@ use crate::{metrics, resolver::Resolver, span::Span, storage::RawStorage, Error,
 pub struct TikvService {
     pub(crate) store_id: u64,
     pub(crate) storage: RawStorage,
+    /// The transactional API (the Kv* calls, in `txn_service`).
+    pub(crate) txn: crate::txn_storage::TxnStorage,
     pub(crate) router: RaftRouter,
     pub(crate) snap_mgr: SnapManager,
     /// Snapshots this store may receive at once (`server.snap-max-concurrent-recv`).
@@ -375,7 +377,35 @@ fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::
         .collect()
 }
 
+/// The transactional calls: each handed to its function in `txn_service`.
+macro_rules! txn_calls {
+    ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
+        $(
+            fn $method(&mut self, _: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
+                crate::txn_service::serve(self, stringify!($method), sink, req, crate::txn_service::$handler)
+            }
+        )*
+    };
+}
+
 impl Tikv for TikvService {
+    txn_calls! {
+        kv_get: GetRequest => GetResponse, get;
+        kv_batch_get: BatchGetRequest => BatchGetResponse, batch_get;
+        kv_scan: ScanRequest => ScanResponse, scan;
+        kv_prewrite: PrewriteRequest => PrewriteResponse, prewrite;
+        kv_commit: CommitRequest => CommitResponse, commit;
+        kv_batch_rollback: BatchRollbackRequest => BatchRollbackResponse, batch_rollback;
+        kv_cleanup: CleanupRequest => CleanupResponse, cleanup;
+        kv_check_txn_status: CheckTxnStatusRequest => CheckTxnStatusResponse, check_txn_status;
+        kv_check_secondary_locks: CheckSecondaryLocksRequest => CheckSecondaryLocksResponse, check_secondary_locks;
+        kv_resolve_lock: ResolveLockRequest => ResolveLockResponse, resolve_lock;
+        kv_txn_heart_beat: TxnHeartBeatRequest => TxnHeartBeatResponse, txn_heart_beat;
+        kv_pessimistic_lock: PessimisticLockRequest => PessimisticLockResponse, pessimistic_lock;
+        kv_pessimistic_rollback: PessimisticRollbackRequest => PessimisticRollbackResponse, pessimistic_rollback;
+        kv_scan_lock: ScanLockRequest => ScanLockResponse, scan_lock;
+    }
+
     fn raw_get(
         &mut self,
         _: RpcContext,

@@ -17,6 +17,7 @@ use proto::{
     raft_cmdpb::{CmdType, Request},
 };
 use txn::{
+    actions::{self, CheckTxnStatus, PessimisticLock, SecondaryStatus, TxnStatus},
     commands::{self, PrewriteOutcome, PrewriteRequest},
     concurrency::{ConcurrencyManager, MemLockGuard},
     latch::Latches,
@@ -237,6 +238,185 @@ impl TxnStorage {
         .await
     }
 
+    /// Rolls back the primary `key` of the transaction `start_ts` if its lock expired at
+    /// `current_ts` (0: at once); `Committed` says it committed instead.
+    pub async fn cleanup(
+        &self,
+        ctx: &Context,
+        key: &[u8],
+        start_ts: u64,
+        current_ts: u64,
+    ) -> Result<()> {
+        check_ts("start_version", start_ts)?;
+        self.cm.update_max_ts(start_ts);
+        self.run(ctx, &[key.to_vec()], |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            actions::cleanup(&mut txn, reader, key, start_ts, current_ts)?;
+            Ok(((), txn, None))
+        })
+        .await
+    }
+
+    /// The state of a transaction by its primary key (see `txn::actions::check_txn_status`).
+    pub async fn check_txn_status(&self, ctx: &Context, c: CheckTxnStatus) -> Result<TxnStatus> {
+        check_ts("lock_ts", c.lock_ts)?;
+        // No async-commit or 1PC transaction may land at or below what this decides.
+        self.cm.update_max_ts(c.lock_ts);
+        self.cm.update_max_ts(c.caller_start_ts);
+        self.run(ctx, &[c.primary.clone()], |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            let st = actions::check_txn_status(&mut txn, reader, &c)?;
+            Ok((st, txn, None))
+        })
+        .await
+    }
+
+    /// The state of an async-commit transaction on each of `keys`.
+    pub async fn check_secondary_locks(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        start_ts: u64,
+    ) -> Result<Vec<SecondaryStatus>> {
+        check_ts("start_version", start_ts)?;
+        self.cm.update_max_ts(start_ts);
+        self.run(ctx, keys, |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(actions::check_secondary_lock(
+                    &mut txn, reader, k, start_ts,
+                )?);
+            }
+            Ok((out, txn, None))
+        })
+        .await
+    }
+
+    /// Raises the TTL of the transaction's primary lock; returns the TTL in force.
+    pub async fn heartbeat(
+        &self,
+        ctx: &Context,
+        primary: &[u8],
+        start_ts: u64,
+        advise_ttl: u64,
+    ) -> Result<u64> {
+        check_ts("start_version", start_ts)?;
+        self.run(ctx, &[primary.to_vec()], |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            let ttl = actions::heartbeat(&mut txn, reader, primary, start_ts, advise_ttl)?;
+            Ok((ttl, txn, None))
+        })
+        .await
+    }
+
+    /// Takes pessimistic locks on every key (or none: a lock met or a conflict fails
+    /// the request); returns each key's value when asked.
+    pub async fn pessimistic_lock(
+        &self,
+        ctx: &Context,
+        locks: &[PessimisticLock],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<Vec<u8>> = locks.iter().map(|l| l.key.clone()).collect();
+        for l in locks {
+            check_ts("start_version", l.start_ts)?;
+            check_ts("for_update_ts", l.for_update_ts)?;
+            if l.for_update_ts < l.start_ts {
+                return Err(Error::InvalidRequest(
+                    "for_update_ts is below start_version".into(),
+                ));
+            }
+        }
+        check_distinct(&keys)?;
+        self.run(ctx, &keys, |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            let mut values = Vec::with_capacity(locks.len());
+            for l in locks {
+                self.cm.update_max_ts(l.for_update_ts);
+                values.push(actions::acquire_pessimistic_lock(&mut txn, reader, l)?);
+            }
+            Ok((values, txn, None))
+        })
+        .await
+    }
+
+    /// Removes the transaction's pessimistic locks on `keys` taken at or before
+    /// `for_update_ts`.
+    pub async fn pessimistic_rollback(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        start_ts: u64,
+        for_update_ts: u64,
+    ) -> Result<()> {
+        check_ts("start_version", start_ts)?;
+        check_ts("for_update_ts", for_update_ts)?;
+        check_distinct(keys)?;
+        self.run(ctx, keys, |reader, _, _| {
+            let mut txn = MvccTxn::new();
+            for k in keys {
+                actions::pessimistic_rollback(&mut txn, reader, k, start_ts, for_update_ts)?;
+            }
+            Ok(((), txn, None))
+        })
+        .await
+    }
+
+    /// Locks in `[start, end)` of the region (empty end: to its end) of transactions
+    /// that started at or before `max_version`, at most `limit` (0: no limit).
+    pub async fn scan_locks(
+        &self,
+        ctx: &Context,
+        max_version: u64,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Lock)>> {
+        let ready = self.kv.read_ready(ctx).await?;
+        let (lower, upper) = clip(&ready.region, start, end);
+        if lower >= upper {
+            return Ok(vec![]);
+        }
+        let snap = self.kv.engine().snapshot();
+        let keep = |l: &Lock| l.start_ts <= max_version;
+        Ok(MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?)
+    }
+
+    /// The values of `keys` a snapshot read at `ts` sees (absent keys left out), each
+    /// key met locked with its error.
+    pub async fn batch_get(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        ts: u64,
+        bypass: &Bypass,
+    ) -> Result<Vec<(Vec<u8>, txn::Result<Vec<u8>>)>> {
+        let ready = self.kv.read_ready(ctx).await?;
+        for k in keys {
+            Self::check_in(&ready.region, k)?;
+        }
+        let snap = self.kv.engine().snapshot();
+        let reader = MvccReader::new(&snap);
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        let mut out = vec![];
+        for k in keys {
+            let got = self
+                .cm
+                .read_key(k, ts, bypass)
+                .and_then(|()| reader.get(k, ts, bypass));
+            match got {
+                Ok(None) => {}
+                Ok(Some(v)) => {
+                    budget.take(k, &v)?;
+                    out.push((k.clone(), Ok(v)));
+                }
+                Err(e @ txn::Error::KeyIsLocked { .. }) => out.push((k.clone(), Err(e))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// The value of `key` a snapshot read at `ts` sees.
     pub async fn get(
         &self,
@@ -271,13 +451,7 @@ impl TxnStorage {
             return Ok(vec![]);
         }
         let ready = self.kv.read_ready(ctx).await?;
-        let (region_lo, region_hi) = region_bounds(&ready.region);
-        let lower = keys::txn::lock_key(start).max(region_lo);
-        let upper = if end.is_empty() {
-            region_hi
-        } else {
-            keys::txn::lock_key(end).min(region_hi)
-        };
+        let (lower, upper) = clip(&ready.region, start, end);
         let in_range = |k: &[u8]| {
             let enc = keys::txn::lock_key(k);
             enc >= lower && enc < upper
@@ -311,6 +485,37 @@ impl TxnStorage {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+}
+
+/// The lock-CF key range of the user keys `[start, end)` (empty end: unbounded) within
+/// the region.
+fn clip(region: &metapb::Region, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (region_lo, region_hi) = region_bounds(region);
+    let lower = keys::txn::lock_key(start).max(region_lo);
+    let upper = if end.is_empty() {
+        region_hi
+    } else {
+        keys::txn::lock_key(end).min(region_hi)
+    };
+    (lower, upper)
+}
+
+fn check_ts(name: &str, ts: u64) -> Result<()> {
+    if ts == 0 {
+        return Err(Error::InvalidRequest(format!("{name} must not be 0")));
+    }
+    Ok(())
+}
+
+fn check_distinct(keys: &[Vec<u8>]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match keys.iter().find(|k| !seen.insert(*k)) {
+        Some(k) => Err(Error::InvalidRequest(format!(
+            "key {:?} is given twice",
+            String::from_utf8_lossy(k)
+        ))),
+        None => Ok(()),
     }
 }
 

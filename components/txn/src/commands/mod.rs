@@ -77,7 +77,10 @@ impl PrewriteRequest {
         if p.primary.is_empty() {
             return invalid("primary_lock must not be empty");
         }
-        if !self.pessimistic.is_empty() && self.pessimistic.len() != self.mutations.len() {
+        // tikv-client 0.4 sends the whole transaction's flags with each region's share
+        // of the mutations (all alike); TiKV pairs them up in order and ignores the rest.
+        // Fewer flags than mutations would leave keys unchecked: refused.
+        if !self.pessimistic.is_empty() && self.pessimistic.len() < self.mutations.len() {
             return invalid(format!(
                 "{} pessimistic flags for {} mutations",
                 self.pessimistic.len(),

@@ -66,6 +66,7 @@ fn bad_requests_are_refused_and_write_nothing() {
     bad(r, "no keys");
     let mut r = request(&[b"a", b"b"], 10);
     r.pessimistic = vec![true];
+    r.props.for_update_ts = 10;
     bad(r, "pessimistic flags");
     let mut r = request(&[b"a"], 10);
     r.pessimistic = vec![true];
