@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_until, ProcCluster};
-use tikv_client::{TransactionClient, TransactionOptions};
+use grpcio::{ChannelBuilder, EnvBuilder};
+use proto::{kvrpcpb, tikvpb_grpc::TikvClient};
+use tikv_client::{TimestampExt, TransactionClient, TransactionOptions};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -14,8 +16,8 @@ fn k(name: &str) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
 
-#[test]
-fn tikv_transaction_client_works_unchanged() {
+/// Three stores, the transactional key space in three regions (split at `k3` and `k6`).
+fn three_regions() -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
     let cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = rt
@@ -37,6 +39,12 @@ fn tikv_transaction_client_works_unchanged() {
         rt.block_on(ours.regions())
             .is_ok_and(|rs| rs.len() == 3 && rs.iter().all(|r| r.leader.is_some()))
     });
+    (cluster, rt, ours)
+}
+
+#[test]
+fn tikv_transaction_client_works_unchanged() {
+    let (cluster, rt, _ours) = three_regions();
     rt.block_on(async {
         let c = TransactionClient::new(vec![cluster.pd_addr.clone()])
             .await
@@ -129,4 +137,123 @@ fn tikv_transaction_client_works_unchanged() {
         assert_eq!(all, ["k1", "k2", "k4", "k5", "k7", "k8"].map(k).to_vec());
         r.rollback().await.unwrap();
     });
+}
+
+/// A transaction client that died half way, as the store sees it: requests sent straight
+/// to the leader of each key's region.
+struct DeadClient {
+    rt: tokio::runtime::Runtime,
+    ours: client::Client,
+    env: std::sync::Arc<grpcio::Environment>,
+}
+
+impl DeadClient {
+    fn leader(&self, key: &[u8]) -> (TikvClient, kvrpcpb::Context) {
+        let enc = keys::txn::encode_bytes(key);
+        let routes = self.rt.block_on(self.ours.regions()).unwrap();
+        let r = routes
+            .into_iter()
+            .find(|r| {
+                enc.as_slice() >= r.region.get_start_key()
+                    && (r.region.get_end_key().is_empty()
+                        || enc.as_slice() < r.region.get_end_key())
+            })
+            .expect("a region holds the key");
+        let leader = r.leader.expect("a leader");
+        let stores = self.rt.block_on(self.ours.stores()).unwrap();
+        let addr = stores
+            .iter()
+            .find(|(s, _)| s.get_id() == leader.get_store_id())
+            .map(|(s, _)| s.get_address().to_string())
+            .expect("the leader's store");
+        let mut ctx = kvrpcpb::Context::default();
+        ctx.region_id = r.region.get_id();
+        ctx.set_region_epoch(r.region.get_region_epoch().clone());
+        ctx.set_peer(leader);
+        (
+            TikvClient::new(ChannelBuilder::new(self.env.clone()).connect(&addr)),
+            ctx,
+        )
+    }
+
+    fn prewrite(&self, key: &[u8], value: &[u8], primary: &[u8], start_ts: u64, ttl_ms: u64) {
+        let (c, ctx) = self.leader(key);
+        let mut req = kvrpcpb::PrewriteRequest::default();
+        req.set_context(ctx);
+        let mut m = kvrpcpb::Mutation::default();
+        m.set_op(kvrpcpb::Op::Put);
+        m.set_key(key.to_vec());
+        m.set_value(value.to_vec());
+        req.mut_mutations().push(m);
+        req.set_primary_lock(primary.to_vec());
+        req.start_version = start_ts;
+        req.lock_ttl = ttl_ms;
+        let resp = c.kv_prewrite(&req).expect("prewrite sent");
+        assert!(
+            !resp.has_region_error() && resp.get_errors().is_empty(),
+            "{resp:?}"
+        );
+    }
+
+    fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> kvrpcpb::CommitResponse {
+        let (c, ctx) = self.leader(key);
+        let mut req = kvrpcpb::CommitRequest::default();
+        req.set_context(ctx);
+        req.mut_keys().push(key.to_vec());
+        req.start_version = start_ts;
+        req.commit_version = commit_ts;
+        c.kv_commit(&req).expect("commit sent")
+    }
+}
+
+/// A client that dies after its prewrite leaves its locks: a reader rolls the transaction
+/// back once the primary's TTL has passed. One that dies after committing only its
+/// primary: a reader rolls the secondaries forward and sees the whole transaction.
+#[test]
+fn readers_finish_the_transactions_of_clients_that_died() {
+    let (cluster, rt, ours) = three_regions();
+    let dead = DeadClient {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ours,
+        env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
+    };
+    let c = rt
+        .block_on(TransactionClient::new(vec![cluster.pd_addr.clone()]))
+        .expect("tikv-client connects");
+    let ts = || rt.block_on(c.current_timestamp()).unwrap().version();
+    let read = |key: &str| {
+        rt.block_on(async {
+            let mut r = c.begin_optimistic().await.unwrap();
+            let v = r.get(k(key)).await.expect("the reader resolves the lock");
+            r.rollback().await.unwrap();
+            v
+        })
+    };
+    rt.block_on(async {
+        let mut t = c.begin_optimistic().await.unwrap();
+        t.put(k("k1"), "old").await.unwrap();
+        t.put(k("k5"), "old").await.unwrap();
+        t.commit().await.unwrap();
+    });
+
+    // Died after prewrite: a 300 ms TTL, then only locks.
+    let start = ts();
+    dead.prewrite(b"k1", b"new", b"k1", start, 300);
+    dead.prewrite(b"k5", b"new", b"k1", start, 300);
+    assert_eq!(read("k5"), Some(b"old".to_vec()), "rolled back");
+    assert_eq!(read("k1"), Some(b"old".to_vec()));
+    let late = dead.commit(b"k1", start, ts());
+    assert!(
+        late.has_error(),
+        "the dead transaction cannot commit any more: {late:?}"
+    );
+
+    // Died after committing the primary only.
+    let start = ts();
+    dead.prewrite(b"k1", b"newer", b"k1", start, 60_000);
+    dead.prewrite(b"k8", b"newer", b"k1", start, 60_000);
+    let resp = dead.commit(b"k1", start, ts());
+    assert!(!resp.has_error() && !resp.has_region_error(), "{resp:?}");
+    assert_eq!(read("k8"), Some(b"newer".to_vec()), "rolled forward");
+    assert_eq!(read("k1"), Some(b"newer".to_vec()));
 }
