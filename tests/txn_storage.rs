@@ -20,8 +20,15 @@ impl Env {
         let c = Cluster::new(3);
         c.wait_voters(b"", 3, T);
         c.must_split(&keys::txn::split_boundary(b"m"));
-        wait_until("a leader for both halves", T, || {
-            c.leader_txn(b"a").is_some() && c.leader_txn(b"x").is_some()
+        wait_until("a leader for both halves, split", T, || {
+            match (c.leader_txn(b"a"), c.leader_txn(b"x")) {
+                (Some((_, a)), Some((_, x))) => {
+                    a.region_id != x.region_id
+                        && a.get_region_epoch().version > 1
+                        && x.get_region_epoch().version > 1
+                }
+                _ => false,
+            }
         });
         Env { c }
     }
@@ -37,6 +44,31 @@ impl Env {
         self.c.runtime().block_on(f)
     }
 
+    /// Runs `f` on the leader of `key`'s region, again (as a client would) while the
+    /// answer is a routing error: leaders still move after the split.
+    fn on_leader<T>(
+        &self,
+        key: &[u8],
+        f: impl Fn(&server::txn_storage::TxnStorage, &proto::kvrpcpb::Context) -> server::Result<T>,
+    ) -> server::Result<T> {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let res = match self.c.leader_txn(key) {
+                Some((s, ctx)) => f(&s, &ctx),
+                None => Err(server::Error::Raft(raftstore::Error::NotLeader {
+                    region_id: 0,
+                    leader: None,
+                })),
+            };
+            match res {
+                Err(server::Error::Raft(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                res => return res,
+            }
+        }
+    }
+
     fn prewrite(
         &self,
         key: &[u8],
@@ -44,7 +76,6 @@ impl Env {
         primary: &[u8],
         start_ts: u64,
     ) -> server::Result<()> {
-        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
         let req = PrewriteRequest {
             mutations: vec![Mutation {
                 key: key.to_vec(),
@@ -58,7 +89,7 @@ impl Env {
                 ..Default::default()
             },
         };
-        let out = self.block(s.prewrite(&ctx, req))?;
+        let out = self.on_leader(key, |s, ctx| self.block(s.prewrite(ctx, req.clone())))?;
         match out.locked.into_iter().next() {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -66,13 +97,15 @@ impl Env {
     }
 
     fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> server::Result<()> {
-        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
-        self.block(s.commit(&ctx, &[key.to_vec()], start_ts, commit_ts))
+        self.on_leader(key, |s, ctx| {
+            self.block(s.commit(ctx, &[key.to_vec()], start_ts, commit_ts))
+        })
     }
 
     fn get(&self, key: &[u8], ts: u64) -> server::Result<Option<Vec<u8>>> {
-        let (s, ctx) = self.c.leader_txn(key).expect("a leader");
-        self.block(s.get(&ctx, key, ts, &Bypass::default()))
+        self.on_leader(key, |s, ctx| {
+            self.block(s.get(ctx, key, ts, &Bypass::default()))
+        })
     }
 }
 
@@ -188,12 +221,16 @@ fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
         .collect();
     let err = e.block(sx.prewrite(&ctx_x, big)).unwrap_err();
     assert!(err.to_string().contains("raft-entry-max-size"), "{err}");
+    // A read timestamp far ahead of PD's clock would raise max_ts for good.
+    let future = txn::types::from_physical_ms(txn::types::physical_ms(e.ts()) + 10 * 3600 * 1000);
+    let err = e.get(b"x", future).unwrap_err();
+    assert!(err.to_string().contains("ahead of PD's clock"), "{err}");
     // Nothing of the refused requests was written.
     assert_eq!(e.get(b"x1", e.ts()).unwrap(), None);
     let err = e.get(b"x", e.ts()).unwrap_err();
     assert!(
         matches!(err, server::Error::Txn(txn::Error::KeyIsLocked { .. })),
-        "only the good prewrite's lock"
+        "only the good prewrite's lock: {err}"
     );
 }
 
@@ -233,4 +270,46 @@ fn an_async_commit_lands_above_every_timestamp_pd_gave_out_before_it() {
         "the earlier read stays right"
     );
     assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"v".to_vec()));
+}
+
+/// A new leader knows nothing of the reads its predecessor served: before its first
+/// async commit it raises max_ts from PD, above every timestamp handed out so far.
+#[test]
+fn a_new_leader_commits_async_above_reads_its_predecessor_served() {
+    let e = Env::new();
+    let start = e.ts();
+    let read_at = e.ts();
+    assert_eq!(e.get(b"k", read_at).unwrap(), None);
+    let (old, region) = e.c.leader_of_key(&keys::txn::encode_bytes(b"k")).unwrap();
+    let to = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| *s != old)
+        .unwrap();
+    e.c.transfer_leader(region.get_id(), to).unwrap();
+    wait_until("the new leader", T, || {
+        e.c.leader_of(region.get_id()) == Some(to)
+    });
+    let (s, ctx) = e.c.leader_txn(b"k").unwrap();
+    let req = PrewriteRequest {
+        mutations: vec![Mutation {
+            key: b"k".to_vec(),
+            op: MutationOp::Put(b"v".to_vec()),
+        }],
+        pessimistic: vec![],
+        props: TxnProps {
+            start_ts: start,
+            primary: b"k".to_vec(),
+            lock_ttl: 3000,
+            async_commit: true,
+            ..Default::default()
+        },
+    };
+    let out = e.block(s.prewrite(&ctx, req)).unwrap();
+    assert!(
+        out.min_commit_ts > read_at,
+        "{} <= {read_at}",
+        out.min_commit_ts
+    );
 }

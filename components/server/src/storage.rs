@@ -145,13 +145,33 @@ impl RawStorage {
         writes: bool,
         make: impl FnOnce(raftstore::msg::Callback<T>) -> PeerMsg,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
+        self.wait_keeping(region_id, writes, (), make).await
+    }
+
+    /// Like [`Self::wait`]; `keep` is held until the command is answered, even after the
+    /// caller stopped waiting (a command still in flight keeps its latches).
+    async fn wait_keeping<T: Send + 'static, K: Send + 'static>(
+        &self,
+        region_id: u64,
+        writes: bool,
+        keep: K,
+        make: impl FnOnce(raftstore::msg::Callback<T>) -> PeerMsg,
+    ) -> Result<T> {
+        let (tx, mut rx) = oneshot::channel();
         let cb: raftstore::msg::Callback<T> = Box::new(move |res| {
             let _ = tx.send(res);
         });
         self.router.send(region_id, make(cb))?;
         let timeout = self.limits.timeout;
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, &mut rx).await;
+        if answer.is_err() {
+            // Raftstore answers every command in the end (applied, failed or dropped).
+            tokio::spawn(async move {
+                let _ = rx.await;
+                drop(keep);
+            });
+        }
+        match answer {
             Ok(Ok(res)) => res.map_err(|e| self.with_split_regions(e).into()),
             Ok(Err(_)) if writes => Err(Error::Undetermined(
                 "the store dropped the command before answering".into(),
@@ -231,6 +251,17 @@ impl RawStorage {
         term: u64,
         requests: Vec<Request>,
     ) -> Result<CmdResponse> {
+        self.propose_keeping(ctx, term, requests, ()).await
+    }
+
+    /// Like [`Self::propose`], holding `keep` until the command is answered.
+    pub(crate) async fn propose_keeping<K: Send + 'static>(
+        &self,
+        ctx: &Context,
+        term: u64,
+        requests: Vec<Request>,
+        keep: K,
+    ) -> Result<CmdResponse> {
         let mut cmd = RaftCmdRequest::default();
         let header = cmd.mut_header();
         header.set_region_id(ctx.get_region_id());
@@ -238,8 +269,11 @@ impl RawStorage {
         header.set_region_epoch(ctx.get_region_epoch().clone());
         header.set_term(term);
         cmd.set_requests(requests.into());
-        self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Command { cmd, cb })
-            .await
+        self.wait_keeping(ctx.get_region_id(), true, keep, |cb| PeerMsg::Command {
+            cmd,
+            cb,
+        })
+        .await
     }
 
     /// Waits until the region's state may be read linearizably; returns the region and

@@ -112,6 +112,16 @@ fn error_response<R: TxnResponse>(e: Error) -> R {
     let mut resp = R::default();
     match e {
         Error::Txn(t) => resp.set_key_err(key_error(t)),
+        // Not a verdict on the transaction: the client sends the request again (every
+        // transactional command may be repeated), which settles an unknown outcome.
+        e @ (Error::Undetermined(_)
+        | Error::Raft(raftstore::Error::Undetermined(_))
+        | Error::Pd(_)) => {
+            let mut region = errorpb::Error::default();
+            region.set_message(e.to_string());
+            region.mut_stale_command();
+            resp.set_region_err(region);
+        }
         other => match other.into_wire() {
             (Some(region), _) => resp.set_region_err(region),
             (None, msg) => {

@@ -35,6 +35,12 @@ use crate::{
 const LATCH_SLOTS: usize = 1 << 16;
 /// Locks one resolve round handles before it scans again.
 const RESOLVE_BATCH: usize = 256;
+/// Most locks one ScanLock answer carries (its client asks again from the last one).
+const SCAN_LOCK_MAX: usize = 1024;
+/// How far ahead of PD's clock a request's timestamp may be. Timestamps raise `max_ts`,
+/// which never comes down: one absurd timestamp would push every later async commit
+/// past any client's bound.
+const MAX_TS_AHEAD_MS: u64 = 60 * 60 * 1000;
 
 /// Transactional operations on this store's regions.
 #[derive(Clone)]
@@ -45,6 +51,8 @@ pub struct TxnStorage {
     pd: Arc<pd_client::PdClient>,
     /// The leader term in which each region last raised `max_ts` from PD.
     synced: Arc<Mutex<HashMap<u64, u64>>>,
+    /// The latest timestamp fetched from PD, to judge requests' timestamps by.
+    pd_ts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What one command leaves for the caller: its answer, its writes, and in-memory locks
@@ -60,7 +68,29 @@ impl TxnStorage {
             cm: ConcurrencyManager::default(),
             pd,
             synced: Arc::default(),
+            pd_ts: Arc::default(),
         }
+    }
+
+    /// Refuses timestamps (other than read-latest) far ahead of PD's clock.
+    async fn admit_ts(&self, ts: &[u64]) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        use txn::types::physical_ms;
+        let Some(max) = ts.iter().copied().filter(|t| *t != u64::MAX).max() else {
+            return Ok(());
+        };
+        let ahead = |pd: u64| physical_ms(max) > physical_ms(pd).saturating_add(MAX_TS_AHEAD_MS);
+        if !ahead(self.pd_ts.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
+        let now = self.pd.get_ts().await?;
+        self.pd_ts.fetch_max(now, Ordering::Relaxed);
+        if ahead(now) {
+            return Err(Error::InvalidRequest(format!(
+                "timestamp {max} is more than an hour ahead of PD's clock ({now})"
+            )));
+        }
+        Ok(())
     }
 
     fn check_in(region: &metapb::Region, key: &[u8]) -> Result<()> {
@@ -78,17 +108,31 @@ impl TxnStorage {
         .into())
     }
 
-    /// Runs `f` over a snapshot with `keys` latched, then applies its writes.
+    /// Runs `f` over a snapshot with `keys` latched, then applies its writes; the
+    /// latches (and any in-memory locks) are held until Raft answers, even if the
+    /// client stopped waiting. `sync`: raise `max_ts` from PD first if this leader term
+    /// has not (async commit and 1PC).
     async fn run<T>(
         &self,
         ctx: &Context,
         keys: &[Vec<u8>],
+        sync: bool,
         f: impl FnOnce(&MvccReader, &metapb::Region, u64) -> Result<Outcome<T>>,
     ) -> Result<T> {
-        let _latched = self.latches.acquire(keys.iter().map(|k| &k[..])).await;
+        let bytes: usize = keys.iter().map(Vec::len).sum();
+        let limit = self.kv.limits().max_value_size;
+        if bytes as u64 > limit {
+            return Err(Error::InvalidRequest(format!(
+                "the keys come to {bytes} bytes, more than raftstore.raft-entry-max-size ({limit})"
+            )));
+        }
+        let latched = self.latches.acquire(keys.iter().map(|k| &k[..])).await;
         let ready = self.kv.read_ready(ctx).await?;
         for k in keys {
             Self::check_in(&ready.region, k)?;
+        }
+        if sync {
+            self.sync_max_ts(ready.region.get_id(), ready.term).await?;
         }
         let (out, txn, mem_locks) = {
             let snap = self.kv.engine().snapshot();
@@ -104,10 +148,14 @@ impl TxnStorage {
                 )));
             }
             self.kv
-                .propose(ctx, ready.term, to_requests(txn.into_modifies()))
+                .propose_keeping(
+                    ctx,
+                    ready.term,
+                    to_requests(txn.into_modifies()),
+                    (latched, mem_locks),
+                )
                 .await?;
         }
-        drop(mem_locks);
         Ok(out)
     }
 
@@ -119,6 +167,8 @@ impl TxnStorage {
             return Ok(());
         }
         let ts = self.pd.get_ts().await?;
+        self.pd_ts
+            .fetch_max(ts, std::sync::atomic::Ordering::Relaxed);
         self.cm.update_max_ts(ts);
         self.synced.lock().insert(region_id, term);
         Ok(())
@@ -126,6 +176,8 @@ impl TxnStorage {
 
     /// Prewrites the mutations (see `txn::commands::prewrite`).
     pub async fn prewrite(&self, ctx: &Context, req: PrewriteRequest) -> Result<PrewriteOutcome> {
+        self.admit_ts(&[req.props.start_ts, req.props.for_update_ts])
+            .await?;
         let keys: Vec<Vec<u8>> = req.mutations.iter().map(|m| m.key.clone()).collect();
         let size: usize = req
             .mutations
@@ -138,11 +190,8 @@ impl TxnStorage {
                 "the mutations come to {size} bytes, more than raftstore.raft-entry-max-size ({limit})"
             )));
         }
-        if req.props.async_commit || req.props.one_pc {
-            let ready = self.kv.read_ready(ctx).await?;
-            self.sync_max_ts(ready.region.get_id(), ready.term).await?;
-        }
-        self.run(ctx, &keys, |reader, _, _| {
+        let sync = req.props.async_commit || req.props.one_pc;
+        self.run(ctx, &keys, sync, |reader, _, _| {
             let (out, txn, guard) = commands::prewrite(reader, &self.cm, &req)?;
             Ok((out, txn, guard))
         })
@@ -157,7 +206,7 @@ impl TxnStorage {
         start_ts: u64,
         commit_ts: u64,
     ) -> Result<()> {
-        self.run(ctx, keys, |reader, _, _| {
+        self.run(ctx, keys, false, |reader, _, _| {
             Ok((
                 (),
                 commands::commit(reader, keys, start_ts, commit_ts)?,
@@ -169,7 +218,8 @@ impl TxnStorage {
 
     /// Rolls back the keys of the transaction `start_ts`.
     pub async fn rollback(&self, ctx: &Context, keys: &[Vec<u8>], start_ts: u64) -> Result<()> {
-        self.run(ctx, keys, |reader, _, _| {
+        self.admit_ts(&[start_ts]).await?;
+        self.run(ctx, keys, false, |reader, _, _| {
             Ok((
                 (),
                 commands::rollback(reader, &self.cm, keys, start_ts)?,
@@ -190,6 +240,8 @@ impl TxnStorage {
         if txns.is_empty() {
             return Err(Error::InvalidRequest("no transaction to resolve".into()));
         }
+        let starts: Vec<u64> = txns.iter().map(|(s, _)| *s).collect();
+        self.admit_ts(&starts).await?;
         if !keys.is_empty() {
             return self.resolve_keys(ctx, txns, keys).await;
         }
@@ -222,7 +274,7 @@ impl TxnStorage {
         txns: &[(u64, u64)],
         keys: &[Vec<u8>],
     ) -> Result<()> {
-        self.run(ctx, keys, |reader, _, _| {
+        self.run(ctx, keys, false, |reader, _, _| {
             let mut locks = vec![];
             for k in keys {
                 if let Some(l) = reader.load_lock(k)? {
@@ -248,8 +300,9 @@ impl TxnStorage {
         current_ts: u64,
     ) -> Result<()> {
         check_ts("start_version", start_ts)?;
+        self.admit_ts(&[start_ts]).await?;
         self.cm.update_max_ts(start_ts);
-        self.run(ctx, &[key.to_vec()], |reader, _, _| {
+        self.run(ctx, &[key.to_vec()], false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             actions::cleanup(&mut txn, reader, key, start_ts, current_ts)?;
             Ok(((), txn, None))
@@ -260,10 +313,11 @@ impl TxnStorage {
     /// The state of a transaction by its primary key (see `txn::actions::check_txn_status`).
     pub async fn check_txn_status(&self, ctx: &Context, c: CheckTxnStatus) -> Result<TxnStatus> {
         check_ts("lock_ts", c.lock_ts)?;
+        self.admit_ts(&[c.lock_ts, c.caller_start_ts]).await?;
         // No async-commit or 1PC transaction may land at or below what this decides.
         self.cm.update_max_ts(c.lock_ts);
         self.cm.update_max_ts(c.caller_start_ts);
-        self.run(ctx, &[c.primary.clone()], |reader, _, _| {
+        self.run(ctx, &[c.primary.clone()], false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             let st = actions::check_txn_status(&mut txn, reader, &c)?;
             Ok((st, txn, None))
@@ -279,8 +333,9 @@ impl TxnStorage {
         start_ts: u64,
     ) -> Result<Vec<SecondaryStatus>> {
         check_ts("start_version", start_ts)?;
+        self.admit_ts(&[start_ts]).await?;
         self.cm.update_max_ts(start_ts);
-        self.run(ctx, keys, |reader, _, _| {
+        self.run(ctx, keys, false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
@@ -302,7 +357,7 @@ impl TxnStorage {
         advise_ttl: u64,
     ) -> Result<u64> {
         check_ts("start_version", start_ts)?;
-        self.run(ctx, &[primary.to_vec()], |reader, _, _| {
+        self.run(ctx, &[primary.to_vec()], false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             let ttl = actions::heartbeat(&mut txn, reader, primary, start_ts, advise_ttl)?;
             Ok((ttl, txn, None))
@@ -328,7 +383,9 @@ impl TxnStorage {
             }
         }
         check_distinct(&keys)?;
-        self.run(ctx, &keys, |reader, _, _| {
+        let ts: Vec<u64> = locks.iter().map(|l| l.for_update_ts).collect();
+        self.admit_ts(&ts).await?;
+        self.run(ctx, &keys, false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             let mut values = Vec::with_capacity(locks.len());
             for l in locks {
@@ -352,7 +409,7 @@ impl TxnStorage {
         check_ts("start_version", start_ts)?;
         check_ts("for_update_ts", for_update_ts)?;
         check_distinct(keys)?;
-        self.run(ctx, keys, |reader, _, _| {
+        self.run(ctx, keys, false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             for k in keys {
                 actions::pessimistic_rollback(&mut txn, reader, k, start_ts, for_update_ts)?;
@@ -377,9 +434,19 @@ impl TxnStorage {
         if lower >= upper {
             return Ok(vec![]);
         }
+        let limit = if limit == 0 {
+            SCAN_LOCK_MAX
+        } else {
+            limit.min(SCAN_LOCK_MAX)
+        };
         let snap = self.kv.engine().snapshot();
         let keep = |l: &Lock| l.start_ts <= max_version;
-        Ok(MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?)
+        let locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?;
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        for (k, l) in &locks {
+            budget.take(k, &l.short_value)?;
+        }
+        Ok(locks)
     }
 
     /// The values of `keys` a snapshot read at `ts` sees (absent keys left out), each
@@ -391,19 +458,23 @@ impl TxnStorage {
         ts: u64,
         bypass: &Bypass,
     ) -> Result<Vec<(Vec<u8>, txn::Result<Vec<u8>>)>> {
+        self.admit_ts(&[ts]).await?;
         let ready = self.kv.read_ready(ctx).await?;
         for k in keys {
             Self::check_in(&ready.region, k)?;
         }
+        // Memory locks are checked (and max_ts raised) before the snapshot is taken: a
+        // lock applied after the snapshot must have been met here.
+        let in_memory: Vec<txn::Result<()>> = keys
+            .iter()
+            .map(|k| self.cm.read_key(k, ts, bypass))
+            .collect();
         let snap = self.kv.engine().snapshot();
         let reader = MvccReader::new(&snap);
         let mut budget = ResponseBudget::new(self.kv.max_response_size());
         let mut out = vec![];
-        for k in keys {
-            let got = self
-                .cm
-                .read_key(k, ts, bypass)
-                .and_then(|()| reader.get(k, ts, bypass));
+        for (k, mem) in keys.iter().zip(in_memory) {
+            let got = mem.and_then(|()| reader.get(k, ts, bypass));
             match got {
                 Ok(None) => {}
                 Ok(Some(v)) => {
@@ -425,6 +496,7 @@ impl TxnStorage {
         ts: u64,
         bypass: &Bypass,
     ) -> Result<Option<Vec<u8>>> {
+        self.admit_ts(&[ts]).await?;
         let ready = self.kv.read_ready(ctx).await?;
         Self::check_in(&ready.region, key)?;
         self.cm.read_key(key, ts, bypass)?;
@@ -450,6 +522,7 @@ impl TxnStorage {
         if limit == 0 {
             return Ok(vec![]);
         }
+        self.admit_ts(&[ts]).await?;
         let ready = self.kv.read_ready(ctx).await?;
         let (lower, upper) = clip(&ready.region, start, end);
         let in_range = |k: &[u8]| {

@@ -263,11 +263,13 @@ pub fn resolve_locks(
         }
         cm.update_max_ts(start_ts);
     }
+    let fate: std::collections::HashMap<u64, u64> = txns.iter().copied().collect();
     let mut txn = MvccTxn::new();
     for (key, lock) in locks {
-        let Some(&(start_ts, commit_ts)) = txns.iter().find(|(s, _)| *s == lock.start_ts) else {
+        let Some(&commit_ts) = fate.get(&lock.start_ts) else {
             continue;
         };
+        let start_ts = lock.start_ts;
         if commit_ts == 0 {
             actions::rollback(&mut txn, reader, key, start_ts, false)?;
         } else if lock.kind == crate::types::Kind::PESSIMISTIC {
