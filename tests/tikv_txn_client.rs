@@ -176,19 +176,43 @@ impl DeadClient {
         )
     }
 
+    /// Sends a request built by `call` to the leader of `key`'s region, again while the
+    /// answer is a routing error (PD learns of new leaders a heartbeat late).
+    fn send<R>(
+        &self,
+        key: &[u8],
+        call: impl Fn(&TikvClient, kvrpcpb::Context) -> R,
+        region_error: impl Fn(&R) -> bool,
+    ) -> R {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let (c, ctx) = self.leader(key);
+            let resp = call(&c, ctx);
+            if !region_error(&resp) || std::time::Instant::now() > deadline {
+                return resp;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn prewrite(&self, key: &[u8], value: &[u8], primary: &[u8], start_ts: u64, ttl_ms: u64) {
-        let (c, ctx) = self.leader(key);
-        let mut req = kvrpcpb::PrewriteRequest::default();
-        req.set_context(ctx);
-        let mut m = kvrpcpb::Mutation::default();
-        m.set_op(kvrpcpb::Op::Put);
-        m.set_key(key.to_vec());
-        m.set_value(value.to_vec());
-        req.mut_mutations().push(m);
-        req.set_primary_lock(primary.to_vec());
-        req.start_version = start_ts;
-        req.lock_ttl = ttl_ms;
-        let resp = c.kv_prewrite(&req).expect("prewrite sent");
+        let resp = self.send(
+            key,
+            |c, ctx| {
+                let mut req = kvrpcpb::PrewriteRequest::default();
+                req.set_context(ctx);
+                let mut m = kvrpcpb::Mutation::default();
+                m.set_op(kvrpcpb::Op::Put);
+                m.set_key(key.to_vec());
+                m.set_value(value.to_vec());
+                req.mut_mutations().push(m);
+                req.set_primary_lock(primary.to_vec());
+                req.start_version = start_ts;
+                req.lock_ttl = ttl_ms;
+                c.kv_prewrite(&req).expect("prewrite sent")
+            },
+            |r| r.has_region_error(),
+        );
         assert!(
             !resp.has_region_error() && resp.get_errors().is_empty(),
             "{resp:?}"
@@ -196,13 +220,18 @@ impl DeadClient {
     }
 
     fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> kvrpcpb::CommitResponse {
-        let (c, ctx) = self.leader(key);
-        let mut req = kvrpcpb::CommitRequest::default();
-        req.set_context(ctx);
-        req.mut_keys().push(key.to_vec());
-        req.start_version = start_ts;
-        req.commit_version = commit_ts;
-        c.kv_commit(&req).expect("commit sent")
+        self.send(
+            key,
+            |c, ctx| {
+                let mut req = kvrpcpb::CommitRequest::default();
+                req.set_context(ctx);
+                req.mut_keys().push(key.to_vec());
+                req.start_version = start_ts;
+                req.commit_version = commit_ts;
+                c.kv_commit(&req).expect("commit sent")
+            },
+            |r| r.has_region_error(),
+        )
     }
 }
 

@@ -69,6 +69,24 @@ impl Env {
         }
     }
 
+    /// Prewrites `key` alone with `props` through the leader.
+    fn prewrite_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        props: TxnProps,
+    ) -> server::Result<txn::commands::PrewriteOutcome> {
+        let req = PrewriteRequest {
+            mutations: vec![Mutation {
+                key: key.to_vec(),
+                op: MutationOp::Put(value.to_vec()),
+            }],
+            pessimistic: vec![],
+            props,
+        };
+        self.on_leader(key, |s, ctx| self.block(s.prewrite(ctx, req.clone())))
+    }
+
     fn prewrite(
         &self,
         key: &[u8],
@@ -76,24 +94,31 @@ impl Env {
         primary: &[u8],
         start_ts: u64,
     ) -> server::Result<()> {
-        let req = PrewriteRequest {
-            mutations: vec![Mutation {
-                key: key.to_vec(),
-                op: MutationOp::Put(value.to_vec()),
-            }],
-            pessimistic: vec![],
-            props: TxnProps {
-                start_ts,
-                primary: primary.to_vec(),
-                lock_ttl: 3000,
-                ..Default::default()
-            },
+        let props = TxnProps {
+            start_ts,
+            primary: primary.to_vec(),
+            lock_ttl: 3000,
+            ..Default::default()
         };
-        let out = self.on_leader(key, |s, ctx| self.block(s.prewrite(ctx, req.clone())))?;
+        let out = self.prewrite_with(key, value, props)?;
         match out.locked.into_iter().next() {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// An async-commit prewrite of `key` (its own primary) to `v`.
+    fn prewrite_async(&self, key: &[u8], start_ts: u64) -> txn::commands::PrewriteOutcome {
+        let props = TxnProps {
+            start_ts,
+            primary: key.to_vec(),
+            lock_ttl: 3000,
+            async_commit: true,
+            ..Default::default()
+        };
+        let out = self.prewrite_with(key, b"v", props).expect("prewrite");
+        assert!(out.locked.is_empty(), "no lock met");
+        out
     }
 
     fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> server::Result<()> {
@@ -241,23 +266,7 @@ fn an_async_commit_lands_above_every_timestamp_pd_gave_out_before_it() {
     let read_at = e.ts();
     // A read at `read_at` on the key's leader raises its max_ts.
     assert_eq!(e.get(b"k", read_at).unwrap(), None);
-    let (s, ctx) = e.c.leader_txn(b"k").unwrap();
-    let req = PrewriteRequest {
-        mutations: vec![Mutation {
-            key: b"k".to_vec(),
-            op: MutationOp::Put(b"v".to_vec()),
-        }],
-        pessimistic: vec![],
-        props: TxnProps {
-            start_ts: start,
-            primary: b"k".to_vec(),
-            lock_ttl: 3000,
-            async_commit: true,
-            ..Default::default()
-        },
-    };
-    let out = e.block(s.prewrite(&ctx, req)).unwrap();
-    assert!(out.locked.is_empty());
+    let out = e.prewrite_async(b"k", start);
     assert!(
         out.min_commit_ts > read_at,
         "{} <= {read_at}",
@@ -291,22 +300,7 @@ fn a_new_leader_commits_async_above_reads_its_predecessor_served() {
     wait_until("the new leader", T, || {
         e.c.leader_of(region.get_id()) == Some(to)
     });
-    let (s, ctx) = e.c.leader_txn(b"k").unwrap();
-    let req = PrewriteRequest {
-        mutations: vec![Mutation {
-            key: b"k".to_vec(),
-            op: MutationOp::Put(b"v".to_vec()),
-        }],
-        pessimistic: vec![],
-        props: TxnProps {
-            start_ts: start,
-            primary: b"k".to_vec(),
-            lock_ttl: 3000,
-            async_commit: true,
-            ..Default::default()
-        },
-    };
-    let out = e.block(s.prewrite(&ctx, req)).unwrap();
+    let out = e.prewrite_async(b"k", start);
     assert!(
         out.min_commit_ts > read_at,
         "{} <= {read_at}",
