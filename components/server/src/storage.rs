@@ -90,7 +90,7 @@ fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn cf_name(cf: Cf) -> String {
+pub(crate) fn cf_name(cf: Cf) -> String {
     cf.name().to_string()
 }
 

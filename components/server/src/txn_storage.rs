@@ -9,7 +9,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use engine::Cf;
 use parking_lot::Mutex;
 use proto::{
     kvrpcpb::Context,
@@ -18,7 +17,7 @@ use proto::{
 };
 use txn::{
     actions::{self, CheckTxnStatus, PessimisticLock, SecondaryStatus, TxnStatus},
-    commands::{self, PrewriteOutcome, PrewriteRequest},
+    commands::{self, check_distinct, check_ts, PrewriteOutcome, PrewriteRequest},
     concurrency::{ConcurrencyManager, MemLockGuard},
     latch::Latches,
     reader::Bypass,
@@ -27,7 +26,7 @@ use txn::{
 };
 
 use crate::{
-    storage::{RawStorage, ResponseBudget},
+    storage::{cf_name, RawStorage, ResponseBudget},
     Error, Result,
 };
 
@@ -182,7 +181,7 @@ impl TxnStorage {
         let size: usize = req
             .mutations
             .iter()
-            .map(|m| m.key.len() + mutation_value_len(m))
+            .map(|m| m.key.len() + m.value().map_or(0, <[u8]>::len))
             .sum();
         let limit = self.kv.limits().max_value_size;
         if size as u64 > limit {
@@ -382,7 +381,7 @@ impl TxnStorage {
                 ));
             }
         }
-        check_distinct(&keys)?;
+        check_distinct(keys.iter().map(|k| &k[..]))?;
         let ts: Vec<u64> = locks.iter().map(|l| l.for_update_ts).collect();
         self.admit_ts(&ts).await?;
         self.run(ctx, &keys, false, |reader, _, _| {
@@ -408,7 +407,7 @@ impl TxnStorage {
     ) -> Result<()> {
         check_ts("start_version", start_ts)?;
         check_ts("for_update_ts", for_update_ts)?;
-        check_distinct(keys)?;
+        check_distinct(keys.iter().map(|k| &k[..]))?;
         self.run(ctx, keys, false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             for k in keys {
@@ -574,37 +573,12 @@ fn clip(region: &metapb::Region, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>)
     (lower, upper)
 }
 
-fn check_ts(name: &str, ts: u64) -> Result<()> {
-    if ts == 0 {
-        return Err(Error::InvalidRequest(format!("{name} must not be 0")));
-    }
-    Ok(())
-}
-
-fn check_distinct(keys: &[Vec<u8>]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    match keys.iter().find(|k| !seen.insert(*k)) {
-        Some(k) => Err(Error::InvalidRequest(format!(
-            "key {:?} is given twice",
-            String::from_utf8_lossy(k)
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// The lock-CF key range of a region (its boundaries are encoded keys).
 fn region_bounds(region: &metapb::Region) -> (Vec<u8>, Vec<u8>) {
     (
         keys::data_key(region.get_start_key()),
         keys::data_end_key(region.get_end_key()),
     )
-}
-
-fn mutation_value_len(m: &txn::Mutation) -> usize {
-    match &m.op {
-        txn::MutationOp::Put(v) | txn::MutationOp::Insert(v) => v.len(),
-        _ => 0,
-    }
 }
 
 /// A command's writes as Raft requests (keys without the data prefix, as the apply
@@ -637,8 +611,4 @@ fn to_requests(modifies: Vec<Modify>) -> Vec<Request> {
             r
         })
         .collect()
-}
-
-fn cf_name(cf: Cf) -> String {
-    cf.name().to_string()
 }

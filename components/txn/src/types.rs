@@ -76,13 +76,22 @@ pub struct Mutation {
 }
 
 impl Mutation {
+    /// The value it writes, if any.
+    pub fn value(&self) -> Option<&[u8]> {
+        match &self.op {
+            MutationOp::Put(v) | MutationOp::Insert(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The kind of lock the mutation leaves, and its value.
     pub(crate) fn lock_kind(&self) -> (Kind, Option<&[u8]>) {
-        match &self.op {
-            MutationOp::Put(v) | MutationOp::Insert(v) => (Kind::PUT, Some(v)),
-            MutationOp::Delete => (Kind::DELETE, None),
-            MutationOp::Lock | MutationOp::CheckNotExists => (Kind::LOCK, None),
-        }
+        let kind = match &self.op {
+            MutationOp::Put(_) | MutationOp::Insert(_) => Kind::PUT,
+            MutationOp::Delete => Kind::DELETE,
+            MutationOp::Lock | MutationOp::CheckNotExists => Kind::LOCK,
+        };
+        (kind, self.value())
     }
 }
 

@@ -38,32 +38,35 @@ fn invalid<T>(why: impl Into<String>) -> Result<T> {
     Err(Error::InvalidRequest(why.into()))
 }
 
-fn check_ts(name: &str, ts: u64) -> Result<()> {
+/// Refuses a timestamp of 0 where one is required, naming the field.
+pub fn check_ts(name: &str, ts: u64) -> Result<()> {
     if ts == 0 {
         return invalid(format!("{name} must not be 0"));
     }
     Ok(())
 }
 
-fn check_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+/// Refuses a key given twice in one request.
+pub fn check_distinct<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
     let mut seen = HashSet::new();
-    let mut any = false;
-    for k in keys {
-        any = true;
-        if k.is_empty() {
-            return invalid("a key must not be empty");
-        }
-        if !seen.insert(k) {
-            return invalid(format!(
-                "key {:?} is given twice",
-                String::from_utf8_lossy(k)
-            ));
-        }
+    match keys.into_iter().find(|k| !seen.insert(*k)) {
+        Some(k) => invalid(format!(
+            "key {:?} is given twice",
+            String::from_utf8_lossy(k)
+        )),
+        None => Ok(()),
     }
-    if !any {
+}
+
+fn check_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]> + Clone) -> Result<()> {
+    let mut all = keys.clone().into_iter().peekable();
+    if all.peek().is_none() {
         return invalid("no keys given");
     }
-    Ok(())
+    if all.any(|k| k.is_empty()) {
+        return invalid("a key must not be empty");
+    }
+    check_distinct(keys)
 }
 
 impl PrewriteRequest {
