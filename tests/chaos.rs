@@ -197,12 +197,15 @@ fn reordering_links(net: &Network, seed: u64) -> bool {
 /// Asks the leader of `r` to hand over to a voter on another store than `avoid`; true
 /// if the leadership got there.
 fn transfer_somewhere(c: &RwLock<Cluster>, r: &metapb::Region, avoid: u64) -> bool {
-    let leader = c.read().leader_of(r.get_id());
+    // Without a known leader, an election could pass for a transfer.
+    let Some(leader) = c.read().leader_of(r.get_id()) else {
+        return false;
+    };
     let Some(to) = r
         .get_peers()
         .iter()
         .map(|p| p.get_store_id())
-        .find(|s| Some(*s) != leader && *s != avoid)
+        .find(|s| *s != leader && *s != avoid)
     else {
         return false;
     };
@@ -222,6 +225,9 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
     for round in 0..NEMESIS_ROUNDS {
         let store = stores[rng.gen_range(0..stores.len())];
         let some_key = key(rng.gen_range(0..KEYS));
+        // Draws that depend on how a round went come from the round's own generator, so
+        // that a seed replays the same rounds.
+        let mut round_rng = StdRng::seed_from_u64(rng.gen());
         let region = c.read().leader_of_key(&some_key).map(|(_, r)| r);
         match round % KINDS {
             0 => {
@@ -236,7 +242,7 @@ fn nemesis(c: &RwLock<Cluster>, stop: &AtomicBool) -> Effective {
                     let k = if attempt == 0 {
                         some_key.clone()
                     } else {
-                        key(rng.gen_range(0..KEYS))
+                        key(round_rng.gen_range(0..KEYS))
                     };
                     let Some((_, r)) = c.read().leader_of_key(&k) else {
                         continue;

@@ -211,7 +211,7 @@ impl DeadClient {
                 req.lock_ttl = ttl_ms;
                 c.kv_prewrite(&req).expect("prewrite sent")
             },
-            |r| r.has_region_error(),
+            |r| routing(r.get_region_error()),
         );
         assert!(
             !resp.has_region_error() && resp.get_errors().is_empty(),
@@ -230,9 +230,14 @@ impl DeadClient {
                 req.commit_version = commit_ts;
                 c.kv_commit(&req).expect("commit sent")
             },
-            |r| r.has_region_error(),
+            |r| routing(r.get_region_error()),
         )
     }
+}
+
+/// Whether a region error only says "ask elsewhere": the one a client sends again for.
+fn routing(e: &proto::errorpb::Error) -> bool {
+    e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found()
 }
 
 /// A client that dies after its prewrite leaves its locks: a reader rolls the transaction

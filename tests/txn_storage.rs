@@ -61,7 +61,12 @@ impl Env {
                 })),
             };
             match res {
-                Err(server::Error::Raft(_)) if std::time::Instant::now() < deadline => {
+                Err(server::Error::Raft(
+                    raftstore::Error::NotLeader { .. }
+                    | raftstore::Error::EpochNotMatch { .. }
+                    | raftstore::Error::RegionNotFound(_)
+                    | raftstore::Error::StaleCommand(_),
+                )) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 res => return res,
@@ -263,6 +268,9 @@ fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
 fn an_async_commit_lands_above_every_timestamp_pd_gave_out_before_it() {
     let e = Env::new();
     let start = e.ts();
+    // The leader's first async commit of the term raises max_ts from PD; have it done,
+    // so that only the read below can lift the next one above `read_at`.
+    e.prewrite_async(b"j", e.ts());
     let read_at = e.ts();
     // A read at `read_at` on the key's leader raises its max_ts.
     assert_eq!(e.get(b"k", read_at).unwrap(), None);
@@ -301,6 +309,11 @@ fn a_new_leader_commits_async_above_reads_its_predecessor_served() {
         e.c.leader_of(region.get_id()) == Some(to)
     });
     let out = e.prewrite_async(b"k", start);
+    assert_eq!(
+        e.c.leader_of(region.get_id()),
+        Some(to),
+        "the new leader served it"
+    );
     assert!(
         out.min_commit_ts > read_at,
         "{} <= {read_at}",

@@ -148,8 +148,9 @@ impl RawStorage {
         self.wait_keeping(region_id, writes, (), make).await
     }
 
-    /// Like [`Self::wait`]; `keep` is held until the command is answered, even after the
-    /// caller stopped waiting (a command still in flight keeps its latches).
+    /// Like [`Self::wait`]; `keep` is held until the command is answered (it goes with
+    /// the callback), even after the caller stopped waiting: a command still in flight
+    /// keeps its latches.
     async fn wait_keeping<T: Send + 'static, K: Send + 'static>(
         &self,
         region_id: u64,
@@ -157,21 +158,14 @@ impl RawStorage {
         keep: K,
         make: impl FnOnce(raftstore::msg::Callback<T>) -> PeerMsg,
     ) -> Result<T> {
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let cb: raftstore::msg::Callback<T> = Box::new(move |res| {
             let _ = tx.send(res);
+            drop(keep);
         });
         self.router.send(region_id, make(cb))?;
         let timeout = self.limits.timeout;
-        let answer = tokio::time::timeout(timeout, &mut rx).await;
-        if answer.is_err() {
-            // Raftstore answers every command in the end (applied, failed or dropped).
-            tokio::spawn(async move {
-                let _ = rx.await;
-                drop(keep);
-            });
-        }
-        match answer {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(res)) => res.map_err(|e| self.with_split_regions(e).into()),
             Ok(Err(_)) if writes => Err(Error::Undetermined(
                 "the store dropped the command before answering".into(),

@@ -125,7 +125,12 @@ impl TxnStorage {
                 "the keys come to {bytes} bytes, more than raftstore.raft-entry-max-size ({limit})"
             )));
         }
-        let latched = self.latches.acquire(keys.iter().map(|k| &k[..])).await;
+        // Bounded: a command stuck in Raft holds its latches until Raft answers it.
+        let timeout = self.kv.limits().timeout;
+        let latched =
+            tokio::time::timeout(timeout, self.latches.acquire(keys.iter().map(|k| &k[..])))
+                .await
+                .map_err(|_| Error::Timeout(timeout))?;
         let ready = self.kv.read_ready(ctx).await?;
         for k in keys {
             Self::check_in(&ready.region, k)?;
@@ -440,11 +445,14 @@ impl TxnStorage {
         };
         let snap = self.kv.engine().snapshot();
         let keep = |l: &Lock| l.start_ts <= max_version;
-        let locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?;
+        let mut locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?;
+        // What fits in the answer (at least one lock); the client goes on from the last.
         let mut budget = ResponseBudget::new(self.kv.max_response_size());
-        for (k, l) in &locks {
-            budget.take(k, &l.short_value)?;
-        }
+        let fits = locks
+            .iter()
+            .position(|(k, l)| budget.take(k, &l.short_value).is_err())
+            .map_or(locks.len(), |over| over.max(1));
+        locks.truncate(fits);
         Ok(locks)
     }
 
