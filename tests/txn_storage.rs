@@ -14,12 +14,12 @@ struct Env {
 }
 
 impl Env {
-    /// Three stores, the transactional key space split at `m` (as the encoded boundary
-    /// TiKV's clients expect).
+    /// Three stores, the key space split at the plain bytes `m` (transactional key `m`,
+    /// encoded, sorts after them).
     fn new() -> Env {
         let c = Cluster::new(3);
         c.wait_voters(b"", 3, T);
-        c.must_split(&keys::txn::split_boundary(b"m"));
+        c.must_split(b"m");
         wait_until("a leader for both halves, split", T, || {
             match (c.leader_txn(b"a"), c.leader_txn(b"x")) {
                 (Some((_, a)), Some((_, x))) => {

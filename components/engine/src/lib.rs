@@ -18,7 +18,7 @@ mod stats;
 mod write_batch;
 
 pub use cf::Cf;
-pub use db::{Engine, Snapshot, WeakEngine};
+pub use db::{Engine, Pair, Snapshot, WeakEngine};
 pub use error::{Error, Result};
 pub use options::EngineOptions;
 pub use sst::{file_checksum, SstMeta};

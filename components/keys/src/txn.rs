@@ -1,10 +1,12 @@
 //! Transactional (MVCC) keys, laid out as TiKV lays them out.
 //!
-//! A transactional user key is stored memcomparable-encoded ([`encode_bytes`]): TiKV's
-//! transactional clients route by the encoded key and decode the region boundaries PD
-//! gives them, so every region boundary must be a valid encoding (or empty), and the
-//! store compares a transactional key with its region's range in encoded form. Raw keys
-//! are stored as they are, in another column family; a region's range covers both.
+//! A transactional user key is stored memcomparable-encoded ([`encode_bytes`]); raw keys
+//! are stored as they are, in another column family, and one region's range covers
+//! both. Region boundaries are plain bytes, compared with raw keys and with encoded
+//! transactional keys alike. TiKV's transactional clients route by the encoded key and
+//! decode the boundaries PD gives them, so PD shows them a region's boundaries rounded up
+//! to encodings ([`ceil_encoded`]): exactly the transactional keys the region holds. A
+//! boundary never falls between the versions of one key ([`split_point`]).
 //!
 //! - lock CF: `z + enc(key)` -> lock;
 //! - write CF: `z + enc(key) + !commit_ts` -> commit record (newest version first);
@@ -62,19 +64,78 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<(Vec<u8>, usize)> {
     }
 }
 
-/// Whether `boundary` may be a region boundary: empty, or exactly one encoded key.
-pub fn is_encoded_boundary(boundary: &[u8]) -> bool {
-    boundary.is_empty() || decode_bytes(boundary).is_ok_and(|(_, n)| n == boundary.len())
+/// Where a region may be cut at or just before `key` without separating the versions
+/// of one transactional key: `key` itself, or, if `key` extends a complete encoding
+/// (as every versioned key does), that encoding.
+pub fn split_point(key: &[u8]) -> &[u8] {
+    match decode_bytes(key) {
+        Ok((_, n)) if n < key.len() => &key[..n],
+        _ => key,
+    }
 }
 
-/// The region boundary for a split wanted at `key`: its encoding, which sorts after
-/// `key` itself and every raw key that is `key` followed by zero bytes only.
-pub fn split_boundary(key: &[u8]) -> Vec<u8> {
-    if is_encoded_boundary(key) {
-        key.to_vec()
-    } else {
-        encode_bytes(key)
+/// The smallest encoding that sorts at or after `bound`. A region `[start, end)` holds
+/// exactly the transactional keys whose encodings are in
+/// `[ceil_encoded(start), ceil_encoded(end))`: that is the range a transactional client,
+/// which decodes region boundaries, is shown. (`end` empty means unbounded.)
+pub fn ceil_encoded(bound: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bound.len() + 2 * (GROUP + 1));
+    let mut at = 0;
+    loop {
+        let rest = &bound[at..];
+        let mut data = [0u8; GROUP];
+        if rest.len() <= GROUP {
+            // `bound` ends inside this group: it is a prefix of the smallest group
+            // starting with its bytes.
+            data[..rest.len()].copy_from_slice(rest);
+            close_group(&mut out, data);
+            return out;
+        }
+        data.copy_from_slice(&rest[..GROUP]);
+        let marker = rest[GROUP];
+        let zeros = data.iter().rev().take_while(|b| **b == 0).count();
+        let lowest_final = MARKER - zeros as u8;
+        if marker == MARKER {
+            out.extend_from_slice(&rest[..=GROUP]);
+            at += GROUP + 1;
+        } else if zeros > 0 && marker >= lowest_final {
+            // A complete encoding: `bound` itself, or, if more bytes follow, the
+            // encoding after it (one byte of padding less).
+            out.extend_from_slice(&data);
+            if rest.len() == GROUP + 1 {
+                out.push(marker);
+            } else if marker + 1 < MARKER {
+                out.push(marker + 1);
+            } else {
+                out.push(MARKER);
+                close_group(&mut out, [0; GROUP]);
+            }
+            return out;
+        } else {
+            // No encoding has this group's bytes with this marker; every valid marker
+            // for them is higher.
+            close_group(&mut out, data);
+            return out;
+        }
     }
+}
+
+/// Appends the smallest final group (or full group plus empty final group) holding `data`.
+fn close_group(out: &mut Vec<u8>, data: [u8; GROUP]) {
+    out.extend_from_slice(&data);
+    let zeros = data.iter().rev().take_while(|b| **b == 0).count();
+    if zeros == 0 {
+        out.push(MARKER);
+        out.extend_from_slice(&[0; GROUP]);
+        out.push(MARKER - GROUP as u8);
+    } else {
+        out.push(MARKER - zeros as u8);
+    }
+}
+
+/// Whether `bytes` is exactly one encoded key.
+pub fn is_encoded(bytes: &[u8]) -> bool {
+    decode_bytes(bytes).is_ok_and(|(_, n)| n == bytes.len())
 }
 
 /// The lock CF key of a transactional user key.
@@ -153,19 +214,28 @@ mod tests {
         ] {
             assert!(decode_bytes(bad).is_err(), "{bad:?}");
         }
-        assert!(!is_encoded_boundary(b"h"));
-        assert!(is_encoded_boundary(b""));
-        assert!(is_encoded_boundary(&encode_bytes(b"h")));
-        assert!(!is_encoded_boundary(
-            &[encode_bytes(b"h"), vec![1]].concat()
-        ));
+        assert!(!is_encoded(b"h"));
+        assert!(is_encoded(&encode_bytes(b"h")));
+        assert!(!is_encoded(&[encode_bytes(b"h"), vec![1]].concat()));
     }
 
     #[test]
-    fn a_split_boundary_sorts_just_after_its_key() {
-        let b = split_boundary(b"h");
-        assert!(b"h".as_slice() < b.as_slice() && b.as_slice() < b"h\x01".as_slice());
-        assert_eq!(split_boundary(&b), b, "an encoded boundary stays as it is");
+    fn a_split_point_never_falls_between_versions() {
+        let k = lock_key(b"k");
+        let enc = &k[1..];
+        assert_eq!(split_point(&write_key(b"k", 7)[1..]), enc);
+        assert_eq!(split_point(enc), enc);
+        assert_eq!(split_point(b"plain raw key"), b"plain raw key");
+    }
+
+    #[test]
+    fn ceil_encoded_rounds_up_to_an_encoding() {
+        assert_eq!(ceil_encoded(b""), encode_bytes(b""));
+        assert_eq!(ceil_encoded(b"h"), encode_bytes(b"h"));
+        assert_eq!(ceil_encoded(&encode_bytes(b"h")), encode_bytes(b"h"));
+        // Past "12345678" + 0x00 there is no room below the full group's marker.
+        assert_eq!(ceil_encoded(b"12345678\x00"), encode_bytes(b"12345678"));
+        assert_eq!(ceil_encoded(b"12345678a"), encode_bytes(b"12345678"));
     }
 
     #[test]
@@ -189,7 +259,26 @@ mod tests {
             let (ea, eb) = (encode_bytes(&a), encode_bytes(&b));
             prop_assert_eq!(decode_bytes(&ea).unwrap(), (a.clone(), ea.len()));
             prop_assert_eq!(a.cmp(&b), ea.cmp(&eb));
-            prop_assert!(is_encoded_boundary(&ea));
+            prop_assert!(is_encoded(&ea));
         }
+
+        #[test]
+        fn ceil_encoded_is_the_least_encoding_at_or_after(
+            bound in proptest::collection::vec(edge_byte(), 0..30),
+            keys in proptest::collection::vec(proptest::collection::vec(edge_byte(), 0..20), 1..40),
+        ) {
+            let ceil = ceil_encoded(&bound);
+            prop_assert!(is_encoded(&ceil), "{:?} -> {:?}", bound, ceil);
+            prop_assert!(ceil >= bound);
+            for k in keys {
+                let e = encode_bytes(&k);
+                prop_assert_eq!(e >= bound, e >= ceil, "{:?} {:?} {:?}", bound, ceil, e);
+            }
+        }
+    }
+
+    /// Bytes that matter to the encoding: zero padding, markers, and ordinary data.
+    fn edge_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(0u8), 0xf6u8..=0xff, Just(b'a'), Just(b'b')]
     }
 }

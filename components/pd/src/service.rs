@@ -64,6 +64,19 @@ with_header!(
 );
 
 impl PdService {
+    /// The region before the one holding `key`, as [`view_for`] shows it to whoever asks
+    /// with `key`: regions holding no transactional key are skipped for such a client.
+    fn prev_in_view(&self, key: &[u8]) -> Option<RegionInfo> {
+        let mut at = key.to_vec();
+        loop {
+            let prev = self.core.prev_region(&at)?;
+            at = prev.region.get_start_key().to_vec();
+            if let Some(view) = view_for(key, prev) {
+                return Some(view);
+            }
+        }
+    }
+
     /// Builds the response from `res` (a filled response, or the error for its header)
     /// and sends it.
     fn reply<R: WithHeader + Send + 'static>(
@@ -121,6 +134,29 @@ fn region_response(info: Option<RegionInfo>, what: String) -> Result<pdpb::GetRe
     resp.set_down_peers(info.down_peers.into());
     resp.set_pending_peers(info.pending_peers.into());
     Ok(resp)
+}
+
+/// The region as a transactional client must see it, if `key` is how such a client
+/// asks (an encoded key; see `keys::txn`): its boundaries rounded up to encodings, so
+/// that they decode and cover exactly the transactional keys it holds. `None` when it
+/// holds none. A raw key that happens to be an encoding gets this view too; the store
+/// then refuses a raw key outside the true range and the client asks again.
+fn view_for(key: &[u8], mut info: RegionInfo) -> Option<RegionInfo> {
+    if !keys::txn::is_encoded(key) {
+        return Some(info);
+    }
+    let region = &mut info.region;
+    let start = keys::txn::ceil_encoded(region.get_start_key());
+    let end = match region.get_end_key() {
+        [] => vec![],
+        end => keys::txn::ceil_encoded(end),
+    };
+    if !end.is_empty() && start >= end {
+        return None;
+    }
+    region.set_start_key(start);
+    region.set_end_key(end);
+    Some(info)
 }
 
 fn member(url: &str) -> pdpb::Member {
@@ -335,7 +371,7 @@ impl Pd for PdService {
         let res = self.checked(req.get_header(), || {
             let key = req.get_region_key();
             region_response(
-                self.core.region_by_key(key),
+                self.core.region_by_key(key).and_then(|r| view_for(key, r)),
                 format!("no region holds key {key:?}"),
             )
         });
@@ -351,7 +387,7 @@ impl Pd for PdService {
         let res = self.checked(req.get_header(), || {
             let key = req.get_region_key();
             region_response(
-                self.core.prev_region(key),
+                self.prev_in_view(key),
                 format!("no region before key {key:?}"),
             )
         });
@@ -382,9 +418,12 @@ impl Pd for PdService {
         let res = self.checked(req.get_header(), || {
             let limit = req.limit.max(0) as usize;
             let mut resp = pdpb::ScanRegionsResponse::default();
+            let start = req.get_start_key();
             for info in self
                 .core
-                .scan_regions(req.get_start_key(), req.get_end_key(), limit)
+                .scan_regions(start, req.get_end_key(), limit)
+                .into_iter()
+                .filter_map(|r| view_for(start, r))
             {
                 let leader = info.leader.clone().unwrap_or_default();
                 resp.mut_region_metas().push(info.region.clone());
@@ -501,5 +540,44 @@ impl Pd for PdService {
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::metapb;
+
+    use super::*;
+
+    fn info(start: &[u8], end: &[u8]) -> RegionInfo {
+        let mut region = metapb::Region::default();
+        region.set_start_key(start.to_vec());
+        region.set_end_key(end.to_vec());
+        RegionInfo {
+            region,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_transactional_lookup_sees_boundaries_rounded_to_encodings() {
+        let enc = keys::txn::encode_bytes;
+        let raw = view_for(b"k5", info(b"k3", b"k6")).unwrap().region;
+        assert_eq!(
+            (raw.get_start_key(), raw.get_end_key()),
+            (&b"k3"[..], &b"k6"[..])
+        );
+        let txn = view_for(&enc(b"k5"), info(b"k3", b"")).unwrap().region;
+        assert_eq!(txn.get_start_key(), enc(b"k3").as_slice());
+        assert_eq!(txn.get_end_key(), b"");
+        let txn = view_for(&enc(b"k5"), info(b"", &enc(b"k6")))
+            .unwrap()
+            .region;
+        assert_eq!(txn.get_start_key(), enc(b"").as_slice());
+        assert_eq!(txn.get_end_key(), enc(b"k6").as_slice());
+        assert!(
+            view_for(&enc(b"a"), info(b"k3", b"k3\x00")).is_none(),
+            "a region between two encodings holds no transactional key"
+        );
     }
 }

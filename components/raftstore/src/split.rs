@@ -24,7 +24,7 @@ pub(crate) fn show(key: &[u8]) -> String {
 }
 
 /// Checks split keys against the region: each non-empty, inside it, not its start key,
-/// strictly ascending.
+/// not between the versions of a transactional key, strictly ascending.
 pub fn validate_split_keys(region: &metapb::Region, keys: &[Vec<u8>]) -> Result<()> {
     let invalid = |why: String| Err(Error::InvalidRequest(why));
     if keys.is_empty() {
@@ -48,6 +48,14 @@ pub fn validate_split_keys(region: &metapb::Region, keys: &[Vec<u8>]) -> Result<
                 region.get_id(),
                 show(region.get_start_key()),
                 show(region.get_end_key())
+            ));
+        }
+        let point = keys::txn::split_point(key);
+        if point != key.as_slice() {
+            return invalid(format!(
+                "split key {} falls between the versions of the transactional key encoded as {}; split there instead",
+                show(key),
+                show(point)
             ));
         }
         if i > 0 && keys[i - 1] >= *key {
@@ -212,6 +220,8 @@ mod tests {
         assert!(err(&[b"y"]).contains("outside region 1"));
         assert!(err(&[b"m", b"f"]).contains("ascending"));
         assert!(err(&[b"m", b"m"]).contains("ascending"));
+        let version = keys::txn::write_key(b"k", 7);
+        assert!(err(&[keys::origin_key(&version).unwrap()]).contains("between the versions"));
         assert!(validate_split_keys(&r, &[b"c".to_vec(), b"x".to_vec()]).is_ok());
     }
 }

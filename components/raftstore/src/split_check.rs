@@ -7,7 +7,7 @@
 //! region far past its limit (a bulk load) is cut in a handful of checks.
 
 use crossbeam_channel::Receiver;
-use engine::{Cf, Engine};
+use engine::{Cf, Engine, Pair};
 use proto::metapb;
 use slog::{warn, Logger};
 
@@ -38,8 +38,9 @@ pub struct Measured {
 /// pieces at once instead of one piece per check, and the scan stops there.
 pub const MAX_SPLIT_KEYS: usize = 16;
 
-/// Scans the region's data and proposes a cut every half limit, if the whole is past a
-/// limit. The scan stops after [`MAX_SPLIT_KEYS`] cuts.
+/// Scans the region's data in every data column family, in key order, and proposes a
+/// cut every half limit, if the whole is past a limit. A cut never falls between the
+/// versions of one transactional key. The scan stops after [`MAX_SPLIT_KEYS`] cuts.
 pub fn measure(engine: &Engine, task: &SplitCheckTask) -> engine::Result<Measured> {
     let region = &task.region;
     let start = keys::data_key(region.get_start_key());
@@ -49,23 +50,42 @@ pub fn measure(engine: &Engine, task: &SplitCheckTask) -> engine::Result<Measure
     // Since the last cut (or the region's start).
     let (mut piece_size, mut piece_keys) = (0u64, 0u64);
     let mut cuts: Vec<Vec<u8>> = vec![];
-    engine.scan(Cf::Default, &start, &end, |k, v| {
+    let snap = engine.snapshot();
+    let mut pairs = Merged::new(
+        Cf::DATA
+            .iter()
+            .map(|cf| snap.iter(*cf, &start, &end))
+            .collect(),
+    )?;
+    // Where the current piece's first key could be cut at: a cut must be above it.
+    let mut piece_first = vec![];
+    while let Some((k, v)) = pairs.next()? {
         let len = (k.len() + v.len()) as u64;
-        // A cut before `k` when the piece would grow past half a limit; never before the
-        // region's first key (the left part would be empty).
+        let point = || {
+            keys::txn::split_point(
+                keys::origin_key(&k).expect("keys in the data range carry the data prefix"),
+            )
+        };
+        // A cut at `k` (or, for a version, just before its key's versions) when the piece
+        // would grow past half a limit; never one that leaves the piece empty.
         if (piece_size + len > half_size || piece_keys + 1 > half_keys)
             && piece_keys > 0
-            && k != start.as_slice()
+            && point() > piece_first.as_slice()
         {
-            cuts.push(k.to_vec());
+            cuts.push(point().to_vec());
             (piece_size, piece_keys) = (0, 0);
+        }
+        if piece_keys == 0 {
+            piece_first = point().to_vec();
         }
         piece_size += len;
         piece_keys += 1;
         size += len;
         count += 1;
-        Ok(cuts.len() < MAX_SPLIT_KEYS)
-    })?;
+        if cuts.len() >= MAX_SPLIT_KEYS {
+            break;
+        }
+    }
     let past_limit = size > task.split_size || count > task.split_keys;
     if !past_limit {
         cuts.clear();
@@ -79,15 +99,37 @@ pub fn measure(engine: &Engine, task: &SplitCheckTask) -> engine::Result<Measure
     Ok(Measured {
         size,
         keys: count,
-        split_keys: cuts
-            .iter()
-            .map(|k| {
-                keys::origin_key(k)
-                    .expect("keys in the data range carry the data prefix")
-                    .to_vec()
-            })
-            .collect(),
+        split_keys: cuts,
     })
+}
+
+/// Several column families' pairs merged into one stream in key order.
+struct Merged<I> {
+    iters: Vec<I>,
+    /// Each iterator's next pair, read ahead.
+    heads: Vec<Option<Pair>>,
+}
+
+impl<I: Iterator<Item = engine::Result<Pair>>> Merged<I> {
+    fn new(mut iters: Vec<I>) -> engine::Result<Self> {
+        let heads = iters
+            .iter_mut()
+            .map(|it| it.next().transpose())
+            .collect::<engine::Result<_>>()?;
+        Ok(Merged { iters, heads })
+    }
+
+    fn next(&mut self) -> engine::Result<Option<Pair>> {
+        let smallest = (0..self.heads.len())
+            .filter_map(|i| Some((i, &self.heads[i].as_ref()?.0)))
+            .min_by(|a, b| a.1.cmp(b.1))
+            .map(|(i, _)| i);
+        let Some(i) = smallest else {
+            return Ok(None);
+        };
+        let next = self.iters[i].next().transpose()?;
+        Ok(std::mem::replace(&mut self.heads[i], next))
+    }
 }
 
 /// Runs checks until every sender of `tasks` is gone, reporting to the regions' peers.
@@ -196,6 +238,32 @@ mod tests {
         let (_d, e) = engine_with(1000);
         let m = measure(&e, &task(b"k0100", b"k0130", 1 << 30, 20)).unwrap();
         assert_eq!(m.split_keys, vec![b"k0110".to_vec(), b"k0120".to_vec()]);
+    }
+
+    #[test]
+    fn every_data_cf_counts_and_versions_of_one_key_stay_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path()).unwrap();
+        let mut wb = e.write_batch();
+        for u in 0..4 {
+            let user = format!("u{u}");
+            wb.put(Cf::Lock, &keys::txn::lock_key(user.as_bytes()), &[0; 10]);
+            for ts in 1..=10 {
+                wb.put(
+                    Cf::Write,
+                    &keys::txn::write_key(user.as_bytes(), ts),
+                    &[0; 10],
+                );
+            }
+        }
+        wb.put(Cf::Default, &keys::data_key(b"raw"), &[0; 10]);
+        e.write(wb, false).unwrap();
+        // Half a limit is three keys, less than one key's versions.
+        let m = measure(&e, &task(b"", b"", 1 << 30, 6)).unwrap();
+        assert_eq!(m.keys, 4 * 11 + 1);
+        let at = |u: &str| keys::txn::encode_bytes(u.as_bytes());
+        // "raw" sorts first; each transactional key's versions are one piece.
+        assert_eq!(m.split_keys, vec![at("u0"), at("u1"), at("u2"), at("u3")]);
     }
 
     #[test]

@@ -579,11 +579,16 @@ impl Tikv for TikvService {
             return;
         }
         self.serve(sink, req, |s, mut req| async move {
-            let keys = if req.get_split_keys().is_empty() {
+            let mut keys = if req.get_split_keys().is_empty() {
                 vec![req.take_split_key()]
             } else {
                 req.take_split_keys().into_vec()
             };
+            // As TiKV does: without `is_raw_kv` the keys are transactional user keys, and
+            // the region is cut where their encodings sort.
+            if !req.is_raw_kv {
+                keys = keys.iter().map(|k| keys::txn::encode_bytes(k)).collect();
+            }
             let regions = s.split_region(req.get_context(), keys).await?;
             let mut resp = kvrpcpb::SplitRegionResponse::default();
             if let [left, right, ..] = regions.as_slice() {
