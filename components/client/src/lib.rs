@@ -12,6 +12,7 @@ pub mod cli;
 mod progress;
 mod region_cache;
 mod status;
+pub mod txn;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -52,6 +53,24 @@ pub enum Error {
     /// succeeded would then report failure).
     #[error("undetermined: {0}")]
     Undetermined(String),
+    /// Another transaction wrote a key after this one started: nothing was written;
+    /// the transaction may be retried.
+    #[error("write conflict on key {}: committed at {conflict_commit_ts}, after this transaction started at {start_ts}", String::from_utf8_lossy(key))]
+    Conflict {
+        /// The key both wrote.
+        key: Vec<u8>,
+        /// This transaction's start.
+        start_ts: u64,
+        /// When the other committed.
+        conflict_commit_ts: u64,
+    },
+    /// An insert found the key present.
+    #[error("key {} already exists", String::from_utf8_lossy(.0))]
+    AlreadyExists(Vec<u8>),
+    /// The transaction can no longer commit (another rolled it back, or a store refused
+    /// it, saying why).
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
 }
 
 impl Error {

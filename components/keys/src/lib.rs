@@ -176,6 +176,8 @@ pub mod pd {
     pub const ALLOC_ID_KEY: &[u8] = b"pd/alloc_id";
     /// The timestamp oracle's persisted upper bound (ms).
     pub const TSO_KEY: &[u8] = b"pd/tso";
+    /// The GC safe point.
+    pub const GC_SAFE_POINT_KEY: &[u8] = b"pd/gc_safe_point";
     /// Prefix of every store record.
     pub const STORE_PREFIX: &[u8] = b"pd/store/";
     /// Prefix of every region record.

@@ -6,6 +6,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use keys::pd::GC_SAFE_POINT_KEY;
 use parking_lot::Mutex;
 use proto::{metapb, pdpb};
 use slog::{info, warn, Logger};
@@ -64,6 +65,8 @@ pub struct PdCore {
     ids: IdAllocator,
     tso: Tso,
     state: Mutex<State>,
+    /// Below it, old versions may be dropped; it only moves up. Saved before it is told.
+    gc_safe_point: Mutex<u64>,
     started: Instant,
     logger: Logger,
 }
@@ -176,7 +179,9 @@ impl PdCore {
         let bootstrapped = cluster.max_peer_count > 0;
         info!(logger, "pd state loaded"; "cluster_id" => cluster.id, "bootstrapped" => bootstrapped,
               "regions" => regions.len());
+        let gc_safe_point = Mutex::new(storage.get_u64(GC_SAFE_POINT_KEY)?.unwrap_or(0));
         Ok(PdCore {
+            gc_safe_point,
             ids: IdAllocator::new(storage.clone(), cfg.id_batch)?,
             tso: Tso::new(storage.clone())?,
             cluster_id: cluster.id,
@@ -227,6 +232,31 @@ impl PdCore {
     /// `count` timestamps; the last one.
     pub fn tso(&self, count: u32) -> Result<(i64, i64)> {
         self.tso.next(count)
+    }
+
+    /// The GC safe point (0: none yet).
+    pub fn gc_safe_point(&self) -> u64 {
+        *self.gc_safe_point.lock()
+    }
+
+    /// Raises the GC safe point to `safe_point` if that is higher; returns the safe point
+    /// now in force. A safe point ahead of the timestamp oracle is refused: it would let
+    /// stores drop versions that transactions running now still read.
+    pub fn update_gc_safe_point(&self, safe_point: u64) -> Result<u64> {
+        let (physical, logical) = self.tso.next(1)?;
+        let now = ((physical as u64) << crate::tso::LOGICAL_BITS) | logical as u64;
+        if safe_point > now {
+            return Err(Error::InvalidValue(format!(
+                "GC safe point {safe_point} is ahead of the current timestamp {now}"
+            )));
+        }
+        let mut current = self.gc_safe_point.lock();
+        if safe_point > *current {
+            self.storage.put_u64(GC_SAFE_POINT_KEY, safe_point)?;
+            info!(self.logger, "gc safe point advanced"; "from" => *current, "to" => safe_point);
+            *current = safe_point;
+        }
+        Ok(*current)
     }
 
     /// Whether the cluster has its first region.

@@ -60,7 +60,9 @@ with_header!(
     pdpb::GetOperatorsResponse,
     pdpb::GetClusterConfigResponse,
     pdpb::AddOperatorResponse,
-    pdpb::DeleteStoreResponse
+    pdpb::DeleteStoreResponse,
+    pdpb::GetGCSafePointResponse,
+    pdpb::UpdateGCSafePointResponse
 );
 
 impl PdService {
@@ -503,6 +505,34 @@ impl Pd for PdService {
         let res = self.from_store(&ctx, req.get_header(), || {
             self.core.delete_store(req.store_id)?;
             Ok(pdpb::DeleteStoreResponse::default())
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn get_gc_safe_point(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::GetGCSafePointRequest,
+        sink: UnarySink<pdpb::GetGCSafePointResponse>,
+    ) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::GetGCSafePointResponse::default();
+            resp.safe_point = self.core.gc_safe_point();
+            Ok(resp)
+        });
+        self.reply(&ctx, sink, res);
+    }
+
+    fn update_gc_safe_point(
+        &mut self,
+        ctx: RpcContext,
+        req: pdpb::UpdateGCSafePointRequest,
+        sink: UnarySink<pdpb::UpdateGCSafePointResponse>,
+    ) {
+        let res = self.checked(req.get_header(), || {
+            let mut resp = pdpb::UpdateGCSafePointResponse::default();
+            resp.new_safe_point = self.core.update_gc_safe_point(req.safe_point)?;
+            Ok(resp)
         });
         self.reply(&ctx, sink, res);
     }

@@ -131,7 +131,9 @@ requests!(
     pdpb::AskBatchSplitRequest,
     pdpb::ReportBatchSplitRequest,
     pdpb::GetOperatorsRequest,
-    pdpb::GetClusterConfigRequest
+    pdpb::GetClusterConfigRequest,
+    pdpb::GetGCSafePointRequest,
+    pdpb::UpdateGCSafePointRequest
 );
 
 responses!(
@@ -149,7 +151,9 @@ responses!(
     pdpb::AskBatchSplitResponse,
     pdpb::ReportBatchSplitResponse,
     pdpb::GetOperatorsResponse,
-    pdpb::GetClusterConfigResponse
+    pdpb::GetClusterConfigResponse,
+    pdpb::GetGCSafePointResponse,
+    pdpb::UpdateGCSafePointResponse
 );
 
 type Call<Req, Resp> =
@@ -467,6 +471,27 @@ impl PdClient {
                 region: r.take_region(),
             })
             .collect())
+    }
+
+    /// The GC safe point (0: none yet).
+    pub async fn get_gc_safe_point(&self) -> Result<u64> {
+        let resp = self
+            .unary(
+                pdpb::GetGCSafePointRequest::default(),
+                pdpb_grpc::PdClient::get_gc_safe_point_async_opt,
+            )
+            .await?;
+        Ok(resp.safe_point)
+    }
+
+    /// Asks PD to raise the GC safe point to `safe_point`; returns the one in force.
+    pub async fn update_gc_safe_point(&self, safe_point: u64) -> Result<u64> {
+        let mut req = pdpb::UpdateGCSafePointRequest::default();
+        req.safe_point = safe_point;
+        let resp = self
+            .unary(req, pdpb_grpc::PdClient::update_gc_safe_point_async_opt)
+            .await?;
+        Ok(resp.new_safe_point)
     }
 
     /// Ids for splitting a region into `count + 1`.

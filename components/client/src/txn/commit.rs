@@ -1,0 +1,207 @@
+//! Two-phase commit: prewrite every key under the primary's lock, then commit the
+//! primary (the transaction's commit point), then the secondaries.
+
+use proto::kvrpcpb::{self, Op, PrewriteRequest_PessimisticAction as PessimisticAction};
+
+use super::{key_error, transaction::Buffered, Mode, Transaction, LOCK_TTL_MS};
+use crate::{Backoff, Error, Result};
+
+/// A key's mutation and whether it was locked pessimistically.
+type Planned = (kvrpcpb::Mutation, bool);
+
+impl Transaction<'_> {
+    /// Commits; returns the commit timestamp (the start timestamp for a transaction that
+    /// wrote nothing). On a conflict nothing is written and the locks taken are removed.
+    /// `Undetermined` means the primary's commit was sent but not answered.
+    pub async fn commit(mut self) -> Result<u64> {
+        let planned = self.plan();
+        if planned.is_empty() {
+            self.rollback_locked().await?;
+            return Ok(self.start_ts);
+        }
+        let primary = self
+            .primary
+            .clone()
+            .unwrap_or_else(|| planned[0].0.get_key().to_vec());
+        self.primary = Some(primary.clone());
+        if let Err(e) = self.prewrite(&planned, &primary).await {
+            let _ = self.rollback_keys(self.written_keys()).await;
+            return Err(e);
+        }
+        let commit_ts = match self.client.current_ts().await {
+            Ok(ts) => ts,
+            Err(e) => {
+                let _ = self.rollback_keys(self.written_keys()).await;
+                return Err(e);
+            }
+        };
+        self.commit_keys(vec![primary.clone()], commit_ts)
+            .await
+            .map_err(|e| match e {
+                Error::Timeout { last, .. } => {
+                    Error::Undetermined(format!("the primary's commit went unanswered: {last}"))
+                }
+                e => e,
+            })?;
+        // Committed. A secondary left locked is rolled forward by whoever meets it.
+        let secondaries: Vec<Vec<u8>> = self
+            .written_keys()
+            .into_iter()
+            .filter(|k| *k != primary)
+            .collect();
+        let _ = self.commit_keys(secondaries, commit_ts).await;
+        Ok(commit_ts)
+    }
+
+    /// Rolls back: removes every lock this transaction took. Nothing it buffered is
+    /// written.
+    pub async fn rollback(self) -> Result<()> {
+        self.rollback_locked().await
+    }
+
+    async fn rollback_locked(&self) -> Result<()> {
+        self.rollback_keys(self.locked.iter().cloned().collect())
+            .await
+    }
+
+    /// Every key this transaction would write or has locked.
+    fn written_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys_: Vec<Vec<u8>> = self.buffer.keys().cloned().collect();
+        keys_.extend(self.locked.iter().cloned());
+        keys_.sort();
+        keys_.dedup();
+        keys_
+    }
+
+    /// The mutations to prewrite, in key order.
+    fn plan(&self) -> Vec<Planned> {
+        let mut out: Vec<Planned> = self
+            .buffer
+            .iter()
+            .map(|(k, w)| {
+                let mut m = kvrpcpb::Mutation::default();
+                m.set_op(Op::from(w.clone()));
+                m.set_key(k.clone());
+                if let Buffered::Put(v) = w {
+                    m.set_value(v.clone());
+                }
+                (m, self.locked.contains(k))
+            })
+            .collect();
+        // A key locked but not written still has its pessimistic lock to turn over.
+        for k in self.locked.iter().filter(|k| !self.buffer.contains_key(*k)) {
+            let mut m = kvrpcpb::Mutation::default();
+            m.set_op(Op::Lock);
+            m.set_key(k.clone());
+            out.push((m, true));
+        }
+        out.sort_by(|a, b| a.0.get_key().cmp(b.0.get_key()));
+        out
+    }
+
+    async fn prewrite(&self, planned: &[Planned], primary: &[u8]) -> Result<()> {
+        let mut backoff = Backoff::new(self.client.inner.timeout);
+        let mut pending: Vec<(Vec<u8>, Planned)> = planned
+            .iter()
+            .map(|p| (p.0.get_key().to_vec(), p.clone()))
+            .collect();
+        let (start_ts, txn_size) = (self.start_ts, planned.len() as u64);
+        let pessimistic = self.mode == Mode::Pessimistic;
+        while !pending.is_empty() {
+            let results = self
+                .client
+                .per_region(pending.clone(), |c, ctx, group: Vec<Planned>| {
+                    let mut req = kvrpcpb::PrewriteRequest::default();
+                    req.set_context(ctx);
+                    req.set_primary_lock(primary.to_vec());
+                    req.start_version = start_ts;
+                    req.lock_ttl = LOCK_TTL_MS;
+                    req.txn_size = txn_size;
+                    for (m, locked) in &group {
+                        req.mut_mutations().push(m.clone());
+                        if pessimistic {
+                            req.for_update_ts = start_ts;
+                            req.mut_pessimistic_actions().push(if *locked {
+                                PessimisticAction::DO_PESSIMISTIC_CHECK
+                            } else {
+                                PessimisticAction::SKIP_PESSIMISTIC_CHECK
+                            });
+                        }
+                    }
+                    async move {
+                        let mut r = c.kv_prewrite_async(&req)?.await?;
+                        Ok((r.region_error.take(), (group, r.take_errors().into_vec())))
+                    }
+                })
+                .await?;
+            pending.clear();
+            let mut locks = vec![];
+            for (group, errors) in results {
+                if errors.is_empty() {
+                    continue;
+                }
+                for mut e in errors {
+                    if !e.has_locked() {
+                        return Err(key_error(e));
+                    }
+                    locks.push(e.take_locked());
+                }
+                pending.extend(group.into_iter().map(|p| (p.0.get_key().to_vec(), p)));
+            }
+            self.client.settle(&locks, &mut backoff).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_keys(&self, keys_: Vec<Vec<u8>>, commit_ts: u64) -> Result<()> {
+        let start_ts = self.start_ts;
+        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
+        let results = self
+            .client
+            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
+                let mut req = kvrpcpb::CommitRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.commit_version = commit_ts;
+                req.set_keys(group.into());
+                async move {
+                    let mut r = c.kv_commit_async(&req)?.await?;
+                    Ok((r.region_error.take(), r.take_error()))
+                }
+            })
+            .await?;
+        for e in results {
+            if e != kvrpcpb::KeyError::default() {
+                return Err(key_error(e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn rollback_keys(&self, keys_: Vec<Vec<u8>>) -> Result<()> {
+        if keys_.is_empty() {
+            return Ok(());
+        }
+        let start_ts = self.start_ts;
+        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
+        let results = self
+            .client
+            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
+                let mut req = kvrpcpb::BatchRollbackRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.set_keys(group.into());
+                async move {
+                    let mut r = c.kv_batch_rollback_async(&req)?.await?;
+                    Ok((r.region_error.take(), r.take_error()))
+                }
+            })
+            .await?;
+        for e in results {
+            if e != kvrpcpb::KeyError::default() {
+                return Err(key_error(e));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Transactions (Percolator over PD's timestamps), as TiKV's clients run them: writes
+//! are buffered until commit, then prewritten region by region under a primary lock and
+//! committed primary first. Reads see one snapshot (the start timestamp) and resolve the
+//! locks they meet.
+//!
+//! A [`TxnClient`] routes by encoded keys only, with a region cache of its own: PD shows
+//! such lookups the transactional view of each region (see `keys::txn`), which must not
+//! mix with a raw client's view.
+
+mod commit;
+mod resolve;
+mod transaction;
+
+use std::{future::Future, time::Duration};
+
+use proto::{errorpb, kvrpcpb, tikvpb_grpc::TikvClient};
+
+pub use resolve::{GcReport, TxnState};
+pub use transaction::{Mode, Transaction};
+
+use crate::{Client, Error, Kind, Result};
+
+/// Lock TTL of a transaction's locks: a client that dies leaves them this long.
+const LOCK_TTL_MS: u64 = 3_000;
+
+/// A connection for transactions.
+pub struct TxnClient {
+    inner: Client,
+}
+
+impl TxnClient {
+    /// Connects through PD; every request retries for up to `timeout`.
+    pub async fn connect(pd_endpoints: &[String], timeout: Duration) -> Result<TxnClient> {
+        Ok(TxnClient {
+            inner: Client::connect(pd_endpoints, timeout).await?,
+        })
+    }
+
+    /// A fresh timestamp from PD.
+    pub async fn current_ts(&self) -> Result<u64> {
+        Ok(self.inner.pd.get_ts().await?)
+    }
+
+    /// Begins an optimistic transaction (conflicts are found at commit).
+    pub async fn begin(&self) -> Result<Transaction<'_>> {
+        self.begin_with(Mode::Optimistic).await
+    }
+
+    /// Begins a transaction in `mode`.
+    pub async fn begin_with(&self, mode: Mode) -> Result<Transaction<'_>> {
+        let ts = self.current_ts().await?;
+        Ok(Transaction::new(self, ts, mode))
+    }
+
+    /// A read-only view of the data as of `ts`.
+    pub fn snapshot(&self, ts: u64) -> Transaction<'_> {
+        Transaction::new(self, ts, Mode::Optimistic)
+    }
+
+    /// Runs `call` against the leader of the region holding transactional `key`,
+    /// retrying routing errors; returns its answer and the region's (encoded) end. Every
+    /// Percolator command is idempotent, so a request that may have been applied is
+    /// retried as a read is.
+    async fn on_key<R, F, Fut>(&self, key: &[u8], call: F) -> Result<(R, Vec<u8>)>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
+        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
+    {
+        check_txn_key(key)?;
+        self.on_encoded(&keys::txn::encode_bytes(key), call).await
+    }
+
+    /// Like `on_key`, routed by an encoded key (the empty user key's included).
+    async fn on_encoded<R, F, Fut>(&self, encoded: &[u8], call: F) -> Result<(R, Vec<u8>)>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
+        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
+    {
+        let (r, route) = self
+            .inner
+            .on_region(Kind::Read, encoded, |c, ctx, _| {
+                let f = call(c, ctx);
+                async move {
+                    let (re, r) = f.await?;
+                    Ok((re, String::new(), r))
+                }
+            })
+            .await?;
+        Ok((r, route.region.get_end_key().to_vec()))
+    }
+
+    /// Sends each region's share of `items` (with their transactional keys) to its
+    /// leader, all at once, regrouping and retrying on routing errors.
+    async fn per_region<T, R, F, Fut>(&self, items: Vec<(Vec<u8>, T)>, call: F) -> Result<Vec<R>>
+    where
+        T: Clone,
+        F: Fn(TikvClient, kvrpcpb::Context, Vec<T>) -> Fut,
+        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
+    {
+        let encoded: Vec<(Vec<u8>, T)> = items
+            .into_iter()
+            .map(|(k, t)| (keys::txn::encode_bytes(&k), t))
+            .collect();
+        self.inner
+            .per_region(
+                Kind::Read,
+                &encoded,
+                |(k, _)| k,
+                |c, ctx, group| {
+                    let f = call(c, ctx, group.iter().map(|(_, t)| t.clone()).collect());
+                    async move {
+                        let (re, r) = f.await?;
+                        Ok((re, String::new(), r))
+                    }
+                },
+            )
+            .await
+    }
+}
+
+fn check_txn_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// The user key at a transactional region boundary (empty: the end of the key space).
+fn boundary_key(boundary: &[u8]) -> Result<Vec<u8>> {
+    if boundary.is_empty() {
+        return Ok(vec![]);
+    }
+    keys::txn::decode_bytes(boundary)
+        .map(|(k, _)| k)
+        .map_err(|e| Error::Store(format!("PD gave a region boundary that does not decode: {e}")))
+}
+
+/// A key error a transaction cannot act on, as the caller's error.
+fn key_error(mut e: kvrpcpb::KeyError) -> Error {
+    if e.has_conflict() {
+        let c = e.take_conflict();
+        return Error::Conflict {
+            key: c.key,
+            start_ts: c.start_ts,
+            conflict_commit_ts: c.conflict_commit_ts,
+        };
+    }
+    if e.has_already_exist() {
+        return Error::AlreadyExists(e.take_already_exist().key);
+    }
+    if e.has_txn_not_found() {
+        let t = e.get_txn_not_found();
+        return Error::Aborted(format!(
+            "transaction {} left no lock on its primary key",
+            t.start_ts
+        ));
+    }
+    if e.has_commit_ts_expired() {
+        return Error::Aborted("commit timestamp expired".into());
+    }
+    let why = [e.get_abort(), e.get_retryable()]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("unknown key error")
+        .to_string();
+    Error::Aborted(why)
+}

@@ -1,0 +1,258 @@
+//! Deciding the fate of locks a transaction meets (by the lock's primary key), looking a
+//! transaction up, and garbage collection's lock sweep.
+
+use std::fmt;
+
+use proto::kvrpcpb::{self, LockInfo};
+
+use super::{boundary_key, key_error, TxnClient};
+use crate::{Backoff, Error, Result};
+
+/// A transaction's state, as its primary key tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    /// Still running (or dead, with a lock not yet expired).
+    Locked {
+        /// The lock's time to live, from its start.
+        ttl_ms: u64,
+        /// The least commit timestamp it may take.
+        min_commit_ts: u64,
+        /// Whether it commits asynchronously (its secondaries decide).
+        async_commit: bool,
+    },
+    /// Committed at this timestamp.
+    Committed(u64),
+    /// Rolled back.
+    RolledBack,
+    /// No lock and no record of it on its primary key.
+    NotFound,
+}
+
+impl fmt::Display for TxnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TxnState::Locked {
+                ttl_ms,
+                min_commit_ts,
+                ..
+            } => write!(f, "locked (ttl {ttl_ms} ms, min commit ts {min_commit_ts})"),
+            TxnState::Committed(ts) => write!(f, "committed at {ts}"),
+            TxnState::RolledBack => f.write_str("rolled back"),
+            TxnState::NotFound => f.write_str("not found"),
+        }
+    }
+}
+
+/// What resolving a lock achieved.
+pub(super) enum Resolved {
+    /// The lock is gone (committed forward or rolled back).
+    Done,
+    /// Its transaction now commits above the reader: the reader may skip it.
+    Pushed,
+    /// Its transaction is alive: wait for it.
+    Alive,
+}
+
+/// What a lock sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Locks below the safe point that were resolved.
+    pub locks_resolved: u64,
+    /// The safe point PD holds now.
+    pub safe_point: u64,
+}
+
+/// Locks asked for per ScanLock request.
+const SCAN_LOCK_PAGE: u32 = 256;
+
+impl TxnClient {
+    /// The state of the transaction that started at `start_ts` with primary key
+    /// `primary`. Changes nothing: an expired lock is reported, not rolled back.
+    pub async fn status(&self, primary: &[u8], start_ts: u64) -> Result<TxnState> {
+        if start_ts == 0 {
+            return Err(Error::InvalidArgument("start ts must not be 0".into()));
+        }
+        self.check_txn_status(primary, start_ts, 0, 0, false).await
+    }
+
+    /// CheckTxnStatus on the primary key.
+    async fn check_txn_status(
+        &self,
+        primary: &[u8],
+        lock_ts: u64,
+        caller_start_ts: u64,
+        current_ts: u64,
+        rollback_if_not_exist: bool,
+    ) -> Result<TxnState> {
+        let (mut resp, _) = self
+            .on_key(primary, |c, ctx| {
+                let mut req = kvrpcpb::CheckTxnStatusRequest::default();
+                req.set_context(ctx);
+                req.set_primary_key(primary.to_vec());
+                req.lock_ts = lock_ts;
+                req.caller_start_ts = caller_start_ts;
+                req.current_ts = current_ts;
+                req.rollback_if_not_exist = rollback_if_not_exist;
+                async move {
+                    let mut r = c.kv_check_txn_status_async(&req)?.await?;
+                    Ok((r.region_error.take(), r))
+                }
+            })
+            .await?;
+        if resp.get_error().has_txn_not_found() {
+            return Ok(TxnState::NotFound);
+        }
+        if resp.has_error() {
+            return Err(key_error(resp.take_error()));
+        }
+        Ok(if resp.lock_ttl > 0 {
+            let lock = resp.get_lock_info();
+            TxnState::Locked {
+                ttl_ms: resp.lock_ttl,
+                min_commit_ts: lock.min_commit_ts,
+                async_commit: lock.use_async_commit,
+            }
+        } else if resp.commit_version > 0 {
+            TxnState::Committed(resp.commit_version)
+        } else {
+            TxnState::RolledBack
+        })
+    }
+
+    /// Settles `lock` for a caller that started at `caller_start_ts` (0: a writer or GC):
+    /// rolls its transaction forward or back when it is decided or expired.
+    pub(super) async fn resolve(&self, lock: &LockInfo, caller_start_ts: u64) -> Result<Resolved> {
+        let now = self.current_ts().await?;
+        let state = self
+            .check_txn_status(
+                lock.get_primary_lock(),
+                lock.lock_version,
+                caller_start_ts,
+                now,
+                true,
+            )
+            .await?;
+        let commit_ts = match state {
+            TxnState::Committed(ts) => ts,
+            TxnState::RolledBack | TxnState::NotFound => 0,
+            TxnState::Locked { min_commit_ts, .. } => {
+                let pushed = caller_start_ts > 0 && min_commit_ts > caller_start_ts;
+                return Ok(if pushed {
+                    Resolved::Pushed
+                } else {
+                    Resolved::Alive
+                });
+            }
+        };
+        self.resolve_key(lock.get_key(), lock.lock_version, commit_ts)
+            .await?;
+        Ok(Resolved::Done)
+    }
+
+    /// Settles `lock` for a reader at `read_ts`, waiting out a live transaction; a lock
+    /// the reader may now skip is added to `skip`.
+    pub(super) async fn resolve_for_read(
+        &self,
+        lock: &LockInfo,
+        read_ts: u64,
+        skip: &mut Vec<u64>,
+        backoff: &mut Backoff,
+    ) -> Result<()> {
+        match self.resolve(lock, read_ts).await? {
+            Resolved::Done => Ok(()),
+            Resolved::Pushed => {
+                skip.push(lock.lock_version);
+                Ok(())
+            }
+            Resolved::Alive => backoff.wait(locked_by(lock)).await,
+        }
+    }
+
+    /// Commits (`commit_ts` > 0) or rolls back one key's lock of transaction `start_ts`.
+    async fn resolve_key(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> Result<()> {
+        let (mut resp, _) = self
+            .on_key(key, |c, ctx| {
+                let mut req = kvrpcpb::ResolveLockRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.commit_version = commit_ts;
+                req.mut_keys().push(key.to_vec());
+                async move {
+                    let mut r = c.kv_resolve_lock_async(&req)?.await?;
+                    Ok((r.region_error.take(), r))
+                }
+            })
+            .await?;
+        if resp.has_error() {
+            return Err(key_error(resp.take_error()));
+        }
+        Ok(())
+    }
+
+    /// Resolves every lock of a transaction that started at or below `safe_point`, then
+    /// asks PD to raise the GC safe point to it; stores then drop the versions below it
+    /// that no read can see. Fails (and PD keeps its safe point) while a live transaction
+    /// holds such a lock past the client's deadline.
+    pub async fn gc(&self, safe_point: u64) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut backoff = Backoff::new(self.inner.timeout);
+        let mut cur: Vec<u8> = vec![];
+        loop {
+            let (locks, region_end) = self.scan_locks(&cur, safe_point).await?;
+            let full = locks.len() == SCAN_LOCK_PAGE as usize;
+            let mut alive = None;
+            for lock in &locks {
+                match self.resolve(lock, 0).await? {
+                    Resolved::Done | Resolved::Pushed => report.locks_resolved += 1,
+                    Resolved::Alive => alive = Some(locked_by(lock)),
+                }
+            }
+            if let Some(why) = alive {
+                backoff.wait(why).await?;
+                continue;
+            }
+            if full {
+                let mut after = locks.last().expect("a full page").get_key().to_vec();
+                after.push(0);
+                cur = after;
+                continue;
+            }
+            if region_end.is_empty() {
+                break;
+            }
+            cur = boundary_key(&region_end)?;
+        }
+        report.safe_point = self.inner.pd.update_gc_safe_point(safe_point).await?;
+        Ok(report)
+    }
+
+    /// Up to a page of locks at or below `max_ts` from `start` on, in the region holding
+    /// `start`; and that region's end.
+    async fn scan_locks(&self, start: &[u8], max_ts: u64) -> Result<(Vec<LockInfo>, Vec<u8>)> {
+        let (mut resp, end) = self
+            .on_encoded(&keys::txn::encode_bytes(start), |c, ctx| {
+                let mut req = kvrpcpb::ScanLockRequest::default();
+                req.set_context(ctx);
+                req.max_version = max_ts;
+                req.set_start_key(start.to_vec());
+                req.limit = SCAN_LOCK_PAGE;
+                async move {
+                    let mut r = c.kv_scan_lock_async(&req)?.await?;
+                    Ok((r.region_error.take(), r))
+                }
+            })
+            .await?;
+        if resp.has_error() {
+            return Err(key_error(resp.take_error()));
+        }
+        Ok((resp.take_locks().into_vec(), end))
+    }
+}
+
+pub(super) fn locked_by(lock: &LockInfo) -> String {
+    format!(
+        "key {} is locked by live transaction {}",
+        String::from_utf8_lossy(lock.get_key()),
+        lock.lock_version
+    )
+}
