@@ -132,7 +132,11 @@ fn boundary_key(boundary: &[u8]) -> Result<Vec<u8>> {
     }
     keys::txn::decode_bytes(boundary)
         .map(|(k, _)| k)
-        .map_err(|e| Error::Store(format!("PD gave a region boundary that does not decode: {e}")))
+        .map_err(|e| {
+            Error::Store(format!(
+                "PD gave a region boundary that does not decode: {e}"
+            ))
+        })
 }
 
 /// A key error a transaction cannot act on, as the caller's error.

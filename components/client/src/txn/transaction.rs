@@ -114,7 +114,8 @@ impl<'a> Transaction<'a> {
     /// Pairs in `[start, end)` (an empty end: to the end of the key space), at most
     /// `limit`, with this transaction's own writes in place.
     pub async fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
-        let in_range = |k: &Vec<u8>| k.as_slice() >= start && (end.is_empty() || k.as_slice() < end);
+        let in_range =
+            |k: &Vec<u8>| k.as_slice() >= start && (end.is_empty() || k.as_slice() < end);
         // Own deletes may hide as many stored pairs as there are.
         let hidden = self.buffer.keys().filter(|k| in_range(k)).count();
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
@@ -226,10 +227,7 @@ impl<'a> Transaction<'a> {
     /// Locks `keys` pessimistically at the start timestamp: fails on a write since then,
     /// waits out (or resolves) another transaction's lock.
     async fn lock_pessimistic(&mut self, keys_: &[Vec<u8>]) -> Result<()> {
-        let primary = self
-            .primary
-            .get_or_insert_with(|| keys_[0].clone())
-            .clone();
+        let primary = self.primary.get_or_insert_with(|| keys_[0].clone()).clone();
         let mut backoff = Backoff::new(self.client.inner.timeout);
         let mut pending: Vec<(Vec<u8>, Vec<u8>)> = keys_
             .iter()
