@@ -18,7 +18,12 @@ fn k(name: &str) -> Vec<u8> {
 
 /// Three stores, the transactional key space in three regions (split at `k3` and `k6`).
 fn three_regions() -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
-    let cluster = ProcCluster::start(3);
+    three_regions_with("")
+}
+
+/// Like [`three_regions`], with extra store settings (TOML after `[raftstore]`).
+fn three_regions_with(extra: &str) -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
+    let cluster = ProcCluster::start_with(3, extra);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = rt
         .block_on(client::Client::connect(&[cluster.pd_addr.clone()], T))
@@ -289,4 +294,42 @@ fn readers_finish_the_transactions_of_clients_that_died() {
     assert!(!resp.has_error() && !resp.has_region_error(), "{resp:?}");
     assert_eq!(read("k8"), Some(b"newer".to_vec()), "rolled forward");
     assert_eq!(read("k1"), Some(b"newer".to_vec()));
+}
+
+#[test]
+fn gc_through_the_client_drops_versions_below_the_safe_point_and_keeps_the_newest() {
+    let (cluster, rt, _ours) = three_regions_with("[gc]\nrun-interval = \"1s\"");
+    rt.block_on(async {
+        let c = TransactionClient::new(vec![cluster.pd_addr.clone()])
+            .await
+            .expect("tikv-client connects");
+        let mut marks = vec![];
+        for v in ["v1", "v2", "v3"] {
+            let mut t = c.begin_optimistic().await.unwrap();
+            t.put(k("k2"), v).await.unwrap();
+            t.commit().await.unwrap();
+            marks.push(c.current_timestamp().await.unwrap());
+        }
+        // Below the safe point: v1 (superseded by v2). At it: v2, the newest kept.
+        let safe_point = marks[1].clone();
+        assert!(
+            c.gc(safe_point.clone()).await.expect("gc"),
+            "PD took the safe point"
+        );
+        let dropped = || {
+            (0..3)
+                .filter_map(|i| common::http_get(&cluster.status_addr(i), "/metrics"))
+                .map(|m| common::metric(&m, "flotilla_gc_versions_dropped_total"))
+                .sum::<f64>()
+        };
+        wait_until("a store dropped the old version", T, || dropped() >= 1.0);
+        let mut at_sp = c.snapshot(safe_point, TransactionOptions::new_optimistic());
+        assert_eq!(at_sp.get(k("k2")).await.unwrap(), Some(b"v2".to_vec()));
+        let mut now = c.begin_optimistic().await.unwrap();
+        assert_eq!(now.get(k("k2")).await.unwrap(), Some(b"v3".to_vec()));
+        now.rollback().await.unwrap();
+        let mut below = c.snapshot(marks[0].clone(), TransactionOptions::new_optimistic());
+        let err = below.get(k("k2")).await.expect_err("below the safe point");
+        assert!(format!("{err:?}").contains("safe point"), "{err:?}");
+    });
 }

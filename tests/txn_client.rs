@@ -29,7 +29,15 @@ fn account(i: usize) -> Vec<u8> {
 
 /// Three stores with three voters each; the transactional client.
 fn cluster(rt: &tokio::runtime::Runtime) -> (ProcCluster, client::Client, TxnClient) {
-    let cluster = ProcCluster::start(3);
+    cluster_with(rt, "")
+}
+
+/// Like [`cluster`], with extra store settings (TOML after `[raftstore]`).
+fn cluster_with(
+    rt: &tokio::runtime::Runtime,
+    extra: &str,
+) -> (ProcCluster, client::Client, TxnClient) {
+    let cluster = ProcCluster::start_with(3, extra);
     let raw = common::client(rt, &cluster.pd_addr);
     wait_until("three voters", Duration::from_secs(60), || {
         common::voters(rt, &raw) == 3
@@ -329,5 +337,55 @@ fn bank_total_holds_through_splits_leader_moves_and_a_store_restart() {
         committed.load(Relaxed),
         conflicts.load(Relaxed),
         checks.load(Relaxed)
+    );
+}
+
+#[test]
+fn gc_advances_by_itself_resolves_old_locks_and_drops_old_versions() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (cluster, raw, c) = cluster_with(&rt, "[gc]\nrun-interval = \"1s\"\nlife-time = \"2s\"");
+    let updates = 30;
+    rt.block_on(async {
+        for i in 0..updates {
+            let mut t = c.begin().await.unwrap();
+            t.put(b"hot", i.to_string().as_bytes()).await.unwrap();
+            t.commit().await.unwrap();
+        }
+        // A transaction that locked a key and was abandoned.
+        let mut dead = c.begin_with(Mode::Pessimistic).await.unwrap();
+        dead.put(b"abandoned", b"x").await.unwrap();
+        std::mem::forget(dead);
+    });
+    let written = rt.block_on(c.current_ts()).unwrap();
+    let store_metric = |name: &str| {
+        (0..3)
+            .filter_map(|i| common::http_get(&cluster.status_addr(i), "/metrics"))
+            .map(|m| common::metric(&m, name))
+            .sum::<f64>()
+    };
+    wait_until(
+        "the safe point passes the writes",
+        Duration::from_secs(60),
+        || {
+            rt.block_on(raw.pd().get_gc_safe_point())
+                .is_ok_and(|sp| sp > written)
+        },
+    );
+    wait_until("old versions dropped", Duration::from_secs(30), || {
+        store_metric("flotilla_gc_versions_dropped_total") >= (updates - 1) as f64
+    });
+    assert!(
+        store_metric("flotilla_gc_locks_resolved_total") >= 1.0,
+        "the abandoned lock was resolved"
+    );
+    let t = rt.block_on(c.begin()).unwrap();
+    assert_eq!(
+        rt.block_on(t.get(b"hot")).unwrap(),
+        Some((updates - 1).to_string().into_bytes())
+    );
+    assert_eq!(
+        rt.block_on(t.get(b"abandoned")).unwrap(),
+        None,
+        "the abandoned write never landed"
     );
 }

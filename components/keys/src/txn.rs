@@ -160,6 +160,14 @@ fn versioned(user_key: &[u8], ts: u64) -> Vec<u8> {
     k
 }
 
+/// A key past every version of `user_key` and before the next user key's: an exclusive
+/// scan bound.
+pub fn after_versions(user_key: &[u8]) -> Vec<u8> {
+    let mut end = lock_key(user_key);
+    end.extend_from_slice(&[0xff; TS_LEN + 1]);
+    end
+}
+
 /// Splits a write or txn value CF key into its lock key (`z + enc(key)`, the part every
 /// version shares) and its timestamp.
 pub fn split_versioned(key: &[u8]) -> Result<(&[u8], u64)> {

@@ -26,6 +26,36 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Garbage collection of old transactional versions.
+    pub gc: GcConfig,
+}
+
+/// The `[gc]` section. The store leading the start of the key space advances the
+/// cluster's GC safe point to now minus `life-time` every `run-interval` (after resolving
+/// older locks); every store then drops, in the regions it leads, the versions below the
+/// safe point that no read can see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GcConfig {
+    /// How long old versions stay readable: snapshot reads may go this far back.
+    #[serde(with = "humantime_serde")]
+    pub life_time: std::time::Duration,
+    /// How often the safe point advances and stores collect.
+    #[serde(with = "humantime_serde")]
+    pub run_interval: std::time::Duration,
+    /// Whether this store takes part (advancing the safe point when it leads the first
+    /// region, and collecting).
+    pub enable: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            life_time: std::time::Duration::from_secs(600),
+            run_interval: std::time::Duration::from_secs(60),
+            enable: true,
+        }
+    }
 }
 
 /// The `[storage]` section: what bounds RocksDB's memory. A store's resident memory is
@@ -228,6 +258,11 @@ impl Validate for Config {
         ensure(
             s.raft_msg_queue_capacity > 0,
             "server.raft-msg-queue-capacity",
+            "must be positive",
+        )?;
+        ensure(
+            !self.gc.run_interval.is_zero(),
+            "gc.run-interval",
             "must be positive",
         )?;
         self.storage.validate()?;

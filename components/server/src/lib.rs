@@ -8,6 +8,7 @@
 
 pub mod config;
 mod error;
+mod gc_worker;
 pub mod metrics;
 mod node;
 pub mod pd_worker;

@@ -96,6 +96,9 @@ pub fn register_all() {
     LazyLock::force(&FORWARDED);
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REQUESTS);
+    LazyLock::force(&GC_SAFE_POINT);
+    LazyLock::force(&GC_VERSIONS_DROPPED);
+    LazyLock::force(&GC_LOCKS_RESOLVED);
 }
 
 /// The engine's statistics, read at each scrape (RocksDB keeps them; copying them into
@@ -257,3 +260,30 @@ impl prometheus::core::Collector for EngineCollector {
         ]
     }
 }
+
+/// The GC safe point this store last collected at.
+pub static GC_SAFE_POINT: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "flotilla_gc_safe_point",
+        "The GC safe point (a timestamp) this store last collected at"
+    )
+    .expect("register metric")
+});
+
+/// Old versions (commit and rollback records) dropped by GC.
+pub static GC_VERSIONS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_gc_versions_dropped_total",
+        "Commit and rollback records below the GC safe point dropped by this store"
+    )
+    .expect("register metric")
+});
+
+/// Locks below the safe point resolved by this store while it advanced the safe point.
+pub static GC_LOCKS_RESOLVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_gc_locks_resolved_total",
+        "Locks of old transactions resolved before the GC safe point advanced"
+    )
+    .expect("register metric")
+});

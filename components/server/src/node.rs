@@ -333,9 +333,10 @@ impl Node {
             raftstore.store_meta(),
             RawLimits::of(&cfg),
         );
+        let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone());
         let service = TikvService {
             store_id,
-            txn: crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone()),
+            txn: txn.clone(),
             storage,
             router,
             snap_mgr,
@@ -359,6 +360,21 @@ impl Node {
             &shutdown,
         )
         .await?;
+        if cfg.gc.enable {
+            tokio::spawn(
+                crate::gc_worker::GcWorker {
+                    cfg: cfg.gc.clone(),
+                    store_id,
+                    pd: pd.clone(),
+                    pd_endpoints: endpoints.clone(),
+                    txn,
+                    meta: raftstore.store_meta(),
+                    shutdown: shutdown.clone(),
+                    logger: logger.new(slog::o!("component" => "gc")),
+                }
+                .run(),
+            );
+        }
         info!(logger, "store serving"; "addr" => &addr, "status" => %status_addr,
               "pd" => pd.leader_addr());
         Ok(Node {

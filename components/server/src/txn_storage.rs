@@ -34,6 +34,10 @@ use crate::{
 const LATCH_SLOTS: usize = 1 << 16;
 /// Locks one resolve round handles before it scans again.
 const RESOLVE_BATCH: usize = 256;
+/// Keys one GC command looks at.
+const GC_BATCH: usize = 256;
+/// Most records one GC command drops (a key with more versions takes several).
+const GC_MAX_RECORDS: usize = 4096;
 /// Most locks one ScanLock answer carries (its client asks again from the last one).
 const SCAN_LOCK_MAX: usize = 1024;
 /// How far ahead of PD's clock a request's timestamp may be. Timestamps raise `max_ts`,
@@ -52,6 +56,9 @@ pub struct TxnStorage {
     synced: Arc<Mutex<HashMap<u64, u64>>>,
     /// The latest timestamp fetched from PD, to judge requests' timestamps by.
     pd_ts: Arc<std::sync::atomic::AtomicU64>,
+    /// The GC safe point this store knows of: reads below it are refused, since the
+    /// versions they need may be gone.
+    gc_safe_point: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What one command leaves for the caller: its answer, its writes, and in-memory locks
@@ -68,7 +75,27 @@ impl TxnStorage {
             pd,
             synced: Arc::default(),
             pd_ts: Arc::default(),
+            gc_safe_point: Arc::default(),
         }
+    }
+
+    /// Learns the GC safe point (before any version below it is dropped).
+    pub fn set_gc_safe_point(&self, safe_point: u64) {
+        self.gc_safe_point
+            .fetch_max(safe_point, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Admits a read at `ts`: not far ahead of PD, not below the GC safe point.
+    async fn admit_read(&self, ts: u64) -> Result<()> {
+        let safe_point = self
+            .gc_safe_point
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if ts < safe_point {
+            return Err(Error::InvalidRequest(format!(
+                "a read at {ts} is below the GC safe point {safe_point}: the versions it needs may be gone"
+            )));
+        }
+        self.admit_ts(&[ts]).await
     }
 
     /// Refuses timestamps (other than read-latest) far ahead of PD's clock.
@@ -294,6 +321,48 @@ impl TxnStorage {
         .await
     }
 
+    /// Drops the versions below `safe_point` that no read can see, in the region of
+    /// `ctx`, a batch of keys per command; returns how many records went.
+    pub async fn gc(&self, ctx: &Context, safe_point: u64) -> Result<u64> {
+        let mut from: Vec<u8> = vec![];
+        let mut dropped = 0u64;
+        loop {
+            let ready = self.kv.read_ready(ctx).await?;
+            let (lower, upper) = region_bounds(&ready.region);
+            let from_key = from.clone().max(lower);
+            let found = {
+                let snap = self.kv.engine().snapshot();
+                MvccReader::new(&snap)
+                    .written_keys(&from_key, &upper, GC_BATCH)
+                    .map_err(Error::from)?
+            };
+            if found.is_empty() {
+                return Ok(dropped);
+            }
+            let (n, finished) = self
+                .run(ctx, &found, false, |reader, _, _| {
+                    let mut txn = MvccTxn::new();
+                    let (mut n, mut finished) = (0, None);
+                    for k in &found {
+                        let left = GC_MAX_RECORDS - n;
+                        let m = actions::gc(&mut txn, reader, k, safe_point, left)?;
+                        n += m;
+                        if m == left {
+                            break;
+                        }
+                        finished = Some(k.clone());
+                    }
+                    Ok(((n, finished), txn, None))
+                })
+                .await?;
+            dropped += n as u64;
+            // Past the last key done; a key cut short is looked at again.
+            if let Some(k) = finished {
+                from = keys::txn::after_versions(&k);
+            }
+        }
+    }
+
     /// Rolls back the primary `key` of the transaction `start_ts` if its lock expired at
     /// `current_ts` (0: at once); `Committed` says it committed instead.
     pub async fn cleanup(
@@ -465,7 +534,7 @@ impl TxnStorage {
         ts: u64,
         bypass: &Bypass,
     ) -> Result<Vec<(Vec<u8>, txn::Result<Vec<u8>>)>> {
-        self.admit_ts(&[ts]).await?;
+        self.admit_read(ts).await?;
         let ready = self.kv.read_ready(ctx).await?;
         for k in keys {
             Self::check_in(&ready.region, k)?;
@@ -503,7 +572,7 @@ impl TxnStorage {
         ts: u64,
         bypass: &Bypass,
     ) -> Result<Option<Vec<u8>>> {
-        self.admit_ts(&[ts]).await?;
+        self.admit_read(ts).await?;
         let ready = self.kv.read_ready(ctx).await?;
         Self::check_in(&ready.region, key)?;
         self.cm.read_key(key, ts, bypass)?;
@@ -529,7 +598,7 @@ impl TxnStorage {
         if limit == 0 {
             return Ok(vec![]);
         }
-        self.admit_ts(&[ts]).await?;
+        self.admit_read(ts).await?;
         let ready = self.kv.read_ready(ctx).await?;
         let (lower, upper) = clip(&ready.region, start, end);
         let in_range = |k: &[u8]| {

@@ -1,7 +1,7 @@
 //! Reading multi-version records: a key's lock, its versions, its value at a timestamp.
 
 use engine::Cf;
-use keys::txn::{lock_key, split_versioned, user_key, value_key, write_key};
+use keys::txn::{after_versions, lock_key, split_versioned, user_key, value_key, write_key};
 
 use crate::{
     types::{Kind, Lock, Write},
@@ -37,12 +37,6 @@ pub struct MvccReader<'a> {
 }
 
 /// The end (exclusive) of every version of the key whose lock key is `prefix`.
-fn versions_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    end.extend_from_slice(&[0xff; keys::txn::TS_LEN + 1]);
-    end
-}
-
 fn decode<M: protobuf::Message>(what: &str, key: &[u8], bytes: &[u8]) -> Result<M> {
     M::parse_from_bytes(bytes)
         .map_err(|e| Error::Corrupted(format!("{what} at {key:?} does not decode: {e}")))
@@ -72,7 +66,7 @@ impl<'a> MvccReader<'a> {
         f: &mut dyn FnMut(u64, Write) -> Result<bool>,
     ) -> Result<()> {
         let start = write_key(key, ts);
-        let end = versions_end(&lock_key(key));
+        let end = after_versions(key);
         self.snap.scan(Cf::Write, &start, &end, false, &mut |k, v| {
             let (_, commit_ts) = split_versioned(k)?;
             f(commit_ts, decode("commit record", k, v)?)
@@ -234,6 +228,26 @@ impl<'a> MvccReader<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The user keys with commit records in `[lower, upper)` (write-CF key bounds), in
+    /// order, up to `limit`.
+    pub fn written_keys(&self, lower: &[u8], upper: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut out = vec![];
+        let mut last: Vec<u8> = vec![];
+        self.snap
+            .scan(Cf::Write, lower, upper, false, &mut |k, _| {
+                let (prefix, _) = split_versioned(k)?;
+                if prefix != last.as_slice() {
+                    if out.len() == limit {
+                        return Ok(false);
+                    }
+                    last = prefix.to_vec();
+                    out.push(user_key(prefix)?);
+                }
+                Ok(true)
+            })?;
+        Ok(out)
     }
 
     /// Every lock in `[lower, upper)` (lock-CF key bounds) that `keep` accepts, with its

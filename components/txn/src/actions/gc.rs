@@ -8,8 +8,14 @@ use crate::{
 /// Drops `key`'s versions below `safe_point` that no read at or above it can see: the
 /// newest committed version at or below the safe point stays if it is a Put, everything
 /// older goes, and so do deletes, locks and rollbacks at or below it. Returns how many
-/// records go.
-pub fn gc(txn: &mut MvccTxn, reader: &MvccReader, key: &[u8], safe_point: u64) -> Result<usize> {
+/// records go: at most `max` (any subset of them may go; the rest go on another call).
+pub fn gc(
+    txn: &mut MvccTxn,
+    reader: &MvccReader,
+    key: &[u8],
+    safe_point: u64,
+    max: usize,
+) -> Result<usize> {
     // Once the visible version is found (a Put kept, or a delete dropped: nothing
     // below a delete can be seen either), everything older goes.
     let mut found = false;
@@ -20,7 +26,7 @@ pub fn gc(txn: &mut MvccTxn, reader: &MvccReader, key: &[u8], safe_point: u64) -
         if !keep {
             doomed.push((commit_ts, w));
         }
-        Ok(true)
+        Ok(doomed.len() < max)
     })?;
     for (commit_ts, w) in &doomed {
         txn.delete_write(key, *commit_ts);

@@ -425,7 +425,7 @@ fn gc_keeps_the_newest_visible_version_and_drops_the_rest() {
     db.put(b"k", b"b", 30, 40);
     db.run(|txn, r| rollback(txn, r, b"k", 45, false)).unwrap();
     db.put(b"k", b"c", 50, 60);
-    let dropped = db.run(|txn, r| gc(txn, r, b"k", 55)).unwrap();
+    let dropped = db.run(|txn, r| gc(txn, r, b"k", 55, usize::MAX)).unwrap();
     assert_eq!(dropped, 2, "the long put at 20 and the rollback at 45");
     assert_eq!(db.count(Cf::TxnValue), 0);
     assert_eq!(db.get(b"k", 55).unwrap(), Some(b"b".to_vec()));
@@ -434,9 +434,25 @@ fn gc_keeps_the_newest_visible_version_and_drops_the_rest() {
     db.prewrite(&props(b"k", 70), op(b"k", MutationOp::Delete), false)
         .unwrap();
     db.run(|txn, r| commit(txn, r, b"k", 70, 80)).unwrap();
-    db.run(|txn, r| gc(txn, r, b"k", 90)).unwrap();
+    db.run(|txn, r| gc(txn, r, b"k", 90, usize::MAX)).unwrap();
     assert_eq!(db.count(Cf::Write), 0);
     assert_eq!(db.get(b"k", 90).unwrap(), None);
+}
+
+#[test]
+fn gc_in_bounded_steps_ends_where_one_unbounded_call_would() {
+    let db = Db::new();
+    for i in 0..5u64 {
+        db.put(b"k", b"v", 10 + 10 * i, 15 + 10 * i);
+    }
+    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
+    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
+    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 0);
+    assert_eq!(db.count(Cf::Write), 1, "the newest version stays");
+    let written = db
+        .run(|_, r| r.written_keys(&keys::data_key(b""), &keys::data_end_key(b""), 10))
+        .unwrap();
+    assert_eq!(written, vec![b"k".to_vec()]);
 }
 
 #[test]

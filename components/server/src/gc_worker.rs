@@ -1,0 +1,126 @@
+//! Garbage collection of old transactional versions, on a task of its own.
+//!
+//! Every `gc.run-interval`: the store leading the first region (one store at a time, by
+//! Raft) resolves the locks of transactions older than now minus `gc.life-time` and
+//! raises PD's safe point to it, through the transactional client as any GC leader
+//! would; then every store drops, in each region it leads, the versions below PD's safe
+//! point that no read can see. A region is collected once per safe point, by whichever
+//! store leads it.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use proto::kvrpcpb::Context;
+use raftstore::StoreMeta;
+use slog::{info, warn, Logger};
+use util::shutdown::Shutdown;
+
+use crate::{config::GcConfig, metrics, txn_storage::TxnStorage};
+
+/// What the worker needs from the store.
+pub struct GcWorker {
+    /// Its settings.
+    pub cfg: GcConfig,
+    /// This store.
+    pub store_id: u64,
+    /// PD, for the safe point and timestamps.
+    pub pd: Arc<pd_client::PdClient>,
+    /// PD's addresses, for the transactional client that resolves locks.
+    pub pd_endpoints: Vec<String>,
+    /// Where versions are dropped.
+    pub txn: TxnStorage,
+    /// Which regions this store leads.
+    pub meta: Arc<Mutex<StoreMeta>>,
+    /// Stops the worker.
+    pub shutdown: Shutdown,
+    /// Logs with the store's fields.
+    pub logger: Logger,
+}
+
+impl GcWorker {
+    /// Runs rounds until shutdown.
+    pub async fn run(self) {
+        let mut client = None;
+        let mut collected: HashMap<u64, u64> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.run_interval) => {}
+                _ = self.shutdown.wait() => return,
+            }
+            if let Err(e) = self.advance(&mut client).await {
+                warn!(self.logger, "gc safe point not advanced"; "err" => %e);
+            }
+            match self.pd.get_gc_safe_point().await {
+                Ok(sp) if sp > 0 => self.collect(sp, &mut collected).await,
+                Ok(_) => {}
+                Err(e) => warn!(self.logger, "gc safe point unknown"; "err" => %e),
+            }
+        }
+    }
+
+    /// As the leader of the first region: resolves locks below now minus the life
+    /// time and raises the safe point there.
+    async fn advance(&self, client: &mut Option<client::txn::TxnClient>) -> client::Result<()> {
+        let leads_first = {
+            let meta = self.meta.lock();
+            meta.region_for_key(b"")
+                .is_some_and(|r| meta.is_leader(r.get_id()))
+        };
+        if !leads_first {
+            return Ok(());
+        }
+        let now = self.pd.get_ts().await?;
+        let life_ms = self.cfg.life_time.as_millis() as u64;
+        let target =
+            txn::types::from_physical_ms(txn::types::physical_ms(now).saturating_sub(life_ms));
+        if target == 0 || target <= self.pd.get_gc_safe_point().await? {
+            return Ok(());
+        }
+        if client.is_none() {
+            let timeout = self.cfg.run_interval.max(Duration::from_secs(10));
+            *client = Some(client::txn::TxnClient::connect(&self.pd_endpoints, timeout).await?);
+        }
+        let report = client.as_ref().expect("connected above").gc(target).await?;
+        metrics::GC_LOCKS_RESOLVED.inc_by(report.locks_resolved);
+        info!(self.logger, "gc safe point advanced"; "safe_point" => report.safe_point,
+              "locks_resolved" => report.locks_resolved);
+        Ok(())
+    }
+
+    /// Drops versions below `safe_point` in every region this store leads that was not
+    /// collected at it yet.
+    async fn collect(&self, safe_point: u64, collected: &mut HashMap<u64, u64>) {
+        metrics::GC_SAFE_POINT.set(safe_point as i64);
+        self.txn.set_gc_safe_point(safe_point);
+        let led: Vec<Context> = {
+            let meta = self.meta.lock();
+            meta.regions()
+                .filter(|r| meta.is_leader(r.get_id()))
+                .filter(|r| collected.get(&r.get_id()).is_none_or(|sp| *sp < safe_point))
+                .filter_map(|r| {
+                    let peer = r
+                        .get_peers()
+                        .iter()
+                        .find(|p| p.get_store_id() == self.store_id)?;
+                    let mut ctx = Context::default();
+                    ctx.region_id = r.get_id();
+                    ctx.set_region_epoch(r.get_region_epoch().clone());
+                    ctx.set_peer(peer.clone());
+                    Some(ctx)
+                })
+                .collect()
+        };
+        collected.retain(|id, _| self.meta.lock().region(*id).is_some());
+        for ctx in led {
+            match self.txn.gc(&ctx, safe_point).await {
+                Ok(dropped) => {
+                    metrics::GC_VERSIONS_DROPPED.inc_by(dropped);
+                    collected.insert(ctx.region_id, safe_point);
+                }
+                // Retried next round (the region split, or its leader moved).
+                Err(e) => warn!(self.logger, "gc of a region failed"; "region_id" => ctx.region_id,
+                                "err" => %e),
+            }
+        }
+    }
+}
