@@ -46,7 +46,12 @@ fn main() -> ExitCode {
         };
         res.unwrap_or_else(|e| {
             eprintln!("error: {e}");
-            2
+            // A lost transaction is an answer, not a failure to get one.
+            if matches!(e, client::Error::Conflict { .. }) {
+                1
+            } else {
+                2
+            }
         })
     });
     ExitCode::from(code as u8)

@@ -243,6 +243,17 @@ impl Client {
         })
     }
 
+    /// A client on the same PD connection with a region cache of its own.
+    fn with_own_routes(&self) -> Client {
+        Client {
+            pd: self.pd.clone(),
+            env: self.env.clone(),
+            cache: Mutex::default(),
+            stores: Mutex::default(),
+            timeout: self.timeout,
+        }
+    }
+
     /// How long an operation may retry.
     pub fn timeout(&self) -> Duration {
         self.timeout

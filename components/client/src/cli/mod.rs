@@ -13,8 +13,10 @@ use crate::{progress::Progress, Client, Error, Result};
 
 mod health;
 mod stats;
+mod txn;
 
 pub use health::{Health, Verdict};
+pub use txn::TxnCommand;
 
 /// kvctl: the Flotilla command-line client.
 #[derive(Debug, Parser)]
@@ -129,7 +131,16 @@ pub enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
-    /// An interactive shell (with history) that takes these commands.
+    /// Transactions: each command a transaction of its own (in the shell, BEGIN ...
+    /// COMMIT groups statements into one).
+    Txn {
+        /// What to do.
+        #[command(subcommand)]
+        command: TxnCommand,
+    },
+    /// An interactive shell (with history) that takes these commands, and BEGIN
+    /// [PESSIMISTIC], COMMIT and ROLLBACK: in between, get/put/delete/scan run in one
+    /// transaction and see its own writes.
     Shell,
 }
 
@@ -374,6 +385,9 @@ pub async fn run(
         Command::Operator {
             command: OperatorCommand::List,
         } => operators(client, &mut p).await,
+        Command::Txn { command } => {
+            txn::run(&crate::txn::TxnClient::new(client), command, &mut p).await
+        }
         Command::Shell => Err(Error::InvalidArgument(
             "the shell cannot start a shell".into(),
         )),
@@ -402,7 +416,12 @@ async fn scan(
     limit: usize,
     p: &mut Printer<'_>,
 ) -> Result<i32> {
-    let pairs = client.scan(start, end, limit).await?;
+    print_pairs(&client.scan(start, end, limit).await?, p);
+    Ok(0)
+}
+
+/// Pairs as KEY<TAB>VALUE lines (or a JSON array).
+fn print_pairs(pairs: &[(Vec<u8>, Vec<u8>)], p: &mut Printer<'_>) {
     if p.json {
         let v: Vec<_> = pairs
             .iter()
@@ -411,10 +430,9 @@ async fn scan(
         p.line(serde_json::Value::Array(v));
     } else {
         for (k, v) in pairs {
-            p.bytes(&[&k, b"\t", &v, b"\n"]);
+            p.bytes(&[k, b"\t", v, b"\n"]);
         }
     }
-    Ok(0)
 }
 
 async fn cas(client: &Client, absent: bool, args: &[String], p: &mut Printer<'_>) -> Result<i32> {
@@ -785,8 +803,15 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
+    let txn_client = crate::txn::TxnClient::new(client);
+    let mut session = txn::Session::new(&txn_client);
     loop {
-        let line = match editor.readline("kvctl> ") {
+        let prompt = if session.is_open() {
+            "kvctl(txn)> "
+        } else {
+            "kvctl> "
+        };
+        let line = match editor.readline(prompt) {
             Ok(l) => l,
             Err(_) => break,
         };
@@ -798,21 +823,33 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
         if line == "exit" || line == "quit" {
             break;
         }
+        let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+        let mut p = Printer {
+            json: output == Output::Json,
+            out: &mut stdout,
+            err: &mut stderr,
+        };
+        if let Some(res) = session.control(line, &mut p).await {
+            report(res, &mut p);
+            continue;
+        }
         let Some(words) = shlex::split(line) else {
-            eprintln!("unbalanced quotes");
+            p.diagnostic("unbalanced quotes");
             continue;
         };
         match ShellLine::try_parse_from(words) {
             Ok(ShellLine {
                 command: Command::Shell,
-            }) => eprintln!("already in the shell"),
+            }) => p.diagnostic("already in the shell"),
             Ok(parsed) => {
-                let mut stdout = std::io::stdout();
-                let mut stderr = std::io::stderr();
-                if let Err(e) = run(&parsed.command, output, client, &mut stdout, &mut stderr).await
-                {
-                    eprintln!("error: {e}");
-                }
+                let res = match in_transaction(&parsed.command) {
+                    Some(stmt) => match session.statement(&stmt, &mut p).await {
+                        Some(res) => res,
+                        None => run(&parsed.command, output, client, p.out, p.err).await,
+                    },
+                    None => run(&parsed.command, output, client, p.out, p.err).await,
+                };
+                report(res, &mut p);
             }
             Err(e) => {
                 let _ = e.print();
@@ -823,4 +860,33 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
         let _ = editor.save_history(h);
     }
     Ok(0)
+}
+
+/// A shell command's failure, as a line on stderr.
+fn report(res: Result<i32>, p: &mut Printer<'_>) {
+    if let Err(e) = res {
+        p.diagnostic(&format!("error: {e}"));
+    }
+}
+
+/// The statement a command is inside an open transaction: get, put, delete and scan,
+/// plain or under `txn`.
+fn in_transaction(cmd: &Command) -> Option<TxnCommand> {
+    Some(match cmd {
+        Command::Get { key } => TxnCommand::Get { key: key.clone() },
+        Command::Put { key, value } => TxnCommand::Put {
+            key: key.clone(),
+            value: value.clone(),
+        },
+        Command::Delete { key } => TxnCommand::Delete { key: key.clone() },
+        Command::Scan { start, end, limit } => TxnCommand::Scan {
+            start: start.clone(),
+            end: end.clone(),
+            limit: *limit,
+        },
+        Command::Txn { command } if !matches!(command, TxnCommand::Status { .. }) => {
+            command.clone()
+        }
+        _ => return None,
+    })
 }

@@ -36,6 +36,13 @@ impl TxnClient {
         })
     }
 
+    /// Transactions on `client`'s PD connection (with a region cache of their own).
+    pub fn new(client: &Client) -> TxnClient {
+        TxnClient {
+            inner: client.with_own_routes(),
+        }
+    }
+
     /// A fresh timestamp from PD.
     pub async fn current_ts(&self) -> Result<u64> {
         Ok(self.inner.pd.get_ts().await?)
