@@ -24,19 +24,26 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 pd="127.0.0.1:$(port)"
 "$BIN/pd-server" --addr "$pd" --data-dir "$dir/pd" --status-addr "127.0.0.1:$(port)" >"$dir/pd.log" 2>&1 &
 pids+=($!)
+# Stores need the cluster secret PD creates at its first start.
+secret="$dir/pd/cluster-secret"
+for _ in $(seq 1 100); do [ -s "$secret" ] && break; sleep 0.1; done
+[ -s "$secret" ] || { echo "pd-server did not create $secret" >&2; cat "$dir/pd.log" >&2; exit 1; }
 for i in 1 2 3; do
   "$BIN/kv-server" --pd "$pd" --addr "127.0.0.1:$(port)" --status-addr "127.0.0.1:$(port)" \
-    --data-dir "$dir/store$i" >"$dir/store$i.log" 2>&1 &
+    --cluster-secret-file "$secret" --data-dir "$dir/store$i" >"$dir/store$i.log" 2>&1 &
   pids+=($!)
 done
 
 # Wait (at most 120 s) until the first region has three voters.
+ready=
 for _ in $(seq 1 240); do
   if "$BIN/kvctl" --pd "$pd" --timeout 2s region list 2>/dev/null | grep -q ':voter,.*:voter,.*:voter'; then
+    ready=1
     break
   fi
   sleep 0.5
 done
+[ -n "$ready" ] || { echo "the cluster did not get three voters in 120 s" >&2; tail -5 "$dir"/*.log >&2; exit 1; }
 "$BIN/kvctl" --pd "$pd" region list
 
 "$BIN/kv-bench" --pd "$pd" "$@"

@@ -14,7 +14,7 @@ use std::{
 };
 
 use client::{
-    txn::{Mode, TxnClient, TxnState},
+    txn::{CommitMode, Mode, TxnClient, TxnState},
     Error,
 };
 use common::{kvctl, wait_until, ProcCluster, StopOnDrop};
@@ -388,4 +388,38 @@ fn gc_advances_by_itself_resolves_old_locks_and_drops_old_versions() {
         None,
         "the abandoned write never landed"
     );
+}
+
+#[test]
+fn async_commit_across_regions_and_one_pc_in_one_region() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_cluster, raw, c) = cluster(&rt);
+    split_at(&rt, &raw, b"m");
+    rt.block_on(async {
+        let mut t = c.begin().await.unwrap();
+        t.set_commit_mode(CommitMode::AsyncCommit);
+        t.put(b"a-async", b"1").await.unwrap();
+        t.put(b"z-async", b"2").await.unwrap();
+        let start = t.start_ts();
+        let committed = t.commit().await.expect("async commit");
+        assert!(committed > start);
+        assert_eq!(
+            c.status(b"a-async", start).await.unwrap(),
+            TxnState::Committed(committed)
+        );
+        let mut one = c.begin().await.unwrap();
+        one.set_commit_mode(CommitMode::OnePc);
+        one.put(b"a-1pc", b"3").await.unwrap();
+        one.put(b"b-1pc", b"4").await.unwrap();
+        let start = one.start_ts();
+        let committed = one.commit().await.expect("1PC");
+        assert_eq!(
+            c.status(b"a-1pc", start).await.unwrap(),
+            TxnState::Committed(committed)
+        );
+        let r = c.begin().await.unwrap();
+        let all = r.scan(b"", b"", 10).await.unwrap();
+        let keys_: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys_, [&b"a-1pc"[..], b"a-async", b"b-1pc", b"z-async"]);
+    });
 }

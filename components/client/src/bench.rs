@@ -12,7 +12,11 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::Rng;
 
-use crate::{cli::endpoints, Client, Error, Result};
+use crate::{
+    cli::endpoints,
+    txn::{CommitMode, TxnClient},
+    Client, Error, Result,
+};
 
 /// kv-bench: load a Flotilla cluster and report throughput and latency.
 #[derive(Debug, Parser)]
@@ -43,9 +47,23 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
+    /// How the `txn` workload commits.
+    #[arg(long, value_enum, default_value_t = TxnCommit::TwoPhase)]
+    pub txn_commit: TxnCommit,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How transactions commit in the `txn` workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TxnCommit {
+    /// Two-phase commit, the two keys in different regions.
+    TwoPhase,
+    /// Async commit, the two keys in different regions.
+    AsyncCommit,
+    /// One-phase commit, both keys in one region.
+    OnePc,
 }
 
 /// Workloads (YCSB-like).
@@ -57,6 +75,9 @@ pub enum Workload {
     Read,
     /// Half gets, half puts (YCSB A).
     Mixed,
+    /// Transactions that read two keys and write both (`--txn-commit` says how they
+    /// commit). The key space is split in two first; a conflict counts as an error.
+    Txn,
 }
 
 /// What a run measured.
@@ -111,6 +132,47 @@ fn key(i: u64) -> Vec<u8> {
     format!("bench-{i:012}").into_bytes()
 }
 
+/// Transactional keys lead with their number, so that a split at the middle number
+/// separates them (encoded keys sharing their first 8 bytes cannot be separated).
+fn txn_key(i: u64) -> Vec<u8> {
+    format!("{i:08}-txn").into_bytes()
+}
+
+/// Splits the key space at the middle transactional key, unless a region starts there.
+async fn split_in_two(client: &Client, keys: u64) -> Result<()> {
+    let mid = format!("{:08}", keys / 2).into_bytes();
+    let route = client.pd().get_region(&mid).await?;
+    if route.region.get_start_key() != mid.as_slice() {
+        client.split_region(route.region.get_id(), &[mid]).await?;
+    }
+    Ok(())
+}
+
+/// One transaction of the `txn` workload: read two keys, write both.
+async fn transfer(c: &TxnClient, mode: TxnCommit, keys: u64, value: &[u8]) -> Result<()> {
+    let (a, b) = {
+        let mut rng = rand::thread_rng();
+        let half = (keys / 2).max(1);
+        let a = rng.gen_range(0..half);
+        let b = match mode {
+            TxnCommit::OnePc => (a + 1 + rng.gen_range(0..half.max(2) - 1)) % half,
+            _ => half + rng.gen_range(0..(keys - half).max(1)),
+        };
+        (txn_key(a), txn_key(b))
+    };
+    let mut t = c.begin().await?;
+    t.set_commit_mode(match mode {
+        TxnCommit::TwoPhase => CommitMode::TwoPhase,
+        TxnCommit::AsyncCommit => CommitMode::AsyncCommit,
+        TxnCommit::OnePc => CommitMode::OnePc,
+    });
+    t.get(&a).await?;
+    t.get(&b).await?;
+    t.put(&a, value).await?;
+    t.put(&b, value).await?;
+    t.commit().await.map(|_| ())
+}
+
 /// Runs the benchmark.
 pub async fn run(args: &BenchArgs) -> Result<Report> {
     if args.threads == 0 {
@@ -120,6 +182,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
         return Err(Error::InvalidArgument("--keys must be positive".into()));
     }
     let client = Arc::new(Client::connect(&endpoints(&args.pd), Duration::from_secs(10)).await?);
+    let txn = Arc::new(TxnClient::new(&client));
+    if args.workload == Workload::Txn {
+        split_in_two(&client, args.keys).await?;
+    }
     let before = cluster_counters(&client).await;
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -130,8 +196,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     }));
     let mut workers = vec![];
     for _ in 0..args.threads {
-        let (client, budget) = (client.clone(), budget.clone());
-        let (workload, keys, size) = (args.workload, args.keys, args.value_size);
+        let (client, txn, budget) = (client.clone(), txn.clone(), budget.clone());
+        let (workload, keys, size, commit) =
+            (args.workload, args.keys, args.value_size, args.txn_commit);
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("valid histogram precision");
             let mut errors = 0u64;
@@ -148,14 +215,16 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
                 let (k, write) = {
                     let mut rng = rand::thread_rng();
                     let write = match workload {
-                        Workload::Write => true,
+                        Workload::Write | Workload::Txn => true,
                         Workload::Read => false,
                         Workload::Mixed => rng.gen_bool(0.5),
                     };
                     (key(rng.gen_range(0..keys)), write)
                 };
                 let t = Instant::now();
-                let ok = if write {
+                let ok = if workload == Workload::Txn {
+                    transfer(&txn, commit, keys, &value).await.is_ok()
+                } else if write {
                     client.put(&k, &value).await.is_ok()
                 } else {
                     client.get(&k).await.is_ok()

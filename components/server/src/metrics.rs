@@ -99,6 +99,8 @@ pub fn register_all() {
     LazyLock::force(&GC_SAFE_POINT);
     LazyLock::force(&GC_VERSIONS_DROPPED);
     LazyLock::force(&GC_LOCKS_RESOLVED);
+    LazyLock::force(&TXN_LATCH_WAIT_SECONDS);
+    LazyLock::force(&TXN_KEY_ERRORS);
 }
 
 /// The engine's statistics, read at each scrape (RocksDB keeps them; copying them into
@@ -284,6 +286,26 @@ pub static GC_LOCKS_RESOLVED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "flotilla_gc_locks_resolved_total",
         "Locks of old transactions resolved before the GC safe point advanced"
+    )
+    .expect("register metric")
+});
+
+/// Time transactional commands waited for their keys' latches.
+pub static TXN_LATCH_WAIT_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::register_histogram!(
+        "flotilla_txn_latch_wait_seconds",
+        "Time transactional commands waited for the latches of their keys",
+        exponential_buckets(0.00001, 2.0, 20).expect("valid buckets")
+    )
+    .expect("register metric")
+});
+
+/// Key errors answered to transactional commands, by kind.
+pub static TXN_KEY_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_txn_key_errors_total",
+        "Key errors answered to transactional commands, by kind (locked, conflict, already_exist, txn_not_found, commit_ts_expired, other)",
+        &["kind"]
     )
     .expect("register metric")
 });

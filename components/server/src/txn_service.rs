@@ -136,6 +136,25 @@ fn error_response<R: TxnResponse>(e: Error) -> R {
 
 /// The one conversion of transaction errors to what TiKV's clients act on.
 pub fn key_error(e: txn::Error) -> KeyError {
+    let k = to_key_error(e);
+    let kind = if k.has_locked() {
+        "locked"
+    } else if k.has_conflict() {
+        "conflict"
+    } else if k.has_already_exist() {
+        "already_exist"
+    } else if k.has_txn_not_found() {
+        "txn_not_found"
+    } else if k.has_commit_ts_expired() {
+        "commit_ts_expired"
+    } else {
+        "other"
+    };
+    metrics::TXN_KEY_ERRORS.with_label_values(&[kind]).inc();
+    k
+}
+
+fn to_key_error(e: txn::Error) -> KeyError {
     let mut k = KeyError::default();
     let msg = e.to_string();
     match e {

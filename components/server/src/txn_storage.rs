@@ -154,10 +154,12 @@ impl TxnStorage {
         }
         // Bounded: a command stuck in Raft holds its latches until Raft answers it.
         let timeout = self.kv.limits().timeout;
+        let waited = std::time::Instant::now();
         let latched =
             tokio::time::timeout(timeout, self.latches.acquire(keys.iter().map(|k| &k[..])))
                 .await
                 .map_err(|_| Error::Timeout(timeout))?;
+        crate::metrics::TXN_LATCH_WAIT_SECONDS.observe(waited.elapsed().as_secs_f64());
         let ready = self.kv.read_ready(ctx).await?;
         for k in keys {
             Self::check_in(&ready.region, k)?;

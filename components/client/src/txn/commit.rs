@@ -3,11 +3,20 @@
 
 use proto::kvrpcpb::{self, Op, PrewriteRequest_PessimisticAction as PessimisticAction};
 
-use super::{key_error, transaction::Buffered, Mode, Transaction, LOCK_TTL_MS};
+use super::{key_error, transaction::Buffered, CommitMode, Mode, Transaction, LOCK_TTL_MS};
 use crate::{Backoff, Error, Result};
 
 /// A key's mutation and whether it was locked pessimistically.
 type Planned = (kvrpcpb::Mutation, bool);
+
+/// What the prewrite phase decided.
+struct Prewritten {
+    /// Committed by the prewrite itself (1PC), at this timestamp.
+    one_pc: Option<u64>,
+    /// Async commit: committed at this timestamp once every prewrite succeeded; `None`
+    /// for two-phase commit.
+    async_min_commit_ts: Option<u64>,
+}
 
 impl Transaction<'_> {
     /// Commits; returns the commit timestamp (the start timestamp for a transaction that
@@ -24,9 +33,21 @@ impl Transaction<'_> {
             .clone()
             .unwrap_or_else(|| planned[0].0.get_key().to_vec());
         self.primary = Some(primary.clone());
-        if let Err(e) = self.prewrite(&planned, &primary).await {
-            let _ = self.rollback_keys(self.written_keys()).await;
-            return Err(e);
+        let prewritten = match self.prewrite(&planned, &primary).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.rollback_keys(self.written_keys()).await;
+                return Err(e);
+            }
+        };
+        if let Some(ts) = prewritten.one_pc {
+            return Ok(ts);
+        }
+        if let Some(ts) = prewritten.async_min_commit_ts {
+            // Committed once every prewrite succeeded, at the highest min_commit_ts: every
+            // key's lock is turned over at once, the primary's no earlier than the rest.
+            let _ = self.commit_keys(self.written_keys(), ts).await;
+            return Ok(ts);
         }
         let commit_ts = match self.client.current_ts().await {
             Ok(ts) => ts,
@@ -99,7 +120,20 @@ impl Transaction<'_> {
         out
     }
 
-    async fn prewrite(&self, planned: &[Planned], primary: &[u8]) -> Result<()> {
+    async fn prewrite(&self, planned: &[Planned], primary: &[u8]) -> Result<Prewritten> {
+        let mut out = Prewritten {
+            one_pc: None,
+            async_min_commit_ts: (self.commit_mode == CommitMode::AsyncCommit).then_some(0),
+        };
+        let secondaries: Vec<Vec<u8>> = match self.commit_mode {
+            CommitMode::AsyncCommit => planned
+                .iter()
+                .map(|p| p.0.get_key().to_vec())
+                .filter(|k| k.as_slice() != primary)
+                .collect(),
+            _ => vec![],
+        };
+        let commit_mode = self.commit_mode;
         let mut backoff = Backoff::new(self.client.inner.timeout);
         let mut pending: Vec<(Vec<u8>, Planned)> = planned
             .iter()
@@ -117,6 +151,17 @@ impl Transaction<'_> {
                     req.start_version = start_ts;
                     req.lock_ttl = LOCK_TTL_MS;
                     req.txn_size = txn_size;
+                    match commit_mode {
+                        // Only when the whole transaction is in this one request.
+                        CommitMode::OnePc => req.try_one_pc = group.len() as u64 == txn_size,
+                        CommitMode::AsyncCommit => {
+                            req.use_async_commit = true;
+                            if group.iter().any(|(m, _)| m.get_key() == primary) {
+                                req.set_secondaries(secondaries.clone().into());
+                            }
+                        }
+                        CommitMode::TwoPhase => {}
+                    }
                     for (m, locked) in &group {
                         req.mut_mutations().push(m.clone());
                         if pessimistic {
@@ -130,14 +175,25 @@ impl Transaction<'_> {
                     }
                     async move {
                         let mut r = c.kv_prewrite_async(&req)?.await?;
-                        Ok((r.region_error.take(), (group, r.take_errors().into_vec())))
+                        let answer = (r.min_commit_ts, r.one_pc_commit_ts);
+                        Ok((
+                            r.region_error.take(),
+                            (group, r.take_errors().into_vec(), answer),
+                        ))
                     }
                 })
                 .await?;
             pending.clear();
             let mut locks = vec![];
-            for (group, errors) in results {
+            for (group, errors, (min_commit_ts, one_pc)) in results {
                 if errors.is_empty() {
+                    if one_pc > 0 {
+                        out.one_pc = Some(one_pc);
+                    }
+                    // A store that declined async commit (0) makes it two-phase.
+                    out.async_min_commit_ts = out
+                        .async_min_commit_ts
+                        .and_then(|ts| (min_commit_ts > 0).then_some(ts.max(min_commit_ts)));
                     continue;
                 }
                 for mut e in errors {
@@ -150,7 +206,7 @@ impl Transaction<'_> {
             }
             self.client.settle(&locks, &mut backoff).await?;
         }
-        Ok(())
+        Ok(out)
     }
 
     async fn commit_keys(&self, keys_: Vec<Vec<u8>>, commit_ts: u64) -> Result<()> {

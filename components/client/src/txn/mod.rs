@@ -16,7 +16,7 @@ use std::{future::Future, time::Duration};
 use proto::{errorpb, kvrpcpb, tikvpb_grpc::TikvClient};
 
 pub use resolve::{GcReport, TxnState};
-pub use transaction::{Mode, Transaction};
+pub use transaction::{CommitMode, Mode, Transaction};
 
 use crate::{Client, Error, Kind, Result};
 

@@ -18,6 +18,20 @@ pub enum Mode {
     Pessimistic,
 }
 
+/// How a transaction commits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Prewrite, then commit the primary (the commit point), then the secondaries.
+    #[default]
+    TwoPhase,
+    /// Committed as soon as every prewrite succeeds, at the highest min_commit_ts the
+    /// stores chose (one round trip fewer before the answer).
+    AsyncCommit,
+    /// When every key is in one region: prewrite and commit in one request. Otherwise
+    /// two-phase.
+    OnePc,
+}
+
 /// A buffered write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Buffered {
@@ -38,6 +52,7 @@ pub struct Transaction<'a> {
     pub(super) locked: BTreeSet<Vec<u8>>,
     /// The primary key, once one is chosen (the first key locked or written).
     pub(super) primary: Option<Vec<u8>>,
+    pub(super) commit_mode: CommitMode,
 }
 
 impl<'a> Transaction<'a> {
@@ -49,7 +64,13 @@ impl<'a> Transaction<'a> {
             buffer: BTreeMap::new(),
             locked: BTreeSet::new(),
             primary: None,
+            commit_mode: CommitMode::default(),
         }
+    }
+
+    /// Chooses how this transaction commits (two-phase by default).
+    pub fn set_commit_mode(&mut self, mode: CommitMode) {
+        self.commit_mode = mode;
     }
 
     /// The snapshot this transaction reads.
