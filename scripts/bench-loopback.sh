@@ -3,6 +3,9 @@
 # kv-bench against them, prints its report, and stops every process it started (also on
 # failure). Extra arguments go to kv-bench, e.g.:
 #   scripts/bench-loopback.sh --threads 32 --duration 20s --workload write
+# STORE_CONFIG=FILE starts the stores with that config file; SETTLE=SECONDS waits that
+# long after the run and then prints the stores' transactional storage (write column
+# family) and GC counters.
 set -euo pipefail
 
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}/release"
@@ -28,8 +31,11 @@ pids+=($!)
 secret="$dir/pd/cluster-secret"
 for _ in $(seq 1 100); do [ -s "$secret" ] && break; sleep 0.1; done
 [ -s "$secret" ] || { echo "pd-server did not create $secret" >&2; cat "$dir/pd.log" >&2; exit 1; }
+status=()
 for i in 1 2 3; do
-  "$BIN/kv-server" --pd "$pd" --addr "127.0.0.1:$(port)" --status-addr "127.0.0.1:$(port)" \
+  status+=("127.0.0.1:$(port)")
+  "$BIN/kv-server" --pd "$pd" --addr "127.0.0.1:$(port)" --status-addr "${status[-1]}" \
+    ${STORE_CONFIG:+--config "$STORE_CONFIG"} \
     --cluster-secret-file "$secret" --data-dir "$dir/store$i" >"$dir/store$i.log" 2>&1 &
   pids+=($!)
 done
@@ -47,3 +53,18 @@ done
 "$BIN/kvctl" --pd "$pd" region list
 
 "$BIN/kv-bench" --pd "$pd" "$@"
+
+if [ -n "${SETTLE:-}" ]; then
+  sleep "$SETTLE"
+  for s in "${status[@]}"; do
+    python3 - "$s" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+want = ('flotilla_engine_keys{cf="write"}', 'flotilla_engine_sst_bytes{cf="write"}',
+        'flotilla_engine_memtable_bytes{cf="write"}', 'flotilla_gc_versions_dropped_total',
+        'flotilla_gc_safe_point')
+vals = {l.split(' ')[0]: l.split(' ')[-1] for l in text.splitlines() if l.startswith(want)}
+print(sys.argv[1], ' '.join(f'{k}={v}' for k, v in sorted(vals.items())))
+PY
+  done
+fi

@@ -78,6 +78,9 @@ pub enum Workload {
     /// Transactions that read two keys and write both (`--txn-commit` says how they
     /// commit). The key space is split in two first; a conflict counts as an error.
     Txn,
+    /// Transactions that update one key, `hot` (1PC): old versions pile up under it
+    /// unless GC drops them. Run it with one thread (others would conflict).
+    Hot,
 }
 
 /// What a run measured.
@@ -148,6 +151,15 @@ async fn split_in_two(client: &Client, keys: u64) -> Result<()> {
     Ok(())
 }
 
+/// One transaction of the `hot` workload.
+async fn update_hot(c: &TxnClient, value: &[u8]) -> Result<()> {
+    let mut t = c.begin().await?;
+    t.set_commit_mode(CommitMode::OnePc);
+    t.get(b"hot").await?;
+    t.put(b"hot", value).await?;
+    t.commit().await.map(|_| ())
+}
+
 /// One transaction of the `txn` workload: read two keys, write both.
 async fn transfer(c: &TxnClient, mode: TxnCommit, keys: u64, value: &[u8]) -> Result<()> {
     let (a, b) = {
@@ -215,7 +227,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
                 let (k, write) = {
                     let mut rng = rand::thread_rng();
                     let write = match workload {
-                        Workload::Write | Workload::Txn => true,
+                        Workload::Write | Workload::Txn | Workload::Hot => true,
                         Workload::Read => false,
                         Workload::Mixed => rng.gen_bool(0.5),
                     };
@@ -224,6 +236,8 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
                 let t = Instant::now();
                 let ok = if workload == Workload::Txn {
                     transfer(&txn, commit, keys, &value).await.is_ok()
+                } else if workload == Workload::Hot {
+                    update_hot(&txn, &value).await.is_ok()
                 } else if write {
                     client.put(&k, &value).await.is_ok()
                 } else {

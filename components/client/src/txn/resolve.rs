@@ -220,7 +220,7 @@ impl TxnClient {
             if region_end.is_empty() {
                 break;
             }
-            cur = boundary_key(&region_end)?;
+            cur = boundary_key(&region_end);
         }
         report.safe_point = self.inner.pd.update_gc_safe_point(safe_point).await?;
         Ok(report)

@@ -236,7 +236,7 @@ impl<'a> Transaction<'a> {
                 continue;
             }
             out.extend(pairs);
-            let next = boundary_key(&region_end)?;
+            let next = boundary_key(&region_end);
             if region_end.is_empty() || (!end.is_empty() && next.as_slice() >= end) {
                 break;
             }

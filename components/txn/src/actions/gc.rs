@@ -8,7 +8,8 @@ use crate::{
 /// Drops `key`'s versions below `safe_point` that no read at or above it can see: the
 /// newest committed version at or below the safe point stays if it is a Put, everything
 /// older goes, and so do deletes, locks and rollbacks at or below it. Returns how many
-/// records go: at most `max` (any subset of them may go; the rest go on another call).
+/// records go: at most `max`, the oldest first, so that a delete goes only with
+/// everything under it (the rest go on another call).
 pub fn gc(
     txn: &mut MvccTxn,
     reader: &MvccReader,
@@ -26,13 +27,14 @@ pub fn gc(
         if !keep {
             doomed.push((commit_ts, w));
         }
-        Ok(doomed.len() < max)
+        Ok(true)
     })?;
-    for (commit_ts, w) in &doomed {
+    let oldest = &doomed[doomed.len().saturating_sub(max)..];
+    for (commit_ts, w) in oldest {
         txn.delete_write(key, *commit_ts);
         if w.kind == Kind::PUT && !w.has_short_value {
             txn.delete_value(key, w.start_ts);
         }
     }
-    Ok(doomed.len())
+    Ok(oldest.len())
 }

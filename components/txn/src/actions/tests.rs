@@ -453,6 +453,17 @@ fn gc_in_bounded_steps_ends_where_one_unbounded_call_would() {
         .run(|_, r| r.written_keys(&keys::data_key(b""), &keys::data_end_key(b""), 10))
         .unwrap();
     assert_eq!(written, vec![b"k".to_vec()]);
+    // A delete goes only with everything under it: a step that cannot take them all
+    // leaves it in place, and the key stays deleted.
+    db.prewrite(&props(b"k", 60), op(b"k", MutationOp::Delete), false)
+        .unwrap();
+    db.run(|txn, r| commit(txn, r, b"k", 60, 65)).unwrap();
+    db.run(|txn, r| rollback(txn, r, b"k", 70, false)).unwrap();
+    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
+    assert_eq!(db.get(b"k", 100).unwrap(), None, "still deleted");
+    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 1);
+    assert_eq!(db.count(Cf::Write), 0);
+    assert_eq!(db.get(b"k", 100).unwrap(), None);
 }
 
 #[test]
