@@ -345,7 +345,7 @@ fn gc_advances_by_itself_resolves_old_locks_and_drops_old_versions() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (cluster, raw, c) = cluster_with(&rt, "[gc]\nrun-interval = \"1s\"\nlife-time = \"2s\"");
     let updates = 30;
-    rt.block_on(async {
+    let abandoned = rt.block_on(async {
         for i in 0..updates {
             let mut t = c.begin().await.unwrap();
             t.put(b"hot", i.to_string().as_bytes()).await.unwrap();
@@ -354,7 +354,9 @@ fn gc_advances_by_itself_resolves_old_locks_and_drops_old_versions() {
         // A transaction that locked a key and was abandoned.
         let mut dead = c.begin_with(Mode::Pessimistic).await.unwrap();
         dead.put(b"abandoned", b"x").await.unwrap();
+        let start = dead.start_ts();
         std::mem::forget(dead);
+        start
     });
     let written = rt.block_on(c.current_ts()).unwrap();
     let store_metric = |name: &str| {
@@ -388,12 +390,29 @@ fn gc_advances_by_itself_resolves_old_locks_and_drops_old_versions() {
         None,
         "the abandoned write never landed"
     );
+    let state = rt.block_on(c.status(b"abandoned", abandoned)).unwrap();
+    assert!(
+        matches!(state, TxnState::RolledBack | TxnState::NotFound),
+        "the abandoned lock is gone: {state}"
+    );
 }
 
 #[test]
 fn async_commit_across_regions_and_one_pc_in_one_region() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_cluster, raw, c) = cluster(&rt);
+    let (cluster, raw, c) = cluster(&rt);
+    // KvCommit calls the stores answered.
+    let commits = || {
+        (0..3)
+            .filter_map(|i| common::http_get(&cluster.status_addr(i), "/metrics"))
+            .flat_map(|m| {
+                m.lines()
+                    .filter(|l| l.starts_with("flotilla_server_requests_total{rpc=\"kv_commit\""))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum::<f64>()
+    };
     split_at(&rt, &raw, b"m");
     rt.block_on(async {
         let mut t = c.begin().await.unwrap();
@@ -412,7 +431,9 @@ fn async_commit_across_regions_and_one_pc_in_one_region() {
         one.put(b"a-1pc", b"3").await.unwrap();
         one.put(b"b-1pc", b"4").await.unwrap();
         let start = one.start_ts();
+        let commits_before = commits();
         let committed = one.commit().await.expect("1PC");
+        assert_eq!(commits(), commits_before, "1PC commits without a KvCommit");
         assert_eq!(
             c.status(b"a-1pc", start).await.unwrap(),
             TxnState::Committed(committed)

@@ -47,7 +47,12 @@ fn main() -> ExitCode {
         res.unwrap_or_else(|e| {
             eprintln!("error: {e}");
             // A lost transaction is an answer, not a failure to get one.
-            if matches!(e, client::Error::Conflict { .. }) {
+            if matches!(
+                e,
+                client::Error::Conflict { .. }
+                    | client::Error::Aborted(_)
+                    | client::Error::AlreadyExists(_)
+            ) {
                 1
             } else {
                 2

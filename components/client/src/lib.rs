@@ -268,7 +268,13 @@ impl Client {
         if let Some(r) = self.cache.lock().get(key).filter(|r| r.leader.is_some()) {
             return Ok(r);
         }
-        let route = self.pd.get_region(key).await?;
+        let mut route = self.pd.get_region(key).await?;
+        if keys::txn::is_encoded(key) {
+            // PD shows a lookup by an encoded key the region rounded to encodings (what
+            // TiKV's transactional clients need); routing raw keys and walking regions
+            // need its true boundaries.
+            route = self.pd.get_region_by_id(route.region.get_id()).await?;
+        }
         self.cache.lock().insert(route.clone());
         Ok(route)
     }

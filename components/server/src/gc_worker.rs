@@ -42,11 +42,17 @@ impl GcWorker {
     pub async fn run(self) {
         let mut client = None;
         let mut collected: HashMap<u64, u64> = HashMap::new();
+        // The first round at once: a store must know the safe point before it serves
+        // reads below it.
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.run_interval) => {}
-                _ = self.shutdown.wait() => return,
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.run_interval) => {}
+                    _ = self.shutdown.wait() => return,
+                }
             }
+            first = false;
             if let Err(e) = self.advance(&mut client).await {
                 warn!(self.logger, "gc safe point not advanced"; "err" => %e);
             }

@@ -87,15 +87,22 @@ impl TxnStorage {
 
     /// Admits a read at `ts`: not far ahead of PD, not below the GC safe point.
     async fn admit_read(&self, ts: u64) -> Result<()> {
+        self.above_safe_point("a read", ts)?;
+        self.admit_ts(&[ts]).await
+    }
+
+    /// Refuses `what` at `ts` below the GC safe point: the versions a read there needs,
+    /// and the records a transaction that old must meet (deletes, rollbacks), may be gone.
+    fn above_safe_point(&self, what: &str, ts: u64) -> Result<()> {
         let safe_point = self
             .gc_safe_point
             .load(std::sync::atomic::Ordering::Relaxed);
         if ts < safe_point {
             return Err(Error::InvalidRequest(format!(
-                "a read at {ts} is below the GC safe point {safe_point}: the versions it needs may be gone"
+                "{what} at {ts} is below the GC safe point {safe_point}: versions it must see may be gone"
             )));
         }
-        self.admit_ts(&[ts]).await
+        Ok(())
     }
 
     /// Refuses timestamps (other than read-latest) far ahead of PD's clock.
@@ -209,6 +216,7 @@ impl TxnStorage {
 
     /// Prewrites the mutations (see `txn::commands::prewrite`).
     pub async fn prewrite(&self, ctx: &Context, req: PrewriteRequest) -> Result<PrewriteOutcome> {
+        self.above_safe_point("a transaction", req.props.start_ts)?;
         self.admit_ts(&[req.props.start_ts, req.props.for_update_ts])
             .await?;
         let keys: Vec<Vec<u8>> = req.mutations.iter().map(|m| m.key.clone()).collect();
@@ -451,6 +459,7 @@ impl TxnStorage {
         for l in locks {
             check_ts("start_version", l.start_ts)?;
             check_ts("for_update_ts", l.for_update_ts)?;
+            self.above_safe_point("a transaction", l.start_ts)?;
             if l.for_update_ts < l.start_ts {
                 return Err(Error::InvalidRequest(
                     "for_update_ts is below start_version".into(),

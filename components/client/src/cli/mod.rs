@@ -859,6 +859,8 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
+    // A transaction left open takes its locks with it.
+    session.close().await;
     Ok(0)
 }
 

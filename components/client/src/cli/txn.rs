@@ -178,6 +178,13 @@ impl<'a> Session<'a> {
         Some(res)
     }
 
+    /// Rolls back a transaction left open.
+    pub(super) async fn close(&mut self) {
+        if let Some(t) = self.open.take() {
+            let _ = t.rollback().await;
+        }
+    }
+
     /// Whether a transaction is open (for the prompt).
     pub(super) fn is_open(&self) -> bool {
         self.open.is_some()

@@ -1,9 +1,15 @@
 //! Two-phase commit: prewrite every key under the primary's lock, then commit the
 //! primary (the transaction's commit point), then the secondaries.
 
-use proto::kvrpcpb::{self, Op, PrewriteRequest_PessimisticAction as PessimisticAction};
+use std::future::Future;
 
-use super::{key_error, transaction::Buffered, CommitMode, Mode, Transaction, LOCK_TTL_MS};
+use proto::{
+    errorpb,
+    kvrpcpb::{self, KeyError, Op, PrewriteRequest_PessimisticAction as PessimisticAction},
+    tikvpb_grpc::TikvClient,
+};
+
+use super::{key_error, lock_ttl, transaction::Buffered, CommitMode, Mode, Transaction};
 use crate::{Backoff, Error, Result};
 
 /// A key's mutation and whether it was locked pessimistically.
@@ -21,49 +27,34 @@ struct Prewritten {
 impl Transaction<'_> {
     /// Commits; returns the commit timestamp (the start timestamp for a transaction that
     /// wrote nothing). On a conflict nothing is written and the locks taken are removed.
-    /// `Undetermined` means the primary's commit was sent but not answered.
+    /// `Undetermined` means the commit point was sent but not answered: the transaction
+    /// may or may not have committed.
     pub async fn commit(mut self) -> Result<u64> {
         let planned = self.plan();
         if planned.is_empty() {
-            self.rollback_locked().await?;
             return Ok(self.start_ts);
         }
+        // The primary locked first, if it is still part of the transaction.
         let primary = self
             .primary
             .clone()
+            .filter(|p| planned.iter().any(|m| m.0.get_key() == p.as_slice()))
             .unwrap_or_else(|| planned[0].0.get_key().to_vec());
         self.primary = Some(primary.clone());
         let prewritten = match self.prewrite(&planned, &primary).await {
             Ok(p) => p,
-            Err(e) => {
-                let _ = self.rollback_keys(self.written_keys()).await;
-                return Err(e);
-            }
+            Err(e) => return Err(self.abandon(e).await),
         };
         if let Some(ts) = prewritten.one_pc {
             return Ok(ts);
         }
         if let Some(ts) = prewritten.async_min_commit_ts {
             // Committed once every prewrite succeeded, at the highest min_commit_ts: every
-            // key's lock is turned over at once, the primary's no earlier than the rest.
+            // key's lock is turned over at once (a reader would roll them forward).
             let _ = self.commit_keys(self.written_keys(), ts).await;
             return Ok(ts);
         }
-        let commit_ts = match self.client.current_ts().await {
-            Ok(ts) => ts,
-            Err(e) => {
-                let _ = self.rollback_keys(self.written_keys()).await;
-                return Err(e);
-            }
-        };
-        self.commit_keys(vec![primary.clone()], commit_ts)
-            .await
-            .map_err(|e| match e {
-                Error::Timeout { last, .. } => {
-                    Error::Undetermined(format!("the primary's commit went unanswered: {last}"))
-                }
-                e => e,
-            })?;
+        let commit_ts = self.commit_primary(&primary).await?;
         // Committed. A secondary left locked is rolled forward by whoever meets it.
         let secondaries: Vec<Vec<u8>> = self
             .written_keys()
@@ -74,15 +65,58 @@ impl Transaction<'_> {
         Ok(commit_ts)
     }
 
+    /// After a failed prewrite: a refusal leaves nothing committed, so the locks go. Any
+    /// other failure of an async-commit or 1PC prewrite may have committed it.
+    async fn abandon(&self, e: Error) -> Error {
+        let refused = matches!(
+            e,
+            Error::Conflict { .. } | Error::AlreadyExists(_) | Error::Aborted(_)
+        );
+        if !refused && self.commit_mode != CommitMode::TwoPhase {
+            return Error::Undetermined(format!("the prewrite went unanswered: {e}"));
+        }
+        let _ = self.rollback_keys(self.written_keys()).await;
+        e
+    }
+
+    /// Commits the primary key (the commit point); returns the commit timestamp. A
+    /// reader may have pushed the lock's min_commit_ts past the timestamp chosen: then
+    /// with a newer one.
+    async fn commit_primary(&self, primary: &[u8]) -> Result<u64> {
+        for _ in 0..3 {
+            let commit_ts = match self.client.current_ts().await {
+                Ok(ts) => ts,
+                Err(e) => return Err(self.abandon(e).await),
+            };
+            let errors = self
+                .commit_keys(vec![primary.to_vec()], commit_ts)
+                .await
+                .map_err(|e| match e {
+                    Error::Timeout { last, .. } => {
+                        Error::Undetermined(format!("the primary's commit went unanswered: {last}"))
+                    }
+                    e => e,
+                })?;
+            match errors.into_iter().next() {
+                None => return Ok(commit_ts),
+                Some(e) if e.has_commit_ts_expired() => continue,
+                Some(e) => return Err(key_error(e)),
+            }
+        }
+        let e = Error::Aborted("readers kept pushing the commit timestamp".into());
+        Err(self.abandon(e).await)
+    }
+
     /// Rolls back: removes every lock this transaction took. Nothing it buffered is
     /// written.
     pub async fn rollback(self) -> Result<()> {
-        self.rollback_locked().await
-    }
-
-    async fn rollback_locked(&self) -> Result<()> {
-        self.rollback_keys(self.locked.iter().cloned().collect())
-            .await
+        let errors = self
+            .rollback_keys(self.locked.iter().cloned().collect())
+            .await?;
+        errors
+            .into_iter()
+            .next()
+            .map_or(Ok(()), |e| Err(key_error(e)))
     }
 
     /// Every key this transaction would write or has locked.
@@ -149,7 +183,7 @@ impl Transaction<'_> {
                     req.set_context(ctx);
                     req.set_primary_lock(primary.to_vec());
                     req.start_version = start_ts;
-                    req.lock_ttl = LOCK_TTL_MS;
+                    req.lock_ttl = lock_ttl(start_ts);
                     req.txn_size = txn_size;
                     match commit_mode {
                         // Only when the whole transaction is in this one request.
@@ -209,55 +243,53 @@ impl Transaction<'_> {
         Ok(out)
     }
 
-    async fn commit_keys(&self, keys_: Vec<Vec<u8>>, commit_ts: u64) -> Result<()> {
+    /// Commits `keys` at `commit_ts`; the key errors stores answered.
+    async fn commit_keys(&self, keys_: Vec<Vec<u8>>, commit_ts: u64) -> Result<Vec<KeyError>> {
         let start_ts = self.start_ts;
-        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
-        let results = self
-            .client
-            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
-                let mut req = kvrpcpb::CommitRequest::default();
-                req.set_context(ctx);
-                req.start_version = start_ts;
-                req.commit_version = commit_ts;
-                req.set_keys(group.into());
-                async move {
-                    let mut r = c.kv_commit_async(&req)?.await?;
-                    Ok((r.region_error.take(), r.take_error()))
-                }
-            })
-            .await?;
-        for e in results {
-            if e != kvrpcpb::KeyError::default() {
-                return Err(key_error(e));
+        self.key_errors(keys_, move |c, ctx, group| {
+            let mut req = kvrpcpb::CommitRequest::default();
+            req.set_context(ctx);
+            req.start_version = start_ts;
+            req.commit_version = commit_ts;
+            req.set_keys(group.into());
+            async move {
+                let mut r = c.kv_commit_async(&req)?.await?;
+                Ok((r.region_error.take(), r.take_error()))
             }
-        }
-        Ok(())
+        })
+        .await
     }
 
-    async fn rollback_keys(&self, keys_: Vec<Vec<u8>>) -> Result<()> {
-        if keys_.is_empty() {
-            return Ok(());
-        }
+    /// Rolls back this transaction's locks on `keys`; the key errors stores answered.
+    async fn rollback_keys(&self, keys_: Vec<Vec<u8>>) -> Result<Vec<KeyError>> {
         let start_ts = self.start_ts;
-        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
-        let results = self
-            .client
-            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
-                let mut req = kvrpcpb::BatchRollbackRequest::default();
-                req.set_context(ctx);
-                req.start_version = start_ts;
-                req.set_keys(group.into());
-                async move {
-                    let mut r = c.kv_batch_rollback_async(&req)?.await?;
-                    Ok((r.region_error.take(), r.take_error()))
-                }
-            })
-            .await?;
-        for e in results {
-            if e != kvrpcpb::KeyError::default() {
-                return Err(key_error(e));
+        self.key_errors(keys_, move |c, ctx, group| {
+            let mut req = kvrpcpb::BatchRollbackRequest::default();
+            req.set_context(ctx);
+            req.start_version = start_ts;
+            req.set_keys(group.into());
+            async move {
+                let mut r = c.kv_batch_rollback_async(&req)?.await?;
+                Ok((r.region_error.take(), r.take_error()))
             }
+        })
+        .await
+    }
+
+    /// Sends `keys` region by region through `call`; the key errors answered.
+    async fn key_errors<F, Fut>(&self, keys_: Vec<Vec<u8>>, call: F) -> Result<Vec<KeyError>>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context, Vec<Vec<u8>>) -> Fut,
+        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, KeyError)>>,
+    {
+        if keys_.is_empty() {
+            return Ok(vec![]);
         }
-        Ok(())
+        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
+        let answers = self.client.per_region(items, call).await?;
+        Ok(answers
+            .into_iter()
+            .filter(|e| *e != KeyError::default())
+            .collect())
     }
 }

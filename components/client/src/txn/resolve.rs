@@ -5,7 +5,7 @@ use std::fmt;
 
 use proto::kvrpcpb::{self, LockInfo};
 
-use super::{boundary_key, key_error, TxnClient};
+use super::{boundary_key, key_error, TxnClient, PHYSICAL_SHIFT};
 use crate::{Backoff, Error, Result};
 
 /// A transaction's state, as its primary key tells it.
@@ -19,6 +19,8 @@ pub enum TxnState {
         min_commit_ts: u64,
         /// Whether it commits asynchronously (its secondaries decide).
         async_commit: bool,
+        /// Its other keys, for async commit.
+        secondaries: Vec<Vec<u8>>,
     },
     /// Committed at this timestamp.
     Committed(u64),
@@ -111,6 +113,7 @@ impl TxnClient {
                 ttl_ms: resp.lock_ttl,
                 min_commit_ts: lock.min_commit_ts,
                 async_commit: lock.use_async_commit,
+                secondaries: lock.get_secondaries().to_vec(),
             }
         } else if resp.commit_version > 0 {
             TxnState::Committed(resp.commit_version)
@@ -135,6 +138,17 @@ impl TxnClient {
         let commit_ts = match state {
             TxnState::Committed(ts) => ts,
             TxnState::RolledBack | TxnState::NotFound => 0,
+            TxnState::Locked {
+                async_commit: true,
+                ttl_ms,
+                secondaries,
+                ..
+            } if (now >> PHYSICAL_SHIFT) >= (lock.lock_version >> PHYSICAL_SHIFT) + ttl_ms => {
+                return self
+                    .resolve_async(lock.get_primary_lock(), lock.lock_version, secondaries)
+                    .await
+                    .map(|()| Resolved::Done);
+            }
             TxnState::Locked { min_commit_ts, .. } => {
                 let pushed = caller_start_ts > 0 && min_commit_ts > caller_start_ts;
                 return Ok(if pushed {
@@ -147,6 +161,67 @@ impl TxnClient {
         self.resolve_key(lock.get_key(), lock.lock_version, commit_ts)
             .await?;
         Ok(Resolved::Done)
+    }
+
+    /// Decides an async-commit transaction whose client is gone by its keys: committed
+    /// if every key is still locked (at the highest min_commit_ts) or one committed,
+    /// rolled back if one has neither (the check leaves a rollback there); then
+    /// settles every key that way.
+    async fn resolve_async(
+        &self,
+        primary: &[u8],
+        start_ts: u64,
+        mut keys_: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        keys_.push(primary.to_vec());
+        let items: Vec<(Vec<u8>, Vec<u8>)> = keys_.iter().map(|k| (k.clone(), k.clone())).collect();
+        let answers = self
+            .per_region(items.clone(), |c, ctx, group: Vec<Vec<u8>>| {
+                let mut req = kvrpcpb::CheckSecondaryLocksRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.set_keys(group.clone().into());
+                async move {
+                    let mut r = c.kv_check_secondary_locks_async(&req)?.await?;
+                    Ok((r.region_error.take(), (group.len(), r)))
+                }
+            })
+            .await?;
+        let (mut committed, mut rolled_back, mut commit_ts) = (None, false, start_ts);
+        for (asked, mut r) in answers {
+            if r.has_error() {
+                return Err(key_error(r.take_error()));
+            }
+            if r.commit_ts > 0 {
+                committed = Some(r.commit_ts);
+            } else if r.get_locks().len() < asked {
+                rolled_back = true;
+            }
+            for l in r.get_locks() {
+                commit_ts = commit_ts.max(l.min_commit_ts);
+            }
+        }
+        let decision = committed.unwrap_or(if rolled_back { 0 } else { commit_ts });
+        let resolved = self
+            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
+                let mut req = kvrpcpb::ResolveLockRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.commit_version = decision;
+                req.set_keys(group.into());
+                async move {
+                    let mut r = c.kv_resolve_lock_async(&req)?.await?;
+                    Ok((r.region_error.take(), r.take_error()))
+                }
+            })
+            .await?;
+        match resolved
+            .into_iter()
+            .find(|e| *e != kvrpcpb::KeyError::default())
+        {
+            Some(e) => Err(key_error(e)),
+            None => Ok(()),
+        }
     }
 
     /// Settles `lock` for a reader at `read_ts`, waiting out a live transaction; a lock

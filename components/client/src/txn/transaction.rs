@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proto::kvrpcpb::{self, Op};
 
-use super::{boundary_key, key_error, TxnClient, LOCK_TTL_MS};
+use super::{boundary_key, key_error, lock_ttl, TxnClient};
 use crate::{Backoff, KvPair, Result};
 
 /// When a transaction finds its conflicts.
@@ -271,7 +271,7 @@ impl<'a> Transaction<'a> {
                     req.set_primary_lock(primary.clone());
                     req.start_version = start_ts;
                     req.for_update_ts = start_ts;
-                    req.lock_ttl = LOCK_TTL_MS;
+                    req.lock_ttl = lock_ttl(start_ts);
                     async move {
                         let mut r = c.kv_pessimistic_lock_async(&req)?.await?;
                         Ok((r.region_error.take(), (group, r.take_errors().into_vec())))
@@ -294,6 +294,9 @@ impl<'a> Transaction<'a> {
                 pending.extend(group.into_iter().map(|k| (k.clone(), k)));
             }
             self.client.settle(&locks, &mut backoff).await?;
+        }
+        if self.locked.contains(&primary) {
+            self.primary = Some(primary);
         }
         Ok(())
     }
