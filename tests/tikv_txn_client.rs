@@ -200,6 +200,19 @@ impl DeadClient {
     }
 
     fn prewrite(&self, key: &[u8], value: &[u8], primary: &[u8], start_ts: u64, ttl_ms: u64) {
+        self.prewrite_with(key, value, primary, start_ts, ttl_ms, None);
+    }
+
+    /// A prewrite; with `secondaries`, for async commit (the primary's carries them).
+    fn prewrite_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        primary: &[u8],
+        start_ts: u64,
+        ttl_ms: u64,
+        secondaries: Option<&[&[u8]]>,
+    ) {
         let resp = self.send(
             key,
             |c, ctx| {
@@ -213,6 +226,12 @@ impl DeadClient {
                 req.set_primary_lock(primary.to_vec());
                 req.start_version = start_ts;
                 req.lock_ttl = ttl_ms;
+                if let Some(secondaries) = secondaries {
+                    req.use_async_commit = true;
+                    if key == primary {
+                        req.set_secondaries(secondaries.iter().map(|s| s.to_vec()).collect());
+                    }
+                }
                 c.kv_prewrite(&req).expect("prewrite sent")
             },
             |r| routing(r.get_region_error()),
@@ -294,6 +313,48 @@ fn readers_finish_the_transactions_of_clients_that_died() {
     assert!(!resp.has_error() && !resp.has_region_error(), "{resp:?}");
     assert_eq!(read("k8"), Some(b"newer".to_vec()), "rolled forward");
     assert_eq!(read("k1"), Some(b"newer".to_vec()));
+}
+
+/// Flotilla's own client meets the locks of async-commit transactions whose client
+/// died: one that prewrote every key committed (the reader rolls it forward), one that
+/// did not (the reader rolls it back), each once its TTL passed.
+#[test]
+fn flotilla_client_finishes_dead_async_commit_transactions() {
+    let (cluster, rt, ours) = three_regions();
+    let dead = DeadClient {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ours,
+        env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
+    };
+    let c = rt
+        .block_on(client::txn::TxnClient::connect(
+            &[cluster.pd_addr.clone()],
+            T,
+        ))
+        .unwrap();
+    let ts = || rt.block_on(c.current_ts()).unwrap();
+    let read = |key: &str| {
+        rt.block_on(async { c.begin().await.unwrap().get(key.as_bytes()).await.unwrap() })
+    };
+
+    // Every key prewritten: committed, whatever the client did next.
+    let start = ts();
+    let secondaries: &[&[u8]] = &[b"k7"];
+    dead.prewrite_with(b"k2", b"all", b"k2", start, 300, Some(secondaries));
+    dead.prewrite_with(b"k7", b"all", b"k2", start, 300, Some(secondaries));
+    assert_eq!(read("k7"), Some(b"all".to_vec()), "rolled forward");
+    assert_eq!(read("k2"), Some(b"all".to_vec()));
+    assert!(matches!(
+        rt.block_on(c.status(b"k2", start)).unwrap(),
+        client::txn::TxnState::Committed(_)
+    ));
+
+    // A secondary never prewritten: the transaction never committed.
+    let start = ts();
+    let secondaries: &[&[u8]] = &[b"k4"];
+    dead.prewrite_with(b"k2", b"partial", b"k2", start, 300, Some(secondaries));
+    assert_eq!(read("k2"), Some(b"all".to_vec()), "rolled back");
+    assert_eq!(read("k4"), None);
 }
 
 #[test]
