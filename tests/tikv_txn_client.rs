@@ -152,6 +152,14 @@ struct DeadClient {
 }
 
 impl DeadClient {
+    fn new(ours: client::Client) -> DeadClient {
+        DeadClient {
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            ours,
+            env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
+        }
+    }
+
     fn leader(&self, key: &[u8]) -> (TikvClient, kvrpcpb::Context) {
         let enc = keys::txn::encode_bytes(key);
         let routes = self.rt.block_on(self.ours.regions()).unwrap();
@@ -269,11 +277,7 @@ fn routing(e: &proto::errorpb::Error) -> bool {
 #[test]
 fn readers_finish_the_transactions_of_clients_that_died() {
     let (cluster, rt, ours) = three_regions();
-    let dead = DeadClient {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ours,
-        env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
-    };
+    let dead = DeadClient::new(ours);
     let c = rt
         .block_on(TransactionClient::new(vec![cluster.pd_addr.clone()]))
         .expect("tikv-client connects");
@@ -321,11 +325,7 @@ fn readers_finish_the_transactions_of_clients_that_died() {
 #[test]
 fn flotilla_client_finishes_dead_async_commit_transactions() {
     let (cluster, rt, ours) = three_regions();
-    let dead = DeadClient {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ours,
-        env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
-    };
+    let dead = DeadClient::new(ours);
     let c = rt
         .block_on(client::txn::TxnClient::connect(
             &[cluster.pd_addr.clone()],
