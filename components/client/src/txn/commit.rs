@@ -1,15 +1,11 @@
 //! Two-phase commit: prewrite every key under the primary's lock, then commit the
 //! primary (the transaction's commit point), then the secondaries.
 
-use std::future::Future;
+use proto::kvrpcpb::{self, KeyError, Op, PrewriteRequest_PessimisticAction as PessimisticAction};
 
-use proto::{
-    errorpb,
-    kvrpcpb::{self, KeyError, Op, PrewriteRequest_PessimisticAction as PessimisticAction},
-    tikvpb_grpc::TikvClient,
+use super::{
+    first_error, key_error, lock_ttl, transaction::Buffered, CommitMode, Mode, Transaction,
 };
-
-use super::{key_error, lock_ttl, transaction::Buffered, CommitMode, Mode, Transaction};
 use crate::{Backoff, Error, Result};
 
 /// A key's mutation and whether it was locked pessimistically.
@@ -113,10 +109,7 @@ impl Transaction<'_> {
         let errors = self
             .rollback_keys(self.locked.iter().cloned().collect())
             .await?;
-        errors
-            .into_iter()
-            .next()
-            .map_or(Ok(()), |e| Err(key_error(e)))
+        first_error(errors)
     }
 
     /// Every key this transaction would write or has locked.
@@ -246,50 +239,35 @@ impl Transaction<'_> {
     /// Commits `keys` at `commit_ts`; the key errors stores answered.
     async fn commit_keys(&self, keys_: Vec<Vec<u8>>, commit_ts: u64) -> Result<Vec<KeyError>> {
         let start_ts = self.start_ts;
-        self.key_errors(keys_, move |c, ctx, group| {
-            let mut req = kvrpcpb::CommitRequest::default();
-            req.set_context(ctx);
-            req.start_version = start_ts;
-            req.commit_version = commit_ts;
-            req.set_keys(group.into());
-            async move {
-                let mut r = c.kv_commit_async(&req)?.await?;
-                Ok((r.region_error.take(), r.take_error()))
-            }
-        })
-        .await
+        self.client
+            .key_errors(keys_, move |c, ctx, group| {
+                let mut req = kvrpcpb::CommitRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.commit_version = commit_ts;
+                req.set_keys(group.into());
+                async move {
+                    let mut r = c.kv_commit_async(&req)?.await?;
+                    Ok((r.region_error.take(), r.take_error()))
+                }
+            })
+            .await
     }
 
     /// Rolls back this transaction's locks on `keys`; the key errors stores answered.
     async fn rollback_keys(&self, keys_: Vec<Vec<u8>>) -> Result<Vec<KeyError>> {
         let start_ts = self.start_ts;
-        self.key_errors(keys_, move |c, ctx, group| {
-            let mut req = kvrpcpb::BatchRollbackRequest::default();
-            req.set_context(ctx);
-            req.start_version = start_ts;
-            req.set_keys(group.into());
-            async move {
-                let mut r = c.kv_batch_rollback_async(&req)?.await?;
-                Ok((r.region_error.take(), r.take_error()))
-            }
-        })
-        .await
-    }
-
-    /// Sends `keys` region by region through `call`; the key errors answered.
-    async fn key_errors<F, Fut>(&self, keys_: Vec<Vec<u8>>, call: F) -> Result<Vec<KeyError>>
-    where
-        F: Fn(TikvClient, kvrpcpb::Context, Vec<Vec<u8>>) -> Fut,
-        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, KeyError)>>,
-    {
-        if keys_.is_empty() {
-            return Ok(vec![]);
-        }
-        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
-        let answers = self.client.per_region(items, call).await?;
-        Ok(answers
-            .into_iter()
-            .filter(|e| *e != KeyError::default())
-            .collect())
+        self.client
+            .key_errors(keys_, move |c, ctx, group| {
+                let mut req = kvrpcpb::BatchRollbackRequest::default();
+                req.set_context(ctx);
+                req.start_version = start_ts;
+                req.set_keys(group.into());
+                async move {
+                    let mut r = c.kv_batch_rollback_async(&req)?.await?;
+                    Ok((r.region_error.take(), r.take_error()))
+                }
+            })
+            .await
     }
 }

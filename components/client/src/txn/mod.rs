@@ -137,6 +137,38 @@ impl TxnClient {
     }
 }
 
+impl TxnClient {
+    /// Sends `keys` region by region through `call` (a region's keys in, its answer's
+    /// key error out); the key errors answered.
+    async fn key_errors<F, Fut>(
+        &self,
+        keys_: Vec<Vec<u8>>,
+        call: F,
+    ) -> Result<Vec<kvrpcpb::KeyError>>
+    where
+        F: Fn(TikvClient, kvrpcpb::Context, Vec<Vec<u8>>) -> Fut,
+        Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, kvrpcpb::KeyError)>>,
+    {
+        if keys_.is_empty() {
+            return Ok(vec![]);
+        }
+        let items = keys_.into_iter().map(|k| (k.clone(), k)).collect();
+        let answers = self.per_region(items, call).await?;
+        Ok(answers
+            .into_iter()
+            .filter(|e| *e != kvrpcpb::KeyError::default())
+            .collect())
+    }
+}
+
+/// The first of `errors` as the caller's error, or `Ok` if there is none.
+fn first_error(errors: Vec<kvrpcpb::KeyError>) -> Result<()> {
+    errors
+        .into_iter()
+        .next()
+        .map_or(Ok(()), |e| Err(key_error(e)))
+}
+
 fn check_txn_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));

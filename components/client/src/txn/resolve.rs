@@ -5,7 +5,7 @@ use std::fmt;
 
 use proto::kvrpcpb::{self, LockInfo};
 
-use super::{boundary_key, key_error, TxnClient, PHYSICAL_SHIFT};
+use super::{boundary_key, first_error, key_error, TxnClient, PHYSICAL_SHIFT};
 use crate::{Backoff, Error, Result};
 
 /// A transaction's state, as its primary key tells it.
@@ -158,7 +158,7 @@ impl TxnClient {
                 });
             }
         };
-        self.resolve_key(lock.get_key(), lock.lock_version, commit_ts)
+        self.resolve_keys(vec![lock.get_key().to_vec()], lock.lock_version, commit_ts)
             .await?;
         Ok(Resolved::Done)
     }
@@ -176,7 +176,7 @@ impl TxnClient {
         keys_.push(primary.to_vec());
         let items: Vec<(Vec<u8>, Vec<u8>)> = keys_.iter().map(|k| (k.clone(), k.clone())).collect();
         let answers = self
-            .per_region(items.clone(), |c, ctx, group: Vec<Vec<u8>>| {
+            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
                 let mut req = kvrpcpb::CheckSecondaryLocksRequest::default();
                 req.set_context(ctx);
                 req.start_version = start_ts;
@@ -202,26 +202,7 @@ impl TxnClient {
             }
         }
         let decision = committed.unwrap_or(if rolled_back { 0 } else { commit_ts });
-        let resolved = self
-            .per_region(items, |c, ctx, group: Vec<Vec<u8>>| {
-                let mut req = kvrpcpb::ResolveLockRequest::default();
-                req.set_context(ctx);
-                req.start_version = start_ts;
-                req.commit_version = decision;
-                req.set_keys(group.into());
-                async move {
-                    let mut r = c.kv_resolve_lock_async(&req)?.await?;
-                    Ok((r.region_error.take(), r.take_error()))
-                }
-            })
-            .await?;
-        match resolved
-            .into_iter()
-            .find(|e| *e != kvrpcpb::KeyError::default())
-        {
-            Some(e) => Err(key_error(e)),
-            None => Ok(()),
-        }
+        self.resolve_keys(keys_, start_ts, decision).await
     }
 
     /// Settles `lock` for a reader at `read_ts`, waiting out a live transaction; a lock
@@ -243,25 +224,23 @@ impl TxnClient {
         }
     }
 
-    /// Commits (`commit_ts` > 0) or rolls back one key's lock of transaction `start_ts`.
-    async fn resolve_key(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> Result<()> {
-        let (mut resp, _) = self
-            .on_key(key, |c, ctx| {
+    /// Commits (`commit_ts` > 0) or rolls back the locks of transaction `start_ts` on
+    /// `keys`.
+    async fn resolve_keys(&self, keys_: Vec<Vec<u8>>, start_ts: u64, commit_ts: u64) -> Result<()> {
+        let errors = self
+            .key_errors(keys_, move |c, ctx, group| {
                 let mut req = kvrpcpb::ResolveLockRequest::default();
                 req.set_context(ctx);
                 req.start_version = start_ts;
                 req.commit_version = commit_ts;
-                req.mut_keys().push(key.to_vec());
+                req.set_keys(group.into());
                 async move {
                     let mut r = c.kv_resolve_lock_async(&req)?.await?;
-                    Ok((r.region_error.take(), r))
+                    Ok((r.region_error.take(), r.take_error()))
                 }
             })
             .await?;
-        if resp.has_error() {
-            return Err(key_error(resp.take_error()));
-        }
-        Ok(())
+        first_error(errors)
     }
 
     /// Resolves every lock of a transaction that started at or below `safe_point`, then
