@@ -355,6 +355,10 @@ fn flotilla_client_finishes_dead_async_commit_transactions() {
     dead.prewrite_with(b"k2", b"partial", b"k2", start, 300, Some(secondaries));
     assert_eq!(read("k2"), Some(b"all".to_vec()), "rolled back");
     assert_eq!(read("k4"), None);
+    assert_eq!(
+        rt.block_on(c.status(b"k2", start)).unwrap(),
+        client::txn::TxnState::RolledBack
+    );
 }
 
 #[test]

@@ -407,7 +407,8 @@ fn async_commit_across_regions_and_one_pc_in_one_region() {
             .filter_map(|i| common::http_get(&cluster.status_addr(i), "/metrics"))
             .flat_map(|m| {
                 m.lines()
-                    .filter(|l| l.starts_with("flotilla_server_requests_total{rpc=\"kv_commit\""))
+                    .filter(|l| l.starts_with("flotilla_server_requests_total{"))
+                    .filter(|l| l.contains("rpc=\"kv_commit\""))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                     .collect::<Vec<_>>()
             })
@@ -421,6 +422,10 @@ fn async_commit_across_regions_and_one_pc_in_one_region() {
         t.put(b"z-async", b"2").await.unwrap();
         let start = t.start_ts();
         let committed = t.commit().await.expect("async commit");
+        assert!(
+            commits() > 0.0,
+            "the KvCommit count is read (async commit sends some)"
+        );
         assert!(committed > start);
         assert_eq!(
             c.status(b"a-async", start).await.unwrap(),

@@ -53,6 +53,10 @@ impl GcWorker {
                 }
             }
             first = false;
+            // Known before anything below it can be dropped or asked for.
+            if let Ok(sp) = self.pd.get_gc_safe_point().await {
+                self.txn.set_gc_safe_point(sp);
+            }
             if let Err(e) = self.advance(&mut client).await {
                 warn!(self.logger, "gc safe point not advanced"; "err" => %e);
             }

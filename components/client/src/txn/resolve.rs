@@ -74,7 +74,8 @@ impl TxnClient {
         if start_ts == 0 {
             return Err(Error::InvalidArgument("start ts must not be 0".into()));
         }
-        self.check_txn_status(primary, start_ts, 0, 0, false).await
+        self.check_txn_status(primary, start_ts, 0, 0, false, false)
+            .await
     }
 
     /// CheckTxnStatus on the primary key.
@@ -85,6 +86,7 @@ impl TxnClient {
         caller_start_ts: u64,
         current_ts: u64,
         rollback_if_not_exist: bool,
+        force_sync_commit: bool,
     ) -> Result<TxnState> {
         let (mut resp, _) = self
             .on_key(primary, |c, ctx| {
@@ -95,6 +97,7 @@ impl TxnClient {
                 req.caller_start_ts = caller_start_ts;
                 req.current_ts = current_ts;
                 req.rollback_if_not_exist = rollback_if_not_exist;
+                req.force_sync_commit = force_sync_commit;
                 async move {
                     let mut r = c.kv_check_txn_status_async(&req)?.await?;
                     Ok((r.region_error.take(), r))
@@ -133,6 +136,7 @@ impl TxnClient {
                 caller_start_ts,
                 now,
                 true,
+                false,
             )
             .await?;
         let commit_ts = match state {
@@ -143,11 +147,12 @@ impl TxnClient {
                 ttl_ms,
                 secondaries,
                 ..
-            } if (now >> PHYSICAL_SHIFT) >= (lock.lock_version >> PHYSICAL_SHIFT) + ttl_ms => {
+            } if (now >> PHYSICAL_SHIFT)
+                >= (lock.lock_version >> PHYSICAL_SHIFT).saturating_add(ttl_ms) =>
+            {
                 return self
                     .resolve_async(lock.get_primary_lock(), lock.lock_version, secondaries)
-                    .await
-                    .map(|()| Resolved::Done);
+                    .await;
             }
             TxnState::Locked { min_commit_ts, .. } => {
                 let pushed = caller_start_ts > 0 && min_commit_ts > caller_start_ts;
@@ -172,7 +177,7 @@ impl TxnClient {
         primary: &[u8],
         start_ts: u64,
         mut keys_: Vec<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<Resolved> {
         keys_.push(primary.to_vec());
         let items: Vec<(Vec<u8>, Vec<u8>)> = keys_.iter().map(|k| (k.clone(), k.clone())).collect();
         let answers = self
@@ -188,10 +193,12 @@ impl TxnClient {
             })
             .await?;
         let (mut committed, mut rolled_back, mut commit_ts) = (None, false, start_ts);
+        let mut fell_back = false;
         for (asked, mut r) in answers {
             if r.has_error() {
                 return Err(key_error(r.take_error()));
             }
+            fell_back |= r.get_locks().iter().any(|l| !l.use_async_commit);
             if r.commit_ts > 0 {
                 committed = Some(r.commit_ts);
             } else if r.get_locks().len() < asked {
@@ -201,8 +208,26 @@ impl TxnClient {
                 commit_ts = commit_ts.max(l.min_commit_ts);
             }
         }
-        let decision = committed.unwrap_or(if rolled_back { 0 } else { commit_ts });
-        self.resolve_keys(keys_, start_ts, decision).await
+        let decision = match committed {
+            Some(ts) => ts,
+            // A key prewritten for two-phase commit: only the primary's commit could
+            // have committed it; the primary (expired) decides.
+            None if fell_back => {
+                let now = self.current_ts().await?;
+                match self
+                    .check_txn_status(primary, start_ts, 0, now, true, true)
+                    .await?
+                {
+                    TxnState::Committed(ts) => ts,
+                    TxnState::Locked { .. } => return Ok(Resolved::Alive),
+                    TxnState::RolledBack | TxnState::NotFound => 0,
+                }
+            }
+            None if rolled_back => 0,
+            None => commit_ts,
+        };
+        self.resolve_keys(keys_, start_ts, decision).await?;
+        Ok(Resolved::Done)
     }
 
     /// Settles `lock` for a reader at `read_ts`, waiting out a live transaction; a lock

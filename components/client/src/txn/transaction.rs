@@ -246,9 +246,23 @@ impl<'a> Transaction<'a> {
     }
 
     /// Locks `keys` pessimistically at the start timestamp: fails on a write since then,
-    /// waits out (or resolves) another transaction's lock.
+    /// waits out (or resolves) another transaction's lock. The primary is locked first,
+    /// alone: every other lock names it, and a resolver meeting one must find it.
     async fn lock_pessimistic(&mut self, keys_: &[Vec<u8>]) -> Result<()> {
-        let primary = self.primary.get_or_insert_with(|| keys_[0].clone()).clone();
+        let Some(first) = keys_.first() else {
+            return Ok(());
+        };
+        if self.primary.is_none() {
+            self.lock_naming(&[first.clone()], first).await?;
+            self.primary = Some(first.clone());
+        }
+        let primary = self.primary.clone().expect("set above");
+        self.lock_naming(keys_, &primary).await
+    }
+
+    /// Locks `keys` under `primary`. Every region's grant is recorded before an error
+    /// is returned, so that a rollback releases it.
+    async fn lock_naming(&mut self, keys_: &[Vec<u8>], primary: &[u8]) -> Result<()> {
         let mut backoff = Backoff::new(self.client.inner.timeout);
         let mut pending: Vec<(Vec<u8>, Vec<u8>)> = keys_
             .iter()
@@ -268,7 +282,7 @@ impl<'a> Transaction<'a> {
                         m.set_key(k.clone());
                         req.mut_mutations().push(m);
                     }
-                    req.set_primary_lock(primary.clone());
+                    req.set_primary_lock(primary.to_vec());
                     req.start_version = start_ts;
                     req.for_update_ts = start_ts;
                     req.lock_ttl = lock_ttl(start_ts);
@@ -279,24 +293,25 @@ impl<'a> Transaction<'a> {
                 })
                 .await?;
             pending.clear();
-            let mut locks = vec![];
+            let (mut locks, mut refused) = (vec![], None);
             for (group, errors) in results {
                 if errors.is_empty() {
                     self.locked.extend(group);
                     continue;
                 }
                 for mut e in errors {
-                    if !e.has_locked() {
-                        return Err(key_error(e));
+                    if e.has_locked() {
+                        locks.push(e.take_locked());
+                    } else {
+                        refused = refused.or(Some(e));
                     }
-                    locks.push(e.take_locked());
                 }
                 pending.extend(group.into_iter().map(|k| (k.clone(), k)));
             }
+            if let Some(e) = refused {
+                return Err(key_error(e));
+            }
             self.client.settle(&locks, &mut backoff).await?;
-        }
-        if self.locked.contains(&primary) {
-            self.primary = Some(primary);
         }
         Ok(())
     }
