@@ -148,6 +148,12 @@ pub fn write_key(user_key: &[u8], commit_ts: u64) -> Vec<u8> {
     versioned(user_key, commit_ts)
 }
 
+/// The write CF key of `user_key`'s GC fence: at commit ts 0, after every version of
+/// the key, so that a walk of its versions meets it last.
+pub fn gc_fence_key(user_key: &[u8]) -> Vec<u8> {
+    versioned(user_key, 0)
+}
+
 /// The txn value CF key of the value `user_key` was given by the transaction that
 /// started at `start_ts`.
 pub fn value_key(user_key: &[u8], start_ts: u64) -> Vec<u8> {

@@ -28,6 +28,74 @@ pub struct Config {
     pub log: LogConfig,
     /// Garbage collection of old transactional versions.
     pub gc: GcConfig,
+    /// The bounds transactional requests are held to.
+    pub txn: TxnConfig,
+}
+
+/// The `[txn]` section: what a transactional request may ask for. Past a limit the
+/// request is refused with an error naming the field, and nothing is written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TxnConfig {
+    /// Largest key, primary or secondary.
+    pub max_key_size: ByteSize,
+    /// Most keys (mutations, secondaries, transactions to resolve) in one request.
+    pub max_keys_per_command: usize,
+    /// Longest lock TTL a transaction may ask for: a dead client's locks block their
+    /// keys this long.
+    #[serde(with = "humantime_serde")]
+    pub max_lock_ttl: std::time::Duration,
+    /// How far a request's timestamp may run ahead of PD's clock as this store knows it.
+    /// Timestamps raise the store's `max_ts` for good and commit records stay: one far
+    /// in the future would push every later async commit past it, or wedge a key.
+    #[serde(with = "humantime_serde")]
+    pub max_ts_drift: std::time::Duration,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        let limits = txn::Limits::default();
+        TxnConfig {
+            max_key_size: ByteSize::b(limits.max_key_size as u64),
+            max_keys_per_command: limits.max_keys,
+            max_lock_ttl: std::time::Duration::from_millis(limits.max_ttl_ms),
+            max_ts_drift: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl TxnConfig {
+    /// The limits the `txn` crate checks requests against.
+    pub fn limits(&self) -> txn::Limits {
+        txn::Limits {
+            max_key_size: self.max_key_size.as_u64() as usize,
+            max_keys: self.max_keys_per_command,
+            max_ttl_ms: self.max_lock_ttl.as_millis() as u64,
+        }
+    }
+
+    fn validate(&self, raft_entry_max_size: u64) -> util::Result<()> {
+        ensure(
+            self.max_key_size.as_u64() > 0 && self.max_key_size.as_u64() * 4 < raft_entry_max_size,
+            "txn.max-key-size",
+            "must be positive and below a quarter of raftstore.raft-entry-max-size",
+        )?;
+        ensure(
+            self.max_keys_per_command > 0,
+            "txn.max-keys-per-command",
+            "must be positive",
+        )?;
+        ensure(
+            !self.max_lock_ttl.is_zero(),
+            "txn.max-lock-ttl",
+            "must be positive",
+        )?;
+        ensure(
+            self.max_ts_drift >= std::time::Duration::from_secs(1),
+            "txn.max-ts-drift",
+            "must be at least 1s (PD's clock may jump ahead by its save interval)",
+        )
+    }
 }
 
 /// The `[gc]` section. The store leading the start of the key space advances the
@@ -267,6 +335,8 @@ impl Validate for Config {
         )?;
         self.storage.validate()?;
         self.raftstore.validate()?;
+        self.txn
+            .validate(self.raftstore.raft_entry_max_size.as_u64())?;
         if self.server.pd_endpoints.is_empty() {
             self.pd.validate()?;
         }

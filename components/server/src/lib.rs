@@ -11,6 +11,7 @@ mod error;
 mod gc_worker;
 pub mod metrics;
 mod node;
+mod pd_clock;
 pub mod pd_worker;
 mod resolver;
 pub mod service;

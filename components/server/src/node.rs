@@ -333,7 +333,7 @@ impl Node {
             raftstore.store_meta(),
             RawLimits::of(&cfg),
         );
-        let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone());
+        let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone(), &cfg.txn);
         let service = TikvService {
             store_id,
             txn: txn.clone(),

@@ -212,6 +212,11 @@ impl RawStorage {
             .ok_or_else(|| Error::InvalidRequest("ComputeHash produced no hash".into()))
     }
 
+    /// Whether this store still has a peer of `region_id`.
+    pub(crate) fn hosts_region(&self, region_id: u64) -> bool {
+        self.store_meta.lock().region(region_id).is_some()
+    }
+
     /// This store's hash of a region at the ComputeHash entry `index`, once applied.
     pub fn region_hash(&self, region_id: u64, index: u64) -> Option<u64> {
         self.store_meta.lock().hash_at(region_id, index)

@@ -147,6 +147,8 @@ pub fn key_error(e: txn::Error) -> KeyError {
         "txn_not_found"
     } else if k.has_commit_ts_expired() {
         "commit_ts_expired"
+    } else if k.has_primary_mismatch() {
+        "primary_mismatch"
     } else {
         "other"
     };
@@ -198,6 +200,9 @@ fn to_key_error(e: txn::Error) -> KeyError {
             c.set_key(key);
             c.min_commit_ts = min_commit_ts;
         }
+        txn::Error::PrimaryMismatch { key, lock } => k
+            .mut_primary_mismatch()
+            .set_lock_info(lock_info(key, *lock)),
         txn::Error::TxnLockNotFound { .. } => k.set_retryable(msg),
         _ => k.set_abort(msg),
     }
@@ -211,6 +216,8 @@ fn op_of(kind: Kind) -> Op {
         Kind::LOCK => Op::Lock,
         Kind::ROLLBACK => Op::Rollback,
         Kind::PESSIMISTIC => Op::PessimisticLock,
+        // Never a lock's kind: a fence lives in the write column family only.
+        Kind::GC_FENCE => Op::Rollback,
     }
 }
 

@@ -224,7 +224,11 @@ impl Cluster {
             meta.clone(),
             self.limits(Duration::from_secs(5)),
         );
-        let txn = server::txn_storage::TxnStorage::new(storage.clone(), self.pd.clone());
+        let txn = server::txn_storage::TxnStorage::new(
+            storage.clone(),
+            self.pd.clone(),
+            &server::config::TxnConfig::default(),
+        );
         self.running.insert(
             store_id,
             Running {

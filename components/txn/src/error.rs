@@ -121,6 +121,28 @@ pub enum Error {
         /// The key.
         key: Vec<u8>,
     },
+    /// A status check named a key that holds a lock of the transaction whose primary is
+    /// another key: deciding the transaction there could split it.
+    #[error("key {} is not the primary of transaction {} (its primary is {})", show(key), lock.start_ts, show(&lock.primary))]
+    PrimaryMismatch {
+        /// The key the check named.
+        key: Vec<u8>,
+        /// The lock found on it.
+        lock: Box<Lock>,
+    },
+    /// A read or transaction below the safe point a key was garbage-collected at: the
+    /// versions it must see may be gone.
+    #[error("key {} was garbage-collected below {safe_point}: {what} at {ts} cannot see the versions it must", show(key))]
+    BelowSafePoint {
+        /// The key.
+        key: Vec<u8>,
+        /// What was refused ("a read", "a transaction").
+        what: &'static str,
+        /// The timestamp refused.
+        ts: u64,
+        /// The safe point the key was collected at.
+        safe_point: u64,
+    },
     /// A request that breaks a rule no correct client breaks.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

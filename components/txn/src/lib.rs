@@ -17,6 +17,7 @@ pub mod commands;
 pub mod concurrency;
 mod error;
 pub mod latch;
+pub mod limits;
 pub mod reader;
 mod snapshot;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub mod txn;
 pub mod types;
 
 pub use error::{ConflictReason, Error, Result};
+pub use limits::Limits;
 pub use reader::MvccReader;
 pub use snapshot::Snapshot;
 pub use txn::MvccTxn;

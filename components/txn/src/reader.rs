@@ -1,7 +1,9 @@
 //! Reading multi-version records: a key's lock, its versions, its value at a timestamp.
 
 use engine::Cf;
-use keys::txn::{after_versions, lock_key, split_versioned, user_key, value_key, write_key};
+use keys::txn::{
+    after_versions, gc_fence_key, lock_key, split_versioned, user_key, value_key, write_key,
+};
 
 use crate::{
     types::{Kind, Lock, Write},
@@ -73,6 +75,47 @@ impl<'a> MvccReader<'a> {
         })
     }
 
+    /// Walks `key`'s versions committed at or below `ts`, oldest first (its GC fence,
+    /// if any, comes first), until `f` says stop.
+    pub fn versions_oldest_first(
+        &self,
+        key: &[u8],
+        ts: u64,
+        f: &mut dyn FnMut(u64, Write) -> Result<bool>,
+    ) -> Result<()> {
+        let start = write_key(key, ts);
+        let end = after_versions(key);
+        self.snap.scan(Cf::Write, &start, &end, true, &mut |k, v| {
+            let (_, commit_ts) = split_versioned(k)?;
+            f(commit_ts, decode("commit record", k, v)?)
+        })
+    }
+
+    /// The safe point `key` was garbage-collected at (0: never).
+    pub fn gc_fence(&self, key: &[u8]) -> Result<u64> {
+        let k = gc_fence_key(key);
+        Ok(self
+            .snap
+            .get(Cf::Write, &k)?
+            .map(|v| decode::<Write>("gc fence", &k, &v))
+            .transpose()?
+            .map_or(0, |w| w.collected_below))
+    }
+
+    /// Refuses `what` at `ts` on `key` if GC dropped versions of it below `ts`.
+    pub fn check_gc_fence(&self, key: &[u8], what: &'static str, ts: u64) -> Result<()> {
+        let safe_point = self.gc_fence(key)?;
+        if ts < safe_point {
+            return Err(Error::BelowSafePoint {
+                key: key.to_vec(),
+                what,
+                ts,
+                safe_point,
+            });
+        }
+        Ok(())
+    }
+
     /// The newest version committed at or below `ts`, of any kind.
     pub fn seek_write(&self, key: &[u8], ts: u64) -> Result<Option<(u64, Write)>> {
         let mut found = None;
@@ -128,10 +171,13 @@ impl<'a> MvccReader<'a> {
         })
     }
 
-    /// The newest committed value of `key` at or below `ts`, ignoring locks.
+    /// The newest committed value of `key` at or below `ts`, ignoring locks. A read that
+    /// finds no Put or Delete and meets the key's GC fence above `ts` is refused: the
+    /// version it should see may have been dropped.
     pub fn committed_value(&self, key: &[u8], ts: u64) -> Result<Option<Vec<u8>>> {
         let mut put = None;
         let mut deleted = false;
+        let mut fence = 0;
         self.versions(key, ts, &mut |_, w| match w.kind {
             Kind::PUT => {
                 put = Some(w);
@@ -141,8 +187,20 @@ impl<'a> MvccReader<'a> {
                 deleted = true;
                 Ok(false)
             }
+            Kind::GC_FENCE => {
+                fence = w.collected_below;
+                Ok(false)
+            }
             _ => Ok(true),
         })?;
+        if ts < fence {
+            return Err(Error::BelowSafePoint {
+                key: key.to_vec(),
+                what: "a read",
+                ts,
+                safe_point: fence,
+            });
+        }
         match put {
             Some(w) if !deleted => Ok(Some(self.value_of(
                 key,
@@ -179,7 +237,9 @@ impl<'a> MvccReader<'a> {
     }
 
     /// Calls `f` on every user key that has a lock or a version in `[lower, upper)`
-    /// (lock-CF key bounds), in order (descending if `reverse`), until it says stop.
+    /// (lock-CF key bounds), in order (descending if `reverse`), until it says stop. Locks
+    /// are read a chunk at a time beside the versions, so memory stays bounded however
+    /// many the range holds.
     pub fn keys_in(
         &self,
         lower: &[u8],
@@ -187,14 +247,8 @@ impl<'a> MvccReader<'a> {
         reverse: bool,
         f: &mut dyn FnMut(Vec<u8>) -> Result<bool>,
     ) -> Result<()> {
-        let mut locks = vec![];
-        self.snap
-            .scan(Cf::Lock, lower, upper, reverse, &mut |k, _| {
-                locks.push(k.to_vec());
-                Ok(true)
-            })?;
+        let mut locks = LockCursor::new(self, lower, upper, reverse);
         let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
-        let mut next_lock = 0;
         let mut last: Option<Vec<u8>> = None;
         let mut stopped = false;
         let mut emit = |prefix: &[u8], stopped: &mut bool| -> Result<bool> {
@@ -208,23 +262,21 @@ impl<'a> MvccReader<'a> {
                 if last.as_deref() == Some(prefix) {
                     return Ok(true);
                 }
-                while next_lock < locks.len() && before(&locks[next_lock], prefix) {
-                    next_lock += 1;
-                    if !emit(&locks[next_lock - 1], &mut stopped)? {
+                while let Some(l) = locks.next_if(|l| before(l, prefix))? {
+                    if !emit(&l, &mut stopped)? {
                         return Ok(false);
                     }
                 }
-                if locks.get(next_lock).is_some_and(|l| l == prefix) {
-                    next_lock += 1;
-                }
+                locks.next_if(|l| l == prefix)?;
                 last = Some(prefix.to_vec());
                 emit(prefix, &mut stopped)
             })?;
-        if !stopped {
-            for l in &locks[next_lock..] {
-                if !emit(l, &mut stopped)? {
-                    break;
+        while !stopped {
+            match locks.next_if(|_| true)? {
+                Some(l) => {
+                    emit(&l, &mut stopped)?;
                 }
+                None => break,
             }
         }
         Ok(())
@@ -268,6 +320,68 @@ impl<'a> MvccReader<'a> {
             Ok(limit == 0 || out.len() < limit)
         })?;
         Ok(out)
+    }
+}
+
+/// Lock keys in a range, in order, read a chunk at a time.
+struct LockCursor<'r, 'a> {
+    reader: &'r MvccReader<'a>,
+    /// What is left to read: `[lower, upper)`.
+    lower: Vec<u8>,
+    upper: Vec<u8>,
+    reverse: bool,
+    buf: std::collections::VecDeque<Vec<u8>>,
+    exhausted: bool,
+}
+
+/// Locks read per chunk by [`LockCursor`].
+const LOCK_CHUNK: usize = 64;
+
+impl<'r, 'a> LockCursor<'r, 'a> {
+    fn new(reader: &'r MvccReader<'a>, lower: &[u8], upper: &[u8], reverse: bool) -> Self {
+        LockCursor {
+            reader,
+            lower: lower.to_vec(),
+            upper: upper.to_vec(),
+            reverse,
+            buf: Default::default(),
+            exhausted: false,
+        }
+    }
+
+    /// Takes the next lock key if `cond` accepts it.
+    fn next_if(&mut self, cond: impl Fn(&[u8]) -> bool) -> Result<Option<Vec<u8>>> {
+        if self.buf.is_empty() && !self.exhausted {
+            self.fill()?;
+        }
+        match self.buf.front() {
+            Some(k) if cond(k) => Ok(self.buf.pop_front()),
+            _ => Ok(None),
+        }
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let buf = &mut self.buf;
+        self.reader.snap.scan(
+            Cf::Lock,
+            &self.lower,
+            &self.upper,
+            self.reverse,
+            &mut |k, _| {
+                buf.push_back(k.to_vec());
+                Ok(buf.len() < LOCK_CHUNK)
+            },
+        )?;
+        self.exhausted = self.buf.len() < LOCK_CHUNK;
+        if let Some(last) = self.buf.back() {
+            if self.reverse {
+                self.upper = last.clone();
+            } else {
+                self.lower = last.clone();
+                self.lower.push(0);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -28,6 +28,11 @@ pub enum TxnState {
     RolledBack,
     /// No lock and no record of it on its primary key.
     NotFound,
+    /// The key holds a lock of the transaction, but its primary is another key.
+    NotPrimary {
+        /// The transaction's primary, as the lock names it.
+        primary: Vec<u8>,
+    },
 }
 
 impl fmt::Display for TxnState {
@@ -41,6 +46,11 @@ impl fmt::Display for TxnState {
             TxnState::Committed(ts) => write!(f, "committed at {ts}"),
             TxnState::RolledBack => f.write_str("rolled back"),
             TxnState::NotFound => f.write_str("not found"),
+            TxnState::NotPrimary { primary } => write!(
+                f,
+                "not the primary key (the transaction's primary is {:?})",
+                String::from_utf8_lossy(primary)
+            ),
         }
     }
 }
@@ -107,6 +117,12 @@ impl TxnClient {
         if resp.get_error().has_txn_not_found() {
             return Ok(TxnState::NotFound);
         }
+        if resp.get_error().has_primary_mismatch() {
+            let lock = resp.get_error().get_primary_mismatch().get_lock_info();
+            return Ok(TxnState::NotPrimary {
+                primary: lock.get_primary_lock().to_vec(),
+            });
+        }
         if resp.has_error() {
             return Err(key_error(resp.take_error()));
         }
@@ -129,19 +145,36 @@ impl TxnClient {
     /// rolls its transaction forward or back when it is decided or expired.
     pub(super) async fn resolve(&self, lock: &LockInfo, caller_start_ts: u64) -> Result<Resolved> {
         let now = self.current_ts().await?;
-        let state = self
+        let expired = lock_expired(lock, now);
+        // Before its TTL a missing primary lock may still be on its way (a secondary's
+        // prewrite can land first): only an expired transaction is rolled back for it.
+        let state = match self
             .check_txn_status(
                 lock.get_primary_lock(),
                 lock.lock_version,
                 caller_start_ts,
                 now,
-                true,
+                expired,
                 false,
             )
-            .await?;
+            .await
+        {
+            Ok(state) => state,
+            Err(e) if unaskable(&e) => TxnState::NotPrimary {
+                primary: lock.get_primary_lock().to_vec(),
+            },
+            Err(e) => return Err(e),
+        };
         let commit_ts = match state {
             TxnState::Committed(ts) => ts,
-            TxnState::RolledBack | TxnState::NotFound => 0,
+            TxnState::RolledBack => 0,
+            // Nobody can decide this lock by its primary (a buggy client named one that
+            // cannot be asked, or whose own lock names another): once expired, it goes.
+            TxnState::NotFound | TxnState::NotPrimary { .. } if !expired => {
+                return Ok(Resolved::Alive)
+            }
+            TxnState::NotFound | TxnState::NotPrimary { .. } => 0,
+            // The primary's TTL (which heartbeats raise) says whether its client is gone.
             TxnState::Locked {
                 async_commit: true,
                 ttl_ms,
@@ -220,7 +253,7 @@ impl TxnClient {
                 {
                     TxnState::Committed(ts) => ts,
                     TxnState::Locked { .. } => return Ok(Resolved::Alive),
-                    TxnState::RolledBack | TxnState::NotFound => 0,
+                    TxnState::RolledBack | TxnState::NotFound | TxnState::NotPrimary { .. } => 0,
                 }
             }
             None if rolled_back => 0,
@@ -273,16 +306,27 @@ impl TxnClient {
     /// that no read can see. Fails (and PD keeps its safe point) while a live transaction
     /// holds such a lock past the client's deadline.
     pub async fn gc(&self, safe_point: u64) -> Result<GcReport> {
-        let mut report = GcReport::default();
+        let locks_resolved = self.resolve_locks_below(safe_point).await?;
+        Ok(GcReport {
+            locks_resolved,
+            safe_point: self.inner.pd.update_gc_safe_point(safe_point).await?,
+        })
+    }
+
+    /// Resolves every lock, in every region, of a transaction that started at or below
+    /// `safe_point`: what must hold before any store drops versions below it, since a
+    /// lock's primary may be in another region. Returns how many were resolved; fails
+    /// while a live transaction holds one past the client's deadline.
+    pub async fn resolve_locks_below(&self, safe_point: u64) -> Result<u64> {
+        let mut resolved = 0;
         let mut backoff = Backoff::new(self.inner.timeout);
         let mut cur: Vec<u8> = vec![];
         loop {
             let (locks, region_end) = self.scan_locks(&cur, safe_point).await?;
-            let full = locks.len() == SCAN_LOCK_PAGE as usize;
             let mut alive = None;
             for lock in &locks {
                 match self.resolve(lock, 0).await? {
-                    Resolved::Done | Resolved::Pushed => report.locks_resolved += 1,
+                    Resolved::Done | Resolved::Pushed => resolved += 1,
                     Resolved::Alive => alive = Some(locked_by(lock)),
                 }
             }
@@ -290,19 +334,18 @@ impl TxnClient {
                 backoff.wait(why).await?;
                 continue;
             }
-            if full {
-                let mut after = locks.last().expect("a full page").get_key().to_vec();
-                after.push(0);
-                cur = after;
+            // A store answers what fits in one message, however many were asked for:
+            // only an empty page ends the region.
+            if let Some(last) = locks.last() {
+                cur = last.get_key().to_vec();
+                cur.push(0);
                 continue;
             }
             if region_end.is_empty() {
-                break;
+                return Ok(resolved);
             }
             cur = boundary_key(&region_end);
         }
-        report.safe_point = self.inner.pd.update_gc_safe_point(safe_point).await?;
-        Ok(report)
     }
 
     /// Up to a page of locks at or below `max_ts` from `start` on, in the region holding
@@ -325,6 +368,21 @@ impl TxnClient {
             return Err(key_error(resp.take_error()));
         }
         Ok((resp.take_locks().into_vec(), end))
+    }
+}
+
+/// Whether `lock`'s TTL, counted from its transaction's start, has passed at `now`.
+fn lock_expired(lock: &LockInfo, now: u64) -> bool {
+    (now >> PHYSICAL_SHIFT) >= (lock.lock_version >> PHYSICAL_SHIFT).saturating_add(lock.lock_ttl)
+}
+
+/// Whether a status check failed because the lock's primary cannot be asked at all (a
+/// store refuses such a key, naming its limit).
+fn unaskable(e: &Error) -> bool {
+    match e {
+        Error::InvalidArgument(_) => true,
+        Error::Aborted(msg) => msg.contains("txn.max-key-size"),
+        _ => false,
     }
 }
 

@@ -15,7 +15,8 @@ pub enum TxnStatus {
     Locked {
         /// The primary lock.
         lock: Lock,
-        /// Whether this check raised the lock's min_commit_ts.
+        /// Whether the caller may read past the transaction's locks: it cannot commit at
+        /// or below the caller's start (TiKV's `MinCommitTsPushed`).
         pushed: bool,
     },
     /// Committed at this timestamp.
@@ -71,6 +72,14 @@ pub fn check_txn_status(
     let Some(mut lock) = reader.load_lock(key)?.filter(|l| l.start_ts == c.lock_ts) else {
         return missing_primary(txn, reader, c);
     };
+    // A secondary's lock says nothing about the transaction's fate: rolling it back here
+    // could split a transaction whose primary committed.
+    if lock.primary != *key {
+        return Err(Error::PrimaryMismatch {
+            key: key.clone(),
+            lock: Box::new(lock),
+        });
+    }
     // An async-commit transaction may have committed through its secondaries: only they
     // can tell, so its primary is never rolled back here.
     if lock.use_async_commit && !c.force_sync_commit {
@@ -91,14 +100,18 @@ pub fn check_txn_status(
             how: RollbackAction::TtlExpired,
         });
     }
-    let push = lock.kind != Kind::PESSIMISTIC
-        && c.caller_start_ts != u64::MAX
-        && c.caller_start_ts >= lock.min_commit_ts;
-    if push {
+    // A caller of 0 only asks (a status query, or GC): it reads nothing the
+    // transaction must commit above, so nothing is written for it.
+    let reader_ts = c.caller_start_ts != 0 && c.caller_start_ts != u64::MAX;
+    if lock.kind != Kind::PESSIMISTIC && reader_ts && c.caller_start_ts >= lock.min_commit_ts {
         lock.min_commit_ts = c.caller_start_ts + 1;
         txn.put_lock(key, &lock);
     }
-    Ok(TxnStatus::Locked { lock, pushed: push })
+    // As TiKV: whenever the transaction cannot commit at or below the caller's read, the
+    // caller may read past its locks (a read-latest caller always may).
+    let pushed = (c.caller_start_ts != 0 && lock.min_commit_ts > c.caller_start_ts)
+        || c.caller_start_ts == u64::MAX;
+    Ok(TxnStatus::Locked { lock, pushed })
 }
 
 fn missing_primary(

@@ -54,6 +54,7 @@ pub fn acquire_pessimistic_lock(
         }
         return value(reader);
     }
+    reader.check_gc_fence(key, "a transaction", p.start_ts)?;
     if let Some((commit_ts, w)) = reader.seek_write(key, u64::MAX)? {
         if commit_ts > p.for_update_ts {
             return Err(conflict(

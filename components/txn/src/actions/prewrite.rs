@@ -62,7 +62,8 @@ pub fn prewrite(
 ) -> Result<Prewrite> {
     let key = &m.key;
     let start_ts = props.start_ts;
-    let mut held_pessimistic = false;
+    // The TTL of this transaction's pessimistic lock on the key, if it holds one.
+    let mut held_pessimistic: Option<u64> = None;
     if let Some(lock) = reader.load_lock(key)? {
         if lock.start_ts != start_ts {
             if pessimistic {
@@ -90,7 +91,7 @@ pub fn prewrite(
                 String::from_utf8_lossy(key)
             )));
         }
-        held_pessimistic = true;
+        held_pessimistic = Some(lock.ttl);
     }
     match reader.commit_record(key, start_ts)? {
         CommitRecord::Committed(ts) => {
@@ -111,7 +112,10 @@ pub fn prewrite(
         }
         CommitRecord::None => {}
     }
-    if pessimistic && !held_pessimistic {
+    // Records this transaction must meet (a rollback of its own, a newer version) may
+    // have been collected below the key's safe point.
+    reader.check_gc_fence(key, "a transaction", start_ts)?;
+    if pessimistic && held_pessimistic.is_none() {
         return Err(Error::PessimisticLockNotFound {
             start_ts,
             key: key.clone(),
@@ -129,8 +133,12 @@ pub fn prewrite(
             committed_at: 0,
         });
     }
-    let lock = new_lock(txn, props, m, max_ts);
-    if props.max_commit_ts != 0 && lock.min_commit_ts > props.max_commit_ts {
+    let mut lock = new_lock(txn, props, m, max_ts);
+    // Heartbeats may have raised the pessimistic lock's TTL past the prewrite's: a
+    // shorter one would let readers roll back a transaction that is alive.
+    lock.ttl = lock.ttl.max(held_pessimistic.unwrap_or(0));
+    let bounded = (props.async_commit || props.one_pc) && props.max_commit_ts != 0;
+    if bounded && lock.min_commit_ts > props.max_commit_ts {
         return Err(Error::CommitTsTooLarge {
             start_ts,
             min_commit_ts: lock.min_commit_ts,

@@ -435,8 +435,31 @@ fn gc_keeps_the_newest_visible_version_and_drops_the_rest() {
         .unwrap();
     db.run(|txn, r| commit(txn, r, b"k", 70, 80)).unwrap();
     db.run(|txn, r| gc(txn, r, b"k", 90, usize::MAX)).unwrap();
-    assert_eq!(db.count(Cf::Write), 0);
+    assert_eq!(db.count(Cf::Write), 1, "only the key's GC fence");
     assert_eq!(db.get(b"k", 90).unwrap(), None);
+    // A read below the safe point would have seen a version that is gone: refused.
+    assert!(matches!(
+        db.get(b"k", 75),
+        Err(Error::BelowSafePoint {
+            safe_point: 90,
+            ..
+        })
+    ));
+}
+
+/// Runs GC steps of `budget` bytes until one drops nothing; checks after each step that
+/// a read at the safe point sees `expect`.
+fn gc_in_steps(db: &Db, safe_point: u64, budget: usize, expect: Option<&[u8]>) -> usize {
+    let mut steps = 0;
+    while db
+        .run(|txn, r| gc(txn, r, b"k", safe_point, budget))
+        .unwrap()
+        > 0
+    {
+        steps += 1;
+        assert_eq!(db.get(b"k", safe_point).unwrap().as_deref(), expect);
+    }
+    steps
 }
 
 #[test]
@@ -445,10 +468,13 @@ fn gc_in_bounded_steps_ends_where_one_unbounded_call_would() {
     for i in 0..5u64 {
         db.put(b"k", b"v", 10 + 10 * i, 15 + 10 * i);
     }
-    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
-    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
-    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 0);
-    assert_eq!(db.count(Cf::Write), 1, "the newest version stays");
+    // A write CF key of `k` is 18 bytes: each step drops one or two records.
+    assert!(gc_in_steps(&db, 50, 36, Some(b"v")) >= 2);
+    assert_eq!(
+        db.count(Cf::Write),
+        3,
+        "the version visible at 50, the newer one and the fence stay"
+    );
     let written = db
         .run(|_, r| r.written_keys(&keys::data_key(b""), &keys::data_end_key(b""), 10))
         .unwrap();
@@ -459,11 +485,20 @@ fn gc_in_bounded_steps_ends_where_one_unbounded_call_would() {
         .unwrap();
     db.run(|txn, r| commit(txn, r, b"k", 60, 65)).unwrap();
     db.run(|txn, r| rollback(txn, r, b"k", 70, false)).unwrap();
-    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 2);
-    assert_eq!(db.get(b"k", 100).unwrap(), None, "still deleted");
-    assert_eq!(db.run(|txn, r| gc(txn, r, b"k", 100, 2)).unwrap(), 1);
-    assert_eq!(db.count(Cf::Write), 0);
-    assert_eq!(db.get(b"k", 100).unwrap(), None);
+    assert!(gc_in_steps(&db, 100, 19, None) >= 3);
+    assert_eq!(db.count(Cf::Write), 1, "the fence alone");
+}
+
+#[test]
+fn gc_memory_stays_bounded_for_a_key_with_many_versions() {
+    let db = Db::new();
+    for i in 0..300u64 {
+        db.put(b"k", b"v", 10 + 10 * i, 15 + 10 * i);
+    }
+    // Each step holds at most about `budget` bytes, whatever the key's history.
+    let steps = gc_in_steps(&db, 10_000, 18 * 10, Some(b"v"));
+    assert!(steps >= 29, "{steps} steps of at most 10 records for 299");
+    assert_eq!(db.count(Cf::Write), 2);
 }
 
 #[test]
@@ -503,4 +538,96 @@ fn key_listing_merges_locked_and_committed_keys_in_both_directions() {
         list(true, 3),
         vec![b"d".to_vec(), b"c".to_vec(), b"b".to_vec()]
     );
+}
+
+#[test]
+fn a_status_check_on_a_secondary_answers_primary_mismatch_and_changes_nothing() {
+    let db = Db::new();
+    let start = from_physical_ms(1_000);
+    // Transaction `start` locks p (primary) and s; p commits, s is still locked.
+    db.prewrite(&props(b"p", start), put(b"p", b"v"), false)
+        .unwrap();
+    db.prewrite(&props(b"p", start), put(b"s", b"v"), false)
+        .unwrap();
+    db.run(|txn, r| commit(txn, r, b"p", start, start + 10))
+        .unwrap();
+    // A hostile or buggy caller names the secondary as the primary, long after its TTL.
+    let c = CheckTxnStatus {
+        primary: b"s".to_vec(),
+        lock_ts: start,
+        caller_start_ts: start + 20,
+        current_ts: from_physical_ms(1_000_000),
+        rollback_if_not_exist: true,
+        ..Default::default()
+    };
+    let err = db.run(|txn, r| check_txn_status(txn, r, &c));
+    assert!(
+        matches!(&err, Err(Error::PrimaryMismatch { key, lock }) if key == b"s" && lock.primary == b"p"),
+        "{err:?}"
+    );
+    let lock = db.lock(b"s").expect("the secondary's lock stays");
+    assert_eq!(lock.min_commit_ts, 0, "not pushed either");
+    // The transaction still commits whole.
+    db.run(|txn, r| commit(txn, r, b"s", start, start + 10))
+        .unwrap();
+    assert_eq!(db.get(b"s", start + 10).unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn a_status_check_reports_pushed_whenever_the_lock_is_above_the_caller_and_writes_nothing_for_caller_0(
+) {
+    let db = Db::new();
+    let start = from_physical_ms(1_000);
+    let mut p = props(b"p", start);
+    p.min_commit_ts = start + 100;
+    db.prewrite(&p, put(b"p", b"v"), false).unwrap();
+    let check = |caller: u64| CheckTxnStatus {
+        primary: b"p".to_vec(),
+        lock_ts: start,
+        caller_start_ts: caller,
+        current_ts: from_physical_ms(1_500),
+        ..Default::default()
+    };
+    // Already above this reader: nothing to push, but the reader may pass the lock.
+    let st = db
+        .run(|txn, r| {
+            let st = check_txn_status(txn, r, &check(start + 50))?;
+            assert!(txn.is_empty(), "nothing written for a reader already below");
+            Ok(st)
+        })
+        .unwrap();
+    assert!(matches!(st, TxnStatus::Locked { pushed: true, .. }), "{st:?}");
+    // A caller of 0 (a status query or GC) learns the state and writes nothing.
+    let st = db
+        .run(|txn, r| {
+            let st = check_txn_status(txn, r, &check(0))?;
+            assert!(txn.is_empty(), "a status query writes nothing");
+            Ok(st)
+        })
+        .unwrap();
+    assert!(matches!(st, TxnStatus::Locked { pushed: false, .. }), "{st:?}");
+    assert_eq!(db.lock(b"p").unwrap().min_commit_ts, start + 100);
+}
+
+#[test]
+fn a_prewrite_after_a_pessimistic_lock_keeps_the_longer_ttl() {
+    let db = Db::new();
+    let lock = PessimisticLock {
+        key: b"k".to_vec(),
+        primary: b"k".to_vec(),
+        start_ts: 10,
+        for_update_ts: 10,
+        ttl: 3_000,
+        ..Default::default()
+    };
+    db.run(|txn, r| acquire_pessimistic_lock(txn, r, &lock))
+        .unwrap();
+    // A heartbeat extends the primary's TTL while the transaction runs.
+    db.run(|txn, r| heartbeat(txn, r, b"k", 10, 60_000))
+        .unwrap();
+    let mut p = props(b"k", 10);
+    p.for_update_ts = 10;
+    p.lock_ttl = 3_000;
+    db.prewrite(&p, put(b"k", b"v"), true).unwrap();
+    assert_eq!(db.lock(b"k").unwrap().ttl, 60_000);
 }

@@ -2,11 +2,11 @@
 //! key over one snapshot, and returns its answer with the writes to apply as one batch
 //! (nothing at all when it fails). The caller holds the keys' latches throughout.
 
-use std::collections::HashSet;
-
 use crate::{
     actions::{self, Prewrite, TxnProps},
+    limits::Limits,
     concurrency::ConcurrencyManager,
+    txn::Batches,
     types::{Lock, Mutation, Write},
     Error, MvccReader, MvccTxn, Result,
 };
@@ -46,40 +46,27 @@ pub fn check_ts(name: &str, ts: u64) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a key given twice in one request.
-pub fn check_distinct<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
-    let mut seen = HashSet::new();
-    match keys.into_iter().find(|k| !seen.insert(*k)) {
-        Some(k) => invalid(format!(
-            "key {:?} is given twice",
-            String::from_utf8_lossy(k)
-        )),
-        None => Ok(()),
-    }
-}
-
-fn check_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]> + Clone) -> Result<()> {
-    let mut all = keys.clone().into_iter().peekable();
-    if all.peek().is_none() {
-        return invalid("no keys given");
-    }
-    if all.any(|k| k.is_empty()) {
-        return invalid("a key must not be empty");
-    }
-    check_distinct(keys)
-}
-
 impl PrewriteRequest {
-    fn validate(&self) -> Result<()> {
+    /// Refuses a request no correct client sends, naming the field: nothing is read or
+    /// written for it.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
         let p = &self.props;
         check_ts("start_version", p.start_ts)?;
         if p.start_ts == u64::MAX || p.for_update_ts == u64::MAX {
             return invalid("start_version and for_update_ts must be below the greatest timestamp");
         }
-        check_keys(self.mutations.iter().map(|m| &m.key[..]))?;
-        if p.primary.is_empty() {
-            return invalid("primary_lock must not be empty");
+        limits.check_keys("mutations", self.mutations.iter().map(|m| &m.key[..]))?;
+        // A lock whose primary or secondaries cannot be looked up can never be resolved:
+        // it would block its key for good.
+        limits.check_key("primary_lock", &p.primary)?;
+        limits.check_count("secondaries", p.secondaries.len())?;
+        for s in &p.secondaries {
+            limits.check_key("a secondary", s)?;
         }
+        if p.async_commit && p.secondaries.contains(&p.primary) {
+            return invalid("secondaries must not include the primary");
+        }
+        limits.check_ttl("lock_ttl", p.lock_ttl)?;
         // tikv-client 0.4 sends the whole transaction's flags with each region's share
         // of the mutations (all alike); TiKV pairs them up in order and ignores the rest.
         // Fewer flags than mutations would leave keys unchecked: refused.
@@ -90,11 +77,15 @@ impl PrewriteRequest {
                 self.mutations.len()
             ));
         }
+        limits.check_count("pessimistic_actions", self.pessimistic.len())?;
         if self.pessimistic.iter().any(|p| *p) && p.for_update_ts == 0 {
             return invalid("a pessimistic prewrite needs for_update_ts");
         }
         if p.for_update_ts != 0 && p.for_update_ts < p.start_ts {
             return invalid("for_update_ts is below start_version");
+        }
+        if p.max_commit_ts != 0 && p.max_commit_ts <= p.start_ts {
+            return invalid("max_commit_ts must be above start_version (or 0: no bound)");
         }
         Ok(())
     }
@@ -107,13 +98,39 @@ pub fn prewrite(
     reader: &MvccReader,
     cm: &ConcurrencyManager,
     req: &PrewriteRequest,
+    limits: &Limits,
 ) -> Result<(
     PrewriteOutcome,
     MvccTxn,
     Option<crate::concurrency::MemLockGuard>,
 )> {
-    req.validate()?;
-    let p = &req.props;
+    req.validate(limits)?;
+    match prewrite_as(reader, cm, req, &req.props) {
+        // As TiKV: past the client's bound the transaction goes on in two phases; the
+        // zero min_commit_ts and one_pc_commit_ts of the answer tell the client so.
+        Err(Error::CommitTsTooLarge { .. }) => {
+            let two_phase = TxnProps {
+                async_commit: false,
+                one_pc: false,
+                ..req.props.clone()
+            };
+            prewrite_as(reader, cm, req, &two_phase)
+        }
+        other => other,
+    }
+}
+
+/// Prewrites `req`'s keys as `p` says (its own props, or a fallback to two phases).
+fn prewrite_as(
+    reader: &MvccReader,
+    cm: &ConcurrencyManager,
+    req: &PrewriteRequest,
+    p: &TxnProps,
+) -> Result<(
+    PrewriteOutcome,
+    MvccTxn,
+    Option<crate::concurrency::MemLockGuard>,
+)> {
     // Locks go in memory before max_ts is read: a read either raised max_ts first (and
     // the commit lands above it) or meets the lock.
     let mut guard = (p.async_commit || p.one_pc).then(|| {
@@ -208,13 +225,16 @@ fn placeholder_lock(p: &TxnProps) -> Lock {
     }
 }
 
-/// Commits every key at `commit_ts`, or none.
+/// Commits every key at `commit_ts`, or none: every key is checked before anything is
+/// written, and the writes come in batches of about `budget` bytes.
 pub fn commit(
     reader: &MvccReader,
     keys: &[Vec<u8>],
     start_ts: u64,
     commit_ts: u64,
-) -> Result<MvccTxn> {
+    limits: &Limits,
+    budget: usize,
+) -> Result<Vec<MvccTxn>> {
     check_ts("start_version", start_ts)?;
     check_ts("commit_version", commit_ts)?;
     if commit_ts <= start_ts {
@@ -222,12 +242,13 @@ pub fn commit(
             "commit_version {commit_ts} must be above start_version {start_ts}"
         ));
     }
-    check_keys(keys.iter().map(|k| &k[..]))?;
-    let mut txn = MvccTxn::new();
+    limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+    let mut batches = Batches::new(budget);
     for k in keys {
-        actions::commit(&mut txn, reader, k, start_ts, commit_ts)?;
+        actions::commit(batches.txn(), reader, k, start_ts, commit_ts)?;
+        batches.key_done();
     }
-    Ok(txn)
+    Ok(batches.finish())
 }
 
 /// Rolls back every key, or none (a committed key fails the whole request). Raises
@@ -238,10 +259,11 @@ pub fn rollback(
     cm: &ConcurrencyManager,
     keys: &[Vec<u8>],
     start_ts: u64,
+    limits: &Limits,
 ) -> Result<MvccTxn> {
     check_ts("start_version", start_ts)?;
+    limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
     cm.update_max_ts(start_ts);
-    check_keys(keys.iter().map(|k| &k[..]))?;
     let mut txn = MvccTxn::new();
     for k in keys {
         actions::rollback(&mut txn, reader, k, start_ts, false)?;
@@ -250,13 +272,47 @@ pub fn rollback(
 }
 
 /// Resolves the locks of finished transactions: each `(start_ts, commit_ts)` commits
-/// (or, with commit_ts 0, rolls back) that transaction's `locks` found in the region.
+/// (or, with commit_ts 0, rolls back) that transaction's `locks` found in the region,
+/// in batches of about `budget` bytes. The caller checked `txns` with
+/// [`check_resolve`].
 pub fn resolve_locks(
     reader: &MvccReader,
     cm: &ConcurrencyManager,
     txns: &[(u64, u64)],
     locks: &[(Vec<u8>, Lock)],
-) -> Result<MvccTxn> {
+    budget: usize,
+) -> Result<Vec<MvccTxn>> {
+    for &(start_ts, _) in txns {
+        cm.update_max_ts(start_ts);
+    }
+    let fate: std::collections::HashMap<u64, u64> = txns.iter().copied().collect();
+    let mut batches = Batches::new(budget);
+    for (key, lock) in locks {
+        let Some(&commit_ts) = fate.get(&lock.start_ts) else {
+            continue;
+        };
+        let (txn, start_ts) = (batches.txn(), lock.start_ts);
+        if commit_ts == 0 {
+            actions::rollback(txn, reader, key, start_ts, false)?;
+        } else if lock.kind == crate::types::Kind::PESSIMISTIC {
+            // Left by a committed transaction that never prewrote this key: it wrote
+            // nothing here, so the lock just goes.
+            txn.unlock(key);
+        } else {
+            actions::commit(txn, reader, key, start_ts, commit_ts)?;
+        }
+        batches.key_done();
+    }
+    Ok(batches.finish())
+}
+
+/// Refuses a resolve request no correct client sends: no transaction, too many, a
+/// timestamp of 0, or a commit at or below the start.
+pub fn check_resolve(txns: &[(u64, u64)], limits: &Limits) -> Result<()> {
+    if txns.is_empty() {
+        return invalid("no transaction to resolve");
+    }
+    limits.check_count("txn_infos", txns.len())?;
     for &(start_ts, commit_ts) in txns {
         check_ts("start_version", start_ts)?;
         if commit_ts != 0 && commit_ts <= start_ts {
@@ -264,26 +320,8 @@ pub fn resolve_locks(
                 "commit_version {commit_ts} must be above start_version {start_ts} (or 0 to roll back)"
             ));
         }
-        cm.update_max_ts(start_ts);
     }
-    let fate: std::collections::HashMap<u64, u64> = txns.iter().copied().collect();
-    let mut txn = MvccTxn::new();
-    for (key, lock) in locks {
-        let Some(&commit_ts) = fate.get(&lock.start_ts) else {
-            continue;
-        };
-        let start_ts = lock.start_ts;
-        if commit_ts == 0 {
-            actions::rollback(&mut txn, reader, key, start_ts, false)?;
-        } else if lock.kind == crate::types::Kind::PESSIMISTIC {
-            // Left by a committed transaction that never prewrote this key: it wrote
-            // nothing here, so the lock just goes.
-            txn.unlock(key);
-        } else {
-            actions::commit(&mut txn, reader, key, start_ts, commit_ts)?;
-        }
-    }
-    Ok(txn)
+    Ok(())
 }
 
 #[cfg(test)]

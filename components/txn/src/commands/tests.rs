@@ -24,13 +24,20 @@ fn request(keys: &[&[u8]], start_ts: u64) -> PrewriteRequest {
     }
 }
 
+const L: Limits = Limits {
+    max_key_size: 64,
+    max_keys: 100,
+    max_ttl_ms: 60_000,
+};
+const BUDGET: usize = 1 << 20;
+
 fn run_prewrite(
     db: &Db,
     cm: &ConcurrencyManager,
     req: &PrewriteRequest,
 ) -> Result<PrewriteOutcome> {
     db.run(|txn, r| {
-        let (out, t, _guard) = prewrite(r, cm, req)?;
+        let (out, t, _guard) = prewrite(r, cm, req, &L)?;
         *txn = t;
         Ok(out)
     })
@@ -71,6 +78,31 @@ fn bad_requests_are_refused_and_write_nothing() {
     let mut r = request(&[b"a"], 10);
     r.pessimistic = vec![true];
     bad(r, "for_update_ts");
+    // Locks whose primary or secondaries could never be looked up, or that would block
+    // their keys for longer than a store allows.
+    let mut r = request(&[b"a"], 10);
+    r.props.primary = vec![];
+    bad(r, "primary_lock must not be empty");
+    let mut r = request(&[b"a"], 10);
+    r.props.primary = vec![b'p'; 65];
+    bad(r, "primary_lock");
+    let mut r = request(&[b"a"], 10);
+    r.props.async_commit = true;
+    r.props.secondaries = vec![b"b".to_vec(), vec![]];
+    bad(r, "a secondary must not be empty");
+    let mut r = request(&[b"a"], 10);
+    r.props.secondaries = vec![vec![b's'; 65]];
+    bad(r, "more than txn.max-key-size");
+    let mut r = request(&[b"a"], 10);
+    r.props.secondaries = (0..101u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    bad(r, "secondaries has 101 entries");
+    let mut r = request(&[b"a"], 10);
+    r.props.lock_ttl = 60_001;
+    bad(r, "above txn.max-lock-ttl");
+    let keys: Vec<Vec<u8>> = (0..101u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    bad(request(&keys, 10), "mutations has 101 entries");
+    assert_eq!(db.count(Cf::Lock), 0);
     run_prewrite(&db, &cm, &request(&[b"a"], 10)).unwrap();
     for (start, commit_ts, says) in [
         (10, 10, "must be above"),
@@ -79,7 +111,7 @@ fn bad_requests_are_refused_and_write_nothing() {
     ] {
         let err = db
             .run(|txn, r| {
-                *txn = commit(r, &[b"a".to_vec()], start, commit_ts)?;
+                *txn = MvccTxn::concat(commit(r, &[b"a".to_vec()], start, commit_ts, &L, BUDGET)?);
                 Ok(())
             })
             .unwrap_err();
@@ -101,7 +133,7 @@ fn a_read_during_an_async_prewrite_meets_its_lock_or_is_committed_over() {
     req.props.secondaries = vec![b"s".to_vec()];
     let snap = db.engine.snapshot();
     let reader = MvccReader::new(&snap);
-    let (out, _txn, guard) = prewrite(&reader, &cm, &req).unwrap();
+    let (out, _txn, guard) = prewrite(&reader, &cm, &req, &L).unwrap();
     assert_eq!(out.min_commit_ts, 51, "above max_ts");
     // Before the locks are applied: a read above min_commit_ts meets them, one below
     // passes (the commit will land above it).
@@ -136,7 +168,7 @@ fn resolving_commits_or_rolls_back_each_transactions_locks() {
     run_prewrite(&db, &cm, &request(&[b"c"], 20)).unwrap();
     db.run(|txn, r| {
         let locks = r.scan_locks(keys::DATA_MIN_KEY, keys::DATA_MAX_KEY, &|_| true, 0)?;
-        *txn = resolve_locks(r, &cm, &[(10, 15), (20, 0)], &locks)?;
+        *txn = MvccTxn::concat(resolve_locks(r, &cm, &[(10, 15), (20, 0)], &locks, BUDGET)?);
         Ok(())
     })
     .unwrap();
@@ -146,18 +178,13 @@ fn resolving_commits_or_rolls_back_each_transactions_locks() {
 }
 
 #[test]
-fn resolving_refuses_commit_timestamps_not_above_the_start() {
-    let db = Db::new();
-    let cm = ConcurrencyManager::default();
-    for txns in [[(50u64, 40u64)], [(50, 50)], [(0, 10)]] {
-        let err = db
-            .run(|txn, r| {
-                *txn = resolve_locks(r, &cm, &txns, &[])?;
-                Ok(())
-            })
-            .unwrap_err();
+fn resolving_refuses_commit_timestamps_not_above_the_start_and_too_many_transactions() {
+    let many: Vec<(u64, u64)> = (1..=101).map(|t| (t, 0)).collect();
+    for txns in [&[(50u64, 40u64)][..], &[(50, 50)], &[(0, 10)], &[], &many] {
+        let err = check_resolve(txns, &L).unwrap_err();
         assert!(matches!(err, Error::InvalidRequest(_)), "{txns:?}: {err}");
     }
+    check_resolve(&[(50, 51), (60, 0)], &L).unwrap();
 }
 
 #[test]
@@ -167,7 +194,7 @@ fn one_phase_commit_lands_above_rollbacks_and_reports_its_timestamp_when_retried
     // A resolver rolls back transaction 31 on another key: no commit may land at 31
     // afterwards, where it could hide that rollback.
     db.run(|txn, r| {
-        *txn = rollback(r, &cm, &[b"b".to_vec()], 31)?;
+        *txn = rollback(r, &cm, &[b"b".to_vec()], 31, &L)?;
         Ok(())
     })
     .unwrap();
@@ -209,30 +236,61 @@ fn a_pessimistic_one_phase_commit_removes_its_pessimistic_locks() {
 }
 
 #[test]
-fn an_async_prewrite_above_the_clients_bound_fails_and_drops_its_memory_locks() {
+fn an_async_or_1pc_prewrite_above_the_clients_bound_falls_back_to_two_phases() {
     let db = Db::new();
     let cm = ConcurrencyManager::new(100);
     let mut req = request(&[b"a"], 10);
     req.props.async_commit = true;
+    req.props.secondaries = vec![b"b".to_vec()];
     req.props.max_commit_ts = 50;
-    assert!(matches!(
-        run_prewrite(&db, &cm, &req),
-        Err(Error::CommitTsTooLarge {
-            min_commit_ts: 101,
-            ..
-        })
-    ));
+    let out = run_prewrite(&db, &cm, &req).unwrap();
+    assert_eq!((out.min_commit_ts, out.one_pc_commit_ts), (0, 0), "two phases");
+    let lock = db.lock(b"a").expect("a two-phase lock");
+    assert!(!lock.use_async_commit && lock.secondaries.is_empty(), "{lock:?}");
+    // The same for 1PC: the key is locked, not committed, and the client commits it.
+    let mut one_pc = request(&[b"x"], 10);
+    one_pc.props.one_pc = true;
+    one_pc.props.max_commit_ts = 50;
+    let out = run_prewrite(&db, &cm, &one_pc).unwrap();
+    assert_eq!((out.min_commit_ts, out.one_pc_commit_ts), (0, 0));
+    assert!(db.lock(b"x").is_some());
+    assert_eq!(db.count(Cf::Write), 0, "nothing committed");
+    // The fallen-back prewrite holds no lock in memory.
     cm.read_key(b"a", 200, &Bypass::default()).unwrap();
     // A key that only checked leaves no lock in memory either.
-    req.props.max_commit_ts = 0;
+    let mut req = request(&[b"d"], 10);
+    req.props.async_commit = true;
     req.mutations.push(Mutation {
         key: b"c".to_vec(),
         op: MutationOp::CheckNotExists,
     });
     let snap = db.engine.snapshot();
     let reader = MvccReader::new(&snap);
-    let (_, _, guard) = prewrite(&reader, &cm, &req).unwrap();
+    let (_, _, guard) = prewrite(&reader, &cm, &req, &L).unwrap();
     cm.read_key(b"c", 300, &Bypass::default()).unwrap();
-    assert!(cm.read_key(b"a", 300, &Bypass::default()).is_err());
+    assert!(cm.read_key(b"d", 300, &Bypass::default()).is_err());
     drop(guard);
+}
+
+#[test]
+fn a_commit_of_many_keys_comes_in_batches_within_the_budget() {
+    let db = Db::new();
+    let cm = ConcurrencyManager::default();
+    let keys: Vec<Vec<u8>> = (0..50u32).map(|i| format!("key{i:04}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    run_prewrite(&db, &cm, &request(&refs, 10)).unwrap();
+    let snap = db.engine.snapshot();
+    let reader = MvccReader::new(&snap);
+    let batches = commit(&reader, &keys, 10, 20, &L, 500).unwrap();
+    assert!(batches.len() > 1, "{} batches", batches.len());
+    // Each batch is cut at the first key that passes the budget.
+    assert!(batches.iter().all(|b| b.size() < 500 + 100), "{batches:?}");
+    // Every key is decided before anything is written: one key without a lock fails the
+    // whole request.
+    let mut more = keys.clone();
+    more.push(b"unlocked".to_vec());
+    assert!(matches!(
+        commit(&reader, &more, 10, 20, &L, 500),
+        Err(Error::TxnLockNotFound { .. })
+    ));
 }

@@ -1,0 +1,178 @@
+//! Snapshot reads: get, batch get, scan, and the lock scan GC and resolvers use. Each
+//! raises `max_ts` and checks the in-memory locks of async commits before it takes its
+//! snapshot, so that a lock applied after the snapshot was met here.
+
+use proto::kvrpcpb::Context;
+use txn::{reader::Bypass, types::Lock, MvccReader};
+
+use super::{clip, TxnStorage};
+use crate::{storage::ResponseBudget, Result};
+
+/// Most locks one ScanLock answer carries (its client asks again from the last one).
+const SCAN_LOCK_MAX: usize = 1024;
+
+/// A read's pairs, each key with its value or the lock it met.
+pub type ReadPairs = Vec<(Vec<u8>, txn::Result<Vec<u8>>)>;
+
+impl TxnStorage {
+    /// Admits a read at `ts`: not far ahead of PD, not below the GC safe point.
+    async fn admit_read(&self, ts: u64) -> Result<()> {
+        self.above_safe_point("a read", ts)?;
+        self.clock.admit(&[("version", ts)]).await
+    }
+
+    /// The value of `key` a snapshot read at `ts` sees.
+    pub async fn get(
+        &self,
+        ctx: &Context,
+        key: &[u8],
+        ts: u64,
+        bypass: &Bypass,
+    ) -> Result<Option<Vec<u8>>> {
+        self.admit_read(ts).await?;
+        let ready = self.kv.read_ready(ctx).await?;
+        self.check_in(&ready.region, key)?;
+        self.cm.read_key(key, ts, bypass)?;
+        let snap = self.kv.engine().snapshot();
+        Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
+    }
+
+    /// The values of `keys` a snapshot read at `ts` sees (absent keys left out), each
+    /// key met locked with its error.
+    pub async fn batch_get(
+        &self,
+        ctx: &Context,
+        keys: &[Vec<u8>],
+        ts: u64,
+        bypass: &Bypass,
+    ) -> Result<ReadPairs> {
+        self.limits.check_count("keys", keys.len())?;
+        self.admit_read(ts).await?;
+        let ready = self.kv.read_ready(ctx).await?;
+        for k in keys {
+            self.check_in(&ready.region, k)?;
+        }
+        let in_memory: Vec<txn::Result<()>> = keys
+            .iter()
+            .map(|k| self.cm.read_key(k, ts, bypass))
+            .collect();
+        let snap = self.kv.engine().snapshot();
+        let reader = MvccReader::new(&snap);
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        let mut out = vec![];
+        for (k, mem) in keys.iter().zip(in_memory) {
+            match mem.and_then(|()| reader.get(k, ts, bypass)) {
+                Ok(None) => {}
+                Ok(Some(v)) => {
+                    budget.take(k, &v)?;
+                    out.push((k.clone(), Ok(v)));
+                }
+                Err(e @ txn::Error::KeyIsLocked { .. }) => out.push((k.clone(), Err(e))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys in `[start, end)` (empty end: the region's end) with their values at `ts`,
+    /// in order (descending from `end` if `reverse`), at most `limit`; a key locked by a
+    /// transaction the read must wait for comes with that error instead.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        ctx: &Context,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        ts: u64,
+        key_only: bool,
+        reverse: bool,
+        bypass: &Bypass,
+    ) -> Result<ReadPairs> {
+        self.check_bounds(start, end)?;
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        self.admit_read(ts).await?;
+        let ready = self.kv.read_ready(ctx).await?;
+        let (lower, upper) = clip(&ready.region, start, end);
+        let in_range = |k: &[u8]| {
+            let enc = keys::txn::lock_key(k);
+            enc >= lower && enc < upper
+        };
+        self.cm.read_range(&in_range, ts, bypass)?;
+        let mut out = vec![];
+        if lower >= upper {
+            return Ok(out);
+        }
+        let snap = self.kv.engine().snapshot();
+        let reader = MvccReader::new(&snap);
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        let mut over = None;
+        reader.keys_in(&lower, &upper, reverse, &mut |key| {
+            let got = match reader.get(&key, ts, bypass) {
+                Ok(None) => return Ok(true),
+                Ok(Some(v)) => Ok(if key_only { vec![] } else { v }),
+                Err(e @ txn::Error::KeyIsLocked { .. }) => Err(e),
+                Err(e) => return Err(e),
+            };
+            // Locked keys count too: a range of locks must not build an endless answer.
+            let value = got.as_deref().unwrap_or_default();
+            if let Err(e) = budget.take(&key, value) {
+                over = Some(e);
+                return Ok(false);
+            }
+            out.push((key, got));
+            Ok(out.len() < limit)
+        })?;
+        match over {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Locks in `[start, end)` of the region (empty end: to its end) of transactions
+    /// that started at or before `max_version`, at most `limit` (0: the most one answer
+    /// carries) and what fits in one answer (at least one lock): the client goes on from
+    /// the last key returned.
+    pub async fn scan_locks(
+        &self,
+        ctx: &Context,
+        max_version: u64,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Lock)>> {
+        self.check_bounds(start, end)?;
+        let ready = self.kv.read_ready(ctx).await?;
+        let (lower, upper) = clip(&ready.region, start, end);
+        if lower >= upper {
+            return Ok(vec![]);
+        }
+        let limit = if limit == 0 {
+            SCAN_LOCK_MAX
+        } else {
+            limit.min(SCAN_LOCK_MAX)
+        };
+        let snap = self.kv.engine().snapshot();
+        let keep = |l: &Lock| l.start_ts <= max_version;
+        let mut locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?;
+        let mut budget = ResponseBudget::new(self.kv.max_response_size());
+        let fits = locks
+            .iter()
+            .position(|(k, l)| budget.take(k, &l.short_value).is_err())
+            .map_or(locks.len(), |over| over.max(1));
+        locks.truncate(fits);
+        Ok(locks)
+    }
+
+    /// Refuses scan bounds longer than a key may be (empty is unbounded).
+    fn check_bounds(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        for (field, k) in [("start_key", start), ("end_key", end)] {
+            if !k.is_empty() {
+                self.limits.check_key(field, k)?;
+            }
+        }
+        Ok(())
+    }
+}
