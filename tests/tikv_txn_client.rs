@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_until, ProcCluster};
-use grpcio::{ChannelBuilder, EnvBuilder};
 use proto::{kvrpcpb, tikvpb_grpc::TikvClient};
 use tikv_client::{TimestampExt, TransactionClient, TransactionOptions};
 
@@ -146,65 +145,23 @@ fn tikv_transaction_client_works_unchanged() {
 /// A transaction client that died half way, as the store sees it: requests sent straight
 /// to the leader of each key's region.
 struct DeadClient {
-    rt: tokio::runtime::Runtime,
-    ours: client::Client,
-    env: std::sync::Arc<grpcio::Environment>,
+    raw: common::RawKv,
 }
 
 impl DeadClient {
     fn new(ours: client::Client) -> DeadClient {
         DeadClient {
-            rt: tokio::runtime::Runtime::new().unwrap(),
-            ours,
-            env: std::sync::Arc::new(EnvBuilder::new().cq_count(1).build()),
+            raw: common::RawKv::new(ours, T),
         }
     }
 
-    fn leader(&self, key: &[u8]) -> (TikvClient, kvrpcpb::Context) {
-        let enc = keys::txn::encode_bytes(key);
-        let routes = self.rt.block_on(self.ours.regions()).unwrap();
-        let r = routes
-            .into_iter()
-            .find(|r| {
-                enc.as_slice() >= r.region.get_start_key()
-                    && (r.region.get_end_key().is_empty()
-                        || enc.as_slice() < r.region.get_end_key())
-            })
-            .expect("a region holds the key");
-        let leader = r.leader.expect("a leader");
-        let stores = self.rt.block_on(self.ours.stores()).unwrap();
-        let addr = stores
-            .iter()
-            .find(|(s, _)| s.get_id() == leader.get_store_id())
-            .map(|(s, _)| s.get_address().to_string())
-            .expect("the leader's store");
-        let mut ctx = kvrpcpb::Context::default();
-        ctx.region_id = r.region.get_id();
-        ctx.set_region_epoch(r.region.get_region_epoch().clone());
-        ctx.set_peer(leader);
-        (
-            TikvClient::new(ChannelBuilder::new(self.env.clone()).connect(&addr)),
-            ctx,
-        )
-    }
-
-    /// Sends a request built by `call` to the leader of `key`'s region, again while the
-    /// answer is a routing error (PD learns of new leaders a heartbeat late).
     fn send<R>(
         &self,
         key: &[u8],
         call: impl Fn(&TikvClient, kvrpcpb::Context) -> R,
-        region_error: impl Fn(&R) -> bool,
+        region_error: impl Fn(&R) -> Option<&proto::errorpb::Error>,
     ) -> R {
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            let (c, ctx) = self.leader(key);
-            let resp = call(&c, ctx);
-            if !region_error(&resp) || std::time::Instant::now() > deadline {
-                return resp;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.raw.send(key, call, region_error)
     }
 
     fn prewrite(&self, key: &[u8], value: &[u8], primary: &[u8], start_ts: u64, ttl_ms: u64) {
@@ -242,7 +199,7 @@ impl DeadClient {
                 }
                 c.kv_prewrite(&req).expect("prewrite sent")
             },
-            |r| routing(r.get_region_error()),
+            |r| r.region_error.as_ref(),
         );
         assert!(
             !resp.has_region_error() && resp.get_errors().is_empty(),
@@ -261,15 +218,11 @@ impl DeadClient {
                 req.commit_version = commit_ts;
                 c.kv_commit(&req).expect("commit sent")
             },
-            |r| routing(r.get_region_error()),
+            |r| r.region_error.as_ref(),
         )
     }
 }
 
-/// Whether a region error only says "ask elsewhere": the one a client sends again for.
-fn routing(e: &proto::errorpb::Error) -> bool {
-    e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found()
-}
 
 /// A client that dies after its prewrite leaves its locks: a reader rolls the transaction
 /// back once the primary's TTL has passed. One that dies after committing only its

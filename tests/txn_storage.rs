@@ -320,3 +320,52 @@ fn a_new_leader_commits_async_above_reads_its_predecessor_served() {
         out.min_commit_ts
     );
 }
+
+/// The safe point a region was collected at travels with its data: a leader that never
+/// learned it (GC ran on its predecessor) still refuses a read below it, instead of
+/// answering "not found" for a version that is gone.
+#[test]
+fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at() {
+    let e = Env::new();
+    let put = |value: &[u8]| {
+        let start = e.ts();
+        e.prewrite(b"k", value, b"k", start).unwrap();
+        let commit = e.ts();
+        e.commit(b"k", start, commit).unwrap();
+        commit
+    };
+    let c1 = put(b"v1");
+    put(b"v2");
+    let safe_point = e.ts();
+    let (old, region) = e.c.leader_of_key(&keys::txn::encode_bytes(b"k")).unwrap();
+    e.on_leader(b"k", |s, ctx| {
+        s.set_gc_safe_point(safe_point);
+        e.block(s.gc(ctx, safe_point))
+    })
+    .unwrap();
+    // v1 is gone; v2, visible at the safe point, stays.
+    assert_eq!(e.get(b"k", safe_point).unwrap(), Some(b"v2".to_vec()));
+    let to = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| *s != old)
+        .unwrap();
+    e.c.transfer_leader(region.get_id(), to).unwrap();
+    wait_until("the new leader", T, || {
+        e.c.leader_of(region.get_id()) == Some(to)
+    });
+    let err = e.get(b"k", c1).unwrap_err();
+    assert_eq!(e.c.leader_of(region.get_id()), Some(to), "the new leader answered");
+    assert!(
+        matches!(
+            err,
+            server::Error::Txn(txn::Error::BelowSafePoint { safe_point: sp, .. }) if sp == safe_point
+        ),
+        "{err}"
+    );
+    // Nor may a transaction that old write the key.
+    let err = e.prewrite(b"k", b"late", b"k", c1).unwrap_err();
+    assert!(matches!(err, server::Error::Txn(txn::Error::BelowSafePoint { .. })), "{err}");
+    assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"v2".to_vec()));
+}

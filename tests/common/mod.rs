@@ -460,3 +460,78 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Raw Kv* requests sent straight to the leader of each key's region, as a buggy or dead
+/// transactional client would send them.
+pub struct RawKv {
+    rt: tokio::runtime::Runtime,
+    ours: client::Client,
+    env: std::sync::Arc<grpcio::Environment>,
+    timeout: Duration,
+}
+
+impl RawKv {
+    /// Routes with `ours` (PD's view), retrying routing errors for up to `timeout`.
+    pub fn new(ours: client::Client, timeout: Duration) -> RawKv {
+        RawKv {
+            rt: tokio::runtime::Runtime::new().expect("a runtime"),
+            ours,
+            env: std::sync::Arc::new(grpcio::EnvBuilder::new().cq_count(1).build()),
+            timeout,
+        }
+    }
+
+    /// A connection to the leader of the region holding the transactional `key`, and
+    /// the context a request there carries.
+    pub fn leader(&self, key: &[u8]) -> (proto::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) {
+        let enc = keys::txn::encode_bytes(key);
+        let routes = self.rt.block_on(self.ours.regions()).expect("regions");
+        let r = routes
+            .into_iter()
+            .find(|r| {
+                enc.as_slice() >= r.region.get_start_key()
+                    && (r.region.get_end_key().is_empty()
+                        || enc.as_slice() < r.region.get_end_key())
+            })
+            .expect("a region holds the key");
+        let leader = r.leader.expect("a leader");
+        let stores = self.rt.block_on(self.ours.stores()).expect("stores");
+        let addr = stores
+            .iter()
+            .find(|(s, _)| s.get_id() == leader.get_store_id())
+            .map(|(s, _)| s.get_address().to_string())
+            .expect("the leader's store");
+        let mut ctx = proto::kvrpcpb::Context::default();
+        ctx.region_id = r.region.get_id();
+        ctx.set_region_epoch(r.region.get_region_epoch().clone());
+        ctx.set_peer(leader);
+        let channel = grpcio::ChannelBuilder::new(self.env.clone()).connect(&addr);
+        (proto::tikvpb_grpc::TikvClient::new(channel), ctx)
+    }
+
+    /// Sends a request built by `call` to the leader of `key`'s region, again while
+    /// `region_error` says the answer is a routing error (PD learns of new leaders a
+    /// heartbeat late).
+    pub fn send<R>(
+        &self,
+        key: &[u8],
+        call: impl Fn(&proto::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) -> R,
+        region_error: impl Fn(&R) -> Option<&proto::errorpb::Error>,
+    ) -> R {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let (c, ctx) = self.leader(key);
+            let resp = call(&c, ctx);
+            let retry = region_error(&resp).is_some_and(routing);
+            if !retry || std::time::Instant::now() > deadline {
+                return resp;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether a region error only says "ask elsewhere": the one a client sends again for.
+pub fn routing(e: &proto::errorpb::Error) -> bool {
+    e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found()
+}

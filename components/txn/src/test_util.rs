@@ -59,3 +59,42 @@ impl Db {
         n
     }
 }
+
+/// A snapshot that counts the records its scans visit in each column family.
+pub(crate) struct Counting<'a> {
+    pub inner: engine::Snapshot<'a>,
+    pub visited: std::cell::RefCell<std::collections::HashMap<Cf, usize>>,
+}
+
+impl<'a> Counting<'a> {
+    pub fn new(engine: &'a Engine) -> Self {
+        Counting {
+            inner: engine.snapshot(),
+            visited: Default::default(),
+        }
+    }
+
+    pub fn visited(&self, cf: Cf) -> usize {
+        self.visited.borrow().get(&cf).copied().unwrap_or(0)
+    }
+}
+
+impl crate::Snapshot for Counting<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        crate::Snapshot::get(&self.inner, cf, key)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        crate::Snapshot::scan(&self.inner, cf, start, end, reverse, &mut |k, v| {
+            *self.visited.borrow_mut().entry(cf).or_default() += 1;
+            f(k, v)
+        })
+    }
+}

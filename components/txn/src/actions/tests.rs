@@ -631,3 +631,42 @@ fn a_prewrite_after_a_pessimistic_lock_keeps_the_longer_ttl() {
     db.prewrite(&p, put(b"k", b"v"), true).unwrap();
     assert_eq!(db.lock(b"k").unwrap().ttl, 60_000);
 }
+
+#[test]
+fn a_limited_key_listing_reads_a_bounded_number_of_locks_and_gc_a_bounded_number_of_versions() {
+    let db = Db::new();
+    for i in 0..2_000u32 {
+        let key = format!("k{i:05}").into_bytes();
+        db.prewrite(&props(&key, 10), put(&key, b"v"), false)
+            .unwrap();
+    }
+    let snap = crate::test_util::Counting::new(&db.engine);
+    let reader = MvccReader::new(&snap);
+    let mut listed = 0;
+    reader
+        .keys_in(keys::DATA_MIN_KEY, keys::DATA_MAX_KEY, false, &mut |_| {
+            listed += 1;
+            Ok(listed < 10)
+        })
+        .unwrap();
+    assert_eq!(listed, 10);
+    assert!(
+        snap.visited(Cf::Lock) <= 10 + 64,
+        "{} locks read for 10 keys",
+        snap.visited(Cf::Lock)
+    );
+    // GC of a key with a long history reads about what one bounded step drops.
+    for i in 0..500u64 {
+        db.put(b"h", b"v", 100 + 10 * i, 105 + 10 * i);
+    }
+    let snap = crate::test_util::Counting::new(&db.engine);
+    let reader = MvccReader::new(&snap);
+    let mut txn = crate::MvccTxn::new();
+    let dropped = gc(&mut txn, &reader, b"h", 100_000, 18 * 20).unwrap();
+    assert!(dropped <= 20, "{dropped}");
+    assert!(
+        snap.visited(Cf::Write) <= 2 * 20 + 2,
+        "{} versions read to drop {dropped}",
+        snap.visited(Cf::Write)
+    );
+}
