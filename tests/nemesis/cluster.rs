@@ -23,7 +23,7 @@ pub struct NetCluster {
     disks: Vec<LazyFs>,
     pub net: Net,
     dir: tempfile::TempDir,
-    /// Extra `[raftstore]` lines for every store.
+    /// Extra `[raftstore]` lines (and further sections) for every store.
     raftstore_extra: String,
 }
 
@@ -91,6 +91,11 @@ impl NetCluster {
     /// PD's address, for clients.
     pub fn pd_addr(&self) -> String {
         format!("{}:{PD_PORT}", self.net.gateway())
+    }
+
+    /// Store `i`'s status address (metrics).
+    pub fn status_addr(&self, i: usize) -> String {
+        format!("{}:{STATUS_PORT}", self.net.addr(Node::Host(i)))
     }
 
     fn store_config(&self) -> PathBuf {

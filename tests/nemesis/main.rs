@@ -1,21 +1,26 @@
 //! The seeded nemesis against real processes: three stores, each on its own host
 //! (network namespace) with its data on a filesystem that forgets un-fsynced writes,
-//! while clients run a checked workload. Faults: SIGKILL and restart, SIGSTOP/SIGCONT of
+//! while clients run a checked workload: raw operations (odd seeds) or transactions
+//! (even seeds: list appends checked for snapshot isolation, a bank, clients that die
+//! mid-commit, GC collecting every second below a safe point a client raises by itself). Faults: SIGKILL and restart, SIGSTOP/SIGCONT of
 //! a leader, every store killed at once, cut routes between hosts (one store off the
 //! others, a bridge, one store off everything), and power loss of one store or of all.
 //!
 //! The seed fixes a run's fault plan: which faults, their targets and hold times, and the
 //! clients' operations (what the processes then do is not deterministic, so a seed
 //! reproduces the plan, not the exact interleaving). After the run the network heals, every store
-//! runs, and three things are checked: the history is linearizable per key (library
-//! checker), every acknowledged write of the ledger is there, and every region's
-//! replicas hash the same. `make test` runs a short campaign; `make jepsen` a long one
+//! runs, and the checks follow. Raw runs: the history is linearizable per key (library
+//! checker) and every acknowledged write of the ledger is there. Transactional runs: the
+//! list-append history has no snapshot-isolation anomaly (`test_cluster::elle`), every
+//! committed append is in the final read, every bank snapshot held the total, and GC
+//! dropped versions. Both: every region's replicas hash the same. `make test` runs a short campaign; `make jepsen` a long one
 //! (see the README), both printing a table.
 
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod net;
+mod txn_workload;
 mod workload;
 
 use std::{
@@ -31,6 +36,7 @@ use test_cluster::history::{Op, Outcome, Recorder};
 use crate::{
     cluster::NetCluster,
     net::Node,
+    txn_workload::{AppendHistory, Bank},
     workload::{checked_client, key, split_keys, Ledger, CLIENTS, KEYS},
 };
 
@@ -62,9 +68,30 @@ const FAULTS: [Fault; 8] = [
     Fault::PowerLossAll,
 ];
 
+/// What the clients of a run do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Raw,
+    Txn,
+}
+
+/// Stores of transactional runs collect often, a little behind the safe point mover.
+const TXN_STORE_CONFIG: &str = "[gc]\nlife-time = \"5s\"\nrun-interval = \"1s\"\n";
+
+impl Workload {
+    fn of(seed: u64) -> Workload {
+        if seed % 2 == 0 {
+            Workload::Txn
+        } else {
+            Workload::Raw
+        }
+    }
+}
+
 /// What one run did and found.
 #[derive(Default, Debug)]
 struct Report {
+    kind: &'static str,
     ok: usize,
     failed: usize,
     unknown: usize,
@@ -72,7 +99,9 @@ struct Report {
     dropped_bytes: u64,
     violations: usize,
     lost: usize,
+    bank_changes: usize,
     mismatches: usize,
+    gc_dropped: u64,
     problems: Vec<String>,
 }
 
@@ -230,11 +259,15 @@ fn connect(rt: &tokio::runtime::Runtime, c: &NetCluster) -> client::Client {
     .expect("connect")
 }
 
-/// One seeded run of `secs` seconds.
-fn run(seed: u64, secs: u64) -> Report {
+/// One seeded run of `secs` seconds, with faults unless `calm`.
+fn run(seed: u64, secs: u64, calm: bool) -> Report {
+    let workload = Workload::of(seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let focus = FAULTS[seed as usize % FAULTS.len()];
-    let mut c = NetCluster::start(STORES);
+    let mut c = match workload {
+        Workload::Raw => NetCluster::start(STORES),
+        Workload::Txn => NetCluster::start_with(STORES, TXN_STORE_CONFIG),
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cl = connect(&rt, &c);
     common::wait_until("three voters", T, || common::voters(&rt, &cl) == STORES);
@@ -247,33 +280,26 @@ fn run(seed: u64, secs: u64) -> Report {
     common::wait_until("the key space to split", T, || {
         rt.block_on(cl.split_region(first, &split_keys())).is_ok()
     });
-
-    let rec = Recorder::default();
-    let ledger = Ledger::default();
-    let stop = AtomicBool::new(false);
     let mut report = Report::default();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    std::thread::scope(|s| {
-        for id in 0..CLIENTS {
-            let (rt, cl, rec, stop) = (rt.handle(), &cl, &rec, &stop);
-            s.spawn(move || checked_client(id, seed, rt, cl, rec, stop));
-        }
-        let (rth, cl2, ledger, stop2) = (rt.handle(), &cl, &ledger, &stop);
-        s.spawn(move || ledger.write(rth, cl2, stop2));
-        let _stop = common::StopOnDrop(&stop);
-        while Instant::now() + Duration::from_secs(4) < deadline {
+    let mut nemesis = |c: &mut NetCluster, report: &mut Report, gc: &mut GcCount| {
+        while !calm && Instant::now() + Duration::from_secs(4) < deadline {
             std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
             let fault = if rng.gen_bool(0.6) {
                 focus
             } else {
                 FAULTS[rng.gen_range(0..FAULTS.len())]
             };
-            inject(fault, &mut rng, &mut c, &rt, &cl, &mut report);
+            gc.scrape(c);
+            inject(fault, &mut rng, c, &rt, &cl, report);
         }
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-    });
-    restart_exited(&mut c, &mut report);
-    finish(seed, &c, &rt, &cl, &rec, &ledger, &mut report);
+    };
+    match workload {
+        Workload::Raw => raw_run(seed, &mut c, &rt, &cl, &mut report, &mut nemesis),
+        Workload::Txn => txn_run(seed, &mut c, &rt, &cl, &mut report, &mut nemesis),
+    }
+    check_replicas(&rt, &cl, &mut report);
     if !report.problems.is_empty() {
         let kept = c.keep();
         report
@@ -283,7 +309,193 @@ fn run(seed: u64, secs: u64) -> Report {
     report
 }
 
-/// Closes the history with a read of every key, then runs the three checks.
+/// The fault loop of a run, given the cluster, its report and the GC counter.
+type Nemesis<'a> = dyn FnMut(&mut NetCluster, &mut Report, &mut GcCount) + 'a;
+
+/// Raw clients and the ledger writer while the nemesis runs; then the checks.
+fn raw_run(
+    seed: u64,
+    c: &mut NetCluster,
+    rt: &tokio::runtime::Runtime,
+    cl: &client::Client,
+    report: &mut Report,
+    nemesis: &mut Nemesis,
+) {
+    report.kind = "raw";
+    let rec = Recorder::default();
+    let ledger = Ledger::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for id in 0..CLIENTS {
+            let (rt, rec, stop) = (rt.handle(), &rec, &stop);
+            s.spawn(move || checked_client(id, seed, rt, cl, rec, stop));
+        }
+        let (rth, ledger, stop2) = (rt.handle(), &ledger, &stop);
+        s.spawn(move || ledger.write(rth, cl, stop2));
+        let _stop = common::StopOnDrop(&stop);
+        nemesis(c, report, &mut GcCount::default());
+    });
+    restart_exited(c, report);
+    finish(seed, c, rt, cl, &rec, &ledger, report);
+}
+
+/// Removes the client fail points a transactional run set, also when it panics.
+struct ClientFailPoints(&'static [&'static str]);
+
+impl Drop for ClientFailPoints {
+    fn drop(&mut self) {
+        for name in self.0 {
+            fail::remove(name);
+        }
+    }
+}
+
+/// Append clients, bank clients and the safe point mover while the nemesis runs, with
+/// a share of commits dying half way; then the checks.
+fn txn_run(
+    seed: u64,
+    c: &mut NetCluster,
+    rt: &tokio::runtime::Runtime,
+    cl: &client::Client,
+    report: &mut Report,
+    nemesis: &mut Nemesis,
+) {
+    report.kind = "txn";
+    let txn = client::txn::TxnClient::new(cl);
+    let history = AppendHistory::default();
+    let bank = Bank::default();
+    common::wait_until("the bank to open", T, || {
+        bank.open(rt.handle(), &txn).is_ok()
+    });
+    let deaths = ClientFailPoints(&[
+        "txn_client_dies_after_prewrite",
+        "txn_client_dies_after_primary",
+    ]);
+    for name in deaths.0 {
+        fail::cfg(*name, "2%return").expect("a fail point");
+    }
+    let stop = AtomicBool::new(false);
+    let mut gc = GcCount::default();
+    std::thread::scope(|s| {
+        for id in 0..txn_workload::APPENDERS {
+            let (rt, txn, history, stop) = (rt.handle(), &txn, &history, &stop);
+            s.spawn(move || txn_workload::appender(id, seed, rt, txn, history, stop));
+        }
+        for id in 0..2 {
+            let (rt, txn, bank, stop) = (rt.handle(), &txn, &bank, &stop);
+            s.spawn(move || bank.run(id, seed, rt, txn, stop));
+        }
+        let (rth, stop2) = (rt.handle(), &stop);
+        s.spawn(move || txn_workload::move_safe_point(rth, cl, stop2));
+        let _stop = common::StopOnDrop(&stop);
+        nemesis(c, report, &mut gc);
+    });
+    drop(deaths);
+    restart_exited(c, report);
+    common::wait_until("a final read of every list", T, || {
+        txn_workload::final_read(rt.handle(), &txn, &history)
+    });
+    common::wait_until("a final bank snapshot", T, || bank.check(rt.handle(), &txn));
+    check_history(seed, &history.txns(), report);
+    report.bank_changes = bank.bad_totals.lock().len();
+    if let Some(first) = bank.bad_totals.lock().first() {
+        report.problems.push(format!(
+            "{} bank snapshots did not hold the total {} (first: {first})",
+            report.bank_changes,
+            Bank::total()
+        ));
+    }
+    gc.scrape(c);
+    report.gc_dropped = gc.total();
+    if report.gc_dropped == 0 {
+        report.problems.push("GC dropped no version".into());
+    }
+}
+
+/// The SI check of an append history, and the durability of its committed appends.
+fn check_history(seed: u64, txns: &[test_cluster::elle::Txn], report: &mut Report) {
+    use test_cluster::elle::{MicroOp, TxnOutcome};
+    for t in txns {
+        match t.outcome {
+            TxnOutcome::Committed => report.ok += 1,
+            TxnOutcome::Aborted => report.failed += 1,
+            TxnOutcome::Unknown => report.unknown += 1,
+        }
+    }
+    let checked = test_cluster::elle::check(txns);
+    if !checked.is_valid_si() {
+        report.violations += checked.anomalies.len();
+        let kept = std::env::temp_dir().join(format!(
+            "flotilla-nemesis-seed{seed}-{}-txns.json",
+            std::process::id()
+        ));
+        let _ = std::fs::write(&kept, serde_json::to_vec(txns).unwrap_or_default());
+        report
+            .problems
+            .push(format!("{checked}(history kept in {})", kept.display()));
+    }
+    // The final read (the last transaction) holds every acknowledged append.
+    let Some(last) = txns.last() else { return };
+    let seen: std::collections::HashSet<(u64, u64)> = last
+        .ops
+        .iter()
+        .flat_map(|op| match op {
+            MicroOp::Read {
+                key,
+                value: Some(list),
+            } => list.iter().map(|v| (*key, *v)).collect::<Vec<_>>(),
+            _ => vec![],
+        })
+        .collect();
+    let lost: Vec<(u64, u64)> = txns
+        .iter()
+        .filter(|t| t.outcome == TxnOutcome::Committed)
+        .flat_map(|t| &t.ops)
+        .filter_map(|op| match op {
+            MicroOp::Append { key, value } if !seen.contains(&(*key, *value)) => {
+                Some((*key, *value))
+            }
+            _ => None,
+        })
+        .collect();
+    report.lost += lost.len();
+    if !lost.is_empty() {
+        report.problems.push(format!(
+            "committed appends missing from the final read (key, value): {:?}",
+            &lost[..lost.len().min(5)]
+        ));
+    }
+}
+
+/// Versions GC dropped, from the stores' counters (a restart resets one: what it had
+/// counted is carried over when the next scrape finds it lower).
+#[derive(Default)]
+struct GcCount {
+    last: Vec<u64>,
+    carried: u64,
+}
+
+impl GcCount {
+    fn scrape(&mut self, c: &NetCluster) {
+        self.last.resize(STORES, 0);
+        for h in 0..STORES {
+            let Some(text) = common::http_get(&c.status_addr(h), "/metrics") else {
+                continue;
+            };
+            let now = common::metric(&text, "flotilla_gc_versions_dropped_total") as u64;
+            if now < self.last[h] {
+                self.carried += self.last[h];
+            }
+            self.last[h] = now;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.carried + self.last.iter().sum::<u64>()
+    }
+}
+
+/// Closes the history with a read of every key, then checks it and the ledger.
 fn finish(
     seed: u64,
     c: &NetCluster,
@@ -337,6 +549,10 @@ fn finish(
                 .collect::<Vec<_>>()
         ));
     }
+}
+
+/// Every region's replicas hash the same.
+fn check_replicas(rt: &tokio::runtime::Runtime, cl: &client::Client, report: &mut Report) {
     for route in rt.block_on(cl.regions()).expect("regions") {
         let id = route.region.get_id();
         let mut last = None;
@@ -366,6 +582,29 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
+/// One row of the table.
+fn row(seed: &str, r: &Report) -> String {
+    let faults = r
+        .faults
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{seed:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7}  {faults}",
+        r.kind,
+        r.ok,
+        r.failed,
+        r.unknown,
+        r.dropped_bytes,
+        r.violations,
+        r.lost,
+        r.bank_changes,
+        r.mismatches,
+        r.gc_dropped
+    )
+}
+
 /// Runs `runs` seeds from `first` and prints the table.
 fn campaign(first: u64, runs: u64, secs: u64) {
     let mut table = String::new();
@@ -373,29 +612,20 @@ fn campaign(first: u64, runs: u64, secs: u64) {
     let mut failures = vec![];
     writeln!(
         table,
-        "{:>6} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>5}  faults",
-        "seed", "ok", "failed", "unknown", "dropped", "viol", "lost", "mism"
+        "{:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7}  faults",
+        "seed", "kind", "ok", "failed", "unknown", "dropped", "viol", "lost", "bank", "mism", "gc"
     )
     .unwrap();
     let started = Instant::now();
     for seed in first..first + runs {
         // One run's panic is that run's failure; the campaign goes on to its table.
-        let r = std::panic::catch_unwind(|| run(seed, secs)).unwrap_or_else(|p| Report {
+        let r = std::panic::catch_unwind(|| run(seed, secs, false)).unwrap_or_else(|p| Report {
             problems: vec![format!("the run panicked: {}", panic_message(&p))],
             ..Report::default()
         });
-        let faults = r
-            .faults
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let row = format!(
-            "{seed:>6} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>5}  {faults}",
-            r.ok, r.failed, r.unknown, r.dropped_bytes, r.violations, r.lost, r.mismatches
-        );
-        eprintln!("{row}");
-        writeln!(table, "{row}").unwrap();
+        let line = row(&seed.to_string(), &r);
+        eprintln!("{line}");
+        writeln!(table, "{line}").unwrap();
         if !r.problems.is_empty() {
             failures.push(format!("seed {seed}:\n  {}", r.problems.join("\n  ")));
         }
@@ -405,23 +635,23 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         total.dropped_bytes += r.dropped_bytes;
         total.violations += r.violations;
         total.lost += r.lost;
+        total.bank_changes += r.bank_changes;
         total.mismatches += r.mismatches;
+        total.gc_dropped += r.gc_dropped;
         for (k, v) in r.faults {
             *total.faults.entry(k).or_default() += v;
         }
     }
-    let faults = total
-        .faults
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    total.kind = "all";
+    writeln!(table, "{}", row("total", &total)).unwrap();
     writeln!(
         table,
-        "runs {runs} in {:.0}s; operations {} ok, {} failed, {} unknown; faults injected: {faults}; \
-         un-fsynced bytes dropped {}; violations {}; acknowledged writes lost {}; replica mismatches {}",
+        "runs {runs} (odd seeds raw operations, even seeds transactions) in {:.0}s; ok/failed/unknown \
+         count operations (raw) and transactions (txn); viol: linearizability (raw) or \
+         snapshot-isolation anomalies (txn); lost: acknowledged writes or committed appends \
+         missing; bank: snapshots off the total; mism: regions whose replicas differ; gc: \
+         versions GC dropped",
         started.elapsed().as_secs_f64(),
-        total.ok, total.failed, total.unknown, total.dropped_bytes, total.violations, total.lost, total.mismatches
     )
     .unwrap();
     eprintln!("\n{table}");
@@ -436,6 +666,23 @@ fn campaign(first: u64, runs: u64, secs: u64) {
             "no {f:?} took effect in the campaign"
         );
     }
+}
+
+/// The checkers are shown to catch a broken rule: with readers passing the locks of
+/// transactions that may still commit below their reads (a client fail point), a short
+/// transactional run without faults must report anomalies or a bank total that moved.
+#[test]
+fn a_run_whose_readers_pass_live_locks_is_caught() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let broken = ClientFailPoints(&["txn_reader_passes_locks"]);
+    fail::cfg(broken.0[0], "return").expect("a fail point");
+    let r = run(2, 15, true);
+    drop(broken);
+    eprintln!("{}", row("broken", &r));
+    assert!(
+        r.violations + r.bank_changes + r.lost > 0,
+        "readers that pass live locks went unnoticed: {r:?}"
+    );
 }
 
 /// The power-loss filesystem has teeth: with `sync-log = false` a store acknowledges

@@ -5,6 +5,7 @@
 //! Tests wait on conditions with deadlines ([`wait_until`]); nothing here sleeps blindly.
 //! Used only by tests.
 
+pub mod elle;
 pub mod history;
 mod network;
 mod watchdog;

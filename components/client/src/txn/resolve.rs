@@ -272,6 +272,12 @@ impl TxnClient {
         skip: &mut Vec<u64>,
         backoff: &mut Backoff,
     ) -> Result<()> {
+        // A test switch that breaks the rule every reader keeps: pass no lock of a
+        // transaction that may still commit below the read. The nemesis must catch it.
+        fail::fail_point!("txn_reader_passes_locks", |_| {
+            skip.push(lock.lock_version);
+            Ok(())
+        });
         match self.resolve(lock, read_ts).await? {
             Resolved::Done => Ok(()),
             Resolved::Pushed => {
