@@ -32,9 +32,11 @@ test: build
 	@exit $$(cat $(CARGO_TARGET_DIR)/test.status)
 
 # The long fault campaign: 100 seeded runs of the nemesis (kills, pauses, partitions in
-# network namespaces, power loss on a filesystem that drops un-fsynced writes), each
-# checked for linearizability, lost acknowledged writes and replica mismatches. Prints
-# the table and keeps it in $(CARGO_TARGET_DIR)/jepsen.txt. About 40 minutes; needs root.
+# network namespaces, power loss on a filesystem that drops un-fsynced writes), odd seeds
+# with raw operations checked for linearizability and lost acknowledged writes, even
+# seeds with transactions checked for snapshot isolation, lost commits and a bank total
+# while GC collects; every run for replica mismatches. Prints the table and keeps it in
+# $(CARGO_TARGET_DIR)/jepsen.txt. About 45 minutes; needs root.
 JEPSEN_RUNS ?= 100
 JEPSEN_SECS ?= 20
 jepsen: build
