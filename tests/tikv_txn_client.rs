@@ -223,7 +223,6 @@ impl DeadClient {
     }
 }
 
-
 /// A client that dies after its prewrite leaves its locks: a reader rolls the transaction
 /// back once the primary's TTL has passed. One that dies after committing only its
 /// primary: a reader rolls the secondaries forward and sees the whole transaction.

@@ -96,7 +96,10 @@ impl Env {
 
     fn must_prewrite(&self, key: &[u8], value: &[u8], primary: &[u8], start: u64, ttl: u64) {
         let resp = self.prewrite(vec![put(key, value)], primary, start, |r| r.lock_ttl = ttl);
-        assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+        assert!(
+            ok(&resp.region_error, resp.get_errors().first()),
+            "{resp:?}"
+        );
     }
 
     fn commit(&self, keys: &[Vec<u8>], start: u64, commit: u64) -> kvrpcpb::CommitResponse {
@@ -170,13 +173,19 @@ impl Env {
     }
 }
 
-fn ok(region: &protobuf::SingularPtrField<proto::errorpb::Error>, key: Option<&kvrpcpb::KeyError>) -> bool {
+fn ok(
+    region: &protobuf::SingularPtrField<proto::errorpb::Error>,
+    key: Option<&kvrpcpb::KeyError>,
+) -> bool {
     region.is_none() && key.is_none()
 }
 
 /// The abort message of a refused request (its first key error).
 fn refusal(errors: &[kvrpcpb::KeyError]) -> String {
-    errors.first().map(|e| e.get_abort().to_string()).unwrap_or_default()
+    errors
+        .first()
+        .map(|e| e.get_abort().to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -198,7 +207,11 @@ fn a_status_check_naming_a_secondary_cannot_roll_back_a_committed_transaction() 
     assert!(resp.get_error().has_primary_mismatch(), "{resp:?}");
     let lock = resp.get_error().get_primary_mismatch().get_lock_info();
     assert_eq!(lock.get_primary_lock(), b"a-primary");
-    assert_eq!(e.locks(b"a-secondary", now).len(), 1, "the lock is untouched");
+    assert_eq!(
+        e.locks(b"a-secondary", now).len(),
+        1,
+        "the lock is untouched"
+    );
     // The transaction commits whole: a reader rolls the secondary forward.
     assert_eq!(e.read(b"a-secondary").unwrap(), Some(b"v".to_vec()));
 }
@@ -230,16 +243,28 @@ fn locks_that_could_never_be_resolved_and_timestamps_far_ahead_are_refused() {
         let why = refusal(errors);
         assert!(why.contains(what), "{why:?} should say {what:?}");
     };
-    says(pessimistic(vec![], 3000).get_errors(), "primary_lock must not be empty");
-    says(pessimistic(vec![b'p'; 9000], 3000).get_errors(), "txn.max-key-size");
-    says(pessimistic(b"b-key".to_vec(), 2 * 3600 * 1000).get_errors(), "txn.max-lock-ttl");
+    says(
+        pessimistic(vec![], 3000).get_errors(),
+        "primary_lock must not be empty",
+    );
+    says(
+        pessimistic(vec![b'p'; 9000], 3000).get_errors(),
+        "txn.max-key-size",
+    );
+    says(
+        pessimistic(b"b-key".to_vec(), 2 * 3600 * 1000).get_errors(),
+        "txn.max-lock-ttl",
+    );
     let async_prewrite = |secondaries: Vec<Vec<u8>>| {
         e.prewrite(vec![put(b"b-key", b"v")], b"b-key", start, move |r| {
             r.use_async_commit = true;
             r.set_secondaries(secondaries.clone().into());
         })
     };
-    says(async_prewrite(vec![vec![]]).get_errors(), "a secondary must not be empty");
+    says(
+        async_prewrite(vec![vec![]]).get_errors(),
+        "a secondary must not be empty",
+    );
     says(
         async_prewrite(vec![vec![b's'; 9000]]).get_errors(),
         "txn.max-key-size",
@@ -265,16 +290,29 @@ fn locks_that_could_never_be_resolved_and_timestamps_far_ahead_are_refused() {
         },
         |r| r.region_error.as_ref(),
     );
-    assert!(get.get_error().get_abort().contains("txn.max-ts-drift"), "{get:?}");
+    assert!(
+        get.get_error().get_abort().contains("txn.max-ts-drift"),
+        "{get:?}"
+    );
     e.must_prewrite(b"b-key", b"v", b"b-key", start, 3000);
     let wedge = e.commit(&[b"b-key".to_vec()], start, u64::MAX - 1);
-    assert!(wedge.get_error().get_abort().contains("txn.max-ts-drift"), "{wedge:?}");
+    assert!(
+        wedge.get_error().get_abort().contains("txn.max-ts-drift"),
+        "{wedge:?}"
+    );
     let resp = e.check_txn_status(b"b-key", |r| {
         r.lock_ts = start;
         r.current_ts = hour_ahead;
     });
-    assert!(resp.get_error().get_abort().contains("txn.max-ts-drift"), "{resp:?}");
-    assert_eq!(e.locks(b"b-key", u64::MAX - 1).len(), 1, "the lock is still alive");
+    assert!(
+        resp.get_error().get_abort().contains("txn.max-ts-drift"),
+        "{resp:?}"
+    );
+    assert_eq!(
+        e.locks(b"b-key", u64::MAX - 1).len(),
+        1,
+        "the lock is still alive"
+    );
     let resp = e.commit(&[b"b-key".to_vec()], start, e.ts());
     assert!(ok(&resp.region_error, resp.error.as_ref()), "{resp:?}");
     assert_eq!(e.read(b"b-key").unwrap(), Some(b"v".to_vec()));
@@ -314,10 +352,16 @@ fn gc_resolves_every_lock_when_scan_lock_answers_are_cut_short() {
     };
     let mutations: Vec<kvrpcpb::Mutation> = (0..300).map(|i| put(&key(i), b"v")).collect();
     let resp = e.prewrite(mutations, &key(0), start, |r| r.lock_ttl = 1);
-    assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+    assert!(
+        ok(&resp.region_error, resp.get_errors().first()),
+        "{resp:?}"
+    );
     let report = e.rt.block_on(e.txn.gc(e.ts())).expect("gc");
     assert_eq!(report.locks_resolved, 300, "{report:?}");
-    assert!(e.locks(&key(0), u64::MAX - 1).is_empty(), "no lock is left behind");
+    assert!(
+        e.locks(&key(0), u64::MAX - 1).is_empty(),
+        "no lock is left behind"
+    );
 }
 
 /// A commit or a lock resolution whose writes pass one Raft entry goes in batches, so a
@@ -337,7 +381,10 @@ fn a_commit_or_resolution_too_large_for_one_raft_entry_goes_in_batches() {
         for chunk in keys.chunks(200) {
             let mutations = chunk.iter().map(|k| put(k, &value)).collect();
             let resp = e.prewrite(mutations, &keys[0], start, |r| r.lock_ttl = ttl);
-            assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+            assert!(
+                ok(&resp.region_error, resp.get_errors().first()),
+                "{resp:?}"
+            );
         }
     };
     let start = e.ts();
@@ -373,7 +420,10 @@ fn a_reader_does_not_roll_back_a_live_transaction_whose_primary_is_on_its_way() 
     let start = e.ts();
     e.must_prewrite(b"f-secondary", b"v", b"f-primary", start, 20_000);
     let err = e.read(b"f-secondary").unwrap_err();
-    assert!(err.to_string().contains("locked"), "the reader waited: {err}");
+    assert!(
+        err.to_string().contains("locked"),
+        "the reader waited: {err}"
+    );
     e.must_prewrite(b"f-primary", b"v", b"f-primary", start, 20_000);
     let commit = e.ts();
     for key in [b"f-primary".to_vec(), b"f-secondary".to_vec()] {
@@ -407,7 +457,10 @@ fn async_commit_falls_back_and_status_checks_keep_the_lock_as_it_is() {
         r.use_async_commit = true;
         r.max_commit_ts = start + 1;
     });
-    assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+    assert!(
+        ok(&resp.region_error, resp.get_errors().first()),
+        "{resp:?}"
+    );
     assert_eq!(resp.min_commit_ts, 0, "two phases");
     let lock = &e.locks(b"g-key", start)[0];
     assert!(!lock.use_async_commit, "{lock:?}");
@@ -433,7 +486,10 @@ fn async_commit_falls_back_and_status_checks_keep_the_lock_as_it_is() {
         },
         |r| r.region_error.as_ref(),
     );
-    assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+    assert!(
+        ok(&resp.region_error, resp.get_errors().first()),
+        "{resp:?}"
+    );
     let resp = e.raw.send(
         b"g-pess",
         |c, ctx| {
@@ -452,7 +508,10 @@ fn async_commit_falls_back_and_status_checks_keep_the_lock_as_it_is() {
         r.mut_pessimistic_actions()
             .push(kvrpcpb::PrewriteRequest_PessimisticAction::DO_PESSIMISTIC_CHECK);
     });
-    assert!(ok(&resp.region_error, resp.get_errors().first()), "{resp:?}");
+    assert!(
+        ok(&resp.region_error, resp.get_errors().first()),
+        "{resp:?}"
+    );
     let before = e.locks(b"g-pess", start)[0].clone();
     let now = e.ts();
     let resp = e.check_txn_status(b"g-pess", |r| {
@@ -461,5 +520,9 @@ fn async_commit_falls_back_and_status_checks_keep_the_lock_as_it_is() {
     });
     assert_eq!(resp.lock_ttl, 60_000, "the heartbeat's TTL stays: {resp:?}");
     assert_eq!(resp.action, kvrpcpb::Action::NoAction);
-    assert_eq!(e.locks(b"g-pess", start)[0], before, "a caller of 0 changes nothing");
+    assert_eq!(
+        e.locks(b"g-pess", start)[0],
+        before,
+        "a caller of 0 changes nothing"
+    );
 }

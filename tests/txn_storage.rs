@@ -356,7 +356,11 @@ fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at()
         e.c.leader_of(region.get_id()) == Some(to)
     });
     let err = e.get(b"k", c1).unwrap_err();
-    assert_eq!(e.c.leader_of(region.get_id()), Some(to), "the new leader answered");
+    assert_eq!(
+        e.c.leader_of(region.get_id()),
+        Some(to),
+        "the new leader answered"
+    );
     assert!(
         matches!(
             err,
@@ -366,6 +370,9 @@ fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at()
     );
     // Nor may a transaction that old write the key.
     let err = e.prewrite(b"k", b"late", b"k", c1).unwrap_err();
-    assert!(matches!(err, server::Error::Txn(txn::Error::BelowSafePoint { .. })), "{err}");
+    assert!(
+        matches!(err, server::Error::Txn(txn::Error::BelowSafePoint { .. })),
+        "{err}"
+    );
     assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"v2".to_vec()));
 }

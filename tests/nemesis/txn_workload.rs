@@ -201,8 +201,16 @@ impl Bank {
             let t = c.begin().await?;
             let mut out = vec![];
             for i in 0..ACCOUNTS {
-                let v = t.get(&account(i)).await?.expect("accounts are never deleted");
-                out.push(String::from_utf8(v).expect("text").parse().expect("a number"));
+                let v = t
+                    .get(&account(i))
+                    .await?
+                    .expect("accounts are never deleted");
+                out.push(
+                    String::from_utf8(v)
+                        .expect("text")
+                        .parse()
+                        .expect("a number"),
+                );
             }
             t.rollback().await?;
             Ok(out)
@@ -275,9 +283,8 @@ pub fn move_safe_point(rt: &tokio::runtime::Handle, c: &client::Client, stop: &A
         let Ok(now) = rt.block_on(c.pd().get_ts()) else {
             continue;
         };
-        let target = txn::types::from_physical_ms(
-            txn::types::physical_ms(now).saturating_sub(MOVER_LAG_MS),
-        );
+        let target =
+            txn::types::from_physical_ms(txn::types::physical_ms(now).saturating_sub(MOVER_LAG_MS));
         let _ = rt.block_on(c.pd().update_gc_safe_point(target));
     }
 }

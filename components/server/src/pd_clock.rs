@@ -90,7 +90,9 @@ impl PdClock {
     fn may_ask(&self) -> bool {
         let mut s = self.state.lock();
         // Until PD has answered once, every request may ask.
-        let due = s.last.is_none() || s.asked.is_none_or(|at| at.elapsed() >= REFRESH_AT_MOST_EVERY);
+        let due = s.last.is_none()
+            || s.asked
+                .is_none_or(|at| at.elapsed() >= REFRESH_AT_MOST_EVERY);
         if due {
             s.asked = Some(Instant::now());
         }

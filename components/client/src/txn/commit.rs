@@ -42,9 +42,9 @@ impl Transaction<'_> {
             Err(e) => return Err(self.abandon(e).await),
         };
         // Tests kill clients here (their locks stay for readers to roll back).
-        fail::fail_point!("txn_client_dies_after_prewrite", |_| Err(Error::Undetermined(
-            "fail point: the client died after its prewrite".into()
-        )));
+        fail::fail_point!("txn_client_dies_after_prewrite", |_| Err(
+            Error::Undetermined("fail point: the client died after its prewrite".into())
+        ));
         if let Some(ts) = prewritten.one_pc {
             return Ok(ts);
         }
@@ -56,9 +56,9 @@ impl Transaction<'_> {
         }
         let commit_ts = self.commit_primary(&primary).await?;
         // Tests kill clients here (readers roll the secondaries forward).
-        fail::fail_point!("txn_client_dies_after_primary", |_| Err(Error::Undetermined(
-            "fail point: the client died after committing its primary".into()
-        )));
+        fail::fail_point!("txn_client_dies_after_primary", |_| Err(
+            Error::Undetermined("fail point: the client died after committing its primary".into())
+        ));
         // Committed. A secondary left locked is rolled forward by whoever meets it.
         let secondaries: Vec<Vec<u8>> = self
             .written_keys()

@@ -154,7 +154,11 @@ impl TxnStorage {
             let reader = MvccReader::new(&snap);
             f(&reader, &ready.region, ready.term)?
         };
-        if let Some(size) = batches.iter().map(MvccTxn::size).find(|s| *s as u64 > limit) {
+        if let Some(size) = batches
+            .iter()
+            .map(MvccTxn::size)
+            .find(|s| *s as u64 > limit)
+        {
             return Err(Error::InvalidRequest(format!(
                 "the command writes {size} bytes, more than raftstore.raft-entry-max-size ({limit})"
             )));

@@ -52,7 +52,7 @@ impl TxnStorage {
         // No async-commit or 1PC transaction may land at or below what this decides.
         self.cm.update_max_ts(c.lock_ts);
         self.cm.update_max_ts(c.caller_start_ts);
-        self.run(ctx, &[c.primary.clone()], false, |reader, _, _| {
+        self.run(ctx, std::slice::from_ref(&c.primary), false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             let st = actions::check_txn_status(&mut txn, reader, &c)?;
             Ok(one(st, txn))
@@ -68,7 +68,8 @@ impl TxnStorage {
         start_ts: u64,
     ) -> Result<Vec<SecondaryStatus>> {
         check_ts("start_version", start_ts)?;
-        self.limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+        self.limits
+            .check_keys("keys", keys.iter().map(|k| &k[..]))?;
         self.clock.admit(&[("start_version", start_ts)]).await?;
         self.cm.update_max_ts(start_ts);
         self.run(ctx, keys, false, |reader, _, _| {
@@ -99,7 +100,8 @@ impl TxnStorage {
             .collect();
         self.clock.admit(&stamps).await?;
         if !keys.is_empty() {
-            self.limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+            self.limits
+                .check_keys("keys", keys.iter().map(|k| &k[..]))?;
             return self.resolve_keys(ctx, txns, keys).await;
         }
         // Scan without latches, then resolve what was found under them; a lock taken

@@ -52,7 +52,8 @@ impl TxnStorage {
         start_ts: u64,
         commit_ts: u64,
     ) -> Result<()> {
-        self.limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+        self.limits
+            .check_keys("keys", keys.iter().map(|k| &k[..]))?;
         self.clock
             .admit(&[("start_version", start_ts), ("commit_version", commit_ts)])
             .await?;
@@ -67,7 +68,8 @@ impl TxnStorage {
 
     /// Rolls back the keys of the transaction `start_ts`.
     pub async fn rollback(&self, ctx: &Context, keys: &[Vec<u8>], start_ts: u64) -> Result<()> {
-        self.limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+        self.limits
+            .check_keys("keys", keys.iter().map(|k| &k[..]))?;
         self.clock.admit(&[("start_version", start_ts)]).await?;
         self.run(ctx, keys, false, |reader, _, _| {
             let txn = commands::rollback(reader, &self.cm, keys, start_ts, &self.limits)?;
@@ -104,7 +106,8 @@ impl TxnStorage {
         locks: &[PessimisticLock],
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let keys: Vec<Vec<u8>> = locks.iter().map(|l| l.key.clone()).collect();
-        self.limits.check_keys("mutations", keys.iter().map(|k| &k[..]))?;
+        self.limits
+            .check_keys("mutations", keys.iter().map(|k| &k[..]))?;
         let mut stamps = vec![];
         for l in locks {
             check_ts("start_version", l.start_ts)?;
@@ -144,7 +147,14 @@ impl TxnStorage {
     ) -> Result<()> {
         check_ts("start_version", start_ts)?;
         check_ts("for_update_ts", for_update_ts)?;
-        self.limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
+        self.limits
+            .check_keys("keys", keys.iter().map(|k| &k[..]))?;
+        self.clock
+            .admit(&[
+                ("start_version", start_ts),
+                ("for_update_ts", for_update_ts),
+            ])
+            .await?;
         self.run(ctx, keys, false, |reader, _, _| {
             let mut txn = MvccTxn::new();
             for k in keys {

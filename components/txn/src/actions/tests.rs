@@ -440,10 +440,7 @@ fn gc_keeps_the_newest_visible_version_and_drops_the_rest() {
     // A read below the safe point would have seen a version that is gone: refused.
     assert!(matches!(
         db.get(b"k", 75),
-        Err(Error::BelowSafePoint {
-            safe_point: 90,
-            ..
-        })
+        Err(Error::BelowSafePoint { safe_point: 90, .. })
     ));
 }
 
@@ -596,7 +593,10 @@ fn a_status_check_reports_pushed_whenever_the_lock_is_above_the_caller_and_write
             Ok(st)
         })
         .unwrap();
-    assert!(matches!(st, TxnStatus::Locked { pushed: true, .. }), "{st:?}");
+    assert!(
+        matches!(st, TxnStatus::Locked { pushed: true, .. }),
+        "{st:?}"
+    );
     // A caller of 0 (a status query or GC) learns the state and writes nothing.
     let st = db
         .run(|txn, r| {
@@ -605,7 +605,10 @@ fn a_status_check_reports_pushed_whenever_the_lock_is_above_the_caller_and_write
             Ok(st)
         })
         .unwrap();
-    assert!(matches!(st, TxnStatus::Locked { pushed: false, .. }), "{st:?}");
+    assert!(
+        matches!(st, TxnStatus::Locked { pushed: false, .. }),
+        "{st:?}"
+    );
     assert_eq!(db.lock(b"p").unwrap().min_commit_ts, start + 100);
 }
 

@@ -4,8 +4,8 @@
 
 use crate::{
     actions::{self, Prewrite, TxnProps},
-    limits::Limits,
     concurrency::ConcurrencyManager,
+    limits::Limits,
     txn::Batches,
     types::{Lock, Mutation, Write},
     Error, MvccReader, MvccTxn, Result,

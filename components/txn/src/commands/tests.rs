@@ -244,9 +244,16 @@ fn an_async_or_1pc_prewrite_above_the_clients_bound_falls_back_to_two_phases() {
     req.props.secondaries = vec![b"b".to_vec()];
     req.props.max_commit_ts = 50;
     let out = run_prewrite(&db, &cm, &req).unwrap();
-    assert_eq!((out.min_commit_ts, out.one_pc_commit_ts), (0, 0), "two phases");
+    assert_eq!(
+        (out.min_commit_ts, out.one_pc_commit_ts),
+        (0, 0),
+        "two phases"
+    );
     let lock = db.lock(b"a").expect("a two-phase lock");
-    assert!(!lock.use_async_commit && lock.secondaries.is_empty(), "{lock:?}");
+    assert!(
+        !lock.use_async_commit && lock.secondaries.is_empty(),
+        "{lock:?}"
+    );
     // The same for 1PC: the key is locked, not committed, and the client commits it.
     let mut one_pc = request(&[b"x"], 10);
     one_pc.props.one_pc = true;
@@ -276,7 +283,9 @@ fn an_async_or_1pc_prewrite_above_the_clients_bound_falls_back_to_two_phases() {
 fn a_commit_of_many_keys_comes_in_batches_within_the_budget() {
     let db = Db::new();
     let cm = ConcurrencyManager::default();
-    let keys: Vec<Vec<u8>> = (0..50u32).map(|i| format!("key{i:04}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("key{i:04}").into_bytes())
+        .collect();
     let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
     run_prewrite(&db, &cm, &request(&refs, 10)).unwrap();
     let snap = db.engine.snapshot();
