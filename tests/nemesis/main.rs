@@ -424,7 +424,12 @@ fn check_history(seed: u64, txns: &[test_cluster::elle::Txn], report: &mut Repor
     }
     let checked = test_cluster::elle::check(txns);
     if !checked.is_valid_si() {
-        report.violations += checked.anomalies.len();
+        report.violations += checked
+            .anomalies
+            .iter()
+            .filter(|a| a.kind.violates_si())
+            .count()
+            .max(1);
         let kept = std::env::temp_dir().join(format!(
             "flotilla-nemesis-seed{seed}-{}-txns.json",
             std::process::id()
