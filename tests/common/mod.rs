@@ -531,7 +531,11 @@ impl RawKv {
     }
 }
 
-/// Whether a region error only says "ask elsewhere": the one a client sends again for.
+/// Whether a region error only says "ask again" (elsewhere, or later): the one a client
+/// sends again for.
 pub fn routing(e: &proto::errorpb::Error) -> bool {
-    e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found()
+    e.has_not_leader()
+        || e.has_epoch_not_match()
+        || e.has_region_not_found()
+        || e.has_stale_command()
 }

@@ -125,6 +125,12 @@ pub fn appender(
             t.set_commit_mode(commit_mode);
             for (k, append) in &plan {
                 let list = parse_list(t.get(&list_key(*k)).await?);
+                // An append reads the list it extends: recorded, so that the checker sees
+                // what it depended on (a lost update shows as two appends from one read).
+                ops.push(MicroOp::Read {
+                    key: *k,
+                    value: Some(list.clone()),
+                });
                 if *append {
                     n += 1;
                     let value = n * APPENDERS as u64 + id as u64;
@@ -132,11 +138,6 @@ pub fn appender(
                     next.push(value);
                     t.put(&list_key(*k), &encode_list(&next)).await?;
                     ops.push(MicroOp::Append { key: *k, value });
-                } else {
-                    ops.push(MicroOp::Read {
-                        key: *k,
-                        value: Some(list),
-                    });
                 }
             }
             t.commit().await

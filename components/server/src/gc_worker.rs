@@ -79,6 +79,8 @@ impl GcWorker {
             // Whoever raised the safe point (any client may) need not have resolved the
             // locks below it, and a lock's primary may be in another region: every lock
             // below it, anywhere, is settled before this store drops a version.
+            // Known before the sweep: no transaction starts below it here afterwards.
+            self.txn.set_gc_safe_point(safe_point);
             if safe_point > swept {
                 match self.sweep(&mut client, safe_point).await {
                     Ok(()) => swept = safe_point,

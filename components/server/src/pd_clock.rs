@@ -40,11 +40,12 @@ impl PdClock {
         }
     }
 
-    /// Records a timestamp fetched from PD.
-    pub fn observe(&self, ts: u64) {
+    /// Records a timestamp fetched from PD by a call sent at `asked`: PD's clock read at
+    /// least `ts` then, so the estimate never runs behind by the call's latency.
+    pub fn observe(&self, ts: u64, asked: Instant) {
         let mut s = self.state.lock();
         if s.last.is_none_or(|(seen, _)| ts > seen) {
-            s.last = Some((ts, Instant::now()));
+            s.last = Some((ts, asked));
         }
     }
 
@@ -75,7 +76,8 @@ impl PdClock {
             return Ok(());
         }
         if self.may_ask() {
-            self.observe(self.pd.get_ts().await?);
+            let asked = Instant::now();
+            self.observe(self.pd.get_ts().await?, asked);
             if self.within(ts) {
                 return Ok(());
             }

@@ -1210,8 +1210,10 @@ struct Cycles<'c, 'a> {
     ctx: &'c Ctx<'a>,
     graph: &'c Graph,
     found: &'c mut Findings,
-    /// Node sequences of reported cycles, rotated to start at their smallest node.
-    seen: HashSet<Vec<usize>>,
+    /// Reported cycles as (node, edge kind) sequences, rotated to start at their smallest
+    /// node: the same nodes joined by other kinds of edge are another anomaly (a G2 over
+    /// A and B must not hide a G-single over them).
+    seen: HashSet<Vec<(usize, u8)>>,
 }
 
 impl Cycles<'_, '_> {
@@ -1354,7 +1356,10 @@ impl Cycles<'_, '_> {
     /// Reports the cycle made of edge `first` and the path `back` to its start.
     fn report(&mut self, first: (usize, usize), back: Vec<(usize, usize)>) {
         let hops: Vec<(usize, usize)> = std::iter::once(first).chain(back).collect();
-        let mut nodes: Vec<usize> = hops.iter().map(|&(u, _)| u).collect();
+        let mut nodes: Vec<(usize, u8)> = hops
+            .iter()
+            .map(|&(u, e)| (u, self.graph.adj[u][e].1.bit()))
+            .collect();
         let smallest = (0..nodes.len())
             .min_by_key(|&i| nodes[i])
             .expect("a cycle has nodes");

@@ -60,7 +60,9 @@ impl Limits {
         Ok(())
     }
 
-    /// The keys of a command: at least one, within the count, each valid, none twice.
+    /// The keys of a command: at least one, within the count, none empty, none twice.
+    /// Their sizes are checked only where a new lock is taken ([`Self::check_new_keys`]):
+    /// a key stored before a lower limit must stay readable and resolvable.
     pub fn check_keys<'a>(
         &self,
         field: &str,
@@ -72,12 +74,25 @@ impl Limits {
         self.check_count(field, keys.len())?;
         let mut seen = HashSet::new();
         for k in keys {
-            self.check_key(field, k)?;
+            if k.is_empty() {
+                return invalid(format!("{field}: a key must not be empty"));
+            }
             if !seen.insert(k) {
                 return invalid(format!("{field}: key {} is given twice", show(k)));
             }
         }
         Ok(())
+    }
+
+    /// Like [`Self::check_keys`], and each key within `max_key_size`: for commands that
+    /// lock keys.
+    pub fn check_new_keys<'a>(
+        &self,
+        field: &str,
+        keys: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    ) -> Result<()> {
+        self.check_keys(field, keys.clone())?;
+        keys.into_iter().try_for_each(|k| self.check_key(field, k))
     }
 
     /// Refuses a TTL above `max_ttl_ms` (a lock nobody may roll back for longer would

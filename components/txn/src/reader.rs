@@ -102,10 +102,11 @@ impl<'a> MvccReader<'a> {
             .map_or(0, |w| w.collected_below))
     }
 
-    /// Refuses `what` at `ts` on `key` if GC dropped versions of it below `ts`.
+    /// Refuses a transaction that started at `ts` on `key` if GC dropped records of the
+    /// key at or below `ts` (a rollback at its start among them).
     pub fn check_gc_fence(&self, key: &[u8], what: &'static str, ts: u64) -> Result<()> {
         let safe_point = self.gc_fence(key)?;
-        if ts < safe_point {
+        if ts <= safe_point {
             return Err(Error::BelowSafePoint {
                 key: key.to_vec(),
                 what,
@@ -303,18 +304,26 @@ impl<'a> MvccReader<'a> {
     }
 
     /// Every lock in `[lower, upper)` (lock-CF key bounds) that `keep` accepts, with its
-    /// user key, up to `limit` (0: no limit).
+    /// user key, up to `limit` (0: no limit) and until the locks taken come to `max_bytes`
+    /// (at least one is taken: a lock holds its primary and an async-commit primary its
+    /// secondaries, so a few can be large).
     pub fn scan_locks(
         &self,
         lower: &[u8],
         upper: &[u8],
         keep: &dyn Fn(&Lock) -> bool,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Lock)>> {
         let mut out = vec![];
+        let mut bytes = 0;
         self.snap.scan(Cf::Lock, lower, upper, false, &mut |k, v| {
             let lock: Lock = decode("lock", k, v)?;
             if keep(&lock) {
+                bytes += k.len() + v.len();
+                if bytes > max_bytes && !out.is_empty() {
+                    return Ok(false);
+                }
                 out.push((user_key(k)?, lock));
             }
             Ok(limit == 0 || out.len() < limit)

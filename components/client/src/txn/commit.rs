@@ -72,10 +72,9 @@ impl Transaction<'_> {
     /// After a failed prewrite: a refusal leaves nothing committed, so the locks go. Any
     /// other failure of an async-commit or 1PC prewrite may have committed it.
     async fn abandon(&self, e: Error) -> Error {
-        let refused = matches!(
-            e,
-            Error::Conflict { .. } | Error::AlreadyExists(_) | Error::Aborted(_)
-        );
+        // Only a conflict proves an async-commit or 1PC prewrite took no effect: a
+        // refusal of a retry (past the safe point, say) may follow an attempt that did.
+        let refused = matches!(e, Error::Conflict { .. } | Error::AlreadyExists(_));
         if !refused && self.commit_mode != CommitMode::TwoPhase {
             return Error::Undetermined(format!("the prewrite went unanswered: {e}"));
         }
@@ -104,6 +103,11 @@ impl Transaction<'_> {
             match errors.into_iter().next() {
                 None => return Ok(commit_ts),
                 Some(e) if e.has_commit_ts_expired() => continue,
+                // Its records were collected: an earlier attempt, unanswered, may have
+                // committed it.
+                Some(e) if e.get_abort().contains("garbage-collected") => {
+                    return Err(Error::Undetermined(e.get_abort().to_string()))
+                }
                 Some(e) => return Err(key_error(e)),
             }
         }

@@ -382,14 +382,11 @@ fn lock_expired(lock: &LockInfo, now: u64) -> bool {
     (now >> PHYSICAL_SHIFT) >= (lock.lock_version >> PHYSICAL_SHIFT).saturating_add(lock.lock_ttl)
 }
 
-/// Whether a status check failed because the lock's primary cannot be asked at all (a
-/// store refuses such a key, naming its limit).
+/// Whether a status check failed because the lock's primary cannot be asked at all: an
+/// empty key, which no store can hold. (A store's refusal of a long key proves nothing:
+/// it may only run with a lower limit than the one the lock was taken under.)
 fn unaskable(e: &Error) -> bool {
-    match e {
-        Error::InvalidArgument(_) => true,
-        Error::Aborted(msg) => msg.contains("txn.max-key-size"),
-        _ => false,
-    }
+    matches!(e, Error::InvalidArgument(_))
 }
 
 pub(super) fn locked_by(lock: &LockInfo) -> String {

@@ -1,7 +1,7 @@
 //! Dropping a region's versions below the GC safe point, a bounded batch per command.
 
 use proto::kvrpcpb::Context;
-use txn::{actions, types::Lock, MvccReader, MvccTxn};
+use txn::{actions, MvccReader, MvccTxn};
 
 use super::{region_bounds, TxnStorage};
 use crate::{Error, Result};
@@ -13,7 +13,7 @@ impl TxnStorage {
     /// Drops the versions below `safe_point` that no read can see, in the region of
     /// `ctx`, a batch of keys per command of at most half a Raft command's size;
     /// returns how many records went. The caller resolved every lock below the safe
-    /// point first (see [`Self::locks_below`]).
+    /// point first, in the whole cluster (a lock's primary may be in another region).
     pub async fn gc(&self, ctx: &Context, safe_point: u64) -> Result<u64> {
         let budget = self.batch_budget();
         let mut from: Vec<u8> = vec![];
@@ -51,20 +51,5 @@ impl TxnStorage {
                 from = keys::txn::after_versions(&k);
             }
         }
-    }
-
-    /// Up to `limit` locks of the region of `ctx` left by transactions that started
-    /// below `safe_point`: what must be resolved before the region is collected.
-    pub async fn locks_below(
-        &self,
-        ctx: &Context,
-        safe_point: u64,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Lock)>> {
-        let ready = self.kv.read_ready(ctx).await?;
-        let (lower, upper) = region_bounds(&ready.region);
-        let snap = self.kv.engine().snapshot();
-        let keep = |l: &Lock| l.start_ts < safe_point;
-        Ok(MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?)
     }
 }

@@ -84,11 +84,17 @@ impl TxnStorage {
         self.gc_safe_point.fetch_max(safe_point, Ordering::Relaxed);
     }
 
-    /// Refuses `what` at `ts` below the GC safe point: the versions a read there needs,
-    /// and the records a transaction that old must meet (deletes, rollbacks), may be gone.
-    fn above_safe_point(&self, what: &str, ts: u64) -> Result<()> {
+    /// Refuses a read at `ts` below the GC safe point, or a transaction starting at or
+    /// below it (`txn`): the versions a read there needs, and the records a transaction
+    /// that old must meet (deletes, a rollback at its own start), may be gone.
+    fn above_safe_point(&self, ts: u64, txn: bool) -> Result<()> {
         let safe_point = self.gc_safe_point.load(Ordering::Relaxed);
-        if ts < safe_point {
+        let (below, what) = if txn {
+            (ts <= safe_point, "a transaction")
+        } else {
+            (ts < safe_point, "a read")
+        };
+        if below {
             return Err(Error::InvalidRequest(format!(
                 "{what} at {ts} is below the GC safe point {safe_point}: versions it must see may be gone"
             )));
@@ -96,9 +102,12 @@ impl TxnStorage {
         Ok(())
     }
 
-    /// Refuses a key that is empty, too long or outside the region.
+    /// Refuses a key that is empty or outside the region. (Sizes are checked where locks
+    /// are taken: a key stored under an earlier, larger limit stays readable.)
     fn check_in(&self, region: &metapb::Region, key: &[u8]) -> Result<()> {
-        self.limits.check_key("key", key)?;
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("key must not be empty".into()));
+        }
         let enc = keys::txn::encode_bytes(key);
         if raftstore::util::key_in_region(&enc, region) {
             return Ok(());
@@ -164,7 +173,8 @@ impl TxnStorage {
             )));
         }
         let keep = Arc::new((latched, mem_locks));
-        for batch in batches {
+        // A command that changes nothing proposes nothing.
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
             self.kv
                 .propose_keeping(
                     ctx,
@@ -184,8 +194,9 @@ impl TxnStorage {
         if self.synced.lock().get(&region_id) == Some(&term) {
             return Ok(());
         }
+        let asked = std::time::Instant::now();
         let ts = self.pd.get_ts().await?;
-        self.clock.observe(ts);
+        self.clock.observe(ts, asked);
         self.cm.update_max_ts(ts);
         let mut synced = self.synced.lock();
         if synced.len() >= SYNCED_PRUNE_AT {

@@ -17,7 +17,7 @@ pub type ReadPairs = Vec<(Vec<u8>, txn::Result<Vec<u8>>)>;
 impl TxnStorage {
     /// Admits a read at `ts`: not far ahead of PD, not below the GC safe point.
     async fn admit_read(&self, ts: u64) -> Result<()> {
-        self.above_safe_point("a read", ts)?;
+        self.above_safe_point(ts, false)?;
         self.clock.admit(&[("version", ts)]).await
     }
 
@@ -116,9 +116,20 @@ impl TxnStorage {
                 Err(e @ txn::Error::KeyIsLocked { .. }) => Err(e),
                 Err(e) => return Err(e),
             };
-            // Locked keys count too: a range of locks must not build an endless answer.
-            let value = got.as_deref().unwrap_or_default();
-            if let Err(e) = budget.take(&key, value) {
+            // Locked keys count too, with what their lock info carries: a range of locks
+            // must not build an endless answer.
+            let taken = match &got {
+                Ok(v) => budget.take(&key, v),
+                Err(txn::Error::KeyIsLocked { lock, .. }) => {
+                    budget.take(&key, &lock.primary).and_then(|()| {
+                        lock.secondaries
+                            .iter()
+                            .try_for_each(|s| budget.take(&[], s))
+                    })
+                }
+                Err(_) => unreachable!("other errors returned above"),
+            };
+            if let Err(e) = taken {
                 over = Some(e);
                 return Ok(false);
             }
@@ -156,21 +167,22 @@ impl TxnStorage {
         };
         let snap = self.kv.engine().snapshot();
         let keep = |l: &Lock| l.start_ts <= max_version;
-        let mut locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit)?;
-        let mut budget = ResponseBudget::new(self.kv.max_response_size());
-        let fits = locks
-            .iter()
-            .position(|(k, l)| budget.take(k, &l.short_value).is_err())
-            .map_or(locks.len(), |over| over.max(1));
-        locks.truncate(fits);
+        // What fits in one answer (at least one lock): the client goes on from the last.
+        let budget = self.kv.max_response_size() as usize;
+        let locks = MvccReader::new(&snap).scan_locks(&lower, &upper, &keep, limit, budget)?;
         Ok(locks)
     }
 
-    /// Refuses scan bounds longer than a key may be (empty is unbounded).
+    /// Refuses scan bounds past a Raft entry (empty is unbounded): no stored key is
+    /// longer.
     fn check_bounds(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        let limit = self.kv.limits().max_value_size;
         for (field, k) in [("start_key", start), ("end_key", end)] {
-            if !k.is_empty() {
-                self.limits.check_key(field, k)?;
+            if k.len() as u64 > limit {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "{field} is {} bytes, more than raftstore.raft-entry-max-size ({limit})",
+                    k.len()
+                )));
             }
         }
         Ok(())

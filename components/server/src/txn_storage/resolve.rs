@@ -6,6 +6,7 @@ use proto::kvrpcpb::Context;
 use txn::{
     actions::{self, CheckTxnStatus, SecondaryStatus, TxnStatus},
     commands::{self, check_resolve, check_ts},
+    txn::Batches,
     types::Lock,
     MvccReader, MvccTxn,
 };
@@ -52,11 +53,16 @@ impl TxnStorage {
         // No async-commit or 1PC transaction may land at or below what this decides.
         self.cm.update_max_ts(c.lock_ts);
         self.cm.update_max_ts(c.caller_start_ts);
-        self.run(ctx, std::slice::from_ref(&c.primary), false, |reader, _, _| {
-            let mut txn = MvccTxn::new();
-            let st = actions::check_txn_status(&mut txn, reader, &c)?;
-            Ok(one(st, txn))
-        })
+        self.run(
+            ctx,
+            std::slice::from_ref(&c.primary),
+            false,
+            |reader, _, _| {
+                let mut txn = MvccTxn::new();
+                let st = actions::check_txn_status(&mut txn, reader, &c)?;
+                Ok(one(st, txn))
+            },
+        )
         .await
     }
 
@@ -72,15 +78,21 @@ impl TxnStorage {
             .check_keys("keys", keys.iter().map(|k| &k[..]))?;
         self.clock.admit(&[("start_version", start_ts)]).await?;
         self.cm.update_max_ts(start_ts);
+        let budget = self.batch_budget();
         self.run(ctx, keys, false, |reader, _, _| {
-            let mut txn = MvccTxn::new();
+            // A rollback for every key never prewritten: batched like a commit.
+            let mut batches = Batches::new(budget);
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
                 out.push(actions::check_secondary_lock(
-                    &mut txn, reader, k, start_ts,
+                    batches.txn(),
+                    reader,
+                    k,
+                    start_ts,
                 )?);
+                batches.key_done();
             }
-            Ok(one(out, txn))
+            Ok((out, batches.finish(), None))
         })
         .await
     }
@@ -114,7 +126,7 @@ impl TxnStorage {
                 let reader = MvccReader::new(&snap);
                 let keep = |l: &Lock| txns.iter().any(|(s, _)| *s == l.start_ts);
                 reader
-                    .scan_locks(&lower, &upper, &keep, RESOLVE_BATCH)
+                    .scan_locks(&lower, &upper, &keep, RESOLVE_BATCH, self.batch_budget())
                     .map_err(Error::from)?
                     .into_iter()
                     .map(|(k, _)| k)

@@ -15,7 +15,7 @@ impl TxnStorage {
     /// Prewrites the mutations (see `txn::commands::prewrite`, which checks the request).
     pub async fn prewrite(&self, ctx: &Context, req: PrewriteRequest) -> Result<PrewriteOutcome> {
         let p = &req.props;
-        self.above_safe_point("a transaction", p.start_ts)?;
+        self.above_safe_point(p.start_ts, true)?;
         self.clock
             .admit(&[
                 ("start_version", p.start_ts),
@@ -71,9 +71,11 @@ impl TxnStorage {
         self.limits
             .check_keys("keys", keys.iter().map(|k| &k[..]))?;
         self.clock.admit(&[("start_version", start_ts)]).await?;
+        let budget = self.batch_budget();
         self.run(ctx, keys, false, |reader, _, _| {
-            let txn = commands::rollback(reader, &self.cm, keys, start_ts, &self.limits)?;
-            Ok(one((), txn))
+            let batches =
+                commands::rollback(reader, &self.cm, keys, start_ts, &self.limits, budget)?;
+            Ok(((), batches, None))
         })
         .await
     }
@@ -107,7 +109,7 @@ impl TxnStorage {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let keys: Vec<Vec<u8>> = locks.iter().map(|l| l.key.clone()).collect();
         self.limits
-            .check_keys("mutations", keys.iter().map(|k| &k[..]))?;
+            .check_new_keys("mutations", keys.iter().map(|k| &k[..]))?;
         let mut stamps = vec![];
         for l in locks {
             check_ts("start_version", l.start_ts)?;
@@ -115,7 +117,7 @@ impl TxnStorage {
             // A lock whose primary cannot be looked up could never be resolved.
             self.limits.check_key("primary_lock", &l.primary)?;
             self.limits.check_ttl("lock_ttl", l.ttl)?;
-            self.above_safe_point("a transaction", l.start_ts)?;
+            self.above_safe_point(l.start_ts, true)?;
             if l.for_update_ts < l.start_ts {
                 return Err(Error::InvalidRequest(
                     "for_update_ts is below start_version".into(),

@@ -21,12 +21,21 @@ pub fn commit(
         _ => {
             return match reader.commit_record(key, start_ts)? {
                 CommitRecord::Committed(_) => Ok(()),
+                // Its commit record may have been collected: nobody can tell.
+                CommitRecord::None if start_ts <= reader.gc_fence(key)? => {
+                    Err(Error::BelowSafePoint {
+                        key: key.to_vec(),
+                        what: "a commit",
+                        ts: start_ts,
+                        safe_point: reader.gc_fence(key)?,
+                    })
+                }
                 _ => Err(Error::TxnLockNotFound {
                     start_ts,
                     commit_ts,
                     key: key.to_vec(),
                 }),
-            }
+            };
         }
     };
     if lock.kind == Kind::PESSIMISTIC {

@@ -41,7 +41,8 @@ pub enum Prewrite {
     /// Nothing to write: an earlier attempt of the same prewrite did it, the transaction
     /// already committed the key, or the mutation only checked.
     Done {
-        /// The min_commit_ts of a lock left by an earlier attempt (0 if none).
+        /// The min_commit_ts of an async-commit lock left by an earlier attempt (0 if
+        /// none, or a two-phase lock).
         min_commit_ts: u64,
         /// The commit timestamp, if the transaction already committed the key.
         committed_at: u64,
@@ -78,9 +79,22 @@ pub fn prewrite(
             });
         }
         if lock.kind != Kind::PESSIMISTIC {
+            // A retried async-commit or 1PC prewrite whose earlier attempt fell back to
+            // two phases: so does this one (its answer must not claim a commit).
+            if (props.async_commit || props.one_pc) && !lock.use_async_commit {
+                return Err(Error::CommitTsTooLarge {
+                    start_ts,
+                    min_commit_ts: lock.min_commit_ts,
+                    max_commit_ts: props.max_commit_ts,
+                });
+            }
             // A retried prewrite: the lock is in place.
             return Ok(Prewrite::Done {
-                min_commit_ts: lock.min_commit_ts,
+                min_commit_ts: if lock.use_async_commit {
+                    lock.min_commit_ts
+                } else {
+                    0
+                },
                 committed_at: 0,
             });
         }

@@ -55,16 +55,20 @@ impl PrewriteRequest {
         if p.start_ts == u64::MAX || p.for_update_ts == u64::MAX {
             return invalid("start_version and for_update_ts must be below the greatest timestamp");
         }
-        limits.check_keys("mutations", self.mutations.iter().map(|m| &m.key[..]))?;
+        limits.check_new_keys("mutations", self.mutations.iter().map(|m| &m.key[..]))?;
         // A lock whose primary or secondaries cannot be looked up can never be resolved:
         // it would block its key for good.
         limits.check_key("primary_lock", &p.primary)?;
-        limits.check_count("secondaries", p.secondaries.len())?;
-        for s in &p.secondaries {
-            limits.check_key("a secondary", s)?;
-        }
-        if p.async_commit && p.secondaries.contains(&p.primary) {
-            return invalid("secondaries must not include the primary");
+        // tikv-client sends the whole transaction's secondaries even for two phases,
+        // where nothing keeps them: only an async-commit primary's are bounded.
+        if p.async_commit {
+            limits.check_count("secondaries", p.secondaries.len())?;
+            for s in &p.secondaries {
+                limits.check_key("a secondary", s)?;
+            }
+            if p.secondaries.contains(&p.primary) {
+                return invalid("secondaries must not include the primary");
+            }
         }
         limits.check_ttl("lock_ttl", p.lock_ttl)?;
         // tikv-client 0.4 sends the whole transaction's flags with each region's share
@@ -77,7 +81,6 @@ impl PrewriteRequest {
                 self.mutations.len()
             ));
         }
-        limits.check_count("pessimistic_actions", self.pessimistic.len())?;
         if self.pessimistic.iter().any(|p| *p) && p.for_update_ts == 0 {
             return invalid("a pessimistic prewrite needs for_update_ts");
         }
@@ -243,15 +246,29 @@ pub fn commit(
         ));
     }
     limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
-    let mut batches = Batches::new(budget);
+    // Primaries first: should a later batch be lost, no secondary is committed while
+    // its primary is not (a reader would then roll the transaction back).
+    let mut ordered = Vec::with_capacity(keys.len());
+    let mut secondaries = vec![];
     for k in keys {
+        let primary = reader.load_lock(k)?.is_some_and(|l| l.primary == *k);
+        if primary {
+            ordered.push(k);
+        } else {
+            secondaries.push(k);
+        }
+    }
+    ordered.extend(secondaries);
+    let mut batches = Batches::new(budget);
+    for k in ordered {
         actions::commit(batches.txn(), reader, k, start_ts, commit_ts)?;
         batches.key_done();
     }
     Ok(batches.finish())
 }
 
-/// Rolls back every key, or none (a committed key fails the whole request). Raises
+/// Rolls back every key, or none (a committed key fails the whole request), in batches
+/// of about `budget` bytes. Raises
 /// `max_ts` to the transaction's start first, so that no async-commit or 1PC commit can
 /// later land on its rollback record.
 pub fn rollback(
@@ -260,15 +277,17 @@ pub fn rollback(
     keys: &[Vec<u8>],
     start_ts: u64,
     limits: &Limits,
-) -> Result<MvccTxn> {
+    budget: usize,
+) -> Result<Vec<MvccTxn>> {
     check_ts("start_version", start_ts)?;
     limits.check_keys("keys", keys.iter().map(|k| &k[..]))?;
     cm.update_max_ts(start_ts);
-    let mut txn = MvccTxn::new();
+    let mut batches = Batches::new(budget);
     for k in keys {
-        actions::rollback(&mut txn, reader, k, start_ts, false)?;
+        actions::rollback(batches.txn(), reader, k, start_ts, false)?;
+        batches.key_done();
     }
-    Ok(txn)
+    Ok(batches.finish())
 }
 
 /// Resolves the locks of finished transactions: each `(start_ts, commit_ts)` commits

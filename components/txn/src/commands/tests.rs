@@ -91,9 +91,11 @@ fn bad_requests_are_refused_and_write_nothing() {
     r.props.secondaries = vec![b"b".to_vec(), vec![]];
     bad(r, "a secondary must not be empty");
     let mut r = request(&[b"a"], 10);
+    r.props.async_commit = true;
     r.props.secondaries = vec![vec![b's'; 65]];
     bad(r, "more than txn.max-key-size");
     let mut r = request(&[b"a"], 10);
+    r.props.async_commit = true;
     r.props.secondaries = (0..101u32).map(|i| i.to_be_bytes().to_vec()).collect();
     bad(r, "secondaries has 101 entries");
     let mut r = request(&[b"a"], 10);
@@ -122,6 +124,10 @@ fn bad_requests_are_refused_and_write_nothing() {
     }
     assert_eq!(db.count(Cf::Write), 0);
     assert_eq!(db.count(Cf::Lock), 1);
+    // Two phases keep no secondaries (tikv-client sends them anyway): not bounded.
+    let mut r = request(&[b"z"], 10);
+    r.props.secondaries = (0..101u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    run_prewrite(&db, &cm, &r).unwrap();
 }
 
 #[test]
@@ -167,7 +173,13 @@ fn resolving_commits_or_rolls_back_each_transactions_locks() {
     run_prewrite(&db, &cm, &request(&[b"a", b"b"], 10)).unwrap();
     run_prewrite(&db, &cm, &request(&[b"c"], 20)).unwrap();
     db.run(|txn, r| {
-        let locks = r.scan_locks(keys::DATA_MIN_KEY, keys::DATA_MAX_KEY, &|_| true, 0)?;
+        let locks = r.scan_locks(
+            keys::DATA_MIN_KEY,
+            keys::DATA_MAX_KEY,
+            &|_| true,
+            0,
+            usize::MAX,
+        )?;
         *txn = MvccTxn::concat(resolve_locks(r, &cm, &[(10, 15), (20, 0)], &locks, BUDGET)?);
         Ok(())
     })
@@ -194,7 +206,7 @@ fn one_phase_commit_lands_above_rollbacks_and_reports_its_timestamp_when_retried
     // A resolver rolls back transaction 31 on another key: no commit may land at 31
     // afterwards, where it could hide that rollback.
     db.run(|txn, r| {
-        *txn = rollback(r, &cm, &[b"b".to_vec()], 31, &L)?;
+        *txn = MvccTxn::concat(rollback(r, &cm, &[b"b".to_vec()], 31, &L, BUDGET)?);
         Ok(())
     })
     .unwrap();
@@ -302,4 +314,54 @@ fn a_commit_of_many_keys_comes_in_batches_within_the_budget() {
         commit(&reader, &more, 10, 20, &L, 500),
         Err(Error::TxnLockNotFound { .. })
     ));
+}
+
+#[test]
+fn a_retried_async_or_1pc_prewrite_after_a_fallback_falls_back_again() {
+    let db = Db::new();
+    let cm = ConcurrencyManager::new(100);
+    for one_pc in [false, true] {
+        let key: &[u8] = if one_pc { b"o" } else { b"a" };
+        let mut req = request(&[key], 10);
+        req.props.async_commit = !one_pc;
+        req.props.one_pc = one_pc;
+        req.props.min_commit_ts = 11;
+        req.props.max_commit_ts = 50;
+        let first = run_prewrite(&db, &cm, &req).unwrap();
+        // The answer was lost; the client sends the same prewrite again.
+        let again = run_prewrite(&db, &cm, &req).unwrap();
+        for out in [first, again] {
+            assert_eq!(
+                (out.min_commit_ts, out.one_pc_commit_ts),
+                (0, 0),
+                "never claims an async or 1PC commit (1PC: {one_pc})"
+            );
+        }
+        assert!(db.lock(key).is_some(), "the two-phase lock stays");
+    }
+}
+
+#[test]
+fn a_batched_commit_commits_the_primary_in_its_first_batch() {
+    let db = Db::new();
+    let cm = ConcurrencyManager::default();
+    let keys: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("key{i:04}").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let mut req = request(&refs, 10);
+    req.props.primary = keys[49].clone();
+    run_prewrite(&db, &cm, &req).unwrap();
+    let snap = db.engine.snapshot();
+    let reader = MvccReader::new(&snap);
+    let batches = commit(&reader, &keys, 10, 20, &L, 500).unwrap();
+    assert!(batches.len() > 1);
+    let first = batches.into_iter().next().unwrap().into_modifies();
+    let primary_record = keys::txn::write_key(&keys[49], 20);
+    assert!(
+        first
+            .iter()
+            .any(|m| matches!(m, crate::Modify::Put { key, .. } if *key == primary_record)),
+        "a lost later batch must not leave secondaries committed without their primary"
+    );
 }
