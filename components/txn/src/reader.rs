@@ -106,7 +106,7 @@ impl<'a> MvccReader<'a> {
     /// key at or below `ts` (a rollback at its start among them).
     pub fn check_gc_fence(&self, key: &[u8], what: &'static str, ts: u64) -> Result<()> {
         let safe_point = self.gc_fence(key)?;
-        if ts <= safe_point {
+        if safe_point > 0 && ts <= safe_point {
             return Err(Error::BelowSafePoint {
                 key: key.to_vec(),
                 what,

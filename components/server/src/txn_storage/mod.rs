@@ -90,7 +90,7 @@ impl TxnStorage {
     fn above_safe_point(&self, ts: u64, txn: bool) -> Result<()> {
         let safe_point = self.gc_safe_point.load(Ordering::Relaxed);
         let (below, what) = if txn {
-            (ts <= safe_point, "a transaction")
+            (safe_point > 0 && ts <= safe_point, "a transaction")
         } else {
             (ts < safe_point, "a read")
         };
