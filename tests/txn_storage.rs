@@ -132,6 +132,23 @@ impl Env {
         })
     }
 
+    /// Moves the leadership of `key`'s region to another store; returns the region and
+    /// that store once it leads.
+    fn move_leader(&self, key: &[u8]) -> (u64, u64) {
+        let (old, region) = self.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+        let to = region
+            .get_peers()
+            .iter()
+            .map(|p| p.get_store_id())
+            .find(|s| *s != old)
+            .unwrap();
+        self.c.transfer_leader(region.get_id(), to).unwrap();
+        wait_until("the new leader", T, || {
+            self.c.leader_of(region.get_id()) == Some(to)
+        });
+        (region.get_id(), to)
+    }
+
     fn get(&self, key: &[u8], ts: u64) -> server::Result<Option<Vec<u8>>> {
         self.on_leader(key, |s, ctx| {
             self.block(s.get(ctx, key, ts, &Bypass::default()))
@@ -297,20 +314,10 @@ fn a_new_leader_commits_async_above_reads_its_predecessor_served() {
     let start = e.ts();
     let read_at = e.ts();
     assert_eq!(e.get(b"k", read_at).unwrap(), None);
-    let (old, region) = e.c.leader_of_key(&keys::txn::encode_bytes(b"k")).unwrap();
-    let to = region
-        .get_peers()
-        .iter()
-        .map(|p| p.get_store_id())
-        .find(|s| *s != old)
-        .unwrap();
-    e.c.transfer_leader(region.get_id(), to).unwrap();
-    wait_until("the new leader", T, || {
-        e.c.leader_of(region.get_id()) == Some(to)
-    });
+    let (region_id, to) = e.move_leader(b"k");
     let out = e.prewrite_async(b"k", start);
     assert_eq!(
-        e.c.leader_of(region.get_id()),
+        e.c.leader_of(region_id),
         Some(to),
         "the new leader served it"
     );
@@ -337,7 +344,6 @@ fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at()
     let c1 = put(b"v1");
     put(b"v2");
     let safe_point = e.ts();
-    let (old, region) = e.c.leader_of_key(&keys::txn::encode_bytes(b"k")).unwrap();
     e.on_leader(b"k", |s, ctx| {
         s.set_gc_safe_point(safe_point);
         e.block(s.gc(ctx, safe_point))
@@ -345,19 +351,10 @@ fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at()
     .unwrap();
     // v1 is gone; v2, visible at the safe point, stays.
     assert_eq!(e.get(b"k", safe_point).unwrap(), Some(b"v2".to_vec()));
-    let to = region
-        .get_peers()
-        .iter()
-        .map(|p| p.get_store_id())
-        .find(|s| *s != old)
-        .unwrap();
-    e.c.transfer_leader(region.get_id(), to).unwrap();
-    wait_until("the new leader", T, || {
-        e.c.leader_of(region.get_id()) == Some(to)
-    });
+    let (region_id, to) = e.move_leader(b"k");
     let err = e.get(b"k", c1).unwrap_err();
     assert_eq!(
-        e.c.leader_of(region.get_id()),
+        e.c.leader_of(region_id),
         Some(to),
         "the new leader answered"
     );

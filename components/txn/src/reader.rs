@@ -67,12 +67,7 @@ impl<'a> MvccReader<'a> {
         ts: u64,
         f: &mut dyn FnMut(u64, Write) -> Result<bool>,
     ) -> Result<()> {
-        let start = write_key(key, ts);
-        let end = after_versions(key);
-        self.snap.scan(Cf::Write, &start, &end, false, &mut |k, v| {
-            let (_, commit_ts) = split_versioned(k)?;
-            f(commit_ts, decode("commit record", k, v)?)
-        })
+        self.walk_versions(key, ts, false, f)
     }
 
     /// Walks `key`'s versions committed at or below `ts`, oldest first (its GC fence,
@@ -83,12 +78,23 @@ impl<'a> MvccReader<'a> {
         ts: u64,
         f: &mut dyn FnMut(u64, Write) -> Result<bool>,
     ) -> Result<()> {
+        self.walk_versions(key, ts, true, f)
+    }
+
+    fn walk_versions(
+        &self,
+        key: &[u8],
+        ts: u64,
+        oldest_first: bool,
+        f: &mut dyn FnMut(u64, Write) -> Result<bool>,
+    ) -> Result<()> {
         let start = write_key(key, ts);
         let end = after_versions(key);
-        self.snap.scan(Cf::Write, &start, &end, true, &mut |k, v| {
-            let (_, commit_ts) = split_versioned(k)?;
-            f(commit_ts, decode("commit record", k, v)?)
-        })
+        self.snap
+            .scan(Cf::Write, &start, &end, oldest_first, &mut |k, v| {
+                let (_, commit_ts) = split_versioned(k)?;
+                f(commit_ts, decode("commit record", k, v)?)
+            })
     }
 
     /// The safe point `key` was garbage-collected at (0: never).
