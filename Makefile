@@ -1,6 +1,6 @@
 # One profile (release, with debug assertions on for our crates) and one target directory
-# outside the clone, shared by builds, tests and CI: RocksDB and the gRPC core take about
-# 24 minutes to build cold, so nothing should build them twice.
+# outside the clone, shared by builds, tests and CI: RocksDB and the gRPC core take most
+# of a cold build (see the README's figures), so nothing should build them twice.
 CARGO_TARGET_DIR ?= $(HOME)/.cache/flotilla/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: deps build run test jepsen bench clean-data image prometheus-image cluster-up cluster-down
+.PHONY: deps build run test lint check-deps jepsen bench clean-data image prometheus-image cluster-up cluster-down
 
 deps:
 	@bash scripts/install-deps.sh
@@ -22,14 +22,23 @@ build: deps
 run: build
 	$(BIN)/kv-server
 
-# The same targets as `build` (so nothing is rebuilt), then one summary line over every
-# test binary. cargo's own status counts too: a test binary that aborts prints no
-# "test result" line.
-test: build
+# The dependency rules of the crate layout (scripts/check-deps.sh), then the same targets
+# as `build` (so nothing is rebuilt), then one summary line over every test binary.
+# cargo's own status counts too: a test binary that aborts prints no "test result" line.
+test: build check-deps
 	{ $(CARGO) test --release --workspace --all-targets --no-fail-fast 2>&1; echo $$? > $(CARGO_TARGET_DIR)/test.status; } \
 		| tee $(CARGO_TARGET_DIR)/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' $(CARGO_TARGET_DIR)/test.log
 	@exit $$(cat $(CARGO_TARGET_DIR)/test.status)
+
+check-deps: build
+	@bash scripts/check-deps.sh
+
+# Formatting and clippy with warnings as errors, on the release profile so that they
+# reuse `build`'s compiled dependencies.
+lint: build
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # The long fault campaign: 100 seeded runs of the nemesis (kills, pauses, partitions in
 # network namespaces, power loss on a filesystem that drops un-fsynced writes), odd seeds

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use client::bench::{run, BenchArgs};
+use cli::bench::{run, BenchArgs};
 
 fn main() -> ExitCode {
     let args = BenchArgs::parse();

@@ -1,11 +1,15 @@
 //! kv-server: a Flotilla store. Without `--pd` it also runs an embedded PD, so that one
 //! command with no flags gives a working single node.
 
+#[path = "../log_flags.rs"]
+mod log_flags;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use server::{Config, Node};
-use util::{config::Validate, shutdown::Shutdown};
+use conf::Validate;
+use node::{Config, Node};
+use util::shutdown::Shutdown;
 
 /// Flags override the config file.
 #[derive(Parser)]
@@ -36,12 +40,12 @@ struct Args {
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
     #[command(flatten)]
-    log: util::logger::LogFlags,
+    log: log_flags::LogFlags,
 }
 
-fn config(args: &Args) -> util::Result<Config> {
+fn config(args: &Args) -> conf::Result<Config> {
     let mut cfg = match &args.config {
-        Some(path) => util::config::load(path)?,
+        Some(path) => conf::load(path)?,
         None => Config::default(),
     };
     let s = &mut cfg.server;

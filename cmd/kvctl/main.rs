@@ -3,10 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use client::{
-    cli::{endpoints, run, shell, Cli, Command},
-    Client,
-};
+use cli::kvctl::{endpoints, run, shell, Cli, Command};
+use client::Client;
 use util::secret::ClusterSecret;
 
 fn main() -> ExitCode {

@@ -1,10 +1,14 @@
 //! pd-server: the Flotilla placement driver.
 
+#[path = "../log_flags.rs"]
+mod log_flags;
+
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
+use conf::Validate;
 use pd::{FileConfig, PdServer};
-use util::{config::Validate, shutdown::Shutdown};
+use util::shutdown::Shutdown;
 
 /// Flags override the config file.
 #[derive(Parser)]
@@ -26,7 +30,7 @@ struct Args {
     #[arg(long)]
     max_replicas: Option<usize>,
     /// How long a store may be silent before its replicas are replaced (e.g. 30s).
-    #[arg(long, value_parser = util::config::parse_duration)]
+    #[arg(long, value_parser = conf::parse_duration)]
     max_store_down_time: Option<Duration>,
     /// Status HTTP address (/metrics, /status).
     #[arg(long)]
@@ -36,12 +40,12 @@ struct Args {
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
     #[command(flatten)]
-    log: util::logger::LogFlags,
+    log: log_flags::LogFlags,
 }
 
-fn config(args: &Args) -> util::Result<FileConfig> {
+fn config(args: &Args) -> conf::Result<FileConfig> {
     let mut cfg = match &args.config {
-        Some(path) => util::config::load(path)?,
+        Some(path) => conf::load(path)?,
         None => FileConfig::default(),
     };
     let pd = &mut cfg.pd;
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
         shutdown.trigger_on_signals();
         if !cfg.status_addr.is_empty() {
             let core = server.core();
-            let status: util::status::StatusFn = Arc::new(move || {
+            let status: status::StatusFn = Arc::new(move || {
                 serde_json::json!({
                     "cluster_id": core.cluster_id(),
                     "bootstrapped": core.is_bootstrapped(),
@@ -113,7 +117,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = util::status::serve(addr, status, shutdown.clone()).await {
+            if let Err(e) = status::serve(addr, status, shutdown.clone()).await {
                 eprintln!("pd-server: {e}");
                 return ExitCode::from(1);
             }

@@ -1,7 +1,8 @@
 //! Generates Rust for `proto/*.proto`: `protoc` parses the files into descriptors, then
-//! rust-protobuf 2 generates the messages and grpcio-compiler the services. (rust-protobuf's
-//! pure-Rust parser drops service definitions, so `protoc` is required; `PROTOC` may name
-//! it.)
+//! rust-protobuf 2 generates the messages. (rust-protobuf's pure-Rust parser drops service
+//! definitions, so `protoc` is required; `PROTOC` may name it.) The descriptor set is
+//! passed on to `proto_grpc`'s build (as `DEP_FLOTILLA_PROTO_DESCRIPTORS`), which
+//! generates the services from it.
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -17,7 +18,6 @@ const FILES: &[&str] = &[
     "tikvpb",
     "mvccpb",
 ];
-const SERVICES: &[&str] = &["pdpb", "tikvpb"];
 
 fn main() {
     let proto_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"))
@@ -54,10 +54,7 @@ fn main() {
     let descriptors = set.get_file();
 
     let messages: Vec<String> = FILES.iter().map(|f| format!("{f}.proto")).collect();
-    let services: Vec<String> = SERVICES.iter().map(|s| format!("{s}.proto")).collect();
-    let generated = protobuf_codegen::gen(descriptors, &messages, &Default::default())
-        .into_iter()
-        .chain(grpcio_compiler::codegen::gen(descriptors, &services));
+    let generated = protobuf_codegen::gen(descriptors, &messages, &Default::default());
     let mut modules = String::new();
     for file in generated {
         let path = out_dir.join(&file.name);
@@ -69,4 +66,5 @@ fn main() {
         ));
     }
     fs::write(out_dir.join("modules.rs"), modules).expect("write module list");
+    println!("cargo:descriptors={}", set_path.display());
 }

@@ -207,6 +207,8 @@ pub struct ProcCluster {
     pub store_addrs: Vec<(u16, u16)>,
     /// Extra `[raftstore]` settings every store starts with.
     raftstore_extra: String,
+    /// Last, so that it is dropped after the processes.
+    _gate: test_cluster::gate::Shared,
 }
 
 impl ProcCluster {
@@ -222,6 +224,7 @@ impl ProcCluster {
 
     /// Like [`ProcCluster::start_with`], with extra `[pd]` settings for pd-server too.
     pub fn start_configured(n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
+        let gate = test_cluster::gate::shared();
         let dir = tempfile::tempdir().expect("temp dir");
         let pd_port = free_port();
         let pd_addr = format!("127.0.0.1:{pd_port}");
@@ -260,6 +263,7 @@ impl ProcCluster {
             stores: vec![],
             store_addrs: vec![],
             raftstore_extra: raftstore_extra.to_string(),
+            _gate: gate,
         };
         for _ in 0..n {
             c.add_store();
@@ -374,24 +378,67 @@ impl ProcCluster {
     }
 }
 
-/// GETs a path from a status server; `None` if it does not answer.
+/// GETs `path` from an HTTP server (a status server, Prometheus) and returns the body
+/// whatever the status code; `None` if it does not answer within 5 s. On a thread of its
+/// own, so that callers inside a tokio runtime may use it too.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
+    let get = async move {
+        let t = Duration::from_secs(5);
+        let resp = tokio::time::timeout(t, hyper::Client::new().get(uri))
+            .await
+            .ok()?
+            .ok()?;
+        let body = tokio::time::timeout(t, hyper::body::to_bytes(resp.into_body()))
+            .await
+            .ok()?
+            .ok()?;
+        String::from_utf8(body.to_vec()).ok()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for one request")
+                .block_on(get)
+        })
+        .join()
+        .expect("the request thread does not panic")
+    })
 }
 
-/// The value of a counter in Prometheus text, summed over label sets.
+/// Prometheus text, parsed.
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text from memory parses")
+}
+
+/// The value of a counter or gauge in Prometheus text, summed over label sets.
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(|c| c == ' ' || c == '{').next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    use prometheus_parse::Value;
+    parse_metrics(text)
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
         .sum()
+}
+
+/// The series names in Prometheus text, as PromQL names them (a histogram's buckets as
+/// `<name>_bucket`; its `_sum` and `_count` are series of their own).
+pub fn series(text: &str) -> std::collections::BTreeSet<String> {
+    parse_metrics(text)
+        .samples
+        .into_iter()
+        .map(|s| match s.value {
+            prometheus_parse::Value::Histogram(_) => format!("{}_bucket", s.metric),
+            _ => s.metric,
+        })
+        .collect()
 }
 
 /// A client of the cluster whose PD is at `pd`, as its operator (with its secret).
@@ -483,7 +530,10 @@ impl RawKv {
 
     /// A connection to the leader of the region holding the transactional `key`, and
     /// the context a request there carries.
-    pub fn leader(&self, key: &[u8]) -> (proto::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) {
+    pub fn leader(
+        &self,
+        key: &[u8],
+    ) -> (proto_grpc::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) {
         let enc = keys::txn::encode_bytes(key);
         let routes = self.rt.block_on(self.ours.regions()).expect("regions");
         let r = routes
@@ -506,7 +556,7 @@ impl RawKv {
         ctx.set_region_epoch(r.region.get_region_epoch().clone());
         ctx.set_peer(leader);
         let channel = grpcio::ChannelBuilder::new(self.env.clone()).connect(&addr);
-        (proto::tikvpb_grpc::TikvClient::new(channel), ctx)
+        (proto_grpc::tikvpb_grpc::TikvClient::new(channel), ctx)
     }
 
     /// Sends a request built by `call` to the leader of `key`'s region, again while
@@ -515,7 +565,7 @@ impl RawKv {
     pub fn send<R>(
         &self,
         key: &[u8],
-        call: impl Fn(&proto::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) -> R,
+        call: impl Fn(&proto_grpc::tikvpb_grpc::TikvClient, proto::kvrpcpb::Context) -> R,
         region_error: impl Fn(&R) -> Option<&proto::errorpb::Error>,
     ) -> R {
         let deadline = std::time::Instant::now() + self.timeout;

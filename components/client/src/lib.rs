@@ -3,15 +3,13 @@
 //! with backoff inside a deadline. Scans and range deletes walk regions in key order;
 //! batches are split by region.
 //!
-//! Also `kvctl`'s commands ([`cli`]). Must not depend on the store or PD server crates:
-//! it speaks only the wire protocol.
+//! A library only: kvctl and kv-bench are in `cli`. Must not depend on the store or PD
+//! server crates (it speaks only the wire protocol), nor on command-line, terminal or
+//! HTTP crates (every user of the library would link them; `scripts/check-deps.sh`
+//! holds this).
 
-pub mod bench;
 pub mod check;
-pub mod cli;
-mod progress;
 mod region_cache;
-mod status;
 pub mod txn;
 
 use std::{
@@ -24,7 +22,8 @@ use std::{
 use grpcio::Environment;
 use parking_lot::Mutex;
 use pd_client::{PdClient, RegionRoute};
-use proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb_grpc::TikvClient};
+use proto::{errorpb, kvrpcpb, metapb, pdpb};
+use proto_grpc::tikvpb_grpc::TikvClient;
 use region_cache::RegionCache;
 
 /// Errors of the client.

@@ -14,6 +14,8 @@
 
 mod fs;
 mod inodes;
+#[cfg(test)]
+mod power_loss_tests;
 mod undo;
 
 use std::{

@@ -14,7 +14,7 @@ use slog::{info, warn, Logger};
 use crate::{
     balance::{balance_leader, balance_region},
     id::IdAllocator,
-    metrics,
+    metrics::{self, Summary},
     region_tree::{RegionInfo, RegionTree},
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
@@ -31,21 +31,6 @@ pub struct StoreInfo {
     pub stats: pdpb::StoreStats,
     /// When it last heartbeated (or registered) in this PD's lifetime.
     pub last_seen: Instant,
-}
-
-/// The cluster at a glance (see [`PdCore::summary`]).
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Stores by state: up, down, offline, tombstone.
-    pub stores: BTreeMap<&'static str, usize>,
-    /// Regions PD routes.
-    pub regions: usize,
-    /// Regions with no known leader, or one on a down store.
-    pub leaderless: usize,
-    /// Regions with fewer live voters than `max-replicas`.
-    pub under_replicated: usize,
-    /// Operators in progress.
-    pub operators: usize,
 }
 
 struct State {
@@ -79,6 +64,11 @@ fn unix_nanos() -> i64 {
 }
 
 impl State {
+    /// A store's state; `None` if PD does not know it.
+    fn store_state(&self, id: u64) -> Option<metapb::StoreState> {
+        self.stores.get(&id).map(|s| s.meta.get_state())
+    }
+
     fn with_counts(&self, store: &StoreInfo) -> StoreInfo {
         let mut s = store.clone();
         let id = s.meta.get_id();
@@ -454,7 +444,7 @@ impl PdCore {
             ));
         }
         let mut st = self.state.lock();
-        validate::check_region(region, &st.stores)?;
+        validate::check_region(region, |id| st.store_state(id))?;
         validate::check_leader(region, req.get_leader())?;
         let info = RegionInfo {
             region: region.clone(),
@@ -596,7 +586,7 @@ impl PdCore {
         }
         {
             let st = self.state.lock();
-            validate::check_region(region, &st.stores)?;
+            validate::check_region(region, |id| st.store_state(id))?;
             if st.regions.get(region.get_id()).is_none() {
                 return Err(Error::RegionNotFound(format!(
                     "no region with id {}",
@@ -627,7 +617,7 @@ impl PdCore {
             )));
         }
         for (i, r) in regions.iter().enumerate() {
-            validate::check_region(r, &st.stores)?;
+            validate::check_region(r, |id| st.store_state(id))?;
             if i > 0 && regions[i - 1].get_end_key() != r.get_start_key() {
                 return Err(Error::InvalidValue(format!(
                     "split regions {} and {} are not adjacent",

@@ -2,8 +2,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use conf::{ensure, Validate};
 use serde::{Deserialize, Serialize};
-use util::config::{ensure, Validate};
 
 /// PD settings; every key has a default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ impl Config {
 }
 
 impl Validate for Config {
-    fn validate(&self) -> util::Result<()> {
+    fn validate(&self) -> conf::Result<()> {
         ensure(
             self.addr.parse::<std::net::SocketAddr>().is_ok(),
             "pd.addr",
@@ -115,7 +115,7 @@ pub struct FileConfig {
 }
 
 impl Validate for FileConfig {
-    fn validate(&self) -> util::Result<()> {
+    fn validate(&self) -> conf::Result<()> {
         self.pd.validate()?;
         ensure(
             self.status_addr.is_empty() || self.status_addr.parse::<std::net::SocketAddr>().is_ok(),

@@ -9,6 +9,8 @@ mod balance;
 pub mod cluster;
 mod config;
 mod error;
+#[cfg(test)]
+mod heartbeat_properties;
 mod id;
 pub mod metrics;
 pub mod region_tree;

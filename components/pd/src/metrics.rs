@@ -1,7 +1,7 @@
 //! PD metrics: what PD hears (heartbeats, timestamp requests), what it decides
 //! (operators), and, read at each scrape, what the cluster looks like.
 
-use std::sync::{LazyLock, Weak};
+use std::{collections::BTreeMap, sync::LazyLock};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -10,8 +10,6 @@ use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
-
-use crate::cluster::PdCore;
 
 /// Region heartbeats received.
 pub static REGION_HEARTBEATS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -75,10 +73,27 @@ pub fn register_all() {
     LazyLock::force(&OPERATORS);
 }
 
+/// The cluster at a glance (`PdCore::summary`), as the collector reports it.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Stores by state: up, down, offline, tombstone.
+    pub stores: BTreeMap<&'static str, usize>,
+    /// Regions PD routes.
+    pub regions: usize,
+    /// Regions with no known leader, or one on a down store.
+    pub leaderless: usize,
+    /// Regions with fewer live voters than `max-replicas`.
+    pub under_replicated: usize,
+    /// Operators in progress.
+    pub operators: usize,
+}
+
+/// Reads the cluster's summary; `None` once PD is gone.
+pub type SummaryFn = Box<dyn Fn() -> Option<Summary> + Send + Sync>;
+
 /// The cluster as PD sees it, computed at each scrape.
 pub struct ClusterCollector {
-    /// Weak: the registry lives as long as the process, PD's database must not.
-    core: Weak<PdCore>,
+    summary: SummaryFn,
     descs: Vec<Desc>,
 }
 
@@ -100,8 +115,8 @@ const SERIES: [(&str, &str); 5] = [
 ];
 
 impl ClusterCollector {
-    /// A collector for `core`, reporting nothing once PD is gone.
-    pub fn new(core: Weak<PdCore>) -> ClusterCollector {
+    /// A collector of what `summary` reads, reporting nothing once it reads `None`.
+    pub fn new(summary: SummaryFn) -> ClusterCollector {
         let descs = SERIES
             .iter()
             .enumerate()
@@ -120,7 +135,7 @@ impl ClusterCollector {
                 .expect("valid metric description")
             })
             .collect();
-        ClusterCollector { core, descs }
+        ClusterCollector { summary, descs }
     }
 }
 
@@ -130,10 +145,9 @@ impl Collector for ClusterCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Some(core) = self.core.upgrade() else {
+        let Some(s) = (self.summary)() else {
             return vec![];
         };
-        let s = core.summary();
         let stores =
             IntGaugeVec::new(Opts::new(SERIES[0].0, SERIES[0].1), &["state"]).expect("valid gauge");
         for state in ["up", "down", "offline", "tombstone"] {

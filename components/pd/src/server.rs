@@ -29,8 +29,12 @@ impl PdServer {
         let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
         crate::metrics::register_all();
         let weak = Arc::downgrade(&core);
-        util::status::register_latest(|| {
-            Box::new(crate::metrics::ClusterCollector::new(weak.clone()))
+        status::register_latest(|| {
+            // Weak: the registry lives as long as the process, PD's database must not.
+            let weak = weak.clone();
+            Box::new(crate::metrics::ClusterCollector::new(Box::new(move || {
+                weak.upgrade().map(|core| core.summary())
+            })))
         });
         let client_url = Arc::new(OnceLock::new());
         let service = PdService {
@@ -51,7 +55,7 @@ impl PdServer {
             .build_args();
         let mut server = ServerBuilder::new(env as Arc<Environment>)
             .channel_args(args)
-            .register_service(proto::pdpb_grpc::create_pd(service))
+            .register_service(proto_grpc::pdpb_grpc::create_pd(service))
             .build()?;
         let port = server.add_listening_port(cfg.addr.clone(), ServerCredentials::insecure())?;
         let host = cfg.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);

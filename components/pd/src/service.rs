@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use futures::{FutureExt, SinkExt, TryStreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, UnarySink, WriteFlags};
-use proto::{pdpb, pdpb_grpc::Pd};
+use proto::pdpb;
+use proto_grpc::pdpb_grpc::Pd;
 use slog::{warn, Logger};
 use util::secret::ClusterSecret;
 

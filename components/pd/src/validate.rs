@@ -3,18 +3,22 @@
 //! on this cluster's live stores, one per store, and its leader must be one of them. A
 //! report that fails is refused with an error that names the problem, and changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use proto::metapb;
 
-use crate::{cluster::StoreInfo, Error, Result};
+use crate::{Error, Result};
 
 fn invalid(region: &metapb::Region, why: String) -> Error {
     Error::InvalidValue(format!("region {}: {why}", region.get_id()))
 }
 
-/// Checks a reported region against the stores PD knows.
-pub fn check_region(region: &metapb::Region, stores: &HashMap<u64, StoreInfo>) -> Result<()> {
+/// Checks a reported region against the stores PD knows (`store_state`: a store's state,
+/// `None` for a store PD does not know).
+pub fn check_region(
+    region: &metapb::Region,
+    store_state: impl Fn(u64) -> Option<metapb::StoreState>,
+) -> Result<()> {
     if region.get_id() == 0 {
         return Err(Error::InvalidValue("region id 0".into()));
     }
@@ -46,9 +50,9 @@ pub fn check_region(region: &metapb::Region, stores: &HashMap<u64, StoreInfo>) -
                 format!("two peers on store {}", p.get_store_id()),
             ));
         }
-        match stores.get(&p.get_store_id()) {
+        match store_state(p.get_store_id()) {
             None => return Err(Error::StoreNotFound(p.get_store_id())),
-            Some(s) if s.meta.get_state() == metapb::StoreState::Tombstone => {
+            Some(metapb::StoreState::Tombstone) => {
                 return Err(Error::StoreTombstone(p.get_store_id()))
             }
             Some(_) => {}
@@ -98,25 +102,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
-    use proto::pdpb;
+    use std::collections::HashMap;
 
     use super::*;
 
-    fn stores(ids: &[u64]) -> HashMap<u64, StoreInfo> {
-        ids.iter()
-            .map(|id| {
-                let mut meta = metapb::Store::default();
-                meta.set_id(*id);
-                let info = StoreInfo {
-                    meta,
-                    stats: pdpb::StoreStats::default(),
-                    last_seen: Instant::now(),
-                };
-                (*id, info)
-            })
-            .collect()
+    fn stores(ids: &[u64]) -> HashMap<u64, metapb::StoreState> {
+        ids.iter().map(|id| (*id, metapb::StoreState::Up)).collect()
+    }
+
+    fn check(r: &metapb::Region, stores: &HashMap<u64, metapb::StoreState>) -> Result<()> {
+        check_region(r, |id| stores.get(&id).copied())
     }
 
     fn region(start: &[u8], end: &[u8], peers: &[(u64, u64)]) -> metapb::Region {
@@ -138,8 +133,8 @@ mod tests {
     #[test]
     fn malformed_regions_are_refused_by_name() {
         let s = stores(&[1, 2, 3]);
-        assert!(check_region(&region(b"a", b"b", &[(1, 1), (2, 2)]), &s).is_ok());
-        assert!(check_region(&region(b"", b"", &[(1, 1)]), &s).is_ok());
+        assert!(check(&region(b"a", b"b", &[(1, 1), (2, 2)]), &s).is_ok());
+        assert!(check(&region(b"", b"", &[(1, 1)]), &s).is_ok());
         let cases = [
             (region(b"b", b"a", &[(1, 1)]), "is not before"),
             (region(b"a", b"a", &[(1, 1)]), "is not before"),
@@ -153,12 +148,12 @@ mod tests {
             (region(b"a", b"b", &[(1, 7)]), "store 7 not found"),
         ];
         for (r, why) in cases {
-            let err = check_region(&r, &s).expect_err(why).to_string();
+            let err = check(&r, &s).expect_err(why).to_string();
             assert!(err.contains(why), "{err} (expected {why})");
         }
         let mut no_epoch = region(b"a", b"b", &[(1, 1)]);
         no_epoch.clear_region_epoch();
-        assert!(check_region(&no_epoch, &s).is_err());
+        assert!(check(&no_epoch, &s).is_err());
     }
 
     #[test]

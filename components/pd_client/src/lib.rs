@@ -18,8 +18,8 @@ use parking_lot::RwLock;
 use proto::{
     metapb,
     pdpb::{self, ErrorType},
-    pdpb_grpc,
 };
+use proto_grpc::pdpb_grpc;
 use slog::{info, warn, Logger};
 use util::secret::ClusterSecret;
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use conf::{ensure, Validate};
 use serde::{Deserialize, Serialize};
-use util::config::{ensure, Validate};
 
 /// Raftstore settings; every key has a default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,7 +148,7 @@ impl Config {
 }
 
 impl Validate for Config {
-    fn validate(&self) -> util::Result<()> {
+    fn validate(&self) -> conf::Result<()> {
         ensure(
             !self.raft_base_tick_interval.is_zero(),
             "raftstore.raft-base-tick-interval",

@@ -1,14 +1,13 @@
 //! A store's config file: `[server]`, `[storage]` (RocksDB's memory), `[raftstore]`,
-//! `[pd]` (the embedded PD, used when no PD endpoints are given) and `[log]`.
+//! `[security]`, `[log]`, `[gc]` and `[txn]`. The file kv-server reads adds `[pd]` for
+//! the embedded PD (`node::Config`).
 
 use std::path::PathBuf;
 
 use bytesize::ByteSize;
+use conf::{ensure, Validate};
 use serde::{Deserialize, Serialize};
-use util::{
-    config::{ensure, Validate},
-    logger::LogConfig,
-};
+use util::logger::LogConfig;
 
 /// The whole kv-server config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -20,8 +19,6 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Raft settings.
     pub raftstore: raftstore::Config,
-    /// Settings of the embedded PD.
-    pub pd: pd::Config,
     /// How this store proves it belongs to the cluster.
     pub security: SecurityConfig,
     /// Logging.
@@ -74,7 +71,7 @@ impl TxnConfig {
         }
     }
 
-    fn validate(&self, raft_entry_max_size: u64) -> util::Result<()> {
+    fn validate(&self, raft_entry_max_size: u64) -> conf::Result<()> {
         ensure(
             self.max_key_size.as_u64() > 0 && self.max_key_size.as_u64() * 4 < raft_entry_max_size,
             "txn.max-key-size",
@@ -162,7 +159,7 @@ impl StorageConfig {
         }
     }
 
-    fn validate(&self) -> util::Result<()> {
+    fn validate(&self) -> conf::Result<()> {
         ensure(
             self.block_cache_size >= ByteSize::mib(8),
             "storage.block-cache-size",
@@ -274,7 +271,7 @@ impl ServerConfig {
     }
 }
 
-fn socket_addr(s: &str, key: &str) -> util::Result<()> {
+fn socket_addr(s: &str, key: &str) -> conf::Result<()> {
     ensure(
         s.parse::<std::net::SocketAddr>().is_ok(),
         key,
@@ -283,7 +280,7 @@ fn socket_addr(s: &str, key: &str) -> util::Result<()> {
 }
 
 impl Validate for Config {
-    fn validate(&self) -> util::Result<()> {
+    fn validate(&self) -> conf::Result<()> {
         socket_addr(&self.server.addr, "server.addr")?;
         socket_addr(&self.server.status_addr, "server.status-addr")?;
         ensure(
@@ -337,9 +334,6 @@ impl Validate for Config {
         self.raftstore.validate()?;
         self.txn
             .validate(self.raftstore.raft_entry_max_size.as_u64())?;
-        if self.server.pd_endpoints.is_empty() {
-            self.pd.validate()?;
-        }
         Ok(())
     }
 }

@@ -20,9 +20,6 @@ pub enum Error {
     /// PD could not be reached or refused.
     #[error(transparent)]
     Pd(#[from] pd_client::Error),
-    /// The embedded PD failed.
-    #[error("embedded pd: {0}")]
-    EmbeddedPd(#[from] pd::Error),
     /// gRPC failed.
     #[error("grpc: {0}")]
     Grpc(#[from] grpcio::Error),

@@ -1,10 +1,12 @@
-//! A store node: the `tikvpb.Tikv` gRPC service (TiKV's raw key-value calls plus the
-//! store-to-store Raft transport), forwarding for clients that do not route, the gRPC
-//! Raft transport, the PD worker, and the process around them (start-up, bootstrap,
-//! status HTTP, shutdown).
+//! A store: the `tikvpb.Tikv` gRPC service (TiKV's raw and transactional key-value calls
+//! plus the store-to-store Raft transport), forwarding for clients that do not route, the
+//! gRPC Raft transport, the PD worker, the GC worker, and the store process around them
+//! (start-up, bootstrap, status HTTP, shutdown).
 //!
 //! Owns: every conversion between raftstore errors and wire errors (`error.rs`).
-//! Must not be depended on by raftstore, pd or client.
+//! Must not depend on the PD server (`pd`; the embedded single-node PD is composed in
+//! `node`) nor on command-line crates. Must not be depended on by raftstore, pd or
+//! client.
 
 pub mod config;
 mod error;

@@ -27,7 +27,6 @@ use crate::{
 pub struct Node {
     raftstore: Option<RaftStore>,
     grpc: grpcio::Server,
-    pd_server: Option<pd::PdServer>,
     pd_worker: Option<std::thread::JoinHandle<()>>,
     shutdown: Shutdown,
     /// Fires when PD says this store is tombstone.
@@ -107,24 +106,17 @@ pub async fn join_cluster(
     }
 }
 
-/// The embedded PD (when no endpoints are configured) and the PD endpoints to use.
-fn pd_endpoints(cfg: &Config, logger: &Logger) -> Result<(Option<pd::PdServer>, Vec<String>)> {
-    if !cfg.server.pd_endpoints.is_empty() {
-        check_resolvable(&cfg.server.pd_endpoints)?;
-        return Ok((None, cfg.server.pd_endpoints.clone()));
-    }
-    let mut pd_cfg = cfg.pd.clone();
-    pd_cfg.data_dir = cfg.server.data_dir.join("pd");
-    pd_cfg.cluster_secret_file = secret_path(cfg);
-    let server = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
-    let addr = server.addr().to_string();
-    Ok((Some(server), vec![addr]))
-}
-
 /// Fails at once, naming the addresses, when no PD endpoint resolves: retrying a name
 /// that does not exist would only hide a typo behind a timeout.
 fn check_resolvable(endpoints: &[String]) -> Result<()> {
     use std::net::ToSocketAddrs;
+    if endpoints.is_empty() {
+        return Err(Error::Startup(
+            "no PD endpoints: set --pd / server.pd-endpoints (kv-server without them runs an \
+             embedded PD)"
+                .into(),
+        ));
+    }
     let mut why = vec![];
     for e in endpoints {
         // As the PD client takes them: an optional scheme, surrounding blanks.
@@ -142,28 +134,18 @@ fn check_resolvable(endpoints: &[String]) -> Result<()> {
     )))
 }
 
-fn secret_path(cfg: &Config) -> std::path::PathBuf {
-    util::secret::path_in(&cfg.security.cluster_secret_file, &cfg.server.data_dir)
-}
-
-/// This store's proof that it belongs to the cluster: the configured file; with the
-/// embedded PD (a cluster of one process), one created in the data directory.
+/// This store's proof that it belongs to the cluster: the configured file (with the
+/// embedded PD, `node` creates one in the data directory and names it here).
 fn cluster_secret(cfg: &Config) -> Result<ClusterSecret> {
-    let embedded = cfg.server.pd_endpoints.is_empty();
-    if !embedded && cfg.security.cluster_secret_file.as_os_str().is_empty() {
+    if cfg.security.cluster_secret_file.as_os_str().is_empty() {
         return Err(Error::Startup(
             "no cluster secret: set security.cluster-secret-file (--cluster-secret-file) to the \
              file pd-server created, <pd data-dir>/cluster-secret"
                 .into(),
         ));
     }
-    let path = secret_path(cfg);
-    let fresh = !cfg.server.data_dir.join("db").join("CURRENT").exists();
-    let secret = match embedded {
-        true => ClusterSecret::load_or_create(&path, fresh),
-        false => ClusterSecret::load(&path),
-    };
-    secret.map_err(|e| Error::Startup(e.to_string()))
+    ClusterSecret::load(&cfg.security.cluster_secret_file)
+        .map_err(|e| Error::Startup(e.to_string()))
 }
 
 /// What this store tells PD about itself (the id comes from joining the cluster).
@@ -197,7 +179,7 @@ fn serve_grpc(
         .build_args();
     let mut grpc = ServerBuilder::new(env)
         .channel_args(args)
-        .register_service(proto::tikvpb_grpc::create_tikv(service))
+        .register_service(proto_grpc::tikvpb_grpc::create_tikv(service))
         .build()?;
     grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
@@ -218,7 +200,7 @@ async fn serve_status(
         .parse()
         .map_err(|e| Error::Startup(format!("server.status-addr: {e}")))?;
     let (store_id, address) = (store.get_id(), store.get_address().to_string());
-    let status: util::status::StatusFn = Arc::new(move || {
+    let status: status::StatusFn = Arc::new(move || {
         let m = meta.lock();
         serde_json::json!({
             "store_id": store_id,
@@ -229,7 +211,7 @@ async fn serve_status(
             "version": env!("CARGO_PKG_VERSION"),
         })
     });
-    let (bound, _) = util::status::serve(addr, status, shutdown.clone())
+    let (bound, _) = status::serve(addr, status, shutdown.clone())
         .await
         .map_err(|e| Error::Startup(e.to_string()))?;
     Ok(bound)
@@ -249,13 +231,12 @@ impl Node {
         let engine = Engine::open_with(&data_dir.join("db"), &cfg.storage.engine_options())?;
         crate::metrics::register_all();
         let weak = engine.downgrade();
-        util::status::register_latest(|| {
-            Box::new(crate::metrics::EngineCollector::new(weak.clone()))
-        });
+        status::register_latest(|| Box::new(crate::metrics::EngineCollector::new(weak.clone())));
         let snap_mgr =
             SnapManager::new(data_dir.join("snap"), cfg.raftstore.snap_max_size.as_u64())?;
 
-        let (pd_server, endpoints) = pd_endpoints(&cfg, &logger)?;
+        check_resolvable(&cfg.server.pd_endpoints)?;
+        let endpoints = cfg.server.pd_endpoints.clone();
         let pd = PdClient::connect_as_store(
             &endpoints,
             Duration::from_secs(30),
@@ -380,7 +361,6 @@ impl Node {
         Ok(Node {
             raftstore: Some(raftstore),
             grpc,
-            pd_server,
             pd_worker: Some(pd_worker),
             shutdown,
             retired,
@@ -454,9 +434,6 @@ impl Node {
                 self.logger,
                 "flushing memtables took over 10s; the log replays at the next start"
             ),
-        }
-        if let Some(pd) = self.pd_server.take() {
-            pd.shutdown();
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use grpcio::Environment;
 use parking_lot::Mutex;
 use pd_client::PdClient;
-use proto::tikvpb_grpc::TikvClient;
+use proto_grpc::tikvpb_grpc::TikvClient;
 
 use crate::Result;
 

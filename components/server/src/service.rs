@@ -23,8 +23,8 @@ use proto::{
         BatchRaftMessage, ComputeHashRequest, ComputeHashResponse, Done, RegionHashRequest,
         RegionHashResponse, SnapshotChunk,
     },
-    tikvpb_grpc::{Tikv, TikvClient},
 };
+use proto_grpc::tikvpb_grpc::{Tikv, TikvClient};
 use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
 use slog::{warn, Logger};
 use util::secret::ClusterSecret;
@@ -382,7 +382,7 @@ macro_rules! txn_calls {
     ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
         $(
             fn $method(&mut self, _: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
-                crate::txn_service::serve(self, stringify!($method), sink, req, crate::txn_service::$handler)
+                crate::txn_service::serve(self.txn.clone(), &self.rt, stringify!($method), sink, req, crate::txn_service::$handler)
             }
         )*
     };
@@ -808,5 +808,5 @@ async fn receive_snapshot(
 
 /// The services a store registers.
 pub fn services(svc: TikvService) -> Vec<grpcio::Service> {
-    vec![proto::tikvpb_grpc::create_tikv(svc)]
+    vec![proto_grpc::tikvpb_grpc::create_tikv(svc)]
 }

@@ -20,7 +20,7 @@ use txn::{
     ConflictReason, Mutation, MutationOp,
 };
 
-use crate::{metrics, service::TikvService, txn_storage::TxnStorage, Error, Result};
+use crate::{metrics, txn_storage::TxnStorage, Error, Result};
 
 /// Where a response's errors go.
 pub(crate) trait TxnResponse: Default + Send + 'static {
@@ -81,9 +81,10 @@ txn_response!(kvrpcpb::PessimisticLockResponse, many);
 txn_response!(kvrpcpb::PessimisticRollbackResponse, many);
 txn_response!(kvrpcpb::ScanLockResponse, single);
 
-/// Runs `handle` on the service's runtime and answers; errors become the response's.
+/// Runs `handle` on `rt` and answers; errors become the response's.
 pub(crate) fn serve<Req, Resp, F, Fut>(
-    svc: &TikvService,
+    storage: TxnStorage,
+    rt: &tokio::runtime::Handle,
     name: &'static str,
     sink: UnarySink<Resp>,
     req: Req,
@@ -94,11 +95,10 @@ pub(crate) fn serve<Req, Resp, F, Fut>(
     F: FnOnce(TxnStorage, Req) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Resp>> + Send,
 {
-    let storage = svc.txn.clone();
     let timer = metrics::REQUEST_SECONDS
         .with_label_values(&[name])
         .start_timer();
-    svc.rt.spawn(async move {
+    rt.spawn(async move {
         let resp = handle(storage, req).await.unwrap_or_else(error_response);
         timer.observe_duration();
         metrics::REQUESTS

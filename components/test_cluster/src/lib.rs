@@ -6,6 +6,7 @@
 //! Used only by tests.
 
 pub mod elle;
+pub mod gate;
 pub mod history;
 mod network;
 mod watchdog;
@@ -119,6 +120,8 @@ pub struct Cluster {
     /// Stores crashed by [`Cluster::crash_image`]: the filter that cuts each off.
     crashed: Mutex<HashMap<u64, u64>>,
     _watchdog: Watchdog,
+    /// Last, so that it is dropped after everything else has stopped.
+    _gate: gate::Shared,
 }
 
 impl Cluster {
@@ -130,6 +133,7 @@ impl Cluster {
 
     /// Starts PD and `n` stores with the given settings.
     pub fn with_config(n: usize, raft_cfg: raftstore::Config, mut pd_cfg: pd::Config) -> Cluster {
+        let gate = gate::shared();
         let watchdog = Watchdog::arm(Watchdog::TEST_LIMIT);
         let tmp = tempfile::tempdir().expect("temp dir");
         pd_cfg.data_dir = tmp.path().join("pd");
@@ -161,6 +165,7 @@ impl Cluster {
             next_index: 0,
             crashed: Mutex::default(),
             _watchdog: watchdog,
+            _gate: gate,
         };
         for _ in 0..n {
             c.add_store();

@@ -10,8 +10,6 @@
 //! It must not depend on raftstore, the server or the wire protocol: conversions to
 //! and from TiKV's messages live in the server.
 
-#![deny(missing_docs)]
-
 pub mod actions;
 pub mod commands;
 pub mod concurrency;

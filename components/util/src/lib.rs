@@ -1,11 +1,10 @@
-//! Shared plumbing for every Flotilla process: config loading, logging, the status HTTP
-//! server (`/metrics`, `/status`), and graceful shutdown.
+//! Plumbing shared by Flotilla's processes and its client library: logging, gRPC channel
+//! settings, retry with backoff, the cluster secret, the data-directory lock, graceful
+//! shutdown, the panic hook, and the wire conventions messages cannot carry.
 //!
-//! Must not depend on any other Flotilla crate: everything else may depend on this one.
+//! Must not depend on any other Flotilla crate, nor on HTTP or command-line crates: the
+//! client library links it. Config files are `conf`'s, the status server `status`'s.
 
-#![deny(missing_docs)]
-
-pub mod config;
 pub mod dir_lock;
 mod error;
 pub mod grpc;
@@ -14,7 +13,6 @@ pub mod panic;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
-pub mod status;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -118,29 +118,6 @@ pub struct LogConfig {
     pub format: Format,
 }
 
-/// The logging flags every server takes; they override the config file's `[log]`.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct LogFlags {
-    /// error, warn, info or debug.
-    #[arg(long)]
-    pub log_level: Option<Level>,
-    /// text (human-readable lines) or json (one object per line).
-    #[arg(long)]
-    pub log_format: Option<Format>,
-}
-
-impl LogFlags {
-    /// Sets what the flags give in `cfg`.
-    pub fn apply(&self, cfg: &mut LogConfig) {
-        if let Some(l) = self.log_level {
-            cfg.level = l;
-        }
-        if let Some(f) = self.log_format {
-            cfg.format = f;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

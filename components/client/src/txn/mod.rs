@@ -13,7 +13,8 @@ mod transaction;
 
 use std::{future::Future, time::Duration};
 
-use proto::{errorpb, kvrpcpb, tikvpb_grpc::TikvClient};
+use proto::{errorpb, kvrpcpb};
+use proto_grpc::tikvpb_grpc::TikvClient;
 
 pub use resolve::{GcReport, TxnState};
 pub use transaction::{CommitMode, Mode, Transaction};

@@ -1,0 +1,458 @@
+//! Tests that stop a store's threads at a fail point. Fail points are global to the
+//! process, so every test here holds a `FailScenario` and they run one at a time.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use crossbeam_channel::bounded;
+use engine::Cf;
+use proto::raft_cmdpb::ConfChangeType;
+use proto::raft_serverpb::{PeerState, RaftLocalState, RegionLocalState};
+use test_cluster::{
+    history::{Op, Outcome, Recorder},
+    test_config, wait_until, Cluster,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Runs `during` while the next thread to reach fail point `name` is held there.
+fn while_held_at(name: &str, during: impl FnOnce()) -> impl FnOnce() {
+    while_held_on(name, "", during)
+}
+
+/// Like [`while_held_at`], for the next thread whose name starts with `thread` (for
+/// example "apply-s3-": store 3's apply threads).
+fn while_held_on(name: &str, thread: &str, during: impl FnOnce()) -> impl FnOnce() {
+    let (hit_tx, hit_rx) = bounded(1);
+    let (go_tx, go_rx) = bounded::<()>(1);
+    let first = Arc::new(AtomicBool::new(true));
+    let thread = thread.to_string();
+    fail::cfg_callback(name, move || {
+        let ours = thread.is_empty()
+            || std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(&thread));
+        if ours && first.swap(false, Ordering::SeqCst) {
+            let _ = hit_tx.send(());
+            let _ = go_rx.recv_timeout(T);
+        }
+    })
+    .expect("configure fail point");
+    move || {
+        hit_rx.recv_timeout(T).expect("the fail point was reached");
+        during();
+        go_tx.send(()).expect("release the held thread");
+    }
+}
+
+/// A batch get reads every key from one view, so it never sees half of an atomic batch
+/// put (it did: keys were read one by one from the live database).
+#[test]
+fn batch_get_sees_a_batch_put_whole() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let c = Cluster::new(1);
+    c.must_put(b"a", b"1");
+    c.must_put(b"b", b"1");
+    let (storage, ctx) = c.leader_storage(b"a").expect("a leader");
+    let keys = vec![b"a".to_vec(), b"b".to_vec()];
+    let (s, cx, rt) = (storage.clone(), ctx.clone(), c.runtime().handle().clone());
+    let release = while_held_at("raw_batch_get_between_keys", move || {
+        let pairs = [
+            (b"a".to_vec(), b"2".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+        ];
+        rt.block_on(s.batch_put(&cx, "", &pairs))
+            .expect("batch put");
+    });
+    let reader = std::thread::spawn({
+        let rt = c.runtime().handle().clone();
+        move || rt.block_on(storage.batch_get(&ctx, "", &keys))
+    });
+    release();
+    let got = reader.join().unwrap().expect("batch get");
+    let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_slice()).collect();
+    assert!(
+        values == [b"1", b"1"] || values == [b"2", b"2"],
+        "a batch get saw half of a batch put: {values:?}"
+    );
+    fail::remove("raw_batch_get_between_keys");
+}
+
+/// Snapshots that had to wait for their peer's apply queue (the race this file's crash
+/// test needs); the counter is process-wide, and tests here run one at a time.
+fn snapshot_waits() -> u64 {
+    raftstore::metrics::SNAPSHOTS
+        .with_label_values(&["persist", "waited_for_apply"])
+        .get()
+}
+
+/// A region's local state as a crash image holds it.
+fn region_state_in(image: &std::path::Path, region_id: u64) -> RegionLocalState {
+    let engine = engine::Engine::open(&image.join("db")).expect("open the image");
+    engine
+        .get_msg(Cf::Raft, &keys::region_state_key(region_id))
+        .expect("read")
+        .expect("a region state")
+}
+
+/// Where a region's log starts on one store, and its last index.
+fn log_bounds(c: &Cluster, store: u64, region_id: u64) -> (u64, u64) {
+    let state: RaftLocalState = c
+        .engine(store)
+        .get_msg(Cf::Raft, &keys::raft_state_key(region_id))
+        .expect("read raft state")
+        .expect("raft state");
+    (state.get_truncated_state().index, state.last_index)
+}
+
+/// Holds threads of store `store` whose name starts with `kind` (for example "apply")
+/// for `pause` at fail point `name`, every time they reach it.
+fn slow_down(name: &str, kind: &str, store: u64, pause: Duration) {
+    let prefix = format!("{kind}-s{store}-");
+    fail::cfg_callback(name, move || {
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            std::thread::sleep(pause);
+        }
+    })
+    .expect("configure fail point");
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:03}").into_bytes()
+}
+
+/// A follower cut off while its apply side still works on entries, then sent a snapshot
+/// when it returns, crashed mid-way through applying the snapshot. Before, the Raft side
+/// wrote the snapshot's apply state and the apply side then overwrote it from its stale
+/// copy: after the crash the store found a log base behind its deleted log and refused to
+/// start. Now the apply state has one owner and the snapshot waits for the apply queue.
+fn crash_during_snapshot_apply(
+    damage: impl FnOnce(&std::path::Path),
+) -> (Cluster, u64, Result<(), String>) {
+    let (mut rs, pd) = test_config();
+    rs.raft_log_gc_threshold = 1;
+    rs.raft_log_gc_count_limit = 5;
+    let mut c = Cluster::with_config(3, rs, pd);
+    c.wait_voters(b"", 3, T);
+    c.must_put(&key(0), b"v");
+    let (leader, region) = c.leader_of_key(&key(0)).expect("a leader");
+    let id = region.get_id();
+    let follower = c
+        .store_ids()
+        .into_iter()
+        .find(|s| *s != leader)
+        .expect("a follower");
+    let waits = snapshot_waits();
+    let mut image = None;
+    let crash = while_held_at("apply_snapshot_before_ingest", || {
+        image = Some(c.crash_image(follower))
+    });
+    // While the follower's apply side is held with entries to apply, cut it off, move
+    // the log past it, and let it back: its snapshot must wait for the apply queue.
+    let stall = while_held_on("apply_before_write", &format!("apply-s{follower}-"), || {
+        let cut = c.network().isolate(follower);
+        let (_, last_at_cut) = log_bounds(&c, leader, id);
+        for i in 2..40 {
+            c.must_put(&key(i), b"v");
+        }
+        wait_until("the leader to compact past the follower", T, || {
+            log_bounds(&c, leader, id).0 > last_at_cut
+        });
+        c.network().remove_filter(cut);
+        wait_until("the snapshot to wait for the apply side", T, || {
+            snapshot_waits() > waits
+        });
+    });
+    c.must_put(&key(1), b"v");
+    stall();
+    crash();
+    let image = image.expect("a crash image");
+    fail::remove("apply_before_write");
+    fail::remove("apply_snapshot_before_ingest");
+    assert_eq!(
+        region_state_in(&image, id).get_state(),
+        PeerState::Applying,
+        "the crash came mid-apply, so the restart must redo it"
+    );
+    damage(&image);
+    let restarted = c.restart_from_image(follower, &image);
+    (c, follower, restarted)
+}
+
+#[test]
+fn a_crash_while_a_snapshot_applies_restarts_and_catches_up() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let (c, follower, restarted) = crash_during_snapshot_apply(|_| {});
+    restarted.expect("the store restarts after a crash mid-snapshot");
+    for i in 0..40 {
+        c.must_replicate_on(follower, &key(i), b"v", T);
+    }
+    c.must_put(&key(40), b"after");
+    c.must_replicate_on(follower, &key(40), b"after", T);
+}
+
+/// A snapshot apply redone after a restart checks its files first: one damaged on disk
+/// must stop the store with a clear error, not be ingested as whatever is left (which
+/// marked the region live with part of its data).
+#[test]
+fn a_damaged_snapshot_file_is_never_ingested_after_a_restart() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let (_c, _follower, restarted) = crash_during_snapshot_apply(|image| {
+        let damaged = std::fs::read_dir(image.join("snap"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("rcv_"))
+            .expect("a received snapshot file in the crash image");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(damaged.path())
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    });
+    let err = restarted.expect_err("a damaged snapshot must stop the store");
+    assert!(err.contains("cannot be redone"), "{err}");
+}
+
+/// A compare-and-swap whose answer does not come in time may still apply. It used to be
+/// answered `server_is_busy`, which clients retry: the retry then found its own write and
+/// reported "failed". Now the answer says the outcome is undetermined, in the `error`
+/// field, which no client retries.
+#[test]
+fn a_write_that_times_out_is_reported_undetermined() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let c = Cluster::new(1);
+    c.must_put(b"k", b"a");
+    let (leader, _) = c.leader_of_key(b"k").expect("a leader");
+    let (_, ctx) = c.leader_storage(b"k").expect("a leader");
+    let storage = c.storage_with_timeout(leader, Duration::from_millis(300));
+    slow_down(
+        "apply_before_write",
+        "apply",
+        leader,
+        Duration::from_millis(1000),
+    );
+    let res = c
+        .runtime()
+        .block_on(storage.compare_and_swap(&ctx, "", b"k", b"b", Some(b"a")));
+    fail::remove("apply_before_write");
+    let err = res.expect_err("no answer within the timeout");
+    let (region_err, msg) = err.into_wire();
+    assert!(
+        region_err.is_none(),
+        "must not be a retryable region error: {region_err:?}"
+    );
+    assert!(msg.starts_with(util::wire::UNDETERMINED), "{msg}");
+    // It did apply: a blind retry would now fail.
+    c.must_get_equal(b"k", b"b");
+}
+
+fn value(n: u64) -> Vec<u8> {
+    format!("v{n}").into_bytes()
+}
+
+fn value_of(bytes: &[u8]) -> u64 {
+    std::str::from_utf8(&bytes[1..]).unwrap().parse().unwrap()
+}
+
+/// The history checker finds a real violation: with reads served by a cut-off follower
+/// without a ReadIndex round, a read that starts after a write was acknowledged returns
+/// the value before it.
+#[test]
+fn the_checker_catches_reads_served_without_read_index() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    let rec = Recorder::default();
+    let write = |process, n: u64| {
+        let inv = rec.invoke(process, Op::Put(b"k".to_vec(), n));
+        c.must_put(b"k", &value(n));
+        rec.complete(inv, Outcome::Written);
+    };
+    write(0, 1);
+    let (leader, region) = c.leader_of_key(b"k").expect("a leader");
+    let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.must_replicate_on(follower, b"k", &value(1), T);
+    let cut = c.network().isolate(follower);
+    write(0, 2);
+    fail::cfg("read_without_read_index", "return").expect("configure fail point");
+    let storage = c.storage(follower);
+    let mut ctx = proto::kvrpcpb::Context::default();
+    ctx.region_id = region.get_id();
+    ctx.set_region_epoch(region.get_region_epoch().clone());
+    let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
+    let got = c
+        .runtime()
+        .block_on(storage.get(&ctx, "", b"k"))
+        .expect("a read served by the follower");
+    rec.complete(inv, Outcome::Read(got.as_deref().map(value_of)));
+    fail::remove("read_without_read_index");
+    c.network().remove_filter(cut);
+    assert_eq!(got, Some(value(1)), "the follower served its stale value");
+    let dir = tempfile::tempdir().unwrap();
+    let violation = rec
+        .check(dir.path())
+        .expect_err("a stale read is not linearizable");
+    eprintln!("{violation}");
+    let smallest = format!("{:?}", violation.smallest);
+    assert_eq!(
+        violation.smallest.len(),
+        3,
+        "both writes and the stale read: {smallest}"
+    );
+    assert!(smallest.contains("Read(Some(1))"), "{smallest}");
+    assert!(violation.file.exists(), "the whole history is saved");
+}
+
+/// What a crash test does while a store is held at its fail point.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Write,
+    Split,
+    AddLearner,
+    RemoveHeld,
+}
+
+/// Holds `store`'s `thread` at fail point `point` while `trigger` runs, takes a crash
+/// image there, restarts the store from it, and checks that it starts, that every
+/// acknowledged write is there, and that every replica ends with the same data.
+fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
+    let _scenario = fail::FailScenario::setup();
+    let mut c = Cluster::new(4);
+    c.wait_voters(b"", 3, T);
+    for i in 0..20 {
+        c.must_put(&key(i), b"v");
+    }
+    let (leader, region) = c.leader_of_key(&key(0)).expect("a leader");
+    let voters: Vec<u64> = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .collect();
+    let spare = c
+        .store_ids()
+        .into_iter()
+        .find(|s| !voters.contains(s))
+        .unwrap();
+    let held = match on_leader {
+        true => leader,
+        false => *voters.iter().find(|s| **s != leader).unwrap(),
+    };
+    let mut image = None;
+    let crash = while_held_on(point, &format!("{thread}-s{held}-"), || {
+        image = Some(c.crash_image(held))
+    });
+    let acked = std::thread::scope(|s| {
+        let c = &c;
+        let work = s.spawn(move || match trigger {
+            Trigger::Write => c
+                .put_within(b"x", b"during", Duration::from_secs(5))
+                .is_ok(),
+            Trigger::Split => c.split(&key(10), &key(10)).is_ok(),
+            Trigger::AddLearner => {
+                let id = c.runtime().block_on(c.pd().alloc_id()).expect("an id");
+                let mut p = proto::metapb::Peer::default();
+                p.set_id(id);
+                p.set_store_id(spare);
+                p.set_role(proto::metapb::PeerRole::Learner);
+                c.change_peer(region.get_id(), ConfChangeType::AddLearnerNode, p)
+                    .is_ok()
+            }
+            Trigger::RemoveHeld => {
+                let p = region
+                    .get_peers()
+                    .iter()
+                    .find(|p| p.get_store_id() == held)
+                    .unwrap();
+                c.change_peer(region.get_id(), ConfChangeType::RemoveNode, p.clone())
+                    .is_ok()
+            }
+        });
+        crash();
+        work.join().expect("trigger")
+    });
+    fail::remove(point);
+    let image = image.expect("a crash image");
+    c.restart_from_image(held, &image)
+        .unwrap_or_else(|e| panic!("store {held} does not restart after a crash at {point}: {e}"));
+    for i in 0..20 {
+        c.must_get_equal(&key(i), b"v");
+    }
+    if acked && matches!(trigger, Trigger::Write) {
+        c.must_get_equal(b"x", b"during");
+    }
+    c.must_put(b"after", b"crash");
+    wait_until(
+        "every replica of every region holds the same data",
+        T,
+        || replicas_agree(&c),
+    );
+}
+
+/// Whether every store holding a replica of a region has the same pairs in its range.
+fn replicas_agree(c: &Cluster) -> bool {
+    c.regions().values().all(|r| {
+        let stores: Vec<u64> = r.get_peers().iter().map(|p| p.get_store_id()).collect();
+        let data: Vec<Option<Vec<(Vec<u8>, Vec<u8>)>>> = stores
+            .iter()
+            .map(|s| {
+                let local = c.local_region(*s, r.get_start_key())?;
+                (local.get_region_epoch() == r.get_region_epoch()).then(|| c.local_scan(*s, r))
+            })
+            .collect();
+        data.iter().all(|d| d.is_some() && *d == data[0])
+    })
+}
+
+#[test]
+fn crash_before_persisting_a_ready() {
+    let _alone = test_cluster::gate::alone();
+    crash_at("raft_before_persist", "raftstore", true, Trigger::Write);
+}
+
+#[test]
+fn crash_after_persisting_a_ready() {
+    let _alone = test_cluster::gate::alone();
+    crash_at("raft_after_persist", "raftstore", true, Trigger::Write);
+}
+
+#[test]
+fn crash_before_applying_a_split() {
+    let _alone = test_cluster::gate::alone();
+    crash_at("apply_before_split", "apply", false, Trigger::Split);
+}
+
+#[test]
+fn crash_after_applying_a_split() {
+    let _alone = test_cluster::gate::alone();
+    crash_at(
+        "raft_after_split_applied",
+        "raftstore",
+        false,
+        Trigger::Split,
+    );
+}
+
+#[test]
+fn crash_during_a_conf_change() {
+    let _alone = test_cluster::gate::alone();
+    crash_at("apply_conf_change", "apply", false, Trigger::AddLearner);
+}
+
+#[test]
+fn crash_between_a_destroys_two_writes() {
+    let _alone = test_cluster::gate::alone();
+    crash_at("apply_destroy", "apply", false, Trigger::RemoveHeld);
+}

@@ -1,0 +1,16 @@
+//! Tests on the in-process cluster (`components/test_cluster`): PD and stores in this
+//! process, connected by a transport whose filters cut, delay and drop messages. One
+//! binary, so RocksDB and gRPC are linked once for all of them.
+//!
+//! Tests run on parallel threads; a test that sets fail points (global to the process)
+//! holds `test_cluster::gate::alone()`, and every cluster holds the shared side.
+
+mod balance;
+mod chaos;
+mod config_templates;
+mod failpoints;
+mod hibernate;
+mod raft_cluster;
+mod safety;
+mod split;
+mod txn_storage;
