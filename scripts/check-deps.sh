@@ -16,7 +16,7 @@ forbid() {
   local crate=$1 why=$2
   shift 2
   local tree found=()
-  tree=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  tree=$(cargo tree --offline -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
   for dep in "$@"; do
     grep -qx -- "$dep" <<<"$tree" && found+=("$dep")
   done

@@ -552,7 +552,7 @@ impl RawKv {
             .map(|(s, _)| s.get_address().to_string())
             .expect("the leader's store");
         let mut ctx = proto::kvrpcpb::Context::default();
-        ctx.region_id = r.region.get_id();
+        ctx.set_region_id(r.region.get_id());
         ctx.set_region_epoch(r.region.get_region_epoch().clone());
         ctx.set_peer(leader);
         let channel = grpcio::ChannelBuilder::new(self.env.clone()).connect(&addr);

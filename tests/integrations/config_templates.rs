@@ -16,8 +16,10 @@ fn kv_server_template_is_the_defaults() {
 #[test]
 fn pd_server_template_is_the_defaults() {
     let cfg: pd::FileConfig = conf::load(&etc("pd-server.toml")).expect("template parses");
-    let mut expected = pd::FileConfig::default();
-    expected.status_addr = "127.0.0.1:2380".into();
+    let expected = pd::FileConfig {
+        status_addr: "127.0.0.1:2380".into(),
+        ..Default::default()
+    };
     assert_eq!(cfg, expected);
 }
 

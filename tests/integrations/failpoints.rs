@@ -290,7 +290,7 @@ fn the_checker_catches_reads_served_without_read_index() {
     fail::cfg("read_without_read_index", "return").expect("configure fail point");
     let storage = c.storage(follower);
     let mut ctx = proto::kvrpcpb::Context::default();
-    ctx.region_id = region.get_id();
+    ctx.set_region_id(region.get_id());
     ctx.set_region_epoch(region.get_region_epoch().clone());
     let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
     let got = c
@@ -401,11 +401,13 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
     );
 }
 
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Whether every store holding a replica of a region has the same pairs in its range.
 fn replicas_agree(c: &Cluster) -> bool {
     c.regions().values().all(|r| {
         let stores: Vec<u64> = r.get_peers().iter().map(|p| p.get_store_id()).collect();
-        let data: Vec<Option<Vec<(Vec<u8>, Vec<u8>)>>> = stores
+        let data: Vec<Option<Pairs>> = stores
             .iter()
             .map(|s| {
                 let local = c.local_region(*s, r.get_start_key())?;

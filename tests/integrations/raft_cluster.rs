@@ -170,7 +170,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let s = c.storage(store);
     let rt = c.runtime();
     let mut ctx = Context::default();
-    ctx.region_id = region.get_id();
+    ctx.set_region_id(region.get_id());
     ctx.set_region_epoch(region.get_region_epoch().clone());
     ctx.set_peer(region.get_peers()[0].clone());
 

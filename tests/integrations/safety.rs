@@ -57,7 +57,7 @@ fn an_operator_for_an_older_epoch_is_dropped() {
     let (leader, region) = c.leader_of_key(b"k").expect("a leader");
     let victim = follower(&region, leader);
     let mut op = pdpb::RegionHeartbeatResponse::default();
-    op.region_id = region.get_id();
+    op.set_region_id(region.get_id());
     let mut stale = region.get_region_epoch().clone();
     stale.set_conf_ver(stale.get_conf_ver() - 1);
     op.set_region_epoch(stale);

@@ -80,7 +80,7 @@ const TXN_STORE_CONFIG: &str = "[gc]\nlife-time = \"5s\"\nrun-interval = \"1s\"\
 
 impl Workload {
     fn of(seed: u64) -> Workload {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             Workload::Txn
         } else {
             Workload::Raw

@@ -131,7 +131,7 @@ fn dumb_requests_are_forwarded_and_smart_ones_get_a_leader_hint() {
 
     // With routing, the follower answers not_leader and names the leader.
     let mut ctx = proto::kvrpcpb::Context::default();
-    ctx.region_id = route.region.get_id();
+    ctx.set_region_id(route.region.get_id());
     ctx.set_region_epoch(route.region.get_region_epoch().clone());
     get.set_context(ctx);
     let resp = store.raw_get(&get).expect("rpc");

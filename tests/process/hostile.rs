@@ -233,7 +233,7 @@ fn attack_store_api(rt: &tokio::runtime::Runtime, addr: &str) {
     // A scan without a bound across both regions: each region's part fits the budget,
     // their sum does not.
     let mut scan = kvrpcpb::RawScanRequest::default();
-    scan.limit = u32::MAX;
+    scan.set_limit(u32::MAX);
     let resp = rt
         .block_on(async { store.raw_scan_async(&scan)?.await })
         .unwrap();

@@ -116,7 +116,9 @@ fn kvctl_transactions_one_statement_status_and_two_shells() {
 
     // Status through the primary key: locked, committed, rolled back, unknown.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = rt.block_on(TxnClient::connect(&[pd.clone()], T)).unwrap();
+    let c = rt
+        .block_on(TxnClient::connect(std::slice::from_ref(&pd), T))
+        .unwrap();
     let status = |key: &str, ts: u64| text(&kvctl(&pd, &["txn", "status", key, &ts.to_string()])).1;
     rt.block_on(async {
         let mut held = c.begin_with(Mode::Pessimistic).await.unwrap();

@@ -16,6 +16,7 @@ use proto::{errorpb, kvrpcpb, pdpb};
 use protobuf::Message;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[allow(clippy::ptr_arg)] // grpcio's serializer signature for a `Vec<u8>` message
 fn raw_ser(b: &Vec<u8>, buf: &mut GrpcSlice) -> grpcio::Result<()> {
     *buf = GrpcSlice::from(b.clone());
     Ok(())

@@ -180,7 +180,7 @@ fn dumb_requests_span_regions(
     let want: Vec<_> = live[n / 2..]
         .iter()
         .enumerate()
-        .filter(|(i, _)| (n / 2 + i) % 3 != 0)
+        .filter(|(i, _)| !(n / 2 + i).is_multiple_of(3))
         .map(|(_, kv)| kv.clone())
         .collect();
     assert!(left == want, "a dumb range delete spans regions");

@@ -14,7 +14,7 @@ fn tikv_rust_client_works_unchanged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = rt
         .block_on(client::Client::connect(
-            &[cluster.pd_addr.clone()],
+            std::slice::from_ref(&cluster.pd_addr),
             Duration::from_secs(20),
         ))
         .unwrap();

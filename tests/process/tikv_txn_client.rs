@@ -26,7 +26,10 @@ fn three_regions_with(extra: &str) -> (ProcCluster, tokio::runtime::Runtime, cli
     let cluster = ProcCluster::start_with(3, extra);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = rt
-        .block_on(client::Client::connect(&[cluster.pd_addr.clone()], T))
+        .block_on(client::Client::connect(
+            std::slice::from_ref(&cluster.pd_addr),
+            T,
+        ))
         .unwrap();
     wait_until("three voters", T, || {
         rt.block_on(ours.regions())
@@ -281,7 +284,7 @@ fn flotilla_client_finishes_dead_async_commit_transactions() {
     let dead = DeadClient::new(ours);
     let c = rt
         .block_on(client::txn::TxnClient::connect(
-            &[cluster.pd_addr.clone()],
+            std::slice::from_ref(&cluster.pd_addr),
             T,
         ))
         .unwrap();

@@ -43,7 +43,10 @@ fn cluster_with(
         common::voters(rt, &raw) == 3
     });
     let txn = rt
-        .block_on(TxnClient::connect(&[cluster.pd_addr.clone()], T))
+        .block_on(TxnClient::connect(
+            std::slice::from_ref(&cluster.pd_addr),
+            T,
+        ))
         .expect("connect");
     (cluster, raw, txn)
 }

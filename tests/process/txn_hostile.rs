@@ -28,7 +28,10 @@ fn env(extra: &str) -> Env {
     let cluster = ProcCluster::start_with(3, &format!("{extra}\n[gc]\nenable = false\n"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = rt
-        .block_on(client::Client::connect(&[cluster.pd_addr.clone()], T))
+        .block_on(client::Client::connect(
+            std::slice::from_ref(&cluster.pd_addr),
+            T,
+        ))
         .unwrap();
     wait_until("three voters", T, || {
         rt.block_on(ours.regions())
@@ -43,7 +46,7 @@ fn env(extra: &str) -> Env {
     });
     let txn = rt
         .block_on(client::txn::TxnClient::connect(
-            &[cluster.pd_addr.clone()],
+            std::slice::from_ref(&cluster.pd_addr),
             Duration::from_secs(3),
         ))
         .unwrap();

@@ -51,7 +51,7 @@ impl Client {
             let attempt = self
                 .attempt_at(Kind::Read, route.clone(), &backoff, |c, ctx, _| {
                     let mut req = ComputeHashRequest::default();
-                    req.region_id = ctx.region_id;
+                    req.set_region_id(ctx.region_id);
                     req.set_region_epoch(ctx.get_region_epoch().clone());
                     async move {
                         let mut resp = c.compute_hash_async(&req)?.await?;
@@ -71,8 +71,8 @@ impl Client {
     async fn replica_hash(&self, store_id: u64, region_id: u64, index: u64) -> Option<u64> {
         let deadline = std::time::Instant::now() + self.timeout;
         let mut req = RegionHashRequest::default();
-        req.region_id = region_id;
-        req.index = index;
+        req.set_region_id(region_id);
+        req.set_index(index);
         while std::time::Instant::now() < deadline {
             if let Ok(client) = self.store(store_id).await {
                 if let Ok(rx) = client.region_hash_async(&req) {

@@ -186,7 +186,7 @@ pub struct Client {
 
 fn context(route: &RegionRoute, leader: &metapb::Peer) -> kvrpcpb::Context {
     let mut c = kvrpcpb::Context::default();
-    c.region_id = route.region.get_id();
+    c.set_region_id(route.region.get_id());
     c.set_region_epoch(route.region.get_region_epoch().clone());
     c.set_peer(leader.clone());
     c

@@ -140,7 +140,7 @@ impl PdCore {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let mut c = metapb::Cluster::default();
-                c.id = (secs << 32) | u64::from(rand::random::<u32>());
+                c.set_id((secs << 32) | u64::from(rand::random::<u32>()));
                 storage.put_cluster(&c)?;
                 info!(logger, "created cluster"; "cluster_id" => c.id);
                 c
@@ -197,8 +197,8 @@ impl PdCore {
     /// The cluster's id and the replica count PD keeps every region at.
     pub fn cluster_config(&self) -> metapb::Cluster {
         let mut c = metapb::Cluster::default();
-        c.id = self.cluster_id;
-        c.max_peer_count = self.cfg.max_replicas as u32;
+        c.set_id(self.cluster_id);
+        c.set_max_peer_count(self.cfg.max_replicas as u32);
         c
     }
 
@@ -273,8 +273,8 @@ impl PdCore {
             ));
         }
         let mut cluster = metapb::Cluster::default();
-        cluster.id = self.cluster_id;
-        cluster.max_peer_count = self.cfg.max_replicas as u32;
+        cluster.set_id(self.cluster_id);
+        cluster.set_max_peer_count(self.cfg.max_replicas as u32);
         self.storage.bootstrap(&cluster, &store, &region)?;
         info!(self.logger, "cluster bootstrapped"; "store_id" => store.get_id(), "region_id" => region.get_id());
         let leader = peers[0].clone();
@@ -597,7 +597,7 @@ impl PdCore {
         (0..count)
             .map(|_| {
                 let mut id = pdpb::SplitID::default();
-                id.new_region_id = self.ids.alloc()?;
+                id.set_new_region_id(self.ids.alloc()?);
                 for _ in region.get_peers() {
                     id.mut_new_peer_ids().push(self.ids.alloc()?);
                 }
@@ -905,8 +905,8 @@ mod tests {
         core.region_heartbeat(&hb).unwrap();
         core.add_transfer_leader(2, 4).unwrap();
         let mut stats = pdpb::StoreStats::default();
-        stats.store_id = 4;
-        stats.stopping = true;
+        stats.set_store_id(4);
+        stats.set_stopping(true);
         core.store_heartbeat(stats).unwrap();
         assert!(
             core.region_heartbeat(&hb).unwrap().is_none(),

@@ -58,7 +58,7 @@ impl Step {
 
     fn response(&self, info: &RegionInfo) -> pdpb::RegionHeartbeatResponse {
         let mut resp = pdpb::RegionHeartbeatResponse::default();
-        resp.region_id = info.region.get_id();
+        resp.set_region_id(info.region.get_id());
         resp.set_region_epoch(info.region.get_region_epoch().clone());
         if let Some(l) = &info.leader {
             resp.set_target_peer(l.clone());

@@ -114,7 +114,7 @@ impl PdService {
 
     /// Like `checked`, for the calls only a store of this cluster may make (they change
     /// the cluster's metadata): the call must carry the cluster secret.
-    fn from_store<T>(
+    fn checked_store_call<T>(
         &self,
         ctx: &RpcContext,
         header: &pdpb::RequestHeader,
@@ -205,7 +205,7 @@ impl Pd for PdService {
                         .checked(req.get_header(), || this.core.tso(req.count))
                         .map(|(physical, logical)| {
                             let mut resp = pdpb::TsoResponse::default();
-                            resp.count = req.count;
+                            resp.set_count(req.count);
                             let ts = resp.mut_timestamp();
                             ts.physical = physical;
                             ts.logical = logical;
@@ -228,7 +228,7 @@ impl Pd for PdService {
         req: pdpb::BootstrapRequest,
         sink: UnarySink<pdpb::BootstrapResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             self.core
                 .bootstrap(req.get_store().clone(), req.get_region().clone())?;
             Ok(pdpb::BootstrapResponse::default())
@@ -244,7 +244,7 @@ impl Pd for PdService {
     ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::IsBootstrappedResponse::default();
-            resp.bootstrapped = self.core.is_bootstrapped();
+            resp.set_bootstrapped(self.core.is_bootstrapped());
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
@@ -256,9 +256,9 @@ impl Pd for PdService {
         req: pdpb::AllocIDRequest,
         sink: UnarySink<pdpb::AllocIDResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             let mut resp = pdpb::AllocIDResponse::default();
-            resp.id = self.core.alloc_id()?;
+            resp.set_id(self.core.alloc_id()?);
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
@@ -286,7 +286,7 @@ impl Pd for PdService {
         req: pdpb::PutStoreRequest,
         sink: UnarySink<pdpb::PutStoreResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             self.core.put_store(req.get_store().clone())?;
             Ok(pdpb::PutStoreResponse::default())
         });
@@ -319,7 +319,7 @@ impl Pd for PdService {
         let _timer = metrics::HEARTBEAT_SECONDS
             .with_label_values(&["store"])
             .start_timer();
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             self.core.store_heartbeat(req.get_stats().clone())?;
             Ok(pdpb::StoreHeartbeatResponse::default())
         });
@@ -449,7 +449,7 @@ impl Pd for PdService {
         req: pdpb::AskBatchSplitRequest,
         sink: UnarySink<pdpb::AskBatchSplitResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             let mut resp = pdpb::AskBatchSplitResponse::default();
             resp.set_ids(
                 self.core
@@ -467,7 +467,7 @@ impl Pd for PdService {
         req: pdpb::ReportBatchSplitRequest,
         sink: UnarySink<pdpb::ReportBatchSplitResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             self.core.report_split(req.get_regions())?;
             Ok(pdpb::ReportBatchSplitResponse::default())
         });
@@ -480,7 +480,7 @@ impl Pd for PdService {
         req: pdpb::AddOperatorRequest,
         sink: UnarySink<pdpb::AddOperatorResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             match (req.has_transfer_leader(), req.has_move_peer()) {
                 (true, false) => self
                     .core
@@ -503,7 +503,7 @@ impl Pd for PdService {
         req: pdpb::DeleteStoreRequest,
         sink: UnarySink<pdpb::DeleteStoreResponse>,
     ) {
-        let res = self.from_store(&ctx, req.get_header(), || {
+        let res = self.checked_store_call(&ctx, req.get_header(), || {
             self.core.delete_store(req.store_id)?;
             Ok(pdpb::DeleteStoreResponse::default())
         });
@@ -518,7 +518,7 @@ impl Pd for PdService {
     ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::GetGCSafePointResponse::default();
-            resp.safe_point = self.core.gc_safe_point();
+            resp.set_safe_point(self.core.gc_safe_point());
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
@@ -532,7 +532,7 @@ impl Pd for PdService {
     ) {
         let res = self.checked(req.get_header(), || {
             let mut resp = pdpb::UpdateGCSafePointResponse::default();
-            resp.new_safe_point = self.core.update_gc_safe_point(req.safe_point)?;
+            resp.set_new_safe_point(self.core.update_gc_safe_point(req.safe_point)?);
             Ok(resp)
         });
         self.reply(&ctx, sink, res);
@@ -562,7 +562,7 @@ impl Pd for PdService {
             let mut resp = pdpb::GetOperatorsResponse::default();
             for (region_id, kind, step, age) in self.core.operators() {
                 let mut o = pdpb::OperatorInfo::default();
-                o.region_id = region_id;
+                o.set_region_id(region_id);
                 o.set_kind(kind.into());
                 o.set_step(step);
                 o.age_ms = age.as_millis() as u64;

@@ -308,7 +308,7 @@ impl PdClient {
 
     fn header(&self) -> pdpb::RequestHeader {
         let mut h = pdpb::RequestHeader::default();
-        h.cluster_id = self.cluster_id();
+        h.set_cluster_id(self.cluster_id());
         h
     }
 
@@ -403,7 +403,7 @@ impl PdClient {
     /// One store and its last statistics.
     pub async fn get_store(&self, store_id: u64) -> Result<(metapb::Store, pdpb::StoreStats)> {
         let mut req = pdpb::GetStoreRequest::default();
-        req.store_id = store_id;
+        req.set_store_id(store_id);
         let mut resp = self
             .unary(req, pdpb_grpc::PdClient::get_store_async_opt)
             .await?;
@@ -413,7 +413,7 @@ impl PdClient {
     /// Every store.
     pub async fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
         let mut req = pdpb::GetAllStoresRequest::default();
-        req.exclude_tombstone_stores = exclude_tombstone;
+        req.set_exclude_tombstone_stores(exclude_tombstone);
         let mut resp = self
             .unary(req, pdpb_grpc::PdClient::get_all_stores_async_opt)
             .await?;
@@ -442,7 +442,7 @@ impl PdClient {
     /// A region by id.
     pub async fn get_region_by_id(&self, region_id: u64) -> Result<RegionRoute> {
         let mut req = pdpb::GetRegionByIDRequest::default();
-        req.region_id = region_id;
+        req.set_region_id(region_id);
         route(
             self.unary(req, pdpb_grpc::PdClient::get_region_by_id_async_opt)
                 .await?,
@@ -487,7 +487,7 @@ impl PdClient {
     /// Asks PD to raise the GC safe point to `safe_point`; returns the one in force.
     pub async fn update_gc_safe_point(&self, safe_point: u64) -> Result<u64> {
         let mut req = pdpb::UpdateGCSafePointRequest::default();
-        req.safe_point = safe_point;
+        req.set_safe_point(safe_point);
         let resp = self
             .unary(req, pdpb_grpc::PdClient::update_gc_safe_point_async_opt)
             .await?;
@@ -543,7 +543,7 @@ impl PdClient {
     /// Asks PD to move the leadership of a region to its voter on `to_store`.
     pub async fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
         let mut req = pdpb::AddOperatorRequest::default();
-        req.region_id = region_id;
+        req.set_region_id(region_id);
         req.mut_transfer_leader().to_store = to_store;
         self.unary(req, pdpb_grpc::PdClient::add_operator_async_opt)
             .await?;
@@ -553,7 +553,7 @@ impl PdClient {
     /// Asks PD to move a region's replica from one store to another.
     pub async fn move_peer(&self, region_id: u64, from_store: u64, to_store: u64) -> Result<()> {
         let mut req = pdpb::AddOperatorRequest::default();
-        req.region_id = region_id;
+        req.set_region_id(region_id);
         let m = req.mut_move_peer();
         m.from_store = from_store;
         m.to_store = to_store;
@@ -565,7 +565,7 @@ impl PdClient {
     /// Asks PD to decommission a store: move every replica off it, then retire it.
     pub async fn delete_store(&self, store_id: u64) -> Result<()> {
         let mut req = pdpb::DeleteStoreRequest::default();
-        req.store_id = store_id;
+        req.set_store_id(store_id);
         self.unary(req, pdpb_grpc::PdClient::delete_store_async_opt)
             .await?;
         Ok(())

@@ -242,10 +242,11 @@ fn poll<F: Fsm, H: PollHandler<F>>(
             cell.scheduled.store(false, Ordering::Release);
             // Mail that arrived after the FSM was drained found it still scheduled and
             // did not reschedule it; do it now.
-            if !cell.inbox.is_empty() && !cell.scheduled.swap(true, Ordering::AcqRel) {
-                if scheduler.send(Some(cell)).is_err() {
-                    return;
-                }
+            if !cell.inbox.is_empty()
+                && !cell.scheduled.swap(true, Ordering::AcqRel)
+                && scheduler.send(Some(cell)).is_err()
+            {
+                return;
             }
         }
         if stop {

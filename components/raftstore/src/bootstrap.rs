@@ -26,8 +26,8 @@ pub fn write_store_ident(engine: &Engine, cluster_id: u64, store_id: u64) -> Res
         )));
     }
     let mut ident = StoreIdent::default();
-    ident.cluster_id = cluster_id;
-    ident.store_id = store_id;
+    ident.set_cluster_id(cluster_id);
+    ident.set_store_id(store_id);
     let mut wb = engine.write_batch();
     wb.put_msg(Cf::Raft, keys::STORE_IDENT_KEY, &ident);
     engine.write(wb, true)?;
@@ -61,15 +61,15 @@ pub fn write_initial_region(engine: &Engine, region: &metapb::Region) -> Result<
 pub fn initial_region_states(wb: &mut WriteBatch, region: &metapb::Region) {
     let id = region.get_id();
     let mut raft_state = RaftLocalState::default();
-    raft_state.term = RAFT_INIT_LOG_TERM;
-    raft_state.commit = RAFT_INIT_LOG_INDEX;
-    raft_state.last_index = RAFT_INIT_LOG_INDEX;
+    raft_state.set_term(RAFT_INIT_LOG_TERM);
+    raft_state.set_commit(RAFT_INIT_LOG_INDEX);
+    raft_state.set_last_index(RAFT_INIT_LOG_INDEX);
     let t = raft_state.mut_truncated_state();
     t.index = RAFT_INIT_LOG_INDEX;
     t.term = RAFT_INIT_LOG_TERM;
     let mut apply_state = RaftApplyState::default();
-    apply_state.applied_index = RAFT_INIT_LOG_INDEX;
-    apply_state.applied_term = RAFT_INIT_LOG_TERM;
+    apply_state.set_applied_index(RAFT_INIT_LOG_INDEX);
+    apply_state.set_applied_term(RAFT_INIT_LOG_TERM);
     wb.put_msg(Cf::Raft, &keys::raft_state_key(id), &raft_state);
     wb.put_msg(Cf::Raft, &keys::apply_state_key(id), &apply_state);
     put_region_state(wb, region, PeerState::Normal);

@@ -27,8 +27,9 @@ pub enum Error {
     KeyNotInRegion {
         /// The key.
         key: Vec<u8>,
-        /// The region as it is now.
-        region: metapb::Region,
+        /// The region as it is now (boxed: it would make every `Result` of this crate
+        /// larger).
+        region: Box<metapb::Region>,
     },
     /// The proposal was dropped (leadership changed before it committed).
     #[error("command is stale: {0}")]

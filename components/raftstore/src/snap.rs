@@ -329,8 +329,8 @@ pub fn verify_file(meta: &SnapshotFile, path: &Path) -> Result<()> {
 pub fn pending_snapshot(snap: &Snapshot, files: &ReceivedFiles) -> PendingSnapshot {
     let meta = snap.get_metadata();
     let mut p = PendingSnapshot::default();
-    p.index = meta.index;
-    p.term = meta.term;
+    p.set_index(meta.index);
+    p.set_term(meta.term);
     for (f, path) in files {
         p.mut_files().push(f.clone());
         let name = path

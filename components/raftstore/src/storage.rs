@@ -304,8 +304,8 @@ impl PeerStorage {
 
     fn set_truncated(&mut self, index: u64, term: u64) {
         let mut truncated = RaftTruncatedState::default();
-        truncated.index = index;
-        truncated.term = term;
+        truncated.set_index(index);
+        truncated.set_term(term);
         self.raft_state.set_truncated_state(truncated);
         self.raft_state_dirty = true;
     }
@@ -359,9 +359,9 @@ impl PeerStorage {
 impl raft::Storage for PeerStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let mut hs = HardState::default();
-        hs.term = self.raft_state.term;
-        hs.vote = self.raft_state.vote;
-        hs.commit = self.raft_state.commit;
+        hs.set_term(self.raft_state.term);
+        hs.set_vote(self.raft_state.vote);
+        hs.set_commit(self.raft_state.commit);
         Ok(RaftState::new(hs, conf_state_of(&self.region)))
     }
 
@@ -481,9 +481,9 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 8].into();
+        e.set_index(index);
+        e.set_term(term);
+        e.set_data(vec![index as u8; 8].into());
         e
     }
 

@@ -201,8 +201,6 @@ impl StoreMeta {
     }
 }
 
-/// Whether `[a_start, a_end)` and `[b_start, b_end)` share a key (an empty end is
-
 #[cfg(test)]
 mod tests {
     use super::*;

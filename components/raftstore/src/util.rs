@@ -42,7 +42,7 @@ pub fn check_epoch(
 pub fn check_request_keys(region: &metapb::Region, req: &Request) -> Result<()> {
     let not_in = |key: &[u8]| Error::KeyNotInRegion {
         key: key.to_vec(),
-        region: region.clone(),
+        region: Box::new(region.clone()),
     };
     let single = |key: &[u8]| {
         if key_in_region(key, region) {

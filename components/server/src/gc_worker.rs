@@ -166,7 +166,7 @@ impl GcWorker {
                     .iter()
                     .find(|p| p.get_store_id() == self.store_id)?;
                 let mut ctx = Context::default();
-                ctx.region_id = r.get_id();
+                ctx.set_region_id(r.get_id());
                 ctx.set_region_epoch(r.get_region_epoch().clone());
                 ctx.set_peer(peer.clone());
                 Some(ctx)

@@ -172,7 +172,7 @@ fn error_response<R: RawResponse>(e: Error) -> R {
 
 fn routing(region: &metapb::Region, leader: &metapb::Peer) -> Context {
     let mut c = Context::default();
-    c.region_id = region.get_id();
+    c.set_region_id(region.get_id());
     c.set_region_epoch(region.get_region_epoch().clone());
     c.set_peer(leader.clone());
     c
@@ -558,7 +558,7 @@ impl Tikv for TikvService {
                 )
                 .await?;
             let mut resp = kvrpcpb::RawCASResponse::default();
-            resp.succeed = res.succeed;
+            resp.set_succeed(res.succeed);
             match res.previous {
                 Some(v) => resp.set_previous_value(v),
                 None => resp.previous_not_exist = true,
@@ -646,7 +646,7 @@ impl Tikv for TikvService {
         stream: RequestStream<BatchRaftMessage>,
         sink: ClientStreamingSink<Done>,
     ) {
-        if !self.from_peer(&ctx, "raft messages") {
+        if !self.peer_authenticated(&ctx, "raft messages") {
             return refuse_peer(&ctx, stream, sink);
         }
         let router = self.router.clone();
@@ -687,7 +687,7 @@ impl Tikv for TikvService {
         stream: RequestStream<SnapshotChunk>,
         sink: ClientStreamingSink<Done>,
     ) {
-        if !self.from_peer(&ctx, "a snapshot") {
+        if !self.peer_authenticated(&ctx, "a snapshot") {
             return refuse_peer(&ctx, stream, sink);
         }
         let router = self.router.clone();
@@ -731,7 +731,7 @@ impl Tikv for TikvService {
 
 impl TikvService {
     /// Whether a peer stream carries the cluster secret; logs the refusal if not.
-    fn from_peer(&self, ctx: &RpcContext, what: &str) -> bool {
+    fn peer_authenticated(&self, ctx: &RpcContext, what: &str) -> bool {
         let ok = self.secret.carried_by(ctx.request_headers().iter());
         if !ok {
             metrics::PEER_STREAMS_REFUSED.inc();

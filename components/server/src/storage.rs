@@ -303,7 +303,7 @@ impl RawStorage {
         } else {
             Err(raftstore::Error::KeyNotInRegion {
                 key: key.to_vec(),
-                region: region.clone(),
+                region: Box::new(region.clone()),
             }
             .into())
         }
@@ -444,6 +444,7 @@ impl RawStorage {
 
     /// Pairs in the region within `[start, end)` in key order (or, with `reverse`, within
     /// `[end, start)` from the top down), at most `limit`.
+    #[allow(clippy::too_many_arguments)] // RawScanRequest's fields, as the service passes them
     pub async fn scan(
         &self,
         ctx: &Context,

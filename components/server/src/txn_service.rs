@@ -401,7 +401,7 @@ pub(crate) async fn commit(
     )
     .await?;
     let mut resp = kvrpcpb::CommitResponse::default();
-    resp.commit_version = req.commit_version;
+    resp.set_commit_version(req.commit_version);
     Ok(resp)
 }
 
@@ -482,7 +482,7 @@ pub(crate) async fn check_secondary_locks(
         .await?;
     let mut resp = kvrpcpb::CheckSecondaryLocksResponse::default();
     // One rolled-back key decides the transaction; else one committed key; else the locks.
-    if statuses.iter().any(|s| *s == SecondaryStatus::RolledBack) {
+    if statuses.contains(&SecondaryStatus::RolledBack) {
         return Ok(resp);
     }
     for (key, st) in req.get_keys().iter().zip(statuses) {
@@ -529,7 +529,7 @@ pub(crate) async fn txn_heart_beat(
         )
         .await?;
     let mut resp = kvrpcpb::TxnHeartBeatResponse::default();
-    resp.lock_ttl = ttl;
+    resp.set_lock_ttl(ttl);
     Ok(resp)
 }
 

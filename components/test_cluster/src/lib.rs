@@ -373,7 +373,7 @@ impl Cluster {
 
     fn context(region: &metapb::Region, store_id: u64) -> Context {
         let mut c = Context::default();
-        c.region_id = region.get_id();
+        c.set_region_id(region.get_id());
         c.set_region_epoch(region.get_region_epoch().clone());
         if let Some(p) = region
             .get_peers()
@@ -596,8 +596,10 @@ impl Cluster {
     /// The request limits of a store's raw API: the store server's defaults, with this
     /// cluster's entry size and `timeout`.
     fn limits(&self, timeout: Duration) -> RawLimits {
-        let mut cfg = server::Config::default();
-        cfg.raftstore = self.raft_cfg.clone();
+        let mut cfg = server::Config {
+            raftstore: self.raft_cfg.clone(),
+            ..Default::default()
+        };
         cfg.server.request_timeout = timeout;
         RawLimits::of(&cfg)
     }

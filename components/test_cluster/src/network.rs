@@ -29,13 +29,16 @@ pub enum Verdict {
 /// Decides the fate of a message from one store to another.
 pub type Filter = Arc<dyn Fn(u64, u64, &RaftMessage) -> Verdict + Send + Sync>;
 
+/// A message held back until its time: (when, from store, to store, message).
+type Delayed = (Instant, u64, u64, RaftMessage);
+
 #[derive(Default)]
 struct Inner {
     stores: RwLock<HashMap<u64, (RaftRouter, SnapManager)>>,
     /// Each filter with its id and the messages it dropped.
     filters: RwLock<Vec<(u64, Filter, Arc<AtomicU64>)>>,
     next_filter: AtomicU64,
-    delayed: Mutex<Option<Sender<(Instant, u64, u64, RaftMessage)>>>,
+    delayed: Mutex<Option<Sender<Delayed>>>,
 }
 
 /// The network every store of a test cluster talks through.
@@ -175,12 +178,12 @@ impl Network {
         }
     }
 
-    fn delayer(&self) -> Sender<(Instant, u64, u64, RaftMessage)> {
+    fn delayer(&self) -> Sender<Delayed> {
         let mut slot = self.inner.delayed.lock();
         if let Some(tx) = slot.as_ref() {
             return tx.clone();
         }
-        let (tx, rx) = unbounded::<(Instant, u64, u64, RaftMessage)>();
+        let (tx, rx) = unbounded::<Delayed>();
         // Holds only a weak view of the network so that dropping the cluster ends it.
         let weak = Arc::downgrade(&self.inner);
         std::thread::Builder::new()

@@ -2,6 +2,9 @@ use engine::Cf;
 
 use crate::{Error, Result};
 
+/// What a scan calls on each pair, until it returns `false`.
+pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// A consistent view of a region's data that commands read; taken after the leader has
 /// confirmed it still leads (ReadIndex or lease), so that it holds every write the
 /// region acknowledged.
@@ -16,7 +19,7 @@ pub trait Snapshot {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut ScanFn<'_>,
     ) -> Result<()>;
 }
 
@@ -31,7 +34,7 @@ impl Snapshot for engine::Snapshot<'_> {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut ScanFn<'_>,
     ) -> Result<()> {
         // The engine's callbacks return its own error: keep ours aside and stop.
         let mut failed: Option<Error> = None;

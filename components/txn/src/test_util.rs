@@ -90,7 +90,7 @@ impl crate::Snapshot for Counting<'_> {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        f: &mut crate::snapshot::ScanFn<'_>,
     ) -> Result<()> {
         crate::Snapshot::scan(&self.inner, cf, start, end, reverse, &mut |k, v| {
             *self.visited.borrow_mut().entry(cf).or_default() += 1;

@@ -235,7 +235,7 @@ mod tests {
 
     fn cluster() -> metapb::Cluster {
         let mut c = metapb::Cluster::default();
-        c.max_peer_count = 3;
+        c.set_max_peer_count(3);
         c
     }
 

@@ -374,7 +374,13 @@ pub async fn run(
         Command::Cas { absent, args } => cas(client, *absent, args, &mut p).await,
         Command::Split { key } => {
             let route = client.pd().get_region(key.as_bytes()).await?;
-            split(client, route.region.get_id(), &[key.clone()], &mut p).await
+            split(
+                client,
+                route.region.get_id(),
+                std::slice::from_ref(key),
+                &mut p,
+            )
+            .await
         }
         Command::Region { command } => region(client, command, &mut p).await,
         Command::Store { command } => store(client, command, &mut p).await,

@@ -253,7 +253,7 @@ impl<'a> Transaction<'a> {
             return Ok(());
         };
         if self.primary.is_none() {
-            self.lock_naming(&[first.clone()], first).await?;
+            self.lock_naming(std::slice::from_ref(first), first).await?;
             self.primary = Some(first.clone());
         }
         let primary = self.primary.clone().expect("set above");

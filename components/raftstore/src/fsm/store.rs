@@ -59,8 +59,8 @@ impl StoreFsm {
                 recv(ticker) -> _ => {
                     ticks += 1;
                     self.measure_disk();
-                    self.tick_peers(ticks % idle_heartbeat_every == 0);
-                    if ticks % heartbeat_every == 0 {
+                    self.tick_peers(ticks.is_multiple_of(idle_heartbeat_every));
+                    if ticks.is_multiple_of(heartbeat_every) {
                         self.heartbeat();
                     }
                 }
@@ -153,7 +153,7 @@ impl StoreFsm {
 
     fn heartbeat(&self) {
         let mut stats = pdpb::StoreStats::default();
-        stats.store_id = self.store_id;
+        stats.set_store_id(self.store_id);
         let dir = self.engine.path();
         stats.capacity = fs2::total_space(dir).unwrap_or(0);
         stats.available = fs2::available_space(dir).unwrap_or(0);

@@ -114,7 +114,7 @@ impl TxnStorage {
         }
         Err(raftstore::Error::KeyNotInRegion {
             key: key.to_vec(),
-            region: region.clone(),
+            region: Box::new(region.clone()),
         }
         .into())
     }

@@ -309,15 +309,23 @@ impl PeerFsm {
             .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
         if self.is_leader() {
             self.expire_leader_transfer(ctx);
-            if self.ticks % ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval) == 0 {
+            if self
+                .ticks
+                .is_multiple_of(ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval))
+            {
                 self.maybe_compact_log(ctx);
             }
-            if self.ticks % ctx.cfg.ticks(ctx.cfg.split_region_check_tick_interval) == 0 {
+            if self
+                .ticks
+                .is_multiple_of(ctx.cfg.ticks(ctx.cfg.split_region_check_tick_interval))
+            {
                 self.maybe_check_split(ctx);
             }
             if self.heartbeat_due
                 || self.pending_peers().len() != self.reported_pending
-                || self.ticks % ctx.cfg.ticks(ctx.cfg.pd_heartbeat_tick_interval) == 0
+                || self
+                    .ticks
+                    .is_multiple_of(ctx.cfg.ticks(ctx.cfg.pd_heartbeat_tick_interval))
             {
                 self.heartbeat_pd(ctx);
             }
