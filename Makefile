@@ -38,8 +38,9 @@ test: build check-deps
 check-deps: build
 	@bash scripts/check-deps.sh
 
-# Formatting and clippy with warnings as errors, on the release profile so that they
-# reuse `build`'s compiled dependencies.
+# Formatting and clippy with warnings as errors (missing docs included), on the release
+# profile so that they reuse `build`'s C and C++ libraries; clippy checks the Rust
+# dependencies once more, in check mode.
 lint: build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

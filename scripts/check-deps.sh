@@ -35,27 +35,43 @@ forbid txn "Percolator over a snapshot: no Raft, no wire transport" raftstore gr
 forbid server "the embedded PD is composed in node; the store links no command-line crate" \
   pd cli rustyline indicatif shlex prometheus-parse hdrhistogram clap
 forbid node "composes a store and a PD, nothing of the command line" \
-  cli rustyline indicatif shlex prometheus-parse hdrhistogram
-forbid pd "PD knows nothing of the store" server raftstore client
-forbid util "the client library links it" hyper axum clap
-forbid conf "a leaf" util grpcio tokio
-forbid keys "key encodings only" engine raft grpcio
+  cli clap rustyline indicatif shlex prometheus-parse hdrhistogram
+forbid cli "speaks the wire protocol only" server pd raftstore engine node txn
+forbid pd "PD knows nothing of the store" server raftstore client txn
+forbid pd_client "speaks the wire protocol only" server pd raftstore engine
+forbid util "the client library links it" hyper axum clap conf proto keys
+forbid conf "a leaf" util proto keys grpcio tokio hyper
+forbid status "serves /metrics and /status, knows no component" proto server pd raftstore engine
+forbid proto "messages only" grpcio proto_grpc util
+forbid proto_grpc "the generated services only" util keys engine
+forbid keys "key encodings only" engine raft grpcio proto
 forbid engine "storage only" raft grpcio keys
+forbid lazyfs "a filesystem for tests, of no component" util proto engine
 
-# The binary itself: the root package's dependencies are shared by its four binaries,
-# so look at what kv-server actually linked.
-bin="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}/release/kv-server"
-if [ -x "$bin" ]; then
-  pattern=$(tr ' -' '|_' <<<"$CLI_CRATES" | sed 's/^clap|//')
-  linked=$(nm -C "$bin" 2>/dev/null | grep -oE "\b($pattern)::" | sort -u | tr '\n' ' ' || true)
-  if [ -n "$linked" ]; then
-    echo "check-deps: the kv-server binary links kvctl's crates: $linked"
-    broken=1
-  else
-    echo "check-deps: ok: kv-server links none of ${CLI_CRATES#clap }"
-  fi
-else
-  echo "check-deps: $bin is not built; build it first (make build)"
+# The binaries themselves: the root package's dependencies are shared by its four
+# binaries, so look at what each server actually linked (its symbols; the servers parse
+# their own flags, so clap is allowed). kvctl must show the crates, or the check is blind.
+bins="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}/release"
+pattern=$(tr ' -' '|_' <<<"${CLI_CRATES#clap }")
+command -v nm >/dev/null || { echo "check-deps: nm is missing (binutils)"; exit 1; }
+linked() {
+  local syms
+  [ -x "$bins/$1" ] || { echo "check-deps: $bins/$1 is not built (make build)" >&2; return 2; }
+  syms=$(nm -C "$bins/$1") || { echo "check-deps: nm cannot read $bins/$1" >&2; return 2; }
+  { grep -oE "\b($pattern)::" <<<"$syms" || true; } | sort -u | tr '\n' ' '
+}
+found=$(linked kvctl) || exit 1
+if [ -z "$found" ]; then
+  echo "check-deps: kvctl shows none of kvctl's crates: the symbol check cannot see them"
   broken=1
 fi
+for bin in kv-server pd-server; do
+  found=$(linked "$bin") || exit 1
+  if [ -n "$found" ]; then
+    echo "check-deps: the $bin binary links kvctl's crates: $found"
+    broken=1
+  else
+    echo "check-deps: ok: $bin links none of ${CLI_CRATES#clap }"
+  fi
+done
 exit $broken

@@ -30,6 +30,13 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 lean=()
 command -v prometheus >/dev/null 2>&1 || lean+=(prometheus)
 
+# The lint step (make lint) needs rustfmt and clippy; rustup installs them if missing.
+for tool in fmt clippy; do
+  if ! cargo "$tool" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    rustup component add "$([ "$tool" = fmt ] && echo rustfmt || echo clippy)"
+  fi
+done
+
 if [ ${#need[@]} -eq 0 ] && [ ${#lean[@]} -eq 0 ]; then
   exit 0
 fi

@@ -10,7 +10,8 @@ const SERVICES: &[&str] = &["pdpb", "tikvpb"];
 fn main() {
     let set_path = env::var("DEP_FLOTILLA_PROTO_DESCRIPTORS")
         .expect("proto's build script names its descriptor set");
-    println!("cargo:rerun-if-env-changed=DEP_FLOTILLA_PROTO_DESCRIPTORS");
+    // Reruns when proto's build writes a new descriptor set (a .proto file changed).
+    println!("cargo:rerun-if-changed={set_path}");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let set = protobuf::descriptor::FileDescriptorSet::parse_from_bytes(
         &fs::read(&set_path).expect("read descriptor set"),

@@ -378,67 +378,36 @@ impl ProcCluster {
     }
 }
 
-/// GETs `path` from an HTTP server (a status server, Prometheus) and returns the body
-/// whatever the status code; `None` if it does not answer within 5 s. On a thread of its
-/// own, so that callers inside a tokio runtime may use it too.
+/// GETs `path` from an HTTP server (a status server, Prometheus) with kvctl's client
+/// (`cli::scrape::http_get`); the body whatever the status code, `None` if it does not
+/// answer. On a thread of its own, so that callers inside a tokio runtime may use it too.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
-    let get = async move {
-        let t = Duration::from_secs(5);
-        let resp = tokio::time::timeout(t, hyper::Client::new().get(uri))
-            .await
-            .ok()?
-            .ok()?;
-        let body = tokio::time::timeout(t, hyper::body::to_bytes(resp.into_body()))
-            .await
-            .ok()?
-            .ok()?;
-        String::from_utf8(body.to_vec()).ok()
-    };
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for one request")
-                .block_on(get)
+                .block_on(cli::scrape::http_get(addr, path))
         })
         .join()
         .expect("the request thread does not panic")
     })
 }
 
-/// Prometheus text, parsed.
-pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("Prometheus text from memory parses")
+/// Prometheus text, parsed by the project's one parser (`cli::scrape`).
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    cli::scrape::parse(text).expect("Prometheus text")
 }
 
 /// The value of a counter or gauge in Prometheus text, summed over label sets.
 pub fn metric(text: &str, name: &str) -> f64 {
-    use prometheus_parse::Value;
-    parse_metrics(text)
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter_map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .sum()
+    cli::scrape::sum(&parse_metrics(text), name)
 }
 
-/// The series names in Prometheus text, as PromQL names them (a histogram's buckets as
-/// `<name>_bucket`; its `_sum` and `_count` are series of their own).
+/// The series names in Prometheus text, as PromQL names them.
 pub fn series(text: &str) -> std::collections::BTreeSet<String> {
-    parse_metrics(text)
-        .samples
-        .into_iter()
-        .map(|s| match s.value {
-            prometheus_parse::Value::Histogram(_) => format!("{}_bucket", s.metric),
-            _ => s.metric,
-        })
-        .collect()
+    cli::scrape::series(&parse_metrics(text))
 }
 
 /// A client of the cluster whose PD is at `pd`, as its operator (with its secret).

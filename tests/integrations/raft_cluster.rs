@@ -73,6 +73,8 @@ fn isolated_leader_is_replaced_and_catches_up() {
 
 #[test]
 fn follower_partitioned_past_log_gc_recovers_by_snapshot() {
+    // Counts applied snapshots in the process-wide metric: no other cluster may add to it.
+    let _alone = test_cluster::gate::alone();
     let (mut rs, pd) = test_config();
     rs.raft_log_gc_count_limit = 30;
     rs.raft_log_gc_threshold = 5;

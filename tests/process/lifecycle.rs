@@ -18,12 +18,6 @@ use common::{client, voters, wait_until, ProcCluster, StopOnDrop};
 use proto::metapb;
 
 const T: Duration = Duration::from_secs(60);
-/// These tests time requests: run one at a time, not beside each other's clusters.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `server.graceful-shutdown-timeout`'s default: the bound a shutdown waits for leaders.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
@@ -103,7 +97,8 @@ fn assert_all_there(rt: &tokio::runtime::Runtime, c: &client::Client, acked: &[V
 
 #[test]
 fn sigterm_hands_leadership_away_so_no_request_waits_for_an_election() {
-    let _serial = serial();
+    // Times requests: no other test's cluster may share the machine.
+    let _alone = test_cluster::gate::alone();
     let mut cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
@@ -152,7 +147,8 @@ fn sigterm_hands_leadership_away_so_no_request_waits_for_an_election() {
 
 #[test]
 fn rolling_restart_under_load_loses_nothing_and_keeps_every_region_served() {
-    let _serial = serial();
+    // Times requests: no other test's cluster may share the machine.
+    let _alone = test_cluster::gate::alone();
     let mut cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
@@ -240,7 +236,8 @@ fn rolling_restart_under_load_loses_nothing_and_keeps_every_region_served() {
 
 #[test]
 fn a_store_restarted_on_a_new_address_keeps_its_id_and_pd_learns_the_address() {
-    let _serial = serial();
+    // Times requests: no other test's cluster may share the machine.
+    let _alone = test_cluster::gate::alone();
     let mut cluster = ProcCluster::start(3);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);

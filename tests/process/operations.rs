@@ -192,6 +192,8 @@ fn bad_starts_fail_fast_and_name_the_problem() {
 
 #[test]
 fn json_logs_are_one_object_per_line_with_region_fields() {
+    // A whole node (store and embedded PD) started without a ProcCluster: counted as one.
+    let _shared = test_cluster::gate::shared();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("kv.toml");
     // The embedded PD on a free port, so that tests can run side by side.

@@ -1,6 +1,6 @@
 //! Region-count scale: one store process with 10,000 regions starts, serves and goes
 //! idle; hibernation keeps its idle CPU and memory close to a store with one region.
-//! The limits below are measured on a 2-core machine (see README, "Idle cost").
+//! The limits below are measured on a 2-core machine (see the README's measured figures).
 
 use crate::common;
 

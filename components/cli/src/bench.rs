@@ -17,7 +17,7 @@ use client::{
     Client, Error, Result,
 };
 
-use crate::kvctl::endpoints;
+use crate::{kvctl::endpoints, scrape};
 
 /// kv-bench: load a Flotilla cluster and report throughput and latency.
 #[derive(Debug, Parser)]
@@ -111,23 +111,15 @@ pub struct Report {
     pub fsyncs_per_write: Option<f64>,
 }
 
-/// Sums a metric over its label sets in Prometheus text.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// (fsyncs, writes applied) summed over every store that answers.
 async fn cluster_counters(client: &Client) -> Option<(f64, f64)> {
     let stores = client.pd().get_all_stores(true).await.ok()?;
     let mut total = (0.0, 0.0);
     for s in stores {
-        let text = crate::scrape::http_get(s.get_status_address(), "/metrics").await?;
-        total.0 += metric_sum(&text, "flotilla_raftstore_log_fsyncs_total");
-        total.1 += metric_sum(&text, "flotilla_raftstore_writes_applied_total");
+        let text = scrape::http_get(s.get_status_address(), "/metrics").await?;
+        let m = scrape::parse(&text)?;
+        total.0 += scrape::sum(&m, "flotilla_raftstore_log_fsyncs_total");
+        total.1 += scrape::sum(&m, "flotilla_raftstore_writes_applied_total");
     }
     Some(total)
 }

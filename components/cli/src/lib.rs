@@ -10,4 +10,4 @@
 pub mod bench;
 pub mod kvctl;
 mod progress;
-mod scrape;
+pub mod scrape;

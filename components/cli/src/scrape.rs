@@ -1,30 +1,69 @@
-//! The stores' status HTTP servers: `/metrics` as text, fetched with a deadline.
+//! Status HTTP servers as kvctl, kv-bench and the tests read them: a GET with a deadline,
+//! and Prometheus text parsed by prometheus-parse. The one HTTP client and metrics parser
+//! of the project.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
-/// GETs `path` from the status server at `addr`; `None` if it does not answer in 5 s.
-pub(crate) async fn http_get(addr: &str, path: &str) -> Option<String> {
+use prometheus_parse::{Scrape, Value};
+
+/// How long a request may wait for the answer, and then for its body.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// GETs `path` from the HTTP server at `addr` and returns the body whatever the status
+/// code; `None` if it does not answer within the timeout.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), hyper::Client::new().get(uri))
+    let resp = tokio::time::timeout(TIMEOUT, hyper::Client::new().get(uri))
         .await
         .ok()?
         .ok()?;
-    let body = hyper::body::to_bytes(resp.into_body()).await.ok()?;
+    let body = tokio::time::timeout(TIMEOUT, hyper::body::to_bytes(resp.into_body()))
+        .await
+        .ok()?
+        .ok()?;
     String::from_utf8(body.to_vec()).ok()
+}
+
+/// Prometheus text, parsed; `None` if it is not Prometheus text.
+pub fn parse(text: &str) -> Option<Scrape> {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).ok()
+}
+
+/// A counter's or gauge's value, summed over its label sets (0 if absent).
+pub fn sum(scrape: &Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .sum()
+}
+
+/// The series names, as PromQL names them (a histogram's buckets as `<name>_bucket`; its
+/// `_sum` and `_count` are series of their own).
+pub fn series(scrape: &Scrape) -> BTreeSet<String> {
+    scrape
+        .samples
+        .iter()
+        .map(|s| match s.value {
+            Value::Histogram(_) => format!("{}_bucket", s.metric),
+            _ => s.metric.clone(),
+        })
+        .collect()
 }
 
 /// Every store's `/metrics`, parsed, by status address; stores that do not answer are
 /// left out.
-pub(crate) async fn scrape_stores(
-    addrs: &[String],
-) -> std::collections::BTreeMap<String, prometheus_parse::Scrape> {
+pub(crate) async fn scrape_stores(addrs: &[String]) -> std::collections::BTreeMap<String, Scrape> {
     let mut out = std::collections::BTreeMap::new();
     for a in addrs {
         let Some(text) = http_get(a, "/metrics").await else {
             continue;
         };
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        if let Ok(s) = prometheus_parse::Scrape::parse(lines) {
+        if let Some(s) = parse(&text) {
             out.insert(a.clone(), s);
         }
     }

@@ -74,7 +74,7 @@ impl Engine {
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         // Past the budget RocksDB flushes the largest memtable, and stalls writers while
         // flushes cannot keep up: that is what bounds memory under a burst (without the
-        // stall, memtables waiting to flush grew RSS past the budget in tests/memory.rs).
+        // stall, memtables waiting to flush grew RSS past the budget in the `memory` process test).
         // The stall blocks the Raft poller's write, as RocksDB's own write stalls do.
         let write_buffers =
             WriteBufferManager::new_write_buffer_manager(opts.memtable_budget_bytes, true);

@@ -1,8 +1,12 @@
 //! A kv-server process as it is run: its config file, and the store with, when no PD
 //! endpoints are given, an embedded PD beside it (a single-node cluster in one process).
 //!
-//! The one place where the store and the PD server meet, so that `server` need not
-//! depend on `pd`. Holds no logic of either: it composes them.
+//! Owns: the kv-server config file and the order in which a node starts and stops its
+//! parts. The one place where the store and the PD server meet, so that `server` need not
+//! depend on `pd`. Must not depend on command-line crates (`cli`, clap), nor hold logic of
+//! the store or PD.
+
+use std::path::PathBuf;
 
 use conf::Validate;
 use serde::{Deserialize, Serialize};
@@ -17,9 +21,6 @@ pub enum Error {
     /// The embedded PD failed.
     #[error("embedded pd: {0}")]
     EmbeddedPd(#[from] pd::Error),
-    /// The cluster secret of a single-node cluster could not be read or created.
-    #[error(transparent)]
-    Secret(#[from] util::Error),
 }
 
 /// The result type of this crate.
@@ -85,16 +86,27 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the embedded PD if the config names no PD, then the store. Must run
+    /// Starts the store and, if the config names no PD, the embedded PD: the store's
+    /// directory is locked, its secret read (created for a new directory) and its database
+    /// opened before the PD starts, and the store joins once the PD serves. Must run
     /// inside a tokio runtime.
     pub async fn start(cfg: Config, logger: Logger) -> Result<Node> {
-        let mut store_cfg = cfg.store();
-        let pd = match cfg.embeds_pd() {
-            true => Some(embedded_pd(&cfg, &mut store_cfg, &logger)?),
-            false => None,
-        };
-        let store = server::Node::start(store_cfg, logger).await?;
-        Ok(Node { store, pd })
+        if !cfg.embeds_pd() {
+            let store = server::Node::start(cfg.store(), logger).await?;
+            return Ok(Node { store, pd: None });
+        }
+        let open = server::Node::open(cfg.store(), true)?;
+        let pd = embedded_pd(&cfg, open.secret_path(), &logger)?;
+        match open.start(vec![pd.addr().to_string()], logger).await {
+            Ok(store) => Ok(Node {
+                store,
+                pd: Some(pd),
+            }),
+            Err(e) => {
+                pd.shutdown();
+                Err(e.into())
+            }
+        }
     }
 
     /// Waits until PD says this store was decommissioned (tombstone).
@@ -111,20 +123,13 @@ impl Node {
     }
 }
 
-/// Starts a PD in `<data-dir>/pd` and points the store at it. The cluster secret is
-/// created in the data directory (or the configured file) at the first start, before
-/// either opens its data: a secret missing beside old data is an error, since a new one
-/// would not match what the store or PD was started with.
-fn embedded_pd(cfg: &Config, store: &mut server::Config, logger: &Logger) -> Result<pd::PdServer> {
-    let data_dir = &cfg.server.data_dir;
-    let secret = util::secret::path_in(&cfg.security.cluster_secret_file, data_dir);
-    let fresh = !data_dir.join("db").join("CURRENT").exists();
-    util::secret::ClusterSecret::load_or_create(&secret, fresh)?;
+/// Starts a PD in `<data-dir>/pd` that checks the store's cluster secret (`secret`).
+fn embedded_pd(cfg: &Config, secret: PathBuf, logger: &Logger) -> Result<pd::PdServer> {
     let mut pd_cfg = cfg.pd.clone();
-    pd_cfg.data_dir = data_dir.join("pd");
-    pd_cfg.cluster_secret_file = secret.clone();
-    let pd = pd::PdServer::start(pd_cfg, logger.new(slog::o!("component" => "pd")))?;
-    store.server.pd_endpoints = vec![pd.addr().to_string()];
-    store.security.cluster_secret_file = secret;
-    Ok(pd)
+    pd_cfg.data_dir = cfg.server.data_dir.join("pd");
+    pd_cfg.cluster_secret_file = secret;
+    Ok(pd::PdServer::start(
+        pd_cfg,
+        logger.new(slog::o!("component" => "pd")),
+    )?)
 }

@@ -1,7 +1,7 @@
 //! A store process: opens the engine, joins (or bootstraps) the cluster through PD, and
 //! runs the raftstore, the gRPC service, the PD worker and the status server.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use engine::{Cf, Engine};
 use grpcio::{ServerBuilder, ServerCredentials};
@@ -134,18 +134,28 @@ fn check_resolvable(endpoints: &[String]) -> Result<()> {
     )))
 }
 
-/// This store's proof that it belongs to the cluster: the configured file (with the
-/// embedded PD, `node` creates one in the data directory and names it here).
-fn cluster_secret(cfg: &Config) -> Result<ClusterSecret> {
-    if cfg.security.cluster_secret_file.as_os_str().is_empty() {
+fn secret_path(cfg: &Config) -> PathBuf {
+    util::secret::path_in(&cfg.security.cluster_secret_file, &cfg.server.data_dir)
+}
+
+/// This store's proof that it belongs to the cluster: the configured file; for a cluster
+/// of this process's own (`own_cluster`: the embedded PD), one created in the data
+/// directory.
+fn cluster_secret(cfg: &Config, own_cluster: bool) -> Result<ClusterSecret> {
+    if !own_cluster && cfg.security.cluster_secret_file.as_os_str().is_empty() {
         return Err(Error::Startup(
             "no cluster secret: set security.cluster-secret-file (--cluster-secret-file) to the \
              file pd-server created, <pd data-dir>/cluster-secret"
                 .into(),
         ));
     }
-    ClusterSecret::load(&cfg.security.cluster_secret_file)
-        .map_err(|e| Error::Startup(e.to_string()))
+    let path = secret_path(cfg);
+    let fresh = !cfg.server.data_dir.join("db").join("CURRENT").exists();
+    let secret = match own_cluster {
+        true => ClusterSecret::load_or_create(&path, fresh),
+        false => ClusterSecret::load(&path),
+    };
+    secret.map_err(|e| Error::Startup(e.to_string()))
 }
 
 /// What this store tells PD about itself (the id comes from joining the cluster).
@@ -217,9 +227,28 @@ async fn serve_status(
     Ok(bound)
 }
 
+/// A store's data directory locked, its cluster secret read and its database open: the
+/// part of start-up that needs no PD.
+pub struct OpenStore {
+    cfg: Config,
+    secret: ClusterSecret,
+    engine: Engine,
+    snap_mgr: SnapManager,
+    dir_lock: util::dir_lock::DirLock,
+}
+
 impl Node {
-    /// Starts a store. Must run inside a tokio runtime.
+    /// Starts a store of the cluster whose PD `cfg` names. Must run inside a tokio
+    /// runtime.
     pub async fn start(cfg: Config, logger: Logger) -> Result<Node> {
+        let endpoints = cfg.server.pd_endpoints.clone();
+        Node::open(cfg, false)?.start(endpoints, logger).await
+    }
+
+    /// Creates and locks the data directory, reads the cluster secret and opens the
+    /// database. With `own_cluster` (a PD in this process) a new data directory gets a
+    /// new secret.
+    pub fn open(cfg: Config, own_cluster: bool) -> Result<OpenStore> {
         let data_dir = cfg.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             Error::Startup(format!("create data directory {}: {e}", data_dir.display()))
@@ -227,16 +256,40 @@ impl Node {
         let dir_lock = util::dir_lock::DirLock::acquire(&data_dir)
             .map_err(|e| Error::Startup(e.to_string()))?;
         // Before the database opens: a secret is created only for a new data directory.
-        let secret = cluster_secret(&cfg)?;
+        let secret = cluster_secret(&cfg, own_cluster)?;
         let engine = Engine::open_with(&data_dir.join("db"), &cfg.storage.engine_options())?;
         crate::metrics::register_all();
         let weak = engine.downgrade();
         status::register_latest(|| Box::new(crate::metrics::EngineCollector::new(weak.clone())));
         let snap_mgr =
             SnapManager::new(data_dir.join("snap"), cfg.raftstore.snap_max_size.as_u64())?;
+        Ok(OpenStore {
+            cfg,
+            secret,
+            engine,
+            snap_mgr,
+            dir_lock,
+        })
+    }
+}
 
-        check_resolvable(&cfg.server.pd_endpoints)?;
-        let endpoints = cfg.server.pd_endpoints.clone();
+impl OpenStore {
+    /// The file holding the cluster secret this store presents.
+    pub fn secret_path(&self) -> PathBuf {
+        secret_path(&self.cfg)
+    }
+
+    /// Joins the cluster whose PD is at `endpoints` and starts serving.
+    pub async fn start(self, endpoints: Vec<String>, logger: Logger) -> Result<Node> {
+        let OpenStore {
+            cfg,
+            secret,
+            engine,
+            snap_mgr,
+            dir_lock,
+        } = self;
+        let data_dir = cfg.server.data_dir.clone();
+        check_resolvable(&endpoints)?;
         let pd = PdClient::connect_as_store(
             &endpoints,
             Duration::from_secs(30),
@@ -370,7 +423,9 @@ impl Node {
             _dir_lock: dir_lock,
         })
     }
+}
 
+impl Node {
     /// Moves every leader that another store can take to that store, and waits (within
     /// `server.graceful-shutdown-timeout`) until none is left here, while still serving:
     /// clients are redirected to the new leaders instead of waiting out an election.
