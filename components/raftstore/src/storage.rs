@@ -98,16 +98,22 @@ impl PeerStorage {
         let mut raft_state: RaftLocalState = engine
             .get_msg(Cf::Raft, &keys::raft_state_key(id))?
             .unwrap_or_default();
-        let apply_state: RaftApplyState =
+        let apply_state: RaftApplyState = if !initialized && !applying {
+            // A peer without data has applied nothing. An apply state found here is a
+            // removed peer's: its apply side can write one after the Raft side deleted
+            // the region's Raft keys (see `fsm::peer::destroy`).
+            RaftApplyState::default()
+        } else {
             match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
                 Some(s) => s,
-                None if initialized && !applying => {
+                None if !applying => {
                     return Err(Error::Snapshot(format!(
                         "region {id} has a region state but no apply state"
                     )))
                 }
                 None => RaftApplyState::default(),
-            };
+            }
+        };
         // A data directory from before the log's base moved into the Raft state.
         let legacy = !raft_state.has_truncated_state() && apply_state.has_legacy_truncated_state();
         if legacy {
@@ -502,6 +508,30 @@ mod tests {
         s.append(entries, &mut wb);
         s.write_raft_state(&mut wb);
         engine.write(wb, true).unwrap();
+    }
+
+    /// Found by the chaos test: a removed peer's apply side can write its apply state
+    /// after the Raft side deleted the region's Raft keys. A peer created here later for
+    /// the same region must start empty, not with a commit index past its empty log
+    /// (raft-rs panics: "hs.commit 337 is out of range [0, 0]").
+    #[test]
+    fn a_new_peer_ignores_the_apply_state_a_removed_peer_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut left = RaftApplyState::default();
+        left.set_applied_index(337);
+        left.set_applied_term(7);
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::apply_state_key(10), &left);
+        engine.write(wb, true).unwrap();
+        let mut region = metapb::Region::default();
+        region.set_id(10);
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let s = PeerStorage::new(engine, region, false, tx).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(s.last_index(), 0);
+        assert_eq!(st.hard_state.commit, 0, "commit past an empty log");
+        assert_eq!(s.applied_index(), 0);
     }
 
     #[test]
