@@ -421,6 +421,25 @@ pub fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
     .expect("connect client")
 }
 
+/// Three stores with `extra` settings (TOML after `[raftstore]`), a runtime, and a client
+/// of theirs, once the first region has three voters.
+pub fn three_voters(extra: &str) -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
+    const T: Duration = Duration::from_secs(60);
+    let cluster = ProcCluster::start_with(3, extra);
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let ours = rt
+        .block_on(client::Client::connect(
+            std::slice::from_ref(&cluster.pd_addr),
+            T,
+        ))
+        .expect("connect a client");
+    wait_until("three voters", T, || {
+        rt.block_on(ours.regions())
+            .is_ok_and(|rs| rs.first().is_some_and(|r| r.region.get_peers().len() == 3))
+    });
+    (cluster, rt, ours)
+}
+
 /// Voters of the first region as PD sees it (0 if PD cannot say).
 pub fn voters(rt: &tokio::runtime::Runtime, c: &client::Client) -> usize {
     rt.block_on(c.regions())

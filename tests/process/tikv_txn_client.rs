@@ -23,18 +23,7 @@ fn three_regions() -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
 
 /// Like [`three_regions`], with extra store settings (TOML after `[raftstore]`).
 fn three_regions_with(extra: &str) -> (ProcCluster, tokio::runtime::Runtime, client::Client) {
-    let cluster = ProcCluster::start_with(3, extra);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ours = rt
-        .block_on(client::Client::connect(
-            std::slice::from_ref(&cluster.pd_addr),
-            T,
-        ))
-        .unwrap();
-    wait_until("three voters", T, || {
-        rt.block_on(ours.regions())
-            .is_ok_and(|rs| rs.first().is_some_and(|r| r.region.get_peers().len() == 3))
-    });
+    let (cluster, rt, ours) = common::three_voters(extra);
     let first = rt.block_on(ours.regions()).unwrap()[0].region.get_id();
     // One boundary where a raw split puts it (the plain bytes `k3`, no encoding: PD
     // shows the transactional client it rounded up), one where a transactional split

@@ -25,18 +25,7 @@ struct Env {
 /// Three stores with `extra` settings (TOML after `[raftstore]`), the transactional key
 /// space split at `k`; GC off, so that only the tests sweep locks.
 fn env(extra: &str) -> Env {
-    let cluster = ProcCluster::start_with(3, &format!("{extra}\n[gc]\nenable = false\n"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ours = rt
-        .block_on(client::Client::connect(
-            std::slice::from_ref(&cluster.pd_addr),
-            T,
-        ))
-        .unwrap();
-    wait_until("three voters", T, || {
-        rt.block_on(ours.regions())
-            .is_ok_and(|rs| rs.first().is_some_and(|r| r.region.get_peers().len() == 3))
-    });
+    let (cluster, rt, ours) = common::three_voters(&format!("{extra}\n[gc]\nenable = false\n"));
     let first = rt.block_on(ours.regions()).unwrap()[0].region.get_id();
     rt.block_on(ours.split_region(first, &[keys::txn::encode_bytes(b"k")]))
         .expect("split");
