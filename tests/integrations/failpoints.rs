@@ -12,7 +12,7 @@ use std::{
 use crossbeam_channel::bounded;
 use engine::Cf;
 use proto::raft_cmdpb::ConfChangeType;
-use proto::raft_serverpb::{PeerState, RaftLocalState, RegionLocalState};
+use proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
 use test_cluster::{
     history::{Op, Outcome, Recorder},
     test_config, wait_until, Cluster,
@@ -135,8 +135,12 @@ fn key(i: usize) -> Vec<u8> {
 /// wrote the snapshot's apply state and the apply side then overwrote it from its stale
 /// copy: after the crash the store found a log base behind its deleted log and refused to
 /// start. Now the apply state has one owner and the snapshot waits for the apply queue.
+/// `point` is where the follower is held for the image ("apply_snapshot_before_ingest":
+/// mid-apply), on its threads named `thread` ("apply", "raftstore").
 fn crash_during_snapshot_apply(
-    damage: impl FnOnce(&std::path::Path),
+    point: &str,
+    thread: &str,
+    damage: impl FnOnce(&std::path::Path, u64),
 ) -> (Cluster, u64, Result<(), String>) {
     let (mut rs, pd) = test_config();
     rs.raft_log_gc_threshold = 1;
@@ -153,7 +157,7 @@ fn crash_during_snapshot_apply(
         .expect("a follower");
     let waits = snapshot_waits();
     let mut image = None;
-    let crash = while_held_at("apply_snapshot_before_ingest", || {
+    let crash = while_held_on(point, &format!("{thread}-s{follower}-"), || {
         image = Some(c.crash_image(follower))
     });
     // While the follower's apply side is held with entries to apply, cut it off, move
@@ -177,13 +181,13 @@ fn crash_during_snapshot_apply(
     crash();
     let image = image.expect("a crash image");
     fail::remove("apply_before_write");
-    fail::remove("apply_snapshot_before_ingest");
+    fail::remove(point);
     assert_eq!(
         region_state_in(&image, id).get_state(),
         PeerState::Applying,
-        "the crash came mid-apply, so the restart must redo it"
+        "the crash came before the region was marked live"
     );
-    damage(&image);
+    damage(&image, id);
     let restarted = c.restart_from_image(follower, &image);
     (c, follower, restarted)
 }
@@ -192,8 +196,43 @@ fn crash_during_snapshot_apply(
 fn a_crash_while_a_snapshot_applies_restarts_and_catches_up() {
     let _alone = test_cluster::gate::alone();
     let _scenario = fail::FailScenario::setup();
-    let (c, follower, restarted) = crash_during_snapshot_apply(|_| {});
+    let (c, follower, restarted) =
+        crash_during_snapshot_apply("apply_snapshot_before_ingest", "apply", |_, _| {});
     restarted.expect("the store restarts after a crash mid-snapshot");
+    for i in 0..40 {
+        c.must_replicate_on(follower, &key(i), b"v", T);
+    }
+    c.must_put(&key(40), b"after");
+    c.must_replicate_on(follower, &key(40), b"after", T);
+}
+
+/// A crash after the apply side put a snapshot's data in place and wrote its apply state,
+/// before the peer marked the region live: the restart must not redo the apply (its
+/// files are gone) but take the region as live, and catch up.
+#[test]
+fn a_crash_after_a_snapshot_is_in_place_before_the_region_is_live_restarts() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let (c, follower, restarted) = crash_during_snapshot_apply(
+        "raft_before_marking_a_snapshot_live",
+        "raftstore",
+        |image, region| {
+            let engine = engine::Engine::open(&image.join("db")).expect("open the image");
+            let state: RegionLocalState = engine
+                .get_msg(Cf::Raft, &keys::region_state_key(region))
+                .expect("read")
+                .expect("a region state");
+            let applied: RaftApplyState = engine
+                .get_msg(Cf::Raft, &keys::apply_state_key(region))
+                .expect("read")
+                .expect("an apply state");
+            assert!(
+                applied.applied_index >= state.get_pending_snapshot().index,
+                "the image must hold the snapshot's data in place"
+            );
+        },
+    );
+    restarted.expect("the store restarts with the snapshot in place");
     for i in 0..40 {
         c.must_replicate_on(follower, &key(i), b"v", T);
     }
@@ -208,18 +247,19 @@ fn a_crash_while_a_snapshot_applies_restarts_and_catches_up() {
 fn a_damaged_snapshot_file_is_never_ingested_after_a_restart() {
     let _alone = test_cluster::gate::alone();
     let _scenario = fail::FailScenario::setup();
-    let (_c, _follower, restarted) = crash_during_snapshot_apply(|image| {
-        let damaged = std::fs::read_dir(image.join("snap"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with("rcv_"))
-            .expect("a received snapshot file in the crash image");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(damaged.path())
-            .unwrap();
-        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
-    });
+    let (_c, _follower, restarted) =
+        crash_during_snapshot_apply("apply_snapshot_before_ingest", "apply", |image, _| {
+            let damaged = std::fs::read_dir(image.join("snap"))
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with("rcv_"))
+                .expect("a received snapshot file in the crash image");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(damaged.path())
+                .unwrap();
+            f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+        });
     let err = restarted.expect_err("a damaged snapshot must stop the store");
     assert!(err.contains("cannot be redone"), "{err}");
 }
@@ -328,7 +368,14 @@ enum Trigger {
 /// Holds `store`'s `thread` at fail point `point` while `trigger` runs, takes a crash
 /// image there, restarts the store from it, and checks that it starts, that every
 /// acknowledged write is there, and that every replica ends with the same data.
-fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
+/// `inspect` sees the image and the region (as it was before the trigger) first.
+fn crash_at(
+    point: &str,
+    thread: &str,
+    on_leader: bool,
+    trigger: Trigger,
+    inspect: impl FnOnce(&std::path::Path, &proto::metapb::Region),
+) {
     let _scenario = fail::FailScenario::setup();
     let mut c = Cluster::new(4);
     c.wait_voters(b"", 3, T);
@@ -355,7 +402,7 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
         image = Some(c.crash_image(held))
     });
     let acked = std::thread::scope(|s| {
-        let c = &c;
+        let (c, region) = (&c, &region);
         let work = s.spawn(move || match trigger {
             Trigger::Write => c
                 .put_within(b"x", b"during", Duration::from_secs(5))
@@ -385,6 +432,7 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger) {
     });
     fail::remove(point);
     let image = image.expect("a crash image");
+    inspect(&image, &region);
     c.restart_from_image(held, &image)
         .unwrap_or_else(|e| panic!("store {held} does not restart after a crash at {point}: {e}"));
     for i in 0..20 {
@@ -421,19 +469,37 @@ fn replicas_agree(c: &Cluster) -> bool {
 #[test]
 fn crash_before_persisting_a_ready() {
     let _alone = test_cluster::gate::alone();
-    crash_at("raft_before_persist", "raftstore", true, Trigger::Write);
+    crash_at(
+        "raft_before_persist",
+        "raftstore",
+        true,
+        Trigger::Write,
+        |_, _| {},
+    );
 }
 
 #[test]
 fn crash_after_persisting_a_ready() {
     let _alone = test_cluster::gate::alone();
-    crash_at("raft_after_persist", "raftstore", true, Trigger::Write);
+    crash_at(
+        "raft_after_persist",
+        "raftstore",
+        true,
+        Trigger::Write,
+        |_, _| {},
+    );
 }
 
 #[test]
 fn crash_before_applying_a_split() {
     let _alone = test_cluster::gate::alone();
-    crash_at("apply_before_split", "apply", false, Trigger::Split);
+    crash_at(
+        "apply_before_split",
+        "apply",
+        false,
+        Trigger::Split,
+        |_, _| {},
+    );
 }
 
 #[test]
@@ -444,17 +510,53 @@ fn crash_after_applying_a_split() {
         "raftstore",
         false,
         Trigger::Split,
+        |_, _| {},
     );
 }
 
 #[test]
 fn crash_during_a_conf_change() {
     let _alone = test_cluster::gate::alone();
-    crash_at("apply_conf_change", "apply", false, Trigger::AddLearner);
+    crash_at(
+        "apply_conf_change",
+        "apply",
+        false,
+        Trigger::AddLearner,
+        |_, _| {},
+    );
 }
 
 #[test]
 fn crash_between_a_destroys_two_writes() {
     let _alone = test_cluster::gate::alone();
-    crash_at("apply_destroy", "apply", false, Trigger::RemoveHeld);
+    crash_at(
+        "apply_destroy",
+        "apply",
+        false,
+        Trigger::RemoveHeld,
+        |_, _| {},
+    );
+}
+
+/// The apply side has applied a split and the peer has not yet written the regions' new
+/// shapes (the split's two halves): the image holds the region unsplit, and after the
+/// restart the split applies again.
+#[test]
+fn crash_between_a_splits_apply_and_its_persist() {
+    let _alone = test_cluster::gate::alone();
+    crash_at(
+        "raft_before_persisting_a_split",
+        "raftstore",
+        false,
+        Trigger::Split,
+        |image, region| {
+            let on_disk = region_state_in(image, region.get_id());
+            assert_eq!(on_disk.get_state(), PeerState::Normal);
+            assert_eq!(
+                on_disk.get_region().get_region_epoch(),
+                region.get_region_epoch(),
+                "the split must not be on disk yet"
+            );
+        },
+    );
 }

@@ -125,6 +125,12 @@ pub fn raft_log_range(region_id: u64, from: u64, to: u64) -> Range<[u8; RAFT_LOG
     raft_log_key(region_id, from)..raft_log_key(region_id, to)
 }
 
+/// Every key of region `region_id`'s Raft log, and nothing else.
+pub fn raft_log_all_range(region_id: u64) -> Range<[u8; 11]> {
+    region_key(REGION_RAFT_PREFIX, region_id, RAFT_LOG_SUFFIX)
+        ..region_key(REGION_RAFT_PREFIX, region_id, RAFT_LOG_SUFFIX + 1)
+}
+
 /// Where a region's Raft hard state and last log index are kept.
 pub fn raft_state_key(region_id: u64) -> [u8; 11] {
     region_key(REGION_RAFT_PREFIX, region_id, RAFT_STATE_SUFFIX)
@@ -263,6 +269,11 @@ mod tests {
         ] {
             assert!(!(r.start.as_slice() <= k.as_slice() && k.as_slice() < r.end.as_slice()));
         }
+        let log = raft_log_all_range(5);
+        let in_log = |k: &[u8]| log.start.as_slice() <= k && k < log.end.as_slice();
+        assert!(in_log(&raft_log_key(5, 0)) && in_log(&raft_log_key(5, u64::MAX)));
+        assert!(!in_log(&raft_state_key(5)) && !in_log(&apply_state_key(5)));
+        assert!(!in_log(&raft_log_key(4, u64::MAX)) && !in_log(&raft_log_key(6, 0)));
         let logs = raft_log_range(5, 3, 9);
         assert_eq!(raft_log_index(&logs.start), Ok(3));
         assert_eq!(raft_log_index(&logs.end), Ok(9));

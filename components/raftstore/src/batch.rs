@@ -8,6 +8,7 @@
 //! WriteBatch with one fsync, and the apply pool writes every region's applied data.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -16,7 +17,7 @@ use std::{
 };
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
-use parking_lot::{lock_api::ArcMutexGuard, Mutex, RawMutex};
+use parking_lot::{lock_api::ArcMutexGuard, Mutex, RawMutex, RwLock};
 
 /// A state machine driven by messages.
 pub trait Fsm: Send + 'static {
@@ -94,6 +95,97 @@ impl<F: Fsm> Mailbox<F> {
     /// Whether no message is waiting.
     pub fn is_empty(&self) -> bool {
         self.tx.is_empty()
+    }
+}
+
+/// Region id -> mailbox.
+pub struct Router<F: Fsm> {
+    boxes: Arc<RwLock<HashMap<u64, Mailbox<F>>>>,
+}
+
+impl<F: Fsm> Clone for Router<F> {
+    fn clone(&self) -> Self {
+        Router {
+            boxes: self.boxes.clone(),
+        }
+    }
+}
+
+impl<F: Fsm> Default for Router<F> {
+    fn default() -> Self {
+        Router {
+            boxes: Arc::default(),
+        }
+    }
+}
+
+impl<F: Fsm> Router<F> {
+    /// Sends to one region; gives the message back if the region is not registered or
+    /// its pool stopped.
+    pub fn send(&self, region_id: u64, msg: F::Message) -> std::result::Result<(), F::Message> {
+        let mailbox = self.boxes.read().get(&region_id).cloned();
+        match mailbox {
+            Some(mb) => mb.send(msg),
+            None => Err(msg),
+        }
+    }
+
+    /// Sends to one region unless its mailbox is full (see [`Mailbox::try_send`]).
+    pub fn try_send(
+        &self,
+        region_id: u64,
+        msg: F::Message,
+    ) -> std::result::Result<(), SendError<F::Message>> {
+        let mailbox = self.boxes.read().get(&region_id).cloned();
+        match mailbox {
+            Some(mb) => mb.try_send(msg),
+            None => Err(SendError::Closed(msg)),
+        }
+    }
+
+    /// Sends a message made by `make` to every registered region `pick` accepts.
+    pub fn broadcast(
+        &self,
+        mut pick: impl FnMut(u64) -> bool,
+        mut make: impl FnMut() -> F::Message,
+    ) {
+        let boxes: Vec<Mailbox<F>> = self
+            .boxes
+            .read()
+            .iter()
+            .filter(|(id, _)| pick(**id))
+            .map(|(_, mb)| mb.clone())
+            .collect();
+        for mb in boxes {
+            let _ = mb.send(make());
+        }
+    }
+
+    pub(crate) fn register(&self, region_id: u64, mailbox: Mailbox<F>) {
+        self.boxes.write().insert(region_id, mailbox);
+    }
+
+    pub(crate) fn unregister(&self, region_id: u64) {
+        self.boxes.write().remove(&region_id);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.boxes.write().clear();
+    }
+
+    /// Whether a region is registered.
+    pub fn contains(&self, region_id: u64) -> bool {
+        self.boxes.read().contains_key(&region_id)
+    }
+
+    /// How many regions are registered.
+    pub fn len(&self) -> usize {
+        self.boxes.read().len()
+    }
+
+    /// Whether no region is registered.
+    pub fn is_empty(&self) -> bool {
+        self.boxes.read().is_empty()
     }
 }
 

@@ -9,6 +9,13 @@
 //! 3. committed entries go to the apply pool, which writes each region's data and apply
 //!    state together, answers the proposals, and reports back to the peer.
 //!
+//! Layout: the three state machines (peer, apply, store) in `fsm`; each operation (a
+//! command, the ready loop, split, membership change, snapshot, destroy, log GC, reads,
+//! the consistency check, hibernation, leadership) in one file of [`operation`], its
+//! Raft-poller half beside its apply-poller half. Each key on disk has one writer: the
+//! peer writes its log, Raft state and the region's shape (`RegionLocalState`), also a
+//! split's new regions' first states; the apply side writes data and its apply state.
+//!
 //! Reads are linearizable through batched ReadIndex. Membership changes go one peer at a
 //! time (add learner, promote, remove). Regions split past size or key limits, or by
 //! hand. Logs are compacted once every peer has the entries or past count/size limits;
@@ -18,22 +25,19 @@
 //! Must not depend on: gRPC, the PD client or server. It talks to other stores through
 //! the [`Transport`] trait and to PD through [`PdTask`]s.
 
-mod apply_poll;
 pub mod batch;
 pub mod bootstrap;
-mod conf_change;
 mod config;
-pub mod consistency;
 pub mod disk;
 mod error;
-pub mod fsm;
+mod fsm;
 pub mod metrics;
 pub mod msg;
-mod poll;
+pub mod operation;
 mod proposal;
+mod read_queue;
 mod router;
 pub mod snap;
-pub mod split;
 mod split_check;
 mod storage;
 mod store_meta;
@@ -41,10 +45,11 @@ mod system;
 mod transport;
 pub mod util;
 
+pub use batch::Router;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use msg::{CasResult, CmdResponse, PdTask, PeerMsg, ReadReady};
-pub use router::{RaftRouter, Router};
+pub use router::RaftRouter;
 pub use snap::SnapManager;
 pub use store_meta::StoreMeta;
 pub use system::{RaftStore, StoreDeps};

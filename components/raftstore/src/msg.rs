@@ -149,10 +149,16 @@ pub enum ApplyMsg {
         /// The SST files to ingest, with what each must hold.
         files: crate::snap::ReceivedFiles,
     },
-    /// The peer is gone: delete the region's data, mark it tombstone, stop. Done here,
-    /// after every entry queued before it, so a late apply cannot write data back or
-    /// overwrite the tombstone with a live state.
+    /// The peer is gone (its tombstone is written): delete the region's data and apply
+    /// state, stop. Done here, after every entry queued before it, so a late apply
+    /// cannot write data back.
     Destroy,
+    /// The peer has written the region's new shape after the split or membership change
+    /// at `index`: the apply side may go past that entry.
+    RegionPersisted {
+        /// The entry that changed the region.
+        index: u64,
+    },
 }
 
 /// What a region's apply state machine reports back to its peer.
@@ -171,6 +177,8 @@ pub struct ApplyRes {
 pub enum ExecResult {
     /// Membership changed (or, with `cc` empty, a change was rejected at apply time).
     ChangePeer {
+        /// The entry's index.
+        index: u64,
         /// What raft-rs must apply.
         cc: ConfChangeV2,
         /// The region after the change.
@@ -190,11 +198,10 @@ pub enum ExecResult {
     },
     /// The region was split.
     Split {
+        /// The entry's index.
+        index: u64,
         /// Every region, in key order; the first is this peer's own, shrunk.
         regions: Vec<metapb::Region>,
-        /// The new regions whose peers this store must create (a new region whose peer
-        /// already exists here, created by a message, is left to catch up by snapshot).
-        create: Vec<metapb::Region>,
     },
 }
 
@@ -242,4 +249,14 @@ pub enum PdTask {
         /// Called with every resulting region once the split is applied.
         cb: Callback<Vec<metapb::Region>>,
     },
+}
+
+/// Measure one region (for the split checker).
+pub struct SplitCheckTask {
+    /// The region as its leader saw it.
+    pub region: metapb::Region,
+    /// Split past this many bytes of keys and values.
+    pub split_size: u64,
+    /// Split past this many keys.
+    pub split_keys: u64,
 }

@@ -1,112 +1,18 @@
-//! Routers: region id -> mailbox, for peers and for apply state machines.
+//! The raftstore's entry point from outside: region id -> the peer's mailbox, with the
+//! store's own mailbox for regions it has no peer of.
 
-use std::collections::{HashMap, HashSet};
+use std::{collections::HashSet, sync::Arc};
 
 use crossbeam_channel::Sender;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use proto::raft_serverpb::RaftMessage;
-use std::sync::Arc;
 
 use crate::{
-    batch::{Fsm, Mailbox, SendError},
-    fsm::{apply::ApplyFsm, peer::PeerFsm},
+    batch::{Router, SendError},
+    fsm::peer::PeerFsm,
     msg::{PeerMsg, StoreMsg},
     Error, Result,
 };
-
-/// Region id -> mailbox.
-pub struct Router<F: Fsm> {
-    boxes: Arc<RwLock<HashMap<u64, Mailbox<F>>>>,
-}
-
-impl<F: Fsm> Clone for Router<F> {
-    fn clone(&self) -> Self {
-        Router {
-            boxes: self.boxes.clone(),
-        }
-    }
-}
-
-impl<F: Fsm> Default for Router<F> {
-    fn default() -> Self {
-        Router {
-            boxes: Arc::default(),
-        }
-    }
-}
-
-impl<F: Fsm> Router<F> {
-    /// Sends to one region; gives the message back if the region is not registered or
-    /// its pool stopped.
-    pub fn send(&self, region_id: u64, msg: F::Message) -> std::result::Result<(), F::Message> {
-        let mailbox = self.boxes.read().get(&region_id).cloned();
-        match mailbox {
-            Some(mb) => mb.send(msg),
-            None => Err(msg),
-        }
-    }
-
-    /// Sends to one region unless its mailbox is full (see [`Mailbox::try_send`]).
-    pub fn try_send(
-        &self,
-        region_id: u64,
-        msg: F::Message,
-    ) -> std::result::Result<(), SendError<F::Message>> {
-        let mailbox = self.boxes.read().get(&region_id).cloned();
-        match mailbox {
-            Some(mb) => mb.try_send(msg),
-            None => Err(SendError::Closed(msg)),
-        }
-    }
-
-    /// Sends a message made by `make` to every registered region `pick` accepts.
-    pub fn broadcast(
-        &self,
-        mut pick: impl FnMut(u64) -> bool,
-        mut make: impl FnMut() -> F::Message,
-    ) {
-        let boxes: Vec<Mailbox<F>> = self
-            .boxes
-            .read()
-            .iter()
-            .filter(|(id, _)| pick(**id))
-            .map(|(_, mb)| mb.clone())
-            .collect();
-        for mb in boxes {
-            let _ = mb.send(make());
-        }
-    }
-
-    pub(crate) fn register(&self, region_id: u64, mailbox: Mailbox<F>) {
-        self.boxes.write().insert(region_id, mailbox);
-    }
-
-    pub(crate) fn unregister(&self, region_id: u64) {
-        self.boxes.write().remove(&region_id);
-    }
-
-    pub(crate) fn clear(&self) {
-        self.boxes.write().clear();
-    }
-
-    /// Whether a region is registered.
-    pub fn contains(&self, region_id: u64) -> bool {
-        self.boxes.read().contains_key(&region_id)
-    }
-
-    /// How many regions are registered.
-    pub fn len(&self) -> usize {
-        self.boxes.read().len()
-    }
-
-    /// Whether no region is registered.
-    pub fn is_empty(&self) -> bool {
-        self.boxes.read().is_empty()
-    }
-}
-
-/// Routes mail to apply state machines.
-pub type ApplyRouter = Router<ApplyFsm>;
 
 /// The entry point into a running raftstore: routes mail to peers, and to the store for
 /// regions it has no peer of.
@@ -171,15 +77,6 @@ impl RaftRouter {
     /// Sends mail to the store itself.
     pub fn send_store(&self, msg: StoreMsg) {
         let _ = self.store.send(msg);
-    }
-
-    pub(crate) fn set_hibernating(&self, region_id: u64, quiet: bool) {
-        let mut set = self.hibernating.lock();
-        if quiet {
-            set.insert(region_id);
-        } else {
-            set.remove(&region_id);
-        }
     }
 
     /// How many peers on this store hibernate.

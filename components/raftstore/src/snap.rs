@@ -28,7 +28,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType, Snapshot};
 use slog::{info, warn, Logger};
 
-use crate::{metrics, storage::conf_state_of, Error, Result};
+use crate::{metrics, util::conf_state_of, Error, Result};
 
 /// Bytes of file data per chunk.
 pub const CHUNK_SIZE: usize = 1 << 20;

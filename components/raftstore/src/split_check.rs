@@ -8,20 +8,13 @@
 
 use crossbeam_channel::Receiver;
 use engine::{Cf, Engine, Pair};
-use proto::metapb;
 use slog::{warn, Logger};
 
-use crate::{metrics, msg::PeerMsg, RaftRouter};
-
-/// Measure one region.
-pub struct SplitCheckTask {
-    /// The region as its leader saw it.
-    pub region: metapb::Region,
-    /// Split past this many bytes of keys and values.
-    pub split_size: u64,
-    /// Split past this many keys.
-    pub split_keys: u64,
-}
+use crate::{
+    metrics,
+    msg::{PeerMsg, SplitCheckTask},
+    RaftRouter,
+};
 
 /// What one scan found.
 #[derive(Debug, PartialEq, Eq)]
@@ -192,7 +185,7 @@ mod tests {
     }
 
     fn task(start: &[u8], end: &[u8], split_size: u64, split_keys: u64) -> SplitCheckTask {
-        let mut region = metapb::Region::default();
+        let mut region = proto::metapb::Region::default();
         region.set_start_key(start.to_vec());
         region.set_end_key(end.to_vec());
         SplitCheckTask {

@@ -17,11 +17,11 @@ use proto::{
 };
 use protobuf::Message as _;
 use raft::{
-    eraftpb::{ConfState, Entry, HardState, Snapshot},
+    eraftpb::{Entry, HardState, Snapshot},
     GetEntriesContext, RaftState, StorageError,
 };
 
-use crate::{snap::GenTask, Error, Result};
+use crate::{snap::GenTask, util::conf_state_of, Error, Result};
 
 /// Index and term every new region's log starts from, so that a peer created empty (term
 /// 0, index 0) is always behind and gets a snapshot.
@@ -37,9 +37,10 @@ enum SnapState {
     Generating(Receiver<Result<Snapshot>>),
 }
 
-/// One peer's Raft log and states. It owns the log and the Raft state on disk; the apply
-/// state belongs to the region's apply state machine, and only a copy of its progress
-/// (reported back after each apply) is kept here.
+/// One peer's Raft log and states. It owns the log, the Raft state and the region's local
+/// state (`RegionLocalState`) on disk; the apply state belongs to the region's apply
+/// state machine, and only a copy of its progress (reported back after each apply) is
+/// kept here.
 pub struct PeerStorage {
     engine: Engine,
     region: metapb::Region,
@@ -52,6 +53,8 @@ pub struct PeerStorage {
     gen_tx: Sender<GenTask>,
     /// The raft state changed since it was last written.
     raft_state_dirty: bool,
+    /// The region changed (split, membership, snapshot in place) since it was written.
+    region_state_dirty: bool,
 }
 
 /// Adds to `wb` the region's local state: its shape and whether it is live or removed.
@@ -71,18 +74,6 @@ fn put_applying_state(wb: &mut WriteBatch, region: &metapb::Region, pending: Pen
     wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
 }
 
-/// The voters and learners a region's peers form.
-pub fn conf_state_of(region: &metapb::Region) -> ConfState {
-    let mut cs = ConfState::default();
-    for p in region.get_peers() {
-        match p.get_role() {
-            metapb::PeerRole::Learner => cs.mut_learners().push(p.get_id()),
-            _ => cs.mut_voters().push(p.get_id()),
-        }
-    }
-    cs
-}
-
 impl PeerStorage {
     /// Loads (or, for a peer that has never had data, starts empty) a peer's storage.
     /// `applying`: the region's data is being replaced by a snapshot whose apply a
@@ -100,8 +91,8 @@ impl PeerStorage {
             .unwrap_or_default();
         let apply_state: RaftApplyState = if !initialized && !applying {
             // A peer without data has applied nothing. An apply state found here is a
-            // removed peer's: its apply side can write one after the Raft side deleted
-            // the region's Raft keys (see `fsm::peer::destroy`).
+            // removed peer's: its apply side deletes it after the peer wrote the
+            // tombstone, and a crash can come in between (see `operation::destroy`).
             RaftApplyState::default()
         } else {
             match engine.get_msg(Cf::Raft, &keys::apply_state_key(id))? {
@@ -158,6 +149,7 @@ impl PeerStorage {
             gen_tx,
             // Written back in the new place with the next Ready.
             raft_state_dirty: legacy,
+            region_state_dirty: false,
         })
     }
 
@@ -166,9 +158,21 @@ impl PeerStorage {
         &self.region
     }
 
-    /// Replaces the region (after a membership change or a snapshot).
+    /// Replaces the region (after a split, a membership change or a snapshot put in
+    /// place); [`PeerStorage::write_region_state`] writes it as live.
     pub fn set_region(&mut self, region: metapb::Region) {
         self.region = region;
+        self.region_state_dirty = true;
+    }
+
+    /// Writes the region as live into `wb` if it changed; returns whether it did (the
+    /// write must then be fsynced).
+    pub fn write_region_state(&mut self, wb: &mut WriteBatch) -> bool {
+        if !std::mem::take(&mut self.region_state_dirty) {
+            return false;
+        }
+        put_region_state(wb, &self.region, PeerState::Normal);
+        true
     }
 
     /// Whether the peer has data (a range and peers), as opposed to having just been
@@ -180,11 +184,6 @@ impl PeerStorage {
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
-    }
-
-    /// Term of the last applied entry.
-    pub fn applied_term(&self) -> u64 {
-        self.applied_term
     }
 
     /// Where raft-rs may consider the log applied from: never before the log's base, even
@@ -304,6 +303,7 @@ impl PeerStorage {
         self.set_truncated(meta.index, meta.term);
         self.region = data.get_region().clone();
         self.write_raft_state(wb);
+        self.region_state_dirty = false;
         put_applying_state(wb, &self.region, pending);
         Ok(data)
     }

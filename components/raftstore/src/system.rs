@@ -9,16 +9,14 @@ use parking_lot::Mutex;
 use slog::Logger;
 
 use crate::{
-    apply_poll::{ApplyContext, ApplyPoller},
-    batch::BatchSystem,
+    batch::{BatchSystem, Router},
     fsm::{
-        apply::ApplyFsm,
-        peer::PeerFsm,
+        apply::{ApplyContext, ApplyFsm, ApplyRouter},
+        peer::{PeerFsm, PollContext},
         store::{unix_now, StoreFsm},
     },
     msg::{PdTask, PeerMsg, StoreMsg},
-    poll::{PollContext, RaftPoller},
-    router::{ApplyRouter, Router},
+    operation::ready::{ApplyPoller, RaftPoller},
     snap::SnapManager,
     split_check,
     store_meta::StoreMeta,
@@ -113,7 +111,9 @@ impl RaftStore {
                 ctx: PollContext {
                     cfg: cfg.clone(),
                     engine: deps.engine.clone(),
-                    router: router.clone(),
+                    peers: router.peers.clone(),
+                    store_tx: router.store.clone(),
+                    hibernating: router.hibernating.clone(),
                     apply_router: apply_router.clone(),
                     transport: deps.transport.clone(),
                     pd_tx: deps.pd_tx.clone(),
@@ -136,10 +136,10 @@ impl RaftStore {
             || ApplyPoller {
                 ctx: ApplyContext::new(
                     deps.engine.clone(),
-                    router.clone(),
                     store_meta.clone(),
                     cfg.messages_per_round,
                 ),
+                router: router.clone(),
             },
         );
         // Only the pollers may hold the checker's sender, so that it stops with them.

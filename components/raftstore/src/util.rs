@@ -1,9 +1,11 @@
-//! Checks shared by proposal and apply.
+//! Checks shared by proposal and apply, and the region edits both sides read.
 
 use proto::{
     metapb,
     raft_cmdpb::{CmdType, Request},
 };
+
+use raft::eraftpb::ConfState;
 
 use crate::{Error, Result};
 
@@ -69,4 +71,16 @@ pub fn check_request_keys(region: &metapb::Region, req: &Request) -> Result<()> 
             "request without a command type".into(),
         )),
     }
+}
+
+/// The voters and learners a region's peers form.
+pub fn conf_state_of(region: &metapb::Region) -> ConfState {
+    let mut cs = ConfState::default();
+    for p in region.get_peers() {
+        match p.get_role() {
+            metapb::PeerRole::Learner => cs.mut_learners().push(p.get_id()),
+            _ => cs.mut_voters().push(p.get_id()),
+        }
+    }
+    cs
 }

@@ -15,7 +15,8 @@ use pd_client::PdClient;
 use proto::{metapb, pdpb};
 use raftstore::{
     msg::{Callback, StoreMsg},
-    split, CmdResponse, PdTask, PeerMsg, RaftRouter,
+    operation::split,
+    CmdResponse, PdTask, PeerMsg, RaftRouter,
 };
 use slog::{debug, error, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};

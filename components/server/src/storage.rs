@@ -194,7 +194,7 @@ impl RawStorage {
     }
 
     /// Has every replica of region `region_id` hash its data at one log index (see
-    /// `raftstore::consistency`); returns that index and this leader's hash.
+    /// `raftstore::operation::consistency`); returns that index and this leader's hash.
     pub async fn compute_hash(
         &self,
         region_id: u64,

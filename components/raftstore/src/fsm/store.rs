@@ -16,10 +16,12 @@ use slog::{debug, info, warn, Logger};
 
 use crate::{
     batch::Registrar,
-    fsm::{apply::ApplyFsm, peer::PeerFsm},
+    fsm::{
+        apply::{ApplyFsm, ApplyRouter},
+        peer::PeerFsm,
+    },
     metrics,
     msg::{ApplyMsg, PdTask, PeerMsg, StoreMsg},
-    router::ApplyRouter,
     snap::{self, GenTask, SnapManager},
     storage::PeerStorage,
     store_meta::StoreMeta,
@@ -242,15 +244,23 @@ impl StoreFsm {
                 continue;
             }
             let applying = state.get_state() == PeerState::Applying;
+            let in_place = applying && self.snapshot_in_place(&state)?;
             let region = state.get_region().clone();
-            let redo = if applying {
+            let redo = if applying && !in_place {
                 Some(self.interrupted_snapshot(&state)?)
             } else {
                 None
             };
-            let Some((peer, apply)) = self.load_peer(&region, applying)? else {
+            let Some((mut peer, apply)) = self.load_peer(&region, redo.is_some())? else {
                 continue;
             };
+            if in_place {
+                // Stopped after the apply side wrote the snapshot's apply state and
+                // before the peer marked the region live: the peer does so now.
+                info!(self.logger, "a snapshot applied before the restart; marking the region live";
+                      "region_id" => region.get_id());
+                peer.set_region(region.clone());
+            }
             self.register(peer, apply, &mut self.store_meta.lock());
             if let Some(task) = redo {
                 info!(self.logger, "redoing an interrupted snapshot apply"; "region_id" => region.get_id());
@@ -268,6 +278,19 @@ impl StoreFsm {
         self.snap_mgr.remove_received_except(&keep);
         info!(self.logger, "loaded peers"; "count" => loaded);
         Ok(loaded)
+    }
+
+    /// Whether the apply side finished a snapshot that the region is still marked
+    /// `Applying` for: it writes its apply state at the snapshot's index once the data
+    /// is in place, and the peer marks the region live after.
+    fn snapshot_in_place(&self, state: &RegionLocalState) -> Result<bool> {
+        let region_id = state.get_region().get_id();
+        let applied = self
+            .engine
+            .get_msg::<RaftApplyState>(Cf::Raft, &keys::apply_state_key(region_id))?
+            .map_or(0, |s| s.applied_index);
+        let index = state.get_pending_snapshot().index;
+        Ok(index > 0 && applied >= index)
     }
 
     /// The apply to redo for a region whose snapshot apply a restart interrupted. Its

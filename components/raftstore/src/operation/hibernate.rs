@@ -18,8 +18,11 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use slog::debug;
 
-use super::PeerFsm;
-use crate::{metrics, msg::PeerMsg, poll::PollContext};
+use crate::{
+    fsm::peer::{PeerFsm, PollContext},
+    metrics,
+    msg::PeerMsg,
+};
 
 impl PeerFsm {
     /// Whether `msg` should wake this peer if it is quiet.
@@ -44,14 +47,14 @@ impl PeerFsm {
             // them before the next check-quorum could make the leader step down.
             self.raft.ping();
         }
-        ctx.router.set_hibernating(self.region_id(), false);
+        ctx.hibernating.lock().remove(&self.region_id());
         metrics::HIBERNATING.dec();
         debug!(self.logger, "woke up");
     }
 
     fn go_quiet(&mut self, ctx: &mut PollContext) {
         self.quiet = true;
-        ctx.router.set_hibernating(self.region_id(), true);
+        ctx.hibernating.lock().insert(self.region_id());
         metrics::HIBERNATING.inc();
         debug!(self.logger, "hibernating");
     }

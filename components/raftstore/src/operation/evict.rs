@@ -8,8 +8,7 @@
 use proto::metapb;
 use slog::{debug, info};
 
-use super::PeerFsm;
-use crate::poll::PollContext;
+use crate::fsm::peer::{PeerFsm, PollContext};
 
 impl PeerFsm {
     /// Hands leadership away if this peer leads; a follower has nothing to do.

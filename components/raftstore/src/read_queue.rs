@@ -8,7 +8,6 @@ use proto::metapb;
 use raft::{RawNode, ReadState};
 use slog::{warn, Logger};
 
-use super::PeerFsm;
 use crate::{
     metrics,
     msg::{Callback, ReadReady},
@@ -36,6 +35,11 @@ pub struct ReadQueue {
 }
 
 impl ReadQueue {
+    /// Queues a read for the next batch.
+    pub fn push(&mut self, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
+        self.incoming.push((epoch, cb));
+    }
+
     /// Whether no read is waiting.
     pub fn is_empty(&self) -> bool {
         self.incoming.is_empty() && self.batches.is_empty()
@@ -139,28 +143,5 @@ impl ReadQueue {
                 cb(Err(err()));
             }
         }
-    }
-}
-
-impl PeerFsm {
-    pub(crate) fn on_read(&mut self, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
-        // Test-only: serve from whatever this replica has, leader or not, with no ReadIndex
-        // round. It breaks linearizability on purpose, so that tests can show their
-        // checker catches it.
-        if fail::eval("read_without_read_index", |_| ()).is_some() {
-            return cb(Ok(ReadReady {
-                region: self.region().clone(),
-                term: self.raft.raft.term,
-            }));
-        }
-        if !self.is_leader() {
-            cb(Err(self.not_leader()));
-            return;
-        }
-        if let Err(e) = check_epoch(self.region(), &epoch, false) {
-            cb(Err(e));
-            return;
-        }
-        self.reads.incoming.push((epoch, cb));
     }
 }

@@ -1,12 +1,21 @@
-//! Raft log compaction. A leader compacts up to what every peer has, or, past the count or
-//! size limit, up to what it has applied (a follower that lags that far gets a snapshot).
+//! Raft log compaction, both halves. A leader proposes compacting up to what every peer
+//! has, or, past the count or size limit, up to what it has applied (a follower that
+//! lags that far gets a snapshot). The apply side reports it; the peer, the log's owner,
+//! deletes the entries.
 
-use proto::raft_cmdpb::{AdminCmdType, AdminRequest};
+use proto::raft_cmdpb::{AdminCmdType, AdminRequest, CompactLogRequest};
 use protobuf::Message as _;
 use slog::{debug, warn};
 
-use super::PeerFsm;
-use crate::{metrics, poll::PollContext};
+use crate::{
+    fsm::{
+        apply::ApplyFsm,
+        peer::{PeerFsm, PollContext},
+    },
+    metrics,
+    msg::{CmdResponse, ExecResult},
+    Result,
+};
 
 impl PeerFsm {
     pub(crate) fn maybe_compact_log(&mut self, ctx: &mut PollContext) {
@@ -67,5 +76,18 @@ impl PeerFsm {
         self.raft
             .mut_store()
             .compact_to(index, term, &mut ctx.raft_wb);
+    }
+}
+
+impl ApplyFsm {
+    /// Reports an applied compaction to the peer, skipping what is gone already.
+    pub(crate) fn exec_compact_log(&mut self, req: &CompactLogRequest) -> Result<CmdResponse> {
+        if req.compact_index <= self.apply_state.applied_index {
+            self.results.push(ExecResult::CompactLog {
+                index: req.compact_index,
+                term: req.compact_term,
+            });
+        }
+        Ok(CmdResponse::default())
     }
 }

@@ -4,8 +4,10 @@
 use engine::Cf;
 use proto::pdpb;
 
-use super::PeerFsm;
-use crate::{msg::PdTask, poll::PollContext};
+use crate::{
+    fsm::peer::{PeerFsm, PollContext},
+    msg::PdTask,
+};
 
 impl PeerFsm {
     /// Peers so far behind that they need the log the leader no longer has (a snapshot).

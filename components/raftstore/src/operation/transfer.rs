@@ -8,8 +8,10 @@
 use proto::metapb;
 use slog::{info, warn};
 
-use super::PeerFsm;
-use crate::{poll::PollContext, Error, Result};
+use crate::{
+    fsm::peer::{PeerFsm, PollContext},
+    Error, Result,
+};
 
 impl PeerFsm {
     /// Hands leadership to this region's voter on `to`'s store (or, if `to` names no

@@ -1,0 +1,411 @@
+//! The peer state machine: one region's Raft node on this store, and what the Raft
+//! pollers share.
+//!
+//! The operations (`crate::operation`) are further `impl PeerFsm` blocks, each beside its
+//! apply-side half; the fields are crate-visible for them. The store and the pollers use
+//! only methods.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use crossbeam_channel::Sender;
+use engine::{Engine, WriteBatch};
+use parking_lot::Mutex;
+use proto::{metapb, raft_serverpb::RaftMessage};
+use protobuf::Message as _;
+use raft::{
+    eraftpb::{Entry, Message, MessageType, Snapshot},
+    RawNode, Ready, StateRole,
+};
+use slog::{debug, info, o, warn, Logger};
+
+use crate::{
+    batch::{Fsm, Router},
+    disk::DiskSpace,
+    fsm::apply::ApplyRouter,
+    metrics,
+    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
+    proposal::ProposalQueue,
+    read_queue::ReadQueue,
+    snap::{snap_key, ReceivedFiles, SnapManager},
+    storage::PeerStorage,
+    store_meta::StoreMeta,
+    transport::Transport,
+    Config, Error, Result,
+};
+
+/// What every peer handled by one Raft poller shares.
+pub(crate) struct PollContext {
+    pub cfg: Arc<Config>,
+    pub engine: Engine,
+    /// Every peer's mailbox (a destroyed peer takes itself out).
+    pub peers: Router<PeerFsm>,
+    /// The store's own mailbox.
+    pub store_tx: Sender<StoreMsg>,
+    /// Regions whose peer here hibernates: the store sends them no ticks.
+    pub hibernating: Arc<Mutex<HashSet<u64>>>,
+    pub apply_router: ApplyRouter,
+    pub transport: Arc<dyn Transport>,
+    pub pd_tx: Sender<PdTask>,
+    pub store_meta: Arc<Mutex<StoreMeta>>,
+    pub snap_mgr: SnapManager,
+    pub split_check_tx: Sender<SplitCheckTask>,
+    /// Whether the disk has room for client writes (measured by the store loop).
+    pub disk: DiskSpace,
+    /// This round's Raft writes, for every peer.
+    pub raft_wb: WriteBatch,
+    /// This round's write holds new log entries: fsynced unless `sync-log` is off.
+    pub sync_log: bool,
+    /// This round's write holds state that must be durable whatever `sync-log` says: a
+    /// new term or vote (else a store that lost power could vote twice in one term), a
+    /// snapshot's new log base, a region's new shape, a peer's removal.
+    pub sync_state: bool,
+    /// This round's outgoing messages, by destination store.
+    pub outgoing: HashMap<u64, Vec<RaftMessage>>,
+}
+
+/// A Ready taken from raft-rs, persisted by the round's write, finished after it.
+pub(crate) struct PendingReady {
+    pub ready: Ready,
+    pub persisted_messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+    pub snapshot: Option<(Snapshot, ReceivedFiles)>,
+}
+
+/// One region's Raft peer on this store.
+pub struct PeerFsm {
+    pub(crate) peer: metapb::Peer,
+    pub(crate) raft: RawNode<PeerStorage>,
+    pub(crate) logger: Logger,
+    pub(crate) proposals: ProposalQueue,
+    pub(crate) reads: ReadQueue,
+    /// Peers heard from, so that a peer created by a message (whose region has no peers
+    /// yet) can answer the leader.
+    pub(crate) peer_cache: HashMap<u64, metapb::Peer>,
+    /// Leader only: when each other peer was last heard from.
+    pub(crate) peer_heartbeats: HashMap<u64, Instant>,
+    pub(crate) ticks: u64,
+    pub(crate) pending: Option<PendingReady>,
+    /// Report to PD at the next opportunity (the region or its leader changed).
+    pub(crate) heartbeat_due: bool,
+    /// How many peers the last heartbeat reported as pending; a change is news for PD
+    /// (a learner that caught up can be promoted).
+    pub(crate) reported_pending: usize,
+    pub(crate) stopped: bool,
+    /// Bytes proposed since the split checker last measured the region.
+    pub(crate) size_diff_hint: u64,
+    /// Size and keys the split checker last measured.
+    pub(crate) approximate: Option<(u64, u64)>,
+    /// Hibernating: the store sends no ticks (see `hibernate`).
+    pub(crate) quiet: bool,
+    /// Ticks since the last proposal, read or admin request.
+    pub(crate) idle_ticks: u64,
+    /// The last entry handed to the apply state machine: a snapshot waits until the
+    /// apply side has reported it applied, so that nothing is in flight there.
+    pub(crate) last_sent_to_apply: u64,
+    /// A snapshot is waiting for the apply queue to empty (counted once).
+    pub(crate) snapshot_waits: bool,
+    /// The index of an applied split or membership change whose region state this
+    /// round writes: the apply side waits for it before it goes past that entry.
+    pub(crate) region_persist: Option<u64>,
+    /// The new regions of an applied split whose peers the store creates once their
+    /// initial states are written.
+    pub(crate) split_peers: Vec<metapb::Region>,
+    /// When this peer last proposed a ComputeHash: every replica scans the region for
+    /// one, so they are spaced out.
+    pub(crate) last_hash: Option<Instant>,
+    /// Leader only: the peer leadership is being transferred to, and for how many ticks.
+    pub(crate) transfer: Option<(u64, u64)>,
+}
+
+impl Fsm for PeerFsm {
+    type Message = PeerMsg;
+}
+
+impl PeerFsm {
+    /// Creates the peer `peer` of `region` over storage loaded from the engine.
+    pub fn new(
+        cfg: &Config,
+        storage: PeerStorage,
+        peer: metapb::Peer,
+        logger: &Logger,
+    ) -> Result<PeerFsm> {
+        let region_id = storage.region().get_id();
+        let logger = logger.new(o!("region_id" => region_id, "peer_id" => peer.get_id()));
+        // A snapshot whose apply a restart interrupted is in flight to the apply side.
+        let last_sent_to_apply = storage.raft_applied();
+        let raft_cfg = raft::Config {
+            id: peer.get_id(),
+            election_tick: cfg.raft_election_timeout_ticks,
+            heartbeat_tick: cfg.raft_heartbeat_ticks,
+            applied: storage.raft_applied(),
+            max_size_per_msg: cfg.raft_max_size_per_msg.as_u64(),
+            max_inflight_msgs: cfg.raft_max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let raft = RawNode::new(&raft_cfg, storage, &logger)?;
+        Ok(PeerFsm {
+            peer,
+            raft,
+            logger,
+            proposals: ProposalQueue::default(),
+            reads: ReadQueue::default(),
+            peer_cache: HashMap::new(),
+            peer_heartbeats: HashMap::new(),
+            ticks: 0,
+            pending: None,
+            heartbeat_due: true,
+            reported_pending: 0,
+            stopped: false,
+            size_diff_hint: 0,
+            approximate: None,
+            quiet: false,
+            idle_ticks: 0,
+            last_sent_to_apply,
+            snapshot_waits: false,
+            region_persist: None,
+            split_peers: vec![],
+            last_hash: None,
+            transfer: None,
+        })
+    }
+
+    /// The region id.
+    pub fn region_id(&self) -> u64 {
+        self.region().get_id()
+    }
+
+    /// The region as this peer knows it.
+    pub fn region(&self) -> &metapb::Region {
+        self.raft.store().region()
+    }
+
+    /// Replaces the region; the next round writes it as live.
+    pub(crate) fn set_region(&mut self, region: metapb::Region) {
+        self.raft.mut_store().set_region(region);
+    }
+
+    /// Whether this peer leads its region.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.raft.state == StateRole::Leader
+    }
+
+    /// Whether this peer is its region's only voter (it need not wait out an election
+    /// timeout to lead).
+    pub(crate) fn is_sole_voter(&self) -> bool {
+        let mut voters = self
+            .region()
+            .get_peers()
+            .iter()
+            .filter(|p| p.get_role() == metapb::PeerRole::Voter);
+        voters.next().map(|p| p.get_id()) == Some(self.peer.get_id()) && voters.next().is_none()
+    }
+
+    /// Starts an election now.
+    pub(crate) fn campaign(&mut self) {
+        if let Err(e) = self.raft.campaign() {
+            debug!(self.logger, "cannot campaign"; "err" => %e);
+        }
+    }
+
+    /// Has the split checker measure this peer's region at its next pass.
+    pub(crate) fn schedule_split_check(&mut self, cfg: &Config) {
+        self.size_diff_hint = cfg.region_split_check_diff.as_u64().max(1);
+    }
+
+    /// The leader this peer knows of, if it is in the region.
+    pub(crate) fn leader(&self) -> Option<metapb::Peer> {
+        self.peer_by_id(self.raft.raft.leader_id)
+    }
+
+    pub(crate) fn peer_by_id(&self, id: u64) -> Option<metapb::Peer> {
+        self.region()
+            .get_peers()
+            .iter()
+            .find(|p| p.get_id() == id)
+            .or_else(|| self.peer_cache.get(&id))
+            .cloned()
+    }
+
+    pub(crate) fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            region_id: self.region_id(),
+            leader: self.leader(),
+        }
+    }
+
+    /// Handles one piece of mail.
+    pub(crate) fn on_msg(&mut self, msg: PeerMsg, ctx: &mut PollContext) {
+        if self.stopped {
+            return;
+        }
+        if Self::wakes(&msg) {
+            self.wake(ctx);
+        }
+        if !matches!(
+            msg,
+            PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::RaftMessage(_) | PeerMsg::ApplyRes(_)
+        ) {
+            self.idle_ticks = 0;
+        }
+        match msg {
+            PeerMsg::RaftMessage(m) if m.get_hibernate() => self.on_hibernate_message(&m, ctx),
+            PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
+            PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
+            PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
+            PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to, ctx)),
+            PeerMsg::EvictLeader => self.evict_leader(ctx),
+            PeerMsg::Tick if self.quiet => {}
+            PeerMsg::Tick => self.on_tick(ctx),
+            PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
+            PeerMsg::HeartbeatPd | PeerMsg::Wake => {}
+            PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
+            PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
+            PeerMsg::SnapshotStatus { to_peer_id, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raft.report_snapshot(to_peer_id, status);
+            }
+            PeerMsg::Operator(op) => self.on_operator(*op, ctx),
+            PeerMsg::Split { epoch, keys, cb } => self.on_split_request(epoch, keys, cb, ctx),
+            PeerMsg::SplitCheckResult {
+                epoch,
+                size,
+                keys,
+                split_keys,
+            } => self.on_split_check_result(epoch, size, keys, split_keys, ctx),
+        }
+    }
+
+    fn on_raft_message(&mut self, msg: RaftMessage, ctx: &mut PollContext) {
+        if msg.get_is_tombstone() {
+            self.on_tombstone_message(&msg, ctx);
+            return;
+        }
+        if self.is_stale_sender(&msg, ctx) {
+            return;
+        }
+        let raft_msg = match Message::parse_from_bytes(msg.get_message()) {
+            Ok(m) => {
+                metrics::count_message(false, m.get_msg_type());
+                m
+            }
+            Err(e) => {
+                warn!(self.logger, "dropping undecodable raft message"; "err" => %e);
+                return;
+            }
+        };
+        let snap = (raft_msg.get_msg_type() == MessageType::MsgSnapshot)
+            .then(|| snap_key(self.region_id(), raft_msg.get_snapshot()));
+        if snap.is_some() && !self.accept_snapshot(&raft_msg, ctx) {
+            return;
+        }
+        if raft_msg.get_msg_type() == MessageType::MsgTimeoutNow && ctx.store_meta.lock().stopping {
+            // The leader resends it, then gives up on this store and writes go on.
+            info!(self.logger, "refusing leadership: the store is stopping");
+            return;
+        }
+        let from = msg.get_from_peer();
+        self.peer_cache.insert(from.get_id(), from.clone());
+        if self.is_leader() {
+            self.peer_heartbeats.insert(from.get_id(), Instant::now());
+        }
+        if let Err(e) = self.raft.step(raft_msg) {
+            debug!(self.logger, "raft rejected a message"; "from" => from.get_id(), "err" => %e);
+        }
+        if let Some(key) = snap {
+            self.release_unused_snapshot(key, ctx);
+        }
+    }
+
+    /// Whether a proposal, read or Ready is still being worked on.
+    pub(crate) fn has_work_in_flight(&self) -> bool {
+        !self.proposals.is_empty()
+            || !self.reads.is_empty()
+            || self.pending.is_some()
+            || self.raft.has_ready()
+    }
+
+    fn on_tick(&mut self, ctx: &mut PollContext) {
+        self.ticks += 1;
+        self.idle_ticks += 1;
+        self.raft.tick();
+        self.reads
+            .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
+        if self.is_leader() {
+            self.expire_leader_transfer(ctx);
+            if self
+                .ticks
+                .is_multiple_of(ctx.cfg.ticks(ctx.cfg.raft_log_gc_tick_interval))
+            {
+                self.maybe_compact_log(ctx);
+            }
+            if self
+                .ticks
+                .is_multiple_of(ctx.cfg.ticks(ctx.cfg.split_region_check_tick_interval))
+            {
+                self.maybe_check_split(ctx);
+            }
+            if self.heartbeat_due
+                || self.pending_peers().len() != self.reported_pending
+                || self
+                    .ticks
+                    .is_multiple_of(ctx.cfg.ticks(ctx.cfg.pd_heartbeat_tick_interval))
+            {
+                self.heartbeat_pd(ctx);
+            }
+            self.maybe_hibernate_leader(ctx);
+        }
+    }
+
+    /// Acts on what the apply side reports: its results first (each may change the
+    /// region), then its progress.
+    fn on_apply_res(&mut self, res: ApplyRes, ctx: &mut PollContext) {
+        for r in res.results {
+            match r {
+                ExecResult::ChangePeer { index, cc, region } => {
+                    self.on_change_peer(index, cc, region, ctx)
+                }
+                ExecResult::CompactLog { index, term } => self.on_compact_log(index, term, ctx),
+                ExecResult::SnapshotApplied { region } => self.on_snapshot_applied(region, ctx),
+                ExecResult::Split { index, regions } => self.on_split_applied(index, regions, ctx),
+            }
+            if self.stopped {
+                return;
+            }
+        }
+        self.raft
+            .mut_store()
+            .on_applied(res.applied_index, res.applied_term);
+        self.raft.advance_apply_to(res.applied_index);
+        self.reads.on_applied(
+            res.applied_index,
+            self.raft.store().region(),
+            self.raft.raft.term,
+        );
+        self.reads.retry_pending(&mut self.raft);
+    }
+
+    /// Answers every waiting proposal with `proposal_err` (it may have committed, so its
+    /// outcome is unknown) and every read with `read_err`, for a peer that is going away.
+    pub(crate) fn fail_all(
+        &mut self,
+        proposal_err: impl Fn() -> Error,
+        read_err: impl Fn() -> Error,
+    ) {
+        for p in self.proposals.drain() {
+            (p.cb)(Err(proposal_err()));
+        }
+        self.reads.fail_all(read_err);
+    }
+}

@@ -1,0 +1,130 @@
+//! Removing a peer from this store, both halves: after its own removal is applied, or
+//! when another peer tells it that it was removed (a tombstone message). The peer
+//! deletes its log and Raft state and writes the tombstone; the apply side, after every
+//! entry queued before, deletes the region's data and its own apply state.
+
+use engine::Cf;
+use proto::raft_serverpb::{PeerState, RaftMessage};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use slog::info;
+
+use crate::{
+    fsm::{
+        apply::{ApplyContext, ApplyFsm},
+        peer::{PeerFsm, PollContext},
+    },
+    msg::{ApplyMsg, StoreMsg},
+    storage::put_region_state,
+    Error,
+};
+
+impl PeerFsm {
+    /// Deletes this peer's log, states and data, leaving a tombstone so that late
+    /// messages cannot bring it back.
+    pub(crate) fn destroy(&mut self, ctx: &mut PollContext, reason: &str) {
+        let region = self.region().clone();
+        let id = region.get_id();
+        info!(self.logger, "destroying peer"; "reason" => reason);
+        if let Some(kept) = self.kept_snapshot() {
+            ctx.snap_mgr.discard_received(kept);
+        }
+        self.wake(ctx);
+        self.stopped = true;
+        self.fail_all(
+            || Error::Undetermined("the peer was removed while the command was in flight"),
+            || Error::RegionNotFound(id),
+        );
+        let wb = &mut ctx.raft_wb;
+        let log = keys::raft_log_all_range(id);
+        wb.delete_range(Cf::Raft, &log.start, &log.end);
+        wb.delete(Cf::Raft, &keys::raft_state_key(id));
+        // The tombstone goes with the log's deletion so that a restart never finds a live
+        // region without a log.
+        put_region_state(wb, &region, PeerState::Tombstone);
+        ctx.sync_state = true;
+        let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);
+        ctx.apply_router.unregister(id);
+        ctx.peers.unregister(id);
+        ctx.store_meta.lock().remove_region(id);
+        let _ = ctx.store_tx.send(StoreMsg::PeerDestroyed { region_id: id });
+    }
+
+    /// A peer that knows this one was removed says so.
+    pub(crate) fn on_tombstone_message(&mut self, msg: &RaftMessage, ctx: &mut PollContext) {
+        let ours = self.region().get_region_epoch().get_conf_ver();
+        if msg.get_to_peer().get_id() == self.peer.get_id()
+            && (msg.get_region_epoch().get_conf_ver() > ours || !self.raft.store().is_initialized())
+        {
+            self.destroy(ctx, "told by a newer peer that it was removed");
+        }
+    }
+
+    /// Whether a message comes from a peer that is no longer in the region; if so, tells
+    /// it so.
+    pub(crate) fn is_stale_sender(&mut self, msg: &RaftMessage, ctx: &mut PollContext) -> bool {
+        let from = msg.get_from_peer();
+        let region = self.region();
+        let known = region
+            .get_peers()
+            .iter()
+            .any(|p| p.get_id() == from.get_id());
+        let older =
+            msg.get_region_epoch().get_conf_ver() < region.get_region_epoch().get_conf_ver();
+        if known || !older || !self.raft.store().is_initialized() {
+            return false;
+        }
+        let mut reply = RaftMessage::default();
+        reply.set_region_id(region.get_id());
+        reply.set_from_peer(self.peer.clone());
+        reply.set_to_peer(from.clone());
+        reply.set_region_epoch(region.get_region_epoch().clone());
+        reply.set_is_tombstone(true);
+        reply.set_message(
+            Message::default()
+                .write_to_bytes()
+                .expect("encode empty message"),
+        );
+        ctx.outgoing
+            .entry(from.get_store_id())
+            .or_default()
+            .push(reply);
+        true
+    }
+}
+
+impl ApplyFsm {
+    /// The peer is gone (it wrote the tombstone and deleted its log): the data and the
+    /// apply state go now, after every entry queued before. What waited on a fence
+    /// never applies.
+    pub(crate) fn destroy(&mut self, ctx: &mut ApplyContext) {
+        fail::fail_point!("apply_destroy");
+        // A peer created by a message has no range yet (an empty region means "all").
+        if !self.region.get_peers().is_empty() {
+            let start = keys::data_key(self.region.get_start_key());
+            let end = keys::data_end_key(self.region.get_end_key());
+            for cf in Cf::DATA {
+                ctx.wb.delete_range(cf, &start, &end);
+            }
+        }
+        ctx.wb
+            .delete(Cf::Raft, &keys::apply_state_key(self.region.get_id()));
+        ctx.sync = true;
+        self.stopped = true;
+        let gone = || {
+            Err(Error::Undetermined(
+                "the peer was removed while the command was in flight",
+            ))
+        };
+        if let Some((p, _)) = self.fence.take().and_then(|f| f.answer) {
+            ctx.respond(p, gone());
+        }
+        for msg in self.stash.drain(..) {
+            if let ApplyMsg::Entries { proposals, .. } = msg {
+                for p in proposals {
+                    ctx.respond(p, gone());
+                }
+            }
+        }
+    }
+}
