@@ -9,9 +9,10 @@
 //! `Fence`), so that a restart never finds applied entries past a region change that is
 //! not on disk: it applies that entry again instead.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use engine::{Engine, WriteBatch};
+use parking_lot::Mutex;
 use proto::{
     metapb,
     raft_cmdpb::{AdminCmdType, RaftCmdRequest},
@@ -32,7 +33,7 @@ pub type ApplyRouter = Router<ApplyFsm>;
 /// What every region handled by one apply poller shares in a round.
 pub(crate) struct ApplyContext {
     pub engine: Engine,
-    pub store_meta: std::sync::Arc<parking_lot::Mutex<StoreMeta>>,
+    pub store_meta: Arc<Mutex<StoreMeta>>,
     pub messages_per_round: usize,
     pub wb: WriteBatch,
     pub sync: bool,
@@ -46,7 +47,7 @@ impl ApplyContext {
     /// A context for one apply poller.
     pub fn new(
         engine: Engine,
-        store_meta: std::sync::Arc<parking_lot::Mutex<StoreMeta>>,
+        store_meta: Arc<Mutex<StoreMeta>>,
         messages_per_round: usize,
     ) -> Self {
         ApplyContext {

@@ -19,7 +19,7 @@ use slog::{debug, info};
 use crate::{
     batch::{FsmGuard, PollHandler},
     fsm::{
-        apply::{ApplyContext, ApplyFsm},
+        apply::{ApplyContext, ApplyFsm, Fence},
         peer::{PeerFsm, PendingReady, PollContext},
     },
     metrics,
@@ -421,7 +421,7 @@ impl ApplyFsm {
             &keys::apply_state_key(self.region.get_id()),
             &self.apply_state,
         );
-        self.fence = Some(crate::fsm::apply::Fence {
+        self.fence = Some(Fence {
             index,
             before: self.apply_state.clone(),
             answer: None,

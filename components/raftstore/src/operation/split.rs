@@ -26,7 +26,7 @@ use crate::{
         apply::{ApplyContext, ApplyFsm},
         peer::{PeerFsm, PollContext},
     },
-    msg::{Callback, CmdResponse, ExecResult, PdTask, SplitCheckTask, StoreMsg},
+    msg::{ApplyMsg, Callback, CmdResponse, ExecResult, PdTask, SplitCheckTask, StoreMsg},
     util::{check_epoch, key_in_region},
     Error, Result,
 };
@@ -308,20 +308,21 @@ impl PeerFsm {
         let Some(index) = self.region_persist.take() else {
             return;
         };
-        let _ = ctx.apply_router.send(
-            self.region_id(),
-            crate::msg::ApplyMsg::RegionPersisted { index },
-        );
         let regions = std::mem::take(&mut self.split_peers);
-        if regions.is_empty() {
-            return;
+        if !regions.is_empty() {
+            // The split is durable; the apply side waits and the new regions' peers
+            // are not created yet.
+            fail::fail_point!("raft_after_split_applied");
         }
-        // The split is durable; the new regions' peers are not created yet.
-        fail::fail_point!("raft_after_split_applied");
-        let campaign = self.is_leader();
         let _ = ctx
-            .store_tx
-            .send(StoreMsg::CreateSplitPeers { regions, campaign });
+            .apply_router
+            .send(self.region_id(), ApplyMsg::RegionPersisted { index });
+        if !regions.is_empty() {
+            let campaign = self.is_leader();
+            let _ = ctx
+                .store_tx
+                .send(StoreMsg::CreateSplitPeers { regions, campaign });
+        }
     }
 }
 
