@@ -11,8 +11,8 @@ use std::{
 
 use crossbeam_channel::bounded;
 use engine::Cf;
-use proto::raft_cmdpb::ConfChangeType;
 use proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
+use proto::{metapb::Region, raft_cmdpb::ConfChangeType};
 use test_cluster::{
     history::{Op, Outcome, Recorder},
     test_config, wait_until, Cluster,
@@ -365,17 +365,19 @@ enum Trigger {
     RemoveHeld,
 }
 
+/// Extra checks of a crash test, on the region as it was before the trigger.
+#[derive(Default)]
+struct Checks {
+    /// Runs while the store is held, before the image (the cluster, the held store).
+    held: Option<fn(&Cluster, u64, &Region)>,
+    /// Runs on the image before the restart.
+    image: Option<fn(&std::path::Path, &Region)>,
+}
+
 /// Holds `store`'s `thread` at fail point `point` while `trigger` runs, takes a crash
 /// image there, restarts the store from it, and checks that it starts, that every
 /// acknowledged write is there, and that every replica ends with the same data.
-/// `inspect` sees the image and the region (as it was before the trigger) first.
-fn crash_at(
-    point: &str,
-    thread: &str,
-    on_leader: bool,
-    trigger: Trigger,
-    inspect: impl FnOnce(&std::path::Path, &proto::metapb::Region),
-) {
+fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger, checks: Checks) {
     let _scenario = fail::FailScenario::setup();
     let mut c = Cluster::new(4);
     c.wait_voters(b"", 3, T);
@@ -399,6 +401,9 @@ fn crash_at(
     };
     let mut image = None;
     let crash = while_held_on(point, &format!("{thread}-s{held}-"), || {
+        if let Some(check) = checks.held {
+            check(&c, held, &region);
+        }
         image = Some(c.crash_image(held))
     });
     let acked = std::thread::scope(|s| {
@@ -432,7 +437,9 @@ fn crash_at(
     });
     fail::remove(point);
     let image = image.expect("a crash image");
-    inspect(&image, &region);
+    if let Some(check) = checks.image {
+        check(&image, &region);
+    }
     c.restart_from_image(held, &image)
         .unwrap_or_else(|e| panic!("store {held} does not restart after a crash at {point}: {e}"));
     for i in 0..20 {
@@ -474,7 +481,7 @@ fn crash_before_persisting_a_ready() {
         "raftstore",
         true,
         Trigger::Write,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -486,7 +493,7 @@ fn crash_after_persisting_a_ready() {
         "raftstore",
         true,
         Trigger::Write,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -498,7 +505,7 @@ fn crash_before_applying_a_split() {
         "apply",
         false,
         Trigger::Split,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -510,7 +517,7 @@ fn crash_after_applying_a_split() {
         "raftstore",
         false,
         Trigger::Split,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -522,7 +529,7 @@ fn crash_during_a_conf_change() {
         "apply",
         false,
         Trigger::AddLearner,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -534,7 +541,7 @@ fn crash_between_a_destroys_two_writes() {
         "apply",
         false,
         Trigger::RemoveHeld,
-        |_, _| {},
+        Checks::default(),
     );
 }
 
@@ -549,14 +556,80 @@ fn crash_between_a_splits_apply_and_its_persist() {
         "raftstore",
         false,
         Trigger::Split,
-        |image, region| {
-            let on_disk = region_state_in(image, region.get_id());
-            assert_eq!(on_disk.get_state(), PeerState::Normal);
-            assert_eq!(
-                on_disk.get_region().get_region_epoch(),
-                region.get_region_epoch(),
-                "the split must not be on disk yet"
-            );
+        Checks {
+            image: Some(|image, region| assert_shape_not_changed(image, region, "the split")),
+            ..Checks::default()
+        },
+    );
+}
+
+/// Asserts that the image holds `region` live and as it was (`what` changes it).
+fn assert_shape_not_changed(image: &std::path::Path, region: &Region, what: &str) {
+    let on_disk = region_state_in(image, region.get_id());
+    assert_eq!(on_disk.get_state(), PeerState::Normal);
+    assert_eq!(
+        on_disk.get_region().get_region_epoch(),
+        region.get_region_epoch(),
+        "{what} must not be on disk yet"
+    );
+}
+
+/// The apply side has applied a membership change and the peer has not yet written it:
+/// after the restart the change applies again.
+#[test]
+fn crash_between_a_conf_changes_apply_and_its_persist() {
+    let _alone = test_cluster::gate::alone();
+    crash_at(
+        "raft_before_persisting_a_conf_change",
+        "raftstore",
+        false,
+        Trigger::AddLearner,
+        Checks {
+            image: Some(|image, region| {
+                assert_shape_not_changed(image, region, "the membership change")
+            }),
+            ..Checks::default()
+        },
+    );
+}
+
+/// A removed peer's data and apply state go only once its tombstone is durable: held
+/// before that write, the store keeps both (the apply side deleted them first, and a
+/// crash then left a live region without its data: the store refused to start).
+#[test]
+fn a_removed_peer_keeps_its_data_until_its_tombstone_is_durable() {
+    let _alone = test_cluster::gate::alone();
+    crash_at(
+        "raft_after_destroying_a_peer",
+        "raftstore",
+        false,
+        Trigger::RemoveHeld,
+        Checks {
+            held: Some(|c, held, region| {
+                // Give an apply side that was told too early the time to act.
+                let apply_state = || {
+                    c.engine(held)
+                        .get_msg::<RaftApplyState>(
+                            Cf::Raft,
+                            &keys::apply_state_key(region.get_id()),
+                        )
+                        .expect("read")
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while std::time::Instant::now() < deadline {
+                    assert!(
+                        apply_state().is_some(),
+                        "the apply state went before the tombstone"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }),
+            image: Some(|image, region| {
+                assert_eq!(
+                    region_state_in(image, region.get_id()).get_state(),
+                    PeerState::Normal
+                );
+            }),
         },
     );
 }

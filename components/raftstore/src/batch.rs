@@ -165,8 +165,9 @@ impl<F: Fsm> Router<F> {
         self.boxes.write().insert(region_id, mailbox);
     }
 
-    pub(crate) fn unregister(&self, region_id: u64) {
-        self.boxes.write().remove(&region_id);
+    /// Takes a region's mailbox out of the router; mail already in it stays.
+    pub(crate) fn unregister(&self, region_id: u64) -> Option<Mailbox<F>> {
+        self.boxes.write().remove(&region_id)
     }
 
     pub(crate) fn clear(&self) {

@@ -149,9 +149,9 @@ pub enum ApplyMsg {
         /// The SST files to ingest, with what each must hold.
         files: crate::snap::ReceivedFiles,
     },
-    /// The peer is gone (its tombstone is written): delete the region's data and apply
-    /// state, stop. Done here, after every entry queued before it, so a late apply
-    /// cannot write data back.
+    /// The peer is gone (its tombstone is durable): delete the region's data and apply
+    /// state, stop. Done here, after every message queued before it, so a late apply
+    /// cannot write data back; entries held back by a fence never apply.
     Destroy,
     /// The peer has written the region's new shape after the split or membership change
     /// at `index`: the apply side may go past that entry.
@@ -164,10 +164,8 @@ pub enum ApplyMsg {
 /// What a region's apply state machine reports back to its peer.
 #[derive(Debug)]
 pub struct ApplyRes {
-    /// How far the region has applied.
+    /// How far the region has applied, as written.
     pub applied_index: u64,
-    /// The term of that entry.
-    pub applied_term: u64,
     /// Side effects the peer must act on.
     pub results: Vec<ExecResult>,
 }

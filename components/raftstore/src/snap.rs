@@ -209,6 +209,13 @@ impl SnapManager {
         let state: RegionLocalState = snap
             .get_msg(Cf::Raft, &keys::region_state_key(region_id))?
             .ok_or(Error::RegionNotFound(region_id))?;
+        if state.changed_at > apply.applied_index {
+            return Err(Error::Snapshot(format!(
+                "region {region_id} changed shape at index {} and has applied only up to {}; \
+                 generating again later",
+                state.changed_at, apply.applied_index
+            )));
+        }
         let region = state.get_region();
         let (index, term) = (apply.applied_index, apply.applied_term);
         self.remove_generated(region_id);

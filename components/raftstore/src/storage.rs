@@ -46,7 +46,6 @@ pub struct PeerStorage {
     region: metapb::Region,
     raft_state: RaftLocalState,
     applied_index: u64,
-    applied_term: u64,
     last_term: u64,
     cache: VecDeque<Entry>,
     snap_state: RefCell<SnapState>,
@@ -55,13 +54,27 @@ pub struct PeerStorage {
     raft_state_dirty: bool,
     /// The region changed (split, membership, snapshot in place) since it was written.
     region_state_dirty: bool,
+    /// The entry that last changed the region, written with it (see `changed_at` in
+    /// `RegionLocalState`).
+    region_changed_at: u64,
 }
 
 /// Adds to `wb` the region's local state: its shape and whether it is live or removed.
 pub fn put_region_state(wb: &mut WriteBatch, region: &metapb::Region, state: PeerState) {
+    put_changed_region_state(wb, region, state, 0);
+}
+
+/// Like [`put_region_state`], for a shape the entry at `changed_at` gave the region.
+fn put_changed_region_state(
+    wb: &mut WriteBatch,
+    region: &metapb::Region,
+    state: PeerState,
+    changed_at: u64,
+) {
     let mut s = RegionLocalState::default();
     s.set_state(state);
     s.set_region(region.clone());
+    s.changed_at = changed_at;
     wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
 }
 
@@ -113,7 +126,7 @@ impl PeerStorage {
         let truncated = raft_state.get_truncated_state().clone();
         // While a snapshot's apply is redone, the data is the old one: what was applied
         // stays what the apply side last recorded until it reports the snapshot in place.
-        let (applied_index, applied_term) = (apply_state.applied_index, apply_state.applied_term);
+        let applied_index = apply_state.applied_index;
         if initialized && !applying && applied_index < truncated.index {
             return Err(Error::Snapshot(format!(
                 "region {id}: applied index {applied_index} is behind the log's start {}; \
@@ -142,7 +155,6 @@ impl PeerStorage {
             region,
             raft_state,
             applied_index,
-            applied_term,
             last_term,
             cache: VecDeque::new(),
             snap_state: RefCell::new(SnapState::Relax),
@@ -150,6 +162,7 @@ impl PeerStorage {
             // Written back in the new place with the next Ready.
             raft_state_dirty: legacy,
             region_state_dirty: false,
+            region_changed_at: 0,
         })
     }
 
@@ -158,10 +171,12 @@ impl PeerStorage {
         &self.region
     }
 
-    /// Replaces the region (after a split, a membership change or a snapshot put in
-    /// place); [`PeerStorage::write_region_state`] writes it as live.
-    pub fn set_region(&mut self, region: metapb::Region) {
+    /// Replaces the region after the entry at `changed_at` (a split or a membership
+    /// change; 0 for a snapshot put in place); [`PeerStorage::write_region_state`]
+    /// writes it as live.
+    pub fn set_region(&mut self, region: metapb::Region, changed_at: u64) {
         self.region = region;
+        self.region_changed_at = changed_at;
         self.region_state_dirty = true;
     }
 
@@ -171,7 +186,7 @@ impl PeerStorage {
         if !std::mem::take(&mut self.region_state_dirty) {
             return false;
         }
-        put_region_state(wb, &self.region, PeerState::Normal);
+        put_changed_region_state(wb, &self.region, PeerState::Normal, self.region_changed_at);
         true
     }
 
@@ -203,12 +218,11 @@ impl PeerStorage {
     }
 
     /// Records apply progress, and drops cached entries nobody is likely to ask for.
-    pub fn on_applied(&mut self, index: u64, term: u64) {
+    pub fn on_applied(&mut self, index: u64) {
         if index < self.applied_index {
             return;
         }
         self.applied_index = index;
-        self.applied_term = term;
         while self.cache.len() > CACHE_KEEP_APPLIED
             && self.cache.front().is_some_and(|e| e.index <= index)
         {

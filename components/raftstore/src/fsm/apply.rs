@@ -77,8 +77,8 @@ impl ApplyContext {
 pub(crate) struct Fence {
     /// The entry that changed the region.
     pub index: u64,
-    /// The apply state written before it: what a restart resumes from.
-    pub before: RaftApplyState,
+    /// The applied index written before it: where a restart resumes.
+    pub before: u64,
     /// The entry's proposal and answer, given once the change is durable.
     pub answer: Option<(Proposal, Result<CmdResponse>)>,
 }

@@ -23,11 +23,11 @@ use raft::{
 use slog::{debug, info, o, warn, Logger};
 
 use crate::{
-    batch::{Fsm, Router},
+    batch::{Fsm, Mailbox, Router},
     disk::DiskSpace,
-    fsm::apply::ApplyRouter,
+    fsm::apply::{ApplyFsm, ApplyRouter},
     metrics,
-    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
+    msg::{ApplyMsg, ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
     proposal::ProposalQueue,
     read_queue::ReadQueue,
     snap::{snap_key, ReceivedFiles, SnapManager},
@@ -114,6 +114,9 @@ pub struct PeerFsm {
     /// The new regions of an applied split whose peers the store creates once their
     /// initial states are written.
     pub(crate) split_peers: Vec<metapb::Region>,
+    /// A destroyed peer's apply state machine, taken out of the router: it is told to
+    /// delete the region's data once the tombstone is durable (`post_persist`).
+    pub(crate) apply_to_destroy: Option<Mailbox<ApplyFsm>>,
     /// When this peer last proposed a ComputeHash: every replica scans the region for
     /// one, so they are spaced out.
     pub(crate) last_hash: Option<Instant>,
@@ -170,6 +173,7 @@ impl PeerFsm {
             idle_ticks: 0,
             last_sent_to_apply,
             snapshot_waits: false,
+            apply_to_destroy: None,
             region_persist: None,
             split_peers: vec![],
             last_hash: None,
@@ -187,9 +191,22 @@ impl PeerFsm {
         self.raft.store().region()
     }
 
+    /// Sends mail to this region's apply state machine (also once the peer is destroyed
+    /// and its mailbox taken out of the router).
+    pub(crate) fn send_apply(
+        &self,
+        msg: ApplyMsg,
+        ctx: &PollContext,
+    ) -> std::result::Result<(), ApplyMsg> {
+        match &self.apply_to_destroy {
+            Some(mailbox) => mailbox.send(msg),
+            None => ctx.apply_router.send(self.region_id(), msg),
+        }
+    }
+
     /// Replaces the region; the next round writes it as live.
     pub(crate) fn set_region(&mut self, region: metapb::Region) {
-        self.raft.mut_store().set_region(region);
+        self.raft.mut_store().set_region(region, 0);
     }
 
     /// Whether this peer leads its region.
@@ -384,9 +401,7 @@ impl PeerFsm {
                 return;
             }
         }
-        self.raft
-            .mut_store()
-            .on_applied(res.applied_index, res.applied_term);
+        self.raft.mut_store().on_applied(res.applied_index);
         self.raft.advance_apply_to(res.applied_index);
         self.reads.on_applied(
             res.applied_index,

@@ -402,8 +402,8 @@ impl StoreFsm {
               "peer_id" => to.get_id(), "from" => msg.get_from_peer().get_id());
         // An empty peer from before a restart (never initialized, so not loaded) may
         // have voted: its term and vote are read back, or this store could vote twice
-        // in one term. It has no log; an apply state that a removed peer's apply side
-        // wrote after the removal is ignored (`PeerStorage::new`).
+        // in one term. It has no log; an apply state a removed peer left (its apply side
+        // had not deleted it yet when the store stopped) is ignored (`PeerStorage::new`).
         let mut region = metapb::Region::default();
         region.set_id(region_id);
         let storage = PeerStorage::new(

@@ -248,6 +248,8 @@ impl PeerFsm {
         if cc.get_changes().is_empty() {
             return;
         }
+        // The apply side has applied the change; nothing of it is on disk yet.
+        fail::fail_point!("raft_before_persisting_a_conf_change");
         if let Err(e) = self.raft.apply_conf_change(&cc) {
             panic!(
                 "region {} cannot apply a committed membership change: {e}",
@@ -256,7 +258,7 @@ impl PeerFsm {
         }
         info!(self.logger, "membership changed"; "peers" => ?region.get_peers(),
               "conf_ver" => region.get_region_epoch().get_conf_ver());
-        self.raft.mut_store().set_region(region.clone());
+        self.raft.mut_store().set_region(region.clone(), index);
         ctx.store_meta.lock().set_region(region.clone());
         if !region
             .get_peers()
@@ -366,7 +368,11 @@ impl ApplyFsm {
             apply_change(&mut region, change);
         }
         info!(self.logger, "applied membership change"; "peers" => ?region.get_peers(), "index" => entry.index);
-        self.fence(entry.index, ctx);
+        // The peer writes a region that changed, and only then lets this side go on; it
+        // ignores a change of nothing, so this side must not wait for one.
+        if !cc.get_changes().is_empty() {
+            self.fence(entry.index, ctx);
+        }
         self.region = region.clone();
         self.results.push(ExecResult::ChangePeer {
             index: entry.index,

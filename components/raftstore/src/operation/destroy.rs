@@ -1,7 +1,9 @@
 //! Removing a peer from this store, both halves: after its own removal is applied, or
 //! when another peer tells it that it was removed (a tombstone message). The peer
-//! deletes its log and Raft state and writes the tombstone; the apply side, after every
-//! entry queued before, deletes the region's data and its own apply state.
+//! deletes its log and Raft state and writes the tombstone (fsynced); only then is the
+//! apply side told, and it deletes the region's data and its own apply state after every
+//! message queued before. Entries it holds back behind a fence (see `crate::fsm::apply`)
+//! never apply: their proposals are answered `Undetermined`.
 
 use engine::Cf;
 use proto::raft_serverpb::{PeerState, RaftMessage};
@@ -43,11 +45,22 @@ impl PeerFsm {
         // region without a log.
         put_region_state(wb, &region, PeerState::Tombstone);
         ctx.sync_state = true;
-        let _ = ctx.apply_router.send(id, ApplyMsg::Destroy);
-        ctx.apply_router.unregister(id);
+        // The apply side deletes the data only once the tombstone is durable
+        // (`finish_destroy`): a crash in between must not find a live region without it.
+        self.apply_to_destroy = ctx.apply_router.unregister(id);
+        // Destroyed in memory; the round's write (tombstone, log deletion) is to come.
+        fail::fail_point!("raft_after_destroying_a_peer");
         ctx.peers.unregister(id);
         ctx.store_meta.lock().remove_region(id);
         let _ = ctx.store_tx.send(StoreMsg::PeerDestroyed { region_id: id });
+    }
+
+    /// After the round's write (the tombstone is durable): the apply side deletes the
+    /// region's data and its apply state, after everything queued before.
+    pub(crate) fn finish_destroy(&mut self) {
+        if let Some(mailbox) = self.apply_to_destroy.take() {
+            let _ = mailbox.send(ApplyMsg::Destroy);
+        }
     }
 
     /// A peer that knows this one was removed says so.
@@ -94,9 +107,8 @@ impl PeerFsm {
 }
 
 impl ApplyFsm {
-    /// The peer is gone (it wrote the tombstone and deleted its log): the data and the
-    /// apply state go now, after every entry queued before. What waited on a fence
-    /// never applies.
+    /// The peer is gone (its tombstone and its log's deletion are durable): the data and
+    /// the apply state go now. What waited on a fence never applies.
     pub(crate) fn destroy(&mut self, ctx: &mut ApplyContext) {
         fail::fail_point!("apply_destroy");
         // A peer created by a message has no range yet (an empty region means "all").

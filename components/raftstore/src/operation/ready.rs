@@ -161,6 +161,7 @@ impl PeerFsm {
     /// Finishes this round's Ready after the round's write is durable.
     pub(crate) fn post_persist(&mut self, ctx: &mut PollContext) {
         self.finish_region_persist(ctx);
+        self.finish_destroy();
         let Some(p) = self.pending.take() else {
             return;
         };
@@ -423,7 +424,7 @@ impl ApplyFsm {
         );
         self.fence = Some(Fence {
             index,
-            before: self.apply_state.clone(),
+            before: self.apply_state.applied_index,
             answer: None,
         });
     }
@@ -455,22 +456,21 @@ impl ApplyFsm {
         }
         self.dirty = false;
         let region_id = self.region.get_id();
-        let durable = match &self.fence {
-            Some(fence) => &fence.before,
+        let applied_index = match &self.fence {
+            Some(fence) => fence.before,
             None => {
                 ctx.wb.put_msg(
                     Cf::Raft,
                     &keys::apply_state_key(region_id),
                     &self.apply_state,
                 );
-                &self.apply_state
+                self.apply_state.applied_index
             }
         };
         ctx.report(
             region_id,
             ApplyRes {
-                applied_index: durable.applied_index,
-                applied_term: durable.applied_term,
+                applied_index,
                 results: std::mem::take(&mut self.results),
             },
         );

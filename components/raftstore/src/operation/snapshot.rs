@@ -163,7 +163,7 @@ impl PeerFsm {
         // The data and the apply state are on disk; the region is still `Applying`.
         fail::fail_point!("raft_before_marking_a_snapshot_live");
         info!(self.logger, "snapshot applied");
-        self.raft.mut_store().set_region(region.clone());
+        self.set_region(region.clone());
         ctx.store_meta.lock().set_region(region);
     }
 }

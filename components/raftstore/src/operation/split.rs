@@ -253,7 +253,7 @@ impl PeerFsm {
         fail::fail_point!("raft_before_persisting_a_split");
         crate::metrics::SPLITS.inc();
         let parent = regions[0].clone();
-        self.raft.mut_store().set_region(parent.clone());
+        self.raft.mut_store().set_region(parent.clone(), index);
         {
             // Under the lock the store also holds while creating peers from messages, so
             // that a new region's peer is made by exactly one of the two.
@@ -314,9 +314,7 @@ impl PeerFsm {
             // are not created yet.
             fail::fail_point!("raft_after_split_applied");
         }
-        let _ = ctx
-            .apply_router
-            .send(self.region_id(), ApplyMsg::RegionPersisted { index });
+        let _ = self.send_apply(ApplyMsg::RegionPersisted { index }, ctx);
         if !regions.is_empty() {
             let campaign = self.is_leader();
             let _ = ctx
