@@ -128,6 +128,26 @@ impl Fsm for PeerFsm {
     type Message = PeerMsg;
 }
 
+/// raft-rs settings for peer `id` of this store, resuming after `applied`.
+fn raft_config(cfg: &Config, id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: cfg.raft_election_timeout_ticks,
+        heartbeat_tick: cfg.raft_heartbeat_ticks,
+        applied,
+        max_size_per_msg: cfg.raft_max_size_per_msg.as_u64(),
+        max_inflight_msgs: cfg.raft_max_inflight_msgs,
+        check_quorum: true,
+        pre_vote: true,
+        // Off: raft-rs 0.7 merges new entries into a pending empty append (a probe)
+        // without checking that they follow its index, so a follower could ack entries
+        // it does not have, and the leader count it towards a quorum. A round's
+        // messages to one store travel in one batch anyway.
+        batch_append: false,
+        ..Default::default()
+    }
+}
+
 impl PeerFsm {
     /// Creates the peer `peer` of `region` over storage loaded from the engine.
     pub fn new(
@@ -140,18 +160,7 @@ impl PeerFsm {
         let logger = logger.new(o!("region_id" => region_id, "peer_id" => peer.get_id()));
         // A snapshot whose apply a restart interrupted is in flight to the apply side.
         let last_sent_to_apply = storage.raft_applied();
-        let raft_cfg = raft::Config {
-            id: peer.get_id(),
-            election_tick: cfg.raft_election_timeout_ticks,
-            heartbeat_tick: cfg.raft_heartbeat_ticks,
-            applied: storage.raft_applied(),
-            max_size_per_msg: cfg.raft_max_size_per_msg.as_u64(),
-            max_inflight_msgs: cfg.raft_max_inflight_msgs,
-            check_quorum: true,
-            pre_vote: true,
-            batch_append: true,
-            ..Default::default()
-        };
+        let raft_cfg = raft_config(cfg, peer.get_id(), storage.raft_applied());
         raft_cfg.validate()?;
         let raft = RawNode::new(&raft_cfg, storage, &logger)?;
         Ok(PeerFsm {
@@ -422,5 +431,98 @@ impl PeerFsm {
             (p.cb)(Err(proposal_err()));
         }
         self.reads.fail_all(read_err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::{
+        eraftpb::{ConfState, Entry, Message, MessageType},
+        storage::MemStorage,
+        RawNode,
+    };
+
+    use super::*;
+
+    fn message(t: MessageType, from: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = from;
+        m.to = 1;
+        m.term = term;
+        m
+    }
+
+    /// Persists and finishes every Ready; returns the messages they held.
+    fn drain(node: &mut RawNode<MemStorage>) -> Vec<Message> {
+        let mut out = vec![];
+        while node.has_ready() {
+            let mut rd = node.ready();
+            out.extend(rd.take_messages());
+            out.extend(rd.take_persisted_messages());
+            let mut store = node.mut_store().wl();
+            store.append(rd.entries()).unwrap();
+            if let Some(hs) = rd.hs() {
+                store.set_hardstate(hs.clone());
+            }
+            drop(store);
+            let mut light = node.advance(rd);
+            out.extend(light.take_messages());
+            node.advance_apply();
+        }
+        out
+    }
+
+    /// A follower that rejects an append gets entries from where it can take them, in
+    /// a message whose index they follow, even while an empty append to it is pending.
+    /// (With raft-rs's `batch_append`, the entries were merged into the pending empty
+    /// append whatever its index: the follower then acked entries it did not have.)
+    #[test]
+    fn appends_after_a_rejection_follow_their_index() {
+        let cfg = Config::default();
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&raft_config(&cfg, 1, 0), storage, &logger).unwrap();
+        node.raft.become_candidate();
+        node.raft.become_leader();
+        let term = node.raft.term;
+        for _ in 0..10 {
+            node.propose(vec![], b"x".to_vec()).unwrap();
+        }
+        drain(&mut node);
+        let last = node.raft.raft_log.last_index();
+        // Peer 3 answered nothing so far. A heartbeat response has the leader probe it
+        // with an empty append at its last index; then, before those go out, peer 3
+        // rejects an earlier append: it has only the first entry.
+        let mut ack = message(MessageType::MsgAppendResponse, 2, term);
+        ack.index = last;
+        node.step(ack).unwrap();
+        drain(&mut node);
+        node.raft.mut_prs().get_mut(3).unwrap().next_idx = last + 1;
+        node.raft.mut_prs().get_mut(3).unwrap().resume();
+        node.step(message(MessageType::MsgHeartbeatResponse, 3, term))
+            .unwrap();
+        let mut reject = message(MessageType::MsgAppendResponse, 3, term);
+        reject.index = last;
+        reject.reject = true;
+        reject.reject_hint = 1;
+        node.step(reject).unwrap();
+        let appends: Vec<Message> = drain(&mut node)
+            .into_iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgAppend && m.to == 3)
+            .collect();
+        assert!(
+            appends.iter().any(|m| !m.get_entries().is_empty()),
+            "{appends:?}"
+        );
+        for m in &appends {
+            let indexes: Vec<u64> = m.get_entries().iter().map(|e: &Entry| e.index).collect();
+            let expected: Vec<u64> = (m.index + 1..=m.index + indexes.len() as u64).collect();
+            assert_eq!(
+                indexes, expected,
+                "entries must follow the append's index {}",
+                m.index
+            );
+        }
     }
 }
