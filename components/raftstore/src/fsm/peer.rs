@@ -201,16 +201,12 @@ impl PeerFsm {
     }
 
     /// Sends mail to this region's apply state machine (also once the peer is destroyed
-    /// and its mailbox taken out of the router).
-    pub(crate) fn send_apply(
-        &self,
-        msg: ApplyMsg,
-        ctx: &PollContext,
-    ) -> std::result::Result<(), ApplyMsg> {
-        match &self.apply_to_destroy {
+    /// and its mailbox taken out of the router); mail for a stopped pool is moot.
+    pub(crate) fn send_apply(&self, msg: ApplyMsg, ctx: &PollContext) {
+        let _ = match &self.apply_to_destroy {
             Some(mailbox) => mailbox.send(msg),
             None => ctx.apply_router.send(self.region_id(), msg),
-        }
+        };
     }
 
     /// Replaces the region; the next round writes it as live.

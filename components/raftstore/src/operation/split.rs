@@ -314,7 +314,7 @@ impl PeerFsm {
             // are not created yet.
             fail::fail_point!("raft_after_split_applied");
         }
-        let _ = self.send_apply(ApplyMsg::RegionPersisted { index }, ctx);
+        self.send_apply(ApplyMsg::RegionPersisted { index }, ctx);
         if !regions.is_empty() {
             let campaign = self.is_leader();
             let _ = ctx
