@@ -101,6 +101,110 @@ fn region_state_in(image: &std::path::Path, region_id: u64) -> RegionLocalState 
         .expect("a region state")
 }
 
+/// The applied index in a crash image, and the index of the last entry of its log that
+/// `is` picks (an admin command of one kind).
+fn applied_and_last(
+    image: &std::path::Path,
+    region_id: u64,
+    is: fn(&raft::eraftpb::Entry) -> bool,
+) -> (u64, u64) {
+    let engine = engine::Engine::open(&image.join("db")).expect("open the image");
+    let applied = engine
+        .get_msg::<RaftApplyState>(Cf::Raft, &keys::apply_state_key(region_id))
+        .expect("read")
+        .expect("an apply state")
+        .applied_index;
+    let log = keys::raft_log_all_range(region_id);
+    let mut last = 0;
+    engine
+        .scan(Cf::Raft, &log.start, &log.end, |_, v| {
+            let e = <raft::eraftpb::Entry as protobuf::Message>::parse_from_bytes(v).unwrap();
+            if is(&e) {
+                last = e.index;
+            }
+            Ok(true)
+        })
+        .expect("scan the log");
+    (applied, last)
+}
+
+fn is_conf_change(e: &raft::eraftpb::Entry) -> bool {
+    e.get_entry_type() == raft::eraftpb::EntryType::EntryConfChangeV2
+}
+
+fn is_split(e: &raft::eraftpb::Entry) -> bool {
+    <proto::raft_cmdpb::RaftCmdRequest as protobuf::Message>::parse_from_bytes(&e.data).is_ok_and(
+        |c| c.get_admin_request().get_cmd_type() == proto::raft_cmdpb::AdminCmdType::BatchSplit,
+    )
+}
+
+/// Asserts that the image holds `region` unchanged by the entry `is` picks, and that
+/// its apply state stops before that entry (the apply side waits for the peer's write).
+fn assert_change_not_on_disk(
+    image: &std::path::Path,
+    region: &Region,
+    is: fn(&raft::eraftpb::Entry) -> bool,
+) {
+    let on_disk = region_state_in(image, region.get_id());
+    assert_eq!(on_disk.get_state(), PeerState::Normal);
+    assert_eq!(
+        on_disk.get_region().get_region_epoch(),
+        region.get_region_epoch(),
+        "the change must not be on disk yet"
+    );
+    let (applied, change) = applied_and_last(image, region.get_id(), is);
+    assert!(change > 0, "the image's log holds the change");
+    assert!(
+        applied < change,
+        "the apply state ({applied}) must stop before the change ({change})"
+    );
+}
+
+/// Whether `store`'s removed peer of `region` (as it was before the removal) is gone
+/// with all it held: the region a tombstone, no apply state, no data in its range. A new
+/// peer PD placed there since counts as gone (its data is its own).
+fn removed_peer_gone(c: &Cluster, store: u64, region: &Region) -> bool {
+    let old_peer = region
+        .get_peers()
+        .iter()
+        .find(|p| p.get_store_id() == store)
+        .map(|p| p.get_id());
+    let engine = c.engine(store);
+    let state: RegionLocalState = engine
+        .get_msg(Cf::Raft, &keys::region_state_key(region.get_id()))
+        .expect("read")
+        .expect("a region state");
+    if state.get_state() != PeerState::Tombstone {
+        let here = state
+            .get_region()
+            .get_peers()
+            .iter()
+            .find(|p| p.get_store_id() == store)
+            .map(|p| p.get_id());
+        return here.is_some() && here != old_peer;
+    }
+    let apply_state: Option<RaftApplyState> = engine
+        .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))
+        .expect("read");
+    let start = keys::data_key(region.get_start_key());
+    let end = keys::data_end_key(region.get_end_key());
+    let mut data = false;
+    engine
+        .scan(Cf::Default, &start, &end, |_, _| {
+            data = true;
+            Ok(false)
+        })
+        .expect("scan");
+    apply_state.is_none() && !data
+}
+
+/// Waits until [`removed_peer_gone`].
+fn wait_until_gone(c: &Cluster, store: u64, region: &Region) {
+    wait_until("the removed peer's data and apply state to go", T, || {
+        removed_peer_gone(c, store, region)
+    });
+}
+
 /// Where a region's log starts on one store, and its last index.
 fn log_bounds(c: &Cluster, store: u64, region_id: u64) -> (u64, u64) {
     let state: RaftLocalState = c
@@ -372,6 +476,10 @@ struct Checks {
     held: Option<fn(&Cluster, u64, &Region)>,
     /// Runs on the image before the restart.
     image: Option<fn(&std::path::Path, &Region)>,
+    /// Runs as soon as the store has restarted.
+    restarted: Option<fn(&Cluster, u64, &Region)>,
+    /// Runs at the end, once the replicas agree.
+    after: Option<fn(&Cluster, u64, &Region)>,
 }
 
 /// Holds `store`'s `thread` at fail point `point` while `trigger` runs, takes a crash
@@ -442,6 +550,9 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger, checks
     }
     c.restart_from_image(held, &image)
         .unwrap_or_else(|e| panic!("store {held} does not restart after a crash at {point}: {e}"));
+    if let Some(check) = checks.restarted {
+        check(&c, held, &region);
+    }
     for i in 0..20 {
         c.must_get_equal(&key(i), b"v");
     }
@@ -454,6 +565,9 @@ fn crash_at(point: &str, thread: &str, on_leader: bool, trigger: Trigger, checks
         T,
         || replicas_agree(&c),
     );
+    if let Some(check) = checks.after {
+        check(&c, held, &region);
+    }
 }
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -541,7 +655,16 @@ fn crash_between_a_destroys_two_writes() {
         "apply",
         false,
         Trigger::RemoveHeld,
-        Checks::default(),
+        Checks {
+            // The restart deletes what the removed peer left, before any peer starts.
+            restarted: Some(|c, held, region| {
+                assert!(
+                    removed_peer_gone(c, held, region),
+                    "the removed peer's data is left"
+                )
+            }),
+            ..Checks::default()
+        },
     );
 }
 
@@ -557,20 +680,9 @@ fn crash_between_a_splits_apply_and_its_persist() {
         false,
         Trigger::Split,
         Checks {
-            image: Some(|image, region| assert_shape_not_changed(image, region, "the split")),
+            image: Some(|image, region| assert_change_not_on_disk(image, region, is_split)),
             ..Checks::default()
         },
-    );
-}
-
-/// Asserts that the image holds `region` live and as it was (`what` changes it).
-fn assert_shape_not_changed(image: &std::path::Path, region: &Region, what: &str) {
-    let on_disk = region_state_in(image, region.get_id());
-    assert_eq!(on_disk.get_state(), PeerState::Normal);
-    assert_eq!(
-        on_disk.get_region().get_region_epoch(),
-        region.get_region_epoch(),
-        "{what} must not be on disk yet"
     );
 }
 
@@ -585,41 +697,42 @@ fn crash_between_a_conf_changes_apply_and_its_persist() {
         false,
         Trigger::AddLearner,
         Checks {
-            image: Some(|image, region| {
-                assert_shape_not_changed(image, region, "the membership change")
-            }),
+            image: Some(|image, region| assert_change_not_on_disk(image, region, is_conf_change)),
             ..Checks::default()
         },
     );
 }
 
 /// A removed peer's data and apply state go only once its tombstone is durable: held
-/// before that write, the store keeps both (the apply side deleted them first, and a
-/// crash then left a live region without its data: the store refused to start).
+/// just before that write, the store keeps both (the apply side deleted them first, and
+/// a crash then left a live region without its data: the store refused to start); and
+/// they do go in the end.
 #[test]
 fn a_removed_peer_keeps_its_data_until_its_tombstone_is_durable() {
     let _alone = test_cluster::gate::alone();
     crash_at(
-        "raft_after_destroying_a_peer",
+        "raft_before_persisting_a_destroy",
         "raftstore",
         false,
         Trigger::RemoveHeld,
         Checks {
             held: Some(|c, held, region| {
-                // Give an apply side that was told too early the time to act.
-                let apply_state = || {
-                    c.engine(held)
-                        .get_msg::<RaftApplyState>(
-                            Cf::Raft,
-                            &keys::apply_state_key(region.get_id()),
-                        )
-                        .expect("read")
+                let engine = c.engine(held);
+                let present = || {
+                    let state: Option<RaftApplyState> = engine
+                        .get_msg(Cf::Raft, &keys::apply_state_key(region.get_id()))
+                        .expect("read");
+                    let data = engine
+                        .get(Cf::Default, &keys::data_key(&key(0)))
+                        .expect("read");
+                    state.is_some() && data.is_some()
                 };
+                // Give an apply side that was told too early the time to act.
                 let deadline = std::time::Instant::now() + Duration::from_secs(1);
                 while std::time::Instant::now() < deadline {
                     assert!(
-                        apply_state().is_some(),
-                        "the apply state went before the tombstone"
+                        present(),
+                        "the data or apply state went before the tombstone"
                     );
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -630,6 +743,8 @@ fn a_removed_peer_keeps_its_data_until_its_tombstone_is_durable() {
                     PeerState::Normal
                 );
             }),
+            after: Some(wait_until_gone),
+            ..Checks::default()
         },
     );
 }

@@ -75,6 +75,18 @@ pub enum Error {
     /// A snapshot could not be generated, sent, received or applied.
     #[error("snapshot: {0}")]
     Snapshot(String),
+
+    /// The region's shape on disk is ahead of its apply state for a moment (after a split
+    /// or membership change): a snapshot now would pair them wrongly.
+    #[error("snapshot of region {region_id} not ready: its shape changed at index {changed_at}, applied only up to {applied}")]
+    SnapshotNotReady {
+        /// The region.
+        region_id: u64,
+        /// The entry that changed its shape.
+        changed_at: u64,
+        /// What its apply state says.
+        applied: u64,
+    },
 }
 
 /// The result type of this crate.

@@ -26,7 +26,7 @@ use proto::raft_serverpb::{
 };
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType, Snapshot};
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::{metrics, util::conf_state_of, Error, Result};
 
@@ -210,11 +210,11 @@ impl SnapManager {
             .get_msg(Cf::Raft, &keys::region_state_key(region_id))?
             .ok_or(Error::RegionNotFound(region_id))?;
         if state.changed_at > apply.applied_index {
-            return Err(Error::Snapshot(format!(
-                "region {region_id} changed shape at index {} and has applied only up to {}; \
-                 generating again later",
-                state.changed_at, apply.applied_index
-            )));
+            return Err(Error::SnapshotNotReady {
+                region_id,
+                changed_at: state.changed_at,
+                applied: apply.applied_index,
+            });
         }
         let region = state.get_region();
         let (index, term) = (apply.applied_index, apply.applied_term);
@@ -269,6 +269,11 @@ impl SnapManager {
                                 .inc_by(bytes);
                             info!(logger, "generated snapshot"; "region_id" => task.region_id,
                                   "index" => s.get_metadata().index);
+                        }
+                        // Asked again by raft-rs in a moment.
+                        Err(e @ Error::SnapshotNotReady { .. }) => {
+                            metrics::SNAPSHOTS.with_label_values(&["generate", "not_ready"]).inc();
+                            debug!(logger, "snapshot not ready"; "err" => %e);
                         }
                         Err(e) => {
                             metrics::SNAPSHOTS.with_label_values(&["generate", "error"]).inc();
@@ -580,6 +585,42 @@ mod tests {
         msg.set_message(m.write_to_bytes().unwrap());
         let gen = mgr.gen_path(1, 5, 5, Cf::Default);
         (mgr, msg, std::fs::read(gen).unwrap())
+    }
+
+    /// A region whose shape on disk is ahead of its apply state (a split or membership
+    /// change the apply side waits to pass) gets no snapshot until the apply state
+    /// catches up: one would pair the new shape with an index before it.
+    #[test]
+    fn no_snapshot_while_the_region_changed_past_the_apply_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let region = bootstrap::first_region(1, 2, 3);
+        bootstrap::write_initial_region(&engine, &region).unwrap();
+        let mgr = SnapManager::new(dir.path().join("snap"), u64::MAX).unwrap();
+        let mut state = RegionLocalState::default();
+        state.set_region(region.clone());
+        state.changed_at = 9;
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::region_state_key(1), &state);
+        engine.write(wb, false).unwrap();
+        match mgr.generate(&engine, 1) {
+            Err(Error::SnapshotNotReady {
+                changed_at: 9,
+                applied,
+                ..
+            }) => assert!(applied < 9),
+            other => panic!("expected not ready, got {other:?}"),
+        }
+        let apply = RaftApplyState {
+            applied_index: 9,
+            applied_term: 6,
+            ..Default::default()
+        };
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::apply_state_key(1), &apply);
+        engine.write(wb, false).unwrap();
+        let snap = mgr.generate(&engine, 1).unwrap();
+        assert_eq!(snap.get_metadata().index, 9);
     }
 
     #[test]

@@ -54,8 +54,8 @@ pub struct PeerStorage {
     raft_state_dirty: bool,
     /// The region changed (split, membership, snapshot in place) since it was written.
     region_state_dirty: bool,
-    /// The entry that last changed the region, written with it (see `changed_at` in
-    /// `RegionLocalState`).
+    /// The entry that changed the region since it was loaded, written with it (see
+    /// `changed_at` in `RegionLocalState`); 0 until then.
     region_changed_at: u64,
 }
 

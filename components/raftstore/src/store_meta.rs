@@ -24,6 +24,10 @@ pub struct StoreMeta {
     snapshot_ranges: HashMap<u64, metapb::Region>,
     /// Region id -> (index, hash) of the last ComputeHash this store's replica applied.
     hashes: HashMap<u64, (u64, u64)>,
+    /// Regions whose peer here was destroyed and whose apply side has yet to delete the
+    /// data (with the range, if it had one): no peer of that id is created and no
+    /// snapshot overlapping the range is taken meanwhile.
+    destroying: HashMap<u64, Option<metapb::Region>>,
 }
 
 impl StoreMeta {
@@ -78,6 +82,24 @@ impl StoreMeta {
         self.campaigning.remove(&region_id);
     }
 
+    /// Forgets a region whose peer was destroyed, keeping its id and range taken until
+    /// [`StoreMeta::end_destroy`].
+    pub(crate) fn begin_destroy(&mut self, region: &metapb::Region) {
+        self.remove_region(region.get_id());
+        let range = (!region.get_peers().is_empty()).then(|| region.clone());
+        self.destroying.insert(region.get_id(), range);
+    }
+
+    /// The apply side has deleted a destroyed region's data.
+    pub(crate) fn end_destroy(&mut self, region_id: u64) {
+        self.destroying.remove(&region_id);
+    }
+
+    /// Whether a destroyed peer of this region still has data to delete here.
+    pub(crate) fn is_destroying(&self, region_id: u64) -> bool {
+        self.destroying.contains_key(&region_id)
+    }
+
     /// Records whether this store leads a region, or is campaigning to.
     pub fn set_role(&mut self, region_id: u64, is_leader: bool, is_candidate: bool) {
         for (set, member) in [
@@ -102,9 +124,10 @@ impl StoreMeta {
     }
 
     /// A region other than `region_id` that overlaps `[start, end)`, if any: a live one,
-    /// or one whose accepted snapshot claims the range.
+    /// one whose accepted snapshot claims the range, or one whose data is being deleted.
     pub fn overlapping_range(&self, region_id: u64, start: &[u8], end: &[u8]) -> Option<u64> {
-        let claimed = self.snapshot_ranges.values().find(|r| {
+        let destroying = self.destroying.values().flatten();
+        let claimed = self.snapshot_ranges.values().chain(destroying).find(|r| {
             r.get_id() != region_id
                 && keys::ranges_overlap(r.get_start_key(), r.get_end_key(), start, end)
         });

@@ -41,6 +41,8 @@ pub(crate) struct ApplyContext {
     pub cbs: Vec<(Proposal, Result<CmdResponse>)>,
     /// Reports for peers, sent once the round is written.
     pub res: Vec<(u64, ApplyRes)>,
+    /// Regions whose data this round deletes (their peers were destroyed).
+    pub destroyed: Vec<u64>,
 }
 
 impl ApplyContext {
@@ -58,6 +60,7 @@ impl ApplyContext {
             sync: false,
             cbs: vec![],
             res: vec![],
+            destroyed: vec![],
         }
     }
 

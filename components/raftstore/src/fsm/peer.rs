@@ -27,7 +27,7 @@ use crate::{
     disk::DiskSpace,
     fsm::apply::{ApplyFsm, ApplyRouter},
     metrics,
-    msg::{ApplyMsg, ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
+    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
     proposal::ProposalQueue,
     read_queue::ReadQueue,
     snap::{snap_key, ReceivedFiles, SnapManager},
@@ -117,6 +117,8 @@ pub struct PeerFsm {
     /// A destroyed peer's apply state machine, taken out of the router: it is told to
     /// delete the region's data once the tombstone is durable (`post_persist`).
     pub(crate) apply_to_destroy: Option<Mailbox<ApplyFsm>>,
+    /// Destroyed this round: the apply side is told after the round's write.
+    pub(crate) destroy_due: bool,
     /// When this peer last proposed a ComputeHash: every replica scans the region for
     /// one, so they are spaced out.
     pub(crate) last_hash: Option<Instant>,
@@ -183,6 +185,7 @@ impl PeerFsm {
             last_sent_to_apply,
             snapshot_waits: false,
             apply_to_destroy: None,
+            destroy_due: false,
             region_persist: None,
             split_peers: vec![],
             last_hash: None,
@@ -198,15 +201,6 @@ impl PeerFsm {
     /// The region as this peer knows it.
     pub fn region(&self) -> &metapb::Region {
         self.raft.store().region()
-    }
-
-    /// Sends mail to this region's apply state machine (also once the peer is destroyed
-    /// and its mailbox taken out of the router); mail for a stopped pool is moot.
-    pub(crate) fn send_apply(&self, msg: ApplyMsg, ctx: &PollContext) {
-        let _ = match &self.apply_to_destroy {
-            Some(mailbox) => mailbox.send(msg),
-            None => ctx.apply_router.send(self.region_id(), msg),
-        };
     }
 
     /// Replaces the region; the next round writes it as live.

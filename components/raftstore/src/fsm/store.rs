@@ -237,6 +237,7 @@ impl StoreFsm {
                 states.push(state);
                 Ok(true)
             })?;
+        self.clear_destroyed_leftovers(&states)?;
         let mut loaded = 0;
         let mut keep = HashSet::new();
         for state in states {
@@ -278,6 +279,50 @@ impl StoreFsm {
         self.snap_mgr.remove_received_except(&keep);
         info!(self.logger, "loaded peers"; "count" => loaded);
         Ok(loaded)
+    }
+
+    /// Deletes what removed peers left when the store stopped between writing their
+    /// tombstone and their apply side deleting the data: the apply state, and the data
+    /// of a range no live region here holds (one that does took the range over).
+    fn clear_destroyed_leftovers(&self, states: &[RegionLocalState]) -> Result<()> {
+        let live: Vec<&metapb::Region> = states
+            .iter()
+            .filter(|s| s.get_state() != PeerState::Tombstone)
+            .map(|s| s.get_region())
+            .collect();
+        let mut wb = self.engine.write_batch();
+        for state in states
+            .iter()
+            .filter(|s| s.get_state() == PeerState::Tombstone)
+        {
+            let region = state.get_region();
+            let key = keys::apply_state_key(region.get_id());
+            if self.engine.get(Cf::Raft, &key)?.is_none() {
+                continue;
+            }
+            wb.delete(Cf::Raft, &key);
+            let taken = live.iter().any(|r| {
+                keys::ranges_overlap(
+                    r.get_start_key(),
+                    r.get_end_key(),
+                    region.get_start_key(),
+                    region.get_end_key(),
+                )
+            });
+            info!(self.logger, "deleting what a removed peer left"; "region_id" => region.get_id(), "data" => !taken);
+            if region.get_peers().is_empty() || taken {
+                continue;
+            }
+            let start = keys::data_key(region.get_start_key());
+            let end = keys::data_end_key(region.get_end_key());
+            for cf in Cf::DATA {
+                wb.delete_range(cf, &start, &end);
+            }
+        }
+        if !wb.is_empty() {
+            self.engine.write(wb, true)?;
+        }
+        Ok(())
     }
 
     /// Whether the apply side finished a snapshot that the region is still marked
@@ -380,6 +425,11 @@ impl StoreFsm {
             // Created between the router miss and now.
             drop(meta);
             return self.router.send_raft_message(msg);
+        }
+        if meta.is_destroying(region_id) {
+            // The removed peer's apply side has yet to delete its data and apply state.
+            debug!(self.logger, "not creating a peer whose predecessor is being destroyed"; "region_id" => region_id);
+            return Ok(());
         }
         if meta.pending_split_peers.contains(&region_id) {
             debug!(self.logger, "peer is being created by a split"; "region_id" => region_id);

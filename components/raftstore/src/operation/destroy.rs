@@ -3,7 +3,10 @@
 //! deletes its log and Raft state and writes the tombstone (fsynced); only then is the
 //! apply side told, and it deletes the region's data and its own apply state after every
 //! message queued before. Entries it holds back behind a fence (see `crate::fsm::apply`)
-//! never apply: their proposals are answered `Undetermined`.
+//! never apply: their proposals are answered `Undetermined`. Until the apply side's write,
+//! the store keeps the region's id and range taken (`StoreMeta::begin_destroy`): no new
+//! peer of it and no overlapping snapshot, whose data the deletion would hit. A store that
+//! stops in between deletes the leftovers when it starts (`clear_destroyed_leftovers`).
 
 use engine::Cf;
 use proto::raft_serverpb::{PeerState, RaftMessage};
@@ -48,18 +51,25 @@ impl PeerFsm {
         // The apply side deletes the data only once the tombstone is durable
         // (`finish_destroy`): a crash in between must not find a live region without it.
         self.apply_to_destroy = ctx.apply_router.unregister(id);
-        // Destroyed in memory; the round's write (tombstone, log deletion) is to come.
-        fail::fail_point!("raft_after_destroying_a_peer");
+        self.destroy_due = true;
         ctx.peers.unregister(id);
-        ctx.store_meta.lock().remove_region(id);
+        ctx.store_meta.lock().begin_destroy(&region);
         let _ = ctx.store_tx.send(StoreMsg::PeerDestroyed { region_id: id });
     }
 
     /// After the round's write (the tombstone is durable): the apply side deletes the
     /// region's data and its apply state, after everything queued before.
-    pub(crate) fn finish_destroy(&mut self) {
-        if let Some(mailbox) = self.apply_to_destroy.take() {
-            let _ = mailbox.send(ApplyMsg::Destroy);
+    pub(crate) fn finish_destroy(&mut self, ctx: &PollContext) {
+        if !std::mem::take(&mut self.destroy_due) {
+            return;
+        }
+        let sent = self
+            .apply_to_destroy
+            .take()
+            .is_some_and(|mailbox| mailbox.send(ApplyMsg::Destroy).is_ok());
+        if !sent {
+            // No apply side to wait for (the pool is stopping).
+            ctx.store_meta.lock().end_destroy(self.region_id());
         }
     }
 
@@ -122,6 +132,7 @@ impl ApplyFsm {
         ctx.wb
             .delete(Cf::Raft, &keys::apply_state_key(self.region.get_id()));
         ctx.sync = true;
+        ctx.destroyed.push(self.region.get_id());
         self.stopped = true;
         let gone = || {
             Err(Error::Undetermined(

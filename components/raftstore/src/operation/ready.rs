@@ -77,6 +77,9 @@ impl PollHandler<PeerFsm> for RaftPoller {
         // A leader's appends go out while its own write is in flight.
         self.ctx.flush_messages();
         fail::fail_point!("raft_before_persist");
+        if fsms.iter().any(|f| f.destroy_due) {
+            fail::fail_point!("raft_before_persisting_a_destroy");
+        }
         self.ctx.write();
         fail::fail_point!("raft_after_persist");
         metrics::READY_PER_ROUND.observe(fsms.len() as f64);
@@ -161,7 +164,7 @@ impl PeerFsm {
     /// Finishes this round's Ready after the round's write is durable.
     pub(crate) fn post_persist(&mut self, ctx: &mut PollContext) {
         self.finish_region_persist(ctx);
-        self.finish_destroy();
+        self.finish_destroy(ctx);
         let Some(p) = self.pending.take() else {
             return;
         };
@@ -198,6 +201,10 @@ impl PeerFsm {
                 "entry overwritten by a new leader",
             )));
         }
+        debug_assert!(
+            !self.stopped,
+            "a destroyed peer's apply side is not in the router"
+        );
         debug!(self.logger, "handing entries to apply"; "count" => entries.len(), "last" => last_index);
         let msg = ApplyMsg::Entries { entries, proposals };
         let sent = ctx.apply_router.send(self.region_id(), msg);
@@ -325,6 +332,12 @@ impl PollHandler<ApplyFsm> for ApplyPoller {
                 .with_label_values(&["apply"])
                 .observe(p.proposed_at.elapsed().as_secs_f64());
             (p.cb)(res);
+        }
+        if !self.ctx.destroyed.is_empty() {
+            let mut meta = self.ctx.store_meta.lock();
+            for region_id in self.ctx.destroyed.drain(..) {
+                meta.end_destroy(region_id);
+            }
         }
     }
 }

@@ -140,6 +140,10 @@ impl PeerFsm {
         files: ReceivedFiles,
         ctx: &mut PollContext,
     ) {
+        debug_assert!(
+            !self.stopped,
+            "a destroyed peer's apply side is not in the router"
+        );
         let region = self.region().clone();
         let meta = snap.get_metadata();
         info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);

@@ -314,7 +314,13 @@ impl PeerFsm {
             // are not created yet.
             fail::fail_point!("raft_after_split_applied");
         }
-        self.send_apply(ApplyMsg::RegionPersisted { index }, ctx);
+        if !self.stopped {
+            // A peer destroyed since wrote only its tombstone: what its apply side holds
+            // back never applies.
+            let _ = ctx
+                .apply_router
+                .send(self.region_id(), ApplyMsg::RegionPersisted { index });
+        }
         if !regions.is_empty() {
             let campaign = self.is_leader();
             let _ = ctx
