@@ -705,8 +705,9 @@ fn crash_between_a_conf_changes_apply_and_its_persist() {
 
 /// A removed peer's data and apply state go only once its tombstone is durable: held
 /// just before that write, the store keeps both (the apply side deleted them first, and
-/// a crash then left a live region without its data: the store refused to start); and
-/// they do go in the end.
+/// a crash then left a live region without its data: the store refused to start). In
+/// the end they go (unless PD has meanwhile placed a new replica on that store, whose
+/// data is its own).
 #[test]
 fn a_removed_peer_keeps_its_data_until_its_tombstone_is_durable() {
     let _alone = test_cluster::gate::alone();

@@ -152,7 +152,10 @@ pub enum ApplyMsg {
     /// The peer is gone (its tombstone is durable): delete the region's data and apply
     /// state, stop. Done here, after every message queued before it, so a late apply
     /// cannot write data back; entries held back by a fence never apply.
-    Destroy,
+    Destroy {
+        /// The region as the peer tombstoned it (its range is the data to delete).
+        region: metapb::Region,
+    },
     /// The peer has written the region's new shape after the split or membership change
     /// at `index`: the apply side may go past that entry.
     RegionPersisted {

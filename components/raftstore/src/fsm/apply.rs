@@ -128,7 +128,7 @@ impl ApplyFsm {
     /// Handles one piece of mail, or keeps it for later while fenced.
     pub(crate) fn on_msg(&mut self, msg: ApplyMsg, ctx: &mut ApplyContext) {
         match msg {
-            ApplyMsg::Destroy => self.destroy(ctx),
+            ApplyMsg::Destroy { region } => self.destroy(&region, ctx),
             ApplyMsg::RegionPersisted { index } => self.on_region_persisted(index, ctx),
             msg if self.fence.is_some() => self.stash.push_back(msg),
             ApplyMsg::Entries { entries, proposals } => self.apply_entries(entries, proposals, ctx),

@@ -283,7 +283,8 @@ impl StoreFsm {
 
     /// Deletes what removed peers left when the store stopped between writing their
     /// tombstone and their apply side deleting the data: the apply state, and the data
-    /// of a range no live region here holds (one that does took the range over).
+    /// unless a live region here overlaps the range (then all of it stays: the live
+    /// region's part is its own, and the rest is left, a leak, not a loss).
     fn clear_destroyed_leftovers(&self, states: &[RegionLocalState]) -> Result<()> {
         let live: Vec<&metapb::Region> = states
             .iter()

@@ -9,7 +9,10 @@
 //! stops in between deletes the leftovers when it starts (`clear_destroyed_leftovers`).
 
 use engine::Cf;
-use proto::raft_serverpb::{PeerState, RaftMessage};
+use proto::{
+    metapb,
+    raft_serverpb::{PeerState, RaftMessage},
+};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use slog::info;
@@ -50,10 +53,15 @@ impl PeerFsm {
         ctx.sync_state = true;
         // The apply side deletes the data only once the tombstone is durable
         // (`finish_destroy`): a crash in between must not find a live region without it.
-        self.apply_to_destroy = ctx.apply_router.unregister(id);
+        // Under the lock the store holds while creating peers, so that no new peer of
+        // the region finds it neither registered nor being destroyed.
+        {
+            let mut meta = ctx.store_meta.lock();
+            meta.begin_destroy(&region);
+            self.apply_to_destroy = ctx.apply_router.unregister(id);
+            ctx.peers.unregister(id);
+        }
         self.destroy_due = true;
-        ctx.peers.unregister(id);
-        ctx.store_meta.lock().begin_destroy(&region);
         let _ = ctx.store_tx.send(StoreMsg::PeerDestroyed { region_id: id });
     }
 
@@ -63,13 +71,16 @@ impl PeerFsm {
         if !std::mem::take(&mut self.destroy_due) {
             return;
         }
-        let sent = self
-            .apply_to_destroy
-            .take()
-            .is_some_and(|mailbox| mailbox.send(ApplyMsg::Destroy).is_ok());
-        if !sent {
-            // No apply side to wait for (the pool is stopping).
-            ctx.store_meta.lock().end_destroy(self.region_id());
+        match self.apply_to_destroy.take() {
+            // What the tombstone covers: the apply side may have shrunk its region by a
+            // split this peer never heard of.
+            Some(mailbox) => {
+                let _ = mailbox.send(ApplyMsg::Destroy {
+                    region: self.region().clone(),
+                });
+            }
+            // No apply side was registered: nothing to wait for.
+            None => ctx.store_meta.lock().end_destroy(self.region_id()),
         }
     }
 
@@ -119,12 +130,12 @@ impl PeerFsm {
 impl ApplyFsm {
     /// The peer is gone (its tombstone and its log's deletion are durable): the data and
     /// the apply state go now. What waited on a fence never applies.
-    pub(crate) fn destroy(&mut self, ctx: &mut ApplyContext) {
+    pub(crate) fn destroy(&mut self, region: &metapb::Region, ctx: &mut ApplyContext) {
         fail::fail_point!("apply_destroy");
         // A peer created by a message has no range yet (an empty region means "all").
-        if !self.region.get_peers().is_empty() {
-            let start = keys::data_key(self.region.get_start_key());
-            let end = keys::data_end_key(self.region.get_end_key());
+        if !region.get_peers().is_empty() {
+            let start = keys::data_key(region.get_start_key());
+            let end = keys::data_end_key(region.get_end_key());
             for cf in Cf::DATA {
                 ctx.wb.delete_range(cf, &start, &end);
             }

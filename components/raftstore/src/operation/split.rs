@@ -27,6 +27,7 @@ use crate::{
         peer::{PeerFsm, PollContext},
     },
     msg::{ApplyMsg, Callback, CmdResponse, ExecResult, PdTask, SplitCheckTask, StoreMsg},
+    store_meta::StoreMeta,
     util::{check_epoch, key_in_region},
     Error, Result,
 };
@@ -260,7 +261,7 @@ impl PeerFsm {
             let mut meta = ctx.store_meta.lock();
             meta.set_region(parent);
             for new in &regions[1..] {
-                match self.new_region_peer_exists(new.get_id(), ctx) {
+                match self.new_region_peer_exists(new.get_id(), &meta, ctx) {
                     Ok(false) => {}
                     Ok(true) => {
                         warn!(self.logger, "new region's peer already exists here; it will catch up by snapshot";
@@ -287,11 +288,13 @@ impl PeerFsm {
         self.heartbeat_due = true;
     }
 
-    /// Whether this store already has a peer of a region a split makes: registered, or,
-    /// from before a restart, a region or Raft state on disk (an empty peer that may have
+    /// Whether this store already has a peer of a region a split makes: registered,
+    /// being destroyed, or, from before a restart, a region or Raft state on disk (an empty peer that may have
     /// voted: the initial state must not overwrite its vote).
-    fn new_region_peer_exists(&self, id: u64, ctx: &PollContext) -> Result<bool> {
+    fn new_region_peer_exists(&self, id: u64, meta: &StoreMeta, ctx: &PollContext) -> Result<bool> {
+        // One being destroyed counts: its apply side has yet to delete what it held.
         Ok(ctx.peers.contains(id)
+            || meta.is_destroying(id)
             || ctx
                 .engine
                 .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(id))?
