@@ -52,39 +52,38 @@ pub struct PeerStorage {
     gen_tx: Sender<GenTask>,
     /// The raft state changed since it was last written.
     raft_state_dirty: bool,
-    /// The region changed (split, membership, snapshot in place) since it was written.
-    region_state_dirty: bool,
-    /// The entry that changed the region since it was loaded, written with it (see
-    /// `changed_at` in `RegionLocalState`); 0 until then.
-    region_changed_at: u64,
+    /// The region changed (split, membership, snapshot in place) and is to be written,
+    /// with the entry that changed it (`changed_at` in `RegionLocalState`; 0: none).
+    region_unwritten: Option<u64>,
 }
 
 /// Adds to `wb` the region's local state: its shape and whether it is live or removed.
 pub fn put_region_state(wb: &mut WriteBatch, region: &metapb::Region, state: PeerState) {
-    put_changed_region_state(wb, region, state, 0);
+    put_local_state(wb, local_state(region, state));
 }
 
-/// Like [`put_region_state`], for a shape the entry at `changed_at` gave the region.
-fn put_changed_region_state(
-    wb: &mut WriteBatch,
-    region: &metapb::Region,
-    state: PeerState,
-    changed_at: u64,
-) {
+fn local_state(region: &metapb::Region, state: PeerState) -> RegionLocalState {
     let mut s = RegionLocalState::default();
     s.set_state(state);
     s.set_region(region.clone());
-    s.changed_at = changed_at;
-    wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
+    s
 }
 
-/// Adds to `wb` the local state of a region being filled by a received snapshot.
-fn put_applying_state(wb: &mut WriteBatch, region: &metapb::Region, pending: PendingSnapshot) {
-    let mut s = RegionLocalState::default();
-    s.set_state(PeerState::Applying);
-    s.set_region(region.clone());
-    s.set_pending_snapshot(pending);
-    wb.put_msg(Cf::Raft, &keys::region_state_key(region.get_id()), &s);
+fn put_local_state(wb: &mut WriteBatch, s: RegionLocalState) {
+    wb.put_msg(
+        Cf::Raft,
+        &keys::region_state_key(s.get_region().get_id()),
+        &s,
+    );
+}
+
+/// Adds to `wb` the deletion of a region's data in every data column family.
+pub fn delete_region_data(wb: &mut WriteBatch, region: &metapb::Region) {
+    let start = keys::data_key(region.get_start_key());
+    let end = keys::data_end_key(region.get_end_key());
+    for cf in Cf::DATA {
+        wb.delete_range(cf, &start, &end);
+    }
 }
 
 impl PeerStorage {
@@ -161,8 +160,7 @@ impl PeerStorage {
             gen_tx,
             // Written back in the new place with the next Ready.
             raft_state_dirty: legacy,
-            region_state_dirty: false,
-            region_changed_at: 0,
+            region_unwritten: None,
         })
     }
 
@@ -176,17 +174,18 @@ impl PeerStorage {
     /// writes it as live.
     pub fn set_region(&mut self, region: metapb::Region, changed_at: u64) {
         self.region = region;
-        self.region_changed_at = changed_at;
-        self.region_state_dirty = true;
+        self.region_unwritten = Some(changed_at);
     }
 
     /// Writes the region as live into `wb` if it changed; returns whether it did (the
     /// write must then be fsynced).
     pub fn write_region_state(&mut self, wb: &mut WriteBatch) -> bool {
-        if !std::mem::take(&mut self.region_state_dirty) {
+        let Some(changed_at) = self.region_unwritten.take() else {
             return false;
-        }
-        put_changed_region_state(wb, &self.region, PeerState::Normal, self.region_changed_at);
+        };
+        let mut s = local_state(&self.region, PeerState::Normal);
+        s.changed_at = changed_at;
+        put_local_state(wb, s);
         true
     }
 
@@ -317,8 +316,10 @@ impl PeerStorage {
         self.set_truncated(meta.index, meta.term);
         self.region = data.get_region().clone();
         self.write_raft_state(wb);
-        self.region_state_dirty = false;
-        put_applying_state(wb, &self.region, pending);
+        self.region_unwritten = None;
+        let mut s = local_state(&self.region, PeerState::Applying);
+        s.set_pending_snapshot(pending);
+        put_local_state(wb, s);
         Ok(data)
     }
 

@@ -23,7 +23,7 @@ use crate::{
     metrics,
     msg::{ApplyMsg, PdTask, PeerMsg, StoreMsg},
     snap::{self, GenTask, SnapManager},
-    storage::PeerStorage,
+    storage::{delete_region_data, PeerStorage},
     store_meta::StoreMeta,
     Config, RaftRouter, Result,
 };
@@ -311,13 +311,8 @@ impl StoreFsm {
                 )
             });
             info!(self.logger, "deleting what a removed peer left"; "region_id" => region.get_id(), "data" => !taken);
-            if region.get_peers().is_empty() || taken {
-                continue;
-            }
-            let start = keys::data_key(region.get_start_key());
-            let end = keys::data_end_key(region.get_end_key());
-            for cf in Cf::DATA {
-                wb.delete_range(cf, &start, &end);
+            if !region.get_peers().is_empty() && !taken {
+                delete_region_data(&mut wb, region);
             }
         }
         if !wb.is_empty() {

@@ -23,9 +23,12 @@ use crate::{
         peer::{PeerFsm, PollContext},
     },
     msg::{ApplyMsg, StoreMsg},
-    storage::put_region_state,
+    storage::{delete_region_data, put_region_state},
     Error,
 };
+
+/// Why a command of a removed peer has no known outcome.
+const REMOVED_IN_FLIGHT: &str = "the peer was removed while the command was in flight";
 
 impl PeerFsm {
     /// Deletes this peer's log, states and data, leaving a tombstone so that late
@@ -40,7 +43,7 @@ impl PeerFsm {
         self.wake(ctx);
         self.stopped = true;
         self.fail_all(
-            || Error::Undetermined("the peer was removed while the command was in flight"),
+            || Error::Undetermined(REMOVED_IN_FLIGHT),
             || Error::RegionNotFound(id),
         );
         let wb = &mut ctx.raft_wb;
@@ -134,22 +137,14 @@ impl ApplyFsm {
         fail::fail_point!("apply_destroy");
         // A peer created by a message has no range yet (an empty region means "all").
         if !region.get_peers().is_empty() {
-            let start = keys::data_key(region.get_start_key());
-            let end = keys::data_end_key(region.get_end_key());
-            for cf in Cf::DATA {
-                ctx.wb.delete_range(cf, &start, &end);
-            }
+            delete_region_data(&mut ctx.wb, region);
         }
         ctx.wb
             .delete(Cf::Raft, &keys::apply_state_key(self.region.get_id()));
         ctx.sync = true;
         ctx.destroyed.push(self.region.get_id());
         self.stopped = true;
-        let gone = || {
-            Err(Error::Undetermined(
-                "the peer was removed while the command was in flight",
-            ))
-        };
+        let gone = || Err(Error::Undetermined(REMOVED_IN_FLIGHT));
         if let Some((p, _)) = self.fence.take().and_then(|f| f.answer) {
             ctx.respond(p, gone());
         }

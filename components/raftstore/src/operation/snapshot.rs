@@ -21,6 +21,7 @@ use crate::{
     metrics,
     msg::{ApplyMsg, ExecResult},
     snap::{self, parse_cf, snap_key, ReceivedFiles, SnapKey},
+    storage::delete_region_data,
     Result,
 };
 
@@ -217,12 +218,8 @@ impl ApplyFsm {
             by_cf.push((snap::parse_cf(meta.get_cf())?, path.clone()));
         }
         fail::fail_point!("apply_snapshot_before_ingest");
-        let start = keys::data_key(region.get_start_key());
-        let end = keys::data_end_key(region.get_end_key());
         let mut clear = ctx.engine.write_batch();
-        for cf in Cf::DATA {
-            clear.delete_range(cf, &start, &end);
-        }
+        delete_region_data(&mut clear, &region);
         ctx.engine.write(clear, false)?;
         for cf in Cf::DATA {
             let of_cf: Vec<PathBuf> = by_cf
