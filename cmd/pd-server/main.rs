@@ -17,9 +17,19 @@ struct Args {
     /// TOML config file (see etc/pd-server.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// gRPC address.
+    /// This member's name in its PD group.
+    #[arg(long)]
+    name: Option<String>,
+    /// gRPC address (clients, stores and the other PD members).
     #[arg(long)]
     addr: Option<String>,
+    /// The members of a new PD group: NAME=HOST:PORT,... (read at the first start only).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Join a running PD group through these members' addresses (HOST:PORT,...); needs
+    /// --cluster-secret-file, copied from a member.
+    #[arg(long)]
+    join: Option<String>,
     /// Address announced to clients, if not --addr.
     #[arg(long)]
     advertise_addr: Option<String>,
@@ -49,6 +59,15 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
         None => FileConfig::default(),
     };
     let pd = &mut cfg.pd;
+    if let Some(v) = &args.name {
+        pd.name = v.clone();
+    }
+    if let Some(v) = &args.initial_cluster {
+        pd.initial_cluster = v.clone();
+    }
+    if let Some(v) = &args.join {
+        pd.join = v.clone();
+    }
     if let Some(v) = &args.addr {
         pd.addr = v.clone();
     }
@@ -102,13 +121,18 @@ fn main() -> ExitCode {
         let shutdown = Shutdown::default();
         shutdown.trigger_on_signals();
         if !cfg.status_addr.is_empty() {
-            let core = server.core();
-            let status: status::StatusFn = Arc::new(move || {
-                serde_json::json!({
-                    "cluster_id": core.cluster_id(),
-                    "bootstrapped": core.is_bootstrapped(),
-                    "stores": core.stores(true).len(),
-                })
+            let source = server.status_source();
+            let status: status::StatusFn = Arc::new(move || match source() {
+                Some(s) => serde_json::json!({
+                    "name": s.name,
+                    "is_leader": s.is_leader,
+                    "leader": s.leader,
+                    "term": s.term,
+                    "cluster_id": s.cluster_id,
+                    "bootstrapped": s.bootstrapped,
+                    "stores": s.stores,
+                }),
+                None => serde_json::json!({ "stopping": true }),
             });
             let addr = match cfg.status_addr.parse() {
                 Ok(a) => a,

@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "raft_serverpb",
     "raft_cmdpb",
     "pdpb",
+    "pd_memberpb",
     "tikvpb",
     "mvccpb",
 ];

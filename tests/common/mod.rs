@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -15,24 +14,7 @@ use std::{
 pub use test_cluster::wait_until;
 use test_cluster::Watchdog;
 
-/// A free port on 127.0.0.1 for a server a test starts. Taken below the kernel's
-/// ephemeral range (32768 and up): a port from that range, released and handed to a
-/// server, can meanwhile become the local port of some outgoing connection, and the
-/// server then fails to bind. Each test binary walks its own stretch of the range.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_000;
-    let base = std::process::id() * 997;
-    for _ in 0..SPAN {
-        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOW} and {}", LOW + SPAN);
-}
+pub use test_cluster::free_port;
 
 /// A child process that is killed when dropped.
 pub struct Proc {

@@ -10,6 +10,7 @@ mod chaos;
 mod config_templates;
 mod failpoints;
 mod hibernate;
+mod pd_group;
 mod raft_cluster;
 mod safety;
 mod split;

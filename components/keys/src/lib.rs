@@ -189,9 +189,44 @@ pub mod pd {
     /// Prefix of every region record.
     pub const REGION_PREFIX: &[u8] = b"pd/region/";
 
+    /// Prefix of every PD member record (replicated with the rest of the metadata).
+    pub const MEMBER_PREFIX: &[u8] = b"pd/member/";
+    /// The highest member id ever given, so that a replaced member gets a new one.
+    pub const MAX_MEMBER_ID_KEY: &[u8] = b"pd/max_member_id";
+    /// Every replicated key starts with this; a snapshot of PD's group carries them all.
+    pub const REPLICATED_PREFIX: &[u8] = b"pd/";
+
+    /// This member's identity (local, in the raft CF).
+    pub const IDENTITY_KEY: &[u8] = b"pdraft/identity";
+    /// This member's Raft hard state (local, in the raft CF).
+    pub const HARD_STATE_KEY: &[u8] = b"pdraft/hard_state";
+    /// How far this member applied its log (local, in the raft CF).
+    pub const APPLY_STATE_KEY: &[u8] = b"pdraft/apply_state";
+    /// Prefix of this member's Raft log entries (local, in the raft CF).
+    pub const LOG_PREFIX: &[u8] = b"pdraft/log/";
+    /// The seed's record of the initial members it handed the cluster secret to.
+    pub const SECRET_GIVEN_PREFIX: &[u8] = b"pdraft/secret_given/";
+
     fn with_id(prefix: &[u8], id: u64) -> Vec<u8> {
         let mut k = prefix.to_vec();
         k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+
+    /// The record of PD member `id`.
+    pub fn member_key(id: u64) -> Vec<u8> {
+        with_id(MEMBER_PREFIX, id)
+    }
+
+    /// Entry `index` of this member's Raft log.
+    pub fn log_key(index: u64) -> Vec<u8> {
+        with_id(LOG_PREFIX, index)
+    }
+
+    /// The seed's record that member `name` was given the cluster secret.
+    pub fn secret_given_key(name: &str) -> Vec<u8> {
+        let mut k = SECRET_GIVEN_PREFIX.to_vec();
+        k.extend_from_slice(name.as_bytes());
         k
     }
 

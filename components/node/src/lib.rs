@@ -128,6 +128,9 @@ fn embedded_pd(cfg: &Config, secret: PathBuf, logger: &Logger) -> Result<pd::PdS
     let mut pd_cfg = cfg.pd.clone();
     pd_cfg.data_dir = cfg.server.data_dir.join("pd");
     pd_cfg.cluster_secret_file = secret;
+    // A group of one: the store's single node needs no other member.
+    pd_cfg.initial_cluster.clear();
+    pd_cfg.join.clear();
     Ok(pd::PdServer::start(
         pd_cfg,
         logger.new(slog::o!("component" => "pd")),

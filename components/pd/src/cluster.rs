@@ -220,8 +220,13 @@ impl PdCore {
     }
 
     /// `count` timestamps; the last one.
+    /// Handed out only once a quorum of PD members confirmed, after the timestamps were
+    /// taken, that this member still leads: a deposed leader hands out none that a new
+    /// leader may have passed.
     pub fn tso(&self, count: u32) -> Result<(i64, i64)> {
-        self.tso.next(count)
+        let ts = self.tso.next(count)?;
+        self.storage.confirm_leader()?;
+        Ok(ts)
     }
 
     /// The GC safe point (0: none yet).
@@ -258,7 +263,19 @@ impl PdCore {
     pub fn bootstrap(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
         let mut st = self.state.lock();
         if st.bootstrapped {
-            return Err(Error::AlreadyBootstrapped);
+            // A retry of the bootstrap that made this cluster (its answer was lost, say
+            // in a PD failover) succeeds: the store must keep its first region.
+            let ours = st.stores.contains_key(&store.get_id())
+                && st.regions.get(region.get_id()).is_some_and(|r| {
+                    r.region
+                        .get_peers()
+                        .iter()
+                        .any(|p| p.get_store_id() == store.get_id())
+                });
+            return match ours {
+                true => Ok(()),
+                false => Err(Error::AlreadyBootstrapped),
+            };
         }
         validate_store(&store)?;
         let peers = region.get_peers();
@@ -845,7 +862,7 @@ mod tests {
     fn bootstrapped(dir: &tempfile::TempDir) -> (PdCore, metapb::Region) {
         let core = PdCore::open(
             Config::default(),
-            Storage::open(dir.path()).unwrap(),
+            crate::storage::local::open(dir.path()),
             util::logger::discard(),
         )
         .unwrap();
@@ -996,7 +1013,7 @@ mod tests {
                 balance_warmup: std::time::Duration::from_secs(3600),
                 ..Config::default()
             };
-            let storage = Storage::open(dir.path()).unwrap();
+            let storage = crate::storage::local::open(dir.path());
             PdCore::open(cfg, storage, util::logger::discard()).unwrap()
         };
         let regions = three_regions();

@@ -38,6 +38,34 @@ pub struct Config {
     /// The cluster secret stores must present (see `util::secret`); empty: created at
     /// first start as `<data-dir>/cluster-secret`, the file to give every store.
     pub cluster_secret_file: PathBuf,
+    /// This member's name in its PD group.
+    pub name: String,
+    /// The members a new group starts with, `name=host:port,...` (their client
+    /// addresses, which members also talk Raft on); empty: this member alone. Read only
+    /// at the first start.
+    pub initial_cluster: String,
+    /// Addresses of members of a running group to join, comma-separated (a new member,
+    /// or one replacing a member of the same name that lost its disk). Needs the
+    /// cluster secret file, copied from a member.
+    pub join: String,
+    /// The Raft tick of the PD group.
+    #[serde(with = "humantime_serde")]
+    pub raft_tick_interval: Duration,
+    /// Ticks without a leader before a member campaigns.
+    pub raft_election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub raft_heartbeat_ticks: usize,
+    /// Log entries kept past the applied index before the log is compacted.
+    pub raft_log_gc_threshold: u64,
+    /// Largest gRPC message between members (a snapshot of all metadata is one).
+    pub raft_max_message_bytes: usize,
+    /// How long a write waits to be committed before it is reported undetermined.
+    #[serde(with = "humantime_serde")]
+    pub propose_timeout: Duration,
+    /// How long a member starting a new group, or joining one, keeps trying to reach
+    /// the others (for the cluster secret, or to be added) before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +83,16 @@ impl Default for Config {
             balance_warmup: Duration::from_secs(120),
             max_batch_split: 256,
             cluster_secret_file: PathBuf::new(),
+            name: "pd".into(),
+            initial_cluster: String::new(),
+            join: String::new(),
+            raft_tick_interval: Duration::from_millis(100),
+            raft_election_ticks: 10,
+            raft_heartbeat_ticks: 2,
+            raft_log_gc_threshold: 10_000,
+            raft_max_message_bytes: 256 << 20,
+            propose_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -70,8 +108,97 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The initial members, `(name, client address)` sorted by name; this member alone if
+    /// `initial-cluster` is empty.
+    pub fn initial_members(&self) -> conf::Result<Vec<(String, String)>> {
+        if self.initial_cluster.trim().is_empty() {
+            return Ok(vec![(self.name.clone(), self.client_addr().to_string())]);
+        }
+        let bad = |why: String| conf::Error::InvalidConfig(format!("pd.initial-cluster: {why}"));
+        let mut members = vec![];
+        for part in self.initial_cluster.split(',') {
+            let (name, addr) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not NAME=HOST:PORT")))?;
+            let (name, addr) = (name.trim(), addr.trim());
+            let port = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+            if name.is_empty() || port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return Err(bad(format!("{part:?} is not NAME=HOST:PORT")));
+            }
+            if members.iter().any(|(n, _): &(String, String)| n == name) {
+                return Err(bad(format!("member name {name:?} is given twice")));
+            }
+            if members.iter().any(|(_, a): &(String, String)| a == addr) {
+                return Err(bad(format!("address {addr} is given twice")));
+            }
+            members.push((name.to_string(), addr.to_string()));
+        }
+        if !members.iter().any(|(n, _)| *n == self.name) {
+            return Err(bad(format!(
+                "does not name this member ({:?}, pd.name)",
+                self.name
+            )));
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    /// The addresses `join` names.
+    pub fn join_addrs(&self) -> Vec<String> {
+        self.join
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> conf::Result<()> {
+        ensure(
+            !self.name.is_empty()
+                && self
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+            "pd.name",
+            "must be letters, digits, '-', '_' or '.'",
+        )?;
+        self.initial_members()?;
+        ensure(
+            self.join.is_empty() || self.initial_cluster.is_empty(),
+            "pd.join",
+            "a member either starts a group (initial-cluster) or joins one, not both",
+        )?;
+        ensure(
+            self.raft_election_ticks > self.raft_heartbeat_ticks && self.raft_heartbeat_ticks >= 1,
+            "pd.raft-election-ticks",
+            "must exceed raft-heartbeat-ticks, which must be at least 1",
+        )?;
+        ensure(
+            !self.raft_tick_interval.is_zero(),
+            "pd.raft-tick-interval",
+            "must be positive",
+        )?;
+        ensure(
+            self.raft_log_gc_threshold >= 10,
+            "pd.raft-log-gc-threshold",
+            "must be at least 10",
+        )?;
+        ensure(
+            (4 << 20..=i32::MAX as usize).contains(&self.raft_max_message_bytes),
+            "pd.raft-max-message-bytes",
+            "must be between 4 MiB and 2 GiB",
+        )?;
+        ensure(
+            !self.propose_timeout.is_zero() && !self.join_timeout.is_zero(),
+            "pd.propose-timeout",
+            "propose-timeout and join-timeout must be positive",
+        )?;
         ensure(
             self.addr.parse::<std::net::SocketAddr>().is_ok(),
             "pd.addr",

@@ -41,6 +41,22 @@ pub enum Error {
     /// A call only stores of this cluster may make came without the cluster secret.
     #[error("this call must come from a store or an operator of this cluster: it carries no valid cluster secret (kv-server and kvctl --cluster-secret-file)")]
     Unauthenticated,
+    /// This member does not lead the PD group (the leader's client URL, if known).
+    #[error("this pd member is not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is known yet".into()))]
+    NotLeader(Option<String>),
+    /// The PD group's Raft refused an operation.
+    #[error("pd raft: {0}")]
+    Raft(String),
+    /// A write may or may not have been committed.
+    #[error("undetermined: {0}")]
+    Undetermined(String),
+    /// Group membership: a member that disagrees with the others, cannot join, or is
+    /// unknown.
+    #[error("pd membership: {0}")]
+    Member(String),
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(#[from] conf::Error),
     /// Shared plumbing failed: the cluster secret could not be read or created, or the
     /// data directory is held by another process.
     #[error("{0}")]

@@ -3,7 +3,7 @@
 //! voters): PD must answer each with a result, never panic, and keep its routing table
 //! a set of non-overlapping, non-empty ranges.
 
-use crate::{Config, PdCore, Storage};
+use crate::{Config, PdCore};
 use proptest::prelude::*;
 use proto::{metapb, pdpb};
 
@@ -62,7 +62,7 @@ fn core() -> (tempfile::TempDir, PdCore) {
     let dir = tempfile::tempdir().unwrap();
     let core = PdCore::open(
         Config::default(),
-        Storage::open(dir.path()).unwrap(),
+        crate::storage::local::open(dir.path()),
         util::logger::discard(),
     )
     .unwrap();

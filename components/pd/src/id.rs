@@ -48,7 +48,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..3 {
-            let storage = Storage::open(dir.path()).unwrap();
+            let storage = crate::storage::local::open(dir.path());
             let ids = IdAllocator::new(storage, 10).unwrap();
             for _ in 0..15 {
                 assert!(seen.insert(ids.alloc().unwrap()), "id handed out twice");

@@ -1,7 +1,9 @@
 //! The placement driver: cluster metadata, the routing table, id and timestamp
-//! allocation, and scheduling (operators delivered in region heartbeat responses).
+//! allocation, and scheduling (operators delivered in region heartbeat responses),
+//! replicated by PD's own Raft group (`member`).
 //!
-//! Owns: PD's persisted metadata (its own RocksDB through `engine`), `pdpb.PD` service.
+//! Owns: PD's persisted metadata (its own RocksDB through `engine`), the PD group's Raft
+//! log, the `pdpb.PD` and `pd_memberpb.PdMember` services.
 //! Must not depend on: raftstore or the store server; PD learns about regions only from
 //! what stores report.
 
@@ -12,6 +14,7 @@ mod error;
 #[cfg(test)]
 mod heartbeat_properties;
 mod id;
+mod member;
 pub mod metrics;
 pub mod region_tree;
 pub mod schedule;
@@ -24,6 +27,5 @@ mod validate;
 pub use cluster::{PdCore, StoreInfo};
 pub use config::{Config, FileConfig};
 pub use error::{Error, Result};
-pub use server::PdServer;
-pub use storage::Storage;
+pub use server::{PdServer, PdStatus};
 pub use tso::LOGICAL_BITS;

@@ -60,6 +60,40 @@ pub static TSO: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register metric")
 });
 
+/// 1 while this PD member leads its group and serves, else 0.
+pub static PD_IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "flotilla_pd_is_leader",
+        "1 while this PD member leads its Raft group and serves"
+    )
+    .expect("register metric")
+});
+
+/// The PD group's Raft term as this member sees it.
+pub static PD_RAFT_TERM: LazyLock<IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!("flotilla_pd_raft_term", "Raft term of the PD group")
+        .expect("register metric")
+});
+
+/// Events of the PD group on this member.
+pub static PD_RAFT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_pd_raft_events_total",
+        "PD group events on this member: became_leader (leader changes), snapshot_applied",
+        &["event"]
+    )
+    .expect("register metric")
+});
+
+/// The timestamp oracle's persisted bound (ms since the epoch).
+pub static TSO_WINDOW: LazyLock<IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "flotilla_pd_tso_window_ms",
+        "The timestamp oracle's bound committed through the PD group (physical ms): no timestamp at or above it was handed out"
+    )
+    .expect("register metric")
+});
+
 /// Registers every series, so that a scrape shows zeros before the first event.
 pub fn register_all() {
     LazyLock::force(&REGION_HEARTBEATS);
@@ -71,6 +105,12 @@ pub fn register_all() {
         TSO.with_label_values(&[what]);
     }
     LazyLock::force(&OPERATORS);
+    LazyLock::force(&PD_IS_LEADER);
+    LazyLock::force(&PD_RAFT_TERM);
+    LazyLock::force(&TSO_WINDOW);
+    for event in ["became_leader", "snapshot_applied"] {
+        PD_RAFT_EVENTS.with_label_values(&[event]);
+    }
 }
 
 /// The cluster at a glance (`PdCore::summary`), as the collector reports it.

@@ -1,46 +1,199 @@
-//! Running PD: storage, core and the gRPC server.
+//! Running a PD member: its data directory, its Raft group, the core it serves with while
+//! it leads, and gRPC.
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    thread::JoinHandle,
+    time::Duration,
+};
 
+use crossbeam_channel::Receiver;
+use engine::Engine;
 use grpcio::{Environment, ServerBuilder, ServerCredentials};
-use slog::{info, Logger};
+use parking_lot::RwLock;
+use proto::pdpb;
+use slog::{info, warn, Logger};
 
-use crate::{cluster::PdCore, service::PdService, storage::Storage, Config, Result};
+use crate::{
+    cluster::PdCore,
+    member::{self, Group, MemberService},
+    service::PdService,
+    storage::Storage,
+    Config, Error, Result,
+};
 
-/// A running placement driver.
+/// The core of the term this member leads in, if it leads.
+pub(crate) struct Serving {
+    group: Arc<Group>,
+    core: RwLock<Option<(u64, Arc<PdCore>)>>,
+    /// `http://host:port` this member is reached at, known once its port is bound.
+    client_url: OnceLock<String>,
+}
+
+impl Serving {
+    /// The core to serve with; an error naming the leader on a member that does not lead.
+    pub(crate) fn core(&self) -> Result<Arc<PdCore>> {
+        if let Some((_, core)) = &*self.core.read() {
+            return Ok(core.clone());
+        }
+        Err(Error::NotLeader(
+            self.leader()
+                .and_then(|m| m.get_client_urls().first().cloned()),
+        ))
+    }
+
+    /// The member that serves, as far as this member knows: itself once its core is
+    /// open, another member it follows, or none.
+    fn leader(&self) -> Option<pdpb::Member> {
+        let view = self.group.view();
+        let me = self.group.id();
+        if self.core.read().is_some() {
+            return Some(self.me(&view));
+        }
+        (view.leader_id != me)
+            .then(|| view.members.get(&view.leader_id).cloned())
+            .flatten()
+    }
+
+    /// This member's record, with the URL it is really reached at (a member started
+    /// alone with port 0 learns its port only when it binds).
+    fn me(&self, view: &member::View) -> pdpb::Member {
+        let mut m = view
+            .members
+            .get(&self.group.id())
+            .cloned()
+            .unwrap_or_default();
+        if let Some(url) = self.client_url.get() {
+            if view.members.len() <= 1 {
+                m.set_client_urls(vec![url.clone()].into());
+                m.set_peer_urls(vec![url.clone()].into());
+            }
+        }
+        m.set_name(self.group.name().to_string());
+        m.member_id = self.group.id();
+        m
+    }
+
+    fn status(&self) -> PdStatus {
+        let view = self.group.view();
+        let core = self.core().ok();
+        PdStatus {
+            name: self.group.name().to_string(),
+            is_leader: core.is_some(),
+            leader: self.leader().map(|m| m.get_name().to_string()),
+            cluster_id: core.as_ref().map_or(view.cluster_id, |c| c.cluster_id()),
+            term: view.term,
+            bootstrapped: core.as_ref().map(|c| c.is_bootstrapped()),
+            stores: core.as_ref().map(|c| c.stores(true).len()),
+        }
+    }
+
+    /// What `GetMembers` answers: every member, and the leader only while one is known
+    /// to serve (TiKV's clients dial whatever leader a member names).
+    pub(crate) fn members(&self) -> pdpb::GetMembersResponse {
+        let view = self.group.view();
+        let mut resp = pdpb::GetMembersResponse::default();
+        for (id, m) in &view.members {
+            resp.mut_members().push(match *id == self.group.id() {
+                true => self.me(&view),
+                false => m.clone(),
+            });
+        }
+        if let Some(l) = self.leader() {
+            resp.set_etcd_leader(l.clone());
+            resp.set_leader(l);
+        }
+        resp.mut_header().cluster_id = match &*self.core.read() {
+            Some((_, core)) => core.cluster_id(),
+            None => view.cluster_id,
+        };
+        resp
+    }
+}
+
+/// A running PD member.
 pub struct PdServer {
     server: grpcio::Server,
-    core: Arc<PdCore>,
+    serving: Arc<Serving>,
     addr: String,
+    watcher: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
     /// Held until PD stops: no second PD opens this data directory.
     _dir_lock: util::dir_lock::DirLock,
 }
 
+/// A PD member's state, for status pages.
+#[derive(Clone, Debug)]
+pub struct PdStatus {
+    /// This member's name.
+    pub name: String,
+    /// Whether it serves (leads its group).
+    pub is_leader: bool,
+    /// The serving member's name, if one is known.
+    pub leader: Option<String>,
+    /// The cluster id (0 until the first leader created it).
+    pub cluster_id: u64,
+    /// Raft term of the PD group.
+    pub term: u64,
+    /// Whether the cluster has its first region (known to the leader only).
+    pub bootstrapped: Option<bool>,
+    /// Stores that are not tombstones (known to the leader only).
+    pub stores: Option<usize>,
+}
+
 impl PdServer {
-    /// Opens PD's data and starts serving on `cfg.addr` (port 0 picks a free port).
+    /// Opens PD's data, starts its group and serves on `cfg.addr` (port 0 picks a free
+    /// port for a member alone).
     pub fn start(cfg: Config, logger: Logger) -> Result<PdServer> {
         let fresh = !cfg.data_dir.join("CURRENT").exists();
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| util::Error::DataDir(format!("create {}: {e}", cfg.data_dir.display())))?;
         let dir_lock = util::dir_lock::DirLock::acquire(&cfg.data_dir)?;
-        let storage = Storage::open(&cfg.data_dir)?;
-        let secret_path = util::secret::path_in(&cfg.cluster_secret_file, &cfg.data_dir);
-        let secret = util::secret::ClusterSecret::load_or_create(&secret_path, fresh)?;
-        let core = Arc::new(PdCore::open(cfg.clone(), storage, logger.clone())?);
-        crate::metrics::register_all();
-        let weak = Arc::downgrade(&core);
-        status::register_latest(|| {
-            // Weak: the registry lives as long as the process, PD's database must not.
-            let weak = weak.clone();
-            Box::new(crate::metrics::ClusterCollector::new(Box::new(move || {
-                weak.upgrade().map(|core| core.summary())
-            })))
+        // PD's metadata is small; in a store with an embedded PD this database sits beside
+        // the store's own, outside `[storage]`'s budget.
+        let engine = Engine::open_with(&cfg.data_dir, &engine::EngineOptions::small())?;
+        let prepared = member::prepare(&cfg, &engine, fresh, &logger)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(64)
+            .thread_name("pd-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Raft(format!("start pd's runtime: {e}")))?;
+        let (serving_tx, serving_rx) = crossbeam_channel::unbounded();
+        let group = Arc::new(Group::start(
+            &cfg,
+            engine.clone(),
+            &prepared,
+            runtime.handle().clone(),
+            serving_tx,
+            &logger,
+        )?);
+        let serving = Arc::new(Serving {
+            group: group.clone(),
+            core: RwLock::new(None),
+            client_url: OnceLock::new(),
         });
-        let client_url = Arc::new(OnceLock::new());
+        register_metrics(&serving);
+        let watcher = spawn_watcher(
+            cfg.clone(),
+            engine.clone(),
+            serving.clone(),
+            serving_rx,
+            logger.clone(),
+        )?;
         let service = PdService {
-            core: core.clone(),
-            client_url: client_url.clone(),
-            secret,
+            pd: serving.clone(),
+            secret: prepared.secret.clone(),
+            pool: runtime.handle().clone(),
+            logger: logger.clone(),
+        };
+        let member_service = MemberService {
+            group,
+            identity: prepared.identity.clone(),
+            secret: prepared.secret.clone(),
+            engine,
+            pool: runtime.handle().clone(),
             logger: logger.clone(),
         };
         let env = Arc::new(
@@ -52,10 +205,14 @@ impl PdServer {
         // Accepts the pings PD clients send to find a dead connection.
         let args = grpcio::ChannelBuilder::new(env.clone())
             .http2_min_recv_ping_interval_without_data(util::grpc::PD_KEEPALIVE.0 / 2)
+            .max_receive_message_len(cfg.raft_max_message_bytes as i32)
             .build_args();
         let mut server = ServerBuilder::new(env as Arc<Environment>)
             .channel_args(args)
             .register_service(proto_grpc::pdpb_grpc::create_pd(service))
+            .register_service(proto_grpc::pd_memberpb_grpc::create_pd_member(
+                member_service,
+            ))
             .build()?;
         let port = server.add_listening_port(cfg.addr.clone(), ServerCredentials::insecure())?;
         let host = cfg.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
@@ -64,15 +221,19 @@ impl PdServer {
         } else {
             cfg.advertise_addr.clone()
         };
-        client_url
-            .set(format!("http://{addr}"))
+        serving
+            .client_url
+            .set(member::url(&addr))
             .expect("set once, before serving");
         server.start();
-        info!(logger, "pd serving"; "addr" => &addr, "cluster_id" => core.cluster_id());
+        info!(logger, "pd serving"; "addr" => &addr, "member" => &prepared.identity.name,
+              "member_id" => prepared.identity.member_id);
         Ok(PdServer {
             server,
-            core,
+            serving,
             addr,
+            watcher: Some(watcher),
+            runtime: Some(runtime),
             _dir_lock: dir_lock,
         })
     }
@@ -82,9 +243,20 @@ impl PdServer {
         &self.addr
     }
 
-    /// PD's state, for status pages and tests.
-    pub fn core(&self) -> Arc<PdCore> {
-        self.core.clone()
+    /// The core this member serves with, if it leads.
+    pub fn core(&self) -> Option<Arc<PdCore>> {
+        self.serving.core().ok()
+    }
+
+    /// This member's state.
+    pub fn status(&self) -> PdStatus {
+        self.serving.status()
+    }
+
+    /// Reads this member's state for as long as it runs (for a status page).
+    pub fn status_source(&self) -> impl Fn() -> Option<PdStatus> + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.serving);
+        move || weak.upgrade().map(|s| s.status())
     }
 
     /// Stops serving; long-lived streams (heartbeats, TSO) are cancelled, not awaited.
@@ -92,5 +264,82 @@ impl PdServer {
         let done = self.server.shutdown();
         self.server.cancel_all_calls();
         let _ = futures::executor::block_on(done);
+        self.serving.core.write().take();
+        self.stop_threads();
     }
+
+    fn stop_threads(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Not a blocking drop: PD may be stopped from async code.
+            rt.shutdown_background();
+        }
+        // The watcher ends once the group's thread (which the last `Group` handle stops)
+        // is gone: the service held one, and so did the server.
+        if let Some(w) = self.watcher.take() {
+            drop(w);
+        }
+    }
+}
+
+impl Drop for PdServer {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn register_metrics(serving: &Arc<Serving>) {
+    crate::metrics::register_all();
+    let weak = Arc::downgrade(serving);
+    status::register_latest(|| {
+        // Weak: the registry lives as long as the process, PD's database must not.
+        let weak = weak.clone();
+        Box::new(crate::metrics::ClusterCollector::new(Box::new(move || {
+            weak.upgrade()
+                .and_then(|s| s.core().ok())
+                .map(|core| core.summary())
+        })))
+    });
+}
+
+/// Opens a core whenever this member starts serving a term, and drops it when it stops.
+fn spawn_watcher(
+    cfg: Config,
+    engine: Engine,
+    serving: Arc<Serving>,
+    rx: Receiver<Option<u64>>,
+    logger: Logger,
+) -> Result<JoinHandle<()>> {
+    let weak = Arc::downgrade(&serving);
+    drop(serving);
+    std::thread::Builder::new()
+        .name("pd-leader".into())
+        .spawn(move || {
+            while let Ok(term) = rx.recv() {
+                let Some(serving) = weak.upgrade() else {
+                    return;
+                };
+                serving.core.write().take();
+                let Some(term) = term else {
+                    info!(logger, "pd stopped serving");
+                    continue;
+                };
+                // Keeps trying while the term lasts: a failed open (a write not committed
+                // in time) must not leave a leader that never serves.
+                while serving.group.view().serving_term == Some(term) && rx.is_empty() {
+                    let storage = Storage::new(engine.clone(), serving.group.replicate(term));
+                    match PdCore::open(cfg.clone(), storage, logger.clone()) {
+                        Ok(core) => {
+                            info!(logger, "pd serving as leader"; "term" => term, "cluster_id" => core.cluster_id());
+                            *serving.core.write() = Some((term, Arc::new(core)));
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(logger, "pd leader could not load its state"; "term" => term, "err" => %e);
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Raft(format!("start the pd leader thread: {e}")))
 }

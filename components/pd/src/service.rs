@@ -1,31 +1,44 @@
 //! `pdpb.PD` over gRPC: decodes requests, calls [`PdCore`], encodes answers. Errors go in
 //! the response header (as TiKV's clients expect), never as gRPC failures.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures::{FutureExt, SinkExt, TryStreamExt};
-use grpcio::{DuplexSink, RequestStream, RpcContext, UnarySink, WriteFlags};
-use proto::pdpb;
+use grpcio::{
+    DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, UnarySink, WriteFlags,
+};
+use proto::{metapb, pdpb};
 use proto_grpc::pdpb_grpc::Pd;
 use slog::{warn, Logger};
 use util::secret::ClusterSecret;
 
-use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, Error, Result};
+use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, server::Serving, Error, Result};
 
 /// The gRPC face of PD.
 #[derive(Clone)]
 pub struct PdService {
-    pub(crate) core: Arc<PdCore>,
-    /// `http://host:port` clients use; known once the server has bound its port.
-    pub(crate) client_url: Arc<OnceLock<String>>,
+    pub(crate) pd: Arc<Serving>,
     /// What stores prove they belong to this cluster with (see `util::secret`).
     pub(crate) secret: ClusterSecret,
+    /// Where calls run: they may wait for the PD group, which must never hold up a gRPC
+    /// thread (Raft messages between members arrive on the same ones).
+    pub(crate) pool: tokio::runtime::Handle,
     pub(crate) logger: Logger,
 }
 
 /// Whether a call carries the cluster secret.
 fn authenticated(ctx: &RpcContext, secret: &ClusterSecret) -> bool {
     secret.carried_by(ctx.request_headers().iter())
+}
+
+/// Who may make a call.
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    /// Anyone: reads, timestamps, TiKV's clients' calls.
+    Open,
+    /// Only a store or operator of this cluster (the call carries the secret): calls that
+    /// change metadata.
+    Store,
 }
 
 /// Responses that carry a `pdpb.ResponseHeader`.
@@ -66,72 +79,134 @@ with_header!(
     pdpb::UpdateGCSafePointResponse
 );
 
-impl PdService {
-    /// The region before the one holding `key`, as [`view_for`] shows it to whoever asks
-    /// with `key`: regions holding no transactional key are skipped for such a client.
-    fn prev_in_view(&self, key: &[u8]) -> Option<RegionInfo> {
-        let mut at = key.to_vec();
-        loop {
-            let prev = self.core.prev_region(&at)?;
-            at = prev.region.get_start_key().to_vec();
-            if let Some(view) = view_for(key, prev) {
-                return Some(view);
-            }
+/// The region before the one holding `key`, as [`view_for`] shows it to whoever asks with
+/// `key`: regions holding no transactional key are skipped for such a client.
+fn prev_in_view(core: &PdCore, key: &[u8]) -> Option<RegionInfo> {
+    let mut at = key.to_vec();
+    loop {
+        let prev = core.prev_region(&at)?;
+        at = prev.region.get_start_key().to_vec();
+        if let Some(view) = view_for(key, prev) {
+            return Some(view);
         }
     }
+}
 
-    /// Builds the response from `res` (a filled response, or the error for its header)
-    /// and sends it.
-    fn reply<R: WithHeader + Send + 'static>(
+/// The status a follower (or a leader that just lost its term) fails a call with: TiKV's
+/// clients and Flotilla's ask the members for the leader again on any failed call.
+fn not_leader_status(e: &Error) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, e.to_string())
+}
+
+impl PdService {
+    /// Runs `f` on the current leader's core off the gRPC threads, then answers: with
+    /// the response, or its error in the header; a member that does not lead fails the
+    /// call (see [`not_leader_status`]).
+    fn serve<R, F>(
         &self,
         ctx: &RpcContext,
         sink: UnarySink<R>,
-        res: Result<R>,
-    ) {
-        let resp = self.finish(res);
-        ctx.spawn(sink.success(resp).map(|_| ()));
-    }
-
-    fn finish<R: WithHeader>(&self, res: Result<R>) -> R {
-        let mut resp = match res {
-            Ok(r) => r,
-            Err(e) => {
-                let mut r = R::default();
-                let err = r.header_mut().mut_error();
-                err.set_field_type(e.error_type());
-                err.set_message(e.to_string());
-                r
+        access: Access,
+        header: pdpb::RequestHeader,
+        f: F,
+    ) where
+        R: WithHeader + Send + 'static,
+        F: FnOnce(&PdCore) -> Result<R> + Send + 'static,
+    {
+        let trusted = access == Access::Open || authenticated(ctx, &self.secret);
+        let pd = self.pd.clone();
+        let task = self.pool.spawn_blocking(move || {
+            let core = pd.core()?;
+            if !trusted {
+                return Ok((core.cluster_id(), Err(Error::Unauthenticated)));
             }
-        };
-        resp.header_mut().cluster_id = self.core.cluster_id();
-        resp
+            let res = core.check_cluster(&header).and_then(|_| f(&core));
+            Ok((core.cluster_id(), res))
+        });
+        ctx.spawn(async move {
+            let _ = match task.await {
+                Ok(Ok((_, Err(e @ Error::NotLeader(_))))) | Ok(Err(e)) => {
+                    sink.fail(not_leader_status(&e)).await
+                }
+                Ok(Ok((cluster_id, res))) => sink.success(finish(cluster_id, res)).await,
+                Err(e) => {
+                    sink.fail(RpcStatus::with_message(
+                        RpcStatusCode::INTERNAL,
+                        e.to_string(),
+                    ))
+                    .await
+                }
+            };
+        });
     }
 
-    fn checked<T>(&self, header: &pdpb::RequestHeader, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.core.check_cluster(header)?;
-        f()
-    }
-
-    /// Like `checked`, for the calls only a store of this cluster may make (they change
-    /// the cluster's metadata): the call must carry the cluster secret.
-    fn checked_store_call<T>(
+    /// Runs `f` on the leader's core off the gRPC threads (for one message of a stream).
+    async fn on_core<T: Send + 'static>(
         &self,
-        ctx: &RpcContext,
-        header: &pdpb::RequestHeader,
-        f: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
-        if !authenticated(ctx, &self.secret) {
-            return Err(Error::Unauthenticated);
-        }
-        self.checked(header, f)
+        f: impl FnOnce(&PdCore) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<(u64, Result<T>), Error> {
+        let pd = self.pd.clone();
+        self.pool
+            .spawn_blocking(move || {
+                let core = pd.core()?;
+                let res = f(&core);
+                Ok((core.cluster_id(), res))
+            })
+            .await
+            .map_err(|e| Error::Raft(format!("pd worker: {e}")))?
     }
+}
+
+/// Ends a stream whose handler stopped with `res`: a member that lost its leadership
+/// fails it with [`not_leader_status`]; a stream gRPC already ended is left alone (grpcio
+/// refuses a second ending).
+async fn end_stream<R>(
+    logger: &Logger,
+    what: &str,
+    res: std::result::Result<(), Error>,
+    sink: DuplexSink<R>,
+) {
+    match res {
+        Ok(()) => {}
+        Err(Error::Grpc(e)) => slog::debug!(logger, "stream ended"; "stream" => what, "err" => %e),
+        Err(e) => {
+            warn!(logger, "stream ended by this member"; "stream" => what, "err" => %e);
+            let _ = sink.fail(not_leader_status(&e)).await;
+        }
+    }
+}
+
+/// Builds the response from `res` (a filled response, or the error for its header).
+fn finish<R: WithHeader>(cluster_id: u64, res: Result<R>) -> R {
+    let mut resp = match res {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = R::default();
+            let err = r.header_mut().mut_error();
+            err.set_field_type(e.error_type());
+            err.set_message(e.to_string());
+            r
+        }
+    };
+    resp.header_mut().cluster_id = cluster_id;
+    resp
 }
 
 fn region_response(info: Option<RegionInfo>, what: String) -> Result<pdpb::GetRegionResponse> {
     let info = info.ok_or(Error::RegionNotFound(what))?;
     let mut resp = pdpb::GetRegionResponse::default();
+    // Until the leader reports (a new PD leader knows regions from its metadata, and
+    // leaders from heartbeats only), a voter is named: TiKV's clients need a leader, and
+    // a voter that does not lead answers with the one that does.
+    let leader = info.leader.or_else(|| {
+        info.region
+            .get_peers()
+            .iter()
+            .find(|p| p.get_role() == metapb::PeerRole::Voter)
+            .cloned()
+    });
     resp.set_region(info.region);
-    if let Some(l) = info.leader {
+    if let Some(l) = leader {
         resp.set_leader(l);
     }
     resp.set_down_peers(info.down_peers.into());
@@ -162,15 +237,6 @@ fn view_for(key: &[u8], mut info: RegionInfo) -> Option<RegionInfo> {
     Some(info)
 }
 
-fn member(url: &str) -> pdpb::Member {
-    let mut m = pdpb::Member::default();
-    m.set_name("pd".into());
-    m.member_id = 1;
-    m.mut_client_urls().push(url.to_string());
-    m.mut_peer_urls().push(url.to_string());
-    m
-}
-
 impl Pd for PdService {
     fn get_members(
         &mut self,
@@ -178,12 +244,8 @@ impl Pd for PdService {
         _req: pdpb::GetMembersRequest,
         sink: UnarySink<pdpb::GetMembersResponse>,
     ) {
-        let url = self.client_url.get().cloned().unwrap_or_default();
-        let mut resp = pdpb::GetMembersResponse::default();
-        resp.mut_members().push(member(&url));
-        resp.set_leader(member(&url));
-        resp.set_etcd_leader(member(&url));
-        self.reply(&ctx, sink, Ok(resp));
+        let resp = self.pd.members();
+        ctx.spawn(sink.success(resp).map(|_| ()));
     }
 
     fn tso(
@@ -194,31 +256,45 @@ impl Pd for PdService {
     ) {
         let this = self.clone();
         ctx.spawn(async move {
-            let res: std::result::Result<(), grpcio::Error> = async {
+            let res: std::result::Result<(), Error> = async {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
                     metrics::TSO.with_label_values(&["requests"]).inc();
                     metrics::TSO
                         .with_label_values(&["timestamps"])
                         .inc_by(u64::from(req.count));
-                    let res = this
-                        .checked(req.get_header(), || this.core.tso(req.count))
-                        .map(|(physical, logical)| {
-                            let mut resp = pdpb::TsoResponse::default();
-                            resp.set_count(req.count);
-                            let ts = resp.mut_timestamp();
-                            ts.physical = physical;
-                            ts.logical = logical;
-                            resp
-                        });
-                    sink.send((this.finish(res), WriteFlags::default())).await?;
+                    let count = req.count;
+                    let header = req.get_header().clone();
+                    let (cluster_id, res) = this
+                        .on_core(move |core| {
+                            core.check_cluster(&header)?;
+                            core.tso(count)
+                        })
+                        .await?;
+                    // A timestamp the leadership check did not confirm is never sent:
+                    // the stream ends, and the client asks the members for the leader.
+                    let (physical, logical) = match res {
+                        Err(e @ (Error::NotLeader(_) | Error::Undetermined(_))) => return Err(e),
+                        Err(e) => {
+                            sink.send((finish(cluster_id, Err(e)), WriteFlags::default()))
+                                .await?;
+                            continue;
+                        }
+                        Ok(ts) => ts,
+                    };
+                    let mut resp = pdpb::TsoResponse::default();
+                    resp.set_count(count);
+                    let ts = resp.mut_timestamp();
+                    ts.physical = physical;
+                    ts.logical = logical;
+                    sink.send((finish(cluster_id, Ok(resp)), WriteFlags::default()))
+                        .await?;
                 }
-                sink.close().await
+                sink.close().await?;
+                Ok(())
             }
             .await;
-            if let Err(e) = res {
-                warn!(this.logger, "tso stream ended"; "err" => %e);
-            }
+            end_stream(&this.logger, "tso", res, sink).await;
         });
     }
 
@@ -228,12 +304,16 @@ impl Pd for PdService {
         req: pdpb::BootstrapRequest,
         sink: UnarySink<pdpb::BootstrapResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            self.core
-                .bootstrap(req.get_store().clone(), req.get_region().clone())?;
-            Ok(pdpb::BootstrapResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                core.bootstrap(req.get_store().clone(), req.get_region().clone())?;
+                Ok(pdpb::BootstrapResponse::default())
+            },
+        );
     }
 
     fn is_bootstrapped(
@@ -242,12 +322,11 @@ impl Pd for PdService {
         req: pdpb::IsBootstrappedRequest,
         sink: UnarySink<pdpb::IsBootstrappedResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        self.serve(&ctx, sink, Access::Open, req.get_header().clone(), |core| {
             let mut resp = pdpb::IsBootstrappedResponse::default();
-            resp.set_bootstrapped(self.core.is_bootstrapped());
+            resp.set_bootstrapped(core.is_bootstrapped());
             Ok(resp)
         });
-        self.reply(&ctx, sink, res);
     }
 
     fn alloc_id(
@@ -256,12 +335,17 @@ impl Pd for PdService {
         req: pdpb::AllocIDRequest,
         sink: UnarySink<pdpb::AllocIDResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            let mut resp = pdpb::AllocIDResponse::default();
-            resp.set_id(self.core.alloc_id()?);
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            |core| {
+                let mut resp = pdpb::AllocIDResponse::default();
+                resp.set_id(core.alloc_id()?);
+                Ok(resp)
+            },
+        );
     }
 
     fn get_store(
@@ -270,14 +354,20 @@ impl Pd for PdService {
         req: pdpb::GetStoreRequest,
         sink: UnarySink<pdpb::GetStoreResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let info = self.core.get_store(req.store_id)?;
-            let mut resp = pdpb::GetStoreResponse::default();
-            resp.set_store(info.meta);
-            resp.set_stats(info.stats);
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        let id = req.store_id;
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let info = core.get_store(id)?;
+                let mut resp = pdpb::GetStoreResponse::default();
+                resp.set_store(info.meta);
+                resp.set_stats(info.stats);
+                Ok(resp)
+            },
+        );
     }
 
     fn put_store(
@@ -286,11 +376,16 @@ impl Pd for PdService {
         req: pdpb::PutStoreRequest,
         sink: UnarySink<pdpb::PutStoreResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            self.core.put_store(req.get_store().clone())?;
-            Ok(pdpb::PutStoreResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                core.put_store(req.get_store().clone())?;
+                Ok(pdpb::PutStoreResponse::default())
+            },
+        );
     }
 
     fn get_all_stores(
@@ -299,14 +394,20 @@ impl Pd for PdService {
         req: pdpb::GetAllStoresRequest,
         sink: UnarySink<pdpb::GetAllStoresResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let mut resp = pdpb::GetAllStoresResponse::default();
-            for s in self.core.stores(req.exclude_tombstone_stores) {
-                resp.mut_stores().push(s.meta);
-            }
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        let exclude = req.exclude_tombstone_stores;
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let mut resp = pdpb::GetAllStoresResponse::default();
+                for s in core.stores(exclude) {
+                    resp.mut_stores().push(s.meta);
+                }
+                Ok(resp)
+            },
+        );
     }
 
     fn store_heartbeat(
@@ -316,14 +417,19 @@ impl Pd for PdService {
         sink: UnarySink<pdpb::StoreHeartbeatResponse>,
     ) {
         metrics::STORE_HEARTBEATS.inc();
-        let _timer = metrics::HEARTBEAT_SECONDS
-            .with_label_values(&["store"])
-            .start_timer();
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            self.core.store_heartbeat(req.get_stats().clone())?;
-            Ok(pdpb::StoreHeartbeatResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                let _timer = metrics::HEARTBEAT_SECONDS
+                    .with_label_values(&["store"])
+                    .start_timer();
+                core.store_heartbeat(req.get_stats().clone())?;
+                Ok(pdpb::StoreHeartbeatResponse::default())
+            },
+        );
     }
 
     fn region_heartbeat(
@@ -335,33 +441,43 @@ impl Pd for PdService {
         let this = self.clone();
         let trusted = authenticated(&ctx, &self.secret);
         ctx.spawn(async move {
-            let res: std::result::Result<(), grpcio::Error> = async {
+            let res: std::result::Result<(), Error> = async {
                 let mut stream = stream;
                 while let Some(req) = stream.try_next().await? {
                     metrics::REGION_HEARTBEATS.inc();
-                    let timer = metrics::HEARTBEAT_SECONDS
-                        .with_label_values(&["region"])
-                        .start_timer();
-                    let res = match trusted {
-                        true => this.checked(req.get_header(), || this.core.region_heartbeat(&req)),
-                        false => Err(Error::Unauthenticated),
-                    };
-                    timer.observe_duration();
+                    let region_id = req.get_region().get_id();
+                    let (cluster_id, res) = this
+                        .on_core(move |core| {
+                            let _timer = metrics::HEARTBEAT_SECONDS
+                                .with_label_values(&["region"])
+                                .start_timer();
+                            match trusted {
+                                true => core
+                                    .check_cluster(req.get_header())
+                                    .and_then(|_| core.region_heartbeat(&req)),
+                                false => Err(Error::Unauthenticated),
+                            }
+                        })
+                        .await?;
                     match res {
-                        Ok(Some(op)) => sink.send((this.finish(Ok(op)), WriteFlags::default())).await?,
+                        Ok(Some(op)) => {
+                            sink.send((finish(cluster_id, Ok(op)), WriteFlags::default()))
+                                .await?
+                        }
                         Ok(None) => {}
+                        Err(e @ Error::NotLeader(_)) => return Err(e),
                         Err(e) => {
-                            warn!(this.logger, "bad region heartbeat"; "region_id" => req.get_region().get_id(), "err" => %e);
-                            sink.send((this.finish(Err(e)), WriteFlags::default())).await?
+                            warn!(this.logger, "bad region heartbeat"; "region_id" => region_id, "err" => %e);
+                            sink.send((finish(cluster_id, Err(e)), WriteFlags::default()))
+                                .await?
                         }
                     }
                 }
-                sink.close().await
+                sink.close().await?;
+                Ok(())
             }
             .await;
-            if let Err(e) = res {
-                warn!(this.logger, "region heartbeat stream ended"; "err" => %e);
-            }
+            end_stream(&this.logger, "region heartbeat", res, sink).await;
         });
     }
 
@@ -371,14 +487,19 @@ impl Pd for PdService {
         req: pdpb::GetRegionRequest,
         sink: UnarySink<pdpb::GetRegionResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let key = req.get_region_key();
-            region_response(
-                self.core.region_by_key(key).and_then(|r| view_for(key, r)),
-                format!("no region holds key {key:?}"),
-            )
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let key = req.get_region_key();
+                region_response(
+                    core.region_by_key(key).and_then(|r| view_for(key, r)),
+                    format!("no region holds key {key:?}"),
+                )
+            },
+        );
     }
 
     fn get_prev_region(
@@ -387,14 +508,19 @@ impl Pd for PdService {
         req: pdpb::GetRegionRequest,
         sink: UnarySink<pdpb::GetRegionResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let key = req.get_region_key();
-            region_response(
-                self.prev_in_view(key),
-                format!("no region before key {key:?}"),
-            )
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let key = req.get_region_key();
+                region_response(
+                    prev_in_view(core, key),
+                    format!("no region before key {key:?}"),
+                )
+            },
+        );
     }
 
     fn get_region_by_id(
@@ -403,13 +529,14 @@ impl Pd for PdService {
         req: pdpb::GetRegionByIDRequest,
         sink: UnarySink<pdpb::GetRegionResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            region_response(
-                self.core.region_by_id(req.region_id),
-                format!("no region with id {}", req.region_id),
-            )
-        });
-        self.reply(&ctx, sink, res);
+        let id = req.region_id;
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| region_response(core.region_by_id(id), format!("no region with id {id}")),
+        );
     }
 
     fn scan_regions(
@@ -418,29 +545,33 @@ impl Pd for PdService {
         req: pdpb::ScanRegionsRequest,
         sink: UnarySink<pdpb::ScanRegionsResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let limit = req.limit.max(0) as usize;
-            let mut resp = pdpb::ScanRegionsResponse::default();
-            let start = req.get_start_key();
-            for info in self
-                .core
-                .scan_regions(start, req.get_end_key(), limit)
-                .into_iter()
-                .filter_map(|r| view_for(start, r))
-            {
-                let leader = info.leader.clone().unwrap_or_default();
-                resp.mut_region_metas().push(info.region.clone());
-                resp.mut_leaders().push(leader.clone());
-                let mut r = pdpb::Region::default();
-                r.set_region(info.region);
-                r.set_leader(leader);
-                r.set_down_peers(info.down_peers.into());
-                r.set_pending_peers(info.pending_peers.into());
-                resp.mut_regions().push(r);
-            }
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let limit = req.limit.max(0) as usize;
+                let mut resp = pdpb::ScanRegionsResponse::default();
+                let start = req.get_start_key();
+                for info in core
+                    .scan_regions(start, req.get_end_key(), limit)
+                    .into_iter()
+                    .filter_map(|r| view_for(start, r))
+                {
+                    let leader = info.leader.clone().unwrap_or_default();
+                    resp.mut_region_metas().push(info.region.clone());
+                    resp.mut_leaders().push(leader.clone());
+                    let mut r = pdpb::Region::default();
+                    r.set_region(info.region);
+                    r.set_leader(leader);
+                    r.set_down_peers(info.down_peers.into());
+                    r.set_pending_peers(info.pending_peers.into());
+                    resp.mut_regions().push(r);
+                }
+                Ok(resp)
+            },
+        );
     }
 
     fn ask_batch_split(
@@ -449,16 +580,20 @@ impl Pd for PdService {
         req: pdpb::AskBatchSplitRequest,
         sink: UnarySink<pdpb::AskBatchSplitResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            let mut resp = pdpb::AskBatchSplitResponse::default();
-            resp.set_ids(
-                self.core
-                    .ask_batch_split(req.get_region(), req.split_count)?
-                    .into(),
-            );
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                let mut resp = pdpb::AskBatchSplitResponse::default();
+                resp.set_ids(
+                    core.ask_batch_split(req.get_region(), req.split_count)?
+                        .into(),
+                );
+                Ok(resp)
+            },
+        );
     }
 
     fn report_batch_split(
@@ -467,11 +602,16 @@ impl Pd for PdService {
         req: pdpb::ReportBatchSplitRequest,
         sink: UnarySink<pdpb::ReportBatchSplitResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            self.core.report_split(req.get_regions())?;
-            Ok(pdpb::ReportBatchSplitResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                core.report_split(req.get_regions())?;
+                Ok(pdpb::ReportBatchSplitResponse::default())
+            },
+        );
     }
 
     fn add_operator(
@@ -480,21 +620,25 @@ impl Pd for PdService {
         req: pdpb::AddOperatorRequest,
         sink: UnarySink<pdpb::AddOperatorResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            match (req.has_transfer_leader(), req.has_move_peer()) {
-                (true, false) => self
-                    .core
-                    .add_transfer_leader(req.region_id, req.get_transfer_leader().to_store)?,
-                (false, true) => {
-                    let m = req.get_move_peer();
-                    self.core
-                        .add_move_peer(req.region_id, m.from_store, m.to_store)?
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                match (req.has_transfer_leader(), req.has_move_peer()) {
+                    (true, false) => {
+                        core.add_transfer_leader(req.region_id, req.get_transfer_leader().to_store)?
+                    }
+                    (false, true) => {
+                        let m = req.get_move_peer();
+                        core.add_move_peer(req.region_id, m.from_store, m.to_store)?
+                    }
+                    _ => return Err(Error::InvalidValue("give exactly one operator".into())),
                 }
-                _ => return Err(Error::InvalidValue("give exactly one operator".into())),
-            }
-            Ok(pdpb::AddOperatorResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+                Ok(pdpb::AddOperatorResponse::default())
+            },
+        );
     }
 
     fn delete_store(
@@ -503,11 +647,17 @@ impl Pd for PdService {
         req: pdpb::DeleteStoreRequest,
         sink: UnarySink<pdpb::DeleteStoreResponse>,
     ) {
-        let res = self.checked_store_call(&ctx, req.get_header(), || {
-            self.core.delete_store(req.store_id)?;
-            Ok(pdpb::DeleteStoreResponse::default())
-        });
-        self.reply(&ctx, sink, res);
+        let id = req.store_id;
+        self.serve(
+            &ctx,
+            sink,
+            Access::Store,
+            req.get_header().clone(),
+            move |core| {
+                core.delete_store(id)?;
+                Ok(pdpb::DeleteStoreResponse::default())
+            },
+        );
     }
 
     fn get_gc_safe_point(
@@ -516,12 +666,11 @@ impl Pd for PdService {
         req: pdpb::GetGCSafePointRequest,
         sink: UnarySink<pdpb::GetGCSafePointResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        self.serve(&ctx, sink, Access::Open, req.get_header().clone(), |core| {
             let mut resp = pdpb::GetGCSafePointResponse::default();
-            resp.set_safe_point(self.core.gc_safe_point());
+            resp.set_safe_point(core.gc_safe_point());
             Ok(resp)
         });
-        self.reply(&ctx, sink, res);
     }
 
     fn update_gc_safe_point(
@@ -530,12 +679,18 @@ impl Pd for PdService {
         req: pdpb::UpdateGCSafePointRequest,
         sink: UnarySink<pdpb::UpdateGCSafePointResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
-            let mut resp = pdpb::UpdateGCSafePointResponse::default();
-            resp.set_new_safe_point(self.core.update_gc_safe_point(req.safe_point)?);
-            Ok(resp)
-        });
-        self.reply(&ctx, sink, res);
+        let safe_point = req.safe_point;
+        self.serve(
+            &ctx,
+            sink,
+            Access::Open,
+            req.get_header().clone(),
+            move |core| {
+                let mut resp = pdpb::UpdateGCSafePointResponse::default();
+                resp.set_new_safe_point(core.update_gc_safe_point(safe_point)?);
+                Ok(resp)
+            },
+        );
     }
 
     fn get_cluster_config(
@@ -544,12 +699,11 @@ impl Pd for PdService {
         req: pdpb::GetClusterConfigRequest,
         sink: UnarySink<pdpb::GetClusterConfigResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        self.serve(&ctx, sink, Access::Open, req.get_header().clone(), |core| {
             let mut resp = pdpb::GetClusterConfigResponse::default();
-            resp.set_cluster(self.core.cluster_config());
+            resp.set_cluster(core.cluster_config());
             Ok(resp)
         });
-        self.reply(&ctx, sink, res);
     }
 
     fn get_operators(
@@ -558,9 +712,9 @@ impl Pd for PdService {
         req: pdpb::GetOperatorsRequest,
         sink: UnarySink<pdpb::GetOperatorsResponse>,
     ) {
-        let res = self.checked(req.get_header(), || {
+        self.serve(&ctx, sink, Access::Open, req.get_header().clone(), |core| {
             let mut resp = pdpb::GetOperatorsResponse::default();
-            for (region_id, kind, step, age) in self.core.operators() {
+            for (region_id, kind, step, age) in core.operators() {
                 let mut o = pdpb::OperatorInfo::default();
                 o.set_region_id(region_id);
                 o.set_kind(kind.into());
@@ -570,7 +724,6 @@ impl Pd for PdService {
             }
             Ok(resp)
         });
-        self.reply(&ctx, sink, res);
     }
 }
 

@@ -1,33 +1,56 @@
-//! PD's metadata on disk: the cluster record, stores, regions, the id window and the
-//! timestamp bound. One RocksDB (through `engine`), synced writes.
+//! PD's metadata: the cluster record, stores, regions, the id window and the timestamp
+//! bound. Reads come from this member's applied copy (in its RocksDB); writes are
+//! replicated through the PD group and return once applied here, so the leader reads its
+//! own writes.
 
-use std::path::Path;
+use std::sync::Arc;
 
 use engine::{Cf, Engine};
 use keys::pd as k;
-use proto::metapb;
+use proto::{
+    metapb,
+    pd_memberpb::{Command, KvOp},
+};
 use protobuf::Message;
 
-use crate::{Error, Result};
+use crate::{
+    member::{delete, put},
+    Error, Result,
+};
+
+/// How writes reach the metadata: through the PD group, as the leader of one term.
+pub(crate) trait Replicate: Send + Sync {
+    /// Commits `cmd` and applies it here; fails if this member no longer leads.
+    fn write(&self, cmd: Command) -> Result<()>;
+    /// Returns once a quorum has confirmed, after the call, that this member still leads.
+    fn confirm_leader(&self) -> Result<()>;
+}
 
 /// PD's persistent metadata.
 #[derive(Clone)]
 pub struct Storage {
     engine: Engine,
+    replicate: Arc<dyn Replicate>,
 }
 
 fn decode<M: Message>(what: &str, v: &[u8]) -> Result<M> {
     M::parse_from_bytes(v).map_err(|e| Error::Corrupted(format!("{what}: {e}")))
 }
 
+fn encode<M: Message>(m: &M) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("encoding a protobuf message into memory cannot fail")
+}
+
 impl Storage {
-    /// Opens (creating if needed) PD's metadata under `dir`.
-    pub fn open(dir: &Path) -> Result<Storage> {
-        Ok(Storage {
-            // PD's metadata is small; in a store with an embedded PD this database sits
-            // beside the store's own, outside `[storage]`'s budget.
-            engine: Engine::open_with(dir, &engine::EngineOptions::small())?,
-        })
+    /// The metadata in `engine`, written through `replicate`.
+    pub(crate) fn new(engine: Engine, replicate: Arc<dyn Replicate>) -> Storage {
+        Storage { engine, replicate }
+    }
+
+    /// See [`Replicate::confirm_leader`].
+    pub(crate) fn confirm_leader(&self) -> Result<()> {
+        self.replicate.confirm_leader()
     }
 
     /// The cluster record, if the cluster exists.
@@ -57,20 +80,16 @@ impl Storage {
         s: &metapb::Store,
         r: &metapb::Region,
     ) -> Result<()> {
-        let mut wb = self.engine.write_batch();
-        wb.put_msg(Cf::Default, k::CLUSTER_KEY, c);
-        wb.put_msg(Cf::Default, &k::store_key(s.get_id()), s);
-        wb.put_msg(Cf::Default, &k::region_key(r.get_id()), r);
-        self.engine.write(wb, true)?;
-        Ok(())
+        self.write(vec![
+            put(k::CLUSTER_KEY, encode(c)),
+            put(&k::store_key(s.get_id()), encode(s)),
+            put(&k::region_key(r.get_id()), encode(r)),
+        ])
     }
 
     /// Forgets a region (merged away or replaced).
     pub fn delete_region(&self, id: u64) -> Result<()> {
-        let mut wb = self.engine.write_batch();
-        wb.delete(Cf::Default, &k::region_key(id));
-        self.engine.write(wb, true)?;
-        Ok(())
+        self.write(vec![delete(&k::region_key(id))])
     }
 
     /// Every saved store.
@@ -99,17 +118,17 @@ impl Storage {
 
     /// Saves a u64, durably.
     pub fn put_u64(&self, key: &[u8], v: u64) -> Result<()> {
-        let mut wb = self.engine.write_batch();
-        wb.put(Cf::Default, key, &v.to_be_bytes());
-        self.engine.write(wb, true)?;
-        Ok(())
+        self.write(vec![put(key, v.to_be_bytes().to_vec())])
     }
 
     fn put<M: Message>(&self, key: &[u8], m: &M) -> Result<()> {
-        let mut wb = self.engine.write_batch();
-        wb.put_msg(Cf::Default, key, m);
-        self.engine.write(wb, true)?;
-        Ok(())
+        self.write(vec![put(key, encode(m))])
+    }
+
+    fn write(&self, ops: Vec<KvOp>) -> Result<()> {
+        let mut cmd = Command::default();
+        cmd.set_ops(ops.into());
+        self.replicate.write(cmd)
     }
 
     fn load<M: Message>(&self, prefix: &[u8], what: &str) -> Result<Vec<M>> {
@@ -127,5 +146,42 @@ impl Storage {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+}
+
+/// Writes straight to the engine, for unit tests of what sits on top of the metadata.
+#[cfg(test)]
+pub(crate) mod local {
+    use std::{path::Path, sync::Arc};
+
+    use engine::{Cf, Engine};
+    use proto::pd_memberpb::Command;
+
+    use super::{Replicate, Storage};
+    use crate::Result;
+
+    struct Local(Engine);
+
+    impl Replicate for Local {
+        fn write(&self, cmd: Command) -> Result<()> {
+            let mut wb = self.0.write_batch();
+            for op in cmd.get_ops() {
+                match op.delete {
+                    true => wb.delete(Cf::Default, op.get_key()),
+                    false => wb.put(Cf::Default, op.get_key(), op.get_value()),
+                }
+            }
+            Ok(self.0.write(wb, true)?)
+        }
+
+        fn confirm_leader(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Metadata in `dir` without a group.
+    pub(crate) fn open(dir: &Path) -> Storage {
+        let engine = Engine::open_with(dir, &engine::EngineOptions::small()).expect("open");
+        Storage::new(engine.clone(), Arc::new(Local(engine)))
     }
 }

@@ -1,5 +1,7 @@
-//! The timestamp oracle: `physical_ms << 18 | logical`, strictly increasing, never below a
-//! bound persisted ahead of time, so a restart cannot hand out an older timestamp.
+//! The timestamp oracle: `physical_ms << 18 | logical`, strictly increasing, never at or
+//! above a bound committed through the PD group ahead of time, so that neither a restart
+//! nor a new leader (which starts above the last committed bound) hands out an older
+//! timestamp.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +42,7 @@ impl Tso {
         let physical = now_ms().max(saved + 1);
         let saved_bound = physical + SAVE_AHEAD.as_millis() as i64;
         storage.put_u64(TSO_KEY, saved_bound as u64)?;
+        crate::metrics::TSO_WINDOW.set(saved_bound);
         Ok(Tso {
             storage,
             state: Mutex::new(State {
@@ -73,6 +76,7 @@ impl Tso {
         if s.physical >= s.saved_bound {
             let bound = s.physical + SAVE_AHEAD.as_millis() as i64;
             self.storage.put_u64(TSO_KEY, bound as u64)?;
+            crate::metrics::TSO_WINDOW.set(bound);
             s.saved_bound = bound;
         }
         s.logical += count;
@@ -93,14 +97,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut last = 0;
         for _ in 0..3 {
-            let tso = Tso::new(Storage::open(dir.path()).unwrap()).unwrap();
+            let tso = Tso::new(crate::storage::local::open(dir.path())).unwrap();
             for _ in 0..1000 {
                 let t = ts(tso.next(3).unwrap());
                 assert!(t > last, "{t} <= {last}");
                 last = t;
             }
         }
-        let tso = Tso::new(Storage::open(dir.path()).unwrap()).unwrap();
+        let tso = Tso::new(crate::storage::local::open(dir.path())).unwrap();
         assert!(tso.next(0).is_err());
     }
 }

@@ -15,11 +15,12 @@ use std::{
 
 use grpcio::{CallOption, ClientUnaryReceiver, Environment};
 use parking_lot::RwLock;
+use proto::pd_memberpb;
 use proto::{
     metapb,
     pdpb::{self, ErrorType},
 };
-use proto_grpc::pdpb_grpc;
+use proto_grpc::{pd_memberpb_grpc, pdpb_grpc};
 use slog::{info, warn, Logger};
 use util::secret::ClusterSecret;
 
@@ -116,6 +117,7 @@ macro_rules! responses {
 }
 
 requests!(
+    pdpb::GetMembersRequest,
     pdpb::AddOperatorRequest,
     pdpb::DeleteStoreRequest,
     pdpb::IsBootstrappedRequest,
@@ -137,6 +139,7 @@ requests!(
 );
 
 responses!(
+    pdpb::GetMembersResponse,
     pdpb::AddOperatorResponse,
     pdpb::DeleteStoreResponse,
     pdpb::IsBootstrappedResponse,
@@ -163,6 +166,9 @@ type Call<Req, Resp> =
 pub struct PdClient {
     env: Arc<Environment>,
     endpoints: Vec<String>,
+    /// Members' client addresses, as the last GetMembers named them: tried after the
+    /// given endpoints, so that a member added later is found too.
+    members: RwLock<Vec<String>>,
     conn: RwLock<(String, pdpb_grpc::PdClient)>,
     cluster_id: AtomicU64,
     timeout: Duration,
@@ -223,6 +229,7 @@ impl PdClient {
             conn: RwLock::new((first.clone(), Self::dial(&env, &first))),
             env,
             endpoints,
+            members: RwLock::new(vec![]),
             cluster_id: AtomicU64::new(0),
             timeout,
             secret,
@@ -248,10 +255,17 @@ impl PdClient {
         pdpb_grpc::PdClient::new(ch)
     }
 
-    /// Asks each endpoint for the members and switches to the leader.
+    /// Asks each endpoint (then each member last heard of) for the members and switches
+    /// to the leader.
     pub async fn reconnect(&self) -> Result<()> {
         let mut last = String::new();
-        for ep in &self.endpoints {
+        let mut candidates = self.endpoints.clone();
+        for m in self.members.read().iter() {
+            if !candidates.contains(m) {
+                candidates.push(m.clone());
+            }
+        }
+        for ep in &candidates {
             let client = Self::dial(&self.env, ep);
             let opt = CallOption::default().timeout(Duration::from_secs(2));
             let resp = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt)
@@ -273,6 +287,12 @@ impl PdClient {
                     } else {
                         strip_scheme(url).to_string()
                     };
+                    *self.members.write() = resp
+                        .get_members()
+                        .iter()
+                        .filter_map(|m| m.get_client_urls().first())
+                        .map(|u| strip_scheme(u).to_string())
+                        .collect();
                     let id = resp.get_header().cluster_id;
                     let old = self.cluster_id.swap(id, Ordering::SeqCst);
                     if old != 0 && old != id {
@@ -294,6 +314,75 @@ impl PdClient {
             endpoints: self.endpoints.join(","),
             last,
         })
+    }
+
+    /// The PD members and the leader, as the member in use sees them.
+    pub async fn members(&self) -> Result<pdpb::GetMembersResponse> {
+        self.unary(
+            pdpb::GetMembersRequest::default(),
+            pdpb_grpc::PdClient::get_members_async_opt,
+        )
+        .await
+    }
+
+    /// Asks the PD member at `addr` (host:port) directly who leads, within `timeout`:
+    /// whether that member answers at all.
+    pub async fn probe_member(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<pdpb::GetMembersResponse> {
+        let client = Self::dial(&self.env, strip_scheme(addr));
+        let opt = CallOption::default().timeout(timeout);
+        let res = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
+            Ok(rx) => rx.await,
+            Err(e) => Err(e),
+        };
+        res.map_err(|e| Error::Unavailable {
+            endpoints: addr.to_string(),
+            last: e.to_string(),
+        })
+    }
+
+    /// Asks the PD leader to hand its leadership to the member named `name` (the call
+    /// needs the cluster secret). Returns once asked; the move itself takes an election.
+    pub async fn transfer_pd_leader(&self, name: &str) -> Result<()> {
+        let mut req = pd_memberpb::TransferLeaderRequest::default();
+        req.set_name(name.to_string());
+        let mut retry = Self::retry(self.timeout);
+        loop {
+            let addr = self.leader_addr();
+            let client = pd_memberpb_grpc::PdMemberClient::new(
+                util::grpc::channel(self.env.clone()).connect(&addr),
+            );
+            let opt = self.call_option().timeout(Duration::from_secs(5));
+            let res = match client.transfer_leader_async_opt(&req, opt) {
+                Ok(rx) => rx.await,
+                Err(e) => Err(e),
+            };
+            let last = match res {
+                Ok(resp) if !resp.get_header().has_error() => return Ok(()),
+                Ok(resp) => {
+                    let e = resp.get_header().get_error();
+                    if e.get_message().contains("not the leader") {
+                        e.get_message().to_string()
+                    } else {
+                        return Err(Error::Pd {
+                            kind: e.get_field_type(),
+                            message: e.get_message().to_string(),
+                        });
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if !retry.wait().await {
+                return Err(Error::Unavailable {
+                    endpoints: self.endpoints.join(","),
+                    last,
+                });
+            }
+            let _ = self.reconnect().await;
+        }
     }
 
     /// The cluster this PD serves.
@@ -591,7 +680,7 @@ impl PdClient {
     fn call_option(&self) -> CallOption {
         let opt = CallOption::default();
         match &self.secret {
-            Some(secret) => opt.headers(secret_headers(secret)),
+            Some(secret) => opt.headers(secret.headers()),
             None => opt,
         }
     }
@@ -651,14 +740,6 @@ impl PdClient {
         let ts = resp.get_timestamp();
         Ok(((ts.physical as u64) << 18) | ts.logical as u64)
     }
-}
-
-/// gRPC metadata carrying the cluster secret.
-pub fn secret_headers(secret: &ClusterSecret) -> grpcio::Metadata {
-    let mut b = grpcio::MetadataBuilder::with_capacity(1);
-    b.add_str(util::secret::HEADER, secret.as_str())
-        .expect("the secret is a valid ASCII header value");
-    b.build()
 }
 
 fn route(mut resp: pdpb::GetRegionResponse) -> Result<RegionRoute> {

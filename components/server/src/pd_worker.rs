@@ -217,7 +217,7 @@ async fn region_heartbeats(
                 continue;
             }
         };
-        let operators = {
+        let mut operators = {
             let router = router.clone();
             let logger = logger.clone();
             tokio::spawn(async move {
@@ -232,7 +232,16 @@ async fn region_heartbeats(
             })
         };
         loop {
-            let Some(mut req) = rx.recv().await else {
+            // A stream PD ended (it lost its leadership, say) is noticed at once, not at
+            // the next heartbeat, which an idle region may not send for long.
+            let req = tokio::select! {
+                req = rx.recv() => req,
+                _ = &mut operators => {
+                    warn!(logger, "pd ended the region heartbeat stream");
+                    break;
+                }
+            };
+            let Some(mut req) = req else {
                 operators.abort();
                 return;
             };

@@ -124,7 +124,7 @@ impl GrpcTransport {
 
 impl Inner {
     fn call_option(&self) -> grpcio::CallOption {
-        grpcio::CallOption::default().headers(pd_client::secret_headers(&self.secret))
+        grpcio::CallOption::default().headers(self.secret.headers())
     }
 
     fn report_unreachable(&self, msgs: &[RaftMessage]) {

@@ -9,6 +9,7 @@ pub mod elle;
 pub mod gate;
 pub mod history;
 mod network;
+pub mod pd_group;
 mod watchdog;
 
 use std::{
@@ -42,6 +43,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// A free port on 127.0.0.1 for a server a test starts. Taken below the kernel's
+/// ephemeral range (32768 and up): a port from that range, released and handed to a
+/// server, can meanwhile become the local port of some outgoing connection, and the
+/// server then fails to bind. Each test process walks its own stretch of the range.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let base = std::process::id() * 997;
+    for _ in 0..SPAN {
+        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
+}
+
 /// The first `Some` that `f` returns within `timeout`, or `None`.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -60,7 +80,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 
 /// Where the cluster's stores and PD log: nowhere, unless `FLOTILLA_TEST_LOG` names a
 /// level (error, warn, info, debug) to debug a failing test with.
-fn test_logger() -> util::logger::Logger {
+pub(crate) fn test_logger() -> util::logger::Logger {
     match std::env::var("FLOTILLA_TEST_LOG").map(|l| l.parse()) {
         Ok(Ok(level)) => util::logger::new(&util::logger::LogConfig {
             level,

@@ -72,6 +72,21 @@ impl ClusterSecret {
         &self.0
     }
 
+    /// gRPC call metadata carrying this secret in [`HEADER`].
+    pub fn headers(&self) -> grpcio::Metadata {
+        let mut b = grpcio::MetadataBuilder::with_capacity(1);
+        b.add_str(HEADER, &self.0)
+            .expect("the secret is a valid ASCII header value");
+        b.build()
+    }
+
+    /// Writes `secret` (received from another member of the cluster) to `path`, readable
+    /// only by its owner, and reads it back.
+    pub fn save(path: &Path, secret: &str) -> Result<ClusterSecret> {
+        write_private(path, secret).map_err(|e| err(path, e))?;
+        Self::load(path)
+    }
+
     /// Whether request headers (name, value) carry this secret in [`HEADER`].
     pub fn carried_by<'a>(&self, mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> bool {
         headers.any(|(k, v)| k == HEADER && self.matches(v))

@@ -14,10 +14,12 @@ use client::{Client, Error, Result};
 use crate::progress::Progress;
 
 mod health;
+mod pd;
 mod stats;
 mod txn;
 
 pub use health::{Health, Verdict};
+pub use pd::PdCommand;
 pub use txn::TxnCommand;
 
 /// kvctl: the Flotilla command-line client.
@@ -126,6 +128,12 @@ pub enum Command {
         /// What to ask about the cluster.
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// The PD members: list them with their health and leader, move the leadership.
+    Pd {
+        /// What to do with PD.
+        #[command(subcommand)]
+        command: PdCommand,
     },
     /// What PD is doing.
     Operator {
@@ -393,6 +401,7 @@ pub async fn run(
         Command::Operator {
             command: OperatorCommand::List,
         } => operators(client, &mut p).await,
+        Command::Pd { command } => pd::run(client, command, &mut p).await,
         Command::Txn { command } => {
             txn::run(&client::txn::TxnClient::new(client), command, &mut p).await
         }
