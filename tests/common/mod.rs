@@ -179,12 +179,14 @@ pub fn kvctl(pd: &str, args: &[&str]) -> Output {
         .expect("run kvctl")
 }
 
-/// A PD and stores started as processes in one temporary directory.
+/// PD members and stores started as processes in one temporary directory.
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
+    /// Every PD member's client address, comma-separated (what `--pd` takes).
     pub pd_addr: String,
-    pub pd: Proc,
-    pd_args: Vec<String>,
+    /// The PD members, by index (`None` while stopped).
+    pub pds: Vec<Option<Proc>>,
+    pd_args: Vec<Vec<String>>,
     pub stores: Vec<Option<Proc>>,
     pub store_addrs: Vec<(u16, u16)>,
     /// Extra `[raftstore]` settings every store starts with.
@@ -206,51 +208,124 @@ impl ProcCluster {
 
     /// Like [`ProcCluster::start_with`], with extra `[pd]` settings for pd-server too.
     pub fn start_configured(n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
+        Self::start_full(1, n, raftstore_extra, pd_extra)
+    }
+
+    /// Starts a PD group of `pds` members (`pd1`...) and `n` kv-servers.
+    pub fn start_with_pds(pds: usize, n: usize, raftstore_extra: &str) -> ProcCluster {
+        Self::start_full(pds, n, raftstore_extra, "")
+    }
+
+    fn start_full(pds: usize, n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
         let gate = test_cluster::gate::shared();
         let dir = tempfile::tempdir().expect("temp dir");
-        let pd_port = free_port();
-        let pd_addr = format!("127.0.0.1:{pd_port}");
+        let addrs: Vec<String> = (0..pds)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let pd_addr = addrs.join(",");
         let pd_cfg = dir.path().join("pd.toml");
-        std::fs::write(&pd_cfg, format!("[pd]\n{pd_extra}\n")).expect("write pd config");
+        // Fast PD elections, as in the in-process group.
+        std::fs::write(
+            &pd_cfg,
+            format!("[pd]\nraft-tick-interval = \"50ms\"\n{pd_extra}\n"),
+        )
+        .expect("write pd config");
         let secret = dir.path().join("cluster-secret");
         util::secret::ClusterSecret::load_or_create(&secret, true)
             .expect("create the cluster secret");
         register_secret(&pd_addr, &secret);
-        let pd_args = vec![
-            "--cluster-secret-file".into(),
-            secret.display().to_string(),
-            "--config".into(),
-            pd_cfg.display().to_string(),
-            "--addr".into(),
-            pd_addr.clone(),
-            "--data-dir".into(),
-            dir.path().join("pd").display().to_string(),
-            "--max-store-down-time".into(),
-            "60s".into(),
-            "--status-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ];
-        let pd = Proc::spawn(
-            "pd",
-            env!("CARGO_BIN_EXE_pd-server"),
-            &pd_args,
-            dir.path(),
-            dir.path(),
-        );
+        let initial: Vec<String> = (0..pds)
+            .map(|i| format!("pd{}={}", i + 1, addrs[i]))
+            .collect();
+        let pd_args: Vec<Vec<String>> = (0..pds)
+            .map(|i| {
+                let mut args = vec![
+                    "--cluster-secret-file".into(),
+                    secret.display().to_string(),
+                    "--config".into(),
+                    pd_cfg.display().to_string(),
+                    "--addr".into(),
+                    addrs[i].clone(),
+                    "--data-dir".into(),
+                    dir.path()
+                        .join(format!("pd{}", i + 1))
+                        .display()
+                        .to_string(),
+                    "--max-store-down-time".into(),
+                    "60s".into(),
+                    "--status-addr".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                ];
+                if pds > 1 {
+                    args.extend([
+                        "--name".into(),
+                        format!("pd{}", i + 1),
+                        "--initial-cluster".into(),
+                        initial.join(","),
+                    ]);
+                }
+                args
+            })
+            .collect();
         let mut c = ProcCluster {
             dir,
             pd_addr,
-            pd,
+            pds: (0..pds).map(|_| None).collect(),
             pd_args,
             stores: vec![],
             store_addrs: vec![],
             raftstore_extra: raftstore_extra.to_string(),
             _gate: gate,
         };
+        for i in 0..pds {
+            c.start_pd(i);
+        }
         for _ in 0..n {
             c.add_store();
         }
         c
+    }
+
+    /// Starts (or restarts) PD member `i` on its data and address.
+    pub fn start_pd(&mut self, i: usize) {
+        self.pds[i] = Some(Proc::spawn(
+            &format!("pd{}", i + 1),
+            env!("CARGO_BIN_EXE_pd-server"),
+            &self.pd_args[i],
+            self.dir.path(),
+            self.dir.path(),
+        ));
+    }
+
+    /// SIGKILLs PD member `i`.
+    pub fn kill_pd(&mut self, i: usize) {
+        if let Some(mut p) = self.pds[i].take() {
+            p.kill();
+        }
+    }
+
+    /// PD member `i`'s client address.
+    pub fn pd_member_addr(&self, i: usize) -> String {
+        self.arg_of(i, "--addr")
+    }
+
+    /// The PD member that says it leads (its `/status`), if one does.
+    pub fn pd_leader(&self) -> Option<usize> {
+        (0..self.pds.len()).find(|&i| {
+            self.pds[i].is_some()
+                && http_get(&self.pd_status_addr_of(i), "/status")
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                    .is_some_and(|v| v["is_leader"] == true)
+        })
+    }
+
+    fn arg_of(&self, i: usize, flag: &str) -> String {
+        let args = &self.pd_args[i];
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("PD is started with {flag}"));
+        args[at + 1].clone()
     }
 
     /// Adds a store with the next index and starts it; returns its index.
@@ -308,16 +383,10 @@ impl ProcCluster {
         self.dir.path().join("cluster-secret")
     }
 
-    /// SIGKILLs PD and starts it again on the same data and address.
+    /// SIGKILLs the first PD member and starts it again on the same data and address.
     pub fn restart_pd(&mut self) {
-        self.pd.kill();
-        self.pd = Proc::spawn(
-            "pd",
-            env!("CARGO_BIN_EXE_pd-server"),
-            &self.pd_args,
-            self.dir.path(),
-            self.dir.path(),
-        );
+        self.kill_pd(0);
+        self.start_pd(0);
     }
 
     /// Gives store `i` new ports (it must be stopped); the next start uses them.
@@ -344,14 +413,14 @@ impl ProcCluster {
         }
     }
 
-    /// PD's status address (`/metrics`).
+    /// The first PD member's status address (`/metrics`).
     pub fn pd_status_addr(&self) -> String {
-        let i = self
-            .pd_args
-            .iter()
-            .position(|a| a == "--status-addr")
-            .expect("PD is started with a status address");
-        self.pd_args[i + 1].clone()
+        self.pd_status_addr_of(0)
+    }
+
+    /// PD member `i`'s status address.
+    pub fn pd_status_addr_of(&self, i: usize) -> String {
+        self.arg_of(i, "--status-addr")
     }
 
     /// Store `i`'s status address.

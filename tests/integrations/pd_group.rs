@@ -72,6 +72,47 @@ fn the_pd_group_outlives_its_leader_with_unique_ids_and_rising_timestamps() {
 }
 
 #[test]
+fn a_member_that_lost_its_disk_is_replaced_through_join() {
+    let _gate = test_cluster::gate::shared();
+    let mut group = PdGroup::start(3);
+    let rt = runtime();
+    let pd = rt
+        .block_on(PdClient::connect(
+            &group.endpoints(),
+            Duration::from_secs(20),
+            util::logger::discard(),
+        ))
+        .expect("connect");
+    let before = rt.block_on(pd.get_ts()).expect("timestamp");
+    let leader = group.wait_leader(Duration::from_secs(10));
+    let lost = (leader + 1) % 3;
+    group.replace(lost);
+    test_cluster::wait_until("the new member caught up", Duration::from_secs(20), || {
+        group.status(lost).is_some_and(|s| s.cluster_id != 0)
+    });
+    let members = rt.block_on(pd.members()).expect("members");
+    assert_eq!(members.get_members().len(), 3, "{members:?}");
+    let replaced = members
+        .get_members()
+        .iter()
+        .find(|m| m.get_name() == format!("pd{}", lost + 1))
+        .expect("the replaced member is listed");
+    assert!(
+        replaced.member_id > 3,
+        "the new member has a new id: {replaced:?}"
+    );
+    // With the third member down, the group needs the new one for a quorum.
+    let third = (0..3)
+        .find(|&j| j != leader && j != lost)
+        .expect("a third member");
+    group.stop(third);
+    let after = rt
+        .block_on(pd.get_ts())
+        .expect("timestamp with the new member in the quorum");
+    assert!(after > before);
+}
+
+#[test]
 fn a_member_that_disagrees_with_the_group_is_refused_and_the_group_serves_on() {
     let _gate = test_cluster::gate::shared();
     let group = PdGroup::start(3);

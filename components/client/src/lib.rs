@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use grpcio::Environment;
@@ -169,11 +169,15 @@ fn never_sent(e: &grpcio::Error) -> bool {
     match e {
         grpcio::Error::RpcFailure(s) => {
             s.code() == grpcio::RpcStatusCode::UNAVAILABLE
-                && s.message().contains("failed to connect")
+                && (s.message().contains("failed to connect")
+                    || s.message().contains("DNS resolution failed"))
         }
         _ => false,
     }
 }
+
+/// How long a store that could not be dialed is passed over for a region's other peers.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 /// A connection to a Flotilla cluster.
 pub struct Client {
@@ -181,6 +185,10 @@ pub struct Client {
     env: Arc<Environment>,
     cache: Mutex<RegionCache>,
     stores: Mutex<HashMap<u64, TikvClient>>,
+    /// Stores that could not be dialed lately, and when: a request for a region led
+    /// from one goes to another replica, which answers with the new leader (and wakes
+    /// the region if it hibernates).
+    unreachable: Mutex<HashMap<u64, Instant>>,
     timeout: Duration,
 }
 
@@ -238,6 +246,7 @@ impl Client {
             ),
             cache: Mutex::default(),
             stores: Mutex::default(),
+            unreachable: Mutex::default(),
             timeout,
         })
     }
@@ -249,6 +258,7 @@ impl Client {
             env: self.env.clone(),
             cache: Mutex::default(),
             stores: Mutex::default(),
+            unreachable: Mutex::default(),
             timeout: self.timeout,
         }
     }
@@ -407,6 +417,7 @@ impl Client {
             let why = format!("no leader known for region {}", route.region.get_id());
             return Ok(Attempt::Retry(why));
         };
+        let leader = self.reachable_peer(&route.region, leader);
         let client = match self.store(leader.get_store_id()).await {
             Ok(c) => c,
             Err(e) => return Ok(Attempt::Retry(e.to_string())),
@@ -435,12 +446,37 @@ impl Client {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
                 let why = format!("store {}: {e}", leader.get_store_id());
-                if kind == Kind::Write && !never_sent(&e) {
-                    return Err(Error::Undetermined(why));
+                if !never_sent(&e) {
+                    if kind == Kind::Write {
+                        return Err(Error::Undetermined(why));
+                    }
+                } else {
+                    self.unreachable
+                        .lock()
+                        .insert(leader.get_store_id(), Instant::now());
                 }
                 Ok(Attempt::Retry(why))
             }
         }
+    }
+
+    /// `leader`, or, if its store could not be dialed lately, a voter on a store that
+    /// could: it does not serve the request, but answers with the leader it knows (a new
+    /// one once elected), and a message to it wakes a hibernating region.
+    fn reachable_peer(&self, region: &metapb::Region, leader: metapb::Peer) -> metapb::Peer {
+        let mut down = self.unreachable.lock();
+        down.retain(|_, at| at.elapsed() < UNREACHABLE_FOR);
+        if !down.contains_key(&leader.get_store_id()) {
+            return leader;
+        }
+        region
+            .get_peers()
+            .iter()
+            .find(|p| {
+                p.get_role() == metapb::PeerRole::Voter && !down.contains_key(&p.get_store_id())
+            })
+            .cloned()
+            .unwrap_or(leader)
     }
 
     /// The value of `key`, or `None`.

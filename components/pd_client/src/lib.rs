@@ -210,8 +210,10 @@ impl PdClient {
         secret: Option<ClusterSecret>,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
+        // `a,b,c` in one string counts as three endpoints (a flag's value, say).
         let endpoints: Vec<String> = endpoints
             .iter()
+            .flat_map(|e| e.split(','))
             .map(|e| strip_scheme(e.trim()).to_string())
             .filter(|e| !e.is_empty())
             .collect();

@@ -89,8 +89,10 @@ pub enum PeerMsg {
     /// Report the region to PD (sent by the store to hibernating leaders, which get no
     /// ticks); does not wake the peer.
     HeartbeatPd,
-    /// Leave hibernation (the store suspects the leader's store is gone).
-    Wake,
+    /// This store lost contact with these stores (PD reports them silent, or a
+    /// connection to them failed): leave hibernation, and if the leader is on one of
+    /// them, campaign at the next tick instead of waiting out its lease.
+    StoresDown(std::sync::Arc<[u64]>),
     /// Entries were applied.
     ApplyRes(Box<ApplyRes>),
     /// A message to this peer could not be delivered.

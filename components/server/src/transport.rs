@@ -15,7 +15,7 @@ use futures::SinkExt;
 use grpcio::WriteFlags;
 use parking_lot::Mutex;
 use proto::raft_serverpb::{BatchRaftMessage, RaftMessage};
-use raftstore::{snap, RaftRouter, SnapManager, Transport};
+use raftstore::{msg::StoreMsg, snap, RaftRouter, SnapManager, Transport};
 use slog::{debug, warn, Logger};
 use tokio::sync::{
     mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
@@ -80,6 +80,8 @@ struct Inner {
     secret: ClusterSecret,
     rt: tokio::runtime::Handle,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// When each store was last reported unreachable to the raftstore.
+    reported_down: Mutex<HashMap<u64, std::time::Instant>>,
     logger: Logger,
 }
 
@@ -111,6 +113,7 @@ impl GrpcTransport {
                 secret,
                 rt,
                 conns: Mutex::default(),
+                reported_down: Mutex::default(),
                 logger,
             }),
         }
@@ -125,6 +128,27 @@ impl GrpcTransport {
 impl Inner {
     fn call_option(&self) -> grpcio::CallOption {
         grpcio::CallOption::default().headers(self.secret.headers())
+    }
+
+    /// Tells the raftstore that `store_id` cannot be reached (a dial failed, or a stream
+    /// to it broke), at most once a second per store: hibernating regions with a peer
+    /// there wake, and followers of a leader there campaign at once (see
+    /// `raftstore::operation::hibernate`).
+    fn report_store_down(&self, store_id: u64) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.reported_down.lock();
+            if last
+                .get(&store_id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(store_id, now);
+        }
+        if let Some(router) = self.router.get() {
+            router.send_store(StoreMsg::StoresDown(vec![store_id]));
+        }
     }
 
     fn report_unreachable(&self, msgs: &[RaftMessage]) {
@@ -156,10 +180,11 @@ impl Inner {
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            let (mut sink, _done) = match stream {
+            let (mut sink, mut done) = match stream {
                 Ok(s) => s,
                 Err(e) => {
                     debug!(self.logger, "cannot reach store"; "to_store" => store_id, "err" => e);
+                    self.report_store_down(store_id);
                     self.report_unreachable(&first);
                     self.resolver.forget(store_id);
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -182,6 +207,7 @@ impl Inner {
                     .await
                 {
                     debug!(self.logger, "raft stream broke"; "to_store" => store_id, "err" => %e);
+                    self.report_store_down(store_id);
                     if let Some(router) = self.router.get() {
                         for (region, peer) in ids {
                             router.report_unreachable(region, peer);
@@ -191,7 +217,19 @@ impl Inner {
                     break;
                 }
                 metrics::RAFT_BATCHES_SENT.inc();
-                match rx.recv().await {
+                // While idle (its regions may all be hibernating) the stream is watched:
+                // the other store dying (a reset) or going silent (keepalive) ends it.
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    ended = &mut done => {
+                        debug!(self.logger, "raft stream ended"; "to_store" => store_id,
+                               "err" => ?ended.err());
+                        self.report_store_down(store_id);
+                        self.resolver.forget(store_id);
+                        break;
+                    }
+                };
+                match next {
                     Some(b) => batch = take(b),
                     None => {
                         let _ = sink.close().await;

@@ -124,6 +124,26 @@ impl PdGroup {
         self.members[i].server = Some(server);
     }
 
+    /// Replaces member `i` as if its disk were lost: stops it, empties its directory,
+    /// and starts it again with `--join` (the other members) and a copy of the secret.
+    pub fn replace(&mut self, i: usize) {
+        self.stop(i);
+        let secret = std::fs::read_to_string(self.secret_file()).expect("read the secret");
+        let dir = &self.members[i].cfg.data_dir;
+        std::fs::remove_dir_all(dir).expect("lose the member's disk");
+        let copy = dir.with_extension("secret");
+        std::fs::write(&copy, secret).expect("copy the secret");
+        let others: Vec<String> = (0..self.members.len())
+            .filter(|&j| j != i)
+            .map(|j| self.members[j].cfg.addr.clone())
+            .collect();
+        let cfg = &mut self.members[i].cfg;
+        cfg.initial_cluster.clear();
+        cfg.join = others.join(",");
+        cfg.cluster_secret_file = copy;
+        self.restart(i);
+    }
+
     /// Member `i`'s settings.
     pub fn config(&self, i: usize) -> &pd::Config {
         &self.members[i].cfg

@@ -69,6 +69,7 @@ impl Group {
             election_ticks: cfg.raft_election_ticks,
             heartbeat_ticks: cfg.raft_heartbeat_ticks,
             log_gc_threshold: cfg.raft_log_gc_threshold,
+            joined_members: identity.get_joined_members().to_vec(),
         };
         let node = Node::new(
             &node_cfg,

@@ -83,6 +83,9 @@ pub(crate) struct NodeConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub log_gc_threshold: u64,
+    /// Members to reach until the metadata holds the member table (a member that just
+    /// joined).
+    pub joined_members: Vec<pdpb::Member>,
 }
 
 /// The thread's state.
@@ -102,6 +105,7 @@ pub(crate) struct Node {
     next_read: u64,
     tick: Duration,
     log_gc_threshold: u64,
+    joined_members: Vec<pdpb::Member>,
     logger: Logger,
 }
 
@@ -172,6 +176,7 @@ impl Node {
             reads: HashMap::new(),
             next_read: 0,
             tick: cfg.tick,
+            joined_members: cfg.joined_members.clone(),
             log_gc_threshold: cfg.log_gc_threshold,
             logger,
         };
@@ -489,6 +494,13 @@ impl Node {
         )?;
         if let Some(e) = bad {
             return Err(e);
+        }
+        if members.is_empty() {
+            members = self
+                .joined_members
+                .iter()
+                .map(|m| (m.member_id, m.clone()))
+                .collect();
         }
         let cluster: Option<metapb::Cluster> = engine.get_msg(Cf::Default, k::CLUSTER_KEY)?;
         let id = self.raw.raft.id;

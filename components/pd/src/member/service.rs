@@ -148,6 +148,7 @@ impl MemberService {
         let mut resp = JoinResponse::default();
         resp.member_id = id;
         resp.group_id = self.identity.group_id;
+        resp.set_members(self.group.view().members.into_values().collect());
         Ok(resp)
     }
 

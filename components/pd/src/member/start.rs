@@ -275,6 +275,7 @@ fn join(
                         identity.set_name(cfg.name.clone());
                         identity.member_id = resp.member_id;
                         identity.group_id = resp.group_id;
+                        identity.set_joined_members(resp.get_members().into());
                         let mut wb = engine.write_batch();
                         wb.put_msg(Cf::Raft, k::IDENTITY_KEY, &identity);
                         engine.write(wb, true)?;

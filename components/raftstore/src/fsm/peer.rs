@@ -281,7 +281,8 @@ impl PeerFsm {
             PeerMsg::Tick if self.quiet => {}
             PeerMsg::Tick => self.on_tick(ctx),
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
-            PeerMsg::HeartbeatPd | PeerMsg::Wake => {}
+            PeerMsg::HeartbeatPd => {}
+            PeerMsg::StoresDown(stores) => self.on_stores_down(&stores),
             PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
             PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
             PeerMsg::SnapshotStatus { to_peer_id, ok } => {

@@ -119,25 +119,27 @@ impl StoreFsm {
         }
     }
 
+    /// Tells every region with a peer on `stores` (which this store lost contact with):
+    /// quiet ones wake, and followers of a leader there campaign at once.
     fn wake_regions_on(&self, stores: &[u64]) {
-        let quiet = self.router.hibernating.lock().clone();
-        let to_wake: Vec<u64> = {
-            let meta = self.store_meta.lock();
-            quiet
-                .into_iter()
-                .filter(|id| {
-                    meta.region(*id).is_some_and(|r| {
-                        r.get_peers()
-                            .iter()
-                            .any(|p| stores.contains(&p.get_store_id()))
-                    })
-                })
-                .collect()
-        };
-        info!(self.logger, "waking hibernating regions with a peer on a silent store";
-              "stores" => ?stores, "regions" => to_wake.len());
-        for id in to_wake {
-            let _ = self.router.force_send(id, PeerMsg::Wake);
+        let affected: Vec<u64> = self
+            .store_meta
+            .lock()
+            .regions()
+            .filter(|r| {
+                r.get_peers()
+                    .iter()
+                    .any(|p| stores.contains(&p.get_store_id()))
+            })
+            .map(|r| r.get_id())
+            .collect();
+        info!(self.logger, "regions with a peer on an unreachable store told";
+              "stores" => ?stores, "regions" => affected.len());
+        let stores: std::sync::Arc<[u64]> = stores.into();
+        for id in affected {
+            let _ = self
+                .router
+                .force_send(id, PeerMsg::StoresDown(stores.clone()));
         }
     }
 

@@ -10,8 +10,11 @@
 //!
 //! Any mail wakes a quiet peer except its own heartbeat-to-PD prompt: a proposal, a
 //! read, a Raft message, an operator. A quiet leader whose store died wakes no one, so
-//! the store wakes every quiet region with a peer on a store that PD reports as silent
-//! (`StoreMsg::StoresDown`); they then elect a new leader as usual.
+//! the store wakes every quiet region with a peer on a store that it lost contact with
+//! (`StoreMsg::StoresDown`: a connection to that store failed or broke, or PD reports it
+//! silent). A follower whose leader is on such a store campaigns at its next tick
+//! (`on_stores_down`) instead of waiting out an election timeout; pre-vote keeps a
+//! leader that is in fact alive in place.
 
 use proto::raft_serverpb::RaftMessage;
 use protobuf::Message as _;
@@ -50,6 +53,28 @@ impl PeerFsm {
         ctx.hibernating.lock().remove(&self.region_id());
         metrics::HIBERNATING.dec();
         debug!(self.logger, "woke up");
+    }
+
+    /// The store lost contact with `stores` (the message itself woke this peer): a
+    /// follower whose leader is on one of them gives up the leader's lease, so that it
+    /// campaigns at its next tick and grants other followers' votes at once.
+    pub(crate) fn on_stores_down(&mut self, stores: &[u64]) {
+        if self.is_leader() {
+            return;
+        }
+        let leader = self.raft.raft.leader_id;
+        let on_down_store = self
+            .region()
+            .get_peers()
+            .iter()
+            .any(|p| p.get_id() == leader && stores.contains(&p.get_store_id()));
+        if on_down_store {
+            let r = &mut self.raft.raft;
+            // Past any randomized timeout (which is below twice the base one).
+            r.election_elapsed = 2 * r.election_timeout();
+            debug!(self.logger, "leader's store unreachable: campaigning at the next tick";
+                   "leader_id" => leader);
+        }
     }
 
     fn go_quiet(&mut self, ctx: &mut PollContext) {

@@ -1,0 +1,192 @@
+//! A PD group of three pd-server processes under a cluster of three kv-servers: TiKV's own
+//! client rides through a kill -9 of the PD leader, and kvctl lists the members and moves
+//! the leadership.
+
+use crate::common;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{kvctl, wait_until, ProcCluster};
+use parking_lot::Mutex;
+use tikv_client::{RawClient, TransactionClient};
+
+const T: Duration = Duration::from_secs(60);
+/// Longest one client call may take before the workload counts it failed.
+const CALL: Duration = Duration::from_secs(10);
+
+/// Three PD members, three stores, the first region on three voters.
+fn cluster() -> (ProcCluster, tokio::runtime::Runtime) {
+    let cluster = ProcCluster::start_with_pds(3, 3, "");
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let ours = common::client(&rt, &cluster.pd_addr);
+    wait_until("three voters", T, || {
+        rt.block_on(ours.regions())
+            .is_ok_and(|rs| rs.first().is_some_and(|r| r.region.get_peers().len() == 3))
+    });
+    (cluster, rt)
+}
+
+fn endpoints(c: &ProcCluster) -> Vec<String> {
+    c.pd_addr.split(',').map(String::from).collect()
+}
+
+/// What the workload had acknowledged: raw pairs, transactional pairs (with when).
+#[derive(Default)]
+struct Acked {
+    raw: Vec<(Vec<u8>, Vec<u8>)>,
+    txn: Vec<(Vec<u8>, Vec<u8>, Instant)>,
+}
+
+#[test]
+fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
+    let (mut cluster, rt) = cluster();
+    let pds = endpoints(&cluster);
+    let raw = rt
+        .block_on(RawClient::new(pds.clone()))
+        .expect("raw client");
+    let txn = rt
+        .block_on(TransactionClient::new(pds))
+        .expect("transaction client");
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let raw_writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        rt.spawn(async move {
+            for i in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (k, v) = (
+                    format!("raw{i:06}").into_bytes(),
+                    format!("v{i}").into_bytes(),
+                );
+                let put = raw.put(k.clone(), v.clone());
+                if let Ok(Ok(())) = tokio::time::timeout(CALL, put).await {
+                    acked.lock().raw.push((k, v));
+                }
+            }
+            raw
+        })
+    };
+    let txn_writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        rt.spawn(async move {
+            for i in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (k, v) = (
+                    format!("txn{i:06}").into_bytes(),
+                    format!("v{i}").into_bytes(),
+                );
+                let (k2, v2) = (k.clone(), v.clone());
+                let t = &txn;
+                let commit = async move {
+                    let mut t = t.begin_optimistic().await?;
+                    t.put(k2, v2).await?;
+                    t.commit().await
+                };
+                if let Ok(Ok(_)) = tokio::time::timeout(CALL, commit).await {
+                    acked.lock().txn.push((k, v, Instant::now()));
+                }
+            }
+            txn
+        })
+    };
+    wait_until("transactions before the kill", T, || {
+        acked.lock().txn.len() >= 20
+    });
+    let leader = cluster.pd_leader().expect("a PD member leads");
+    let killed = Instant::now();
+    cluster.kill_pd(leader);
+    wait_until("a transaction acknowledged after the kill", T, || {
+        acked.lock().txn.iter().any(|(_, _, at)| *at > killed)
+    });
+    let first = acked
+        .lock()
+        .txn
+        .iter()
+        .find(|(_, _, at)| *at > killed)
+        .map(|(_, _, at)| *at - killed)
+        .expect("found above");
+    println!(
+        "pd leader pd{} killed: first transaction acknowledged {first:?} after",
+        leader + 1
+    );
+    let after = acked.lock().txn.len();
+    wait_until("more transactions", T, || {
+        acked.lock().txn.len() >= after + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    let raw = rt.block_on(raw_writer).expect("raw writer");
+    let txn = rt.block_on(txn_writer).expect("txn writer");
+
+    let acked = acked.lock();
+    assert!(
+        acked.raw.len() >= 20,
+        "raw writes went on: {}",
+        acked.raw.len()
+    );
+    rt.block_on(async {
+        for (k, v) in &acked.raw {
+            let got = raw.get(k.clone()).await.expect("raw get");
+            assert_eq!(got.as_ref(), Some(v), "acknowledged raw write {k:?} lost");
+        }
+        let mut snap = txn.snapshot(
+            txn.current_timestamp().await.expect("timestamp"),
+            tikv_client::TransactionOptions::new_optimistic(),
+        );
+        for (k, v, _) in &acked.txn {
+            let got = snap.get(k.clone()).await.expect("snapshot get");
+            assert_eq!(got.as_ref(), Some(v), "acknowledged transaction {k:?} lost");
+        }
+    });
+    println!(
+        "{} raw writes and {} transactions acknowledged, all readable",
+        acked.raw.len(),
+        acked.txn.len()
+    );
+}
+
+#[test]
+fn kvctl_lists_the_pd_members_and_moves_their_leadership() {
+    let (mut cluster, _rt) = cluster();
+    let out = kvctl(&cluster.pd_addr, &["--output", "json", "pd", "members"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let members = members.as_array().expect("a list");
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert_eq!(members.iter().filter(|m| m["leader"] == true).count(), 1);
+    assert!(members.iter().all(|m| m["healthy"] == true), "{members:?}");
+    let leader = cluster.pd_leader().expect("a leader");
+    let to = format!("pd{}", (leader + 1) % 3 + 1);
+    let out = kvctl(&cluster.pd_addr, &["pd", "transfer-leader", &to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.pd_leader(), Some((leader + 1) % 3), "{to} leads");
+
+    // A member that is down shows as such, and the command says so in its exit code.
+    let down = (leader + 2) % 3;
+    cluster.kill_pd(down);
+    let out = kvctl(&cluster.pd_addr, &["pd", "members"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("pd{}\t", down + 1)))
+        .expect("the down member is listed");
+    assert!(line.contains("down"), "{line}");
+}
