@@ -22,13 +22,15 @@ fn main() -> ExitCode {
             Some(Ok(s)) => Some(s),
             None => None,
         };
-        let client = match Client::connect_with(&endpoints(&cli.pd), cli.timeout, secret).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        };
+        let connect = cli.connect_timeout.min(cli.timeout);
+        let client =
+            match Client::connect_within(&endpoints(&cli.pd), connect, cli.timeout, secret).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
         let res = match &cli.command {
             Command::Shell => shell(&client, cli.output).await,
             cmd => {

@@ -96,11 +96,15 @@ fn a_member_that_lost_its_disk_is_replaced_through_join() {
         .get_members()
         .iter()
         .find(|m| m.get_name() == format!("pd{}", lost + 1))
-        .expect("the replaced member is listed");
-    assert!(
-        replaced.member_id > 3,
-        "the new member has a new id: {replaced:?}"
-    );
+        .expect("the replaced member is listed")
+        .member_id;
+    assert!(replaced > 3, "the new member has a new id: {replaced}");
+    // It joined as a learner; the leader promotes it once it caught up.
+    test_cluster::wait_until("the new member to vote", Duration::from_secs(20), || {
+        group
+            .status(leader)
+            .is_some_and(|s| s.voters.len() == 3 && s.voters.contains(&replaced))
+    });
     // With the third member down, the group needs the new one for a quorum.
     let third = (0..3)
         .find(|&j| j != leader && j != lost)

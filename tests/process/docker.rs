@@ -1,7 +1,8 @@
 //! The compose cluster as an operator runs it: build the image (FROM scratch, nothing
-//! pulled), bring up docker/docker-compose.yml, write through kvctl, `docker kill` one
-//! store and keep writing, cut another off the network and reconnect it, restart the
-//! killed one, and find every acknowledged key. Everything the test created (containers,
+//! pulled), bring up docker/docker-compose.yml (three PD members, three stores), write
+//! through kvctl, `docker kill` the PD leader and keep writing, `docker kill` one store
+//! and keep writing, cut another off the network and reconnect it, restart the killed
+//! ones, and find every acknowledged key. Everything the test created (containers,
 //! network, volumes, image) is removed at the end, also when it fails. Skipped, saying
 //! why, where no Docker engine answers.
 
@@ -46,7 +47,8 @@ struct Compose {
     project: String,
     image: String,
     prometheus_image: String,
-    pd_port: u16,
+    /// Host ports of the three PD members.
+    pd_ports: [u16; 3],
     prometheus_port: u16,
     file: PathBuf,
     down: bool,
@@ -60,7 +62,9 @@ impl Compose {
             .args(["--profile", "monitoring"])
             .env("FLOTILLA_IMAGE", &self.image)
             .env("FLOTILLA_PROMETHEUS_IMAGE", &self.prometheus_image)
-            .env("FLOTILLA_PD_PORT", self.pd_port.to_string())
+            .env("FLOTILLA_PD_PORT", self.pd_ports[0].to_string())
+            .env("FLOTILLA_PD2_PORT", self.pd_ports[1].to_string())
+            .env("FLOTILLA_PD3_PORT", self.pd_ports[2].to_string())
             .env("FLOTILLA_PROMETHEUS_PORT", self.prometheus_port.to_string())
             // Containers left by a killed test run must not come back with the daemon.
             .env("FLOTILLA_RESTART", "no");
@@ -76,24 +80,35 @@ impl Compose {
         format!("{}_flotilla", self.project)
     }
 
-    /// kvctl inside PD's container (it has the cluster secret and PD on 127.0.0.1),
-    /// giving up after `timeout`.
+    /// kvctl inside store1's container (it has the cluster secret, and every PD
+    /// member's name resolves there), giving up after `timeout`.
     fn kvctl(&self, timeout: &str, args: &[&str]) -> Output {
         run(docker()
             .args([
                 "exec",
-                &self.container("pd"),
+                &self.container("store1"),
                 "kvctl",
                 "--pd",
-                "127.0.0.1:2379",
+                "pd1:2379,pd2:2379,pd3:2379",
             ])
             .args([
                 "--cluster-secret-file",
-                "/data/cluster-secret",
+                "/pd/cluster-secret",
                 "--timeout",
                 timeout,
             ])
             .args(args))
+    }
+
+    /// The PD member that leads, as `kvctl pd members` says.
+    fn pd_leader(&self) -> Option<String> {
+        let out = self.kvctl("5s", &["--output", "json", "pd", "members"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|m| m["leader"] == true)
+            .and_then(|m| m["name"].as_str())
+            .map(String::from)
     }
 
     /// Removes containers, network, volumes and the image; returns what is left.
@@ -185,7 +200,11 @@ fn compose_cluster_survives_a_kill_and_a_cut_and_loses_nothing() {
         project: format!("fltest{}", std::process::id()),
         image: format!("flotilla-test:{}", std::process::id()),
         prometheus_image: format!("flotilla-prometheus-test:{}", std::process::id()),
-        pd_port: common::free_port(),
+        pd_ports: [
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        ],
         prometheus_port: common::free_port(),
         file: root.join("docker/docker-compose.yml"),
         down: false,
@@ -204,31 +223,58 @@ fn compose_cluster_survives_a_kill_and_a_cut_and_loses_nothing() {
     let up = Instant::now();
     must(c.cmd().args(["up", "-d"]));
 
-    // Healthy as seen from the host: PD's published port, the host's own kvctl.
-    let pd = format!("127.0.0.1:{}", c.pd_port);
+    // Healthy as seen from the host: the members' published ports, the host's own kvctl.
+    let pd = c
+        .pd_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
     wait_until("a healthy cluster (kvctl on the host)", T, || {
         common::kvctl(&pd, &["cluster", "health"]).status.success()
     });
     eprintln!("healthy {:.1}s after `up`", up.elapsed().as_secs_f64());
 
-    // The monitoring profile's Prometheus scrapes all four processes by container name.
+    // The monitoring profile's Prometheus scrapes all six processes by container name.
     let prom = format!("127.0.0.1:{}", c.prometheus_port);
-    wait_until("Prometheus to scrape PD and the three stores", T, || {
-        common::http_get(&prom, "/api/v1/query?query=up%3D%3D1")
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["data"]["result"].as_array().map(Vec::len))
-            == Some(4)
-    });
+    wait_until(
+        "Prometheus to scrape the PD members and the stores",
+        T,
+        || {
+            common::http_get(&prom, "/api/v1/query?query=up%3D%3D1")
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["data"]["result"].as_array().map(Vec::len))
+                == Some(6)
+        },
+    );
 
     let mut acked = vec![];
     write(&c, &mut acked, 0..10);
     assert_eq!(acked.len(), 10, "a healthy cluster takes every write");
 
+    // The PD leader dies; the other two members elect one and writes go on.
+    let pd_leader = c.pd_leader().expect("a PD member leads");
+    must(docker().args(["kill", &c.container(&pd_leader)]));
+    let killed = Instant::now();
+    write(&c, &mut acked, 10..20);
+    assert_eq!(
+        acked.len(),
+        20,
+        "writes go on with the PD leader down: {acked:?}"
+    );
+    let new_leader = c.pd_leader().expect("another PD member leads");
+    assert_ne!(new_leader, pd_leader);
+    eprintln!(
+        "PD leader {pd_leader} killed; {new_leader} leads; ten writes done {:.1}s later",
+        killed.elapsed().as_secs_f64()
+    );
+    must(c.cmd().args(["start", &pd_leader]));
+
     // A store dies; the two left keep a quorum.
     must(docker().args(["kill", &c.container("store3")]));
-    write(&c, &mut acked, 10..20);
+    write(&c, &mut acked, 20..30);
     assert!(
-        acked.len() >= 19,
+        acked.len() >= 29,
         "writes go on with one store down: {acked:?}"
     );
 
@@ -250,19 +296,19 @@ fn compose_cluster_survives_a_kill_and_a_cut_and_loses_nothing() {
         &store2,
     ]));
     let reconnected = Instant::now();
-    write(&c, &mut acked, 20..21);
+    write(&c, &mut acked, 30..31);
     assert_eq!(
         acked.last().map(String::as_str),
-        Some("key-020"),
+        Some("key-030"),
         "no write acknowledged within 30 s of the reconnect"
     );
     eprintln!(
         "first write {:.1}s after the reconnect",
         reconnected.elapsed().as_secs_f64()
     );
-    write(&c, &mut acked, 21..30);
+    write(&c, &mut acked, 31..40);
     assert!(
-        acked.len() >= 28,
+        acked.len() >= 38,
         "writes resume once the cut store is back: {acked:?}"
     );
 
@@ -270,8 +316,8 @@ fn compose_cluster_survives_a_kill_and_a_cut_and_loses_nothing() {
     wait_until("every store back (kvctl on the host)", T, || {
         common::kvctl(&pd, &["cluster", "health"]).status.success()
     });
-    write(&c, &mut acked, 30..35);
-    assert!(acked.len() >= 33, "a whole cluster takes writes: {acked:?}");
+    write(&c, &mut acked, 40..45);
+    assert!(acked.len() >= 43, "a whole cluster takes writes: {acked:?}");
 
     for k in &acked {
         let got = c.kvctl("10s", &["get", k]);

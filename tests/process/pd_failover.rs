@@ -36,11 +36,12 @@ fn endpoints(c: &ProcCluster) -> Vec<String> {
     c.pd_addr.split(',').map(String::from).collect()
 }
 
-/// What the workload had acknowledged: raw pairs, transactional pairs (with when).
+/// What the workload had acknowledged: raw pairs, transactional pairs (with when each
+/// transaction began and when its commit was acknowledged).
 #[derive(Default)]
 struct Acked {
     raw: Vec<(Vec<u8>, Vec<u8>)>,
-    txn: Vec<(Vec<u8>, Vec<u8>, Instant)>,
+    txn: Vec<(Vec<u8>, Vec<u8>, Instant, Instant)>,
 }
 
 #[test]
@@ -87,13 +88,14 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
                 );
                 let (k2, v2) = (k.clone(), v.clone());
                 let t = &txn;
+                let began = Instant::now();
                 let commit = async move {
                     let mut t = t.begin_optimistic().await?;
                     t.put(k2, v2).await?;
                     t.commit().await
                 };
                 if let Ok(Ok(_)) = tokio::time::timeout(CALL, commit).await {
-                    acked.lock().txn.push((k, v, Instant::now()));
+                    acked.lock().txn.push((k, v, began, Instant::now()));
                 }
             }
             txn
@@ -105,18 +107,21 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
     let leader = cluster.pd_leader().expect("a PD member leads");
     let killed = Instant::now();
     cluster.kill_pd(leader);
-    wait_until("a transaction acknowledged after the kill", T, || {
-        acked.lock().txn.iter().any(|(_, _, at)| *at > killed)
+    // The first transaction begun after the kill needs a timestamp from the new leader.
+    let first_after = || {
+        acked
+            .lock()
+            .txn
+            .iter()
+            .find(|(_, _, began, _)| *began > killed)
+            .map(|(_, _, _, at)| *at - killed)
+    };
+    wait_until("a transaction begun after the kill to commit", T, || {
+        first_after().is_some()
     });
-    let first = acked
-        .lock()
-        .txn
-        .iter()
-        .find(|(_, _, at)| *at > killed)
-        .map(|(_, _, at)| *at - killed)
-        .expect("found above");
+    let first = first_after().expect("found above");
     println!(
-        "pd leader pd{} killed: first transaction acknowledged {first:?} after",
+        "pd leader pd{} killed: the first transaction begun after it committed {first:?} after the kill",
         leader + 1
     );
     let after = acked.lock().txn.len();
@@ -142,7 +147,7 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
             txn.current_timestamp().await.expect("timestamp"),
             tikv_client::TransactionOptions::new_optimistic(),
         );
-        for (k, v, _) in &acked.txn {
+        for (k, v, _, _) in &acked.txn {
             let got = snap.get(k.clone()).await.expect("snapshot get");
             assert_eq!(got.as_ref(), Some(v), "acknowledged transaction {k:?} lost");
         }
@@ -189,4 +194,22 @@ fn kvctl_lists_the_pd_members_and_moves_their_leadership() {
         .find(|l| l.starts_with(&format!("pd{}\t", down + 1)))
         .expect("the down member is listed");
     assert!(line.contains("down"), "{line}");
+}
+
+#[test]
+fn kvctl_with_no_pd_answering_fails_soon_naming_the_addresses() {
+    let addrs = format!(
+        "127.0.0.1:{},127.0.0.1:{}",
+        common::free_port(),
+        common::free_port()
+    );
+    let started = Instant::now();
+    let out = kvctl(&addrs, &["get", "k"]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for a in addrs.split(',') {
+        assert!(err.contains(a), "{a} is named: {err}");
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }

@@ -50,6 +50,22 @@ fn single_node_with_no_flags_keeps_acknowledged_writes_across_sigkill() {
         "data goes to ./flotilla-data"
     );
 
+    // One node holds one replica: a new user's first health check is HEALTHY.
+    let health = kvctl_default(&["cluster", "health"]);
+    assert_eq!(
+        health.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+    assert!(String::from_utf8_lossy(&health.stdout).contains("HEALTHY"));
+    let members = kvctl_default(&["pd", "members"]);
+    assert!(
+        members.status.success(),
+        "{}",
+        String::from_utf8_lossy(&members.stderr)
+    );
+
     let status = http_get("127.0.0.1:20180", "/status").expect("status page");
     assert!(status.contains("\"store_id\""), "{status}");
     let metrics = http_get("127.0.0.1:20180", "/metrics").expect("metrics page");

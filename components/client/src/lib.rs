@@ -231,11 +231,20 @@ impl Client {
         timeout: Duration,
         secret: Option<util::secret::ClusterSecret>,
     ) -> Result<Client> {
+        Self::connect_within(pd_endpoints, timeout, timeout, secret).await
+    }
+
+    /// Like [`Client::connect_with`], giving up after `connect_timeout` if no PD
+    /// answers.
+    pub async fn connect_within(
+        pd_endpoints: &[String],
+        connect_timeout: Duration,
+        timeout: Duration,
+        secret: Option<util::secret::ClusterSecret>,
+    ) -> Result<Client> {
         let logger = util::logger::discard();
-        let pd = match secret {
-            Some(s) => PdClient::connect_as_store(pd_endpoints, timeout, s, logger).await?,
-            None => PdClient::connect(pd_endpoints, timeout, logger).await?,
-        };
+        let pd = PdClient::connect_within(pd_endpoints, connect_timeout, timeout, secret, logger)
+            .await?;
         Ok(Client {
             pd,
             env: Arc::new(

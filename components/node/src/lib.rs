@@ -28,7 +28,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The kv-server config file: the store's sections (`server::Config`) and `[pd]`, the
 /// embedded PD's, used only when `server.pd-endpoints` is empty.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
     /// Addresses, data directory, PD endpoints.
@@ -37,7 +37,8 @@ pub struct Config {
     pub storage: server::config::StorageConfig,
     /// Raft settings.
     pub raftstore: raftstore::Config,
-    /// Settings of the embedded PD.
+    /// Settings of the embedded PD (see [`embedded_pd_section`] for its one different default).
+    #[serde(deserialize_with = "embedded_pd_section")]
     pub pd: pd::Config,
     /// How this store proves it belongs to the cluster.
     pub security: server::config::SecurityConfig,
@@ -47,6 +48,40 @@ pub struct Config {
     pub gc: server::config::GcConfig,
     /// The bounds transactional requests are held to.
     pub txn: server::config::TxnConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Default::default(),
+            storage: Default::default(),
+            raftstore: Default::default(),
+            pd: pd::Config {
+                max_replicas: EMBEDDED_MAX_REPLICAS,
+                ..Default::default()
+            },
+            security: Default::default(),
+            log: Default::default(),
+            gc: Default::default(),
+            txn: Default::default(),
+        }
+    }
+}
+
+/// Voters per region the embedded PD keeps unless `[pd] max-replicas` says otherwise: a
+/// single node holds one replica, so that it is healthy, not short of two replicas.
+const EMBEDDED_MAX_REPLICAS: usize = 1;
+
+/// `[pd]` as written, with `max-replicas` defaulting to [`EMBEDDED_MAX_REPLICAS`]
+/// (pd-server's default, 3, would leave a single node degraded forever).
+fn embedded_pd_section<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<pd::Config, D::Error> {
+    let mut table = toml::Table::deserialize(d)?;
+    table
+        .entry("max-replicas")
+        .or_insert(toml::Value::Integer(EMBEDDED_MAX_REPLICAS as i64));
+    table.try_into().map_err(serde::de::Error::custom)
 }
 
 impl Config {

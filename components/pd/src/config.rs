@@ -90,7 +90,7 @@ impl Default for Config {
             raft_election_ticks: 10,
             raft_heartbeat_ticks: 2,
             raft_log_gc_threshold: 10_000,
-            raft_max_message_bytes: 256 << 20,
+            raft_max_message_bytes: 64 << 20,
             propose_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(60),
         }

@@ -50,7 +50,9 @@ impl Serving {
         if self.core.read().is_some() {
             return Some(self.me(&view));
         }
-        (view.leader_id != me)
+        // A member that has not seen the cluster created names no leader: TiKV's clients
+        // take the cluster id of whoever names one.
+        (view.leader_id != me && view.cluster_id != 0)
             .then(|| view.members.get(&view.leader_id).cloned())
             .flatten()
     }
@@ -85,6 +87,7 @@ impl Serving {
             term: view.term,
             bootstrapped: core.as_ref().map(|c| c.is_bootstrapped()),
             stores: core.as_ref().map(|c| c.stores(true).len()),
+            voters: view.voters.clone(),
         }
     }
 
@@ -139,6 +142,8 @@ pub struct PdStatus {
     pub bootstrapped: Option<bool>,
     /// Stores that are not tombstones (known to the leader only).
     pub stores: Option<usize>,
+    /// The ids of the group's voting members, as this member knows them.
+    pub voters: Vec<u64>,
 }
 
 impl PdServer {
@@ -194,6 +199,8 @@ impl PdServer {
             secret: prepared.secret.clone(),
             engine,
             pool: runtime.handle().clone(),
+            secret_window: cfg.join_timeout,
+            join_lock: Arc::default(),
             logger: logger.clone(),
         };
         let env = Arc::new(
@@ -325,6 +332,7 @@ fn spawn_watcher(
                 };
                 // Keeps trying while the term lasts: a failed open (a write not committed
                 // in time) must not leave a leader that never serves.
+                let mut pause = Duration::from_millis(100);
                 while serving.group.view().serving_term == Some(term) && rx.is_empty() {
                     let storage = Storage::new(engine.clone(), serving.group.replicate(term));
                     match PdCore::open(cfg.clone(), storage, logger.clone()) {
@@ -335,10 +343,15 @@ fn spawn_watcher(
                         }
                         Err(e) => {
                             warn!(logger, "pd leader could not load its state"; "term" => term, "err" => %e);
-                            std::thread::sleep(Duration::from_millis(100));
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(5));
                         }
                     }
                 }
+            }
+            // The group's thread ended: nothing is served from here any more.
+            if let Some(serving) = weak.upgrade() {
+                serving.core.write().take();
             }
         })
         .map_err(|e| Error::Raft(format!("start the pd leader thread: {e}")))

@@ -210,6 +210,18 @@ impl PdClient {
         secret: Option<ClusterSecret>,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
+        Self::connect_within(endpoints, timeout, timeout, secret, logger).await
+    }
+
+    /// Connects, giving up after `connect_timeout` (a command-line tool should say soon
+    /// that no PD answers); later calls retry for up to `timeout`.
+    pub async fn connect_within(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        timeout: Duration,
+        secret: Option<ClusterSecret>,
+        logger: Logger,
+    ) -> Result<Arc<PdClient>> {
         // `a,b,c` in one string counts as three endpoints (a flag's value, say).
         let endpoints: Vec<String> = endpoints
             .iter()
@@ -237,7 +249,7 @@ impl PdClient {
             secret,
             logger,
         };
-        let mut retry = Self::retry(timeout);
+        let mut retry = Self::retry(connect_timeout);
         loop {
             match client.reconnect().await {
                 Ok(()) => return Ok(Arc::new(client)),
@@ -267,6 +279,8 @@ impl PdClient {
                 candidates.push(m.clone());
             }
         }
+        // The leader as a follower named it: used if no endpoint turns out to lead.
+        let mut named = None;
         for ep in &candidates {
             let client = Self::dial(&self.env, ep);
             let opt = CallOption::default().timeout(Duration::from_secs(2));
@@ -275,47 +289,71 @@ impl PdClient {
                 Ok(rx) => rx.await,
                 Err(e) => Err(e),
             };
-            match resp {
-                Ok(resp) => {
-                    let Some(url) = resp.get_leader().get_client_urls().first() else {
-                        last = format!("{ep} reports no leader");
-                        continue;
-                    };
-                    // A PD that is the only member is the leader, however it advertises
-                    // itself: behind a published port or a NAT its advertised name may not
-                    // resolve here, while the endpoint that answered does.
-                    let leader = if resp.get_members().len() <= 1 {
-                        ep.clone()
-                    } else {
-                        strip_scheme(url).to_string()
-                    };
-                    *self.members.write() = resp
-                        .get_members()
-                        .iter()
-                        .filter_map(|m| m.get_client_urls().first())
-                        .map(|u| strip_scheme(u).to_string())
-                        .collect();
-                    let id = resp.get_header().cluster_id;
-                    let old = self.cluster_id.swap(id, Ordering::SeqCst);
-                    if old != 0 && old != id {
-                        warn!(self.logger, "PD cluster id changed"; "old" => old, "new" => id);
-                    }
-                    let client = if leader == *ep {
-                        client
-                    } else {
-                        Self::dial(&self.env, &leader)
-                    };
-                    *self.conn.write() = (leader.clone(), client);
-                    info!(self.logger, "connected to PD"; "leader" => leader, "cluster_id" => id);
-                    return Ok(());
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{ep}: {e}");
+                    continue;
                 }
-                Err(e) => last = format!("{ep}: {e}"),
+            };
+            let Some(url) = resp.get_leader().get_client_urls().first() else {
+                last = format!("{ep} reports no leader");
+                continue;
+            };
+            // An endpoint that leads is dialed as given, however the leader advertises
+            // itself: behind a published port or a NAT its advertised name may not
+            // resolve here, while the endpoint that answered does.
+            let alone = resp.get_members().len() <= 1;
+            if alone || self.member_id_at(ep).await == Some(resp.get_leader().member_id) {
+                self.use_leader(ep.clone(), client, &resp);
+                return Ok(());
             }
+            named.get_or_insert((strip_scheme(url).to_string(), resp));
+        }
+        if let Some((leader, resp)) = named {
+            let client = Self::dial(&self.env, &leader);
+            self.use_leader(leader, client, &resp);
+            return Ok(());
         }
         Err(Error::Unavailable {
             endpoints: self.endpoints.join(","),
             last,
         })
+    }
+
+    /// Which member answers at `ep` (host:port), if it says.
+    async fn member_id_at(&self, ep: &str) -> Option<u64> {
+        let client = pd_memberpb_grpc::PdMemberClient::new(
+            util::grpc::channel(self.env.clone()).connect(ep),
+        );
+        let opt = CallOption::default().timeout(Duration::from_secs(2));
+        let req = pd_memberpb::HelloRequest::default();
+        match client.hello_async_opt(&req, opt) {
+            Ok(rx) => rx.await.ok().map(|r| r.member_id),
+            Err(_) => None,
+        }
+    }
+
+    /// Sends calls to `leader` from now on, and remembers the members `resp` lists.
+    fn use_leader(
+        &self,
+        leader: String,
+        client: pdpb_grpc::PdClient,
+        resp: &pdpb::GetMembersResponse,
+    ) {
+        *self.members.write() = resp
+            .get_members()
+            .iter()
+            .filter_map(|m| m.get_client_urls().first())
+            .map(|u| strip_scheme(u).to_string())
+            .collect();
+        let id = resp.get_header().cluster_id;
+        let old = self.cluster_id.swap(id, Ordering::SeqCst);
+        if old != 0 && old != id {
+            warn!(self.logger, "PD cluster id changed"; "old" => old, "new" => id);
+        }
+        info!(self.logger, "connected to PD"; "leader" => &leader, "cluster_id" => id);
+        *self.conn.write() = (leader, client);
     }
 
     /// The PD members and the leader, as the member in use sees them.

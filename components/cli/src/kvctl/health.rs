@@ -64,21 +64,45 @@ fn now_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn store_health(
-    (s, stats): &(metapb::Store, pdpb::StoreStats),
+/// How long without a heartbeat makes a store "down" in every kvctl command (`cluster
+/// health --down-after` may say otherwise for that command).
+pub const DOWN_AFTER: Duration = Duration::from_secs(20);
+
+/// Seconds since the store's last heartbeat, if it ever sent one.
+fn heartbeat_age(s: &metapb::Store, now: i64) -> Option<f64> {
+    (s.last_heartbeat > 0).then(|| (now - s.last_heartbeat).max(0) as f64 / 1e9)
+}
+
+/// The one notion of a store's state that every command shows: tombstone, down (no
+/// heartbeat for `down_after`), stopping, offline or up.
+pub fn state_of(s: &metapb::Store, stats: &pdpb::StoreStats, down_after: Duration) -> &'static str {
+    state_at(s, stats, now_nanos(), down_after)
+}
+
+fn state_at(
+    s: &metapb::Store,
+    stats: &pdpb::StoreStats,
     now: i64,
     down_after: Duration,
-) -> StoreHealth {
-    let age = (s.last_heartbeat > 0).then(|| (now - s.last_heartbeat).max(0) as f64 / 1e9);
-    let stale = age.is_none_or(|a| a > down_after.as_secs_f64());
-    let state = match s.get_state() {
+) -> &'static str {
+    let stale = heartbeat_age(s, now).is_none_or(|a| a > down_after.as_secs_f64());
+    match s.get_state() {
         metapb::StoreState::Tombstone => "tombstone",
         _ if stale => "down",
         // Its last heartbeat is fresh, but the process is on its way out (or gone).
         _ if stats.stopping => "stopping",
         metapb::StoreState::Offline => "offline",
         metapb::StoreState::Up => "up",
-    };
+    }
+}
+
+fn store_health(
+    (s, stats): &(metapb::Store, pdpb::StoreStats),
+    now: i64,
+    down_after: Duration,
+) -> StoreHealth {
+    let age = heartbeat_age(s, now);
+    let state = state_at(s, stats, now, down_after);
     StoreHealth {
         id: s.get_id(),
         address: s.get_address().to_string(),

@@ -44,6 +44,9 @@ pub struct Cli {
     /// How long a command may retry before it gives up.
     #[arg(long, global = true, default_value = "20s", value_parser = humantime_duration)]
     pub timeout: Duration,
+    /// How long to look for a PD member that answers before giving up.
+    #[arg(long, global = true, default_value = "3s", value_parser = humantime_duration)]
+    pub connect_timeout: Duration,
     /// The cluster secret (pd-server's <data-dir>/cluster-secret), needed for commands
     /// that change placement: region move, transfer-leader, store delete.
     #[arg(long, global = true, env = "FLOTILLA_CLUSTER_SECRET_FILE")]
@@ -307,14 +310,6 @@ fn region_line(route: &pd_client::RegionRoute) -> String {
             .map_or("-".to_string(), |l| l.get_store_id().to_string()),
         peers.join(",")
     )
-}
-
-fn store_state(s: &metapb::Store) -> &'static str {
-    match s.get_state() {
-        metapb::StoreState::Up => "up",
-        metapb::StoreState::Offline => "offline",
-        metapb::StoreState::Tombstone => "tombstone",
-    }
 }
 
 /// Where a command's output goes, and in what format.
@@ -636,7 +631,7 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
     let stores = client.stores().await?;
     let store_json = |(s, st): &(metapb::Store, proto::pdpb::StoreStats)| {
         json!({
-            "id": s.get_id(), "address": s.get_address(), "state": store_state(s),
+            "id": s.get_id(), "address": s.get_address(), "state": health::state_of(s, st, health::DOWN_AFTER),
             "region_count": st.region_count, "leader_count": st.leader_count,
             "capacity_bytes": st.capacity, "used_bytes": st.used_size,
             "available_bytes": st.available,
@@ -654,7 +649,10 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
             let gib = |b: u64| format!("{:.2} GiB ({b} bytes)", b as f64 / (1u64 << 30) as f64);
             p.line(format!("id:              {}", s.get_id()));
             p.line(format!("address:         {}", s.get_address()));
-            p.line(format!("state:           {}", store_state(s)));
+            p.line(format!(
+                "state:           {}",
+                health::state_of(s, st, health::DOWN_AFTER)
+            ));
             p.line(format!("capacity:        {}", gib(st.capacity)));
             p.line(format!("used:            {}", gib(st.used_size)));
             p.line(format!("available:       {}", gib(st.available)));
@@ -678,7 +676,7 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
                 "{}\t{}\t{}\t{}\t{}\t{}",
                 s.get_id(),
                 s.get_address(),
-                store_state(s),
+                health::state_of(s, st, health::DOWN_AFTER),
                 st.region_count,
                 st.leader_count,
                 heartbeat_age(s.last_heartbeat)

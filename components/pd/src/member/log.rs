@@ -39,6 +39,18 @@ fn encode<M: Message>(m: &M) -> Vec<u8> {
         .expect("encoding a protobuf message into memory cannot fail")
 }
 
+/// The apply state of a log whose every entry up to `index` (of `term`) is applied and
+/// compacted away, with membership `cs`.
+fn applied_at(index: u64, term: u64, cs: &ConfState) -> ApplyState {
+    let mut apply = ApplyState::default();
+    apply.set_applied_index(index);
+    apply.set_applied_term(term);
+    apply.set_truncated_index(index);
+    apply.set_truncated_term(term);
+    apply.set_conf_state(encode(cs));
+    apply
+}
+
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
@@ -80,15 +92,10 @@ impl MemberLog {
     pub(crate) fn bootstrap(wb: &mut WriteBatch, voters: Vec<u64>) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
-        let mut apply = ApplyState::default();
-        apply.applied_index = INIT_INDEX;
-        apply.applied_term = INIT_TERM;
-        apply.truncated_index = INIT_INDEX;
-        apply.truncated_term = INIT_TERM;
-        apply.set_conf_state(encode(&cs));
+        let apply = applied_at(INIT_INDEX, INIT_TERM, &cs);
         let mut hs = HardState::default();
-        hs.term = INIT_TERM;
-        hs.commit = INIT_INDEX;
+        hs.set_term(INIT_TERM);
+        hs.set_commit(INIT_INDEX);
         wb.put_msg(Cf::Raft, k::APPLY_STATE_KEY, &apply);
         wb.put_msg(Cf::Raft, k::HARD_STATE_KEY, &hs);
     }
@@ -200,12 +207,7 @@ impl MemberLog {
             wb.put(Cf::Default, p.get_key(), p.get_value());
         }
         wb.delete_range(Cf::Raft, k::LOG_PREFIX, &k::prefix_end(k::LOG_PREFIX));
-        let mut apply = ApplyState::default();
-        apply.applied_index = meta.index;
-        apply.applied_term = meta.term;
-        apply.truncated_index = meta.index;
-        apply.truncated_term = meta.term;
-        apply.set_conf_state(encode(meta.get_conf_state()));
+        let apply = applied_at(meta.index, meta.term, meta.get_conf_state());
         wb.put_msg(Cf::Raft, k::APPLY_STATE_KEY, &apply);
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
@@ -349,9 +351,9 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
+        e.set_index(index);
+        e.set_term(term);
+        e.set_data(vec![index as u8].into());
         e
     }
 

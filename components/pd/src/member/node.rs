@@ -4,7 +4,7 @@
 //! replicated metadata or the log.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -52,6 +52,8 @@ pub(crate) enum Msg {
     TransferLeader(u64),
     /// A member could not be reached.
     Unreachable(u64),
+    /// A snapshot to a member was sent (`true`) or dropped.
+    SnapshotStatus(u64, bool),
     /// Ends the thread.
     Stop,
 }
@@ -74,6 +76,12 @@ pub(crate) struct View {
     pub applied: u64,
     /// This member was removed from the group.
     pub removed: bool,
+    /// On the leader: how far each member's log matches its own.
+    pub matched: BTreeMap<u64, u64>,
+    /// The commit index.
+    pub commit: u64,
+    /// The voting members' ids, as of the last applied entry.
+    pub voters: Vec<u64>,
 }
 
 /// Settings of the group's thread.
@@ -88,6 +96,9 @@ pub(crate) struct NodeConfig {
     pub joined_members: Vec<pdpb::Member>,
 }
 
+/// Callers waiting for one answer.
+type Waiters = Vec<Sender<Result<()>>>;
+
 /// The thread's state.
 pub(crate) struct Node {
     raw: RawNode<MemberLog>,
@@ -96,12 +107,12 @@ pub(crate) struct Node {
     view: Arc<RwLock<View>>,
     /// Told whenever `View::serving_term` changes.
     serving: Sender<Option<u64>>,
-    /// Writes waiting for their entry to apply: (index, term, answer).
-    proposals: VecDeque<(u64, u64, Sender<Result<()>>)>,
+    /// Writes waiting for their entry to apply, by index: (term, answer).
+    proposals: BTreeMap<u64, (u64, Sender<Result<()>>)>,
     /// Leadership confirmations asked for since the last read index was issued.
-    confirms: Vec<Sender<Result<()>>>,
-    /// Read indexes in flight, by context.
-    reads: HashMap<u64, Vec<Sender<Result<()>>>>,
+    confirms: Waiters,
+    /// Read indexes in flight, by context, with the term they were issued in.
+    reads: HashMap<u64, (u64, Waiters)>,
     next_read: u64,
     tick: Duration,
     log_gc_threshold: u64,
@@ -171,7 +182,7 @@ impl Node {
             transport,
             view,
             serving,
-            proposals: VecDeque::new(),
+            proposals: BTreeMap::new(),
             confirms: vec![],
             reads: HashMap::new(),
             next_read: 0,
@@ -192,6 +203,11 @@ impl Node {
 
     /// Runs until told to stop.
     pub(crate) fn run(mut self) {
+        // However the thread ends (a panic included), this member stops serving.
+        let _guard = StopServing {
+            view: self.view.clone(),
+            serving: self.serving.clone(),
+        };
         let ticker = crossbeam_channel::tick(self.tick);
         'run: loop {
             select! {
@@ -210,6 +226,7 @@ impl Node {
                     Err(_) => break,
                 }
             }
+            self.fail_reads_if_deposed();
             self.issue_read();
             if let Err(e) = self.on_ready() {
                 // PD's metadata cannot be written: serving on would risk handing out
@@ -219,6 +236,7 @@ impl Node {
                 let _ = self.serving.send(None);
                 break;
             }
+            self.promote_caught_up_learner();
             self.publish();
         }
         self.fail_waiters();
@@ -228,10 +246,41 @@ impl Node {
         self.raw.raft.state == StateRole::Leader && self.raw.raft.term == term
     }
 
+    /// Whether a message from the network may be stepped: only what members send each
+    /// other, to this member, from a member. A proposal or read index from outside would
+    /// let any holder of the cluster secret write PD's metadata.
+    fn acceptable(&self, m: &Message) -> bool {
+        use raft::eraftpb::MessageType::*;
+        let peer_to_peer = matches!(
+            m.get_msg_type(),
+            MsgAppend
+                | MsgAppendResponse
+                | MsgRequestVote
+                | MsgRequestVoteResponse
+                | MsgRequestPreVote
+                | MsgRequestPreVoteResponse
+                | MsgSnapshot
+                | MsgHeartbeat
+                | MsgHeartbeatResponse
+                | MsgTransferLeader
+                | MsgTimeoutNow
+        );
+        let cs = self.raw.store().conf_state();
+        let known = cs.get_voters().contains(&m.from)
+            || cs.get_learners().contains(&m.from)
+            || self.view.read().members.contains_key(&m.from);
+        peer_to_peer && known && m.to == self.raw.raft.id
+    }
+
     fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Raft(msgs) => {
                 for m in msgs {
+                    if !self.acceptable(&m) {
+                        warn!(self.logger, "raft message refused"; "type" => ?m.get_msg_type(),
+                              "from" => m.from, "to" => m.to);
+                        continue;
+                    }
                     if let Err(e) = self.raw.step(m) {
                         slog::debug!(self.logger, "raft message dropped"; "err" => %e);
                     }
@@ -241,11 +290,9 @@ impl Node {
                 let data = cmd
                     .write_to_bytes()
                     .expect("encoding a protobuf message into memory cannot fail");
-                let res = self.check_term(term).and_then(|_| {
-                    self.raw
-                        .propose(vec![], data)
-                        .map_err(|e| Error::Raft(e.to_string()))
-                });
+                let res = self
+                    .check_term(term)
+                    .and_then(|_| self.raw.propose(vec![], data).map_err(proposal_error));
                 self.track(term, res, done);
             }
             Msg::ConfChange {
@@ -267,7 +314,7 @@ impl Node {
                     );
                     self.raw
                         .propose_conf_change(vec![], change)
-                        .map_err(|e| Error::Raft(e.to_string()))
+                        .map_err(proposal_error)
                 });
                 self.track(term, res, done);
             }
@@ -279,7 +326,38 @@ impl Node {
             },
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::SnapshotStatus(id, sent) => self.raw.report_snapshot(
+                id,
+                match sent {
+                    true => raft::SnapshotStatus::Finish,
+                    false => raft::SnapshotStatus::Failure,
+                },
+            ),
             Msg::Stop => unreachable!("handled by run"),
+        }
+    }
+
+    /// On the leader: makes a learner (a member that joined) a voter once its log has
+    /// caught up with the commit index, one membership change at a time.
+    fn promote_caught_up_learner(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || r.has_pending_conf() {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let ready = self
+            .raw
+            .store()
+            .conf_state()
+            .get_learners()
+            .iter()
+            .copied()
+            .find(|id| r.prs().get(*id).is_some_and(|p| p.matched >= committed));
+        if let Some(id) = ready {
+            info!(self.logger, "promoting a caught-up pd member to voter"; "member_id" => id);
+            if let Err(e) = self.raw.propose_conf_change(vec![], add_voter(id)) {
+                warn!(self.logger, "could not promote a pd member"; "member_id" => id, "err" => %e);
+            }
         }
     }
 
@@ -295,7 +373,10 @@ impl Node {
         match proposed {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
-                self.proposals.push_back((index, term, done));
+                // An entry of an earlier term at this index was replaced by this one.
+                if let Some((_, old)) = self.proposals.insert(index, (term, done)) {
+                    let _ = old.send(Err(not_leader()));
+                }
             }
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -316,7 +397,24 @@ impl Node {
         self.next_read += 1;
         let ctx = self.next_read;
         self.raw.read_index(ctx.to_be_bytes().to_vec());
-        self.reads.insert(ctx, std::mem::take(&mut self.confirms));
+        let term = self.raw.raft.term;
+        self.reads
+            .insert(ctx, (term, std::mem::take(&mut self.confirms)));
+    }
+
+    /// Fails the reads issued in a term this member no longer leads in: raft-rs dropped
+    /// them when it stepped down.
+    fn fail_reads_if_deposed(&mut self) {
+        let leading = (self.raw.raft.state == StateRole::Leader).then_some(self.raw.raft.term);
+        self.reads.retain(|_, (term, waiters)| {
+            if Some(*term) == leading {
+                return true;
+            }
+            for done in waiters.drain(..) {
+                let _ = done.send(Err(not_leader()));
+            }
+            false
+        });
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {
@@ -324,11 +422,8 @@ impl Node {
             let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            for done in self
-                .reads
-                .remove(&u64::from_be_bytes(bytes))
-                .unwrap_or_default()
-            {
+            let waiters = self.reads.remove(&u64::from_be_bytes(bytes));
+            for done in waiters.map(|(_, w)| w).unwrap_or_default() {
                 let _ = done.send(Ok(()));
             }
         }
@@ -338,7 +433,6 @@ impl Node {
         if !self.raw.has_ready() {
             return Ok(());
         }
-        let was_leader = self.raw.raft.state == StateRole::Leader;
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
@@ -362,14 +456,7 @@ impl Node {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
-        if was_leader && self.raw.raft.state != StateRole::Leader {
-            // Reads in flight can no longer be confirmed by this member.
-            for (_, waiters) in self.reads.drain() {
-                for done in waiters {
-                    let _ = done.send(Err(not_leader()));
-                }
-            }
-        }
+        self.fail_reads_if_deposed();
         self.compact_log()
     }
 
@@ -410,7 +497,19 @@ impl Node {
                 }
                 EntryType::EntryConfChange => {
                     let cc: ConfChange = decode("conf change", &e.data)?;
-                    meta |= stage(&mut wb, &decode("conf change context", cc.get_context())?)?;
+                    let cs = self.raw.store().conf_state();
+                    let present = cs.get_voters().contains(&cc.node_id)
+                        || cs.get_learners().contains(&cc.node_id);
+                    // Adding a member that already is one writes no record (two joins
+                    // must not share an id); promoting a learner carries none.
+                    let adds = matches!(
+                        cc.get_change_type(),
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                    );
+                    if !(adds && present) {
+                        let cmd = decode("conf change context", cc.get_context())?;
+                        meta |= stage(&mut wb, &cmd)?;
+                    }
                     let cs = self
                         .raw
                         .apply_conf_change(&cc)
@@ -439,16 +538,11 @@ impl Node {
         Ok(())
     }
 
-    /// Answers the proposals up to `index`: the one at `index` of `term` succeeded; any
-    /// other was replaced by another leader's entry.
+    /// Answers the proposal at `index`: it succeeded if its entry is the one applied
+    /// (same term); otherwise another leader's entry replaced it.
     fn answer(&mut self, index: u64, term: u64) {
-        while let Some((i, t, _)) = self.proposals.front() {
-            if *i > index {
-                break;
-            }
-            let ok = *i == index && *t == term;
-            let (_, _, done) = self.proposals.pop_front().expect("front exists");
-            let _ = done.send(match ok {
+        if let Some((t, done)) = self.proposals.remove(&index) {
+            let _ = done.send(match t == term {
                 true => Ok(()),
                 false => Err(not_leader()),
             });
@@ -456,8 +550,8 @@ impl Node {
     }
 
     fn fail_stale_proposals(&mut self, up_to: u64) {
-        while self.proposals.front().is_some_and(|(i, _, _)| *i <= up_to) {
-            let (_, _, done) = self.proposals.pop_front().expect("front exists");
+        let later = self.proposals.split_off(&(up_to + 1));
+        for (_, (_, done)) in std::mem::replace(&mut self.proposals, later) {
             let _ = done.send(Err(Error::Undetermined(
                 "a snapshot replaced this member's log before the write applied here".into(),
             )));
@@ -525,7 +619,15 @@ impl Node {
             _ if r.election_elapsed < r.election_timeout() => r.leader_id,
             _ => 0,
         };
+        let matched = match r.state {
+            StateRole::Leader => r.prs().iter().map(|(id, p)| (*id, p.matched)).collect(),
+            _ => BTreeMap::new(),
+        };
+        let commit = r.raft_log.committed;
         let mut view = self.view.write();
+        view.matched = matched;
+        view.commit = commit;
+        view.voters = self.raw.store().conf_state().get_voters().to_vec();
         if view.serving_term != serving {
             info!(self.logger, "pd leadership"; "serving" => serving.is_some(), "term" => r.term);
             metrics::PD_IS_LEADER.set(i64::from(serving.is_some()));
@@ -544,13 +646,13 @@ impl Node {
     }
 
     fn fail_waiters(&mut self) {
-        for (_, _, done) in self.proposals.drain(..) {
+        for (_, (_, done)) in std::mem::take(&mut self.proposals) {
             let _ = done.send(Err(Error::Undetermined("pd member stopped".into())));
         }
         for done in self.confirms.drain(..) {
             let _ = done.send(Err(not_leader()));
         }
-        for (_, waiters) in self.reads.drain() {
+        for (_, (_, waiters)) in self.reads.drain() {
             for done in waiters {
                 let _ = done.send(Err(not_leader()));
             }
@@ -558,10 +660,44 @@ impl Node {
     }
 }
 
+/// A proposal raft-rs refused: dropped while a leadership transfer runs, or by a
+/// member that is no longer leader; the caller should find the leader again.
+fn proposal_error(e: raft::Error) -> Error {
+    match e {
+        raft::Error::ProposalDropped => Error::NotLeader(None),
+        e => Error::Raft(e.to_string()),
+    }
+}
+
+/// Stops this member serving when the group's thread ends, however it ends.
+struct StopServing {
+    view: Arc<RwLock<View>>,
+    serving: Sender<Option<u64>>,
+}
+
+impl Drop for StopServing {
+    fn drop(&mut self) {
+        let mut view = self.view.write();
+        if view.serving_term.take().is_some() {
+            metrics::PD_IS_LEADER.set(0);
+        }
+        view.leader_id = 0;
+        let _ = self.serving.send(None);
+    }
+}
+
 /// A conf change adding voter `id`.
 pub(crate) fn add_voter(id: u64) -> ConfChange {
     let mut cc = ConfChange::default();
     cc.set_change_type(ConfChangeType::AddNode);
+    cc.node_id = id;
+    cc
+}
+
+/// A conf change adding learner `id` (a joining member, until it caught up).
+pub(crate) fn add_learner(id: u64) -> ConfChange {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddLearnerNode);
     cc.node_id = id;
     cc
 }
@@ -585,7 +721,7 @@ pub(crate) fn put(key: &[u8], value: Vec<u8>) -> KvOp {
 /// A delete of `key`.
 pub(crate) fn delete(key: &[u8]) -> KvOp {
     let mut op = KvOp::default();
-    op.delete = true;
+    op.set_delete(true);
     op.set_key(key.to_vec());
     op
 }

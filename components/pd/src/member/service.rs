@@ -15,7 +15,7 @@ use slog::{info, warn, Logger};
 use util::secret::ClusterSecret;
 
 use super::{
-    node::{add_voter, delete, put, remove_member},
+    node::{add_learner, delete, put, remove_member},
     start::url,
     Group,
 };
@@ -29,6 +29,10 @@ pub(crate) struct MemberService {
     pub(crate) secret: ClusterSecret,
     pub(crate) engine: Engine,
     pub(crate) pool: tokio::runtime::Handle,
+    /// How long after the group was created the seed still hands out the secret.
+    pub(crate) secret_window: std::time::Duration,
+    /// One join at a time: two must not be given the same member id.
+    pub(crate) join_lock: Arc<parking_lot::Mutex<()>>,
     pub(crate) logger: Logger,
 }
 
@@ -85,6 +89,19 @@ impl MemberService {
                 "{name:?} is not another initial member of this group"
             )));
         }
+        let age_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(self.identity.created_unix_ms);
+        if age_ms > self.secret_window.as_millis() as u64 {
+            return Err(Error::Member(format!(
+                "this group was created {}s ago: the seed hands out the cluster secret only \
+                 during the first {:?} (pd.join-timeout); give {name:?} the file \
+                 (cluster-secret-file)",
+                age_ms / 1000,
+                self.secret_window
+            )));
+        }
         let key = k::secret_given_key(name);
         if self.engine.get(Cf::Raft, &key)?.is_some() {
             return Err(Error::Member(format!(
@@ -100,8 +117,10 @@ impl MemberService {
         Ok(self.secret.as_str().to_string())
     }
 
-    /// Adds the member `req` names, removing first a member of the same name.
+    /// Adds the member `req` names as a learner (the leader promotes it once it caught
+    /// up), removing first a member of the same name.
     fn add_member(&self, req: &JoinRequest) -> Result<JoinResponse> {
+        let _one_at_a_time = self.join_lock.lock();
         let view = self.group.view();
         let term = view.serving_term.ok_or_else(|| self.not_leader())?;
         let name = req.get_name();
@@ -143,11 +162,11 @@ impl MemberService {
         ));
         cmd.mut_ops()
             .push(put(k::MAX_MEMBER_ID_KEY, id.to_be_bytes().to_vec()));
-        self.group.change_members(term, add_voter(id), cmd)?;
+        self.group.change_members(term, add_learner(id), cmd)?;
         info!(self.logger, "pd member added"; "member" => name, "member_id" => id, "url" => req.get_url());
         let mut resp = JoinResponse::default();
-        resp.member_id = id;
-        resp.group_id = self.identity.group_id;
+        resp.set_member_id(id);
+        resp.set_group_id(self.identity.group_id);
         resp.set_members(self.group.view().members.into_values().collect());
         Ok(resp)
     }
@@ -231,10 +250,18 @@ impl PdMember for MemberService {
         });
     }
 
-    fn hello(&mut self, ctx: RpcContext, _req: HelloRequest, sink: UnarySink<HelloResponse>) {
+    fn hello(&mut self, ctx: RpcContext, req: HelloRequest, sink: UnarySink<HelloResponse>) {
         let mut resp = HelloResponse::default();
+        let view = self.group.view();
+        resp.caller_matched = view
+            .members
+            .values()
+            .find(|m| m.get_name() == req.get_name())
+            .and_then(|m| view.matched.get(&m.member_id))
+            .copied()
+            .unwrap_or(0);
         let mut h = header(Ok(()));
-        h.cluster_id = self.group.view().cluster_id;
+        h.cluster_id = view.cluster_id;
         resp.set_header(h);
         resp.set_name(self.identity.get_name().to_string());
         resp.member_id = self.identity.member_id;

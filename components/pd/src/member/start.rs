@@ -37,6 +37,12 @@ pub(crate) struct Prepared {
     pub secret: ClusterSecret,
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The URL a member at `addr` is reached at.
 pub(crate) fn url(addr: &str) -> String {
     format!("http://{addr}")
@@ -128,6 +134,7 @@ pub(crate) fn prepare(
     identity.set_name(cfg.name.clone());
     identity.group_id = group_id;
     identity.set_initial_cluster(initial_cluster);
+    identity.created_unix_ms = unix_ms();
     let mut wb = engine.write_batch();
     for (i, (name, addr)) in members.iter().enumerate() {
         let id = i as u64 + 1;
@@ -166,7 +173,7 @@ fn check_others(
 ) -> Result<()> {
     for (name, addr) in members.iter().filter(|(n, _)| *n != cfg.name) {
         let mut req = HelloRequest::default();
-        req.group_id = group_id;
+        req.set_group_id(group_id);
         req.set_name(cfg.name.clone());
         req.set_initial_cluster(initial_cluster.to_string());
         let opt = CallOption::default().timeout(CALL_TIMEOUT);
@@ -178,6 +185,14 @@ fn check_others(
                 return Err(Error::Member(format!(
                     "{addr} answers as pd member {:?}, but the initial cluster names it {name:?}",
                     resp.get_name()
+                )))
+            }
+            Ok(resp) if resp.caller_matched > super::log::INIT_INDEX => {
+                return Err(Error::Member(format!(
+                    "pd member {name} at {addr} leads a group in which {} already took part \
+                     (it acknowledged entries up to {}): this member lost its data; replace \
+                     it with --join instead of starting a new group",
+                    cfg.name, resp.caller_matched
                 )))
             }
             Ok(resp) if resp.group_id != group_id => {
@@ -213,7 +228,7 @@ fn initial_secret(
     }
     let deadline = Instant::now() + cfg.join_timeout;
     let mut req = FetchSecretRequest::default();
-    req.group_id = group_id;
+    req.set_group_id(group_id);
     req.set_name(cfg.name.clone());
     let last = loop {
         let opt = CallOption::default().timeout(CALL_TIMEOUT);
@@ -276,6 +291,7 @@ fn join(
                         identity.member_id = resp.member_id;
                         identity.group_id = resp.group_id;
                         identity.set_joined_members(resp.get_members().into());
+                        identity.created_unix_ms = unix_ms();
                         let mut wb = engine.write_batch();
                         wb.put_msg(Cf::Raft, k::IDENTITY_KEY, &identity);
                         engine.write(wb, true)?;

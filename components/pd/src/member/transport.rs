@@ -74,8 +74,13 @@ impl Transport {
             self.peers.insert(to, (url.to_string(), tx));
         }
         let (_, tx) = self.peers.get(&to).expect("inserted above");
+        let snapshot = is_snapshot(&msg);
         if tx.try_send(msg).is_err() {
-            let _ = self.node.send(Msg::Unreachable(to));
+            // Never blocks: this runs on the group's own thread, which drains `node`.
+            let _ = self.node.try_send(Msg::Unreachable(to));
+            if snapshot {
+                let _ = self.node.try_send(Msg::SnapshotStatus(to, false));
+            }
         }
     }
 
@@ -103,16 +108,21 @@ impl Transport {
             let mut backoff = Duration::from_millis(50);
             // Ends when the transport drops this member's queue.
             while let Some(first) = rx.recv().await {
-                match stream_to(&client, group_id, &secret, first, &mut rx).await {
+                match stream_to(&client, group_id, &secret, to, &node, first, &mut rx).await {
                     Ok(()) => return,
                     Err(e) => {
                         warn!(logger, "cannot send raft messages to pd member";
                               "member_id" => to, "addr" => &addr, "err" => %e);
-                        let _ = node.send(Msg::Unreachable(to));
+                        let _ = node.try_send(Msg::Unreachable(to));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
-                        // What queued meanwhile is stale; Raft sends afresh.
-                        while rx.try_recv().is_ok() {}
+                        // What queued meanwhile is stale; Raft sends afresh (a snapshot
+                        // once told it failed).
+                        while let Ok(m) = rx.try_recv() {
+                            if is_snapshot(&m) {
+                                let _ = node.try_send(Msg::SnapshotStatus(to, false));
+                            }
+                        }
                     }
                 }
             }
@@ -120,11 +130,14 @@ impl Transport {
     }
 }
 
-/// Opens a stream to one member and sends until the queue closes or the stream fails.
+/// Opens a stream to member `to` and sends until the queue closes or the stream fails;
+/// tells `node` whether each snapshot went out.
 async fn stream_to(
     client: &PdMemberClient,
     group_id: u64,
     secret: &ClusterSecret,
+    to: u64,
+    node: &Sender<Msg>,
     first: Message,
     rx: &mut mpsc::Receiver<Message>,
 ) -> Result<(), grpcio::Error> {
@@ -133,20 +146,32 @@ async fn stream_to(
     let mut next = Some(first);
     while let Some(m) = next.take() {
         let mut batch = RaftBatch::default();
-        batch.group_id = group_id;
+        batch.set_group_id(group_id);
+        let mut snapshots = usize::from(is_snapshot(&m));
         batch.mut_messages().push(encode(&m));
         while batch.get_messages().len() < BATCH {
             match rx.try_recv() {
-                Ok(m) => batch.mut_messages().push(encode(&m)),
+                Ok(m) => {
+                    snapshots += usize::from(is_snapshot(&m));
+                    batch.mut_messages().push(encode(&m));
+                }
                 Err(_) => break,
             }
         }
-        sink.send((batch, WriteFlags::default())).await?;
+        let sent = sink.send((batch, WriteFlags::default())).await;
+        for _ in 0..snapshots {
+            let _ = node.try_send(Msg::SnapshotStatus(to, sent.is_ok()));
+        }
+        sent?;
         next = rx.recv().await;
     }
     sink.close().await?;
     receiver.await?;
     Ok(())
+}
+
+fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
 }
 
 fn encode(m: &Message) -> Vec<u8> {
