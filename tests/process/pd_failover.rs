@@ -213,3 +213,35 @@ fn kvctl_with_no_pd_answering_fails_soon_naming_the_addresses() {
     }
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[test]
+fn cluster_health_probes_every_pd_member_and_store_directly() {
+    let (mut cluster, _rt) = cluster();
+    let health = |c: &ProcCluster| {
+        let out = kvctl(&c.pd_addr, &["cluster", "health"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    wait_until("a healthy cluster", T, || health(&cluster).0 == Some(0));
+    let (_, text) = health(&cluster);
+    assert!(text.contains("pd members: "), "{text}");
+    assert_eq!(text.matches(" up").count() >= 3, true, "{text}");
+
+    // A PD member that is not the leader stops: degraded at once, and named.
+    let leader = cluster.pd_leader().expect("a leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill_pd(follower);
+    let (code, text) = health(&cluster);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("pd{} down", follower + 1)), "{text}");
+
+    // Two of three stores stop: no region can take a write, which the very next check
+    // says, without waiting for PD's heartbeat threshold.
+    cluster.kill_store(1);
+    cluster.kill_store(2);
+    let (code, text) = health(&cluster);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("UNHEALTHY"), "{text}");
+}

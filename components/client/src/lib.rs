@@ -469,6 +469,23 @@ impl Client {
         }
     }
 
+    /// Whether the store at `address` answers a request within `timeout` (a read with no
+    /// region, which it refuses at once): a process that stopped answering shows here at
+    /// once, long before PD's heartbeat threshold.
+    pub async fn probe_store(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        let client = TikvClient::new(util::grpc::channel(self.env.clone()).connect(address));
+        let req = kvrpcpb::RawGetRequest::default();
+        let opt = grpcio::CallOption::default().timeout(timeout);
+        match client.raw_get_async_opt(&req, opt) {
+            Ok(rx) => rx.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// `leader`, or, if its store could not be dialed lately, a voter on a store that
     /// could: it does not serve the request, but answers with the leader it knows (a new
     /// one once elected), and a message to it wakes a hibernating region.

@@ -549,6 +549,54 @@ impl PdCore {
         resp
     }
 
+    /// The running operator's step for `region_id`, with the store that leads the region:
+    /// sent at once over that store's heartbeat stream, since an idle region reports only
+    /// at its idle interval.
+    pub fn step_to_push(&self, region_id: u64) -> Option<(u64, pdpb::RegionHeartbeatResponse)> {
+        let st = self.state.lock();
+        let info = st.regions.get(region_id)?;
+        let leader = info.leader.as_ref()?.get_store_id();
+        let resp = st.operators.get(&region_id)?.response(info)?;
+        Some((leader, resp))
+    }
+
+    /// Steps for regions with a replica on a down or offline store, at most `limit`: the
+    /// replica checker runs for them now instead of at their next heartbeat (idle regions
+    /// report once a minute), and each step goes to the store that leads the region.
+    pub fn repairs_to_push(&self, limit: usize) -> Vec<(u64, pdpb::RegionHeartbeatResponse)> {
+        let mut st = self.state.lock();
+        let loads = st.loads(&self.cfg);
+        let unhealthy = |store: u64| {
+            loads
+                .loads
+                .get(&store)
+                .is_some_and(|l| matches!(l.health, Health::Down | Health::Offline))
+        };
+        let infos: Vec<RegionInfo> = st
+            .regions
+            .iter()
+            .filter(|i| {
+                // A region with a running operator is awake and reports each change.
+                i.leader.is_some()
+                    && !st.operators.contains_key(&i.region.get_id())
+                    && i.region
+                        .get_peers()
+                        .iter()
+                        .any(|p| unhealthy(p.get_store_id()))
+            })
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut out = vec![];
+        for info in infos {
+            let leader = info.leader.as_ref().expect("filtered").get_store_id();
+            if let Some(resp) = self.next_step(&mut st, &info) {
+                out.push((leader, resp));
+            }
+        }
+        out
+    }
+
     /// Whether balancing may run. A restarted PD knows its regions from disk but not their
     /// leaders, and quiet regions report only at their idle interval: balancing on zero
     /// leader counts would move leaders only to move them back.

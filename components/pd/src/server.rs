@@ -17,7 +17,7 @@ use slog::{info, warn, Logger};
 use crate::{
     cluster::PdCore,
     member::{self, Group, MemberService},
-    service::PdService,
+    service::{push_repairs, PdService, Pushers},
     storage::Storage,
     Config, Error, Result,
 };
@@ -121,6 +121,8 @@ pub struct PdServer {
     addr: String,
     watcher: Option<JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// PD's database, to see it closed at shutdown.
+    engine: engine::WeakEngine,
     /// Held until PD stops: no second PD opens this data directory.
     _dir_lock: util::dir_lock::DirLock,
 }
@@ -158,6 +160,7 @@ impl PdServer {
         // the store's own, outside `[storage]`'s budget.
         let engine = Engine::open_with(&cfg.data_dir, &engine::EngineOptions::small())?;
         let prepared = member::prepare(&cfg, &engine, fresh, &logger)?;
+        let weak_engine = engine.downgrade();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(64)
@@ -187,8 +190,11 @@ impl PdServer {
             serving_rx,
             logger.clone(),
         )?;
+        let pushers = Pushers::default();
+        runtime.spawn(push_repairs(Arc::downgrade(&serving), pushers.clone()));
         let service = PdService {
             pd: serving.clone(),
+            pushers,
             secret: prepared.secret.clone(),
             pool: runtime.handle().clone(),
             logger: logger.clone(),
@@ -241,6 +247,7 @@ impl PdServer {
             addr,
             watcher: Some(watcher),
             runtime: Some(runtime),
+            engine: weak_engine,
             _dir_lock: dir_lock,
         })
     }
@@ -267,12 +274,21 @@ impl PdServer {
     }
 
     /// Stops serving; long-lived streams (heartbeats, TSO) are cancelled, not awaited.
+    /// Returns once PD's database is closed (within a few seconds), so that another PD
+    /// may open the directory at once.
     pub fn shutdown(mut self) {
         let done = self.server.shutdown();
         self.server.cancel_all_calls();
         let _ = futures::executor::block_on(done);
         self.serving.core.write().take();
         self.stop_threads();
+        let engine = self.engine.clone();
+        drop(self);
+        // Calls still running on the blocking pool may hold the core a moment longer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while engine.upgrade().is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn stop_threads(&mut self) {

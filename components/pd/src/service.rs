@@ -1,9 +1,18 @@
 //! `pdpb.PD` over gRPC: decodes requests, calls [`PdCore`], encodes answers. Errors go in
 //! the response header (as TiKV's clients expect), never as gRPC failures.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
-use futures::{FutureExt, SinkExt, TryStreamExt};
+use futures::{
+    channel::mpsc::{unbounded, UnboundedSender},
+    FutureExt, SinkExt, StreamExt, TryStreamExt,
+};
 use grpcio::{
     DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, UnarySink, WriteFlags,
 };
@@ -14,10 +23,46 @@ use util::secret::ClusterSecret;
 
 use crate::{cluster::PdCore, metrics, region_tree::RegionInfo, server::Serving, Error, Result};
 
+/// The region heartbeat streams, by store: an operator for an idle region (which
+/// reports once a minute) goes to its leader's store at once, not in the answer to its
+/// next heartbeat.
+#[derive(Clone, Default)]
+pub(crate) struct Pushers(Arc<parking_lot::Mutex<HashMap<u64, (u64, PushTx)>>>);
+
+type PushTx = UnboundedSender<pdpb::RegionHeartbeatResponse>;
+
+impl Pushers {
+    /// Makes `tx` (the stream numbered `stream`) the way to `store`.
+    fn register(&self, store: u64, stream: u64, tx: PushTx) {
+        self.0.lock().insert(store, (stream, tx));
+    }
+
+    /// Forgets the stream numbered `stream` (not a newer one of the same store).
+    fn unregister(&self, store: u64, stream: u64) {
+        let mut m = self.0.lock();
+        if m.get(&store).is_some_and(|(s, _)| *s == stream) {
+            m.remove(&store);
+        }
+    }
+
+    /// Sends `steps` to their stores' streams; a store without one gets its step at its
+    /// next heartbeat.
+    pub(crate) fn push(&self, steps: Vec<(u64, pdpb::RegionHeartbeatResponse)>) {
+        let m = self.0.lock();
+        for (store, resp) in steps {
+            if let Some((_, tx)) = m.get(&store) {
+                let _ = tx.unbounded_send(resp);
+            }
+        }
+    }
+}
+
 /// The gRPC face of PD.
 #[derive(Clone)]
 pub struct PdService {
     pub(crate) pd: Arc<Serving>,
+    /// Where operators for idle regions go at once.
+    pub(crate) pushers: Pushers,
     /// What stores prove they belong to this cluster with (see `util::secret`).
     pub(crate) secret: ClusterSecret,
     /// Where calls run: they may wait for the PD group, which must never hold up a gRPC
@@ -89,6 +134,29 @@ fn prev_in_view(core: &PdCore, key: &[u8]) -> Option<RegionInfo> {
         if let Some(view) = view_for(key, prev) {
             return Some(view);
         }
+    }
+}
+
+/// Regions the replica checker visits per pass outside heartbeats.
+pub(crate) const REPAIRS_PER_PASS: usize = 16;
+
+/// Runs the replica checker every second for regions with a replica on a down or offline
+/// store, while this member serves, and pushes the steps: idle regions report once a
+/// minute, and a decommission or a repair must not wait for that.
+pub(crate) async fn push_repairs(pd: std::sync::Weak<Serving>, pushers: Pushers) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(pd) = pd.upgrade() else {
+            return;
+        };
+        let Ok(core) = pd.core() else {
+            continue;
+        };
+        drop(pd);
+        let steps = tokio::task::spawn_blocking(move || core.repairs_to_push(REPAIRS_PER_PASS))
+            .await
+            .unwrap_or_default();
+        pushers.push(steps);
     }
 }
 
@@ -438,14 +506,43 @@ impl Pd for PdService {
         stream: RequestStream<pdpb::RegionHeartbeatRequest>,
         mut sink: DuplexSink<pdpb::RegionHeartbeatResponse>,
     ) {
+        /// What arrives for the stream: a heartbeat, or a step PD pushes.
+        enum In {
+            Heartbeat(grpcio::Result<pdpb::RegionHeartbeatRequest>),
+            Push(pdpb::RegionHeartbeatResponse),
+            /// The store closed its side (the push channel never ends by itself).
+            End,
+        }
+        static STREAMS: AtomicU64 = AtomicU64::new(0);
         let this = self.clone();
         let trusted = authenticated(&ctx, &self.secret);
+        let id = STREAMS.fetch_add(1, Ordering::Relaxed);
+        let (push_tx, push_rx) = unbounded();
         ctx.spawn(async move {
+            let mut store = None;
             let res: std::result::Result<(), Error> = async {
-                let mut stream = stream;
-                while let Some(req) = stream.try_next().await? {
+                let heartbeats = stream
+                    .map(In::Heartbeat)
+                    .chain(futures::stream::iter([In::End]));
+                let mut incoming = futures::stream::select(heartbeats, push_rx.map(In::Push));
+                while let Some(next) = incoming.next().await {
+                    let req = match next {
+                        In::End => break,
+                        In::Push(op) => {
+                            let cluster_id = this.pd.core().map_or(0, |c| c.cluster_id());
+                            sink.send((finish(cluster_id, Ok(op)), WriteFlags::default()))
+                                .await?;
+                            continue;
+                        }
+                        In::Heartbeat(req) => req?,
+                    };
                     metrics::REGION_HEARTBEATS.inc();
                     let region_id = req.get_region().get_id();
+                    let leader_store = req.get_leader().get_store_id();
+                    if trusted && store.is_none() && leader_store != 0 {
+                        store = Some(leader_store);
+                        this.pushers.register(leader_store, id, push_tx.clone());
+                    }
                     let (cluster_id, res) = this
                         .on_core(move |core| {
                             let _timer = metrics::HEARTBEAT_SECONDS
@@ -477,6 +574,9 @@ impl Pd for PdService {
                 Ok(())
             }
             .await;
+            if let Some(store) = store {
+                this.pushers.unregister(store, id);
+            }
             end_stream(&this.logger, "region heartbeat", res, sink).await;
         });
     }
@@ -620,6 +720,7 @@ impl Pd for PdService {
         req: pdpb::AddOperatorRequest,
         sink: UnarySink<pdpb::AddOperatorResponse>,
     ) {
+        let pushers = self.pushers.clone();
         self.serve(
             &ctx,
             sink,
@@ -636,6 +737,7 @@ impl Pd for PdService {
                     }
                     _ => return Err(Error::InvalidValue("give exactly one operator".into())),
                 }
+                pushers.push(core.step_to_push(req.region_id).into_iter().collect());
                 Ok(pdpb::AddOperatorResponse::default())
             },
         );
@@ -648,6 +750,7 @@ impl Pd for PdService {
         sink: UnarySink<pdpb::DeleteStoreResponse>,
     ) {
         let id = req.store_id;
+        let pushers = self.pushers.clone();
         self.serve(
             &ctx,
             sink,
@@ -655,6 +758,7 @@ impl Pd for PdService {
             req.get_header().clone(),
             move |core| {
                 core.delete_store(id)?;
+                pushers.push(core.repairs_to_push(REPAIRS_PER_PASS));
                 Ok(pdpb::DeleteStoreResponse::default())
             },
         );

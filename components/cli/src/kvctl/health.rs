@@ -1,5 +1,5 @@
-//! `kvctl cluster health`: what PD knows of stores, regions and operators, judged into
-//! one verdict. Healthy: every store heartbeats and every region has a leader and all
+//! `kvctl cluster health`: what PD knows of stores, regions and operators, and what the
+//! PD members and stores answer when probed directly, judged into one verdict. Healthy: every store heartbeats and every region has a leader and all
 //! its replicas. Degraded: a store is down or a region lacks replicas, but every region
 //! still has a leader and a quorum of live voters (the cluster serves). Unhealthy: some
 //! region has no leader or no live quorum (part of the key space does not serve).
@@ -37,11 +37,24 @@ pub struct StoreHealth {
     pub last_heartbeat_secs: Option<f64>,
 }
 
+/// One PD member, probed directly.
+#[derive(Debug, Serialize)]
+pub struct PdMemberHealth {
+    /// Its name.
+    pub name: String,
+    /// Whether it leads the PD group.
+    pub leader: bool,
+    /// Whether it answered within the probe's deadline.
+    pub up: bool,
+}
+
 /// Everything `kvctl cluster health` reports.
 #[derive(Debug, Serialize)]
 pub struct Health {
     /// The one-word answer.
     pub verdict: Verdict,
+    /// Every PD member.
+    pub pd_members: Vec<PdMemberHealth>,
     /// Every store.
     pub stores: Vec<StoreHealth>,
     /// How many regions PD routes.
@@ -111,20 +124,38 @@ fn store_health(
     }
 }
 
-/// Judges what PD reported; `down_after` is how long without a heartbeat makes a store
+/// What PD reported and what the probes found.
+pub struct Observed<'a> {
+    /// Every store with its statistics.
+    pub stores: &'a [(metapb::Store, pdpb::StoreStats)],
+    /// Every region with its leader.
+    pub regions: &'a [RegionRoute],
+    /// The cluster's settings.
+    pub cluster: &'a metapb::Cluster,
+    /// Operators in progress.
+    pub operators: &'a [pdpb::OperatorInfo],
+    /// Stores that did not answer a direct probe: down whatever their last heartbeat.
+    pub unanswered: &'a [u64],
+    /// The PD members, probed.
+    pub pd_members: Vec<PdMemberHealth>,
+}
+
+/// Judges what was observed; `down_after` is how long without a heartbeat makes a store
 /// down.
-pub fn judge(
-    stores: &[(metapb::Store, pdpb::StoreStats)],
-    regions: &[RegionRoute],
-    cluster: &metapb::Cluster,
-    operators: &[pdpb::OperatorInfo],
-    down_after: Duration,
-) -> Health {
+pub fn judge(o: Observed<'_>, down_after: Duration) -> Health {
     let now = now_nanos();
-    let stores: Vec<StoreHealth> = stores
+    let stores: Vec<StoreHealth> = o
+        .stores
         .iter()
-        .map(|s| store_health(s, now, down_after))
+        .map(|s| {
+            let mut h = store_health(s, now, down_after);
+            if o.unanswered.contains(&h.id) && h.state != "tombstone" {
+                h.state = "down";
+            }
+            h
+        })
         .collect();
+    let (regions, cluster, operators) = (o.regions, o.cluster, o.operators);
     let live = |store_id: u64| {
         stores
             .iter()
@@ -158,6 +189,7 @@ pub fn judge(
         || stores
             .iter()
             .any(|s| matches!(s.state, "down" | "stopping"))
+        || o.pd_members.iter().any(|m| !m.up)
     {
         Verdict::Degraded
     } else {
@@ -165,6 +197,7 @@ pub fn judge(
     };
     Health {
         verdict,
+        pd_members: o.pd_members,
         stores,
         regions: regions.len(),
         max_replicas: cluster.max_peer_count,
@@ -178,14 +211,24 @@ pub fn judge(
 /// The report as lines of text, the verdict last.
 pub fn text(h: &Health) -> Vec<String> {
     let count = |state: &str| h.stores.iter().filter(|s| s.state == state).count();
-    let mut lines = vec![format!(
+    let members: Vec<String> = h
+        .pd_members
+        .iter()
+        .map(|m| {
+            let role = if m.leader { " (leader)" } else { "" };
+            let state = if m.up { "up" } else { "down" };
+            format!("{}{role} {state}", m.name)
+        })
+        .collect();
+    let mut lines = vec![format!("pd members: {}", members.join(", "))];
+    lines.push(format!(
         "stores:     {} up, {} down, {} stopping, {} offline, {} tombstone",
         count("up"),
         count("down"),
         count("stopping"),
         count("offline"),
         count("tombstone")
-    )];
+    ));
     for s in h
         .stores
         .iter()
@@ -217,7 +260,9 @@ pub fn text(h: &Health) -> Vec<String> {
         Verdict::Healthy => {
             "HEALTHY: every store is up and every region has a leader and all its replicas"
         }
-        Verdict::Degraded => "DEGRADED: serving, but stores are down or regions lack replicas",
+        Verdict::Degraded => {
+            "DEGRADED: serving, but stores or PD members are down, or regions lack replicas"
+        }
         Verdict::Unhealthy => {
             "UNHEALTHY: some regions have no leader or no live quorum and do not serve"
         }
@@ -263,6 +308,27 @@ mod tests {
         c
     }
 
+    fn judged(
+        stores: &[(metapb::Store, pdpb::StoreStats)],
+        regions: &[RegionRoute],
+        unanswered: &[u64],
+    ) -> Health {
+        let c = cluster();
+        let o = Observed {
+            stores,
+            regions,
+            cluster: &c,
+            operators: &[],
+            unanswered,
+            pd_members: vec![PdMemberHealth {
+                name: "pd".into(),
+                leader: true,
+                up: true,
+            }],
+        };
+        judge(o, AFTER)
+    }
+
     const FRESH: Option<Duration> = Some(Duration::from_secs(1));
     const STALE: Option<Duration> = Some(Duration::from_secs(60));
     const AFTER: Duration = Duration::from_secs(20);
@@ -274,7 +340,7 @@ mod tests {
             region(1, &[1, 2, 3], Some(1)),
             region(2, &[1, 2, 3], Some(2)),
         ];
-        let h = judge(&stores, &regions, &cluster(), &[], AFTER);
+        let h = judged(&stores, &regions, &[]);
         assert_eq!(h.verdict, Verdict::Healthy, "{h:?}");
     }
 
@@ -282,12 +348,12 @@ mod tests {
     fn one_store_down_of_three_is_degraded_and_two_is_unhealthy() {
         let regions = [region(1, &[1, 2, 3], Some(1))];
         let one = [store(1, FRESH), store(2, FRESH), store(3, STALE)];
-        let h = judge(&one, &regions, &cluster(), &[], AFTER);
+        let h = judged(&one, &regions, &[]);
         assert_eq!(h.verdict, Verdict::Degraded, "{h:?}");
         assert_eq!(h.under_replicated, [1]);
 
         let two = [store(1, FRESH), store(2, STALE), store(3, None)];
-        let h = judge(&two, &regions, &cluster(), &[], AFTER);
+        let h = judged(&two, &regions, &[]);
         assert_eq!(h.verdict, Verdict::Unhealthy, "{h:?}");
         assert_eq!(h.without_quorum, [1]);
     }
@@ -298,19 +364,58 @@ mod tests {
         stopping.1.stopping = true;
         let stores = [store(1, FRESH), store(2, FRESH), stopping];
         let regions = [region(1, &[1, 2, 3], Some(1))];
-        let h = judge(&stores, &regions, &cluster(), &[], AFTER);
+        let h = judged(&stores, &regions, &[]);
         assert_eq!(h.verdict, Verdict::Degraded, "{h:?}");
         assert_eq!(h.under_replicated, [1]);
-        assert!(text(&h)[0].contains("1 stopping"), "{:?}", text(&h));
+        assert!(text(&h)[1].contains("1 stopping"), "{:?}", text(&h));
     }
 
     #[test]
     fn a_leader_on_a_down_store_or_none_is_leaderless() {
         let stores = [store(1, FRESH), store(2, FRESH), store(3, STALE)];
         let regions = [region(1, &[1, 2, 3], Some(3)), region(2, &[1, 2, 3], None)];
-        let h = judge(&stores, &regions, &cluster(), &[], AFTER);
+        let h = judged(&stores, &regions, &[]);
         assert_eq!(h.leaderless, [1, 2]);
         assert_eq!(h.verdict, Verdict::Unhealthy);
         assert!(text(&h).last().unwrap().starts_with("UNHEALTHY"));
+    }
+
+    #[test]
+    fn a_store_or_pd_member_that_does_not_answer_a_probe_is_down_at_once() {
+        let stores = [store(1, FRESH), store(2, FRESH), store(3, FRESH)];
+        let regions = [region(1, &[1, 2, 3], Some(1))];
+        let h = judged(&stores, &regions, &[3]);
+        assert_eq!(h.verdict, Verdict::Degraded, "{h:?}");
+        assert_eq!(h.stores[2].state, "down");
+        let h = judged(&stores, &regions, &[2, 3]);
+        assert_eq!(
+            h.verdict,
+            Verdict::Unhealthy,
+            "two of three stores silent: {h:?}"
+        );
+
+        let c = cluster();
+        let o = Observed {
+            stores: &stores,
+            regions: &regions,
+            cluster: &c,
+            operators: &[],
+            unanswered: &[],
+            pd_members: vec![
+                PdMemberHealth {
+                    name: "pd1".into(),
+                    leader: true,
+                    up: true,
+                },
+                PdMemberHealth {
+                    name: "pd2".into(),
+                    leader: false,
+                    up: false,
+                },
+            ],
+        };
+        let h = judge(o, AFTER);
+        assert_eq!(h.verdict, Verdict::Degraded, "a PD member down: {h:?}");
+        assert_eq!(text(&h)[0], "pd members: pd1 (leader) up, pd2 down");
     }
 }

@@ -18,7 +18,7 @@ mod pd;
 mod stats;
 mod txn;
 
-pub use health::{Health, Verdict};
+pub use health::{Health, PdMemberHealth, Verdict};
 pub use pd::PdCommand;
 pub use txn::TxnCommand;
 
@@ -726,7 +726,40 @@ async fn cluster_health(client: &Client, down_after: Duration, p: &mut Printer<'
     let regions = client.regions().await?;
     let cluster = pd.get_cluster_config().await?;
     let operators = pd.get_operators().await?;
-    let h = health::judge(&stores, &regions, &cluster, &operators, down_after);
+    let pd_members = pd::members(client)
+        .await?
+        .into_iter()
+        .map(|m| health::PdMemberHealth {
+            name: m.name,
+            leader: m.leader,
+            up: m.probe.is_ok(),
+        })
+        .collect();
+    // Every store probed at once, each within a second.
+    let probes = stores
+        .iter()
+        .filter(|(s, _)| s.get_state() != metapb::StoreState::Tombstone)
+        .map(|(s, _)| async move {
+            let answered = client
+                .probe_store(s.get_address(), pd::PROBE_TIMEOUT)
+                .await
+                .is_ok();
+            (!answered).then_some(s.get_id())
+        });
+    let unanswered: Vec<u64> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let observed = health::Observed {
+        stores: &stores,
+        regions: &regions,
+        cluster: &cluster,
+        operators: &operators,
+        unanswered: &unanswered,
+        pd_members,
+    };
+    let h = health::judge(observed, down_after);
     if p.json {
         p.line(serde_json::to_value(&h).expect("the report serializes"));
     } else {

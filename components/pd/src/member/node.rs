@@ -447,12 +447,10 @@ impl Node {
         self.raw.mut_store().persist(rd.entries(), rd.hs())?;
         self.send(rd.take_persisted_messages());
         self.on_read_states(rd.take_read_states());
+        // The commit index a light ready reports is not written on its own: the apply
+        // write below records one at least as far as what it applies (which is all
+        // raft-rs needs at a restart), and the leader tells followers the rest.
         let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.raw.raft.hard_state();
-            hs.commit = commit;
-            self.raw.mut_store().persist(&[], Some(&hs))?;
-        }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
@@ -527,7 +525,10 @@ impl Node {
         }
         let store = self.raw.store();
         let apply = store.stage_applied(&mut wb, last_index, last_term, conf_state.as_ref());
-        store.engine().write(wb, true)?;
+        // Not synced: the entries are durable in the log, and applying them again after
+        // a power loss writes the same values. A later synced write (the next log write,
+        // a compaction) makes this one durable too, as RocksDB's log is written in order.
+        store.engine().write(wb, false)?;
         self.raw.mut_store().applied_written(apply)?;
         for e in &entries {
             self.answer(e.index, e.term);
