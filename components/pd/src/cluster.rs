@@ -492,13 +492,16 @@ impl PdCore {
         if persisted_epoch.as_ref() != Some(region.get_region_epoch()) {
             self.retire_empty_offline_stores(&mut st)?;
         }
-        Ok(self.next_step(&mut st, &info))
+        Ok(self.next_step(&mut st, &info, true))
     }
 
+    /// The step to send for the region: its running operator's, or a new operator's
+    /// (repairs first, then, if `balance` allows, balancing).
     fn next_step(
         &self,
         st: &mut State,
         info: &RegionInfo,
+        balance: bool,
     ) -> Option<pdpb::RegionHeartbeatResponse> {
         let id = info.region.get_id();
         if let Some(op) = st.operators.get_mut(&id) {
@@ -530,7 +533,7 @@ impl PdCore {
                 st.operators.remove(&id);
             }
         }
-        let balance = self.cfg.enable_balance && self.warmed_up(st);
+        let balance = balance && self.cfg.enable_balance && self.warmed_up(st);
         let stores = st.loads(&self.cfg);
         let mut alloc = || self.ids.alloc().ok();
         let op =
@@ -560,10 +563,15 @@ impl PdCore {
         Some((leader, resp))
     }
 
-    /// Steps for regions with a replica on a down or offline store, at most `limit`: the
-    /// replica checker runs for them now instead of at their next heartbeat (idle regions
-    /// report once a minute), and each step goes to the store that leads the region.
-    pub fn repairs_to_push(&self, limit: usize) -> Vec<(u64, pdpb::RegionHeartbeatResponse)> {
+    /// Repairs for regions with a replica on a down or offline store, at most `limit`,
+    /// for regions led from a store `deliverable` says a step can be sent to now: the
+    /// replica checker runs for them at once instead of at their next heartbeat (idle
+    /// regions report once a minute). Each step comes with the store that leads the region.
+    pub fn repairs_to_push(
+        &self,
+        limit: usize,
+        deliverable: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, pdpb::RegionHeartbeatResponse)> {
         let mut st = self.state.lock();
         let loads = st.loads(&self.cfg);
         let unhealthy = |store: u64| {
@@ -577,20 +585,24 @@ impl PdCore {
             .iter()
             .filter(|i| {
                 // A region with a running operator is awake and reports each change.
-                i.leader.is_some()
+                i.leader
+                    .as_ref()
+                    .is_some_and(|l| deliverable(l.get_store_id()))
                     && !st.operators.contains_key(&i.region.get_id())
                     && i.region
                         .get_peers()
                         .iter()
                         .any(|p| unhealthy(p.get_store_id()))
             })
-            .take(limit)
             .cloned()
             .collect();
         let mut out = vec![];
         for info in infos {
+            if out.len() >= limit {
+                break;
+            }
             let leader = info.leader.as_ref().expect("filtered").get_store_id();
-            if let Some(resp) = self.next_step(&mut st, &info) {
+            if let Some(resp) = self.next_step(&mut st, &info, false) {
                 out.push((leader, resp));
             }
         }

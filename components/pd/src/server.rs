@@ -123,8 +123,9 @@ pub struct PdServer {
     runtime: Option<tokio::runtime::Runtime>,
     /// PD's database, to see it closed at shutdown.
     engine: engine::WeakEngine,
-    /// Held until PD stops: no second PD opens this data directory.
-    _dir_lock: util::dir_lock::DirLock,
+    logger: Logger,
+    /// Held until PD's database is closed: no second PD opens this data directory.
+    dir_lock: Option<util::dir_lock::DirLock>,
 }
 
 /// A PD member's state, for status pages.
@@ -248,7 +249,8 @@ impl PdServer {
             watcher: Some(watcher),
             runtime: Some(runtime),
             engine: weak_engine,
-            _dir_lock: dir_lock,
+            logger: logger.clone(),
+            dir_lock: Some(dir_lock),
         })
     }
 
@@ -283,12 +285,18 @@ impl PdServer {
         self.serving.core.write().take();
         self.stop_threads();
         let engine = self.engine.clone();
+        let dir_lock = self.dir_lock.take();
+        let logger = self.logger.clone();
         drop(self);
         // Calls still running on the blocking pool may hold the core a moment longer.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while engine.upgrade().is_some() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        if engine.upgrade().is_some() {
+            warn!(logger, "pd's database is still open 10s after shutdown");
+        }
+        drop(dir_lock);
     }
 
     fn stop_threads(&mut self) {

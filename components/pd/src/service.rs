@@ -45,6 +45,11 @@ impl Pushers {
         }
     }
 
+    /// Whether `store` has a stream to push to.
+    pub(crate) fn has(&self, store: u64) -> bool {
+        self.0.lock().contains_key(&store)
+    }
+
     /// Sends `steps` to their stores' streams; a store without one gets its step at its
     /// next heartbeat.
     pub(crate) fn push(&self, steps: Vec<(u64, pdpb::RegionHeartbeatResponse)>) {
@@ -153,9 +158,12 @@ pub(crate) async fn push_repairs(pd: std::sync::Weak<Serving>, pushers: Pushers)
             continue;
         };
         drop(pd);
-        let steps = tokio::task::spawn_blocking(move || core.repairs_to_push(REPAIRS_PER_PASS))
-            .await
-            .unwrap_or_default();
+        let to = pushers.clone();
+        let steps = tokio::task::spawn_blocking(move || {
+            core.repairs_to_push(REPAIRS_PER_PASS, |s| to.has(s))
+        })
+        .await
+        .unwrap_or_default();
         pushers.push(steps);
     }
 }
@@ -539,10 +547,6 @@ impl Pd for PdService {
                     metrics::REGION_HEARTBEATS.inc();
                     let region_id = req.get_region().get_id();
                     let leader_store = req.get_leader().get_store_id();
-                    if trusted && store.is_none() && leader_store != 0 {
-                        store = Some(leader_store);
-                        this.pushers.register(leader_store, id, push_tx.clone());
-                    }
                     let (cluster_id, res) = this
                         .on_core(move |core| {
                             let _timer = metrics::HEARTBEAT_SECONDS
@@ -556,6 +560,12 @@ impl Pd for PdService {
                             }
                         })
                         .await?;
+                    // A stream is the way to the store whose leader it reports, once PD
+                    // accepted a report (a known store, holding that leader).
+                    if res.is_ok() && store.is_none() {
+                        store = Some(leader_store);
+                        this.pushers.register(leader_store, id, push_tx.clone());
+                    }
                     match res {
                         Ok(Some(op)) => {
                             sink.send((finish(cluster_id, Ok(op)), WriteFlags::default()))
@@ -758,7 +768,7 @@ impl Pd for PdService {
             req.get_header().clone(),
             move |core| {
                 core.delete_store(id)?;
-                pushers.push(core.repairs_to_push(REPAIRS_PER_PASS));
+                pushers.push(core.repairs_to_push(REPAIRS_PER_PASS, |s| pushers.has(s)));
                 Ok(pdpb::DeleteStoreResponse::default())
             },
         );

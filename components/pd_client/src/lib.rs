@@ -321,8 +321,13 @@ impl PdClient {
         })
     }
 
+    /// The endpoints this client was given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// Which member answers at `ep` (host:port), if it says.
-    async fn member_id_at(&self, ep: &str) -> Option<u64> {
+    pub async fn member_id_at(&self, ep: &str) -> Option<u64> {
         let client = pd_memberpb_grpc::PdMemberClient::new(
             util::grpc::channel(self.env.clone()).connect(ep),
         );

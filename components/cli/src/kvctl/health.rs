@@ -44,8 +44,9 @@ pub struct PdMemberHealth {
     pub name: String,
     /// Whether it leads the PD group.
     pub leader: bool,
-    /// Whether it answered within the probe's deadline.
-    pub up: bool,
+    /// up, down (did not answer a probe within its deadline), or unknown (its address
+    /// does not resolve from here).
+    pub state: &'static str,
 }
 
 /// Everything `kvctl cluster health` reports.
@@ -189,7 +190,7 @@ pub fn judge(o: Observed<'_>, down_after: Duration) -> Health {
         || stores
             .iter()
             .any(|s| matches!(s.state, "down" | "stopping"))
-        || o.pd_members.iter().any(|m| !m.up)
+        || o.pd_members.iter().any(|m| m.state == "down")
     {
         Verdict::Degraded
     } else {
@@ -216,8 +217,7 @@ pub fn text(h: &Health) -> Vec<String> {
         .iter()
         .map(|m| {
             let role = if m.leader { " (leader)" } else { "" };
-            let state = if m.up { "up" } else { "down" };
-            format!("{}{role} {state}", m.name)
+            format!("{}{role} {}", m.name, m.state)
         })
         .collect();
     let mut lines = vec![format!("pd members: {}", members.join(", "))];
@@ -323,7 +323,7 @@ mod tests {
             pd_members: vec![PdMemberHealth {
                 name: "pd".into(),
                 leader: true,
-                up: true,
+                state: "up",
             }],
         };
         judge(o, AFTER)
@@ -405,12 +405,12 @@ mod tests {
                 PdMemberHealth {
                     name: "pd1".into(),
                     leader: true,
-                    up: true,
+                    state: "up",
                 },
                 PdMemberHealth {
                     name: "pd2".into(),
                     leader: false,
-                    up: false,
+                    state: "down",
                 },
             ],
         };

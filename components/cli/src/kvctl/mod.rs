@@ -730,9 +730,9 @@ async fn cluster_health(client: &Client, down_after: Duration, p: &mut Printer<'
         .await?
         .into_iter()
         .map(|m| health::PdMemberHealth {
+            state: m.probe.word(),
             name: m.name,
             leader: m.leader,
-            up: m.probe.is_ok(),
         })
         .collect();
     // Every store probed at once, each within a second.
@@ -740,11 +740,11 @@ async fn cluster_health(client: &Client, down_after: Duration, p: &mut Printer<'
         .iter()
         .filter(|(s, _)| s.get_state() != metapb::StoreState::Tombstone)
         .map(|(s, _)| async move {
-            let answered = client
+            let probe = client
                 .probe_store(s.get_address(), pd::PROBE_TIMEOUT)
                 .await
-                .is_ok();
-            (!answered).then_some(s.get_id())
+                .map(|()| Duration::ZERO);
+            pd::Probe::of(probe).is_down().then_some(s.get_id())
         });
     let unanswered: Vec<u64> = futures::future::join_all(probes)
         .await

@@ -24,6 +24,42 @@ pub enum PdCommand {
     },
 }
 
+/// What a direct probe found.
+pub enum Probe {
+    /// It answered, in this time.
+    Up(Duration),
+    /// It did not answer (refused, reset, or silent past the deadline).
+    Down(String),
+    /// Its address does not resolve from here (a container name seen from the host):
+    /// only PD's view of it counts.
+    Unknown(String),
+}
+
+impl Probe {
+    /// Judges the outcome of a probe.
+    pub fn of(res: std::result::Result<Duration, String>) -> Probe {
+        match res {
+            Ok(d) => Probe::Up(d),
+            Err(e) if e.contains("DNS resolution failed") => Probe::Unknown(e),
+            Err(e) => Probe::Down(e),
+        }
+    }
+
+    /// Whether the probe proved it down.
+    pub fn is_down(&self) -> bool {
+        matches!(self, Probe::Down(_))
+    }
+
+    /// One word for it: up, down or unknown.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Probe::Up(_) => "up",
+            Probe::Down(_) => "down",
+            Probe::Unknown(_) => "unknown",
+        }
+    }
+}
+
 /// One member, probed.
 pub struct MemberHealth {
     /// Its name.
@@ -34,22 +70,37 @@ pub struct MemberHealth {
     pub url: String,
     /// Whether the group's leader is this member.
     pub leader: bool,
-    /// How long it took to answer, or why it did not.
-    pub probe: std::result::Result<Duration, String>,
+    /// What a direct probe found.
+    pub probe: Probe,
 }
 
-/// Every member as the leader lists them, each probed directly.
+/// Every member as the leader lists them, each probed directly: at the endpoint kvctl
+/// was given that answers as that member (a published port), or else at the member's
+/// own URL.
 pub async fn members(client: &Client) -> Result<Vec<MemberHealth>> {
-    let resp = client.pd().members().await?;
+    let pd = client.pd();
+    let resp = pd.members().await?;
     let leader = resp.get_leader().member_id;
+    let mut given = std::collections::HashMap::new();
+    for ep in pd.endpoints() {
+        if let Some(id) = pd.member_id_at(ep).await {
+            given.insert(id, ep.clone());
+        }
+    }
     let mut out = vec![];
     for m in resp.get_members() {
         let url = m.get_client_urls().first().cloned().unwrap_or_default();
+        let at = given
+            .get(&m.member_id)
+            .cloned()
+            .unwrap_or_else(|| url.clone());
         let started = Instant::now();
-        let probe = match client.pd().probe_member(&url, PROBE_TIMEOUT).await {
-            Ok(_) => Ok(started.elapsed()),
-            Err(e) => Err(e.to_string()),
-        };
+        let probe = Probe::of(
+            pd.probe_member(&at, PROBE_TIMEOUT)
+                .await
+                .map(|_| started.elapsed())
+                .map_err(|e| e.to_string()),
+        );
         out.push(MemberHealth {
             name: m.get_name().to_string(),
             id: m.member_id,
@@ -67,7 +118,7 @@ pub async fn run(client: &Client, command: &PdCommand, p: &mut Printer<'_>) -> R
         PdCommand::Members => {
             let members = members(client).await?;
             print_members(&members, p);
-            Ok(i32::from(members.iter().any(|m| m.probe.is_err())))
+            Ok(i32::from(members.iter().any(|m| m.probe.is_down())))
         }
         PdCommand::TransferLeader { name } => transfer(client, name, p).await,
     }
@@ -80,9 +131,10 @@ fn print_members(members: &[MemberHealth], p: &mut Printer<'_>) {
             .map(|m| {
                 json!({
                     "name": m.name, "id": m.id, "url": m.url, "leader": m.leader,
-                    "healthy": m.probe.is_ok(),
-                    "probe_ms": m.probe.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
-                    "error": m.probe.as_ref().err(),
+                    "healthy": !m.probe.is_down(),
+                    "state": m.probe.word(),
+                    "probe_ms": match &m.probe { Probe::Up(d) => Some(d.as_secs_f64() * 1000.0), _ => None },
+                    "error": match &m.probe { Probe::Down(e) | Probe::Unknown(e) => Some(e), Probe::Up(_) => None },
                 })
             })
             .collect();
@@ -92,8 +144,9 @@ fn print_members(members: &[MemberHealth], p: &mut Printer<'_>) {
     p.line("NAME\tID\tURL\tLEADER\tHEALTH");
     for m in members {
         let health = match &m.probe {
-            Ok(d) => format!("up ({:.1} ms)", d.as_secs_f64() * 1000.0),
-            Err(e) => format!("down: {e}"),
+            Probe::Up(d) => format!("up ({:.1} ms)", d.as_secs_f64() * 1000.0),
+            Probe::Down(e) => format!("down: {e}"),
+            Probe::Unknown(e) => format!("unknown from here: {e}"),
         };
         p.line(format!(
             "{}\t{}\t{}\t{}\t{}",

@@ -54,8 +54,10 @@ impl Group {
         let logger = logger.new(slog::o!("member" => identity.get_name().to_string(),
                                           "member_id" => identity.member_id));
         let (tx, rx) = bounded(65536);
+        let own_url = identity_url(identity, cfg);
         let transport = transport::Transport::new(
             identity.group_id,
+            own_url,
             prepared.secret.clone(),
             runtime,
             tx.clone(),
@@ -156,9 +158,9 @@ impl Group {
         wait(rx, self.propose_timeout, "membership change")
     }
 
-    /// Raft messages from another member.
-    pub(crate) fn step(&self, msgs: Vec<raft::eraftpb::Message>) {
-        let _ = self.sender().try_send(Msg::Raft(msgs));
+    /// Raft messages from another member, reached at `from_url`.
+    pub(crate) fn step(&self, msgs: Vec<raft::eraftpb::Message>, from_url: String) {
+        let _ = self.sender().try_send(Msg::Raft(msgs, from_url));
     }
 }
 
@@ -171,6 +173,18 @@ impl Drop for Group {
             let _ = t.join();
         }
     }
+}
+
+/// Where this member is reached: its entry in the initial cluster, or else its
+/// advertised (or listening) address.
+fn identity_url(identity: &proto::pd_memberpb::MemberIdentity, cfg: &Config) -> String {
+    let from_initial = identity
+        .get_initial_cluster()
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .find(|(n, _)| *n == identity.get_name())
+        .map(|(_, a)| a.to_string());
+    url(&from_initial.unwrap_or_else(|| cfg.client_addr().to_string()))
 }
 
 fn stopped() -> Error {

@@ -30,8 +30,8 @@ use crate::{metrics, Error, Result};
 
 /// A request to the group's thread.
 pub(crate) enum Msg {
-    /// Messages from other members.
-    Raft(Vec<Message>),
+    /// Messages from another member, and where that member is reached.
+    Raft(Vec<Message>, String),
     /// Replicates `cmd` if this member still leads in `term`; answers once applied here.
     Propose {
         term: u64,
@@ -115,6 +115,9 @@ pub(crate) struct Node {
     reads: HashMap<u64, (u64, Waiters)>,
     next_read: u64,
     tick: Duration,
+    /// Where members this one does not know yet (it has not applied their joining) said
+    /// they are reached.
+    learned_urls: HashMap<u64, String>,
     log_gc_threshold: u64,
     joined_members: Vec<pdpb::Member>,
     logger: Logger,
@@ -187,6 +190,7 @@ impl Node {
             reads: HashMap::new(),
             next_read: 0,
             tick: cfg.tick,
+            learned_urls: HashMap::new(),
             joined_members: cfg.joined_members.clone(),
             log_gc_threshold: cfg.log_gc_threshold,
             logger,
@@ -265,16 +269,19 @@ impl Node {
                 | MsgTransferLeader
                 | MsgTimeoutNow
         );
-        let cs = self.raw.store().conf_state();
-        let known = cs.get_voters().contains(&m.from)
-            || cs.get_learners().contains(&m.from)
-            || self.view.read().members.contains_key(&m.from);
-        peer_to_peer && known && m.to == self.raw.raft.id
+        // The sender need not be known yet: a member behind the others may not have
+        // applied the joining of a member that leads now.
+        peer_to_peer && m.to == self.raw.raft.id
     }
 
     fn on_msg(&mut self, m: Msg) {
         match m {
-            Msg::Raft(msgs) => {
+            Msg::Raft(msgs, from_url) => {
+                if let Some(from) = msgs.first().map(|m| m.from) {
+                    if !from_url.is_empty() && !self.view.read().members.contains_key(&from) {
+                        self.learned_urls.insert(from, from_url);
+                    }
+                }
                 for m in msgs {
                     if !self.acceptable(&m) {
                         warn!(self.logger, "raft message refused"; "type" => ?m.get_msg_type(),
@@ -467,7 +474,8 @@ impl Node {
             let url = view
                 .members
                 .get(&m.to)
-                .and_then(|mem| mem.get_peer_urls().first().cloned());
+                .and_then(|mem| mem.get_peer_urls().first().cloned())
+                .or_else(|| self.learned_urls.get(&m.to).cloned());
             match url {
                 Some(url) => self.transport.send(m.to, &url, m),
                 None => {
@@ -487,6 +495,9 @@ impl Node {
         let mut wb = self.raw.store().engine().write_batch();
         let mut meta = false;
         let mut conf_state = None;
+        // The membership as of each entry of this batch, so that the outcome does not
+        // depend on how entries are batched.
+        let mut cs_now = self.raw.store().conf_state().clone();
         for e in &entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
@@ -495,9 +506,8 @@ impl Node {
                 }
                 EntryType::EntryConfChange => {
                     let cc: ConfChange = decode("conf change", &e.data)?;
-                    let cs = self.raw.store().conf_state();
-                    let present = cs.get_voters().contains(&cc.node_id)
-                        || cs.get_learners().contains(&cc.node_id);
+                    let present = cs_now.get_voters().contains(&cc.node_id)
+                        || cs_now.get_learners().contains(&cc.node_id);
                     // Adding a member that already is one writes no record (two joins
                     // must not share an id); promoting a learner carries none.
                     let adds = matches!(
@@ -514,6 +524,7 @@ impl Node {
                         .map_err(|e| Error::Raft(e.to_string()))?;
                     info!(self.logger, "pd membership changed"; "change" => ?cc.get_change_type(),
                           "member_id" => cc.node_id, "voters" => ?cs.get_voters());
+                    cs_now = cs.clone();
                     conf_state = Some(cs);
                 }
                 EntryType::EntryConfChangeV2 => {

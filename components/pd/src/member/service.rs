@@ -227,7 +227,7 @@ impl PdMember for MemberService {
                             .iter()
                             .filter_map(|b| Message::parse_from_bytes(b).ok())
                             .collect();
-                        this.group.step(msgs);
+                        this.group.step(msgs, batch.get_from_url().to_string());
                     }
                     Ok(None) => break None,
                     Err(e) => {

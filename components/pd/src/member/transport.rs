@@ -21,12 +21,16 @@ use super::node::Msg;
 const QUEUE: usize = 4096;
 /// Messages sent in one batch at most.
 const BATCH: usize = 256;
+/// Bytes of messages in one batch at most (well under the receiver's message limit).
+const BATCH_BYTES: usize = 8 << 20;
 /// The longest wait before redialing a member that could not be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Sends Raft messages to the other members.
 pub(crate) struct Transport {
     group_id: u64,
+    /// Where this member is reached, sent with every batch.
+    url: String,
     env: Arc<Environment>,
     secret: ClusterSecret,
     runtime: tokio::runtime::Handle,
@@ -41,6 +45,7 @@ impl Transport {
     /// A transport for members of `group_id`; unreachable members are reported to `node`.
     pub(crate) fn new(
         group_id: u64,
+        url: String,
         secret: ClusterSecret,
         runtime: tokio::runtime::Handle,
         node: Sender<Msg>,
@@ -55,6 +60,7 @@ impl Transport {
         );
         Transport {
             group_id,
+            url,
             env,
             secret,
             runtime,
@@ -99,7 +105,7 @@ impl Transport {
             .connect(&addr);
         let client = PdMemberClient::new(channel);
         let (group_id, secret, node, logger) = (
-            self.group_id,
+            (self.group_id, self.url.clone()),
             self.secret.clone(),
             self.node.clone(),
             self.logger.clone(),
@@ -108,7 +114,17 @@ impl Transport {
             let mut backoff = Duration::from_millis(50);
             // Ends when the transport drops this member's queue.
             while let Some(first) = rx.recv().await {
-                match stream_to(&client, group_id, &secret, to, &node, first, &mut rx).await {
+                match stream_to(
+                    &client,
+                    group_id.clone(),
+                    &secret,
+                    to,
+                    &node,
+                    first,
+                    &mut rx,
+                )
+                .await
+                {
                     Ok(()) => return,
                     Err(e) => {
                         warn!(logger, "cannot send raft messages to pd member";
@@ -134,7 +150,7 @@ impl Transport {
 /// tells `node` whether each snapshot went out.
 async fn stream_to(
     client: &PdMemberClient,
-    group_id: u64,
+    (group_id, from_url): (u64, String),
     secret: &ClusterSecret,
     to: u64,
     node: &Sender<Msg>,
@@ -142,18 +158,31 @@ async fn stream_to(
     rx: &mut mpsc::Receiver<Message>,
 ) -> Result<(), grpcio::Error> {
     let opt = grpcio::CallOption::default().headers(secret.headers());
-    let (mut sink, receiver) = client.raft_opt(opt)?;
+    let (mut sink, receiver) = match client.raft_opt(opt) {
+        Ok(s) => s,
+        Err(e) => {
+            if is_snapshot(&first) {
+                let _ = node.try_send(Msg::SnapshotStatus(to, false));
+            }
+            return Err(e);
+        }
+    };
     let mut next = Some(first);
     while let Some(m) = next.take() {
         let mut batch = RaftBatch::default();
         batch.set_group_id(group_id);
+        batch.set_from_url(from_url.clone());
         let mut snapshots = usize::from(is_snapshot(&m));
-        batch.mut_messages().push(encode(&m));
-        while batch.get_messages().len() < BATCH {
+        let mut bytes = encode(&m);
+        let mut size = bytes.len();
+        batch.mut_messages().push(bytes);
+        while batch.get_messages().len() < BATCH && size < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(m) => {
                     snapshots += usize::from(is_snapshot(&m));
-                    batch.mut_messages().push(encode(&m));
+                    bytes = encode(&m);
+                    size += bytes.len();
+                    batch.mut_messages().push(bytes);
                 }
                 Err(_) => break,
             }
