@@ -333,7 +333,13 @@ impl Client {
         let mut cache = self.cache.lock();
         let id = route.region.get_id();
         if e.has_not_leader() && e.get_not_leader().get_leader().get_id() != 0 {
-            cache.set_leader(id, e.get_not_leader().get_leader().clone());
+            let named = e.get_not_leader().get_leader();
+            // A replica names a leader on a store this client could not dial: that store
+            // may be back (restarted); dial it again rather than asking replicas in a
+            // loop until the mark expires. If it is still gone, the dial fails at once and
+            // marks it again.
+            self.unreachable.lock().remove(&named.get_store_id());
+            cache.set_leader(id, named.clone());
         } else if e.has_epoch_not_match()
             && !e.get_epoch_not_match().get_current_regions().is_empty()
         {

@@ -45,7 +45,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "20s", value_parser = humantime_duration)]
     pub timeout: Duration,
     /// How long to look for a PD member that answers before giving up.
-    #[arg(long, global = true, default_value = "3s", value_parser = humantime_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
     /// The cluster secret (pd-server's <data-dir>/cluster-secret), needed for commands
     /// that change placement: region move, transfer-leader, store delete.
