@@ -130,7 +130,12 @@ impl PdGroup {
         self.stop(i);
         let secret = std::fs::read_to_string(self.secret_file()).expect("read the secret");
         let dir = &self.members[i].cfg.data_dir;
-        std::fs::remove_dir_all(dir).expect("lose the member's disk");
+        // The member's last calls may hold its database a moment after it stopped.
+        crate::wait_until(
+            "the member's disk to be removed",
+            Duration::from_secs(30),
+            || std::fs::remove_dir_all(dir).is_ok() || !dir.exists(),
+        );
         let copy = dir.with_extension("secret");
         std::fs::write(&copy, secret).expect("copy the secret");
         let others: Vec<String> = (0..self.members.len())
