@@ -674,20 +674,27 @@ fn campaign(first: u64, runs: u64, secs: u64) {
 }
 
 /// The checkers are shown to catch a broken rule: with readers passing the locks of
-/// transactions that may still commit below their reads (a client fail point), a short
-/// transactional run without faults must report anomalies or a bank total that moved.
+/// transactions that may still commit below their reads (a client fail point), short
+/// transactional runs without faults must report anomalies or a bank total that moved.
+/// Whether a run hits the race is chance (a run on a loaded machine once completed too
+/// few transactions to), so up to three seeds are tried.
 #[test]
 fn a_run_whose_readers_pass_live_locks_is_caught() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let broken = ClientFailPoints(&["txn_reader_passes_locks"]);
     fail::cfg(broken.0[0], "return").expect("a fail point");
-    let r = run(2, 15, true);
+    let mut reports = vec![];
+    for seed in [2, 4, 6] {
+        let r = run(seed, 15, true);
+        eprintln!("{}", row("broken", &r));
+        let caught = r.violations + r.bank_changes + r.lost > 0;
+        reports.push(r);
+        if caught {
+            return;
+        }
+    }
     drop(broken);
-    eprintln!("{}", row("broken", &r));
-    assert!(
-        r.violations + r.bank_changes + r.lost > 0,
-        "readers that pass live locks went unnoticed: {r:?}"
-    );
+    panic!("readers that pass live locks went unnoticed in three runs: {reports:?}");
 }
 
 /// The power-loss filesystem has teeth: with `sync-log = false` a store acknowledges
