@@ -38,6 +38,9 @@ struct State {
     stores: HashMap<u64, StoreInfo>,
     regions: RegionTree,
     operators: HashMap<u64, Operator>,
+    /// Regions moved by hand, with when the balancers may touch them again
+    /// (`Config::manual_placement_hold`).
+    held: HashMap<u64, Instant>,
     /// Whether balancing has started (see `Config::balance_warmup`).
     warmed_up: bool,
 }
@@ -64,6 +67,18 @@ fn unix_nanos() -> i64 {
 }
 
 impl State {
+    /// Whether the balancers must leave the region alone; forgets holds that ended.
+    fn is_held(&mut self, region_id: u64) -> bool {
+        match self.held.get(&region_id) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                self.held.remove(&region_id);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// A store's state; `None` if PD does not know it.
     fn store_state(&self, id: u64) -> Option<metapb::StoreState> {
         self.stores.get(&id).map(|s| s.meta.get_state())
@@ -181,6 +196,7 @@ impl PdCore {
                 stores,
                 regions,
                 operators: HashMap::new(),
+                held: HashMap::new(),
                 warmed_up: false,
             }),
             started: Instant::now(),
@@ -533,7 +549,7 @@ impl PdCore {
                 st.operators.remove(&id);
             }
         }
-        let balance = balance && self.cfg.enable_balance && self.warmed_up(st);
+        let balance = balance && self.cfg.enable_balance && !st.is_held(id) && self.warmed_up(st);
         let stores = st.loads(&self.cfg);
         let mut alloc = || self.ids.alloc().ok();
         let op =
@@ -727,7 +743,8 @@ impl PdCore {
             .get(region_id)
             .cloned()
             .ok_or_else(|| Error::RegionNotFound(format!("no region with id {region_id}")))?;
-        if let Some(op) = st.operators.get(&region_id) {
+        // What an operator asks for by hand comes before evening out counts.
+        if let Some(op) = st.operators.get(&region_id).filter(|op| !op.is_balance()) {
             return Err(Error::InvalidValue(format!(
                 "region {region_id} already has a running operator ({})",
                 op.kind
@@ -826,7 +843,14 @@ impl PdCore {
         metrics::OPERATORS
             .with_label_values(&[op.kind, "created"])
             .inc();
-        st.operators.insert(region_id, op);
+        if let Some(old) = st.operators.insert(region_id, op) {
+            info!(self.logger, "balance operator replaced by one added by hand"; "region_id" => region_id, "kind" => old.kind);
+            metrics::OPERATORS
+                .with_label_values(&[old.kind, "cancelled"])
+                .inc();
+        }
+        st.held
+            .insert(region_id, Instant::now() + self.cfg.manual_placement_hold);
     }
 
     /// What the cluster looks like now, for the metrics: stores by state (a store
@@ -1114,5 +1138,59 @@ mod tests {
             .get_peer()
             .get_store_id();
         assert_eq!(to, 5);
+    }
+
+    #[test]
+    fn a_hand_issued_move_replaces_a_balancer_and_the_balancers_leave_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            balance_warmup: std::time::Duration::ZERO,
+            ..Config::default()
+        };
+        let core = PdCore::open(
+            cfg,
+            crate::storage::local::open(dir.path()),
+            util::logger::discard(),
+        )
+        .unwrap();
+        let regions = three_regions();
+        let mut first = regions[0].clone();
+        first.set_end_key(vec![]);
+        first.mut_peers().truncate(1);
+        core.bootstrap(store(1), first).unwrap();
+        core.put_store(store(4)).unwrap();
+        core.put_store(store(5)).unwrap();
+        core.report_split(&regions).unwrap();
+        // Store 1 leads the two that reported: the balancer moves one's leadership away.
+        for r in &regions[1..] {
+            core.region_heartbeat(&led_from(r, 1)).unwrap();
+        }
+        let kinds = |core: &PdCore| -> Vec<(u64, &str)> {
+            core.operators().iter().map(|o| (o.0, o.1)).collect()
+        };
+        core.operators()
+            .iter()
+            .for_each(|o| assert_eq!(o.1, "balance-leader"));
+        let balanced = kinds(&core).first().expect("a balance operator").0;
+        // A hand-issued transfer of that region takes the balancer's place.
+        core.add_transfer_leader(balanced, 4).unwrap();
+        assert!(kinds(&core).contains(&(balanced, "transfer-leader")));
+        // Once done, store 4 leads it; make store 4 lead everything else too. The
+        // balancer moves the others' leadership away, never the held region's.
+        let r = regions.iter().find(|r| r.get_id() == balanced).unwrap();
+        assert!(core.region_heartbeat(&led_from(r, 4)).unwrap().is_none());
+        let balanced_now: Vec<u64> = regions
+            .iter()
+            .filter(|r| core.region_heartbeat(&led_from(r, 4)).unwrap().is_some())
+            .map(|r| r.get_id())
+            .collect();
+        assert!(
+            !balanced_now.is_empty(),
+            "store 4 leading all three is balanced"
+        );
+        assert!(
+            !balanced_now.contains(&balanced),
+            "the region moved by hand is left alone: {balanced_now:?}"
+        );
     }
 }

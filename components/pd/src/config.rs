@@ -27,6 +27,11 @@ pub struct Config {
     pub operator_timeout: Duration,
     /// Move replicas and leaders between stores to even out their counts.
     pub enable_balance: bool,
+    /// The balancers leave a region alone this long after an operator moved it by hand
+    /// (`kvctl region move` / `transfer-leader`), so they do not undo the placement asked
+    /// for; repairs of lost replicas still run.
+    #[serde(with = "humantime_serde")]
+    pub manual_placement_hold: Duration,
     /// Balance operators start on a store only while fewer than this many touch it.
     pub store_limit: usize,
     /// After a restart, balancing waits until every known region has reported its
@@ -79,6 +84,7 @@ impl Default for Config {
             id_batch: 1000,
             operator_timeout: Duration::from_secs(600),
             enable_balance: true,
+            manual_placement_hold: Duration::from_secs(1800),
             store_limit: 4,
             balance_warmup: Duration::from_secs(120),
             max_batch_split: 256,

@@ -139,6 +139,11 @@ impl Operator {
         op
     }
 
+    /// Whether a balancer made it (one added by hand may replace it).
+    pub fn is_balance(&self) -> bool {
+        self.kind.starts_with("balance-")
+    }
+
     /// Recomputes what is left to do from a newer report of the region.
     pub fn refresh(&mut self, info: &RegionInfo) {
         let mut inf = vec![];

@@ -572,8 +572,8 @@ async fn region(client: &Client, command: &RegionCommand, p: &mut Printer<'_>) -
     Ok(0)
 }
 
-/// Waits until region `id` has a replica on `to` and none on `from`, printing PD's
-/// current step whenever it changes.
+/// Waits until region `id` has a replica on `to` and none on `from`, printing the
+/// move operator's current step whenever it changes.
 async fn wait_for_move(
     client: &Client,
     id: u64,
@@ -599,7 +599,8 @@ async fn wait_for_move(
             .get_operators()
             .await?
             .into_iter()
-            .find(|o| o.region_id == id)
+            // Only this command's operator: a repair that replaced it is not the move.
+            .find(|o| o.region_id == id && o.get_kind() == "move-peer")
             .map(|o| o.get_step().to_string())
             .unwrap_or_default();
         if !step.is_empty() && step != last_step {
