@@ -13,5 +13,6 @@ mod hibernate;
 mod pd_group;
 mod raft_cluster;
 mod safety;
+mod sessions;
 mod split;
 mod txn_storage;

@@ -10,6 +10,7 @@
 
 pub mod check;
 mod region_cache;
+mod session;
 pub mod txn;
 
 use std::{
@@ -47,9 +48,12 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A write's outcome is unknown: it may or may not have been applied (the store did
-    /// not answer in time, or the connection failed after the request was sent). It is
-    /// not retried, since applying it twice could be wrong (a compare-and-swap that
-    /// succeeded would then report failure).
+    /// not answer in time, or the connection failed after the request was sent). In the
+    /// client's session such a write is sent again (the store applies it once and answers
+    /// a resend with the first answer); this is returned only when the deadline passed
+    /// after such a try, or the store forgot the session. Without a session it is never
+    /// retried, since applying it twice could be wrong (a compare-and-swap that succeeded
+    /// would then report failure).
     #[error("undetermined: {0}")]
     Undetermined(String),
     /// Another transaction wrote a key after this one started: nothing was written;
@@ -145,22 +149,40 @@ enum Attempt<T> {
 }
 
 /// A write that some regions applied and one refused or did not answer is neither done
-/// nor undone: the caller must learn that its outcome is undetermined.
-fn partly_written(kind: Kind, some_applied: bool, e: Error) -> Error {
+/// nor undone: the caller must learn that its outcome is undetermined. So is a session
+/// write whose deadline passed after a try that may have applied.
+fn partly_written(kind: Kind<'_>, some_applied: bool, e: Error) -> Error {
     match e {
         Error::Undetermined(_) => e,
-        e if kind == Kind::Write && some_applied => {
+        e if kind.is_write() && some_applied => {
             Error::Undetermined(format!("applied in some regions only: {e}"))
         }
-        e => e,
+        e => settled(kind, e),
     }
 }
 
-/// Whether a request changes state: one that may have been applied is never retried.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// A session write that gave up after a try that may have applied is undetermined.
+fn settled(kind: Kind<'_>, e: Error) -> Error {
+    match (kind, e) {
+        (Kind::Write(Some(t)), Error::Timeout { last, .. }) if t.maybe_applied() => {
+            Error::Undetermined(format!("resent until the deadline: {last}"))
+        }
+        (_, e) => e,
+    }
+}
+
+/// Whether a request changes state. A write that may have been applied is resent only
+/// in a session (the store then answers it once); without one it is never retried.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
     Read,
-    Write,
+    Write(Option<&'a session::Ticket>),
+}
+
+impl Kind<'_> {
+    fn is_write(&self) -> bool {
+        matches!(self, Kind::Write(_))
+    }
 }
 
 /// Whether a failed call certainly never reached the store (gRPC could not connect), so
@@ -190,6 +212,8 @@ pub struct Client {
     /// the region if it hibernates).
     unreachable: Mutex<HashMap<u64, Instant>>,
     timeout: Duration,
+    /// Numbers raw writes so a resend applies once; `None`: TiKV's behaviour.
+    session: Option<Arc<session::Session>>,
 }
 
 fn context(route: &RegionRoute, leader: &metapb::Peer) -> kvrpcpb::Context {
@@ -257,7 +281,20 @@ impl Client {
             stores: Mutex::default(),
             unreachable: Mutex::default(),
             timeout,
+            session: Some(session::Session::new()),
         })
+    }
+
+    /// This client without a session: a raw write whose outcome is unknown is reported
+    /// undetermined instead of sent again (TiKV's behaviour; for comparisons).
+    pub fn without_session(mut self) -> Client {
+        self.session = None;
+        self
+    }
+
+    /// A number for the next raw write, if this client has a session.
+    fn ticket(&self) -> Option<session::Ticket> {
+        self.session.as_ref().map(|s| s.number())
     }
 
     /// A client on the same PD connection with a region cache of its own.
@@ -269,6 +306,7 @@ impl Client {
             stores: Mutex::default(),
             unreachable: Mutex::default(),
             timeout: self.timeout,
+            session: self.session.clone(),
         }
     }
 
@@ -367,7 +405,7 @@ impl Client {
     /// failures until the deadline. Returns the result and the route that served it.
     async fn on_region<T, F, Fut>(
         &self,
-        kind: Kind,
+        kind: Kind<'_>,
         key: &[u8],
         call: F,
     ) -> Result<(T, RegionRoute)>
@@ -381,14 +419,16 @@ impl Client {
         loop {
             match self.attempt(kind, key, &backoff, &call).await? {
                 (Attempt::Done(t), route) => return Ok((t, route)),
-                (Attempt::Retry(last), _) => backoff.wait(last).await?,
+                (Attempt::Retry(last), _) => {
+                    backoff.wait(last).await.map_err(|e| settled(kind, e))?
+                }
             }
         }
     }
 
     async fn attempt<T, F, Fut>(
         &self,
-        kind: Kind,
+        kind: Kind<'_>,
         key: &[u8],
         backoff: &Backoff,
         call: &F,
@@ -414,7 +454,7 @@ impl Client {
     /// deadline.
     async fn attempt_at<T, F, Fut>(
         &self,
-        kind: Kind,
+        kind: Kind<'_>,
         route: RegionRoute,
         backoff: &Backoff,
         call: F,
@@ -439,31 +479,39 @@ impl Client {
         };
         // A store that accepted the connection and then stopped answering (paused, or cut
         // off mid-request) must not hold the caller past its deadline.
-        let answer = tokio::time::timeout(
-            backoff.remaining(),
-            call(client, context(&route, &leader), route.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
-                grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
-                format!("no answer within the deadline of {:?}", self.timeout),
-            )))
-        });
+        let mut ctx = context(&route, &leader);
+        if let Kind::Write(Some(ticket)) = kind {
+            ticket.stamp(&mut ctx);
+        }
+        let answer = tokio::time::timeout(backoff.remaining(), call(client, ctx, route.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
+                    grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
+                    format!("no answer within the deadline of {:?}", self.timeout),
+                )))
+            });
         match answer {
             Ok((Some(re), _, _)) if !is_routing_error(&re) => {
                 Err(Error::from_store(re.get_message().to_string()))
             }
             Ok((Some(re), _, _)) => Ok(Attempt::Retry(self.on_region_error(&route, &leader, &re))),
-            Ok((None, err, _)) if !err.is_empty() => Err(Error::from_store(err)),
+            Ok((None, err, _)) if !err.is_empty() => match (kind, Error::from_store(err)) {
+                (Kind::Write(Some(t)), Error::Undetermined(why)) if t.resend_after(&why) => {
+                    Ok(Attempt::Retry(why))
+                }
+                (_, e) => Err(e),
+            },
             Ok((None, _, t)) => Ok(Attempt::Done(t)),
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
                 let why = format!("store {}: {e}", leader.get_store_id());
                 if !never_sent(&e) {
-                    if kind == Kind::Write {
-                        return Err(Error::Undetermined(why));
+                    match kind {
+                        Kind::Write(Some(t)) if t.resend_after(&why) => {}
+                        Kind::Write(_) => return Err(Error::Undetermined(why)),
+                        Kind::Read => {}
                     }
                 } else {
                     self.unreachable
@@ -563,7 +611,7 @@ impl Client {
     /// result, in no particular order.
     async fn per_region<T, R, F, Fut>(
         &self,
-        kind: Kind,
+        kind: Kind<'_>,
         items: &[T],
         key_of: impl Fn(&T) -> &[u8] + Copy,
         call: F,
@@ -618,8 +666,9 @@ impl Client {
 
     /// Sets every pair (atomically within each region).
     pub async fn batch_put(&self, pairs: &[KvPair]) -> Result<()> {
+        let ticket = self.ticket();
         self.per_region(
-            Kind::Write,
+            Kind::Write(ticket.as_ref()),
             pairs,
             |p| &p.0,
             |c, ctx, group| {
@@ -671,8 +720,9 @@ impl Client {
 
     /// Removes every key (atomically within each region).
     pub async fn batch_delete(&self, keys_: &[Vec<u8>]) -> Result<()> {
+        let ticket = self.ticket();
         self.per_region(
-            Kind::Write,
+            Kind::Write(ticket.as_ref()),
             keys_,
             |k| k,
             |c, ctx, group| {
@@ -697,8 +747,9 @@ impl Client {
         new: &[u8],
     ) -> Result<CasOutcome> {
         check_key(key)?;
+        let ticket = self.ticket();
         let (out, _) = self
-            .on_region(Kind::Write, key, |c, ctx, _| {
+            .on_region(Kind::Write(ticket.as_ref()), key, |c, ctx, _| {
                 let mut req = kvrpcpb::RawCASRequest::default();
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
@@ -783,8 +834,9 @@ impl Client {
         }
         let mut cur = start.to_vec();
         loop {
+            let ticket = self.ticket();
             let (_, route) = self
-                .on_region(Kind::Write, &cur, |c, ctx, route| {
+                .on_region(Kind::Write(ticket.as_ref()), &cur, |c, ctx, route| {
                     let region_end = route.region.get_end_key().to_vec();
                     let stop = if region_end.is_empty()
                         || (!end.is_empty() && end < region_end.as_slice())
@@ -858,7 +910,7 @@ impl Client {
             let route = self.region_by_id(region_id, &mut backoff).await?;
             let leader = route.leader.clone();
             let attempt = self
-                .attempt_at(Kind::Write, route, &backoff, |c, ctx, _| {
+                .attempt_at(Kind::Write(None), route, &backoff, |c, ctx, _| {
                     let mut req = kvrpcpb::SplitRegionRequest::default();
                     req.set_context(ctx);
                     req.set_split_keys(split_keys.to_vec().into());
@@ -927,11 +979,11 @@ mod tests {
     fn a_batch_write_refused_in_one_region_after_another_applied_is_undetermined() {
         let refused = || Error::Store("disk full".into());
         assert!(matches!(
-            partly_written(Kind::Write, true, refused()),
+            partly_written(Kind::Write(None), true, refused()),
             Error::Undetermined(ref why) if why.contains("some regions only") && why.contains("disk full")
         ));
         assert!(matches!(
-            partly_written(Kind::Write, false, refused()),
+            partly_written(Kind::Write(None), false, refused()),
             Error::Store(_)
         ));
         assert!(matches!(

@@ -30,11 +30,17 @@ pub const STORE_IDENT_KEY: &[u8] = &[LOCAL_PREFIX, 0x01];
 
 const REGION_RAFT_PREFIX: u8 = 0x02;
 const REGION_META_PREFIX: u8 = 0x03;
+const REGION_SESSION_PREFIX: u8 = 0x04;
 
 const RAFT_LOG_SUFFIX: u8 = 0x01;
 const RAFT_STATE_SUFFIX: u8 = 0x02;
 const APPLY_STATE_SUFFIX: u8 = 0x03;
 const REGION_STATE_SUFFIX: u8 = 0x01;
+const SESSION_TABLE_SUFFIX: u8 = 0x01;
+const SESSION_CLIENT_SUFFIX: u8 = 0x02;
+
+/// Length of a session key: prefix (2) + region id (8) + suffix (1) + client id (8).
+pub const SESSION_CLIENT_KEY_LEN: usize = 19;
 
 /// Length of a Raft log key: prefix (2) + region id (8) + suffix (1) + index (8).
 pub const RAFT_LOG_KEY_LEN: usize = 19;
@@ -173,6 +179,41 @@ pub fn region_raft_range(region_id: u64) -> Range<[u8; 10]> {
     start..end
 }
 
+/// Where a region's client-session table keeps its own state (clock, expiry).
+pub fn session_table_key(region_id: u64) -> [u8; 11] {
+    region_key(REGION_SESSION_PREFIX, region_id, SESSION_TABLE_SUFFIX)
+}
+
+/// Where a region keeps what it remembers of client `client_id`'s session.
+pub fn session_client_key(region_id: u64, client_id: u64) -> [u8; SESSION_CLIENT_KEY_LEN] {
+    let mut k = [0u8; SESSION_CLIENT_KEY_LEN];
+    k[..11].copy_from_slice(&region_key(
+        REGION_SESSION_PREFIX,
+        region_id,
+        SESSION_CLIENT_SUFFIX,
+    ));
+    k[11..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// Every client-session key of one region.
+pub fn session_client_range(region_id: u64) -> Range<[u8; 11]> {
+    region_key(REGION_SESSION_PREFIX, region_id, SESSION_CLIENT_SUFFIX)
+        ..region_key(REGION_SESSION_PREFIX, region_id, SESSION_CLIENT_SUFFIX + 1)
+}
+
+/// Every session key (table state and clients) of one region: what a snapshot carries
+/// and a destroyed replica deletes.
+pub fn session_range(region_id: u64) -> Range<[u8; 10]> {
+    let mut start = [0u8; 10];
+    start[0] = LOCAL_PREFIX;
+    start[1] = REGION_SESSION_PREFIX;
+    start[2..].copy_from_slice(&region_id.to_be_bytes());
+    let mut end = start;
+    end[2..].copy_from_slice(&(region_id + 1).to_be_bytes());
+    start..end
+}
+
 /// Keys of the placement driver's own metadata store (a separate database from any
 /// store's). Ids are big-endian so that a prefix scan returns them in order.
 pub mod pd {
@@ -266,6 +307,29 @@ mod tests {
         }
         assert!(data_key(&[0xff; 64]).as_slice() < DATA_MAX_KEY);
         assert!(data_key(b"").as_slice() >= DATA_MIN_KEY);
+    }
+
+    #[test]
+    fn a_regions_session_keys_are_one_range_apart_from_its_raft_keys() {
+        let range = session_range(7);
+        for k in [
+            &session_table_key(7)[..],
+            &session_client_key(7, 0)[..],
+            &session_client_key(7, u64::MAX)[..],
+        ] {
+            assert!(range.start.as_slice() <= k && k < range.end.as_slice());
+            assert!(k < DATA_MIN_KEY);
+            assert!(
+                !(region_raft_range(7).start.as_slice() <= k
+                    && k < region_raft_range(7).end.as_slice())
+            );
+        }
+        let clients = session_client_range(7);
+        assert!(clients.start.as_slice() <= &session_client_key(7, 1)[..]);
+        assert!(&session_client_key(7, u64::MAX)[..] < clients.end.as_slice());
+        assert!(&session_table_key(7)[..] < clients.start.as_slice());
+        assert!(session_range(6).end.as_slice() <= &session_table_key(7)[..]);
+        assert!(&session_client_key(7, u64::MAX)[..] < session_range(8).start.as_slice());
     }
 
     #[test]

@@ -78,6 +78,16 @@ pub struct Config {
     /// applied; past it new proposals get server_is_busy, so a slow apply side cannot
     /// make its queue grow without bound.
     pub max_apply_lag: u64,
+    /// A region forgets a client session idle this long (by the leaders' clocks); a
+    /// resend from a forgotten session gets an error instead of a second apply.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Most client sessions a region remembers; past it the least recently active is
+    /// forgotten.
+    pub max_sessions_per_region: u64,
+    /// Most writes one client session may have unanswered (its sequence numbers past
+    /// its acknowledged point): a number further ahead is refused.
+    pub session_window: u64,
     /// Leadership goes only to a peer at most this many entries behind the leader (and
     /// heard from lately): raft refuses writes while a transfer waits for the transferee
     /// to catch up, so a lagging one would stall the region for up to an election.
@@ -125,6 +135,9 @@ impl Default for Config {
             max_split_keys: 256,
             peer_mailbox_capacity: 40_960,
             max_apply_lag: 8192,
+            session_ttl: Duration::from_secs(600),
+            max_sessions_per_region: 4096,
+            session_window: 4096,
             leader_transfer_max_log_lag: 128,
             leader_transfer_timeout: Duration::from_millis(500),
             snap_max_size: ByteSize::gib(16),
@@ -232,6 +245,16 @@ impl Validate for Config {
             self.max_apply_lag > 0,
             "raftstore.max-apply-lag",
             "must be positive",
+        )?;
+        ensure(
+            self.session_ttl >= Duration::from_secs(1),
+            "raftstore.session-ttl",
+            "must be at least 1s",
+        )?;
+        ensure(
+            self.max_sessions_per_region > 0 && self.session_window > 0,
+            "raftstore.max-sessions-per-region",
+            "max-sessions-per-region and session-window must be positive",
         )?;
         ensure(
             self.snap_max_size.as_u64() >= self.region_split_size.as_u64(),

@@ -60,6 +60,20 @@ pub enum Error {
     /// peer went away while it was in flight). Never retried as if it had not happened.
     #[error("{0}; the command may or may not have been applied")]
     Undetermined(&'static str),
+    /// A session write the region cannot decide on: the client resent it after saying
+    /// it would not, or numbered it out of its window. Nothing was applied.
+    #[error("client session: {0}")]
+    Session(String),
+    /// A resent session write whose session the region has forgotten (idle past
+    /// `raftstore.session-ttl`, or pushed out by newer ones): whether the first try was
+    /// applied cannot be told. Nothing was applied now.
+    #[error("region {region_id} no longer remembers client session {client_id:#x} (raftstore.session-ttl, raftstore.max-sessions-per-region); the earlier try may or may not have been applied")]
+    SessionExpired {
+        /// The region.
+        region_id: u64,
+        /// The client session.
+        client_id: u64,
+    },
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] engine::Error),

@@ -73,6 +73,16 @@ pub static PROPOSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register metric")
 });
 
+/// Client-session writes by outcome: applied, or answered again without applying.
+pub static SESSION_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_raftstore_session_writes_total",
+        "Client-session writes: applied, or deduplicated (a resend answered with its first answer)",
+        &["outcome"]
+    )
+    .expect("register metric")
+});
+
 /// Acknowledged write commands (the denominator of fsyncs per write).
 pub static WRITES_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -266,6 +276,7 @@ pub fn register_all() {
     LazyLock::force(&READY_PER_ROUND);
     LazyLock::force(&APPLY_WRITE_SECONDS);
     LazyLock::force(&WRITES_APPLIED);
+    LazyLock::force(&SESSION_WRITES);
     LazyLock::force(&HIBERNATING);
     LazyLock::force(&REGIONS);
     LazyLock::force(&LEADERS);

@@ -233,6 +233,18 @@ impl SnapManager {
                 data.mut_files().push(file);
             }
         }
+        let sessions = crate::operation::session::SessionTable::load(&snap, region_id)?;
+        if let Some(bytes) = sessions.encode() {
+            let path = self.gen_path(region_id, term, index, Cf::Raft);
+            fs::write(&path, &bytes)
+                .map_err(|e| Error::Snapshot(format!("write {}: {e}", path.display())))?;
+            let (size, checksum) = engine::file_checksum(&path)?;
+            let mut file = SnapshotFile::default();
+            file.set_cf(Cf::Raft.name().to_string());
+            file.size = size;
+            file.checksum = checksum;
+            data.mut_files().push(file);
+        }
         let mut out = Snapshot::default();
         out.set_data(data.write_to_bytes()?.into());
         let meta = out.mut_metadata();
@@ -299,10 +311,11 @@ pub fn remove_files(files: &[(Cf, PathBuf)]) {
     remove_paths(files.iter().map(|(_, p)| p));
 }
 
-/// The column family a snapshot file names: a data column family, or an error (a snapshot
-/// from a hostile or broken sender must not panic the store).
+/// The column family a snapshot file names: a data column family (an SST to ingest), or
+/// `raft` (the region's client sessions, a `SessionSnapshot`); anything else is an error
+/// (a snapshot from a hostile or broken sender must not panic the store).
 pub fn parse_cf(name: &str) -> Result<Cf> {
-    Cf::data_from_name(name)
+    Cf::from_name(name)
         .ok_or_else(|| Error::Snapshot(format!("unknown column family {name:?} in snapshot")))
 }
 
@@ -433,6 +446,13 @@ impl SnapReceiver {
                 Ok((f.clone(), mgr.recv_path(key, cf.name(), stream)))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut cfs: Vec<&str> = data.get_files().iter().map(|f| f.get_cf()).collect();
+        cfs.sort_unstable();
+        if cfs.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Snapshot(
+                "snapshot names a column family twice".into(),
+            ));
+        }
         let mut rx = SnapReceiver {
             mgr: mgr.clone(),
             key,
@@ -523,6 +543,17 @@ impl SnapReceiver {
         File::open(&self.mgr.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::Snapshot(format!("sync {}: {e}", self.mgr.dir.display())))?;
+        // The sessions are decoded when the snapshot is applied, where a failure stops
+        // the region: a file that does not decode is refused now instead.
+        for (meta, path) in &self.files {
+            if meta.get_cf() == Cf::Raft.name() {
+                let bytes = fs::read(path)
+                    .map_err(|e| Error::Snapshot(format!("read {}: {e}", path.display())))?;
+                crate::operation::session::SessionTable::decode(&bytes).map_err(|e| {
+                    Error::Snapshot(format!("the snapshot's session table does not decode: {e}"))
+                })?;
+            }
+        }
         let msg = self.msg.take().expect("taken only here");
         self.mgr
             .register_received(self.key, std::mem::take(&mut self.files));
@@ -623,6 +654,38 @@ mod tests {
         assert_eq!(snap.get_metadata().index, 9);
     }
 
+    /// A region's client sessions travel in its snapshot, as the `raft` file, and nothing
+    /// of another region's does.
+    #[test]
+    fn a_snapshot_carries_the_regions_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let region = bootstrap::first_region(1, 2, 3);
+        bootstrap::write_initial_region(&engine, &region).unwrap();
+        let mut wb = engine.write_batch();
+        for (region_id, client) in [(1, 11), (1, 12), (2, 21)] {
+            let mut c = proto::raft_serverpb::ClientSession::default();
+            c.client_id = client;
+            c.acked_below = 3;
+            wb.put_msg(Cf::Raft, &keys::session_client_key(region_id, client), &c);
+        }
+        engine.write(wb, false).unwrap();
+        let mgr = SnapManager::new(dir.path().join("snap"), u64::MAX).unwrap();
+        let snap = mgr.generate(&engine, 1).unwrap();
+        let data = SnapshotData::parse_from_bytes(snap.get_data()).unwrap();
+        let raft: Vec<_> = data
+            .get_files()
+            .iter()
+            .filter(|f| f.get_cf() == "raft")
+            .collect();
+        assert_eq!(raft.len(), 1, "one session file");
+        let path = mgr.gen_path(1, 5, 5, Cf::Raft);
+        verify_file(raft[0], &path).unwrap();
+        let table =
+            crate::operation::session::SessionTable::decode(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(table.len(), 2, "region 1's two sessions, not region 2's");
+    }
+
     #[test]
     fn chunks_reassemble_into_the_same_files() {
         let src = tempfile::tempdir().unwrap();
@@ -708,7 +771,7 @@ mod tests {
         assert!(SnapReceiver::new(&dst_mgr, not_snap).is_err());
         let mut data = SnapshotData::default();
         let mut f = SnapshotFile::default();
-        f.set_cf("raft".into());
+        f.set_cf("nonsense".into());
         f.size = 10;
         data.mut_files().push(f);
         let mut raft_msg = Message::default();

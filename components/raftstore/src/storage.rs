@@ -77,13 +77,16 @@ fn put_local_state(wb: &mut WriteBatch, s: RegionLocalState) {
     );
 }
 
-/// Adds to `wb` the deletion of a region's data in every data column family.
+/// Adds to `wb` the deletion of a region's data in every data column family, and of its
+/// client sessions.
 pub fn delete_region_data(wb: &mut WriteBatch, region: &metapb::Region) {
     let start = keys::data_key(region.get_start_key());
     let end = keys::data_end_key(region.get_end_key());
     for cf in Cf::DATA {
         wb.delete_range(cf, &start, &end);
     }
+    let sessions = keys::session_range(region.get_id());
+    wb.delete_range(Cf::Raft, &sessions.start, &sessions.end);
 }
 
 impl PeerStorage {

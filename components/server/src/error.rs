@@ -94,9 +94,10 @@ impl Error {
     /// re-route) or a plain message (returned to the caller).
     pub fn into_wire(self) -> (Option<errorpb::Error>, String) {
         match &self {
-            Error::Undetermined(_) | Error::Raft(raftstore::Error::Undetermined(_)) => {
-                (None, format!("{}{self}", util::wire::UNDETERMINED))
-            }
+            Error::Undetermined(_)
+            | Error::Raft(
+                raftstore::Error::Undetermined(_) | raftstore::Error::SessionExpired { .. },
+            ) => (None, format!("{}{self}", util::wire::UNDETERMINED)),
             Error::Raft(r) => match region_error(r) {
                 Some(re) => (Some(re), String::new()),
                 None => (None, self.to_string()),

@@ -90,6 +90,19 @@ fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `requests` as one command for the region and peer `ctx` names; a non-zero `term`
+/// refuses it if leadership changed since.
+fn command(ctx: &Context, term: u64, requests: Vec<Request>) -> RaftCmdRequest {
+    let mut cmd = RaftCmdRequest::default();
+    let header = cmd.mut_header();
+    header.set_region_id(ctx.get_region_id());
+    header.set_peer(ctx.get_peer().clone());
+    header.set_region_epoch(ctx.get_region_epoch().clone());
+    header.set_term(term);
+    cmd.set_requests(requests.into());
+    cmd
+}
+
 pub(crate) fn cf_name(cf: Cf) -> String {
     cf.name().to_string()
 }
@@ -237,23 +250,24 @@ impl RawStorage {
         .await
     }
 
+    /// A raw write: carried through Raft as one command, in the client's session if it
+    /// names one (a resend then gets the first answer instead of applying again).
     async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse> {
-        self.propose(ctx, 0, requests).await
+        let mut cmd = command(ctx, 0, requests);
+        if ctx.session_client_id != 0 {
+            let s = cmd.mut_header().mut_session();
+            s.client_id = ctx.session_client_id;
+            s.seq = ctx.session_seq;
+            s.acked_below = ctx.session_acked_below;
+            s.retry = ctx.session_retry;
+        }
+        self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Command { cmd, cb })
+            .await
     }
 
-    /// Carries `requests` through Raft as one command; a non-zero `term` refuses it if
-    /// leadership changed since the snapshot it was computed from. (The transaction layer
-    /// reaches Raft this way too.)
-    pub(crate) async fn propose(
-        &self,
-        ctx: &Context,
-        term: u64,
-        requests: Vec<Request>,
-    ) -> Result<CmdResponse> {
-        self.propose_keeping(ctx, term, requests, ()).await
-    }
-
-    /// Like [`Self::propose`], holding `keep` until the command is answered.
+    /// Carries `requests` through Raft as one command (the transaction layer's way to
+    /// Raft); a non-zero `term` refuses it if leadership changed since the snapshot it
+    /// was computed from. `keep` is held until the command is answered.
     pub(crate) async fn propose_keeping<K: Send + 'static>(
         &self,
         ctx: &Context,
@@ -261,13 +275,7 @@ impl RawStorage {
         requests: Vec<Request>,
         keep: K,
     ) -> Result<CmdResponse> {
-        let mut cmd = RaftCmdRequest::default();
-        let header = cmd.mut_header();
-        header.set_region_id(ctx.get_region_id());
-        header.set_peer(ctx.get_peer().clone());
-        header.set_region_epoch(ctx.get_region_epoch().clone());
-        header.set_term(term);
-        cmd.set_requests(requests.into());
+        let cmd = command(ctx, term, requests);
         self.wait_keeping(ctx.get_region_id(), true, keep, |cb| PeerMsg::Command {
             cmd,
             cb,
@@ -437,6 +445,20 @@ impl RawStorage {
             None => cas.set_previous_not_exist(true),
         }
         let mut resp = self.write(ctx, vec![r]).await?;
+        // Tests lose the answer of an applied compare-and-swap here, after holding it for
+        // the fail point's argument (milliseconds), as a broken connection would.
+        let lost_after: Option<u64> = (|| {
+            fail::fail_point!("raw_cas_answer_lost", |ms| Some(
+                ms.and_then(|m| m.parse().ok()).unwrap_or(0)
+            ));
+            None
+        })();
+        if let Some(ms) = lost_after {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return Err(Error::Undetermined(
+                "the answer was lost (fail point raw_cas_answer_lost)".into(),
+            ));
+        }
         resp.cas
             .pop()
             .ok_or_else(|| Error::Startup("compare-and-swap produced no result".into()))

@@ -97,6 +97,8 @@ pub struct ApplyFsm {
     pub(crate) fence: Option<Fence>,
     /// Mail that arrived while fenced, in order.
     pub(crate) stash: VecDeque<ApplyMsg>,
+    /// The region's client sessions, read on first use (`None`: not read yet).
+    pub(crate) sessions: Option<crate::operation::session::SessionTable>,
 }
 
 impl Fsm for ApplyFsm {
@@ -122,6 +124,7 @@ impl ApplyFsm {
             dirty: false,
             fence: None,
             stash: VecDeque::new(),
+            sessions: None,
         }
     }
 

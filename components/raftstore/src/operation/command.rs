@@ -16,6 +16,7 @@ use crate::{
     },
     metrics,
     msg::{Callback, CasResult, CmdResponse, Proposal},
+    operation::session,
     storage::PeerStorage,
     util::{check_epoch, check_request_keys},
     Error, Result,
@@ -66,12 +67,12 @@ impl PeerFsm {
         for req in cmd.get_requests() {
             check_request_keys(region, req)?;
         }
-        Ok(())
+        session::check_header(cmd.get_header().get_session(), ctx.cfg.session_window)
     }
 
     pub(crate) fn propose_command(
         &mut self,
-        cmd: RaftCmdRequest,
+        mut cmd: RaftCmdRequest,
         cb: Callback<CmdResponse>,
         ctx: &mut PollContext,
     ) {
@@ -82,6 +83,7 @@ impl PeerFsm {
             cb(Err(e));
             return;
         }
+        session::stamp(&mut cmd, &ctx.cfg);
         let data = cmd
             .write_to_bytes()
             .expect("encoding a command into memory cannot fail");
@@ -165,11 +167,13 @@ impl ApplyFsm {
                 CmdType::Invalid => unreachable!("rejected by check_request_keys"),
             };
         }
-        let mut resp = CmdResponse::default();
-        for req in cmd.get_requests() {
-            self.exec_request(req, &mut resp, ctx)?;
-        }
-        Ok(resp)
+        self.exec_in_session(cmd, ctx, |fsm, ctx| {
+            let mut resp = CmdResponse::default();
+            for req in cmd.get_requests() {
+                fsm.exec_request(req, &mut resp, ctx)?;
+            }
+            Ok(resp)
+        })
     }
 
     pub(crate) fn exec_request(

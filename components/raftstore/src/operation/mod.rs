@@ -11,6 +11,7 @@ pub(crate) mod hibernate;
 pub(crate) mod log_gc;
 pub(crate) mod read;
 pub(crate) mod ready;
+pub mod session;
 pub(crate) mod snapshot;
 pub mod split;
 pub(crate) mod transfer;

@@ -20,14 +20,15 @@ use crate::{
     },
     metrics,
     msg::{ApplyMsg, ExecResult},
+    operation::session::SessionTable,
     snap::{self, parse_cf, snap_key, ReceivedFiles, SnapKey},
     storage::delete_region_data,
-    Result,
+    Error, Result,
 };
 
 impl PeerFsm {
     /// Whether a snapshot message may be stepped: it must decode, be for this region,
-    /// name only data column families, have arrived whole with its files (a snapshot
+    /// name only data column families (and `raft`, its sessions), have arrived whole with its files (a snapshot
     /// message sent on the plain Raft stream has none), and its range must not overlap
     /// another region here, live or with a snapshot of its own accepted. The range is
     /// claimed under the same lock, so two peers can never accept overlapping snapshots
@@ -236,6 +237,16 @@ impl ApplyFsm {
         // The peer marks the region live when it hears of this (a restart that finds it
         // still `Applying` with this apply state knows the data is in place).
         let mut done = ctx.engine.write_batch();
+        let sessions = match by_cf.iter().find(|(cf, _)| *cf == Cf::Raft) {
+            Some((_, path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| Error::Snapshot(format!("read {}: {e}", path.display())))?;
+                SessionTable::decode(&bytes)?
+            }
+            None => SessionTable::default(),
+        };
+        sessions.copy_to(region.get_id(), &mut done);
+        self.sessions = Some(sessions);
         done.put_msg(
             Cf::Raft,
             &keys::apply_state_key(region.get_id()),

@@ -346,6 +346,13 @@ impl ApplyFsm {
         let regions = split_regions(&self.region, cmd.get_admin_request().get_splits())?;
         info!(self.logger, "applied split"; "regions" => ?regions.iter().map(|r| r.get_id()).collect::<Vec<_>>(),
               "version" => regions[0].get_region_epoch().get_version());
+        // Each new region remembers its parent's sessions: a resend after the split
+        // finds its first answer whichever half now holds its keys.
+        let engine = ctx.engine.clone();
+        let sessions = self.session_table(&engine)?;
+        for r in &regions[1..] {
+            sessions.copy_to(r.get_id(), &mut ctx.wb);
+        }
         self.fence(index, ctx);
         self.region = regions[0].clone();
         self.results.push(ExecResult::Split {

@@ -1,0 +1,118 @@
+//! The client's session (the Raft thesis, section 6.3): every raw write gets a number, so
+//! that a write whose first try's outcome is unknown (no answer, a broken connection, a
+//! leader change) can be sent again and is applied once: the region answers a resend
+//! with the first answer. TiKV's clients send no numbers and keep TiKV's behaviour.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use parking_lot::Mutex;
+use proto::kvrpcpb;
+
+/// Stamped into a store's answer when it forgot this session (so a resend is pointless).
+const FORGOTTEN: &str = "no longer remembers client session";
+
+/// A session: its id, the next number, and the numbers not yet settled.
+#[derive(Debug)]
+pub(crate) struct Session {
+    id: u64,
+    next: AtomicU64,
+    open: Mutex<BTreeSet<u64>>,
+}
+
+impl Session {
+    /// A session with a random id, so that two clients (or restarts) never share one.
+    pub(crate) fn new() -> Arc<Session> {
+        Arc::new(Session {
+            id: rand::random::<u64>() | 1,
+            next: AtomicU64::new(1),
+            open: Mutex::default(),
+        })
+    }
+
+    /// Numbers the next write; the number is settled when the ticket drops.
+    pub(crate) fn number(self: &Arc<Self>) -> Ticket {
+        let seq = self.next.fetch_add(1, Relaxed);
+        self.open.lock().insert(seq);
+        Ticket {
+            session: self.clone(),
+            seq,
+            maybe_applied: AtomicBool::new(false),
+        }
+    }
+
+    /// Every number below it is settled: the client sends none of them again.
+    fn acked_below(&self) -> u64 {
+        let open = self.open.lock();
+        open.first()
+            .copied()
+            .unwrap_or_else(|| self.next.load(Relaxed))
+    }
+}
+
+/// One numbered write, across its tries.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    session: Arc<Session>,
+    seq: u64,
+    /// Whether a try's outcome was unknown: later tries are resends.
+    maybe_applied: AtomicBool,
+}
+
+impl Ticket {
+    /// Puts the session's fields into a try's context.
+    pub(crate) fn stamp(&self, ctx: &mut kvrpcpb::Context) {
+        ctx.session_client_id = self.session.id;
+        ctx.session_seq = self.seq;
+        ctx.session_acked_below = self.session.acked_below();
+        ctx.session_retry = self.maybe_applied.load(Relaxed);
+    }
+
+    /// A try's outcome is unknown: whether to send it again (the store will answer a
+    /// resend with the first answer), given why (`false` if the store forgot the session).
+    pub(crate) fn resend_after(&self, why: &str) -> bool {
+        self.maybe_applied.store(true, Relaxed);
+        !why.contains(FORGOTTEN)
+    }
+
+    /// Whether some try may have been applied.
+    pub(crate) fn maybe_applied(&self) -> bool {
+        self.maybe_applied.load(Relaxed)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.session.open.lock().remove(&self.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acknowledged_point_is_the_oldest_unsettled_number() {
+        let s = Session::new();
+        let a = s.number();
+        let b = s.number();
+        let mut ctx = kvrpcpb::Context::default();
+        b.stamp(&mut ctx);
+        assert_eq!((ctx.session_seq, ctx.session_acked_below), (2, 1));
+        assert!(!ctx.session_retry);
+        drop(a);
+        assert!(b.resend_after("no answer within 5s"));
+        b.stamp(&mut ctx);
+        assert_eq!((ctx.session_seq, ctx.session_acked_below), (2, 2));
+        assert!(ctx.session_retry);
+        assert!(!b.resend_after("region 2 no longer remembers client session 0x1"));
+        drop(b);
+        assert_eq!(s.acked_below(), 3);
+        assert_ne!(ctx.session_client_id, 0);
+    }
+}

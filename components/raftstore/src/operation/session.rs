@@ -1,0 +1,434 @@
+//! Client sessions (the Raft thesis, section 6.3): a write numbered by a client session
+//! applies at most once per region; a resend gets the first answer. The leader stamps
+//! its clock and the limits into the command; every replica decides from the log alone,
+//! so all decide alike. The table lives under the region's session keys, is copied to a
+//! split's new regions, travels in snapshots, and goes with the replica.
+//!
+//! Both halves: the leader stamps (raft poller), the apply side decides and records.
+
+use std::collections::HashMap;
+
+use engine::{Cf, Snapshot, WriteBatch};
+use proto::{
+    raft_cmdpb::{RaftCmdRequest, SessionHeader},
+    raft_serverpb::{CasAnswer, ClientSession, SessionAnswer, SessionSnapshot, SessionTableState},
+};
+use protobuf::Message as _;
+
+use crate::{
+    config::Config,
+    fsm::apply::{ApplyContext, ApplyFsm},
+    msg::{CasResult, CmdResponse},
+    Error, Result,
+};
+
+/// One region's sessions, as of its applied state.
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    state: SessionTableState,
+    clients: HashMap<u64, ClientSession>,
+}
+
+/// Whether a session write is to be applied, or was already.
+#[derive(Debug)]
+enum Admission {
+    Apply,
+    Answered(CmdResponse),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The leader's part: its clock and the limits every replica then applies.
+pub(crate) fn stamp(cmd: &mut RaftCmdRequest, cfg: &Config) {
+    if !cmd.get_header().has_session() {
+        return;
+    }
+    let s = cmd.mut_header().mut_session();
+    s.now_ms = now_ms();
+    s.ttl_ms = cfg.session_ttl.as_millis() as u64;
+    s.max_sessions = cfg.max_sessions_per_region;
+}
+
+/// Checks a session header as a client sent it (before anything is proposed).
+pub fn check_header(h: &SessionHeader, window: u64) -> Result<()> {
+    if h.client_id == 0 {
+        return Ok(());
+    }
+    if h.seq == 0 || h.acked_below > h.seq {
+        return Err(Error::Session(format!(
+            "sequence number {} with acknowledged point {}: numbers start at 1 and a write \
+             cannot be acknowledged before it is sent",
+            h.seq, h.acked_below
+        )));
+    }
+    if h.seq - h.acked_below >= window {
+        return Err(Error::Session(format!(
+            "sequence number {} is {} past the acknowledged point {}; at most {window} \
+             writes may be unanswered (raftstore.session-window)",
+            h.seq,
+            h.seq - h.acked_below,
+            h.acked_below
+        )));
+    }
+    Ok(())
+}
+
+fn answer_of(seq: u64, resp: &CmdResponse) -> SessionAnswer {
+    let mut a = SessionAnswer::default();
+    a.seq = seq;
+    for r in &resp.cas {
+        let mut c = CasAnswer::default();
+        c.succeed = r.succeed;
+        if let Some(p) = &r.previous {
+            c.previous_exists = true;
+            c.previous = p.clone();
+        }
+        a.mut_cas().push(c);
+    }
+    a
+}
+
+fn response_of(a: &SessionAnswer) -> CmdResponse {
+    CmdResponse {
+        cas: a
+            .get_cas()
+            .iter()
+            .map(|c| CasResult {
+                succeed: c.succeed,
+                previous: c.previous_exists.then(|| c.previous.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+impl SessionTable {
+    /// Region `region_id`'s table as `snap` has it.
+    pub fn load(snap: &Snapshot<'_>, region_id: u64) -> Result<SessionTable> {
+        let state = snap
+            .get_msg(Cf::Raft, &keys::session_table_key(region_id))?
+            .unwrap_or_default();
+        let mut clients = HashMap::new();
+        let range = keys::session_client_range(region_id);
+        let mut bad = None;
+        snap.scan(Cf::Raft, &range.start, &range.end, |_, v| {
+            match ClientSession::parse_from_bytes(v) {
+                Ok(c) => {
+                    clients.insert(c.client_id, c);
+                }
+                Err(e) => bad = Some(e),
+            }
+            Ok(bad.is_none())
+        })?;
+        if let Some(e) = bad {
+            return Err(e.into());
+        }
+        Ok(SessionTable { state, clients })
+    }
+
+    /// The table as a snapshot carries it; `None` if there is nothing to carry.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if self.clients.is_empty() && self.state == SessionTableState::default() {
+            return None;
+        }
+        let mut s = SessionSnapshot::default();
+        s.set_state(self.state.clone());
+        let mut clients: Vec<&ClientSession> = self.clients.values().collect();
+        clients.sort_by_key(|c| c.client_id);
+        s.set_clients(clients.into_iter().cloned().collect());
+        Some(
+            s.write_to_bytes()
+                .expect("encoding a message into memory cannot fail"),
+        )
+    }
+
+    /// A table from a snapshot's file.
+    pub fn decode(bytes: &[u8]) -> Result<SessionTable> {
+        let mut s = SessionSnapshot::parse_from_bytes(bytes)?;
+        Ok(SessionTable {
+            state: s.take_state(),
+            clients: s
+                .take_clients()
+                .into_iter()
+                .map(|c| (c.client_id, c))
+                .collect(),
+        })
+    }
+
+    /// How many sessions it remembers.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Writes the whole table under region `region_id` (a split's new regions start
+    /// with their parent's sessions; a snapshot's table replaces a replica's).
+    pub(crate) fn copy_to(&self, region_id: u64, wb: &mut WriteBatch) {
+        wb.put_msg(Cf::Raft, &keys::session_table_key(region_id), &self.state);
+        for c in self.clients.values() {
+            wb.put_msg(
+                Cf::Raft,
+                &keys::session_client_key(region_id, c.client_id),
+                c,
+            );
+        }
+    }
+
+    fn admit(&self, h: &SessionHeader, region_id: u64) -> Result<Admission> {
+        match self.clients.get(&h.client_id) {
+            Some(c) if h.seq < c.acked_below => Err(Error::Session(format!(
+                "write {} of client session {:#x} was resent after the client acknowledged \
+                 every write below {}",
+                h.seq, h.client_id, c.acked_below
+            ))),
+            Some(c) => Ok(match c.get_answers().iter().find(|a| a.seq == h.seq) {
+                Some(a) => Admission::Answered(response_of(a)),
+                None => Admission::Apply,
+            }),
+            // Unknown, and maybe forgotten: a first try may have applied.
+            None if h.retry && self.state.expired_at_ms != 0 => Err(Error::SessionExpired {
+                region_id,
+                client_id: h.client_id,
+            }),
+            None => Ok(Admission::Apply),
+        }
+    }
+
+    /// Remembers the answer to an applied write, then forgets what it may.
+    fn record(
+        &mut self,
+        h: &SessionHeader,
+        resp: &CmdResponse,
+        region_id: u64,
+        wb: &mut WriteBatch,
+    ) {
+        let clock = self.state.clock_ms.max(h.now_ms);
+        self.state.clock_ms = clock;
+        let c = self.clients.entry(h.client_id).or_insert_with(|| {
+            let mut c = ClientSession::default();
+            c.client_id = h.client_id;
+            c
+        });
+        c.last_active_ms = clock;
+        c.acked_below = c.acked_below.max(h.acked_below);
+        let acked = c.acked_below;
+        c.mut_answers().retain(|a| a.seq >= acked);
+        if h.seq >= acked {
+            c.mut_answers().push(answer_of(h.seq, resp));
+        }
+        wb.put_msg(
+            Cf::Raft,
+            &keys::session_client_key(region_id, h.client_id),
+            &*c,
+        );
+        self.sweep(h, region_id, wb);
+        wb.put_msg(Cf::Raft, &keys::session_table_key(region_id), &self.state);
+    }
+
+    /// Forgets sessions idle past the TTL (checked every quarter TTL of log time) and,
+    /// past the count limit, the least recently active; never the one just used.
+    fn sweep(&mut self, h: &SessionHeader, region_id: u64, wb: &mut WriteBatch) {
+        let clock = self.state.clock_ms;
+        let over = self.clients.len() as u64 > h.max_sessions.max(1);
+        if !over && clock < self.state.last_sweep_ms.saturating_add(h.ttl_ms / 4) {
+            return;
+        }
+        self.state.last_sweep_ms = clock;
+        let mut by_age: Vec<(u64, u64)> = self
+            .clients
+            .values()
+            .filter(|c| c.client_id != h.client_id)
+            .map(|c| (c.last_active_ms, c.client_id))
+            .collect();
+        by_age.sort_unstable();
+        let idle = by_age
+            .iter()
+            .take_while(|(at, _)| at.saturating_add(h.ttl_ms) <= clock)
+            .count();
+        let excess = (self.clients.len() as u64).saturating_sub(h.max_sessions.max(1)) as usize;
+        let gone = idle.max(excess).min(by_age.len());
+        for &(_, id) in &by_age[..gone] {
+            self.clients.remove(&id);
+            wb.delete(Cf::Raft, &keys::session_client_key(region_id, id));
+        }
+        if gone > 0 {
+            self.state.expired_at_ms = clock;
+        }
+    }
+}
+
+impl ApplyFsm {
+    /// The region's session table, read from disk on first use.
+    pub(crate) fn session_table(&mut self, engine: &engine::Engine) -> Result<&mut SessionTable> {
+        if self.sessions.is_none() {
+            let table = SessionTable::load(&engine.snapshot(), self.region.get_id())?;
+            self.sessions = Some(table);
+        }
+        Ok(self.sessions.as_mut().expect("loaded above"))
+    }
+
+    /// Runs `exec` for a session write unless the region answered it already; records
+    /// the answer of a write it applies.
+    pub(crate) fn exec_in_session(
+        &mut self,
+        cmd: &RaftCmdRequest,
+        ctx: &mut ApplyContext,
+        exec: impl FnOnce(&mut Self, &mut ApplyContext) -> Result<CmdResponse>,
+    ) -> Result<CmdResponse> {
+        let h = cmd.get_header().get_session();
+        if h.client_id == 0 {
+            return exec(self, ctx);
+        }
+        let region_id = self.region.get_id();
+        let engine = ctx.engine.clone();
+        if let Admission::Answered(resp) = self.session_table(&engine)?.admit(h, region_id)? {
+            crate::metrics::SESSION_WRITES
+                .with_label_values(&["deduplicated"])
+                .inc();
+            return Ok(resp);
+        }
+        let resp = exec(self, ctx)?;
+        self.session_table(&engine)?
+            .record(h, &resp, region_id, &mut ctx.wb);
+        crate::metrics::SESSION_WRITES
+            .with_label_values(&["applied"])
+            .inc();
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(client: u64, seq: u64, acked: u64, retry: bool, now: u64) -> SessionHeader {
+        let mut h = SessionHeader::default();
+        h.client_id = client;
+        h.seq = seq;
+        h.acked_below = acked;
+        h.retry = retry;
+        h.now_ms = now;
+        h.ttl_ms = 1000;
+        h.max_sessions = 2;
+        h
+    }
+
+    fn cas(succeed: bool, previous: Option<&[u8]>) -> CmdResponse {
+        CmdResponse {
+            cas: vec![CasResult {
+                succeed,
+                previous: previous.map(|p| p.to_vec()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn answered(a: Admission) -> Option<CmdResponse> {
+        match a {
+            Admission::Apply => None,
+            Admission::Answered(r) => Some(r),
+        }
+    }
+
+    #[test]
+    fn a_resent_write_gets_its_first_answer_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut t = SessionTable::default();
+        let mut wb = engine.write_batch();
+        let h = header(7, 1, 1, false, 100);
+        assert!(answered(t.admit(&h, 3).unwrap()).is_none());
+        t.record(&h, &cas(true, Some(b"old")), 3, &mut wb);
+        let again = answered(t.admit(&header(7, 1, 1, true, 150), 3).unwrap()).unwrap();
+        assert!(again.cas[0].succeed);
+        assert_eq!(again.cas[0].previous.as_deref(), Some(&b"old"[..]));
+        // What is on disk reads back the same.
+        engine.write(wb, false).unwrap();
+        let loaded = SessionTable::load(&engine.snapshot(), 3).unwrap();
+        let decoded = SessionTable::decode(&loaded.encode().unwrap()).unwrap();
+        assert_eq!(decoded.clients, loaded.clients);
+        assert!(answered(loaded.admit(&header(7, 1, 1, true, 150), 3).unwrap()).is_some());
+        // Write 2 says write 1 was answered: a resend of 1 is refused.
+        let mut wb = engine.write_batch();
+        t.record(
+            &header(7, 2, 2, false, 200),
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        let e = t.admit(&header(7, 1, 1, true, 210), 3).unwrap_err();
+        assert!(
+            e.to_string().contains("acknowledged every write below 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn forgotten_sessions_refuse_resends_but_take_new_writes() {
+        let mut t = SessionTable::default();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        // A resend from an unknown client applies while nothing was ever forgotten.
+        assert!(answered(t.admit(&header(1, 5, 5, true, 0), 3).unwrap()).is_none());
+        t.record(
+            &header(1, 5, 5, false, 0),
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        t.record(
+            &header(2, 1, 1, false, 10),
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        // A third session pushes out the least recently active (client 1).
+        t.record(
+            &header(3, 1, 1, false, 20),
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        assert_eq!(t.len(), 2);
+        assert!(matches!(
+            t.admit(&header(1, 5, 5, true, 30), 3),
+            Err(Error::SessionExpired { client_id: 1, .. })
+        ));
+        // Not a resend: a new write of a forgotten session applies.
+        assert!(answered(t.admit(&header(1, 6, 6, false, 30), 3).unwrap()).is_none());
+        // Idle past the TTL (1 s of log time): forgotten at the next sweep.
+        t.record(
+            &header(3, 2, 2, false, 2000),
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        assert_eq!(t.len(), 1, "client 2, idle since 10 ms, is gone at 2000 ms");
+    }
+
+    #[test]
+    fn bad_headers_are_refused_with_the_reason() {
+        let ok = header(1, 10, 5, false, 0);
+        check_header(&ok, 16).unwrap();
+        let e = check_header(&header(1, 30, 5, false, 0), 16).unwrap_err();
+        assert!(e.to_string().contains("raftstore.session-window"), "{e}");
+        let e = check_header(&header(1, 0, 0, false, 0), 16).unwrap_err();
+        assert!(e.to_string().contains("start at 1"), "{e}");
+        let e = check_header(&header(1, 4, 5, false, 0), 16).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot be acknowledged before"),
+            "{e}"
+        );
+        check_header(&header(0, 0, 9, false, 0), 16).unwrap();
+    }
+}
