@@ -81,6 +81,9 @@ fn config(args: &Args) -> conf::Result<Config> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
+    // Process tests set fail points through FAILPOINTS (TiKV's convention, e.g.
+    // `raw_cas_answer_lost=1*return(3000)`); with it unset, every fail point is inert.
+    let _failpoints = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,

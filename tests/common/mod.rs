@@ -41,6 +41,19 @@ impl Proc {
         log_dir: &Path,
         netns: Option<&Path>,
     ) -> Proc {
+        Self::spawn_full(name, bin, args, cwd, log_dir, netns, &[])
+    }
+
+    /// Like [`Proc::spawn_in`], with extra environment variables.
+    pub fn spawn_full(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        cwd: &Path,
+        log_dir: &Path,
+        netns: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Proc {
         use std::os::fd::AsRawFd;
         let ns = netns.map(|p| {
             std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
@@ -70,6 +83,7 @@ impl Proc {
         }
         let child = cmd
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone log handle"))
@@ -191,6 +205,8 @@ pub struct ProcCluster {
     pub store_addrs: Vec<(u16, u16)>,
     /// Extra `[raftstore]` settings every store starts with.
     raftstore_extra: String,
+    /// Environment variables every store starts with (e.g. `FAILPOINTS`).
+    pub store_env: Vec<(String, String)>,
     /// Last, so that it is dropped after the processes.
     _gate: test_cluster::gate::Shared,
 }
@@ -275,6 +291,7 @@ impl ProcCluster {
             stores: vec![],
             store_addrs: vec![],
             raftstore_extra: raftstore_extra.to_string(),
+            store_env: vec![],
             _gate: gate,
         };
         for i in 0..pds {
@@ -355,7 +372,7 @@ impl ProcCluster {
             ),
         )
         .expect("write store config");
-        let p = Proc::spawn(
+        let p = Proc::spawn_full(
             &format!("store-{i}"),
             env!("CARGO_BIN_EXE_kv-server"),
             &[
@@ -374,6 +391,8 @@ impl ProcCluster {
             ],
             self.dir.path(),
             self.dir.path(),
+            None,
+            &self.store_env,
         );
         self.stores[i] = Some(p);
     }

@@ -23,6 +23,7 @@ mod moves;
 mod operations;
 mod pd_failover;
 mod scale;
+mod sessions;
 mod sharding;
 mod single_node;
 mod tikv_client_compat;
