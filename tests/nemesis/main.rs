@@ -20,6 +20,7 @@ mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod net;
+mod pd;
 mod txn_workload;
 mod workload;
 
@@ -265,7 +266,7 @@ fn run(seed: u64, secs: u64, calm: bool) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let focus = FAULTS[seed as usize % FAULTS.len()];
     let mut c = match workload {
-        Workload::Raw => NetCluster::start(STORES),
+        Workload::Raw => NetCluster::start_with(STORES, ""),
         Workload::Txn => NetCluster::start_with(STORES, TXN_STORE_CONFIG),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
