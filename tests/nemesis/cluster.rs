@@ -258,6 +258,11 @@ impl NetCluster {
             .unwrap_or_default()
     }
 
+    /// The number of PD members (1 for a PD on the gateway).
+    pub fn pd_members(&self) -> usize {
+        self.pds.len()
+    }
+
     /// PD member `i`'s host.
     pub fn pd_node(&self, i: usize) -> Node {
         match self.pd_setup {
@@ -313,6 +318,27 @@ impl NetCluster {
     /// Whether PD member `i`'s process is alive.
     pub fn pd_running(&mut self, i: usize) -> bool {
         self.pds[i].as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// PD member `i`'s process id, while it runs.
+    pub fn pd_pid(&self, i: usize) -> Option<u32> {
+        self.pds[i].as_ref().and_then(|p| p.pid())
+    }
+
+    /// Sends `sig` to PD member `i`'s process.
+    pub fn signal_pd(&self, i: usize, sig: i32) {
+        if let Some(pid) = self.pd_pid(i) {
+            // SAFETY: kill(2) with a pid this test started and still holds.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// The last lines of PD member `i`'s log.
+    pub fn pd_log_tail(&self, i: usize) -> String {
+        self.pds[i]
+            .as_ref()
+            .map(|p| p.log_tail())
+            .unwrap_or_default()
     }
 
     /// What each PD member's `/status` says (`None`: it does not answer), asked all at

@@ -1,10 +1,13 @@
-//! The seeded nemesis against real processes: three stores, each on its own host
-//! (network namespace) with its data on a filesystem that forgets un-fsynced writes,
-//! while clients run a checked workload: raw operations (odd seeds) or transactions
-//! (even seeds: list appends checked for snapshot isolation, a bank, clients that die
-//! mid-commit, GC collecting every second below a safe point a client raises by itself). Faults: SIGKILL and restart, SIGSTOP/SIGCONT of
-//! a leader, every store killed at once, cut routes between hosts (one store off the
-//! others, a bridge, one store off everything), and power loss of one store or of all.
+//! The seeded nemesis against real processes: three stores and three PD members, each on
+//! its own host (network namespace) with its data on a filesystem that forgets
+//! un-fsynced writes, while clients run a checked workload: raw operations (odd seeds) or
+//! transactions (even seeds: list appends checked for snapshot isolation, a bank,
+//! clients that die mid-commit, GC collecting every second below a safe point a client
+//! raises by itself). Store faults: SIGKILL and restart, SIGSTOP/SIGCONT of a leader,
+//! every store killed at once, cut routes between hosts (one store off the others, a
+//! bridge, one store off everything), and power loss of one store or of all. PD faults:
+//! the PD leader killed (and restarted), cut off from the other PD members (not from
+//! the stores and clients), or paused.
 //!
 //! The seed fixes a run's fault plan: which faults, their targets and hold times, and the
 //! clients' operations (what the processes then do is not deterministic, so a seed
@@ -13,8 +16,10 @@
 //! checker) and every acknowledged write of the ledger is there. Transactional runs: the
 //! list-append history has no snapshot-isolation anomaly (`test_cluster::elle`), every
 //! committed append is in the final read, every bank snapshot held the total, and GC
-//! dropped versions. Both: every region's replicas hash the same. `make test` runs a short campaign; `make jepsen` a long one
-//! (see the README), both printing a table.
+//! dropped versions, and every PD timestamp the transactional clients received is unique
+//! and increases per client. Both: every region's replicas hash the same. `make test`
+//! runs a short campaign; `make jepsen` a long one (see the README), both printing a
+//! table. `pd.rs` holds the PD group's own fault tests.
 
 mod cluster;
 #[path = "../common/mod.rs"]
@@ -35,13 +40,14 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use test_cluster::history::{Op, Outcome, Recorder};
 
 use crate::{
-    cluster::NetCluster,
+    cluster::{NetCluster, PdSetup},
     net::Node,
     txn_workload::{AppendHistory, Bank},
     workload::{checked_client, key, split_keys, Ledger, CLIENTS, KEYS},
 };
 
 const STORES: usize = 3;
+const PD_MEMBERS: usize = 3;
 const T: Duration = Duration::from_secs(60);
 /// The process that reads every key at the end (clients' ids stay far below).
 const FINAL_READER: usize = 1 << 40;
@@ -56,9 +62,13 @@ enum Fault {
     PowerLoss,
     KillAll,
     PowerLossAll,
+    KillPdLeader,
+    PartitionPdLeader,
+    PausePdLeader,
 }
 
-const FAULTS: [Fault; 8] = [
+/// Faults of the stores: a run's main focus is one of them.
+const STORE_FAULTS: [Fault; 8] = [
     Fault::Kill,
     Fault::PauseLeader,
     Fault::CutFromStores,
@@ -67,6 +77,27 @@ const FAULTS: [Fault; 8] = [
     Fault::PowerLoss,
     Fault::KillAll,
     Fault::PowerLossAll,
+];
+
+/// Faults of the PD group's leader: a run's second focus is one of them.
+const PD_FAULTS: [Fault; 3] = [
+    Fault::KillPdLeader,
+    Fault::PartitionPdLeader,
+    Fault::PausePdLeader,
+];
+
+const FAULTS: [Fault; 11] = [
+    Fault::Kill,
+    Fault::PauseLeader,
+    Fault::CutFromStores,
+    Fault::Bridge,
+    Fault::Isolate,
+    Fault::PowerLoss,
+    Fault::KillAll,
+    Fault::PowerLossAll,
+    Fault::KillPdLeader,
+    Fault::PartitionPdLeader,
+    Fault::PausePdLeader,
 ];
 
 /// What the clients of a run do.
@@ -103,6 +134,8 @@ struct Report {
     bank_changes: usize,
     mismatches: usize,
     gc_dropped: u64,
+    /// PD timestamps the transactional clients received (all checked).
+    timestamps: usize,
     problems: Vec<String>,
 }
 
@@ -159,7 +192,7 @@ fn inject(
             };
             c.signal(h, libc::SIGSTOP);
             std::thread::sleep(hold);
-            let stopped = process_state(c, h) == Some('T');
+            let stopped = c.pid(h).and_then(process_state) == Some('T');
             c.signal(h, libc::SIGCONT);
             stopped
         }
@@ -204,6 +237,38 @@ fn inject(
             c.start_store(victim);
             dead
         }
+        Fault::KillPdLeader | Fault::PartitionPdLeader | Fault::PausePdLeader => {
+            let leader = test_cluster::poll_until(Duration::from_secs(5), || c.pd_leader());
+            let Some((l, _)) = leader else {
+                report
+                    .problems
+                    .push(format!("{fault:?}: no PD member led within 5s"));
+                return;
+            };
+            eprintln!("nemesis: the PD leader is pd{}", l + 1);
+            match fault {
+                Fault::KillPdLeader => {
+                    c.kill_pd(l);
+                    let dead = !c.pd_running(l);
+                    std::thread::sleep(hold);
+                    c.start_pd(l);
+                    dead
+                }
+                Fault::PartitionPdLeader => {
+                    let cut = c.cut_pd_from_members(l);
+                    std::thread::sleep(hold);
+                    c.net.heal();
+                    cut && c.pd_reaches_members(l)
+                }
+                _ => {
+                    c.signal_pd(l, libc::SIGSTOP);
+                    std::thread::sleep(hold);
+                    let stopped = c.pd_pid(l).and_then(process_state) == Some('T');
+                    c.signal_pd(l, libc::SIGCONT);
+                    stopped
+                }
+            }
+        }
         Fault::KillAll | Fault::PowerLossAll => {
             if fault == Fault::KillAll {
                 (0..STORES).for_each(|h| c.kill(h));
@@ -227,8 +292,8 @@ fn inject(
     }
 }
 
-/// A store that died by itself is a bug: recorded with its log, then restarted so that
-/// the run goes on (a later fault must not quietly restart it).
+/// A store or PD member that died by itself is a bug: recorded with its log, then
+/// restarted so that the run goes on (a later fault must not quietly restart it).
 fn restart_exited(c: &mut NetCluster, report: &mut Report) {
     for h in 0..STORES {
         if !c.running(h) {
@@ -238,11 +303,20 @@ fn restart_exited(c: &mut NetCluster, report: &mut Report) {
             c.start_store(h);
         }
     }
+    for i in 0..c.pd_members() {
+        if !c.pd_running(i) {
+            report.problems.push(format!(
+                "PD member pd{} exited by itself:\n{}",
+                i + 1,
+                c.pd_log_tail(i)
+            ));
+            c.start_pd(i);
+        }
+    }
 }
 
 /// A process's state letter from /proc (`T`: stopped).
-fn process_state(c: &NetCluster, h: usize) -> Option<char> {
-    let pid = c.pid(h)?;
+fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..].chars().next()
 }
@@ -264,11 +338,13 @@ fn connect(rt: &tokio::runtime::Runtime, c: &NetCluster) -> client::Client {
 fn run(seed: u64, secs: u64, calm: bool) -> Report {
     let workload = Workload::of(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let focus = FAULTS[seed as usize % FAULTS.len()];
-    let mut c = match workload {
-        Workload::Raw => NetCluster::start_with(STORES, ""),
-        Workload::Txn => NetCluster::start_with(STORES, TXN_STORE_CONFIG),
+    let focus = STORE_FAULTS[seed as usize % STORE_FAULTS.len()];
+    let pd_focus = PD_FAULTS[seed as usize % PD_FAULTS.len()];
+    let extra = match workload {
+        Workload::Raw => "",
+        Workload::Txn => TXN_STORE_CONFIG,
     };
+    let mut c = NetCluster::start_full(STORES, PdSetup::Group(PD_MEMBERS), extra);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cl = connect(&rt, &c);
     common::wait_until("three voters", T, || common::voters(&rt, &cl) == STORES);
@@ -284,12 +360,17 @@ fn run(seed: u64, secs: u64, calm: bool) -> Report {
     let mut report = Report::default();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut nemesis = |c: &mut NetCluster, report: &mut Report, gc: &mut GcCount| {
-        while !calm && Instant::now() + Duration::from_secs(4) < deadline {
+        // The first fault is the run's store focus and the second its PD focus; then
+        // mostly the store focus, sometimes the PD focus, sometimes any fault.
+        for n in 0.. {
+            if calm || Instant::now() + Duration::from_secs(4) >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
-            let fault = if rng.gen_bool(0.6) {
-                focus
-            } else {
-                FAULTS[rng.gen_range(0..FAULTS.len())]
+            let fault = match (n, rng.gen_range(0..20)) {
+                (0, _) | (2.., 0..9) => focus,
+                (1, _) | (2.., 9..13) => pd_focus,
+                _ => FAULTS[rng.gen_range(0..FAULTS.len())],
             };
             gc.scrape(c);
             inject(fault, &mut rng, c, &rt, &cl, report);
@@ -365,6 +446,7 @@ fn txn_run(
     let txn = client::txn::TxnClient::new(cl);
     let history = AppendHistory::default();
     let bank = Bank::default();
+    let stamps = txn_workload::Stamps::default();
     common::wait_until("the bank to open", T, || {
         bank.open(rt.handle(), &txn).is_ok()
     });
@@ -379,15 +461,15 @@ fn txn_run(
     let mut gc = GcCount::default();
     std::thread::scope(|s| {
         for id in 0..txn_workload::APPENDERS {
-            let (rt, txn, history, stop) = (rt.handle(), &txn, &history, &stop);
-            s.spawn(move || txn_workload::appender(id, seed, rt, txn, history, stop));
+            let (rt, txn, history, stamps, stop) = (rt.handle(), &txn, &history, &stamps, &stop);
+            s.spawn(move || txn_workload::appender(id, seed, rt, txn, history, stamps, stop));
         }
         for id in 0..2 {
-            let (rt, txn, bank, stop) = (rt.handle(), &txn, &bank, &stop);
-            s.spawn(move || bank.run(id, seed, rt, txn, stop));
+            let (rt, txn, bank, stamps, stop) = (rt.handle(), &txn, &bank, &stamps, &stop);
+            s.spawn(move || bank.run(id, seed, rt, txn, stamps, stop));
         }
-        let (rth, stop2) = (rt.handle(), &stop);
-        s.spawn(move || txn_workload::move_safe_point(rth, cl, stop2));
+        let (rth, stamps2, stop2) = (rt.handle(), &stamps, &stop);
+        s.spawn(move || txn_workload::move_safe_point(rth, cl, stamps2, stop2));
         let _stop = common::StopOnDrop(&stop);
         nemesis(c, report, &mut gc);
     });
@@ -398,6 +480,10 @@ fn txn_run(
     });
     common::wait_until("a final bank snapshot", T, || bank.check(rt.handle(), &txn));
     check_history(seed, &history.txns(), report);
+    match pd::check_unique_and_increasing(&stamps.into_inner()) {
+        Ok(n) => report.timestamps = n,
+        Err(e) => report.problems.push(format!("PD timestamps: {e}")),
+    }
     report.bank_changes = bank.bad_totals.lock().len();
     if let Some(first) = bank.bad_totals.lock().first() {
         report.problems.push(format!(
@@ -597,7 +683,7 @@ fn row(seed: &str, r: &Report) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "{seed:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7}  {faults}",
+        "{seed:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7}  {faults}",
         r.kind,
         r.ok,
         r.failed,
@@ -607,7 +693,8 @@ fn row(seed: &str, r: &Report) -> String {
         r.lost,
         r.bank_changes,
         r.mismatches,
-        r.gc_dropped
+        r.gc_dropped,
+        r.timestamps
     )
 }
 
@@ -618,8 +705,19 @@ fn campaign(first: u64, runs: u64, secs: u64) {
     let mut failures = vec![];
     writeln!(
         table,
-        "{:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7}  faults",
-        "seed", "kind", "ok", "failed", "unknown", "dropped", "viol", "lost", "bank", "mism", "gc"
+        "{:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7}  faults",
+        "seed",
+        "kind",
+        "ok",
+        "failed",
+        "unknown",
+        "dropped",
+        "viol",
+        "lost",
+        "bank",
+        "mism",
+        "gc",
+        "ts"
     )
     .unwrap();
     let started = Instant::now();
@@ -644,6 +742,7 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         total.bank_changes += r.bank_changes;
         total.mismatches += r.mismatches;
         total.gc_dropped += r.gc_dropped;
+        total.timestamps += r.timestamps;
         for (k, v) in r.faults {
             *total.faults.entry(k).or_default() += v;
         }
@@ -656,7 +755,9 @@ fn campaign(first: u64, runs: u64, secs: u64) {
          count operations (raw) and transactions (txn); viol: linearizability (raw) or \
          snapshot-isolation anomalies (txn); lost: acknowledged writes or committed appends \
          missing; bank: snapshots off the total; mism: regions whose replicas differ; gc: \
-         versions GC dropped",
+         versions GC dropped; ts: PD timestamps the transactional clients received (unique, \
+         increasing per client); faults of the stores and of the PD group's leader (three PD \
+         members)",
         started.elapsed().as_secs_f64(),
     )
     .unwrap();
@@ -665,8 +766,9 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         std::fs::write(&path, &table).expect("write the table");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // A campaign of at least one run per kind has each kind as some run's focus.
-    for f in FAULTS.iter().filter(|_| runs >= FAULTS.len() as u64) {
+    // A campaign of at least one run per store fault has each fault as some run's focus
+    // (the PD faults as the second focus).
+    for f in FAULTS.iter().filter(|_| runs >= STORE_FAULTS.len() as u64) {
         assert!(
             total.faults.contains_key(&format!("{f:?}")),
             "no {f:?} took effect in the campaign"

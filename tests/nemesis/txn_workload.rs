@@ -4,7 +4,9 @@
 //! and a client that raises the GC safe point by itself, without resolving locks, as
 //! TiKV's clients may. A share of commits die half way (fail points in the client: after
 //! the prewrite, or after the primary's commit) and leave their locks for readers and GC
-//! to settle.
+//! to settle. Every PD timestamp a client receives (start timestamps, two-phase commit
+//! timestamps, the mover's) is kept, per client, for the check that they are unique and
+//! increase.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -49,6 +51,10 @@ fn encode_list(list: &[u64]) -> Vec<u8> {
         .join(",")
         .into_bytes()
 }
+
+/// The PD timestamps each client received, in the order it received them: (client,
+/// timestamps), one entry per client, added when it stops.
+pub type Stamps = Mutex<Vec<(String, Vec<u64>)>>;
 
 /// How a commit (or a transaction that failed before it) ended, as its client knows.
 fn outcome<T>(res: &client::Result<T>) -> TxnOutcome {
@@ -99,11 +105,13 @@ pub fn appender(
     rt: &tokio::runtime::Handle,
     c: &TxnClient,
     history: &AppendHistory,
+    stamps: &Stamps,
     stop: &AtomicBool,
 ) {
     let mut rng = StdRng::seed_from_u64(seed * 1000 + 100 + id as u64);
     let mut process = id;
     let mut n = 0u64;
+    let mut mine = vec![];
     while !stop.load(Ordering::Relaxed) {
         let plan: Vec<(u64, bool)> = (0..rng.gen_range(1..=4))
             .map(|_| (rng.gen_range(0..LISTS), rng.gen_bool(0.5)))
@@ -122,6 +130,8 @@ pub fn appender(
         let mut ops = vec![];
         let res = rt.block_on(async {
             let mut t = c.begin_with(mode).await?;
+            let start_ts = t.start_ts();
+            mine.push(start_ts);
             t.set_commit_mode(commit_mode);
             for (k, append) in &plan {
                 let list = parse_list(t.get(&list_key(*k)).await?);
@@ -140,7 +150,13 @@ pub fn appender(
                     ops.push(MicroOp::Append { key: *k, value });
                 }
             }
-            t.commit().await
+            let commit_ts = t.commit().await?;
+            // A two-phase commit takes its timestamp from PD (one that wrote nothing
+            // answers with its start timestamp).
+            if commit_mode == CommitMode::TwoPhase && commit_ts != start_ts {
+                mine.push(commit_ts);
+            }
+            Ok(commit_ts)
         });
         let out = outcome(&res);
         history.record(process, ops, out, start_ns);
@@ -149,6 +165,7 @@ pub fn appender(
             process += APPENDERS;
         }
     }
+    stamps.lock().push((format!("appender-{id}"), mine));
 }
 
 /// Reads every list in one snapshot, as the last transaction of the history.
@@ -197,9 +214,15 @@ impl Bank {
     }
 
     /// The balances in one snapshot.
-    fn balances(&self, rt: &tokio::runtime::Handle, c: &TxnClient) -> client::Result<Vec<i64>> {
+    fn balances(
+        &self,
+        rt: &tokio::runtime::Handle,
+        c: &TxnClient,
+        mine: &mut Vec<u64>,
+    ) -> client::Result<Vec<i64>> {
         rt.block_on(async {
             let t = c.begin().await?;
+            mine.push(t.start_ts());
             let mut out = vec![];
             for i in 0..ACCOUNTS {
                 let v = t
@@ -220,7 +243,12 @@ impl Bank {
 
     /// Checks one snapshot's total; false if it could not be read.
     pub fn check(&self, rt: &tokio::runtime::Handle, c: &TxnClient) -> bool {
-        let Ok(balances) = self.balances(rt, c) else {
+        self.check_with(rt, c, &mut vec![])
+    }
+
+    /// Like [`Bank::check`], keeping the snapshot's timestamp in `mine`.
+    fn check_with(&self, rt: &tokio::runtime::Handle, c: &TxnClient, mine: &mut Vec<u64>) -> bool {
+        let Ok(balances) = self.balances(rt, c, mine) else {
             return false;
         };
         *self.reads.lock() += 1;
@@ -240,12 +268,14 @@ impl Bank {
         seed: u64,
         rt: &tokio::runtime::Handle,
         c: &TxnClient,
+        stamps: &Stamps,
         stop: &AtomicBool,
     ) {
         let mut rng = StdRng::seed_from_u64(seed * 1000 + 200 + id as u64);
+        let mut mine = vec![];
         while !stop.load(Ordering::Relaxed) {
             if rng.gen_bool(0.3) {
-                self.check(rt, c);
+                self.check_with(rt, c, &mut mine);
                 continue;
             }
             let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
@@ -255,6 +285,7 @@ impl Bank {
             let amount: i64 = rng.gen_range(1..=20);
             let res = rt.block_on(async {
                 let mut t = c.begin().await?;
+                mine.push(t.start_ts());
                 let read = |v: Option<Vec<u8>>| -> i64 {
                     String::from_utf8(v.expect("accounts are never deleted"))
                         .expect("text")
@@ -267,25 +298,36 @@ impl Bank {
                     .await?;
                 t.put(&account(b), (to + amount).to_string().as_bytes())
                     .await?;
-                t.commit().await
+                let commit_ts = t.commit().await?;
+                mine.push(commit_ts);
+                Ok::<_, client::Error>(commit_ts)
             });
             if res.is_ok() {
                 *self.transfers.lock() += 1;
             }
         }
+        stamps.lock().push((format!("bank-{id}"), mine));
     }
 }
 
 /// Raises PD's safe point to now minus a few seconds, without resolving any lock, until
 /// `stop`: the stores must settle every lock below it before they drop a version.
-pub fn move_safe_point(rt: &tokio::runtime::Handle, c: &client::Client, stop: &AtomicBool) {
+pub fn move_safe_point(
+    rt: &tokio::runtime::Handle,
+    c: &client::Client,
+    stamps: &Stamps,
+    stop: &AtomicBool,
+) {
+    let mut mine = vec![];
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(700));
         let Ok(now) = rt.block_on(c.pd().get_ts()) else {
             continue;
         };
+        mine.push(now);
         let target =
             txn::types::from_physical_ms(txn::types::physical_ms(now).saturating_sub(MOVER_LAG_MS));
         let _ = rt.block_on(c.pd().update_gc_safe_point(target));
     }
+    stamps.lock().push(("safe-point-mover".into(), mine));
 }
