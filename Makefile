@@ -45,12 +45,14 @@ lint: build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-# The long fault campaign: 100 seeded runs of the nemesis (kills, pauses, partitions in
-# network namespaces, power loss on a filesystem that drops un-fsynced writes), odd seeds
-# with raw operations checked for linearizability and lost acknowledged writes, even
-# seeds with transactions checked for snapshot isolation, lost commits and a bank total
-# while GC collects; every run for replica mismatches. Prints the table and keeps it in
-# $(CARGO_TARGET_DIR)/jepsen.txt. About 45 minutes; needs root.
+# The long fault campaign: 100 seeded runs of the nemesis on three stores and three PD
+# members (kills, pauses, partitions in network namespaces, power loss on a filesystem
+# that drops un-fsynced writes; for PD, its leader killed, paused or cut off from the
+# other members), odd seeds with raw operations checked for linearizability and lost
+# acknowledged writes, even seeds with transactions checked for snapshot isolation, lost
+# commits, a bank total while GC collects and unique PD timestamps; every run for replica
+# mismatches. Prints the table and keeps it in $(CARGO_TARGET_DIR)/jepsen.txt. About 45
+# minutes; needs root.
 JEPSEN_RUNS ?= 100
 JEPSEN_SECS ?= 20
 jepsen: build
