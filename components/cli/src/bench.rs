@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// How the `txn` workload commits.
     #[arg(long, value_enum, default_value_t = TxnCommit::TwoPhase)]
     pub txn_commit: TxnCommit,
+    /// Send raw writes outside a client session (TiKV's behaviour: a write whose
+    /// answer is lost is not resent), to measure what sessions cost.
+    #[arg(long)]
+    pub no_session: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -186,7 +190,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     if args.keys == 0 {
         return Err(Error::InvalidArgument("--keys must be positive".into()));
     }
-    let client = Arc::new(Client::connect(&endpoints(&args.pd), Duration::from_secs(10)).await?);
+    let mut client = Client::connect(&endpoints(&args.pd), Duration::from_secs(10)).await?;
+    if args.no_session {
+        client = client.without_session();
+    }
+    let client = Arc::new(client);
     let txn = Arc::new(TxnClient::new(&client));
     if args.workload == Workload::Txn {
         split_in_two(&client, args.keys).await?;

@@ -27,6 +27,10 @@ use crate::{
 pub struct SessionTable {
     state: SessionTableState,
     clients: HashMap<u64, ClientSession>,
+    /// The latest leader clock in the log so far: never written by itself, it is the
+    /// latest of the last sweep and the sessions' last activity, so every replica,
+    /// restarted or not, has the same.
+    clock_ms: u64,
 }
 
 /// Whether a session write is to be applied, or was already.
@@ -128,7 +132,16 @@ impl SessionTable {
         if let Some(e) = bad {
             return Err(e.into());
         }
-        Ok(SessionTable { state, clients })
+        Ok(SessionTable::new(state, clients))
+    }
+
+    fn new(state: SessionTableState, clients: HashMap<u64, ClientSession>) -> SessionTable {
+        let active = clients.values().map(|c| c.last_active_ms).max();
+        SessionTable {
+            clock_ms: active.unwrap_or(0).max(state.last_sweep_ms),
+            state,
+            clients,
+        }
     }
 
     /// The table as a snapshot carries it; `None` if there is nothing to carry.
@@ -150,14 +163,12 @@ impl SessionTable {
     /// A table from a snapshot's file.
     pub fn decode(bytes: &[u8]) -> Result<SessionTable> {
         let mut s = SessionSnapshot::parse_from_bytes(bytes)?;
-        Ok(SessionTable {
-            state: s.take_state(),
-            clients: s
-                .take_clients()
-                .into_iter()
-                .map(|c| (c.client_id, c))
-                .collect(),
-        })
+        let clients = s
+            .take_clients()
+            .into_iter()
+            .map(|c| (c.client_id, c))
+            .collect();
+        Ok(SessionTable::new(s.take_state(), clients))
     }
 
     /// How many sessions it remembers.
@@ -211,8 +222,8 @@ impl SessionTable {
         region_id: u64,
         wb: &mut WriteBatch,
     ) {
-        let clock = self.state.clock_ms.max(h.now_ms);
-        self.state.clock_ms = clock;
+        let clock = self.clock_ms.max(h.now_ms);
+        self.clock_ms = clock;
         let c = self.clients.entry(h.client_id).or_insert_with(|| {
             let mut c = ClientSession::default();
             c.client_id = h.client_id;
@@ -231,13 +242,12 @@ impl SessionTable {
             &*c,
         );
         self.sweep(h, region_id, wb);
-        wb.put_msg(Cf::Raft, &keys::session_table_key(region_id), &self.state);
     }
 
     /// Forgets sessions idle past the TTL (checked every quarter TTL of log time) and,
     /// past the count limit, the least recently active; never the one just used.
     fn sweep(&mut self, h: &SessionHeader, region_id: u64, wb: &mut WriteBatch) {
-        let clock = self.state.clock_ms;
+        let clock = self.clock_ms;
         let over = self.clients.len() as u64 > h.max_sessions.max(1);
         if !over && clock < self.state.last_sweep_ms.saturating_add(h.ttl_ms / 4) {
             return;
@@ -263,6 +273,7 @@ impl SessionTable {
         if gone > 0 {
             self.state.expired_at_ms = clock;
         }
+        wb.put_msg(Cf::Raft, &keys::session_table_key(region_id), &self.state);
     }
 }
 
@@ -356,6 +367,11 @@ mod tests {
         let loaded = SessionTable::load(&engine.snapshot(), 3).unwrap();
         let decoded = SessionTable::decode(&loaded.encode().unwrap()).unwrap();
         assert_eq!(decoded.clients, loaded.clients);
+        // A restarted or rebuilt replica has the same clock, so it forgets alike.
+        assert_eq!(
+            (loaded.clock_ms, decoded.clock_ms),
+            (t.clock_ms, t.clock_ms)
+        );
         assert!(answered(loaded.admit(&header(7, 1, 1, true, 150), 3).unwrap()).is_some());
         // Write 2 says write 1 was answered: a resend of 1 is refused.
         let mut wb = engine.write_batch();
