@@ -20,6 +20,7 @@ use proto_grpc::pdpb_grpc;
 use crate::{
     cluster::{NetCluster, PdSetup},
     common,
+    net::Node,
 };
 
 const MEMBERS: usize = 3;
@@ -335,6 +336,12 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
                         old + 1
                     );
                     let cut_at = Instant::now();
+                    // Clients on the gateway still reach it: they are on its side too.
+                    assert!(
+                        c.net.reaches_from(Node::Gateway, c.pd_node(old)),
+                        "the clients no longer reach pd{}",
+                        old + 1
+                    );
                     let (new, new_term) = new_leader(&c, old, term);
                     let served = test_cluster::poll_until(STEP, || {
                         first_answer_after(&logs, cut_at, old, true)
@@ -644,4 +651,39 @@ fn pd_power_loss_keeps_acknowledged_state() {
     check_unique_and_increasing(&[("writer".into(), all.stamps.clone())])
         .unwrap_or_else(|e| panic!("{e}"));
     check_kept(&rt, &pd, &all, &stores, "at the end");
+}
+
+/// The timestamp checks catch what they are for: a timestamp handed out twice, a client
+/// seeing one go back, and one answered after a larger one was (a deposed leader's).
+#[test]
+fn timestamp_checks_catch_duplicates_regressions_and_stale_answers() {
+    let two = |a: Vec<u64>, b: Vec<u64>| vec![("a".to_string(), a), ("b".to_string(), b)];
+    assert_eq!(
+        check_unique_and_increasing(&two(vec![1, 3], vec![2, 4])),
+        Ok(4)
+    );
+    assert!(check_unique_and_increasing(&two(vec![1, 3], vec![3, 4])).is_err());
+    assert!(check_unique_and_increasing(&two(vec![1, 3, 2], vec![5])).is_err());
+
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let log = |asks: Vec<(u64, u64, u64)>| ClientLog {
+        name: String::new(),
+        member: None,
+        asks: Mutex::new(
+            asks.into_iter()
+                .map(|(sent, done, ts)| Ask {
+                    sent: at(sent),
+                    done: at(done),
+                    ts: Some(ts),
+                })
+                .collect(),
+        ),
+    };
+    // Overlapping requests may be answered in either order.
+    let overlapping = [log(vec![(0, 10, 20)]), log(vec![(5, 15, 10)])];
+    assert!(check_real_time(&overlapping).is_ok());
+    // One asked for after another was answered must get a larger timestamp.
+    let stale = [log(vec![(0, 10, 20)]), log(vec![(11, 15, 10)])];
+    assert!(check_real_time(&stale).is_err());
 }
