@@ -1,5 +1,5 @@
 //! A PD group of three pd-server processes under a cluster of three kv-servers: TiKV's own
-//! client rides through a kill -9 of the PD leader, and kvctl lists the members and moves
+//! client rides through 20 kill -9s of the PD leader, and kvctl lists the members and moves
 //! the leadership.
 
 use crate::common;
@@ -36,24 +36,40 @@ fn endpoints(c: &ProcCluster) -> Vec<String> {
     c.pd_addr.split(',').map(String::from).collect()
 }
 
-/// What the workload had acknowledged: raw pairs, transactional pairs (with when each
-/// transaction began and when its commit was acknowledged).
+/// What the workload had acknowledged: raw pairs (with when each put began and how long
+/// it took), transactional pairs (with when each transaction began and when its commit
+/// was acknowledged).
 #[derive(Default)]
 struct Acked {
-    raw: Vec<(Vec<u8>, Vec<u8>)>,
+    raw: Vec<(Vec<u8>, Vec<u8>, Instant, Duration)>,
     txn: Vec<(Vec<u8>, Vec<u8>, Instant, Instant)>,
 }
 
+/// PD leader kills the test makes (the figures are over 20).
+const KILLS: usize = 20;
+
+fn median_and_worst(mut d: Vec<Duration>) -> (Duration, Duration) {
+    d.sort();
+    (d[d.len() / 2], d[d.len() - 1])
+}
+
+/// TiKV's own client, given every PD member, rides through 20 kill -9s of the PD leader
+/// (each killed member restarted before the next kill); every acknowledged write reads
+/// back. Prints, over the kills, the time to the first timestamp served and to the first
+/// transaction committed, and the p99 of raw writes begun in the failover windows.
 #[test]
-fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
+fn tikv_client_rides_through_kills_of_the_pd_leader() {
     let (mut cluster, rt) = cluster();
     let pds = endpoints(&cluster);
     let raw = rt
         .block_on(RawClient::new(pds.clone()))
         .expect("raw client");
     let txn = rt
-        .block_on(TransactionClient::new(pds))
+        .block_on(TransactionClient::new(pds.clone()))
         .expect("transaction client");
+    let probe = rt
+        .block_on(TransactionClient::new(pds))
+        .expect("timestamp probe client");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let raw_writer = {
@@ -67,9 +83,10 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
                     format!("raw{i:06}").into_bytes(),
                     format!("v{i}").into_bytes(),
                 );
+                let began = Instant::now();
                 let put = raw.put(k.clone(), v.clone());
                 if let Ok(Ok(())) = tokio::time::timeout(CALL, put).await {
-                    acked.lock().raw.push((k, v));
+                    acked.lock().raw.push((k, v, began, began.elapsed()));
                 }
             }
             raw
@@ -101,29 +118,44 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
             txn
         })
     };
-    wait_until("transactions before the kill", T, || {
+    wait_until("transactions before the kills", T, || {
         acked.lock().txn.len() >= 20
     });
-    let leader = cluster.pd_leader().expect("a PD member leads");
-    let killed = Instant::now();
-    cluster.kill_pd(leader);
-    // The first transaction begun after the kill needs a timestamp from the new leader.
-    let first_after = || {
-        acked
-            .lock()
-            .txn
-            .iter()
-            .find(|(_, _, began, _)| *began > killed)
-            .map(|(_, _, _, at)| *at - killed)
-    };
-    wait_until("a transaction begun after the kill to commit", T, || {
-        first_after().is_some()
-    });
-    let first = first_after().expect("found above");
-    println!(
-        "pd leader pd{} killed: the first transaction begun after it committed {first:?} after the kill",
-        leader + 1
-    );
+    let (mut to_ts, mut to_txn, mut windows) = (vec![], vec![], vec![]);
+    for _ in 0..KILLS {
+        let leader =
+            test_cluster::poll_until(T, || cluster.pd_leader()).expect("a PD member leads");
+        let killed = Instant::now();
+        cluster.kill_pd(leader);
+        // The first timestamp any client can get after the kill comes from a new leader.
+        let first_ts = test_cluster::poll_until(T, || {
+            let ts = rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(500), probe.current_timestamp()).await
+            });
+            matches!(ts, Ok(Ok(_))).then(|| killed.elapsed())
+        })
+        .expect("a timestamp after the kill");
+        // The first transaction begun after the kill needs a timestamp from it too.
+        let first_txn = test_cluster::poll_until(T, || {
+            acked
+                .lock()
+                .txn
+                .iter()
+                .find(|(_, _, began, _)| *began > killed)
+                .map(|(_, _, _, at)| *at - killed)
+        })
+        .expect("a transaction begun after the kill commits");
+        to_ts.push(first_ts);
+        to_txn.push(first_txn);
+        windows.push((killed, killed + first_txn));
+        cluster.start_pd(leader);
+        // The restarted member is back in the group before the next kill: it answers,
+        // and a leader serves.
+        wait_until("the restarted member answers", T, || {
+            common::http_get(&cluster.pd_status_addr_of(leader), "/status").is_some()
+                && cluster.pd_leader().is_some()
+        });
+    }
     let after = acked.lock().txn.len();
     wait_until("more transactions", T, || {
         acked.lock().txn.len() >= after + 20
@@ -133,13 +165,35 @@ fn tikv_client_rides_through_a_kill_of_the_pd_leader() {
     let txn = rt.block_on(txn_writer).expect("txn writer");
 
     let acked = acked.lock();
+    let (ts_median, ts_worst) = median_and_worst(to_ts);
+    let (txn_median, txn_worst) = median_and_worst(to_txn);
+    println!(
+        "{KILLS} PD leader kills: first timestamp after the kill: median {ts_median:?}, worst {ts_worst:?}; first transaction begun after the kill committed: median {txn_median:?}, worst {txn_worst:?}"
+    );
+    let mut in_windows: Vec<Duration> = acked
+        .raw
+        .iter()
+        .filter(|(_, _, began, _)| windows.iter().any(|(a, b)| began >= a && began <= b))
+        .map(|(_, _, _, took)| *took)
+        .collect();
+    in_windows.sort();
+    assert!(
+        !in_windows.is_empty(),
+        "raw writes went on during the failovers"
+    );
+    println!(
+        "raw writes begun during the failover windows: {}, p99 {:?}, worst {:?}",
+        in_windows.len(),
+        in_windows[(in_windows.len() * 99 / 100).min(in_windows.len() - 1)],
+        in_windows[in_windows.len() - 1]
+    );
     assert!(
         acked.raw.len() >= 20,
         "raw writes went on: {}",
         acked.raw.len()
     );
     rt.block_on(async {
-        for (k, v) in &acked.raw {
+        for (k, v, _, _) in &acked.raw {
             let got = raw.get(k.clone()).await.expect("raw get");
             assert_eq!(got.as_ref(), Some(v), "acknowledged raw write {k:?} lost");
         }
