@@ -50,6 +50,8 @@ pub struct NetCluster {
     pd_setup: PdSetup,
     /// Each PD member's command line.
     pd_args: Vec<Vec<String>>,
+    /// Which PD members are stopped by SIGSTOP (their status is not asked).
+    pd_paused: Vec<bool>,
 }
 
 impl NetCluster {
@@ -135,6 +137,7 @@ impl NetCluster {
             dir,
             raftstore_extra: raftstore_extra.to_string(),
             pd_setup: pd,
+            pd_paused: vec![false; pd_hosts.len()],
             pd_args,
         };
         // Together: a new group's members ask each other who they are at their first start.
@@ -298,6 +301,7 @@ impl NetCluster {
             Node::Gateway => None,
             node => Some(self.net.netns_path_of(node)),
         };
+        self.pd_paused[i] = false;
         self.pds[i] = Some(Proc::spawn_in(
             &self.pd_name(i),
             env!("CARGO_BIN_EXE_pd-server"),
@@ -325,11 +329,17 @@ impl NetCluster {
         self.pds[i].as_ref().and_then(|p| p.pid())
     }
 
-    /// Sends `sig` to PD member `i`'s process.
-    pub fn signal_pd(&self, i: usize, sig: i32) {
+    /// Sends `sig` to PD member `i`'s process (SIGSTOP: its status is not asked until
+    /// SIGCONT).
+    pub fn signal_pd(&mut self, i: usize, sig: i32) {
         if let Some(pid) = self.pd_pid(i) {
             // SAFETY: kill(2) with a pid this test started and still holds.
             unsafe { libc::kill(pid as i32, sig) };
+        }
+        match sig {
+            libc::SIGSTOP => self.pd_paused[i] = true,
+            libc::SIGCONT => self.pd_paused[i] = false,
+            _ => {}
         }
     }
 
@@ -341,11 +351,15 @@ impl NetCluster {
             .unwrap_or_default()
     }
 
-    /// What each PD member's `/status` says (`None`: it does not answer), asked all at
-    /// once (a paused member takes the status client's whole timeout).
+    /// What each PD member's `/status` says (`None`: it does not answer, or is stopped
+    /// or paused), asked all at once (a member paused by others would hold the status
+    /// client for its whole timeout).
     pub fn pd_states(&self) -> Vec<Option<PdState>> {
         let addrs: Vec<(bool, String)> = (0..self.pds.len())
-            .map(|i| (self.pds[i].is_some(), self.pd_status_addr(i)))
+            .map(|i| {
+                let up = self.pds[i].is_some() && !self.pd_paused[i];
+                (up, self.pd_status_addr(i))
+            })
             .collect();
         std::thread::scope(|s| {
             let asks: Vec<_> = addrs

@@ -1,8 +1,9 @@
 //! The PD group on hosts of its own (three pd-server members, each in its network
 //! namespace with its data on a lazy filesystem) under faults: timestamps stay unique,
 //! increasing per client and in real-time order across leader changes by kill -9,
-//! graceful transfer and partition (a leader cut off from the other members hands out
-//! nothing to the clients still reaching it), and nothing PD acknowledged is lost when
+//! graceful transfer, partition and pause (a leader cut off from the other members hands
+//! out nothing to the clients still reaching it, and one resumed after a pause answers
+//! none of the requests that waited for it), and nothing PD acknowledged is lost when
 //! one, two or all members lose power.
 
 use std::{
@@ -68,6 +69,8 @@ struct ClientLog {
     name: String,
     member: Option<usize>,
     asks: Mutex<Vec<Ask>>,
+    /// When the request in flight was sent, while one is.
+    asking: Mutex<Option<Instant>>,
 }
 
 /// Timestamps answered in real-time order: one answered before another was asked for is
@@ -160,7 +163,9 @@ fn pinned_client(
     let client = pdpb_grpc::PdClient::new(util::grpc::channel(env).connect(addr));
     while !stop.load(Ordering::Relaxed) {
         let sent = Instant::now();
+        *log.asking.lock() = Some(sent);
         let ts = rt.block_on(tso_at(&client, cluster_id, Duration::from_secs(3)));
+        *log.asking.lock() = None;
         log.asks.lock().push(Ask {
             sent,
             done: Instant::now(),
@@ -241,7 +246,15 @@ enum Change {
     Kill,
     Transfer,
     Partition,
+    Pause,
 }
+
+const CHANGES: [Change; 4] = [
+    Change::Kill,
+    Change::Transfer,
+    Change::Partition,
+    Change::Pause,
+];
 
 #[test]
 fn pd_timestamps_stay_unique_across_20_leader_changes() {
@@ -269,19 +282,22 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
             name: format!("client-{i}"),
             member: None,
             asks: Mutex::default(),
+            asking: Mutex::default(),
         })
         .chain((0..MEMBERS).map(|m| ClientLog {
             name: format!("pinned-to-pd{}", m + 1),
             member: Some(m),
             asks: Mutex::default(),
+            asking: Mutex::default(),
         }))
         .collect();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     // (kind, from, to, how long until the new leader answered)
     let mut changes: Vec<(Change, usize, usize, Duration)> = vec![];
-    // (old leader, cut at, healed at)
-    let mut partitions: Vec<(usize, Instant, Instant)> = vec![];
+    // A deposed leader (cut off or paused) and from when to when: it may answer no
+    // request sent to it then.
+    let mut deposed: Vec<(Change, usize, Instant, Instant)> = vec![];
     std::thread::scope(|s| {
         for l in &logs {
             let (rt, stop, endpoints) = (rt.handle(), &stop, &endpoints);
@@ -297,7 +313,7 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
                 "20 leader changes take too long (watchdog at 300 s); {n} so far"
             );
             let (old, term) = settle(&c, &logs);
-            let kind = [Change::Kill, Change::Transfer, Change::Partition][n % 3];
+            let kind = CHANGES[n % CHANGES.len()];
             let t0 = Instant::now();
             let (new, new_term, took) = match kind {
                 Change::Kill => {
@@ -363,13 +379,40 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
                         old + 1
                     );
                     c.net.heal();
-                    partitions.push((old, cut_at, Instant::now()));
+                    deposed.push((kind, old, cut_at, Instant::now()));
                     assert!(
                         c.pd_reaches_members(old),
                         "pd{} is cut off after the heal",
                         old + 1
                     );
                     (new, new_term, served - cut_at)
+                }
+                Change::Pause => {
+                    c.signal_pd(old, libc::SIGSTOP);
+                    let stopped_at = Instant::now();
+                    let pid = c.pd_pid(old).expect("the leader runs");
+                    let stopped = test_cluster::poll_until(Duration::from_secs(5), || {
+                        (crate::process_state(pid) == Some('T')).then_some(())
+                    });
+                    assert!(stopped.is_some(), "pd{} did not stop", old + 1);
+                    let (new, new_term) = new_leader(&c, old, term);
+                    let served = test_cluster::poll_until(STEP, || {
+                        first_answer_after(&logs, stopped_at, old, true)
+                    })
+                    .expect("a timestamp from the new leader");
+                    // A request to it, sent after the new leader served, waits in its
+                    // socket when it resumes: it must not be answered.
+                    let waiting = test_cluster::poll_until(STEP, || {
+                        logs[SMART + old].asking.lock().filter(|s| *s > served)
+                    });
+                    assert!(
+                        waiting.is_some(),
+                        "nobody asked pd{} while it was stopped",
+                        old + 1
+                    );
+                    c.signal_pd(old, libc::SIGCONT);
+                    deposed.push((kind, old, stopped_at, Instant::now()));
+                    (new, new_term, served - stopped_at)
                 }
             };
             assert_ne!(new, old, "change {n} ({kind:?}) left pd{} leading", old + 1);
@@ -386,22 +429,19 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
     });
     let elapsed = started.elapsed();
 
-    // Clients on the old leader's side got nothing once it was cut off.
-    for (old, cut_at, healed_at) in &partitions {
+    // Clients on the old leader's side got nothing for what they asked once it was cut
+    // off or stopped, nor when it resumed.
+    for (kind, old, from, to) in &deposed {
         let asks = logs[SMART + old].asks.lock();
         let inside: Vec<&Ask> = asks
             .iter()
-            .filter(|a| a.sent > *cut_at && a.sent < *healed_at)
+            .filter(|a| a.sent > *from && a.sent < *to)
             .collect();
-        assert!(
-            !inside.is_empty(),
-            "pd{} was not asked while cut off",
-            old + 1
-        );
+        assert!(!inside.is_empty(), "pd{} was not asked ({kind:?})", old + 1);
         let answered: Vec<u64> = inside.iter().filter_map(|a| a.ts).collect();
         assert!(
             answered.is_empty(),
-            "pd{} handed out {} timestamps while cut off from the other members: {:?}",
+            "pd{} handed out {} timestamps asked for while it was deposed ({kind:?}): {:?}",
             old + 1,
             answered.len(),
             &answered[..answered.len().min(5)]
@@ -444,7 +484,7 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
         answered[answered.len() / 2],
         answered[answered.len() * 99 / 100]
     );
-    for kind in [Change::Kill, Change::Transfer, Change::Partition] {
+    for kind in CHANGES {
         let took: Vec<Duration> = changes
             .iter()
             .filter(|c| c.0 == kind)
@@ -670,6 +710,7 @@ fn timestamp_checks_catch_duplicates_regressions_and_stale_answers() {
     let log = |asks: Vec<(u64, u64, u64)>| ClientLog {
         name: String::new(),
         member: None,
+        asking: Mutex::default(),
         asks: Mutex::new(
             asks.into_iter()
                 .map(|(sent, done, ts)| Ask {
