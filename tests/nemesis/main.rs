@@ -205,11 +205,15 @@ fn inject(
                     .collect(),
                 // Only the victim's neighbours both reach it: the victim bridges them.
                 Fault::Bridge => vec![(Node::Host(others[0]), Node::Host(others[1]))],
-                _ => others
-                    .iter()
-                    .map(|o| (Node::Host(victim), Node::Host(*o)))
-                    .chain([(Node::Host(victim), Node::Gateway)])
-                    .collect(),
+                // Off everything: the other stores, the clients and every PD member.
+                _ => {
+                    let mut to: Vec<Node> = others.iter().map(|o| Node::Host(*o)).collect();
+                    to.push(Node::Gateway);
+                    // A lone PD is on the gateway already.
+                    to.extend((0..c.pd_members()).map(|i| c.pd_node(i)));
+                    to.dedup();
+                    to.into_iter().map(|n| (Node::Host(victim), n)).collect()
+                }
             };
             for (a, b) in &cuts {
                 c.net.cut(*a, *b);
