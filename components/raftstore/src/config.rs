@@ -85,8 +85,13 @@ pub struct Config {
     /// Most client sessions a region remembers; past it the least recently active is
     /// forgotten.
     pub max_sessions_per_region: u64,
-    /// Most writes one client session may have unanswered (its sequence numbers past
-    /// its acknowledged point): a number further ahead is refused.
+    /// Most bytes of sessions a region keeps; past it the least recently active are
+    /// forgotten, and one session alone this large takes no new write until it
+    /// acknowledges earlier ones.
+    pub max_session_bytes_per_region: ByteSize,
+    /// How far past its acknowledged point a client session may number a write: a
+    /// number further ahead is refused as garbage. Sequence numbers are per client,
+    /// across regions, so this bounds the writes it sends while its oldest waits.
     pub session_window: u64,
     /// Leadership goes only to a peer at most this many entries behind the leader (and
     /// heard from lately): raft refuses writes while a transfer waits for the transferee
@@ -137,7 +142,8 @@ impl Default for Config {
             max_apply_lag: 8192,
             session_ttl: Duration::from_secs(600),
             max_sessions_per_region: 4096,
-            session_window: 4096,
+            max_session_bytes_per_region: ByteSize::mib(16),
+            session_window: 1 << 20,
             leader_transfer_max_log_lag: 128,
             leader_transfer_timeout: Duration::from_millis(500),
             snap_max_size: ByteSize::gib(16),
@@ -252,9 +258,11 @@ impl Validate for Config {
             "must be at least 1s",
         )?;
         ensure(
-            self.max_sessions_per_region > 0 && self.session_window > 0,
+            self.max_sessions_per_region > 0
+                && self.session_window > 0
+                && self.max_session_bytes_per_region.as_u64() > 0,
             "raftstore.max-sessions-per-region",
-            "max-sessions-per-region and session-window must be positive",
+            "max-sessions-per-region, max-session-bytes-per-region and session-window must be positive",
         )?;
         ensure(
             self.snap_max_size.as_u64() >= self.region_split_size.as_u64(),

@@ -31,6 +31,8 @@ pub struct SessionTable {
     /// latest of the last sweep and the sessions' last activity, so every replica,
     /// restarted or not, has the same.
     clock_ms: u64,
+    /// The sessions' encoded size, held to `raftstore.max-session-bytes-per-region`.
+    bytes: u64,
 }
 
 /// Whether a session write is to be applied, or was already.
@@ -56,6 +58,7 @@ pub(crate) fn stamp(cmd: &mut RaftCmdRequest, cfg: &Config) {
     s.now_ms = now_ms();
     s.ttl_ms = cfg.session_ttl.as_millis() as u64;
     s.max_sessions = cfg.max_sessions_per_region;
+    s.max_bytes = cfg.max_session_bytes_per_region.as_u64();
 }
 
 /// Checks a session header as a client sent it (before anything is proposed).
@@ -111,6 +114,16 @@ fn response_of(a: &SessionAnswer) -> CmdResponse {
     }
 }
 
+/// What a session's answers will take once those below `acked_below` are dropped.
+fn kept_bytes(c: &ClientSession, acked_below: u64) -> u64 {
+    let acked = c.acked_below.max(acked_below);
+    c.get_answers()
+        .iter()
+        .filter(|a| a.seq >= acked)
+        .map(|a| u64::from(a.compute_size()))
+        .sum()
+}
+
 impl SessionTable {
     /// Region `region_id`'s table as `snap` has it.
     pub fn load(snap: &Snapshot<'_>, region_id: u64) -> Result<SessionTable> {
@@ -139,6 +152,7 @@ impl SessionTable {
         let active = clients.values().map(|c| c.last_active_ms).max();
         SessionTable {
             clock_ms: active.unwrap_or(0).max(state.last_sweep_ms),
+            bytes: clients.values().map(|c| u64::from(c.compute_size())).sum(),
             state,
             clients,
         }
@@ -201,10 +215,19 @@ impl SessionTable {
                  every write below {}",
                 h.seq, h.client_id, c.acked_below
             ))),
-            Some(c) => Ok(match c.get_answers().iter().find(|a| a.seq == h.seq) {
-                Some(a) => Admission::Answered(response_of(a)),
-                None => Admission::Apply,
-            }),
+            Some(c) => match c.get_answers().iter().find(|a| a.seq == h.seq) {
+                Some(a) => Ok(Admission::Answered(response_of(a))),
+                // One client alone may not fill the region's table with answers it
+                // never acknowledges.
+                None if kept_bytes(c, h.acked_below) >= h.max_bytes.max(1) => {
+                    Err(Error::Session(format!(
+                        "client session {:#x} keeps {} unacknowledged answers in region                          {region_id}, past raftstore.max-session-bytes-per-region; it must                          acknowledge earlier writes first",
+                        h.client_id,
+                        c.get_answers().len()
+                    )))
+                }
+                None => Ok(Admission::Apply),
+            },
             // Unknown, and maybe forgotten: a first try may have applied.
             None if h.retry && self.state.expired_at_ms != 0 => Err(Error::SessionExpired {
                 region_id,
@@ -224,6 +247,10 @@ impl SessionTable {
     ) {
         let clock = self.clock_ms.max(h.now_ms);
         self.clock_ms = clock;
+        let before = self
+            .clients
+            .get(&h.client_id)
+            .map_or(0, |c| u64::from(c.compute_size()));
         let c = self.clients.entry(h.client_id).or_insert_with(|| {
             let mut c = ClientSession::default();
             c.client_id = h.client_id;
@@ -236,20 +263,25 @@ impl SessionTable {
         if h.seq >= acked {
             c.mut_answers().push(answer_of(h.seq, resp));
         }
+        let after = u64::from(c.compute_size());
         wb.put_msg(
             Cf::Raft,
             &keys::session_client_key(region_id, h.client_id),
             &*c,
         );
+        self.bytes = self.bytes - before + after;
         self.sweep(h, region_id, wb);
     }
 
+    fn over_limits(&self, h: &SessionHeader) -> bool {
+        self.clients.len() as u64 > h.max_sessions.max(1) || self.bytes > h.max_bytes.max(1)
+    }
+
     /// Forgets sessions idle past the TTL (checked every quarter TTL of log time) and,
-    /// past the count limit, the least recently active; never the one just used.
+    /// past the count or size limit, the least recently active; never the one just used.
     fn sweep(&mut self, h: &SessionHeader, region_id: u64, wb: &mut WriteBatch) {
         let clock = self.clock_ms;
-        let over = self.clients.len() as u64 > h.max_sessions.max(1);
-        if !over && clock < self.state.last_sweep_ms.saturating_add(h.ttl_ms / 4) {
+        if !self.over_limits(h) && clock < self.state.last_sweep_ms.saturating_add(h.ttl_ms / 4) {
             return;
         }
         self.state.last_sweep_ms = clock;
@@ -260,15 +292,15 @@ impl SessionTable {
             .map(|c| (c.last_active_ms, c.client_id))
             .collect();
         by_age.sort_unstable();
-        let idle = by_age
-            .iter()
-            .take_while(|(at, _)| at.saturating_add(h.ttl_ms) <= clock)
-            .count();
-        let excess = (self.clients.len() as u64).saturating_sub(h.max_sessions.max(1)) as usize;
-        let gone = idle.max(excess).min(by_age.len());
-        for &(_, id) in &by_age[..gone] {
-            self.clients.remove(&id);
+        let mut gone = 0;
+        for &(at, id) in &by_age {
+            if at.saturating_add(h.ttl_ms) > clock && !self.over_limits(h) {
+                break;
+            }
+            let c = self.clients.remove(&id).expect("listed above");
+            self.bytes -= u64::from(c.compute_size());
             wb.delete(Cf::Raft, &keys::session_client_key(region_id, id));
+            gone += 1;
         }
         if gone > 0 {
             self.state.expired_at_ms = clock;
@@ -330,6 +362,7 @@ mod tests {
         h.now_ms = now;
         h.ttl_ms = 1000;
         h.max_sessions = 2;
+        h.max_bytes = 1 << 20;
         h
     }
 
@@ -430,6 +463,39 @@ mod tests {
             &mut wb,
         );
         assert_eq!(t.len(), 1, "client 2, idle since 10 ms, is gone at 2000 ms");
+    }
+
+    #[test]
+    fn the_tables_size_is_bounded() {
+        let mut t = SessionTable::default();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        let bounded = |client, seq, now| {
+            let mut h = header(client, seq, 1, false, now);
+            h.max_sessions = 100;
+            h.max_bytes = 64;
+            h
+        };
+        let big = cas(true, Some(&[7u8; 40]));
+        t.record(&bounded(1, 1, 0), &big, 3, &mut wb);
+        // Client 1 keeps more than the region's limit: its next new write is refused,
+        // until it acknowledges the answer.
+        t.record(&bounded(1, 2, 1), &big, 3, &mut wb);
+        let e = t.admit(&bounded(1, 3, 2), 3).unwrap_err();
+        assert!(
+            e.to_string().contains("max-session-bytes-per-region"),
+            "{e}"
+        );
+        let mut acks = bounded(1, 3, 2);
+        acks.acked_below = 3;
+        assert!(t.admit(&acks, 3).is_ok());
+        // Another session's write pushes client 1, the least recently active, out.
+        t.record(&bounded(2, 1, 3), &CmdResponse::default(), 3, &mut wb);
+        assert_eq!(t.len(), 1);
+        assert!(t.bytes <= 64, "{} bytes kept", t.bytes);
+        let reloaded = SessionTable::decode(&t.encode().unwrap()).unwrap();
+        assert_eq!(reloaded.bytes, t.bytes);
     }
 
     #[test]
