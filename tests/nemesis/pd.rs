@@ -728,3 +728,103 @@ fn timestamp_checks_catch_duplicates_regressions_and_stale_answers() {
     let stale = [log(vec![(0, 10, 20)]), log(vec![(11, 15, 10)])];
     assert!(check_real_time(&stale).is_err());
 }
+
+/// PD learns where region leaders are after its own leader is killed and restarted: each
+/// round kills the PD leader (the stores' heartbeat streams to it break while the other
+/// members still name it for an election timeout), restarts it, then has PD move every
+/// region's leader to the next store and waits until PD shows the move.
+///
+/// Ignored: it fails about every other run, within eight rounds. A store whose region
+/// heartbeat stream was reopened while the followers still named the killed leader
+/// (`PdClient::reconnect` takes the leader a follower names) keeps a stream that never
+/// fails and never delivers (no TCP connection to any PD member carries it; no error is
+/// logged), so PD never again hears of the leaders on that store: its routes to them stay
+/// stale and its operators for them never finish (seen for 135 s). The nemesis campaign
+/// hit it once as "region N: replicas differ or did not answer: ... not the leader".
+/// Run with `cargo test --release --test nemesis pd::pd_learns -- --ignored --nocapture`.
+#[test]
+#[ignore = "reproduces a stuck region heartbeat stream after a PD leader kill (see above)"]
+fn pd_learns_region_leaders_after_its_leader_is_killed() {
+    let _turn = crate::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut c = NetCluster::start_full(3, PdSetup::Group(MEMBERS), "");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cl = crate::connect(&rt, &c);
+    common::wait_until("three voters", STEP * 2, || common::voters(&rt, &cl) == 3);
+    let first = rt
+        .block_on(cl.regions())
+        .expect("regions")
+        .remove(0)
+        .region
+        .get_id();
+    common::wait_until("the key space to split", STEP * 2, || {
+        rt.block_on(cl.split_region(first, &crate::workload::split_keys()))
+            .is_ok()
+    });
+    let endpoints: Vec<String> = (0..MEMBERS).map(|i| c.pd_member_addr(i)).collect();
+    let secret = common::secret_of(&c.pd_addr()).expect("the cluster's secret");
+    let pd = rt
+        .block_on(PdClient::connect_as_store(
+            &endpoints,
+            CALL,
+            util::secret::ClusterSecret::load(&secret).expect("secret"),
+            logger(),
+        ))
+        .expect("connect");
+    let stores: Vec<u64> = {
+        let mut s: Vec<u64> = rt
+            .block_on(pd.get_all_stores(true))
+            .expect("stores")
+            .iter()
+            .map(|s| s.get_id())
+            .collect();
+        s.sort();
+        s
+    };
+    for round in 0..8 {
+        // Idle regions hibernate: their leaders report to PD rarely.
+        std::thread::sleep(Duration::from_secs(3));
+        let (l, term) = test_cluster::poll_until(STEP, || c.pd_agreed_leader()).expect("leader");
+        c.kill_pd(l);
+        new_leader(&c, l, term);
+        std::thread::sleep(Duration::from_millis(1500));
+        c.start_pd(l);
+        test_cluster::poll_until(STEP, || c.pd_agreed_leader()).expect("leader");
+        for route in rt.block_on(cl.regions()).expect("regions") {
+            let id = route.region.get_id();
+            let Some(leader) = route.leader else { continue };
+            let at = stores
+                .iter()
+                .position(|s| *s == leader.get_store_id())
+                .expect("a store");
+            let to = stores[(at + 1) % stores.len()];
+            let started = Instant::now();
+            let seen = test_cluster::poll_until(Duration::from_secs(15), || {
+                let _ = rt.block_on(pd.transfer_leader(id, to));
+                let now = rt.block_on(pd.get_region_by_id(id)).ok()?;
+                (now.leader?.get_store_id() == to).then_some(())
+            });
+            if seen.is_none() {
+                for h in 0..3 {
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &c.net.netns(h), "ss", "-tn"])
+                        .output()
+                        .expect("ss");
+                    eprintln!(
+                        "TCP connections of store host {h}:\n{}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                }
+                let kept = c.keep();
+                panic!(
+                    "round {round}: PD does not show region {id}'s leader on store {to} after \
+                     {:?}; logs in {}",
+                    started.elapsed(),
+                    kept.display()
+                );
+            }
+        }
+        eprintln!("round {round}: PD saw every region's leader move");
+    }
+}
