@@ -734,16 +734,14 @@ fn timestamp_checks_catch_duplicates_regressions_and_stale_answers() {
 /// members still name it for an election timeout), restarts it, then has PD move every
 /// region's leader to the next store and waits until PD shows the move.
 ///
-/// Ignored: it fails about every other run, within eight rounds. A store whose region
-/// heartbeat stream was reopened while the followers still named the killed leader
-/// (`PdClient::reconnect` takes the leader a follower names) keeps a stream that never
-/// fails and never delivers (no TCP connection to any PD member carries it; no error is
-/// logged), so PD never again hears of the leaders on that store: its routes to them stay
-/// stale and its operators for them never finish (seen for 135 s). The nemesis campaign
-/// hit it once as "region N: replicas differ or did not answer: ... not the leader".
-/// Run with `cargo test --release --test nemesis pd::pd_learns -- --ignored --nocapture`.
+/// It failed about every other run, within eight rounds: a store whose region heartbeat
+/// stream was reopened while the followers still named the killed leader
+/// (`PdClient::reconnect` took the leader a follower named without asking it) kept a
+/// stream that never failed and never delivered, so PD never again heard of the leaders
+/// on that store (stale routes, operators that never finished; seen for 135 s). Now
+/// `reconnect` switches only to a named leader that answers as leader, and the stream is
+/// reopened when the client moved to another member or a heartbeat cannot go out.
 #[test]
-#[ignore = "reproduces a stuck region heartbeat stream after a PD leader kill (see above)"]
 fn pd_learns_region_leaders_after_its_leader_is_killed() {
     let _turn = crate::ONE_AT_A_TIME
         .lock()

@@ -311,9 +311,23 @@ impl PdClient {
             named.get_or_insert((strip_scheme(url).to_string(), resp));
         }
         if let Some((leader, resp)) = named {
+            // Followers name the old leader for a moment after it died: switch only to a
+            // member that answers as leader, or streams opened on it never start.
             let client = Self::dial(&self.env, &leader);
-            self.use_leader(leader, client, &resp);
-            return Ok(());
+            let opt = CallOption::default().timeout(Duration::from_secs(2));
+            let answered =
+                match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
+                    Ok(rx) => rx.await,
+                    Err(e) => Err(e),
+                };
+            match answered {
+                Ok(own) if own.get_leader().member_id == resp.get_leader().member_id => {
+                    self.use_leader(leader, client, &own);
+                    return Ok(());
+                }
+                Ok(_) => last = format!("{leader}, named leader, does not lead"),
+                Err(e) => last = format!("{leader}, named leader: {e}"),
+            }
         }
         Err(Error::Unavailable {
             endpoints: self.endpoints.join(","),

@@ -18,7 +18,7 @@ use raftstore::{
     operation::split,
     CmdResponse, PdTask, PeerMsg, RaftRouter,
 };
-use slog::{debug, error, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use util::shutdown::Shutdown;
 
@@ -202,6 +202,10 @@ async fn ask_split(
     let _ = router.force_send(region.get_id(), PeerMsg::Command { cmd, cb: done });
 }
 
+/// How often the region heartbeat stream checks that it is on the PD member in use, and
+/// how long one heartbeat may take to go out on it.
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
 async fn region_heartbeats(
     pd: Arc<PdClient>,
     mut rx: UnboundedReceiver<pdpb::RegionHeartbeatRequest>,
@@ -209,6 +213,7 @@ async fn region_heartbeats(
     logger: Logger,
 ) {
     loop {
+        let opened_on = pd.leader_addr();
         let (mut sink, mut responses) = match pd.region_heartbeat_stream() {
             Ok(s) => s,
             Err(e) => {
@@ -231,14 +236,25 @@ async fn region_heartbeats(
                 }
             })
         };
+        let mut check = tokio::time::interval(STREAM_CHECK);
         loop {
             // A stream PD ended (it lost its leadership, say) is noticed at once, not at
-            // the next heartbeat, which an idle region may not send for long.
+            // the next heartbeat, which an idle region may not send for long. So is a
+            // stream left on a member the client no longer uses (others found a new
+            // leader): one opened on a member that died may neither fail nor deliver.
             let req = tokio::select! {
                 req = rx.recv() => req,
                 _ = &mut operators => {
                     warn!(logger, "pd ended the region heartbeat stream");
                     break;
+                }
+                _ = check.tick() => {
+                    if pd.leader_addr() != opened_on {
+                        info!(logger, "pd leader changed; reopening the region heartbeat stream";
+                              "from" => &opened_on, "to" => pd.leader_addr());
+                        break;
+                    }
+                    continue;
                 }
             };
             let Some(mut req) = req else {
@@ -246,9 +262,17 @@ async fn region_heartbeats(
                 return;
             };
             req.set_header(pd.request_header());
-            if let Err(e) = sink.send((req, WriteFlags::default())).await {
-                warn!(logger, "region heartbeat stream broke"; "err" => %e);
-                break;
+            let sent = tokio::time::timeout(STREAM_CHECK, sink.send((req, WriteFlags::default())));
+            match sent.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(logger, "region heartbeat stream broke"; "err" => %e);
+                    break;
+                }
+                Err(_) => {
+                    warn!(logger, "region heartbeat stream takes no heartbeat"; "pd" => &opened_on);
+                    break;
+                }
             }
         }
         operators.abort();
