@@ -665,8 +665,8 @@ mod tests {
         let mut wb = engine.write_batch();
         for (region_id, client) in [(1, 11), (1, 12), (2, 21)] {
             let mut c = proto::raft_serverpb::ClientSession::default();
-            c.client_id = client;
-            c.acked_below = 3;
+            c.set_client_id(client);
+            c.set_acked_below(3);
             wb.put_msg(Cf::Raft, &keys::session_client_key(region_id, client), &c);
         }
         engine.write(wb, false).unwrap();

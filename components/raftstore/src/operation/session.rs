@@ -87,13 +87,13 @@ pub fn check_header(h: &SessionHeader, window: u64) -> Result<()> {
 
 fn answer_of(seq: u64, resp: &CmdResponse) -> SessionAnswer {
     let mut a = SessionAnswer::default();
-    a.seq = seq;
+    a.set_seq(seq);
     for r in &resp.cas {
         let mut c = CasAnswer::default();
-        c.succeed = r.succeed;
+        c.set_succeed(r.succeed);
         if let Some(p) = &r.previous {
-            c.previous_exists = true;
-            c.previous = p.clone();
+            c.set_previous_exists(true);
+            c.set_previous(p.clone());
         }
         a.mut_cas().push(c);
     }
@@ -253,7 +253,7 @@ impl SessionTable {
             .map_or(0, |c| u64::from(c.compute_size()));
         let c = self.clients.entry(h.client_id).or_insert_with(|| {
             let mut c = ClientSession::default();
-            c.client_id = h.client_id;
+            c.set_client_id(h.client_id);
             c
         });
         c.last_active_ms = clock;
@@ -355,14 +355,14 @@ mod tests {
 
     fn header(client: u64, seq: u64, acked: u64, retry: bool, now: u64) -> SessionHeader {
         let mut h = SessionHeader::default();
-        h.client_id = client;
-        h.seq = seq;
-        h.acked_below = acked;
-        h.retry = retry;
-        h.now_ms = now;
-        h.ttl_ms = 1000;
-        h.max_sessions = 2;
-        h.max_bytes = 1 << 20;
+        h.set_client_id(client);
+        h.set_seq(seq);
+        h.set_acked_below(acked);
+        h.set_retry(retry);
+        h.set_now_ms(now);
+        h.set_ttl_ms(1000);
+        h.set_max_sessions(2);
+        h.set_max_bytes(1 << 20);
         h
     }
 
