@@ -161,11 +161,16 @@ fn partly_written(kind: Kind<'_>, some_applied: bool, e: Error) -> Error {
     }
 }
 
-/// A session write that gave up after a try that may have applied is undetermined.
+/// A session write that ends in any error after a try that may have applied is
+/// undetermined: that try may still apply.
 fn settled(kind: Kind<'_>, e: Error) -> Error {
     match (kind, e) {
+        (_, e @ Error::Undetermined(_)) => e,
         (Kind::Write(Some(t)), Error::Timeout { last, .. }) if t.maybe_applied() => {
             Error::Undetermined(format!("resent until the deadline: {last}"))
+        }
+        (Kind::Write(Some(t)), e) if t.maybe_applied() => {
+            Error::Undetermined(format!("{e}, after a try whose outcome is unknown"))
         }
         (_, e) => e,
     }
@@ -417,7 +422,8 @@ impl Client {
     {
         let mut backoff = Backoff::new(self.timeout);
         loop {
-            match self.attempt(kind, key, &backoff, &call).await? {
+            let tried = self.attempt(kind, key, &backoff, &call).await;
+            match tried.map_err(|e| settled(kind, e))? {
                 (Attempt::Done(t), route) => return Ok((t, route)),
                 (Attempt::Retry(last), _) => {
                     backoff.wait(last).await.map_err(|e| settled(kind, e))?
@@ -630,7 +636,10 @@ impl Client {
         let mut pending = items.to_vec();
         let mut out = vec![];
         while !pending.is_empty() {
-            let groups = self.group(&pending, key_of).await?;
+            let groups = match self.group(&pending, key_of).await {
+                Ok(g) => g,
+                Err(e) => return Err(partly_written(kind, !out.is_empty(), e)),
+            };
             let attempts =
                 futures::future::join_all(groups.into_iter().map(|(route, items)| async {
                     let res = self
@@ -649,7 +658,13 @@ impl Client {
                         pending.extend(items);
                         last = why;
                     }
-                    Err(e) => failure = failure.or(Some(e)),
+                    // An undetermined failure says more than a definite one.
+                    Err(e) => {
+                        failure = match failure {
+                            Some(Error::Undetermined(w)) => Some(Error::Undetermined(w)),
+                            _ => Some(e),
+                        }
+                    }
                 }
             }
             let failure = match failure {

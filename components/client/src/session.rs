@@ -14,8 +14,9 @@ use std::{
 use parking_lot::Mutex;
 use proto::kvrpcpb;
 
-/// Stamped into a store's answer when it forgot this session (so a resend is pointless).
-const FORGOTTEN: &str = "no longer remembers client session";
+/// In a store's undetermined answer when the session cannot settle the write (it forgot
+/// the session, or the number answered another write): a resend is pointless.
+const UNSETTLED: &str = "client session";
 
 /// A session: its id, the next number, and the numbers not yet settled.
 #[derive(Debug)]
@@ -37,8 +38,12 @@ impl Session {
 
     /// Numbers the next write; the number is settled when the ticket drops.
     pub(crate) fn number(self: &Arc<Self>) -> Ticket {
+        // Under the lock, so that no try can state an acknowledged point past a number
+        // taken but not yet in the set.
+        let mut open = self.open.lock();
         let seq = self.next.fetch_add(1, Relaxed);
-        self.open.lock().insert(seq);
+        open.insert(seq);
+        drop(open);
         Ticket {
             session: self.clone(),
             seq,
@@ -74,10 +79,10 @@ impl Ticket {
     }
 
     /// A try's outcome is unknown: whether to send it again (the store will answer a
-    /// resend with the first answer), given why (`false` if the store forgot the session).
+    /// resend with the first answer), given why (`false` if the session cannot say).
     pub(crate) fn resend_after(&self, why: &str) -> bool {
         self.maybe_applied.store(true, Relaxed);
-        !why.contains(FORGOTTEN)
+        !why.contains(UNSETTLED)
     }
 
     /// Whether some try may have been applied.

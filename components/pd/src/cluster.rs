@@ -792,6 +792,16 @@ impl PdCore {
             .as_ref()
             .is_some_and(|l| l.get_store_id() == to_store)
         {
+            // Already there: keep it there, from a running balancer too.
+            if st
+                .operators
+                .get(&region_id)
+                .is_some_and(|op| op.is_balance())
+            {
+                st.operators.remove(&region_id);
+            }
+            st.held
+                .insert(region_id, Instant::now() + self.cfg.manual_placement_hold);
             return Ok(());
         }
         self.start_manual(

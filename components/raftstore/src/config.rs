@@ -265,6 +265,11 @@ impl Validate for Config {
             "max-sessions-per-region, max-session-bytes-per-region and session-window must be positive",
         )?;
         ensure(
+            self.max_session_bytes_per_region.as_u64() <= crate::snap::MAX_SESSION_FILE / 2,
+            "raftstore.max-session-bytes-per-region",
+            "must be at most 32MiB (a snapshot carries the table in one piece)",
+        )?;
+        ensure(
             self.snap_max_size.as_u64() >= self.region_split_size.as_u64(),
             "raftstore.snap-max-size",
             "must be at least region-split-size",

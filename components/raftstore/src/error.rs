@@ -74,6 +74,17 @@ pub enum Error {
         /// The client session.
         client_id: u64,
     },
+    /// A resent session write whose number the region answered for other requests (a
+    /// batch regrouped by region after a split): what applied cannot be told.
+    #[error("region {region_id} answered write {seq} of client session {client_id:#x} for other requests; the write may or may not have been applied")]
+    SessionMismatch {
+        /// The region.
+        region_id: u64,
+        /// The client session.
+        client_id: u64,
+        /// The write's number.
+        seq: u64,
+    },
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] engine::Error),

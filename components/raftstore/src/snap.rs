@@ -311,6 +311,10 @@ pub fn remove_files(files: &[(Cf, PathBuf)]) {
     remove_paths(files.iter().map(|(_, p)| p));
 }
 
+/// Largest session table a snapshot may carry: read whole into memory on apply.
+/// `raftstore.max-session-bytes-per-region` is held well below it.
+pub const MAX_SESSION_FILE: u64 = 64 << 20;
+
 /// The column family a snapshot file names: a data column family (an SST to ingest), or
 /// `raft` (the region's client sessions, a `SessionSnapshot`); anything else is an error
 /// (a snapshot from a hostile or broken sender must not panic the store).
@@ -446,6 +450,16 @@ impl SnapReceiver {
                 Ok((f.clone(), mgr.recv_path(key, cf.name(), stream)))
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(f) = data
+            .get_files()
+            .iter()
+            .find(|f| f.get_cf() == Cf::Raft.name() && f.size > MAX_SESSION_FILE)
+        {
+            return Err(Error::Snapshot(format!(
+                "snapshot's session table of {} bytes is over {MAX_SESSION_FILE}",
+                f.size
+            )));
+        }
         let mut cfs: Vec<&str> = data.get_files().iter().map(|f| f.get_cf()).collect();
         cfs.sort_unstable();
         if cfs.windows(2).any(|w| w[0] == w[1]) {

@@ -96,7 +96,9 @@ impl Error {
         match &self {
             Error::Undetermined(_)
             | Error::Raft(
-                raftstore::Error::Undetermined(_) | raftstore::Error::SessionExpired { .. },
+                raftstore::Error::Undetermined(_)
+                | raftstore::Error::SessionExpired { .. }
+                | raftstore::Error::SessionMismatch { .. },
             ) => (None, format!("{}{self}", util::wire::UNDETERMINED)),
             Error::Raft(r) => match region_error(r) {
                 Some(re) => (Some(re), String::new()),

@@ -599,7 +599,7 @@ async fn wait_for_move(
             .get_operators()
             .await?
             .into_iter()
-            // Only this command's operator: a repair that replaced it is not the move.
+            // Only this command's operator: a balancer's or a repair's steps are not the move.
             .find(|o| o.region_id == id && o.get_kind() == "move-peer")
             .map(|o| o.get_step().to_string())
             .unwrap_or_default();

@@ -85,9 +85,24 @@ pub fn check_header(h: &SessionHeader, window: u64) -> Result<()> {
     Ok(())
 }
 
-fn answer_of(seq: u64, resp: &CmdResponse) -> SessionAnswer {
+/// What a command's requests are: their checksum and length, as encoded.
+fn digest_of(cmd: &RaftCmdRequest) -> u64 {
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    for r in cmd.get_requests() {
+        let bytes = r
+            .write_to_bytes()
+            .expect("encoding a message into memory cannot fail");
+        len += bytes.len() as u64;
+        crc.update(&bytes);
+    }
+    (u64::from(crc.finalize()) << 32) | (len & 0xffff_ffff)
+}
+
+fn answer_of(seq: u64, digest: u64, resp: &CmdResponse) -> SessionAnswer {
     let mut a = SessionAnswer::default();
     a.set_seq(seq);
+    a.set_digest(digest);
     for r in &resp.cas {
         let mut c = CasAnswer::default();
         c.set_succeed(r.succeed);
@@ -208,14 +223,26 @@ impl SessionTable {
         }
     }
 
-    fn admit(&self, h: &SessionHeader, region_id: u64) -> Result<Admission> {
+    fn admit(&self, h: &SessionHeader, digest: u64, region_id: u64) -> Result<Admission> {
+        let forgotten = || Error::SessionExpired {
+            region_id,
+            client_id: h.client_id,
+        };
         match self.clients.get(&h.client_id) {
             Some(c) if h.seq < c.acked_below => Err(Error::Session(format!(
                 "write {} of client session {:#x} was resent after the client acknowledged \
                  every write below {}",
                 h.seq, h.client_id, c.acked_below
             ))),
+            // Recreated after the region forgot sessions: below its first number, a write
+            // may have applied before.
+            Some(c) if h.seq < c.floor => Err(forgotten()),
             Some(c) => match c.get_answers().iter().find(|a| a.seq == h.seq) {
+                Some(a) if a.digest != digest => Err(Error::SessionMismatch {
+                    region_id,
+                    client_id: h.client_id,
+                    seq: h.seq,
+                }),
                 Some(a) => Ok(Admission::Answered(response_of(a))),
                 // One client alone may not fill the region's table with answers it
                 // never acknowledges.
@@ -229,10 +256,7 @@ impl SessionTable {
                 None => Ok(Admission::Apply),
             },
             // Unknown, and maybe forgotten: a first try may have applied.
-            None if h.retry && self.state.expired_at_ms != 0 => Err(Error::SessionExpired {
-                region_id,
-                client_id: h.client_id,
-            }),
+            None if h.retry && self.state.expired_at_ms != 0 => Err(forgotten()),
             None => Ok(Admission::Apply),
         }
     }
@@ -241,6 +265,7 @@ impl SessionTable {
     fn record(
         &mut self,
         h: &SessionHeader,
+        digest: u64,
         resp: &CmdResponse,
         region_id: u64,
         wb: &mut WriteBatch,
@@ -251,9 +276,13 @@ impl SessionTable {
             .clients
             .get(&h.client_id)
             .map_or(0, |c| u64::from(c.compute_size()));
+        let forgot_before = self.state.expired_at_ms != 0;
         let c = self.clients.entry(h.client_id).or_insert_with(|| {
             let mut c = ClientSession::default();
             c.set_client_id(h.client_id);
+            if forgot_before {
+                c.set_floor(h.seq);
+            }
             c
         });
         c.last_active_ms = clock;
@@ -261,7 +290,7 @@ impl SessionTable {
         let acked = c.acked_below;
         c.mut_answers().retain(|a| a.seq >= acked);
         if h.seq >= acked {
-            c.mut_answers().push(answer_of(h.seq, resp));
+            c.mut_answers().push(answer_of(h.seq, digest, resp));
         }
         let after = u64::from(c.compute_size());
         wb.put_msg(
@@ -292,9 +321,14 @@ impl SessionTable {
             .map(|c| (c.last_active_ms, c.client_id))
             .collect();
         by_age.sort_unstable();
+        // Past the limits, only sessions idle a tenth of the TTL are pushed out: a
+        // session in use keeps its answers (the table may stay over the limits for that
+        // long), so a resend a moment later still finds them.
+        let min_idle = h.ttl_ms / 10;
         let mut gone = 0;
         for &(at, id) in &by_age {
-            if at.saturating_add(h.ttl_ms) > clock && !self.over_limits(h) {
+            let idle = clock.saturating_sub(at);
+            if idle < h.ttl_ms && !(self.over_limits(h) && idle >= min_idle) {
                 break;
             }
             let c = self.clients.remove(&id).expect("listed above");
@@ -311,12 +345,17 @@ impl SessionTable {
 
 impl ApplyFsm {
     /// The region's session table, read from disk on first use.
-    pub(crate) fn session_table(&mut self, engine: &engine::Engine) -> Result<&mut SessionTable> {
+    /// A table that cannot be read stops the region: deciding without it would differ
+    /// from the other replicas.
+    pub(crate) fn session_table(&mut self, engine: &engine::Engine) -> &mut SessionTable {
         if self.sessions.is_none() {
-            let table = SessionTable::load(&engine.snapshot(), self.region.get_id())?;
+            let region_id = self.region.get_id();
+            let table = SessionTable::load(&engine.snapshot(), region_id).unwrap_or_else(|e| {
+                panic!("region {region_id}: its client sessions cannot be read: {e}")
+            });
             self.sessions = Some(table);
         }
-        Ok(self.sessions.as_mut().expect("loaded above"))
+        self.sessions.as_mut().expect("loaded above")
     }
 
     /// Runs `exec` for a session write unless the region answered it already; records
@@ -333,15 +372,18 @@ impl ApplyFsm {
         }
         let region_id = self.region.get_id();
         let engine = ctx.engine.clone();
-        if let Admission::Answered(resp) = self.session_table(&engine)?.admit(h, region_id)? {
+        let digest = digest_of(cmd);
+        if let Admission::Answered(resp) =
+            self.session_table(&engine).admit(h, digest, region_id)?
+        {
             crate::metrics::SESSION_WRITES
                 .with_label_values(&["deduplicated"])
                 .inc();
             return Ok(resp);
         }
         let resp = exec(self, ctx)?;
-        self.session_table(&engine)?
-            .record(h, &resp, region_id, &mut ctx.wb);
+        self.session_table(&engine)
+            .record(h, digest, &resp, region_id, &mut ctx.wb);
         crate::metrics::SESSION_WRITES
             .with_label_values(&["applied"])
             .inc();
@@ -390,9 +432,9 @@ mod tests {
         let mut t = SessionTable::default();
         let mut wb = engine.write_batch();
         let h = header(7, 1, 1, false, 100);
-        assert!(answered(t.admit(&h, 3).unwrap()).is_none());
-        t.record(&h, &cas(true, Some(b"old")), 3, &mut wb);
-        let again = answered(t.admit(&header(7, 1, 1, true, 150), 3).unwrap()).unwrap();
+        assert!(answered(t.admit(&h, 0, 3).unwrap()).is_none());
+        t.record(&h, 0, &cas(true, Some(b"old")), 3, &mut wb);
+        let again = answered(t.admit(&header(7, 1, 1, true, 150), 0, 3).unwrap()).unwrap();
         assert!(again.cas[0].succeed);
         assert_eq!(again.cas[0].previous.as_deref(), Some(&b"old"[..]));
         // What is on disk reads back the same.
@@ -405,16 +447,17 @@ mod tests {
             (loaded.clock_ms, decoded.clock_ms),
             (t.clock_ms, t.clock_ms)
         );
-        assert!(answered(loaded.admit(&header(7, 1, 1, true, 150), 3).unwrap()).is_some());
+        assert!(answered(loaded.admit(&header(7, 1, 1, true, 150), 0, 3).unwrap()).is_some());
         // Write 2 says write 1 was answered: a resend of 1 is refused.
         let mut wb = engine.write_batch();
         t.record(
             &header(7, 2, 2, false, 200),
+            0,
             &CmdResponse::default(),
             3,
             &mut wb,
         );
-        let e = t.admit(&header(7, 1, 1, true, 210), 3).unwrap_err();
+        let e = t.admit(&header(7, 1, 1, true, 210), 0, 3).unwrap_err();
         assert!(
             e.to_string().contains("acknowledged every write below 2"),
             "{e}"
@@ -428,36 +471,40 @@ mod tests {
         let engine = engine::Engine::open(dir.path()).unwrap();
         let mut wb = engine.write_batch();
         // A resend from an unknown client applies while nothing was ever forgotten.
-        assert!(answered(t.admit(&header(1, 5, 5, true, 0), 3).unwrap()).is_none());
+        assert!(answered(t.admit(&header(1, 5, 5, true, 0), 0, 3).unwrap()).is_none());
         t.record(
             &header(1, 5, 5, false, 0),
+            0,
             &CmdResponse::default(),
             3,
             &mut wb,
         );
         t.record(
             &header(2, 1, 1, false, 10),
+            0,
             &CmdResponse::default(),
             3,
             &mut wb,
         );
         // A third session pushes out the least recently active (client 1).
         t.record(
-            &header(3, 1, 1, false, 20),
+            &header(3, 1, 1, false, 200),
+            0,
             &CmdResponse::default(),
             3,
             &mut wb,
         );
         assert_eq!(t.len(), 2);
         assert!(matches!(
-            t.admit(&header(1, 5, 5, true, 30), 3),
+            t.admit(&header(1, 5, 5, true, 210), 0, 3),
             Err(Error::SessionExpired { client_id: 1, .. })
         ));
         // Not a resend: a new write of a forgotten session applies.
-        assert!(answered(t.admit(&header(1, 6, 6, false, 30), 3).unwrap()).is_none());
+        assert!(answered(t.admit(&header(1, 6, 6, false, 210), 0, 3).unwrap()).is_none());
         // Idle past the TTL (1 s of log time): forgotten at the next sweep.
         t.record(
             &header(3, 2, 2, false, 2000),
+            0,
             &CmdResponse::default(),
             3,
             &mut wb,
@@ -478,24 +525,72 @@ mod tests {
             h
         };
         let big = cas(true, Some(&[7u8; 40]));
-        t.record(&bounded(1, 1, 0), &big, 3, &mut wb);
+        t.record(&bounded(1, 1, 0), 0, &big, 3, &mut wb);
         // Client 1 keeps more than the region's limit: its next new write is refused,
         // until it acknowledges the answer.
-        t.record(&bounded(1, 2, 1), &big, 3, &mut wb);
-        let e = t.admit(&bounded(1, 3, 2), 3).unwrap_err();
+        t.record(&bounded(1, 2, 1), 0, &big, 3, &mut wb);
+        let e = t.admit(&bounded(1, 3, 2), 0, 3).unwrap_err();
         assert!(
             e.to_string().contains("max-session-bytes-per-region"),
             "{e}"
         );
         let mut acks = bounded(1, 3, 2);
         acks.acked_below = 3;
-        assert!(t.admit(&acks, 3).is_ok());
+        assert!(t.admit(&acks, 0, 3).is_ok());
         // Another session's write pushes client 1, the least recently active, out.
-        t.record(&bounded(2, 1, 3), &CmdResponse::default(), 3, &mut wb);
+        t.record(&bounded(2, 1, 500), 0, &CmdResponse::default(), 3, &mut wb);
         assert_eq!(t.len(), 1);
         assert!(t.bytes <= 64, "{} bytes kept", t.bytes);
         let reloaded = SessionTable::decode(&t.encode().unwrap()).unwrap();
         assert_eq!(reloaded.bytes, t.bytes);
+    }
+
+    #[test]
+    fn a_number_answered_for_other_requests_or_below_the_floor_is_not_settled() {
+        let mut t = SessionTable::default();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        t.record(
+            &header(1, 4, 4, false, 0),
+            11,
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        // The same number with other requests: not this write.
+        assert!(matches!(
+            t.admit(&header(1, 4, 4, true, 5), 12, 3),
+            Err(Error::SessionMismatch { seq: 4, .. })
+        ));
+        // Client 1 is pushed out (two other sessions, room for two), then comes back
+        // with write 9: a resend of 6, which may have applied before, is not settled.
+        t.record(
+            &header(2, 1, 1, false, 200),
+            0,
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        t.record(
+            &header(3, 1, 1, false, 300),
+            0,
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        assert_eq!(t.len(), 2);
+        t.record(
+            &header(1, 9, 6, false, 400),
+            0,
+            &CmdResponse::default(),
+            3,
+            &mut wb,
+        );
+        assert!(matches!(
+            t.admit(&header(1, 6, 6, true, 410), 0, 3),
+            Err(Error::SessionExpired { client_id: 1, .. })
+        ));
     }
 
     #[test]

@@ -349,7 +349,7 @@ impl ApplyFsm {
         // Each new region remembers its parent's sessions: a resend after the split
         // finds its first answer whichever half now holds its keys.
         let engine = ctx.engine.clone();
-        let sessions = self.session_table(&engine)?;
+        let sessions = self.session_table(&engine);
         for r in &regions[1..] {
             sessions.copy_to(r.get_id(), &mut ctx.wb);
         }
