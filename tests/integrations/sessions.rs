@@ -13,7 +13,8 @@ const T: Duration = Duration::from_secs(20);
 
 /// The leader's raw API for `key`, with `ctx` numbered as write `seq` of session `client`.
 fn numbered(c: &Cluster, key: &[u8], client: u64, seq: u64, retry: bool) -> (RawStorage, Context) {
-    let (storage, mut ctx) = c.leader_storage(key).expect("a leader");
+    let (storage, mut ctx) =
+        test_cluster::poll_until(T, || c.leader_storage(key)).expect("a leader");
     ctx.session_client_id = client;
     ctx.session_seq = seq;
     ctx.session_acked_below = seq;
@@ -97,7 +98,10 @@ fn a_session_spans_a_region_split() {
     cas_answer_lost(&c, b"m", 7, 1);
     // The key moves to the split's new region, which starts with a copy of the sessions.
     let regions = c.must_split(b"m");
-    let after = c.leader_of_key(b"m").expect("a leader").1.get_id();
+    let after = test_cluster::poll_until(T, || c.leader_of_key(b"m"))
+        .expect("the new region elects a leader")
+        .1
+        .get_id();
     assert_ne!(before, after, "the key is in a new region: {regions:?}");
     assert_eq!(cas(&c, b"m", 7, 1, true), Ok((true, Some(b"a".to_vec()))));
     c.must_get_equal(b"m", b"b");
@@ -143,9 +147,13 @@ fn a_forgotten_session_refuses_a_resend_and_applies_nothing() {
     let _scenario = fail::FailScenario::setup();
     let (mut raft, pd) = test_config();
     raft.max_sessions_per_region = 1;
+    // Past the count limit only sessions idle a tenth of the TTL are pushed out.
+    raft.session_ttl = Duration::from_secs(1);
     let c = Cluster::with_config(1, raft, pd);
     c.must_put(b"k", b"a");
     cas_answer_lost(&c, b"k", 1, 1);
+    // Log time passes only with writes stamped later: let a tenth of the TTL go by.
+    std::thread::sleep(Duration::from_millis(200));
     // Another session pushes the first out of the region's table of one.
     c.must_put(b"other", b"x");
     assert_eq!(

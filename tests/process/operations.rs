@@ -58,10 +58,14 @@ fn cluster_health_is_healthy_then_degraded_then_unhealthy_as_stores_die() {
     ] {
         assert!(show.contains(field), "{field} missing from:\n{show}");
     }
-    let (code, json) = run(&pd, &["store", "show", "1", "--output", "json"]);
-    assert_eq!(code, Some(0));
-    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON");
-    assert!(v["capacity_bytes"].as_u64().unwrap() > 0, "{v}");
+    // The capacity comes with the store's first statistics, a heartbeat after it joined.
+    let mut v = serde_json::Value::Null;
+    wait_until("store 1 reports its capacity", T, || {
+        let (code, json) = run(&pd, &["store", "show", "1", "--output", "json"]);
+        assert_eq!(code, Some(0));
+        v = serde_json::from_str(json.trim()).expect("JSON");
+        v["capacity_bytes"].as_u64().unwrap() > 0
+    });
     assert_eq!(run(&pd, &["store", "show", "99"]).0, Some(2));
 
     // One store of three: degraded, and still serving.
