@@ -24,6 +24,7 @@
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod idle;
 mod net;
 mod pd;
 mod txn_workload;
