@@ -228,7 +228,7 @@ fn idle_leader_partitioned_off_a_write_succeeds_within_the_keepalive_bound() {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let extra = format!(
-        "[server]\ngrpc-keepalive-time = \"{}s\"\ngrpc-keepalive-timeout = \"{}s\"\n[log]\nlevel = \"debug\"\n",
+        "[server]\ngrpc-keepalive-time = \"{}s\"\ngrpc-keepalive-timeout = \"{}s\"\n",
         KEEPALIVE_TIME.as_secs(),
         KEEPALIVE_TIMEOUT.as_secs()
     );
