@@ -1091,6 +1091,18 @@ mod tests {
             .collect()
     }
 
+    /// Bootstraps `core` with the first of `regions` on store 1, adds stores 4 and 5, and
+    /// reports the split into `regions`.
+    fn split_into(core: &PdCore, regions: &[metapb::Region]) {
+        let mut first = regions[0].clone();
+        first.set_end_key(vec![]);
+        first.mut_peers().truncate(1);
+        core.bootstrap(store(1), first).unwrap();
+        core.put_store(store(4)).unwrap();
+        core.put_store(store(5)).unwrap();
+        core.report_split(regions).unwrap();
+    }
+
     fn led_from(r: &metapb::Region, store: u64) -> pdpb::RegionHeartbeatRequest {
         let mut hb = pdpb::RegionHeartbeatRequest::default();
         hb.set_region(r.clone());
@@ -1113,13 +1125,7 @@ mod tests {
         let regions = three_regions();
         {
             let core = open();
-            let mut first = regions[0].clone();
-            first.set_end_key(vec![]);
-            first.mut_peers().truncate(1);
-            core.bootstrap(store(1), first).unwrap();
-            core.put_store(store(4)).unwrap();
-            core.put_store(store(5)).unwrap();
-            core.report_split(&regions).unwrap();
+            split_into(&core, &regions);
         }
         let core = open();
         for s in [1, 4, 5] {
@@ -1164,13 +1170,7 @@ mod tests {
         )
         .unwrap();
         let regions = three_regions();
-        let mut first = regions[0].clone();
-        first.set_end_key(vec![]);
-        first.mut_peers().truncate(1);
-        core.bootstrap(store(1), first).unwrap();
-        core.put_store(store(4)).unwrap();
-        core.put_store(store(5)).unwrap();
-        core.report_split(&regions).unwrap();
+        split_into(&core, &regions);
         // Store 1 leads the two that reported: the balancer moves one's leadership away.
         for r in &regions[1..] {
             core.region_heartbeat(&led_from(r, 1)).unwrap();
