@@ -4,9 +4,10 @@
 //! They then report the store down to the region (`StoreMsg::StoresDown`), which wakes
 //! and elects a new leader; a client's write succeeds within the keepalive bound.
 //! (`tests/process/idle_failover.rs` is the same with the store killed on loopback.)
-//! Two ignored tests reproduce product bugs the partition shows: a client that already
-//! holds a connection to the cut-off store waits out its whole deadline on it, and PD
-//! names a leader cut off from its followers again after the new leader.
+//! Two more partitions once showed product bugs: a client that already held a connection
+//! to the cut-off store waited out its whole deadline on it (now one try waits
+//! `client::TRY_TIMEOUT` at most), and PD named a leader cut off from its followers again
+//! after the new leader (now PD refuses a region heartbeat from an older Raft term).
 
 use std::time::{Duration, Instant};
 
@@ -325,15 +326,11 @@ fn idle_leader_partitioned_off_a_write_succeeds_within_the_keepalive_bound() {
 
 /// The same partition with the write from a client that already holds a connection to
 /// the leader's store (it made the first write there): its request goes down that
-/// connection, whose packets now vanish, and it waits for an answer for its whole
-/// deadline (20 s here), then fails with an undetermined outcome, although the other
-/// stores elect a new leader within seconds. The client's store connections have no
-/// keepalive (`components/client/src/lib.rs`, `Client::store`), and one try may take
-/// all that is left of the deadline (`Client::attempt_at`). Fails every run.
+/// connection, whose packets now vanish. The try gives up after `client::TRY_TIMEOUT`,
+/// the client passes the silent store over and asks a follower, which names the new
+/// leader once the others elect one; the session makes the resend safe. (Before the try
+/// timeout, the client waited its whole deadline and the write ended undetermined.)
 #[test]
-#[ignore = "product bug: a client whose connection to the leader's store blackholes waits \
-            out its whole deadline (no keepalive on the client's store channels, one try \
-            may take the whole deadline) and the write ends undetermined"]
 fn a_long_lived_clients_write_succeeds_within_the_keepalive_bound_after_its_leader_is_cut_off() {
     let _turn = crate::ONE_AT_A_TIME
         .lock()
@@ -367,14 +364,11 @@ fn a_long_lived_clients_write_succeeds_within_the_keepalive_bound_after_its_lead
 /// A leader cut off from the other stores but not from PD: once the others elect a new
 /// leader, PD must not name the old one again. The old leader, woken when its
 /// connections to the others break, stays leader in its old term until check-quorum
-/// makes it step down and reports the region to PD meanwhile; PD takes every region
-/// heartbeat's leader without comparing Raft terms (the stores send none), so it names
-/// the deposed leader again, and a client it routes there has its write accepted and
-/// held until the store's request timeout (10 s; once seen: a kvctl put acknowledged
-/// 13.4 s after the cut). Fails in about half the runs (4 of 7).
+/// makes it step down and reports the region to PD meanwhile; PD refuses those reports
+/// for their older term. (Before it compared terms, PD named the deposed leader again in
+/// about half the runs, and a client routed there had its write held until the store's
+/// request timeout.)
 #[test]
-#[ignore = "product bug: PD takes a deposed leader's region heartbeat after the new \
-            leader's (no term in the heartbeat, none compared) and routes clients back to it"]
 fn pd_never_names_a_leader_cut_off_from_its_followers_again_once_another_leads() {
     let _turn = crate::ONE_AT_A_TIME
         .lock()

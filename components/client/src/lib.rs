@@ -203,8 +203,28 @@ fn never_sent(e: &grpcio::Error) -> bool {
     }
 }
 
-/// How long a store that could not be dialed is passed over for a region's other peers.
+/// How long a store that could not be dialed, or did not answer a try, is passed over
+/// for a region's other peers.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// How long one try of a read or a session write waits for the store's answer before the
+/// request goes elsewhere: a store cut off by a partition, or paused, resets nothing, and
+/// its region elects a new leader within seconds, so waiting out the whole deadline on it
+/// would turn a short failover into a failed request. A busy store answers far sooner; a
+/// retried read or session write is answered once, whatever the first try did. A write
+/// outside a session waits for as long as the deadline allows: a second try could apply
+/// it twice.
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a store is passed over.
+#[derive(Clone, Copy)]
+struct Unreachable {
+    since: Instant,
+    /// It took the request and gave no answer (rather than refusing the connection): a
+    /// replica still naming it leader has not noticed yet, so that does not clear the
+    /// mark.
+    silent: bool,
+}
 
 /// A connection to a Flotilla cluster.
 pub struct Client {
@@ -212,11 +232,13 @@ pub struct Client {
     env: Arc<Environment>,
     cache: Mutex<RegionCache>,
     stores: Mutex<HashMap<u64, TikvClient>>,
-    /// Stores that could not be dialed lately, and when: a request for a region led
-    /// from one goes to another replica, which answers with the new leader (and wakes
-    /// the region if it hibernates).
-    unreachable: Mutex<HashMap<u64, Instant>>,
+    /// Stores that could not be dialed or did not answer lately: a request for a region
+    /// led from one goes to another replica, which answers with the new leader (and
+    /// wakes the region if it hibernates).
+    unreachable: Mutex<HashMap<u64, Unreachable>>,
     timeout: Duration,
+    /// How long one try waits for an answer (see [`TRY_TIMEOUT`]).
+    try_timeout: Duration,
     /// Numbers raw writes so a resend applies once; `None`: TiKV's behaviour.
     session: Option<Arc<session::Session>>,
 }
@@ -286,6 +308,7 @@ impl Client {
             stores: Mutex::default(),
             unreachable: Mutex::default(),
             timeout,
+            try_timeout: TRY_TIMEOUT,
             session: Some(session::Session::new()),
         })
     }
@@ -294,6 +317,13 @@ impl Client {
     /// undetermined instead of sent again (TiKV's behaviour; for comparisons).
     pub fn without_session(mut self) -> Client {
         self.session = None;
+        self
+    }
+
+    /// This client with one try of a read or a session write waiting `d` at most for an
+    /// answer before the request goes to another replica.
+    pub fn with_try_timeout(mut self, d: Duration) -> Client {
+        self.try_timeout = d;
         self
     }
 
@@ -311,6 +341,7 @@ impl Client {
             stores: Mutex::default(),
             unreachable: Mutex::default(),
             timeout: self.timeout,
+            try_timeout: self.try_timeout,
             session: self.session.clone(),
         }
     }
@@ -341,9 +372,8 @@ impl Client {
     }
 
     /// Like `locate`, but retries PD failures (a cluster still starting has no region yet)
-    /// until the deadline.
-    async fn locate_retrying(&self, key: &[u8]) -> Result<RegionRoute> {
-        let mut backoff = Backoff::new(self.timeout);
+    /// until `backoff`'s deadline.
+    async fn locate_retrying(&self, key: &[u8], backoff: &mut Backoff) -> Result<RegionRoute> {
         loop {
             match self.locate(key).await {
                 Err(Error::Pd(e)) => backoff.wait(e.to_string()).await?,
@@ -380,8 +410,12 @@ impl Client {
             // A replica names a leader on a store this client could not dial: that store
             // may be back (restarted); dial it again rather than asking replicas in a
             // loop until the mark expires. If it is still gone, the dial fails at once and
-            // marks it again.
-            self.unreachable.lock().remove(&named.get_store_id());
+            // marks it again. A store that took a try and went silent costs a whole try
+            // to find out again, so its mark stands until it expires.
+            let mut down = self.unreachable.lock();
+            if down.get(&named.get_store_id()).is_some_and(|u| !u.silent) {
+                down.remove(&named.get_store_id());
+            }
             cache.set_leader(id, named.clone());
         } else if e.has_epoch_not_match()
             && !e.get_epoch_not_match().get_current_regions().is_empty()
@@ -489,14 +523,18 @@ impl Client {
         if let Kind::Write(Some(ticket)) = kind {
             ticket.stamp(&mut ctx);
         }
-        let answer = tokio::time::timeout(backoff.remaining(), call(client, ctx, route.clone()))
-            .await
-            .unwrap_or_else(|_| {
-                Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
-                    grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
-                    format!("no answer within the deadline of {:?}", self.timeout),
-                )))
-            });
+        let wait = match kind {
+            Kind::Write(None) => backoff.remaining(),
+            _ => backoff.remaining().min(self.try_timeout),
+        };
+        let answer = tokio::time::timeout(wait, call(client, ctx, route.clone())).await;
+        let silent = answer.is_err();
+        let answer = answer.unwrap_or_else(|_| {
+            Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
+                grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
+                format!("no answer within {wait:?}"),
+            )))
+        });
         match answer {
             Ok((Some(re), _, _)) if !is_routing_error(&re) => {
                 Err(Error::from_store(re.get_message().to_string()))
@@ -513,16 +551,18 @@ impl Client {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
                 let why = format!("store {}: {e}", leader.get_store_id());
-                if !never_sent(&e) {
+                let never_sent = never_sent(&e);
+                if !never_sent {
                     match kind {
                         Kind::Write(Some(t)) if t.resend_after(&why) => {}
                         Kind::Write(_) => return Err(Error::Undetermined(why)),
                         Kind::Read => {}
                     }
-                } else {
-                    self.unreachable
-                        .lock()
-                        .insert(leader.get_store_id(), Instant::now());
+                }
+                if never_sent || silent {
+                    let since = Instant::now();
+                    let mark = Unreachable { since, silent };
+                    self.unreachable.lock().insert(leader.get_store_id(), mark);
                 }
                 Ok(Attempt::Retry(why))
             }
@@ -551,7 +591,7 @@ impl Client {
     /// one once elected), and a message to it wakes a hibernating region.
     fn reachable_peer(&self, region: &metapb::Region, leader: metapb::Peer) -> metapb::Peer {
         let mut down = self.unreachable.lock();
-        down.retain(|_, at| at.elapsed() < UNREACHABLE_FOR);
+        down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
         if !down.contains_key(&leader.get_store_id()) {
             return leader;
         }
@@ -593,15 +633,17 @@ impl Client {
         self.batch_delete(&[key.to_vec()]).await
     }
 
-    /// Groups items by the region that holds their keys, in key order.
+    /// Groups items by the region that holds their keys, in key order, within `backoff`'s
+    /// deadline.
     async fn group<T: Clone>(
         &self,
         items: &[T],
         key_of: impl Fn(&T) -> &[u8],
+        backoff: &mut Backoff,
     ) -> Result<Vec<(RegionRoute, Vec<T>)>> {
         let mut groups: BTreeMap<Vec<u8>, (RegionRoute, Vec<T>)> = BTreeMap::new();
         for item in items {
-            let route = self.locate_retrying(key_of(item)).await?;
+            let route = self.locate_retrying(key_of(item), backoff).await?;
             groups
                 .entry(keys::data_key(route.region.get_start_key()))
                 .or_insert_with(|| (route, vec![]))
@@ -636,7 +678,7 @@ impl Client {
         let mut pending = items.to_vec();
         let mut out = vec![];
         while !pending.is_empty() {
-            let groups = match self.group(&pending, key_of).await {
+            let groups = match self.group(&pending, key_of, &mut backoff).await {
                 Ok(g) => g,
                 Err(e) => return Err(partly_written(kind, !out.is_empty(), e)),
             };

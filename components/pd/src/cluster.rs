@@ -485,6 +485,7 @@ impl PdCore {
             down_peers: validate::peers_of(region, req.get_down_peers(), |d| d.get_peer()),
             pending_peers: validate::peers_of(region, req.get_pending_peers(), |p| p),
             approximate_size: req.approximate_size,
+            term: req.term,
         };
         let persisted_epoch = st
             .regions

@@ -1,5 +1,8 @@
 //! The routing table: regions by id and by range. On conflict the higher epoch wins
-//! (`version` first: splits and merges; then `conf_ver`); an older report is ignored.
+//! (`version` first: splits and merges; then `conf_ver`); an older report is ignored, and
+//! so is a leader's report from a Raft term below the last one heard: a leader cut off
+//! from its followers keeps reporting in its old term until it steps down, and must not
+//! be named again once a new leader has reported.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,6 +24,9 @@ pub struct RegionInfo {
     pub pending_peers: Vec<metapb::Peer>,
     /// Bytes, as estimated by the leader.
     pub approximate_size: u64,
+    /// The Raft term the leader reported in; 0: not known (PD's own records, split
+    /// reports), which keeps the term already known.
+    pub term: u64,
 }
 
 /// Whether `a` is a strictly older shape of a region than `b`.
@@ -60,11 +66,16 @@ fn overlaps(a: &metapb::Region, b: &metapb::Region) -> bool {
 impl RegionTree {
     /// Takes a report. Returns the ids of regions it replaced, or `None` if the report is
     /// older than what PD knows and was ignored.
-    pub fn update(&mut self, info: RegionInfo) -> Option<Vec<u64>> {
+    pub fn update(&mut self, mut info: RegionInfo) -> Option<Vec<u64>> {
         let id = info.region.get_id();
         let epoch = info.region.get_region_epoch();
         if let Some(old) = self.by_id.get(&id) {
             if epoch_older(epoch, old.region.get_region_epoch()) {
+                return None;
+            }
+            if info.term == 0 {
+                info.term = old.term;
+            } else if info.term < old.term {
                 return None;
             }
         }
@@ -272,6 +283,33 @@ mod tests {
         assert_eq!(scanned, vec![1, 2]);
         assert_eq!(t.scan(b"n", b"", 0).len(), 1);
         assert_eq!(t.scan(b"", b"", 1).len(), 1);
+    }
+
+    #[test]
+    fn a_report_from_an_older_term_never_names_its_leader_again() {
+        let in_term = |leader: u64, term: u64| {
+            let mut i = info(1, b"", b"", 1, 1);
+            let mut p = metapb::Peer::default();
+            p.set_id(leader);
+            p.set_store_id(leader);
+            i.leader = Some(p);
+            i.term = term;
+            i
+        };
+        let leader = |t: &RegionTree| t.get(1).and_then(|i| i.leader.clone()).map(|l| l.get_id());
+        let mut t = RegionTree::default();
+        t.update(in_term(1, 6)).unwrap();
+        t.update(in_term(2, 7)).unwrap();
+        // The deposed leader reports once more, same epoch, its old term.
+        assert_eq!(t.update(in_term(1, 6)), None);
+        assert_eq!(leader(&t), Some(2));
+        // A report that knows no term (a split report) keeps the term known...
+        t.update(in_term(2, 0)).unwrap();
+        assert_eq!(t.get(1).unwrap().term, 7);
+        // ...so the deposed leader is still refused after it.
+        assert_eq!(t.update(in_term(1, 6)), None);
+        t.update(in_term(3, 8)).unwrap();
+        assert_eq!(leader(&t), Some(3));
     }
 
     #[test]
