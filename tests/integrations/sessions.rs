@@ -1,7 +1,8 @@
 //! Client sessions: a raw write numbered by a session applies once, and a resend is
 //! answered with the first answer: after its answer was lost, after a leader change,
 //! after a split moved its key to a new region, on a replica added later. A forgotten
-//! session and a badly numbered write get errors that say so, and apply nothing.
+//! session, a badly numbered write and a try held up too long get errors that say so,
+//! and apply nothing.
 
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ fn numbered(c: &Cluster, key: &[u8], client: u64, seq: u64, retry: bool) -> (Raw
     ctx.session_seq = seq;
     ctx.session_acked_below = seq;
     ctx.session_retry = retry;
+    ctx.session_sent_ms = util::clock::unix_ms();
+    // A first try is its own first; a resend's first try is unknown here (0) unless a
+    // test sets it.
+    if !retry {
+        ctx.session_first_sent_ms = ctx.session_sent_ms;
+    }
     (storage, ctx)
 }
 
@@ -147,23 +154,42 @@ fn a_forgotten_session_refuses_a_resend_and_applies_nothing() {
     let _scenario = fail::FailScenario::setup();
     let (mut raft, pd) = test_config();
     raft.max_sessions_per_region = 1;
-    // Past the count limit only sessions idle a tenth of the TTL are pushed out.
-    raft.session_ttl = Duration::from_secs(1);
+    // Past the count limit only sessions idle a tenth of the TTL are pushed out; a try
+    // may be a twentieth of it (0.5 s) old.
+    raft.session_ttl = Duration::from_secs(10);
     let c = Cluster::with_config(1, raft, pd);
     c.must_put(b"k", b"a");
+    let first_sent = util::clock::unix_ms();
     cas_answer_lost(&c, b"k", 1, 1);
     // Log time passes only with writes stamped later: let a tenth of the TTL go by.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(1_200));
     // Another session pushes the first out of the region's table of one.
     c.must_put(b"other", b"x");
     assert_eq!(
         cas(&c, b"other", 2, 1, false),
         Ok((false, Some(b"x".to_vec())))
     );
-    let err = cas(&c, b"k", 1, 1, true).expect_err("the session was forgotten");
+    // The resend says when its first try went out: longer ago than a twentieth of the
+    // TTL, so that try may have applied before the session was forgotten.
+    let (storage, mut ctx) = numbered(&c, b"k", 1, 1, true);
+    ctx.session_first_sent_ms = first_sent;
+    let err = c
+        .runtime()
+        .block_on(storage.compare_and_swap(&ctx, "", b"k", b"b", Some(b"a")))
+        .map_err(|e| e.into_wire().1)
+        .expect_err("the session was forgotten");
     assert!(err.starts_with(util::wire::UNDETERMINED), "{err}");
     assert!(err.contains("raftstore.session-ttl"), "{err}");
     c.must_get_equal(b"k", b"b");
+    // A new client's resend whose first try went out just now: had that try applied, its
+    // session could not have been forgotten yet, so it did not, and the resend applies.
+    let (storage, mut ctx) = numbered(&c, b"fresh", 3, 1, true);
+    ctx.session_first_sent_ms = ctx.session_sent_ms;
+    c.runtime()
+        .block_on(storage.put(&ctx, "", b"fresh", b"1"))
+        .map_err(|e| e.into_wire().1)
+        .expect("a resend whose first try is recent applies");
+    c.must_get_equal(b"fresh", b"1");
 }
 
 #[test]
@@ -192,4 +218,23 @@ fn badly_numbered_session_writes_are_refused_with_the_reason() {
         stale.contains("acknowledged every write below 10"),
         "{stale}"
     );
+    // A try held up in the network past a twentieth of the session TTL (10 min), or from
+    // a client whose clock is off as far, or one that does not say when it was sent.
+    for (sent_ms, why) in [
+        (util::clock::unix_ms() - 60_000, "was sent"),
+        (util::clock::unix_ms() + 60_000, "ms after"),
+        (0, "session_sent_ms"),
+    ] {
+        let (storage, mut ctx) = numbered(&c, b"k", 5, 11, false);
+        ctx.session_sent_ms = sent_ms;
+        ctx.session_first_sent_ms = sent_ms;
+        let late = c
+            .runtime()
+            .block_on(storage.put(&ctx, "", b"k", b"late"))
+            .expect_err("a try too old to be told from a forgotten one");
+        let late = late.into_wire().1;
+        assert!(late.contains(why), "{late}");
+        assert!(late.contains("raftstore.session-ttl") || why == "session_sent_ms");
+    }
+    c.must_get_equal(b"k", b"z");
 }

@@ -328,8 +328,9 @@ fn idle_leader_partitioned_off_a_write_succeeds_within_the_keepalive_bound() {
 /// the leader's store (it made the first write there): its request goes down that
 /// connection, whose packets now vanish. The try gives up after `client::TRY_TIMEOUT`,
 /// the client passes the silent store over and asks a follower, which names the new
-/// leader once the others elect one; the session makes the resend safe. (Before the try
-/// timeout, the client waited its whole deadline and the write ended undetermined.)
+/// leader once the others elect one. The write is a compare-and-swap, so a resend that
+/// applied a second time would report failure; the session answers it once. (Before the
+/// try timeout, the client waited its whole deadline and the write ended undetermined.)
 #[test]
 fn a_long_lived_clients_write_succeeds_within_the_keepalive_bound_after_its_leader_is_cut_off() {
     let _turn = crate::ONE_AT_A_TIME
@@ -346,18 +347,23 @@ fn a_long_lived_clients_write_succeeds_within_the_keepalive_bound_after_its_lead
     let to = cut_off(&mut c, victim, true);
     let cut = Instant::now();
     assert_cut(&c, victim, &to);
-    let res = rt.block_on(cl.put(b"at-the-cut", b"v1"));
+    let res = rt.block_on(cl.compare_and_swap(b"before", Some(b"v0"), b"v1"));
     let took = cut.elapsed();
     println!(
-        "long-lived client: the idle leader's store (host {victim}) cut off, put ended \
-         {took:?} after the cut with {res:?} (bound {BOUND:?})"
+        "long-lived client: the idle leader's store (host {victim}) cut off, compare-and-swap \
+         ended {took:?} after the cut with {res:?} (bound {BOUND:?})"
     );
-    assert!(
-        res.is_ok(),
+    let swapped = client::CasOutcome {
+        succeed: true,
+        previous: Some(b"v0".to_vec()),
+    };
+    assert_eq!(
+        res.as_ref().ok(),
+        Some(&swapped),
         "the write failed {took:?} after the cut: {res:?}"
     );
     assert!(took <= BOUND, "the write took {took:?}, past {BOUND:?}");
-    let written = [("before", "v0"), ("at-the-cut", "v1")];
+    let written = [("before", "v1")];
     heal_and_read_everywhere(&mut c, &rt, &cl, victim, &to, &region, &written);
 }
 

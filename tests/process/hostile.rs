@@ -288,6 +288,21 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     for i in 0..N {
         assert_eq!(rt.block_on(c.get(&key(i))).unwrap(), Some(value(i)));
     }
+    // A read too large for gRPC (65 keys of 1 MiB, past `server.max-message-size` and
+    // the client's own bound) is refused as sent: the client says so at once instead of
+    // retrying it until its deadline (20 s).
+    let huge: Vec<Vec<u8>> = (0..65u8).map(|i| vec![b'z', i].repeat(1 << 19)).collect();
+    let asked = std::time::Instant::now();
+    let refused = rt.block_on(c.batch_get(&huge)).unwrap_err();
+    assert!(
+        matches!(&refused, client::Error::Store(m) if m.contains("refused")),
+        "{refused:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     // The client pages a scan in halves until each page fits.
     let all = rt.block_on(c.scan(b"", b"", 10 * N)).expect("a paged scan");
     assert_eq!(all.len(), N);

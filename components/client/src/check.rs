@@ -49,7 +49,7 @@ impl Client {
         loop {
             let route = self.region_by_id(region_id, &mut backoff).await?;
             let attempt = self
-                .attempt_at(Kind::Read, route.clone(), &backoff, |c, ctx, _| {
+                .attempt_at(Kind::Slow, route.clone(), &backoff, |c, ctx, _| {
                     let mut req = ComputeHashRequest::default();
                     req.set_region_id(ctx.region_id);
                     req.set_region_epoch(ctx.get_region_epoch().clone());

@@ -16,7 +16,10 @@ pub mod txn;
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU32, Ordering::Relaxed},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -114,32 +117,56 @@ pub struct CasOutcome {
 }
 
 /// Waits between tries inside the client's deadline: from 20 ms, doubling up to 500 ms,
-/// jittered.
-struct Backoff(util::retry::Retry);
+/// jittered. Also counts the tries no store answered in time: each such try doubles the
+/// next one's wait for an answer, so that a store slower than the try timeout (but alive)
+/// still answers within the deadline.
+struct Backoff {
+    retry: util::retry::Retry,
+    /// Tries left unanswered so far.
+    unanswered: AtomicU32,
+}
 
 impl Backoff {
     fn new(timeout: Duration) -> Self {
-        Backoff(util::retry::Retry::new(
-            timeout,
-            Duration::from_millis(20),
-            Duration::from_millis(500),
-        ))
+        Backoff {
+            retry: util::retry::Retry::new(
+                timeout,
+                Duration::from_millis(20),
+                Duration::from_millis(500),
+            ),
+            unanswered: AtomicU32::new(0),
+        }
     }
 
     /// Waits before the next try, or gives up with `last` if the deadline would pass.
     async fn wait(&mut self, last: String) -> Result<()> {
-        if self.0.wait().await {
+        if self.retry.wait().await {
             return Ok(());
         }
         Err(Error::Timeout {
-            elapsed: self.0.elapsed(),
+            elapsed: self.retry.elapsed(),
             last,
         })
     }
 
     /// How long the next try may wait for an answer.
     fn remaining(&self) -> Duration {
-        self.0.remaining()
+        self.retry.remaining()
+    }
+
+    /// How long the next try waits for an answer, from `base` for the first: doubled for
+    /// each earlier try that got none, within the deadline. Whether it is the try timeout
+    /// (not the deadline) that bounds it.
+    fn try_wait(&self, base: Duration) -> (Duration, bool) {
+        let doublings = self.unanswered.load(Relaxed).min(16);
+        let t = base.saturating_mul(1 << doublings);
+        let left = self.remaining();
+        (t.min(left), t < left)
+    }
+
+    /// A try got no answer within its wait.
+    fn went_unanswered(&self) {
+        self.unanswered.fetch_add(1, Relaxed);
     }
 }
 
@@ -180,13 +207,24 @@ fn settled(kind: Kind<'_>, e: Error) -> Error {
 /// in a session (the store then answers it once); without one it is never retried.
 #[derive(Clone, Copy)]
 enum Kind<'a> {
+    /// Changes nothing, or changes it the same way however often it is sent (every
+    /// Percolator command).
     Read,
+    /// A read the store answers only after work that grows with the region (a
+    /// consistency hash): one try waits out the deadline, since a resend repeats the work.
+    Slow,
     Write(Option<&'a session::Ticket>),
 }
 
 impl Kind<'_> {
     fn is_write(&self) -> bool {
         matches!(self, Kind::Write(_))
+    }
+
+    /// Whether one try may take what is left of the deadline: a write outside a session
+    /// (a second try could apply it twice) and a slow read.
+    fn waits_out_the_deadline(&self) -> bool {
+        matches!(self, Kind::Write(None) | Kind::Slow)
     }
 }
 
@@ -203,20 +241,36 @@ fn never_sent(e: &grpcio::Error) -> bool {
     }
 }
 
+/// Whether a failed call was refused for what it is (too large, not understood, not
+/// allowed), so that sending it again, anywhere, fails the same way.
+fn refused_as_sent(e: &grpcio::Error) -> bool {
+    use grpcio::RpcStatusCode as C;
+    matches!(e, grpcio::Error::RpcFailure(s) if [
+        C::INVALID_ARGUMENT,
+        C::UNIMPLEMENTED,
+        C::RESOURCE_EXHAUSTED,
+        C::PERMISSION_DENIED,
+        C::UNAUTHENTICATED,
+    ]
+    .contains(&s.code()))
+}
+
 /// How long a store that could not be dialed, or did not answer a try, is passed over
 /// for a region's other peers.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
-/// How long one try of a read or a session write waits for the store's answer before the
-/// request goes elsewhere: a store cut off by a partition, or paused, resets nothing, and
-/// its region elects a new leader within seconds, so waiting out the whole deadline on it
-/// would turn a short failover into a failed request. A busy store answers far sooner; a
-/// retried read or session write is answered once, whatever the first try did. A write
-/// outside a session waits for as long as the deadline allows: a second try could apply
-/// it twice.
+/// How long the first try of a read, a transactional command or a session write waits
+/// for the store's answer before the request goes elsewhere: a store cut off by a
+/// partition, or paused, resets nothing, and its region elects a new leader within
+/// seconds, so waiting out the whole deadline on it would turn a short failover into a
+/// failed request. Each try left unanswered doubles the next one's wait, so a store that
+/// is slow but alive still answers. Sending these again is safe: reads and Percolator
+/// commands change nothing twice, and a region answers a session write's resend from
+/// its session. A write outside a session, and a consistency hash, wait out the
+/// deadline on one try.
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why a store is passed over.
+/// Why a store is passed over (for every region it leads, by this client).
 #[derive(Clone, Copy)]
 struct Unreachable {
     since: Instant,
@@ -523,12 +577,16 @@ impl Client {
         if let Kind::Write(Some(ticket)) = kind {
             ticket.stamp(&mut ctx);
         }
-        let wait = match kind {
-            Kind::Write(None) => backoff.remaining(),
-            _ => backoff.remaining().min(self.try_timeout),
+        let (wait, bounded) = match kind.waits_out_the_deadline() {
+            true => (backoff.remaining(), false),
+            false => backoff.try_wait(self.try_timeout),
         };
         let answer = tokio::time::timeout(wait, call(client, ctx, route.clone())).await;
-        let silent = answer.is_err();
+        // Silent: the try timeout ran out, not the deadline.
+        let silent = answer.is_err() && bounded;
+        if silent {
+            backoff.went_unanswered();
+        }
         let answer = answer.unwrap_or_else(|_| {
             Err(grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(
                 grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
@@ -544,9 +602,18 @@ impl Client {
                 (Kind::Write(Some(t)), Error::Undetermined(why)) if t.resend_after(&why) => {
                     Ok(Attempt::Retry(why))
                 }
+                (Kind::Write(Some(_)), Error::Store(why))
+                    if session::Ticket::refused_for_its_age(&why) =>
+                {
+                    Ok(Attempt::Retry(why))
+                }
                 (_, e) => Err(e),
             },
             Ok((None, _, t)) => Ok(Attempt::Done(t)),
+            Err(e) if !kind.is_write() && refused_as_sent(&e) => Err(Error::Store(format!(
+                "store {} refused the request: {e}",
+                leader.get_store_id()
+            ))),
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
@@ -556,7 +623,7 @@ impl Client {
                     match kind {
                         Kind::Write(Some(t)) if t.resend_after(&why) => {}
                         Kind::Write(_) => return Err(Error::Undetermined(why)),
-                        Kind::Read => {}
+                        Kind::Read | Kind::Slow => {}
                     }
                 }
                 if never_sent || silent {
@@ -1021,6 +1088,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_unanswered_try_doubles_the_next_ones_wait_within_the_deadline() {
+        let s = Duration::from_secs;
+        let b = Backoff::new(s(60));
+        assert_eq!(b.try_wait(s(2)), (s(2), true));
+        b.went_unanswered();
+        assert_eq!(b.try_wait(s(2)), (s(4), true));
+        b.went_unanswered();
+        assert_eq!(b.try_wait(s(2)), (s(8), true));
+        // Past the deadline the deadline bounds it, and an expiry is no silence.
+        let short = Backoff::new(s(3));
+        short.went_unanswered();
+        let (wait, bounded) = short.try_wait(s(2));
+        assert!(wait <= s(3) && !bounded, "{wait:?}");
+    }
 
     #[test]
     fn an_undetermined_store_error_is_not_a_plain_refusal() {

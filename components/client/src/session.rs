@@ -48,6 +48,7 @@ impl Session {
             session: self.clone(),
             seq,
             maybe_applied: AtomicBool::new(false),
+            first_sent_ms: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +68,8 @@ pub(crate) struct Ticket {
     seq: u64,
     /// Whether a try's outcome was unknown: later tries are resends.
     maybe_applied: AtomicBool,
+    /// When the first try was sent (unix ms; 0: not yet).
+    first_sent_ms: AtomicU64,
 }
 
 impl Ticket {
@@ -76,6 +79,23 @@ impl Ticket {
         ctx.session_seq = self.seq;
         ctx.session_acked_below = self.session.acked_below();
         ctx.session_retry = self.maybe_applied.load(Relaxed);
+        let now = util::clock::unix_ms();
+        // The first stamp sets it; later ones keep it.
+        let _ = self
+            .first_sent_ms
+            .compare_exchange(0, now, Relaxed, Relaxed);
+        let first = self.first_sent_ms.load(Relaxed);
+        ctx.session_first_sent_ms = first;
+        // Never before the first try, even if the clock was set back since: a region
+        // counts on a resend being sent no earlier than its first try.
+        ctx.session_sent_ms = now.max(first);
+    }
+
+    /// Whether a store refused a try only for its sending time (too old, or the clocks
+    /// too far apart): nothing applied, and a try sent now may pass. The name of the
+    /// limit is the contract.
+    pub(crate) fn refused_for_its_age(why: &str) -> bool {
+        why.contains("raftstore.session-ttl / 20")
     }
 
     /// A try's outcome is unknown: whether to send it again (the store will answer a
@@ -110,9 +130,15 @@ mod tests {
         b.stamp(&mut ctx);
         assert_eq!((ctx.session_seq, ctx.session_acked_below), (2, 1));
         assert!(!ctx.session_retry);
+        let first = ctx.session_first_sent_ms;
+        assert!(first != 0 && first == ctx.session_sent_ms);
         drop(a);
         assert!(b.resend_after("no answer within 5s"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
         b.stamp(&mut ctx);
+        // A resend says when it was sent, and when the first try was.
+        assert_eq!(ctx.session_first_sent_ms, first);
+        assert!(ctx.session_sent_ms > first);
         assert_eq!((ctx.session_seq, ctx.session_acked_below), (2, 2));
         assert!(ctx.session_retry);
         assert!(!b.resend_after("region 2 no longer remembers client session 0x1"));

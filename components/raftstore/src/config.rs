@@ -79,7 +79,8 @@ pub struct Config {
     /// make its queue grow without bound.
     pub max_apply_lag: u64,
     /// A region forgets a client session idle this long (by the leaders' clocks); a
-    /// resend from a forgotten session gets an error instead of a second apply.
+    /// resend from a forgotten session gets an error instead of a second apply. A try
+    /// sent more than a twentieth of it away from the leader's clock is refused.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
     /// Most client sessions a region remembers; past it the least recently active is
@@ -253,9 +254,10 @@ impl Validate for Config {
             "must be positive",
         )?;
         ensure(
-            self.session_ttl >= Duration::from_secs(1),
+            self.session_ttl >= Duration::from_secs(10),
             "raftstore.session-ttl",
-            "must be at least 1s",
+            "must be at least 10s (a twentieth of it is how far a try's sending time may be \
+             from a leader's clock)",
         )?;
         ensure(
             self.max_sessions_per_region > 0

@@ -260,6 +260,8 @@ impl RawStorage {
             s.seq = ctx.session_seq;
             s.acked_below = ctx.session_acked_below;
             s.retry = ctx.session_retry;
+            s.sent_ms = ctx.session_sent_ms;
+            s.first_sent_ms = ctx.session_first_sent_ms;
         }
         self.wait(ctx.get_region_id(), true, |cb| PeerMsg::Command { cmd, cb })
             .await

@@ -27,10 +27,7 @@ const LOCK_TTL_MS: u64 = 3_000;
 /// The TTL of a lock taken now by the transaction that started at `start_ts`: TTLs
 /// count from the start timestamp's physical time, so an older transaction needs more.
 fn lock_ttl(start_ts: u64) -> u64 {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    now_ms.saturating_sub(start_ts >> PHYSICAL_SHIFT) + LOCK_TTL_MS
+    util::clock::unix_ms().saturating_sub(start_ts >> PHYSICAL_SHIFT) + LOCK_TTL_MS
 }
 
 /// Bits of a timestamp below its physical milliseconds.

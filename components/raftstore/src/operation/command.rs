@@ -67,7 +67,10 @@ impl PeerFsm {
         for req in cmd.get_requests() {
             check_request_keys(region, req)?;
         }
-        session::check_header(cmd.get_header().get_session(), ctx.cfg.session_window)
+        let session = cmd.get_header().get_session();
+        session::check_header(session, ctx.cfg.session_window)?;
+        let ttl_ms = ctx.cfg.session_ttl.as_millis() as u64;
+        session::check_sent(session, session::now_ms(), ttl_ms)
     }
 
     pub(crate) fn propose_command(

@@ -42,7 +42,8 @@ enum Admission {
     Answered(CmdResponse),
 }
 
-fn now_ms() -> u64 {
+/// This machine's clock, unix ms (0 if set before 1970).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -83,6 +84,57 @@ pub fn check_header(h: &SessionHeader, window: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a try whose sending time (the client's clock) is a twentieth of the session
+/// TTL or more from `clock_ms`: the proposing leader's clock, as an early refusal, and at
+/// apply the region's log clock (the latest stamp in its log, the same on every replica),
+/// which is what makes it safe. A session is forgotten only once idle a tenth of the TTL
+/// by the log clock, and its last activity is at least the sending time of the try that
+/// used it minus a twentieth; so a first try held up in the network (a partition heals
+/// and the kernel delivers what it queued) that arrives after its resend applied and the
+/// session was forgotten is always refused here, whatever the clocks say. Clocks further
+/// apart than that only get tries refused.
+pub(crate) fn check_sent(h: &SessionHeader, clock_ms: u64, ttl_ms: u64) -> Result<()> {
+    if h.client_id == 0 {
+        return Ok(());
+    }
+    if h.sent_ms == 0 {
+        return Err(Error::Session(
+            "a session write must say when it was sent (session_sent_ms)".into(),
+        ));
+    }
+    if h.first_sent_ms > h.sent_ms {
+        return Err(Error::Session(format!(
+            "the first try is dated after this one (session_first_sent_ms {} > \
+             session_sent_ms {})",
+            h.first_sent_ms, h.sent_ms
+        )));
+    }
+    let max = ttl_ms / 20;
+    if clock_ms.abs_diff(h.sent_ms) >= max {
+        let when = match clock_ms >= h.sent_ms {
+            true => format!("was sent {} ms before", clock_ms - h.sent_ms),
+            false => format!("is dated {} ms after", h.sent_ms - clock_ms),
+        };
+        return Err(Error::Session(format!(
+            "this try {when} the region's clock, {max} ms or more (raftstore.session-ttl / \
+             20): one held up that long could arrive after the region forgot the session; \
+             or the client's clock is off"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the write's first try was sent so lately (by the region's log clock
+/// `clock_ms`) that, had it applied, the region could not have forgotten its session
+/// since: that first try would have passed `check_sent`, so the session's last activity
+/// would be past the first sending time minus a twentieth of the TTL, and forgetting takes
+/// a tenth idle. So a resend the region knows nothing of, or one below a recreated
+/// session's floor, did not apply before; its first try, if it arrives later, is
+/// answered from the session or refused by `check_sent`.
+fn first_sent_lately(h: &SessionHeader, clock_ms: u64) -> bool {
+    h.first_sent_ms != 0 && clock_ms <= h.first_sent_ms.saturating_add(h.ttl_ms / 20)
 }
 
 /// What a command's requests are: their checksum and length, as encoded.
@@ -228,6 +280,9 @@ impl SessionTable {
             region_id,
             client_id: h.client_id,
         };
+        let clock = self.clock_ms.max(h.now_ms);
+        check_sent(h, clock, h.ttl_ms)?;
+        let lately = first_sent_lately(h, clock);
         match self.clients.get(&h.client_id) {
             Some(c) if h.seq < c.acked_below => Err(Error::Session(format!(
                 "write {} of client session {:#x} was resent after the client acknowledged \
@@ -236,7 +291,7 @@ impl SessionTable {
             ))),
             // Recreated after the region forgot sessions: below its first number, a write
             // may have applied before.
-            Some(c) if h.seq < c.floor => Err(forgotten()),
+            Some(c) if h.seq < c.floor && !lately => Err(forgotten()),
             Some(c) => match c.get_answers().iter().find(|a| a.seq == h.seq) {
                 Some(a) if a.digest != digest => Err(Error::SessionMismatch {
                     region_id,
@@ -248,7 +303,9 @@ impl SessionTable {
                 // never acknowledges.
                 None if kept_bytes(c, h.acked_below) >= h.max_bytes.max(1) => {
                     Err(Error::Session(format!(
-                        "client session {:#x} keeps {} unacknowledged answers in region                          {region_id}, past raftstore.max-session-bytes-per-region; it must                          acknowledge earlier writes first",
+                        "client session {:#x} keeps {} unacknowledged answers in region \
+                         {region_id}, past raftstore.max-session-bytes-per-region; it must \
+                         acknowledge earlier writes first",
                         h.client_id,
                         c.get_answers().len()
                     )))
@@ -256,7 +313,7 @@ impl SessionTable {
                 None => Ok(Admission::Apply),
             },
             // Unknown, and maybe forgotten: a first try may have applied.
-            None if h.retry && self.state.expired_at_ms != 0 => Err(forgotten()),
+            None if h.retry && self.state.expired_at_ms != 0 && !lately => Err(forgotten()),
             None => Ok(Admission::Apply),
         }
     }
@@ -402,6 +459,7 @@ mod tests {
         h.set_acked_below(acked);
         h.set_retry(retry);
         h.set_now_ms(now);
+        h.set_sent_ms(now.max(1));
         h.set_ttl_ms(1000);
         h.set_max_sessions(2);
         h.set_max_bytes(1 << 20);
@@ -497,6 +555,16 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(matches!(
             t.admit(&header(1, 5, 5, true, 210), 0, 3),
+            Err(Error::SessionExpired { client_id: 1, .. })
+        ));
+        // Unless its first try was sent within a twentieth of the TTL (50 ms) of the
+        // region's clock (200): had it applied, the session could not be gone yet.
+        let mut lately = header(1, 7, 7, true, 210);
+        lately.set_first_sent_ms(160);
+        assert!(answered(t.admit(&lately, 0, 3).unwrap()).is_none());
+        lately.set_first_sent_ms(159);
+        assert!(matches!(
+            t.admit(&lately, 0, 3),
             Err(Error::SessionExpired { client_id: 1, .. })
         ));
         // Not a resend: a new write of a forgotten session applies.
@@ -607,5 +675,115 @@ mod tests {
             "{e}"
         );
         check_header(&header(0, 0, 9, false, 0), 16).unwrap();
+    }
+
+    #[test]
+    fn a_try_a_twentieth_of_the_ttl_from_the_clock_is_refused() {
+        let sent = |ms: u64| {
+            let mut h = header(1, 1, 1, false, 0);
+            h.set_sent_ms(ms);
+            h
+        };
+        check_sent(&sent(10_001), 40_000, 600_000).unwrap();
+        check_sent(&sent(69_999), 40_000, 600_000).unwrap();
+        let e = check_sent(&sent(10_000), 40_000, 600_000).unwrap_err();
+        assert!(e.to_string().contains("raftstore.session-ttl / 20"), "{e}");
+        assert!(e.to_string().contains("30000 ms before"), "{e}");
+        let e = check_sent(&sent(70_000), 40_000, 600_000).unwrap_err();
+        assert!(e.to_string().contains("ms after"), "{e}");
+        let e = check_sent(&sent(0), 40_000, 600_000).unwrap_err();
+        assert!(e.to_string().contains("session_sent_ms"), "{e}");
+        let mut h = sent(40_000);
+        h.set_first_sent_ms(40_001);
+        let e = check_sent(&h, 40_000, 600_000).unwrap_err();
+        assert!(e.to_string().contains("first try is dated after"), "{e}");
+        // Outside a session nothing is dated.
+        check_sent(&header(0, 0, 0, false, 0), 40_000, 600_000).unwrap();
+    }
+
+    /// First writes of `clients` at their stamps, in a region that keeps two sessions
+    /// (TTL 1000 ms: past the count, a tenth idle, 100 ms, may be pushed out; a try may
+    /// be a twentieth, 50 ms, off the clock).
+    fn crowded(t: &mut SessionTable, wb: &mut WriteBatch, clients: &[(u64, u64)]) {
+        for &(client, now) in clients {
+            let h = header(client, 1, 1, false, now);
+            assert!(answered(t.admit(&h, 0, 3).unwrap()).is_none());
+            t.record(&h, 0, &CmdResponse::default(), 3, wb);
+        }
+    }
+
+    #[test]
+    fn a_slow_leaders_clock_cannot_let_a_resend_apply_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        let mut t = SessionTable::default();
+        // Client 1's write applies at a leader stamp of 20 (sent at 40 by its fast
+        // clock); a fast leader's stamp of 125 pushes the session out.
+        let mut first = header(1, 1, 1, false, 20);
+        first.set_sent_ms(40);
+        first.set_first_sent_ms(40);
+        t.admit(&first, 0, 3).unwrap();
+        t.record(&first, 0, &CmdResponse::default(), 3, &mut wb);
+        crowded(&mut t, &mut wb, &[(2, 30), (3, 125)]);
+        assert!(!t.clients.contains_key(&1));
+        // The resend comes through the slow leader again (stamp 80, sent at 100): by
+        // that stamp its first try is 40 ms old, "lately"; by the log clock (125) it is
+        // not, and the resend is refused as forgotten.
+        let mut resend = header(1, 1, 1, true, 80);
+        resend.set_sent_ms(100);
+        resend.set_first_sent_ms(40);
+        assert!(matches!(
+            t.admit(&resend, 0, 3),
+            Err(Error::SessionExpired { client_id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_first_try_held_up_until_its_session_is_forgotten_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        let mut t = SessionTable::default();
+        // The first try (sent at 40) is held up; its resend applies at 40.
+        let mut resend = header(1, 1, 1, true, 40);
+        resend.set_sent_ms(60);
+        resend.set_first_sent_ms(40);
+        t.admit(&resend, 0, 3).unwrap();
+        t.record(&resend, 0, &CmdResponse::default(), 3, &mut wb);
+        // A fast leader pushes the session out at 145.
+        crowded(&mut t, &mut wb, &[(2, 50), (3, 145)]);
+        assert!(!t.clients.contains_key(&1));
+        // The first try arrives at a slow leader (stamp 85, 45 ms after it was sent):
+        // by the log clock it is 105 ms old, and refused.
+        let mut late = header(1, 1, 1, false, 85);
+        late.set_sent_ms(40);
+        late.set_first_sent_ms(40);
+        let e = t.admit(&late, 0, 3).unwrap_err();
+        assert!(e.to_string().contains("raftstore.session-ttl / 20"), "{e}");
+    }
+
+    #[test]
+    fn a_recent_resend_below_a_recreated_sessions_floor_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::Engine::open(dir.path()).unwrap();
+        let mut wb = engine.write_batch();
+        let mut t = SessionTable::default();
+        crowded(&mut t, &mut wb, &[(1, 0), (2, 10), (3, 200)]);
+        assert!(!t.clients.contains_key(&1), "client 1 was pushed out");
+        // Client 1 comes back with write 9: its session starts with floor 9.
+        let h = header(1, 9, 8, false, 210);
+        t.admit(&h, 0, 3).unwrap();
+        t.record(&h, 0, &CmdResponse::default(), 3, &mut wb);
+        // A resend of write 8 whose first try is older than the clock allows may have
+        // applied before: expired. One sent lately cannot have: it applies.
+        let mut eight = header(1, 8, 8, true, 220);
+        eight.set_first_sent_ms(150);
+        assert!(matches!(
+            t.admit(&eight, 0, 3),
+            Err(Error::SessionExpired { client_id: 1, .. })
+        ));
+        eight.set_first_sent_ms(200);
+        assert!(answered(t.admit(&eight, 0, 3).unwrap()).is_none());
     }
 }
