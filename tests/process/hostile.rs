@@ -291,7 +291,7 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     // A read too large for gRPC (65 keys of 1 MiB, past `server.max-message-size` and
     // the client's own bound) is refused as sent: the client says so at once instead of
     // retrying it until its deadline (20 s).
-    let huge: Vec<Vec<u8>> = (0..65u8).map(|i| vec![b'z', i].repeat(1 << 19)).collect();
+    let huge: Vec<Vec<u8>> = (0..65u8).map(|i| [b'z', i].repeat(1 << 19)).collect();
     let asked = std::time::Instant::now();
     let refused = rt.block_on(c.batch_get(&huge)).unwrap_err();
     assert!(
