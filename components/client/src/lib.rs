@@ -374,8 +374,9 @@ impl Client {
         self
     }
 
-    /// This client with one try of a read or a session write waiting `d` at most for an
-    /// answer before the request goes to another replica.
+    /// This client with the first try of a read, a transactional command or a session
+    /// write waiting `d` for an answer before the request goes to another replica (see
+    /// [`TRY_TIMEOUT`]).
     pub fn with_try_timeout(mut self, d: Duration) -> Client {
         self.try_timeout = d;
         self
