@@ -31,6 +31,21 @@ const BOUND: Duration = KEEPALIVE_TIME
     .saturating_add(KEEPALIVE_TIMEOUT)
     .saturating_add(SLACK);
 
+/// Three stores with this test's keepalive, a client made by `connect`, and one write
+/// acknowledged (`before` = `v0`).
+fn written_once(
+    connect: impl Fn(&tokio::runtime::Runtime, &NetCluster) -> client::Client,
+) -> (NetCluster, tokio::runtime::Runtime, client::Client) {
+    let c = NetCluster::start_full(3, PdSetup::Gateway, &keepalive_config());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cl = connect(&rt, &c);
+    common::wait_until("three voters", T, || common::voters(&rt, &cl) == 3);
+    common::wait_until("a first write", T, || {
+        rt.block_on(cl.put(b"before", b"v0")).is_ok()
+    });
+    (c, rt, cl)
+}
+
 /// The stores' extra config: the keepalive of this test.
 fn keepalive_config() -> String {
     format!(
@@ -266,13 +281,7 @@ fn idle_leader_partitioned_off_a_write_succeeds_within_the_keepalive_bound() {
     let _turn = crate::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut c = NetCluster::start_full(3, PdSetup::Gateway, &keepalive_config());
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cl = crate::connect(&rt, &c);
-    common::wait_until("three voters", T, || common::voters(&rt, &cl) == 3);
-    common::wait_until("a first write", T, || {
-        rt.block_on(cl.put(b"before", b"v0")).is_ok()
-    });
+    let (mut c, rt, cl) = written_once(crate::connect);
 
     // 1. Cut off from everything; the write starts at the cut.
     let (victim, _, region) = hibernating_leader(&c, &rt, &cl);
@@ -336,13 +345,7 @@ fn a_long_lived_clients_write_succeeds_within_the_keepalive_bound_after_its_lead
     let _turn = crate::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut c = NetCluster::start_full(3, PdSetup::Gateway, &keepalive_config());
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cl = common::client(&rt, &c.pd_addr());
-    common::wait_until("three voters", T, || common::voters(&rt, &cl) == 3);
-    common::wait_until("a first write", T, || {
-        rt.block_on(cl.put(b"before", b"v0")).is_ok()
-    });
+    let (mut c, rt, cl) = written_once(|rt, c| common::client(rt, &c.pd_addr()));
     let (victim, _, region) = hibernating_leader(&c, &rt, &cl);
     let to = cut_off(&mut c, victim, true);
     let cut = Instant::now();
@@ -379,13 +382,7 @@ fn pd_never_names_a_leader_cut_off_from_its_followers_again_once_another_leads()
     let _turn = crate::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut c = NetCluster::start_full(3, PdSetup::Gateway, &keepalive_config());
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cl = crate::connect(&rt, &c);
-    common::wait_until("three voters", T, || common::voters(&rt, &cl) == 3);
-    common::wait_until("a first write", T, || {
-        rt.block_on(cl.put(b"before", b"v0")).is_ok()
-    });
+    let (mut c, rt, cl) = written_once(crate::connect);
     let (victim, old, _) = hibernating_leader(&c, &rt, &cl);
     let to = cut_off(&mut c, victim, false);
     let cut = Instant::now();

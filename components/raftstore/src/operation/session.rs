@@ -701,6 +701,13 @@ mod tests {
         check_sent(&header(0, 0, 0, false, 0), 40_000, 600_000).unwrap();
     }
 
+    /// A write batch on an engine in a temporary directory (kept while it lives).
+    fn scratch() -> (tempfile::TempDir, WriteBatch) {
+        let dir = tempfile::tempdir().unwrap();
+        let wb = engine::Engine::open(dir.path()).unwrap().write_batch();
+        (dir, wb)
+    }
+
     /// First writes of `clients` at their stamps, in a region that keeps two sessions
     /// (TTL 1000 ms: past the count, a tenth idle, 100 ms, may be pushed out; a try may
     /// be a twentieth, 50 ms, off the clock).
@@ -714,9 +721,7 @@ mod tests {
 
     #[test]
     fn a_slow_leaders_clock_cannot_let_a_resend_apply_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine::Engine::open(dir.path()).unwrap();
-        let mut wb = engine.write_batch();
+        let (_dir, mut wb) = scratch();
         let mut t = SessionTable::default();
         // Client 1's write applies at a leader stamp of 20 (sent at 40 by its fast
         // clock); a fast leader's stamp of 125 pushes the session out.
@@ -741,9 +746,7 @@ mod tests {
 
     #[test]
     fn a_first_try_held_up_until_its_session_is_forgotten_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine::Engine::open(dir.path()).unwrap();
-        let mut wb = engine.write_batch();
+        let (_dir, mut wb) = scratch();
         let mut t = SessionTable::default();
         // The first try (sent at 40) is held up; its resend applies at 40.
         let mut resend = header(1, 1, 1, true, 40);
@@ -765,9 +768,7 @@ mod tests {
 
     #[test]
     fn a_recent_resend_below_a_recreated_sessions_floor_applies() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine::Engine::open(dir.path()).unwrap();
-        let mut wb = engine.write_batch();
+        let (_dir, mut wb) = scratch();
         let mut t = SessionTable::default();
         crowded(&mut t, &mut wb, &[(1, 0), (2, 10), (3, 200)]);
         assert!(!t.clients.contains_key(&1), "client 1 was pushed out");
