@@ -39,6 +39,10 @@ struct Args {
     /// The cluster secret (the file pd-server created: <pd data-dir>/cluster-secret).
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    /// Where this store sits, KEY=VALUE,... (e.g. zone=z1,rack=r1,host=h1): PD keeps a
+    /// region's replicas in distinct values of its location labels.
+    #[arg(long)]
+    labels: Option<String>,
     #[command(flatten)]
     log: log_flags::LogFlags,
 }
@@ -73,6 +77,9 @@ fn config(args: &Args) -> conf::Result<Config> {
             .map(|e| e.trim().to_string())
             .filter(|e| !e.is_empty())
             .collect();
+    }
+    if let Some(v) = &args.labels {
+        cfg.server.labels = node::parse_labels(v)?;
     }
     args.log.apply(&mut cfg.log);
     cfg.validate()?;

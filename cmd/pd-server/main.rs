@@ -49,6 +49,15 @@ struct Args {
     /// <data-dir>/cluster-secret). Give every store the same file.
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    /// Store label keys naming failure domains, top first (e.g. zone,rack,host).
+    #[arg(long, value_delimiter = ',')]
+    location_labels: Option<Vec<String>>,
+    /// The location label two replicas of a region must not share (e.g. zone).
+    #[arg(long)]
+    isolation_level: Option<String>,
+    /// Zones (values of the first location label) where leaders should be.
+    #[arg(long, value_delimiter = ',')]
+    leader_zones: Option<Vec<String>>,
     #[command(flatten)]
     log: log_flags::LogFlags,
 }
@@ -89,6 +98,15 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
     if let Some(v) = &args.cluster_secret_file {
         cfg.pd.cluster_secret_file = v.clone();
     }
+    if let Some(v) = &args.location_labels {
+        cfg.replication.location_labels = v.iter().map(|l| l.trim().to_string()).collect();
+    }
+    if let Some(v) = &args.isolation_level {
+        cfg.replication.isolation_level = v.clone();
+    }
+    if let Some(v) = &args.leader_zones {
+        cfg.replication.leader_zones = v.iter().map(|z| z.trim().to_string()).collect();
+    }
     args.log.apply(&mut cfg.log);
     cfg.validate()?;
     Ok(cfg)
@@ -111,7 +129,7 @@ fn main() -> ExitCode {
         .build()
         .expect("start the tokio runtime");
     rt.block_on(async {
-        let server = match PdServer::start(cfg.pd.clone(), logger.clone()) {
+        let server = match PdServer::start(cfg.pd_config(), logger.clone()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pd-server: {e}");

@@ -487,6 +487,7 @@ impl Client {
                 cache.insert(RegionRoute {
                     region: r.clone(),
                     leader,
+                    isolation: None,
                 });
             }
         } else {
@@ -1061,6 +1062,7 @@ impl Client {
                         cache.insert(RegionRoute {
                             region: r.clone(),
                             leader,
+                            isolation: None,
                         });
                     }
                     return Ok(regions);

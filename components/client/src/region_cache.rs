@@ -77,7 +77,7 @@ mod tests {
         r.set_end_key(end.to_vec());
         RegionRoute {
             region: r,
-            leader: None,
+            ..Default::default()
         }
     }
 

@@ -12,6 +12,9 @@ use conf::Validate;
 use serde::{Deserialize, Serialize};
 use slog::Logger;
 
+/// Parses `kv-server --labels zone=z1,rack=r1`.
+pub use server::config::parse_labels;
+
 /// Errors of starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -11,23 +11,14 @@ use proto::metapb;
 
 use crate::{
     region_tree::RegionInfo,
-    schedule::{replace_steps, Operator, Step, Stores},
+    schedule::{improve_isolation, is_settled, replace_steps, Operator, Step, Stores},
 };
-
-/// Whether every peer is a voter that keeps up: only such regions are moved.
-fn is_settled(info: &RegionInfo) -> bool {
-    info.pending_peers.is_empty()
-        && info.down_peers.is_empty()
-        && info
-            .region
-            .get_peers()
-            .iter()
-            .all(|p| p.get_role() == metapb::PeerRole::Voter)
-}
 
 /// Moves one replica of the region from the fullest store it is on to the emptiest
 /// store it is not on, if their replica counts differ by more than one. Fullest and
-/// emptiest go by count, then by bytes.
+/// emptiest go by count, then by bytes. A move never brings the replica nearer the
+/// region's other replicas in failure domains; first of all, a region whose replicas
+/// could stand farther apart is spread wider.
 pub fn balance_region(
     info: &RegionInfo,
     stores: &Stores,
@@ -36,36 +27,51 @@ pub fn balance_region(
     if !is_settled(info) {
         return None;
     }
+    if let Some(op) = improve_isolation(info, stores, alloc, false) {
+        return Some(op);
+    }
     let peers = info.region.get_peers();
-    let source = peers
+    let all: Vec<u64> = peers.iter().map(|p| p.get_store_id()).collect();
+    let load = |s: u64| {
+        let l = &stores.loads[&s];
+        (l.regions, l.size)
+    };
+    let mut sources: Vec<&metapb::Peer> = peers
         .iter()
         .filter(|p| stores.has_room(p.get_store_id()))
-        .max_by_key(|p| {
-            let l = &stores.loads[&p.get_store_id()];
-            (l.regions, l.size, p.get_store_id())
-        })?;
-    let (target, target_load) = stores
-        .loads
-        .iter()
-        .filter(|(id, _)| stores.has_room(**id))
-        .filter(|(id, _)| !peers.iter().any(|p| p.get_store_id() == **id))
-        .min_by_key(|(id, l)| (l.regions, l.size, **id))?;
-    if stores.loads[&source.get_store_id()].regions - target_load.regions <= 1 {
-        return None;
+        .collect();
+    sources.sort_by_key(|p| std::cmp::Reverse((load(p.get_store_id()), p.get_store_id())));
+    for source in sources {
+        let from = source.get_store_id();
+        let rest: Vec<u64> = all.iter().copied().filter(|s| *s != from).collect();
+        let spread = stores.score(from, &rest);
+        let target = stores
+            .loads
+            .keys()
+            .copied()
+            .filter(|id| stores.has_room(*id) && !all.contains(id))
+            .filter(|id| stores.score(*id, &rest) >= spread)
+            .min_by_key(|id| (load(*id), *id));
+        let Some(target) = target else { continue };
+        if load(from).0 - load(target).0 <= 1 {
+            continue;
+        }
+        let mut new = metapb::Peer::default();
+        new.set_id(alloc()?);
+        new.set_store_id(target);
+        new.set_role(metapb::PeerRole::Learner);
+        return Some(Operator::new(
+            "balance-region",
+            replace_steps(info, source, new),
+            info,
+        ));
     }
-    let mut new = metapb::Peer::default();
-    new.set_id(alloc()?);
-    new.set_store_id(*target);
-    new.set_role(metapb::PeerRole::Learner);
-    Some(Operator::new(
-        "balance-region",
-        replace_steps(info, source, new),
-        info,
-    ))
+    None
 }
 
-/// Moves the region's leadership to the voter whose store leads the fewest regions, if
-/// that is more than one fewer than the current leader's store.
+/// Moves the region's leadership into a leader zone if it is outside them and a voter is
+/// inside; otherwise to the voter whose store leads the fewest regions, if that is more
+/// than one fewer than the current leader's store, never out of a leader zone.
 pub fn balance_leader(info: &RegionInfo, stores: &Stores) -> Option<Operator> {
     if !is_settled(info) {
         return None;
@@ -75,13 +81,26 @@ pub fn balance_leader(info: &RegionInfo, stores: &Stores) -> Option<Operator> {
     if !stores.has_room(from) {
         return None;
     }
-    let to = info
-        .region
-        .get_peers()
-        .iter()
-        .map(|p| p.get_store_id())
-        .filter(|s| *s != from && stores.has_room(*s))
-        .min_by_key(|s| (stores.loads[s].leaders, *s))?;
+    let voters = || {
+        info.region
+            .get_peers()
+            .iter()
+            .map(|p| p.get_store_id())
+            .filter(|s| *s != from && stores.has_room(*s))
+    };
+    let fewest = |c: &u64| (stores.loads[c].leaders, *c);
+    if !stores.in_leader_zone(from) {
+        if let Some(to) = voters().filter(|s| stores.in_leader_zone(*s)).min_by_key(fewest) {
+            return Some(Operator::new(
+                "balance-leader-zone",
+                vec![Step::TransferLeader(to)],
+                info,
+            ));
+        }
+    }
+    let to = voters()
+        .filter(|s| !stores.in_leader_zone(from) || stores.in_leader_zone(*s))
+        .min_by_key(fewest)?;
     if from_load.leaders - stores.loads[&to].leaders <= 1 {
         return None;
     }
@@ -190,5 +209,41 @@ mod tests {
             vec![Step::TransferLeader(2)],
             "not to the stopping store 3"
         );
+    }
+
+    #[test]
+    fn balancing_never_brings_a_replica_nearer_the_others() {
+        use crate::schedule::tests::zoned;
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
+        // Store 2 (z2) is the fullest; the emptiest, store 4, sits in z1 beside store 1.
+        // Store 5 in z2 is the only target that keeps three zones.
+        let s = zoned(&[(1, "z1", 5), (2, "z2", 9), (3, "z3", 5), (4, "z1", 0), (5, "z2", 3)]);
+        let op = balance_region(&info, &s, &mut || Some(50)).unwrap();
+        let steps: Vec<String> = op.steps.iter().map(|s| s.describe()).collect();
+        assert_eq!(steps[0], "add learner 50 on store 5");
+        assert_eq!(steps[2], "remove peer 2 on store 2");
+        // Without store 5 nothing can leave store 2 without sharing a zone; store 1's
+        // replica may move to store 4, its zone's emptier store.
+        let mut no_room = s.clone();
+        no_room.loads.remove(&5);
+        let op = balance_region(&info, &no_room, &mut || Some(50)).unwrap();
+        let steps: Vec<String> = op.steps.iter().map(|s| s.describe()).collect();
+        assert_eq!(steps[0], "add learner 50 on store 4");
+        assert_eq!(steps.last().unwrap(), "remove peer 1 on store 1");
+    }
+
+    #[test]
+    fn leaders_move_into_the_leader_zones_and_stay_there() {
+        use crate::schedule::tests::zoned;
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
+        let mut s = zoned(&[(1, "z1", 5), (2, "z2", 5), (3, "z3", 5)]);
+        s.leader_zones = vec!["z3".into()];
+        let op = balance_leader(&info, &s).unwrap();
+        assert_eq!(op.steps, vec![Step::TransferLeader(3)]);
+        assert!(op.is_balance(), "a hand-issued transfer may replace it");
+        // A leader inside the zones is not balanced out of them, however many it leads.
+        let led = region(&[(3, 3, Voter), (1, 1, Voter), (2, 2, Voter)]);
+        s.loads.get_mut(&3).unwrap().leaders = 50;
+        assert!(balance_leader(&led, &s).is_none());
     }
 }

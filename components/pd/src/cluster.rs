@@ -16,6 +16,7 @@ use crate::{
     id::IdAllocator,
     metrics::{self, Summary},
     region_tree::{RegionInfo, RegionTree},
+    placement,
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
     tso::Tso,
@@ -117,6 +118,7 @@ impl State {
                         size: self.regions.size_on(id),
                         operators: 0,
                         stopping: s.stats.stopping,
+                        location: placement::location_of(&s.meta, &cfg.replication.location_labels),
                     },
                 ))
             })
@@ -140,6 +142,9 @@ impl State {
         Stores {
             loads,
             limit: cfg.store_limit,
+            levels: cfg.replication.location_labels.len(),
+            isolation_level: cfg.replication.isolation_index(),
+            leader_zones: cfg.replication.leader_zones.clone(),
         }
     }
 }
@@ -331,6 +336,7 @@ impl PdCore {
     /// Registers or updates a store.
     pub fn put_store(&self, mut store: metapb::Store) -> Result<()> {
         validate_store(&store)?;
+        placement::check_labels(&store, &self.cfg.replication.location_labels)?;
         let mut st = self.state.lock();
         if !st.bootstrapped {
             return Err(Error::NotBootstrapped);
@@ -840,6 +846,19 @@ impl PdCore {
             )));
         }
         self.check_live(&st, to_store)?;
+        let loads = st.loads(&self.cfg);
+        let after: Vec<u64> = peers
+            .iter()
+            .map(|p| p.get_store_id())
+            .filter(|s| *s != from_store)
+            .chain([to_store])
+            .collect();
+        if loads.is_isolation_fault(&after) {
+            return Err(Error::InvalidValue(format!(
+                "moving region {region_id} from store {from_store} to store {to_store} would put two of its replicas in one failure domain (replication.isolation-level {:?}); PD would move it back",
+                self.cfg.replication.isolation_level
+            )));
+        }
         let mut new_peer = metapb::Peer::default();
         new_peer.set_id(self.ids.alloc()?);
         new_peer.set_store_id(to_store);
@@ -898,8 +917,27 @@ impl PdCore {
             if live_voters < self.cfg.max_replicas {
                 out.under_replicated += 1;
             }
+            if loads.is_isolation_fault(&store_ids(&r.region)) {
+                out.not_isolated += 1;
+            }
         }
         out
+    }
+
+    /// How far apart each region's replicas are: the name of the highest location label
+    /// they all differ at ("none": two share every label; "" without location labels),
+    /// and whether that breaks the isolation rule.
+    pub fn isolation(&self, regions: &[&metapb::Region]) -> Vec<(String, bool)> {
+        let loads = self.state.lock().loads(&self.cfg);
+        let labels = &self.cfg.replication.location_labels;
+        regions
+            .iter()
+            .map(|r| {
+                let stores = store_ids(r);
+                let name = placement::isolation_name(labels, loads.isolation(&stores));
+                (name, loads.is_isolation_fault(&stores))
+            })
+            .collect()
     }
 
     /// Operators in progress: (region id, kind, current step, age).
@@ -920,6 +958,10 @@ impl PdCore {
         out.sort_by_key(|o| o.0);
         out
     }
+}
+
+fn store_ids(region: &metapb::Region) -> Vec<u64> {
+    region.get_peers().iter().map(|p| p.get_store_id()).collect()
 }
 
 fn validate_store(store: &metapb::Store) -> Result<()> {

@@ -71,6 +71,64 @@ pub struct Config {
     /// the others (for the cluster secret, or to be added) before it gives up.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
+    /// Failure domains; read from the file's `[replication]` section (`FileConfig`).
+    #[serde(skip)]
+    pub replication: Replication,
+}
+
+/// Where replicas go (TiKV's PD names): the `[replication]` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Replication {
+    /// Store label keys that name failure domains, top first (`["zone", "rack", "host"]`):
+    /// a region's replicas are spread over as many distinct values as possible, from the
+    /// top label down. Every store must carry each of them.
+    pub location_labels: Vec<String>,
+    /// One of `location-labels`: a region with two replicas that share this label's
+    /// value (and every label above it) is a placement fault that PD repairs as soon as a
+    /// store elsewhere has room, and that `kvctl cluster health` reports. Empty: only two
+    /// replicas sharing every location label are a fault.
+    pub isolation_level: String,
+    /// Values of the top location label (zones) where leaders should be: a leader
+    /// elsewhere moves to a voter in one of them, and the leader balancer keeps leaders
+    /// within them. Empty: leaders go where the counts say.
+    pub leader_zones: Vec<String>,
+}
+
+impl Replication {
+    /// The index of `isolation-level` in `location-labels`, if set.
+    pub fn isolation_index(&self) -> Option<usize> {
+        self.location_labels
+            .iter()
+            .position(|l| *l == self.isolation_level)
+    }
+}
+
+impl Validate for Replication {
+    fn validate(&self) -> conf::Result<()> {
+        let labels = &self.location_labels;
+        ensure(
+            labels.len() <= 8,
+            "replication.location-labels",
+            "at most 8 labels",
+        )?;
+        ensure(
+            labels.iter().all(|l| !l.is_empty() && l.len() <= crate::placement::MAX_LABEL_LEN)
+                && labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l)),
+            "replication.location-labels",
+            "labels must be non-empty, at most 128 bytes, and named once each",
+        )?;
+        ensure(
+            self.isolation_level.is_empty() || self.isolation_index().is_some(),
+            "replication.isolation-level",
+            "must be one of replication.location-labels (or empty)",
+        )?;
+        ensure(
+            self.leader_zones.is_empty() || !labels.is_empty(),
+            "replication.leader-zones",
+            "needs replication.location-labels: zones are values of the first one",
+        )
+    }
 }
 
 impl Default for Config {
@@ -99,6 +157,7 @@ impl Default for Config {
             raft_max_message_bytes: 64 << 20,
             propose_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(60),
+            replication: Replication::default(),
         }
     }
 }
@@ -231,25 +290,37 @@ impl Validate for Config {
             "pd.store-limit",
             "must be at least 1",
         )?;
-        Ok(())
+        self.replication.validate()
     }
 }
 
-/// The pd-server config file: `[pd]`, the status address, and `[log]`.
+/// The pd-server config file: `[pd]`, `[replication]`, the status address, and `[log]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FileConfig {
     /// PD settings.
     pub pd: Config,
+    /// Failure domains (copied into `pd.replication` by [`FileConfig::pd_config`]).
+    pub replication: Replication,
     /// Status HTTP (`/metrics`, `/status`).
     pub status_addr: String,
     /// Logging.
     pub log: util::logger::LogConfig,
 }
 
+impl FileConfig {
+    /// The PD settings with the `[replication]` section in them.
+    pub fn pd_config(&self) -> Config {
+        Config {
+            replication: self.replication.clone(),
+            ..self.pd.clone()
+        }
+    }
+}
+
 impl Validate for FileConfig {
     fn validate(&self) -> conf::Result<()> {
-        self.pd.validate()?;
+        self.pd_config().validate()?;
         ensure(
             self.status_addr.is_empty() || self.status_addr.parse::<std::net::SocketAddr>().is_ok(),
             "status-addr",

@@ -16,6 +16,7 @@ mod heartbeat_properties;
 mod id;
 mod member;
 pub mod metrics;
+pub mod placement;
 pub mod region_tree;
 pub mod schedule;
 mod server;
@@ -25,7 +26,7 @@ mod tso;
 mod validate;
 
 pub use cluster::{PdCore, StoreInfo};
-pub use config::{Config, FileConfig};
+pub use config::{Config, FileConfig, Replication};
 pub use error::{Error, Result};
 pub use server::{PdServer, PdStatus};
 pub use tso::LOGICAL_BITS;

@@ -126,6 +126,8 @@ pub struct Summary {
     pub under_replicated: usize,
     /// Operators in progress.
     pub operators: usize,
+    /// Regions whose replicas break the isolation rule (`replication.isolation-level`).
+    pub not_isolated: usize,
 }
 
 /// Reads the cluster's summary; `None` once PD is gone.
@@ -137,7 +139,7 @@ pub struct ClusterCollector {
     descs: Vec<Desc>,
 }
 
-const SERIES: [(&str, &str); 5] = [
+const SERIES: [(&str, &str); 6] = [
     (
         "flotilla_pd_stores",
         "Stores by state (up, down, offline, tombstone)",
@@ -152,6 +154,10 @@ const SERIES: [(&str, &str); 5] = [
         "Regions with fewer live voters than max-replicas",
     ),
     ("flotilla_pd_pending_operators", "Operators in progress"),
+    (
+        "flotilla_pd_regions_not_isolated",
+        "Regions with two replicas in one failure domain (replication.isolation-level)",
+    ),
 ];
 
 impl ClusterCollector {
@@ -205,6 +211,7 @@ impl Collector for ClusterCollector {
             gauge(2, s.leaderless),
             gauge(3, s.under_replicated),
             gauge(4, s.operators),
+            gauge(5, s.not_isolated),
         ]
     }
 }

@@ -4,13 +4,18 @@
 //! peer, move leadership). Each region heartbeat checks which steps the region already
 //! shows as done and answers with the next one, so a lost response or a repeated
 //! heartbeat is harmless. The replica checker makes operators: too few healthy voters ->
-//! add a replica on the least-loaded live store; a voter on a down store -> replace it.
+//! add a replica on the live store farthest from the others in failure domains (then the
+//! least loaded); a voter on a down store -> replace it; two replicas in one failure
+//! domain while another has room -> move one there.
 
 use std::{collections::BTreeMap, time::Instant};
 
 use proto::{metapb, pdpb};
 
-use crate::region_tree::RegionInfo;
+use crate::{
+    placement::{distinct_score, isolation, Location},
+    region_tree::RegionInfo,
+};
 
 /// One step of an operator.
 #[derive(Clone, Debug, PartialEq)]
@@ -216,7 +221,7 @@ pub enum Health {
 
 /// One store as schedulers see it: counts include running operators' unfinished steps,
 /// so two operators never both fill the same gap.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Load {
     /// Up, down or offline.
     pub health: Health,
@@ -231,16 +236,27 @@ pub struct Load {
     pub operators: usize,
     /// It is shutting down and handing its leaders away: it takes none.
     pub stopping: bool,
+    /// Where it sits: its values of the location labels.
+    pub location: Location,
 }
 
-/// The stores that are not tombstone, and how busy they may get.
+/// The stores that are not tombstone, how busy they may get, and the failure domains.
 #[derive(Clone, Debug, Default)]
 pub struct Stores {
     /// Store id -> load.
     pub loads: BTreeMap<u64, Load>,
     /// Balance operators may start on a store only while fewer than this many touch it.
     pub limit: usize,
+    /// How many location labels are configured (0: stores have no locations).
+    pub levels: usize,
+    /// Replicas sharing this label (index into the location labels) and all above it are
+    /// a placement fault; `None`: only replicas sharing every label are.
+    pub isolation_level: Option<usize>,
+    /// Zones (values of the top label) leaders should be in; empty: anywhere.
+    pub leader_zones: Vec<String>,
 }
+
+static NOWHERE: Location = Vec::new();
 
 impl Stores {
     /// Whether the store is up and heartbeating.
@@ -270,6 +286,83 @@ impl Stores {
             .get(&store)
             .is_some_and(|l| l.health == Health::Up && !l.stopping && l.operators < self.limit)
     }
+
+    /// Where the store sits (no labels for an unknown store).
+    pub fn location(&self, store: u64) -> &Location {
+        self.loads.get(&store).map_or(&NOWHERE, |l| &l.location)
+    }
+
+    /// How far `store` stands from `others` in failure domains (higher: farther).
+    pub fn score(&self, store: u64, others: &[u64]) -> u64 {
+        let locs: Vec<&Location> = others
+            .iter()
+            .filter(|o| **o != store)
+            .map(|o| self.location(*o))
+            .collect();
+        distinct_score(self.location(store), &locs)
+    }
+
+    /// The highest location label at which every two of `stores` differ (see
+    /// `placement::isolation`).
+    pub fn isolation(&self, stores: &[u64]) -> Option<usize> {
+        let locs: Vec<&Location> = stores.iter().map(|s| self.location(*s)).collect();
+        isolation(&locs)
+    }
+
+    /// Whether replicas on `stores` break the isolation rule (never without labels).
+    pub fn is_isolation_fault(&self, stores: &[u64]) -> bool {
+        if self.levels == 0 {
+            return false;
+        }
+        match (self.isolation(stores), self.isolation_level) {
+            (None, _) => true,
+            (Some(level), Some(required)) => level > required,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The store to put a new replica on, given the stores that keep theirs: the live
+    /// one, not in `taken`, farthest from `keep` in failure domains, then with the fewest
+    /// replicas. `usable` narrows the choice further.
+    pub fn best_target(
+        &self,
+        keep: &[u64],
+        taken: &[u64],
+        usable: impl Fn(u64) -> bool,
+    ) -> Option<u64> {
+        self.candidates()
+            .into_iter()
+            .filter(|s| !taken.contains(s) && usable(*s))
+            .map(|s| (s, self.score(s, keep)))
+            // candidates() is fewest replicas first; max_by_key keeps the last maximum.
+            .rev()
+            .max_by_key(|(_, score)| *score)
+            .map(|(s, _)| s)
+    }
+
+    /// Whether the store is in one of the leader zones (every store is when none are set).
+    pub fn in_leader_zone(&self, store: u64) -> bool {
+        self.leader_zones.is_empty()
+            || self
+                .location(store)
+                .first()
+                .is_some_and(|z| self.leader_zones.contains(z))
+    }
+}
+
+/// Whether every peer is a voter that keeps up: only such regions are moved.
+pub(crate) fn is_settled(info: &RegionInfo) -> bool {
+    info.pending_peers.is_empty()
+        && info.down_peers.is_empty()
+        && info
+            .region
+            .get_peers()
+            .iter()
+            .all(|p| p.get_role() == metapb::PeerRole::Voter)
+}
+
+fn store_ids(peers: &[&metapb::Peer]) -> Vec<u64> {
+    peers.iter().map(|p| p.get_store_id()).collect()
 }
 
 /// The steps that replace `old` with `new` (a fresh peer on another store): a learner,
@@ -345,10 +438,12 @@ pub fn check_replicas(
     let healthy = voters.len() - leaving.len();
     if healthy < max_replicas {
         let used: Vec<u64> = peers.iter().map(|p| p.get_store_id()).collect();
-        let target = stores
-            .candidates()
-            .into_iter()
-            .find(|s| !used.contains(s))?;
+        let keep: Vec<u64> = voters
+            .iter()
+            .filter(|p| stores.is_live(p.get_store_id()))
+            .map(|p| p.get_store_id())
+            .collect();
+        let target = stores.best_target(&keep, &used, |_| true)?;
         let new = learner_on(target, alloc()?);
         return Some(match leaving.first() {
             Some(old) if voters.len() + 1 > max_replicas => {
@@ -365,10 +460,15 @@ pub fn check_replicas(
         });
     }
     if voters.len() > max_replicas {
-        let victim = leaving
-            .first()
-            .copied()
-            .or_else(|| voters.iter().copied().find(|p| !is_leader(info, p)))?;
+        // The most redundant voter goes: the one nearest the others in failure domains,
+        // a follower before the leader.
+        let all = store_ids(&voters);
+        let victim = leaving.first().copied().or_else(|| {
+            voters
+                .iter()
+                .copied()
+                .min_by_key(|p| (stores.score(p.get_store_id(), &all), is_leader(info, p)))
+        })?;
         let mut steps = vec![];
         if is_leader(info, victim) {
             let heir = voters
@@ -379,7 +479,51 @@ pub fn check_replicas(
         steps.push(Step::Remove(victim.clone()));
         return Some(Operator::new("remove-extra-replica", steps, info));
     }
-    None
+    improve_isolation(info, stores, alloc, true)
+}
+
+/// Moves the region's most redundant voter (the one nearest the others in failure
+/// domains) to the store that stands farthest from the rest, if that spreads the region
+/// wider. With `faults_only`, only when the region breaks the isolation rule (a repair);
+/// otherwise whenever it helps (a balancer). Each such move raises the sum over all pairs
+/// of replicas of how far apart they are, so moves never undo each other.
+pub fn improve_isolation(
+    info: &RegionInfo,
+    stores: &Stores,
+    alloc: &mut dyn FnMut() -> Option<u64>,
+    faults_only: bool,
+) -> Option<Operator> {
+    if stores.levels == 0 || !is_settled(info) {
+        return None;
+    }
+    let voters: Vec<&metapb::Peer> = info.region.get_peers().iter().collect();
+    let all = store_ids(&voters);
+    if !all.iter().all(|s| stores.is_live(*s))
+        || (faults_only && !stores.is_isolation_fault(&all))
+    {
+        return None;
+    }
+    let worst = voters
+        .iter()
+        .copied()
+        .min_by_key(|p| (stores.score(p.get_store_id(), &all), is_leader(info, p)))?;
+    let rest: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|s| *s != worst.get_store_id())
+        .collect();
+    let target = stores.best_target(&rest, &all, |s| stores.has_room(s))?;
+    if stores.score(target, &rest) <= stores.score(worst.get_store_id(), &rest)
+        || !stores.has_room(worst.get_store_id())
+    {
+        return None;
+    }
+    let new = learner_on(target, alloc()?);
+    Some(Operator::new(
+        "improve-isolation",
+        replace_steps(info, worst, new),
+        info,
+    ))
 }
 
 #[cfg(test)]
@@ -401,11 +545,13 @@ pub(crate) mod tests {
                             size: 0,
                             operators: 0,
                             stopping: false,
+                            location: vec![],
                         },
                     )
                 })
                 .collect(),
             limit: 4,
+            ..Default::default()
         }
     }
 
@@ -513,5 +659,88 @@ pub(crate) mod tests {
             regions: 0,
             leaders: -1
         }));
+    }
+
+    /// Stores each in a zone (on its own host), with replica counts; isolation at zone.
+    pub(crate) fn zoned(loads: &[(u64, &str, isize)]) -> Stores {
+        let mut s = stores(
+            &loads
+                .iter()
+                .map(|&(id, _, regions)| (id, Health::Up, regions, 0))
+                .collect::<Vec<_>>(),
+        );
+        for &(id, zone, _) in loads {
+            s.loads.get_mut(&id).unwrap().location = vec![zone.to_string(), format!("h{id}")];
+        }
+        s.levels = 2;
+        s.isolation_level = Some(0);
+        s
+    }
+
+    fn stores_of(op: &Operator) -> Vec<String> {
+        op.steps.iter().map(|s| s.describe()).collect()
+    }
+
+    #[test]
+    fn a_new_replica_goes_to_a_zone_the_region_lacks_before_the_emptiest_store() {
+        use metapb::PeerRole::*;
+        let s = zoned(&[(1, "z1", 9), (2, "z1", 0), (3, "z2", 5), (4, "z2", 4), (5, "z3", 7)]);
+        let one = region(&[(1, 1, Voter)]);
+        let op = check_replicas(&one, &s, 3, &mut || Some(9)).unwrap();
+        assert_eq!(stores_of(&op)[0], "add learner 9 on store 4", "z2's emptier store");
+        let two = region(&[(1, 1, Voter), (4, 4, Voter)]);
+        let op = check_replicas(&two, &s, 3, &mut || Some(9)).unwrap();
+        assert_eq!(stores_of(&op)[0], "add learner 9 on store 5", "the only store in z3");
+        // A down store in z2 is replaced in z2 (store 3), keeping the spread.
+        let mut down = s.clone();
+        down.loads.get_mut(&4).unwrap().health = Health::Down;
+        let full = region(&[(1, 1, Voter), (4, 4, Voter), (5, 5, Voter)]);
+        let op = check_replicas(&full, &down, 3, &mut || Some(9)).unwrap();
+        assert_eq!(op.kind, "replace-down-replica");
+        assert_eq!(stores_of(&op)[0], "add learner 9 on store 3");
+    }
+
+    #[test]
+    fn two_replicas_in_one_zone_are_repaired_once_another_zone_has_room() {
+        use metapb::PeerRole::*;
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
+        let two_zones = zoned(&[(1, "z1", 1), (2, "z1", 1), (3, "z2", 1), (4, "z2", 0)]);
+        assert!(two_zones.is_isolation_fault(&[1, 2, 3]));
+        assert!(
+            check_replicas(&info, &two_zones, 3, &mut || Some(9)).is_none(),
+            "no zone has room: nothing better to do"
+        );
+        let mut three = two_zones.clone();
+        three.loads.insert(5, three.loads[&4].clone());
+        three.loads.get_mut(&5).unwrap().location = vec!["z3".into(), "h5".into()];
+        let op = check_replicas(&info, &three, 3, &mut || Some(9)).unwrap();
+        assert_eq!(op.kind, "improve-isolation");
+        // The follower in z1 moves (store 2), not the leader on store 1.
+        assert_eq!(
+            stores_of(&op),
+            [
+                "add learner 9 on store 5",
+                "promote learner 9 on store 5",
+                "remove peer 2 on store 2"
+            ]
+        );
+        // Spread over three zones: no fault, nothing to repair.
+        let spread = region(&[(1, 1, Voter), (3, 3, Voter), (5, 5, Voter)]);
+        assert!(!three.is_isolation_fault(&[1, 3, 5]));
+        assert!(check_replicas(&spread, &three, 3, &mut || Some(9)).is_none());
+    }
+
+    #[test]
+    fn the_extra_voter_removed_is_the_one_sharing_a_zone() {
+        use metapb::PeerRole::*;
+        let s = zoned(&[(1, "z1", 1), (2, "z2", 1), (3, "z3", 1), (4, "z2", 1)]);
+        let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter), (4, 4, Voter)]);
+        let op = check_replicas(&info, &s, 3, &mut || Some(9)).unwrap();
+        assert_eq!(op.kind, "remove-extra-replica");
+        assert!(
+            matches!(op.steps.last(), Some(Step::Remove(p)) if [2, 4].contains(&p.get_store_id())),
+            "{:?}",
+            op.steps
+        );
     }
 }

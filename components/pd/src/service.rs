@@ -664,11 +664,14 @@ impl Pd for PdService {
                 let limit = req.limit.max(0) as usize;
                 let mut resp = pdpb::ScanRegionsResponse::default();
                 let start = req.get_start_key();
-                for info in core
+                let infos: Vec<_> = core
                     .scan_regions(start, req.get_end_key(), limit)
                     .into_iter()
                     .filter_map(|r| view_for(start, r))
-                {
+                    .collect();
+                let regions: Vec<&metapb::Region> = infos.iter().map(|i| &i.region).collect();
+                let isolation = core.isolation(&regions);
+                for (info, (level, fault)) in infos.into_iter().zip(isolation) {
                     let leader = info.leader.clone().unwrap_or_default();
                     resp.mut_region_metas().push(info.region.clone());
                     resp.mut_leaders().push(leader.clone());
@@ -677,6 +680,8 @@ impl Pd for PdService {
                     r.set_leader(leader);
                     r.set_down_peers(info.down_peers.into());
                     r.set_pending_peers(info.pending_peers.into());
+                    r.set_isolation(level);
+                    r.set_not_isolated(fault);
                     resp.mut_regions().push(r);
                 }
                 Ok(resp)

@@ -82,6 +82,10 @@ pub struct RegionRoute {
     pub region: metapb::Region,
     /// The leader, if PD knows one.
     pub leader: Option<metapb::Peer>,
+    /// From ScanRegions only: the highest location label every two replicas differ at
+    /// ("none", or "" without location labels), and whether that breaks PD's isolation
+    /// level.
+    pub isolation: Option<(String, bool)>,
 }
 
 /// Requests that carry a `pdpb.RequestHeader`.
@@ -617,6 +621,7 @@ impl PdClient {
             .map(|mut r| RegionRoute {
                 leader: Some(r.take_leader()).filter(|l| l.get_id() != 0),
                 region: r.take_region(),
+                isolation: Some((r.take_isolation(), r.not_isolated)),
             })
             .collect())
     }
@@ -805,5 +810,6 @@ fn route(mut resp: pdpb::GetRegionResponse) -> Result<RegionRoute> {
     Ok(RegionRoute {
         leader: resp.has_leader().then(|| resp.take_leader()),
         region: resp.take_region(),
+        isolation: None,
     })
 }

@@ -2,7 +2,7 @@
 //! `[security]`, `[log]`, `[gc]` and `[txn]`. The file kv-server reads adds `[pd]` for
 //! the embedded PD (`node::Config`).
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use bytesize::ByteSize;
 use conf::{ensure, Validate};
@@ -235,6 +235,50 @@ pub struct ServerConfig {
     /// before it stops anyway.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: std::time::Duration,
+    /// Where this store sits (`{ zone = "z1", rack = "r1", host = "h1" }`), reported to
+    /// PD, which spreads replicas over its `replication.location-labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Longest label key or value.
+const MAX_LABEL_LEN: usize = 128;
+
+/// Parses `--labels zone=z1,rack=r1`: every part KEY=VALUE, no key twice.
+pub fn parse_labels(s: &str) -> conf::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            conf::Error::InvalidConfig(format!("server.labels: {part:?} is not KEY=VALUE"))
+        })?;
+        let (k, v) = (k.trim(), v.trim());
+        ensure(
+            !out.contains_key(k),
+            "server.labels",
+            &format!("label {k:?} is given twice"),
+        )?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    check_labels(&out)?;
+    Ok(out)
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> conf::Result<()> {
+    for (k, v) in labels {
+        let name_ok = |s: &str| {
+            (1..=MAX_LABEL_LEN).contains(&s.len())
+                && s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        ensure(
+            name_ok(k) && name_ok(v),
+            "server.labels",
+            &format!(
+                "{k:?}={v:?}: keys and values must be 1 to {MAX_LABEL_LEN} letters, digits, '-', '_' or '.'"
+            ),
+        )?;
+    }
+    ensure(labels.len() <= 64, "server.labels", "at most 64 labels")
 }
 
 impl Default for ServerConfig {
@@ -256,6 +300,7 @@ impl Default for ServerConfig {
             grpc_keepalive_time: std::time::Duration::from_secs(10),
             grpc_keepalive_timeout: std::time::Duration::from_secs(3),
             graceful_shutdown_timeout: std::time::Duration::from_secs(10),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -325,6 +370,7 @@ impl Validate for Config {
             "server.raft-msg-queue-capacity",
             "must be positive",
         )?;
+        check_labels(&s.labels)?;
         ensure(
             !self.gc.run_interval.is_zero(),
             "gc.run-interval",

@@ -168,6 +168,12 @@ fn announced_store(cfg: &Config) -> metapb::Store {
     };
     store.set_status_address(status.to_string());
     store.set_version(env!("CARGO_PKG_VERSION").into());
+    for (k, v) in &cfg.server.labels {
+        let mut label = metapb::StoreLabel::default();
+        label.set_key(k.clone());
+        label.set_value(v.clone());
+        store.mut_labels().push(label);
+    }
     store
 }
 

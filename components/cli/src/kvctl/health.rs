@@ -68,6 +68,9 @@ pub struct Health {
     pub without_quorum: Vec<u64>,
     /// Regions with fewer live voters than `max_replicas`.
     pub under_replicated: Vec<u64>,
+    /// Regions whose replicas break PD's `replication.isolation-level` (two in one
+    /// failure domain).
+    pub not_isolated: Vec<u64>,
     /// Operators PD is carrying out.
     pub pending_operators: usize,
 }
@@ -163,6 +166,11 @@ pub fn judge(o: Observed<'_>, down_after: Duration) -> Health {
             .any(|s| s.id == store_id && matches!(s.state, "up" | "offline"))
     };
     let (mut leaderless, mut without_quorum, mut under_replicated) = (vec![], vec![], vec![]);
+    let not_isolated: Vec<u64> = regions
+        .iter()
+        .filter(|r| r.isolation.as_ref().is_some_and(|(_, fault)| *fault))
+        .map(|r| r.region.get_id())
+        .collect();
     for r in regions {
         let id = r.region.get_id();
         let voters: Vec<u64> = r
@@ -187,6 +195,7 @@ pub fn judge(o: Observed<'_>, down_after: Duration) -> Health {
     let verdict = if no_store_up || !leaderless.is_empty() || !without_quorum.is_empty() {
         Verdict::Unhealthy
     } else if !under_replicated.is_empty()
+        || !not_isolated.is_empty()
         || stores
             .iter()
             .any(|s| matches!(s.state, "down" | "stopping"))
@@ -205,6 +214,7 @@ pub fn judge(o: Observed<'_>, down_after: Duration) -> Health {
         leaderless,
         without_quorum,
         under_replicated,
+        not_isolated,
         pending_operators: operators.len(),
     }
 }
@@ -255,13 +265,17 @@ pub fn text(h: &Health) -> Vec<String> {
         ids(&h.under_replicated),
         h.max_replicas
     ));
+    lines.push(format!(
+        "  not isolated:      {} (two replicas in one failure domain)",
+        ids(&h.not_isolated)
+    ));
     lines.push(format!("operators:  {} pending", h.pending_operators));
     let verdict = match h.verdict {
         Verdict::Healthy => {
             "HEALTHY: every store is up and every region has a leader and all its replicas"
         }
         Verdict::Degraded => {
-            "DEGRADED: serving, but stores or PD members are down, or regions lack replicas"
+            "DEGRADED: serving, but stores or PD members are down, or regions lack replicas or isolation"
         }
         Verdict::Unhealthy => {
             "UNHEALTHY: some regions have no leader or no live quorum and do not serve"
@@ -299,7 +313,11 @@ mod tests {
                 .unwrap()
                 .clone()
         });
-        RegionRoute { region: r, leader }
+        RegionRoute {
+            region: r,
+            leader,
+            isolation: None,
+        }
     }
 
     fn cluster() -> metapb::Cluster {

@@ -287,6 +287,8 @@ fn region_json(route: &pd_client::RegionRoute) -> serde_json::Value {
         "peers": r.get_peers().iter().map(|p| json!({
             "id": p.get_id(), "store_id": p.get_store_id(), "role": role(p.get_role()),
         })).collect::<Vec<_>>(),
+        "isolation": route.isolation.as_ref().map(|(level, _)| level),
+        "not_isolated": route.isolation.as_ref().map(|(_, fault)| fault),
     })
 }
 
@@ -297,8 +299,14 @@ fn region_line(route: &pd_client::RegionRoute) -> String {
         .iter()
         .map(|p| format!("{}@{}:{}", p.get_id(), p.get_store_id(), role(p.get_role())))
         .collect();
+    // A region that breaks the isolation level is flagged where the eye lands last.
+    let isolation = match &route.isolation {
+        Some((level, true)) => format!("\t{}!", or_dash(level)),
+        Some((level, false)) => format!("\t{}", or_dash(level)),
+        None => String::new(),
+    };
     format!(
-        "{}\t{:?}\t{:?}\t{}/{}\t{}\t{}",
+        "{}\t{:?}\t{:?}\t{}/{}\t{}\t{}{isolation}",
         r.get_id(),
         show_key(r.get_start_key()),
         show_key(r.get_end_key()),
@@ -310,6 +318,14 @@ fn region_line(route: &pd_client::RegionRoute) -> String {
             .map_or("-".to_string(), |l| l.get_store_id().to_string()),
         peers.join(",")
     )
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
 }
 
 /// Where a command's output goes, and in what format.
@@ -482,7 +498,7 @@ async fn split(client: &Client, id: u64, keys: &[String], p: &mut Printer<'_>) -
         .into_iter()
         .map(|region| pd_client::RegionRoute {
             region,
-            leader: None,
+            ..Default::default()
         })
         .collect();
     print_regions(&routes, p);
@@ -495,7 +511,14 @@ fn print_regions(routes: &[pd_client::RegionRoute], p: &mut Printer<'_>) {
             routes.iter().map(region_json).collect(),
         ));
     } else {
-        p.line("ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role)");
+        let isolation = if routes.iter().any(|r| r.isolation.is_some()) {
+            "\tISOLATION(!: below isolation-level)"
+        } else {
+            ""
+        };
+        p.line(format!(
+            "ID\tSTART\tEND\tCONF_VER/VERSION\tLEADER_STORE\tPEERS(id@store:role){isolation}"
+        ));
         for r in routes {
             p.line(region_line(r));
         }
@@ -630,9 +653,27 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
         return Ok(0);
     }
     let stores = client.stores().await?;
+    let labels = |s: &metapb::Store| {
+        let kv: Vec<String> = s
+            .get_labels()
+            .iter()
+            .map(|l| format!("{}={}", l.get_key(), l.get_value()))
+            .collect();
+        if kv.is_empty() {
+            "-".to_string()
+        } else {
+            kv.join(",")
+        }
+    };
     let store_json = |(s, st): &(metapb::Store, proto::pdpb::StoreStats)| {
+        let labels: serde_json::Map<String, serde_json::Value> = s
+            .get_labels()
+            .iter()
+            .map(|l| (l.get_key().to_string(), json!(l.get_value())))
+            .collect();
         json!({
-            "id": s.get_id(), "address": s.get_address(), "state": health::state_of(s, st, health::DOWN_AFTER),
+            "id": s.get_id(), "address": s.get_address(), "labels": labels,
+            "state": health::state_of(s, st, health::DOWN_AFTER),
             "region_count": st.region_count, "leader_count": st.leader_count,
             "capacity_bytes": st.capacity, "used_bytes": st.used_size,
             "available_bytes": st.available,
@@ -650,6 +691,7 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
             let gib = |b: u64| format!("{:.2} GiB ({b} bytes)", b as f64 / (1u64 << 30) as f64);
             p.line(format!("id:              {}", s.get_id()));
             p.line(format!("address:         {}", s.get_address()));
+            p.line(format!("labels:          {}", labels(s)));
             p.line(format!(
                 "state:           {}",
                 health::state_of(s, st, health::DOWN_AFTER)
@@ -671,12 +713,13 @@ async fn store(client: &Client, command: &StoreCommand, p: &mut Printer<'_>) -> 
             stores.iter().map(store_json).collect(),
         ));
     } else {
-        p.line("ID\tADDRESS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT");
+        p.line("ID\tADDRESS\tLABELS\tSTATE\tREGIONS\tLEADERS\tLAST_HEARTBEAT");
         for (s, st) in &stores {
             p.line(format!(
-                "{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 s.get_id(),
                 s.get_address(),
+                labels(s),
                 health::state_of(s, st, health::DOWN_AFTER),
                 st.region_count,
                 st.leader_count,
