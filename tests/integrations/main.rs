@@ -16,3 +16,4 @@ mod safety;
 mod sessions;
 mod split;
 mod txn_storage;
+mod zones;

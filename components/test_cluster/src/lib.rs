@@ -139,6 +139,8 @@ pub struct Cluster {
     next_index: usize,
     /// Stores crashed by [`Cluster::crash_image`]: the filter that cuts each off.
     crashed: Mutex<HashMap<u64, u64>>,
+    /// The labels each store's directory registers with (see [`Cluster::add_labelled_store`]).
+    labels: HashMap<PathBuf, Vec<(String, String)>>,
     _watchdog: Watchdog,
     /// Last, so that it is dropped after everything else has stopped.
     _gate: gate::Shared,
@@ -184,6 +186,7 @@ impl Cluster {
             _tmp: tmp,
             next_index: 0,
             crashed: Mutex::default(),
+            labels: HashMap::new(),
             _watchdog: watchdog,
             _gate: gate,
         };
@@ -195,8 +198,19 @@ impl Cluster {
 
     /// Adds and starts a new, empty store; returns its id.
     pub fn add_store(&mut self) -> u64 {
+        self.add_labelled_store(&[])
+    }
+
+    /// Adds and starts a new, empty store that registers with these labels (as
+    /// `kv-server --labels`), also after restarts; returns its id.
+    pub fn add_labelled_store(&mut self, labels: &[(&str, &str)]) -> u64 {
         let dir = self._tmp.path().join(format!("store-{}", self.next_index));
         self.next_index += 1;
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.labels.insert(dir.clone(), labels);
         let id = self.start_at(dir.clone()).expect("start a new store");
         self.dirs.insert(id, dir);
         id
@@ -208,6 +222,12 @@ impl Cluster {
             .expect("snap dir");
         let mut store = metapb::Store::default();
         store.set_address(format!("sim://{}", dir.display()));
+        for (k, v) in self.labels.get(&dir).into_iter().flatten() {
+            let mut label = metapb::StoreLabel::default();
+            label.set_key(k.clone());
+            label.set_value(v.clone());
+            store.mut_labels().push(label);
+        }
         self.rt
             .block_on(server::join_cluster(
                 &engine,
