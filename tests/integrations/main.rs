@@ -9,6 +9,7 @@ mod balance;
 mod chaos;
 mod config_templates;
 mod failpoints;
+mod follower_read;
 mod hibernate;
 mod pd_group;
 mod raft_cluster;

@@ -241,6 +241,7 @@ fn a_command_computed_in_an_earlier_term_is_refused() {
                 region.get_id(),
                 PeerMsg::Read {
                     epoch: region.get_region_epoch().clone(),
+                    from: raftstore::ReadFrom::Leader,
                     cb: Box::new(move |r| {
                         let _ = tx.send(r);
                     }),

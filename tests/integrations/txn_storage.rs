@@ -373,3 +373,77 @@ fn a_new_leader_refuses_reads_below_the_safe_point_the_region_was_collected_at()
     );
     assert_eq!(e.get(b"k", e.ts()).unwrap(), Some(b"v2".to_vec()));
 }
+
+/// Whether `m` carries log entries.
+fn is_msg_append(m: &proto::raft_serverpb::RaftMessage) -> bool {
+    use protobuf::Message as _;
+    raft::eraftpb::Message::parse_from_bytes(m.get_message()).is_ok_and(|r| {
+        r.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && !r.get_entries().is_empty()
+    })
+}
+
+/// A follower read (`replica_read`) at a timestamp above an async-commit prewrite that
+/// is still in flight on the leader (its entry not yet on any follower, so no follower
+/// has its lock) meets the lock: the leader reports it in answer to the read index. The
+/// follower would otherwise have served the old value, and the transaction then commits
+/// below the read's timestamp. Once it has committed, the follower reads its value.
+#[test]
+fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
+    let e = Env::new();
+    let key = b"fa";
+    let t1 = e.ts();
+    e.prewrite(key, b"old", key, t1).unwrap();
+    let c1 = e.ts();
+    e.commit(key, t1, c1).unwrap();
+    let (leader, region) = e.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+    let follower = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| *s != leader)
+        .unwrap();
+    let follower_get = |ts: u64| {
+        let (s, ctx) = e.c.replica_txn(follower, key).expect("a replica");
+        e.block(s.get(&ctx, key, ts, &Bypass::default()))
+    };
+    wait_until("the follower to read the first commit", T, || {
+        follower_get(e.ts()).ok() == Some(Some(b"old".to_vec()))
+    });
+
+    // The leader's appends are held back: the prewrite's entry reaches no follower.
+    let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = held_entries.clone();
+    let held = e.c.network().add_filter(std::sync::Arc::new(move |from, _, m| {
+        if from == leader && is_msg_append(m) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            test_cluster::Verdict::Drop
+        } else {
+            test_cluster::Verdict::Pass
+        }
+    }));
+    let start = e.ts();
+    std::thread::scope(|s| {
+        let prewrite = s.spawn(|| e.prewrite_async(key, start));
+        // The prewrite took its commit timestamp before it proposed its entry.
+        wait_until("the async prewrite's entry to be held back", T, || {
+            held_entries.load(std::sync::atomic::Ordering::Relaxed) > 0
+        });
+        let read_ts = e.ts();
+        match follower_get(read_ts) {
+            Err(server::Error::Txn(txn::Error::KeyIsLocked { lock, .. })) => {
+                assert_eq!(lock.start_ts, start, "the in-flight prewrite's lock")
+            }
+            other => panic!("the follower read passed the lock in flight: {other:?}"),
+        }
+        assert!(e.c.network().remove_filter(held) > 0, "appends were held");
+        let out = prewrite.join().expect("the prewrite thread");
+        assert!(
+            out.min_commit_ts > start && out.min_commit_ts <= read_ts,
+            "the lock was taken before the read: it commits below it"
+        );
+        e.commit(key, start, out.min_commit_ts).unwrap();
+        wait_until("the follower to read the async commit", T, || {
+            follower_get(read_ts).ok() == Some(Some(b"v".to_vec()))
+        });
+    });
+}

@@ -48,7 +48,7 @@ pub mod util;
 pub use batch::Router;
 pub use config::Config;
 pub use error::{Error, Result};
-pub use msg::{CasResult, CmdResponse, PdTask, PeerMsg, ReadReady};
+pub use msg::{CasResult, CmdResponse, PdTask, PeerMsg, ReadFrom, ReadIndexCheck, ReadReady};
 pub use router::RaftRouter;
 pub use snap::SnapManager;
 pub use store_meta::StoreMeta;

@@ -19,7 +19,26 @@ pub struct ReadReady {
     /// The leader's term then: a command computed from what the read sees carries it, and
     /// is refused if leadership changed since (another leader may have written).
     pub term: u64,
+    /// For a replica read with a check: the leader's answer to it (empty: none).
+    pub answer: Vec<u8>,
 }
+
+/// Who serves a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The leader, after a ReadIndex round.
+    Leader,
+    /// This replica, leader or follower (TiKV's `replica_read`): a follower asks the
+    /// leader for a read index and reads once it has applied up to it. The check (opaque
+    /// here; may be empty) travels to the leader with the request, and the leader's
+    /// answer comes back in [`ReadReady::answer`] (see [`ReadIndexCheck`]).
+    Replica(Vec<u8>),
+}
+
+/// Run by a leader on each check a follower's ReadIndex request carries, for the region:
+/// returns the answer to send back (empty: nothing to report). The transaction layer
+/// raises its max timestamp there and reports in-memory locks.
+pub type ReadIndexCheck = std::sync::Arc<dyn Fn(u64, &[u8]) -> Vec<u8> + Send + Sync>;
 
 /// The outcome of a compare-and-swap, decided at apply time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +90,8 @@ pub enum PeerMsg {
     Read {
         /// The epoch the reader expects.
         epoch: metapb::RegionEpoch,
+        /// Who may serve it.
+        from: ReadFrom,
         /// Called when the read may run.
         cb: Callback<ReadReady>,
     },

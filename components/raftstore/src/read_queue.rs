@@ -1,10 +1,12 @@
 //! Linearizable reads by ReadIndex, batched: every read that reaches a leader in one round
-//! shares one ReadIndex request (one heartbeat round trip to a quorum). A read runs once
-//! the leader has applied up to the read index.
+//! shares one ReadIndex request (one heartbeat round trip to a quorum), and so does every
+//! replica read that reaches a follower (which sends the request to its leader). A read
+//! runs once this replica has applied up to the read index.
 
 use std::collections::VecDeque;
 
-use proto::metapb;
+use proto::{metapb, raft_serverpb::ReadIndexContext};
+use protobuf::Message as _;
 use raft::{RawNode, ReadState};
 use slog::{warn, Logger};
 
@@ -16,17 +18,35 @@ use crate::{
     Error,
 };
 
-type Read = (metapb::RegionEpoch, Callback<ReadReady>);
+struct Read {
+    epoch: metapb::RegionEpoch,
+    /// For a follower's replica read: what the leader is to check.
+    check: Option<Vec<u8>>,
+    cb: Callback<ReadReady>,
+}
 
 struct Batch {
     id: u64,
     reads: Vec<Read>,
     index: Option<u64>,
+    /// The leader's answers to the reads' checks, in the order of the reads that have one.
+    answers: Vec<Vec<u8>>,
     issued: bool,
     age_ticks: u64,
 }
 
-/// Reads waiting on a leader.
+impl Batch {
+    /// The ReadIndex context: this batch's id, the asking peer, the reads' checks.
+    fn context(&self, peer_id: u64) -> Vec<u8> {
+        let mut c = ReadIndexContext::default();
+        c.set_batch(self.id);
+        c.set_peer_id(peer_id);
+        c.set_checks(self.reads.iter().filter_map(|r| r.check.clone()).collect());
+        c.write_to_bytes().expect("encode a read index context")
+    }
+}
+
+/// Reads waiting on a read index.
 #[derive(Default)]
 pub struct ReadQueue {
     next_id: u64,
@@ -35,9 +55,14 @@ pub struct ReadQueue {
 }
 
 impl ReadQueue {
-    /// Queues a read for the next batch.
-    pub fn push(&mut self, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
-        self.incoming.push((epoch, cb));
+    /// Queues a read for the next batch; `check` only for a follower's replica read.
+    pub fn push(
+        &mut self,
+        epoch: metapb::RegionEpoch,
+        check: Option<Vec<u8>>,
+        cb: Callback<ReadReady>,
+    ) {
+        self.incoming.push(Read { epoch, check, cb });
     }
 
     /// Whether no read is waiting.
@@ -45,7 +70,8 @@ impl ReadQueue {
         self.incoming.is_empty() && self.batches.is_empty()
     }
 
-    /// Turns the reads of this round into one batch and asks Raft for its read index.
+    /// Turns the reads of this round into one batch and asks Raft for its read index: a
+    /// leader itself, a follower its leader.
     pub fn flush(&mut self, raft: &mut RawNode<PeerStorage>, is_leader: bool) {
         if self.incoming.is_empty() {
             return;
@@ -55,26 +81,33 @@ impl ReadQueue {
             id: self.next_id,
             reads: std::mem::take(&mut self.incoming),
             index: None,
+            answers: vec![],
             issued: false,
             age_ticks: 0,
         });
         if is_leader {
             self.retry_pending(raft);
+        } else {
+            self.issue(raft);
         }
     }
 
     /// Issues the batches Raft could not take yet. A new leader answers ReadIndex only
     /// once it has committed an entry of its own term.
     pub fn retry_pending(&mut self, raft: &mut RawNode<PeerStorage>) {
-        if !raft.raft.commit_to_current_term() {
-            return;
+        if raft.raft.commit_to_current_term() {
+            self.issue(raft);
         }
+    }
+
+    fn issue(&mut self, raft: &mut RawNode<PeerStorage>) {
+        let peer_id = raft.raft.id;
         for b in self.batches.iter_mut().filter(|b| !b.issued) {
             b.issued = true;
             metrics::PROPOSALS
                 .with_label_values(&["read_index", "ok"])
                 .inc();
-            raft.read_index(b.id.to_be_bytes().to_vec());
+            raft.read_index(b.context(peer_id));
         }
     }
 
@@ -87,12 +120,12 @@ impl ReadQueue {
         term: u64,
     ) {
         for s in states {
-            let Ok(id) = <[u8; 8]>::try_from(s.request_ctx.as_slice()) else {
+            let Ok(mut c) = ReadIndexContext::parse_from_bytes(&s.request_ctx) else {
                 continue;
             };
-            let id = u64::from_be_bytes(id);
-            if let Some(b) = self.batches.iter_mut().find(|b| b.id == id) {
+            if let Some(b) = self.batches.iter_mut().find(|b| b.id == c.get_batch()) {
                 b.index = Some(s.index);
+                b.answers = c.take_answers().into();
             }
         }
         self.on_applied(applied, region, term);
@@ -106,11 +139,23 @@ impl ReadQueue {
             .partition(|b| b.index.is_some_and(|i| i <= applied));
         self.batches = waiting.into();
         for b in ready {
-            for (epoch, cb) in b.reads {
+            let mut answers = b.answers.into_iter();
+            for r in b.reads {
+                let answer = match r.check {
+                    // A leader that could not check (no hook) must not pass for one that
+                    // found nothing.
+                    Some(_) => answers
+                        .next()
+                        .ok_or(Error::StaleCommand("the leader did not answer the read check")),
+                    None => Ok(vec![]),
+                };
                 // A split or merge since the read arrived may have moved its keys.
-                cb(check_epoch(region, &epoch, false).map(|_| ReadReady {
-                    region: region.clone(),
-                    term,
+                (r.cb)(answer.and_then(|answer| {
+                    check_epoch(region, &r.epoch, false).map(|_| ReadReady {
+                        region: region.clone(),
+                        term,
+                        answer,
+                    })
                 }));
             }
         }
@@ -123,8 +168,8 @@ impl ReadQueue {
             b.age_ticks += 1;
             if b.age_ticks > max_ticks {
                 warn!(logger, "read index timed out"; "reads" => b.reads.len());
-                for (_, cb) in b.reads {
-                    cb(Err(Error::StaleCommand("read index timed out")));
+                for r in b.reads {
+                    (r.cb)(Err(Error::StaleCommand("read index timed out")));
                 }
             } else {
                 kept.push_back(b);
@@ -135,12 +180,12 @@ impl ReadQueue {
 
     /// Fails every waiting read.
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
-        for (_, cb) in self.incoming.drain(..) {
-            cb(Err(err()));
+        for r in self.incoming.drain(..) {
+            (r.cb)(Err(err()));
         }
         for b in self.batches.drain(..) {
-            for (_, cb) in b.reads {
-                cb(Err(err()));
+            for r in b.reads {
+                (r.cb)(Err(err()));
             }
         }
     }

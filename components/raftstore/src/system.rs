@@ -40,6 +40,8 @@ pub struct StoreDeps {
     pub snap_mgr: SnapManager,
     /// The store's logger.
     pub logger: Logger,
+    /// Answers the checks of followers' replica reads on regions this store leads.
+    pub read_index_check: Option<crate::msg::ReadIndexCheck>,
 }
 
 /// A running raftstore.
@@ -125,6 +127,7 @@ impl RaftStore {
                     sync_log: false,
                     sync_state: false,
                     outgoing: Default::default(),
+                    read_index_check: deps.read_index_check.clone(),
                 },
             },
         );

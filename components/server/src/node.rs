@@ -345,6 +345,7 @@ impl OpenStore {
             logger.clone(),
         );
         let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
+        let cm = txn::concurrency::ConcurrencyManager::default();
         let raftstore = RaftStore::start(StoreDeps {
             store_id,
             cfg: cfg.raftstore.clone(),
@@ -353,6 +354,7 @@ impl OpenStore {
             pd_tx,
             snap_mgr: snap_mgr.clone(),
             logger: logger.clone(),
+            read_index_check: Some(crate::txn_storage::read_index_check(cm.clone())),
         })?;
         let router = raftstore.router();
         transport.set_router(router.clone());
@@ -373,7 +375,7 @@ impl OpenStore {
             raftstore.store_meta(),
             RawLimits::of(&cfg),
         );
-        let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone(), &cfg.txn);
+        let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone(), &cfg.txn, cm);
         let service = TikvService {
             store_id,
             txn: txn.clone(),

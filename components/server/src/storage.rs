@@ -11,7 +11,7 @@ use proto::{
     metapb,
     raft_cmdpb::{CmdType, RaftCmdRequest, Request},
 };
-use raftstore::{CasResult, CmdResponse, PeerMsg, RaftRouter, StoreMeta};
+use raftstore::{CasResult, CmdResponse, PeerMsg, RaftRouter, ReadFrom, StoreMeta};
 
 use crate::{Error, Result};
 
@@ -285,16 +285,38 @@ impl RawStorage {
         .await
     }
 
-    /// Waits until the region's state may be read linearizably; returns the region and
-    /// the leader's term.
+    /// Waits until the region's state may be read linearizably on its leader; returns
+    /// the region and the leader's term. Commands read so, whatever the client asked.
     pub(crate) async fn read_ready(&self, ctx: &Context) -> Result<raftstore::ReadReady> {
-        let epoch = ctx.get_region_epoch().clone();
-        self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read { epoch, cb })
-            .await
+        self.read_ready_from(ctx, ReadFrom::Leader).await
     }
 
+    /// Waits until this replica's state may be read linearizably: on the leader, or, for
+    /// `ReadFrom::Replica`, on whichever replica this is, after a read index from the
+    /// leader.
+    pub(crate) async fn read_ready_from(
+        &self,
+        ctx: &Context,
+        from: ReadFrom,
+    ) -> Result<raftstore::ReadReady> {
+        let epoch = ctx.get_region_epoch().clone();
+        self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read {
+            epoch,
+            from,
+            cb,
+        })
+        .await
+    }
+
+    /// A raw read: by the leader, or by this replica if the client asked (TiKV's
+    /// `replica_read`).
     async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
-        Ok(self.read_ready(ctx).await?.region)
+        let from = if ctx.replica_read {
+            ReadFrom::Replica(vec![])
+        } else {
+            ReadFrom::Leader
+        };
+        Ok(self.read_ready_from(ctx, from).await?.region)
     }
 
     /// The store's engine, for reads after [`Self::read_ready`].

@@ -239,6 +239,7 @@ impl Cluster {
             .expect("join cluster");
         let store_id = store.get_id();
         let (pd_tx, pd_rx) = crossbeam_channel::unbounded();
+        let cm = server::txn_storage::ConcurrencyManager::default();
         let raftstore = RaftStore::start(StoreDeps {
             store_id,
             cfg: self.raft_cfg.clone(),
@@ -247,6 +248,7 @@ impl Cluster {
             pd_tx,
             snap_mgr: snap_mgr.clone(),
             logger: test_logger(),
+            read_index_check: Some(server::txn_storage::read_index_check(cm.clone())),
         })
         .map_err(|e| e.to_string())?;
         let router = raftstore.router();
@@ -274,6 +276,7 @@ impl Cluster {
             storage.clone(),
             self.pd.clone(),
             &server::config::TxnConfig::default(),
+            cm,
         );
         self.running.insert(
             store_id,
@@ -440,6 +443,20 @@ impl Cluster {
             self.running[&store].txn.clone(),
             Self::context(&region, store),
         ))
+    }
+
+    /// The transactional API of `store_id` with a context for its replica of the region
+    /// holding the transactional key `key`, asking for a replica read (TiKV's
+    /// `replica_read`); `None` if the store has no replica there.
+    pub fn replica_txn(
+        &self,
+        store_id: u64,
+        key: &[u8],
+    ) -> Option<(server::txn_storage::TxnStorage, Context)> {
+        let region = self.local_region(store_id, &keys::txn::encode_bytes(key))?;
+        let mut ctx = Self::context(&region, store_id);
+        ctx.set_replica_read(true);
+        Some((self.running[&store_id].txn.clone(), ctx))
     }
 
     /// Writes through the current leader, retrying routing failures for up to `timeout`.

@@ -100,17 +100,38 @@ impl ConcurrencyManager {
         ts: u64,
         bypass: &Bypass,
     ) -> Result<()> {
+        match self.blocking_locks(in_range, ts, bypass).into_iter().next() {
+            Some((key, lock)) => Err(crate::Error::KeyIsLocked {
+                key,
+                lock: Box::new(lock),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Raises `max_ts` to `ts`, then returns every in-memory lock of the keys `in_range`
+    /// says that a read at `ts` must not pass, in key order.
+    pub fn blocking_locks(
+        &self,
+        in_range: &dyn Fn(&[u8]) -> bool,
+        ts: u64,
+        bypass: &Bypass,
+    ) -> Vec<(Vec<u8>, Lock)> {
         self.update_max_ts(ts);
-        let locks: Vec<(Vec<u8>, Lock)> = self
+        let mut locks: Vec<(Vec<u8>, Lock)> = self
             .locks()
             .iter()
             .filter(|(k, _)| in_range(k))
             .map(|(k, l)| (k.clone(), l.clone()))
             .collect();
-        for (k, lock) in locks {
-            check_lock_for_read(&k, lock, ts, bypass, None)?;
-        }
-        Ok(())
+        locks.sort_by(|a, b| a.0.cmp(&b.0));
+        locks
+            .into_iter()
+            .filter_map(|(k, lock)| match check_lock_for_read(&k, lock, ts, bypass, None) {
+                Err(crate::Error::KeyIsLocked { key, lock }) => Some((key, *lock)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Lock>> {

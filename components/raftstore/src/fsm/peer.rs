@@ -27,7 +27,7 @@ use crate::{
     disk::DiskSpace,
     fsm::apply::{ApplyFsm, ApplyRouter},
     metrics,
-    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, SplitCheckTask, StoreMsg},
+    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, ReadIndexCheck, SplitCheckTask, StoreMsg},
     proposal::ProposalQueue,
     read_queue::ReadQueue,
     snap::{snap_key, ReceivedFiles, SnapManager},
@@ -65,6 +65,8 @@ pub(crate) struct PollContext {
     pub sync_state: bool,
     /// This round's outgoing messages, by destination store.
     pub outgoing: HashMap<u64, Vec<RaftMessage>>,
+    /// Answers followers' read checks when this store leads (see `operation::read`).
+    pub read_index_check: Option<ReadIndexCheck>,
 }
 
 /// A Ready taken from raft-rs, persisted by the round's write, finished after it.
@@ -275,7 +277,7 @@ impl PeerFsm {
             PeerMsg::RaftMessage(m) if m.get_hibernate() => self.on_hibernate_message(&m, ctx),
             PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
-            PeerMsg::Read { epoch, cb } => self.on_read(epoch, cb),
+            PeerMsg::Read { epoch, from, cb } => self.on_read(epoch, from, cb),
             PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to, ctx)),
             PeerMsg::EvictLeader => self.evict_leader(ctx),
             PeerMsg::Tick if self.quiet => {}
@@ -312,7 +314,7 @@ impl PeerFsm {
         if self.is_stale_sender(&msg, ctx) {
             return;
         }
-        let raft_msg = match Message::parse_from_bytes(msg.get_message()) {
+        let mut raft_msg = match Message::parse_from_bytes(msg.get_message()) {
             Ok(m) => {
                 metrics::count_message(false, m.get_msg_type());
                 m
@@ -332,6 +334,7 @@ impl PeerFsm {
             info!(self.logger, "refusing leadership: the store is stopping");
             return;
         }
+        self.answer_read_checks(&mut raft_msg, ctx);
         let from = msg.get_from_peer();
         self.peer_cache.insert(from.get_id(), from.clone());
         if self.is_leader() {

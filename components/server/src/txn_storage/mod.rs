@@ -9,7 +9,11 @@
 
 mod gc;
 mod read;
+mod replica;
 mod resolve;
+
+pub use replica::read_index_check;
+pub use txn::concurrency::ConcurrencyManager;
 mod write;
 
 use std::{
@@ -26,7 +30,7 @@ use proto::{
     metapb,
     raft_cmdpb::{CmdType, Request},
 };
-use txn::{concurrency::ConcurrencyManager, latch::Latches, Limits, Modify, MvccReader, MvccTxn};
+use txn::{latch::Latches, Limits, Modify, MvccReader, MvccTxn};
 
 use crate::{
     config::TxnConfig,
@@ -65,12 +69,18 @@ type Outcome<T> = (T, Vec<MvccTxn>, Option<txn::concurrency::MemLockGuard>);
 
 impl TxnStorage {
     /// Transactions over `kv`'s Raft and engine, with timestamps from `pd`, held to
-    /// `cfg`'s bounds.
-    pub fn new(kv: RawStorage, pd: Arc<pd_client::PdClient>, cfg: &TxnConfig) -> Self {
+    /// `cfg`'s bounds. `cm` is the one the raftstore's read checks answer from
+    /// ([`read_index_check`]).
+    pub fn new(
+        kv: RawStorage,
+        pd: Arc<pd_client::PdClient>,
+        cfg: &TxnConfig,
+        cm: ConcurrencyManager,
+    ) -> Self {
         TxnStorage {
             kv,
             latches: Arc::new(Latches::new(LATCH_SLOTS)),
-            cm: ConcurrencyManager::default(),
+            cm,
             clock: Arc::new(PdClock::new(pd.clone(), cfg.max_ts_drift)),
             pd,
             limits: cfg.limits(),

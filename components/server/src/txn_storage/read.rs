@@ -3,9 +3,10 @@
 //! snapshot, so that a lock applied after the snapshot was met here.
 
 use proto::kvrpcpb::Context;
+use raftstore::{ReadFrom, ReadReady};
 use txn::{reader::Bypass, types::Lock, MvccReader};
 
-use super::{clip, TxnStorage};
+use super::{clip, replica, TxnStorage};
 use crate::{storage::ResponseBudget, Result};
 
 /// Most locks one ScanLock answer carries (its client asks again from the last one).
@@ -21,6 +22,25 @@ impl TxnStorage {
         self.clock.admit(&[("version", ts)]).await
     }
 
+    /// Waits until the region may be read: on the leader, or on this replica if the
+    /// client asked for a replica read, with the in-memory locks the leader reported
+    /// against `check` (a [`replica`] check, built only for a replica read).
+    async fn ready_for(
+        &self,
+        ctx: &Context,
+        check: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(ReadReady, Vec<(Vec<u8>, Lock)>)> {
+        if !ctx.replica_read {
+            return Ok((self.kv.read_ready(ctx).await?, vec![]));
+        }
+        let ready = self
+            .kv
+            .read_ready_from(ctx, ReadFrom::Replica(check()))
+            .await?;
+        let locks = replica::reported_locks(&ready.answer)?;
+        Ok((ready, locks))
+    }
+
     /// The value of `key` a snapshot read at `ts` sees.
     pub async fn get(
         &self,
@@ -30,8 +50,13 @@ impl TxnStorage {
         bypass: &Bypass,
     ) -> Result<Option<Vec<u8>>> {
         self.admit_read(ts).await?;
-        let ready = self.kv.read_ready(ctx).await?;
+        let (ready, reported) = self
+            .ready_for(ctx, || replica::keys_check(ts, &[key.to_vec()], bypass))
+            .await?;
         self.check_in(&ready.region, key)?;
+        if let Some(e) = replica::first_lock(&reported, None) {
+            return Err(e.into());
+        }
         self.cm.read_key(key, ts, bypass)?;
         let snap = self.kv.engine().snapshot();
         Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
@@ -48,13 +73,18 @@ impl TxnStorage {
     ) -> Result<ReadPairs> {
         self.limits.check_count("keys", keys.len())?;
         self.admit_read(ts).await?;
-        let ready = self.kv.read_ready(ctx).await?;
+        let (ready, reported) = self
+            .ready_for(ctx, || replica::keys_check(ts, keys, bypass))
+            .await?;
         for k in keys {
             self.check_in(&ready.region, k)?;
         }
         let in_memory: Vec<txn::Result<()>> = keys
             .iter()
-            .map(|k| self.cm.read_key(k, ts, bypass))
+            .map(|k| match replica::first_lock(&reported, Some(&|r| r == k.as_slice())) {
+                Some(e) => Err(e),
+                None => self.cm.read_key(k, ts, bypass),
+            })
             .collect();
         let snap = self.kv.engine().snapshot();
         let reader = MvccReader::new(&snap);
@@ -94,12 +124,23 @@ impl TxnStorage {
             return Ok(vec![]);
         }
         self.admit_read(ts).await?;
-        let ready = self.kv.read_ready(ctx).await?;
+        let (ready, reported) = self
+            .ready_for(ctx, || {
+                let upper = match end {
+                    [] => keys::data_end_key(b""),
+                    end => keys::txn::lock_key(end),
+                };
+                replica::range_check(ts, &keys::txn::lock_key(start), &upper, bypass)
+            })
+            .await?;
         let (lower, upper) = clip(&ready.region, start, end);
         let in_range = |k: &[u8]| {
             let enc = keys::txn::lock_key(k);
             enc >= lower && enc < upper
         };
+        if let Some(e) = replica::first_lock(&reported, Some(&in_range)) {
+            return Err(e.into());
+        }
         self.cm.read_range(&in_range, ts, bypass)?;
         let mut out = vec![];
         if lower >= upper {

@@ -1,0 +1,127 @@
+//! Transactional reads served by a follower (`Context.replica_read`, TiKV's follower
+//! read). The follower's ReadIndex request carries the read's timestamp and keys
+//! (`ReplicaReadCheck`); the leader, on receiving it and before Raft fixes the read index,
+//! raises its max timestamp to the read's and reports the in-memory locks (async-commit
+//! and 1PC prewrites not yet applied) the read must not pass (`ReplicaReadAnswer`).
+//! Either an async commit chose its commit timestamp before the check, and its lock is
+//! reported or already applied below the read index, or it chooses one above the read.
+
+use proto::raft_serverpb::{ReplicaReadAnswer, ReplicaReadCheck};
+use protobuf::Message as _;
+use raftstore::ReadIndexCheck;
+use txn::{concurrency::ConcurrencyManager, reader::Bypass, types::Lock};
+
+use crate::{Error, Result};
+
+/// Above this many key bytes a point read's check names the range from its least to its
+/// greatest key instead (a ReadIndex request must stay small); the follower then ignores
+/// locks on keys it did not ask for.
+const CHECK_KEY_BYTES: usize = 64 << 10;
+
+/// The answer to a check that could not be read: not a valid `ReplicaReadAnswer` (a
+/// field 31 with wire type 7 does not exist).
+const UNCHECKED: &[u8] = &[0xff];
+
+fn with_bypass(ts: u64, bypass: &Bypass) -> ReplicaReadCheck {
+    let mut c = ReplicaReadCheck::default();
+    c.set_start_ts(ts);
+    c.set_resolved(bypass.resolved.clone());
+    c.set_committed(bypass.committed.clone());
+    c
+}
+
+fn encode(c: &ReplicaReadCheck) -> Vec<u8> {
+    c.write_to_bytes().expect("encode a replica read check")
+}
+
+/// The check of a read at `ts` of these user keys.
+pub(crate) fn keys_check(ts: u64, keys: &[Vec<u8>], bypass: &Bypass) -> Vec<u8> {
+    let mut c = with_bypass(ts, bypass);
+    if keys.iter().map(Vec::len).sum::<usize>() <= CHECK_KEY_BYTES {
+        c.set_keys(keys.to_vec().into());
+    } else {
+        let lower = keys.iter().min().map(|k| keys::txn::lock_key(k));
+        let upper = keys.iter().max().map(|k| {
+            let mut u = keys::txn::lock_key(k);
+            u.push(0);
+            u
+        });
+        c.set_lower(lower.unwrap_or_default());
+        c.set_upper(upper.unwrap_or_default());
+    }
+    encode(&c)
+}
+
+/// The check of a read at `ts` of the lock keys in `[lower, upper)`.
+pub(crate) fn range_check(ts: u64, lower: &[u8], upper: &[u8], bypass: &Bypass) -> Vec<u8> {
+    let mut c = with_bypass(ts, bypass);
+    c.set_lower(lower.to_vec());
+    c.set_upper(upper.to_vec());
+    encode(&c)
+}
+
+/// The leader's side: answers checks from this store's concurrency manager.
+pub fn read_index_check(cm: ConcurrencyManager) -> ReadIndexCheck {
+    std::sync::Arc::new(move |_region_id, bytes| answer(&cm, bytes))
+}
+
+fn answer(cm: &ConcurrencyManager, bytes: &[u8]) -> Vec<u8> {
+    let mut out = ReplicaReadAnswer::default();
+    let Ok(c) = ReplicaReadCheck::parse_from_bytes(bytes) else {
+        // Unchecked is not lock-free: an answer that does not decode fails the read.
+        return UNCHECKED.to_vec();
+    };
+    let bypass = Bypass {
+        resolved: c.get_resolved().to_vec(),
+        committed: c.get_committed().to_vec(),
+    };
+    let ts = c.get_start_ts();
+    let locks = if c.get_keys().is_empty() {
+        let (lower, upper) = (c.get_lower(), c.get_upper());
+        cm.blocking_locks(
+            &|k| {
+                let enc = keys::txn::lock_key(k);
+                enc.as_slice() >= lower && enc.as_slice() < upper
+            },
+            ts,
+            &bypass,
+        )
+    } else {
+        let keys = c.get_keys();
+        cm.blocking_locks(&|k| keys.iter().any(|w| w == k), ts, &bypass)
+    };
+    for (k, l) in locks {
+        out.mut_keys().push(k);
+        out.mut_locks().push(l);
+    }
+    out.write_to_bytes().expect("encode a replica read answer")
+}
+
+/// The follower's side: the locks the leader reported, by user key.
+pub(crate) fn reported_locks(answer: &[u8]) -> Result<Vec<(Vec<u8>, Lock)>> {
+    let a = ReplicaReadAnswer::parse_from_bytes(answer).map_err(|_| {
+        Error::Raft(raftstore::Error::StaleCommand(
+            "the leader could not check a replica read",
+        ))
+    })?;
+    Ok(a.get_keys()
+        .iter()
+        .cloned()
+        .zip(a.get_locks().iter().cloned())
+        .collect())
+}
+
+/// The first reported lock on one of `keys` (or on any key if `keys` is `None`), as the
+/// error a leader read would have met.
+pub(crate) fn first_lock(
+    locks: &[(Vec<u8>, Lock)],
+    keys: Option<&dyn Fn(&[u8]) -> bool>,
+) -> Option<txn::Error> {
+    locks
+        .iter()
+        .find(|(k, _)| keys.is_none_or(|f| f(k)))
+        .map(|(key, lock)| txn::Error::KeyIsLocked {
+            key: key.clone(),
+            lock: Box::new(lock.clone()),
+        })
+}
