@@ -16,5 +16,6 @@ mod raft_cluster;
 mod safety;
 mod sessions;
 mod split;
+mod stale_read;
 mod txn_storage;
 mod zones;

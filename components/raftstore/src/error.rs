@@ -14,6 +14,19 @@ pub enum Error {
         /// The leader as far as this peer knows.
         leader: Option<metapb::Peer>,
     },
+    /// A stale read this replica cannot serve: its safe timestamp is below the read's,
+    /// or its applied state is older than the read allows (`why` says which).
+    #[error("region {region_id} peer {peer_id} cannot serve the stale read: {why}")]
+    DataIsNotReady {
+        /// The region.
+        region_id: u64,
+        /// This replica.
+        peer_id: u64,
+        /// Its safe timestamp.
+        safe_ts: u64,
+        /// What is not ready.
+        why: String,
+    },
     /// The request was meant for an older shape of the region.
     #[error("region epoch does not match: {reason}")]
     EpochNotMatch {

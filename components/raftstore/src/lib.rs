@@ -39,6 +39,7 @@ mod read_queue;
 mod router;
 pub mod snap;
 mod split_check;
+mod stale;
 mod storage;
 mod store_meta;
 mod system;

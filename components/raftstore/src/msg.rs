@@ -21,6 +21,8 @@ pub struct ReadReady {
     pub term: u64,
     /// For a replica read with a check: the leader's answer to it (empty: none).
     pub answer: Vec<u8>,
+    /// The read index the read waited for (0 for a stale read, which waits for none).
+    pub index: u64,
 }
 
 /// Who serves a read.
@@ -33,6 +35,13 @@ pub enum ReadFrom {
     /// here; may be empty) travels to the leader with the request, and the leader's
     /// answer comes back in [`ReadReady::answer`] (see [`ReadIndexCheck`]).
     Replica(Vec<u8>),
+    /// This replica, without contacting the leader, if its safe timestamp is at least
+    /// this (a transactional stale read, TiKV's `stale_read`); else `DataIsNotReady`.
+    Stale(u64),
+    /// This replica, without contacting the leader, if its applied state is at most this
+    /// old (a raw read with bounded staleness); else `DataIsNotReady`. A leader reads as
+    /// for `Leader`.
+    Bounded(std::time::Duration),
 }
 
 /// Run by a leader on each check a follower's ReadIndex request carries, for the region:
@@ -94,6 +103,17 @@ pub enum PeerMsg {
         from: ReadFrom,
         /// Called when the read may run.
         cb: Callback<ReadReady>,
+    },
+    /// The store confirmed, by a read index at `index` in `term`, that no transaction
+    /// commits in this region at or below `safe_ts` in entries after `index`: a leader of
+    /// that term serves stale reads by it and ships it to its followers.
+    SafeTs {
+        /// The term the read index confirmed.
+        term: u64,
+        /// The resolved timestamp.
+        safe_ts: u64,
+        /// The read index.
+        index: u64,
     },
     /// The store is stopping: a leader hands leadership to its most caught-up voter on
     /// another store.

@@ -139,6 +139,7 @@ impl ReadQueue {
             .partition(|b| b.index.is_some_and(|i| i <= applied));
         self.batches = waiting.into();
         for b in ready {
+            let index = b.index.unwrap_or_default();
             let mut answers = b.answers.into_iter();
             for r in b.reads {
                 let answer = match r.check {
@@ -155,6 +156,7 @@ impl ReadQueue {
                         region: region.clone(),
                         term,
                         answer,
+                        index,
                     })
                 }));
             }

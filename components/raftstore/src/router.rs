@@ -79,6 +79,11 @@ impl RaftRouter {
         let _ = self.store.send(msg);
     }
 
+    /// Whether the region's peer on this store hibernates.
+    pub fn is_hibernating(&self, region_id: u64) -> bool {
+        self.hibernating.lock().contains(&region_id)
+    }
+
     /// How many peers on this store hibernate.
     pub fn hibernating_count(&self) -> usize {
         self.hibernating.lock().len()

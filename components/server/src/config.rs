@@ -238,6 +238,13 @@ pub struct ServerConfig {
     /// Where this store sits (`{ zone = "z1", rack = "r1", host = "h1" }`), reported to
     /// PD, which spreads replicas over its `replication.location-labels`.
     pub labels: BTreeMap<String, String>,
+    /// The most staleness a raw stale read may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_read_staleness: std::time::Duration,
+    /// How often this store advances the safe timestamp of the regions it leads (what
+    /// transactional stale reads on their replicas may read at).
+    #[serde(with = "humantime_serde")]
+    pub safe_ts_interval: std::time::Duration,
 }
 
 /// Longest label key or value.
@@ -301,6 +308,8 @@ impl Default for ServerConfig {
             grpc_keepalive_timeout: std::time::Duration::from_secs(3),
             graceful_shutdown_timeout: std::time::Duration::from_secs(10),
             labels: BTreeMap::new(),
+            max_read_staleness: std::time::Duration::from_secs(600),
+            safe_ts_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -371,6 +380,11 @@ impl Validate for Config {
             "must be positive",
         )?;
         check_labels(&s.labels)?;
+        ensure(
+            !s.max_read_staleness.is_zero() && !s.safe_ts_interval.is_zero(),
+            "server.max-read-staleness",
+            "max-read-staleness and safe-ts-interval must be positive",
+        )?;
         ensure(
             !self.gc.run_interval.is_zero(),
             "gc.run-interval",

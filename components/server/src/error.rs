@@ -74,6 +74,17 @@ fn region_error(e: &raftstore::Error) -> Option<errorpb::Error> {
         R::Busy(reason) => {
             err.mut_server_is_busy().set_reason(reason.clone());
         }
+        R::DataIsNotReady {
+            region_id,
+            peer_id,
+            safe_ts,
+            ..
+        } => {
+            let d = err.mut_data_is_not_ready();
+            d.region_id = *region_id;
+            d.peer_id = *peer_id;
+            d.safe_ts = *safe_ts;
+        }
         R::StaleCommand(_) | R::Stopped => {
             err.mut_stale_command();
         }

@@ -16,6 +16,7 @@ mod node;
 mod pd_clock;
 pub mod pd_worker;
 mod resolver;
+pub mod safe_ts;
 pub mod service;
 mod span;
 pub mod storage;

@@ -309,3 +309,23 @@ pub static TXN_KEY_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Reads by how the client asked them to be served and how that ended.
+pub static READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_server_reads_total",
+        "Reads by mode (leader; replica: after a read index from the leader, follower reads; stale: from the local replica alone) and outcome (served, not_ready: a stale read refused with data_is_not_ready, error)",
+        &["mode", "outcome"]
+    )
+    .expect("register metric")
+});
+
+/// How far behind PD's clock the oldest resolved timestamp of this store's led regions
+/// was in the last round.
+pub static RESOLVED_TS_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    prometheus::register_gauge!(
+        "flotilla_server_resolved_ts_lag_seconds",
+        "Seconds between PD's time and the oldest safe timestamp this store gave the regions it leads in its last round (what stale reads on their replicas lag by)"
+    )
+    .expect("register metric")
+});

@@ -402,6 +402,13 @@ impl OpenStore {
             &shutdown,
         )
         .await?;
+        tokio::spawn(crate::safe_ts::run(
+            txn.clone(),
+            pd.clone(),
+            cfg.server.safe_ts_interval,
+            shutdown.clone(),
+            logger.new(slog::o!("component" => "safe-ts")),
+        ));
         if cfg.gc.enable {
             tokio::spawn(
                 crate::gc_worker::GcWorker {

@@ -35,6 +35,8 @@ pub struct RawLimits {
     pub timeout: Duration,
     /// Most keys one split may give (`raftstore.max-split-keys`).
     pub max_split_keys: usize,
+    /// The largest staleness a raw stale read may ask for (`server.max-read-staleness`).
+    pub max_read_staleness: Duration,
 }
 
 impl RawLimits {
@@ -45,6 +47,7 @@ impl RawLimits {
             max_response_size: cfg.server.max_response_size.as_u64(),
             timeout: cfg.server.request_timeout,
             max_split_keys: cfg.raftstore.max_split_keys,
+            max_read_staleness: cfg.server.max_read_staleness,
         }
     }
 }
@@ -294,7 +297,7 @@ impl RawStorage {
     /// Waits until this replica's state may be read linearizably: on the leader, or, for
     /// `ReadFrom::Replica`, on whichever replica this is, after a read index from the
     /// leader.
-    pub(crate) async fn read_ready_from(
+    async fn read_ready_from(
         &self,
         ctx: &Context,
         from: ReadFrom,
@@ -308,15 +311,55 @@ impl RawStorage {
         .await
     }
 
-    /// A raw read: by the leader, or by this replica if the client asked (TiKV's
-    /// `replica_read`).
+    /// [`Self::read_ready_from`] for a client's read, counted by mode and outcome.
+    pub(crate) async fn client_read_ready(
+        &self,
+        ctx: &Context,
+        from: ReadFrom,
+    ) -> Result<raftstore::ReadReady> {
+        let mode = match from {
+            ReadFrom::Leader => "leader",
+            ReadFrom::Replica(_) => "replica",
+            ReadFrom::Stale(_) | ReadFrom::Bounded(_) => "stale",
+        };
+        let res = self.read_ready_from(ctx, from).await;
+        let outcome = match &res {
+            Ok(_) => "served",
+            Err(Error::Raft(raftstore::Error::DataIsNotReady { .. })) => "not_ready",
+            Err(_) => "error",
+        };
+        crate::metrics::READS
+            .with_label_values(&[mode, outcome])
+            .inc();
+        res
+    }
+
+    /// A raw read: by the leader; by this replica after a read index if the client
+    /// asked (TiKV's `replica_read`); or by this replica alone if its applied state is
+    /// fresh enough for a stale read (`stale_read` with `max_staleness_ms`).
     async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
-        let from = if ctx.replica_read {
+        let from = if ctx.stale_read {
+            ReadFrom::Bounded(self.staleness(ctx)?)
+        } else if ctx.replica_read {
             ReadFrom::Replica(vec![])
         } else {
             ReadFrom::Leader
         };
-        Ok(self.read_ready_from(ctx, from).await?.region)
+        Ok(self.client_read_ready(ctx, from).await?.region)
+    }
+
+    /// The staleness bound of a raw stale read, checked.
+    fn staleness(&self, ctx: &Context) -> Result<Duration> {
+        let max = self.limits.max_read_staleness;
+        let asked = Duration::from_millis(ctx.max_staleness_ms);
+        if asked.is_zero() || asked > max {
+            return Err(Error::InvalidRequest(format!(
+                "a raw stale read needs Context.max_staleness_ms from 1 to {} (server.max-read-staleness); it is {}",
+                max.as_millis(),
+                ctx.max_staleness_ms
+            )));
+        }
+        Ok(asked)
     }
 
     /// The store's engine, for reads after [`Self::read_ready`].
@@ -541,6 +584,31 @@ impl RawStorage {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// This store's replica of the region, as it is now.
+    pub(crate) fn local_region(&self, region_id: u64) -> Option<metapb::Region> {
+        self.store_meta.lock().region(region_id).cloned()
+    }
+
+    /// The regions this store leads, each with a context to address its leader here,
+    /// leaving out those whose peer hibernates (nothing to wake them for).
+    pub fn led_regions(&self) -> Vec<Context> {
+        let meta = self.store_meta.lock();
+        meta.regions()
+            .filter(|r| meta.is_leader(r.get_id()) && !self.router.is_hibernating(r.get_id()))
+            .map(|r| {
+                let mut ctx = Context::default();
+                ctx.set_region_id(r.get_id());
+                ctx.set_region_epoch(r.get_region_epoch().clone());
+                ctx
+            })
+            .collect()
+    }
+
+    /// Mail for a region's peer on this store.
+    pub(crate) fn send(&self, region_id: u64, msg: PeerMsg) -> Result<()> {
+        Ok(self.router.send(region_id, msg)?)
     }
 
     /// The region of `key` if this store leads it.

@@ -90,6 +90,9 @@ pub(crate) fn test_logger() -> util::logger::Logger {
     }
 }
 
+/// How often each store advances its led regions' safe timestamps.
+pub const SAFE_TS_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Settings for a test cluster: fast ticks and heartbeats so that tests finish quickly.
 pub fn test_config() -> (raftstore::Config, pd::Config) {
     let rs = raftstore::Config {
@@ -116,6 +119,8 @@ pub fn test_config() -> (raftstore::Config, pd::Config) {
 
 struct Running {
     raftstore: RaftStore,
+    /// Stops the store's safe timestamp worker.
+    stop_safe_ts: util::shutdown::Shutdown,
     storage: RawStorage,
     txn: server::txn_storage::TxnStorage,
     meta: Arc<Mutex<StoreMeta>>,
@@ -278,9 +283,18 @@ impl Cluster {
             &server::config::TxnConfig::default(),
             cm,
         );
+        let stop_safe_ts = util::shutdown::Shutdown::default();
+        self.rt.spawn(server::safe_ts::run(
+            txn.clone(),
+            self.pd.clone(),
+            SAFE_TS_INTERVAL,
+            stop_safe_ts.clone(),
+            test_logger(),
+        ));
         self.running.insert(
             store_id,
             Running {
+                stop_safe_ts,
                 raftstore,
                 txn,
                 storage,
@@ -300,6 +314,7 @@ impl Cluster {
     /// Stops a store (its data stays).
     pub fn stop_store(&mut self, store_id: u64) {
         let r = self.running.remove(&store_id).expect("store is running");
+        r.stop_safe_ts.trigger();
         self.network.detach(store_id);
         r.raftstore.shutdown();
         drop(r.storage);

@@ -134,6 +134,15 @@ impl ConcurrencyManager {
             .collect()
     }
 
+    /// The least start timestamp of the in-memory locks of the keys `in_range` says.
+    pub fn min_lock_ts(&self, in_range: &dyn Fn(&[u8]) -> bool) -> Option<u64> {
+        self.locks()
+            .iter()
+            .filter(|(k, _)| in_range(k))
+            .map(|(_, l)| l.start_ts)
+            .min()
+    }
+
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Lock>> {
         self.mem_locks
             .lock()

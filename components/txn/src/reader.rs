@@ -309,6 +309,17 @@ impl<'a> MvccReader<'a> {
         Ok(out)
     }
 
+    /// The least start timestamp of the locks in `[lower, upper)` (lock keys).
+    pub fn min_lock_ts(&self, lower: &[u8], upper: &[u8]) -> Result<Option<u64>> {
+        let mut min: Option<u64> = None;
+        self.snap.scan(Cf::Lock, lower, upper, false, &mut |k, v| {
+            let lock: Lock = decode("lock", k, v)?;
+            min = Some(min.map_or(lock.start_ts, |m| m.min(lock.start_ts)));
+            Ok(true)
+        })?;
+        Ok(min)
+    }
+
     /// Every lock in `[lower, upper)` (lock-CF key bounds) that `keep` accepts, with its
     /// user key, up to `limit` (0: no limit) and until the locks taken come to `max_bytes`
     /// (at least one is taken: a lock holds its primary and an async-commit primary its

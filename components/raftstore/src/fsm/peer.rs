@@ -126,6 +126,8 @@ pub struct PeerFsm {
     pub(crate) last_hash: Option<Instant>,
     /// Leader only: the peer leadership is being transferred to, and for how many ticks.
     pub(crate) transfer: Option<(u64, u64)>,
+    /// What this replica may serve without asking its leader.
+    pub(crate) stale: crate::stale::StaleState,
 }
 
 impl Fsm for PeerFsm {
@@ -192,6 +194,7 @@ impl PeerFsm {
             split_peers: vec![],
             last_hash: None,
             transfer: None,
+            stale: Default::default(),
         })
     }
 
@@ -278,6 +281,11 @@ impl PeerFsm {
             PeerMsg::RaftMessage(m) => self.on_raft_message(*m, ctx),
             PeerMsg::Command { cmd, cb } => self.propose_command(cmd, cb, ctx),
             PeerMsg::Read { epoch, from, cb } => self.on_read(epoch, from, cb),
+            PeerMsg::SafeTs {
+                term,
+                safe_ts,
+                index,
+            } => self.on_safe_ts(term, safe_ts, index),
             PeerMsg::TransferLeader { to, cb } => cb(self.transfer_leader(&to, ctx)),
             PeerMsg::EvictLeader => self.evict_leader(ctx),
             PeerMsg::Tick if self.quiet => {}
@@ -340,8 +348,12 @@ impl PeerFsm {
         if self.is_leader() {
             self.peer_heartbeats.insert(from.get_id(), Instant::now());
         }
+        let from_id = from.get_id();
         if let Err(e) = self.raft.step(raft_msg) {
-            debug!(self.logger, "raft rejected a message"; "from" => from.get_id(), "err" => %e);
+            debug!(self.logger, "raft rejected a message"; "from" => from_id, "err" => %e);
+        }
+        if msg.has_leader_state() {
+            self.on_leader_state(from_id, msg.get_leader_state());
         }
         if let Some(key) = snap {
             self.release_unused_snapshot(key, ctx);
@@ -412,6 +424,7 @@ impl PeerFsm {
             self.raft.raft.term,
         );
         self.reads.retry_pending(&mut self.raft);
+        self.stale.on_applied(res.applied_index);
     }
 
     /// Answers every waiting proposal with `proposal_err` (it may have committed, so its

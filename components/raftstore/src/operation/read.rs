@@ -7,7 +7,12 @@
 //! the request arrives, before Raft fixes its read index: whatever the check raises (the
 //! transaction layer's max timestamp) is then raised before the index the read waits for.
 
-use proto::{metapb, raft_serverpb::ReadIndexContext};
+use std::time::{Duration, Instant};
+
+use proto::{
+    metapb,
+    raft_serverpb::{LeaderState, ReadIndexContext},
+};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use slog::debug;
@@ -16,6 +21,7 @@ use crate::{
     fsm::peer::{PeerFsm, PollContext},
     msg::{Callback, ReadFrom, ReadReady},
     util::check_epoch,
+    Error, Result,
 };
 
 impl PeerFsm {
@@ -33,8 +39,17 @@ impl PeerFsm {
                 region: self.region().clone(),
                 term: self.raft.raft.term,
                 answer: vec![],
+                index: 0,
             }));
         }
+        let from = match from {
+            ReadFrom::Stale(ts) => return cb(self.stale_read(&epoch, ts)),
+            ReadFrom::Bounded(max_age) if !self.is_leader() => {
+                return cb(self.bounded_read(&epoch, max_age))
+            }
+            ReadFrom::Bounded(_) => ReadFrom::Leader,
+            from => from,
+        };
         let replica = matches!(from, ReadFrom::Replica(_));
         // A follower can read only through a leader it knows; without one, raft-rs would
         // drop the request.
@@ -52,6 +67,85 @@ impl PeerFsm {
             _ => None,
         };
         self.reads.push(epoch, check, cb);
+    }
+
+    /// A transactional read at `ts` served from what this replica has applied, if its
+    /// safe timestamp covers it.
+    fn stale_read(&self, epoch: &metapb::RegionEpoch, ts: u64) -> Result<ReadReady> {
+        check_epoch(self.region(), epoch, false)?;
+        let safe_ts = self.stale.safe_ts();
+        if ts > safe_ts {
+            return Err(self.not_ready(format!(
+                "its safe timestamp {safe_ts} is below the read's {ts}"
+            )));
+        }
+        Ok(self.local_ready())
+    }
+
+    /// A raw read served from what this replica has applied, if that is at most
+    /// `max_age` old by its last word from the leader.
+    fn bounded_read(&self, epoch: &metapb::RegionEpoch, max_age: Duration) -> Result<ReadReady> {
+        check_epoch(self.region(), epoch, false)?;
+        match self.stale.age(Instant::now()) {
+            Some(age) if age <= max_age => Ok(self.local_ready()),
+            Some(age) => Err(self.not_ready(format!(
+                "its applied state is {} ms old, past the read's bound of {} ms",
+                age.as_millis(),
+                max_age.as_millis()
+            ))),
+            None => Err(self.not_ready("it has not caught up with its leader".into())),
+        }
+    }
+
+    fn local_ready(&self) -> ReadReady {
+        ReadReady {
+            region: self.region().clone(),
+            term: self.raft.raft.term,
+            answer: vec![],
+            index: 0,
+        }
+    }
+
+    fn not_ready(&self, why: String) -> Error {
+        Error::DataIsNotReady {
+            region_id: self.region_id(),
+            peer_id: self.peer.get_id(),
+            safe_ts: self.stale.safe_ts(),
+            why,
+        }
+    }
+
+    /// The store confirmed a resolved timestamp by a read index in `term`.
+    pub(crate) fn on_safe_ts(&mut self, term: u64, safe_ts: u64, index: u64) {
+        if self.is_leader() && self.raft.raft.term == term {
+            let applied = self.raft.store().applied_index();
+            self.stale
+                .on_resolved(safe_ts, index, applied, Instant::now());
+        }
+    }
+
+    /// A leader's word on a message from peer `from`: taken only from the leader of this
+    /// replica's term.
+    pub(crate) fn on_leader_state(&mut self, from: u64, ls: &LeaderState) {
+        let raft = &self.raft.raft;
+        if self.is_leader() || ls.term != raft.term || raft.leader_id != from {
+            return;
+        }
+        let applied = self.raft.store().applied_index();
+        self.stale
+            .on_word(ls.commit, ls.safe_ts, applied, Instant::now());
+    }
+
+    /// What a leader tells its followers on every message.
+    pub(crate) fn leader_state(&self) -> Option<LeaderState> {
+        if !self.is_leader() {
+            return None;
+        }
+        let mut ls = LeaderState::default();
+        ls.term = self.raft.raft.term;
+        ls.commit = self.raft.raft.raft_log.committed;
+        ls.safe_ts = self.stale.shipped_safe_ts();
+        Some(ls)
     }
 
     /// On a leader, answers the checks in a follower's ReadIndex request in place, so that

@@ -234,6 +234,7 @@ impl PeerFsm {
         ctx.store_meta
             .lock()
             .set_role(self.region_id(), is_leader, role == StateRole::Candidate);
+        self.stale.on_term_changed();
         if is_leader {
             let now = Instant::now();
             self.peer_heartbeats = self
@@ -281,6 +282,9 @@ impl PeerFsm {
         );
         let store_id = to.get_store_id();
         out.set_to_peer(to);
+        if let Some(ls) = self.leader_state() {
+            out.set_leader_state(ls);
+        }
         Some((store_id, out))
     }
 }

@@ -11,6 +11,7 @@ mod gc;
 mod read;
 mod replica;
 mod resolve;
+mod safe_ts;
 
 pub use replica::read_index_check;
 pub use txn::concurrency::ConcurrencyManager;

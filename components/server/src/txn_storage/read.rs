@@ -22,20 +22,32 @@ impl TxnStorage {
         self.clock.admit(&[("version", ts)]).await
     }
 
-    /// Waits until the region may be read: on the leader, or on this replica if the
+    /// Waits until the region may be read at `ts`: on the leader; on this replica if the
     /// client asked for a replica read, with the in-memory locks the leader reported
-    /// against `check` (a [`replica`] check, built only for a replica read).
+    /// against `check` (a [`replica`] check, built only for a replica read); or, for a
+    /// stale read, on this replica at once if its safe timestamp covers `ts`.
     async fn ready_for(
         &self,
         ctx: &Context,
+        ts: u64,
         check: impl FnOnce() -> Vec<u8>,
     ) -> Result<(ReadReady, Vec<(Vec<u8>, Lock)>)> {
+        if ctx.stale_read {
+            if ts == 0 || ts == u64::MAX {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "a stale read needs a read timestamp (start_ts/version), not {ts}"
+                )));
+            }
+            let ready = self.kv.client_read_ready(ctx, ReadFrom::Stale(ts)).await?;
+            return Ok((ready, vec![]));
+        }
         if !ctx.replica_read {
-            return Ok((self.kv.read_ready(ctx).await?, vec![]));
+            let ready = self.kv.client_read_ready(ctx, ReadFrom::Leader).await?;
+            return Ok((ready, vec![]));
         }
         let ready = self
             .kv
-            .read_ready_from(ctx, ReadFrom::Replica(check()))
+            .client_read_ready(ctx, ReadFrom::Replica(check()))
             .await?;
         let locks = replica::reported_locks(&ready.answer)?;
         Ok((ready, locks))
@@ -51,7 +63,7 @@ impl TxnStorage {
     ) -> Result<Option<Vec<u8>>> {
         self.admit_read(ts).await?;
         let (ready, reported) = self
-            .ready_for(ctx, || replica::keys_check(ts, &[key.to_vec()], bypass))
+            .ready_for(ctx, ts, || replica::keys_check(ts, &[key.to_vec()], bypass))
             .await?;
         self.check_in(&ready.region, key)?;
         if let Some(e) = replica::first_lock(&reported, None) {
@@ -74,7 +86,7 @@ impl TxnStorage {
         self.limits.check_count("keys", keys.len())?;
         self.admit_read(ts).await?;
         let (ready, reported) = self
-            .ready_for(ctx, || replica::keys_check(ts, keys, bypass))
+            .ready_for(ctx, ts, || replica::keys_check(ts, keys, bypass))
             .await?;
         for k in keys {
             self.check_in(&ready.region, k)?;
@@ -125,7 +137,7 @@ impl TxnStorage {
         }
         self.admit_read(ts).await?;
         let (ready, reported) = self
-            .ready_for(ctx, || {
+            .ready_for(ctx, ts, || {
                 let upper = match end {
                     [] => keys::data_end_key(b""),
                     end => keys::txn::lock_key(end),
