@@ -52,7 +52,11 @@ fn follower_reads_stay_linearizable_through_leader_changes() {
                 let res = c.put_within(b"k", &value(n), Duration::from_secs(2));
                 // put_within retries only routing errors (nothing applied); a timeout may
                 // have applied.
-                let outcome = if res.is_ok() { Outcome::Written } else { Outcome::Unknown };
+                let outcome = if res.is_ok() {
+                    Outcome::Written
+                } else {
+                    Outcome::Unknown
+                };
                 rec.complete(inv, outcome);
             }
         });
@@ -70,8 +74,7 @@ fn follower_reads_stay_linearizable_through_leader_changes() {
                     if res.is_ok() && !leads {
                         by_followers.fetch_add(1, Ordering::Relaxed);
                     }
-                    let outcome =
-                        outcome_of(&res, |v| Outcome::Read(v.as_deref().map(value_of)));
+                    let outcome = outcome_of(&res, |v| Outcome::Read(v.as_deref().map(value_of)));
                     rec.complete(inv, outcome);
                 }
             });
@@ -92,7 +95,9 @@ fn follower_reads_stay_linearizable_through_leader_changes() {
     });
     let (ok, failed, unknown) = rec.counts();
     let followers = by_followers.load(Ordering::Relaxed);
-    eprintln!("{ok} operations ok ({followers} reads by followers), {failed} failed, {unknown} unknown");
+    eprintln!(
+        "{ok} operations ok ({followers} reads by followers), {failed} failed, {unknown} unknown"
+    );
     assert!(followers >= 50, "followers served only {followers} reads");
     let dir = tempfile::tempdir().unwrap();
     if let Err(v) = rec.check(dir.path()) {
@@ -138,7 +143,10 @@ fn a_cut_off_follower_refuses_and_the_checker_catches_one_that_skips_the_read_in
         .expect("served without a read index");
     rec.complete(inv, Outcome::Read(got.as_deref().map(value_of)));
     fail::remove("read_without_read_index");
-    assert!(c.network().remove_filter(cut) > 0, "the cut dropped messages");
+    assert!(
+        c.network().remove_filter(cut) > 0,
+        "the cut dropped messages"
+    );
     assert_eq!(got, Some(value(1)), "the follower served its stale value");
     let dir = tempfile::tempdir().unwrap();
     let violation = rec

@@ -40,7 +40,10 @@ fn commit(c: &Cluster, key: &[u8], value: &[u8]) -> u64 {
     let mut prewritten = false;
     let deadline = Instant::now() + T;
     loop {
-        assert!(Instant::now() < deadline, "no commit of {key:?} within {T:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no commit of {key:?} within {T:?}"
+        );
         let Some((s, ctx)) = c.leader_txn(key) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
@@ -53,8 +56,7 @@ fn commit(c: &Cluster, key: &[u8], value: &[u8]) -> u64 {
             }
         }
         let commit_ts = ts(c);
-        if c
-            .runtime()
+        if c.runtime()
             .block_on(s.commit(&ctx, &[key.to_vec()], start, commit_ts))
             .is_ok()
         {
@@ -108,7 +110,10 @@ fn a_cut_off_follower_serves_stale_reads_up_to_its_safe_ts_and_refuses_newer_one
     let now = ts(&c);
     let safe = safe_ts_of(&stale_get(&c, follower, key, now).expect_err("refused"))
         .expect("data_is_not_ready");
-    assert!(safe >= last && safe < now, "safe ts {safe} in [{last}, {now})");
+    assert!(
+        safe >= last && safe < now,
+        "safe ts {safe} in [{last}, {now})"
+    );
     for i in 5..8 {
         let v = format!("v{i}").into_bytes();
         history.insert(commit(&c, key, &v), v);
@@ -127,7 +132,10 @@ fn a_cut_off_follower_serves_stale_reads_up_to_its_safe_ts_and_refuses_newer_one
     let region_err = region_err.expect("a region error");
     assert!(region_err.has_data_is_not_ready(), "{region_err:?}");
     assert_eq!(region_err.get_data_is_not_ready().safe_ts, safe);
-    assert!(c.network().remove_filter(cut) > 0, "the cut dropped messages");
+    assert!(
+        c.network().remove_filter(cut) > 0,
+        "the cut dropped messages"
+    );
 
     // Bad timestamps are refused before anything is read.
     let zero = stale_get(&c, follower, key, 0).expect_err("ts 0");
@@ -146,8 +154,11 @@ fn a_cut_off_follower_serves_stale_reads_up_to_its_safe_ts_and_refuses_newer_one
     c.transfer_leader(region.get_id(), follower)
         .expect("the follower leads");
     wait_until("a split next to the key", T, || {
-        c.split(&keys::txn::encode_bytes(key), &keys::txn::encode_bytes(b"stalf"))
-            .is_ok()
+        c.split(
+            &keys::txn::encode_bytes(key),
+            &keys::txn::encode_bytes(b"stalf"),
+        )
+        .is_ok()
     });
     for i in 8..11 {
         let v = format!("v{i}").into_bytes();

@@ -413,14 +413,16 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
     // The leader's appends are held back: the prewrite's entry reaches no follower.
     let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = held_entries.clone();
-    let held = e.c.network().add_filter(std::sync::Arc::new(move |from, _, m| {
-        if from == leader && is_msg_append(m) {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            test_cluster::Verdict::Drop
-        } else {
-            test_cluster::Verdict::Pass
-        }
-    }));
+    let held =
+        e.c.network()
+            .add_filter(std::sync::Arc::new(move |from, _, m| {
+                if from == leader && is_msg_append(m) {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    test_cluster::Verdict::Drop
+                } else {
+                    test_cluster::Verdict::Pass
+                }
+            }));
     let start = e.ts();
     std::thread::scope(|s| {
         let prewrite = s.spawn(|| e.prewrite_async(key, start));

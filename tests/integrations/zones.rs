@@ -59,7 +59,9 @@ fn zone_of(c: &Cluster, store: u64) -> String {
         .block_on(c.pd().get_store(store))
         .expect("get store");
     let zone = s.get_labels().iter().find(|l| l.get_key() == "zone");
-    zone.expect("every store has a zone").get_value().to_string()
+    zone.expect("every store has a zone")
+        .get_value()
+        .to_string()
 }
 
 /// The regions whose replicas do not sit in as many zones as they have replicas, by the
@@ -135,8 +137,14 @@ fn replicas_stay_in_three_zones_through_splits_a_new_store_and_a_decommission() 
     let r = routes(&c)[0].region.clone();
     let on = |s: u64| r.get_peers().iter().any(|p| p.get_store_id() == s);
     let stores = c.store_ids();
-    let from = *stores.iter().find(|s| on(**s) && zone_of(&c, **s) == "z2").unwrap();
-    let to = *stores.iter().find(|s| !on(**s) && zone_of(&c, **s) == "z1").unwrap();
+    let from = *stores
+        .iter()
+        .find(|s| on(**s) && zone_of(&c, **s) == "z2")
+        .unwrap();
+    let to = *stores
+        .iter()
+        .find(|s| !on(**s) && zone_of(&c, **s) == "z1")
+        .unwrap();
     let err = c
         .runtime()
         .block_on(c.pd().move_peer(r.get_id(), from, to))
@@ -152,13 +160,17 @@ fn replicas_stay_in_three_zones_through_splits_a_new_store_and_a_decommission() 
     c.runtime()
         .block_on(c.pd().delete_store(victim))
         .expect("decommission");
-    wait_until("the decommissioned store to become tombstone", SETTLE, || {
-        let (s, _) = c
-            .runtime()
-            .block_on(c.pd().get_store(victim))
-            .expect("get store");
-        s.get_state() == metapb::StoreState::Tombstone && settled(&c, 3).is_some()
-    });
+    wait_until(
+        "the decommissioned store to become tombstone",
+        SETTLE,
+        || {
+            let (s, _) = c
+                .runtime()
+                .block_on(c.pd().get_store(victim))
+                .expect("get store");
+            s.get_state() == metapb::StoreState::Tombstone && settled(&c, 3).is_some()
+        },
+    );
     check(&c, "after a store left z2");
     for i in 0..REGIONS {
         c.must_get_equal(&key(i), b"v");
@@ -228,5 +240,11 @@ fn a_store_without_the_location_labels_is_refused() {
         .expect_err("refused")
         .to_string();
     assert!(err.contains("labels lack host"), "{err}");
-    assert_eq!(c.runtime().block_on(c.pd().get_all_stores(false)).unwrap().len(), 1);
+    assert_eq!(
+        c.runtime()
+            .block_on(c.pd().get_all_stores(false))
+            .unwrap()
+            .len(),
+        1
+    );
 }

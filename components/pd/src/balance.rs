@@ -90,7 +90,10 @@ pub fn balance_leader(info: &RegionInfo, stores: &Stores) -> Option<Operator> {
     };
     let fewest = |c: &u64| (stores.loads[c].leaders, *c);
     if !stores.in_leader_zone(from) {
-        if let Some(to) = voters().filter(|s| stores.in_leader_zone(*s)).min_by_key(fewest) {
+        if let Some(to) = voters()
+            .filter(|s| stores.in_leader_zone(*s))
+            .min_by_key(fewest)
+        {
             return Some(Operator::new(
                 "balance-leader-zone",
                 vec![Step::TransferLeader(to)],
@@ -217,7 +220,13 @@ mod tests {
         let info = region(&[(1, 1, Voter), (2, 2, Voter), (3, 3, Voter)]);
         // Store 2 (z2) is the fullest; the emptiest, store 4, sits in z1 beside store 1.
         // Store 5 in z2 is the only target that keeps three zones.
-        let s = zoned(&[(1, "z1", 5), (2, "z2", 9), (3, "z3", 5), (4, "z1", 0), (5, "z2", 3)]);
+        let s = zoned(&[
+            (1, "z1", 5),
+            (2, "z2", 9),
+            (3, "z3", 5),
+            (4, "z1", 0),
+            (5, "z2", 3),
+        ]);
         let op = balance_region(&info, &s, &mut || Some(50)).unwrap();
         let steps: Vec<String> = op.steps.iter().map(|s| s.describe()).collect();
         assert_eq!(steps[0], "add learner 50 on store 5");

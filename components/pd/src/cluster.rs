@@ -15,8 +15,8 @@ use crate::{
     balance::{balance_leader, balance_region},
     id::IdAllocator,
     metrics::{self, Summary},
-    region_tree::{RegionInfo, RegionTree},
     placement,
+    region_tree::{RegionInfo, RegionTree},
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
     tso::Tso,
@@ -961,7 +961,11 @@ impl PdCore {
 }
 
 fn store_ids(region: &metapb::Region) -> Vec<u64> {
-    region.get_peers().iter().map(|p| p.get_store_id()).collect()
+    region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .collect()
 }
 
 fn validate_store(store: &metapb::Store) -> Result<()> {

@@ -113,8 +113,13 @@ impl Validate for Replication {
             "at most 8 labels",
         )?;
         ensure(
-            labels.iter().all(|l| !l.is_empty() && l.len() <= crate::placement::MAX_LABEL_LEN)
-                && labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l)),
+            labels
+                .iter()
+                .all(|l| !l.is_empty() && l.len() <= crate::placement::MAX_LABEL_LEN)
+                && labels
+                    .iter()
+                    .enumerate()
+                    .all(|(i, l)| !labels[..i].contains(l)),
             "replication.location-labels",
             "labels must be non-empty, at most 128 bytes, and named once each",
         )?;

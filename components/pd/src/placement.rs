@@ -39,16 +39,31 @@ pub fn location_of(store: &metapb::Store, labels: &[String]) -> Location {
 /// unique, and every location label present.
 pub fn check_labels(store: &metapb::Store, location_labels: &[String]) -> Result<()> {
     let labels = store.get_labels();
-    let bad = |why: String| Err(Error::InvalidValue(format!("store {}: {why}", store.get_id())));
+    let bad = |why: String| {
+        Err(Error::InvalidValue(format!(
+            "store {}: {why}",
+            store.get_id()
+        )))
+    };
     if labels.len() > MAX_STORE_LABELS {
-        return bad(format!("{} labels, at most {MAX_STORE_LABELS}", labels.len()));
+        return bad(format!(
+            "{} labels, at most {MAX_STORE_LABELS}",
+            labels.len()
+        ));
     }
     for (i, l) in labels.iter().enumerate() {
         if l.get_key().is_empty() || l.get_value().is_empty() {
-            return bad(format!("label {:?}={:?} has an empty key or value", l.get_key(), l.get_value()));
+            return bad(format!(
+                "label {:?}={:?} has an empty key or value",
+                l.get_key(),
+                l.get_value()
+            ));
         }
         if l.get_key().len() > MAX_LABEL_LEN || l.get_value().len() > MAX_LABEL_LEN {
-            return bad(format!("label {:?} is longer than {MAX_LABEL_LEN} bytes", l.get_key()));
+            return bad(format!(
+                "label {:?} is longer than {MAX_LABEL_LEN} bytes",
+                l.get_key()
+            ));
         }
         if labels[..i].iter().any(|o| o.get_key() == l.get_key()) {
             return bad(format!("label key {:?} is given twice", l.get_key()));

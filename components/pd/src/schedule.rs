@@ -498,8 +498,7 @@ pub fn improve_isolation(
     }
     let voters: Vec<&metapb::Peer> = info.region.get_peers().iter().collect();
     let all = store_ids(&voters);
-    if !all.iter().all(|s| stores.is_live(*s))
-        || (faults_only && !stores.is_isolation_fault(&all))
+    if !all.iter().all(|s| stores.is_live(*s)) || (faults_only && !stores.is_isolation_fault(&all))
     {
         return None;
     }
@@ -684,13 +683,27 @@ pub(crate) mod tests {
     #[test]
     fn a_new_replica_goes_to_a_zone_the_region_lacks_before_the_emptiest_store() {
         use metapb::PeerRole::*;
-        let s = zoned(&[(1, "z1", 9), (2, "z1", 0), (3, "z2", 5), (4, "z2", 4), (5, "z3", 7)]);
+        let s = zoned(&[
+            (1, "z1", 9),
+            (2, "z1", 0),
+            (3, "z2", 5),
+            (4, "z2", 4),
+            (5, "z3", 7),
+        ]);
         let one = region(&[(1, 1, Voter)]);
         let op = check_replicas(&one, &s, 3, &mut || Some(9)).unwrap();
-        assert_eq!(stores_of(&op)[0], "add learner 9 on store 4", "z2's emptier store");
+        assert_eq!(
+            stores_of(&op)[0],
+            "add learner 9 on store 4",
+            "z2's emptier store"
+        );
         let two = region(&[(1, 1, Voter), (4, 4, Voter)]);
         let op = check_replicas(&two, &s, 3, &mut || Some(9)).unwrap();
-        assert_eq!(stores_of(&op)[0], "add learner 9 on store 5", "the only store in z3");
+        assert_eq!(
+            stores_of(&op)[0],
+            "add learner 9 on store 5",
+            "the only store in z3"
+        );
         // A down store in z2 is replaced in z2 (store 3), keeping the spread.
         let mut down = s.clone();
         down.loads.get_mut(&4).unwrap().health = Health::Down;

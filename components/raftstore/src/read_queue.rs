@@ -145,9 +145,9 @@ impl ReadQueue {
                 let answer = match r.check {
                     // A leader that could not check (no hook) must not pass for one that
                     // found nothing.
-                    Some(_) => answers
-                        .next()
-                        .ok_or(Error::StaleCommand("the leader did not answer the read check")),
+                    Some(_) => answers.next().ok_or(Error::StaleCommand(
+                        "the leader did not answer the read check",
+                    )),
                     None => Ok(vec![]),
                 };
                 // A split or merge since the read arrived may have moved its keys.

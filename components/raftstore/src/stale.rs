@@ -114,10 +114,16 @@ mod tests {
         s.on_word(12, 600, 9, t0 + Duration::from_secs(1));
         s.on_applied(10);
         assert_eq!(s.safe_ts(), 500);
-        assert_eq!(s.age(t0 + Duration::from_secs(3)), Some(Duration::from_secs(3)));
+        assert_eq!(
+            s.age(t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(3))
+        );
         s.on_applied(12);
         assert_eq!(s.safe_ts(), 600);
-        assert_eq!(s.age(t0 + Duration::from_secs(3)), Some(Duration::from_secs(2)));
+        assert_eq!(
+            s.age(t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(2))
+        );
         // An older word never lowers what was reached.
         s.on_word(12, 100, 12, t0);
         assert_eq!(s.safe_ts(), 600);

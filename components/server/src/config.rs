@@ -273,8 +273,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> conf::Result<()> {
     for (k, v) in labels {
         let name_ok = |s: &str| {
             (1..=MAX_LABEL_LEN).contains(&s.len())
-                && s
-                    .chars()
+                && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         ensure(

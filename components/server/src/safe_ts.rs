@@ -49,7 +49,9 @@ pub async fn run(
             match res {
                 Ok(ts) => oldest = oldest.min(ts),
                 // Retried next round (the leader moved, the region split).
-                Err(e) => debug!(logger, "safe ts not advanced"; "region_id" => region_id, "err" => %e),
+                Err(e) => {
+                    debug!(logger, "safe ts not advanced"; "region_id" => region_id, "err" => %e)
+                }
             }
         }
         let lag_ms = txn::types::physical_ms(now).saturating_sub(txn::types::physical_ms(oldest));

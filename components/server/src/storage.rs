@@ -297,11 +297,7 @@ impl RawStorage {
     /// Waits until this replica's state may be read linearizably: on the leader, or, for
     /// `ReadFrom::Replica`, on whichever replica this is, after a read index from the
     /// leader.
-    async fn read_ready_from(
-        &self,
-        ctx: &Context,
-        from: ReadFrom,
-    ) -> Result<raftstore::ReadReady> {
+    async fn read_ready_from(&self, ctx: &Context, from: ReadFrom) -> Result<raftstore::ReadReady> {
         let epoch = ctx.get_region_epoch().clone();
         self.wait(ctx.get_region_id(), false, |cb| PeerMsg::Read {
             epoch,

@@ -127,10 +127,12 @@ impl ConcurrencyManager {
         locks.sort_by(|a, b| a.0.cmp(&b.0));
         locks
             .into_iter()
-            .filter_map(|(k, lock)| match check_lock_for_read(&k, lock, ts, bypass, None) {
-                Err(crate::Error::KeyIsLocked { key, lock }) => Some((key, *lock)),
-                _ => None,
-            })
+            .filter_map(
+                |(k, lock)| match check_lock_for_read(&k, lock, ts, bypass, None) {
+                    Err(crate::Error::KeyIsLocked { key, lock }) => Some((key, *lock)),
+                    _ => None,
+                },
+            )
             .collect()
     }
 

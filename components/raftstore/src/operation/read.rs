@@ -159,15 +159,26 @@ impl PeerFsm {
             return;
         };
         let Ok(mut rctx) = ReadIndexContext::parse_from_bytes(entry.get_data()) else {
-            debug!(self.logger, "a read index request with an undecodable context");
+            debug!(
+                self.logger,
+                "a read index request with an undecodable context"
+            );
             return;
         };
         if rctx.get_checks().is_empty() {
             return;
         }
         let region_id = self.region_id();
-        let answers = rctx.get_checks().iter().map(|c| check(region_id, c)).collect();
+        let answers = rctx
+            .get_checks()
+            .iter()
+            .map(|c| check(region_id, c))
+            .collect();
         rctx.set_answers(answers);
-        entry.set_data(rctx.write_to_bytes().expect("encode a read index context").into());
+        entry.set_data(
+            rctx.write_to_bytes()
+                .expect("encode a read index context")
+                .into(),
+        );
     }
 }

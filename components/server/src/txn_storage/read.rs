@@ -93,10 +93,12 @@ impl TxnStorage {
         }
         let in_memory: Vec<txn::Result<()>> = keys
             .iter()
-            .map(|k| match replica::first_lock(&reported, Some(&|r| r == k.as_slice())) {
-                Some(e) => Err(e),
-                None => self.cm.read_key(k, ts, bypass),
-            })
+            .map(
+                |k| match replica::first_lock(&reported, Some(&|r| r == k.as_slice())) {
+                    Some(e) => Err(e),
+                    None => self.cm.read_key(k, ts, bypass),
+                },
+            )
             .collect();
         let snap = self.kv.engine().snapshot();
         let reader = MvccReader::new(&snap);

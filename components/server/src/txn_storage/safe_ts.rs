@@ -46,11 +46,15 @@ impl TxnStorage {
         let snap = self.kv.engine().snapshot();
         let in_engine = MvccReader::new(&snap).min_lock_ts(&lower, &upper)?;
         // A read at a lock's start timestamp would meet the lock: stop just below it.
-        let resolved = [Some(now), in_memory.map(|t| t - 1), in_engine.map(|t| t - 1)]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("now is always there");
+        let resolved = [
+            Some(now),
+            in_memory.map(|t| t - 1),
+            in_engine.map(|t| t - 1),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("now is always there");
         let ready = self.kv.read_ready(ctx).await?;
         if ready.region.get_region_epoch() != region.get_region_epoch() {
             return Err(Error::Raft(raftstore::Error::StaleCommand(
