@@ -142,9 +142,9 @@ impl PeerFsm {
             return None;
         }
         let mut ls = LeaderState::default();
-        ls.term = self.raft.raft.term;
-        ls.commit = self.raft.raft.raft_log.committed;
-        ls.safe_ts = self.stale.shipped_safe_ts();
+        ls.set_term(self.raft.raft.term);
+        ls.set_commit(self.raft.raft.raft_log.committed);
+        ls.set_safe_ts(self.stale.shipped_safe_ts());
         Some(ls)
     }
 
