@@ -66,7 +66,7 @@ impl TxnStorage {
             .ready_for(ctx, ts, || replica::keys_check(ts, &[key.to_vec()], bypass))
             .await?;
         self.check_in(&ready.region, key)?;
-        if let Some(e) = replica::first_lock(&reported, None) {
+        if let Some(e) = replica::first_lock(&reported, &|_| true) {
             return Err(e.into());
         }
         self.cm.read_key(key, ts, bypass)?;
@@ -94,7 +94,7 @@ impl TxnStorage {
         let in_memory: Vec<txn::Result<()>> = keys
             .iter()
             .map(
-                |k| match replica::first_lock(&reported, Some(&|r| r == k.as_slice())) {
+                |k| match replica::first_lock(&reported, &|r| r == k.as_slice()) {
                     Some(e) => Err(e),
                     None => self.cm.read_key(k, ts, bypass),
                 },
@@ -152,7 +152,7 @@ impl TxnStorage {
             let enc = keys::txn::lock_key(k);
             enc >= lower && enc < upper
         };
-        if let Some(e) = replica::first_lock(&reported, Some(&in_range)) {
+        if let Some(e) = replica::first_lock(&reported, &in_range) {
             return Err(e.into());
         }
         self.cm.read_range(&in_range, ts, bypass)?;

@@ -111,15 +111,15 @@ pub(crate) fn reported_locks(answer: &[u8]) -> Result<Vec<(Vec<u8>, Lock)>> {
         .collect())
 }
 
-/// The first reported lock on one of `keys` (or on any key if `keys` is `None`), as the
-/// error a leader read would have met.
+/// The first reported lock on a key `wanted` says, as the error a leader read would have
+/// met.
 pub(crate) fn first_lock(
     locks: &[(Vec<u8>, Lock)],
-    keys: Option<&dyn Fn(&[u8]) -> bool>,
+    wanted: &dyn Fn(&[u8]) -> bool,
 ) -> Option<txn::Error> {
     locks
         .iter()
-        .find(|(k, _)| keys.is_none_or(|f| f(k)))
+        .find(|(k, _)| wanted(k))
         .map(|(key, lock)| txn::Error::KeyIsLocked {
             key: key.clone(),
             lock: Box::new(lock.clone()),
