@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         let connect = cli.connect_timeout.min(cli.timeout);
         let client =
             match Client::connect_within(&endpoints(&cli.pd), connect, cli.timeout, secret).await {
-                Ok(c) => c,
+                Ok(c) => c.with_read_mode(cli.read).with_zone(cli.zone.clone()),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return 2;
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                 run(
                     cmd,
                     cli.output,
+                    cli.read,
                     &client,
                     &mut std::io::stdout(),
                     &mut std::io::stderr(),

@@ -203,6 +203,8 @@ pub struct ProcCluster {
     pd_args: Vec<Vec<String>>,
     pub stores: Vec<Option<Proc>>,
     pub store_addrs: Vec<(u16, u16)>,
+    /// Each store's `--labels` (empty: none).
+    store_labels: Vec<String>,
     /// Extra `[raftstore]` settings every store starts with.
     raftstore_extra: String,
     /// Environment variables every store starts with (e.g. `FAILPOINTS`).
@@ -232,7 +234,9 @@ impl ProcCluster {
         Self::start_full(pds, n, raftstore_extra, "")
     }
 
-    fn start_full(pds: usize, n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
+    /// Starts a PD group of `pds` members with extra pd-server config (TOML after `[pd]`) and
+    /// `n` kv-servers with extra `[raftstore]` settings.
+    pub fn start_full(pds: usize, n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
         let gate = test_cluster::gate::shared();
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..pds)
@@ -290,6 +294,7 @@ impl ProcCluster {
             pd_args,
             stores: vec![],
             store_addrs: vec![],
+            store_labels: vec![],
             raftstore_extra: raftstore_extra.to_string(),
             store_env: vec![],
             _gate: gate,
@@ -347,7 +352,13 @@ impl ProcCluster {
 
     /// Adds a store with the next index and starts it; returns its index.
     pub fn add_store(&mut self) -> usize {
+        self.add_labelled_store("")
+    }
+
+    /// Adds and starts a store with `--labels labels` (`zone=z1,host=h1`); its index.
+    pub fn add_labelled_store(&mut self, labels: &str) -> usize {
         self.store_addrs.push((free_port(), free_port()));
+        self.store_labels.push(labels.to_string());
         self.stores.push(None);
         let i = self.stores.len() - 1;
         self.start_store(i);
@@ -372,10 +383,16 @@ impl ProcCluster {
             ),
         )
         .expect("write store config");
+        let mut args: Vec<String> = vec![];
+        if !self.store_labels[i].is_empty() {
+            args.extend(["--labels".into(), self.store_labels[i].clone()]);
+        }
         let p = Proc::spawn_full(
             &format!("store-{i}"),
             env!("CARGO_BIN_EXE_kv-server"),
             &[
+                args,
+                vec![
                 "--config".into(),
                 cfg.display().to_string(),
                 "--pd".into(),
@@ -388,7 +405,9 @@ impl ProcCluster {
                 format!("127.0.0.1:{status}"),
                 "--data-dir".into(),
                 self.data_dir(i).display().to_string(),
-            ],
+                ],
+            ]
+            .concat(),
             self.dir.path(),
             self.dir.path(),
             None,

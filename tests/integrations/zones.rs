@@ -150,7 +150,7 @@ fn replicas_stay_in_three_zones_through_splits_a_new_store_and_a_decommission() 
         .block_on(c.pd().move_peer(r.get_id(), from, to))
         .expect_err("a move that puts two replicas in z1 is refused")
         .to_string();
-    assert!(err.contains("one failure domain"), "{err}");
+    assert!(err.contains("fewer failure domains"), "{err}");
 
     let stores = c.store_ids();
     let victim = *stores

@@ -30,3 +30,4 @@ mod tikv_client_compat;
 mod tikv_txn_client;
 mod txn_client;
 mod txn_hostile;
+mod zones;

@@ -61,7 +61,7 @@ impl Client {
                 .await?;
             match attempt {
                 Attempt::Done(index) => return Ok((index, route)),
-                Attempt::Retry(why) => backoff.wait(why).await?,
+                Attempt::Retry(why) | Attempt::NotReady(why) => backoff.wait(why).await?,
             }
         }
     }

@@ -9,9 +9,12 @@
 //! holds this).
 
 pub mod check;
+mod read_mode;
 mod region_cache;
 mod session;
 pub mod txn;
+
+pub use read_mode::ReadMode;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -173,6 +176,8 @@ impl Backoff {
 enum Attempt<T> {
     Done(T),
     Retry(String),
+    /// A replica refused a stale read (data_is_not_ready): the leader serves it next.
+    NotReady(String),
 }
 
 /// A write that some regions applied and one refused or did not answer is neither done
@@ -208,8 +213,8 @@ fn settled(kind: Kind<'_>, e: Error) -> Error {
 #[derive(Clone, Copy)]
 enum Kind<'a> {
     /// Changes nothing, or changes it the same way however often it is sent (every
-    /// Percolator command).
-    Read,
+    /// Percolator command), served as the mode says (commands: by the leader).
+    Read(ReadMode),
     /// A read the store answers only after work that grows with the region (a
     /// consistency hash): one try waits out the deadline, since a resend repeats the work.
     Slow,
@@ -295,6 +300,14 @@ pub struct Client {
     try_timeout: Duration,
     /// Numbers raw writes so a resend applies once; `None`: TiKV's behaviour.
     session: Option<Arc<session::Session>>,
+    /// Where reads go unless a request says otherwise.
+    read_mode: ReadMode,
+    /// The zone this client runs in (for `ReadMode::Closest` and stale reads).
+    zone: Option<String>,
+    /// Each store's zone (its `zone` label), learnt from PD.
+    zones: Mutex<HashMap<u64, String>>,
+    /// Spreads follower and stale reads over the replicas.
+    next_replica: std::sync::atomic::AtomicUsize,
 }
 
 fn context(route: &RegionRoute, leader: &metapb::Peer) -> kvrpcpb::Context {
@@ -364,6 +377,10 @@ impl Client {
             timeout,
             try_timeout: TRY_TIMEOUT,
             session: Some(session::Session::new()),
+            read_mode: ReadMode::Leader,
+            zone: None,
+            zones: Mutex::default(),
+            next_replica: Default::default(),
         })
     }
 
@@ -382,6 +399,24 @@ impl Client {
         self
     }
 
+    /// This client with reads served as `mode` unless a request says otherwise.
+    pub fn with_read_mode(mut self, mode: ReadMode) -> Client {
+        self.read_mode = mode;
+        self
+    }
+
+    /// This client in `zone` (the `zone` label of the stores next to it): `closest` and
+    /// stale reads go to a replica there when the region has one.
+    pub fn with_zone(mut self, zone: Option<String>) -> Client {
+        self.zone = zone.filter(|z| !z.is_empty());
+        self
+    }
+
+    /// Where reads go by default.
+    pub fn read_mode(&self) -> ReadMode {
+        self.read_mode
+    }
+
     /// A number for the next raw write, if this client has a session.
     fn ticket(&self) -> Option<session::Ticket> {
         self.session.as_ref().map(|s| s.number())
@@ -398,6 +433,10 @@ impl Client {
             timeout: self.timeout,
             try_timeout: self.try_timeout,
             session: self.session.clone(),
+            read_mode: self.read_mode,
+            zone: self.zone.clone(),
+            zones: Mutex::default(),
+            next_replica: Default::default(),
         }
     }
 
@@ -442,6 +481,7 @@ impl Client {
             return Ok(c.clone());
         }
         let (store, _) = self.pd.get_store(store_id).await?;
+        self.learn_zone(&store);
         let ch = util::grpc::channel(self.env.clone())
             .max_receive_message_len(64 << 20)
             .max_send_message_len(64 << 20)
@@ -511,10 +551,12 @@ impl Client {
         >,
     {
         let mut backoff = Backoff::new(self.timeout);
+        let mut kind = kind;
         loop {
             let tried = self.attempt(kind, key, &backoff, &call).await;
             match tried.map_err(|e| settled(kind, e))? {
                 (Attempt::Done(t), route) => return Ok((t, route)),
+                (Attempt::NotReady(_), _) => kind = Kind::Read(ReadMode::Leader),
                 (Attempt::Retry(last), _) => {
                     backoff.wait(last).await.map_err(|e| settled(kind, e))?
                 }
@@ -568,7 +610,14 @@ impl Client {
             let why = format!("no leader known for region {}", route.region.get_id());
             return Ok(Attempt::Retry(why));
         };
-        let leader = self.reachable_peer(&route.region, leader);
+        let mode = match kind {
+            Kind::Read(mode) => mode,
+            _ => ReadMode::Leader,
+        };
+        let leader = match mode {
+            ReadMode::Leader => self.reachable_peer(&route.region, leader),
+            mode => self.read_target(&route.region, leader, mode).await,
+        };
         let client = match self.store(leader.get_store_id()).await {
             Ok(c) => c,
             Err(e) => return Ok(Attempt::Retry(e.to_string())),
@@ -576,6 +625,7 @@ impl Client {
         // A store that accepted the connection and then stopped answering (paused, or cut
         // off mid-request) must not hold the caller past its deadline.
         let mut ctx = context(&route, &leader);
+        mode.stamp(&mut ctx);
         if let Kind::Write(Some(ticket)) = kind {
             ticket.stamp(&mut ctx);
         }
@@ -596,6 +646,9 @@ impl Client {
             )))
         });
         match answer {
+            Ok((Some(re), _, _)) if re.has_data_is_not_ready() => {
+                Ok(Attempt::NotReady(re.get_message().to_string()))
+            }
             Ok((Some(re), _, _)) if !is_routing_error(&re) => {
                 Err(Error::from_store(re.get_message().to_string()))
             }
@@ -625,7 +678,7 @@ impl Client {
                     match kind {
                         Kind::Write(Some(t)) if t.resend_after(&why) => {}
                         Kind::Write(_) => return Err(Error::Undetermined(why)),
-                        Kind::Read | Kind::Slow => {}
+                        Kind::Read(_) | Kind::Slow => {}
                     }
                 }
                 if never_sent || silent {
@@ -674,11 +727,89 @@ impl Client {
             .unwrap_or(leader)
     }
 
-    /// The value of `key`, or `None`.
+    fn learn_zone(&self, store: &metapb::Store) {
+        let zone = store.get_labels().iter().find(|l| l.get_key() == "zone");
+        if let Some(z) = zone {
+            self.zones
+                .lock()
+                .insert(store.get_id(), z.get_value().to_string());
+        }
+    }
+
+    /// The zone of a store, asked of PD the first time.
+    async fn zone_of(&self, store_id: u64) -> Option<String> {
+        if let Some(z) = self.zones.lock().get(&store_id) {
+            return Some(z.clone());
+        }
+        let (store, _) = self.pd.get_store(store_id).await.ok()?;
+        self.learn_zone(&store);
+        self.zones.lock().get(&store_id).cloned()
+    }
+
+    /// The replica to send a read in `mode` to: for `closest`, one in this client's
+    /// zone (else the leader); for `follower`, the followers in turn; for a stale read,
+    /// one in this client's zone, else any replica in turn. Stores that could not be
+    /// reached lately are passed over.
+    async fn read_target(
+        &self,
+        region: &metapb::Region,
+        leader: metapb::Peer,
+        mode: ReadMode,
+    ) -> metapb::Peer {
+        let down: Vec<u64> = {
+            let mut down = self.unreachable.lock();
+            down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
+            down.keys().copied().collect()
+        };
+        let usable: Vec<&metapb::Peer> = region
+            .get_peers()
+            .iter()
+            .filter(|p| !down.contains(&p.get_store_id()))
+            .collect();
+        let stale = matches!(mode, ReadMode::Stale(_));
+        if let (Some(zone), ReadMode::Closest | ReadMode::Stale(_)) = (&self.zone, mode) {
+            // The leader first if it is local: it needs no read index from afar.
+            let mut local = None;
+            for p in usable.iter().filter(|p| p.get_id() != leader.get_id()) {
+                if self.zone_of(p.get_store_id()).await.as_ref() == Some(zone) {
+                    local = Some((*p).clone());
+                    break;
+                }
+            }
+            if self.zone_of(leader.get_store_id()).await.as_ref() == Some(zone) {
+                return leader;
+            }
+            if let Some(p) = local {
+                return p;
+            }
+        }
+        let pool: Vec<&&metapb::Peer> = match mode {
+            ReadMode::Follower => usable
+                .iter()
+                .filter(|p| p.get_id() != leader.get_id())
+                .collect(),
+            _ if stale => usable.iter().collect(),
+            _ => vec![],
+        };
+        if pool.is_empty() {
+            return self.reachable_peer(region, leader);
+        }
+        let turn = self
+            .next_replica
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (*pool[turn % pool.len()]).clone()
+    }
+
+    /// The value of `key`, or `None`, read as the client's read mode says.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(key, self.read_mode).await
+    }
+
+    /// The value of `key`, or `None`, read as `mode` says.
+    pub async fn get_with(&self, key: &[u8], mode: ReadMode) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
         let (v, _) = self
-            .on_region(Kind::Read, key, |c, ctx, _| {
+            .on_region(Kind::Read(mode), key, |c, ctx, _| {
                 let mut req = kvrpcpb::RawGetRequest::default();
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
@@ -746,6 +877,7 @@ impl Client {
         let mut backoff = Backoff::new(self.timeout);
         let mut pending = items.to_vec();
         let mut out = vec![];
+        let mut kind = kind;
         while !pending.is_empty() {
             let groups = match self.group(&pending, key_of, &mut backoff).await {
                 Ok(g) => g,
@@ -767,6 +899,11 @@ impl Client {
                     Ok(Attempt::Done(r)) => out.push(r),
                     Ok(Attempt::Retry(why)) => {
                         pending.extend(items);
+                        last = why;
+                    }
+                    Ok(Attempt::NotReady(why)) => {
+                        pending.extend(items);
+                        kind = Kind::Read(ReadMode::Leader);
                         last = why;
                     }
                     // An undetermined failure says more than a definite one.
@@ -818,9 +955,14 @@ impl Client {
 
     /// The pairs of the keys that exist, in key order.
     pub async fn batch_get(&self, keys_: &[Vec<u8>]) -> Result<Vec<KvPair>> {
+        self.batch_get_with(keys_, self.read_mode).await
+    }
+
+    /// [`Client::batch_get`], read as `mode` says.
+    pub async fn batch_get_with(&self, keys_: &[Vec<u8>], mode: ReadMode) -> Result<Vec<KvPair>> {
         let found = self
             .per_region(
-                Kind::Read,
+                Kind::Read(mode),
                 keys_,
                 |k| k,
                 |c, ctx, group| {
@@ -900,13 +1042,24 @@ impl Client {
     /// Pairs in `[start, end)` (an empty end: to the end of the key space) in key order,
     /// at most `limit`, across as many regions as it takes.
     pub async fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
+        self.scan_with(start, end, limit, self.read_mode).await
+    }
+
+    /// [`Client::scan`], read as `mode` says.
+    pub async fn scan_with(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        mode: ReadMode,
+    ) -> Result<Vec<KvPair>> {
         let mut out = vec![];
         let mut cur = start.to_vec();
         let mut page = SCAN_PAGE;
         while out.len() < limit {
             let left = (limit - out.len()).min(page);
             let res = self
-                .on_region(Kind::Read, &cur, |c, ctx, _| {
+                .on_region(Kind::Read(mode), &cur, |c, ctx, _| {
                     let mut req = kvrpcpb::RawScanRequest::default();
                     req.set_context(ctx);
                     req.set_start_key(cur.clone());
@@ -1067,7 +1220,7 @@ impl Client {
                     }
                     return Ok(regions);
                 }
-                Attempt::Retry(last) => backoff.wait(last).await?,
+                Attempt::Retry(last) | Attempt::NotReady(last) => backoff.wait(last).await?,
             }
         }
     }
@@ -1130,7 +1283,7 @@ mod tests {
             Error::Store(_)
         ));
         assert!(matches!(
-            partly_written(Kind::Read, true, refused()),
+            partly_written(Kind::Read(ReadMode::Leader), true, refused()),
             Error::Store(_)
         ));
     }

@@ -299,6 +299,7 @@ impl PdCore {
             };
         }
         validate_store(&store)?;
+        placement::check_labels(&store, &self.cfg.replication.location_labels)?;
         let peers = region.get_peers();
         if region.get_id() == 0
             || !region.get_start_key().is_empty()
@@ -847,16 +848,13 @@ impl PdCore {
         }
         self.check_live(&st, to_store)?;
         let loads = st.loads(&self.cfg);
-        let after: Vec<u64> = peers
-            .iter()
-            .map(|p| p.get_store_id())
+        let rest: Vec<u64> = voter_stores(&info.region)
+            .into_iter()
             .filter(|s| *s != from_store)
-            .chain([to_store])
             .collect();
-        if loads.is_isolation_fault(&after) {
+        if loads.score(to_store, &rest) < loads.score(from_store, &rest) {
             return Err(Error::InvalidValue(format!(
-                "moving region {region_id} from store {from_store} to store {to_store} would put two of its replicas in one failure domain (replication.isolation-level {:?}); PD would move it back",
-                self.cfg.replication.isolation_level
+                "moving region {region_id} from store {from_store} to store {to_store} would bring its replicas into fewer failure domains (replication.location-labels); PD would move it back"
             )));
         }
         let mut new_peer = metapb::Peer::default();
@@ -917,7 +915,7 @@ impl PdCore {
             if live_voters < self.cfg.max_replicas {
                 out.under_replicated += 1;
             }
-            if loads.is_isolation_fault(&store_ids(&r.region)) {
+            if loads.is_isolation_fault(&loads.known(&voter_stores(&r.region))) {
                 out.not_isolated += 1;
             }
         }
@@ -933,7 +931,7 @@ impl PdCore {
         regions
             .iter()
             .map(|r| {
-                let stores = store_ids(r);
+                let stores = loads.known(&voter_stores(r));
                 let name = placement::isolation_name(labels, loads.isolation(&stores));
                 (name, loads.is_isolation_fault(&stores))
             })
@@ -960,10 +958,12 @@ impl PdCore {
     }
 }
 
-fn store_ids(region: &metapb::Region) -> Vec<u64> {
+/// The stores of a region's voters: learners on their way in or out do not count.
+fn voter_stores(region: &metapb::Region) -> Vec<u64> {
     region
         .get_peers()
         .iter()
+        .filter(|p| p.get_role() == metapb::PeerRole::Voter)
         .map(|p| p.get_store_id())
         .collect()
 }

@@ -287,6 +287,15 @@ impl Stores {
             .is_some_and(|l| l.health == Health::Up && !l.stopping && l.operators < self.limit)
     }
 
+    /// Those of `stores` that are not tombstone (PD knows where they sit).
+    pub fn known(&self, stores: &[u64]) -> Vec<u64> {
+        stores
+            .iter()
+            .copied()
+            .filter(|s| self.loads.contains_key(s))
+            .collect()
+    }
+
     /// Where the store sits (no labels for an unknown store).
     pub fn location(&self, store: u64) -> &Location {
         self.loads.get(&store).map_or(&NOWHERE, |l| &l.location)

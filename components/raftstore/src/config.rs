@@ -160,6 +160,13 @@ impl Config {
         self.pd_store_heartbeat_tick_interval * 3
     }
 
+    /// How long a deposed leader may go on telling its followers it leads: check-quorum
+    /// deposes it within two election timeouts. A follower's word from its leader is
+    /// taken to be this much older than it looks (raw stale reads).
+    pub fn stale_margin(&self) -> Duration {
+        self.raft_base_tick_interval * (2 * self.raft_election_timeout_ticks as u32)
+    }
+
     /// Whole ticks in `d` (at least one).
     pub fn ticks(&self, d: Duration) -> u64 {
         let base = self.raft_base_tick_interval.as_millis().max(1);

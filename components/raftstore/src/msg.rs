@@ -30,9 +30,12 @@ pub struct ReadReady {
 pub enum ReadFrom {
     /// The leader, after a ReadIndex round.
     Leader,
+    /// As `Leader`, for the store itself (confirming its leadership), not a client: it
+    /// does not count as activity that keeps the region awake.
+    Confirm,
     /// This replica, leader or follower (TiKV's `replica_read`): a follower asks the
     /// leader for a read index and reads once it has applied up to it. The check (opaque
-    /// here; may be empty) travels to the leader with the request, and the leader's
+    /// here; empty for none) travels to the leader with the request, and the leader's
     /// answer comes back in [`ReadReady::answer`] (see [`ReadIndexCheck`]).
     Replica(Vec<u8>),
     /// This replica, without contacting the leader, if its safe timestamp is at least
@@ -104,9 +107,10 @@ pub enum PeerMsg {
         /// Called when the read may run.
         cb: Callback<ReadReady>,
     },
-    /// The store confirmed, by a read index at `index` in `term`, that no transaction
-    /// commits in this region at or below `safe_ts` in entries after `index`: a leader of
-    /// that term serves stale reads by it and ships it to its followers.
+    /// The store confirmed, by a read index at `index` in `term`, that every transaction
+    /// committing in this region at or below `safe_ts` has its commit, or a lock a reader
+    /// meets, at or below `index`: a leader of that term serves stale reads by it and
+    /// ships it to its followers.
     SafeTs {
         /// The term the read index confirmed.
         term: u64,

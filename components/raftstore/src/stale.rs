@@ -10,7 +10,10 @@
 //! or below the safe timestamp. A replica never serves a stale read above what it has
 //! applied.
 
-use std::{collections::VecDeque, time::Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 /// Words not yet acted on, at most: a follower far behind keeps the oldest and the newest.
 const PENDING_MAX: usize = 8;
@@ -26,6 +29,8 @@ struct Word {
 /// One replica's stale-read state.
 #[derive(Debug, Default)]
 pub struct StaleState {
+    /// Added to the age of every word (see `Config::stale_margin`).
+    margin: Duration,
     /// Transactional reads at or below it may be served here.
     safe_ts: u64,
     /// When a leader's word that this replica has since caught up with arrived.
@@ -36,6 +41,15 @@ pub struct StaleState {
 }
 
 impl StaleState {
+    /// A replica's state before any word, whose words count `margin` older than they
+    /// look.
+    pub fn new(margin: Duration) -> StaleState {
+        StaleState {
+            margin,
+            ..Default::default()
+        }
+    }
+
     /// Takes a word from the leader; `applied` is this replica's applied index.
     pub fn on_word(&mut self, commit: u64, safe_ts: u64, applied: u64, now: Instant) {
         let word = Word {
@@ -92,17 +106,17 @@ impl StaleState {
         self.safe_ts
     }
 
-    /// How old this replica's applied state may be at `now`; `None` if it has never
-    /// caught up with a leader's word.
-    pub fn age(&self, now: Instant) -> Option<std::time::Duration> {
-        self.fresh_at.map(|f| now.saturating_duration_since(f))
+    /// How old this replica's applied state may be at `now`: since the last word it has
+    /// caught up with arrived, plus the margin for a leader that no longer knew it was
+    /// deposed; `None` if it has never caught up with a word.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.fresh_at
+            .map(|f| now.saturating_duration_since(f) + self.margin)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]

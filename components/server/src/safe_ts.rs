@@ -2,8 +2,10 @@
 //! `server.safe-ts-interval`: one timestamp from PD per round, then a resolved timestamp
 //! per region (`TxnStorage::advance_safe_ts`), which the leader peer ships to its
 //! followers on every message. Transactional stale reads on any replica read at or below
-//! it. Hibernating regions are left alone (advancing them would wake them): their
-//! replicas keep the safe timestamp they had, and refuse newer stale reads.
+//! it. Hibernating regions are left alone (advancing them would wake them), and the
+//! worker's own messages do not keep a region from hibernating: the replicas of an idle
+//! region keep the safe timestamp they had and refuse newer stale reads, which clients
+//! then send to the leader.
 
 use std::{sync::Arc, time::Duration};
 

@@ -294,6 +294,12 @@ impl RawStorage {
         self.read_ready_from(ctx, ReadFrom::Leader).await
     }
 
+    /// Confirms by a read index that this store still leads the region, without counting
+    /// as activity that keeps the region awake.
+    pub(crate) async fn confirm_leadership(&self, ctx: &Context) -> Result<raftstore::ReadReady> {
+        self.read_ready_from(ctx, ReadFrom::Confirm).await
+    }
+
     /// Waits until this replica's state may be read linearizably: on the leader, or, for
     /// `ReadFrom::Replica`, on whichever replica this is, after a read index from the
     /// leader.
@@ -314,7 +320,7 @@ impl RawStorage {
         from: ReadFrom,
     ) -> Result<raftstore::ReadReady> {
         let mode = match from {
-            ReadFrom::Leader => "leader",
+            ReadFrom::Leader | ReadFrom::Confirm => "leader",
             ReadFrom::Replica(_) => "replica",
             ReadFrom::Stale(_) | ReadFrom::Bounded(_) => "stale",
         };

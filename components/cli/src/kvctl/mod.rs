@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use proto::metapb;
 use serde_json::json;
 
-use client::{Client, Error, Result};
+use client::{Client, Error, ReadMode, Result};
 
 use crate::progress::Progress;
 
@@ -51,6 +51,15 @@ pub struct Cli {
     /// that change placement: region move, transfer-leader, store delete.
     #[arg(long, global = true, env = "FLOTILLA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// Where get, scan and txn reads are served: leader, follower, closest (a replica in
+    /// --zone, else the leader) or stale=DURATION (the closest replica alone, at most
+    /// that far behind).
+    #[arg(long, global = true, default_value = "leader", env = "FLOTILLA_READ")]
+    pub read: ReadMode,
+    /// The zone this client runs in (the stores' `zone` label), for closest and stale
+    /// reads.
+    #[arg(long, global = true, env = "FLOTILLA_ZONE")]
+    pub zone: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -360,10 +369,12 @@ impl Printer<'_> {
     }
 }
 
-/// Runs one command; returns the exit code. Output goes to `out`, diagnostics to `err`.
+/// Runs one command, its reads served as `read` says; returns the exit code. Output goes
+/// to `out`, diagnostics to `err`.
 pub async fn run(
     cmd: &Command,
     output: Output,
+    read: ReadMode,
     client: &Client,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -379,7 +390,7 @@ pub async fn run(
             p.ok();
             Ok(0)
         }
-        Command::Get { key } => get(client, key, &mut p).await,
+        Command::Get { key } => get(client, key, read, &mut p).await,
         Command::Delete { key } => {
             client.delete(key.as_bytes()).await?;
             p.ok();
@@ -388,7 +399,7 @@ pub async fn run(
         Command::Scan { start, end, limit } => {
             let start = start.as_deref().unwrap_or("").as_bytes();
             let end = end.as_deref().unwrap_or("").as_bytes();
-            scan(client, start, end, *limit, &mut p).await
+            scan(client, start, end, *limit, read, &mut p).await
         }
         Command::Cas { absent, args } => cas(client, *absent, args, &mut p).await,
         Command::Split { key } => {
@@ -422,8 +433,8 @@ pub async fn run(
     }
 }
 
-async fn get(client: &Client, key: &str, p: &mut Printer<'_>) -> Result<i32> {
-    match client.get(key.as_bytes()).await? {
+async fn get(client: &Client, key: &str, read: ReadMode, p: &mut Printer<'_>) -> Result<i32> {
+    match client.get_with(key.as_bytes(), read).await? {
         Some(v) if p.json => p.line(json!({"key": key, "value": show_key(&v)})),
         Some(v) => p.bytes(&[&v, b"\n"]),
         None => {
@@ -442,9 +453,10 @@ async fn scan(
     start: &[u8],
     end: &[u8],
     limit: usize,
+    read: ReadMode,
     p: &mut Printer<'_>,
 ) -> Result<i32> {
-    print_pairs(&client.scan(start, end, limit).await?, p);
+    print_pairs(&client.scan_with(start, end, limit, read).await?, p);
     Ok(0)
 }
 
@@ -882,6 +894,9 @@ fn heartbeat_age(unix_nanos: i64) -> String {
 #[derive(Debug, Parser)]
 #[command(name = "", no_binary_name = true, disable_version_flag = true)]
 struct ShellLine {
+    /// Where this line's reads are served (default: the shell's --read).
+    #[arg(long, global = true)]
+    read: Option<ReadMode>,
     #[command(subcommand)]
     command: Command,
 }
@@ -932,14 +947,16 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
         match ShellLine::try_parse_from(words) {
             Ok(ShellLine {
                 command: Command::Shell,
+                ..
             }) => p.diagnostic("already in the shell"),
             Ok(parsed) => {
+                let read = parsed.read.unwrap_or(client.read_mode());
                 let res = match in_transaction(&parsed.command) {
                     Some(stmt) => match session.statement(&stmt, &mut p).await {
                         Some(res) => res,
-                        None => run(&parsed.command, output, client, p.out, p.err).await,
+                        None => run(&parsed.command, output, read, client, p.out, p.err).await,
                     },
-                    None => run(&parsed.command, output, client, p.out, p.err).await,
+                    None => run(&parsed.command, output, read, client, p.out, p.err).await,
                 };
                 report(res, &mut p);
             }

@@ -19,7 +19,7 @@ use proto_grpc::tikvpb_grpc::TikvClient;
 pub use resolve::{GcReport, TxnState};
 pub use transaction::{CommitMode, Mode, Transaction};
 
-use crate::{Client, Error, Kind, Result};
+use crate::{Client, Error, Kind, ReadMode, Result};
 
 /// How long a transaction's locks outlive the moment they are taken, if its client dies.
 const LOCK_TTL_MS: u64 = 3_000;
@@ -95,7 +95,7 @@ impl TxnClient {
     {
         let (r, route) = self
             .inner
-            .on_region(Kind::Read, encoded, |c, ctx, _| {
+            .on_region(Kind::Read(ReadMode::Leader), encoded, |c, ctx, _| {
                 let f = call(c, ctx);
                 async move {
                     let (re, r) = f.await?;
@@ -120,7 +120,7 @@ impl TxnClient {
             .collect();
         self.inner
             .per_region(
-                Kind::Read,
+                Kind::Read(ReadMode::Leader),
                 &encoded,
                 |(k, _)| k,
                 |c, ctx, group| {

@@ -27,7 +27,10 @@ use crate::{
     disk::DiskSpace,
     fsm::apply::{ApplyFsm, ApplyRouter},
     metrics,
-    msg::{ApplyRes, ExecResult, PdTask, PeerMsg, ReadIndexCheck, SplitCheckTask, StoreMsg},
+    msg::{
+        ApplyRes, ExecResult, PdTask, PeerMsg, ReadFrom, ReadIndexCheck, SplitCheckTask,
+        StoreMsg,
+    },
     proposal::ProposalQueue,
     read_queue::ReadQueue,
     snap::{snap_key, ReceivedFiles, SnapManager},
@@ -128,6 +131,9 @@ pub struct PeerFsm {
     pub(crate) transfer: Option<(u64, u64)>,
     /// What this replica may serve without asking its leader.
     pub(crate) stale: crate::stale::StaleState,
+    /// A snapshot is replacing the region's data on the apply side: the engine holds
+    /// neither the old data nor the new, and no stale read may look at it.
+    pub(crate) applying_snapshot: bool,
 }
 
 impl Fsm for PeerFsm {
@@ -194,7 +200,8 @@ impl PeerFsm {
             split_peers: vec![],
             last_hash: None,
             transfer: None,
-            stale: Default::default(),
+            stale: crate::stale::StaleState::new(cfg.stale_margin()),
+            applying_snapshot: false,
         })
     }
 
@@ -270,9 +277,19 @@ impl PeerFsm {
         if Self::wakes(&msg) {
             self.wake(ctx);
         }
+        // The store's own leadership checks and safe timestamps are not client activity:
+        // they must not keep an idle region from hibernating.
         if !matches!(
             msg,
-            PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::RaftMessage(_) | PeerMsg::ApplyRes(_)
+            PeerMsg::Tick
+                | PeerMsg::HeartbeatPd
+                | PeerMsg::RaftMessage(_)
+                | PeerMsg::ApplyRes(_)
+                | PeerMsg::SafeTs { .. }
+                | PeerMsg::Read {
+                    from: ReadFrom::Confirm,
+                    ..
+                }
         ) {
             self.idle_ticks = 0;
         }

@@ -35,19 +35,14 @@ impl PeerFsm {
         // round. It breaks linearizability on purpose, so that tests can show their
         // checker catches it.
         if fail::eval("read_without_read_index", |_| ()).is_some() {
-            return cb(Ok(ReadReady {
-                region: self.region().clone(),
-                term: self.raft.raft.term,
-                answer: vec![],
-                index: 0,
-            }));
+            return cb(Ok(self.local_ready()));
         }
         let from = match from {
             ReadFrom::Stale(ts) => return cb(self.stale_read(&epoch, ts)),
             ReadFrom::Bounded(max_age) if !self.is_leader() => {
                 return cb(self.bounded_read(&epoch, max_age))
             }
-            ReadFrom::Bounded(_) => ReadFrom::Leader,
+            ReadFrom::Bounded(_) | ReadFrom::Confirm => ReadFrom::Leader,
             from => from,
         };
         let replica = matches!(from, ReadFrom::Replica(_));
@@ -63,7 +58,7 @@ impl PeerFsm {
         }
         // A leader reads for itself; its own transaction layer checks its memory.
         let check = match from {
-            ReadFrom::Replica(check) if !self.is_leader() => Some(check),
+            ReadFrom::Replica(check) if !self.is_leader() && !check.is_empty() => Some(check),
             _ => None,
         };
         self.reads.push(epoch, check, cb);
@@ -72,7 +67,7 @@ impl PeerFsm {
     /// A transactional read at `ts` served from what this replica has applied, if its
     /// safe timestamp covers it.
     fn stale_read(&self, epoch: &metapb::RegionEpoch, ts: u64) -> Result<ReadReady> {
-        check_epoch(self.region(), epoch, false)?;
+        self.check_local(epoch)?;
         let safe_ts = self.stale.safe_ts();
         if ts > safe_ts {
             return Err(self.not_ready(format!(
@@ -85,7 +80,7 @@ impl PeerFsm {
     /// A raw read served from what this replica has applied, if that is at most
     /// `max_age` old by its last word from the leader.
     fn bounded_read(&self, epoch: &metapb::RegionEpoch, max_age: Duration) -> Result<ReadReady> {
-        check_epoch(self.region(), epoch, false)?;
+        self.check_local(epoch)?;
         match self.stale.age(Instant::now()) {
             Some(age) if age <= max_age => Ok(self.local_ready()),
             Some(age) => Err(self.not_ready(format!(
@@ -95,6 +90,15 @@ impl PeerFsm {
             ))),
             None => Err(self.not_ready("it has not caught up with its leader".into())),
         }
+    }
+
+    /// Whether this replica's engine may be read for the region as it stands.
+    fn check_local(&self, epoch: &metapb::RegionEpoch) -> Result<()> {
+        check_epoch(self.region(), epoch, false)?;
+        if self.applying_snapshot {
+            return Err(self.not_ready("it is applying a snapshot".into()));
+        }
+        Ok(())
     }
 
     fn local_ready(&self) -> ReadReady {

@@ -244,13 +244,14 @@ impl PeerFsm {
                 .map(|p| (p.get_id(), now))
                 .collect();
             self.heartbeat_due = true;
-        } else {
-            let (region_id, leader) = (self.region_id(), self.leader());
-            self.reads.fail_all(|| Error::NotLeader {
-                region_id,
-                leader: leader.clone(),
-            });
         }
+        // Reads queued in the old role wait for read indexes the new one will not get (a
+        // follower's request to a leader that is gone, a leader's own batches).
+        let (region_id, leader) = (self.region_id(), self.leader());
+        self.reads.fail_all(|| Error::NotLeader {
+            region_id,
+            leader: leader.clone(),
+        });
     }
 
     /// Queues Raft messages for their stores (sent at the end of the round).

@@ -150,6 +150,7 @@ impl PeerFsm {
         let meta = snap.get_metadata();
         info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);
         ctx.store_meta.lock().set_region(region.clone());
+        self.applying_snapshot = true;
         let task = ApplyMsg::Snapshot {
             region,
             index: meta.index,
@@ -169,6 +170,7 @@ impl PeerFsm {
         // The data and the apply state are on disk; the region is still `Applying`.
         fail::fail_point!("raft_before_marking_a_snapshot_live");
         info!(self.logger, "snapshot applied");
+        self.applying_snapshot = false;
         self.set_region(region.clone());
         ctx.store_meta.lock().set_region(region);
     }

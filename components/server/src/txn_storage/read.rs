@@ -31,7 +31,7 @@ impl TxnStorage {
         ctx: &Context,
         ts: u64,
         check: impl FnOnce() -> Vec<u8>,
-    ) -> Result<(ReadReady, Vec<(Vec<u8>, Lock)>)> {
+    ) -> Result<(ReadReady, replica::Reported)> {
         if ctx.stale_read {
             if ts == 0 || ts == u64::MAX {
                 return Err(crate::Error::InvalidRequest(format!(
@@ -39,18 +39,22 @@ impl TxnStorage {
                 )));
             }
             let ready = self.kv.client_read_ready(ctx, ReadFrom::Stale(ts)).await?;
-            return Ok((ready, vec![]));
+            return Ok((ready, replica::Reported::none()));
         }
         if !ctx.replica_read {
             let ready = self.kv.client_read_ready(ctx, ReadFrom::Leader).await?;
-            return Ok((ready, vec![]));
+            return Ok((ready, replica::Reported::none()));
         }
         let ready = self
             .kv
             .client_read_ready(ctx, ReadFrom::Replica(check()))
             .await?;
-        let locks = replica::reported_locks(&ready.answer)?;
-        Ok((ready, locks))
+        // A leader serving the read itself answers no check.
+        let reported = match ready.answer.is_empty() {
+            true => replica::Reported::none(),
+            false => replica::Reported::decode(&ready.answer)?,
+        };
+        Ok((ready, reported))
     }
 
     /// The value of `key` a snapshot read at `ts` sees.
@@ -66,9 +70,7 @@ impl TxnStorage {
             .ready_for(ctx, ts, || replica::keys_check(ts, &[key.to_vec()], bypass))
             .await?;
         self.check_in(&ready.region, key)?;
-        if let Some(e) = replica::first_lock(&reported, &|_| true) {
-            return Err(e.into());
-        }
+        reported.check(&|_| true)?;
         self.cm.read_key(key, ts, bypass)?;
         let snap = self.kv.engine().snapshot();
         Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
@@ -91,14 +93,11 @@ impl TxnStorage {
         for k in keys {
             self.check_in(&ready.region, k)?;
         }
+        // The leader reports the first locks only: any of them fails the whole read.
+        reported.check(&|r| keys.iter().any(|k| k == r))?;
         let in_memory: Vec<txn::Result<()>> = keys
             .iter()
-            .map(
-                |k| match replica::first_lock(&reported, &|r| r == k.as_slice()) {
-                    Some(e) => Err(e),
-                    None => self.cm.read_key(k, ts, bypass),
-                },
-            )
+            .map(|k| self.cm.read_key(k, ts, bypass))
             .collect();
         let snap = self.kv.engine().snapshot();
         let reader = MvccReader::new(&snap);
@@ -140,11 +139,12 @@ impl TxnStorage {
         self.admit_read(ts).await?;
         let (ready, reported) = self
             .ready_for(ctx, ts, || {
-                let upper = match end {
-                    [] => keys::data_end_key(b""),
-                    end => keys::txn::lock_key(end),
+                // Within the region: the leader reports only the first locks it meets.
+                let (lower, upper) = match self.kv.local_region(ctx.get_region_id()) {
+                    Some(region) => clip(&region, start, end),
+                    None => (vec![], vec![]),
                 };
-                replica::range_check(ts, &keys::txn::lock_key(start), &upper, bypass)
+                replica::range_check(ts, &lower, &upper, bypass)
             })
             .await?;
         let (lower, upper) = clip(&ready.region, start, end);
@@ -152,9 +152,7 @@ impl TxnStorage {
             let enc = keys::txn::lock_key(k);
             enc >= lower && enc < upper
         };
-        if let Some(e) = replica::first_lock(&reported, &in_range) {
-            return Err(e.into());
-        }
+        reported.check(&in_range)?;
         self.cm.read_range(&in_range, ts, bypass)?;
         let mut out = vec![];
         if lower >= upper {

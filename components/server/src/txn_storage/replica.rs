@@ -22,6 +22,9 @@ const CHECK_KEY_BYTES: usize = 64 << 10;
 /// field 31 with wire type 7 does not exist).
 const UNCHECKED: &[u8] = &[0xff];
 
+/// Locks one answer carries at most: it travels in the leader's heartbeats.
+const ANSWER_LOCKS: usize = 16;
+
 fn with_bypass(ts: u64, bypass: &Bypass) -> ReplicaReadCheck {
     let mut c = ReplicaReadCheck::default();
     c.set_start_ts(ts);
@@ -90,38 +93,56 @@ fn answer(cm: &ConcurrencyManager, bytes: &[u8]) -> Vec<u8> {
         let keys = c.get_keys();
         cm.blocking_locks(&|k| keys.iter().any(|w| w == k), ts, &bypass)
     };
-    for (k, l) in locks {
+    out.set_truncated(locks.len() > ANSWER_LOCKS);
+    for (k, mut l) in locks.into_iter().take(ANSWER_LOCKS) {
+        l.clear_secondaries();
         out.mut_keys().push(k);
         out.mut_locks().push(l);
     }
     out.write_to_bytes().expect("encode a replica read answer")
 }
 
-/// The follower's side: the locks the leader reported, by user key.
-pub(crate) fn reported_locks(answer: &[u8]) -> Result<Vec<(Vec<u8>, Lock)>> {
-    let a = ReplicaReadAnswer::parse_from_bytes(answer).map_err(|_| {
-        Error::Raft(raftstore::Error::StaleCommand(
-            "the leader could not check a replica read",
-        ))
-    })?;
-    Ok(a.get_keys()
-        .iter()
-        .cloned()
-        .zip(a.get_locks().iter().cloned())
-        .collect())
+/// The locks the leader reported against a replica read's check.
+pub(crate) struct Reported {
+    locks: Vec<(Vec<u8>, Lock)>,
+    truncated: bool,
 }
 
-/// The first reported lock on a key `wanted` says, as the error a leader read would have
-/// met.
-pub(crate) fn first_lock(
-    locks: &[(Vec<u8>, Lock)],
-    wanted: &dyn Fn(&[u8]) -> bool,
-) -> Option<txn::Error> {
-    locks
-        .iter()
-        .find(|(k, _)| wanted(k))
-        .map(|(key, lock)| txn::Error::KeyIsLocked {
-            key: key.clone(),
-            lock: Box::new(lock.clone()),
+impl Reported {
+    /// Nothing reported (a read the leader serves itself).
+    pub(crate) fn none() -> Reported {
+        Reported {
+            locks: vec![],
+            truncated: false,
+        }
+    }
+
+    /// The follower's side: decodes the leader's answer.
+    pub(crate) fn decode(answer: &[u8]) -> Result<Reported> {
+        let mut a = ReplicaReadAnswer::parse_from_bytes(answer).map_err(|_| {
+            Error::Raft(raftstore::Error::StaleCommand(
+                "the leader could not check a replica read",
+            ))
+        })?;
+        Ok(Reported {
+            truncated: a.truncated,
+            locks: a.take_keys().into_iter().zip(a.take_locks()).collect(),
         })
+    }
+
+    /// The error a leader read of the keys `wanted` says would have met: the first
+    /// reported lock on one of them, or, if the answer was cut short (a lock on a wanted
+    /// key may be missing), the first lock reported at all.
+    pub(crate) fn check(&self, wanted: &dyn Fn(&[u8]) -> bool) -> Result<()> {
+        let met = self.locks.iter().find(|(k, _)| wanted(k));
+        let met = met.or(self.locks.first().filter(|_| self.truncated));
+        match met {
+            Some((key, lock)) => Err(txn::Error::KeyIsLocked {
+                key: key.clone(),
+                lock: Box::new(lock.clone()),
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
 }

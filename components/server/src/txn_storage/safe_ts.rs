@@ -55,8 +55,9 @@ impl TxnStorage {
         .flatten()
         .min()
         .expect("now is always there");
-        let ready = self.kv.read_ready(ctx).await?;
-        if ready.region.get_region_epoch() != region.get_region_epoch() {
+        let ready = self.kv.confirm_leadership(ctx).await?;
+        // A membership change leaves the keys where they were; a split does not.
+        if ready.region.get_region_epoch().version != region.get_region_epoch().version {
             return Err(Error::Raft(raftstore::Error::StaleCommand(
                 "the region changed while its resolved timestamp was computed",
             )));
