@@ -75,10 +75,12 @@ image: build
 prometheus-image: deps
 	bash docker/build-image.sh --prometheus $(PROMETHEUS_IMAGE)
 
-# The compose cluster (docker/docker-compose.yml): one PD, three stores; MONITORING=1 adds
-# Prometheus on 127.0.0.1:9090. `cluster-down` removes containers and networks; with
-# VOLUMES=1 the data volumes too.
-COMPOSE := docker-compose -p flotilla -f docker/docker-compose.yml
+# The compose cluster (docker/docker-compose.yml): three PD members, three stores; MONITORING=1
+# adds Prometheus on 127.0.0.1:9090; ZONES=1 lays the zone layout over it
+# (docker/docker-compose.zones.yml: each PD member and store in a zone of its own, stores
+# labelled, PD isolating replicas by zone). `cluster-down` removes containers and
+# networks; with VOLUMES=1 the data volumes too.
+COMPOSE := docker-compose -p flotilla -f docker/docker-compose.yml $(if $(ZONES),-f docker/docker-compose.zones.yml)
 cluster-up: image $(if $(MONITORING),prometheus-image)
 	FLOTILLA_IMAGE=$(IMAGE) FLOTILLA_PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) \
 		$(COMPOSE) $(if $(MONITORING),--profile monitoring) up -d

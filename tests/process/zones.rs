@@ -11,7 +11,8 @@ use crate::common::{http_get, kvctl, wait_until, ProcCluster};
 
 const T: Duration = Duration::from_secs(60);
 
-const ZONED_PD: &str = "[replication]\nlocation-labels = [\"zone\", \"host\"]\nisolation-level = \"zone\"\n";
+const ZONED_PD: &str =
+    "[replication]\nlocation-labels = [\"zone\", \"host\"]\nisolation-level = \"zone\"\n";
 
 /// `pds` PD members and one store in each of zones z1, z2, z3.
 fn three_zones(pds: usize) -> ProcCluster {
@@ -71,7 +72,10 @@ fn kvctl_reads_by_mode_and_shows_labels_and_isolation() {
     let before = served(&c, 1, "stale");
     let out = kvctl(&pd, &["--zone", "z2", "get", "k", "--read", "stale=30s"]);
     assert_eq!(text(&out), "v\n");
-    assert!(served(&c, 1, "stale") > before, "z2's store served the stale read");
+    assert!(
+        served(&c, 1, "stale") > before,
+        "z2's store served the stale read"
+    );
     let scan = kvctl(&pd, &["scan", "--read", "stale=30s", "--zone", "z3"]);
     assert_eq!(text(&scan), "k\tv\n");
 
@@ -127,7 +131,10 @@ fn lose_a_zone(run: usize) -> Duration {
         rt.block_on(ours.put(b"after-loss", b"1")).is_ok()
     });
     let resumed = lost.elapsed();
-    eprintln!("run {run}: zone z{} lost, writes resumed after {resumed:.2?}", zone + 1);
+    eprintln!(
+        "run {run}: zone z{} lost, writes resumed after {resumed:.2?}",
+        zone + 1
+    );
     for k in &keys {
         assert_eq!(
             rt.block_on(ours.get(k.as_bytes())).expect("get"),
@@ -141,11 +148,15 @@ fn lose_a_zone(run: usize) -> Duration {
     c.start_pd(zone);
     c.start_store(zone);
     let local = ours_in_zone(&rt, &pd, zone);
-    wait_until("the returned zone to serve the write made without it", T, || {
-        rt.block_on(local.get_with(b"after-loss", ReadMode::Closest))
-            .is_ok_and(|v| v == Some(b"1".to_vec()))
-            && served(&c, zone, "replica") > 0
-    });
+    wait_until(
+        "the returned zone to serve the write made without it",
+        T,
+        || {
+            rt.block_on(local.get_with(b"after-loss", ReadMode::Closest))
+                .is_ok_and(|v| v == Some(b"1".to_vec()))
+                && served(&c, zone, "replica") > 0
+        },
+    );
     resumed
 }
 
@@ -158,7 +169,13 @@ fn leader_zone(c: &ProcCluster, rt: &tokio::runtime::Runtime, ours: &client::Cli
     let (store, _) = rt
         .block_on(ours.pd().get_store(leader.get_store_id()))
         .expect("the leader's store");
-    let port: u16 = store.get_address().rsplit(':').next().unwrap().parse().unwrap();
+    let port: u16 = store
+        .get_address()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     c.store_addrs
         .iter()
         .position(|(p, _)| *p == port)

@@ -51,8 +51,8 @@ impl FromStr for ReadMode {
                 let d = s.strip_prefix("stale=").ok_or_else(|| {
                     format!("read mode {s:?}: want leader, follower, closest or stale=DURATION")
                 })?;
-                let d = humantime::parse_duration(d)
-                    .map_err(|e| format!("read mode {s:?}: {e}"))?;
+                let d =
+                    humantime::parse_duration(d).map_err(|e| format!("read mode {s:?}: {e}"))?;
                 if d.is_zero() {
                     return Err(format!("read mode {s:?}: the staleness must be positive"));
                 }
@@ -83,7 +83,10 @@ mod tests {
             let m: ReadMode = s.parse().unwrap();
             assert_eq!(m.to_string(), s);
         }
-        assert_eq!("stale=250ms".parse(), Ok(ReadMode::Stale(Duration::from_millis(250))));
+        assert_eq!(
+            "stale=250ms".parse(),
+            Ok(ReadMode::Stale(Duration::from_millis(250)))
+        );
         for bad in ["", "nearest", "stale=", "stale=0s", "stale=soon"] {
             assert!(bad.parse::<ReadMode>().is_err(), "{bad:?}");
         }

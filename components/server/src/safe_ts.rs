@@ -26,6 +26,8 @@ pub async fn run(
     shutdown: Shutdown,
     logger: Logger,
 ) {
+    // Exported from the start, before the first round.
+    metrics::RESOLVED_TS_LAG.set(0.0);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

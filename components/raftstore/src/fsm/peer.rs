@@ -28,8 +28,7 @@ use crate::{
     fsm::apply::{ApplyFsm, ApplyRouter},
     metrics,
     msg::{
-        ApplyRes, ExecResult, PdTask, PeerMsg, ReadFrom, ReadIndexCheck, SplitCheckTask,
-        StoreMsg,
+        ApplyRes, ExecResult, PdTask, PeerMsg, ReadFrom, ReadIndexCheck, SplitCheckTask, StoreMsg,
     },
     proposal::ProposalQueue,
     read_queue::ReadQueue,
