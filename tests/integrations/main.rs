@@ -18,4 +18,5 @@ mod sessions;
 mod split;
 mod stale_read;
 mod txn_storage;
+mod zone_latency;
 mod zones;

@@ -79,6 +79,17 @@ fn kvctl_reads_by_mode_and_shows_labels_and_isolation() {
     let scan = kvctl(&pd, &["scan", "--read", "stale=30s", "--zone", "z3"]);
     assert_eq!(text(&scan), "k\tv\n");
 
+    // Transactional reads take the same modes: a follower read, and a snapshot read
+    // back in time from the closest replica.
+    let put = kvctl(&pd, &["txn", "put", "tk", "tv"]);
+    assert!(put.status.success(), "{}", text(&put));
+    let out = kvctl(&pd, &["--zone", "z2", "txn", "get", "tk", "--read", "closest"]);
+    assert_eq!(text(&out), "tv\n");
+    wait_until("a stale transactional read of the put", T, || {
+        let out = kvctl(&pd, &["--zone", "z3", "txn", "get", "tk", "--read", "stale=1s"]);
+        text(&out) == "tv\n"
+    });
+
     for bad in ["stale=0s", "nearest", "stale=soon"] {
         let out = kvctl(&pd, &["get", "k", "--read", bad]);
         assert!(!out.status.success(), "--read {bad} accepted");

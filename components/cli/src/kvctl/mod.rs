@@ -425,7 +425,7 @@ pub async fn run(
         } => operators(client, &mut p).await,
         Command::Pd { command } => pd::run(client, command, &mut p).await,
         Command::Txn { command } => {
-            txn::run(&client::txn::TxnClient::new(client), command, &mut p).await
+            txn::run(&client::txn::TxnClient::new(client), command, read, &mut p).await
         }
         Command::Shell => Err(Error::InvalidArgument(
             "the shell cannot start a shell".into(),

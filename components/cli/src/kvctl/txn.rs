@@ -6,7 +6,7 @@ use serde_json::json;
 
 use client::{
     txn::{Mode, Transaction, TxnClient},
-    Result,
+    ReadMode, Result,
 };
 
 use super::{show_key, Printer};
@@ -52,8 +52,14 @@ pub enum TxnCommand {
     },
 }
 
-/// Runs one transactional command.
-pub(super) async fn run(c: &TxnClient, cmd: &TxnCommand, p: &mut Printer<'_>) -> Result<i32> {
+/// Runs one transactional command, its reads served as `read` says (a stale read mode
+/// reads a snapshot that far back, from the closest replica).
+pub(super) async fn run(
+    c: &TxnClient,
+    cmd: &TxnCommand,
+    read: ReadMode,
+    p: &mut Printer<'_>,
+) -> Result<i32> {
     match cmd {
         TxnCommand::Status {
             primary_key,
@@ -67,8 +73,20 @@ pub(super) async fn run(c: &TxnClient, cmd: &TxnCommand, p: &mut Printer<'_>) ->
             }
             Ok(0)
         }
+        cmd @ (TxnCommand::Get { .. } | TxnCommand::Scan { .. }) if is_stale(read) => {
+            let ReadMode::Stale(max_age) = read else {
+                unreachable!("matched above")
+            };
+            let mut t = c.stale_snapshot(max_age).await?;
+            statement(&mut t, cmd, p).await
+        }
         cmd => {
             let mut t = c.begin().await?;
+            t.set_read_mode(if is_stale(read) {
+                ReadMode::Leader
+            } else {
+                read
+            });
             let code = statement(&mut t, cmd, p).await?;
             let ts = t.commit().await?;
             if matches!(cmd, TxnCommand::Put { .. } | TxnCommand::Delete { .. }) {
@@ -77,6 +95,10 @@ pub(super) async fn run(c: &TxnClient, cmd: &TxnCommand, p: &mut Printer<'_>) ->
             Ok(code)
         }
     }
+}
+
+fn is_stale(read: ReadMode) -> bool {
+    matches!(read, ReadMode::Stale(_))
 }
 
 fn committed(p: &mut Printer<'_>, ts: u64) {

@@ -74,28 +74,49 @@ impl TxnClient {
         Transaction::new(self, ts, Mode::Optimistic)
     }
 
+    /// A read-only view of the data as of `max_age` ago, read from the closest replica
+    /// without contacting the leader (a stale read); a replica whose safe timestamp is
+    /// not there yet sends the read to the leader.
+    pub async fn stale_snapshot(&self, max_age: std::time::Duration) -> Result<Transaction<'_>> {
+        let now = self.current_ts().await?;
+        let ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let ts = now
+            .saturating_sub(ms.saturating_mul(1 << PHYSICAL_SHIFT))
+            .max(1);
+        let mut t = Transaction::new(self, ts, Mode::Optimistic);
+        t.set_read_mode(ReadMode::Stale(max_age));
+        Ok(t)
+    }
+
     /// Runs `call` against the leader of the region holding transactional `key`,
     /// retrying routing errors; returns its answer and the region's (encoded) end. Every
     /// Percolator command is idempotent, so a request that may have been applied is
     /// retried as a read is.
-    async fn on_key<R, F, Fut>(&self, key: &[u8], call: F) -> Result<(R, Vec<u8>)>
+    async fn on_key<R, F, Fut>(&self, key: &[u8], mode: ReadMode, call: F) -> Result<(R, Vec<u8>)>
     where
         F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
     {
         check_txn_key(key)?;
-        self.on_encoded(&keys::txn::encode_bytes(key), call).await
+        self.on_encoded(&keys::txn::encode_bytes(key), mode, call)
+            .await
     }
 
-    /// Like `on_key`, routed by an encoded key (the empty user key's included).
-    async fn on_encoded<R, F, Fut>(&self, encoded: &[u8], call: F) -> Result<(R, Vec<u8>)>
+    /// Like `on_key`, routed by an encoded key (the empty user key's included). Commands
+    /// go to the leader (`ReadMode::Leader`); snapshot reads as their transaction says.
+    async fn on_encoded<R, F, Fut>(
+        &self,
+        encoded: &[u8],
+        mode: ReadMode,
+        call: F,
+    ) -> Result<(R, Vec<u8>)>
     where
         F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
     {
         let (r, route) = self
             .inner
-            .on_region(Kind::Read(ReadMode::Leader), encoded, |c, ctx, _| {
+            .on_region(Kind::Read(mode), encoded, |c, ctx, _| {
                 let f = call(c, ctx);
                 async move {
                     let (re, r) = f.await?;

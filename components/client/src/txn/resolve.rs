@@ -6,7 +6,7 @@ use std::fmt;
 use proto::kvrpcpb::{self, LockInfo};
 
 use super::{boundary_key, first_error, key_error, TxnClient, PHYSICAL_SHIFT};
-use crate::{Backoff, Error, Result};
+use crate::{Backoff, Error, ReadMode, Result};
 
 /// A transaction's state, as its primary key tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl TxnClient {
         force_sync_commit: bool,
     ) -> Result<TxnState> {
         let (mut resp, _) = self
-            .on_key(primary, |c, ctx| {
+            .on_key(primary, ReadMode::Leader, |c, ctx| {
                 let mut req = kvrpcpb::CheckTxnStatusRequest::default();
                 req.set_context(ctx);
                 req.set_primary_key(primary.to_vec());
@@ -358,17 +358,21 @@ impl TxnClient {
     /// `start`; and that region's end.
     async fn scan_locks(&self, start: &[u8], max_ts: u64) -> Result<(Vec<LockInfo>, Vec<u8>)> {
         let (mut resp, end) = self
-            .on_encoded(&keys::txn::encode_bytes(start), |c, ctx| {
-                let mut req = kvrpcpb::ScanLockRequest::default();
-                req.set_context(ctx);
-                req.max_version = max_ts;
-                req.set_start_key(start.to_vec());
-                req.limit = SCAN_LOCK_PAGE;
-                async move {
-                    let mut r = c.kv_scan_lock_async(&req)?.await?;
-                    Ok((r.region_error.take(), r))
-                }
-            })
+            .on_encoded(
+                &keys::txn::encode_bytes(start),
+                ReadMode::Leader,
+                |c, ctx| {
+                    let mut req = kvrpcpb::ScanLockRequest::default();
+                    req.set_context(ctx);
+                    req.max_version = max_ts;
+                    req.set_start_key(start.to_vec());
+                    req.limit = SCAN_LOCK_PAGE;
+                    async move {
+                        let mut r = c.kv_scan_lock_async(&req)?.await?;
+                        Ok((r.region_error.take(), r))
+                    }
+                },
+            )
             .await?;
         if resp.has_error() {
             return Err(key_error(resp.take_error()));

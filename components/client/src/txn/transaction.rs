@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proto::kvrpcpb::{self, Op};
 
 use super::{boundary_key, key_error, lock_ttl, TxnClient};
-use crate::{Backoff, KvPair, Result};
+use crate::{Backoff, KvPair, ReadMode, Result};
 
 /// When a transaction finds its conflicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct Transaction<'a> {
     /// The primary key, once one is chosen (the first key locked or written).
     pub(super) primary: Option<Vec<u8>>,
     pub(super) commit_mode: CommitMode,
+    /// Where its snapshot reads are served.
+    pub(super) read_mode: ReadMode,
 }
 
 impl<'a> Transaction<'a> {
@@ -65,12 +67,19 @@ impl<'a> Transaction<'a> {
             locked: BTreeSet::new(),
             primary: None,
             commit_mode: CommitMode::default(),
+            read_mode: ReadMode::Leader,
         }
     }
 
     /// Chooses how this transaction commits (two-phase by default).
     pub fn set_commit_mode(&mut self, mode: CommitMode) {
         self.commit_mode = mode;
+    }
+
+    /// Serves this transaction's reads as `mode` says (`follower`, `closest`; a stale
+    /// mode is for read-only snapshots: see `TxnClient::stale_snapshot`).
+    pub fn set_read_mode(&mut self, mode: ReadMode) {
+        self.read_mode = mode;
     }
 
     /// The snapshot this transaction reads.
@@ -165,7 +174,7 @@ impl<'a> Transaction<'a> {
         loop {
             let (mut resp, _) = self
                 .client
-                .on_key(key, |c, mut ctx| {
+                .on_key(key, self.read_mode, |c, mut ctx| {
                     ctx.set_resolved_locks(skip.clone());
                     let mut req = kvrpcpb::GetRequest::default();
                     req.set_context(ctx);
@@ -200,19 +209,23 @@ impl<'a> Transaction<'a> {
             let page = (limit - out.len()).min(crate::SCAN_PAGE);
             let (mut resp, region_end) = self
                 .client
-                .on_encoded(&keys::txn::encode_bytes(&cur), |c, mut ctx| {
-                    ctx.set_resolved_locks(skip.clone());
-                    let mut req = kvrpcpb::ScanRequest::default();
-                    req.set_context(ctx);
-                    req.set_start_key(cur.clone());
-                    req.set_end_key(end.to_vec());
-                    req.limit = page as u32;
-                    req.version = self.start_ts;
-                    async move {
-                        let mut r = c.kv_scan_async(&req)?.await?;
-                        Ok((r.region_error.take(), r))
-                    }
-                })
+                .on_encoded(
+                    &keys::txn::encode_bytes(&cur),
+                    self.read_mode,
+                    |c, mut ctx| {
+                        ctx.set_resolved_locks(skip.clone());
+                        let mut req = kvrpcpb::ScanRequest::default();
+                        req.set_context(ctx);
+                        req.set_start_key(cur.clone());
+                        req.set_end_key(end.to_vec());
+                        req.limit = page as u32;
+                        req.version = self.start_ts;
+                        async move {
+                            let mut r = c.kv_scan_async(&req)?.await?;
+                            Ok((r.region_error.take(), r))
+                        }
+                    },
+                )
                 .await?;
             if let Some(mut lock) = locked_in(&mut resp) {
                 self.client
