@@ -94,10 +94,6 @@ fn a_remote_zone_reads_stale_without_a_round_trip_and_closest_no_slower_than_the
         ONE_WAY, through_leader.0, through_leader.1, closest.0, closest.1, stale.0, stale.1
     );
     assert!(
-        through_leader.0 >= ONE_WAY * 2,
-        "the leader read crossed zones: {through_leader:?}"
-    );
-    assert!(
         stale.0 * 4 < through_leader.0,
         "a stale read needs no round trip: {stale:?} vs {through_leader:?}"
     );

@@ -83,10 +83,16 @@ fn kvctl_reads_by_mode_and_shows_labels_and_isolation() {
     // back in time from the closest replica.
     let put = kvctl(&pd, &["txn", "put", "tk", "tv"]);
     assert!(put.status.success(), "{}", text(&put));
-    let out = kvctl(&pd, &["--zone", "z2", "txn", "get", "tk", "--read", "closest"]);
+    let out = kvctl(
+        &pd,
+        &["--zone", "z2", "txn", "get", "tk", "--read", "closest"],
+    );
     assert_eq!(text(&out), "tv\n");
     wait_until("a stale transactional read of the put", T, || {
-        let out = kvctl(&pd, &["--zone", "z3", "txn", "get", "tk", "--read", "stale=1s"]);
+        let out = kvctl(
+            &pd,
+            &["--zone", "z3", "txn", "get", "tk", "--read", "stale=1s"],
+        );
         text(&out) == "tv\n"
     });
 
@@ -121,8 +127,8 @@ fn losing_a_whole_zone_keeps_every_acknowledged_key_and_writes_resume() {
     );
 }
 
-/// One zone loss: the zone holding the PD leader (and its store) goes; returns how long
-/// writes took to resume.
+/// One zone loss: the zone whose store leads the region goes, with that zone's PD member
+/// (pdN and storeN stand for zone zN); returns how long writes took to resume.
 fn lose_a_zone(run: usize) -> Duration {
     let mut c = three_zones(3);
     let pd = c.pd_addr.clone();

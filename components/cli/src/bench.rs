@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// answer is lost is not resent), to measure what sessions cost.
     #[arg(long)]
     pub no_session: bool,
+    /// Where reads are served: leader, follower, closest (a replica in --zone, else the
+    /// leader) or stale=DURATION.
+    #[arg(long, default_value = "leader")]
+    pub read: client::ReadMode,
+    /// The zone the bench runs in (the stores' `zone` label), for closest and stale reads.
+    #[arg(long)]
+    pub zone: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -190,7 +197,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     if args.keys == 0 {
         return Err(Error::InvalidArgument("--keys must be positive".into()));
     }
-    let mut client = Client::connect(&endpoints(&args.pd), Duration::from_secs(10)).await?;
+    let mut client = Client::connect(&endpoints(&args.pd), Duration::from_secs(10))
+        .await?
+        .with_read_mode(args.read)
+        .with_zone(args.zone.clone());
     if args.no_session {
         client = client.without_session();
     }

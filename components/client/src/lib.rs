@@ -514,6 +514,9 @@ impl Client {
             cache.set_leader(id, named.clone());
         } else if e.has_epoch_not_match()
             && !e.get_epoch_not_match().get_current_regions().is_empty()
+            // A follower or learner may lag behind the leader's view of the region (or
+            // know nothing of it yet): only the leader's regions go into the cache.
+            && route.leader.as_ref().is_some_and(|l| l.get_id() == leader.get_id())
         {
             cache.invalidate(id);
             for r in e.get_epoch_not_match().get_current_regions() {
@@ -681,7 +684,8 @@ impl Client {
                         Kind::Read(_) | Kind::Slow => {}
                     }
                 }
-                if never_sent || silent {
+                // A follower slow to catch up with its read index is not a dead store.
+                if never_sent || (silent && mode == ReadMode::Leader) {
                     let since = Instant::now();
                     let mark = Unreachable { since, silent };
                     self.unreachable.lock().insert(leader.get_store_id(), mark);
@@ -727,13 +731,12 @@ impl Client {
             .unwrap_or(leader)
     }
 
+    /// Records the store's zone (its `zone` label; none is remembered as "", so that
+    /// PD is asked once per store).
     fn learn_zone(&self, store: &metapb::Store) {
         let zone = store.get_labels().iter().find(|l| l.get_key() == "zone");
-        if let Some(z) = zone {
-            self.zones
-                .lock()
-                .insert(store.get_id(), z.get_value().to_string());
-        }
+        let zone = zone.map_or(String::new(), |z| z.get_value().to_string());
+        self.zones.lock().insert(store.get_id(), zone);
     }
 
     /// The zone of a store, asked of PD the first time.
@@ -761,23 +764,23 @@ impl Client {
             down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
             down.keys().copied().collect()
         };
+        // Voters only: a learner may not have the region's data yet.
         let usable: Vec<&metapb::Peer> = region
             .get_peers()
             .iter()
+            .filter(|p| p.get_role() == metapb::PeerRole::Voter)
             .filter(|p| !down.contains(&p.get_store_id()))
             .collect();
         let stale = matches!(mode, ReadMode::Stale(_));
         if let (Some(zone), ReadMode::Closest | ReadMode::Stale(_)) = (&self.zone, mode) {
-            // The leader first if it is local: it needs no read index from afar.
+            // A local leader first: it reads without a round trip to another zone.
             let mut local = None;
-            for p in usable.iter().filter(|p| p.get_id() != leader.get_id()) {
-                if self.zone_of(p.get_store_id()).await.as_ref() == Some(zone) {
+            for p in &usable {
+                if self.zone_of(p.get_store_id()).await.as_ref() == Some(zone)
+                    && (local.is_none() || p.get_id() == leader.get_id())
+                {
                     local = Some((*p).clone());
-                    break;
                 }
-            }
-            if self.zone_of(leader.get_store_id()).await.as_ref() == Some(zone) {
-                return leader;
             }
             if let Some(p) = local {
                 return p;

@@ -33,7 +33,9 @@ impl ReadMode {
             ReadMode::Follower | ReadMode::Closest => ctx.set_replica_read(true),
             ReadMode::Stale(d) => {
                 ctx.set_stale_read(true);
-                ctx.max_staleness_ms = d.as_millis().try_into().unwrap_or(u64::MAX);
+                // Rounded up: a bound under a millisecond is still a bound.
+                let ms = d.as_micros().div_ceil(1000);
+                ctx.max_staleness_ms = ms.try_into().unwrap_or(u64::MAX);
             }
         }
     }

@@ -28,9 +28,27 @@ pub struct StoreMeta {
     /// data (with the range, if it had one): no peer of that id is created and no
     /// snapshot overlapping the range is taken meanwhile.
     destroying: HashMap<u64, Option<metapb::Region>>,
+    /// Region id -> (snapshot applies started, one under way): a stale read that saw
+    /// neither change while it read the engine read whole data.
+    snapshot_applies: HashMap<u64, (u64, bool)>,
 }
 
 impl StoreMeta {
+    /// A snapshot starts replacing the region's data (`true`), or has replaced it.
+    pub(crate) fn set_snapshot_applying(&mut self, region_id: u64, applying: bool) {
+        let e = self.snapshot_applies.entry(region_id).or_default();
+        e.0 += u64::from(applying);
+        e.1 = applying;
+    }
+
+    /// (snapshot applies started, one under way) for the region.
+    pub fn snapshot_applies(&self, region_id: u64) -> (u64, bool) {
+        self.snapshot_applies
+            .get(&region_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Marks a range as taken by a snapshot `region`'s peer accepted.
     pub(crate) fn claim_snapshot_range(&mut self, region: metapb::Region) {
         self.snapshot_ranges.insert(region.get_id(), region);
@@ -71,6 +89,7 @@ impl StoreMeta {
     /// Forgets a region.
     pub fn remove_region(&mut self, region_id: u64) {
         self.snapshot_ranges.remove(&region_id);
+        self.snapshot_applies.remove(&region_id);
         self.hashes.remove(&region_id);
         if let Some(old) = self.regions.remove(&region_id) {
             let end = keys::data_end_key(old.get_end_key());

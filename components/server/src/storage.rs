@@ -24,6 +24,36 @@ pub struct RawStorage {
     limits: RawLimits,
 }
 
+/// A stale read's check that no snapshot replaced the region's data while it read the
+/// engine (see [`RawStorage::apply_guard`]).
+pub(crate) struct ApplyGuard {
+    meta: Arc<Mutex<StoreMeta>>,
+    region_id: u64,
+    /// The region's (snapshot applies started, one under way) when the read began;
+    /// `None` for a read that is not stale.
+    before: Option<(u64, bool)>,
+}
+
+impl ApplyGuard {
+    /// Fails the read if a snapshot apply was under way or started since it began.
+    pub(crate) fn check(&self) -> Result<()> {
+        let Some(before) = self.before else {
+            return Ok(());
+        };
+        let now = self.meta.lock().snapshot_applies(self.region_id);
+        if now != before || now.1 {
+            return Err(raftstore::Error::DataIsNotReady {
+                region_id: self.region_id,
+                peer_id: 0,
+                safe_ts: 0,
+                why: "a snapshot replaced its data during the read".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// The bounds every raw request is held to.
 #[derive(Clone, Copy, Debug)]
 pub struct RawLimits {
@@ -339,7 +369,7 @@ impl RawStorage {
     /// A raw read: by the leader; by this replica after a read index if the client
     /// asked (TiKV's `replica_read`); or by this replica alone if its applied state is
     /// fresh enough for a stale read (`stale_read` with `max_staleness_ms`).
-    async fn read(&self, ctx: &Context) -> Result<metapb::Region> {
+    async fn read(&self, ctx: &Context) -> Result<(metapb::Region, ApplyGuard)> {
         let from = if ctx.stale_read {
             ReadFrom::Bounded(self.staleness(ctx)?)
         } else if ctx.replica_read {
@@ -347,7 +377,22 @@ impl RawStorage {
         } else {
             ReadFrom::Leader
         };
-        Ok(self.client_read_ready(ctx, from).await?.region)
+        let region = self.client_read_ready(ctx, from).await?.region;
+        Ok((region, self.apply_guard(ctx)))
+    }
+
+    /// For a stale read, taken once the replica admitted it: the region's snapshot
+    /// applies then, to check once the engine was read (a snapshot may start replacing
+    /// the data in between).
+    pub(crate) fn apply_guard(&self, ctx: &Context) -> ApplyGuard {
+        let before = ctx
+            .stale_read
+            .then(|| self.store_meta.lock().snapshot_applies(ctx.get_region_id()));
+        ApplyGuard {
+            meta: self.store_meta.clone(),
+            region_id: ctx.get_region_id(),
+            before,
+        }
     }
 
     /// The staleness bound of a raw stale read, checked.
@@ -390,9 +435,11 @@ impl RawStorage {
     pub async fn get(&self, ctx: &Context, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let cf = raw_cf(cf)?;
         check_key(key)?;
-        let region = self.read(ctx).await?;
+        let (region, guard) = self.read(ctx).await?;
         Self::check_in(&region, key)?;
-        Ok(self.engine.get(cf, &keys::data_key(key))?)
+        let value = self.engine.get(cf, &keys::data_key(key))?;
+        guard.check()?;
+        Ok(value)
     }
 
     /// The pairs of the keys that exist.
@@ -404,7 +451,7 @@ impl RawStorage {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let cf = raw_cf(cf)?;
         keys_.iter().try_for_each(|k| check_key(k))?;
-        let region = self.read(ctx).await?;
+        let (region, guard) = self.read(ctx).await?;
         keys_.iter().try_for_each(|k| Self::check_in(&region, k))?;
         // One view for every key: an atomic batch put is seen whole or not at all.
         let snap = self.engine.snapshot();
@@ -417,6 +464,7 @@ impl RawStorage {
             }
             fail::fail_point!("raw_batch_get_between_keys");
         }
+        guard.check()?;
         Ok(out)
     }
 
@@ -550,7 +598,7 @@ impl RawStorage {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let region = self.read(ctx).await?;
+        let (region, guard) = self.read(ctx).await?;
         let (lower, upper) = if reverse { (end, start) } else { (start, end) };
         let lo = keys::data_key(lower.max(region.get_start_key()));
         let region_hi = keys::data_end_key(region.get_end_key());
@@ -582,6 +630,7 @@ impl RawStorage {
         } else {
             self.engine.scan(cf, &lo, &hi, &mut take)?;
         }
+        guard.check()?;
         match over {
             Some(e) => Err(e),
             None => Ok(out),

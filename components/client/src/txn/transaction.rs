@@ -120,6 +120,7 @@ impl<'a> Transaction<'a> {
     /// Makes the commit fail if another transaction writes any of `keys` after this one
     /// started, as if this one wrote them (pessimistic: locks them now).
     pub async fn lock_keys(&mut self, keys_: &[Vec<u8>]) -> Result<()> {
+        self.writable()?;
         for k in keys_ {
             super::check_txn_key(k)?;
         }
@@ -132,7 +133,19 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
+    /// A stale snapshot reads data up to its bound old: writes decided on it could
+    /// lose updates to keys it read, so it takes none.
+    fn writable(&self) -> Result<()> {
+        match self.read_mode {
+            ReadMode::Stale(_) => Err(crate::Error::InvalidArgument(
+                "a stale snapshot is read-only: begin a transaction to write".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn write(&mut self, key: &[u8], w: Buffered) -> Result<()> {
+        self.writable()?;
         super::check_txn_key(key)?;
         if self.mode == Mode::Pessimistic && !self.locked.contains(key) {
             self.lock_pessimistic(&[key.to_vec()]).await?;

@@ -42,6 +42,10 @@ impl PeerFsm {
             ReadFrom::Bounded(max_age) if !self.is_leader() => {
                 return cb(self.bounded_read(&epoch, max_age))
             }
+            // A leader's data is at most as old as a deposed leader's could be.
+            ReadFrom::Bounded(max_age) if max_age >= self.stale.margin() => {
+                return cb(self.check_local(&epoch).map(|()| self.local_ready()))
+            }
             ReadFrom::Bounded(_) | ReadFrom::Confirm => ReadFrom::Leader,
             from => from,
         };

@@ -149,7 +149,11 @@ impl PeerFsm {
         let region = self.region().clone();
         let meta = snap.get_metadata();
         info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);
-        ctx.store_meta.lock().set_region(region.clone());
+        {
+            let mut meta = ctx.store_meta.lock();
+            meta.set_region(region.clone());
+            meta.set_snapshot_applying(region.get_id(), true);
+        }
         self.applying_snapshot = true;
         let task = ApplyMsg::Snapshot {
             region,
@@ -172,7 +176,9 @@ impl PeerFsm {
         info!(self.logger, "snapshot applied");
         self.applying_snapshot = false;
         self.set_region(region.clone());
-        ctx.store_meta.lock().set_region(region);
+        let mut meta = ctx.store_meta.lock();
+        meta.set_snapshot_applying(region.get_id(), false);
+        meta.set_region(region);
     }
 }
 

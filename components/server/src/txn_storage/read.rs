@@ -7,7 +7,10 @@ use raftstore::{ReadFrom, ReadReady};
 use txn::{reader::Bypass, types::Lock, MvccReader};
 
 use super::{clip, replica, TxnStorage};
-use crate::{storage::ResponseBudget, Result};
+use crate::{
+    storage::{ApplyGuard, ResponseBudget},
+    Result,
+};
 
 /// Most locks one ScanLock answer carries (its client asks again from the last one).
 const SCAN_LOCK_MAX: usize = 1024;
@@ -31,7 +34,7 @@ impl TxnStorage {
         ctx: &Context,
         ts: u64,
         check: impl FnOnce() -> Vec<u8>,
-    ) -> Result<(ReadReady, replica::Reported)> {
+    ) -> Result<(ReadReady, replica::Reported, ApplyGuard)> {
         if ctx.stale_read {
             if ts == 0 || ts == u64::MAX {
                 return Err(crate::Error::InvalidRequest(format!(
@@ -39,11 +42,11 @@ impl TxnStorage {
                 )));
             }
             let ready = self.kv.client_read_ready(ctx, ReadFrom::Stale(ts)).await?;
-            return Ok((ready, replica::Reported::none()));
+            return Ok((ready, replica::Reported::none(), self.kv.apply_guard(ctx)));
         }
         if !ctx.replica_read {
             let ready = self.kv.client_read_ready(ctx, ReadFrom::Leader).await?;
-            return Ok((ready, replica::Reported::none()));
+            return Ok((ready, replica::Reported::none(), self.kv.apply_guard(ctx)));
         }
         let ready = self
             .kv
@@ -54,7 +57,7 @@ impl TxnStorage {
             true => replica::Reported::none(),
             false => replica::Reported::decode(&ready.answer)?,
         };
-        Ok((ready, reported))
+        Ok((ready, reported, self.kv.apply_guard(ctx)))
     }
 
     /// The value of `key` a snapshot read at `ts` sees.
@@ -66,13 +69,15 @@ impl TxnStorage {
         bypass: &Bypass,
     ) -> Result<Option<Vec<u8>>> {
         self.admit_read(ts).await?;
-        let (ready, reported) = self
+        let (ready, reported, guard) = self
             .ready_for(ctx, ts, || replica::keys_check(ts, &[key.to_vec()], bypass))
             .await?;
         self.check_in(&ready.region, key)?;
         reported.check(&|_| true)?;
         self.cm.read_key(key, ts, bypass)?;
         let snap = self.kv.engine().snapshot();
+        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        guard.check()?;
         Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
     }
 
@@ -87,7 +92,7 @@ impl TxnStorage {
     ) -> Result<ReadPairs> {
         self.limits.check_count("keys", keys.len())?;
         self.admit_read(ts).await?;
-        let (ready, reported) = self
+        let (ready, reported, guard) = self
             .ready_for(ctx, ts, || replica::keys_check(ts, keys, bypass))
             .await?;
         for k in keys {
@@ -100,6 +105,8 @@ impl TxnStorage {
             .map(|k| self.cm.read_key(k, ts, bypass))
             .collect();
         let snap = self.kv.engine().snapshot();
+        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        guard.check()?;
         let reader = MvccReader::new(&snap);
         let mut budget = ResponseBudget::new(self.kv.max_response_size());
         let mut out = vec![];
@@ -137,7 +144,7 @@ impl TxnStorage {
             return Ok(vec![]);
         }
         self.admit_read(ts).await?;
-        let (ready, reported) = self
+        let (ready, reported, guard) = self
             .ready_for(ctx, ts, || {
                 // Within the region: the leader reports only the first locks it meets.
                 let (lower, upper) = match self.kv.local_region(ctx.get_region_id()) {
@@ -159,6 +166,8 @@ impl TxnStorage {
             return Ok(out);
         }
         let snap = self.kv.engine().snapshot();
+        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        guard.check()?;
         let reader = MvccReader::new(&snap);
         let mut budget = ResponseBudget::new(self.kv.max_response_size());
         let mut over = None;
