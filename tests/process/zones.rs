@@ -29,13 +29,18 @@ fn text(out: &std::process::Output) -> String {
 
 /// Reads served by store `i`, in `mode` (leader, replica, stale), by its metrics.
 fn served(c: &ProcCluster, i: usize, mode: &str) -> u64 {
+    count(c, i, mode, "served")
+}
+
+/// Reads store `i` answered in `mode` with `outcome` (served, not_ready, error).
+fn count(c: &ProcCluster, i: usize, mode: &str, outcome: &str) -> u64 {
     let Some(body) = http_get(&c.status_addr(i), "/metrics") else {
         return 0;
     };
-    let want = format!("mode=\"{mode}\"");
+    let (mode, outcome) = (format!("mode=\"{mode}\""), format!("outcome=\"{outcome}\""));
     body.lines()
         .filter(|l| l.starts_with("flotilla_server_reads_total{"))
-        .filter(|l| l.contains(&want) && l.contains("outcome=\"served\""))
+        .filter(|l| l.contains(&mode) && l.contains(&outcome))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -78,6 +83,27 @@ fn kvctl_reads_by_mode_and_shows_labels_and_isolation() {
     );
     let scan = kvctl(&pd, &["scan", "--read", "stale=30s", "--zone", "z3"]);
     assert_eq!(text(&scan), "k\tv\n");
+
+    // A bound within the deposed-leader margin (two election timeouts, 2 s) no follower
+    // can meet: they refuse (data_is_not_ready) and the client reads from the leader.
+    let refused = |c: &ProcCluster| {
+        (0..3)
+            .map(|i| count(c, i, "stale", "not_ready"))
+            .sum::<u64>()
+    };
+    let before = refused(&c);
+    for z in 1..=3 {
+        let out = kvctl(
+            &pd,
+            &["--zone", &format!("z{z}"), "get", "k", "--read", "stale=1s"],
+        );
+        assert_eq!(
+            text(&out),
+            "v\n",
+            "a refused stale read falls back to the leader"
+        );
+    }
+    assert!(refused(&c) > before, "the followers refused the 1 s bound");
 
     // Transactional reads take the same modes: a follower read, and a snapshot read
     // back in time from the closest replica.

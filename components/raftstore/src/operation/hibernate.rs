@@ -33,6 +33,12 @@ impl PeerFsm {
         match msg {
             // Only leaders act on an eviction, and they wake themselves for it.
             PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::EvictLeader => false,
+            // The store's safe-ts rounds leave idle regions asleep (see `on_read`).
+            PeerMsg::SafeTs { .. }
+            | PeerMsg::Read {
+                from: crate::msg::ReadFrom::Confirm,
+                ..
+            } => false,
             PeerMsg::RaftMessage(m) => !m.get_hibernate(),
             _ => true,
         }

@@ -46,6 +46,10 @@ impl PeerFsm {
             ReadFrom::Bounded(max_age) if max_age >= self.stale.margin() => {
                 return cb(self.check_local(&epoch).map(|()| self.local_ready()))
             }
+            // A region that went to sleep since the store listed it stays asleep.
+            ReadFrom::Confirm if self.quiet => {
+                return cb(Err(Error::StaleCommand("the region hibernates")))
+            }
             ReadFrom::Bounded(_) | ReadFrom::Confirm => ReadFrom::Leader,
             from => from,
         };
