@@ -146,3 +146,51 @@ impl Reported {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` in-memory locks of a transaction that started at 5, on `k00`, `k01`, ...
+    fn locked(cm: &ConcurrencyManager, n: usize) -> txn::concurrency::MemLockGuard {
+        let locks = (0..n)
+            .map(|i| {
+                let mut l = Lock::default();
+                l.set_start_ts(5);
+                l.set_secondaries(vec![b"s".to_vec()].into());
+                (format!("k{i:02}").into_bytes(), l)
+            })
+            .collect();
+        cm.lock_in_memory(locks)
+    }
+
+    #[test]
+    fn an_answer_carries_the_first_locks_and_a_cut_short_one_fails_the_read() {
+        let cm = ConcurrencyManager::default();
+        let _held = locked(&cm, 20);
+        let none = Bypass::default();
+        let (lower, upper) = (keys::txn::lock_key(b""), keys::data_end_key(b""));
+        let all = Reported::decode(&answer(&cm, &range_check(10, &lower, &upper, &none)))
+            .expect("an answer");
+        assert_eq!((all.locks.len(), all.truncated), (ANSWER_LOCKS, true));
+        assert!(all
+            .locks
+            .iter()
+            .all(|(_, l)| l.get_secondaries().is_empty()));
+        assert!(cm.max_ts() >= 10, "the check raised max_ts");
+        // k19 is not in the answer, but may be locked: the read fails all the same.
+        assert!(all.check(&|k| k == b"k19").is_err());
+
+        // A point check answers for its keys only: an unlocked key passes.
+        let keys = [b"k03".to_vec(), b"zz".to_vec()];
+        let two = Reported::decode(&answer(&cm, &keys_check(10, &keys, &none))).expect("answer");
+        assert_eq!((two.locks.len(), two.truncated), (1, false));
+        assert!(two.check(&|k| k == b"zz").is_ok());
+        assert!(two.check(&|k| k == b"k03").is_err());
+        // A read below the transaction's start passes its locks.
+        let below = Reported::decode(&answer(&cm, &keys_check(4, &keys, &none))).expect("answer");
+        assert!(below.check(&|_| true).is_ok());
+        // A check the leader cannot read fails the follower's read.
+        assert!(Reported::decode(&answer(&cm, b"\xff\xff")).is_err());
+    }
+}
