@@ -716,19 +716,23 @@ impl Client {
     /// could: it does not serve the request, but answers with the leader it knows (a new
     /// one once elected), and a message to it wakes a hibernating region.
     fn reachable_peer(&self, region: &metapb::Region, leader: metapb::Peer) -> metapb::Peer {
-        let mut down = self.unreachable.lock();
-        down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
-        if !down.contains_key(&leader.get_store_id()) {
+        let down = self.unreachable_stores();
+        if !down.contains(&leader.get_store_id()) {
             return leader;
         }
         region
             .get_peers()
             .iter()
-            .find(|p| {
-                p.get_role() == metapb::PeerRole::Voter && !down.contains_key(&p.get_store_id())
-            })
+            .find(|p| p.get_role() == metapb::PeerRole::Voter && !down.contains(&p.get_store_id()))
             .cloned()
             .unwrap_or(leader)
+    }
+
+    /// The stores marked unreachable within the last `UNREACHABLE_FOR` (older marks go).
+    fn unreachable_stores(&self) -> Vec<u64> {
+        let mut down = self.unreachable.lock();
+        down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
+        down.keys().copied().collect()
     }
 
     /// Records the store's zone (its `zone` label; none is remembered as "", so that
@@ -759,11 +763,7 @@ impl Client {
         leader: metapb::Peer,
         mode: ReadMode,
     ) -> metapb::Peer {
-        let down: Vec<u64> = {
-            let mut down = self.unreachable.lock();
-            down.retain(|_, u| u.since.elapsed() < UNREACHABLE_FOR);
-            down.keys().copied().collect()
-        };
+        let down = self.unreachable_stores();
         // Voters only: a learner may not have the region's data yet.
         let usable: Vec<&metapb::Peer> = region
             .get_peers()

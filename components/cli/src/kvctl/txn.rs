@@ -73,20 +73,21 @@ pub(super) async fn run(
             }
             Ok(0)
         }
-        cmd @ (TxnCommand::Get { .. } | TxnCommand::Scan { .. }) if is_stale(read) => {
+        cmd @ (TxnCommand::Get { .. } | TxnCommand::Scan { .. })
+            if matches!(read, ReadMode::Stale(_)) =>
+        {
             let ReadMode::Stale(max_age) = read else {
-                unreachable!("matched above")
+                unreachable!("matched by the guard")
             };
             let mut t = c.stale_snapshot(max_age).await?;
             statement(&mut t, cmd, p).await
         }
         cmd => {
             let mut t = c.begin().await?;
-            t.set_read_mode(if is_stale(read) {
-                ReadMode::Leader
-            } else {
-                read
-            });
+            // Writes read from the leader or a follower, never a stale replica.
+            if !matches!(read, ReadMode::Stale(_)) {
+                t.set_read_mode(read);
+            }
             let code = statement(&mut t, cmd, p).await?;
             let ts = t.commit().await?;
             if matches!(cmd, TxnCommand::Put { .. } | TxnCommand::Delete { .. }) {
@@ -95,10 +96,6 @@ pub(super) async fn run(
             Ok(code)
         }
     }
-}
-
-fn is_stale(read: ReadMode) -> bool {
-    matches!(read, ReadMode::Stale(_))
 }
 
 fn committed(p: &mut Printer<'_>, ts: u64) {
