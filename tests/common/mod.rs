@@ -494,6 +494,15 @@ pub fn metric(text: &str, name: &str) -> f64 {
     cli::scrape::sum(&parse_metrics(text), name)
 }
 
+/// Like [`metric`], over the label sets that hold every one of `labels`.
+pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut scrape = parse_metrics(text);
+    scrape
+        .samples
+        .retain(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    cli::scrape::sum(&scrape, name)
+}
+
 /// The series names in Prometheus text, as PromQL names them.
 pub fn series(text: &str) -> std::collections::BTreeSet<String> {
     cli::scrape::series(&parse_metrics(text))

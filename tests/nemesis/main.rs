@@ -27,6 +27,7 @@ mod common;
 mod idle;
 mod net;
 mod pd;
+mod stale;
 mod txn_workload;
 mod workload;
 
@@ -135,6 +136,8 @@ struct Report {
     bank_changes: usize,
     mismatches: usize,
     gc_dropped: u64,
+    /// Reads followers served (follower and stale reads).
+    local_reads: u64,
     /// PD timestamps the transactional clients received (all checked).
     timestamps: usize,
     problems: Vec<String>,
@@ -364,7 +367,7 @@ fn run(seed: u64, secs: u64, calm: bool) -> Report {
     });
     let mut report = Report::default();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut nemesis = |c: &mut NetCluster, report: &mut Report, gc: &mut GcCount| {
+    let mut nemesis = |c: &mut NetCluster, report: &mut Report, counts: &mut StoreCounts| {
         // The first fault is the run's store focus and the second its PD focus; then
         // mostly the store focus, sometimes the PD focus, sometimes any fault.
         for n in 0.. {
@@ -377,7 +380,7 @@ fn run(seed: u64, secs: u64, calm: bool) -> Report {
                 (1, _) | (2.., 9..13) => pd_focus,
                 _ => FAULTS[rng.gen_range(0..FAULTS.len())],
             };
-            gc.scrape(c);
+            counts.scrape(c);
             inject(fault, &mut rng, c, &rt, &cl, report);
         }
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
@@ -397,7 +400,7 @@ fn run(seed: u64, secs: u64, calm: bool) -> Report {
 }
 
 /// The fault loop of a run, given the cluster, its report and the GC counter.
-type Nemesis<'a> = dyn FnMut(&mut NetCluster, &mut Report, &mut GcCount) + 'a;
+type Nemesis<'a> = dyn FnMut(&mut NetCluster, &mut Report, &mut StoreCounts) + 'a;
 
 /// Raw clients and the ledger writer while the nemesis runs; then the checks.
 fn raw_run(
@@ -411,6 +414,7 @@ fn raw_run(
     report.kind = "raw";
     let rec = Recorder::default();
     let ledger = Ledger::default();
+    let mut counts = StoreCounts::default();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         for id in 0..CLIENTS {
@@ -420,9 +424,11 @@ fn raw_run(
         let (rth, ledger, stop2) = (rt.handle(), &ledger, &stop);
         s.spawn(move || ledger.write(rth, cl, stop2));
         let _stop = common::StopOnDrop(&stop);
-        nemesis(c, report, &mut GcCount::default());
+        nemesis(c, report, &mut counts);
     });
     restart_exited(c, report);
+    counts.scrape(c);
+    report.local_reads = counts.local_reads.total();
     finish(seed, c, rt, cl, &rec, &ledger, report);
 }
 
@@ -463,7 +469,7 @@ fn txn_run(
         fail::cfg(*name, "2%return").expect("a fail point");
     }
     let stop = AtomicBool::new(false);
-    let mut gc = GcCount::default();
+    let mut counts = StoreCounts::default();
     std::thread::scope(|s| {
         for id in 0..txn_workload::APPENDERS {
             let (rt, txn, history, stamps, stop) = (rt.handle(), &txn, &history, &stamps, &stop);
@@ -476,7 +482,7 @@ fn txn_run(
         let (rth, stamps2, stop2) = (rt.handle(), &stamps, &stop);
         s.spawn(move || txn_workload::move_safe_point(rth, cl, stamps2, stop2));
         let _stop = common::StopOnDrop(&stop);
-        nemesis(c, report, &mut gc);
+        nemesis(c, report, &mut counts);
     });
     drop(deaths);
     restart_exited(c, report);
@@ -497,8 +503,9 @@ fn txn_run(
             Bank::total()
         ));
     }
-    gc.scrape(c);
-    report.gc_dropped = gc.total();
+    counts.scrape(c);
+    report.gc_dropped = counts.gc.total();
+    report.local_reads = counts.local_reads.total();
     if report.gc_dropped == 0 {
         report.problems.push("GC dropped no version".into());
     }
@@ -564,31 +571,52 @@ fn check_history(seed: u64, txns: &[test_cluster::elle::Txn], report: &mut Repor
     }
 }
 
-/// Versions GC dropped, from the stores' counters (a restart resets one: what it had
-/// counted is carried over when the next scrape finds it lower).
+/// Counters of every store over a run: versions GC dropped, and reads a follower served
+/// (a follower read or a stale read). A restart resets a store's counters: what one had
+/// counted is carried over when the next scrape finds it lower.
 #[derive(Default)]
-struct GcCount {
+struct StoreCounts {
+    gc: Carried,
+    local_reads: Carried,
+}
+
+#[derive(Default)]
+struct Carried {
     last: Vec<u64>,
     carried: u64,
 }
 
-impl GcCount {
-    fn scrape(&mut self, c: &NetCluster) {
+impl Carried {
+    fn update(&mut self, h: usize, now: u64) {
         self.last.resize(STORES, 0);
-        for h in 0..STORES {
-            let Some(text) = common::http_get(&c.status_addr(h), "/metrics") else {
-                continue;
-            };
-            let now = common::metric(&text, "flotilla_gc_versions_dropped_total") as u64;
-            if now < self.last[h] {
-                self.carried += self.last[h];
-            }
-            self.last[h] = now;
+        if now < self.last[h] {
+            self.carried += self.last[h];
         }
+        self.last[h] = now;
     }
 
     fn total(&self) -> u64 {
         self.carried + self.last.iter().sum::<u64>()
+    }
+}
+
+impl StoreCounts {
+    fn scrape(&mut self, c: &NetCluster) {
+        for h in 0..STORES {
+            let Some(text) = common::http_get(&c.status_addr(h), "/metrics") else {
+                continue;
+            };
+            let gc = common::metric(&text, "flotilla_gc_versions_dropped_total");
+            self.gc.update(h, gc as u64);
+            let local: f64 = ["replica", "stale"]
+                .iter()
+                .map(|mode| {
+                    let labels = [("mode", *mode), ("outcome", "served")];
+                    common::metric_with(&text, "flotilla_server_reads_total", &labels)
+                })
+                .sum();
+            self.local_reads.update(h, local as u64);
+        }
     }
 }
 
@@ -688,7 +716,7 @@ fn row(seed: &str, r: &Report) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "{seed:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7}  {faults}",
+        "{seed:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7} {:>6}  {faults}",
         r.kind,
         r.ok,
         r.failed,
@@ -699,7 +727,8 @@ fn row(seed: &str, r: &Report) -> String {
         r.bank_changes,
         r.mismatches,
         r.gc_dropped,
-        r.timestamps
+        r.timestamps,
+        r.local_reads
     )
 }
 
@@ -710,7 +739,7 @@ fn campaign(first: u64, runs: u64, secs: u64) {
     let mut failures = vec![];
     writeln!(
         table,
-        "{:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7}  faults",
+        "{:>6} {:>4} {:>7} {:>6} {:>7} {:>10} {:>4} {:>5} {:>4} {:>4} {:>7} {:>7} {:>6}  faults",
         "seed",
         "kind",
         "ok",
@@ -722,7 +751,8 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         "bank",
         "mism",
         "gc",
-        "ts"
+        "ts",
+        "local"
     )
     .unwrap();
     let started = Instant::now();
@@ -748,6 +778,7 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         total.mismatches += r.mismatches;
         total.gc_dropped += r.gc_dropped;
         total.timestamps += r.timestamps;
+        total.local_reads += r.local_reads;
         for (k, v) in r.faults {
             *total.faults.entry(k).or_default() += v;
         }
@@ -761,7 +792,8 @@ fn campaign(first: u64, runs: u64, secs: u64) {
          snapshot-isolation anomalies (txn); lost: acknowledged writes or committed appends \
          missing; bank: snapshots off the total; mism: regions whose replicas differ; gc: \
          versions GC dropped; ts: PD timestamps the transactional clients received (unique, \
-         increasing per client); faults of the stores and of the PD group's leader (three PD \
+         increasing per client); local: reads followers served (follower reads, and stale \
+         bank snapshots); faults of the stores and of the PD group's leader (three PD \
          members)",
         started.elapsed().as_secs_f64(),
     )
@@ -771,6 +803,7 @@ fn campaign(first: u64, runs: u64, secs: u64) {
         std::fs::write(&path, &table).expect("write the table");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(total.local_reads > 0, "no read was served by a follower");
     // A campaign of at least one run per store fault has each fault as some run's focus
     // (the PD faults as the second focus).
     for f in FAULTS.iter().filter(|_| runs >= STORE_FAULTS.len() as u64) {
@@ -816,6 +849,38 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn power_loss_takes_back_writes_acknowledged_before_their_fsync() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Any fsync of a store's log after the writes makes them durable with it: on a loaded
+    // machine one may come (an election, a snapshot to a lagging follower; CI saw 0 of 300
+    // lost once, beside the PD tests). A try counts only if no store fsynced its log while
+    // the writes went in; up to three tries.
+    let mut tries = vec![];
+    for _ in 0..3 {
+        let (lost, fsyncs) = power_loss_once();
+        eprintln!("{lost} of 300 acknowledged writes lost; {fsyncs} log fsyncs during the writes");
+        if lost > 0 {
+            return;
+        }
+        tries.push(fsyncs);
+        assert!(
+            fsyncs > 0.0,
+            "writes acknowledged without fsync survived a power loss of every store, with no \
+             log fsync during the writes"
+        );
+    }
+    panic!("every try fsynced the log during its writes (fsyncs {tries:?}): no power loss shown");
+}
+
+/// Raft log fsyncs of every store so far.
+fn log_fsyncs(c: &NetCluster) -> f64 {
+    (0..STORES)
+        .filter_map(|h| common::http_get(&c.status_addr(h), "/metrics"))
+        .map(|m| common::metric(&m, "flotilla_raftstore_log_fsyncs_total"))
+        .sum()
+}
+
+/// One cluster with `sync-log = false`: 300 writes, every store loses power, and the
+/// writes are read back. Returns how many were lost and the log fsyncs during the writes.
+fn power_loss_once() -> (usize, f64) {
     // A long election timeout, so that no election (whose term change is fsynced, and
     // with it everything before) falls between the writes and the power loss.
     let mut c =
@@ -824,11 +889,13 @@ fn power_loss_takes_back_writes_acknowledged_before_their_fsync() {
     let cl = connect(&rt, &c);
     common::wait_until("three voters", T, || common::voters(&rt, &cl) == STORES);
     let ledger = Ledger::default();
+    let before = log_fsyncs(&c);
     for i in 0..300 {
         rt.block_on(cl.put(&workload::ledger_key(i), b"acknowledged"))
             .expect("put");
         ledger.acked.lock().push(workload::ledger_key(i));
     }
+    let fsyncs = log_fsyncs(&c) - before;
     let dropped = c.power_loss_all();
     assert!(dropped > 0, "the power loss dropped nothing");
     for h in 0..STORES {
@@ -839,12 +906,8 @@ fn power_loss_takes_back_writes_acknowledged_before_their_fsync() {
         lost = ledger.lost(rt.handle(), &cl).ok();
         lost.is_some()
     });
-    let lost = lost.expect("read above").len();
-    eprintln!("{dropped} bytes dropped; {lost} of 300 acknowledged writes lost");
-    assert!(
-        lost > 0,
-        "writes acknowledged without fsync survived a power loss of every store"
-    );
+    eprintln!("{dropped} bytes dropped");
+    (lost.expect("read above").len(), fsyncs)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -1,6 +1,8 @@
 //! What the transactional clients do during a run: list-append transactions over a few
 //! keys spread over every region (checked for snapshot isolation by
-//! `test_cluster::elle`), bank transfers whose every snapshot must hold the same total,
+//! `test_cluster::elle`), bank transfers whose every snapshot must hold the same total
+//! (snapshots and a share of the appends read from followers; some snapshots are stale
+//! reads from the closest replica),
 //! and a client that raises the GC safe point by itself, without resolving locks, as
 //! TiKV's clients may. A share of commits die half way (fail points in the client: after
 //! the prewrite, or after the primary's commit) and leave their locks for readers and GC
@@ -13,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use client::txn::{CommitMode, Mode, TxnClient};
+use client::{
+    txn::{CommitMode, Mode, Transaction, TxnClient},
+    ReadMode,
+};
 use parking_lot::Mutex;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use test_cluster::elle::{MicroOp, Txn, TxnOutcome};
@@ -126,6 +131,7 @@ pub fn appender(
             1 => CommitMode::OnePc,
             _ => CommitMode::TwoPhase,
         };
+        let follower_reads = rng.gen_bool(0.3);
         let start_ns = history.now_ns();
         let mut ops = vec![];
         let res = rt.block_on(async {
@@ -133,6 +139,9 @@ pub fn appender(
             let start_ts = t.start_ts();
             mine.push(start_ts);
             t.set_commit_mode(commit_mode);
+            if follower_reads {
+                t.set_read_mode(ReadMode::Follower);
+            }
             for (k, append) in &plan {
                 let list = parse_list(t.get(&list_key(*k)).await?);
                 // An append reads the list it extends: recorded, so that the checker sees
@@ -192,6 +201,8 @@ pub fn final_read(rt: &tokio::runtime::Handle, c: &TxnClient, history: &AppendHi
 /// Bank snapshots whose total was off.
 #[derive(Default)]
 pub struct Bank {
+    /// The commit timestamp of the accounts' opening: snapshots below it see none.
+    opened_at: Mutex<u64>,
     pub transfers: Mutex<u64>,
     pub reads: Mutex<u64>,
     pub bad_totals: Mutex<Vec<String>>,
@@ -209,20 +220,26 @@ impl Bank {
             for i in 0..ACCOUNTS {
                 t.put(&account(i), BALANCE.to_string().as_bytes()).await?;
             }
-            t.commit().await
+            let ts = t.commit().await?;
+            *self.opened_at.lock() = ts;
+            Ok(ts)
         })
     }
 
-    /// The balances in one snapshot.
+    /// The balances in one snapshot, read as `read` says.
     fn balances(
         &self,
         rt: &tokio::runtime::Handle,
         c: &TxnClient,
+        read: SnapshotRead,
         mine: &mut Vec<u64>,
     ) -> client::Result<Vec<i64>> {
         rt.block_on(async {
-            let t = c.begin().await?;
-            mine.push(t.start_ts());
+            let t = read.begin(c, mine).await?;
+            if t.start_ts() < *self.opened_at.lock() {
+                // A stale snapshot from before the bank opened.
+                return Err(client::Error::InvalidArgument("no accounts yet".into()));
+            }
             let mut out = vec![];
             for i in 0..ACCOUNTS {
                 let v = t
@@ -241,14 +258,20 @@ impl Bank {
         })
     }
 
-    /// Checks one snapshot's total; false if it could not be read.
+    /// Checks one snapshot's total, read from the leaders; false if it could not be read.
     pub fn check(&self, rt: &tokio::runtime::Handle, c: &TxnClient) -> bool {
-        self.check_with(rt, c, &mut vec![])
+        self.check_with(rt, c, SnapshotRead::Leader, &mut vec![])
     }
 
-    /// Like [`Bank::check`], keeping the snapshot's timestamp in `mine`.
-    fn check_with(&self, rt: &tokio::runtime::Handle, c: &TxnClient, mine: &mut Vec<u64>) -> bool {
-        let Ok(balances) = self.balances(rt, c, mine) else {
+    /// Like [`Bank::check`], read as `read` says, keeping a PD timestamp in `mine`.
+    fn check_with(
+        &self,
+        rt: &tokio::runtime::Handle,
+        c: &TxnClient,
+        read: SnapshotRead,
+        mine: &mut Vec<u64>,
+    ) -> bool {
+        let Ok(balances) = self.balances(rt, c, read, mine) else {
             return false;
         };
         *self.reads.lock() += 1;
@@ -275,7 +298,12 @@ impl Bank {
         let mut mine = vec![];
         while !stop.load(Ordering::Relaxed) {
             if rng.gen_bool(0.3) {
-                self.check_with(rt, c, &mut mine);
+                let read = match rng.gen_range(0..3) {
+                    0 => SnapshotRead::Leader,
+                    1 => SnapshotRead::Follower,
+                    _ => SnapshotRead::Stale(Duration::from_millis(rng.gen_range(1000..2000))),
+                };
+                self.check_with(rt, c, read, &mut mine);
                 continue;
             }
             let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
@@ -307,6 +335,38 @@ impl Bank {
             }
         }
         stamps.lock().push((format!("bank-{id}"), mine));
+    }
+}
+
+/// How a bank check reads its snapshot.
+#[derive(Clone, Copy)]
+enum SnapshotRead {
+    Leader,
+    Follower,
+    /// From the closest replica alone, this long ago (well above the safe point, which
+    /// the mover keeps `MOVER_LAG_MS` behind).
+    Stale(Duration),
+}
+
+impl SnapshotRead {
+    /// Begins the read-only transaction; its start timestamp goes into `mine` when it is
+    /// PD's (a stale snapshot's is PD's minus the age: not one PD handed out).
+    async fn begin<'a>(
+        self,
+        c: &'a TxnClient,
+        mine: &mut Vec<u64>,
+    ) -> client::Result<Transaction<'a>> {
+        let t = match self {
+            SnapshotRead::Stale(age) => return c.stale_snapshot(age).await,
+            SnapshotRead::Leader => c.begin().await?,
+            SnapshotRead::Follower => {
+                let mut t = c.begin().await?;
+                t.set_read_mode(ReadMode::Follower);
+                t
+            }
+        };
+        mine.push(t.start_ts());
+        Ok(t)
     }
 }
 

@@ -1,13 +1,14 @@
-//! What the clients do during a run: random get / put / delete / compare-and-swap /
-//! batch put over a small key set, each recorded for the linearizability check, and one
-//! writer that adds a new key per write and keeps the acknowledged ones, so that lost
-//! acknowledged writes are counted exactly.
+//! What the clients do during a run: random get (from the leader or a follower) / put /
+//! delete / compare-and-swap / batch put over a small key set, each recorded for the
+//! linearizability check, and one writer that adds a new key per write and keeps the
+//! acknowledged ones, so that lost acknowledged writes are counted exactly.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
+use client::ReadMode;
 use parking_lot::Mutex;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use test_cluster::history::{Op, Outcome, Recorder, Value};
@@ -65,8 +66,15 @@ fn one_op(
     let kb = key(k);
     let roll = rng.gen_range(0..100);
     let (inv, (out, err)) = if roll < 40 {
+        // Half the reads go to a follower (after a read index), which must be as
+        // linearizable as the leader's.
+        let mode = if rng.gen_bool(0.5) {
+            ReadMode::Follower
+        } else {
+            ReadMode::Leader
+        };
         let inv = rec.invoke(process, Op::Get(kb.clone()));
-        let res = rt.block_on(c.get(&kb));
+        let res = rt.block_on(c.get_with(&kb, mode));
         (
             inv,
             outcome(&res, |v| Outcome::Read(v.as_deref().map(value_of))),
