@@ -59,7 +59,7 @@ jepsen: build
 	@echo "progress: tail -f $(CARGO_TARGET_DIR)/jepsen.log"
 	FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
 	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
-	$(CARGO) test --release --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1; \
+	$(CARGO) test --release --workspace --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1; \
 	status=$$?; cat $(CARGO_TARGET_DIR)/jepsen.txt; exit $$status
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
