@@ -1,7 +1,8 @@
 //! Follower reads (`Context.replica_read`) of raw data on the in-process cluster: served
 //! by followers after a read index from the leader, linearizable through leader changes
-//! (checked on a recorded history), refused by a follower cut off from its leader, and,
-//! with a test-only switch that skips the read index, caught stale by the checker.
+//! (checked on a recorded history), refused by a follower cut off from its leader (at
+//! once when it sees leadership change), and, with a test-only switch that skips the
+//! read index, caught stale by the checker.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -155,6 +156,39 @@ fn a_cut_off_follower_refuses_and_the_checker_catches_one_that_skips_the_read_in
     assert!(
         format!("{:?}", violation.smallest).contains("Read(Some(1))"),
         "{violation}"
+    );
+}
+
+/// A follower read waiting for a read index from a leader that was cut off fails as soon
+/// as the follower sees leadership change (its queued reads would never get their read
+/// index from the new leader), not only when the read index times out.
+#[test]
+fn a_read_waiting_on_a_cut_off_leader_fails_when_the_follower_sees_leadership_change() {
+    let c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    c.must_put(b"k", &value(1));
+    let (leader, _) = c.leader_of_key(b"k").expect("a leader");
+    let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.must_replicate_on(follower, b"k", &value(1), T);
+    let storage = c.storage_with_timeout(follower, T);
+    let ctx = replica_ctx(&c, follower, b"k").expect("a replica");
+    wait_until("a follower read", T, || {
+        c.runtime().block_on(storage.get(&ctx, "", b"k")).ok() == Some(Some(value(1)))
+    });
+
+    let cut = c.network().isolate(leader);
+    let err = c
+        .runtime()
+        .block_on(storage.get(&ctx, "", b"k"))
+        .expect_err("no read index without the leader");
+    // A read index that timed out would be `StaleCommand`.
+    assert!(
+        matches!(err, server::Error::Raft(raftstore::Error::NotLeader { .. })),
+        "{err}"
+    );
+    assert!(
+        c.network().remove_filter(cut) > 0,
+        "the cut dropped messages"
     );
 }
 

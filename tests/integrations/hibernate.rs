@@ -1,10 +1,11 @@
-//! Hibernation on the in-process cluster: idle regions stop ticking on every replica, a
-//! write wakes its region and is served, and regions whose leader's store dies while
+//! Hibernation on the in-process cluster: idle regions stop ticking on every replica (and
+//! neither the stores' safe-ts rounds nor stale reads on followers wake them), a write
+//! wakes its region and is served, and regions whose leader's store dies while
 //! they sleep elect a new leader without any client asking.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use test_cluster::{test_config, wait_until, Cluster};
+use test_cluster::{test_config, wait_until, Cluster, SAFE_TS_INTERVAL};
 
 const T: Duration = Duration::from_secs(30);
 const REGIONS: usize = 20;
@@ -18,6 +19,17 @@ fn all_quiet(c: &Cluster) -> bool {
         let (quiet, all) = c.hibernating(*s);
         all == REGIONS && quiet == all
     })
+}
+
+/// A raw read of `key` on `store`'s replica, with a loose staleness bound.
+fn bounded_get(c: &Cluster, store: u64, key: &[u8]) -> server::Result<Option<Vec<u8>>> {
+    let region = c.local_region(store, key).expect("a replica");
+    let mut ctx = proto::kvrpcpb::Context::default();
+    ctx.set_region_id(region.get_id());
+    ctx.set_region_epoch(region.get_region_epoch().clone());
+    ctx.set_stale_read(true);
+    ctx.max_staleness_ms = 60_000;
+    c.runtime().block_on(c.storage(store).get(&ctx, "", key))
 }
 
 #[test]
@@ -37,6 +49,21 @@ fn idle_regions_sleep_wake_for_writes_and_survive_a_lost_leader() {
     wait_until("every peer on every store to hibernate", T, || {
         all_quiet(&c)
     });
+    // The stores' safe-ts rounds (every `SAFE_TS_INTERVAL`) leave them asleep, and so do
+    // stale reads their followers serve or refuse.
+    let (leader, _) = c.leader_of_key(&key(3)).expect("a leader");
+    let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    let until = Instant::now() + SAFE_TS_INTERVAL * 10;
+    let mut served = 0;
+    while Instant::now() < until {
+        served += usize::from(bounded_get(&c, follower, &key(3)).is_ok());
+        assert!(all_quiet(&c), "a sleeping region woke with no client");
+        std::thread::sleep(SAFE_TS_INTERVAL / 4);
+    }
+    assert!(
+        served > 0,
+        "no stale read was served while the region slept"
+    );
 
     // A write wakes its region and is served; the region goes back to sleep.
     c.must_put(&key(7), b"v2");

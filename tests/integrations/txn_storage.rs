@@ -382,6 +382,23 @@ fn is_msg_append(m: &proto::raft_serverpb::RaftMessage) -> bool {
     })
 }
 
+/// Holds back every append with entries, from any leader (PD may move a leader to even
+/// out the two regions' leaders at any time), counting them in `held`.
+fn hold_appends(
+    c: &test_cluster::Cluster,
+    held: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u64 {
+    let counted = held.clone();
+    c.network().add_filter(std::sync::Arc::new(move |_, _, m| {
+        if is_msg_append(m) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            test_cluster::Verdict::Drop
+        } else {
+            test_cluster::Verdict::Pass
+        }
+    }))
+}
+
 /// A follower read (`replica_read`) at a timestamp above an async-commit prewrite that
 /// is still in flight on the leader (its entry not yet on any follower, so no follower
 /// has its lock) meets the lock: the leader reports it in answer to the read index. The
@@ -412,17 +429,7 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
 
     // The leader's appends are held back: the prewrite's entry reaches no follower.
     let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = held_entries.clone();
-    let held =
-        e.c.network()
-            .add_filter(std::sync::Arc::new(move |from, _, m| {
-                if from == leader && is_msg_append(m) {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    test_cluster::Verdict::Drop
-                } else {
-                    test_cluster::Verdict::Pass
-                }
-            }));
+    let held = hold_appends(&e.c, &held_entries);
     let start = e.ts();
     std::thread::scope(|s| {
         let prewrite = s.spawn(|| e.prewrite_async(key, start));
@@ -446,6 +453,74 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
         e.commit(key, start, out.min_commit_ts).unwrap();
         wait_until("the follower to read the async commit", T, || {
             follower_get(read_ts).ok() == Some(Some(b"v".to_vec()))
+        });
+    });
+}
+
+/// The same prewrite in flight, against stale reads: while its lock is only in the
+/// leader's memory, the region's safe timestamp stops just below its start, so a stale
+/// read on a follower at a later timestamp is refused rather than served without it;
+/// once it has committed, the safe timestamp moves past it and the read sees its value.
+#[test]
+fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
+    let e = Env::new();
+    let key = b"sa";
+    let t1 = e.ts();
+    e.prewrite(key, b"old", key, t1).unwrap();
+    let c1 = e.ts();
+    e.commit(key, t1, c1).unwrap();
+    let (leader, region) = e.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+    let follower = region
+        .get_peers()
+        .iter()
+        .map(|p| p.get_store_id())
+        .find(|s| *s != leader)
+        .unwrap();
+    let stale_get = |ts: u64| {
+        let (s, mut ctx) = e.c.replica_txn(follower, key).expect("a replica");
+        ctx.set_replica_read(false);
+        ctx.set_stale_read(true);
+        e.block(s.get(&ctx, key, ts, &Bypass::default()))
+    };
+    let safe_ts_of = |r: &server::Result<Option<Vec<u8>>>| match r {
+        Err(server::Error::Raft(raftstore::Error::DataIsNotReady { safe_ts, .. })) => {
+            Some(*safe_ts)
+        }
+        _ => None,
+    };
+    wait_until("the follower to serve the first commit", T, || {
+        stale_get(c1).ok() == Some(Some(b"old".to_vec()))
+    });
+
+    let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let held = hold_appends(&e.c, &held_entries);
+    let start = e.ts();
+    std::thread::scope(|s| {
+        let prewrite = s.spawn(|| e.prewrite_async(key, start));
+        wait_until("the async prewrite's entry to be held back", T, || {
+            held_entries.load(std::sync::atomic::Ordering::Relaxed) > 0
+        });
+        let read_ts = e.ts();
+        // Safe-ts rounds go on (every 200 ms) and reach the lock, never past it.
+        wait_until("the safe ts to reach the lock", T, || {
+            let r = stale_get(read_ts);
+            let safe = safe_ts_of(&r).unwrap_or_else(|| panic!("served past the lock: {r:?}"));
+            assert!(
+                safe < start,
+                "safe ts {safe} at or past the lock at {start}"
+            );
+            safe == start - 1
+        });
+        assert!(e.c.network().remove_filter(held) > 0, "appends were held");
+        let out = prewrite.join().expect("the prewrite thread");
+        e.commit(key, start, out.min_commit_ts).unwrap();
+        let expected = if out.min_commit_ts <= read_ts {
+            b"v".to_vec()
+        } else {
+            b"old".to_vec()
+        };
+        wait_until("the follower to serve the read after the commit", T, || {
+            stale_get(read_ts).ok() == Some(Some(expected.clone()))
         });
     });
 }

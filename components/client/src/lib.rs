@@ -231,6 +231,16 @@ impl Kind<'_> {
     fn waits_out_the_deadline(&self) -> bool {
         matches!(self, Kind::Write(None) | Kind::Slow)
     }
+
+    /// What to send after a try that failed: a read that went to a replica goes to the
+    /// leader (the same replica, picked again, may fail the same way until the deadline:
+    /// one cut off from its leader, or silent).
+    fn after_failed_try(self) -> Self {
+        match self {
+            Kind::Read(_) => Kind::Read(ReadMode::Leader),
+            other => other,
+        }
+    }
 }
 
 /// Whether a failed call certainly never reached the store (gRPC could not connect), so
@@ -561,6 +571,7 @@ impl Client {
                 (Attempt::Done(t), route) => return Ok((t, route)),
                 (Attempt::NotReady(_), _) => kind = Kind::Read(ReadMode::Leader),
                 (Attempt::Retry(last), _) => {
+                    kind = kind.after_failed_try();
                     backoff.wait(last).await.map_err(|e| settled(kind, e))?
                 }
             }
@@ -606,20 +617,23 @@ impl Client {
             Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
         >,
     {
-        let Some(leader) = route.leader.clone() else {
+        let mode = match kind {
+            Kind::Read(mode) => mode,
+            _ => ReadMode::Leader,
+        };
+        let target = match (route.leader.clone(), mode) {
+            (Some(leader), ReadMode::Leader) => Some(self.reachable_peer(&route.region, leader)),
+            // Any replica serves a stale read: it needs no leader.
+            (leader, ReadMode::Stale(_)) => self.read_target(&route.region, leader, mode).await,
+            (Some(leader), mode) => self.read_target(&route.region, Some(leader), mode).await,
+            (None, _) => None,
+        };
+        let Some(leader) = target else {
             // PD knows the region but not its leader yet (it restarted, or an election is
             // under way): ask again after a backoff.
             self.cache.lock().invalidate(route.region.get_id());
             let why = format!("no leader known for region {}", route.region.get_id());
             return Ok(Attempt::Retry(why));
-        };
-        let mode = match kind {
-            Kind::Read(mode) => mode,
-            _ => ReadMode::Leader,
-        };
-        let leader = match mode {
-            ReadMode::Leader => self.reachable_peer(&route.region, leader),
-            mode => self.read_target(&route.region, leader, mode).await,
         };
         let client = match self.store(leader.get_store_id()).await {
             Ok(c) => c,
@@ -748,7 +762,12 @@ impl Client {
         if let Some(z) = self.zones.lock().get(&store_id) {
             return Some(z.clone());
         }
-        let (store, _) = self.pd.get_store(store_id).await.ok()?;
+        let Ok((store, _)) = self.pd.get_store(store_id).await else {
+            // Unknown, and not asked again on every read while PD cannot answer (dialing
+            // the store later records its zone).
+            self.zones.lock().insert(store_id, String::new());
+            return None;
+        };
         self.learn_zone(&store);
         self.zones.lock().get(&store_id).cloned()
     }
@@ -760,9 +779,10 @@ impl Client {
     async fn read_target(
         &self,
         region: &metapb::Region,
-        leader: metapb::Peer,
+        leader: Option<metapb::Peer>,
         mode: ReadMode,
-    ) -> metapb::Peer {
+    ) -> Option<metapb::Peer> {
+        let leader_id = leader.as_ref().map(metapb::Peer::get_id);
         let down = self.unreachable_stores();
         // Voters only: a learner may not have the region's data yet.
         let usable: Vec<&metapb::Peer> = region
@@ -777,30 +797,30 @@ impl Client {
             let mut local = None;
             for p in &usable {
                 if self.zone_of(p.get_store_id()).await.as_ref() == Some(zone)
-                    && (local.is_none() || p.get_id() == leader.get_id())
+                    && (local.is_none() || Some(p.get_id()) == leader_id)
                 {
                     local = Some((*p).clone());
                 }
             }
-            if let Some(p) = local {
-                return p;
+            if local.is_some() {
+                return local;
             }
         }
         let pool: Vec<&&metapb::Peer> = match mode {
             ReadMode::Follower => usable
                 .iter()
-                .filter(|p| p.get_id() != leader.get_id())
+                .filter(|p| Some(p.get_id()) != leader_id)
                 .collect(),
             _ if stale => usable.iter().collect(),
             _ => vec![],
         };
         if pool.is_empty() {
-            return self.reachable_peer(region, leader);
+            return leader.map(|l| self.reachable_peer(region, l));
         }
         let turn = self
             .next_replica
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (*pool[turn % pool.len()]).clone()
+        Some((*pool[turn % pool.len()]).clone())
     }
 
     /// The value of `key`, or `None`, read as the client's read mode says.
@@ -902,6 +922,7 @@ impl Client {
                     Ok(Attempt::Done(r)) => out.push(r),
                     Ok(Attempt::Retry(why)) => {
                         pending.extend(items);
+                        kind = kind.after_failed_try();
                         last = why;
                     }
                     Ok(Attempt::NotReady(why)) => {
@@ -1247,6 +1268,24 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_failed_at_a_replica_goes_to_the_leader_next() {
+        let modes = [
+            ReadMode::Follower,
+            ReadMode::Closest,
+            ReadMode::Stale(Duration::from_secs(5)),
+        ];
+        for mode in modes {
+            let next = Kind::Read(mode).after_failed_try();
+            assert!(matches!(next, Kind::Read(ReadMode::Leader)), "{mode}");
+        }
+        assert!(matches!(Kind::Slow.after_failed_try(), Kind::Slow));
+        assert!(matches!(
+            Kind::Write(None).after_failed_try(),
+            Kind::Write(None)
+        ));
+    }
 
     #[test]
     fn each_unanswered_try_doubles_the_next_ones_wait_within_the_deadline() {

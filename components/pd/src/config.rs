@@ -115,7 +115,7 @@ impl Validate for Replication {
         ensure(
             labels
                 .iter()
-                .all(|l| !l.is_empty() && l.len() <= crate::placement::MAX_LABEL_LEN)
+                .all(|l| !l.is_empty() && l.len() <= util::labels::MAX_LABEL_LEN)
                 && labels
                     .iter()
                     .enumerate()

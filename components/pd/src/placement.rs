@@ -11,11 +11,6 @@ use crate::{Error, Result};
 /// `["z1", "r1", "h1"]`); empty when no location labels are configured.
 pub type Location = Vec<String>;
 
-/// Every label key a store may send, at most: a bound on hostile registrations.
-pub const MAX_STORE_LABELS: usize = 64;
-/// Longest label key or value, in bytes.
-pub const MAX_LABEL_LEN: usize = 128;
-
 /// Two stores' locations are compared label by label from the top; the first label they
 /// differ on counts this many times more than the one below it, so one replica in
 /// another zone always outweighs any number of replicas in other racks.
@@ -45,29 +40,9 @@ pub fn check_labels(store: &metapb::Store, location_labels: &[String]) -> Result
             store.get_id()
         )))
     };
-    if labels.len() > MAX_STORE_LABELS {
-        return bad(format!(
-            "{} labels, at most {MAX_STORE_LABELS}",
-            labels.len()
-        ));
-    }
-    for (i, l) in labels.iter().enumerate() {
-        if l.get_key().is_empty() || l.get_value().is_empty() {
-            return bad(format!(
-                "label {:?}={:?} has an empty key or value",
-                l.get_key(),
-                l.get_value()
-            ));
-        }
-        if l.get_key().len() > MAX_LABEL_LEN || l.get_value().len() > MAX_LABEL_LEN {
-            return bad(format!(
-                "label {:?} is longer than {MAX_LABEL_LEN} bytes",
-                l.get_key()
-            ));
-        }
-        if labels[..i].iter().any(|o| o.get_key() == l.get_key()) {
-            return bad(format!("label key {:?} is given twice", l.get_key()));
-        }
+    let pairs = labels.iter().map(|l| (l.get_key(), l.get_value()));
+    if let Err(why) = util::labels::check_all(pairs) {
+        return bad(why);
     }
     let missing: Vec<&str> = location_labels
         .iter()
@@ -175,7 +150,7 @@ mod tests {
         s.mut_labels().pop();
         s.mut_labels().push(label("", "x"));
         let err = check_labels(&s, &want).unwrap_err().to_string();
-        assert!(err.contains("empty key or value"), "{err}");
+        assert!(err.contains("must be 1 to 128"), "{err}");
         assert_eq!(location_of(&s, &want), ["z1", "h1"]);
     }
 }

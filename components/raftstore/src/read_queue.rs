@@ -18,6 +18,9 @@ use crate::{
     Error,
 };
 
+/// The checks of one ReadIndex batch, at most (unless one read's check is larger).
+const CONTEXT_BYTES: usize = 1 << 20;
+
 struct Read {
     epoch: metapb::RegionEpoch,
     /// For a follower's replica read: what the leader is to check.
@@ -44,6 +47,23 @@ impl Batch {
         c.set_checks(self.reads.iter().filter_map(|r| r.check.clone()).collect());
         c.write_to_bytes().expect("encode a read index context")
     }
+}
+
+/// Checks travel in the ReadIndex request and the leader's heartbeats: a round whose
+/// checks are large is split over several batches of at most `CONTEXT_BYTES` of checks.
+fn split_by_check_bytes(reads: Vec<Read>) -> Vec<Vec<Read>> {
+    let (mut out, mut bytes) = (vec![vec![]], 0);
+    for read in reads {
+        let size = read.check.as_ref().map_or(0, Vec::len);
+        let last = out.last_mut().expect("never empty");
+        if !last.is_empty() && bytes + size > CONTEXT_BYTES {
+            out.push(vec![]);
+            bytes = 0;
+        }
+        bytes += size;
+        out.last_mut().expect("never empty").push(read);
+    }
+    out
 }
 
 /// Reads waiting on a read index.
@@ -76,20 +96,26 @@ impl ReadQueue {
         if self.incoming.is_empty() {
             return;
         }
-        self.next_id += 1;
-        self.batches.push_back(Batch {
-            id: self.next_id,
-            reads: std::mem::take(&mut self.incoming),
-            index: None,
-            answers: vec![],
-            issued: false,
-            age_ticks: 0,
-        });
+        for reads in split_by_check_bytes(std::mem::take(&mut self.incoming)) {
+            self.push_batch(reads);
+        }
         if is_leader {
             self.retry_pending(raft);
         } else {
             self.issue(raft);
         }
+    }
+
+    fn push_batch(&mut self, reads: Vec<Read>) {
+        self.next_id += 1;
+        self.batches.push_back(Batch {
+            id: self.next_id,
+            reads,
+            index: None,
+            answers: vec![],
+            issued: false,
+            age_ticks: 0,
+        });
     }
 
     /// Issues the batches Raft could not take yet. A new leader answers ReadIndex only
@@ -190,5 +216,42 @@ impl ReadQueue {
                 (r.cb)(Err(err()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(check_bytes: Option<usize>) -> Read {
+        Read {
+            epoch: metapb::RegionEpoch::default(),
+            check: check_bytes.map(|n| vec![0; n]),
+            cb: Box::new(|_| {}),
+        }
+    }
+
+    fn sizes(batches: &[Vec<Read>]) -> Vec<usize> {
+        batches.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn a_round_of_large_checks_is_split_over_batches() {
+        let half = CONTEXT_BYTES / 2;
+        let small = split_by_check_bytes((0..5).map(|_| read(Some(100))).collect());
+        assert_eq!(sizes(&small), [5]);
+        let none = split_by_check_bytes((0..3).map(|_| read(None)).collect());
+        assert_eq!(sizes(&none), [3]);
+        let large = [
+            Some(half),
+            Some(half),
+            Some(1),
+            None,
+            Some(CONTEXT_BYTES * 2),
+            Some(1),
+        ];
+        let batches = split_by_check_bytes(large.into_iter().map(read).collect());
+        // Two halves fill one batch; a check larger than the bound goes alone.
+        assert_eq!(sizes(&batches), [2, 2, 1, 1]);
     }
 }

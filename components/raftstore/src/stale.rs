@@ -2,10 +2,11 @@
 //! the Raft poller.
 //!
 //! Every message a leader sends carries its word (`LeaderState`): its term, its commit
-//! index, and the last resolved timestamp it confirmed (see `server::safe_ts`). A
-//! follower takes the word only from the leader of its own term, and acts on it only
-//! once it has applied up to that commit index: then it holds every write the leader had
-//! acknowledged when it sent the message (its state is at most as old as the time since
+//! index, and the last resolved timestamp it confirmed (see `server::safe_ts`). A leader
+//! sends words only once it has committed an entry of its term, so that its commit index
+//! covers every write its predecessors acknowledged. A follower takes the word only from
+//! the leader of its own term, and acts on it only once it has applied up to that commit
+//! index: then it holds every write any leader had acknowledged when the message was sent (its state is at most as old as the time since
 //! it received it, on this replica's monotonic clock), and every transaction committed at
 //! or below the safe timestamp. A replica never serves a stale read above what it has
 //! applied.

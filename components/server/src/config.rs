@@ -247,9 +247,6 @@ pub struct ServerConfig {
     pub safe_ts_interval: std::time::Duration,
 }
 
-/// Longest label key or value.
-const MAX_LABEL_LEN: usize = 128;
-
 /// Parses `--labels zone=z1,rack=r1`: every part KEY=VALUE, no key twice.
 pub fn parse_labels(s: &str) -> conf::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -270,21 +267,9 @@ pub fn parse_labels(s: &str) -> conf::Result<BTreeMap<String, String>> {
 }
 
 fn check_labels(labels: &BTreeMap<String, String>) -> conf::Result<()> {
-    for (k, v) in labels {
-        let name_ok = |s: &str| {
-            (1..=MAX_LABEL_LEN).contains(&s.len())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
-        ensure(
-            name_ok(k) && name_ok(v),
-            "server.labels",
-            &format!(
-                "{k:?}={v:?}: keys and values must be 1 to {MAX_LABEL_LEN} letters, digits, '-', '_' or '.'"
-            ),
-        )?;
-    }
-    ensure(labels.len() <= 64, "server.labels", "at most 64 labels")
+    let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    util::labels::check_all(pairs)
+        .map_err(|why| conf::Error::InvalidConfig(format!("server.labels: {why}")))
 }
 
 impl Default for ServerConfig {
@@ -394,5 +379,29 @@ impl Validate for Config {
         self.txn
             .validate(self.raftstore.raft_entry_max_size.as_u64())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_labels_stop_the_store_at_start() {
+        let ok = parse_labels("zone=z1, host=h1").expect("labels");
+        assert_eq!(ok.get("zone").map(String::as_str), Some("z1"));
+        for (bad, why) in [
+            ("zone", "KEY=VALUE"),
+            ("=z1", "1 to 128"),
+            ("zone=", "1 to 128"),
+            ("zone=z1,zone=z2", "given twice"),
+            ("zone=z 1", "letters, digits"),
+        ] {
+            let err = parse_labels(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let mut cfg = ServerConfig::default();
+        cfg.labels.insert(String::new(), "z1".into());
+        assert!(check_labels(&cfg.labels).is_err());
     }
 }

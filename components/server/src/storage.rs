@@ -24,33 +24,43 @@ pub struct RawStorage {
     limits: RawLimits,
 }
 
-/// A stale read's check that no snapshot replaced the region's data while it read the
-/// engine (see [`RawStorage::apply_guard`]).
+/// A follower or stale read's check that its replica's data stayed in place while it read
+/// the engine: no snapshot started replacing it, and the replica was not removed (its
+/// data deleted) in between (see [`RawStorage::apply_guard`]).
 pub(crate) struct ApplyGuard {
     meta: Arc<Mutex<StoreMeta>>,
     region_id: u64,
     /// The region's (snapshot applies started, one under way) when the read began;
-    /// `None` for a read that is not stale.
+    /// `None` for a leader's read (a leader is never removed nor sent a snapshot).
     before: Option<(u64, bool)>,
 }
 
 impl ApplyGuard {
-    /// Fails the read if a snapshot apply was under way or started since it began.
+    /// Fails the read if a snapshot apply was under way or started since it began, or if
+    /// the replica is gone.
     pub(crate) fn check(&self) -> Result<()> {
         let Some(before) = self.before else {
             return Ok(());
         };
-        let now = self.meta.lock().snapshot_applies(self.region_id);
-        if now != before || now.1 {
-            return Err(raftstore::Error::DataIsNotReady {
-                region_id: self.region_id,
-                peer_id: 0,
-                safe_ts: 0,
-                why: "a snapshot replaced its data during the read".into(),
-            }
-            .into());
+        let (now, present) = {
+            let meta = self.meta.lock();
+            let present = meta.region(self.region_id).is_some();
+            (meta.snapshot_applies(self.region_id), present)
+        };
+        let why = if !present {
+            "its replica was removed during the read"
+        } else if now != before || now.1 {
+            "a snapshot replaced its data during the read"
+        } else {
+            return Ok(());
+        };
+        Err(raftstore::Error::DataIsNotReady {
+            region_id: self.region_id,
+            peer_id: 0,
+            safe_ts: 0,
+            why: why.into(),
         }
-        Ok(())
+        .into())
     }
 }
 
@@ -381,12 +391,11 @@ impl RawStorage {
         Ok((region, self.apply_guard(ctx)))
     }
 
-    /// For a stale read, taken once the replica admitted it: the region's snapshot
-    /// applies then, to check once the engine was read (a snapshot may start replacing
-    /// the data in between).
+    /// For a follower or stale read, taken once the replica admitted it: the region's
+    /// snapshot applies then, to check once the engine was read (a snapshot may start
+    /// replacing the data in between, or the replica be removed).
     pub(crate) fn apply_guard(&self, ctx: &Context) -> ApplyGuard {
-        let before = ctx
-            .stale_read
+        let before = (ctx.stale_read || ctx.replica_read)
             .then(|| self.store_meta.lock().snapshot_applies(ctx.get_region_id()));
         ApplyGuard {
             meta: self.store_meta.clone(),

@@ -1,6 +1,7 @@
 //! Plumbing shared by Flotilla's processes and its client library: the clock, logging, gRPC channel
 //! settings, retry with backoff, the cluster secret, the data-directory lock, graceful
-//! shutdown, the panic hook, and the wire conventions messages cannot carry.
+//! shutdown, the panic hook, the rule for store labels, and the wire conventions messages
+//! cannot carry.
 //!
 //! Must not depend on any other Flotilla crate, nor on HTTP or command-line crates: the
 //! client library links it. Config files are `conf`'s, the status server `status`'s.
@@ -9,6 +10,7 @@ pub mod clock;
 pub mod dir_lock;
 mod error;
 pub mod grpc;
+pub mod labels;
 pub mod logger;
 pub mod panic;
 pub mod retry;

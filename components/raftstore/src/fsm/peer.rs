@@ -273,7 +273,7 @@ impl PeerFsm {
         if self.stopped {
             return;
         }
-        if Self::wakes(&msg) {
+        if self.wakes(&msg) {
             self.wake(ctx);
         }
         // The store's own leadership checks and safe timestamps are not client activity:

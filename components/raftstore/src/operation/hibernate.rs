@@ -8,7 +8,8 @@
 //! its election timer then sends a pre-vote, which wakes the leader, which heartbeats
 //! again and tries later. Nothing is lost by a wrong guess, only a few messages.
 //!
-//! Any mail wakes a quiet peer except its own heartbeat-to-PD prompt: a proposal, a
+//! Any mail wakes a quiet peer except its own heartbeat-to-PD prompt, the store's safe-ts
+//! rounds, and stale reads a replica serves or refuses from what it has: a proposal, a
 //! read, a Raft message, an operator. A quiet leader whose store died wakes no one, so
 //! the store wakes every quiet region with a peer on a store that it lost contact with
 //! (`StoreMsg::StoresDown`: a connection to that store failed or broke, or PD reports it
@@ -29,16 +30,27 @@ use crate::{
 
 impl PeerFsm {
     /// Whether `msg` should wake this peer if it is quiet.
-    pub(crate) fn wakes(msg: &PeerMsg) -> bool {
+    pub(crate) fn wakes(&self, msg: &PeerMsg) -> bool {
+        use crate::msg::ReadFrom;
         match msg {
             // Only leaders act on an eviction, and they wake themselves for it.
             PeerMsg::Tick | PeerMsg::HeartbeatPd | PeerMsg::EvictLeader => false,
             // The store's safe-ts rounds leave idle regions asleep (see `on_read`).
             PeerMsg::SafeTs { .. }
             | PeerMsg::Read {
-                from: crate::msg::ReadFrom::Confirm,
+                from: ReadFrom::Confirm,
                 ..
             } => false,
+            // Served or refused from what this replica has, at once; only a leader may
+            // need a read index for a bounded read.
+            PeerMsg::Read {
+                from: ReadFrom::Stale(_),
+                ..
+            } => false,
+            PeerMsg::Read {
+                from: ReadFrom::Bounded(_),
+                ..
+            } => self.is_leader(),
             PeerMsg::RaftMessage(m) => !m.get_hibernate(),
             _ => true,
         }

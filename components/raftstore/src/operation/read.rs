@@ -42,8 +42,12 @@ impl PeerFsm {
             ReadFrom::Bounded(max_age) if !self.is_leader() => {
                 return cb(self.bounded_read(&epoch, max_age))
             }
-            // A leader's data is at most as old as a deposed leader's could be.
-            ReadFrom::Bounded(max_age) if max_age >= self.stale.margin() => {
+            // A leader that has applied an entry of its own term holds every write any
+            // leader acknowledged before it (and it acknowledges its own only once
+            // applied): its data is at most as old as a deposed leader's could be.
+            ReadFrom::Bounded(max_age)
+                if max_age >= self.stale.margin() && self.applied_in_term() =>
+            {
                 return cb(self.check_local(&epoch).map(|()| self.local_ready()))
             }
             // A region that went to sleep since the store listed it stays asleep.
@@ -148,9 +152,19 @@ impl PeerFsm {
             .on_word(ls.commit, ls.safe_ts, applied, Instant::now());
     }
 
-    /// What a leader tells its followers on every message.
+    /// Whether this replica has applied an entry of its current term.
+    fn applied_in_term(&self) -> bool {
+        let raft = &self.raft.raft;
+        raft.raft_log.term(self.raft.store().applied_index()).ok() == Some(raft.term)
+    }
+
+    /// What a leader tells its followers on every message. A new leader says nothing
+    /// until it has committed an entry of its term: before, its commit index may be
+    /// below writes the previous leader acknowledged.
     pub(crate) fn leader_state(&self) -> Option<LeaderState> {
-        if !self.is_leader() {
+        let raft = &self.raft.raft;
+        if !self.is_leader() || raft.raft_log.term(raft.raft_log.committed).ok() != Some(raft.term)
+        {
             return None;
         }
         let mut ls = LeaderState::default();

@@ -35,6 +35,11 @@ impl TxnStorage {
         ts: u64,
         check: impl FnOnce() -> Vec<u8>,
     ) -> Result<(ReadReady, replica::Reported, ApplyGuard)> {
+        // The lists travel in a replica read's check, to the leader and back.
+        self.limits
+            .check_count("context.resolved_locks", ctx.get_resolved_locks().len())?;
+        self.limits
+            .check_count("context.committed_locks", ctx.get_committed_locks().len())?;
         if ctx.stale_read {
             if ts == 0 || ts == u64::MAX {
                 return Err(crate::Error::InvalidRequest(format!(
@@ -73,10 +78,11 @@ impl TxnStorage {
             .ready_for(ctx, ts, || replica::keys_check(ts, &[key.to_vec()], bypass))
             .await?;
         self.check_in(&ready.region, key)?;
-        reported.check(&|_| true)?;
+        reported.check(ctx.get_region_id(), &|_| true)?;
         self.cm.read_key(key, ts, bypass)?;
         let snap = self.kv.engine().snapshot();
-        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        // Whole, unless a snapshot began replacing the region's data or the replica was
+        // removed (follower and stale reads).
         guard.check()?;
         Ok(MvccReader::new(&snap).get(key, ts, bypass)?)
     }
@@ -99,13 +105,14 @@ impl TxnStorage {
             self.check_in(&ready.region, k)?;
         }
         // The leader reports the first locks only: any of them fails the whole read.
-        reported.check(&|r| keys.iter().any(|k| k == r))?;
+        reported.check(ctx.get_region_id(), &|r| keys.iter().any(|k| k == r))?;
         let in_memory: Vec<txn::Result<()>> = keys
             .iter()
             .map(|k| self.cm.read_key(k, ts, bypass))
             .collect();
         let snap = self.kv.engine().snapshot();
-        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        // Whole, unless a snapshot began replacing the region's data or the replica was
+        // removed (follower and stale reads).
         guard.check()?;
         let reader = MvccReader::new(&snap);
         let mut budget = ResponseBudget::new(self.kv.max_response_size());
@@ -159,14 +166,15 @@ impl TxnStorage {
             let enc = keys::txn::lock_key(k);
             enc >= lower && enc < upper
         };
-        reported.check(&in_range)?;
+        reported.check(ctx.get_region_id(), &in_range)?;
         self.cm.read_range(&in_range, ts, bypass)?;
         let mut out = vec![];
         if lower >= upper {
             return Ok(out);
         }
         let snap = self.kv.engine().snapshot();
-        // Whole, unless a snapshot began replacing the region's data (stale reads).
+        // Whole, unless a snapshot began replacing the region's data or the replica was
+        // removed (follower and stale reads).
         guard.check()?;
         let reader = MvccReader::new(&snap);
         let mut budget = ResponseBudget::new(self.kv.max_response_size());

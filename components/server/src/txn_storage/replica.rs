@@ -6,6 +6,8 @@
 //! Either an async commit chose its commit timestamp before the check, and its lock is
 //! reported or already applied below the read index, or it chooses one above the read.
 
+use std::collections::HashSet;
+
 use proto::raft_serverpb::{ReplicaReadAnswer, ReplicaReadCheck};
 use protobuf::Message as _;
 use raftstore::ReadIndexCheck;
@@ -90,8 +92,9 @@ fn answer(cm: &ConcurrencyManager, bytes: &[u8]) -> Vec<u8> {
             &bypass,
         )
     } else {
-        let keys = c.get_keys();
-        cm.blocking_locks(&|k| keys.iter().any(|w| w == k), ts, &bypass)
+        // Run on the Raft poller under the store's lock table: one lookup per lock.
+        let keys: HashSet<&[u8]> = c.get_keys().iter().map(Vec::as_slice).collect();
+        cm.blocking_locks(&|k| keys.contains(k), ts, &bypass)
     };
     out.set_truncated(locks.len() > ANSWER_LOCKS);
     for (k, mut l) in locks.into_iter().take(ANSWER_LOCKS) {
@@ -130,20 +133,29 @@ impl Reported {
         })
     }
 
-    /// The error a leader read of the keys `wanted` says would have met: the first
-    /// reported lock on one of them, or, if the answer was cut short (a lock on a wanted
-    /// key may be missing), the first lock reported at all.
-    pub(crate) fn check(&self, wanted: &dyn Fn(&[u8]) -> bool) -> Result<()> {
-        let met = self.locks.iter().find(|(k, _)| wanted(k));
-        let met = met.or(self.locks.first().filter(|_| self.truncated));
-        match met {
-            Some((key, lock)) => Err(txn::Error::KeyIsLocked {
+    /// The error a leader read of the keys `wanted` of region `region_id` would have met:
+    /// the first reported lock on one of them; or, if the answer was cut short (a lock on
+    /// a wanted key may be missing from it), not ready here, so that the client reads at
+    /// the leader.
+    pub(crate) fn check(&self, region_id: u64, wanted: &dyn Fn(&[u8]) -> bool) -> Result<()> {
+        if let Some((key, lock)) = self.locks.iter().find(|(k, _)| wanted(k)) {
+            return Err(txn::Error::KeyIsLocked {
                 key: key.clone(),
                 lock: Box::new(lock.clone()),
             }
-            .into()),
-            None => Ok(()),
+            .into());
         }
+        if self.truncated {
+            return Err(Error::Raft(raftstore::Error::DataIsNotReady {
+                region_id,
+                peer_id: 0,
+                safe_ts: 0,
+                why: "the leader holds more in-memory locks in the read's range than it \
+                      reports to a follower"
+                    .into(),
+            }));
+        }
+        Ok(())
     }
 }
 
@@ -178,18 +190,26 @@ mod tests {
             .iter()
             .all(|(_, l)| l.get_secondaries().is_empty()));
         assert!(cm.max_ts() >= 10, "the check raised max_ts");
-        // k19 is not in the answer, but may be locked: the read fails all the same.
-        assert!(all.check(&|k| k == b"k19").is_err());
+        // k19 is not in the answer, but may be locked: the read goes to the leader.
+        let err = all.check(1, &|k| k == b"k19").expect_err("cut short");
+        assert!(
+            matches!(err, Error::Raft(raftstore::Error::DataIsNotReady { .. })),
+            "{err}"
+        );
+        assert!(matches!(
+            all.check(1, &|k| k == b"k03"),
+            Err(Error::Txn(txn::Error::KeyIsLocked { .. }))
+        ));
 
         // A point check answers for its keys only: an unlocked key passes.
         let keys = [b"k03".to_vec(), b"zz".to_vec()];
         let two = Reported::decode(&answer(&cm, &keys_check(10, &keys, &none))).expect("answer");
         assert_eq!((two.locks.len(), two.truncated), (1, false));
-        assert!(two.check(&|k| k == b"zz").is_ok());
-        assert!(two.check(&|k| k == b"k03").is_err());
+        assert!(two.check(1, &|k| k == b"zz").is_ok());
+        assert!(two.check(1, &|k| k == b"k03").is_err());
         // A read below the transaction's start passes its locks.
         let below = Reported::decode(&answer(&cm, &keys_check(4, &keys, &none))).expect("answer");
-        assert!(below.check(&|_| true).is_ok());
+        assert!(below.check(1, &|_| true).is_ok());
         // A check the leader cannot read fails the follower's read.
         assert!(Reported::decode(&answer(&cm, b"\xff\xff")).is_err());
     }
