@@ -126,6 +126,23 @@ impl Env {
         out
     }
 
+    /// Commits `old` to `key`; returns the commit timestamp and a store following the
+    /// key's region.
+    fn committed_old(&self, key: &[u8]) -> (u64, u64) {
+        let t1 = self.ts();
+        self.prewrite(key, b"old", key, t1).unwrap();
+        let c1 = self.ts();
+        self.commit(key, t1, c1).unwrap();
+        let (leader, region) = self.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+        let follower = region
+            .get_peers()
+            .iter()
+            .map(|p| p.get_store_id())
+            .find(|s| *s != leader)
+            .unwrap();
+        (c1, follower)
+    }
+
     fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> server::Result<()> {
         self.on_leader(key, |s, ctx| {
             self.block(s.commit(ctx, &[key.to_vec()], start_ts, commit_ts))
@@ -408,17 +425,7 @@ fn hold_appends(
 fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
     let e = Env::new();
     let key = b"fa";
-    let t1 = e.ts();
-    e.prewrite(key, b"old", key, t1).unwrap();
-    let c1 = e.ts();
-    e.commit(key, t1, c1).unwrap();
-    let (leader, region) = e.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
-    let follower = region
-        .get_peers()
-        .iter()
-        .map(|p| p.get_store_id())
-        .find(|s| *s != leader)
-        .unwrap();
+    let (_, follower) = e.committed_old(key);
     let follower_get = |ts: u64| {
         let (s, ctx) = e.c.replica_txn(follower, key).expect("a replica");
         e.block(s.get(&ctx, key, ts, &Bypass::default()))
@@ -465,17 +472,7 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
 fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
     let e = Env::new();
     let key = b"sa";
-    let t1 = e.ts();
-    e.prewrite(key, b"old", key, t1).unwrap();
-    let c1 = e.ts();
-    e.commit(key, t1, c1).unwrap();
-    let (leader, region) = e.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
-    let follower = region
-        .get_peers()
-        .iter()
-        .map(|p| p.get_store_id())
-        .find(|s| *s != leader)
-        .unwrap();
+    let (c1, follower) = e.committed_old(key);
     let stale_get = |ts: u64| {
         let (s, mut ctx) = e.c.replica_txn(follower, key).expect("a replica");
         ctx.set_replica_read(false);
