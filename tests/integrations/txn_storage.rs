@@ -143,6 +143,46 @@ impl Env {
         (c1, follower)
     }
 
+    /// Runs `during` while an async-commit prewrite of `key` at `start` is in flight on
+    /// the leader: every append with entries is held back (from any leader: PD may move
+    /// one to even out the two regions' leaders at any time), so that its entry reaches
+    /// no follower. Then lets it through; returns what `during` returned and the
+    /// prewrite's outcome.
+    fn with_prewrite_in_flight<R>(
+        &self,
+        key: &[u8],
+        start: u64,
+        during: impl FnOnce() -> R,
+    ) -> (R, txn::commands::PrewriteOutcome) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let held_entries = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = held_entries.clone();
+        let held = self
+            .c
+            .network()
+            .add_filter(std::sync::Arc::new(move |_, _, m| {
+                if is_msg_append(m) {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    test_cluster::Verdict::Drop
+                } else {
+                    test_cluster::Verdict::Pass
+                }
+            }));
+        std::thread::scope(|s| {
+            let prewrite = s.spawn(|| self.prewrite_async(key, start));
+            // The prewrite took its commit timestamp before it proposed its entry.
+            wait_until("the async prewrite's entry to be held back", T, || {
+                held_entries.load(Ordering::Relaxed) > 0
+            });
+            let r = during();
+            assert!(
+                self.c.network().remove_filter(held) > 0,
+                "appends were held"
+            );
+            (r, prewrite.join().expect("the prewrite thread"))
+        })
+    }
+
     fn commit(&self, key: &[u8], start_ts: u64, commit_ts: u64) -> server::Result<()> {
         self.on_leader(key, |s, ctx| {
             self.block(s.commit(ctx, &[key.to_vec()], start_ts, commit_ts))
@@ -399,23 +439,6 @@ fn is_msg_append(m: &proto::raft_serverpb::RaftMessage) -> bool {
     })
 }
 
-/// Holds back every append with entries, from any leader (PD may move a leader to even
-/// out the two regions' leaders at any time), counting them in `held`.
-fn hold_appends(
-    c: &test_cluster::Cluster,
-    held: &std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> u64 {
-    let counted = held.clone();
-    c.network().add_filter(std::sync::Arc::new(move |_, _, m| {
-        if is_msg_append(m) {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            test_cluster::Verdict::Drop
-        } else {
-            test_cluster::Verdict::Pass
-        }
-    }))
-}
-
 /// A follower read (`replica_read`) at a timestamp above an async-commit prewrite that
 /// is still in flight on the leader (its entry not yet on any follower, so no follower
 /// has its lock) meets the lock: the leader reports it in answer to the read index. The
@@ -434,16 +457,8 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
         follower_get(e.ts()).ok() == Some(Some(b"old".to_vec()))
     });
 
-    // The leader's appends are held back: the prewrite's entry reaches no follower.
-    let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let held = hold_appends(&e.c, &held_entries);
     let start = e.ts();
-    std::thread::scope(|s| {
-        let prewrite = s.spawn(|| e.prewrite_async(key, start));
-        // The prewrite took its commit timestamp before it proposed its entry.
-        wait_until("the async prewrite's entry to be held back", T, || {
-            held_entries.load(std::sync::atomic::Ordering::Relaxed) > 0
-        });
+    let (read_ts, out) = e.with_prewrite_in_flight(key, start, || {
         let read_ts = e.ts();
         match follower_get(read_ts) {
             Err(server::Error::Txn(txn::Error::KeyIsLocked { lock, .. })) => {
@@ -451,16 +466,15 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
             }
             other => panic!("the follower read passed the lock in flight: {other:?}"),
         }
-        assert!(e.c.network().remove_filter(held) > 0, "appends were held");
-        let out = prewrite.join().expect("the prewrite thread");
-        assert!(
-            out.min_commit_ts > start && out.min_commit_ts <= read_ts,
-            "the lock was taken before the read: it commits below it"
-        );
-        e.commit(key, start, out.min_commit_ts).unwrap();
-        wait_until("the follower to read the async commit", T, || {
-            follower_get(read_ts).ok() == Some(Some(b"v".to_vec()))
-        });
+        read_ts
+    });
+    assert!(
+        out.min_commit_ts > start && out.min_commit_ts <= read_ts,
+        "the lock was taken before the read: it commits below it"
+    );
+    e.commit(key, start, out.min_commit_ts).unwrap();
+    wait_until("the follower to read the async commit", T, || {
+        follower_get(read_ts).ok() == Some(Some(b"v".to_vec()))
     });
 }
 
@@ -489,14 +503,8 @@ fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
         stale_get(c1).ok() == Some(Some(b"old".to_vec()))
     });
 
-    let held_entries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let held = hold_appends(&e.c, &held_entries);
     let start = e.ts();
-    std::thread::scope(|s| {
-        let prewrite = s.spawn(|| e.prewrite_async(key, start));
-        wait_until("the async prewrite's entry to be held back", T, || {
-            held_entries.load(std::sync::atomic::Ordering::Relaxed) > 0
-        });
+    let (read_ts, out) = e.with_prewrite_in_flight(key, start, || {
         let read_ts = e.ts();
         // Safe-ts rounds go on (every 200 ms) and reach the lock, never past it.
         wait_until("the safe ts to reach the lock", T, || {
@@ -508,16 +516,15 @@ fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
             );
             safe == start - 1
         });
-        assert!(e.c.network().remove_filter(held) > 0, "appends were held");
-        let out = prewrite.join().expect("the prewrite thread");
-        e.commit(key, start, out.min_commit_ts).unwrap();
-        let expected = if out.min_commit_ts <= read_ts {
-            b"v".to_vec()
-        } else {
-            b"old".to_vec()
-        };
-        wait_until("the follower to serve the read after the commit", T, || {
-            stale_get(read_ts).ok() == Some(Some(expected.clone()))
-        });
+        read_ts
+    });
+    e.commit(key, start, out.min_commit_ts).unwrap();
+    let expected = if out.min_commit_ts <= read_ts {
+        b"v".to_vec()
+    } else {
+        b"old".to_vec()
+    };
+    wait_until("the follower to serve the read after the commit", T, || {
+        stale_get(read_ts).ok() == Some(Some(expected.clone()))
     });
 }

@@ -198,6 +198,14 @@ pub fn final_read(rt: &tokio::runtime::Handle, c: &TxnClient, history: &AppendHi
     true
 }
 
+/// An account's balance, as stored.
+fn balance(v: Option<Vec<u8>>) -> i64 {
+    String::from_utf8(v.expect("accounts are never deleted"))
+        .expect("text")
+        .parse()
+        .expect("a number")
+}
+
 /// Bank snapshots whose total was off.
 #[derive(Default)]
 pub struct Bank {
@@ -242,16 +250,7 @@ impl Bank {
             }
             let mut out = vec![];
             for i in 0..ACCOUNTS {
-                let v = t
-                    .get(&account(i))
-                    .await?
-                    .expect("accounts are never deleted");
-                out.push(
-                    String::from_utf8(v)
-                        .expect("text")
-                        .parse()
-                        .expect("a number"),
-                );
+                out.push(balance(t.get(&account(i)).await?));
             }
             t.rollback().await?;
             Ok(out)
@@ -314,14 +313,8 @@ impl Bank {
             let res = rt.block_on(async {
                 let mut t = c.begin().await?;
                 mine.push(t.start_ts());
-                let read = |v: Option<Vec<u8>>| -> i64 {
-                    String::from_utf8(v.expect("accounts are never deleted"))
-                        .expect("text")
-                        .parse()
-                        .expect("a number")
-                };
-                let from = read(t.get(&account(a)).await?);
-                let to = read(t.get(&account(b)).await?);
+                let from = balance(t.get(&account(a)).await?);
+                let to = balance(t.get(&account(b)).await?);
                 t.put(&account(a), (from - amount).to_string().as_bytes())
                     .await?;
                 t.put(&account(b), (to + amount).to_string().as_bytes())
