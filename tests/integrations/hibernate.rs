@@ -35,8 +35,10 @@ fn bounded_get(c: &Cluster, store: u64, key: &[u8]) -> server::Result<Option<Vec
 #[test]
 fn idle_regions_sleep_wake_for_writes_and_survive_a_lost_leader() {
     let (rs, mut pd) = test_config();
-    // Keep PD from repairing regions while the test watches the election.
+    // Keep PD from repairing regions while the test watches the election, and from
+    // moving any (which would wake it) while the test watches them sleep.
     pd.max_store_down_time = Duration::from_secs(600);
+    pd.enable_balance = false;
     let mut c = Cluster::with_config(3, rs, pd);
     c.wait_voters(b"", 3, T);
     let splits: Vec<Vec<u8>> = (1..REGIONS).map(key).collect();

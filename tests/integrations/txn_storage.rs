@@ -479,9 +479,9 @@ fn a_follower_read_meets_an_async_commit_prewrite_in_flight_on_the_leader() {
 }
 
 /// The same prewrite in flight, against stale reads: while its lock is only in the
-/// leader's memory, the region's safe timestamp stops just below its start, so a stale
-/// read on a follower at a later timestamp is refused rather than served without it;
-/// once it has committed, the safe timestamp moves past it and the read sees its value.
+/// leader's memory, the region's safe timestamp stays below its commit, so a stale read
+/// on a follower at a later timestamp is refused rather than served without it; once it
+/// has committed, the safe timestamp moves past it and the read sees its value.
 #[test]
 fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
     let e = Env::new();
@@ -504,20 +504,24 @@ fn the_safe_ts_stays_below_an_async_commit_prewrite_in_flight_on_the_leader() {
     });
 
     let start = e.ts();
-    let (read_ts, out) = e.with_prewrite_in_flight(key, start, || {
+    let ((read_ts, safe), out) = e.with_prewrite_in_flight(key, start, || {
         let read_ts = e.ts();
-        // Safe-ts rounds go on (every 200 ms) and reach the lock, never past it.
+        // Safe-ts rounds go on (every 200 ms) and reach the lock: a read above it is
+        // refused. (A round between `start` and the lock may have passed `start`: its
+        // raised max_ts then puts the commit above it, which the end checks.)
+        let mut safe = 0;
         wait_until("the safe ts to reach the lock", T, || {
             let r = stale_get(read_ts);
-            let safe = safe_ts_of(&r).unwrap_or_else(|| panic!("served past the lock: {r:?}"));
-            assert!(
-                safe < start,
-                "safe ts {safe} at or past the lock at {start}"
-            );
-            safe == start - 1
+            safe = safe_ts_of(&r).unwrap_or_else(|| panic!("served past the lock: {r:?}"));
+            safe >= start - 1
         });
-        read_ts
+        (read_ts, safe)
     });
+    assert!(
+        out.min_commit_ts > safe,
+        "the commit at {} lands at or below the safe ts {safe}",
+        out.min_commit_ts
+    );
     e.commit(key, start, out.min_commit_ts).unwrap();
     let expected = if out.min_commit_ts <= read_ts {
         b"v".to_vec()

@@ -42,9 +42,8 @@ pub enum ReadFrom {
     /// this (a transactional stale read, TiKV's `stale_read`); else `DataIsNotReady`.
     Stale(u64),
     /// This replica, without contacting the leader, if its applied state is at most this
-    /// old (a raw read with bounded staleness); else `DataIsNotReady`. A leader serves it
-    /// locally once it has applied an entry of its term and the bound is at least the
-    /// margin for a deposed leader; else it reads as for `Leader`.
+    /// old (a raw read with bounded staleness); else `DataIsNotReady`. A leader reads as
+    /// for `Leader`.
     Bounded(std::time::Duration),
 }
 

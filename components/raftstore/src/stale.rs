@@ -92,11 +92,6 @@ impl StaleState {
         self.on_word(index, safe_ts, applied, now);
     }
 
-    /// How much older than they look words count.
-    pub fn margin(&self) -> Duration {
-        self.margin
-    }
-
     /// What a leader ships: its confirmed resolved timestamp.
     pub fn shipped_safe_ts(&self) -> u64 {
         self.shipped_safe_ts

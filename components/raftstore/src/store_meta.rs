@@ -89,7 +89,8 @@ impl StoreMeta {
     /// Forgets a region.
     pub fn remove_region(&mut self, region_id: u64) {
         self.snapshot_ranges.remove(&region_id);
-        self.snapshot_applies.remove(&region_id);
+        // `snapshot_applies` stays: a replica removed and added again under a read must
+        // not show the same count it had (see `server::storage::ApplyGuard`).
         self.hashes.remove(&region_id);
         if let Some(old) = self.regions.remove(&region_id) {
             let end = keys::data_end_key(old.get_end_key());

@@ -41,8 +41,8 @@ impl PeerFsm {
                 from: ReadFrom::Confirm,
                 ..
             } => false,
-            // Served or refused from what this replica has, at once; only a leader may
-            // need a read index for a bounded read.
+            // Served or refused from what this replica has, at once; a leader reads a
+            // bounded read through a read index.
             PeerMsg::Read {
                 from: ReadFrom::Stale(_),
                 ..

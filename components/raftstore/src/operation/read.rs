@@ -42,14 +42,8 @@ impl PeerFsm {
             ReadFrom::Bounded(max_age) if !self.is_leader() => {
                 return cb(self.bounded_read(&epoch, max_age))
             }
-            // A leader that has applied an entry of its own term holds every write any
-            // leader acknowledged before it (and it acknowledges its own only once
-            // applied): its data is at most as old as a deposed leader's could be.
-            ReadFrom::Bounded(max_age)
-                if max_age >= self.stale.margin() && self.applied_in_term() =>
-            {
-                return cb(self.check_local(&epoch).map(|()| self.local_ready()))
-            }
+            // A leader reads as a leader: one that was deposed while asleep (it did not
+            // tick, so check-quorum could not stop it) may be far older than any margin.
             // A region that went to sleep since the store listed it stays asleep.
             ReadFrom::Confirm if self.quiet => {
                 return cb(Err(Error::StaleCommand("the region hibernates")))
@@ -150,12 +144,6 @@ impl PeerFsm {
         let applied = self.raft.store().applied_index();
         self.stale
             .on_word(ls.commit, ls.safe_ts, applied, Instant::now());
-    }
-
-    /// Whether this replica has applied an entry of its current term.
-    fn applied_in_term(&self) -> bool {
-        let raft = &self.raft.raft;
-        raft.raft_log.term(self.raft.store().applied_index()).ok() == Some(raft.term)
     }
 
     /// What a leader tells its followers on every message. A new leader says nothing
