@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs (Debian), only if they are missing:
 # cmake and a C++ compiler for the gRPC core and RocksDB, libclang for RocksDB's bindings,
-# protoc for the wire protocol's code generation; iproute2 and ping for the fault tests'
+# protoc for the wire protocol's code generation; OpenSSL's headers for gRPC's TLS; iproute2 and ping for the fault tests'
 # network namespaces; prometheus (one binary linking only libc) for the metrics test and
 # the compose cluster's monitoring image.
 set -euo pipefail
@@ -22,6 +22,9 @@ has_libclang() {
   return 1
 }
 has_libclang || need+=(libclang-dev)
+# grpcio's TLS links the system OpenSSL, found through pkg-config.
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 

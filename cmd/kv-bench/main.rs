@@ -8,6 +8,7 @@ use cli::bench::{run, BenchArgs};
 
 fn main() -> ExitCode {
     let args = BenchArgs::parse();
+    util::grpc::quiet_core_logs();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

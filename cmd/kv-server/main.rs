@@ -3,6 +3,8 @@
 
 #[path = "../log_flags.rs"]
 mod log_flags;
+#[path = "../tls_flags.rs"]
+mod tls_flags;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -44,6 +46,8 @@ struct Args {
     #[arg(long)]
     labels: Option<String>,
     #[command(flatten)]
+    tls: tls_flags::TlsFlags,
+    #[command(flatten)]
     log: log_flags::LogFlags,
 }
 
@@ -81,6 +85,7 @@ fn config(args: &Args) -> conf::Result<Config> {
     if let Some(v) = &args.labels {
         cfg.server.labels = node::parse_labels(v)?;
     }
+    args.tls.apply(&mut cfg.security);
     args.log.apply(&mut cfg.log);
     cfg.validate()?;
     Ok(cfg)
@@ -88,6 +93,7 @@ fn config(args: &Args) -> conf::Result<Config> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
+    util::grpc::quiet_core_logs();
     // Process tests set fail points through FAILPOINTS (TiKV's convention, e.g.
     // `raw_cas_answer_lost=1*return(3000)`); with it unset, every fail point is inert.
     let _failpoints = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());

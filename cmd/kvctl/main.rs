@@ -3,28 +3,34 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::kvctl::{endpoints, run, shell, Cli, Command};
+use cli::kvctl::{endpoints, run, run_offline, shell, Cli, Command};
 use client::Client;
-use util::secret::ClusterSecret;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    util::grpc::quiet_core_logs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("start the tokio runtime");
     let code = rt.block_on(async {
-        let secret = match cli.cluster_secret_file.as_deref().map(ClusterSecret::load) {
-            Some(Err(e)) => {
+        let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+        if let Some(res) = run_offline(&cli.command, cli.output, out, err) {
+            return res.unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                2
+            });
+        }
+        let creds = match cli.credentials() {
+            Ok(c) => c,
+            Err(e) => {
                 eprintln!("error: {e}");
                 return 2;
             }
-            Some(Ok(s)) => Some(s),
-            None => None,
         };
         let connect = cli.connect_timeout.min(cli.timeout);
         let client =
-            match Client::connect_within(&endpoints(&cli.pd), connect, cli.timeout, secret).await {
+            match Client::connect_within(&endpoints(&cli.pd), connect, cli.timeout, creds).await {
                 Ok(c) => c.with_read_mode(cli.read).with_zone(cli.zone.clone()),
                 Err(e) => {
                     eprintln!("error: {e}");

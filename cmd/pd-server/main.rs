@@ -2,6 +2,8 @@
 
 #[path = "../log_flags.rs"]
 mod log_flags;
+#[path = "../tls_flags.rs"]
+mod tls_flags;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -59,6 +61,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     leader_zones: Option<Vec<String>>,
     #[command(flatten)]
+    tls: tls_flags::TlsFlags,
+    #[command(flatten)]
     log: log_flags::LogFlags,
 }
 
@@ -107,6 +111,7 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
     if let Some(v) = &args.leader_zones {
         cfg.replication.leader_zones = v.iter().map(|z| z.trim().to_string()).collect();
     }
+    args.tls.apply(&mut cfg.security);
     args.log.apply(&mut cfg.log);
     cfg.validate()?;
     Ok(cfg)
@@ -114,6 +119,7 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
+    util::grpc::quiet_core_logs();
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,
@@ -159,7 +165,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = status::serve(addr, status, shutdown.clone()).await {
+            let security = match util::security::Security::for_server(&cfg.security) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pd-server: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let served = status::serve(addr, status, security, shutdown.clone(), logger.clone());
+            if let Err(e) = served.await {
                 eprintln!("pd-server: {e}");
                 return ExitCode::from(1);
             }

@@ -179,11 +179,67 @@ pub fn register_secret(pd: &str, secret: &Path) {
         .insert(pd.to_string(), secret.to_path_buf());
 }
 
-/// Runs kvctl to completion, as the cluster's operator (with its secret).
+/// The certificate directory (`kvctl cert init`) of each TLS cluster a test started, by
+/// PD address: kvctl and clients dial it with the client certificate there.
+static TLS_DIRS: std::sync::Mutex<std::collections::BTreeMap<String, std::path::PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The certificate directory of the TLS cluster whose PD listens on `pd`, if any.
+pub fn tls_of(pd: &str) -> Option<std::path::PathBuf> {
+    TLS_DIRS.lock().unwrap().get(pd).cloned()
+}
+
+/// Makes `kvctl cert init DIR` write a CA and certificates; panics if it fails.
+pub fn cert_init(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["cert", "init"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvctl cert init");
+    assert!(out.status.success(), "kvctl cert init: {out:?}");
+}
+
+/// TLS settings of a client with the CA of `dir` and its certificate `stem`.pem (none
+/// if `stem` is empty).
+pub fn tls_config(dir: &Path, stem: &str) -> util::security::SecurityConfig {
+    let (cert, key) = match stem {
+        "" => (PathBuf::new(), PathBuf::new()),
+        s => (
+            dir.join(format!("{s}.pem")),
+            dir.join(format!("{s}-key.pem")),
+        ),
+    };
+    util::security::SecurityConfig {
+        ca_path: dir.join("ca.pem"),
+        cert_path: cert,
+        key_path: key,
+        ..Default::default()
+    }
+}
+
+/// The credentials a test's client of the cluster at `pd` dials with: its client
+/// certificate for a TLS cluster, and the cluster secret a test registered.
+pub fn credentials(pd: &str) -> util::security::Credentials {
+    let secret = secret_of(pd).map(|f| util::secret::ClusterSecret::load(&f).expect("secret"));
+    let security = match tls_of(pd) {
+        Some(dir) => util::security::Security::new(&tls_config(&dir, "client")).expect("TLS"),
+        None => util::security::Security::plaintext(),
+    };
+    util::security::Credentials { security, secret }
+}
+
+/// Runs kvctl to completion, as the cluster's operator (with its secret, or for a TLS
+/// cluster its client certificate).
 pub fn kvctl(pd: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
     if let Some(secret) = secret_of(pd) {
         cmd.env("FLOTILLA_CLUSTER_SECRET_FILE", secret);
+    }
+    if let Some(dir) = tls_of(pd) {
+        cmd.env("FLOTILLA_CA_PATH", dir.join("ca.pem"))
+            .env("FLOTILLA_CERT_PATH", dir.join("client.pem"))
+            .env("FLOTILLA_KEY_PATH", dir.join("client-key.pem"));
     }
     cmd.arg("--pd")
         .arg(pd)
@@ -209,6 +265,11 @@ pub struct ProcCluster {
     raftstore_extra: String,
     /// Environment variables every store starts with (e.g. `FAILPOINTS`).
     pub store_env: Vec<(String, String)>,
+    /// TLS: the certificate directory every process reads its files from (the stores
+    /// then get no cluster secret: their certificates prove them).
+    pub tls: Option<PathBuf>,
+    /// Flags every process of a TLS cluster gets besides its files.
+    tls_flags: Vec<String>,
     /// Last, so that it is dropped after the processes.
     _gate: test_cluster::gate::Shared,
 }
@@ -237,8 +298,30 @@ impl ProcCluster {
     /// Starts a PD group of `pds` members with extra pd-server config (TOML after `[pd]`) and
     /// `n` kv-servers with extra `[raftstore]` settings.
     pub fn start_full(pds: usize, n: usize, raftstore_extra: &str, pd_extra: &str) -> ProcCluster {
+        Self::start_inner(pds, n, raftstore_extra, pd_extra, None)
+    }
+
+    /// Starts a TLS cluster of `pds` PD members and `n` stores: `kvctl cert init`
+    /// makes its certificates in `<dir>/certs`, and every process gets `tls_flags`
+    /// besides (e.g. `--cert-allowed-cn`). Stores get no cluster secret.
+    pub fn start_tls(pds: usize, n: usize, tls_flags: &[&str]) -> ProcCluster {
+        let flags: Vec<String> = tls_flags.iter().map(|s| s.to_string()).collect();
+        Self::start_inner(pds, n, "", "", Some(flags))
+    }
+
+    fn start_inner(
+        pds: usize,
+        n: usize,
+        raftstore_extra: &str,
+        pd_extra: &str,
+        tls_flags: Option<Vec<String>>,
+    ) -> ProcCluster {
         let gate = test_cluster::gate::shared();
         let dir = tempfile::tempdir().expect("temp dir");
+        let tls = tls_flags.as_ref().map(|_| dir.path().join("certs"));
+        if let Some(certs) = &tls {
+            cert_init(certs);
+        }
         let addrs: Vec<String> = (0..pds)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -251,17 +334,32 @@ impl ProcCluster {
         )
         .expect("write pd config");
         let secret = dir.path().join("cluster-secret");
-        util::secret::ClusterSecret::load_or_create(&secret, true)
-            .expect("create the cluster secret");
-        register_secret(&pd_addr, &secret);
+        match &tls {
+            // PD keeps a secret of its own in its data directory; nobody needs a copy.
+            Some(certs) => {
+                TLS_DIRS
+                    .lock()
+                    .unwrap()
+                    .insert(pd_addr.clone(), certs.clone());
+                SECRETS.lock().unwrap().remove(&pd_addr);
+            }
+            None => {
+                util::secret::ClusterSecret::load_or_create(&secret, true)
+                    .expect("create the cluster secret");
+                register_secret(&pd_addr, &secret);
+                TLS_DIRS.lock().unwrap().remove(&pd_addr);
+            }
+        }
         let initial: Vec<String> = (0..pds)
             .map(|i| format!("pd{}={}", i + 1, addrs[i]))
             .collect();
         let pd_args: Vec<Vec<String>> = (0..pds)
             .map(|i| {
-                let mut args = vec![
-                    "--cluster-secret-file".into(),
-                    secret.display().to_string(),
+                let mut args = match &tls {
+                    Some(certs) => [process_tls("pd", certs), tls_flags.clone().unwrap()].concat(),
+                    None => vec!["--cluster-secret-file".into(), secret.display().to_string()],
+                };
+                args.extend([
                     "--config".into(),
                     pd_cfg.display().to_string(),
                     "--addr".into(),
@@ -275,7 +373,7 @@ impl ProcCluster {
                     "60s".into(),
                     "--status-addr".into(),
                     format!("127.0.0.1:{}", free_port()),
-                ];
+                ]);
                 if pds > 1 {
                     args.extend([
                         "--name".into(),
@@ -297,6 +395,8 @@ impl ProcCluster {
             store_labels: vec![],
             raftstore_extra: raftstore_extra.to_string(),
             store_env: vec![],
+            tls,
+            tls_flags: tls_flags.unwrap_or_default(),
             _gate: gate,
         };
         for i in 0..pds {
@@ -335,7 +435,8 @@ impl ProcCluster {
     pub fn pd_leader(&self) -> Option<usize> {
         (0..self.pds.len()).find(|&i| {
             self.pds[i].is_some()
-                && http_get(&self.pd_status_addr_of(i), "/status")
+                && self
+                    .status_get(&self.pd_status_addr_of(i), "/status")
                     .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
                     .is_some_and(|v| v["is_leader"] == true)
         })
@@ -383,7 +484,13 @@ impl ProcCluster {
             ),
         )
         .expect("write store config");
-        let mut args: Vec<String> = vec![];
+        let mut args: Vec<String> = match &self.tls {
+            Some(certs) => [process_tls("store", certs), self.tls_flags.clone()].concat(),
+            None => vec![
+                "--cluster-secret-file".into(),
+                self.secret_file().display().to_string(),
+            ],
+        };
         if !self.store_labels[i].is_empty() {
             args.extend(["--labels".into(), self.store_labels[i].clone()]);
         }
@@ -397,8 +504,6 @@ impl ProcCluster {
                     cfg.display().to_string(),
                     "--pd".into(),
                     self.pd_addr.clone(),
-                    "--cluster-secret-file".into(),
-                    self.secret_file().display().to_string(),
                     "--addr".into(),
                     format!("127.0.0.1:{port}"),
                     "--status-addr".into(),
@@ -465,6 +570,44 @@ impl ProcCluster {
     pub fn status_addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.store_addrs[i].1)
     }
+
+    /// GETs `path` from one of this cluster's status ports (HTTPS with the client
+    /// certificate for a TLS cluster).
+    pub fn status_get(&self, addr: &str, path: &str) -> Option<String> {
+        match &self.tls {
+            Some(certs) => https_get(&tls_config(certs, "client"), addr, path),
+            None => http_get(addr, path),
+        }
+    }
+}
+
+/// The TLS flags of a process of kind `stem` (`pd`, `store`) with the files in `certs`.
+fn process_tls(stem: &str, certs: &Path) -> Vec<String> {
+    vec![
+        "--ca-path".into(),
+        certs.join("ca.pem").display().to_string(),
+        "--cert-path".into(),
+        certs.join(format!("{stem}.pem")).display().to_string(),
+        "--key-path".into(),
+        certs.join(format!("{stem}-key.pem")).display().to_string(),
+    ]
+}
+
+/// GETs `path` over HTTPS with the TLS settings `cfg` (kvctl's client); `None` if the
+/// handshake fails or nothing answers.
+pub fn https_get(cfg: &util::security::SecurityConfig, addr: &str, path: &str) -> Option<String> {
+    let security = util::security::Security::new(cfg).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for one request")
+                .block_on(cli::scrape::https_get(&security, addr, path))
+        })
+        .join()
+        .expect("the request thread does not panic")
+    })
 }
 
 /// GETs `path` from an HTTP server (a status server, Prometheus) with kvctl's client
@@ -510,11 +653,10 @@ pub fn series(text: &str) -> std::collections::BTreeSet<String> {
 
 /// A client of the cluster whose PD is at `pd`, as its operator (with its secret).
 pub fn client(rt: &tokio::runtime::Runtime, pd: &str) -> client::Client {
-    let secret = secret_of(pd).map(|f| util::secret::ClusterSecret::load(&f).expect("secret"));
     rt.block_on(client::Client::connect_with(
         &[pd.to_string()],
         Duration::from_secs(20),
-        secret,
+        credentials(pd),
     ))
     .expect("connect client")
 }

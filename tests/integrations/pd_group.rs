@@ -29,7 +29,7 @@ fn the_pd_group_outlives_its_leader_with_unique_ids_and_rising_timestamps() {
         .block_on(PdClient::connect_as_store(
             &group.endpoints(),
             Duration::from_secs(20),
-            secret,
+            util::security::Credentials::with_secret(Some(secret)),
             util::logger::discard(),
         ))
         .expect("connect");

@@ -337,7 +337,7 @@ fn connect(rt: &tokio::runtime::Runtime, c: &NetCluster) -> client::Client {
     rt.block_on(client::Client::connect_with(
         &[pd],
         Duration::from_secs(5),
-        secret,
+        util::security::Credentials::with_secret(secret),
     ))
     .expect("connect")
 }

@@ -271,7 +271,9 @@ fn pd_timestamps_stay_unique_across_20_leader_changes() {
         .block_on(PdClient::connect_as_store(
             &endpoints,
             CALL,
-            util::secret::ClusterSecret::load(&secret).expect("secret"),
+            util::security::Credentials::with_secret(Some(
+                util::secret::ClusterSecret::load(&secret).expect("secret"),
+            )),
             logger(),
         ))
         .expect("connect");
@@ -593,7 +595,9 @@ fn pd_power_loss_keeps_acknowledged_state() {
         .block_on(PdClient::connect_as_store(
             &endpoints,
             CALL,
-            util::secret::ClusterSecret::load(&secret).expect("secret"),
+            util::security::Credentials::with_secret(Some(
+                util::secret::ClusterSecret::load(&secret).expect("secret"),
+            )),
             logger(),
         ))
         .expect("connect");
@@ -766,7 +770,9 @@ fn pd_learns_region_leaders_after_its_leader_is_killed() {
         .block_on(PdClient::connect_as_store(
             &endpoints,
             CALL,
-            util::secret::ClusterSecret::load(&secret).expect("secret"),
+            util::security::Credentials::with_secret(Some(
+                util::secret::ClusterSecret::load(&secret).expect("secret"),
+            )),
             logger(),
         ))
         .expect("connect");

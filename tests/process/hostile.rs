@@ -80,7 +80,16 @@ fn forge_raft_traffic(
     addr: &str,
     regions: &[pd_client::RegionRoute],
 ) {
-    let store = store_client(addr);
+    forge_raft_traffic_with(rt, &store_client(addr), regions)
+}
+
+/// Sends forged Raft traffic (tombstones, a snapshot) to a store through `store` and
+/// checks that it is refused as unauthenticated.
+pub(crate) fn forge_raft_traffic_with(
+    rt: &tokio::runtime::Runtime,
+    store: &TikvClient,
+    regions: &[pd_client::RegionRoute],
+) {
     // The call's final status says why; writes into a refused stream may fail first.
     let res = rt.block_on(async {
         let (mut sink, done) = store.batch_raft()?;
@@ -161,7 +170,12 @@ fn attack_pd(rt: &tokio::runtime::Runtime, cluster: &ProcCluster) {
         .unwrap();
     let secret = util::secret::ClusterSecret::load(&cluster.secret_file()).unwrap();
     let insider = rt
-        .block_on(PdClient::connect_as_store(&endpoints, T, secret, logger))
+        .block_on(PdClient::connect_as_store(
+            &endpoints,
+            T,
+            util::security::Credentials::with_secret(Some(secret)),
+            logger,
+        ))
         .unwrap();
     let first = rt.block_on(insider.get_region(b"")).unwrap().region;
     let store = first.get_peers()[0].get_store_id();

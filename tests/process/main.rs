@@ -28,6 +28,7 @@ mod sharding;
 mod single_node;
 mod tikv_client_compat;
 mod tikv_txn_client;
+mod tls;
 mod txn_client;
 mod txn_hostile;
 mod zones;

@@ -2,22 +2,73 @@
 //! and Prometheus text parsed by prometheus-parse. The one HTTP client and metrics parser
 //! of the project.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
+use hyper::{Body, Request};
 use prometheus_parse::{Scrape, Value};
+use tokio::time::timeout;
+use tokio_rustls::{rustls::ServerName, TlsConnector};
+use util::security::Security;
 
 /// How long a request may wait for the answer, and then for its body.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// GETs `path` from the HTTP server at `addr` and returns the body whatever the status
-/// code; `None` if it does not answer within the timeout.
+/// The TLS settings status ports are read with: the process's one identity (kvctl's
+/// flags), set once before the first request.
+static SECURITY: OnceLock<Arc<Security>> = OnceLock::new();
+
+/// Reads status ports over TLS with `security` from now on (when it says TLS).
+pub fn set_security(security: Arc<Security>) {
+    let _ = SECURITY.set(security);
+}
+
+/// GETs `path` from the HTTP server at `addr` (HTTPS once [`set_security`] turned TLS
+/// on) and returns the body whatever the status code; `None` if it does not answer
+/// within the timeout.
 pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    if let Some(security) = SECURITY.get().filter(|s| s.tls()) {
+        return https_get(security, addr, path).await;
+    }
     let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
-    let resp = tokio::time::timeout(TIMEOUT, hyper::Client::new().get(uri))
+    let resp = timeout(TIMEOUT, hyper::Client::new().get(uri))
         .await
         .ok()?
         .ok()?;
-    let body = tokio::time::timeout(TIMEOUT, hyper::body::to_bytes(resp.into_body()))
+    body_text(resp).await
+}
+
+/// GETs `path` over HTTPS with `security`'s files (see [`http_get`]).
+pub async fn https_get(security: &Security, addr: &str, path: &str) -> Option<String> {
+    let cfg = status::tls::client_config(&*security.pem().ok()?).ok()?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = ServerName::try_from(host.trim_matches(['[', ']'])).ok()?;
+    let tcp = timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let tls = timeout(TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut sender, conn) = hyper::client::conn::handshake(tls).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, addr)
+        .body(Body::empty())
+        .ok()?;
+    let resp = timeout(TIMEOUT, sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    body_text(resp).await
+}
+
+async fn body_text(resp: hyper::Response<Body>) -> Option<String> {
+    let body = timeout(TIMEOUT, hyper::body::to_bytes(resp.into_body()))
         .await
         .ok()?
         .ok()?;

@@ -32,6 +32,7 @@ use pd_client::{PdClient, RegionRoute};
 use proto::{errorpb, kvrpcpb, metapb, pdpb};
 use proto_grpc::tikvpb_grpc::TikvClient;
 use region_cache::RegionCache;
+use util::security::Credentials;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +300,8 @@ struct Unreachable {
 pub struct Client {
     pd: Arc<PdClient>,
     env: Arc<Environment>,
+    /// What the channels to stores are opened with.
+    creds: Credentials,
     cache: Mutex<RegionCache>,
     stores: Mutex<HashMap<u64, TikvClient>>,
     /// Stores that could not be dialed or did not answer lately: a request for a region
@@ -349,17 +352,18 @@ fn check_key(key: &[u8]) -> Result<()> {
 impl Client {
     /// Connects through PD; every operation retries for up to `timeout`.
     pub async fn connect(pd_endpoints: &[String], timeout: Duration) -> Result<Client> {
-        Self::connect_with(pd_endpoints, timeout, None).await
+        Self::connect_with(pd_endpoints, timeout, Credentials::default()).await
     }
 
-    /// Like [`Client::connect`], for an operator holding the cluster secret, which the
-    /// calls that change placement (moves, leader transfers, store deletion) require.
+    /// Like [`Client::connect`], dialing with `creds`: TLS certificates, and for an
+    /// operator the cluster secret, which the calls that change placement (moves,
+    /// leader transfers, store deletion) require.
     pub async fn connect_with(
         pd_endpoints: &[String],
         timeout: Duration,
-        secret: Option<util::secret::ClusterSecret>,
+        creds: Credentials,
     ) -> Result<Client> {
-        Self::connect_within(pd_endpoints, timeout, timeout, secret).await
+        Self::connect_within(pd_endpoints, timeout, timeout, creds).await
     }
 
     /// Like [`Client::connect_with`], giving up after `connect_timeout` if no PD
@@ -368,13 +372,20 @@ impl Client {
         pd_endpoints: &[String],
         connect_timeout: Duration,
         timeout: Duration,
-        secret: Option<util::secret::ClusterSecret>,
+        creds: Credentials,
     ) -> Result<Client> {
         let logger = util::logger::discard();
-        let pd = PdClient::connect_within(pd_endpoints, connect_timeout, timeout, secret, logger)
-            .await?;
+        let pd = PdClient::connect_within(
+            pd_endpoints,
+            connect_timeout,
+            timeout,
+            creds.clone(),
+            logger,
+        )
+        .await?;
         Ok(Client {
             pd,
+            creds,
             env: Arc::new(
                 grpcio::EnvBuilder::new()
                     .cq_count(1)
@@ -437,6 +448,7 @@ impl Client {
         Client {
             pd: self.pd.clone(),
             env: self.env.clone(),
+            creds: self.creds.clone(),
             cache: Mutex::default(),
             stores: Mutex::default(),
             unreachable: Mutex::default(),
@@ -492,10 +504,10 @@ impl Client {
         }
         let (store, _) = self.pd.get_store(store_id).await?;
         self.learn_zone(&store);
-        let ch = util::grpc::channel(self.env.clone())
+        let builder = util::grpc::channel(self.env.clone())
             .max_receive_message_len(64 << 20)
-            .max_send_message_len(64 << 20)
-            .connect(store.get_address());
+            .max_send_message_len(64 << 20);
+        let ch = self.creds.connect(builder, store.get_address());
         let client = TikvClient::new(ch);
         self.stores.lock().insert(store_id, client.clone());
         Ok(client)
@@ -717,7 +729,10 @@ impl Client {
         address: &str,
         timeout: Duration,
     ) -> std::result::Result<(), String> {
-        let client = TikvClient::new(util::grpc::channel(self.env.clone()).connect(address));
+        let ch = self
+            .creds
+            .connect(util::grpc::channel(self.env.clone()), address);
+        let client = TikvClient::new(ch);
         let req = kvrpcpb::RawGetRequest::default();
         let opt = grpcio::CallOption::default().timeout(timeout);
         match client.raw_get_async_opt(&req, opt) {

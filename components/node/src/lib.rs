@@ -166,6 +166,8 @@ fn embedded_pd(cfg: &Config, secret: PathBuf, logger: &Logger) -> Result<pd::PdS
     let mut pd_cfg = cfg.pd.clone();
     pd_cfg.data_dir = cfg.server.data_dir.join("pd");
     pd_cfg.cluster_secret_file = secret;
+    // The store's own certificates: it dials its PD as any store would.
+    pd_cfg.security = cfg.security.clone();
     // A group of one: the store's single node needs no other member.
     pd_cfg.initial_cluster.clear();
     pd_cfg.join.clear();

@@ -74,6 +74,9 @@ pub struct Config {
     /// Failure domains; read from the file's `[replication]` section (`FileConfig`).
     #[serde(skip)]
     pub replication: Replication,
+    /// TLS; read from the file's `[security]` section (`FileConfig`).
+    #[serde(skip)]
+    pub security: util::security::SecurityConfig,
 }
 
 /// Where replicas go (TiKV's PD names): the `[replication]` section.
@@ -163,6 +166,7 @@ impl Default for Config {
             propose_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(60),
             replication: Replication::default(),
+            security: util::security::SecurityConfig::default(),
         }
     }
 }
@@ -229,6 +233,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> conf::Result<()> {
+        if let Some((key, why)) = self.security.server_problem() {
+            ensure(false, key, &why)?;
+        }
         ensure(
             !self.name.is_empty()
                 && self
@@ -307,6 +314,9 @@ pub struct FileConfig {
     pub pd: Config,
     /// Failure domains (copied into `pd.replication` by [`FileConfig::pd_config`]).
     pub replication: Replication,
+    /// TLS (copied into `pd.security`); its `cluster-secret-file` is `[pd]
+    /// cluster-secret-file`'s other name.
+    pub security: util::security::SecurityConfig,
     /// Status HTTP (`/metrics`, `/status`).
     pub status_addr: String,
     /// Logging.
@@ -316,8 +326,14 @@ pub struct FileConfig {
 impl FileConfig {
     /// The PD settings with the `[replication]` section in them.
     pub fn pd_config(&self) -> Config {
+        let mut cluster_secret_file = self.pd.cluster_secret_file.clone();
+        if cluster_secret_file.as_os_str().is_empty() {
+            cluster_secret_file = self.security.cluster_secret_file.clone();
+        }
         Config {
             replication: self.replication.clone(),
+            security: self.security.clone(),
+            cluster_secret_file,
             ..self.pd.clone()
         }
     }
@@ -326,6 +342,15 @@ impl FileConfig {
 impl Validate for FileConfig {
     fn validate(&self) -> conf::Result<()> {
         self.pd_config().validate()?;
+        let (a, b) = (
+            &self.pd.cluster_secret_file,
+            &self.security.cluster_secret_file,
+        );
+        ensure(
+            a.as_os_str().is_empty() || b.as_os_str().is_empty() || a == b,
+            "security.cluster-secret-file",
+            "differs from pd.cluster-secret-file (set one of them)",
+        )?;
         ensure(
             self.status_addr.is_empty() || self.status_addr.parse::<std::net::SocketAddr>().is_ok(),
             "status-addr",

@@ -9,10 +9,11 @@ use std::{
 
 use crossbeam_channel::Receiver;
 use engine::Engine;
-use grpcio::{Environment, ServerBuilder, ServerCredentials};
+use grpcio::{Environment, ServerBuilder};
 use parking_lot::RwLock;
 use proto::pdpb;
 use slog::{info, warn, Logger};
+use util::security::Security;
 
 use crate::{
     cluster::PdCore,
@@ -160,7 +161,8 @@ impl PdServer {
         // PD's metadata is small; in a store with an embedded PD this database sits beside
         // the store's own, outside `[storage]`'s budget.
         let engine = Engine::open_with(&cfg.data_dir, &engine::EngineOptions::small())?;
-        let prepared = member::prepare(&cfg, &engine, fresh, &logger)?;
+        let security = Security::for_server(&cfg.security)?;
+        let prepared = member::prepare(&cfg, security.clone(), &engine, fresh, &logger)?;
         let weak_engine = engine.downgrade();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -197,6 +199,7 @@ impl PdServer {
             pd: serving.clone(),
             pushers,
             secret: prepared.secret.clone(),
+            security: security.clone(),
             pool: runtime.handle().clone(),
             logger: logger.clone(),
         };
@@ -204,6 +207,7 @@ impl PdServer {
             group,
             identity: prepared.identity.clone(),
             secret: prepared.secret.clone(),
+            security: security.clone(),
             engine,
             pool: runtime.handle().clone(),
             secret_window: cfg.join_timeout,
@@ -227,8 +231,9 @@ impl PdServer {
             .register_service(proto_grpc::pd_memberpb_grpc::create_pd_member(
                 member_service,
             ))
+            .add_checker(security.checker())
             .build()?;
-        let port = server.add_listening_port(cfg.addr.clone(), ServerCredentials::insecure())?;
+        let port = security.listen(&mut server, &cfg.addr)?;
         let host = cfg.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
         let addr = if cfg.advertise_addr.is_empty() {
             format!("{host}:{port}")

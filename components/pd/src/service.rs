@@ -70,15 +70,12 @@ pub struct PdService {
     pub(crate) pushers: Pushers,
     /// What stores prove they belong to this cluster with (see `util::secret`).
     pub(crate) secret: ClusterSecret,
+    /// TLS: a cluster certificate proves a store or operator too.
+    pub(crate) security: Arc<util::security::Security>,
     /// Where calls run: they may wait for the PD group, which must never hold up a gRPC
     /// thread (Raft messages between members arrive on the same ones).
     pub(crate) pool: tokio::runtime::Handle,
     pub(crate) logger: Logger,
-}
-
-/// Whether a call carries the cluster secret.
-fn authenticated(ctx: &RpcContext, secret: &ClusterSecret) -> bool {
-    secret.carried_by(ctx.request_headers().iter())
 }
 
 /// Who may make a call.
@@ -189,7 +186,7 @@ impl PdService {
         R: WithHeader + Send + 'static,
         F: FnOnce(&PdCore) -> Result<R> + Send + 'static,
     {
-        let trusted = access == Access::Open || authenticated(ctx, &self.secret);
+        let trusted = access == Access::Open || self.security.is_cluster_call(ctx, &self.secret);
         let pd = self.pd.clone();
         let task = self.pool.spawn_blocking(move || {
             let core = pd.core()?;
@@ -523,7 +520,7 @@ impl Pd for PdService {
         }
         static STREAMS: AtomicU64 = AtomicU64::new(0);
         let this = self.clone();
-        let trusted = authenticated(&ctx, &self.secret);
+        let trusted = self.security.is_cluster_call(&ctx, &self.secret);
         let id = STREAMS.fetch_add(1, Ordering::Relaxed);
         let (push_tx, push_rx) = unbounded();
         ctx.spawn(async move {

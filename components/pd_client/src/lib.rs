@@ -22,7 +22,7 @@ use proto::{
 };
 use proto_grpc::{pd_memberpb_grpc, pdpb_grpc};
 use slog::{info, warn, Logger};
-use util::secret::ClusterSecret;
+use util::security::Credentials;
 
 /// Errors of the PD client.
 #[derive(Debug, thiserror::Error)]
@@ -176,9 +176,10 @@ pub struct PdClient {
     conn: RwLock<(String, pdpb_grpc::PdClient)>,
     cluster_id: AtomicU64,
     timeout: Duration,
-    /// A store's proof that it belongs to the cluster, sent with every call; clients
-    /// (kvctl) have none and cannot make the calls that need it.
-    secret: Option<ClusterSecret>,
+    /// The TLS settings channels are opened with, and a store's or operator's proof
+    /// that it belongs to the cluster (the cluster secret, sent with every call; clients
+    /// have none and cannot make the calls that need it).
+    creds: Credentials,
     logger: Logger,
 }
 
@@ -194,27 +195,19 @@ impl PdClient {
         timeout: Duration,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
-        Self::connect_with(endpoints, timeout, None, logger).await
+        Self::connect_within(endpoints, timeout, timeout, Credentials::default(), logger).await
     }
 
-    /// Like [`PdClient::connect`], for a store of the cluster: every call carries
-    /// `secret`, which the calls that change the cluster's metadata require.
+    /// Like [`PdClient::connect`], for a store of the cluster: it dials with `creds`, and
+    /// every call carries its secret (if any), which the calls that change the
+    /// cluster's metadata require without a cluster certificate.
     pub async fn connect_as_store(
         endpoints: &[String],
         timeout: Duration,
-        secret: ClusterSecret,
+        creds: Credentials,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
-        Self::connect_with(endpoints, timeout, Some(secret), logger).await
-    }
-
-    async fn connect_with(
-        endpoints: &[String],
-        timeout: Duration,
-        secret: Option<ClusterSecret>,
-        logger: Logger,
-    ) -> Result<Arc<PdClient>> {
-        Self::connect_within(endpoints, timeout, timeout, secret, logger).await
+        Self::connect_within(endpoints, timeout, timeout, creds, logger).await
     }
 
     /// Connects, giving up after `connect_timeout` (a command-line tool should say soon
@@ -223,7 +216,7 @@ impl PdClient {
         endpoints: &[String],
         connect_timeout: Duration,
         timeout: Duration,
-        secret: Option<ClusterSecret>,
+        creds: Credentials,
         logger: Logger,
     ) -> Result<Arc<PdClient>> {
         // `a,b,c` in one string counts as three endpoints (a flag's value, say).
@@ -244,13 +237,13 @@ impl PdClient {
         );
         let first = endpoints[0].clone();
         let client = PdClient {
-            conn: RwLock::new((first.clone(), Self::dial(&env, &first))),
+            conn: RwLock::new((first.clone(), Self::dial(&env, &creds, &first))),
             env,
             endpoints,
             members: RwLock::new(vec![]),
             cluster_id: AtomicU64::new(0),
             timeout,
-            secret,
+            creds,
             logger,
         };
         let mut retry = Self::retry(connect_timeout);
@@ -263,13 +256,13 @@ impl PdClient {
         }
     }
 
-    fn dial(env: &Arc<Environment>, addr: &str) -> pdpb_grpc::PdClient {
+    fn dial(env: &Arc<Environment>, creds: &Credentials, addr: &str) -> pdpb_grpc::PdClient {
         let (ping, wait) = util::grpc::PD_KEEPALIVE;
-        let ch = util::grpc::channel(env.clone())
+        let builder = util::grpc::channel(env.clone())
             .max_receive_message_len(64 << 20)
             .keepalive_time(ping)
-            .keepalive_timeout(wait)
-            .connect(addr);
+            .keepalive_timeout(wait);
+        let ch = creds.connect(builder, addr);
         pdpb_grpc::PdClient::new(ch)
     }
 
@@ -286,7 +279,7 @@ impl PdClient {
         // The leader as a follower named it: used if no endpoint turns out to lead.
         let mut named = None;
         for ep in &candidates {
-            let client = Self::dial(&self.env, ep);
+            let client = Self::dial(&self.env, &self.creds, ep);
             let opt = CallOption::default().timeout(Duration::from_secs(2));
             let resp = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt)
             {
@@ -317,7 +310,7 @@ impl PdClient {
         if let Some((leader, resp)) = named {
             // Followers name the old leader for a moment after it died: switch only to a
             // member that answers as leader, or streams opened on it never start.
-            let client = Self::dial(&self.env, &leader);
+            let client = Self::dial(&self.env, &self.creds, &leader);
             let opt = CallOption::default().timeout(Duration::from_secs(2));
             let answered =
                 match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
@@ -347,7 +340,8 @@ impl PdClient {
     /// Which member answers at `ep` (host:port), if it says.
     pub async fn member_id_at(&self, ep: &str) -> Option<u64> {
         let client = pd_memberpb_grpc::PdMemberClient::new(
-            util::grpc::channel(self.env.clone()).connect(ep),
+            self.creds
+                .connect(util::grpc::channel(self.env.clone()), ep),
         );
         let opt = CallOption::default().timeout(Duration::from_secs(2));
         let req = pd_memberpb::HelloRequest::default();
@@ -395,7 +389,7 @@ impl PdClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<pdpb::GetMembersResponse> {
-        let client = Self::dial(&self.env, strip_scheme(addr));
+        let client = Self::dial(&self.env, &self.creds, strip_scheme(addr));
         let opt = CallOption::default().timeout(timeout);
         let res = match client.get_members_async_opt(&pdpb::GetMembersRequest::default(), opt) {
             Ok(rx) => rx.await,
@@ -416,7 +410,8 @@ impl PdClient {
         loop {
             let addr = self.leader_addr();
             let client = pd_memberpb_grpc::PdMemberClient::new(
-                util::grpc::channel(self.env.clone()).connect(&addr),
+                self.creds
+                    .connect(util::grpc::channel(self.env.clone()), &addr),
             );
             let opt = self.call_option().timeout(Duration::from_secs(5));
             let res = match client.transfer_leader_async_opt(&req, opt) {
@@ -740,13 +735,9 @@ impl PdClient {
             })
     }
 
-    /// Call options with the store's secret, if it has one.
+    /// Call options with the headers of this client's credentials.
     fn call_option(&self) -> CallOption {
-        let opt = CallOption::default();
-        match &self.secret {
-            Some(secret) => opt.headers(secret.headers()),
-            None => opt,
-        }
+        self.creds.call_option(CallOption::default())
     }
 
     /// The header every streamed request must carry.

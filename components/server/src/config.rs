@@ -178,15 +178,8 @@ impl StorageConfig {
     }
 }
 
-/// The `[security]` section.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct SecurityConfig {
-    /// The cluster secret, the file pd-server created (`<pd data-dir>/cluster-secret`):
-    /// required with an external PD; with the embedded PD, empty means
-    /// `<data-dir>/cluster-secret`, created at first start.
-    pub cluster_secret_file: PathBuf,
-}
+/// The `[security]` section: TLS and the cluster secret.
+pub use util::security::SecurityConfig;
 
 /// The `[server]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -321,6 +314,9 @@ impl Validate for Config {
     fn validate(&self) -> conf::Result<()> {
         socket_addr(&self.server.addr, "server.addr")?;
         socket_addr(&self.server.status_addr, "server.status-addr")?;
+        if let Some((key, why)) = self.security.server_problem() {
+            ensure(false, key, &why)?;
+        }
         ensure(
             !self.server.data_dir.as_os_str().is_empty(),
             "server.data-dir",

@@ -28,6 +28,8 @@ pub struct GcWorker {
     pub pd: Arc<pd_client::PdClient>,
     /// PD's addresses, for the transactional client that resolves locks.
     pub pd_endpoints: Vec<String>,
+    /// What that client dials with (TLS, the cluster secret).
+    pub creds: util::security::Credentials,
     /// Where versions are dropped.
     pub txn: TxnStorage,
     /// Which regions this store leads.
@@ -102,7 +104,10 @@ impl GcWorker {
     ) -> client::Result<&'a client::txn::TxnClient> {
         if slot.is_none() {
             let timeout = self.cfg.run_interval.max(Duration::from_secs(10));
-            *slot = Some(client::txn::TxnClient::connect(&self.pd_endpoints, timeout).await?);
+            let creds = self.creds.clone();
+            *slot = Some(
+                client::txn::TxnClient::connect_with(&self.pd_endpoints, timeout, creds).await?,
+            );
         }
         Ok(slot.as_ref().expect("connected above"))
     }

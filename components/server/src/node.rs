@@ -4,13 +4,14 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use engine::{Cf, Engine};
-use grpcio::{ServerBuilder, ServerCredentials};
+use grpcio::ServerBuilder;
 use pd_client::PdClient;
 use proto::{metapb, raft_serverpb::RegionLocalState};
 use protobuf::Message as _;
 use raftstore::{bootstrap, RaftStore, SnapManager, StoreDeps};
 use slog::{info, warn, Logger};
 use util::secret::ClusterSecret;
+use util::security::{Credentials, Security};
 use util::shutdown::Shutdown;
 
 use crate::{
@@ -142,10 +143,15 @@ fn secret_path(cfg: &Config) -> PathBuf {
 /// of this process's own (`own_cluster`: the embedded PD), one created in the data
 /// directory.
 fn cluster_secret(cfg: &Config, own_cluster: bool) -> Result<ClusterSecret> {
-    if !own_cluster && cfg.security.cluster_secret_file.as_os_str().is_empty() {
+    let no_file = cfg.security.cluster_secret_file.as_os_str().is_empty();
+    if !own_cluster && no_file && cfg.security.tls() {
+        // Cluster certificates prove this store's calls.
+        return Ok(ClusterSecret::none());
+    }
+    if !own_cluster && no_file {
         return Err(Error::Startup(
             "no cluster secret: set security.cluster-secret-file (--cluster-secret-file) to the \
-             file pd-server created, <pd data-dir>/cluster-secret"
+             file pd-server created, <pd data-dir>/cluster-secret, or use TLS (security.ca-path)"
                 .into(),
         ));
     }
@@ -180,6 +186,7 @@ fn announced_store(cfg: &Config) -> metapb::Store {
 fn serve_grpc(
     cfg: &Config,
     env: Arc<grpcio::Environment>,
+    security: &Security,
     service: TikvService,
 ) -> Result<grpcio::Server> {
     let max = cfg.server.max_message_size.as_u64() as i32;
@@ -196,8 +203,10 @@ fn serve_grpc(
     let mut grpc = ServerBuilder::new(env)
         .channel_args(args)
         .register_service(proto_grpc::tikvpb_grpc::create_tikv(service))
+        .add_checker(security.checker())
         .build()?;
-    grpc.add_listening_port(cfg.server.addr.clone(), ServerCredentials::insecure())
+    security
+        .listen(&mut grpc, &cfg.server.addr)
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
     grpc.start();
     Ok(grpc)
@@ -208,7 +217,9 @@ async fn serve_status(
     store: &metapb::Store,
     cluster_id: u64,
     meta: Arc<parking_lot::Mutex<raftstore::StoreMeta>>,
+    security: &Arc<Security>,
     shutdown: &Shutdown,
+    logger: &Logger,
 ) -> Result<SocketAddr> {
     let addr: SocketAddr = cfg
         .server
@@ -227,9 +238,15 @@ async fn serve_status(
             "version": env!("CARGO_PKG_VERSION"),
         })
     });
-    let (bound, _) = status::serve(addr, status, shutdown.clone())
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))?;
+    let (bound, _) = status::serve(
+        addr,
+        status,
+        security.clone(),
+        shutdown.clone(),
+        logger.clone(),
+    )
+    .await
+    .map_err(|e| Error::Startup(e.to_string()))?;
     Ok(bound)
 }
 
@@ -238,6 +255,7 @@ async fn serve_status(
 pub struct OpenStore {
     cfg: Config,
     secret: ClusterSecret,
+    security: Arc<Security>,
     engine: Engine,
     snap_mgr: SnapManager,
     dir_lock: util::dir_lock::DirLock,
@@ -263,6 +281,8 @@ impl Node {
             .map_err(|e| Error::Startup(e.to_string()))?;
         // Before the database opens: a secret is created only for a new data directory.
         let secret = cluster_secret(&cfg, own_cluster)?;
+        let security =
+            Security::for_server(&cfg.security).map_err(|e| Error::Startup(e.to_string()))?;
         let engine = Engine::open_with(&data_dir.join("db"), &cfg.storage.engine_options())?;
         crate::metrics::register_all();
         let weak = engine.downgrade();
@@ -272,6 +292,7 @@ impl Node {
         Ok(OpenStore {
             cfg,
             secret,
+            security,
             engine,
             snap_mgr,
             dir_lock,
@@ -290,16 +311,21 @@ impl OpenStore {
         let OpenStore {
             cfg,
             secret,
+            security,
             engine,
             snap_mgr,
             dir_lock,
         } = self;
         let data_dir = cfg.server.data_dir.clone();
         check_resolvable(&endpoints)?;
+        let creds = Credentials {
+            security: security.clone(),
+            secret: Some(secret.clone()),
+        };
         let pd = PdClient::connect_as_store(
             &endpoints,
             Duration::from_secs(30),
-            secret.clone(),
+            creds.clone(),
             logger.clone(),
         )
         .await?;
@@ -326,6 +352,7 @@ impl OpenStore {
         let resolver = Resolver::new(
             pd.clone(),
             env.clone(),
+            security.clone(),
             cfg.server.max_message_size.as_u64() as i32,
             (
                 cfg.server.grpc_keepalive_time,
@@ -386,11 +413,12 @@ impl OpenStore {
                 cfg.server.snap_max_concurrent_recv,
             )),
             secret: secret.clone(),
+            security: security.clone(),
             resolver,
             rt,
             logger: logger.clone(),
         };
-        let grpc = serve_grpc(&cfg, env, service)?;
+        let grpc = serve_grpc(&cfg, env, &security, service)?;
         pd.put_store(store.clone()).await?;
 
         let shutdown = Shutdown::default();
@@ -399,7 +427,9 @@ impl OpenStore {
             &store,
             pd.cluster_id(),
             raftstore.store_meta(),
+            &security,
             &shutdown,
+            &logger,
         )
         .await?;
         tokio::spawn(crate::safe_ts::run(
@@ -416,6 +446,7 @@ impl OpenStore {
                     store_id,
                     pd: pd.clone(),
                     pd_endpoints: endpoints.clone(),
+                    creds,
                     txn,
                     meta: raftstore.store_meta(),
                     shutdown: shutdown.clone(),

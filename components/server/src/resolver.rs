@@ -6,6 +6,7 @@ use grpcio::Environment;
 use parking_lot::Mutex;
 use pd_client::PdClient;
 use proto_grpc::tikvpb_grpc::TikvClient;
+use util::security::Security;
 
 use crate::Result;
 
@@ -14,6 +15,8 @@ use crate::Result;
 pub struct Resolver {
     pd: Arc<PdClient>,
     env: Arc<Environment>,
+    /// TLS for the channels to other stores.
+    security: Arc<Security>,
     max_message_size: i32,
     /// Ping time and timeout of connections to other stores.
     keepalive: (Duration, Duration),
@@ -22,17 +25,20 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Resolves through `pd`, dialing with `env`; messages up to `max_message_size`,
-    /// connections pinged every `keepalive.0` and dropped after `keepalive.1` of silence.
+    /// Resolves through `pd`, dialing with `env` and `security`; messages up to
+    /// `max_message_size`, connections pinged every `keepalive.0` and dropped after
+    /// `keepalive.1` of silence.
     pub fn new(
         pd: Arc<PdClient>,
         env: Arc<Environment>,
+        security: Arc<Security>,
         max_message_size: i32,
         keepalive: (Duration, Duration),
     ) -> Self {
         Resolver {
             pd,
             env,
+            security,
             max_message_size,
             keepalive,
             addrs: Arc::default(),
@@ -66,13 +72,13 @@ impl Resolver {
             // Pinged, also while a stream is idle (a hibernating region's), so that a
             // peer whose address went away fails the stream and is dialled afresh,
             // resolving its name again.
-            let ch = util::grpc::channel(self.env.clone())
+            let builder = util::grpc::channel(self.env.clone())
                 .max_receive_message_len(self.max_message_size)
                 .max_send_message_len(self.max_message_size)
                 .keepalive_time(self.keepalive.0)
                 .keepalive_timeout(self.keepalive.1)
-                .http2_max_pings_without_data(0)
-                .connect(&addr);
+                .http2_max_pings_without_data(0);
+            let ch = self.security.connect(builder, &addr);
             TikvClient::new(ch)
         });
         Ok(client.clone())

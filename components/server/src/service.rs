@@ -44,6 +44,8 @@ pub struct TikvService {
     pub(crate) snap_recv: std::sync::Arc<tokio::sync::Semaphore>,
     /// Peer streams must carry it (see `util::secret`).
     pub(crate) secret: ClusterSecret,
+    /// TLS: a cluster certificate proves a peer too.
+    pub(crate) security: std::sync::Arc<util::security::Security>,
     pub(crate) resolver: Resolver,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) logger: Logger,
@@ -730,12 +732,13 @@ impl Tikv for TikvService {
 }
 
 impl TikvService {
-    /// Whether a peer stream carries the cluster secret; logs the refusal if not.
+    /// Whether a peer stream comes from a store of this cluster (it carries the cluster
+    /// secret, or a cluster certificate); logs the refusal if not.
     fn peer_authenticated(&self, ctx: &RpcContext, what: &str) -> bool {
-        let ok = self.secret.carried_by(ctx.request_headers().iter());
+        let ok = self.security.is_cluster_call(ctx, &self.secret);
         if !ok {
             metrics::PEER_STREAMS_REFUSED.inc();
-            warn!(self.logger, "refusing a peer stream without the cluster secret";
+            warn!(self.logger, "refusing a peer stream without the cluster secret or certificate";
                   "what" => what, "from" => ctx.peer());
         }
         ok
@@ -752,7 +755,9 @@ fn refuse_peer<T: Send + 'static>(
 ) {
     let status = RpcStatus::with_message(
         RpcStatusCode::UNAUTHENTICATED,
-        "store-to-store traffic must carry this cluster's secret".into(),
+        "store-to-store traffic must carry this cluster's secret or a cluster certificate \
+         (security.cluster-cn)"
+            .into(),
     );
     ctx.spawn(async move {
         let _ = sink.fail(status).await;

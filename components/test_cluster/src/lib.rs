@@ -176,7 +176,7 @@ impl Cluster {
             .block_on(PdClient::connect_as_store(
                 &[pd_server.addr().to_string()],
                 Duration::from_secs(10),
-                secret,
+                util::security::Credentials::with_secret(Some(secret)),
                 test_logger(),
             ))
             .expect("connect to pd");

@@ -7,6 +7,9 @@ pub enum Error {
     /// The cluster secret is missing or unreadable.
     #[error("{0}")]
     Secret(String),
+    /// A TLS setting or file is wrong.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The result type of this crate.

@@ -1,5 +1,5 @@
 //! Plumbing shared by Flotilla's processes and its client library: the clock, logging, gRPC channel
-//! settings, retry with backoff, the cluster secret, the data-directory lock, graceful
+//! settings, retry with backoff, the cluster secret, TLS, the data-directory lock, graceful
 //! shutdown, the panic hook, the rule for store labels, and the wire conventions messages
 //! cannot carry.
 //!
@@ -15,6 +15,7 @@ pub mod logger;
 pub mod panic;
 pub mod retry;
 pub mod secret;
+pub mod security;
 pub mod shutdown;
 pub mod wire;
 

@@ -67,6 +67,12 @@ impl ClusterSecret {
         Self::load(path)
     }
 
+    /// No secret: a process whose cluster proves itself with TLS certificates
+    /// (`util::security`) sends none and matches none.
+    pub fn none() -> ClusterSecret {
+        ClusterSecret(String::new())
+    }
+
     /// The secret as sent in [`HEADER`].
     pub fn as_str(&self) -> &str {
         &self.0
@@ -75,8 +81,10 @@ impl ClusterSecret {
     /// gRPC call metadata carrying this secret in [`HEADER`].
     pub fn headers(&self) -> grpcio::Metadata {
         let mut b = grpcio::MetadataBuilder::with_capacity(1);
-        b.add_str(HEADER, &self.0)
-            .expect("the secret is a valid ASCII header value");
+        if !self.0.is_empty() {
+            b.add_str(HEADER, &self.0)
+                .expect("the secret is a valid ASCII header value");
+        }
         b.build()
     }
 
@@ -95,7 +103,8 @@ impl ClusterSecret {
     /// Whether a header value is this secret (compared in constant time).
     pub fn matches(&self, value: &[u8]) -> bool {
         let ours = self.0.as_bytes();
-        value.len() == ours.len()
+        !ours.is_empty()
+            && value.len() == ours.len()
             && value
                 .iter()
                 .zip(ours)
@@ -152,5 +161,9 @@ mod tests {
         std::fs::write(dir.path().join("short"), "abc").unwrap();
         assert!(ClusterSecret::load(&dir.path().join("short")).is_err());
         assert!(ClusterSecret::load(&dir.path().join("missing")).is_err());
+        assert!(
+            !ClusterSecret::none().matches(b""),
+            "no secret matches nothing"
+        );
     }
 }

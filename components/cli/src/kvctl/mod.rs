@@ -13,11 +13,13 @@ use client::{Client, Error, ReadMode, Result};
 
 use crate::progress::Progress;
 
+mod cert;
 mod health;
 mod pd;
 mod stats;
 mod txn;
 
+pub use cert::CertCommand;
 pub use health::{Health, PdMemberHealth, Verdict};
 pub use pd::PdCommand;
 pub use txn::TxnCommand;
@@ -51,6 +53,15 @@ pub struct Cli {
     /// that change placement: region move, transfer-leader, store delete.
     #[arg(long, global = true, env = "FLOTILLA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) the cluster's certificates are signed by: dial with TLS.
+    #[arg(long, global = true, env = "FLOTILLA_CA_PATH")]
+    pub ca_path: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for a cluster that asks for one.
+    #[arg(long, global = true, env = "FLOTILLA_CERT_PATH")]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert-path.
+    #[arg(long, global = true, env = "FLOTILLA_KEY_PATH")]
+    pub key_path: Option<std::path::PathBuf>,
     /// Where get, scan and txn reads are served: leader, follower, closest (a replica in
     /// --zone, else the leader) or stale=DURATION (the closest replica alone, at most
     /// that far behind).
@@ -159,6 +170,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: TxnCommand,
+    },
+    /// TLS certificates: a CA and certificates for the cluster and its clients (needs no
+    /// cluster).
+    Cert {
+        /// What to make.
+        #[command(subcommand)]
+        command: CertCommand,
     },
     /// An interactive shell (with history) that takes these commands, and BEGIN
     /// [PESSIMISTIC], COMMIT and ROLLBACK: in between, get/put/delete/scan run in one
@@ -427,9 +445,50 @@ pub async fn run(
         Command::Txn { command } => {
             txn::run(&client::txn::TxnClient::new(client), command, read, &mut p).await
         }
+        Command::Cert { command } => cert::run(command, &mut p),
         Command::Shell => Err(Error::InvalidArgument(
             "the shell cannot start a shell".into(),
         )),
+    }
+}
+
+/// Runs a command that needs no cluster (`cert`), if `cmd` is one; output to `out`,
+/// diagnostics to `err`.
+pub fn run_offline(
+    cmd: &Command,
+    output: Output,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Option<Result<i32>> {
+    let mut p = Printer {
+        json: output == Output::Json,
+        out,
+        err,
+    };
+    match cmd {
+        Command::Cert { command } => Some(cert::run(command, &mut p)),
+        _ => None,
+    }
+}
+
+impl Cli {
+    /// What to dial the cluster with: TLS from --ca-path, --cert-path and --key-path,
+    /// and the cluster secret from --cluster-secret-file.
+    pub fn credentials(&self) -> std::result::Result<util::security::Credentials, String> {
+        let secret = match self.cluster_secret_file.as_deref() {
+            Some(f) => Some(util::secret::ClusterSecret::load(f).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let cfg = util::security::SecurityConfig {
+            ca_path: self.ca_path.clone().unwrap_or_default(),
+            cert_path: self.cert_path.clone().unwrap_or_default(),
+            key_path: self.key_path.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let security =
+            util::security::Security::new(&cfg).map_err(|e| format!("TLS flags: {e}"))?;
+        crate::scrape::set_security(security.clone());
+        Ok(util::security::Credentials { security, secret })
     }
 }
 

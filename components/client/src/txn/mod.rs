@@ -46,6 +46,17 @@ impl TxnClient {
         })
     }
 
+    /// Like [`TxnClient::connect`], dialing with `creds`.
+    pub async fn connect_with(
+        pd_endpoints: &[String],
+        timeout: Duration,
+        creds: util::security::Credentials,
+    ) -> Result<TxnClient> {
+        Ok(TxnClient {
+            inner: Client::connect_with(pd_endpoints, timeout, creds).await?,
+        })
+    }
+
     /// Transactions on `client`'s PD connection (with a region cache of their own).
     pub fn new(client: &Client) -> TxnClient {
         TxnClient {

@@ -58,7 +58,7 @@ impl Group {
         let transport = transport::Transport::new(
             identity.group_id,
             own_url,
-            prepared.secret.clone(),
+            (prepared.secret.clone(), prepared.security.clone()),
             runtime,
             tx.clone(),
             cfg.raft_max_message_bytes,

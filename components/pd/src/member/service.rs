@@ -27,6 +27,8 @@ pub(crate) struct MemberService {
     pub(crate) group: Arc<Group>,
     pub(crate) identity: MemberIdentity,
     pub(crate) secret: ClusterSecret,
+    /// TLS: a cluster certificate proves a member too.
+    pub(crate) security: Arc<util::security::Security>,
     pub(crate) engine: Engine,
     pub(crate) pool: tokio::runtime::Handle,
     /// How long after the group was created the seed still hands out the secret.
@@ -47,7 +49,7 @@ fn header(res: Result<()>) -> proto::pdpb::ResponseHeader {
 
 impl MemberService {
     fn authenticated(&self, ctx: &RpcContext) -> bool {
-        self.secret.carried_by(ctx.request_headers().iter())
+        self.security.is_cluster_call(ctx, &self.secret)
     }
 
     /// The leader's client URL, for a member that is not it.
@@ -277,7 +279,14 @@ impl PdMember for MemberService {
         sink: UnarySink<FetchSecretResponse>,
     ) {
         let mut resp = FetchSecretResponse::default();
-        match self.give_secret(&req) {
+        // With TLS, only a member's certificate may ask.
+        let asked = match self.security.tls() && !self.security.is_cluster_peer(&ctx) {
+            true => Err(Error::Member(
+                "the cluster secret goes only to a peer with a cluster certificate".into(),
+            )),
+            false => self.give_secret(&req),
+        };
+        match asked {
             Ok(secret) => resp.set_secret(secret),
             Err(e) => {
                 warn!(self.logger, "cluster secret refused"; "to" => req.get_name(), "why" => %e);

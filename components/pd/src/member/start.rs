@@ -20,6 +20,7 @@ use proto::{
 use proto_grpc::pd_memberpb_grpc::PdMemberClient;
 use slog::{info, warn, Logger};
 use util::secret::{self, ClusterSecret};
+use util::security::Security;
 
 use super::log::MemberLog;
 use crate::{Config, Error, Result};
@@ -35,6 +36,8 @@ pub(crate) struct Prepared {
     pub identity: MemberIdentity,
     /// What members and stores of this cluster prove themselves with.
     pub secret: ClusterSecret,
+    /// TLS: what members dial and listen with, and what else proves a cluster process.
+    pub security: Arc<Security>,
 }
 
 fn unix_ms() -> u64 {
@@ -76,8 +79,17 @@ fn member_record(id: u64, name: &str, addr: &str) -> pdpb::Member {
     m
 }
 
-fn client(env: &Arc<Environment>, addr: &str) -> PdMemberClient {
-    PdMemberClient::new(ChannelBuilder::new(env.clone()).connect(addr))
+/// What a starting member dials the others with.
+struct Dial {
+    env: Arc<Environment>,
+    security: Arc<Security>,
+}
+
+fn client(dial: &Dial, addr: &str) -> PdMemberClient {
+    PdMemberClient::new(
+        dial.security
+            .connect(ChannelBuilder::new(dial.env.clone()), addr),
+    )
 }
 
 fn header_error(h: &pdpb::ResponseHeader) -> Option<String> {
@@ -88,6 +100,7 @@ fn header_error(h: &pdpb::ResponseHeader) -> Option<String> {
 /// Settles this member's identity (see the module doc) and its cluster secret.
 pub(crate) fn prepare(
     cfg: &Config,
+    security: Arc<Security>,
     engine: &Engine,
     fresh: bool,
     logger: &Logger,
@@ -102,17 +115,28 @@ pub(crate) fn prepare(
                 cfg.name
             )));
         }
-        let secret = ClusterSecret::load_or_create(&secret_path, false)?;
-        return Ok(Prepared { identity, secret });
+        let secret = match secret_path.exists() || !security.tls() {
+            true => ClusterSecret::load_or_create(&secret_path, false)?,
+            // A member that joined with TLS alone has none.
+            false => ClusterSecret::none(),
+        };
+        return Ok(Prepared {
+            identity,
+            secret,
+            security,
+        });
     }
-    let env = Arc::new(
-        EnvBuilder::new()
-            .cq_count(1)
-            .name_prefix("pd-start")
-            .build(),
-    );
+    let dial = Dial {
+        env: Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("pd-start")
+                .build(),
+        ),
+        security: security.clone(),
+    };
     if !cfg.join.is_empty() {
-        return join(cfg, engine, &env, &secret_path, logger);
+        return join(cfg, engine, &dial, &secret_path, logger);
     }
     let members = cfg.initial_members()?;
     let group_id = group_id(&members);
@@ -127,8 +151,8 @@ pub(crate) fn prepare(
                 cfg.data_dir.display()
             )));
         }
-        check_others(cfg, &members, group_id, &initial_cluster, &env, logger)?;
-        initial_secret(cfg, &members, group_id, &secret_path, &env, logger)?
+        check_others(cfg, &members, group_id, &initial_cluster, &dial, logger)?;
+        initial_secret(cfg, &members, group_id, &secret_path, &dial, logger)?
     };
     let mut identity = MemberIdentity::default();
     identity.set_name(cfg.name.clone());
@@ -157,7 +181,11 @@ pub(crate) fn prepare(
     engine.write(wb, true)?;
     info!(logger, "pd group created"; "member" => &cfg.name, "member_id" => identity.member_id,
           "initial_cluster" => identity.get_initial_cluster());
-    Ok(Prepared { identity, secret })
+    Ok(Prepared {
+        identity,
+        secret,
+        security,
+    })
 }
 
 /// Asks every other initial member who it is: one that answers with another initial
@@ -168,7 +196,7 @@ fn check_others(
     members: &[(String, String)],
     group_id: u64,
     initial_cluster: &str,
-    env: &Arc<Environment>,
+    dial: &Dial,
     logger: &Logger,
 ) -> Result<()> {
     for (name, addr) in members.iter().filter(|(n, _)| *n != cfg.name) {
@@ -177,7 +205,7 @@ fn check_others(
         req.set_name(cfg.name.clone());
         req.set_initial_cluster(initial_cluster.to_string());
         let opt = CallOption::default().timeout(CALL_TIMEOUT);
-        match client(env, addr).hello_opt(&req, opt) {
+        match client(dial, addr).hello_opt(&req, opt) {
             Err(e) => {
                 warn!(logger, "pd member not reachable yet"; "member" => name, "addr" => addr, "err" => %e)
             }
@@ -216,7 +244,7 @@ fn initial_secret(
     members: &[(String, String)],
     group_id: u64,
     path: &Path,
-    env: &Arc<Environment>,
+    dial: &Dial,
     logger: &Logger,
 ) -> Result<ClusterSecret> {
     if path.exists() {
@@ -232,7 +260,7 @@ fn initial_secret(
     req.set_name(cfg.name.clone());
     let last = loop {
         let opt = CallOption::default().timeout(CALL_TIMEOUT);
-        let err = match client(env, seed_addr).fetch_secret_opt(&req, opt) {
+        let err = match client(dial, seed_addr).fetch_secret_opt(&req, opt) {
             Ok(resp) => match header_error(resp.get_header()) {
                 None => {
                     info!(logger, "cluster secret received from the seed"; "seed" => seed);
@@ -261,18 +289,23 @@ fn initial_secret(
 fn join(
     cfg: &Config,
     engine: &Engine,
-    env: &Arc<Environment>,
+    dial: &Dial,
     secret_path: &Path,
     logger: &Logger,
 ) -> Result<Prepared> {
-    if cfg.cluster_secret_file.as_os_str().is_empty() || !secret_path.exists() {
+    let has_secret = !cfg.cluster_secret_file.as_os_str().is_empty() && secret_path.exists();
+    if !has_secret && !dial.security.tls() {
         return Err(Error::Member(
             "joining a PD group needs the cluster secret: copy <data-dir>/cluster-secret \
-             from a member and give it as cluster-secret-file"
+             from a member and give it as cluster-secret-file (or use TLS certificates)"
                 .into(),
         ));
     }
-    let secret = ClusterSecret::load(secret_path)?;
+    // With TLS, this member's certificate proves it.
+    let secret = match has_secret {
+        true => ClusterSecret::load(secret_path)?,
+        false => ClusterSecret::none(),
+    };
     let mut req = JoinRequest::default();
     req.set_name(cfg.name.clone());
     req.set_url(url(cfg.client_addr()));
@@ -283,7 +316,7 @@ fn join(
             let opt = CallOption::default()
                 .timeout(cfg.propose_timeout * 3)
                 .headers(secret.headers());
-            match client(env, &addr).join_opt(&req, opt) {
+            match client(dial, &addr).join_opt(&req, opt) {
                 Ok(resp) => match header_error(resp.get_header()) {
                     None => {
                         let mut identity = MemberIdentity::default();
@@ -296,7 +329,11 @@ fn join(
                         wb.put_msg(Cf::Raft, k::IDENTITY_KEY, &identity);
                         engine.write(wb, true)?;
                         info!(logger, "joined the pd group"; "via" => &addr, "member_id" => resp.member_id);
-                        return Ok(Prepared { identity, secret });
+                        return Ok(Prepared {
+                            identity,
+                            secret,
+                            security: dial.security.clone(),
+                        });
                     }
                     Some(e) => last = format!("{addr}: {e}"),
                 },

@@ -14,6 +14,7 @@ use raft::eraftpb::Message;
 use slog::{warn, Logger};
 use tokio::sync::mpsc;
 use util::secret::ClusterSecret;
+use util::security::Security;
 
 use super::node::Msg;
 
@@ -33,6 +34,7 @@ pub(crate) struct Transport {
     url: String,
     env: Arc<Environment>,
     secret: ClusterSecret,
+    security: Arc<Security>,
     runtime: tokio::runtime::Handle,
     node: Sender<Msg>,
     /// Per member id: its URL and its queue.
@@ -46,7 +48,7 @@ impl Transport {
     pub(crate) fn new(
         group_id: u64,
         url: String,
-        secret: ClusterSecret,
+        (secret, security): (ClusterSecret, Arc<Security>),
         runtime: tokio::runtime::Handle,
         node: Sender<Msg>,
         max_message_bytes: usize,
@@ -63,6 +65,7 @@ impl Transport {
             url,
             env,
             secret,
+            security,
             runtime,
             node,
             peers: HashMap::new(),
@@ -100,9 +103,9 @@ impl Transport {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_string();
-        let channel = util::grpc::channel(self.env.clone())
-            .max_send_message_len(self.max_message_bytes as i32)
-            .connect(&addr);
+        let builder = util::grpc::channel(self.env.clone())
+            .max_send_message_len(self.max_message_bytes as i32);
+        let channel = self.security.connect(builder, &addr);
         let client = PdMemberClient::new(channel);
         let (group_id, secret, node, logger) = (
             (self.group_id, self.url.clone()),
