@@ -13,6 +13,7 @@ mod follower_read;
 mod hibernate;
 mod pd_group;
 mod raft_cluster;
+mod raw_ttl;
 mod safety;
 mod sessions;
 mod split;

@@ -261,8 +261,10 @@ fn a_command_computed_in_an_earlier_term_is_refused() {
         let mut req = proto::raft_cmdpb::Request::default();
         req.set_cmd_type(proto::raft_cmdpb::CmdType::Put);
         req.mut_put().set_key(b"k".to_vec());
-        req.mut_put()
-            .set_value(format!("written in term {term}").into_bytes());
+        req.mut_put().set_value(keys::raw::encode(
+            format!("written in term {term}").as_bytes(),
+            keys::raw::NO_EXPIRY,
+        ));
         cmd.mut_requests().push(req);
         let (tx, rx) = std::sync::mpsc::channel();
         c.router(leader)

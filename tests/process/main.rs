@@ -22,6 +22,7 @@ mod metrics;
 mod moves;
 mod operations;
 mod pd_failover;
+mod raw_ttl;
 mod scale;
 mod sessions;
 mod sharding;

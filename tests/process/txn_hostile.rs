@@ -25,7 +25,13 @@ struct Env {
 /// Three stores with `extra` settings (TOML after `[raftstore]`), the transactional key
 /// space split at `k`; GC off, so that only the tests sweep locks.
 fn env(extra: &str) -> Env {
-    let (cluster, rt, ours) = common::three_voters(&format!("{extra}\n[gc]\nenable = false\n"));
+    env_with(&format!("{extra}\n[gc]\nenable = false\n"))
+}
+
+/// Three stores with `settings` (TOML after `[raftstore]`), the transactional key space
+/// split at `k`.
+fn env_with(settings: &str) -> Env {
+    let (cluster, rt, ours) = common::three_voters(settings);
     let first = rt.block_on(ours.regions()).unwrap()[0].region.get_id();
     rt.block_on(ours.split_region(first, &[keys::txn::encode_bytes(b"k")]))
         .expect("split");
@@ -517,4 +523,46 @@ fn async_commit_falls_back_and_status_checks_keep_the_lock_as_it_is() {
         before,
         "a caller of 0 changes nothing"
     );
+}
+
+/// A transaction whose primary committed while its secondaries are still locked survives
+/// a GC safe point that a client moved past it: the stores resolve the locks below the
+/// safe point (committing them, as the primary says) before they drop any version.
+#[test]
+fn a_safe_point_moved_past_a_half_committed_transaction_keeps_it_whole() {
+    let e = env_with("\n[gc]\nrun-interval = \"1s\"\nlife-time = \"10m\"\n");
+    let start = e.ts();
+    // The primary left of the split at `k`, the secondaries right of it.
+    e.must_prewrite(b"a-primary", b"p", b"a-primary", start, 60_000);
+    let secondaries = [b"m-1".to_vec(), b"m-2".to_vec()];
+    for k in &secondaries {
+        e.must_prewrite(k, b"s", b"a-primary", start, 60_000);
+    }
+    let commit = e.ts();
+    let resp = e.commit(&[b"a-primary".to_vec()], start, commit);
+    assert!(ok(&resp.region_error, resp.error.as_ref()), "{resp:?}");
+    assert_eq!(
+        e.locks(b"m-1", u64::MAX - 1).len(),
+        2,
+        "the secondaries are locked"
+    );
+
+    // Any client may ask PD to move the safe point (TiKV's clients do); this one moves
+    // it past the commit, far ahead of what the stores' own GC would choose.
+    let past = e.ts();
+    let moved =
+        e.rt.block_on(async {
+            let endpoints = [e._cluster.pd_addr.clone()];
+            let pd = pd_client::PdClient::connect(&endpoints, T, util::logger::discard()).await?;
+            pd.update_gc_safe_point(past).await
+        })
+        .expect("the safe point moves");
+    assert_eq!(moved, past);
+    wait_until("GC resolved the locks below the safe point", T, || {
+        e.locks(b"m-1", u64::MAX - 1).is_empty()
+    });
+    for k in &secondaries {
+        assert_eq!(e.read(k).unwrap(), Some(b"s".to_vec()), "{k:?} committed");
+    }
+    assert_eq!(e.read(b"a-primary").unwrap(), Some(b"p".to_vec()));
 }

@@ -866,6 +866,32 @@ impl Client {
         self.batch_put(&[(key.to_vec(), value.to_vec())]).await
     }
 
+    /// Sets `key` to `value` for `ttl` (whole seconds; zero: forever): after that every
+    /// read finds nothing.
+    pub async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.batch_put_with_ttl(&[(key.to_vec(), value.to_vec())], ttl)
+            .await
+    }
+
+    /// The time to live left to `key` (zero: it never expires), or `None` if it does not
+    /// exist.
+    pub async fn get_key_ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        check_key(key)?;
+        let (ttl, _) = self
+            .on_region(Kind::Read(ReadMode::Leader), key, |c, ctx, _| {
+                let mut req = kvrpcpb::RawGetKeyTTLRequest::default();
+                req.set_context(ctx);
+                req.set_key(key.to_vec());
+                async move {
+                    let mut resp = c.raw_get_key_ttl_async(&req)?.await?;
+                    let ttl = (!resp.not_found).then(|| Duration::from_secs(resp.ttl));
+                    Ok((resp.region_error.take(), resp.take_error(), ttl))
+                }
+            })
+            .await?;
+        Ok(ttl)
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: &[u8]) -> Result<()> {
         self.batch_delete(&[key.to_vec()]).await
@@ -968,6 +994,16 @@ impl Client {
 
     /// Sets every pair (atomically within each region).
     pub async fn batch_put(&self, pairs: &[KvPair]) -> Result<()> {
+        self.batch_put_with_ttl(pairs, Duration::ZERO).await
+    }
+
+    /// [`Client::batch_put`], every pair living `ttl` (whole seconds; zero: forever).
+    pub async fn batch_put_with_ttl(&self, pairs: &[KvPair], ttl: Duration) -> Result<()> {
+        if ttl.subsec_nanos() != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a time to live is whole seconds, not {ttl:?}"
+            )));
+        }
         let ticket = self.ticket();
         self.per_region(
             Kind::Write(ticket.as_ref()),
@@ -981,6 +1017,9 @@ impl Client {
                     p.set_key(k.clone());
                     p.set_value(v.clone());
                     req.mut_pairs().push(p);
+                    if !ttl.is_zero() {
+                        req.mut_ttls().push(ttl.as_secs());
+                    }
                 }
                 async move {
                     let mut resp = c.raw_batch_put_async(&req)?.await?;

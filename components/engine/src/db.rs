@@ -101,6 +101,16 @@ impl Engine {
             cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
             cf_opts.set_compression_type(DBCompressionType::Lz4);
             cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            if let (Cf::Default, Some(drop)) = (cf, &opts.default_cf_drop) {
+                let drop = drop.0.clone();
+                cf_opts.set_compaction_filter(
+                    "flotilla-drop",
+                    move |_level, k: &[u8], v: &[u8]| match drop(k, v) {
+                        true => rocksdb::CompactionDecision::Remove,
+                        false => rocksdb::CompactionDecision::Keep,
+                    },
+                );
+            }
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
@@ -170,6 +180,13 @@ impl Engine {
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
+    }
+
+    /// Compacts all of `cf` (after flushing its memtable), running its compaction filter
+    /// over every pair.
+    pub fn compact(&self, cf: Cf) {
+        self.db
+            .compact_range_cf(cf_handle(&self.db, cf), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// How many writes were made with `sync` since the database was opened.

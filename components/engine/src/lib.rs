@@ -18,7 +18,7 @@ mod write_batch;
 pub use cf::Cf;
 pub use db::{Engine, Pair, Snapshot, WeakEngine};
 pub use error::{Error, Result};
-pub use options::EngineOptions;
+pub use options::{DropFilter, EngineOptions};
 pub use sst::{file_checksum, SstMeta};
 pub use stats::{CfStats, EngineStats};
 pub use write_batch::WriteBatch;

@@ -3,6 +3,27 @@
 //! flushes the largest memtable when the budget fills, and stalls writers until flushes
 //! catch up).
 
+use std::sync::Arc;
+
+/// Decides, for a pair of the default column family met by a compaction, whether to drop
+/// it (the caller knows what its keys and values mean; the engine does not).
+#[derive(Clone)]
+pub struct DropFilter(pub Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for DropFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropFilter(..)")
+    }
+}
+
+impl PartialEq for DropFilter {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DropFilter {}
+
 /// Memory and background settings for [`crate::Engine::open_with`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -14,6 +35,8 @@ pub struct EngineOptions {
     pub write_buffer_bytes: usize,
     /// Flush and compaction threads.
     pub max_background_jobs: i32,
+    /// What compactions of the default column family drop (expired raw values).
+    pub default_cf_drop: Option<DropFilter>,
 }
 
 impl EngineOptions {
@@ -24,6 +47,7 @@ impl EngineOptions {
             memtable_budget_bytes: 16 << 20,
             write_buffer_bytes: 4 << 20,
             max_background_jobs: 1,
+            default_cf_drop: None,
         }
     }
 }
@@ -36,6 +60,7 @@ impl Default for EngineOptions {
             memtable_budget_bytes: 128 << 20,
             write_buffer_bytes: 32 << 20,
             max_background_jobs: 2,
+            default_cf_drop: None,
         }
     }
 }

@@ -156,6 +156,7 @@ fn stats_see_the_memory_budget_memtables_and_files() {
         memtable_budget_bytes: 8 << 20,
         write_buffer_bytes: 1 << 20,
         max_background_jobs: 2,
+        default_cf_drop: None,
     };
     let e = Engine::open_with(dir.path(), &opts).unwrap();
     for i in 0..2000u32 {

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 #[cfg(test)]
 mod properties;
+pub mod raw;
 pub mod txn;
 
 /// First byte of every local (non-user) key.
@@ -27,6 +28,11 @@ pub const DATA_MAX_KEY: &[u8] = &[DATA_PREFIX + 1];
 
 /// Where this store's identity (cluster id, store id) is kept.
 pub const STORE_IDENT_KEY: &[u8] = &[LOCAL_PREFIX, 0x01];
+/// Where a store records the layout of its raw values ([`raw`]); a store that joined a
+/// cluster before raw values carried their expiry has none.
+pub const RAW_FORMAT_KEY: &[u8] = &[LOCAL_PREFIX, 0x05];
+/// The layout of raw values this build writes: [`raw`], an expiry on every value.
+pub const RAW_FORMAT_WITH_EXPIRY: &[u8] = b"raw-v2-expiry";
 
 const REGION_RAFT_PREFIX: u8 = 0x02;
 const REGION_META_PREFIX: u8 = 0x03;

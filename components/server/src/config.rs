@@ -135,6 +135,15 @@ pub struct StorageConfig {
     pub memtable_budget: ByteSize,
     /// One memtable's size before it is flushed.
     pub write_buffer_size: ByteSize,
+    /// The longest time to live a raw write may ask for (RawPut's `ttl`).
+    #[serde(with = "humantime_serde")]
+    pub raw_max_ttl: std::time::Duration,
+    /// How long an expired raw value stays on disk before compaction drops it. Reads
+    /// never see it after its expiry; the wait covers a replica that applies an old
+    /// compare-and-swap late (after a restart) and must still find the value the leader
+    /// saw alive, and clocks that disagree.
+    #[serde(with = "humantime_serde")]
+    pub raw_expired_retention: std::time::Duration,
 }
 
 impl Default for StorageConfig {
@@ -144,6 +153,8 @@ impl Default for StorageConfig {
             block_cache_size: ByteSize::b(e.block_cache_bytes as u64),
             memtable_budget: ByteSize::b(e.memtable_budget_bytes as u64),
             write_buffer_size: ByteSize::b(e.write_buffer_bytes as u64),
+            raw_max_ttl: std::time::Duration::from_secs(10 * 365 * 86_400),
+            raw_expired_retention: std::time::Duration::from_secs(86_400),
         }
     }
 }
@@ -155,11 +166,19 @@ impl StorageConfig {
             block_cache_bytes: self.block_cache_size.as_u64() as usize,
             memtable_budget_bytes: self.memtable_budget.as_u64() as usize,
             write_buffer_bytes: self.write_buffer_size.as_u64() as usize,
+            default_cf_drop: Some(crate::storage::raw_expiry_filter(
+                self.raw_expired_retention,
+            )),
             ..Default::default()
         }
     }
 
     fn validate(&self) -> conf::Result<()> {
+        ensure(
+            self.raw_max_ttl.as_secs() >= 1,
+            "storage.raw-max-ttl",
+            "must be at least 1s",
+        )?;
         ensure(
             self.block_cache_size >= ByteSize::mib(8),
             "storage.block-cache-size",

@@ -9,6 +9,7 @@
 //! client.
 
 pub mod config;
+mod context;
 mod error;
 mod gc_worker;
 pub mod metrics;

@@ -158,8 +158,23 @@ raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_
           |r| r.get_start_key(), has_error: true);
 raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", writes: true, raw_compare_and_swap_async,
           |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawGetKeyTTLRequest, kvrpcpb::RawGetKeyTTLResponse, "raw_get_key_ttl", writes: false, raw_get_key_ttl_async,
+          |r| r.get_key(), has_error: true);
 raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async,
           |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
+
+/// The time to live of each pair of a RawBatchPut: `ttls`, one per pair; or the
+/// deprecated single `ttl` for every pair when `ttls` is empty. Both set is refused.
+fn batch_ttls(req: &kvrpcpb::RawBatchPutRequest, pairs: usize) -> Result<Vec<u64>> {
+    match (req.get_ttls().is_empty(), req.ttl) {
+        (true, 0) => Ok(vec![]),
+        (true, ttl) => Ok(vec![ttl; pairs]),
+        (false, 0) => Ok(req.get_ttls().to_vec()),
+        (false, _) => Err(Error::InvalidRequest(
+            "RawBatchPut sets both ttl and ttls: give ttls (one per pair) alone".into(),
+        )),
+    }
+}
 
 fn error_response<R: RawResponse>(e: Error) -> R {
     let mut resp = R::default();
@@ -198,7 +213,9 @@ impl TikvService {
             .with_label_values(&[Req::NAME])
             .start_timer();
         self.rt.spawn(async move {
-            let resp = if req.context().get_region_id() != 0 {
+            let resp = if let Err(e) = crate::context::check(req.context()) {
+                error_response(e)
+            } else if req.context().get_region_id() != 0 {
                 handle(this.storage.clone(), req)
                     .await
                     .unwrap_or_else(error_response)
@@ -450,13 +467,9 @@ impl Tikv for TikvService {
         sink: UnarySink<kvrpcpb::RawPutResponse>,
     ) {
         self.serve(sink, req, |s, req| async move {
-            s.put(
-                req.get_context(),
-                req.get_cf(),
-                req.get_key(),
-                req.get_value(),
-            )
-            .await?;
+            let pair = [(req.get_key().to_vec(), req.get_value().to_vec())];
+            s.batch_put_ttl(req.get_context(), req.get_cf(), &pair, &[req.ttl])
+                .await?;
             Ok(kvrpcpb::RawPutResponse::default())
         });
     }
@@ -468,7 +481,9 @@ impl Tikv for TikvService {
         sink: UnarySink<kvrpcpb::RawBatchPutResponse>,
     ) {
         self.serve(sink, req, |s, req| async move {
-            s.batch_put(req.get_context(), req.get_cf(), &pairs_of(req.get_pairs()))
+            let pairs = pairs_of(req.get_pairs());
+            let ttls = batch_ttls(&req, pairs.len())?;
+            s.batch_put_ttl(req.get_context(), req.get_cf(), &pairs, &ttls)
                 .await?;
             Ok(kvrpcpb::RawBatchPutResponse::default())
         });
@@ -551,11 +566,11 @@ impl Tikv for TikvService {
         self.serve(sink, req, |s, req| async move {
             let previous = (!req.previous_not_exist).then(|| req.get_previous_value());
             let res = s
-                .compare_and_swap(
+                .compare_and_swap_ttl(
                     req.get_context(),
                     req.get_cf(),
                     req.get_key(),
-                    req.get_value(),
+                    (req.get_value(), req.ttl),
                     previous,
                 )
                 .await?;
@@ -564,6 +579,25 @@ impl Tikv for TikvService {
             match res.previous {
                 Some(v) => resp.set_previous_value(v),
                 None => resp.previous_not_exist = true,
+            }
+            Ok(resp)
+        });
+    }
+
+    fn raw_get_key_ttl(
+        &mut self,
+        _: RpcContext,
+        req: kvrpcpb::RawGetKeyTTLRequest,
+        sink: UnarySink<kvrpcpb::RawGetKeyTTLResponse>,
+    ) {
+        self.serve(sink, req, |s, req| async move {
+            let mut resp = kvrpcpb::RawGetKeyTTLResponse::default();
+            match s
+                .get_key_ttl(req.get_context(), req.get_cf(), req.get_key())
+                .await?
+            {
+                Some(ttl) => resp.ttl = ttl,
+                None => resp.not_found = true,
             }
             Ok(resp)
         });

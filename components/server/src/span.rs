@@ -58,6 +58,7 @@ one_key!(
     kvrpcpb::RawPutRequest => kvrpcpb::RawPutResponse,
     kvrpcpb::RawDeleteRequest => kvrpcpb::RawDeleteResponse,
     kvrpcpb::RawCASRequest => kvrpcpb::RawCASResponse,
+    kvrpcpb::RawGetKeyTTLRequest => kvrpcpb::RawGetKeyTTLResponse,
     kvrpcpb::SplitRegionRequest => kvrpcpb::SplitRegionResponse,
 );
 

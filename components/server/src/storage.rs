@@ -77,6 +77,8 @@ pub struct RawLimits {
     pub max_split_keys: usize,
     /// The largest staleness a raw stale read may ask for (`server.max-read-staleness`).
     pub max_read_staleness: Duration,
+    /// The longest time to live a raw write may ask for (`storage.raw-max-ttl`).
+    pub max_ttl: Duration,
 }
 
 impl RawLimits {
@@ -88,8 +90,31 @@ impl RawLimits {
             timeout: cfg.server.request_timeout,
             max_split_keys: cfg.raftstore.max_split_keys,
             max_read_staleness: cfg.server.max_read_staleness,
+            max_ttl: cfg.storage.raw_max_ttl,
         }
     }
+}
+
+/// Seconds since the Unix epoch by this store's clock: what raw expiry is measured in.
+pub(crate) fn now_secs() -> u64 {
+    util::clock::unix_ms() / 1000
+}
+
+/// What compactions of the default column family drop: raw values expired more than
+/// `retention` ago (see `storage.raw-expired-retention`).
+pub fn raw_expiry_filter(retention: Duration) -> engine::DropFilter {
+    let retention = retention.as_secs();
+    engine::DropFilter(Arc::new(move |key: &[u8], value: &[u8]| {
+        key.first() == Some(&keys::DATA_PREFIX)
+            && keys::raw::decode(value).is_some_and(|(_, at)| {
+                at != keys::raw::NO_EXPIRY && at.saturating_add(retention) <= now_secs()
+            })
+    }))
+}
+
+/// The user's bytes of a stored raw value that is alive at `now`.
+fn live(stored: Vec<u8>, now: u64) -> Option<Vec<u8>> {
+    keys::raw::live_value(&stored, now).map(<[u8]>::to_vec)
 }
 
 /// Counts the bytes of an answer being built and fails once they pass the limit, so that
@@ -191,6 +216,18 @@ impl RawStorage {
             )));
         }
         Ok(())
+    }
+
+    /// The expiry of a value written at `now` to live `ttl` seconds; refuses a `ttl` over
+    /// `storage.raw-max-ttl`.
+    fn expire_at(&self, ttl: u64, now: u64) -> Result<u64> {
+        let max = self.limits.max_ttl.as_secs();
+        if ttl > max {
+            return Err(Error::InvalidRequest(format!(
+                "ttl {ttl}s is over storage.raw-max-ttl ({max}s)"
+            )));
+        }
+        Ok(keys::raw::expire_at(now, ttl))
     }
 
     /// Sends the mail `make` builds and waits for its answer. For a command that changes
@@ -424,7 +461,7 @@ impl RawStorage {
     }
 
     /// The limits requests are held to.
-    pub(crate) fn limits(&self) -> &RawLimits {
+    pub fn limits(&self) -> &RawLimits {
         &self.limits
     }
 
@@ -448,7 +485,27 @@ impl RawStorage {
         Self::check_in(&region, key)?;
         let value = self.engine.get(cf, &keys::data_key(key))?;
         guard.check()?;
-        Ok(value)
+        Ok(value.and_then(|v| live(v, now_secs())))
+    }
+
+    /// The time to live left to `key` in seconds (0: it never expires), or `None` if it
+    /// does not exist or expired (RawGetKeyTTL).
+    pub async fn get_key_ttl(&self, ctx: &Context, cf: &str, key: &[u8]) -> Result<Option<u64>> {
+        let cf = raw_cf(cf)?;
+        check_key(key)?;
+        let (region, guard) = self.read(ctx).await?;
+        Self::check_in(&region, key)?;
+        let stored = self.engine.get(cf, &keys::data_key(key))?;
+        guard.check()?;
+        let now = now_secs();
+        Ok(stored
+            .as_deref()
+            .and_then(keys::raw::decode)
+            .filter(|(_, at)| keys::raw::is_live(*at, now))
+            .map(|(_, at)| match at {
+                keys::raw::NO_EXPIRY => 0,
+                at => at - now,
+            }))
     }
 
     /// The pairs of the keys that exist.
@@ -466,8 +523,9 @@ impl RawStorage {
         let snap = self.engine.snapshot();
         let mut budget = ResponseBudget::new(self.limits.max_response_size);
         let mut out = vec![];
+        let now = now_secs();
         for k in keys_ {
-            if let Some(v) = snap.get(cf, &keys::data_key(k))? {
+            if let Some(v) = snap.get(cf, &keys::data_key(k))?.and_then(|v| live(v, now)) {
                 budget.take(k, &v)?;
                 out.push((k.clone(), v));
             }
@@ -490,17 +548,38 @@ impl RawStorage {
         cf: &str,
         pairs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<()> {
+        self.batch_put_ttl(ctx, cf, pairs, &[]).await
+    }
+
+    /// Sets every pair, atomically, each living `ttls[i]` seconds (0: forever; `ttls`
+    /// empty: every pair forever).
+    pub async fn batch_put_ttl(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        ttls: &[u64],
+    ) -> Result<()> {
         let cf = raw_cf(cf)?;
+        if !ttls.is_empty() && ttls.len() != pairs.len() {
+            return Err(Error::InvalidRequest(format!(
+                "ttls has {} entries for {} pairs: give one per pair, or none",
+                ttls.len(),
+                pairs.len()
+            )));
+        }
+        let now = now_secs();
         let mut reqs = Vec::with_capacity(pairs.len());
-        for (k, v) in pairs {
+        for (i, (k, v)) in pairs.iter().enumerate() {
             check_key(k)?;
             self.check_value(v)?;
+            let expire_at = self.expire_at(ttls.get(i).copied().unwrap_or(0), now)?;
             let mut r = Request::default();
             r.set_cmd_type(CmdType::Put);
             let put = r.mut_put();
             put.set_cf(cf_name(cf));
             put.set_key(k.clone());
-            put.set_value(v.clone());
+            put.set_value(keys::raw::encode(v, expire_at));
             reqs.push(r);
         }
         self.write(ctx, reqs).await?;
@@ -557,15 +636,33 @@ impl RawStorage {
         value: &[u8],
         previous: Option<&[u8]>,
     ) -> Result<CasResult> {
+        self.compare_and_swap_ttl(ctx, cf, key, (value, 0), previous)
+            .await
+    }
+
+    /// Like [`RawStorage::compare_and_swap`], the new value living `ttl` seconds (0:
+    /// forever). Every replica judges the old value's expiry at this store's time,
+    /// carried in the command, so that they decide alike.
+    pub async fn compare_and_swap_ttl(
+        &self,
+        ctx: &Context,
+        cf: &str,
+        key: &[u8],
+        (value, ttl): (&[u8], u64),
+        previous: Option<&[u8]>,
+    ) -> Result<CasResult> {
         let cf = raw_cf(cf)?;
         check_key(key)?;
         self.check_value(value)?;
+        let now = now_secs();
+        let expire_at = self.expire_at(ttl, now)?;
         let mut r = Request::default();
         r.set_cmd_type(CmdType::CompareAndSwap);
         let cas = r.mut_cas();
         cas.set_cf(cf_name(cf));
         cas.set_key(key.to_vec());
-        cas.set_value(value.to_vec());
+        cas.set_value(keys::raw::encode(value, expire_at));
+        cas.set_now(now);
         match previous {
             Some(p) => cas.set_previous_value(p.to_vec()),
             None => cas.set_previous_not_exist(true),
@@ -622,7 +719,12 @@ impl RawStorage {
         }
         let mut budget = ResponseBudget::new(self.limits.max_response_size);
         let mut over = None;
+        let now = now_secs();
         let mut take = |k: &[u8], v: &[u8]| -> engine::Result<bool> {
+            // Expired pairs are passed over and do not count against the limit.
+            let Some(v) = keys::raw::live_value(v, now) else {
+                return Ok(true);
+            };
             let key = keys::origin_key(k)
                 .expect("data keys carry the data prefix")
                 .to_vec();

@@ -90,7 +90,7 @@ pub(crate) fn serve<Req, Resp, F, Fut>(
     req: Req,
     handle: F,
 ) where
-    Req: Send + 'static,
+    Req: crate::context::HasContext + Send + 'static,
     Resp: TxnResponse,
     F: FnOnce(TxnStorage, Req) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Resp>> + Send,
@@ -99,7 +99,10 @@ pub(crate) fn serve<Req, Resp, F, Fut>(
         .with_label_values(&[name])
         .start_timer();
     rt.spawn(async move {
-        let resp = handle(storage, req).await.unwrap_or_else(error_response);
+        let resp = match crate::context::check(req.context()) {
+            Ok(()) => handle(storage, req).await.unwrap_or_else(error_response),
+            Err(e) => error_response(e),
+        };
         timer.observe_duration();
         metrics::REQUESTS
             .with_label_values(&[name, resp.outcome()])

@@ -132,6 +132,9 @@ struct Running {
 pub struct Cluster {
     /// Raftstore settings every store starts with.
     pub raft_cfg: raftstore::Config,
+    /// How long compactions keep expired raw values (`storage.raw-expired-retention`)
+    /// on stores started from now on.
+    pub raw_expired_retention: Duration,
     rt: tokio::runtime::Runtime,
     /// In a mutex only so that a `Cluster` can be shared by test threads (the gRPC
     /// server is not `Sync`).
@@ -182,6 +185,7 @@ impl Cluster {
             .expect("connect to pd");
         let mut c = Cluster {
             raft_cfg,
+            raw_expired_retention: server::config::StorageConfig::default().raw_expired_retention,
             rt,
             pd_server: Some(Mutex::new(pd_server)),
             pd,
@@ -222,7 +226,13 @@ impl Cluster {
     }
 
     fn start_at(&mut self, dir: PathBuf) -> Result<u64, String> {
-        let engine = Engine::open(&dir.join("db")).expect("open engine");
+        let opts = engine::EngineOptions {
+            default_cf_drop: Some(server::storage::raw_expiry_filter(
+                self.raw_expired_retention,
+            )),
+            ..Default::default()
+        };
+        let engine = Engine::open_with(&dir.join("db"), &opts).expect("open engine");
         let snap_mgr = SnapManager::new(dir.join("snap"), self.raft_cfg.snap_max_size.as_u64())
             .expect("snap dir");
         let mut store = metapb::Store::default();
@@ -531,8 +541,16 @@ impl Cluster {
     }
 
     /// The value in one store's engine, read directly (not linearizable: for checking
-    /// replication).
+    /// replication), without its expiry.
     pub fn local_get(&self, store_id: u64, key: &[u8]) -> Option<Vec<u8>> {
+        self.local_get_stored(store_id, key).map(|v| {
+            let (value, _) = keys::raw::decode(&v).expect("a raw value with its expiry");
+            value.to_vec()
+        })
+    }
+
+    /// The bytes one store's engine holds for `key`, expiry included.
+    pub fn local_get_stored(&self, store_id: u64, key: &[u8]) -> Option<Vec<u8>> {
         self.running[&store_id]
             .engine
             .get(Cf::Default, &keys::data_key(key))
@@ -574,7 +592,11 @@ impl Cluster {
     pub fn corrupt(&self, store_id: u64, key: &[u8], value: &[u8]) {
         let engine = &self.running[&store_id].engine;
         let mut wb = engine.write_batch();
-        wb.put(Cf::Default, &keys::data_key(key), value);
+        wb.put(
+            Cf::Default,
+            &keys::data_key(key),
+            &keys::raw::encode(value, keys::raw::NO_EXPIRY),
+        );
         engine.write(wb, true).expect("engine write");
     }
 

@@ -98,6 +98,15 @@ pub enum Command {
         key: String,
         /// The value.
         value: String,
+        /// Remove the key after this long (e.g. 30s, 2h; whole seconds).
+        #[arg(long, value_parser = humantime_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Print the time KEY has left to live in seconds (0: it never expires); exit 1 with
+    /// "not found" if it does not exist.
+    Ttl {
+        /// The key.
+        key: String,
     },
     /// Print the value of KEY; exit 1 with "not found" on stderr if it does not exist.
     Get {
@@ -403,11 +412,28 @@ pub async fn run(
         err,
     };
     match cmd {
-        Command::Put { key, value } => {
-            client.put(key.as_bytes(), value.as_bytes()).await?;
+        Command::Put { key, value, ttl } => {
+            let ttl = ttl.unwrap_or_default();
+            client
+                .put_with_ttl(key.as_bytes(), value.as_bytes(), ttl)
+                .await?;
             p.ok();
             Ok(0)
         }
+        Command::Ttl { key } => match client.get_key_ttl(key.as_bytes()).await? {
+            Some(ttl) if p.json => {
+                p.line(json!({"key": key, "ttl_seconds": ttl.as_secs()}));
+                Ok(0)
+            }
+            Some(ttl) => {
+                p.line(ttl.as_secs());
+                Ok(0)
+            }
+            None => {
+                p.diagnostic("not found");
+                Ok(1)
+            }
+        },
         Command::Get { key } => get(client, key, read, &mut p).await,
         Command::Delete { key } => {
             client.delete(key.as_bytes()).await?;
@@ -1008,6 +1034,12 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
                 command: Command::Shell,
                 ..
             }) => p.diagnostic("already in the shell"),
+            Ok(ShellLine {
+                command: Command::Put { ttl: Some(_), .. },
+                ..
+            }) if session.is_open() => {
+                p.diagnostic("error: a transaction cannot give a key a time to live (put --ttl)")
+            }
             Ok(parsed) => {
                 let read = parsed.read.unwrap_or(client.read_mode());
                 let res = match in_transaction(&parsed.command) {
@@ -1044,7 +1076,11 @@ fn report(res: Result<i32>, p: &mut Printer<'_>) {
 fn in_transaction(cmd: &Command) -> Option<TxnCommand> {
     Some(match cmd {
         Command::Get { key } => TxnCommand::Get { key: key.clone() },
-        Command::Put { key, value } => TxnCommand::Put {
+        Command::Put {
+            key,
+            value,
+            ttl: None,
+        } => TxnCommand::Put {
             key: key.clone(),
             value: value.clone(),
         },

@@ -224,7 +224,12 @@ impl ApplyFsm {
                     &self.apply_state,
                 );
                 ctx.write();
-                let previous = ctx.engine.get(cf, &key)?;
+                // The user's bytes of the stored value, if alive when the command was
+                // proposed (expired values are absent to a compare-and-swap too).
+                let previous = ctx
+                    .engine
+                    .get(cf, &key)?
+                    .and_then(|v| keys::raw::live_value(&v, cas.get_now()).map(<[u8]>::to_vec));
                 let succeed = if cas.get_previous_not_exist() {
                     previous.is_none()
                 } else {

@@ -137,11 +137,22 @@ fn first_sent_lately(h: &SessionHeader, clock_ms: u64) -> bool {
     h.first_sent_ms != 0 && clock_ms <= h.first_sent_ms.saturating_add(h.ttl_ms / 20)
 }
 
-/// What a command's requests are: their checksum and length, as encoded.
+/// What a command's requests are: their checksum and length, as encoded, without what a
+/// resend changes by being proposed later (a raw value's expiry, `now + ttl`, and a
+/// compare-and-swap's `now`).
 fn digest_of(cmd: &RaftCmdRequest) -> u64 {
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0u64;
     for r in cmd.get_requests() {
+        let mut r = r.clone();
+        if r.has_put() {
+            strip_expiry(r.mut_put().mut_value());
+        }
+        if r.has_cas() {
+            let cas = r.mut_cas();
+            cas.set_now(0);
+            strip_expiry(cas.mut_value());
+        }
         let bytes = r
             .write_to_bytes()
             .expect("encoding a message into memory cannot fail");
@@ -149,6 +160,11 @@ fn digest_of(cmd: &RaftCmdRequest) -> u64 {
         crc.update(&bytes);
     }
     (u64::from(crc.finalize()) << 32) | (len & 0xffff_ffff)
+}
+
+fn strip_expiry(value: &mut Vec<u8>) {
+    let keep = value.len().saturating_sub(keys::raw::SUFFIX_LEN);
+    value.truncate(keep);
 }
 
 fn answer_of(seq: u64, digest: u64, resp: &CmdResponse) -> SessionAnswer {
