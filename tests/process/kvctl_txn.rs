@@ -198,3 +198,54 @@ fn kvctl_transactions_one_statement_status_and_two_shells() {
         "a one-statement put lost to a concurrent commit"
     );
 }
+
+/// The shell's common words, through its real input: verbs in any case, SET, HAS, BATCH,
+/// BEGIN with a name, BENCHMARK, QUIT.
+#[test]
+fn the_shell_speaks_the_common_words() {
+    let cluster = ProcCluster::start(1);
+    let pd = cluster.pd_addr.clone();
+    wait_until("the cluster serves", T, || {
+        kvctl(&pd, &["put", "ready", "1"]).status.success()
+    });
+    let mut sh = Shell::start(&pd, cluster.dir.path());
+    sh.says("SET greeting hello", "OK");
+    sh.says("Get greeting", "hello");
+    sh.says("HAS greeting", "1");
+    sh.says("has nobody", "0");
+    sh.says(
+        "BATCH PUT acct-a 10 set acct-b 20 DELETE acct-c",
+        "OK\tcommitted at",
+    );
+    sh.says("TXN GET acct-b", "20");
+    sh.says("txn Has acct-c", "0");
+    sh.says("BATCH PUT lonely", "missing its key or value");
+    sh.says("batch frobnicate x", "is not PUT, SET or DELETE");
+    sh.says("txn get acct-a", "10");
+    sh.says("BEGIN transfer", "BEGIN\ttransfer\tstart ts");
+    sh.says("put acct-a 5", "OK");
+    sh.says("has acct-a", "1");
+    sh.says("BATCH PUT x 1", "BATCH runs as a transaction of its own");
+    sh.says("put acct-a 6 --ttl 5s", "cannot give a key a time to live");
+    sh.says("Commit", "OK\tcommitted at");
+    sh.says("txn get acct-a", "5");
+    sh.says("REGION LIST", "ID");
+    sh.says("BENCHMARK 40 bench/ 16", "put\t40 ops");
+    sh.says("get bench/0000039", &"v".repeat(16));
+    sh.says("benchmark 0", "must be 1 to");
+    sh.says("STATS --interval 1s", "raw_batch_put\t");
+    let store = sh.says("stats --interval 1s", "open connections");
+    let led = store
+        .split_once("(region:term/commit) ")
+        .map(|(_, r)| r.to_string())
+        .unwrap_or_default();
+    assert!(
+        led.contains('/') && !store.contains(" ? open"),
+        "the store counts its connections and names the term and commit of what it leads: {store}"
+    );
+    writeln!(sh.stdin, "QUIT").unwrap();
+    sh.stdin.flush().unwrap();
+    wait_until("QUIT ends the shell", T, || {
+        sh.child.try_wait().is_ok_and(|s| s.is_some())
+    });
+}

@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// TLS (as kvctl's flags).
+    #[command(flatten)]
+    pub tls: crate::kvctl::TlsArgs,
 }
 
 /// How transactions commit in the `txn` workload.
@@ -197,7 +200,12 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     if args.keys == 0 {
         return Err(Error::InvalidArgument("--keys must be positive".into()));
     }
-    let mut client = Client::connect(&endpoints(&args.pd), Duration::from_secs(10))
+    let security = args.tls.security().map_err(Error::InvalidArgument)?;
+    let creds = util::security::Credentials {
+        security,
+        secret: None,
+    };
+    let mut client = Client::connect_with(&endpoints(&args.pd), Duration::from_secs(10), creds)
         .await?
         .with_read_mode(args.read)
         .with_zone(args.zone.clone());

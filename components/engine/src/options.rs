@@ -5,10 +5,13 @@
 
 use std::sync::Arc;
 
+/// Whether a compaction drops a (key, value) pair.
+pub type DropFn = dyn Fn(&[u8], &[u8]) -> bool + Send + Sync;
+
 /// Decides, for a pair of the default column family met by a compaction, whether to drop
 /// it (the caller knows what its keys and values mean; the engine does not).
 #[derive(Clone)]
-pub struct DropFilter(pub Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>);
+pub struct DropFilter(pub Arc<DropFn>);
 
 impl std::fmt::Debug for DropFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,9 +1,39 @@
 //! What the store knows about all its regions at once: ranges (for overlap checks and
 //! key lookups) and which ones it leads.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use proto::metapb;
+
+/// A peer's Raft term and commit index as of its last Ready, published without a lock
+/// (the peer stores, the status endpoint loads).
+#[derive(Debug, Default)]
+pub struct RaftProgress {
+    term: AtomicU64,
+    commit: AtomicU64,
+}
+
+impl RaftProgress {
+    /// Publishes the peer's hard state.
+    pub(crate) fn set(&self, term: u64, commit: u64) {
+        self.term.store(term, Ordering::Relaxed);
+        self.commit.store(commit, Ordering::Relaxed);
+    }
+
+    /// (term, commit index).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.term.load(Ordering::Relaxed),
+            self.commit.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// Every initialized region on this store.
 #[derive(Default)]
@@ -12,6 +42,8 @@ pub struct StoreMeta {
     /// Encoded end key -> region id, for finding the region of a key.
     ranges: BTreeMap<Vec<u8>, u64>,
     leaders: HashSet<u64>,
+    /// The Raft progress of each region this store leads.
+    leader_progress: HashMap<u64, Arc<RaftProgress>>,
     /// Regions whose peer here is campaigning (a candidate): it may lead in a moment.
     campaigning: HashSet<u64>,
     /// The store is shutting down: it hands its leaders away and takes no new ones.
@@ -99,7 +131,34 @@ impl StoreMeta {
             }
         }
         self.leaders.remove(&region_id);
+        self.leader_progress.remove(&region_id);
         self.campaigning.remove(&region_id);
+    }
+
+    /// Publishes the progress of a region this store now leads (`Some`), or no longer does.
+    pub(crate) fn set_leader_progress(
+        &mut self,
+        region_id: u64,
+        progress: Option<Arc<RaftProgress>>,
+    ) {
+        match progress {
+            Some(p) => self.leader_progress.insert(region_id, p),
+            None => self.leader_progress.remove(&region_id),
+        };
+    }
+
+    /// (region id, term, commit index) of each region this store leads, by region id.
+    pub fn leader_progress(&self) -> Vec<(u64, u64, u64)> {
+        let mut out: Vec<(u64, u64, u64)> = self
+            .leader_progress
+            .iter()
+            .map(|(id, p)| {
+                let (term, commit) = p.get();
+                (*id, term, commit)
+            })
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Forgets a region whose peer was destroyed, keeping its id and range taken until

@@ -81,7 +81,8 @@ mod tests {
         let mut ttl = Context::default();
         ttl.set_api_version(APIVersion::V1TTL);
         assert!(check(&ttl).is_ok(), "raw TTL is honoured");
-        let cases: [(&str, fn(&mut Context)); 4] = [
+        type Set = fn(&mut Context);
+        let cases: [(&str, Set); 4] = [
             ("api_version", |c| c.set_api_version(APIVersion::V2)),
             ("keyspace_id", |c| c.keyspace_id = 7),
             ("max_execution_duration_ms", |c| {

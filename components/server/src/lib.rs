@@ -9,6 +9,7 @@
 //! client.
 
 pub mod config;
+mod connections;
 mod context;
 mod error;
 mod gc_worker;

@@ -188,7 +188,7 @@ fn serve_grpc(
     env: Arc<grpcio::Environment>,
     security: &Security,
     service: TikvService,
-) -> Result<grpcio::Server> {
+) -> Result<(grpcio::Server, u16)> {
     let max = cfg.server.max_message_size.as_u64() as i32;
     // Pings both ways: the server drops a peer stream whose sender's address went away,
     // and accepts the other stores' pings as often as they send them.
@@ -205,18 +205,21 @@ fn serve_grpc(
         .register_service(proto_grpc::tikvpb_grpc::create_tikv(service))
         .add_checker(security.checker())
         .build()?;
-    security
+    let port = security
         .listen(&mut grpc, &cfg.server.addr)
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;
     grpc.start();
-    Ok(grpc)
+    Ok((grpc, port))
 }
+
+/// Regions (the first by id) whose Raft term and commit index `/status` lists.
+const STATUS_LEADING: usize = 64;
 
 async fn serve_status(
     cfg: &Config,
     store: &metapb::Store,
     cluster_id: u64,
-    meta: Arc<parking_lot::Mutex<raftstore::StoreMeta>>,
+    (meta, grpc_port): (Arc<parking_lot::Mutex<raftstore::StoreMeta>>, u16),
     security: &Arc<Security>,
     shutdown: &Shutdown,
     logger: &Logger,
@@ -229,12 +232,22 @@ async fn serve_status(
     let (store_id, address) = (store.get_id(), store.get_address().to_string());
     let status: status::StatusFn = Arc::new(move || {
         let m = meta.lock();
+        let leading: Vec<_> = m
+            .leader_progress()
+            .into_iter()
+            .take(STATUS_LEADING)
+            .map(|(region_id, term, commit_index)| {
+                serde_json::json!({"region_id": region_id, "term": term, "commit_index": commit_index})
+            })
+            .collect();
         serde_json::json!({
             "store_id": store_id,
             "cluster_id": cluster_id,
             "address": address,
             "regions": m.region_count(),
             "leaders": m.leader_count(),
+            "leading": leading,
+            "open_connections": crate::connections::established_on(grpc_port),
             "version": env!("CARGO_PKG_VERSION"),
         })
     });
@@ -418,7 +431,7 @@ impl OpenStore {
             rt,
             logger: logger.clone(),
         };
-        let grpc = serve_grpc(&cfg, env, &security, service)?;
+        let (grpc, port) = serve_grpc(&cfg, env, &security, service)?;
         pd.put_store(store.clone()).await?;
 
         let shutdown = Shutdown::default();
@@ -426,7 +439,7 @@ impl OpenStore {
             &cfg,
             &store,
             pd.cluster_id(),
-            raftstore.store_meta(),
+            (raftstore.store_meta(), port),
             &security,
             &shutdown,
             &logger,

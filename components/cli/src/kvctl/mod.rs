@@ -3,7 +3,7 @@
 //! Exit codes: 0 success; 1 "not found" (`get` of a missing key) or a failed
 //! compare-and-swap; 2 any error (printed on stderr).
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use proto::metapb;
@@ -13,15 +13,18 @@ use client::{Client, Error, ReadMode, Result};
 
 use crate::progress::Progress;
 
+mod benchmark;
 mod cert;
 mod health;
 mod pd;
+mod shell;
 mod stats;
 mod txn;
 
 pub use cert::CertCommand;
 pub use health::{Health, PdMemberHealth, Verdict};
 pub use pd::PdCommand;
+pub use shell::shell;
 pub use txn::TxnCommand;
 
 /// kvctl: the Flotilla command-line client.
@@ -53,15 +56,9 @@ pub struct Cli {
     /// that change placement: region move, transfer-leader, store delete.
     #[arg(long, global = true, env = "FLOTILLA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<std::path::PathBuf>,
-    /// The CA certificate (PEM) the cluster's certificates are signed by: dial with TLS.
-    #[arg(long, global = true, env = "FLOTILLA_CA_PATH")]
-    pub ca_path: Option<std::path::PathBuf>,
-    /// This client's certificate (PEM), for a cluster that asks for one.
-    #[arg(long, global = true, env = "FLOTILLA_CERT_PATH")]
-    pub cert_path: Option<std::path::PathBuf>,
-    /// The private key (PEM) of --cert-path.
-    #[arg(long, global = true, env = "FLOTILLA_KEY_PATH")]
-    pub key_path: Option<std::path::PathBuf>,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Where get, scan and txn reads are served: leader, follower, closest (a replica in
     /// --zone, else the leader) or stale=DURATION (the closest replica alone, at most
     /// that far behind).
@@ -93,6 +90,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Set KEY to VALUE; prints OK.
+    #[command(visible_alias = "set")]
     Put {
         /// The key.
         key: String,
@@ -101,6 +99,36 @@ pub enum Command {
         /// Remove the key after this long (e.g. 30s, 2h; whole seconds).
         #[arg(long, value_parser = humantime_duration)]
         ttl: Option<Duration>,
+    },
+    /// The cluster's keys, regions and load (as `cluster stats`).
+    Stats {
+        /// How long to watch the load.
+        #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+        interval: Duration,
+    },
+    /// Print 1 if KEY exists, 0 if not.
+    Has {
+        /// The key.
+        key: String,
+    },
+    /// Apply puts and deletes atomically, as one transaction: batch put K V put K2 V2
+    /// delete K3 (verbs in any case; set is put). Prints OK and the commit timestamp.
+    Batch {
+        /// PUT KEY VALUE, SET KEY VALUE or DELETE KEY, repeated.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        ops: Vec<String>,
+    },
+    /// A short load: N puts of VALUE_SIZE-byte values under PREFIX, then N gets of them,
+    /// 16 at a time; prints each phase's throughput and latency percentiles.
+    Benchmark {
+        /// Operations per phase (1 to 1000000).
+        n: u64,
+        /// The keys' prefix (keys are PREFIX0000000, PREFIX0000001, ...).
+        #[arg(default_value = "bench/")]
+        prefix: String,
+        /// Bytes per value (at most 1 MiB).
+        #[arg(default_value_t = 64)]
+        value_size: usize,
     },
     /// Print the time KEY has left to live in seconds (0: it never expires); exit 1 with
     /// "not found" if it does not exist.
@@ -420,6 +448,24 @@ pub async fn run(
             p.ok();
             Ok(0)
         }
+        Command::Stats { interval } => cluster_stats(client, *interval, &mut p).await,
+        Command::Has { key } => {
+            let found = client.get_with(key.as_bytes(), read).await?.is_some();
+            match p.json {
+                true => p.line(json!({"key": key, "exists": found})),
+                false => p.line(u8::from(found)),
+            }
+            Ok(0)
+        }
+        Command::Batch { ops } => {
+            let ops = txn::parse_batch(ops)?;
+            txn::batch(&client::txn::TxnClient::new(client), &ops, &mut p).await
+        }
+        Command::Benchmark {
+            n,
+            prefix,
+            value_size,
+        } => benchmark::run(client, *n, prefix, *value_size, &mut p).await,
         Command::Ttl { key } => match client.get_key_ttl(key.as_bytes()).await? {
             Some(ttl) if p.json => {
                 p.line(json!({"key": key, "ttl_seconds": ttl.as_secs()}));
@@ -497,14 +543,24 @@ pub fn run_offline(
     }
 }
 
-impl Cli {
-    /// What to dial the cluster with: TLS from --ca-path, --cert-path and --key-path,
-    /// and the cluster secret from --cluster-secret-file.
-    pub fn credentials(&self) -> std::result::Result<util::security::Credentials, String> {
-        let secret = match self.cluster_secret_file.as_deref() {
-            Some(f) => Some(util::secret::ClusterSecret::load(f).map_err(|e| e.to_string())?),
-            None => None,
-        };
+/// The TLS flags of kvctl and kv-bench.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// The CA certificate (PEM) the cluster's certificates are signed by: dial with TLS.
+    #[arg(long, global = true, env = "FLOTILLA_CA_PATH")]
+    pub ca_path: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for a cluster that asks for one.
+    #[arg(long, global = true, env = "FLOTILLA_CERT_PATH")]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert-path.
+    #[arg(long, global = true, env = "FLOTILLA_KEY_PATH")]
+    pub key_path: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS settings the flags give (plaintext without --ca-path); status ports are
+    /// scraped with them too.
+    pub fn security(&self) -> std::result::Result<Arc<util::security::Security>, String> {
         let cfg = util::security::SecurityConfig {
             ca_path: self.ca_path.clone().unwrap_or_default(),
             cert_path: self.cert_path.clone().unwrap_or_default(),
@@ -514,6 +570,19 @@ impl Cli {
         let security =
             util::security::Security::new(&cfg).map_err(|e| format!("TLS flags: {e}"))?;
         crate::scrape::set_security(security.clone());
+        Ok(security)
+    }
+}
+
+impl Cli {
+    /// What to dial the cluster with: TLS from --ca-path, --cert-path and --key-path,
+    /// and the cluster secret from --cluster-secret-file.
+    pub fn credentials(&self) -> std::result::Result<util::security::Credentials, String> {
+        let secret = match self.cluster_secret_file.as_deref() {
+            Some(f) => Some(util::secret::ClusterSecret::load(f).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let security = self.tls.security()?;
         Ok(util::security::Credentials { security, secret })
     }
 }
@@ -930,7 +999,16 @@ async fn cluster_stats(client: &Client, interval: Duration, p: &mut Printer<'_>)
     }
     let regions = client.regions().await?.len();
     let replicas = client.pd().get_cluster_config().await?.max_peer_count;
-    let s = stats::compute(regions, stores.len(), replicas, &before, &after, interval);
+    let mut s = stats::compute(regions, stores.len(), replicas, &before, &after, interval);
+    for addr in &addrs {
+        if let Some(v) = crate::scrape::http_get(addr, "/status")
+            .await
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            s.stores_detail
+                .push(stats::StoreStats::from_status(addr, &v));
+        }
+    }
     if p.json {
         p.line(serde_json::to_value(&s).expect("the report serializes"));
     } else {
@@ -973,126 +1051,4 @@ fn heartbeat_age(unix_nanos: i64) -> String {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
     format!("{:.1}s ago", (now - unix_nanos).max(0) as f64 / 1e9)
-}
-
-/// A line typed into the shell.
-#[derive(Debug, Parser)]
-#[command(name = "", no_binary_name = true, disable_version_flag = true)]
-struct ShellLine {
-    /// Where this line's reads are served (default: the shell's --read).
-    #[arg(long, global = true)]
-    read: Option<ReadMode>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Runs the interactive shell until `exit`, `quit` or end of input.
-pub async fn shell(client: &Client, output: Output) -> Result<i32> {
-    let mut editor = rustyline::DefaultEditor::new()
-        .map_err(|e| Error::InvalidArgument(format!("cannot start the shell: {e}")))?;
-    let history =
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".kvctl_history"));
-    if let Some(h) = &history {
-        let _ = editor.load_history(h);
-    }
-    let txn_client = client::txn::TxnClient::new(client);
-    let mut session = txn::Session::new(&txn_client);
-    loop {
-        let prompt = if session.is_open() {
-            "kvctl(txn)> "
-        } else {
-            "kvctl> "
-        };
-        let line = match editor.readline(prompt) {
-            Ok(l) => l,
-            Err(_) => break,
-        };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let _ = editor.add_history_entry(line);
-        if line == "exit" || line == "quit" {
-            break;
-        }
-        let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
-        let mut p = Printer {
-            json: output == Output::Json,
-            out: &mut stdout,
-            err: &mut stderr,
-        };
-        if let Some(res) = session.control(line, &mut p).await {
-            report(res, &mut p);
-            continue;
-        }
-        let Some(words) = shlex::split(line) else {
-            p.diagnostic("unbalanced quotes");
-            continue;
-        };
-        match ShellLine::try_parse_from(words) {
-            Ok(ShellLine {
-                command: Command::Shell,
-                ..
-            }) => p.diagnostic("already in the shell"),
-            Ok(ShellLine {
-                command: Command::Put { ttl: Some(_), .. },
-                ..
-            }) if session.is_open() => {
-                p.diagnostic("error: a transaction cannot give a key a time to live (put --ttl)")
-            }
-            Ok(parsed) => {
-                let read = parsed.read.unwrap_or(client.read_mode());
-                let res = match in_transaction(&parsed.command) {
-                    Some(stmt) => match session.statement(&stmt, &mut p).await {
-                        Some(res) => res,
-                        None => run(&parsed.command, output, read, client, p.out, p.err).await,
-                    },
-                    None => run(&parsed.command, output, read, client, p.out, p.err).await,
-                };
-                report(res, &mut p);
-            }
-            Err(e) => {
-                let _ = e.print();
-            }
-        }
-    }
-    if let Some(h) = &history {
-        let _ = editor.save_history(h);
-    }
-    // A transaction left open takes its locks with it.
-    session.close().await;
-    Ok(0)
-}
-
-/// A shell command's failure, as a line on stderr.
-fn report(res: Result<i32>, p: &mut Printer<'_>) {
-    if let Err(e) = res {
-        p.diagnostic(&format!("error: {e}"));
-    }
-}
-
-/// The statement a command is inside an open transaction: get, put, delete and scan,
-/// plain or under `txn`.
-fn in_transaction(cmd: &Command) -> Option<TxnCommand> {
-    Some(match cmd {
-        Command::Get { key } => TxnCommand::Get { key: key.clone() },
-        Command::Put {
-            key,
-            value,
-            ttl: None,
-        } => TxnCommand::Put {
-            key: key.clone(),
-            value: value.clone(),
-        },
-        Command::Delete { key } => TxnCommand::Delete { key: key.clone() },
-        Command::Scan { start, end, limit } => TxnCommand::Scan {
-            start: start.clone(),
-            end: end.clone(),
-            limit: *limit,
-        },
-        Command::Txn { command } if !matches!(command, TxnCommand::Status { .. }) => {
-            command.clone()
-        }
-        _ => return None,
-    })
 }

@@ -1,12 +1,12 @@
-//! `kvctl txn ...` (each a one-statement transaction) and the shell's BEGIN / COMMIT /
-//! ROLLBACK.
+//! `kvctl txn ...` (each a one-statement transaction), `kvctl batch`, and the shell's
+//! BEGIN / COMMIT / ROLLBACK.
 
 use clap::Subcommand;
 use serde_json::json;
 
 use client::{
     txn::{Mode, Transaction, TxnClient},
-    ReadMode, Result,
+    Error, ReadMode, Result,
 };
 
 use super::{show_key, Printer};
@@ -20,7 +20,13 @@ pub enum TxnCommand {
         /// The key.
         key: String,
     },
+    /// Print 1 if KEY exists, 0 if not.
+    Has {
+        /// The key.
+        key: String,
+    },
     /// Set KEY to VALUE; prints OK and the commit timestamp.
+    #[command(visible_alias = "set")]
     Put {
         /// The key.
         key: String,
@@ -73,7 +79,7 @@ pub(super) async fn run(
             }
             Ok(0)
         }
-        cmd @ (TxnCommand::Get { .. } | TxnCommand::Scan { .. })
+        cmd @ (TxnCommand::Get { .. } | TxnCommand::Has { .. } | TxnCommand::Scan { .. })
             if matches!(read, ReadMode::Stale(_)) =>
         {
             let ReadMode::Stale(max_age) = read else {
@@ -117,6 +123,13 @@ async fn statement(t: &mut Transaction<'_>, cmd: &TxnCommand, p: &mut Printer<'_
                 return Ok(1);
             }
         },
+        TxnCommand::Has { key } => {
+            let found = t.get(key.as_bytes()).await?.is_some();
+            match p.json {
+                true => p.line(json!({"key": key, "exists": found})),
+                false => p.line(u8::from(found)),
+            }
+        }
         TxnCommand::Put { key, value } => t.put(key.as_bytes(), value.as_bytes()).await?,
         TxnCommand::Delete { key } => t.delete(key.as_bytes()).await?,
         TxnCommand::Scan { start, end, limit } => {
@@ -132,28 +145,104 @@ async fn statement(t: &mut Transaction<'_>, cmd: &TxnCommand, p: &mut Printer<'_
     Ok(0)
 }
 
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum BatchOp {
+    Put(String, String),
+    Delete(String),
+}
+
+/// The writes of `batch PUT K V SET K V DELETE K ...` (verbs in any case).
+pub(super) fn parse_batch(words: &[String]) -> Result<Vec<BatchOp>> {
+    let mut ops = vec![];
+    let mut rest = words;
+    while let Some((verb, tail)) = rest.split_first() {
+        let bad = |why: String| {
+            Error::InvalidArgument(format!(
+                "batch, word {}: {why}",
+                words.len() - rest.len() + 1
+            ))
+        };
+        match (verb.to_ascii_uppercase().as_str(), tail) {
+            ("PUT" | "SET", [k, v, more @ ..]) => {
+                ops.push(BatchOp::Put(k.clone(), v.clone()));
+                rest = more;
+            }
+            ("DELETE" | "DEL", [k, more @ ..]) => {
+                ops.push(BatchOp::Delete(k.clone()));
+                rest = more;
+            }
+            ("PUT" | "SET" | "DELETE" | "DEL", _) => {
+                return Err(bad(format!("{verb} is missing its key or value")))
+            }
+            _ => return Err(bad(format!("{verb:?} is not PUT, SET or DELETE"))),
+        }
+    }
+    if ops.is_empty() {
+        return Err(Error::InvalidArgument(
+            "batch needs at least one PUT or DELETE".into(),
+        ));
+    }
+    Ok(ops)
+}
+
+/// Applies `ops` as one optimistic transaction: all or nothing.
+pub(super) async fn batch(c: &TxnClient, ops: &[BatchOp], p: &mut Printer<'_>) -> Result<i32> {
+    let mut t = c.begin().await?;
+    for op in ops {
+        match op {
+            BatchOp::Put(k, v) => t.put(k.as_bytes(), v.as_bytes()).await?,
+            BatchOp::Delete(k) => t.delete(k.as_bytes()).await?,
+        }
+    }
+    let ts = t.commit().await?;
+    committed(p, ts);
+    Ok(0)
+}
+
 /// The shell's open transaction, between BEGIN and COMMIT or ROLLBACK.
 pub(super) struct Session<'a> {
     client: &'a TxnClient,
     open: Option<Transaction<'a>>,
+    /// The name BEGIN gave it, if any (shown in the prompt).
+    name: Option<String>,
 }
 
 impl<'a> Session<'a> {
     pub(super) fn new(client: &'a TxnClient) -> Self {
-        Session { client, open: None }
+        Session {
+            client,
+            open: None,
+            name: None,
+        }
     }
 
-    /// Handles BEGIN [PESSIMISTIC], COMMIT and ROLLBACK (any case); `None` if `line` is
-    /// none of them.
-    pub(super) async fn control(&mut self, line: &str, p: &mut Printer<'_>) -> Option<Result<i32>> {
-        let words: Vec<String> = line
-            .split_whitespace()
-            .map(str::to_ascii_uppercase)
-            .collect();
-        let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        Some(match words.as_slice() {
-            ["BEGIN"] => self.begin(Mode::Optimistic, p).await,
-            ["BEGIN", "PESSIMISTIC"] => self.begin(Mode::Pessimistic, p).await,
+    /// The shell's prompt: it shows an open transaction and its name.
+    pub(super) fn prompt(&self) -> String {
+        match (&self.open, &self.name) {
+            (None, _) => "kvctl> ".into(),
+            (Some(_), None) => "kvctl(txn)> ".into(),
+            (Some(_), Some(n)) => format!("kvctl(txn {n})> "),
+        }
+    }
+
+    /// Handles BEGIN [PESSIMISTIC] [NAME], COMMIT and ROLLBACK (any case); `None` if the
+    /// line is none of them.
+    pub(super) async fn control(
+        &mut self,
+        words: &[String],
+        p: &mut Printer<'_>,
+    ) -> Option<Result<i32>> {
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+        let named = |i: usize| words.get(i).cloned();
+        Some(match upper.as_slice() {
+            ["BEGIN"] | ["BEGIN", _] if upper.get(1) != Some(&"PESSIMISTIC") => {
+                self.begin(Mode::Optimistic, named(1), p).await
+            }
+            ["BEGIN", "PESSIMISTIC"] | ["BEGIN", "PESSIMISTIC", _] => {
+                self.begin(Mode::Pessimistic, named(2), p).await
+            }
             ["COMMIT"] => match self.open.take() {
                 Some(t) => t.commit().await.map(|ts| {
                     committed(p, ts);
@@ -172,14 +261,23 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn begin(&mut self, mode: Mode, p: &mut Printer<'_>) -> Result<i32> {
+    async fn begin(
+        &mut self,
+        mode: Mode,
+        name: Option<String>,
+        p: &mut Printer<'_>,
+    ) -> Result<i32> {
         if self.open.is_some() {
             p.diagnostic("a transaction is open: COMMIT or ROLLBACK it first");
             return Ok(1);
         }
         let t = self.client.begin_with(mode).await?;
-        p.line(format!("BEGIN\tstart ts {}", t.start_ts()));
+        match &name {
+            Some(n) => p.line(format!("BEGIN\t{n}\tstart ts {}", t.start_ts())),
+            None => p.line(format!("BEGIN\tstart ts {}", t.start_ts())),
+        }
         self.open = Some(t);
+        self.name = name;
         Ok(0)
     }
 

@@ -91,6 +91,9 @@ pub struct PeerFsm {
     pub(crate) peer_cache: HashMap<u64, metapb::Peer>,
     /// Leader only: when each other peer was last heard from.
     pub(crate) peer_heartbeats: HashMap<u64, Instant>,
+    /// Term and commit index as of the last Ready (published in `StoreMeta` while this
+    /// peer leads).
+    pub(crate) progress: std::sync::Arc<crate::store_meta::RaftProgress>,
     pub(crate) ticks: u64,
     pub(crate) pending: Option<PendingReady>,
     /// Report to PD at the next opportunity (the region or its leader changed).
@@ -182,6 +185,7 @@ impl PeerFsm {
             reads: ReadQueue::default(),
             peer_cache: HashMap::new(),
             peer_heartbeats: HashMap::new(),
+            progress: Default::default(),
             ticks: 0,
             pending: None,
             heartbeat_due: true,

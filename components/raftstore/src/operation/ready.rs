@@ -177,6 +177,8 @@ impl PeerFsm {
         if let Some(commit) = light.commit_index() {
             self.raft.mut_store().set_commit(commit);
         }
+        let raft = &self.raft.raft;
+        self.progress.set(raft.term, raft.raft_log.committed);
         self.send(light.take_messages(), ctx);
         self.apply_committed(light.take_committed_entries(), ctx);
     }
@@ -231,9 +233,12 @@ impl PeerFsm {
                 .inc(),
             _ => {}
         }
-        ctx.store_meta
-            .lock()
-            .set_role(self.region_id(), is_leader, role == StateRole::Candidate);
+        {
+            let mut meta = ctx.store_meta.lock();
+            meta.set_role(self.region_id(), is_leader, role == StateRole::Candidate);
+            let progress = is_leader.then(|| self.progress.clone());
+            meta.set_leader_progress(self.region_id(), progress);
+        }
         self.stale.on_term_changed();
         if is_leader {
             let now = Instant::now();
