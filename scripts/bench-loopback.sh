@@ -5,7 +5,8 @@
 #   scripts/bench-loopback.sh --threads 32 --duration 20s --workload write
 # STORE_CONFIG=FILE starts the stores with that config file; SETTLE=SECONDS waits that
 # long after the run and then prints the stores' transactional storage (write column
-# family) and GC counters.
+# family) and GC counters (plaintext only). TLS=1 runs the cluster with TLS on every
+# port (`kvctl cert init` certificates), kvctl and kv-bench with the client certificate.
 set -euo pipefail
 
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}/release"
@@ -24,19 +25,30 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
+tls() { :; }
+if [ -n "${TLS:-}" ]; then
+  "$BIN/kvctl" cert init "$dir/certs" >/dev/null
+  tls() { echo --ca-path "$dir/certs/ca.pem" --cert-path "$dir/certs/$1.pem" --key-path "$dir/certs/$1-key.pem"; }
+  export FLOTILLA_CA_PATH="$dir/certs/ca.pem" FLOTILLA_CERT_PATH="$dir/certs/client.pem" \
+    FLOTILLA_KEY_PATH="$dir/certs/client-key.pem"
+fi
 pd="127.0.0.1:$(port)"
-"$BIN/pd-server" --addr "$pd" --data-dir "$dir/pd" --status-addr "127.0.0.1:$(port)" >"$dir/pd.log" 2>&1 &
+# shellcheck disable=SC2046 # tls prints flags to split
+"$BIN/pd-server" --addr "$pd" --data-dir "$dir/pd" --status-addr "127.0.0.1:$(port)" \
+  $(tls pd) >"$dir/pd.log" 2>&1 &
 pids+=($!)
-# Stores need the cluster secret PD creates at its first start.
+# Without TLS, stores need the cluster secret PD creates at its first start.
 secret="$dir/pd/cluster-secret"
 for _ in $(seq 1 100); do [ -s "$secret" ] && break; sleep 0.1; done
 [ -s "$secret" ] || { echo "pd-server did not create $secret" >&2; cat "$dir/pd.log" >&2; exit 1; }
+store_auth=(--cluster-secret-file "$secret")
+[ -z "${TLS:-}" ] || read -r -a store_auth <<<"$(tls store)"
 status=()
 for i in 1 2 3; do
   status+=("127.0.0.1:$(port)")
   "$BIN/kv-server" --pd "$pd" --addr "127.0.0.1:$(port)" --status-addr "${status[-1]}" \
     ${STORE_CONFIG:+--config "$STORE_CONFIG"} \
-    --cluster-secret-file "$secret" --data-dir "$dir/store$i" >"$dir/store$i.log" 2>&1 &
+    "${store_auth[@]}" --data-dir "$dir/store$i" >"$dir/store$i.log" 2>&1 &
   pids+=($!)
 done
 

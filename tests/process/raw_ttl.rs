@@ -25,18 +25,21 @@ fn keys_written_with_a_ttl_expire_for_kvctl_and_tikv_client() {
     let pd = cluster.pd_addr.clone();
     let kvctl = |args: &[&str]| common::kvctl(&pd, args);
 
-    let out = kvctl(&["put", "session", "s1", "--ttl", "2s"]);
+    let out = kvctl(&["put", "lease", "l1", "--ttl", "60s"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = kvctl(&["ttl", "session"]);
+    let out = kvctl(&["ttl", "lease"]);
+    assert!(out.status.success(), "{}", text(&out));
     let left: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .expect("seconds");
-    assert!((1..=2).contains(&left), "{left}");
+    assert!((50..=60).contains(&left), "{left}");
     assert_eq!(
-        String::from_utf8_lossy(&kvctl(&["get", "session"]).stdout),
-        "s1\n"
+        String::from_utf8_lossy(&kvctl(&["get", "lease"]).stdout),
+        "l1\n"
     );
+    let out = kvctl(&["put", "session", "s1", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = kvctl(&["put", "bad", "x", "--ttl", "1500ms"]);
     assert!(
         !out.status.success() && text(&out).contains("whole seconds"),

@@ -160,14 +160,18 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    /// The engine's options.
-    pub fn engine_options(&self) -> engine::EngineOptions {
+    /// The engine's options; compactions drop expired raw values once `armed`.
+    pub fn engine_options(
+        &self,
+        armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> engine::EngineOptions {
         engine::EngineOptions {
             block_cache_bytes: self.block_cache_size.as_u64() as usize,
             memtable_budget_bytes: self.memtable_budget.as_u64() as usize,
             write_buffer_bytes: self.write_buffer_size.as_u64() as usize,
             default_cf_drop: Some(crate::storage::raw_expiry_filter(
                 self.raw_expired_retention,
+                armed,
             )),
             ..Default::default()
         }
@@ -178,6 +182,12 @@ impl StorageConfig {
             self.raw_max_ttl.as_secs() >= 1,
             "storage.raw-max-ttl",
             "must be at least 1s",
+        )?;
+        ensure(
+            self.raw_expired_retention >= MIN_RAW_EXPIRED_RETENTION,
+            "storage.raw-expired-retention",
+            "must be at least 1h: a replica that applies a compare-and-swap later than this \
+             after it was proposed may find the value compacted away and decide otherwise",
         )?;
         ensure(
             self.block_cache_size >= ByteSize::mib(8),
@@ -196,6 +206,10 @@ impl StorageConfig {
         )
     }
 }
+
+/// The shortest `storage.raw-expired-retention`: longer than clocks may disagree and a
+/// replica's apply may lag in normal operation.
+pub const MIN_RAW_EXPIRED_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The `[security]` section: TLS and the cluster secret.
 pub use util::security::SecurityConfig;

@@ -1,8 +1,9 @@
 //! What every client request's `kvrpcpb.Context` may ask for. Fields Flotilla does not
-//! honour are refused by name rather than ignored: a client that asked for keyspaces, a
-//! deadline or read-committed reads must not get something else silently. Scheduling
-//! hints (priority, not_fill_cache, request_source, is_retry_request) change no answer
-//! and are accepted.
+//! honour are refused by name rather than ignored: a client that asked for keyspaces or
+//! read-committed reads must not get something else silently. Hints that change no answer
+//! are accepted: priority, not_fill_cache, request_source, is_retry_request, and
+//! max_execution_duration_ms (TiKV's Go client sets it on every request; the client
+//! keeps its own deadline, and `server.request-timeout` bounds the work).
 
 use proto::kvrpcpb::{self, APIVersion, Context, IsolationLevel};
 
@@ -55,13 +56,6 @@ pub(crate) fn check(ctx: &Context) -> Result<()> {
             ctx.keyspace_id
         ));
     }
-    if ctx.max_execution_duration_ms != 0 {
-        return refuse(
-            "context.max_execution_duration_ms is not honoured: server.request-timeout bounds \
-             every request; leave it 0"
-                .into(),
-        );
-    }
     if ctx.get_isolation_level() != IsolationLevel::SI {
         return refuse(format!(
             "context.isolation_level {:?} is not supported: reads are snapshot isolation (SI)",
@@ -82,16 +76,21 @@ mod tests {
         ttl.set_api_version(APIVersion::V1TTL);
         assert!(check(&ttl).is_ok(), "raw TTL is honoured");
         type Set = fn(&mut Context);
-        let cases: [(&str, Set); 4] = [
+        let cases: [(&str, Set); 3] = [
             ("api_version", |c| c.set_api_version(APIVersion::V2)),
             ("keyspace_id", |c| c.keyspace_id = 7),
-            ("max_execution_duration_ms", |c| {
-                c.max_execution_duration_ms = 10
-            }),
             ("isolation_level", |c| {
                 c.set_isolation_level(IsolationLevel::RC)
             }),
         ];
+        let deadline = Context {
+            max_execution_duration_ms: 2000,
+            ..Default::default()
+        };
+        assert!(
+            check(&deadline).is_ok(),
+            "client-go sets it on every request"
+        );
         for (field, set) in cases {
             let mut c = Context::default();
             set(&mut c);

@@ -231,9 +231,14 @@ async fn serve_status(
         .map_err(|e| Error::Startup(format!("server.status-addr: {e}")))?;
     let (store_id, address) = (store.get_id(), store.get_address().to_string());
     let status: status::StatusFn = Arc::new(move || {
-        let m = meta.lock();
-        let leading: Vec<_> = m
-            .leader_progress()
+        // Read outside the lock the Raft threads take: the kernel's socket table may be
+        // long.
+        let open_connections = crate::connections::established_on(grpc_port);
+        let (regions, leaders, progress) = {
+            let m = meta.lock();
+            (m.region_count(), m.leader_count(), m.leader_progress())
+        };
+        let leading: Vec<_> = progress
             .into_iter()
             .take(STATUS_LEADING)
             .map(|(region_id, term, commit_index)| {
@@ -244,10 +249,10 @@ async fn serve_status(
             "store_id": store_id,
             "cluster_id": cluster_id,
             "address": address,
-            "regions": m.region_count(),
-            "leaders": m.leader_count(),
+            "regions": regions,
+            "leaders": leaders,
             "leading": leading,
-            "open_connections": crate::connections::established_on(grpc_port),
+            "open_connections": open_connections,
             "version": env!("CARGO_PKG_VERSION"),
         })
     });
@@ -296,7 +301,15 @@ impl Node {
         let secret = cluster_secret(&cfg, own_cluster)?;
         let security =
             Security::for_server(&cfg.security).map_err(|e| Error::Startup(e.to_string()))?;
-        let engine = Engine::open_with(&data_dir.join("db"), &cfg.storage.engine_options())?;
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = Engine::open_with(
+            &data_dir.join("db"),
+            &cfg.storage.engine_options(armed.clone()),
+        )?;
+        // Refuses a directory of the older raw layout before anything reads or compacts
+        // it, then lets compactions drop expired values.
+        bootstrap::store_ident(&engine)?;
+        armed.store(true, std::sync::atomic::Ordering::Release);
         crate::metrics::register_all();
         let weak = engine.downgrade();
         status::register_latest(|| Box::new(crate::metrics::EngineCollector::new(weak.clone())));

@@ -106,8 +106,43 @@ macro_rules! keyed_batch {
 keyed_batch!(kvrpcpb::RawBatchGetRequest => kvrpcpb::RawBatchGetResponse, get_keys, set_keys,
     |k| k, merge: |acc, next| acc.mut_pairs().extend(next.take_pairs()),
     size: |answer| pairs_bytes(answer.get_pairs()));
-keyed_batch!(kvrpcpb::RawBatchPutRequest => kvrpcpb::RawBatchPutResponse, get_pairs, set_pairs,
-    |p| p.get_key());
+
+/// A batch put's pairs, with their per-pair ttls (if given), that `keep` selects.
+fn batch_put_part(
+    req: &kvrpcpb::RawBatchPutRequest,
+    keep: impl Fn(&[u8]) -> bool,
+) -> kvrpcpb::RawBatchPutRequest {
+    let mut part = req.clone();
+    let ttls = req.get_ttls();
+    let (mut pairs, mut kept_ttls) = (vec![], vec![]);
+    for (i, p) in req.get_pairs().iter().enumerate() {
+        if keep(p.get_key()) {
+            pairs.push(p.clone());
+            if let Some(t) = ttls.get(i) {
+                kept_ttls.push(*t);
+            }
+        }
+    }
+    part.set_pairs(pairs.into());
+    // A count that does not match the pairs stays as it was, to be refused by name.
+    if ttls.len() == req.get_pairs().len() {
+        part.set_ttls(kept_ttls);
+    }
+    part
+}
+
+impl Span for kvrpcpb::RawBatchPutRequest {
+    type Resp = kvrpcpb::RawBatchPutResponse;
+
+    fn within(&self, region: &metapb::Region) -> Self {
+        batch_put_part(self, |k| key_in_region(k, region))
+    }
+
+    fn after(&self, region: &metapb::Region, _: &Self::Resp) -> Option<Self> {
+        let rest = batch_put_part(self, |k| !key_in_region(k, region));
+        (!rest.get_pairs().is_empty()).then_some(rest)
+    }
+}
 keyed_batch!(kvrpcpb::RawBatchDeleteRequest => kvrpcpb::RawBatchDeleteResponse, get_keys, set_keys,
     |k| k);
 
@@ -204,6 +239,21 @@ mod tests {
         let rest = req.after(&left, &Default::default()).unwrap();
         assert_eq!(rest.get_keys(), [b"m".to_vec(), b"x".to_vec()]);
         assert!(rest.after(&region("d", ""), &Default::default()).is_none());
+    }
+
+    #[test]
+    fn a_batch_put_keeps_each_pair_with_its_ttl() {
+        let mut req = kvrpcpb::RawBatchPutRequest::default();
+        req.set_pairs(kvs(&["m", "a", "x"]));
+        req.set_ttls(vec![1, 2, 3]);
+        let left = region("", "d");
+        let part = req.within(&left);
+        assert_eq!((part.get_pairs().len(), part.get_ttls()), (1, &[2][..]));
+        let rest = req.after(&left, &Default::default()).unwrap();
+        assert_eq!(rest.get_ttls(), [1, 3]);
+        // A mismatched count is passed on whole, for the store to refuse by name.
+        req.set_ttls(vec![5]);
+        assert_eq!(req.within(&left).get_ttls(), [5]);
     }
 
     #[test]

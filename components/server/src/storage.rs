@@ -101,11 +101,17 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 /// What compactions of the default column family drop: raw values expired more than
-/// `retention` ago (see `storage.raw-expired-retention`).
-pub fn raw_expiry_filter(retention: Duration) -> engine::DropFilter {
+/// `retention` ago (see `storage.raw-expired-retention`), once `armed`. The store arms it
+/// only after it has checked that its raw values carry an expiry: on a directory of an
+/// older layout the filter would read the last 8 bytes of a value as one.
+pub fn raw_expiry_filter(
+    retention: Duration,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+) -> engine::DropFilter {
     let retention = retention.as_secs();
     engine::DropFilter(Arc::new(move |key: &[u8], value: &[u8]| {
-        key.first() == Some(&keys::DATA_PREFIX)
+        armed.load(std::sync::atomic::Ordering::Acquire)
+            && key.first() == Some(&keys::DATA_PREFIX)
             && keys::raw::decode(value).is_some_and(|(_, at)| {
                 at != keys::raw::NO_EXPIRY && at.saturating_add(retention) <= now_secs()
             })

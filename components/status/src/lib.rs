@@ -34,8 +34,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Produces the JSON document served at `/status`.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// How long a TLS handshake on the status port may take.
+/// How long a TLS handshake on the status port may take, and then a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections the TLS status port serves at once.
+const MAX_CONNECTIONS: usize = 256;
+/// The longest one connection is kept (scrapers reconnect).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Serves `/metrics` and `/status` on `addr` until `shutdown` fires, over TLS when
 /// `security` says so. Returns the bound address (useful when `addr` asks for port 0)
@@ -122,28 +126,39 @@ async fn serve_tls(
     shutdown: Shutdown,
     logger: Logger,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let tcp = tokio::select! {
             _ = shutdown.wait() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
-                // Out of descriptors, say: the next accept may work.
-                Err(_) => continue,
+                // Out of descriptors, say: wait a moment rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
+        };
+        // Past the cap a new connection is closed at once: a flood of them cannot take
+        // the descriptors RocksDB and gRPC need.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let tls = acceptor.current(&logger);
         let app = app.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // A peer that does not finish the handshake (plaintext, a foreign CA) is
             // dropped; it holds nothing but its own connection.
             let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await
             else {
                 return;
             };
-            let _ = hyper::server::conn::Http::new()
+            let served = hyper::server::conn::Http::new()
                 .http1_only(true)
-                .serve_connection(stream, app)
-                .await;
+                .http1_header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(stream, app);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
         });
     }
 }

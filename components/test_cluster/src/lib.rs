@@ -229,6 +229,7 @@ impl Cluster {
         let opts = engine::EngineOptions {
             default_cf_drop: Some(server::storage::raw_expiry_filter(
                 self.raw_expired_retention,
+                Arc::new(std::sync::atomic::AtomicBool::new(true)),
             )),
             ..Default::default()
         };

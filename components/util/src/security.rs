@@ -48,8 +48,8 @@ pub struct SecurityConfig {
     /// Common names of the certificates of this cluster's processes: a call carrying
     /// one may send Raft messages, report to PD and change placement.
     pub cluster_cn: Vec<String>,
-    /// Every peer must present a certificate (mutual TLS); off, a client may connect
-    /// with only the CA and prove itself with a password token.
+    /// Every peer must present a certificate (mutual TLS). Off (a client connecting with
+    /// only the CA) is refused until users and passwords exist.
     pub require_client_cert: bool,
 }
 
@@ -106,6 +106,14 @@ impl SecurityConfig {
                 "a server with ca-path needs its own certificate and key too".into(),
             ));
         }
+        if !self.require_client_cert {
+            return Some((
+                "security.require-client-cert",
+                "false is refused until users and passwords exist: clients without a \
+                 certificate would read and write every key"
+                    .into(),
+            ));
+        }
         if self.cluster_cn.is_empty() {
             return Some((
                 "security.cluster-cn",
@@ -146,15 +154,22 @@ pub struct Pem {
     pub key: Vec<u8>,
 }
 
-/// What identifies a version of the files: their modification times and lengths.
-type Stamp = Vec<(Option<SystemTime>, u64)>;
+/// What identifies a version of the files: modification time, length, inode and change
+/// time (a copy that keeps the modification time still changes the others).
+type Stamp = Vec<(Option<SystemTime>, u64, u64, i64)>;
 
 fn stamp(paths: &[&Path]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     paths
         .iter()
         .map(|p| match std::fs::metadata(p) {
-            Ok(m) => (m.modified().ok(), m.len()),
-            Err(_) => (None, 0),
+            Ok(m) => (
+                m.modified().ok(),
+                m.len(),
+                m.ino(),
+                m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ),
+            Err(_) => (None, 0, 0, 0),
         })
         .collect()
 }
@@ -165,6 +180,14 @@ fn read_pem(path: &Path, what: &str, marker: &str) -> Result<Vec<u8>> {
     }
     let bytes =
         std::fs::read(path).map_err(|e| Error::Tls(format!("{what} {}: {e}", path.display())))?;
+    // gRPC takes PEM as a C string: a NUL byte (a file padded with zeros after a crash,
+    // DER appended) would end it early, or abort the process.
+    if bytes.contains(&0) {
+        return Err(Error::Tls(format!(
+            "{what} {}: not PEM (holds a NUL byte)",
+            path.display()
+        )));
+    }
     if !String::from_utf8_lossy(&bytes).contains(marker) {
         return Err(Error::Tls(format!(
             "{what} {}: not PEM (no \"{marker}\")",
@@ -279,18 +302,15 @@ impl Security {
         if !self.tls() {
             return builder.connect(addr);
         }
-        let creds = match self.pem() {
-            Ok(pem) => {
-                let b = ChannelCredentialsBuilder::new().root_cert(pem.ca.clone());
-                if pem.cert.is_empty() {
-                    b.build()
-                } else {
-                    b.cert(pem.cert.clone(), pem.key.clone()).build()
-                }
-            }
-            // The files were readable at start; if all are gone now, dial with no
-            // trusted root: the handshake fails and the caller sees the peer as down.
-            Err(_) => ChannelCredentialsBuilder::new().build(),
+        // Read at start (`Security::new`) and kept since: a file broken later leaves the
+        // last good version in use.
+        let pem = self
+            .pem()
+            .expect("the files were read when the settings were made, and are kept");
+        let b = ChannelCredentialsBuilder::new().root_cert(pem.ca.clone());
+        let creds = match pem.cert.is_empty() {
+            true => b.build(),
+            false => b.cert(pem.cert.clone(), pem.key.clone()).build(),
         };
         builder.set_credentials(creds).connect(addr)
     }
@@ -474,6 +494,12 @@ mod tests {
         assert_eq!(cfg("", "c", "k").problem().unwrap().0, "security.ca-path");
         let mut c = cfg("ca", "c", "k");
         assert!(c.server_problem().is_none());
+        c.require_client_cert = false;
+        assert_eq!(
+            c.server_problem().unwrap().0,
+            "security.require-client-cert"
+        );
+        c.require_client_cert = true;
         c.cert_allowed_cn = vec!["root".into(), "flotilla-pd".into()];
         let (key, why) = c.server_problem().unwrap();
         assert_eq!(key, "security.cert-allowed-cn");
@@ -499,7 +525,9 @@ mod tests {
         std::fs::write(path("c.pem"), &longer).unwrap();
         let (second, changed) = s.pem_changed().unwrap();
         assert!(changed && second.cert == longer.as_bytes());
-        // Half-written (not PEM): the last good version stays.
+        // Half-written (not PEM, or zero-padded): the last good version stays.
+        std::fs::write(path("c.pem"), format!("{cert}\0\0")).unwrap();
+        assert!(!s.pem_changed().unwrap().1, "a NUL byte is not PEM");
         std::fs::write(path("c.pem"), "garbage").unwrap();
         let (kept, changed) = s.pem_changed().unwrap();
         assert!(!changed && Arc::ptr_eq(&kept, &second) && !Arc::ptr_eq(&kept, &first));

@@ -17,6 +17,8 @@ const MAX_OPS: u64 = 1_000_000;
 const MAX_VALUE: usize = 1 << 20;
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 16;
+/// How long the keys written live: the load leaves nothing behind for long.
+const KEY_TTL: Duration = Duration::from_secs(600);
 
 /// Runs the put phase, then the get phase, and prints each one's figures.
 pub(super) async fn run(
@@ -40,7 +42,7 @@ pub(super) async fn run(
     let key = |i: u64| format!("{prefix}{i:07}").into_bytes();
     let put = phase(n, |i| {
         let (k, v) = (key(i), value.clone());
-        async move { client.put(&k, &v).await.map(|_| ()) }
+        async move { client.put_with_ttl(&k, &v, KEY_TTL).await }
     })
     .await?;
     report(p, "put", n, &put);

@@ -2,10 +2,12 @@
 //!
 //! `init DIR` makes `ca.pem` and `ca-key.pem`, then a certificate and key per process
 //! kind, `pd.pem` and `store.pem` (common names `flotilla-pd` and `flotilla-store`, the
-//! default `security.cluster-cn`), and one for a client, `client.pem` (common name
-//! `root`, so that with auth enabled it acts as the root user). `issue DIR NAME` signs
-//! another client certificate with the CA in DIR, for a user named NAME. Every
-//! certificate is valid for 127.0.0.1, localhost and the compose cluster's names.
+//! default `security.cluster-cn`; server and client certificates valid for 127.0.0.1,
+//! localhost and the compose cluster's names), and one for a client, `client.pem`
+//! (common name `root`, so that with auth enabled it acts as the root user). `issue DIR
+//! NAME` signs another client certificate with the CA in DIR, for a user named NAME.
+//! Client certificates can only prove a client (no host names, client use only) and
+//! never carry a cluster common name.
 
 use std::{
     fs,
@@ -130,8 +132,9 @@ fn name(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// A certificate for `cn` signed by the CA, valid as server and client (cluster
-/// processes are both).
+/// A certificate for `cn` signed by the CA: for a cluster process (`hosts` not empty)
+/// valid as server for those hosts and as client, since cluster processes are both; for
+/// a client (no hosts) valid as client only.
 fn leaf(
     cn: &str,
     hosts: &[String],
@@ -141,17 +144,33 @@ fn leaf(
     check_cn(cn)?;
     let mut params = CertificateParams::new(hosts.to_vec()).map_err(cert_err)?;
     params.distinguished_name = name(cn);
+    params.is_ca = IsCa::ExplicitNoCa;
     // Names the CA's key too, so that a verifier picks the right CA among several.
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = match hosts.is_empty() {
+        true => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        false => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
     validity(&mut params, days)?;
     let key = KeyPair::generate().map_err(cert_err)?;
     let cert = params.signed_by(&key, &ca.0, &ca.1).map_err(cert_err)?;
     Ok((cert, key))
+}
+
+/// A client's common name: not one of the cluster's own, which would let its holder
+/// pose as a store or PD member.
+fn check_client_cn(cn: &str) -> Result<()> {
+    check_cn(cn)?;
+    if util::security::DEFAULT_CLUSTER_CN.contains(&cn) {
+        return Err(Error::InvalidArgument(format!(
+            "{cn:?} is a cluster process's common name: a client certificate must not carry it"
+        )));
+    }
+    Ok(())
 }
 
 fn check_cn(cn: &str) -> Result<()> {
@@ -195,7 +214,7 @@ fn init(
     days: u32,
     p: &mut Printer<'_>,
 ) -> Result<i32> {
-    check_cn(client_cn)?;
+    check_client_cn(client_cn)?;
     let stems = ["ca", "pd", "store", "client"];
     for stem in stems {
         for f in [format!("{stem}.pem"), format!("{stem}-key.pem")] {
@@ -222,7 +241,7 @@ fn init(
     let [pd_cn, store_cn] = util::security::DEFAULT_CLUSTER_CN;
     write_pair(dir, "pd", &leaf(pd_cn, &hosts, days, &ca)?)?;
     write_pair(dir, "store", &leaf(store_cn, &hosts, days, &ca)?)?;
-    write_pair(dir, "client", &leaf(client_cn, &hosts, days, &ca)?)?;
+    write_pair(dir, "client", &leaf(client_cn, &[], days, &ca)?)?;
     p.line(format!(
         "wrote {0}/ca.pem, pd.pem, store.pem, client.pem and their -key.pem files; keep {0}/ca-key.pem safe",
         dir.display()
@@ -231,7 +250,7 @@ fn init(
 }
 
 fn issue(dir: &Path, cn: &str, days: u32, p: &mut Printer<'_>) -> Result<i32> {
-    check_cn(cn)?;
+    check_client_cn(cn)?;
     let key_path = dir.join("ca-key.pem");
     let ca_key_pem = fs::read_to_string(&key_path).map_err(|e| io_err(&key_path, e))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(cert_err)?;
@@ -239,8 +258,7 @@ fn issue(dir: &Path, cn: &str, days: u32, p: &mut Printer<'_>) -> Result<i32> {
     let ca_cert = ca_params(&ca_key, days)?
         .self_signed(&ca_key)
         .map_err(cert_err)?;
-    let hosts: Vec<String> = HOSTS.iter().map(|h| h.to_string()).collect();
-    let pair = leaf(cn, &hosts, days, &(ca_cert, ca_key))?;
+    let pair = leaf(cn, &[], days, &(ca_cert, ca_key))?;
     write_pair(dir, cn, &pair)?;
     p.line(format!(
         "wrote {0}/{cn}.pem and {0}/{cn}-key.pem",

@@ -112,14 +112,16 @@ pub enum Command {
         key: String,
     },
     /// Apply puts and deletes atomically, as one transaction: batch put K V put K2 V2
-    /// delete K3 (verbs in any case; set is put). Prints OK and the commit timestamp.
+    /// delete K3 (verbs in any case; set is put). Transactional keys, as `txn` reads
+    /// them (not the raw keys of put and get). Prints OK and the commit timestamp.
     Batch {
         /// PUT KEY VALUE, SET KEY VALUE or DELETE KEY, repeated.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         ops: Vec<String>,
     },
-    /// A short load: N puts of VALUE_SIZE-byte values under PREFIX, then N gets of them,
-    /// 16 at a time; prints each phase's throughput and latency percentiles.
+    /// A short load: N puts of VALUE_SIZE-byte values under PREFIX (living 10 minutes),
+    /// then N gets of them, 16 at a time; prints each phase's throughput and latency
+    /// percentiles.
     Benchmark {
         /// Operations per phase (1 to 1000000).
         n: u64,

@@ -25,7 +25,13 @@ struct ShellLine {
 /// and flags are left as they are.
 fn normalize(mut words: Vec<String>) -> Vec<String> {
     let mut cmd = ShellLine::command();
-    for word in words.iter_mut() {
+    // A leading `--read MODE` (or `--read=MODE`) comes before the verbs.
+    let skip = match words.first().map(String::as_str) {
+        Some("--read") => 2,
+        Some(w) if w.starts_with("--read=") => 1,
+        _ => 0,
+    };
+    for word in words.iter_mut().skip(skip) {
         let lower = word.to_ascii_lowercase();
         let Some(sub) = cmd
             .get_subcommands()
@@ -183,6 +189,11 @@ mod tests {
         );
         assert_eq!(words("txn PUT PUT x"), ["txn", "put", "PUT", "x"]);
         assert_eq!(words("nonsense GET"), ["nonsense", "GET"]);
+        assert_eq!(
+            words("--read follower GET k"),
+            ["--read", "follower", "get", "k"]
+        );
+        assert_eq!(words("--read=leader HAS k"), ["--read=leader", "has", "k"]);
         let parsed = ShellLine::try_parse_from(words("set a b --TTL 5s"));
         assert!(parsed.is_err(), "flags are not verbs");
     }

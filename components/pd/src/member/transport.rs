@@ -103,10 +103,18 @@ impl Transport {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_string();
-        let builder = util::grpc::channel(self.env.clone())
-            .max_send_message_len(self.max_message_bytes as i32);
-        let channel = self.security.connect(builder, &addr);
-        let client = PdMemberClient::new(channel);
+        // A new channel after every failed stream: it dials with the certificate files as
+        // they are then, so a rotation reaches member-to-member traffic too.
+        let (env, security, max) = (
+            self.env.clone(),
+            self.security.clone(),
+            self.max_message_bytes as i32,
+        );
+        let dial = move |addr: &str| {
+            let builder = util::grpc::channel(env.clone()).max_send_message_len(max);
+            PdMemberClient::new(security.connect(builder, addr))
+        };
+        let mut client = dial(&addr);
         let (group_id, secret, node, logger) = (
             (self.group_id, self.url.clone()),
             self.secret.clone(),
@@ -135,6 +143,7 @@ impl Transport {
                         let _ = node.try_send(Msg::Unreachable(to));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
+                        client = dial(&addr);
                         // What queued meanwhile is stale; Raft sends afresh (a snapshot
                         // once told it failed).
                         while let Ok(m) = rx.try_recv() {
