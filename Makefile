@@ -81,13 +81,15 @@ prometheus-image: deps
 # labelled, PD isolating replicas by zone). `cluster-down` removes containers and
 # networks; with VOLUMES=1 the data volumes too.
 # TLS=1 lays docker/docker-compose.tls.yml over them (every port TLS, certificates from
-# `kvctl cert init docker/certs`, made here unless FLOTILLA_CERTS names a directory; the
-# keys, 0600, are handed to the images' user, uid 10001).
+# `kvctl cert init docker/certs` and a `monitor` certificate for Prometheus, made here
+# unless FLOTILLA_CERTS names a directory; the keys, 0600, are handed to the images'
+# users, uid 10001 and Prometheus's 65534).
 COMPOSE := docker-compose -p flotilla -f docker/docker-compose.yml $(if $(ZONES),-f docker/docker-compose.zones.yml) $(if $(TLS),-f docker/docker-compose.tls.yml)
 cluster-up: image $(if $(MONITORING),prometheus-image)
 	if [ -n "$(TLS)" ] && [ -z "$$FLOTILLA_CERTS" ] && [ ! -e docker/certs/ca.pem ]; then \
-		$(BIN)/kvctl cert init docker/certs && \
-		chown 10001:10001 docker/certs/pd-key.pem docker/certs/store-key.pem docker/certs/client-key.pem; fi
+		$(BIN)/kvctl cert init docker/certs && $(BIN)/kvctl cert issue docker/certs monitor && \
+		chown 10001:10001 docker/certs/pd-key.pem docker/certs/store-key.pem docker/certs/client-key.pem && \
+		chown 65534:65534 docker/certs/monitor-key.pem; fi
 	FLOTILLA_IMAGE=$(IMAGE) FLOTILLA_PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) \
 		$(COMPOSE) $(if $(MONITORING),--profile monitoring) up -d
 cluster-down:
