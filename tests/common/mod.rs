@@ -597,13 +597,22 @@ fn process_tls(stem: &str, certs: &Path) -> Vec<String> {
 /// handshake fails or nothing answers.
 pub fn https_get(cfg: &util::security::SecurityConfig, addr: &str, path: &str) -> Option<String> {
     let security = util::security::Security::new(cfg).ok()?;
+    on_own_thread(cli::scrape::https_get(&security, addr, path))
+}
+
+/// Runs one request to its end on a thread and runtime of its own, so that callers
+/// inside a tokio runtime may make it too.
+fn on_own_thread<F: std::future::Future + Send>(request: F) -> F::Output
+where
+    F::Output: Send,
+{
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for one request")
-                .block_on(cli::scrape::https_get(&security, addr, path))
+                .block_on(request)
         })
         .join()
         .expect("the request thread does not panic")
@@ -614,17 +623,7 @@ pub fn https_get(cfg: &util::security::SecurityConfig, addr: &str, path: &str) -
 /// (`cli::scrape::http_get`); the body whatever the status code, `None` if it does not
 /// answer. On a thread of its own, so that callers inside a tokio runtime may use it too.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for one request")
-                .block_on(cli::scrape::http_get(addr, path))
-        })
-        .join()
-        .expect("the request thread does not panic")
-    })
+    on_own_thread(cli::scrape::http_get(addr, path))
 }
 
 /// Prometheus text, parsed by the project's one parser (`cli::scrape`).

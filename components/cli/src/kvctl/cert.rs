@@ -173,18 +173,9 @@ fn check_client_cn(cn: &str) -> Result<()> {
     Ok(())
 }
 
+/// A common name: the rule of user names, since a client certificate's names its user.
 fn check_cn(cn: &str) -> Result<()> {
-    let ok = !cn.is_empty()
-        && cn.len() <= 64
-        && cn
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
-    match ok {
-        true => Ok(()),
-        false => Err(Error::InvalidArgument(format!(
-            "common name {cn:?}: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'"
-        ))),
-    }
+    auth::names::check_name("common", cn).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// Writes a new file (refusing to replace one); keys readable only by their owner.
