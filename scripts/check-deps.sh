@@ -46,8 +46,8 @@ forbid proto "messages only" grpcio proto_grpc util
 forbid proto_grpc "the generated services only" util keys engine
 forbid keys "key encodings only" engine raft grpcio proto
 forbid engine "storage only" raft grpcio keys
-forbid auth "the rules of users, roles and tokens: no storage, no wire protocol" \
-  proto grpcio engine util keys tokio
+forbid auth "the rules of users, roles and tokens: messages, no storage or transport" \
+  grpcio engine util keys tokio
 forbid lazyfs "a filesystem for tests, of no component" util proto engine
 
 # The binaries themselves: the root package's dependencies are shared by its four

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                 2
             });
         }
-        let creds = match cli.credentials() {
+        let creds = match cli.credentials_logged_in().await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                 }
             };
         let res = match &cli.command {
-            Command::Shell => shell(&client, cli.output).await,
+            Command::Shell => shell(client, cli.output).await,
             cmd => {
                 run(
                     cmd,

@@ -18,6 +18,7 @@ const FILES: &[&str] = &[
     "pd_memberpb",
     "tikvpb",
     "mvccpb",
+    "authpb",
 ];
 
 fn main() {

@@ -5,7 +5,7 @@ use std::{env, fs, path::PathBuf};
 
 use protobuf::Message;
 
-const SERVICES: &[&str] = &["pdpb", "pd_memberpb", "tikvpb"];
+const SERVICES: &[&str] = &["pdpb", "pd_memberpb", "tikvpb", "authpb"];
 
 fn main() {
     let set_path = env::var("DEP_FLOTILLA_PROTO_DESCRIPTORS")

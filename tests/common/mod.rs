@@ -226,12 +226,25 @@ pub fn credentials(pd: &str) -> util::security::Credentials {
         Some(dir) => util::security::Security::new(&tls_config(&dir, "client")).expect("TLS"),
         None => util::security::Security::plaintext(),
     };
-    util::security::Credentials { security, secret }
+    util::security::Credentials {
+        security,
+        secret,
+        token: None,
+    }
 }
 
 /// Runs kvctl to completion, as the cluster's operator (with its secret, or for a TLS
 /// cluster its client certificate).
 pub fn kvctl(pd: &str, args: &[&str]) -> Output {
+    kvctl_command(pd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvctl")
+}
+
+/// kvctl against `pd` as the cluster's operator, to add arguments to.
+pub fn kvctl_command(pd: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
     if let Some(secret) = secret_of(pd) {
         cmd.env("FLOTILLA_CLUSTER_SECRET_FILE", secret);
@@ -241,12 +254,8 @@ pub fn kvctl(pd: &str, args: &[&str]) -> Output {
             .env("FLOTILLA_CERT_PATH", dir.join("client.pem"))
             .env("FLOTILLA_KEY_PATH", dir.join("client-key.pem"));
     }
-    cmd.arg("--pd")
-        .arg(pd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kvctl")
+    cmd.arg("--pd").arg(pd);
+    cmd
 }
 
 /// PD members and stores started as processes in one temporary directory.

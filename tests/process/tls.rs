@@ -57,6 +57,7 @@ fn client_with(
     let creds = Credentials {
         security: Security::new(cfg).expect("TLS settings"),
         secret: None,
+        token: None,
     };
     rt.block_on(client::Client::connect_within(
         &[pd.to_string()],

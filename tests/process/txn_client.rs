@@ -108,18 +108,25 @@ fn write_skew_happens_under_snapshot_isolation_and_lock_keys_prevents_it() {
             let still = after.get(&a).await.unwrap().is_some() as u8
                 + after.get(&b).await.unwrap().is_some() as u8;
             if lock {
+                // Optimistic transactions may both lose: the first to find the
+                // other's lock rolls it back, and that rollback record is then a
+                // newer write for its own retry. What lock_keys rules out is both
+                // winning.
                 let failed: Vec<&client::Result<u64>> =
                     [&ra, &rb].into_iter().filter(|r| r.is_err()).collect();
-                assert_eq!(
-                    failed.len(),
-                    1,
-                    "exactly one of the two loses: {ra:?} {rb:?}"
+                assert!(
+                    !failed.is_empty(),
+                    "at most one of the two wins: {ra:?} {rb:?}"
                 );
                 assert!(
                     failed.iter().all(|r| is_conflict(r.as_ref().unwrap_err())),
                     "{ra:?} {rb:?}"
                 );
-                assert_eq!(still, 1, "one doctor stays on call");
+                assert_eq!(
+                    still as usize,
+                    failed.len(),
+                    "each loser stays on call: {ra:?} {rb:?}"
+                );
             } else {
                 assert!(
                     ra.is_ok() && rb.is_ok(),

@@ -5,15 +5,18 @@
 //! - passwords are kept as argon2id hashes and checked in constant time ([`password`]);
 //! - a token is a signed, expiring claim to a user's identity ([`token`]);
 //! - a role grants read, write or both on keys, prefixes and ranges, or `admin`
-//!   ([`perm`]).
+//!   ([`perm`]);
+//! - the replicated state compiled for checks, and who a call comes from ([`view`]).
 //!
-//! Pure rules: no storage, no wire protocol, no Flotilla crate. PD persists and serves
-//! what this crate describes; the server enforces it.
+//! Rules only: the state's messages (`proto::authpb`) but no storage, no transport, no
+//! other Flotilla crate. PD persists and serves what this crate describes; the stores
+//! and PD enforce it.
 
 pub mod names;
 pub mod password;
 pub mod perm;
 pub mod token;
+pub mod view;
 
 /// Errors of the auth rules; each names what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +28,10 @@ pub enum Error {
     /// unknown key.
     #[error("{0}")]
     BadToken(String),
+    /// A token newer than the state it is checked against (a user or signing key made
+    /// since): the checker should catch up and the caller retry.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 /// The result type of this crate.

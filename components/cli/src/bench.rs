@@ -204,6 +204,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
     let creds = util::security::Credentials {
         security,
         secret: None,
+        token: None,
     };
     let mut client = Client::connect_with(&endpoints(&args.pd), Duration::from_secs(10), creds)
         .await?

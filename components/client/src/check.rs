@@ -54,7 +54,7 @@ impl Client {
                     req.set_region_id(ctx.region_id);
                     req.set_region_epoch(ctx.get_region_epoch().clone());
                     async move {
-                        let mut resp = c.compute_hash_async(&req)?.await?;
+                        let mut resp = c.compute_hash_async_opt(&req, c.opt())?.await?;
                         Ok((resp.region_error.take(), resp.take_error(), resp.index))
                     }
                 })
@@ -75,7 +75,7 @@ impl Client {
         req.set_index(index);
         while std::time::Instant::now() < deadline {
             if let Ok(client) = self.store(store_id).await {
-                if let Ok(rx) = client.region_hash_async(&req) {
+                if let Ok(rx) = client.region_hash_async_opt(&req, client.opt()) {
                     if let Ok(resp) = rx.await {
                         if resp.found {
                             return Some(resp.hash);

@@ -31,7 +31,10 @@ use parking_lot::Mutex;
 use pd_client::{PdClient, RegionRoute};
 use proto::{errorpb, kvrpcpb, metapb, pdpb};
 use proto_grpc::tikvpb_grpc::TikvClient;
+
+mod store_client;
 use region_cache::RegionCache;
+pub(crate) use store_client::StoreClient;
 use util::security::Credentials;
 
 /// Errors of the client.
@@ -303,7 +306,7 @@ pub struct Client {
     /// What the channels to stores are opened with.
     creds: Credentials,
     cache: Mutex<RegionCache>,
-    stores: Mutex<HashMap<u64, TikvClient>>,
+    stores: Mutex<HashMap<u64, StoreClient>>,
     /// Stores that could not be dialed or did not answer lately: a request for a region
     /// led from one goes to another replica, which answers with the new leader (and
     /// wakes the region if it hibernates).
@@ -462,6 +465,18 @@ impl Client {
         }
     }
 
+    /// A client of the same cluster whose calls carry `token` (a user's, from a login)
+    /// instead of this one's: a new PD connection and new store channels.
+    pub async fn with_token(&self, token: Option<String>) -> Result<Client> {
+        let creds = Credentials {
+            token,
+            ..self.creds.clone()
+        };
+        let c = Self::connect_with(self.pd.endpoints(), self.timeout, creds).await?;
+        Ok(c.with_read_mode(self.read_mode)
+            .with_zone(self.zone.clone()))
+    }
+
     /// How long an operation may retry.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -498,7 +513,7 @@ impl Client {
         }
     }
 
-    async fn store(&self, store_id: u64) -> Result<TikvClient> {
+    async fn store(&self, store_id: u64) -> Result<StoreClient> {
         if let Some(c) = self.stores.lock().get(&store_id) {
             return Ok(c.clone());
         }
@@ -508,7 +523,7 @@ impl Client {
             .max_receive_message_len(64 << 20)
             .max_send_message_len(64 << 20);
         let ch = self.creds.connect(builder, store.get_address());
-        let client = TikvClient::new(ch);
+        let client = StoreClient::new(TikvClient::new(ch), &self.creds);
         self.stores.lock().insert(store_id, client.clone());
         Ok(client)
     }
@@ -570,7 +585,7 @@ impl Client {
         call: F,
     ) -> Result<(T, RegionRoute)>
     where
-        F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
             Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
         >,
@@ -598,7 +613,7 @@ impl Client {
         call: &F,
     ) -> Result<(Attempt<T>, RegionRoute)>
     where
-        F: Fn(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
             Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
         >,
@@ -624,7 +639,7 @@ impl Client {
         call: F,
     ) -> Result<Attempt<T>>
     where
-        F: FnOnce(TikvClient, kvrpcpb::Context, RegionRoute) -> Fut,
+        F: FnOnce(StoreClient, kvrpcpb::Context, RegionRoute) -> Fut,
         Fut: Future<
             Output = std::result::Result<(Option<errorpb::Error>, String, T), grpcio::Error>,
         >,
@@ -852,7 +867,7 @@ impl Client {
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
                 async move {
-                    let mut resp = c.raw_get_async(&req)?.await?;
+                    let mut resp = c.raw_get_async_opt(&req, c.opt())?.await?;
                     let v = (!resp.not_found).then(|| resp.take_value());
                     Ok((resp.region_error.take(), resp.take_error(), v))
                 }
@@ -883,7 +898,7 @@ impl Client {
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
                 async move {
-                    let mut resp = c.raw_get_key_ttl_async(&req)?.await?;
+                    let mut resp = c.raw_get_key_ttl_async_opt(&req, c.opt())?.await?;
                     let ttl = (!resp.not_found).then(|| Duration::from_secs(resp.ttl));
                     Ok((resp.region_error.take(), resp.take_error(), ttl))
                 }
@@ -930,7 +945,7 @@ impl Client {
     ) -> Result<Vec<R>>
     where
         T: Clone,
-        F: Fn(TikvClient, kvrpcpb::Context, &[T]) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context, &[T]) -> Fut,
         Fut: Future<
             Output = std::result::Result<(Option<errorpb::Error>, String, R), grpcio::Error>,
         >,
@@ -1022,7 +1037,7 @@ impl Client {
                     }
                 }
                 async move {
-                    let mut resp = c.raw_batch_put_async(&req)?.await?;
+                    let mut resp = c.raw_batch_put_async_opt(&req, c.opt())?.await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
             },
@@ -1048,7 +1063,7 @@ impl Client {
                     req.set_context(ctx);
                     req.set_keys(group.to_vec().into());
                     async move {
-                        let mut resp = c.raw_batch_get_async(&req)?.await?;
+                        let mut resp = c.raw_batch_get_async_opt(&req, c.opt())?.await?;
                         let pairs: Vec<KvPair> = resp
                             .take_pairs()
                             .into_iter()
@@ -1076,7 +1091,7 @@ impl Client {
                 req.set_context(ctx);
                 req.set_keys(group.to_vec().into());
                 async move {
-                    let mut resp = c.raw_batch_delete_async(&req)?.await?;
+                    let mut resp = c.raw_batch_delete_async_opt(&req, c.opt())?.await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
             },
@@ -1105,7 +1120,7 @@ impl Client {
                     None => req.previous_not_exist = true,
                 }
                 async move {
-                    let mut resp = c.raw_compare_and_swap_async(&req)?.await?;
+                    let mut resp = c.raw_compare_and_swap_async_opt(&req, c.opt())?.await?;
                     let out = CasOutcome {
                         succeed: resp.succeed,
                         previous: (!resp.previous_not_exist).then(|| resp.take_previous_value()),
@@ -1144,7 +1159,7 @@ impl Client {
                     req.set_end_key(end.to_vec());
                     req.limit = left.min(u32::MAX as usize) as u32;
                     async move {
-                        let mut resp = c.raw_scan_async(&req)?.await?;
+                        let mut resp = c.raw_scan_async_opt(&req, c.opt())?.await?;
                         let pairs: Vec<KvPair> = resp
                             .take_kvs()
                             .into_iter()
@@ -1207,7 +1222,7 @@ impl Client {
                     req.set_start_key(cur.clone());
                     req.set_end_key(stop);
                     async move {
-                        let mut resp = c.raw_delete_range_async(&req)?.await?;
+                        let mut resp = c.raw_delete_range_async_opt(&req, c.opt())?.await?;
                         Ok((resp.region_error.take(), resp.take_error(), ()))
                     }
                 })
@@ -1273,7 +1288,7 @@ impl Client {
                     req.set_split_keys(split_keys.to_vec().into());
                     req.is_raw_kv = true;
                     async move {
-                        let mut resp = c.split_region_async(&req)?.await?;
+                        let mut resp = c.split_region_async_opt(&req, c.opt())?.await?;
                         let regions = resp.take_regions().into_vec();
                         Ok((resp.region_error.take(), String::new(), regions))
                     }

@@ -231,6 +231,8 @@ pub mod pd {
     pub const TSO_KEY: &[u8] = b"pd/tso";
     /// The GC safe point.
     pub const GC_SAFE_POINT_KEY: &[u8] = b"pd/gc_safe_point";
+    /// Users, roles and signing keys: one `authpb.AuthState`.
+    pub const AUTH_KEY: &[u8] = b"pd/auth";
     /// Prefix of every store record.
     pub const STORE_PREFIX: &[u8] = b"pd/store/";
     /// Prefix of every region record.

@@ -51,6 +51,8 @@ pub struct Config {
     pub gc: server::config::GcConfig,
     /// The bounds transactional requests are held to.
     pub txn: server::config::TxnConfig,
+    /// Users and tokens, kept by the embedded PD (pd-server has its own `[auth]`).
+    pub auth: pd::AuthConfig,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             log: Default::default(),
             gc: Default::default(),
             txn: Default::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ impl Validate for Config {
         self.store().validate()?;
         if self.embeds_pd() {
             self.pd.validate()?;
+            self.auth.validate()?;
         }
         Ok(())
     }
@@ -168,6 +172,7 @@ fn embedded_pd(cfg: &Config, secret: PathBuf, logger: &Logger) -> Result<pd::PdS
     pd_cfg.cluster_secret_file = secret;
     // The store's own certificates: it dials its PD as any store would.
     pd_cfg.security = cfg.security.clone();
+    pd_cfg.auth = cfg.auth.clone();
     // A group of one: the store's single node needs no other member.
     pd_cfg.initial_cluster.clear();
     pd_cfg.join.clear();

@@ -20,6 +20,7 @@ use crate::{
     schedule::{check_replicas, replace_steps, Health, Load, Operator, Step, Stores},
     storage::Storage,
     tso::Tso,
+    users::AuthCore,
     validate, Config, Error, Result,
 };
 
@@ -56,6 +57,8 @@ pub struct PdCore {
     state: Mutex<State>,
     /// Below it, old versions may be dropped; it only moves up. Saved before it is told.
     gc_safe_point: Mutex<u64>,
+    /// Users, roles and tokens.
+    auth: AuthCore,
     started: Instant,
     logger: Logger,
 }
@@ -192,6 +195,7 @@ impl PdCore {
         let gc_safe_point = Mutex::new(storage.get_u64(GC_SAFE_POINT_KEY)?.unwrap_or(0));
         Ok(PdCore {
             gc_safe_point,
+            auth: AuthCore::open(cfg.auth.clone(), storage.clone())?,
             ids: IdAllocator::new(storage.clone(), cfg.id_batch)?,
             tso: Tso::new(storage.clone())?,
             cluster_id: cluster.id,
@@ -208,6 +212,11 @@ impl PdCore {
             cfg,
             logger,
         })
+    }
+
+    /// Users, roles and tokens.
+    pub(crate) fn auth(&self) -> &AuthCore {
+        &self.auth
     }
 
     /// This cluster's id.

@@ -77,6 +77,104 @@ pub struct Config {
     /// TLS; read from the file's `[security]` section (`FileConfig`).
     #[serde(skip)]
     pub security: util::security::SecurityConfig,
+    /// Users and tokens; read from the file's `[auth]` section (`FileConfig`).
+    #[serde(skip)]
+    pub auth: AuthConfig,
+}
+
+/// Users, roles and tokens: the `[auth]` section. Whether auth is on is not a setting
+/// but replicated state (`kvctl auth enable`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a token from a login is good for.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Whether anyone may add a user for themselves (the shell's SIGNUP).
+    pub allow_signup: bool,
+    /// The role a user added by signup gets (empty: none, so it may do nothing).
+    pub default_role: String,
+    /// A new signing key is made when the newest is this old.
+    #[serde(with = "humantime_serde")]
+    pub key_rotation: Duration,
+    /// Most users.
+    pub max_users: usize,
+    /// Most roles.
+    pub max_roles: usize,
+    /// Most grants one role holds.
+    pub max_grants_per_role: usize,
+    /// Most roles one user holds.
+    pub max_roles_per_user: usize,
+    /// Failed logins a user or a client address may have in a row before each further
+    /// one locks it out for a while.
+    pub login_free_failures: u32,
+    /// The longest such lockout (each failure past the free ones doubles it, from 1 s).
+    #[serde(with = "humantime_serde")]
+    pub login_max_lockout: Duration,
+    /// Passwords checked (argon2, about 20 MiB and tens of ms each) at once; more
+    /// logins wait up to a second for a turn, then are told to retry.
+    pub password_checks_at_once: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl: Duration::from_secs(3600),
+            allow_signup: false,
+            default_role: String::new(),
+            key_rotation: Duration::from_secs(24 * 3600),
+            max_users: 10_000,
+            max_roles: 1_000,
+            max_grants_per_role: 256,
+            max_roles_per_user: 64,
+            login_free_failures: 5,
+            login_max_lockout: Duration::from_secs(60),
+            password_checks_at_once: 2,
+        }
+    }
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self) -> conf::Result<()> {
+        ensure(
+            (Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600)).contains(&self.token_ttl),
+            "auth.token-ttl",
+            "must be between 1s and 7 days",
+        )?;
+        ensure(
+            self.key_rotation >= Duration::from_secs(60),
+            "auth.key-rotation",
+            "must be at least 1 minute",
+        )?;
+        ensure(
+            self.default_role.is_empty()
+                || auth::names::check_name("role", &self.default_role).is_ok(),
+            "auth.default-role",
+            "must be empty or a valid role name",
+        )?;
+        for (key, v, max) in [
+            ("auth.max-users", self.max_users, 1_000_000),
+            ("auth.max-roles", self.max_roles, 100_000),
+            ("auth.max-grants-per-role", self.max_grants_per_role, 10_000),
+            ("auth.max-roles-per-user", self.max_roles_per_user, 1_000),
+            (
+                "auth.password-checks-at-once",
+                self.password_checks_at_once,
+                64,
+            ),
+        ] {
+            ensure(
+                (1..=max).contains(&v),
+                key,
+                &format!("must be between 1 and {max}"),
+            )?;
+        }
+        ensure(
+            self.login_max_lockout >= Duration::from_secs(1),
+            "auth.login-max-lockout",
+            "must be at least 1s",
+        )
+    }
 }
 
 /// Where replicas go (TiKV's PD names): the `[replication]` section.
@@ -167,6 +265,7 @@ impl Default for Config {
             join_timeout: Duration::from_secs(60),
             replication: Replication::default(),
             security: util::security::SecurityConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -302,7 +401,8 @@ impl Validate for Config {
             "pd.store-limit",
             "must be at least 1",
         )?;
-        self.replication.validate()
+        self.replication.validate()?;
+        self.auth.validate()
     }
 }
 
@@ -317,6 +417,8 @@ pub struct FileConfig {
     /// TLS (copied into `pd.security`); its `cluster-secret-file` is `[pd]
     /// cluster-secret-file`'s other name.
     pub security: util::security::SecurityConfig,
+    /// Users and tokens (copied into `pd.auth`).
+    pub auth: AuthConfig,
     /// Status HTTP (`/metrics`, `/status`).
     pub status_addr: String,
     /// Logging.
@@ -333,6 +435,7 @@ impl FileConfig {
         Config {
             replication: self.replication.clone(),
             security: self.security.clone(),
+            auth: self.auth.clone(),
             cluster_secret_file,
             ..self.pd.clone()
         }

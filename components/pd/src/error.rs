@@ -41,6 +41,24 @@ pub enum Error {
     /// A call only stores of this cluster may make came without the cluster secret.
     #[error("this call must come from a store or an operator of this cluster: it carries no valid cluster secret (kv-server and kvctl --cluster-secret-file)")]
     Unauthenticated,
+    /// Auth: no such user or role, or no such grant.
+    #[error("{0}")]
+    NotFound(String),
+    /// Auth: the user or role exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Auth: the state does not allow it (enabling without root, signup not allowed).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Auth: the caller proved nothing, or proved it badly (wrong password, dead token).
+    #[error("{0}")]
+    AuthFailed(String),
+    /// Auth: the caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Auth: too many failed logins, or too many password checks at once.
+    #[error("{0}")]
+    RateLimited(String),
     /// This member does not lead the PD group (the leader's client URL, if known).
     #[error("this pd member is not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is known yet".into()))]
     NotLeader(Option<String>),

@@ -3,7 +3,7 @@
 //! replicated by PD's own Raft group (`member`).
 //!
 //! Owns: PD's persisted metadata (its own RocksDB through `engine`), the PD group's Raft
-//! log, the `pdpb.PD` and `pd_memberpb.PdMember` services.
+//! log, users and roles, the `pdpb.PD`, `pd_memberpb.PdMember` and `authpb.Auth` services.
 //! Must not depend on: raftstore or the store server; PD learns about regions only from
 //! what stores report.
 
@@ -23,10 +23,11 @@ mod server;
 mod service;
 mod storage;
 mod tso;
+mod users;
 mod validate;
 
 pub use cluster::{PdCore, StoreInfo};
-pub use config::{Config, FileConfig, Replication};
+pub use config::{AuthConfig, Config, FileConfig, Replication};
 pub use error::{Error, Result};
 pub use server::{PdServer, PdStatus};
 pub use tso::LOGICAL_BITS;

@@ -20,6 +20,7 @@ use crate::{
     member::{self, Group, MemberService},
     service::{push_repairs, PdService, Pushers},
     storage::Storage,
+    users::service::AuthService,
     Config, Error, Result,
 };
 
@@ -203,6 +204,12 @@ impl PdServer {
             pool: runtime.handle().clone(),
             logger: logger.clone(),
         };
+        let auth_service = AuthService {
+            pd: serving.clone(),
+            secret: prepared.secret.clone(),
+            security: security.clone(),
+            pool: runtime.handle().clone(),
+        };
         let member_service = MemberService {
             group,
             identity: prepared.identity.clone(),
@@ -228,6 +235,7 @@ impl PdServer {
         let mut server = ServerBuilder::new(env as Arc<Environment>)
             .channel_args(args)
             .register_service(proto_grpc::pdpb_grpc::create_pd(service))
+            .register_service(proto_grpc::authpb_grpc::create_auth(auth_service))
             .register_service(proto_grpc::pd_memberpb_grpc::create_pd_member(
                 member_service,
             ))

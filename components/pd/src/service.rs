@@ -86,6 +86,11 @@ enum Access {
     /// Only a store or operator of this cluster (the call carries the secret): calls that
     /// change metadata.
     Store,
+    /// A store or operator of this cluster, or, with auth on, a user with `admin`:
+    /// placement by hand.
+    Admin,
+    /// Anyone while auth is off; with it on, as `Admin` (the GC safe point).
+    AdminWhenAuthOn,
 }
 
 /// Responses that carry a `pdpb.ResponseHeader`.
@@ -186,12 +191,19 @@ impl PdService {
         R: WithHeader + Send + 'static,
         F: FnOnce(&PdCore) -> Result<R> + Send + 'static,
     {
-        let trusted = access == Access::Open || self.security.is_cluster_call(ctx, &self.secret);
+        let proof = self.security.proof(ctx, &self.secret);
         let pd = self.pd.clone();
         let task = self.pool.spawn_blocking(move || {
             let core = pd.core()?;
-            if !trusted {
-                return Ok((core.cluster_id(), Err(Error::Unauthenticated)));
+            let allowed = match access {
+                Access::Open => Ok(()),
+                Access::Store if proof.cluster => Ok(()),
+                Access::Store => Err(Error::Unauthenticated),
+                Access::Admin => core.auth().check_admin(&proof, false),
+                Access::AdminWhenAuthOn => core.auth().check_admin(&proof, true),
+            };
+            if let Err(e) = allowed {
+                return Ok((core.cluster_id(), Err(e)));
             }
             let res = core.check_cluster(&header).and_then(|_| f(&core));
             Ok((core.cluster_id(), res))
@@ -736,7 +748,7 @@ impl Pd for PdService {
         self.serve(
             &ctx,
             sink,
-            Access::Store,
+            Access::Admin,
             req.get_header().clone(),
             move |core| {
                 match (req.has_transfer_leader(), req.has_move_peer()) {
@@ -766,7 +778,7 @@ impl Pd for PdService {
         self.serve(
             &ctx,
             sink,
-            Access::Store,
+            Access::Admin,
             req.get_header().clone(),
             move |core| {
                 core.delete_store(id)?;
@@ -799,7 +811,7 @@ impl Pd for PdService {
         self.serve(
             &ctx,
             sink,
-            Access::Open,
+            Access::AdminWhenAuthOn,
             req.get_header().clone(),
             move |core| {
                 let mut resp = pdpb::UpdateGCSafePointResponse::default();

@@ -92,6 +92,16 @@ impl Storage {
         self.write(vec![delete(&k::region_key(id))])
     }
 
+    /// Users, roles and signing keys, if any were ever saved.
+    pub fn auth_state(&self) -> Result<Option<proto::authpb::AuthState>> {
+        Ok(self.engine.get_msg(Cf::Default, k::AUTH_KEY)?)
+    }
+
+    /// Saves users, roles and signing keys.
+    pub fn put_auth_state(&self, s: &proto::authpb::AuthState) -> Result<()> {
+        self.put(k::AUTH_KEY, s)
+    }
+
     /// Every saved store.
     pub fn stores(&self) -> Result<Vec<metapb::Store>> {
         self.load(k::STORE_PREFIX, "store")

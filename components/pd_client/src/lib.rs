@@ -15,12 +15,13 @@ use std::{
 
 use grpcio::{CallOption, ClientUnaryReceiver, Environment};
 use parking_lot::RwLock;
+use proto::authpb;
 use proto::pd_memberpb;
 use proto::{
     metapb,
     pdpb::{self, ErrorType},
 };
-use proto_grpc::{pd_memberpb_grpc, pdpb_grpc};
+use proto_grpc::{authpb_grpc, pd_memberpb_grpc, pdpb_grpc};
 use slog::{info, warn, Logger};
 use util::security::Credentials;
 
@@ -40,6 +41,15 @@ pub enum Error {
     Pd {
         /// What kind.
         kind: ErrorType,
+        /// PD's words.
+        message: String,
+    },
+    /// PD's auth service refused the call (bad password, no permission, bad input); the
+    /// message says why.
+    #[error("{message}")]
+    Auth {
+        /// The gRPC status code.
+        code: grpcio::RpcStatusCode,
         /// PD's words.
         message: String,
     },
@@ -165,6 +175,10 @@ responses!(
 
 type Call<Req, Resp> =
     fn(&pdpb_grpc::PdClient, &Req, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>;
+
+/// A call of PD's auth service.
+pub type AuthCall<Req, Resp> =
+    fn(&authpb_grpc::AuthClient, &Req, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>;
 
 /// A connection to PD.
 pub struct PdClient {
@@ -441,6 +455,57 @@ impl PdClient {
             }
             let _ = self.reconnect().await;
         }
+    }
+
+    /// Calls PD's auth service on the leader, following a change of leader until the
+    /// timeout; any other failure is the service's answer (`Error::Auth`).
+    pub async fn auth_call<Req, Resp: Unpin>(
+        &self,
+        req: &Req,
+        call: AuthCall<Req, Resp>,
+    ) -> Result<Resp> {
+        let mut retry = Self::retry(self.timeout);
+        loop {
+            let client = authpb_grpc::AuthClient::new(
+                self.creds
+                    .connect(util::grpc::channel(self.env.clone()), &self.leader_addr()),
+            );
+            let opt = self.call_option().timeout(Duration::from_secs(10));
+            let res = match call(&client, req, opt) {
+                Ok(rx) => rx.await,
+                Err(e) => Err(e),
+            };
+            let last = match res {
+                Ok(resp) => return Ok(resp),
+                Err(grpcio::Error::RpcFailure(s))
+                    if s.code() != grpcio::RpcStatusCode::UNAVAILABLE =>
+                {
+                    return Err(Error::Auth {
+                        code: s.code(),
+                        message: s.message().to_string(),
+                    })
+                }
+                Err(e) => e.to_string(),
+            };
+            if !retry.wait().await {
+                return Err(Error::Unavailable {
+                    endpoints: self.endpoints.join(","),
+                    last,
+                });
+            }
+            let _ = self.reconnect().await;
+        }
+    }
+
+    /// The auth state if its revision is not `known` (stores only: it holds the keys
+    /// tokens are signed with).
+    pub async fn auth_state(&self, known: u64) -> Result<Option<authpb::AuthState>> {
+        let mut req = authpb::StateRequest::default();
+        req.known_revision = known;
+        let mut resp = self
+            .auth_call(&req, authpb_grpc::AuthClient::state_async_opt)
+            .await?;
+        Ok(resp.changed.then(|| resp.take_state()))
     }
 
     /// The cluster this PD serves.

@@ -271,6 +271,15 @@ pub struct ServerConfig {
     /// transactional stale reads on their replicas may read at).
     #[serde(with = "humantime_serde")]
     pub safe_ts_interval: std::time::Duration,
+    /// How often this store asks PD whether users, roles or signing keys changed: a
+    /// deleted user's token stops working here within about this long.
+    #[serde(with = "humantime_serde")]
+    pub auth_refresh_interval: std::time::Duration,
+    /// With auth on, requests are refused (UNAVAILABLE-like, retryable) once the users
+    /// this store knows are older than this: past it, a deleted user could still be
+    /// served while PD is out of reach.
+    #[serde(with = "humantime_serde")]
+    pub auth_max_staleness: std::time::Duration,
 }
 
 /// Parses `--labels zone=z1,rack=r1`: every part KEY=VALUE, no key twice.
@@ -320,6 +329,8 @@ impl Default for ServerConfig {
             labels: BTreeMap::new(),
             max_read_staleness: std::time::Duration::from_secs(600),
             safe_ts_interval: std::time::Duration::from_secs(1),
+            auth_refresh_interval: std::time::Duration::from_secs(1),
+            auth_max_staleness: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -397,6 +408,12 @@ impl Validate for Config {
             !s.max_read_staleness.is_zero() && !s.safe_ts_interval.is_zero(),
             "server.max-read-staleness",
             "max-read-staleness and safe-ts-interval must be positive",
+        )?;
+        ensure(
+            !s.auth_refresh_interval.is_zero()
+                && s.auth_max_staleness >= s.auth_refresh_interval * 3,
+            "server.auth-max-staleness",
+            "auth-refresh-interval must be positive and auth-max-staleness at least three times it",
         )?;
         ensure(
             !self.gc.run_interval.is_zero(),

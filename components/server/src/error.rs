@@ -42,6 +42,13 @@ pub enum Error {
     /// Start-up failed.
     #[error("{0}")]
     Startup(String),
+    /// Auth is on and the caller proved nothing, proved it badly, or may not do this.
+    #[error("{0}")]
+    Denied(#[from] auth::view::Denied),
+    /// Auth may be on and this store cannot check callers now (it has not heard from PD
+    /// lately): retried like a busy server.
+    #[error("{0}")]
+    AuthUnavailable(String),
 }
 
 /// The result type of this crate.
@@ -115,7 +122,7 @@ impl Error {
                 Some(re) => (Some(re), String::new()),
                 None => (None, self.to_string()),
             },
-            Error::Timeout(_) => {
+            Error::Timeout(_) | Error::AuthUnavailable(_) => {
                 let mut err = errorpb::Error::default();
                 err.set_message(self.to_string());
                 err.mut_server_is_busy().set_reason(self.to_string());

@@ -347,6 +347,7 @@ impl OpenStore {
         let creds = Credentials {
             security: security.clone(),
             secret: Some(secret.clone()),
+            token: None,
         };
         let pd = PdClient::connect_as_store(
             &endpoints,
@@ -429,6 +430,14 @@ impl OpenStore {
             RawLimits::of(&cfg),
         );
         let txn = crate::txn_storage::TxnStorage::new(storage.clone(), pd.clone(), &cfg.txn, cm);
+        let auth = crate::authz::AuthGate::new(cfg.server.auth_max_staleness);
+        auth.start(
+            pd.clone(),
+            cfg.server.auth_refresh_interval,
+            &rt,
+            logger.clone(),
+        )
+        .await;
         let service = TikvService {
             store_id,
             txn: txn.clone(),
@@ -441,6 +450,7 @@ impl OpenStore {
             secret: secret.clone(),
             security: security.clone(),
             resolver,
+            auth,
             rt,
             logger: logger.clone(),
         };

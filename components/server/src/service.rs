@@ -29,7 +29,9 @@ use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
 use slog::{warn, Logger};
 use util::secret::ClusterSecret;
 
-use crate::{metrics, resolver::Resolver, span::Span, storage::RawStorage, Error, Result};
+use crate::{
+    authz::Guarded, metrics, resolver::Resolver, span::Span, storage::RawStorage, Error, Result,
+};
 
 /// The store's gRPC service.
 #[derive(Clone)]
@@ -47,6 +49,8 @@ pub struct TikvService {
     /// TLS: a cluster certificate proves a peer too.
     pub(crate) security: std::sync::Arc<util::security::Security>,
     pub(crate) resolver: Resolver,
+    /// Users and roles: every request is checked against them first.
+    pub(crate) auth: std::sync::Arc<crate::authz::AuthGate>,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) logger: Logger,
 }
@@ -57,15 +61,20 @@ const FORWARD_ATTEMPTS: u32 = 3;
 const FORWARD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A raw request: where it goes, and how to forward it.
-pub trait RawRequest: Span<Resp: RawResponse> + Send + Sync + 'static {
+pub trait RawRequest: Span<Resp: RawResponse> + Guarded + Send + Sync + 'static {
     /// The routing context.
     fn context(&self) -> &Context;
     /// Replaces the routing context.
     fn set_routing(&mut self, ctx: Context);
     /// The key that decides the region for a request without one.
     fn route_key(&self) -> &[u8];
-    /// Sends the request to another store.
-    fn forward(&self, client: &TikvClient) -> grpcio::Result<ClientUnaryReceiver<Self::Resp>>;
+    /// Sends the request to another store, with `opt`'s headers (this store's proof that
+    /// it belongs to the cluster: it checked the caller itself).
+    fn forward(
+        &self,
+        client: &TikvClient,
+        opt: grpcio::CallOption,
+    ) -> grpcio::Result<ClientUnaryReceiver<Self::Resp>>;
     /// The metric label.
     const NAME: &'static str;
     /// Whether it changes state: if it may have been applied, it is never retried.
@@ -100,8 +109,12 @@ macro_rules! raw_pair {
                 let $r = self;
                 $key
             }
-            fn forward(&self, client: &TikvClient) -> grpcio::Result<ClientUnaryReceiver<$resp>> {
-                client.$fwd(self)
+            fn forward(
+                &self,
+                client: &TikvClient,
+                opt: grpcio::CallOption,
+            ) -> grpcio::Result<ClientUnaryReceiver<$resp>> {
+                client.$fwd(self, opt)
             }
         }
     };
@@ -143,24 +156,24 @@ macro_rules! raw_pair {
     };
 }
 
-raw_pair!(kvrpcpb::RawGetRequest, kvrpcpb::RawGetResponse, "raw_get", writes: false, raw_get_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchGetRequest, kvrpcpb::RawBatchGetResponse, "raw_batch_get", writes: false, raw_batch_get_async,
+raw_pair!(kvrpcpb::RawGetRequest, kvrpcpb::RawGetResponse, "raw_get", writes: false, raw_get_async_opt, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchGetRequest, kvrpcpb::RawBatchGetResponse, "raw_batch_get", writes: false, raw_batch_get_async_opt,
           |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: false);
-raw_pair!(kvrpcpb::RawPutRequest, kvrpcpb::RawPutResponse, "raw_put", writes: true, raw_put_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchPutRequest, kvrpcpb::RawBatchPutResponse, "raw_batch_put", writes: true, raw_batch_put_async,
+raw_pair!(kvrpcpb::RawPutRequest, kvrpcpb::RawPutResponse, "raw_put", writes: true, raw_put_async_opt, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchPutRequest, kvrpcpb::RawBatchPutResponse, "raw_batch_put", writes: true, raw_batch_put_async_opt,
           |r| r.get_pairs().first().map_or(&[][..], |p| p.get_key()), has_error: true);
-raw_pair!(kvrpcpb::RawDeleteRequest, kvrpcpb::RawDeleteResponse, "raw_delete", writes: true, raw_delete_async, |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawBatchDeleteRequest, kvrpcpb::RawBatchDeleteResponse, "raw_batch_delete", writes: true, raw_batch_delete_async,
+raw_pair!(kvrpcpb::RawDeleteRequest, kvrpcpb::RawDeleteResponse, "raw_delete", writes: true, raw_delete_async_opt, |r| r.get_key(), has_error: true);
+raw_pair!(kvrpcpb::RawBatchDeleteRequest, kvrpcpb::RawBatchDeleteResponse, "raw_batch_delete", writes: true, raw_batch_delete_async_opt,
           |r| r.get_keys().first().map_or(&[][..], |k| k.as_slice()), has_error: true);
-raw_pair!(kvrpcpb::RawScanRequest, kvrpcpb::RawScanResponse, "raw_scan", writes: false, raw_scan_async,
+raw_pair!(kvrpcpb::RawScanRequest, kvrpcpb::RawScanResponse, "raw_scan", writes: false, raw_scan_async_opt,
           |r| if r.get_reverse() { r.get_end_key() } else { r.get_start_key() }, has_error: false);
-raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_delete_range", writes: true, raw_delete_range_async,
+raw_pair!(kvrpcpb::RawDeleteRangeRequest, kvrpcpb::RawDeleteRangeResponse, "raw_delete_range", writes: true, raw_delete_range_async_opt,
           |r| r.get_start_key(), has_error: true);
-raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", writes: true, raw_compare_and_swap_async,
+raw_pair!(kvrpcpb::RawCASRequest, kvrpcpb::RawCASResponse, "raw_compare_and_swap", writes: true, raw_compare_and_swap_async_opt,
           |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::RawGetKeyTTLRequest, kvrpcpb::RawGetKeyTTLResponse, "raw_get_key_ttl", writes: false, raw_get_key_ttl_async,
+raw_pair!(kvrpcpb::RawGetKeyTTLRequest, kvrpcpb::RawGetKeyTTLResponse, "raw_get_key_ttl", writes: false, raw_get_key_ttl_async_opt,
           |r| r.get_key(), has_error: true);
-raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async,
+raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async_opt,
           |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
 
 /// The time to live of each pair of a RawBatchPut: `ttls`, one per pair; or the
@@ -202,12 +215,19 @@ enum Routed<Req: RawRequest> {
 
 impl TikvService {
     /// Answers `req` with `handle` here, or forwards it (see the module doc).
-    fn serve<Req, F, Fut>(&self, sink: UnarySink<Req::Resp>, req: Req, handle: F)
+    fn serve<Req, F, Fut>(&self, ctx: &RpcContext, sink: UnarySink<Req::Resp>, req: Req, handle: F)
     where
         Req: RawRequest,
         F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
+        if let Err(e) = self.auth.check(&self.proof(ctx), &req) {
+            metrics::REQUESTS
+                .with_label_values(&[Req::NAME, "denied"])
+                .inc();
+            self.rt.spawn(sink.success(error_response::<Req::Resp>(e)));
+            return;
+        }
         let this = self.clone();
         let timer = metrics::REQUEST_SECONDS
             .with_label_values(&[Req::NAME])
@@ -362,7 +382,8 @@ impl TikvService {
 
     async fn forward<Req: RawRequest>(&self, req: &Req, store_id: u64) -> Result<Req::Resp> {
         let client = self.resolver.client(store_id).await?;
-        let sent = req.forward(&client);
+        let opt = grpcio::CallOption::default().headers(self.secret.headers());
+        let sent = req.forward(&client, opt);
         let res = match sent {
             Ok(rx) => rx.await.map_err(|e| match Req::WRITES {
                 // The other store may have applied it before the answer was lost.
@@ -400,7 +421,10 @@ fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::
 macro_rules! txn_calls {
     ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
         $(
-            fn $method(&mut self, _: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
+            fn $method(&mut self, ctx: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
+                if let Err(e) = self.auth.check(&self.proof(&ctx), &req) {
+                    return crate::txn_service::refuse(&self.rt, stringify!($method), sink, e);
+                }
                 crate::txn_service::serve(self.txn.clone(), &self.rt, stringify!($method), sink, req, crate::txn_service::$handler)
             }
         )*
@@ -427,11 +451,11 @@ impl Tikv for TikvService {
 
     fn raw_get(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawGetRequest,
         sink: UnarySink<kvrpcpb::RawGetResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let mut resp = kvrpcpb::RawGetResponse::default();
             match s
                 .get(req.get_context(), req.get_cf(), req.get_key())
@@ -446,11 +470,11 @@ impl Tikv for TikvService {
 
     fn raw_batch_get(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawBatchGetRequest,
         sink: UnarySink<kvrpcpb::RawBatchGetResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let pairs = s
                 .batch_get(req.get_context(), req.get_cf(), req.get_keys())
                 .await?;
@@ -462,11 +486,11 @@ impl Tikv for TikvService {
 
     fn raw_put(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawPutRequest,
         sink: UnarySink<kvrpcpb::RawPutResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let pair = [(req.get_key().to_vec(), req.get_value().to_vec())];
             s.batch_put_ttl(req.get_context(), req.get_cf(), &pair, &[req.ttl])
                 .await?;
@@ -476,11 +500,11 @@ impl Tikv for TikvService {
 
     fn raw_batch_put(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawBatchPutRequest,
         sink: UnarySink<kvrpcpb::RawBatchPutResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let pairs = pairs_of(req.get_pairs());
             let ttls = batch_ttls(&req, pairs.len())?;
             s.batch_put_ttl(req.get_context(), req.get_cf(), &pairs, &ttls)
@@ -491,11 +515,11 @@ impl Tikv for TikvService {
 
     fn raw_delete(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawDeleteRequest,
         sink: UnarySink<kvrpcpb::RawDeleteResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             s.batch_delete(req.get_context(), req.get_cf(), &[req.get_key().to_vec()])
                 .await?;
             Ok(kvrpcpb::RawDeleteResponse::default())
@@ -504,11 +528,11 @@ impl Tikv for TikvService {
 
     fn raw_batch_delete(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawBatchDeleteRequest,
         sink: UnarySink<kvrpcpb::RawBatchDeleteResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             s.batch_delete(req.get_context(), req.get_cf(), req.get_keys())
                 .await?;
             Ok(kvrpcpb::RawBatchDeleteResponse::default())
@@ -517,11 +541,11 @@ impl Tikv for TikvService {
 
     fn raw_scan(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawScanRequest,
         sink: UnarySink<kvrpcpb::RawScanResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let pairs = s
                 .scan(
                     req.get_context(),
@@ -541,11 +565,11 @@ impl Tikv for TikvService {
 
     fn raw_delete_range(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawDeleteRangeRequest,
         sink: UnarySink<kvrpcpb::RawDeleteRangeResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             s.delete_range(
                 req.get_context(),
                 req.get_cf(),
@@ -559,11 +583,11 @@ impl Tikv for TikvService {
 
     fn raw_compare_and_swap(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawCASRequest,
         sink: UnarySink<kvrpcpb::RawCASResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let previous = (!req.previous_not_exist).then(|| req.get_previous_value());
             let res = s
                 .compare_and_swap_ttl(
@@ -586,11 +610,11 @@ impl Tikv for TikvService {
 
     fn raw_get_key_ttl(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::RawGetKeyTTLRequest,
         sink: UnarySink<kvrpcpb::RawGetKeyTTLResponse>,
     ) {
-        self.serve(sink, req, |s, req| async move {
+        self.serve(&ctx, sink, req, |s, req| async move {
             let mut resp = kvrpcpb::RawGetKeyTTLResponse::default();
             match s
                 .get_key_ttl(req.get_context(), req.get_cf(), req.get_key())
@@ -605,7 +629,7 @@ impl Tikv for TikvService {
 
     fn split_region(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: kvrpcpb::SplitRegionRequest,
         sink: UnarySink<kvrpcpb::SplitRegionResponse>,
     ) {
@@ -614,7 +638,7 @@ impl Tikv for TikvService {
             self.rt.spawn(sink.success(error_response(e)));
             return;
         }
-        self.serve(sink, req, |s, mut req| async move {
+        self.serve(&ctx, sink, req, |s, mut req| async move {
             let mut keys = if req.get_split_keys().is_empty() {
                 vec![req.take_split_key()]
             } else {
@@ -638,10 +662,16 @@ impl Tikv for TikvService {
 
     fn compute_hash(
         &mut self,
-        _: RpcContext,
+        ctx: RpcContext,
         req: ComputeHashRequest,
         sink: UnarySink<ComputeHashResponse>,
     ) {
+        if let Err(e) = self.auth.check(&self.proof(&ctx), &req) {
+            let mut resp = ComputeHashResponse::default();
+            resp.set_error(e.to_string());
+            self.rt.spawn(sink.success(resp));
+            return;
+        }
         let storage = self.storage.clone();
         // On the runtime: waiting for the answer needs its timers.
         self.rt.spawn(async move {
@@ -667,6 +697,14 @@ impl Tikv for TikvService {
         sink: UnarySink<RegionHashResponse>,
     ) {
         let mut resp = RegionHashResponse::default();
+        if self.auth.check(&self.proof(&ctx), &req).is_err() {
+            // Answers "not found", as for a hash this store does not have: the checker
+            // then reports the region unverified.
+            ctx.spawn(async move {
+                let _ = sink.success(resp).await;
+            });
+            return;
+        }
         if let Some(hash) = self.storage.region_hash(req.region_id, req.index) {
             resp.found = true;
             resp.hash = hash;
@@ -768,6 +806,11 @@ impl Tikv for TikvService {
 impl TikvService {
     /// Whether a peer stream comes from a store of this cluster (it carries the cluster
     /// secret, or a cluster certificate); logs the refusal if not.
+    /// What a call offers as proof of its caller.
+    fn proof(&self, ctx: &RpcContext) -> util::security::Proof {
+        self.security.proof(ctx, &self.secret)
+    }
+
     fn peer_authenticated(&self, ctx: &RpcContext, what: &str) -> bool {
         let ok = self.security.is_cluster_call(ctx, &self.secret);
         if !ok {

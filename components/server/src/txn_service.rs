@@ -111,6 +111,17 @@ pub(crate) fn serve<Req, Resp, F, Fut>(
     });
 }
 
+/// Answers a request refused before it was served (its caller may not make it).
+pub(crate) fn refuse<Resp: TxnResponse>(
+    rt: &tokio::runtime::Handle,
+    name: &'static str,
+    sink: UnarySink<Resp>,
+    e: Error,
+) {
+    metrics::REQUESTS.with_label_values(&[name, "denied"]).inc();
+    rt.spawn(sink.success(error_response::<Resp>(e)));
+}
+
 fn error_response<R: TxnResponse>(e: Error) -> R {
     let mut resp = R::default();
     match e {

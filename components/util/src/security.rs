@@ -48,8 +48,9 @@ pub struct SecurityConfig {
     /// Common names of the certificates of this cluster's processes: a call carrying
     /// one may send Raft messages, report to PD and change placement.
     pub cluster_cn: Vec<String>,
-    /// Every peer must present a certificate (mutual TLS). Off (a client connecting with
-    /// only the CA) is refused until users and passwords exist.
+    /// Every peer must present a certificate (mutual TLS). Off, a client may connect
+    /// with the CA alone and then proves itself with a user's token: turn auth on first
+    /// (`kvctl auth enable`), or such clients read and write every key.
     pub require_client_cert: bool,
 }
 
@@ -104,14 +105,6 @@ impl SecurityConfig {
             return Some((
                 "security.cert-path",
                 "a server with ca-path needs its own certificate and key too".into(),
-            ));
-        }
-        if !self.require_client_cert {
-            return Some((
-                "security.require-client-cert",
-                "false is refused until users and passwords exist: clients without a \
-                 certificate would read and write every key"
-                    .into(),
             ));
         }
         if self.cluster_cn.is_empty() {
@@ -359,6 +352,50 @@ impl Security {
     }
 }
 
+/// The gRPC header a user's token travels in, as `Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Everything a call offers as proof of who makes it, taken from its context so that it
+/// can be judged off the gRPC thread against the auth state.
+#[derive(Clone, Debug, Default)]
+pub struct Proof {
+    /// It carries the cluster secret or a cluster certificate.
+    pub cluster: bool,
+    /// The token in its `authorization` header, if any (any string: checked later).
+    pub token: Option<String>,
+    /// The common name of its verified client certificate, if any.
+    pub cn: Option<String>,
+    /// The peer's address without its port ("127.0.0.1"), for rate limits.
+    pub peer: String,
+}
+
+impl Security {
+    /// What `ctx` offers as proof (see [`Proof`]).
+    pub fn proof(&self, ctx: &RpcContext, secret: &ClusterSecret) -> Proof {
+        let token = ctx
+            .request_headers()
+            .iter()
+            .find(|(k, _)| *k == AUTHORIZATION)
+            .map(|(_, v)| {
+                let v = String::from_utf8_lossy(v);
+                v.strip_prefix("Bearer ").unwrap_or(&v).trim().to_string()
+            })
+            .filter(|t| !t.is_empty());
+        let peer = ctx.peer();
+        let peer = peer
+            .strip_prefix("ipv4:")
+            .or_else(|| peer.strip_prefix("ipv6:"))
+            .unwrap_or(&peer);
+        let peer = peer.rsplit_once(':').map_or(peer, |(host, _)| host);
+        Proof {
+            cluster: self.is_cluster_call(ctx, secret),
+            token,
+            cn: if self.tls() { peer_cn(ctx) } else { None },
+            peer: peer.to_string(),
+        }
+    }
+}
+
 /// The common name of the verified certificate the peer of a call presented.
 pub fn peer_cn(ctx: &RpcContext) -> Option<String> {
     let auth = ctx.auth_context()?;
@@ -426,6 +463,8 @@ pub struct Credentials {
     pub security: Arc<Security>,
     /// The cluster secret, sent with every call; clients have none.
     pub secret: Option<ClusterSecret>,
+    /// A user's token (from a login), sent with every call.
+    pub token: Option<String>,
 }
 
 impl Default for Credentials {
@@ -433,6 +472,7 @@ impl Default for Credentials {
         Credentials {
             security: Security::plaintext(),
             secret: None,
+            token: None,
         }
     }
 }
@@ -453,7 +493,20 @@ impl Credentials {
 
     /// The headers every call carries, if any.
     pub fn headers(&self) -> Option<grpcio::Metadata> {
-        self.secret.as_ref().map(ClusterSecret::headers)
+        if self.secret.is_none() && self.token.is_none() {
+            return None;
+        }
+        let mut b = grpcio::MetadataBuilder::new();
+        if let Some(s) = self.secret.as_ref().filter(|s| !s.as_str().is_empty()) {
+            b.add_str(crate::secret::HEADER, s.as_str())
+                .expect("the secret is a valid ASCII header value");
+        }
+        if let Some(t) = &self.token {
+            // A token that is no valid header value is sent as none; the server then
+            // says authentication is required.
+            let _ = b.add_str(AUTHORIZATION, &format!("Bearer {t}"));
+        }
+        Some(b.build())
     }
 
     /// `opt` with the headers every call carries.
@@ -495,10 +548,7 @@ mod tests {
         let mut c = cfg("ca", "c", "k");
         assert!(c.server_problem().is_none());
         c.require_client_cert = false;
-        assert_eq!(
-            c.server_problem().unwrap().0,
-            "security.require-client-cert"
-        );
+        assert!(c.server_problem().is_none(), "tokens prove clients then");
         c.require_client_cert = true;
         c.cert_allowed_cn = vec!["root".into(), "flotilla-pd".into()];
         let (key, why) = c.server_problem().unwrap();

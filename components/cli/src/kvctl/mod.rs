@@ -20,12 +20,14 @@ mod pd;
 mod shell;
 mod stats;
 mod txn;
+mod users;
 
 pub use cert::CertCommand;
 pub use health::{Health, PdMemberHealth, Verdict};
 pub use pd::PdCommand;
 pub use shell::shell;
 pub use txn::TxnCommand;
+pub use users::{AuthCommand, RoleCommand, UserCommand};
 
 /// kvctl: the Flotilla command-line client.
 #[derive(Debug, Parser)]
@@ -59,6 +61,21 @@ pub struct Cli {
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Log in as this user for this command (password from the terminal, or
+    /// --password-stdin); without it, the token `kvctl login` saved is used.
+    #[arg(
+        long = "user",
+        global = true,
+        env = "FLOTILLA_USER",
+        value_name = "NAME"
+    )]
+    pub login_as: Option<String>,
+    /// Read passwords from the first line of standard input instead of the terminal.
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+    /// Where `kvctl login` keeps its token (default: ~/.kvctl_token).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Where get, scan and txn reads are served: leader, follower, closest (a replica in
     /// --zone, else the leader) or stale=DURATION (the closest replica alone, at most
     /// that far behind).
@@ -216,6 +233,39 @@ pub enum Command {
         /// What to make.
         #[command(subcommand)]
         command: CertCommand,
+    },
+    /// Log in: ask for the password, get a token from PD and keep it (0600) for later
+    /// commands until it expires.
+    Login {
+        /// The user.
+        name: String,
+    },
+    /// Forget the token `login` kept.
+    Logout,
+    /// Who this kvctl is to the cluster, and whether auth is on.
+    Whoami,
+    /// Add a user for yourself, with PD's default role (if PD allows signup).
+    Signup {
+        /// The user.
+        name: String,
+    },
+    /// Users and roles: turn checking on or off.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Users.
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles and their permissions.
+    Role {
+        /// What to do.
+        #[command(subcommand)]
+        command: RoleCommand,
     },
     /// An interactive shell (with history) that takes these commands, and BEGIN
     /// [PESSIMISTIC], COMMIT and ROLLBACK: in between, get/put/delete/scan run in one
@@ -451,6 +501,18 @@ pub async fn run(
             Ok(0)
         }
         Command::Stats { interval } => cluster_stats(client, *interval, &mut p).await,
+        Command::Login { name } => users::login_command(client, name, &mut p).await,
+        Command::Logout => users::logout_command(&mut p),
+        Command::Whoami => users::whoami(client.pd(), &mut p).await,
+        Command::Signup { name } => {
+            let password = users::read_password("password: ")?;
+            users::signup(client.pd(), name, &password).await?;
+            p.ok();
+            Ok(0)
+        }
+        Command::Auth { command } => users::auth_command(client, command, &mut p).await,
+        Command::User { command } => users::user_command(client, command, &mut p).await,
+        Command::Role { command } => users::role_command(client, command, &mut p).await,
         Command::Has { key } => {
             let found = client.get_with(key.as_bytes(), read).await?.is_some();
             match p.json {
@@ -585,7 +647,43 @@ impl Cli {
             None => None,
         };
         let security = self.tls.security()?;
-        Ok(util::security::Credentials { security, secret })
+        users::configure(users::Options {
+            password_stdin: self.password_stdin,
+            token_file: self.token_file.clone(),
+        });
+        let token = users::token_file().and_then(|f| users::saved_token(&f));
+        Ok(util::security::Credentials {
+            security,
+            secret,
+            token,
+        })
+    }
+
+    /// [`Cli::credentials`], with a token from logging in as `--user` if given.
+    pub async fn credentials_logged_in(
+        &self,
+    ) -> std::result::Result<util::security::Credentials, String> {
+        let mut creds = self.credentials()?;
+        let Some(user) = &self.login_as else {
+            return Ok(creds);
+        };
+        let password = users::read_password("password: ").map_err(|e| e.to_string())?;
+        let anonymous = Client::connect_within(
+            &endpoints(&self.pd),
+            self.connect_timeout.min(self.timeout),
+            self.timeout,
+            util::security::Credentials {
+                token: None,
+                ..creds.clone()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (token, _) = users::login(anonymous.pd(), user, &password)
+            .await
+            .map_err(|e| format!("logging in as {user}: {e}"))?;
+        creds.token = Some(token);
+        Ok(creds)
     }
 }
 

@@ -1,13 +1,15 @@
 //! `kvctl shell`: one command per line, with history. Verbs are taken in any case (`GET`,
 //! `Region List`), keys and values as typed. Besides kvctl's commands it takes QUIT and
-//! EXIT, and BEGIN [PESSIMISTIC] [NAME], COMMIT and ROLLBACK around get/put/delete/scan
-//! statements of one transaction.
+//! EXIT, BEGIN [PESSIMISTIC] [NAME], COMMIT and ROLLBACK around get/put/delete/scan
+//! statements of one transaction, and SIGNUP NAME, LOGIN NAME and LOGOUT (the password
+//! is asked on the terminal, or read as the next input line when input is not one;
+//! a login lasts until LOGOUT or the shell ends).
 
 use clap::{CommandFactory, Parser};
 
 use client::{Client, Error, Result};
 
-use super::{run, txn, Command, Output, Printer, ReadMode, TxnCommand};
+use super::{run, txn, users, Command, Output, Printer, ReadMode, TxnCommand};
 
 /// A line typed into the shell.
 #[derive(Debug, Parser)]
@@ -46,8 +48,16 @@ fn normalize(mut words: Vec<String>) -> Vec<String> {
     words
 }
 
+/// What the shell does after a stretch under one identity.
+enum Next {
+    /// QUIT, EXIT or end of input.
+    Quit,
+    /// LOGIN or LOGOUT: go on with this client.
+    Switch(Client),
+}
+
 /// Runs the interactive shell until QUIT, EXIT or end of input.
-pub async fn shell(client: &Client, output: Output) -> Result<i32> {
+pub async fn shell(client: Client, output: Output) -> Result<i32> {
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| Error::InvalidArgument(format!("cannot start the shell: {e}")))?;
     let history =
@@ -55,13 +65,29 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
+    let mut client = client;
+    while let Next::Switch(next) = as_one_user(&client, &mut editor, output).await {
+        client = next;
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(0)
+}
+
+/// The shell's lines until it ends or its user changes.
+async fn as_one_user(
+    client: &Client,
+    editor: &mut rustyline::DefaultEditor,
+    output: Output,
+) -> Next {
     let txn_client = client::txn::TxnClient::new(client);
     let mut session = txn::Session::new(&txn_client);
-    loop {
+    let next = loop {
         let prompt = session.prompt();
         let line = match editor.readline(&prompt) {
             Ok(l) => l,
-            Err(_) => break,
+            Err(_) => break Next::Quit,
         };
         let line = line.trim();
         if line.is_empty() {
@@ -80,8 +106,17 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
         };
         if let [one] = words.as_slice() {
             if one.eq_ignore_ascii_case("quit") || one.eq_ignore_ascii_case("exit") {
-                break;
+                break Next::Quit;
             }
+        }
+        match identity(client, &session, editor, &words, &mut p).await {
+            Some(Ok(Some(next))) => break Next::Switch(next),
+            Some(Ok(None)) => continue,
+            Some(Err(e)) => {
+                report(Err(e), &mut p);
+                continue;
+            }
+            None => {}
         }
         if let Some(res) = session.control(&words, &mut p).await {
             report(res, &mut p);
@@ -96,13 +131,75 @@ pub async fn shell(client: &Client, output: Output) -> Result<i32> {
                 let _ = e.print();
             }
         }
-    }
-    if let Some(h) = &history {
-        let _ = editor.save_history(h);
-    }
+    };
     // A transaction left open takes its locks with it.
     session.close().await;
-    Ok(0)
+    next
+}
+
+/// SIGNUP NAME, LOGIN NAME and LOGOUT: `None` for any other line; a client to go on
+/// with after LOGIN and LOGOUT.
+async fn identity(
+    client: &Client,
+    session: &txn::Session<'_>,
+    editor: &mut rustyline::DefaultEditor,
+    words: &[String],
+    p: &mut Printer<'_>,
+) -> Option<Result<Option<Client>>> {
+    let verb = words.first()?.to_ascii_lowercase();
+    if !["signup", "login", "logout"].contains(&verb.as_str()) {
+        return None;
+    }
+    Some(
+        async {
+            if verb != "signup" && session.is_open() {
+                return Err(Error::InvalidArgument(
+                    "a transaction is open: COMMIT or ROLLBACK first".into(),
+                ));
+            }
+            let name = match (verb.as_str(), words) {
+                ("logout", [_]) => {
+                    let next = client.with_token(None).await?;
+                    p.ok();
+                    return Ok(Some(next));
+                }
+                (_, [_, name]) => name,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "usage: {} NAME",
+                        verb.to_uppercase()
+                    )))
+                }
+            };
+            let password = shell_password(editor)?;
+            if verb == "signup" {
+                users::signup(client.pd(), name, &password).await?;
+                p.ok();
+                return Ok(None);
+            }
+            let (token, _) = users::login(client.pd(), name, &password).await?;
+            let next = client.with_token(Some(token)).await?;
+            p.line(format!("OK: logged in as {name}"));
+            Ok(Some(next))
+        }
+        .await,
+    )
+}
+
+/// A password for SIGNUP or LOGIN: asked on the terminal without echo, or, when input is
+/// not a terminal, the next input line (never kept in the history).
+fn shell_password(editor: &mut rustyline::DefaultEditor) -> Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("password: ")
+            .map_err(|e| Error::InvalidArgument(format!("reading the password: {e}")))?
+    } else {
+        editor
+            .readline("")
+            .map_err(|e| Error::InvalidArgument(format!("reading the password: {e}")))?
+    };
+    auth::names::check_password(&password).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(password)
 }
 
 /// Runs one parsed line: inside the open transaction if it is a statement and one is

@@ -13,8 +13,8 @@ mod transaction;
 
 use std::{future::Future, time::Duration};
 
+use crate::StoreClient;
 use proto::{errorpb, kvrpcpb};
-use proto_grpc::tikvpb_grpc::TikvClient;
 
 pub use resolve::{GcReport, TxnState};
 pub use transaction::{CommitMode, Mode, Transaction};
@@ -105,7 +105,7 @@ impl TxnClient {
     /// retried as a read is.
     async fn on_key<R, F, Fut>(&self, key: &[u8], mode: ReadMode, call: F) -> Result<(R, Vec<u8>)>
     where
-        F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
     {
         check_txn_key(key)?;
@@ -122,7 +122,7 @@ impl TxnClient {
         call: F,
     ) -> Result<(R, Vec<u8>)>
     where
-        F: Fn(TikvClient, kvrpcpb::Context) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
     {
         let (r, route) = self
@@ -143,7 +143,7 @@ impl TxnClient {
     async fn per_region<T, R, F, Fut>(&self, items: Vec<(Vec<u8>, T)>, call: F) -> Result<Vec<R>>
     where
         T: Clone,
-        F: Fn(TikvClient, kvrpcpb::Context, Vec<T>) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context, Vec<T>) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, R)>>,
     {
         let encoded: Vec<(Vec<u8>, T)> = items
@@ -176,7 +176,7 @@ impl TxnClient {
         call: F,
     ) -> Result<Vec<kvrpcpb::KeyError>>
     where
-        F: Fn(TikvClient, kvrpcpb::Context, Vec<Vec<u8>>) -> Fut,
+        F: Fn(StoreClient, kvrpcpb::Context, Vec<Vec<u8>>) -> Fut,
         Fut: Future<Output = grpcio::Result<(Option<errorpb::Error>, kvrpcpb::KeyError)>>,
     {
         if keys_.is_empty() {
