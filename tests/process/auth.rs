@@ -183,6 +183,12 @@ fn set_up_users(pd: &str) {
     let long = format!("{}\n", "p".repeat(300));
     let out = kvctl_in(pd, true, &["user", "add", "eve", "--password-stdin"], &long);
     assert!(stderr(&out).contains("256"), "{out:?}");
+    let out = kvctl_in(pd, true, &["signup", "root", "--password-stdin"], "mine\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("auth is enabled") || err.contains("allow-signup = false"),
+        "signup before auth: {out:?}"
+    );
     ok(&kvctl_in(pd, true, &["auth", "enable"], ""));
 }
 
@@ -214,6 +220,10 @@ fn users_and_roles_bound_every_request() {
 
     // alice reads a/, and nothing else; writes nothing; is no admin.
     let alice = client_as(&rt, &pd, Some(login(&rt, &op, "alice", "alicepw").unwrap()));
+    assert!(
+        rt.block_on(alice.pd().get_region(b"a/x")).is_ok(),
+        "routing stays open"
+    );
     assert_eq!(rt.block_on(alice.get(b"a/x")).unwrap(), Some(b"1".to_vec()));
     let denied = |r: client::Result<()>, what: &str| {
         let e = r.expect_err(what).to_string();
@@ -287,9 +297,47 @@ fn users_and_roles_bound_every_request() {
 
     hostile_tokens_and_logins(&rt, &op, &stores, &bob_token);
 
-    // alice's token expires (token-ttl 6s); a fresh one works.
-    wait_until("alice's token expires", Duration::from_secs(20), || {
-        rt.block_on(alice.get(b"a/x"))
+    // A user changes its own password only by giving the current one.
+    let passwd = |input: &str, current: bool| {
+        let mut args = vec![
+            "--user",
+            "alice",
+            "--password-stdin",
+            "user",
+            "passwd",
+            "alice",
+        ];
+        if current {
+            args.push("--current");
+        }
+        kvctl_in(&pd, false, &args, input)
+    };
+    let out = passwd("alicepw\nalicepw2\n", false);
+    assert!(
+        stderr(&out).contains("wrong user name or password"),
+        "{out:?}"
+    );
+    ok(&passwd("alicepw\nalicepw\nalicepw2\n", true));
+    assert!(login(&rt, &op, "alice", "alicepw2").is_ok());
+    let out = kvctl_in(
+        &pd,
+        false,
+        &["signup", "root", "--password-stdin"],
+        "mine\n",
+    );
+    assert!(stderr(&out).contains("reserved"), "{out:?}");
+
+    // alice's old token died with her password; root's expires (token-ttl 6s).
+    wait_until(
+        "alice's old token is revoked",
+        Duration::from_secs(10),
+        || {
+            rt.block_on(alice.get(b"a/x"))
+                .is_err_and(|e| e.to_string().contains("revoked"))
+        },
+    );
+    wait_until("root's token expires", Duration::from_secs(20), || {
+        rt.block_on(root.get(b"a/x"))
             .is_err_and(|e| e.to_string().contains("expired"))
     });
 
@@ -391,7 +439,7 @@ fn shell_signup_login_whoami_logout(pd: &str) {
     assert!(out.status.success(), "{out:?}");
     let me = stdout
         .find("carol (by token)")
-        .expect(&format!("WHOAMI as carol: {stdout}"));
+        .unwrap_or_else(|| panic!("WHOAMI as carol: {stdout}"));
     let anon = stdout.rfind("anonymous").expect("WHOAMI after LOGOUT");
     assert!(me < anon, "{stdout}");
     assert!(stdout.contains("logged in as carol"), "{stdout}");

@@ -143,6 +143,10 @@ impl Permissions {
         if self.all {
             return true;
         }
+        // A backwards range is no request anyone may make: refused, not vacuously true.
+        if !end.is_empty() && start > end {
+            return false;
+        }
         let mut ranges: Vec<&Grant> = self
             .grants
             .iter()
@@ -211,6 +215,7 @@ mod tests {
         assert!(Permissions::all().covers(Access::Write, b"", b""));
         let everything = Permissions::new(false, vec![Grant::prefix(Kind::Read, b"")]);
         assert!(everything.covers(Access::Read, b"", b""));
+        assert!(!p.covers(Access::Read, b"a/y", b"a/x"), "backwards");
         assert!(Grant::range(Kind::Read, b"z", b"a").is_err());
         assert!(Grant::range(Kind::Read, b"a", b"a").is_err());
         assert!(Grant::key(Kind::Read, b"").is_err());

@@ -23,7 +23,7 @@ pub struct UserView {
 }
 
 /// The compiled auth state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AuthView {
     /// Whether calls are checked at all.
     pub enabled: bool,
@@ -75,6 +75,31 @@ pub enum Need<'a> {
     Admin,
 }
 
+impl std::fmt::Debug for AuthView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the signing keys.
+        f.debug_struct("AuthView")
+            .field("enabled", &self.enabled)
+            .field("revision", &self.revision)
+            .field("users", &self.users.len())
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// The wire form of `g`.
+pub fn grant_to_wire(g: &Grant) -> authpb::Grant {
+    let mut w = authpb::Grant::default();
+    w.set_kind(match g.kind {
+        Kind::Read => authpb::GrantKind::Read,
+        Kind::Write => authpb::GrantKind::Write,
+        Kind::ReadWrite => authpb::GrantKind::ReadWrite,
+    });
+    w.set_start(g.start.clone());
+    w.set_end(g.end.clone());
+    w
+}
+
 /// The grant a wire grant stands for; refused if its range is empty.
 pub fn grant_from_wire(g: &authpb::Grant) -> Result<Grant> {
     let kind = match g.get_kind() {
@@ -86,10 +111,10 @@ pub fn grant_from_wire(g: &authpb::Grant) -> Result<Grant> {
 }
 
 /// The permissions `roles` give (every known role among them; unknown ones give none).
-fn permissions_of(roles: &[String], all_roles: &[authpb::Role]) -> Permissions {
+fn permissions_of(roles: &[String], all_roles: &HashMap<&str, &authpb::Role>) -> Permissions {
     let mut admin = false;
     let mut grants = vec![];
-    for r in all_roles.iter().filter(|r| roles.contains(&r.name)) {
+    for r in roles.iter().filter_map(|r| all_roles.get(r.as_str())) {
         admin |= r.admin;
         grants.extend(
             r.get_grants()
@@ -110,13 +135,18 @@ fn show(key: &[u8]) -> String {
 impl AuthView {
     /// Compiles `state`.
     pub fn new(state: &authpb::AuthState) -> AuthView {
+        let roles: HashMap<&str, &authpb::Role> = state
+            .get_roles()
+            .iter()
+            .map(|r| (r.get_name(), r))
+            .collect();
         let users = state
             .get_users()
             .iter()
             .map(|u| {
                 let perms = match u.name == ROOT {
                     true => Permissions::all(),
-                    false => permissions_of(u.get_roles(), state.get_roles()),
+                    false => permissions_of(u.get_roles(), &roles),
                 };
                 let view = UserView {
                     generation: u.generation,
@@ -141,6 +171,11 @@ impl AuthView {
         }
     }
 
+    /// Whether any user exists (auth is set up, or being set up).
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Option<&UserView> {
         self.users.get(name)
@@ -161,21 +196,32 @@ impl AuthView {
             return Ok(Caller::Cluster);
         }
         if let Some(t) = token {
-            if let Some(c) = token::unverified_claims(t) {
-                if c.key_id > self.newest_key || c.generation > self.newest_generation {
+            let claims = match token::verify(t, |id| self.keys.get(&id).cloned(), now_unix_ms) {
+                Ok(c) => c,
+                // Signed by a key made after this state: the checker must catch up.
+                Err(_)
+                    if token::unverified_claims(t).is_some_and(|c| {
+                        !self.keys.contains_key(&c.key_id) && c.key_id > self.newest_key
+                    }) =>
+                {
                     return Err(Error::NotYet(
-                        "the token is newer than the users and keys this server knows; retry"
-                            .into(),
+                        "the token was signed by a key newer than this server knows; retry".into(),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(user) = self.users.get(&claims.user) else {
+                // A genuine token of a user added after this state.
+                if claims.generation > self.newest_generation {
+                    return Err(Error::NotYet(
+                        "the token's user is newer than this server knows; retry".into(),
                     ));
                 }
-            }
-            let claims = token::verify(t, |id| self.keys.get(&id).cloned(), now_unix_ms)?;
-            let user = self.users.get(&claims.user).ok_or_else(|| {
-                Error::BadToken(format!(
+                return Err(Error::BadToken(format!(
                     "token of user {:?}, which no longer exists",
                     claims.user
-                ))
-            })?;
+                )));
+            };
             if user.generation != claims.generation {
                 return Err(Error::BadToken(format!(
                     "token of user {:?} was revoked (password changed or user re-created): log in again",
@@ -291,9 +337,11 @@ mod tests {
     use crate::token::{issue, Claims};
 
     fn state() -> authpb::AuthState {
-        let mut s = authpb::AuthState::default();
-        s.enabled = true;
-        s.next_generation = 2;
+        let mut s = authpb::AuthState {
+            enabled: true,
+            next_generation: 2,
+            ..Default::default()
+        };
         let mut role = authpb::Role::default();
         role.set_name("a-reader".into());
         let mut g = authpb::Grant::default();
@@ -309,10 +357,11 @@ mod tests {
             u.set_roles(roles.into_iter().map(String::from).collect());
             s.mut_users().push(u);
         }
-        let mut k = authpb::SigningKey::default();
-        k.id = 1;
-        k.key = vec![7; 32];
-        s.mut_keys().push(k);
+        s.mut_keys().push(authpb::SigningKey {
+            id: 1,
+            key: vec![7; 32],
+            ..Default::default()
+        });
         s
     }
 
@@ -374,6 +423,17 @@ mod tests {
         );
         // A token from after this state (a user added since) is not refused: retried.
         let newer = v.identify(false, Some(&token("dave", 3)), None, 1_000);
+        assert!(matches!(newer, Err(Error::NotYet(_))), "{newer:?}");
+        let later_key = issue(
+            &Claims {
+                user: "alice".into(),
+                generation: 2,
+                key_id: 2,
+                expires_unix_ms: 10_000,
+            },
+            &[8; 32],
+        );
+        let newer = v.identify(false, Some(&later_key), None, 1_000);
         assert!(matches!(newer, Err(Error::NotYet(_))), "{newer:?}");
         // A token wins over a certificate: a bad one is refused even with a good one.
         assert!(err(Some("x.y"), Some("root")).contains("malformed"));

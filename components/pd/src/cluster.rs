@@ -195,7 +195,11 @@ impl PdCore {
         let gc_safe_point = Mutex::new(storage.get_u64(GC_SAFE_POINT_KEY)?.unwrap_or(0));
         Ok(PdCore {
             gc_safe_point,
-            auth: AuthCore::open(cfg.auth.clone(), storage.clone())?,
+            auth: AuthCore::open(
+                cfg.auth.clone(),
+                cfg.security.cluster_cn.clone(),
+                storage.clone(),
+            )?,
             ids: IdAllocator::new(storage.clone(), cfg.id_batch)?,
             tso: Tso::new(storage.clone())?,
             cluster_id: cluster.id,

@@ -500,8 +500,10 @@ impl PdClient {
     /// The auth state if its revision is not `known` (stores only: it holds the keys
     /// tokens are signed with).
     pub async fn auth_state(&self, known: u64) -> Result<Option<authpb::AuthState>> {
-        let mut req = authpb::StateRequest::default();
-        req.known_revision = known;
+        let req = authpb::StateRequest {
+            known_revision: known,
+            ..Default::default()
+        };
         let mut resp = self
             .auth_call(&req, authpb_grpc::AuthClient::state_async_opt)
             .await?;

@@ -804,13 +804,13 @@ impl Tikv for TikvService {
 }
 
 impl TikvService {
-    /// Whether a peer stream comes from a store of this cluster (it carries the cluster
-    /// secret, or a cluster certificate); logs the refusal if not.
     /// What a call offers as proof of its caller.
     fn proof(&self, ctx: &RpcContext) -> util::security::Proof {
         self.security.proof(ctx, &self.secret)
     }
 
+    /// Whether a peer stream comes from a store of this cluster (it carries the cluster
+    /// secret, or a cluster certificate); logs the refusal if not.
     fn peer_authenticated(&self, ctx: &RpcContext, what: &str) -> bool {
         let ok = self.security.is_cluster_call(ctx, &self.secret);
         if !ok {

@@ -357,7 +357,7 @@ pub const AUTHORIZATION: &str = "authorization";
 
 /// Everything a call offers as proof of who makes it, taken from its context so that it
 /// can be judged off the gRPC thread against the auth state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Proof {
     /// It carries the cluster secret or a cluster certificate.
     pub cluster: bool,
@@ -367,6 +367,18 @@ pub struct Proof {
     pub cn: Option<String>,
     /// The peer's address without its port ("127.0.0.1"), for rate limits.
     pub peer: String,
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Proof")
+            .field("cluster", &self.cluster)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("cn", &self.cn)
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl Security {
@@ -456,8 +468,9 @@ impl ServerChecker for CnChecker {
 }
 
 /// What a process or client presents to those it calls: its certificate (through the
-/// channels it opens) and, where it holds one, the cluster secret (in call headers).
-#[derive(Clone, Debug)]
+/// channels it opens) and, where it holds one, the cluster secret or a user's token (in
+/// call headers).
+#[derive(Clone)]
 pub struct Credentials {
     /// The TLS settings channels are opened with.
     pub security: Arc<Security>,
@@ -465,6 +478,16 @@ pub struct Credentials {
     pub secret: Option<ClusterSecret>,
     /// A user's token (from a login), sent with every call.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("security", &self.security)
+            .field("secret", &self.secret)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Default for Credentials {

@@ -53,7 +53,7 @@ enum Next {
     /// QUIT, EXIT or end of input.
     Quit,
     /// LOGIN or LOGOUT: go on with this client.
-    Switch(Client),
+    Switch(Box<Client>),
 }
 
 /// Runs the interactive shell until QUIT, EXIT or end of input.
@@ -67,7 +67,7 @@ pub async fn shell(client: Client, output: Output) -> Result<i32> {
     }
     let mut client = client;
     while let Next::Switch(next) = as_one_user(&client, &mut editor, output).await {
-        client = next;
+        client = *next;
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
@@ -110,7 +110,7 @@ async fn as_one_user(
             }
         }
         match identity(client, &session, editor, &words, &mut p).await {
-            Some(Ok(Some(next))) => break Next::Switch(next),
+            Some(Ok(Some(next))) => break Next::Switch(Box::new(next)),
             Some(Ok(None)) => continue,
             Some(Err(e)) => {
                 report(Err(e), &mut p);

@@ -7,7 +7,6 @@ use std::{
     io::BufRead,
     path::{Path, PathBuf},
     sync::OnceLock,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -47,20 +46,13 @@ pub fn token_file() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kvctl_token")))
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The token saved in `path`, if there is one that has not expired.
 pub fn saved_token(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     let token = lines.next()?.trim().to_string();
     let expires: u64 = lines.next()?.trim().parse().ok()?;
-    (expires > unix_ms() && !token.is_empty()).then_some(token)
+    (expires > auth::now_unix_ms() && !token.is_empty()).then_some(token)
 }
 
 fn save_token(path: &Path, token: &str, expires: u64) -> Result<()> {
@@ -147,8 +139,10 @@ pub async fn whoami(pd: &PdClient, p: &mut Printer<'_>) -> Result<i32> {
 }
 
 async fn change(pd: &PdClient, c: Change, p: &mut Printer<'_>) -> Result<i32> {
-    let mut req = authpb::ChangeRequest::default();
-    req.change = Some(c);
+    let req = authpb::ChangeRequest {
+        change: Some(c),
+        ..Default::default()
+    };
     pd.auth_call(&req, AuthClient::change_async_opt).await?;
     p.ok();
     Ok(0)
@@ -184,6 +178,10 @@ pub enum UserCommand {
     Passwd {
         /// The user's name.
         name: String,
+        /// Changing your own password as a user who is not admin: asks for the current
+        /// password first (with --password-stdin, the first line; the new one second).
+        #[arg(long)]
+        current: bool,
     },
     /// Give a user a role.
     GrantRole {
@@ -280,14 +278,7 @@ impl PermissionArgs {
             _ => return bad("give one of --key KEY, --prefix PREFIX or --range START END"),
         }
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let g = rg.mut_grant();
-        g.set_kind(match grant.kind {
-            auth::perm::Kind::Read => authpb::GrantKind::Read,
-            auth::perm::Kind::Write => authpb::GrantKind::Write,
-            auth::perm::Kind::ReadWrite => authpb::GrantKind::ReadWrite,
-        });
-        g.set_start(grant.start);
-        g.set_end(grant.end);
+        rg.set_grant(auth::view::grant_to_wire(&grant));
         Ok(rg)
     }
 }
@@ -341,8 +332,14 @@ pub async fn user_command(client: &Client, cmd: &UserCommand, p: &mut Printer<'_
     let c = match cmd {
         UserCommand::Add { name } => Change::add_user(user_password(name, "password: ")?),
         UserCommand::Delete { name } => Change::delete_user(name.clone()),
-        UserCommand::Passwd { name } => {
-            Change::change_password(user_password(name, "new password: ")?)
+        UserCommand::Passwd { name, current } => {
+            let old = match current {
+                true => Some(read_password("current password: ")?),
+                false => None,
+            };
+            let mut up = user_password(name, "new password: ")?;
+            up.set_current_password(old.unwrap_or_default());
+            Change::change_password(up)
         }
         UserCommand::GrantRole { user, role } => Change::grant_role(user_role(user, role)),
         UserCommand::RevokeRole { user, role } => Change::revoke_role(user_role(user, role)),
@@ -393,7 +390,7 @@ pub async fn login_command(client: &Client, name: &str, p: &mut Printer<'_>) -> 
     let path = token_file()
         .ok_or_else(|| Error::InvalidArgument("no token file: set HOME or --token-file".into()))?;
     save_token(&path, &token, expires)?;
-    let secs = expires.saturating_sub(unix_ms()) / 1000;
+    let secs = expires.saturating_sub(auth::now_unix_ms()) / 1000;
     p.line(format!(
         "OK: logged in as {name} for {secs} s (token in {})",
         path.display()

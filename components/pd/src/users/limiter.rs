@@ -54,6 +54,10 @@ impl Limiter {
         if self.failures.len() >= MAX_ENTRIES {
             self.failures
                 .retain(|_, f| f.locked_until.is_some_and(|u| u > now));
+            // Still full of live lockouts: forget them rather than grow without bound.
+            if self.failures.len() >= MAX_ENTRIES {
+                self.failures.clear();
+            }
         }
         for k in Self::keys(user, addr) {
             let f = self.failures.entry(k).or_insert(Failures {
@@ -69,11 +73,10 @@ impl Limiter {
         }
     }
 
-    /// A successful login clears the user's and the address's counts.
-    pub(crate) fn succeeded(&mut self, user: &str, addr: &str) {
-        for k in Self::keys(user, addr) {
-            self.failures.remove(&k);
-        }
+    /// A successful login clears the user's count (not the address's: logging into an
+    /// account of one's own must not reset a guessing loop against others).
+    pub(crate) fn succeeded(&mut self, user: &str) {
+        self.failures.remove(&format!("user:{user}"));
     }
 }
 
@@ -111,7 +114,13 @@ mod tests {
             "capped"
         );
         assert!(l.check("bob", "x", t + Duration::from_secs(9)).is_ok());
-        l.succeeded("bob", "1.2.3.4");
-        assert!(l.check("bob", "1.2.3.4", t).is_ok());
+        l.succeeded("bob");
+        assert!(l
+            .check("bob", "5.6.7.8", t + Duration::from_secs(1))
+            .is_ok());
+        assert!(
+            l.check("eve", "1.2.3.4", t).is_err(),
+            "the address stays counted"
+        );
     }
 }

@@ -7,8 +7,11 @@ mod limiter;
 pub(crate) mod service;
 
 use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use auth::{
@@ -17,7 +20,7 @@ use auth::{
     token,
     view::{AuthView, By, Caller, Need},
 };
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use proto::authpb::{self, ChangeRequest_oneof_change as Change};
 use util::security::Proof;
 
@@ -27,15 +30,6 @@ use limiter::Limiter;
 /// A new signing key signs only once it is this old, so that every store has it by
 /// then (they fetch the state every second).
 const KEY_PUBLISH_DELAY: Duration = Duration::from_secs(3);
-/// How long a login waits for its turn to check a password.
-const CHECK_WAIT: Duration = Duration::from_secs(1);
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Auth on the PD leader (one per term, opened with the core).
 pub(crate) struct AuthCore {
@@ -46,18 +40,25 @@ pub(crate) struct AuthCore {
     view: RwLock<Arc<AuthView>>,
     limiter: Mutex<Limiter>,
     /// Password checks running, bounded by `password-checks-at-once`.
-    checks: (Mutex<usize>, Condvar),
+    checks: AtomicUsize,
+    /// Names nobody may sign up as: the cluster's certificate names.
+    reserved: Vec<String>,
 }
 
 impl AuthCore {
     /// Loads the record from `storage`.
-    pub(crate) fn open(cfg: AuthConfig, storage: Storage) -> Result<AuthCore> {
+    pub(crate) fn open(
+        cfg: AuthConfig,
+        reserved: Vec<String>,
+        storage: Storage,
+    ) -> Result<AuthCore> {
         let state = storage.auth_state()?.unwrap_or_default();
         Ok(AuthCore {
             limiter: Mutex::new(Limiter::new(cfg.login_free_failures, cfg.login_max_lockout)),
             view: RwLock::new(Arc::new(AuthView::new(&state))),
             state: Mutex::new(state),
-            checks: (Mutex::new(0), Condvar::new()),
+            checks: AtomicUsize::new(0),
+            reserved,
             storage,
             cfg,
         })
@@ -83,7 +84,7 @@ impl AuthCore {
             proof.cluster,
             proof.token.as_deref(),
             proof.cn.as_deref(),
-            unix_ms(),
+            auth::now_unix_ms(),
         )
         .map_err(|e| Error::AuthFailed(e.to_string()))
     }
@@ -104,24 +105,51 @@ impl AuthCore {
             .map_err(|e| Error::PermissionDenied(e.to_string()))
     }
 
-    /// Runs `f` (a password check or hash) when one of the bounded turns is free.
+    /// Runs `f` (a password check or hash) if one of the bounded turns is free; refuses
+    /// at once otherwise, so that no thread of PD's pool waits for one.
     fn with_check_turn<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let (running, freed) = &self.checks;
-        let deadline = Instant::now() + CHECK_WAIT;
-        let mut n = running.lock();
-        while *n >= self.cfg.password_checks_at_once {
-            if freed.wait_until(&mut n, deadline).timed_out() {
-                return Err(Error::RateLimited(
-                    "PD is busy checking passwords; retry in a moment".into(),
-                ));
+        let taken = self
+            .checks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cfg.password_checks_at_once).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Error::RateLimited(
+                "PD is busy checking passwords; retry in a moment".into(),
+            ));
+        }
+        let out = f();
+        self.checks.fetch_sub(1, Ordering::AcqRel);
+        Ok(out)
+    }
+
+    /// Whether `password` is `name`'s, counting a wrong one against the name and
+    /// `addr`; a locked-out name or address is refused unhashed. The user's generation
+    /// if it is.
+    fn check_password(&self, name: &str, password: &str, addr: &str) -> Result<u64> {
+        self.locked_out(name, addr)?;
+        let (hash, generation) = {
+            let s = self.state.lock();
+            change::find_user(&s, name)
+                .map(|u| (u.password_hash.clone(), u.generation))
+                .unzip()
+        };
+        let ok = self.with_check_turn(|| password::verify(password, hash.as_deref()))?;
+        match (ok, generation) {
+            (true, Some(g)) => {
+                self.limiter.lock().succeeded(name);
+                Ok(g)
+            }
+            _ => {
+                self.limiter.lock().failed(name, addr, Instant::now());
+                Err(Error::AuthFailed("wrong user name or password".into()))
             }
         }
-        *n += 1;
-        drop(n);
-        let out = f();
-        *running.lock() -= 1;
-        freed.notify_one();
-        Ok(out)
+    }
+
+    fn hash(&self, password: &str) -> Result<String> {
+        self.with_check_turn(|| password::hash(password))?
+            .map_err(|e| Error::InvalidValue(e.to_string()))
     }
 
     fn locked_out(&self, name: &str, addr: &str) -> Result<()> {
@@ -146,32 +174,22 @@ impl AuthCore {
                 "auth is not enabled: there is nothing to log in to (kvctl auth enable)".into(),
             ));
         }
-        self.locked_out(name, addr)?;
-        let (hash, generation) = {
-            let s = self.state.lock();
-            change::find_user(&s, name)
-                .map(|u| (u.password_hash.clone(), u.generation))
-                .unzip()
-        };
-        let ok = self.with_check_turn(|| password::verify(password, hash.as_deref()))?;
-        if !ok {
-            self.limiter.lock().failed(name, addr, Instant::now());
-            return Err(Error::AuthFailed("wrong user name or password".into()));
-        }
-        self.limiter.lock().succeeded(name, addr);
+        let generation = self.check_password(name, password, addr)?;
         let (key_id, key) = self.signing_key()?;
-        let expires = unix_ms() + self.cfg.token_ttl.as_millis() as u64;
+        let expires = auth::now_unix_ms() + self.cfg.token_ttl.as_millis() as u64;
         let claims = token::Claims {
             user: name.to_string(),
-            generation: generation.expect("a password matched, so the user exists"),
+            generation,
             key_id,
             expires_unix_ms: expires,
         };
         Ok((token::issue(&claims, &key), expires))
     }
 
-    /// Adds `name` with the default role, if signup is allowed. Each signup counts as a
-    /// failure for the rate limit of its address, since it costs a hash.
+    /// Adds `name` with the default role, if signup is allowed and auth is on (so that
+    /// nobody claims a name, root above all, before the operator has set auth up). Each
+    /// signup counts as a failure for the rate limit of its address, since it costs a
+    /// hash.
     pub(crate) fn signup(&self, name: &str, password: &str, addr: &str) -> Result<()> {
         if !self.cfg.allow_signup {
             return Err(Error::FailedPrecondition(
@@ -179,20 +197,32 @@ impl AuthCore {
                     .into(),
             ));
         }
+        if !self.view().enabled {
+            return Err(Error::FailedPrecondition(
+                "signup opens once auth is enabled (kvctl auth enable)".into(),
+            ));
+        }
         names::check_name("user", name).map_err(|e| Error::InvalidValue(e.to_string()))?;
         names::check_password(password).map_err(|e| Error::InvalidValue(e.to_string()))?;
+        if name == ROOT || self.reserved.iter().any(|r| r == name) {
+            return Err(Error::PermissionDenied(format!(
+                "the name {name:?} is reserved"
+            )));
+        }
         self.locked_out(name, addr)?;
         self.limiter.lock().failed(name, addr, Instant::now());
-        let hash = self.with_check_turn(|| password::hash(password))?;
-        let hash = hash.map_err(|e| Error::InvalidValue(e.to_string()))?;
+        let hash = self.hash(password)?;
         let roles: Vec<String> = match self.cfg.default_role.as_str() {
             "" => vec![],
             r => vec![r.to_string()],
         };
         self.write(|s| change::add_user(s, &self.cfg, name, hash, roles))
+            .map(|_| ())
     }
 
-    /// Applies `change` for `caller`: admin only, but a user may change its own password.
+    /// Applies `change` for the caller with `proof`: admin only, but a user may change
+    /// its own password by giving the current one. Passwords are hashed before the
+    /// record is locked. Returns the record's new revision.
     pub(crate) fn change(&self, proof: &Proof, change: Change) -> Result<u64> {
         let own_password = match &change {
             Change::change_password(up) => {
@@ -200,20 +230,32 @@ impl AuthCore {
             }
             _ => false,
         };
-        if !own_password {
-            self.check_admin(proof, false)?;
+        match &change {
+            Change::change_password(up)
+                if own_password && self.check_admin(proof, false).is_err() =>
+            {
+                self.check_password(up.get_name(), up.get_current_password(), &proof.peer)?;
+            }
+            _ => self.check_admin(proof, false)?,
         }
-        let hash = |p: &str| {
-            self.with_check_turn(|| password::hash(p))?
-                .map_err(|e| Error::InvalidValue(e.to_string()))
+        let hashed = match &change {
+            Change::add_user(up) | Change::change_password(up) => {
+                names::check_password(up.get_password())
+                    .map_err(|e| Error::InvalidValue(e.to_string()))?;
+                Some(self.hash(up.get_password())?)
+            }
+            _ => None,
         };
-        self.write(|s| change::apply(s, &self.cfg, change, hash))?;
-        Ok(self.state.lock().revision)
+        self.write(|s| {
+            change::apply(s, &self.cfg, change, || {
+                hashed.ok_or_else(|| Error::Corrupted("no hash for a password change".into()))
+            })
+        })
     }
 
     /// Changes a copy of the record with `f`, replicates it, and only then makes it
     /// the record.
-    fn write(&self, f: impl FnOnce(&mut authpb::AuthState) -> Result<()>) -> Result<()> {
+    fn write(&self, f: impl FnOnce(&mut authpb::AuthState) -> Result<()>) -> Result<u64> {
         let mut s = self.state.lock();
         let mut next = s.clone();
         f(&mut next)?;
@@ -222,13 +264,13 @@ impl AuthCore {
         self.storage.put_auth_state(&next)?;
         *self.view.write() = Arc::new(AuthView::new(&next));
         *s = next;
-        Ok(())
+        Ok(s.revision)
     }
 
     /// Adds a signing key if there is none or the newest is due for rotation, and drops
     /// keys no live token can be signed with.
     fn rotate_keys(&self, s: &mut authpb::AuthState) {
-        let now = unix_ms();
+        let now = auth::now_unix_ms();
         let newest = s.get_keys().iter().map(|k| k.created_unix_ms).max();
         if newest.is_none_or(|t| now.saturating_sub(t) >= self.cfg.key_rotation.as_millis() as u64)
         {
@@ -254,14 +296,14 @@ impl AuthCore {
             let s = self.state.lock();
             let newest = s.get_keys().iter().map(|k| k.created_unix_ms).max();
             newest.is_none_or(|t| {
-                unix_ms().saturating_sub(t) >= self.cfg.key_rotation.as_millis() as u64
+                auth::now_unix_ms().saturating_sub(t) >= self.cfg.key_rotation.as_millis() as u64
             })
         };
         if due {
             self.write(|_| Ok(()))?;
         }
         let s = self.state.lock();
-        let now = unix_ms();
+        let now = auth::now_unix_ms();
         let published = |k: &&&authpb::SigningKey| {
             now.saturating_sub(k.created_unix_ms) >= KEY_PUBLISH_DELAY.as_millis() as u64
         };
@@ -285,8 +327,10 @@ impl AuthCore {
     /// Whether auth is on, the users (without hashes) and the roles.
     pub(crate) fn list(&self) -> authpb::ListResponse {
         let s = without_hashes(&self.state.lock());
-        let mut resp = authpb::ListResponse::default();
-        resp.enabled = s.enabled;
+        let mut resp = authpb::ListResponse {
+            enabled: s.enabled,
+            ..Default::default()
+        };
         resp.set_users(s.get_users().to_vec().into());
         resp.set_roles(s.get_roles().to_vec().into());
         resp

@@ -96,8 +96,10 @@ impl Auth for AuthService {
         sink: UnarySink<authpb::WhoAmIResponse>,
     ) {
         self.serve(&ctx, sink, move |auth, proof| {
-            let mut resp = authpb::WhoAmIResponse::default();
-            resp.enabled = auth.view().enabled;
+            let mut resp = authpb::WhoAmIResponse {
+                enabled: auth.view().enabled,
+                ..Default::default()
+            };
             match auth.caller(proof)? {
                 auth::view::Caller::Cluster => {
                     resp.set_by("cluster".into());
@@ -134,9 +136,10 @@ impl Auth for AuthService {
                 .change
                 .take()
                 .ok_or_else(|| Error::InvalidValue("the change request names no change".into()))?;
-            let mut resp = authpb::ChangeResponse::default();
-            resp.revision = auth.change(proof, change)?;
-            Ok(resp)
+            Ok(authpb::ChangeResponse {
+                revision: auth.change(proof, change)?,
+                ..Default::default()
+            })
         });
     }
 

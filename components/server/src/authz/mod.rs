@@ -6,7 +6,7 @@ mod needs;
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use auth::view::AuthView;
@@ -36,13 +36,6 @@ pub struct AuthGate {
     catch_up: Arc<tokio::sync::Notify>,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl AuthGate {
     /// A gate that knows nothing yet: it refuses every caller but the cluster's own
     /// processes until the first fetch.
@@ -65,21 +58,23 @@ impl AuthGate {
                     "this store has not loaded users and roles from PD yet; retry".into(),
                 ))
             }
-            Some(l) if !l.view.enabled => return Ok(()),
-            Some(l) if l.at.elapsed() > self.max_staleness => {
+            // Stale: with users set up, auth may have been turned on meanwhile, so fail
+            // closed; a cluster that never had users stays available without PD.
+            Some(l) if l.at.elapsed() > self.max_staleness && l.view.has_users() => {
                 return Err(Error::AuthUnavailable(format!(
                     "this store has not heard from PD about users and roles for {} s \
                      (server.auth-max-staleness); retry",
                     l.at.elapsed().as_secs()
                 )))
             }
+            Some(l) if !l.view.enabled => return Ok(()),
             Some(l) => l.view.clone(),
         };
         let caller = match view.identify(
             false,
             proof.token.as_deref(),
             proof.cn.as_deref(),
-            unix_ms(),
+            auth::now_unix_ms(),
         ) {
             Ok(c) => c,
             Err(auth::Error::NotYet(why)) => {
@@ -94,7 +89,15 @@ impl AuthGate {
     /// Asks PD for changes (the whole state only when its revision moved).
     async fn refresh(&self, pd: &PdClient) -> Result<bool> {
         let known = self.loaded.read().as_ref().map_or(0, |l| l.view.revision);
-        let fresh = pd.auth_state(known).await?;
+        let fresh = match pd.auth_state(known).await {
+            Ok(f) => f,
+            // A PD without the auth service (an older version) has no users: auth off.
+            Err(pd_client::Error::Auth {
+                code: grpcio::RpcStatusCode::UNIMPLEMENTED,
+                ..
+            }) => Some(Default::default()),
+            Err(e) => return Err(e.into()),
+        };
         let mut loaded = self.loaded.write();
         let changed = fresh.is_some();
         let view = match (fresh, loaded.take()) {
