@@ -7,6 +7,8 @@
 # long after the run and then prints the stores' transactional storage (write column
 # family) and GC counters (plaintext only). TLS=1 runs the cluster with TLS on every
 # port (`kvctl cert init` certificates), kvctl and kv-bench with the client certificate.
+# AUTH=1 adds a root user, turns auth on, and runs kv-bench with root's token (every
+# request's token is then checked by the stores).
 set -euo pipefail
 
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}/release"
@@ -63,6 +65,17 @@ for _ in $(seq 1 240); do
 done
 [ -n "$ready" ] || { echo "the cluster did not get three voters in 120 s" >&2; tail -5 "$dir"/*.log >&2; exit 1; }
 "$BIN/kvctl" --pd "$pd" region list
+
+if [ -n "${AUTH:-}" ]; then
+  op=("$BIN/kvctl" --pd "$pd" --cluster-secret-file "$secret")
+  echo bench-root-password | "${op[@]}" user add root --password-stdin
+  "${op[@]}" auth enable
+  echo bench-root-password | "$BIN/kvctl" --pd "$pd" --token-file "$dir/token" login root --password-stdin
+  FLOTILLA_TOKEN=$(head -1 "$dir/token")
+  export FLOTILLA_TOKEN
+  # The stores learn that auth is on within a second (server.auth-refresh-interval).
+  sleep 3
+fi
 
 "$BIN/kv-bench" --pd "$pd" "$@"
 
