@@ -189,6 +189,18 @@ pub fn tls_of(pd: &str) -> Option<std::path::PathBuf> {
     TLS_DIRS.lock().unwrap().get(pd).cloned()
 }
 
+/// `kvctl cert issue DIR NAME`: another client certificate signed by DIR's CA.
+pub fn cert_issue(dir: &Path, name: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["cert", "issue"])
+        .arg(dir)
+        .arg(name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvctl cert issue");
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Makes `kvctl cert init DIR` write a CA and certificates; panics if it fails.
 pub fn cert_init(dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))

@@ -8,7 +8,6 @@ use crate::common;
 
 use std::{
     io::Write,
-    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -516,8 +515,8 @@ fn a_tikv_client_with_a_certificate_is_the_user_it_names() {
     rt.block_on(op.put(b"b/x", b"2")).expect("put b/x");
     // root's certificate (kvctl cert init's client.pem) is admin before root exists.
     set_up_users(&pd);
-    issue(&certs, "alice");
-    issue(&certs, "mallory");
+    common::cert_issue(&certs, "alice");
+    common::cert_issue(&certs, "mallory");
     let tikv = |name: &str| {
         let cfg = tikv_client::Config::default()
             .with_security(
@@ -553,16 +552,4 @@ fn a_tikv_client_with_a_certificate_is_the_user_it_names() {
         .to_string();
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(rt.block_on(op.get(b"a/x")).unwrap(), Some(b"1".to_vec()));
-}
-
-/// `kvctl cert issue` in `dir` for `name`.
-fn issue(dir: &Path, name: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["cert", "issue"])
-        .arg(dir)
-        .arg(name)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kvctl cert issue");
-    assert!(out.status.success(), "{out:?}");
 }

@@ -67,18 +67,6 @@ fn client_with(
     ))
 }
 
-/// `kvctl cert issue` in `dir` for `name`.
-fn issue(dir: &Path, name: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["cert", "issue"])
-        .arg(dir)
-        .arg(name)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kvctl cert issue");
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[test]
 fn tls_cluster_serves_clients_with_certificates_and_refuses_the_rest() {
     let allowed = "flotilla-pd,flotilla-store,root";
@@ -138,7 +126,7 @@ fn tls_cluster_serves_clients_with_certificates_and_refuses_the_rest() {
         &kvctl_as(&pd, Some(&certs), "", &["put", "no-cert", "x"]),
         "a client without a certificate",
     );
-    issue(&certs, "mallory");
+    common::cert_issue(&certs, "mallory");
     let err = refused(
         &kvctl_as(&pd, Some(&certs), "mallory", &["put", "mallory", "x"]),
         "a common name outside cert-allowed-cn",

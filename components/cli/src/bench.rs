@@ -205,7 +205,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
         security,
         secret: None,
         // A user's token (`kvctl login` keeps one), for a cluster with auth on.
-        token: std::env::var("FLOTILLA_TOKEN").ok().filter(|t| !t.is_empty()),
+        token: std::env::var("FLOTILLA_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     };
     let mut client = Client::connect_with(&endpoints(&args.pd), Duration::from_secs(10), creds)
         .await?
