@@ -222,6 +222,12 @@ impl AuthView {
                     claims.user
                 )));
             };
+            // A genuine token of a password changed (or user re-created) after this state.
+            if user.generation < claims.generation && claims.generation > self.newest_generation {
+                return Err(Error::NotYet(
+                    "the token is newer than the users this server knows; retry".into(),
+                ));
+            }
             if user.generation != claims.generation {
                 return Err(Error::BadToken(format!(
                     "token of user {:?} was revoked (password changed or user re-created): log in again",

@@ -76,10 +76,13 @@ guarded! {
     kvrpcpb::BatchRollbackRequest => |r| keys(Write, r.get_keys());
     kvrpcpb::CleanupRequest => |r| match r.current_ts {
         // Rolls the lock back however young it is.
-        0 => vec![Need::Key(Write, r.get_key())],
+        0 | u64::MAX => vec![Need::Key(Write, r.get_key())],
         _ => vec![Need::Key(Read, r.get_key())],
     };
-    kvrpcpb::CheckTxnStatusRequest => |r| vec![Need::Key(Read, r.get_primary_key())];
+    kvrpcpb::CheckTxnStatusRequest => |r| match r.current_ts {
+        u64::MAX => vec![Need::Key(Write, r.get_primary_key())],
+        _ => vec![Need::Key(Read, r.get_primary_key())],
+    };
     kvrpcpb::CheckSecondaryLocksRequest => |r| keys(Read, r.get_keys());
     kvrpcpb::ResolveLockRequest => |r| {
         let commits = r.commit_version != 0 || r.get_txn_infos().iter().any(|t| t.status != 0);
