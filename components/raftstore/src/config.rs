@@ -19,6 +19,11 @@ pub struct Config {
     pub raft_election_timeout_ticks: usize,
     /// Ticks between leader heartbeats.
     pub raft_heartbeat_ticks: usize,
+    /// How long a quorum's acknowledgement lets a leader serve reads without a ReadIndex
+    /// round (see `lease`); zero turns lease reads off. At most the election timeout less
+    /// two ticks.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
     /// Largest append message a leader sends at once.
     pub raft_max_size_per_msg: ByteSize,
     /// Appends in flight to one follower.
@@ -118,6 +123,7 @@ impl Default for Config {
             raft_base_tick_interval: Duration::from_millis(100),
             raft_election_timeout_ticks: 10,
             raft_heartbeat_ticks: 2,
+            leader_lease: Duration::from_millis(800),
             raft_max_size_per_msg: ByteSize::mib(1),
             raft_max_inflight_msgs: 256,
             raft_entry_max_size: ByteSize::mib(8),
@@ -199,6 +205,13 @@ impl Validate for Config {
             "must be at least a heartbeat interval (raft-base-tick-interval times \
              raft-heartbeat-ticks) and under the election timeout (times \
              raft-election-timeout-ticks)",
+        )?;
+        ensure(
+            self.leader_lease <= tick * (self.raft_election_timeout_ticks as u32).saturating_sub(2),
+            "raftstore.leader-lease",
+            "must be at most the election timeout (raft-base-tick-interval times \
+             raft-election-timeout-ticks) less two ticks: a voter's count of an election \
+             timeout starts within a tick of hearing from its leader, and clocks drift",
         )?;
         ensure(
             self.leader_transfer_max_log_lag > 0,

@@ -31,6 +31,7 @@ mod config;
 pub mod disk;
 mod error;
 mod fsm;
+mod lease;
 pub mod metrics;
 pub mod msg;
 pub mod operation;

@@ -32,6 +32,17 @@ pub static LOG_FSYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register metric")
 });
 
+/// A leader's linearizable reads by how they were confirmed: from its lease, or by a
+/// ReadIndex round (no lease, or it could not be used).
+pub static LEASE_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "flotilla_raftstore_leader_reads_total",
+        "Linearizable reads on leaders, by how leadership was confirmed (lease, read_index)",
+        &["via"]
+    )
+    .expect("register metric")
+});
+
 /// Peers whose Ready was persisted per round.
 pub static READY_PER_ROUND: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(

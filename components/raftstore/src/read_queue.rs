@@ -3,7 +3,7 @@
 //! replica read that reaches a follower (which sends the request to its leader). A read
 //! runs once this replica has applied up to the read index.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Instant};
 
 use proto::{metapb, raft_serverpb::ReadIndexContext};
 use protobuf::Message as _;
@@ -34,7 +34,8 @@ struct Batch {
     index: Option<u64>,
     /// The leader's answers to the reads' checks, in the order of the reads that have one.
     answers: Vec<Vec<u8>>,
-    issued: bool,
+    /// When its ReadIndex was asked for: a quorum acknowledged the leader after it.
+    issued: Option<Instant>,
     age_ticks: u64,
 }
 
@@ -90,14 +91,24 @@ impl ReadQueue {
         self.incoming.is_empty() && self.batches.is_empty()
     }
 
+    /// Asks for a read index with no read waiting on it, unless one is on its way: its
+    /// confirmation renews the leader's lease.
+    pub fn renew(&mut self) {
+        if self.is_empty() {
+            self.push_batch(vec![]);
+        }
+    }
+
     /// Turns the reads of this round into one batch and asks Raft for its read index: a
     /// leader itself, a follower its leader.
     pub fn flush(&mut self, raft: &mut RawNode<PeerStorage>, is_leader: bool) {
-        if self.incoming.is_empty() {
-            return;
+        if !self.incoming.is_empty() {
+            for reads in split_by_check_bytes(std::mem::take(&mut self.incoming)) {
+                self.push_batch(reads);
+            }
         }
-        for reads in split_by_check_bytes(std::mem::take(&mut self.incoming)) {
-            self.push_batch(reads);
+        if self.batches.iter().all(|b| b.issued.is_some()) {
+            return;
         }
         if is_leader {
             self.retry_pending(raft);
@@ -113,7 +124,7 @@ impl ReadQueue {
             reads,
             index: None,
             answers: vec![],
-            issued: false,
+            issued: None,
             age_ticks: 0,
         });
     }
@@ -128,8 +139,8 @@ impl ReadQueue {
 
     fn issue(&mut self, raft: &mut RawNode<PeerStorage>) {
         let peer_id = raft.raft.id;
-        for b in self.batches.iter_mut().filter(|b| !b.issued) {
-            b.issued = true;
+        for b in self.batches.iter_mut().filter(|b| b.issued.is_none()) {
+            b.issued = Some(Instant::now());
             metrics::PROPOSALS
                 .with_label_values(&["read_index", "ok"])
                 .inc();
@@ -138,13 +149,16 @@ impl ReadQueue {
     }
 
     /// Records the read indexes Raft confirmed, and runs the reads already applied.
+    /// Returns when the latest confirmed batch was issued: on a leader, a quorum
+    /// acknowledged it after that.
     pub fn on_read_states(
         &mut self,
         states: Vec<ReadState>,
         applied: u64,
         region: &metapb::Region,
         term: u64,
-    ) {
+    ) -> Option<Instant> {
+        let mut confirmed = None;
         for s in states {
             let Ok(mut c) = ReadIndexContext::parse_from_bytes(&s.request_ctx) else {
                 continue;
@@ -152,9 +166,11 @@ impl ReadQueue {
             if let Some(b) = self.batches.iter_mut().find(|b| b.id == c.get_batch()) {
                 b.index = Some(s.index);
                 b.answers = c.take_answers().into();
+                confirmed = confirmed.max(b.issued);
             }
         }
         self.on_applied(applied, region, term);
+        confirmed
     }
 
     /// Runs every read whose index has been applied.

@@ -99,6 +99,7 @@ pub fn test_config() -> (raftstore::Config, pd::Config) {
         raft_base_tick_interval: Duration::from_millis(50),
         raft_election_timeout_ticks: 10,
         raft_heartbeat_ticks: 2,
+        leader_lease: Duration::from_millis(400),
         leader_transfer_timeout: Duration::from_millis(250),
         raft_log_gc_tick_interval: Duration::from_millis(200),
         pd_heartbeat_tick_interval: Duration::from_millis(200),

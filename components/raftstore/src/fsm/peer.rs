@@ -136,6 +136,13 @@ pub struct PeerFsm {
     /// A snapshot is replacing the region's data on the apply side: the engine holds
     /// neither the old data nor the new, and no stale read may look at it.
     pub(crate) applying_snapshot: bool,
+    /// Leader only: how long it may serve reads without a ReadIndex round.
+    pub(crate) lease: crate::lease::Lease,
+    /// Follower only: when it last heard from a leader.
+    pub(crate) contact: crate::lease::Contact,
+    /// Follower only: its leader's store is down; it stops waiting for the leader at this
+    /// instant, once the leader's lease is surely gone.
+    pub(crate) leader_down_at: Option<Instant>,
 }
 
 impl Fsm for PeerFsm {
@@ -205,6 +212,9 @@ impl PeerFsm {
             transfer: None,
             stale: crate::stale::StaleState::new(cfg.stale_margin()),
             applying_snapshot: false,
+            lease: crate::lease::Lease::new(cfg.leader_lease),
+            contact: Default::default(),
+            leader_down_at: None,
         })
     }
 
@@ -312,7 +322,7 @@ impl PeerFsm {
             PeerMsg::Tick => self.on_tick(ctx),
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
             PeerMsg::HeartbeatPd => {}
-            PeerMsg::StoresDown(stores) => self.on_stores_down(&stores),
+            PeerMsg::StoresDown(stores) => self.on_stores_down(&stores, ctx.cfg.leader_lease),
             PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
             PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
             PeerMsg::SnapshotStatus { to_peer_id, ok } => {
@@ -369,7 +379,18 @@ impl PeerFsm {
             self.peer_heartbeats.insert(from.get_id(), Instant::now());
         }
         let from_id = from.get_id();
-        if let Err(e) = self.raft.step(raft_msg) {
+        if matches!(
+            raft_msg.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        ) {
+            self.contact.heard(Instant::now());
+        }
+        let stepped = if raft_msg.get_msg_type() == MessageType::MsgReadIndex {
+            self.step_read_index(raft_msg)
+        } else {
+            self.raft.step(raft_msg)
+        };
+        if let Err(e) = stepped {
             debug!(self.logger, "raft rejected a message"; "from" => from_id, "err" => %e);
         }
         if msg.has_leader_state() {
@@ -391,7 +412,12 @@ impl PeerFsm {
     fn on_tick(&mut self, ctx: &mut PollContext) {
         self.ticks += 1;
         self.idle_ticks += 1;
-        self.raft.tick();
+        self.maybe_stop_waiting_for_leader();
+        // Test only: a leader whose clock stalls stops ticking, so check-quorum cannot
+        // depose it (its lease is stretched as well: see `lease`).
+        if !(self.is_leader() && fail::eval("leader_clock_slow", |_| ()).is_some()) {
+            self.raft.tick();
+        }
         self.reads
             .expire(ctx.cfg.raft_election_timeout_ticks as u64 * 2, &self.logger);
         if self.is_leader() {

@@ -17,6 +17,8 @@
 //! (`on_stores_down`) instead of waiting out an election timeout; pre-vote keeps a
 //! leader that is in fact alive in place.
 
+use std::time::{Duration, Instant};
+
 use proto::raft_serverpb::RaftMessage;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -74,9 +76,11 @@ impl PeerFsm {
     }
 
     /// The store lost contact with `stores` (the message itself woke this peer): a
-    /// follower whose leader is on one of them gives up the leader's lease, so that it
-    /// campaigns at its next tick and grants other followers' votes at once.
-    pub(crate) fn on_stores_down(&mut self, stores: &[u64]) {
+    /// follower whose leader is on one of them stops waiting for it, so that it campaigns
+    /// at its next tick and grants other followers' votes at once; but not before the
+    /// leader's read lease is surely gone (a lease since it last heard from it), since
+    /// the store may have lost contact with a leader that still serves clients.
+    pub(crate) fn on_stores_down(&mut self, stores: &[u64], lease: Duration) {
         if self.is_leader() {
             return;
         }
@@ -87,11 +91,28 @@ impl PeerFsm {
             .iter()
             .any(|p| p.get_id() == leader && stores.contains(&p.get_store_id()));
         if on_down_store {
+            let now = Instant::now();
+            let at = self.contact.lease_gone_at(lease).unwrap_or(now).max(now);
+            self.leader_down_at = Some(at);
+            debug!(self.logger, "leader's store unreachable: campaigning once its lease is gone";
+                   "leader_id" => leader, "in_ms" => (at - now).as_millis());
+            self.maybe_stop_waiting_for_leader();
+        }
+    }
+
+    /// Once the time set by [`Self::on_stores_down`] has come, treats the leader's
+    /// election timeout as passed.
+    pub(crate) fn maybe_stop_waiting_for_leader(&mut self) {
+        let Some(at) = self.leader_down_at else {
+            return;
+        };
+        if self.is_leader() {
+            self.leader_down_at = None;
+        } else if Instant::now() >= at {
+            self.leader_down_at = None;
             let r = &mut self.raft.raft;
             // Past any randomized timeout (which is below twice the base one).
             r.election_elapsed = 2 * r.election_timeout();
-            debug!(self.logger, "leader's store unreachable: campaigning at the next tick";
-                   "leader_id" => leader);
         }
     }
 

@@ -14,11 +14,15 @@ use proto::{
     raft_serverpb::{LeaderState, ReadIndexContext},
 };
 use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
+use raft::{
+    eraftpb::{Message, MessageType},
+    ReadOnlyOption,
+};
 use slog::debug;
 
 use crate::{
     fsm::peer::{PeerFsm, PollContext},
+    metrics,
     msg::{Callback, ReadFrom, ReadReady},
     util::check_epoch,
     Error, Result,
@@ -62,12 +66,72 @@ impl PeerFsm {
             cb(Err(e));
             return;
         }
+        if from == ReadFrom::Leader && self.may_read_on_lease(Instant::now()) {
+            metrics::LEASE_READS.with_label_values(&["lease"]).inc();
+            return cb(Ok(self.lease_ready()));
+        }
+        if self.is_leader() {
+            metrics::LEASE_READS
+                .with_label_values(&["read_index"])
+                .inc();
+        }
         // A leader reads for itself; its own transaction layer checks its memory.
         let check = match from {
             ReadFrom::Replica(check) if !self.is_leader() && !check.is_empty() => Some(check),
             _ => None,
         };
         self.reads.push(epoch, check, cb);
+    }
+
+    /// Whether this peer leads under a lease at `now`, with no leader transfer under way.
+    pub(crate) fn lease_holds(&self, now: Instant) -> bool {
+        let raft = &self.raft.raft;
+        self.is_leader()
+            && self.lease.is_valid(now)
+            && self.transfer.is_none()
+            && raft.lead_transferee.is_none()
+    }
+
+    /// Whether this leader may serve a read arriving at `now` from its applied state: its
+    /// lease holds and it has applied an entry of its own term (so every write an earlier
+    /// leader acknowledged). A lease about to run out is renewed by a ReadIndex round in
+    /// the background, so that steady reads do not wait for one.
+    fn may_read_on_lease(&mut self, now: Instant) -> bool {
+        if !self.lease_holds(now) || self.applying_snapshot {
+            return false;
+        }
+        let raft = &self.raft.raft;
+        let applied = self.raft.store().applied_index();
+        if raft.raft_log.term(applied).ok() != Some(raft.term) {
+            return false;
+        }
+        if self.lease.expires_soon(now) {
+            self.reads.renew();
+        }
+        true
+    }
+
+    /// Steps a follower's ReadIndex request: a leader under a lease answers it with its
+    /// commit index at once, as raft-rs does for a lease-based read, instead of a
+    /// heartbeat round.
+    pub(crate) fn step_read_index(&mut self, msg: Message) -> raft::Result<()> {
+        if !self.lease_holds(Instant::now()) {
+            return self.raft.step(msg);
+        }
+        let read_only = &mut self.raft.raft.read_only;
+        read_only.option = ReadOnlyOption::LeaseBased;
+        let res = self.raft.step(msg);
+        self.raft.raft.read_only.option = ReadOnlyOption::Safe;
+        res
+    }
+
+    fn lease_ready(&self) -> ReadReady {
+        ReadReady {
+            region: self.region().clone(),
+            term: self.raft.raft.term,
+            answer: vec![],
+            index: self.raft.store().applied_index(),
+        }
     }
 
     /// A transactional read at `ts` served from what this replica has applied, if its

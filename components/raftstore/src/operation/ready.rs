@@ -12,7 +12,7 @@ use engine::Cf;
 use proto::raft_cmdpb::RaftCmdRequest;
 use proto::raft_serverpb::RaftMessage;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::StateRole;
 use slog::{debug, info};
 
@@ -147,12 +147,15 @@ impl PeerFsm {
         self.raft.mut_store().write_raft_state(wb);
         let read_states = ready.take_read_states();
         let store = self.raft.store();
-        self.reads.on_read_states(
+        let confirmed = self.reads.on_read_states(
             read_states,
             store.applied_index(),
             store.region(),
             self.raft.raft.term,
         );
+        if let Some(sent) = confirmed.filter(|_| self.is_leader()) {
+            self.lease.renew(self.raft.raft.term, sent);
+        }
         self.pending = Some(PendingReady {
             persisted_messages: ready.take_persisted_messages(),
             committed: ready.take_committed_entries(),
@@ -189,8 +192,13 @@ impl PeerFsm {
         };
         let last_index = last.index;
         let (mut proposals, mut lost) = (vec![], vec![]);
+        let term = self.raft.raft.term;
         for e in &entries {
             if let Some(p) = self.proposals.take(e.term, e.index, &mut lost) {
+                // A quorum stored an entry this leader sent after proposing it.
+                if p.term == term && self.is_leader() {
+                    self.lease.renew(term, p.proposed_at);
+                }
                 metrics::COMMAND_SECONDS
                     .with_label_values(&["commit"])
                     .observe(p.proposed_at.elapsed().as_secs_f64());
@@ -240,6 +248,8 @@ impl PeerFsm {
             meta.set_leader_progress(self.region_id(), progress);
         }
         self.stale.on_term_changed();
+        self.lease.on_term(self.raft.raft.term);
+        self.leader_down_at = None;
         if is_leader {
             let now = Instant::now();
             self.peer_heartbeats = self
@@ -262,6 +272,11 @@ impl PeerFsm {
     /// Queues Raft messages for their stores (sent at the end of the round).
     pub(crate) fn send(&mut self, msgs: Vec<Message>, ctx: &mut PollContext) {
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgTimeoutNow {
+                // The transferee campaigns at once and the voters grant it their votes in
+                // spite of this leader's lease.
+                self.lease.revoke();
+            }
             if let Some((store_id, out)) = self.wrap(m) {
                 ctx.outgoing.entry(store_id).or_default().push(out);
             }
