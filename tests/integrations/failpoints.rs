@@ -414,10 +414,12 @@ fn value_of(bytes: &[u8]) -> u64 {
 }
 
 /// A leader cut off from its followers, whose clock stalls (`leader_clock_slow`: its
-/// ticks stop, so check-quorum does not depose it), while the others elect a new leader
-/// and acknowledge a write; then the old leader is asked to read. Returns what it
-/// answered, and whether the history checker found the history linearizable.
-fn read_from_a_deposed_leader(lease_stretch_ms: u64) -> (Result<Option<Vec<u8>>, String>, bool) {
+/// ticks stop, so check-quorum does not depose it; its lease lasts `lease_stretch_ms`
+/// longer), while the others elect a new leader and acknowledge a write. From the cut
+/// until a read after that write, a reader asks the old leader again and again. Returns
+/// what each of those reads answered (in order; the last one started after the write was
+/// acknowledged) and whether the history checker found the whole history linearizable.
+fn reads_from_a_deposed_leader(lease_stretch_ms: u64) -> (Vec<Result<u64, String>>, bool) {
     let c = Cluster::new(3);
     c.wait_voters(b"", 3, T);
     let rec = Recorder::default();
@@ -431,10 +433,6 @@ fn read_from_a_deposed_leader(lease_stretch_ms: u64) -> (Result<Option<Vec<u8>>,
     fail::cfg("leader_clock_slow", &format!("return({lease_stretch_ms})")).unwrap();
     // A write the leader commits now renews its lease, stretched or not.
     write(0, 2);
-    let cut = c.network().isolate(old);
-    // The others elect a leader among themselves and acknowledge a write through it.
-    let inv = rec.invoke(0, Op::Put(b"k".to_vec(), 3));
-    let others: Vec<u64> = c.store_ids().into_iter().filter(|s| *s != old).collect();
     let context = |store: u64| {
         let mut ctx = proto::kvrpcpb::Context::default();
         ctx.set_region_id(region.get_id());
@@ -446,28 +444,50 @@ fn read_from_a_deposed_leader(lease_stretch_ms: u64) -> (Result<Option<Vec<u8>>,
         ctx.set_peer(peer.expect("a replica on every store").clone());
         ctx
     };
-    wait_until("a new leader acknowledges a write", T, || {
-        others.iter().any(|&s| {
-            let storage = c.storage_with_timeout(s, Duration::from_millis(300));
-            c.runtime()
-                .block_on(storage.put(&context(s), "", b"k", &value(3)))
-                .is_ok()
-        })
+    let old_storage = c.storage_with_timeout(old, Duration::from_millis(300));
+    let read_old = || {
+        let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
+        let got = c
+            .runtime()
+            .block_on(old_storage.get(&context(old), "", b"k"))
+            .map_err(|e| e.to_string());
+        match &got {
+            Ok(v) => rec.complete(inv, Outcome::Read(v.as_deref().map(value_of))),
+            Err(_) => rec.complete(inv, Outcome::Failed),
+        }
+        got.map(|v| value_of(&v.expect("k was written")))
+    };
+    let cut = c.network().isolate(old);
+    let written = AtomicBool::new(false);
+    let mut reads = vec![];
+    std::thread::scope(|s| {
+        // The others elect a leader among themselves and acknowledge a write through it.
+        s.spawn(|| {
+            let inv = rec.invoke(0, Op::Put(b"k".to_vec(), 3));
+            let others: Vec<u64> = c.store_ids().into_iter().filter(|s| *s != old).collect();
+            wait_until("a new leader acknowledges a write", T, || {
+                others.iter().any(|&s| {
+                    let storage = c.storage_with_timeout(s, Duration::from_millis(300));
+                    c.runtime()
+                        .block_on(storage.put(&context(s), "", b"k", &value(3)))
+                        .is_ok()
+                })
+            });
+            rec.complete(inv, Outcome::Written);
+            written.store(true, Ordering::SeqCst);
+        });
+        let deadline = std::time::Instant::now() + T;
+        while !written.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            reads.push(read_old());
+            // Paced, so that the history stays small enough to check (a few hundred
+            // reads; unpaced, the window holds thousands).
+            std::thread::sleep(Duration::from_millis(2));
+        }
     });
-    rec.complete(inv, Outcome::Written);
     // The checker orders events by the microsecond: a read invoked in the microsecond
     // the write completed in would count as overlapping it.
     std::thread::sleep(Duration::from_millis(1));
-    let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
-    let storage = c.storage_with_timeout(old, Duration::from_secs(3));
-    let got = c
-        .runtime()
-        .block_on(storage.get(&context(old), "", b"k"))
-        .map_err(|e| e.to_string());
-    match &got {
-        Ok(v) => rec.complete(inv, Outcome::Read(v.as_deref().map(value_of))),
-        Err(_) => rec.complete(inv, Outcome::Failed),
-    }
+    reads.push(read_old());
     fail::remove("leader_clock_slow");
     c.network().remove_filter(cut);
     let dir = tempfile::tempdir().unwrap();
@@ -478,28 +498,91 @@ fn read_from_a_deposed_leader(lease_stretch_ms: u64) -> (Result<Option<Vec<u8>>,
             false
         }
     };
-    (got, linearizable)
+    (reads, linearizable)
 }
 
 /// Lease reads are safe while clocks keep time: a leader cut off from its followers
-/// stops serving reads from its lease before the others can elect a new leader, even if
-/// its ticks stop. With its clock running slow (the lease stretched by a minute), it
-/// serves a stale read after the new leader acknowledged a write, and the history
-/// checker catches it.
+/// serves reads from its lease (nothing else can confirm it) only until the others could
+/// elect a new leader, even if its ticks stop: every read it served, checked against the
+/// new leader's write, is linearizable. With its clock running slow (the lease stretched
+/// by a minute), it serves a stale read after the new leader acknowledged a write, and
+/// the history checker catches it.
 #[test]
 fn the_checker_catches_a_lease_that_outlives_its_leader() {
     let _alone = test_cluster::gate::alone();
     let _scenario = fail::FailScenario::setup();
-    let (got, linearizable) = read_from_a_deposed_leader(0);
-    assert!(got.is_err(), "the old leader's lease is gone: {got:?}");
+    let (reads, linearizable) = reads_from_a_deposed_leader(0);
+    assert!(
+        reads.iter().any(Result::is_ok),
+        "the cut-off leader served reads from its lease: {reads:?}"
+    );
+    assert!(
+        reads.last().is_some_and(Result::is_err),
+        "its lease was gone once another leader wrote: {reads:?}"
+    );
     assert!(linearizable);
-    let (got, linearizable) = read_from_a_deposed_leader(60_000);
+    let (reads, linearizable) = reads_from_a_deposed_leader(60_000);
     assert_eq!(
-        got,
-        Ok(Some(value(2))),
+        reads.last(),
+        Some(&Ok(2)),
         "the stretched lease served the old value"
     );
     assert!(!linearizable, "a stale read is not linearizable");
+}
+
+/// A write committed but not yet applied on the leader (its apply thread is slow) is
+/// already visible on a follower, which a replica read is answered from. A read that
+/// starts after that replica read returned must see the write too: the leader's lease
+/// read waits for its commit index to apply rather than answering from what it applied.
+#[test]
+fn a_lease_read_waits_for_writes_a_follower_already_showed() {
+    let _alone = test_cluster::gate::alone();
+    let _scenario = fail::FailScenario::setup();
+    let c = Cluster::new(3);
+    c.wait_voters(b"", 3, T);
+    c.must_put(b"k", b"a");
+    let (leader, region) = c.leader_of_key(b"k").expect("a leader");
+    let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
+    c.must_replicate_on(follower, b"k", b"a", T);
+    slow_down(
+        "apply_before_write",
+        "apply",
+        leader,
+        Duration::from_millis(600),
+    );
+    let (storage, ctx) = c.leader_storage(b"k").expect("a leader");
+    let put = c
+        .runtime()
+        .spawn(async move { storage.put(&ctx, "", b"k", b"b").await });
+    c.must_replicate_on(follower, b"k", b"b", T);
+    let mut replica_ctx = proto::kvrpcpb::Context::default();
+    replica_ctx.set_region_id(region.get_id());
+    replica_ctx.set_region_epoch(region.get_region_epoch().clone());
+    replica_ctx.set_replica_read(true);
+    let shown = c
+        .runtime()
+        .block_on(c.storage(follower).get(&replica_ctx, "", b"k"))
+        .expect("a replica read");
+    assert_eq!(
+        shown.as_deref(),
+        Some(&b"b"[..]),
+        "the follower shows the write"
+    );
+    let (storage, ctx) = c.leader_storage(b"k").expect("a leader");
+    let read = c
+        .runtime()
+        .block_on(storage.get(&ctx, "", b"k"))
+        .expect("a leader read");
+    fail::remove("apply_before_write");
+    assert_eq!(
+        read.as_deref(),
+        Some(&b"b"[..]),
+        "the leader read saw the write"
+    );
+    c.runtime()
+        .block_on(put)
+        .unwrap()
+        .expect("the write is acknowledged");
 }
 
 /// The history checker finds a real violation: with reads served by a cut-off follower

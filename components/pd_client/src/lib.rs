@@ -1,9 +1,11 @@
 //! A client of PD: finds the PD leader, stamps every request with the cluster id, retries
 //! unavailable calls with backoff inside a deadline, and keeps the region heartbeat
-//! stream.
+//! stream. Timestamps are fetched in batches (`tso`).
 //!
 //! Used by stores (bootstrap, heartbeats) and by smart clients (routing). Async; needs a
 //! tokio runtime for its timers. Must not depend on the store or PD server crates.
+
+mod tso;
 
 use std::{
     sync::{
@@ -26,7 +28,7 @@ use slog::{info, warn, Logger};
 use util::security::Credentials;
 
 /// Errors of the PD client.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// No PD endpoint answered before the deadline.
     #[error("PD is unavailable at {endpoints}: {last}")]
@@ -195,6 +197,8 @@ pub struct PdClient {
     /// have none and cannot make the calls that need it).
     creds: Credentials,
     logger: Logger,
+    /// Callers waiting for timestamps, answered in batches.
+    tso: tso::TsoBatcher,
 }
 
 fn strip_scheme(url: &str) -> &str {
@@ -259,6 +263,7 @@ impl PdClient {
             timeout,
             creds,
             logger,
+            tso: Default::default(),
         };
         let mut retry = Self::retry(connect_timeout);
         loop {
@@ -813,10 +818,16 @@ impl PdClient {
     }
 
     /// A fresh timestamp from PD's oracle: physical milliseconds << 18 | logical.
+    /// Concurrent callers share one request (see `tso`).
     pub async fn get_ts(&self) -> Result<u64> {
+        self.tso.get(|count| self.fetch_ts(count)).await
+    }
+
+    /// `count` timestamps from PD, retried until the client's timeout; returns the last.
+    async fn fetch_ts(&self, count: u32) -> Result<u64> {
         let mut retry = Self::retry(self.timeout);
         loop {
-            match self.tso_once().await {
+            match self.tso_once(count).await {
                 Ok(ts) => return Ok(ts),
                 Err(e @ Error::Pd { .. }) => return Err(e),
                 Err(e) => {
@@ -829,7 +840,7 @@ impl PdClient {
         }
     }
 
-    async fn tso_once(&self) -> Result<u64> {
+    async fn tso_once(&self, count: u32) -> Result<u64> {
         use futures::{SinkExt, TryStreamExt};
         let unavailable = |e: String| Error::Unavailable {
             endpoints: self.endpoints.join(","),
@@ -842,7 +853,7 @@ impl PdClient {
             .map_err(|e| unavailable(e.to_string()))?;
         let mut req = pdpb::TsoRequest::default();
         req.set_header(self.header());
-        req.count = 1;
+        req.count = count;
         tx.send((req, grpcio::WriteFlags::default()))
             .await
             .map_err(|e| unavailable(e.to_string()))?;

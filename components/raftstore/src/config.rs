@@ -173,6 +173,13 @@ impl Config {
         self.raft_base_tick_interval * (2 * self.raft_election_timeout_ticks as u32)
     }
 
+    /// How long a follower takes its leader to hold a lease after it last heard from it
+    /// (or after it restarted, having forgotten its leader): the lease and a tick, for the
+    /// clocks' drift.
+    pub fn lease_wait(&self) -> Duration {
+        self.leader_lease + self.raft_base_tick_interval
+    }
+
     /// Whole ticks in `d` (at least one).
     pub fn ticks(&self, d: Duration) -> u64 {
         let base = self.raft_base_tick_interval.as_millis().max(1);

@@ -15,8 +15,11 @@
 //!   their votes in spite of their leader: once a TimeoutNow went out, the lease is gone
 //!   for the rest of the term.
 //! - A follower that learns its leader's store is down may stop waiting for it (see
-//!   `hibernate::on_stores_down`): it does so only once a lease has passed since it last
-//!   heard from the leader ([`Contact`]).
+//!   `hibernate::on_stores_down`): it does so only once a lease (and a tick) has passed
+//!   since it last heard from the leader ([`Contact`]), and not at all if it hears from
+//!   the leader meanwhile.
+//! - A voter that restarted knows no leader, and raft-rs grants votes at once to a peer
+//!   that knows none: it refuses them ([`refuses_vote`]) for a lease after the restart.
 //! - A new leader serves nothing from its lease before it has applied an entry of its own
 //!   term: before, writes the previous leader acknowledged may be unapplied here.
 //!
@@ -26,6 +29,11 @@
 //! shows that the history checker catches a lease that outlives its leader.
 
 use std::time::{Duration, Instant};
+
+use raft::{
+    eraftpb::{Message, MessageType},
+    CAMPAIGN_TRANSFER,
+};
 
 /// A leader's lease in its current term.
 #[derive(Debug)]
@@ -95,6 +103,23 @@ fn skew() -> Duration {
     Duration::ZERO
 }
 
+/// Whether a peer that restarted (and so knows no leader yet) must drop the vote or
+/// pre-vote request `m`: until `until`, a leader it acknowledged before the restart may
+/// still hold its lease. A leader transfer's request is let through, as voters in a lease
+/// let it through.
+pub(crate) fn refuses_vote(
+    m: &Message,
+    leader_known: bool,
+    until: Option<Instant>,
+    now: Instant,
+) -> bool {
+    let vote = matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    );
+    vote && !leader_known && m.context != CAMPAIGN_TRANSFER && until.is_some_and(|t| now < t)
+}
+
 /// A follower's last word from a leader (any append, heartbeat or snapshot): until a
 /// lease has passed since, the leader may still be serving reads from its lease.
 #[derive(Debug, Default)]
@@ -158,6 +183,35 @@ mod tests {
         off.on_term(1);
         off.renew(1, t0);
         assert!(!off.is_valid(t0));
+    }
+
+    #[test]
+    fn a_restarted_voter_refuses_votes_for_a_lease_unless_for_a_transfer() {
+        let now = Instant::now();
+        let until = Some(now + MAX);
+        let msg = |t: MessageType, ctx: &[u8]| {
+            let mut m = Message::default();
+            m.set_msg_type(t);
+            m.context = ctx.to_vec().into();
+            m
+        };
+        let vote = msg(MessageType::MsgRequestVote, b"");
+        let pre_vote = msg(MessageType::MsgRequestPreVote, b"");
+        assert!(refuses_vote(&vote, false, until, now));
+        assert!(refuses_vote(&pre_vote, false, until, now));
+        assert!(
+            !refuses_vote(&vote, false, until, now + MAX),
+            "the window is over"
+        );
+        assert!(
+            !refuses_vote(&vote, true, until, now),
+            "raft-rs's own lease check applies"
+        );
+        assert!(!refuses_vote(&vote, false, None, now), "not restarted");
+        let transfer = msg(MessageType::MsgRequestVote, CAMPAIGN_TRANSFER);
+        assert!(!refuses_vote(&transfer, false, until, now));
+        let append = msg(MessageType::MsgAppend, b"");
+        assert!(!refuses_vote(&append, false, until, now));
     }
 
     #[test]

@@ -86,6 +86,25 @@ impl ReadQueue {
         self.incoming.push(Read { epoch, check, cb });
     }
 
+    /// Queues a read whose index is already known (a leader's commit index under its
+    /// lease): it runs once that index is applied, with no ReadIndex round.
+    pub fn push_at(&mut self, index: u64, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
+        self.next_id += 1;
+        self.batches.push_back(Batch {
+            id: self.next_id,
+            reads: vec![Read {
+                epoch,
+                check: None,
+                cb,
+            }],
+            index: Some(index),
+            answers: vec![],
+            // Never issued to Raft, and confirms nothing: no lease renewal comes of it.
+            issued: Some(Instant::now()),
+            age_ticks: 0,
+        });
+    }
+
     /// Whether no read is waiting.
     pub fn is_empty(&self) -> bool {
         self.incoming.is_empty() && self.batches.is_empty()
@@ -163,7 +182,11 @@ impl ReadQueue {
             let Ok(mut c) = ReadIndexContext::parse_from_bytes(&s.request_ctx) else {
                 continue;
             };
-            if let Some(b) = self.batches.iter_mut().find(|b| b.id == c.get_batch()) {
+            if let Some(b) = self
+                .batches
+                .iter_mut()
+                .find(|b| b.id == c.get_batch() && b.index.is_none())
+            {
                 b.index = Some(s.index);
                 b.answers = c.take_answers().into();
                 confirmed = confirmed.max(b.issued);

@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::Sender;
@@ -140,9 +140,11 @@ pub struct PeerFsm {
     pub(crate) lease: crate::lease::Lease,
     /// Follower only: when it last heard from a leader.
     pub(crate) contact: crate::lease::Contact,
-    /// Follower only: its leader's store is down; it stops waiting for the leader at this
-    /// instant, once the leader's lease is surely gone.
-    pub(crate) leader_down_at: Option<Instant>,
+    /// Follower only: its leader's store is down; it stops waiting for the leader once
+    /// the leader's lease is surely gone, unless it hears from the leader first.
+    pub(crate) leader_down: bool,
+    /// After a restart: vote requests are dropped until then (see `lease::refuses_vote`).
+    pub(crate) votes_refused_until: Option<Instant>,
 }
 
 impl Fsm for PeerFsm {
@@ -214,8 +216,15 @@ impl PeerFsm {
             applying_snapshot: false,
             lease: crate::lease::Lease::new(cfg.leader_lease),
             contact: Default::default(),
-            leader_down_at: None,
+            leader_down: false,
+            votes_refused_until: None,
         })
+    }
+
+    /// The store (re)started with this peer on disk: it forgets its leader, so it refuses
+    /// votes for `wait` (see `lease::refuses_vote`).
+    pub(crate) fn on_restart(&mut self, wait: Duration) {
+        self.votes_refused_until = Some(Instant::now() + wait);
     }
 
     /// The region id.
@@ -322,7 +331,7 @@ impl PeerFsm {
             PeerMsg::Tick => self.on_tick(ctx),
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
             PeerMsg::HeartbeatPd => {}
-            PeerMsg::StoresDown(stores) => self.on_stores_down(&stores, ctx.cfg.leader_lease),
+            PeerMsg::StoresDown(stores) => self.on_stores_down(&stores, ctx.cfg.lease_wait()),
             PeerMsg::ApplyRes(res) => self.on_apply_res(*res, ctx),
             PeerMsg::Unreachable { to_peer_id } => self.raft.report_unreachable(to_peer_id),
             PeerMsg::SnapshotStatus { to_peer_id, ok } => {
@@ -379,11 +388,18 @@ impl PeerFsm {
             self.peer_heartbeats.insert(from.get_id(), Instant::now());
         }
         let from_id = from.get_id();
+        let now = Instant::now();
         if matches!(
             raft_msg.get_msg_type(),
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         ) {
-            self.contact.heard(Instant::now());
+            self.contact.heard(now);
+            self.leader_down = false;
+        }
+        let leader_known = self.raft.raft.leader_id != raft::INVALID_ID;
+        if crate::lease::refuses_vote(&raft_msg, leader_known, self.votes_refused_until, now) {
+            debug!(self.logger, "refusing a vote: restarted less than a lease ago"; "from" => from_id);
+            return;
         }
         let stepped = if raft_msg.get_msg_type() == MessageType::MsgReadIndex {
             self.step_read_index(raft_msg)
@@ -412,7 +428,7 @@ impl PeerFsm {
     fn on_tick(&mut self, ctx: &mut PollContext) {
         self.ticks += 1;
         self.idle_ticks += 1;
-        self.maybe_stop_waiting_for_leader();
+        self.maybe_stop_waiting_for_leader(ctx.cfg.lease_wait());
         // Test only: a leader whose clock stalls stops ticking, so check-quorum cannot
         // depose it (its lease is stretched as well: see `lease`).
         if !(self.is_leader() && fail::eval("leader_clock_slow", |_| ()).is_some()) {

@@ -257,6 +257,7 @@ impl StoreFsm {
             let Some((mut peer, apply)) = self.load_peer(&region, redo.is_some())? else {
                 continue;
             };
+            peer.on_restart(self.cfg.lease_wait());
             if in_place {
                 // Stopped after the apply side wrote the snapshot's apply state and
                 // before the peer marked the region live: the peer does so now.

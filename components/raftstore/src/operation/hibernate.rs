@@ -80,7 +80,7 @@ impl PeerFsm {
     /// at its next tick and grants other followers' votes at once; but not before the
     /// leader's read lease is surely gone (a lease since it last heard from it), since
     /// the store may have lost contact with a leader that still serves clients.
-    pub(crate) fn on_stores_down(&mut self, stores: &[u64], lease: Duration) {
+    pub(crate) fn on_stores_down(&mut self, stores: &[u64], wait: Duration) {
         if self.is_leader() {
             return;
         }
@@ -91,25 +91,27 @@ impl PeerFsm {
             .iter()
             .any(|p| p.get_id() == leader && stores.contains(&p.get_store_id()));
         if on_down_store {
-            let now = Instant::now();
-            let at = self.contact.lease_gone_at(lease).unwrap_or(now).max(now);
-            self.leader_down_at = Some(at);
+            self.leader_down = true;
             debug!(self.logger, "leader's store unreachable: campaigning once its lease is gone";
-                   "leader_id" => leader, "in_ms" => (at - now).as_millis());
-            self.maybe_stop_waiting_for_leader();
+                   "leader_id" => leader);
+            self.maybe_stop_waiting_for_leader(wait);
         }
     }
 
-    /// Once the time set by [`Self::on_stores_down`] has come, treats the leader's
-    /// election timeout as passed.
-    pub(crate) fn maybe_stop_waiting_for_leader(&mut self) {
-        let Some(at) = self.leader_down_at else {
+    /// A follower whose leader's store is down treats the leader's election timeout as
+    /// passed once `wait` has passed since it last heard from the leader (checked again
+    /// at every tick; hearing from the leader clears it).
+    pub(crate) fn maybe_stop_waiting_for_leader(&mut self, wait: Duration) {
+        if !self.leader_down {
             return;
-        };
+        }
         if self.is_leader() {
-            self.leader_down_at = None;
-        } else if Instant::now() >= at {
-            self.leader_down_at = None;
+            self.leader_down = false;
+            return;
+        }
+        let now = Instant::now();
+        if self.contact.lease_gone_at(wait).is_none_or(|t| now >= t) {
+            self.leader_down = false;
             let r = &mut self.raft.raft;
             // Past any randomized timeout (which is below twice the base one).
             r.election_elapsed = 2 * r.election_timeout();

@@ -68,7 +68,14 @@ impl PeerFsm {
         }
         if from == ReadFrom::Leader && self.may_read_on_lease(Instant::now()) {
             metrics::LEASE_READS.with_label_values(&["lease"]).inc();
-            return cb(Ok(self.lease_ready()));
+            // At the commit index, not the applied one: a follower may already have shown
+            // a committed write this leader has yet to apply, and a split committed here
+            // may have moved the key.
+            let committed = self.raft.raft.raft_log.committed;
+            if self.raft.store().applied_index() >= committed {
+                return cb(Ok(self.lease_ready(committed)));
+            }
+            return self.reads.push_at(committed, epoch, cb);
         }
         if self.is_leader() {
             metrics::LEASE_READS
@@ -92,9 +99,9 @@ impl PeerFsm {
             && raft.lead_transferee.is_none()
     }
 
-    /// Whether this leader may serve a read arriving at `now` from its applied state: its
-    /// lease holds and it has applied an entry of its own term (so every write an earlier
-    /// leader acknowledged). A lease about to run out is renewed by a ReadIndex round in
+    /// Whether this leader may serve a read arriving at `now` without a ReadIndex round:
+    /// its lease holds and it has applied an entry of its own term (so every write an
+    /// earlier leader acknowledged). A lease about to run out is renewed by a ReadIndex round in
     /// the background, so that steady reads do not wait for one.
     fn may_read_on_lease(&mut self, now: Instant) -> bool {
         if !self.lease_holds(now) || self.applying_snapshot {
@@ -125,12 +132,12 @@ impl PeerFsm {
         res
     }
 
-    fn lease_ready(&self) -> ReadReady {
+    fn lease_ready(&self, index: u64) -> ReadReady {
         ReadReady {
             region: self.region().clone(),
             term: self.raft.raft.term,
             answer: vec![],
-            index: self.raft.store().applied_index(),
+            index,
         }
     }
 

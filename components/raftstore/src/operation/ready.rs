@@ -249,7 +249,7 @@ impl PeerFsm {
         }
         self.stale.on_term_changed();
         self.lease.on_term(self.raft.raft.term);
-        self.leader_down_at = None;
+        self.leader_down = false;
         if is_leader {
             let now = Instant::now();
             self.peer_heartbeats = self
