@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: deps build run test lint check-deps jepsen bench clean-data image prometheus-image cluster-up cluster-down
+.PHONY: deps build run test lint check-deps jepsen bench bench-vs-etcd clean-data image prometheus-image cluster-up cluster-down
 
 deps:
 	@bash scripts/install-deps.sh
@@ -64,7 +64,12 @@ jepsen: build
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build
-	$(BIN)/kv-bench --threads 32 --duration 20s --workload write
+	$(BIN)/kv-bench --clients 32 --duration 20s --workload write-only
+
+# Flotilla and etcd side by side on this machine; prints the README's performance table
+# (scripts/bench-vs-etcd.sh: about 6 minutes).
+bench-vs-etcd: build
+	bash scripts/bench-vs-etcd.sh
 
 # The images, FROM scratch with nothing pulled (docker/build-image.sh): Flotilla's
 # binaries, and Prometheus from Debian's package for the compose `monitoring` profile.
