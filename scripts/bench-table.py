@@ -11,7 +11,10 @@ import sys
 
 def load(path):
     r = json.loads(path.read_text())
-    total = next(l for l in r["ops"] if l["op"] == "total") if len(r["ops"]) > 1 else r["ops"][0]
+    if not r["ops"]:
+        total = {"ops_per_sec": 0.0, "p50_us": 0, "p99_us": 0}
+    else:
+        total = next(l for l in r["ops"] if l["op"] == "total") if len(r["ops"]) > 1 else r["ops"][0]
     errors = sum(sum(l["errors"].values()) for l in r["ops"] if l["op"] != "total")
     return {
         "ops": total["ops_per_sec"],

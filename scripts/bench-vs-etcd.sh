@@ -32,22 +32,32 @@ WORKLOADS=${WORKLOADS:-write-only ycsb-c ycsb-a ycsb-b ycsb-e}
 OUT=${OUT:-bench-results}
 here=$(cd "$(dirname "$0")" && pwd)
 
-if [ "${ETCD:-1}" != 0 ] && ! command -v etcd >/dev/null 2>&1; then
-  echo "installing Debian's etcd-server"
+if [ "${ETCD:-1}" != 0 ] && ! { command -v etcd && command -v etcdctl; } >/dev/null 2>&1; then
+  echo "installing Debian's etcd-server and etcd-client (etcdctl)"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends etcd-server
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    etcd-server etcd-client
   # Debian starts its own etcd where systemd runs; this script starts its own members.
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
 fi
 
-# Every argument kv-bench gets is checked before anything starts: a bad setting fails
-# here, not after a cluster came up.
+# Every run's arguments are checked before anything starts: a bad setting fails here,
+# not after a cluster came up.
 common=(--clients "$CLIENTS" --connections "$CONNECTIONS" --keys "$KEYS" --key-size "$KEY_SIZE"
   --value-size "$VALUE_SIZE" --quiet --output json)
-"$BIN/kv-bench" "${common[@]}" --duration "$DURATION" --warmup "$WARMUP" --check-only >/dev/null
+check() { "$BIN/kv-bench" "${common[@]}" --check-only "$@" >/dev/null; }
+check --workload load --duration 600s
+for w in $WORKLOADS; do
+  for d in etcd flotilla; do
+    check --driver "$d" --workload "$w" --duration "$DURATION" --warmup "$WARMUP"
+  done
+done
+for mode in two-phase one-pc; do
+  check --workload txn --txn-commit "$mode" --duration "$DURATION" --warmup "$WARMUP"
+done
 
 dir=$(mktemp -d)
 pids=()
@@ -58,7 +68,9 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$dir"' EXIT
 trap 'exit 130' INT TERM
+# Only this run's reports make the table.
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT/table.md"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every half second.
@@ -80,7 +92,9 @@ bench() {
   local system=$1 run=$2 driver=$3 eps=$4
   shift 4
   echo "== $system: $run" >&2
-  "$BIN/kv-bench" "${common[@]}" --driver "$driver" --endpoints "$eps" "$@" >"$OUT/$system-$run.json"
+  # Kept only once whole: a run that fails leaves no half-written report behind.
+  "$BIN/kv-bench" "${common[@]}" --driver "$driver" --endpoints "$eps" "$@" >"$dir/report.json"
+  mv "$dir/report.json" "$OUT/$system-$run.json"
 }
 
 # run_all SYSTEM DRIVER ENDPOINTS: the load, then every workload.

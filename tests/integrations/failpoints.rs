@@ -405,6 +405,13 @@ fn a_write_that_times_out_is_reported_undetermined() {
     });
 }
 
+/// Puts `value(n)` under "k" through the leader, recorded in `rec` as `process`'s.
+fn recorded_put(c: &Cluster, rec: &Recorder, process: usize, n: u64) {
+    let inv = rec.invoke(process, Op::Put(b"k".to_vec(), n));
+    c.must_put(b"k", &value(n));
+    rec.complete(inv, Outcome::Written);
+}
+
 fn value(n: u64) -> Vec<u8> {
     format!("v{n}").into_bytes()
 }
@@ -423,27 +430,13 @@ fn reads_from_a_deposed_leader(lease_stretch_ms: u64) -> (Vec<Result<u64, String
     let c = Cluster::new(3);
     c.wait_voters(b"", 3, T);
     let rec = Recorder::default();
-    let write = |process, n: u64| {
-        let inv = rec.invoke(process, Op::Put(b"k".to_vec(), n));
-        c.must_put(b"k", &value(n));
-        rec.complete(inv, Outcome::Written);
-    };
+    let write = |process, n: u64| recorded_put(&c, &rec, process, n);
     write(0, 1);
     let (old, region) = c.leader_of_key(b"k").expect("a leader");
     fail::cfg("leader_clock_slow", &format!("return({lease_stretch_ms})")).unwrap();
     // A write the leader commits now renews its lease, stretched or not.
     write(0, 2);
-    let context = |store: u64| {
-        let mut ctx = proto::kvrpcpb::Context::default();
-        ctx.set_region_id(region.get_id());
-        ctx.set_region_epoch(region.get_region_epoch().clone());
-        let peer = region
-            .get_peers()
-            .iter()
-            .find(|p| p.get_store_id() == store);
-        ctx.set_peer(peer.expect("a replica on every store").clone());
-        ctx
-    };
+    let context = |store: u64| Cluster::context(&region, store);
     let old_storage = c.storage_with_timeout(old, Duration::from_millis(300));
     let read_old = || {
         let inv = rec.invoke(1, Op::Get(b"k".to_vec()));
@@ -555,9 +548,7 @@ fn a_lease_read_waits_for_writes_a_follower_already_showed() {
         .runtime()
         .spawn(async move { storage.put(&ctx, "", b"k", b"b").await });
     c.must_replicate_on(follower, b"k", b"b", T);
-    let mut replica_ctx = proto::kvrpcpb::Context::default();
-    replica_ctx.set_region_id(region.get_id());
-    replica_ctx.set_region_epoch(region.get_region_epoch().clone());
+    let mut replica_ctx = Cluster::context(&region, follower);
     replica_ctx.set_replica_read(true);
     let shown = c
         .runtime()
@@ -595,11 +586,7 @@ fn the_checker_catches_reads_served_without_read_index() {
     let c = Cluster::new(3);
     c.wait_voters(b"", 3, T);
     let rec = Recorder::default();
-    let write = |process, n: u64| {
-        let inv = rec.invoke(process, Op::Put(b"k".to_vec(), n));
-        c.must_put(b"k", &value(n));
-        rec.complete(inv, Outcome::Written);
-    };
+    let write = |process, n: u64| recorded_put(&c, &rec, process, n);
     write(0, 1);
     let (leader, region) = c.leader_of_key(b"k").expect("a leader");
     let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();

@@ -33,29 +33,33 @@ impl TsoBatcher {
         F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<u64>>,
     {
-        loop {
+        'ask: loop {
             let (tx, mut rx) = oneshot::channel();
             self.waiting.lock().push(tx);
-            let fetching = self.fetching.lock().await;
-            match rx.try_recv() {
-                Ok(answer) => return answer,
-                // The caller that took it into its batch was dropped mid-fetch: ask again.
-                Err(oneshot::error::TryRecvError::Closed) => continue,
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let batch = {
-                let mut waiting = self.waiting.lock();
-                let take = waiting.len().min(MAX_BATCH);
-                let rest = waiting.split_off(take);
-                mem::replace(&mut *waiting, rest)
-            };
-            let answer = fetch(batch.len() as u32).await;
-            drop(fetching);
-            hand_out(batch, answer);
-            // Ours was in the batch unless more than MAX_BATCH were queued before it.
-            match rx.await {
-                Ok(answer) => return answer,
-                Err(_) => continue,
+            let _fetching = self.fetching.lock().await;
+            // Answers are handed out before the lock is released: one not here yet is
+            // still queued, behind at most MAX_BATCH others, so this fetches until it
+            // is served.
+            loop {
+                match rx.try_recv() {
+                    Ok(answer) => return answer,
+                    // The caller that took it into its batch was dropped mid-fetch.
+                    Err(oneshot::error::TryRecvError::Closed) => continue 'ask,
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                let batch = {
+                    let mut waiting = self.waiting.lock();
+                    // Callers that gave up while queued get nothing.
+                    waiting.retain(|t| !t.is_closed());
+                    let take = waiting.len().min(MAX_BATCH);
+                    let rest = waiting.split_off(take);
+                    mem::replace(&mut *waiting, rest)
+                };
+                if batch.is_empty() {
+                    continue 'ask;
+                }
+                let answer = fetch(batch.len() as u32).await;
+                hand_out(batch, answer);
             }
         }
     }

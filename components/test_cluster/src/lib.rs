@@ -441,7 +441,8 @@ impl Cluster {
             .map(|(id, _)| *id)
     }
 
-    fn context(region: &metapb::Region, store_id: u64) -> Context {
+    /// The routing context a smart client sends `store_id` for `region`.
+    pub fn context(region: &metapb::Region, store_id: u64) -> Context {
         let mut c = Context::default();
         c.set_region_id(region.get_id());
         c.set_region_epoch(region.get_region_epoch().clone());

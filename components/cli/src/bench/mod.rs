@@ -72,9 +72,10 @@ pub struct BenchArgs {
     /// Concurrent client tasks.
     #[arg(long, alias = "threads", default_value = "64", value_parser = positive::<usize>)]
     pub clients: usize,
-    /// Connections (clients of the library, each with its own channels) the tasks share.
-    #[arg(long, default_value = "4", value_parser = positive::<usize>)]
-    pub connections: usize,
+    /// Connections (clients of the library, each with its own channels) the tasks share
+    /// [default: 4, or --clients if fewer].
+    #[arg(long, value_parser = positive::<usize>)]
+    pub connections: Option<usize>,
     /// How long to measure.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub duration: Duration,
@@ -122,6 +123,13 @@ pub enum Output {
     Text,
     /// One JSON object.
     Json,
+}
+
+impl BenchArgs {
+    /// Connections to open: as asked, else 4 (never more than there are clients).
+    pub fn connections(&self) -> usize {
+        self.connections.unwrap_or(4.min(self.clients))
+    }
 }
 
 /// A count or size of at least 1; negative numbers and zero named as such.
@@ -172,11 +180,20 @@ fn validate(args: &BenchArgs) -> Result<KeySpace> {
     if args.workload == Workload::Txn && args.keys < 2 {
         return bad("the txn workload needs at least 2 keys".into());
     }
-    if args.connections > args.clients {
+    if args.connections() > args.clients {
         return bad(format!(
             "--connections {} is more than --clients {}: some would carry nothing",
-            args.connections, args.clients
+            args.connections(),
+            args.clients
         ));
+    }
+    if args.workload == Workload::Load && !args.warmup.is_zero() {
+        return bad("--warmup does not apply to load: keys loaded then would go unmeasured".into());
+    }
+    if args.workload == Workload::Txn && args.txn_commit == TxnCommit::OnePc && args.keys < 4 {
+        return bad(
+            "one-pc transactions need at least 4 keys: two distinct ones in each half".into(),
+        );
     }
     KeySpace::new(args.keys, args.key_size, args.distribution).map_err(Error::InvalidArgument)
 }
@@ -192,7 +209,7 @@ async fn connect(args: &BenchArgs) -> Result<Driver> {
     let driver = match args.driver {
         DriverKind::Etcd => {
             let serializable = driver::etcd_serializable(args.read);
-            Driver::etcd(&eps, args.connections, args.connect_timeout, serializable).await
+            Driver::etcd(&eps, args.connections(), args.connect_timeout, serializable).await
         }
         DriverKind::Flotilla => {
             let security = args.tls.security().map_err(Error::InvalidArgument)?;
@@ -212,7 +229,7 @@ async fn connect(args: &BenchArgs) -> Result<Driver> {
                     c
                 }
             };
-            Driver::flotilla(&eps, args.connections, args.connect_timeout, make, creds).await
+            Driver::flotilla(&eps, args.connections(), args.connect_timeout, make, creds).await
         }
     };
     driver.map_err(Error::InvalidArgument)
@@ -319,7 +336,9 @@ async fn worker(plan: Arc<Plan>, mut session: Session) -> Stats {
         let op = plan.mix.pick(&mut rand::thread_rng());
         let started = Instant::now();
         let result = one(&plan, &mut session, op).await;
-        let measured = started >= plan.measure_from;
+        // Operations still retrying when the time is up do not count: the throughput
+        // is over the measured time, not over the stragglers'.
+        let measured = started >= plan.measure_from && Instant::now() <= plan.until;
         match result {
             Ok(false) => break,
             Ok(true) => {
@@ -364,6 +383,30 @@ fn progress(plan: Arc<Plan>, started: Instant) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// What the run did not do of what it was asked, if anything.
+fn incomplete(args: &BenchArgs, plan: &Plan, stats: &Stats) -> Option<String> {
+    let count = plan.keys.count();
+    if args.workload == Workload::Load {
+        let loaded = plan.loaded.load(Ordering::Relaxed).min(count);
+        let failed = stats.failures();
+        if loaded < count {
+            return Some(format!(
+                "--duration ran out after {loaded} of {count} keys were handed out"
+            ));
+        }
+        if failed > 0 {
+            return Some(format!("{failed} of {count} keys failed to load"));
+        }
+    }
+    match (args.ops, &plan.budget) {
+        (Some(ops), Some(left)) if left.load(Ordering::Relaxed) > 0 => Some(format!(
+            "--duration ran out after {} of --ops {ops}",
+            ops - left.load(Ordering::Relaxed)
+        )),
+        _ => None,
+    }
+}
+
 /// Runs the benchmark.
 pub async fn run(args: &BenchArgs) -> Result<Report> {
     let keys = validate(args)?;
@@ -401,7 +444,8 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
             .map_err(|e| Error::InvalidArgument(format!("a client task failed: {e}")))?;
         stats.add(s);
     }
-    let seconds = measure_from.elapsed().as_secs_f64();
+    // The measured time: to the end of --duration, or earlier if --ops ran out first.
+    let seconds = measure_from.elapsed().min(args.duration).as_secs_f64();
     if let Some(t) = ticker {
         t.abort();
     }
@@ -410,18 +454,12 @@ pub async fn run(args: &BenchArgs) -> Result<Report> {
         (Some(b), Some(a)) => (Some(a.0 - b.0), Some(a.1 - b.1)),
         _ => (None, None),
     };
-    let loaded = plan.loaded.load(Ordering::Relaxed).min(plan.keys.count());
-    let incomplete = (args.workload == Workload::Load && loaded < plan.keys.count()).then(|| {
-        format!(
-            "--duration ran out after {loaded} of {} keys were handed out",
-            plan.keys.count()
-        )
-    });
+    let incomplete = incomplete(args, &plan, &stats);
     Ok(Report {
         driver: format!("{:?}", args.driver).to_lowercase(),
         workload: args.workload.name(),
         clients: args.clients,
-        connections: args.connections,
+        connections: args.connections(),
         seconds,
         warmup_seconds: args.warmup.as_secs_f64(),
         ops: stats.report(seconds),
@@ -485,6 +523,14 @@ mod tests {
                 &["--workload", "load", "--ops", "5"],
                 "--ops does not apply to load",
             ),
+            (
+                &["--workload", "load", "--warmup", "1s"],
+                "--warmup does not apply to load",
+            ),
+            (
+                &["--workload", "txn", "--txn-commit", "one-pc", "--keys", "3"],
+                "at least 4 keys",
+            ),
         ];
         for (argv, want) in cases {
             let e = refused(argv);
@@ -496,6 +542,11 @@ mod tests {
     fn defaults_are_the_issue_s_shape() {
         let a = parse(&[]).unwrap();
         assert_eq!((a.clients, a.key_size, a.value_size), (64, 16, 256));
+        assert!(validate(&a).is_ok());
+        assert_eq!(a.connections(), 4);
+        // Fewer clients than the default connections: one each.
+        let a = parse(&["--workload", "hot", "--clients", "1"]).unwrap();
+        assert_eq!(a.connections(), 1);
         assert!(validate(&a).is_ok());
         // The old names still work.
         let a = parse(&["--workload", "write", "--threads", "8", "--pd", "x:1"]).unwrap();

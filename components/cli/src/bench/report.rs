@@ -80,6 +80,11 @@ impl Stats {
         }
     }
 
+    /// Failed operations of every kind.
+    pub fn failures(&self) -> u64 {
+        self.0.iter().flat_map(|s| s.errors.values()).sum()
+    }
+
     /// The report lines: one per kind that ran, and a total when there are several.
     pub fn report(&self, seconds: f64) -> Vec<OpReport> {
         let mut lines: Vec<OpReport> = Op::ALL

@@ -389,12 +389,16 @@ impl PeerFsm {
         }
         let from_id = from.get_id();
         let now = Instant::now();
-        if matches!(
-            raft_msg.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-        ) {
+        if raft_msg.term >= self.raft.raft.term
+            && matches!(
+                raft_msg.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            )
+        {
             self.contact.heard(now);
-            self.leader_down = false;
+            if from_id == self.raft.raft.leader_id {
+                self.leader_down = false;
+            }
         }
         let leader_known = self.raft.raft.leader_id != raft::INVALID_ID;
         if crate::lease::refuses_vote(&raft_msg, leader_known, self.votes_refused_until, now) {

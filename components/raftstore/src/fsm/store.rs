@@ -461,7 +461,11 @@ impl StoreFsm {
             false,
             self.gen_tx.clone(),
         )?;
-        let peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
+        let mut peer = PeerFsm::new(&self.cfg, storage, to.clone(), &self.logger)?;
+        if peer.raft.raft.term > 0 {
+            // It took part before the restart: its acknowledgements may hold a lease up.
+            peer.on_restart(self.cfg.lease_wait());
+        }
         let apply = ApplyFsm::new(region, to.get_id(), RaftApplyState::default(), &self.logger);
         self.register(peer, apply, &mut meta);
         drop(meta);

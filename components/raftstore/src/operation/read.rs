@@ -122,7 +122,12 @@ impl PeerFsm {
     /// commit index at once, as raft-rs does for a lease-based read, instead of a
     /// heartbeat round.
     pub(crate) fn step_read_index(&mut self, msg: Message) -> raft::Result<()> {
-        if !self.lease_holds(Instant::now()) {
+        let now = Instant::now();
+        if self.is_leader() && (!self.lease.is_valid(now) || self.lease.expires_soon(now)) {
+            // Followers' reads confirm nothing for the leader itself: renew it for them.
+            self.reads.renew();
+        }
+        if !self.lease_holds(now) {
             return self.raft.step(msg);
         }
         let read_only = &mut self.raft.raft.read_only;
