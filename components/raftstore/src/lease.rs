@@ -133,7 +133,8 @@ impl Contact {
         self.last = Some(now);
     }
 
-    /// When a leader last heard from may no longer hold a lease (now, if never heard).
+    /// When the leader last heard from can no longer hold a lease from it (`None`: no
+    /// leader was ever heard from).
     pub fn lease_gone_at(&self, max: Duration) -> Option<Instant> {
         self.last.map(|t| t + max)
     }
