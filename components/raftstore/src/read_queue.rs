@@ -89,20 +89,15 @@ impl ReadQueue {
     /// Queues a read whose index is already known (a leader's commit index under its
     /// lease): it runs once that index is applied, with no ReadIndex round.
     pub fn push_at(&mut self, index: u64, epoch: metapb::RegionEpoch, cb: Callback<ReadReady>) {
-        self.next_id += 1;
-        self.batches.push_back(Batch {
-            id: self.next_id,
-            reads: vec![Read {
-                epoch,
-                check: None,
-                cb,
-            }],
-            index: Some(index),
-            answers: vec![],
-            // Never issued to Raft, and confirms nothing: no lease renewal comes of it.
-            issued: Some(Instant::now()),
-            age_ticks: 0,
-        });
+        let read = Read {
+            epoch,
+            check: None,
+            cb,
+        };
+        let b = self.push_batch(vec![read]);
+        b.index = Some(index);
+        // Never issued to Raft, and confirms nothing: no lease renewal comes of it.
+        b.issued = Some(Instant::now());
     }
 
     /// Whether no read is waiting.
@@ -136,7 +131,7 @@ impl ReadQueue {
         }
     }
 
-    fn push_batch(&mut self, reads: Vec<Read>) {
+    fn push_batch(&mut self, reads: Vec<Read>) -> &mut Batch {
         self.next_id += 1;
         self.batches.push_back(Batch {
             id: self.next_id,
@@ -146,6 +141,7 @@ impl ReadQueue {
             issued: None,
             age_ticks: 0,
         });
+        self.batches.back_mut().expect("just pushed")
     }
 
     /// Issues the batches Raft could not take yet. A new leader answers ReadIndex only
