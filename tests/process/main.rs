@@ -10,6 +10,7 @@
 mod common;
 
 mod auth;
+mod batch_commands;
 mod bench;
 mod disk_full;
 mod docker;

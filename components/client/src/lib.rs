@@ -8,6 +8,7 @@
 //! HTTP crates (every user of the library would link them; `scripts/check-deps.sh`
 //! holds this).
 
+mod batch;
 pub mod check;
 mod read_mode;
 mod region_cache;
@@ -254,7 +255,8 @@ fn never_sent(e: &grpcio::Error) -> bool {
         grpcio::Error::RpcFailure(s) => {
             s.code() == grpcio::RpcStatusCode::UNAVAILABLE
                 && (s.message().contains("failed to connect")
-                    || s.message().contains("DNS resolution failed"))
+                    || s.message().contains("DNS resolution failed")
+                    || s.message().starts_with(batch::NOT_SENT))
         }
         _ => false,
     }
@@ -867,7 +869,7 @@ impl Client {
                 req.set_context(ctx);
                 req.set_key(key.to_vec());
                 async move {
-                    let mut resp = c.raw_get_async_opt(&req, c.opt())?.await?;
+                    let mut resp = c.call(req).await?;
                     let v = (!resp.not_found).then(|| resp.take_value());
                     Ok((resp.region_error.take(), resp.take_error(), v))
                 }
@@ -1037,7 +1039,7 @@ impl Client {
                     }
                 }
                 async move {
-                    let mut resp = c.raw_batch_put_async_opt(&req, c.opt())?.await?;
+                    let mut resp = c.call(req).await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
             },
@@ -1063,7 +1065,7 @@ impl Client {
                     req.set_context(ctx);
                     req.set_keys(group.to_vec().into());
                     async move {
-                        let mut resp = c.raw_batch_get_async_opt(&req, c.opt())?.await?;
+                        let mut resp = c.call(req).await?;
                         let pairs: Vec<KvPair> = resp
                             .take_pairs()
                             .into_iter()
@@ -1091,7 +1093,7 @@ impl Client {
                 req.set_context(ctx);
                 req.set_keys(group.to_vec().into());
                 async move {
-                    let mut resp = c.raw_batch_delete_async_opt(&req, c.opt())?.await?;
+                    let mut resp = c.call(req).await?;
                     Ok((resp.region_error.take(), resp.take_error(), ()))
                 }
             },
@@ -1159,7 +1161,7 @@ impl Client {
                     req.set_end_key(end.to_vec());
                     req.limit = left.min(u32::MAX as usize) as u32;
                     async move {
-                        let mut resp = c.raw_scan_async_opt(&req, c.opt())?.await?;
+                        let mut resp = c.call(req).await?;
                         let pairs: Vec<KvPair> = resp
                             .take_kvs()
                             .into_iter()
@@ -1222,7 +1224,7 @@ impl Client {
                     req.set_start_key(cur.clone());
                     req.set_end_key(stop);
                     async move {
-                        let mut resp = c.raw_delete_range_async_opt(&req, c.opt())?.await?;
+                        let mut resp = c.call(req).await?;
                         Ok((resp.region_error.take(), resp.take_error(), ()))
                     }
                 })

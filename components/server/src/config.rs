@@ -242,6 +242,13 @@ pub struct ServerConfig {
     /// Largest answer a scan or batch get may build; past it the request fails and should
     /// ask for fewer keys.
     pub max_response_size: ByteSize,
+    /// Client requests this store serves at once (unary calls and BatchCommands
+    /// requests alike); past it a request is answered server_is_busy at once, and the
+    /// client backs off, rather than queueing until it times out.
+    pub max_inflight_requests: usize,
+    /// Requests one BatchCommands stream may have between being read and their answers
+    /// being written; past it the store stops reading that stream until answers go out.
+    pub stream_max_inflight: usize,
     /// Snapshots received at once; more are refused until one ends (the sender retries).
     pub snap_max_concurrent_recv: usize,
     /// Snapshots sent at once; more wait their turn.
@@ -282,6 +289,10 @@ pub struct ServerConfig {
     pub auth_max_staleness: std::time::Duration,
 }
 
+/// The most requests `server.max-inflight-requests` may allow (tokio's semaphores hold
+/// fewer than `usize::MAX >> 3` permits; past a million, memory, not this, is the bound).
+pub const MAX_INFLIGHT_REQUESTS: usize = 1 << 20;
+
 /// Parses `--labels zone=z1,rack=r1`: every part KEY=VALUE, no key twice.
 pub fn parse_labels(s: &str) -> conf::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -320,6 +331,8 @@ impl Default for ServerConfig {
             request_timeout: std::time::Duration::from_secs(10),
             max_message_size: ByteSize::mib(64),
             max_response_size: ByteSize::mib(32),
+            max_inflight_requests: 8192,
+            stream_max_inflight: 1024,
             snap_max_concurrent_recv: 4,
             snap_max_concurrent_send: 4,
             raft_msg_queue_capacity: 16_384,
@@ -389,6 +402,16 @@ impl Validate for Config {
             "must be positive and smaller than server.max-message-size",
         )?;
         ensure(
+            s.max_inflight_requests > 0 && s.max_inflight_requests <= MAX_INFLIGHT_REQUESTS,
+            "server.max-inflight-requests",
+            &format!("must be between 1 and {MAX_INFLIGHT_REQUESTS}"),
+        )?;
+        ensure(
+            s.stream_max_inflight > 0 && s.stream_max_inflight <= MAX_INFLIGHT_REQUESTS,
+            "server.stream-max-inflight",
+            &format!("must be between 1 and {MAX_INFLIGHT_REQUESTS}"),
+        )?;
+        ensure(
             s.snap_max_concurrent_recv > 0 && s.snap_max_concurrent_send > 0,
             "server.snap-max-concurrent-recv",
             "snapshot concurrency limits must be positive",
@@ -449,5 +472,22 @@ mod tests {
         let mut cfg = ServerConfig::default();
         cfg.labels.insert(String::new(), "z1".into());
         assert!(check_labels(&cfg.labels).is_err());
+    }
+
+    #[test]
+    fn request_bounds_must_be_positive_and_bounded() {
+        assert!(Config::default().validate().is_ok());
+        for (inflight, stream, key) in [
+            (0, 1, "server.max-inflight-requests"),
+            (MAX_INFLIGHT_REQUESTS + 1, 1, "server.max-inflight-requests"),
+            (8, 0, "server.stream-max-inflight"),
+            (8, MAX_INFLIGHT_REQUESTS + 1, "server.stream-max-inflight"),
+        ] {
+            let mut cfg = Config::default();
+            cfg.server.max_inflight_requests = inflight;
+            cfg.server.stream_max_inflight = stream;
+            let err = cfg.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{inflight}/{stream}: {err}");
+        }
     }
 }

@@ -45,6 +45,9 @@ pub enum Error {
     /// Auth is on and the caller proved nothing, proved it badly, or may not do this.
     #[error("{0}")]
     Denied(#[from] auth::view::Denied),
+    /// The store has no room for the request now (retried with backoff).
+    #[error("store is busy: {0}")]
+    Busy(String),
     /// Auth may be on and this store cannot check callers now (it has not heard from PD
     /// lately): retried like a busy server.
     #[error("{0}")]
@@ -122,7 +125,7 @@ impl Error {
                 Some(re) => (Some(re), String::new()),
                 None => (None, self.to_string()),
             },
-            Error::Timeout(_) | Error::AuthUnavailable(_) => {
+            Error::Timeout(_) | Error::AuthUnavailable(_) | Error::Busy(_) => {
                 let mut err = errorpb::Error::default();
                 err.set_message(self.to_string());
                 err.mut_server_is_busy().set_reason(self.to_string());

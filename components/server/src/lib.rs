@@ -10,6 +10,7 @@
 //! client.
 
 pub mod authz;
+mod batch_service;
 pub mod config;
 mod connections;
 mod context;
@@ -19,6 +20,7 @@ pub mod metrics;
 mod node;
 mod pd_clock;
 pub mod pd_worker;
+mod raw_service;
 mod resolver;
 pub mod safe_ts;
 pub mod service;

@@ -329,3 +329,31 @@ pub static RESOLVED_TS_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
     )
     .expect("register metric")
 });
+
+/// Client requests answered server_is_busy because too many were in flight.
+pub static BUSY: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "flotilla_server_busy_total",
+        "Client requests refused with server_is_busy at once because server.max-inflight-requests were being served"
+    )
+    .expect("register metric")
+});
+
+/// BatchCommands streams open now.
+pub static BATCH_STREAMS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "flotilla_server_batch_streams",
+        "BatchCommands streams open now"
+    )
+    .expect("register metric")
+});
+
+/// Requests per BatchCommands message received.
+pub static BATCH_REQUESTS_PER_MESSAGE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::register_histogram!(
+        "flotilla_server_batch_requests_per_message",
+        "Requests in each BatchCommands message received",
+        exponential_buckets(1.0, 2.0, 12).expect("valid buckets")
+    )
+    .expect("register metric")
+});

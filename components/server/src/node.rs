@@ -451,6 +451,7 @@ impl OpenStore {
             security: security.clone(),
             resolver,
             auth,
+            limits: crate::service::Limits::new(&cfg.server),
             rt,
             logger: logger.clone(),
         };

@@ -12,8 +12,8 @@ use std::future::Future;
 
 use futures::TryStreamExt;
 use grpcio::{
-    ClientStreamingSink, ClientUnaryReceiver, RequestStream, RpcContext, RpcStatus, RpcStatusCode,
-    UnarySink,
+    ClientStreamingSink, ClientUnaryReceiver, DuplexSink, RequestStream, RpcContext, RpcStatus,
+    RpcStatusCode, UnarySink,
 };
 use proto::{
     errorpb,
@@ -23,11 +23,12 @@ use proto::{
         BatchRaftMessage, ComputeHashRequest, ComputeHashResponse, Done, RegionHashRequest,
         RegionHashResponse, SnapshotChunk,
     },
+    tikvpb::{BatchCommandsRequest, BatchCommandsResponse},
 };
 use proto_grpc::tikvpb_grpc::{Tikv, TikvClient};
 use raftstore::{snap::SnapReceiver, RaftRouter, SnapManager};
 use slog::{warn, Logger};
-use util::secret::ClusterSecret;
+use util::{secret::ClusterSecret, security::Proof};
 
 use crate::{
     authz::Guarded, metrics, resolver::Resolver, span::Span, storage::RawStorage, Error, Result,
@@ -51,8 +52,44 @@ pub struct TikvService {
     pub(crate) resolver: Resolver,
     /// Users and roles: every request is checked against them first.
     pub(crate) auth: std::sync::Arc<crate::authz::AuthGate>,
+    /// How many client requests it serves at once.
+    pub(crate) limits: Limits,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) logger: Logger,
+}
+
+/// The bounds on client requests in flight (see `server.max-inflight-requests`).
+#[derive(Clone)]
+pub(crate) struct Limits {
+    /// Places for requests being served, store-wide: with none free a request is
+    /// answered server_is_busy at once.
+    pub(crate) inflight: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(crate) max_inflight: usize,
+    /// Requests one BatchCommands stream may hold (`server.stream-max-inflight`).
+    pub(crate) stream_max_inflight: usize,
+}
+
+impl Limits {
+    /// The limits `cfg` sets.
+    pub(crate) fn new(cfg: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests)),
+            max_inflight: cfg.max_inflight_requests,
+            stream_max_inflight: cfg.stream_max_inflight,
+        }
+    }
+
+    /// A place among the requests served at once, held until the answer is ready; or
+    /// server_is_busy.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.inflight.clone().try_acquire_owned().map_err(|_| {
+            metrics::BUSY.inc();
+            Error::Busy(format!(
+                "{} requests in flight (server.max-inflight-requests)",
+                self.max_inflight
+            ))
+        })
+    }
 }
 
 /// Hops a request without routing may take before its region error goes to the client.
@@ -176,19 +213,6 @@ raw_pair!(kvrpcpb::RawGetKeyTTLRequest, kvrpcpb::RawGetKeyTTLResponse, "raw_get_
 raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async_opt,
           |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
 
-/// The time to live of each pair of a RawBatchPut: `ttls`, one per pair; or the
-/// deprecated single `ttl` for every pair when `ttls` is empty. Both set is refused.
-fn batch_ttls(req: &kvrpcpb::RawBatchPutRequest, pairs: usize) -> Result<Vec<u64>> {
-    match (req.get_ttls().is_empty(), req.ttl) {
-        (true, 0) => Ok(vec![]),
-        (true, ttl) => Ok(vec![ttl; pairs]),
-        (false, 0) => Ok(req.get_ttls().to_vec()),
-        (false, _) => Err(Error::InvalidRequest(
-            "RawBatchPut sets both ttl and ttls: give ttls (one per pair) alone".into(),
-        )),
-    }
-}
-
 fn error_response<R: RawResponse>(e: Error) -> R {
     let mut resp = R::default();
     let (region_err, msg) = e.into_wire();
@@ -214,25 +238,46 @@ enum Routed<Req: RawRequest> {
 }
 
 impl TikvService {
-    /// Answers `req` with `handle` here, or forwards it (see the module doc).
+    /// Answers a unary raw call (see [`TikvService::answer`]).
     fn serve<Req, F, Fut>(&self, ctx: &RpcContext, sink: UnarySink<Req::Resp>, req: Req, handle: F)
     where
         Req: RawRequest,
         F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
-        if let Err(e) = self.auth.check(&self.proof(ctx), &req) {
-            metrics::REQUESTS
-                .with_label_values(&[Req::NAME, "denied"])
-                .inc();
-            self.rt.spawn(sink.success(error_response::<Req::Resp>(e)));
-            return;
-        }
+        reply(&self.rt, sink, self.answer(&self.proof(ctx), req, handle));
+    }
+
+    /// The answer to a raw request from a caller with `proof`: refused if it may not
+    /// make it, else `handle`d here or forwarded (see the module doc).
+    pub(crate) fn answer<Req, F, Fut>(
+        &self,
+        proof: &Proof,
+        req: Req,
+        handle: F,
+    ) -> impl Future<Output = Req::Resp> + Send + 'static
+    where
+        Req: RawRequest,
+        F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
+    {
+        let denied = self.auth.check(proof, &req).err();
+        let place = self.limits.admit();
         let this = self.clone();
-        let timer = metrics::REQUEST_SECONDS
-            .with_label_values(&[Req::NAME])
-            .start_timer();
-        self.rt.spawn(async move {
+        async move {
+            if let Some(e) = denied {
+                metrics::REQUESTS
+                    .with_label_values(&[Req::NAME, "denied"])
+                    .inc();
+                return error_response(e);
+            }
+            let _place = match place {
+                Ok(place) => place,
+                Err(e) => return error_response(e),
+            };
+            let timer = metrics::REQUEST_SECONDS
+                .with_label_values(&[Req::NAME])
+                .start_timer();
             let resp = if let Err(e) = crate::context::check(req.context()) {
                 error_response(e)
             } else if req.context().get_region_id() != 0 {
@@ -251,8 +296,35 @@ impl TikvService {
             metrics::REQUESTS
                 .with_label_values(&[Req::NAME, outcome])
                 .inc();
-            let _ = sink.success(resp).await;
-        });
+            resp
+        }
+    }
+
+    /// The answer to a transactional request from a caller with `proof` (see
+    /// `txn_service`): refused if it may not make it.
+    pub(crate) fn answer_txn<Req, Resp, F, Fut>(
+        &self,
+        proof: &Proof,
+        name: &'static str,
+        req: Req,
+        handle: F,
+    ) -> impl Future<Output = Resp> + Send + 'static
+    where
+        Req: crate::context::HasContext + Guarded + Send + 'static,
+        Resp: crate::txn_service::TxnResponse,
+        F: FnOnce(crate::txn_storage::TxnStorage, Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp>> + Send,
+    {
+        let denied = self.auth.check(proof, &req).err();
+        let place = self.limits.admit();
+        let storage = self.txn.clone();
+        async move {
+            match (denied, place) {
+                (Some(e), _) => crate::txn_service::refused(name, e),
+                (None, Err(e)) => crate::txn_service::busy(name, e),
+                (None, Ok(_place)) => crate::txn_service::answer(storage, name, req, handle).await,
+            }
+        }
     }
 
     /// Serves a request without routing (a dumb client's) one region at a time: the
@@ -399,22 +471,15 @@ impl TikvService {
     }
 }
 
-fn pairs_of(kvs: &[kvrpcpb::KvPair]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    kvs.iter()
-        .map(|p| (p.get_key().to_vec(), p.get_value().to_vec()))
-        .collect()
-}
-
-fn kv_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> protobuf::RepeatedField<kvrpcpb::KvPair> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| {
-            let mut p = kvrpcpb::KvPair::default();
-            p.set_key(k);
-            p.set_value(v);
-            p
-        })
-        .collect()
+/// The raw calls: each handed to its function in `raw_service`.
+macro_rules! raw_calls {
+    ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
+        $(
+            fn $method(&mut self, ctx: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
+                self.serve(&ctx, sink, req, crate::raw_service::$handler)
+            }
+        )*
+    };
 }
 
 /// The transactional calls: each handed to its function in `txn_service`.
@@ -422,13 +487,22 @@ macro_rules! txn_calls {
     ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
         $(
             fn $method(&mut self, ctx: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
-                if let Err(e) = self.auth.check(&self.proof(&ctx), &req) {
-                    return crate::txn_service::refuse(&self.rt, stringify!($method), sink, e);
-                }
-                crate::txn_service::serve(self.txn.clone(), &self.rt, stringify!($method), sink, req, crate::txn_service::$handler)
+                let answer = self.answer_txn(&self.proof(&ctx), stringify!($method), req, crate::txn_service::$handler);
+                reply(&self.rt, sink, answer);
             }
         )*
     };
+}
+
+/// Sends the answer of a unary call once it is ready.
+fn reply<R: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    sink: UnarySink<R>,
+    answer: impl Future<Output = R> + Send + 'static,
+) {
+    rt.spawn(async move {
+        let _ = sink.success(answer.await).await;
+    });
 }
 
 impl Tikv for TikvService {
@@ -449,182 +523,17 @@ impl Tikv for TikvService {
         kv_scan_lock: ScanLockRequest => ScanLockResponse, scan_lock;
     }
 
-    fn raw_get(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawGetRequest,
-        sink: UnarySink<kvrpcpb::RawGetResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let mut resp = kvrpcpb::RawGetResponse::default();
-            match s
-                .get(req.get_context(), req.get_cf(), req.get_key())
-                .await?
-            {
-                Some(v) => resp.set_value(v),
-                None => resp.not_found = true,
-            }
-            Ok(resp)
-        });
-    }
-
-    fn raw_batch_get(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawBatchGetRequest,
-        sink: UnarySink<kvrpcpb::RawBatchGetResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let pairs = s
-                .batch_get(req.get_context(), req.get_cf(), req.get_keys())
-                .await?;
-            let mut resp = kvrpcpb::RawBatchGetResponse::default();
-            resp.set_pairs(kv_pairs(pairs));
-            Ok(resp)
-        });
-    }
-
-    fn raw_put(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawPutRequest,
-        sink: UnarySink<kvrpcpb::RawPutResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let pair = [(req.get_key().to_vec(), req.get_value().to_vec())];
-            s.batch_put_ttl(req.get_context(), req.get_cf(), &pair, &[req.ttl])
-                .await?;
-            Ok(kvrpcpb::RawPutResponse::default())
-        });
-    }
-
-    fn raw_batch_put(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawBatchPutRequest,
-        sink: UnarySink<kvrpcpb::RawBatchPutResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let pairs = pairs_of(req.get_pairs());
-            let ttls = batch_ttls(&req, pairs.len())?;
-            s.batch_put_ttl(req.get_context(), req.get_cf(), &pairs, &ttls)
-                .await?;
-            Ok(kvrpcpb::RawBatchPutResponse::default())
-        });
-    }
-
-    fn raw_delete(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawDeleteRequest,
-        sink: UnarySink<kvrpcpb::RawDeleteResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            s.batch_delete(req.get_context(), req.get_cf(), &[req.get_key().to_vec()])
-                .await?;
-            Ok(kvrpcpb::RawDeleteResponse::default())
-        });
-    }
-
-    fn raw_batch_delete(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawBatchDeleteRequest,
-        sink: UnarySink<kvrpcpb::RawBatchDeleteResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            s.batch_delete(req.get_context(), req.get_cf(), req.get_keys())
-                .await?;
-            Ok(kvrpcpb::RawBatchDeleteResponse::default())
-        });
-    }
-
-    fn raw_scan(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawScanRequest,
-        sink: UnarySink<kvrpcpb::RawScanResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let pairs = s
-                .scan(
-                    req.get_context(),
-                    req.get_cf(),
-                    req.get_start_key(),
-                    req.get_end_key(),
-                    req.limit as usize,
-                    req.key_only,
-                    req.reverse,
-                )
-                .await?;
-            let mut resp = kvrpcpb::RawScanResponse::default();
-            resp.set_kvs(kv_pairs(pairs));
-            Ok(resp)
-        });
-    }
-
-    fn raw_delete_range(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawDeleteRangeRequest,
-        sink: UnarySink<kvrpcpb::RawDeleteRangeResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            s.delete_range(
-                req.get_context(),
-                req.get_cf(),
-                req.get_start_key(),
-                req.get_end_key(),
-            )
-            .await?;
-            Ok(kvrpcpb::RawDeleteRangeResponse::default())
-        });
-    }
-
-    fn raw_compare_and_swap(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawCASRequest,
-        sink: UnarySink<kvrpcpb::RawCASResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let previous = (!req.previous_not_exist).then(|| req.get_previous_value());
-            let res = s
-                .compare_and_swap_ttl(
-                    req.get_context(),
-                    req.get_cf(),
-                    req.get_key(),
-                    (req.get_value(), req.ttl),
-                    previous,
-                )
-                .await?;
-            let mut resp = kvrpcpb::RawCASResponse::default();
-            resp.set_succeed(res.succeed);
-            match res.previous {
-                Some(v) => resp.set_previous_value(v),
-                None => resp.previous_not_exist = true,
-            }
-            Ok(resp)
-        });
-    }
-
-    fn raw_get_key_ttl(
-        &mut self,
-        ctx: RpcContext,
-        req: kvrpcpb::RawGetKeyTTLRequest,
-        sink: UnarySink<kvrpcpb::RawGetKeyTTLResponse>,
-    ) {
-        self.serve(&ctx, sink, req, |s, req| async move {
-            let mut resp = kvrpcpb::RawGetKeyTTLResponse::default();
-            match s
-                .get_key_ttl(req.get_context(), req.get_cf(), req.get_key())
-                .await?
-            {
-                Some(ttl) => resp.ttl = ttl,
-                None => resp.not_found = true,
-            }
-            Ok(resp)
-        });
+    raw_calls! {
+        raw_get: RawGetRequest => RawGetResponse, get;
+        raw_batch_get: RawBatchGetRequest => RawBatchGetResponse, batch_get;
+        raw_put: RawPutRequest => RawPutResponse, put;
+        raw_batch_put: RawBatchPutRequest => RawBatchPutResponse, batch_put;
+        raw_delete: RawDeleteRequest => RawDeleteResponse, delete;
+        raw_batch_delete: RawBatchDeleteRequest => RawBatchDeleteResponse, batch_delete;
+        raw_scan: RawScanRequest => RawScanResponse, scan;
+        raw_delete_range: RawDeleteRangeRequest => RawDeleteRangeResponse, delete_range;
+        raw_compare_and_swap: RawCASRequest => RawCASResponse, compare_and_swap;
+        raw_get_key_ttl: RawGetKeyTTLRequest => RawGetKeyTTLResponse, get_key_ttl;
     }
 
     fn split_region(
@@ -638,26 +547,17 @@ impl Tikv for TikvService {
             self.rt.spawn(sink.success(error_response(e)));
             return;
         }
-        self.serve(&ctx, sink, req, |s, mut req| async move {
-            let mut keys = if req.get_split_keys().is_empty() {
-                vec![req.take_split_key()]
-            } else {
-                req.take_split_keys().into_vec()
-            };
-            // As TiKV does: without `is_raw_kv` the keys are transactional user keys, and
-            // the region is cut where their encodings sort.
-            if !req.is_raw_kv {
-                keys = keys.iter().map(|k| keys::txn::encode_bytes(k)).collect();
-            }
-            let regions = s.split_region(req.get_context(), keys).await?;
-            let mut resp = kvrpcpb::SplitRegionResponse::default();
-            if let [left, right, ..] = regions.as_slice() {
-                resp.set_left(left.clone());
-                resp.set_right(right.clone());
-            }
-            resp.set_regions(regions.into());
-            Ok(resp)
-        });
+        self.serve(&ctx, sink, req, crate::raw_service::split_region);
+    }
+
+    fn batch_commands(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<BatchCommandsRequest>,
+        sink: DuplexSink<BatchCommandsResponse>,
+    ) {
+        let run = crate::batch_service::run(self.clone(), self.proof(&ctx), stream, sink);
+        self.rt.spawn(run);
     }
 
     fn compute_hash(
@@ -805,7 +705,7 @@ impl Tikv for TikvService {
 
 impl TikvService {
     /// What a call offers as proof of its caller.
-    fn proof(&self, ctx: &RpcContext) -> util::security::Proof {
+    pub(crate) fn proof(&self, ctx: &RpcContext) -> Proof {
         self.security.proof(ctx, &self.secret)
     }
 

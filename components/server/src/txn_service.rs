@@ -5,7 +5,6 @@
 
 use std::future::Future;
 
-use grpcio::UnarySink;
 use proto::{
     errorpb,
     kvrpcpb::{self, Action, KeyError, LockInfo, Op},
@@ -81,15 +80,14 @@ txn_response!(kvrpcpb::PessimisticLockResponse, many);
 txn_response!(kvrpcpb::PessimisticRollbackResponse, many);
 txn_response!(kvrpcpb::ScanLockResponse, single);
 
-/// Runs `handle` on `rt` and answers; errors become the response's.
-pub(crate) fn serve<Req, Resp, F, Fut>(
+/// The answer of `handle`; errors become the response's.
+pub(crate) async fn answer<Req, Resp, F, Fut>(
     storage: TxnStorage,
-    rt: &tokio::runtime::Handle,
     name: &'static str,
-    sink: UnarySink<Resp>,
     req: Req,
     handle: F,
-) where
+) -> Resp
+where
     Req: crate::context::HasContext + Send + 'static,
     Resp: TxnResponse,
     F: FnOnce(TxnStorage, Req) -> Fut + Send + 'static,
@@ -98,28 +96,27 @@ pub(crate) fn serve<Req, Resp, F, Fut>(
     let timer = metrics::REQUEST_SECONDS
         .with_label_values(&[name])
         .start_timer();
-    rt.spawn(async move {
-        let resp = match crate::context::check(req.context()) {
-            Ok(()) => handle(storage, req).await.unwrap_or_else(error_response),
-            Err(e) => error_response(e),
-        };
-        timer.observe_duration();
-        metrics::REQUESTS
-            .with_label_values(&[name, resp.outcome()])
-            .inc();
-        let _ = sink.success(resp).await;
-    });
+    let resp = match crate::context::check(req.context()) {
+        Ok(()) => handle(storage, req).await.unwrap_or_else(error_response),
+        Err(e) => error_response(e),
+    };
+    timer.observe_duration();
+    metrics::REQUESTS
+        .with_label_values(&[name, resp.outcome()])
+        .inc();
+    resp
 }
 
-/// Answers a request refused before it was served (its caller may not make it).
-pub(crate) fn refuse<Resp: TxnResponse>(
-    rt: &tokio::runtime::Handle,
-    name: &'static str,
-    sink: UnarySink<Resp>,
-    e: Error,
-) {
+/// The answer to a request refused before it was served (its caller may not make it).
+pub(crate) fn refused<Resp: TxnResponse>(name: &'static str, e: Error) -> Resp {
     metrics::REQUESTS.with_label_values(&[name, "denied"]).inc();
-    rt.spawn(sink.success(error_response::<Resp>(e)));
+    error_response(e)
+}
+
+/// The answer to a request the store had no room for.
+pub(crate) fn busy<Resp: TxnResponse>(name: &'static str, e: Error) -> Resp {
+    metrics::REQUESTS.with_label_values(&[name, "busy"]).inc();
+    error_response(e)
 }
 
 fn error_response<R: TxnResponse>(e: Error) -> R {

@@ -213,7 +213,7 @@ impl Transaction<'_> {
                         }
                     }
                     async move {
-                        let mut r = c.kv_prewrite_async_opt(&req, c.opt())?.await?;
+                        let mut r = c.call(req).await?;
                         let answer = (r.min_commit_ts, r.one_pc_commit_ts);
                         Ok((
                             r.region_error.take(),
@@ -259,7 +259,7 @@ impl Transaction<'_> {
                 req.commit_version = commit_ts;
                 req.set_keys(group.into());
                 async move {
-                    let mut r = c.kv_commit_async_opt(&req, c.opt())?.await?;
+                    let mut r = c.call(req).await?;
                     Ok((r.region_error.take(), r.take_error()))
                 }
             })
@@ -276,7 +276,7 @@ impl Transaction<'_> {
                 req.start_version = start_ts;
                 req.set_keys(group.into());
                 async move {
-                    let mut r = c.kv_batch_rollback_async_opt(&req, c.opt())?.await?;
+                    let mut r = c.call(req).await?;
                     Ok((r.region_error.take(), r.take_error()))
                 }
             })

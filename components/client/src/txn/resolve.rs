@@ -109,7 +109,7 @@ impl TxnClient {
                 req.rollback_if_not_exist = rollback_if_not_exist;
                 req.force_sync_commit = force_sync_commit;
                 async move {
-                    let mut r = c.kv_check_txn_status_async_opt(&req, c.opt())?.await?;
+                    let mut r = c.call(req).await?;
                     Ok((r.region_error.take(), r))
                 }
             })
@@ -220,7 +220,7 @@ impl TxnClient {
                 req.start_version = start_ts;
                 req.set_keys(group.clone().into());
                 async move {
-                    let mut r = c.kv_check_secondary_locks_async_opt(&req, c.opt())?.await?;
+                    let mut r = c.call(req).await?;
                     Ok((r.region_error.take(), (group.len(), r)))
                 }
             })
@@ -299,7 +299,7 @@ impl TxnClient {
                 req.commit_version = commit_ts;
                 req.set_keys(group.into());
                 async move {
-                    let mut r = c.kv_resolve_lock_async_opt(&req, c.opt())?.await?;
+                    let mut r = c.call(req).await?;
                     Ok((r.region_error.take(), r.take_error()))
                 }
             })
@@ -368,7 +368,7 @@ impl TxnClient {
                     req.set_start_key(start.to_vec());
                     req.limit = SCAN_LOCK_PAGE;
                     async move {
-                        let mut r = c.kv_scan_lock_async_opt(&req, c.opt())?.await?;
+                        let mut r = c.call(req).await?;
                         Ok((r.region_error.take(), r))
                     }
                 },

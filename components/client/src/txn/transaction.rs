@@ -194,7 +194,7 @@ impl<'a> Transaction<'a> {
                     req.set_key(key.to_vec());
                     req.version = self.start_ts;
                     async move {
-                        let mut r = c.kv_get_async_opt(&req, c.opt())?.await?;
+                        let mut r = c.call(req).await?;
                         Ok((r.region_error.take(), r))
                     }
                 })
@@ -234,7 +234,7 @@ impl<'a> Transaction<'a> {
                         req.limit = page as u32;
                         req.version = self.start_ts;
                         async move {
-                            let mut r = c.kv_scan_async_opt(&req, c.opt())?.await?;
+                            let mut r = c.call(req).await?;
                             Ok((r.region_error.take(), r))
                         }
                     },
@@ -313,7 +313,7 @@ impl<'a> Transaction<'a> {
                     req.for_update_ts = start_ts;
                     req.lock_ttl = lock_ttl(start_ts);
                     async move {
-                        let mut r = c.kv_pessimistic_lock_async_opt(&req, c.opt())?.await?;
+                        let mut r = c.call(req).await?;
                         Ok((r.region_error.take(), (group, r.take_errors().into_vec())))
                     }
                 })

@@ -1,0 +1,242 @@
+//! TiKV's BatchCommands stream against a kv-server, spoken on the wire as TiKV's Go
+//! client speaks it: answers come back by request id, a malformed message ends the
+//! stream with INVALID_ARGUMENT and serves nothing of it, and a store with too many
+//! requests in flight answers server_is_busy at once. The project's own client sends
+//! everything on such streams; a busy store only slows it down.
+
+use crate::common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{client, metric, metric_with, wait_until, ProcCluster};
+use futures::{SinkExt, TryStreamExt};
+use grpcio::{ChannelBuilder, EnvBuilder, RpcStatusCode, WriteFlags};
+use proto::{
+    kvrpcpb,
+    tikvpb::{
+        BatchCommandsEmptyRequest, BatchCommandsRequest, BatchCommandsRequest_Request,
+        BatchCommandsRequest_Request_oneof_cmd as Cmd,
+        BatchCommandsResponse_Response_oneof_cmd as Answer,
+    },
+};
+use proto_grpc::tikvpb_grpc::TikvClient;
+
+const T: Duration = Duration::from_secs(60);
+
+fn store_client(addr: &str) -> TikvClient {
+    let env = std::sync::Arc::new(EnvBuilder::new().cq_count(1).build());
+    TikvClient::new(ChannelBuilder::new(env).connect(addr))
+}
+
+fn put(key: &str, value: &str) -> Cmd {
+    let mut req = kvrpcpb::RawPutRequest::default();
+    req.set_key(key.into());
+    req.set_value(value.into());
+    Cmd::RawPut(req)
+}
+
+fn get(key: &str) -> Cmd {
+    let mut req = kvrpcpb::RawGetRequest::default();
+    req.set_key(key.into());
+    Cmd::RawGet(req)
+}
+
+fn message(cmds: Vec<(u64, Option<Cmd>)>) -> BatchCommandsRequest {
+    let mut msg = BatchCommandsRequest::default();
+    for (id, cmd) in cmds {
+        let req = BatchCommandsRequest_Request {
+            cmd,
+            ..Default::default()
+        };
+        msg.mut_request_ids().push(id);
+        msg.mut_requests().push(req);
+    }
+    msg
+}
+
+/// Sends `msgs` on one stream, closes it, and collects the answers by id; or the
+/// status the stream ended with.
+fn exchange(
+    rt: &tokio::runtime::Runtime,
+    store: &TikvClient,
+    msgs: Vec<BatchCommandsRequest>,
+) -> Result<HashMap<u64, Answer>, grpcio::RpcStatus> {
+    rt.block_on(async {
+        let (mut sink, mut answers) = store.batch_commands().expect("open a stream");
+        let mut got = HashMap::new();
+        let sent: grpcio::Result<()> = async {
+            for msg in msgs {
+                sink.send((msg, WriteFlags::default())).await?;
+            }
+            sink.close().await
+        }
+        .await;
+        loop {
+            match answers.try_next().await {
+                Ok(Some(mut msg)) => {
+                    let ids = msg.take_request_ids();
+                    for (id, resp) in ids.into_iter().zip(msg.take_responses()) {
+                        let answer = resp.cmd.expect("an answer carries its command");
+                        assert!(
+                            got.insert(id, answer).is_none(),
+                            "request {id} answered twice"
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(grpcio::Error::RpcFailure(s)) => return Err(s),
+                Err(e) => panic!("the stream broke: {e} (sending: {sent:?})"),
+            }
+        }
+        Ok(got)
+    })
+}
+
+fn value_of(answers: &HashMap<u64, Answer>, id: u64) -> Option<Vec<u8>> {
+    match answers.get(&id) {
+        Some(Answer::RawGet(r)) => {
+            assert!(!r.has_region_error() && r.get_error().is_empty(), "{r:?}");
+            (!r.not_found).then(|| r.get_value().to_vec())
+        }
+        other => panic!("request {id}: {other:?}"),
+    }
+}
+
+fn refused(res: Result<HashMap<u64, Answer>, grpcio::RpcStatus>, why: &str) {
+    match res {
+        Err(s) => {
+            assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT, "{s:?}");
+            assert!(s.message().contains(why), "{s:?}");
+        }
+        Ok(answers) => panic!("not refused: {answers:?}"),
+    }
+}
+
+#[test]
+fn a_batch_stream_answers_each_request_by_its_id_and_refuses_a_malformed_message_whole() {
+    let cluster = ProcCluster::start(1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
+    let ours = client(&rt, &cluster.pd_addr);
+    wait_until("the store serves", T, || {
+        rt.block_on(ours.put(b"probe", b"1")).is_ok()
+    });
+
+    // Ids are the client's to choose: out of order, sparse, large.
+    let empty = BatchCommandsEmptyRequest {
+        test_id: 77,
+        ..Default::default()
+    };
+    let first = message(vec![
+        (9, Some(put("a", "1"))),
+        (u64::MAX, Some(put("b", "2"))),
+        (3, Some(Cmd::Empty(empty))),
+    ]);
+    let second = message(vec![
+        (4, Some(get("a"))),
+        (5, Some(get("b"))),
+        (6, Some(get("c"))),
+    ]);
+    let answers = exchange(&rt, &store, vec![first]).expect("served");
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for id in [9, u64::MAX] {
+        match &answers[&id] {
+            Answer::RawPut(r) => assert!(!r.has_region_error() && r.get_error().is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+    match &answers[&3] {
+        Answer::Empty(r) => assert_eq!(r.test_id, 77),
+        other => panic!("{other:?}"),
+    }
+    let answers = exchange(&rt, &store, vec![second]).expect("served");
+    assert_eq!(value_of(&answers, 4), Some(b"1".to_vec()));
+    assert_eq!(value_of(&answers, 5), Some(b"2".to_vec()));
+    assert_eq!(value_of(&answers, 6), None);
+
+    // Malformed: the stream ends naming the problem, and no request of it is served.
+    let mut uneven = message(vec![(1, Some(put("x", "1")))]);
+    uneven.mut_request_ids().push(2);
+    refused(
+        exchange(&rt, &store, vec![uneven]),
+        "1 requests but 2 request ids",
+    );
+    let unknown = message(vec![(1, Some(put("y", "1"))), (2, None)]);
+    refused(
+        exchange(&rt, &store, vec![unknown]),
+        "request 2 has no command",
+    );
+    for key in ["x", "y"] {
+        let got = rt.block_on(ours.get(key.as_bytes())).expect("read");
+        assert_eq!(got, None, "{key} was written by a refused message");
+    }
+
+    // The project's client sends its requests on such a stream.
+    let status = cluster.status_addr(0);
+    let before = metric(
+        &cluster.status_get(&status, "/metrics").unwrap(),
+        "flotilla_server_batch_requests_per_message_count",
+    );
+    rt.block_on(ours.put(b"z", b"1")).expect("put");
+    assert_eq!(
+        rt.block_on(ours.get(b"z")).expect("get"),
+        Some(b"1".to_vec())
+    );
+    let text = cluster.status_get(&status, "/metrics").unwrap();
+    let after = metric(&text, "flotilla_server_batch_requests_per_message_count");
+    assert!(after >= before + 2.0, "{before} -> {after}");
+    assert!(
+        metric_with(
+            &text,
+            "flotilla_server_requests_total",
+            &[("rpc", "raw_put")]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_store_with_too_many_requests_in_flight_answers_busy_and_the_client_backs_off() {
+    let cluster = ProcCluster::start_with(1, "\n[server]\nmax-inflight-requests = 2\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
+    let ours = client(&rt, &cluster.pd_addr);
+    wait_until("the store serves", T, || {
+        rt.block_on(ours.put(b"probe", b"1")).is_ok()
+    });
+
+    // 64 writes on one stream, all read before the first is done: two are served,
+    // the rest are refused at once rather than queued.
+    let cmds = (0..64)
+        .map(|i| (i, Some(put(&format!("k{i:02}"), "v"))))
+        .collect();
+    let answers = exchange(&rt, &store, vec![message(cmds)]).expect("served");
+    assert_eq!(answers.len(), 64);
+    let mut busy = 0;
+    for answer in answers.values() {
+        let Answer::RawPut(r) = answer else {
+            panic!("{answer:?}")
+        };
+        if r.get_region_error().has_server_is_busy() {
+            let reason = r.get_region_error().get_server_is_busy().get_reason();
+            assert!(reason.contains("server.max-inflight-requests"), "{reason}");
+            busy += 1;
+        } else {
+            assert!(!r.has_region_error() && r.get_error().is_empty(), "{r:?}");
+        }
+    }
+    assert!(busy >= 32, "only {busy} of 64 writes were refused busy");
+    let text = cluster
+        .status_get(&cluster.status_addr(0), "/metrics")
+        .unwrap();
+    assert!(metric(&text, "flotilla_server_busy_total") >= busy as f64);
+
+    // The client backs off and retries a busy answer: many writes at once all land.
+    let keys: Vec<Vec<u8>> = (0..32).map(|i| format!("c{i:02}").into_bytes()).collect();
+    rt.block_on(futures::future::try_join_all(
+        keys.iter().map(|k| ours.put(k, b"v")),
+    ))
+    .expect("every write lands");
+    for k in &keys {
+        assert_eq!(rt.block_on(ours.get(k)).expect("read"), Some(b"v".to_vec()));
+    }
+}
