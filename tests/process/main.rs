@@ -12,6 +12,7 @@ mod common;
 mod auth;
 mod batch_commands;
 mod bench;
+mod connections;
 mod disk_full;
 mod docker;
 mod durability;

@@ -6,12 +6,24 @@
 //! A stream that fails ends every request waiting on it with the stream's error (for a
 //! write: its outcome is unknown unless gRPC could not connect at all); the next request
 //! opens a new stream. A request still queued when its stream failed was never sent,
-//! and says so ([`NOT_SENT`]), so that even a write may be sent again.
+//! and says so ([`NOT_SENT`]), so that even a write may be sent again; one whose caller
+//! stopped waiting before it was written is dropped, never sent late. A request larger
+//! than a stream message, and every request to a store that does not serve the stream,
+//! goes as a unary call instead.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use futures::{SinkExt, TryStreamExt};
-use grpcio::{ClientDuplexReceiver, ClientDuplexSender, RpcStatus, RpcStatusCode, WriteFlags};
+use grpcio::{
+    ClientDuplexReceiver, ClientDuplexSender, ClientUnaryReceiver, RpcStatus, RpcStatusCode,
+    WriteFlags,
+};
 use parking_lot::Mutex;
 use proto::{
     kvrpcpb,
@@ -29,21 +41,31 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) const NOT_SENT: &str = "not sent: the batch stream had failed";
 /// Most requests in one message (TiKV's clients use the same figure).
 const MAX_REQUESTS_PER_MESSAGE: usize = 128;
-/// Requests stop joining a message once it is this large; a larger one goes alone.
+/// Requests stop joining a message once it is this large; a larger request goes as a
+/// unary call, so that a message never nears gRPC's limit.
 const MESSAGE_BYTES: usize = 1 << 20;
+/// Requests waiting for the writer; past it a request is refused as not sent (the store
+/// is not taking what was already written).
+const MAX_QUEUED: usize = 4096;
 
 /// A request a BatchCommands stream carries, and how its answer comes back.
-pub(crate) trait Batched: Sized {
+pub(crate) trait Batched: Message {
     /// Its answer.
-    type Resp;
+    type Resp: Unpin;
     /// The request as a stream command.
     fn into_cmd(self) -> Cmd;
     /// The answer, if `answer` is of its kind.
     fn from_answer(answer: Answer) -> Option<Self::Resp>;
+    /// The request as its unary call.
+    fn unary(
+        &self,
+        client: &TikvClient,
+        opt: grpcio::CallOption,
+    ) -> grpcio::Result<ClientUnaryReceiver<Self::Resp>>;
 }
 
 macro_rules! batched {
-    ($($req:ident => $resp:ident, $variant:ident;)*) => {
+    ($($req:ident => $resp:ident, $variant:ident, $unary:ident;)*) => {
         $(
             impl Batched for kvrpcpb::$req {
                 type Resp = kvrpcpb::$resp;
@@ -56,30 +78,37 @@ macro_rules! batched {
                         _ => None,
                     }
                 }
+                fn unary(
+                    &self,
+                    client: &TikvClient,
+                    opt: grpcio::CallOption,
+                ) -> grpcio::Result<ClientUnaryReceiver<kvrpcpb::$resp>> {
+                    client.$unary(self, opt)
+                }
             }
         )*
     };
 }
 
 batched! {
-    RawGetRequest => RawGetResponse, RawGet;
-    RawBatchGetRequest => RawBatchGetResponse, RawBatchGet;
-    RawPutRequest => RawPutResponse, RawPut;
-    RawBatchPutRequest => RawBatchPutResponse, RawBatchPut;
-    RawDeleteRequest => RawDeleteResponse, RawDelete;
-    RawBatchDeleteRequest => RawBatchDeleteResponse, RawBatchDelete;
-    RawScanRequest => RawScanResponse, RawScan;
-    RawDeleteRangeRequest => RawDeleteRangeResponse, RawDeleteRange;
-    GetRequest => GetResponse, Get;
-    ScanRequest => ScanResponse, Scan;
-    PrewriteRequest => PrewriteResponse, Prewrite;
-    CommitRequest => CommitResponse, Commit;
-    BatchRollbackRequest => BatchRollbackResponse, BatchRollback;
-    ScanLockRequest => ScanLockResponse, ScanLock;
-    ResolveLockRequest => ResolveLockResponse, ResolveLock;
-    PessimisticLockRequest => PessimisticLockResponse, PessimisticLock;
-    CheckTxnStatusRequest => CheckTxnStatusResponse, CheckTxnStatus;
-    CheckSecondaryLocksRequest => CheckSecondaryLocksResponse, CheckSecondaryLocks;
+    RawGetRequest => RawGetResponse, RawGet, raw_get_async_opt;
+    RawBatchGetRequest => RawBatchGetResponse, RawBatchGet, raw_batch_get_async_opt;
+    RawPutRequest => RawPutResponse, RawPut, raw_put_async_opt;
+    RawBatchPutRequest => RawBatchPutResponse, RawBatchPut, raw_batch_put_async_opt;
+    RawDeleteRequest => RawDeleteResponse, RawDelete, raw_delete_async_opt;
+    RawBatchDeleteRequest => RawBatchDeleteResponse, RawBatchDelete, raw_batch_delete_async_opt;
+    RawScanRequest => RawScanResponse, RawScan, raw_scan_async_opt;
+    RawDeleteRangeRequest => RawDeleteRangeResponse, RawDeleteRange, raw_delete_range_async_opt;
+    GetRequest => GetResponse, Get, kv_get_async_opt;
+    ScanRequest => ScanResponse, Scan, kv_scan_async_opt;
+    PrewriteRequest => PrewriteResponse, Prewrite, kv_prewrite_async_opt;
+    CommitRequest => CommitResponse, Commit, kv_commit_async_opt;
+    BatchRollbackRequest => BatchRollbackResponse, BatchRollback, kv_batch_rollback_async_opt;
+    ScanLockRequest => ScanLockResponse, ScanLock, kv_scan_lock_async_opt;
+    ResolveLockRequest => ResolveLockResponse, ResolveLock, kv_resolve_lock_async_opt;
+    PessimisticLockRequest => PessimisticLockResponse, PessimisticLock, kv_pessimistic_lock_async_opt;
+    CheckTxnStatusRequest => CheckTxnStatusResponse, CheckTxnStatus, kv_check_txn_status_async_opt;
+    CheckSecondaryLocksRequest => CheckSecondaryLocksResponse, CheckSecondaryLocks, kv_check_secondary_locks_async_opt;
 }
 
 /// The batch stream to one store, opened on first use and again after a failure.
@@ -87,12 +116,14 @@ pub(crate) struct BatchStream {
     client: TikvClient,
     opt: grpcio::CallOption,
     current: Mutex<Option<Arc<Stream>>>,
+    /// The store answered the stream UNIMPLEMENTED: every request goes unary.
+    unary_only: Arc<AtomicBool>,
 }
 
 /// One open stream.
 struct Stream {
     /// To the task that writes the stream.
-    queue: mpsc::UnboundedSender<(u64, Cmd)>,
+    queue: mpsc::Sender<(u64, Cmd)>,
     waiting: Arc<Mutex<Waiting>>,
 }
 
@@ -115,19 +146,32 @@ impl BatchStream {
             client,
             opt,
             current: Mutex::default(),
+            unary_only: Arc::default(),
         }
     }
 
     /// Sends `req` on the stream and waits for its answer.
     pub(crate) async fn call<R: Batched>(&self, req: R) -> grpcio::Result<R::Resp> {
-        let stream = self.stream()?;
+        let unary = self.unary_only.load(Ordering::Relaxed);
+        if unary || req.compute_size() as usize > MESSAGE_BYTES {
+            return req.unary(&self.client, self.opt.clone())?.await;
+        }
+        let stream = self
+            .stream()
+            .map_err(|e| failure(RpcStatusCode::UNAVAILABLE, format!("{NOT_SENT} ({e})")))?;
         let (id, answer) = stream.register()?;
         let _forget = Forget {
             waiting: &stream.waiting,
             id,
         };
-        if stream.queue.send((id, req.into_cmd())).is_err() {
-            return Err(failure(RpcStatusCode::UNAVAILABLE, NOT_SENT.into()));
+        if let Err(e) = stream.queue.try_send((id, req.into_cmd())) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    format!("{NOT_SENT} ({MAX_QUEUED} requests are queued for the store)")
+                }
+                mpsc::error::TrySendError::Closed(_) => NOT_SENT.to_string(),
+            };
+            return Err(failure(RpcStatusCode::UNAVAILABLE, why));
         }
         let answer = match answer.await {
             Ok(Ok(answer)) => answer,
@@ -153,11 +197,13 @@ impl BatchStream {
             return Ok(s.clone());
         }
         let (sink, receiver) = self.client.batch_commands_opt(self.opt.clone())?;
-        let (queue, queued) = mpsc::unbounded_channel();
+        let (queue, queued) = mpsc::channel(MAX_QUEUED);
         let waiting = Arc::new(Mutex::new(Waiting::default()));
-        self.client
-            .spawn(write_requests(sink, queued, waiting.clone()));
-        self.client.spawn(read_answers(receiver, waiting.clone()));
+        let unary_only = &self.unary_only;
+        let writer = write_requests(sink, queued, waiting.clone(), unary_only.clone());
+        self.client.spawn(writer);
+        let reader = read_answers(receiver, waiting.clone(), unary_only.clone());
+        self.client.spawn(reader);
         let stream = Arc::new(Stream { queue, waiting });
         *current = Some(stream.clone());
         Ok(stream)
@@ -188,7 +234,8 @@ impl Stream {
 }
 
 /// Drops a caller's place when it stops waiting (answered, or it gave up), so that a
-/// store which never answers does not grow the table.
+/// store which never answers does not grow the table, and a request not yet written is
+/// not written at all.
 struct Forget<'a> {
     waiting: &'a Mutex<Waiting>,
     id: u64,
@@ -200,8 +247,15 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Ends a stream: no more requests, and every caller waiting is told `why`.
-fn end(waiting: &Mutex<Waiting>, why: RpcStatus) {
+/// Ends a stream: no more requests, and every caller waiting is told `why`. A store
+/// that does not serve the stream served nothing sent on it: those requests were not
+/// sent, and every later one goes unary (`unary_only`).
+fn end(waiting: &Mutex<Waiting>, unary_only: &AtomicBool, mut why: RpcStatus) {
+    if why.code() == RpcStatusCode::UNIMPLEMENTED {
+        unary_only.store(true, Ordering::Relaxed);
+        let msg = format!("{NOT_SENT} (the store does not serve BatchCommands)");
+        why = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, msg);
+    }
     let mut w = waiting.lock();
     w.ended.get_or_insert(why);
     // Dropping the senders wakes the callers, who read `ended`.
@@ -212,19 +266,22 @@ fn failure(code: RpcStatusCode, msg: String) -> grpcio::Error {
     grpcio::Error::RpcFailure(RpcStatus::with_message(code, msg))
 }
 
-fn status_of(e: grpcio::Error) -> RpcStatus {
+/// The status a failed call ended with, if the error carries it.
+fn status_in(e: grpcio::Error) -> Option<RpcStatus> {
     match e {
-        grpcio::Error::RpcFailure(s) => s,
-        e => RpcStatus::with_message(RpcStatusCode::UNKNOWN, e.to_string()),
+        grpcio::Error::RpcFailure(s) | grpcio::Error::RpcFinished(Some(s)) => Some(s),
+        _ => None,
     }
 }
 
 /// Writes queued requests, as many to a message as are waiting.
 async fn write_requests(
     mut sink: ClientDuplexSender<BatchCommandsRequest>,
-    mut queued: mpsc::UnboundedReceiver<(u64, Cmd)>,
+    mut queued: mpsc::Receiver<(u64, Cmd)>,
     waiting: Arc<Mutex<Waiting>>,
+    unary_only: Arc<AtomicBool>,
 ) {
+    // Taken from the queue but left for the next message.
     let mut carried = None;
     loop {
         let first = match carried.take() {
@@ -234,30 +291,18 @@ async fn write_requests(
                 None => break,
             },
         };
-        let mut msg = BatchCommandsRequest::default();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some((id, cmd)) = next.take() {
-            let mut req = BatchCommandsRequest_Request {
-                cmd: Some(cmd),
-                ..Default::default()
-            };
-            let size = req.compute_size() as usize;
-            if !msg.get_requests().is_empty() && bytes + size > MESSAGE_BYTES {
-                carried = req.cmd.take().map(|cmd| (id, cmd));
-                break;
-            }
-            bytes += size;
-            msg.mut_request_ids().push(id);
-            msg.mut_requests().push(req);
-            if msg.get_requests().len() < MAX_REQUESTS_PER_MESSAGE {
-                next = queued.try_recv().ok();
-            }
+        let (msg, left) = next_message(first, &mut queued, &waiting);
+        carried = left;
+        if msg.get_requests().is_empty() {
+            continue;
         }
         if let Err(e) = sink.send((msg, WriteFlags::default())).await {
-            let why = status_of(e);
-            refuse_queued(queued, carried, &waiting, &why);
-            end(&waiting, why);
+            refuse_queued(queued, carried, &waiting);
+            // A failed send carries the call's status only sometimes; the reader gets it
+            // when the call ends.
+            if let Some(status) = status_in(e) {
+                end(&waiting, &unary_only, status);
+            }
             return;
         }
     }
@@ -265,25 +310,55 @@ async fn write_requests(
     let _ = sink.close().await;
 }
 
+/// A message of `first` and what else is queued (up to the message's bounds), skipping
+/// requests whose callers gave up; and a request taken that did not fit.
+fn next_message(
+    first: (u64, Cmd),
+    queued: &mut mpsc::Receiver<(u64, Cmd)>,
+    waiting: &Mutex<Waiting>,
+) -> (BatchCommandsRequest, Option<(u64, Cmd)>) {
+    let mut msg = BatchCommandsRequest::default();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some((id, cmd)) = next.take() {
+        // Its caller gave up (and may have reported it undetermined): written now, it
+        // could apply after writes that caller made since.
+        if waiting.lock().callers.contains_key(&id) {
+            let req = BatchCommandsRequest_Request {
+                cmd: Some(cmd),
+                ..Default::default()
+            };
+            let size = req.compute_size() as usize;
+            if !msg.get_requests().is_empty() && bytes + size > MESSAGE_BYTES {
+                return (msg, req.cmd.map(|cmd| (id, cmd)));
+            }
+            bytes += size;
+            msg.mut_request_ids().push(id);
+            msg.mut_requests().push(req);
+        }
+        if msg.get_requests().len() < MAX_REQUESTS_PER_MESSAGE {
+            next = queued.try_recv().ok();
+        }
+    }
+    (msg, None)
+}
+
 /// Tells the callers of requests still queued that theirs were never sent.
 fn refuse_queued(
-    mut queued: mpsc::UnboundedReceiver<(u64, Cmd)>,
+    mut queued: mpsc::Receiver<(u64, Cmd)>,
     carried: Option<(u64, Cmd)>,
     waiting: &Mutex<Waiting>,
-    why: &RpcStatus,
 ) {
     queued.close();
-    let msg = format!("{NOT_SENT} ({})", why.message());
+    let msg = format!("{NOT_SENT} (the stream failed before it was written)");
     let mut w = waiting.lock();
     let unsent = carried
         .into_iter()
         .chain(std::iter::from_fn(|| queued.try_recv().ok()));
     for (id, _) in unsent {
         if let Some(caller) = w.callers.remove(&id) {
-            let _ = caller.send(Err(RpcStatus::with_message(
-                RpcStatusCode::UNAVAILABLE,
-                msg.clone(),
-            )));
+            let status = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, msg.clone());
+            let _ = caller.send(Err(status));
         }
     }
 }
@@ -292,6 +367,7 @@ fn refuse_queued(
 async fn read_answers(
     mut receiver: ClientDuplexReceiver<BatchCommandsResponse>,
     waiting: Arc<Mutex<Waiting>>,
+    unary_only: Arc<AtomicBool>,
 ) {
     let why = loop {
         match receiver.try_next().await {
@@ -315,8 +391,100 @@ async fn read_answers(
                     "the store closed the batch stream".into(),
                 )
             }
-            Err(e) => break status_of(e),
+            Err(e) => {
+                let text = e.to_string();
+                break status_in(e)
+                    .unwrap_or_else(|| RpcStatus::with_message(RpcStatusCode::UNKNOWN, text));
+            }
         }
     };
-    end(&waiting, why);
+    end(&waiting, &unary_only, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use grpcio::{RpcContext, ServerCredentials, UnarySink};
+    use proto_grpc::tikvpb_grpc::{create_tikv, Tikv};
+
+    use super::*;
+
+    /// A store that serves RawGet and RawPut unary calls only (BatchCommands is
+    /// UNIMPLEMENTED, as in a store of an older version), counting them.
+    #[derive(Clone, Default)]
+    struct UnaryStore {
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Tikv for UnaryStore {
+        fn raw_get(
+            &mut self,
+            ctx: RpcContext,
+            _req: kvrpcpb::RawGetRequest,
+            sink: UnarySink<kvrpcpb::RawGetResponse>,
+        ) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut resp = kvrpcpb::RawGetResponse::default();
+            resp.set_value(b"unary".to_vec());
+            ctx.spawn(async move {
+                let _ = sink.success(resp).await;
+            });
+        }
+
+        fn raw_put(
+            &mut self,
+            ctx: RpcContext,
+            _req: kvrpcpb::RawPutRequest,
+            sink: UnarySink<kvrpcpb::RawPutResponse>,
+        ) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            ctx.spawn(async move {
+                let _ = sink.success(kvrpcpb::RawPutResponse::default()).await;
+            });
+        }
+    }
+
+    fn start(store: UnaryStore) -> (grpcio::Server, BatchStream) {
+        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+        let mut server = grpcio::ServerBuilder::new(env.clone())
+            .register_service(create_tikv(store))
+            .build()
+            .expect("a server");
+        let port = server
+            .add_listening_port("127.0.0.1:0", ServerCredentials::insecure())
+            .expect("a port");
+        server.start();
+        let ch = grpcio::ChannelBuilder::new(env).connect(&format!("127.0.0.1:{port}"));
+        let stream = BatchStream::new(TikvClient::new(ch), grpcio::CallOption::default());
+        (server, stream)
+    }
+
+    #[tokio::test]
+    async fn a_store_without_the_stream_is_asked_unary_and_nothing_was_sent() {
+        let store = UnaryStore::default();
+        let (_server, stream) = start(store.clone());
+        let first = stream.call(kvrpcpb::RawGetRequest::default()).await;
+        match first {
+            Err(grpcio::Error::RpcFailure(s)) => {
+                assert!(s.message().starts_with(NOT_SENT), "{s:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.calls.load(Ordering::SeqCst), 0);
+        let second = stream.call(kvrpcpb::RawGetRequest::default()).await;
+        assert_eq!(second.expect("served unary").get_value(), b"unary");
+        assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_message_goes_unary() {
+        let store = UnaryStore::default();
+        let (_server, stream) = start(store.clone());
+        let mut put = kvrpcpb::RawPutRequest::default();
+        put.set_value(vec![b'v'; MESSAGE_BYTES + 1]);
+        stream.call(put).await.expect("served unary");
+        assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+        assert!(stream.current.lock().is_none(), "no stream was opened");
+    }
 }

@@ -248,15 +248,22 @@ impl Kind<'_> {
     }
 }
 
-/// Whether a failed call certainly never reached the store (gRPC could not connect), so
-/// that even a write may be retried.
+/// Whether a failed call certainly never reached the store (gRPC could not connect, or
+/// it was still queued when its batch stream failed), so that even a write may be
+/// retried.
 fn never_sent(e: &grpcio::Error) -> bool {
+    could_not_connect(e)
+        || matches!(e, grpcio::Error::RpcFailure(s) if s.message().starts_with(batch::NOT_SENT))
+}
+
+/// Whether a failed call could not reach the store at all: the store is passed over for
+/// a while.
+fn could_not_connect(e: &grpcio::Error) -> bool {
     match e {
         grpcio::Error::RpcFailure(s) => {
             s.code() == grpcio::RpcStatusCode::UNAVAILABLE
                 && (s.message().contains("failed to connect")
-                    || s.message().contains("DNS resolution failed")
-                    || s.message().starts_with(batch::NOT_SENT))
+                    || s.message().contains("DNS resolution failed"))
         }
         _ => false,
     }
@@ -728,7 +735,7 @@ impl Client {
                     }
                 }
                 // A follower slow to catch up with its read index is not a dead store.
-                if never_sent || (silent && mode == ReadMode::Leader) {
+                if could_not_connect(&e) || (silent && mode == ReadMode::Leader) {
                     let since = Instant::now();
                     let mark = Unreachable { since, silent };
                     self.unreachable.lock().insert(leader.get_store_id(), mark);
@@ -1402,7 +1409,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_failed_connect_proves_a_request_was_never_sent() {
+    fn only_a_failed_connect_or_a_queued_batch_request_was_never_sent() {
         let status = |code, msg: &str| {
             grpcio::Error::RpcFailure(grpcio::RpcStatus::with_message(code, msg.to_string()))
         };
@@ -1417,5 +1424,8 @@ mod tests {
             "Deadline Exceeded"
         )));
         assert!(!never_sent(&grpcio::Error::RemoteStopped));
+        // Queued on a batch stream that failed: never sent, but the store may be up.
+        let queued = status(C::UNAVAILABLE, &format!("{} (GOAWAY)", batch::NOT_SENT));
+        assert!(never_sent(&queued) && !could_not_connect(&queued));
     }
 }

@@ -101,6 +101,13 @@ impl Engine {
             cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
             cf_opts.set_compression_type(DBCompressionType::Lz4);
             cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            if cf == Cf::Lock {
+                // Every transactional read and write looks its keys up here, and almost
+                // always finds nothing: a memtable bloom filter answers that without a
+                // skip-list search (a tenth of a store's CPU under a transactional load).
+                cf_opts.set_memtable_whole_key_filtering(true);
+                cf_opts.set_memtable_prefix_bloom_ratio(0.1);
+            }
             if let (Cf::Default, Some(drop)) = (cf, &opts.default_cf_drop) {
                 let drop = drop.0.clone();
                 cf_opts.set_compaction_filter(

@@ -1,25 +1,44 @@
 //! TiKV's BatchCommands: one stream carries many clients' requests, each with an id its
-//! answer echoes. Every request is served as its unary call would be (same checks, same
-//! routing, same answer), concurrently; answers go back in the order they finish, as
-//! many to a message as are ready. A stream holds at most `server.stream-max-inflight`
-//! requests between reading them and writing their answers: past it this store stops
-//! reading, and gRPC's flow control holds the client back.
+//! answer echoes. Every request is let in and served as its unary call would be (same
+//! checks, same routing, same answer), concurrently; answers go back in the order they
+//! finish, as many to a message as are ready.
+//!
+//! Bounds, against a client that sends without reading or a hostile one:
+//! - a message is counted before it is decoded, and one of more than
+//!   [`MAX_REQUESTS_PER_MESSAGE`] is refused (an empty request is two bytes on the wire
+//!   and hundreds in memory);
+//! - a stream serves at most `server.stream-max-inflight` requests between reading them
+//!   and writing their answers; past it a request is answered server_is_busy at once;
+//!   and once as many of those are unwritten too, the store stops reading the stream and
+//!   gRPC's flow control holds the client back.
+//!
+//! Each request is checked against the caller's rights as its unary call is, and
+//! refused alone; Empty needs no rights.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::{future::BoxFuture, FutureExt, SinkExt, TryStreamExt};
-use grpcio::{DuplexSink, RequestStream, RpcStatus, RpcStatusCode, WriteFlags};
+use grpcio::{
+    DuplexSink, Marshaller, MessageReader, Method, MethodType, RequestStream, RpcContext,
+    RpcStatus, RpcStatusCode, WriteFlags,
+};
 use proto::tikvpb::{
     BatchCommandsEmptyRequest, BatchCommandsEmptyResponse, BatchCommandsRequest,
     BatchCommandsRequest_Request_oneof_cmd as Cmd, BatchCommandsResponse,
     BatchCommandsResponse_Response, BatchCommandsResponse_Response_oneof_cmd as Answer,
 };
-use protobuf::Message;
+use protobuf::{wire_format::WireType, CodedInputStream, Message};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use util::security::Proof;
 
-use crate::{metrics, raw_service as raw, service::TikvService, txn_service as txn};
+use crate::{
+    metrics, raw_service as raw,
+    service::{Admission, TikvService},
+    txn_service as txn,
+};
 
+/// Most requests one message may carry (TiKV's clients send at most 128).
+pub const MAX_REQUESTS_PER_MESSAGE: usize = 4096;
 /// Most answers in one message (TiKV's figure).
 const MAX_ANSWERS_PER_MESSAGE: usize = 128;
 /// Answers stop joining a message once it is this large; a larger single answer (up to
@@ -28,16 +47,93 @@ const MESSAGE_BYTES: usize = 1 << 20;
 /// The longest an Empty request may ask its answer to be held.
 const MAX_EMPTY_DELAY: Duration = Duration::from_secs(1);
 
+/// A request's places: in its stream's window, and among the store's requests in
+/// flight (none if it was refused); freed once its answer is written.
+type Places = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
 /// What the reader hands the writer.
 enum Reply {
-    /// A request's answer, and its place in the stream's window (freed once written).
-    Answer(u64, BatchCommandsResponse_Response, OwnedSemaphorePermit),
+    /// A request's answer, and its places.
+    Answer(u64, BatchCommandsResponse_Response, Places),
     /// The stream is unusable: end it with this status.
     Fail(RpcStatus),
 }
 
-/// Serves one BatchCommands stream until the client closes it or goes away.
-pub(crate) async fn run(
+/// BatchCommands as the store registers it: decoded by [`bounded_decode`].
+pub(crate) fn bounded_service(svc: TikvService) -> grpcio::Service {
+    const METHOD: Method<BatchCommandsRequest, BatchCommandsResponse> = Method {
+        ty: MethodType::Duplex,
+        name: "/tikvpb.Tikv/BatchCommands",
+        req_mar: Marshaller {
+            ser: grpcio::pb_ser,
+            de: bounded_decode,
+        },
+        resp_mar: Marshaller {
+            ser: grpcio::pb_ser,
+            de: grpcio::pb_de,
+        },
+    };
+    grpcio::ServiceBuilder::new()
+        .add_duplex_streaming_handler(&METHOD, move |ctx, stream, sink| {
+            serve(&svc, &ctx, stream, sink)
+        })
+        .build()
+}
+
+/// Decodes a message after counting its requests and ids on the wire.
+fn bounded_decode(mut reader: MessageReader) -> grpcio::Result<BatchCommandsRequest> {
+    let mut buf = Vec::with_capacity(reader.len());
+    std::io::Read::read_to_end(&mut reader, &mut buf)
+        .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
+    let count = count_requests(&buf)?;
+    if count > MAX_REQUESTS_PER_MESSAGE {
+        return Err(grpcio::Error::Codec(
+            format!(
+                "a BatchCommands message carries {count} requests, more than the \
+                 {MAX_REQUESTS_PER_MESSAGE} a store takes in one message"
+            )
+            .into(),
+        ));
+    }
+    Ok(BatchCommandsRequest::parse_from_bytes(&buf)?)
+}
+
+/// The larger of a message's requests (field 1) and request ids (field 2, packed or
+/// not), read from the wire without decoding them.
+fn count_requests(buf: &[u8]) -> protobuf::ProtobufResult<usize> {
+    let mut s = CodedInputStream::from_bytes(buf);
+    let (mut requests, mut ids) = (0, 0);
+    while !s.eof()? {
+        let (field, wire) = s.read_tag_unpack()?;
+        match (field, wire) {
+            (1, _) => requests += 1,
+            (2, WireType::WireTypeLengthDelimited) => {
+                let len = s.read_raw_varint32()?;
+                let packed = s.read_raw_bytes(len)?;
+                // A varint ends at its one byte without the high bit.
+                ids += packed.iter().filter(|b| *b & 0x80 == 0).count();
+                continue;
+            }
+            (2, _) => ids += 1,
+            _ => {}
+        }
+        s.skip_field(wire)?;
+    }
+    Ok(requests.max(ids))
+}
+
+/// Serves one BatchCommands stream.
+pub(crate) fn serve(
+    svc: &TikvService,
+    ctx: &RpcContext,
+    stream: RequestStream<BatchCommandsRequest>,
+    sink: DuplexSink<BatchCommandsResponse>,
+) {
+    svc.rt.spawn(run(svc.clone(), svc.proof(ctx), stream, sink));
+}
+
+/// Serves one stream until the client closes it or goes away.
+async fn run(
     svc: TikvService,
     proof: Proof,
     stream: RequestStream<BatchCommandsRequest>,
@@ -45,25 +141,35 @@ pub(crate) async fn run(
 ) {
     metrics::BATCH_STREAMS.inc();
     let (tx, rx) = mpsc::unbounded_channel();
-    let window = Arc::new(Semaphore::new(svc.limits.stream_max_inflight));
     // The request stream lives until the writer is done: dropping it first would cancel
     // the call, and the client would see that instead of the status that says why.
-    let (stream, ()) = futures::join!(read(svc, proof, stream, tx, window), write(sink, rx));
+    let (stream, ()) = futures::join!(read(svc, proof, stream, tx), write(sink, rx));
     drop(stream);
     metrics::BATCH_STREAMS.dec();
 }
 
-/// Reads the stream's requests and starts each; it waits for room in `window` first.
-/// Gives the stream back once it ends or fails.
+/// Reads the stream's requests and starts each, with a place in the window (or, when it
+/// is full, answered busy with a place among the overflow; with none of those either,
+/// it waits). Gives the stream back once it ends or fails.
 async fn read(
     svc: TikvService,
     proof: Proof,
     mut stream: RequestStream<BatchCommandsRequest>,
     tx: mpsc::UnboundedSender<Reply>,
-    window: Arc<Semaphore>,
 ) -> RequestStream<BatchCommandsRequest> {
-    // A client that went away ends the read; the writer then fails on its own.
-    while let Ok(Some(mut batch)) = stream.try_next().await {
+    let window = Arc::new(Semaphore::new(svc.limits.stream_max_inflight));
+    let overflow = Arc::new(Semaphore::new(svc.limits.stream_max_inflight));
+    loop {
+        let mut batch = match stream.try_next().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return stream,
+            Err(e) => {
+                // The client went away, or sent what could not be decoded.
+                let why = format!("the BatchCommands stream broke: {e}");
+                let _ = tx.send(Reply::Fail(invalid(why)));
+                return stream;
+            }
+        };
         let commands = match commands(&mut batch) {
             Ok(commands) => commands,
             Err(why) => {
@@ -73,23 +179,28 @@ async fn read(
         };
         metrics::BATCH_REQUESTS_PER_MESSAGE.observe(commands.len() as f64);
         for (id, cmd) in commands {
-            let place = window
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the window is never closed");
-            let answer = dispatch(&svc, &proof, cmd);
+            let (held, full) = match window.clone().try_acquire_owned() {
+                Ok(place) => (place, false),
+                Err(_) => (
+                    overflow
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the overflow is never closed"),
+                    true,
+                ),
+            };
+            let (place, answer) = dispatch(&svc, &proof, cmd, full);
             let tx = tx.clone();
             svc.rt.spawn(async move {
                 let resp = BatchCommandsResponse_Response {
                     cmd: Some(answer.await),
                     ..Default::default()
                 };
-                let _ = tx.send(Reply::Answer(id, resp, place));
+                let _ = tx.send(Reply::Answer(id, resp, (held, place)));
             });
         }
     }
-    stream
 }
 
 /// A message's requests with their ids; a malformed message is refused whole, before
@@ -133,33 +244,39 @@ async fn write(
         };
         let mut out = BatchCommandsResponse::default();
         let mut places = Vec::new();
+        let mut failed = None;
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(reply) = next.take() {
-            let (id, resp, place) = match reply {
-                Reply::Answer(id, resp, place) => (id, resp, place),
+            let (id, resp, held) = match reply {
+                Reply::Answer(id, resp, held) => (id, resp, held),
                 Reply::Fail(status) => {
-                    let _ = sink.fail(status).await;
-                    return;
+                    failed = Some(status);
+                    break;
                 }
             };
             let size = resp.compute_size() as usize;
             if !places.is_empty() && bytes + size > MESSAGE_BYTES {
-                carried = Some(Reply::Answer(id, resp, place));
+                carried = Some(Reply::Answer(id, resp, held));
                 break;
             }
             bytes += size;
             out.mut_request_ids().push(id);
             out.mut_responses().push(resp);
-            places.push(place);
+            places.push(held);
             if places.len() < MAX_ANSWERS_PER_MESSAGE {
                 next = rx.try_recv().ok();
             }
         }
-        if sink.send((out, WriteFlags::default())).await.is_err() {
+        // What was served goes out before a failure ends the stream.
+        if !places.is_empty() && sink.send((out, WriteFlags::default())).await.is_err() {
             return;
         }
         drop(places);
+        if let Some(status) = failed {
+            let _ = sink.fail(status).await;
+            return;
+        }
     }
     let _ = sink.close().await;
 }
@@ -168,21 +285,27 @@ fn invalid(why: String) -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, why)
 }
 
-/// The answer to one command, as its unary call gives it.
-fn dispatch(svc: &TikvService, proof: &Proof, cmd: Cmd) -> BoxFuture<'static, Answer> {
+/// The place one command takes among the store's requests in flight, and its answer, as
+/// its unary call gives it (`full`: its stream has no room, so it is answered busy).
+fn dispatch(
+    svc: &TikvService,
+    proof: &Proof,
+    cmd: Cmd,
+    full: bool,
+) -> (Option<OwnedSemaphorePermit>, BoxFuture<'static, Answer>) {
     macro_rules! raw {
-        ($req:expr, $variant:ident, $handler:ident) => {
-            svc.answer(proof, $req, raw::$handler)
-                .map(Answer::$variant)
-                .boxed()
-        };
+        ($req:expr, $variant:ident, $handler:ident) => {{
+            let Admission { place, refusal } = svc.admit(proof, &$req, full);
+            let answer = svc.answer(refusal, $req, raw::$handler);
+            (place, answer.map(Answer::$variant).boxed())
+        }};
     }
     macro_rules! txn {
-        ($req:expr, $variant:ident, $name:literal, $handler:ident) => {
-            svc.answer_txn(proof, $name, $req, txn::$handler)
-                .map(Answer::$variant)
-                .boxed()
-        };
+        ($req:expr, $variant:ident, $name:literal, $handler:ident) => {{
+            let Admission { place, refusal } = svc.admit(proof, &$req, full);
+            let answer = svc.answer_txn(refusal, $name, $req, txn::$handler);
+            (place, answer.map(Answer::$variant).boxed())
+        }};
     }
     match cmd {
         Cmd::RawGet(r) => raw!(r, RawGet, get),
@@ -221,7 +344,7 @@ fn dispatch(svc: &TikvService, proof: &Proof, cmd: Cmd) -> BoxFuture<'static, An
             "kv_check_secondary_locks",
             check_secondary_locks
         ),
-        Cmd::Empty(r) => empty(r).map(Answer::Empty).boxed(),
+        Cmd::Empty(r) => (None, empty(r).map(Answer::Empty).boxed()),
     }
 }
 
@@ -234,5 +357,33 @@ async fn empty(req: BatchCommandsEmptyRequest) -> BatchCommandsEmptyResponse {
     BatchCommandsEmptyResponse {
         test_id: req.test_id,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(requests: usize, ids: usize) -> Vec<u8> {
+        let mut msg = BatchCommandsRequest::default();
+        for _ in 0..requests {
+            msg.mut_requests().push(Default::default());
+        }
+        for id in 0..ids {
+            msg.mut_request_ids().push(id as u64 * 1000);
+        }
+        msg.write_to_bytes().expect("encode")
+    }
+
+    #[test]
+    fn a_message_is_counted_on_the_wire_by_its_requests_or_its_ids() {
+        assert_eq!(count_requests(&encoded(0, 0)).unwrap(), 0);
+        assert_eq!(count_requests(&encoded(3, 3)).unwrap(), 3);
+        assert_eq!(count_requests(&encoded(5000, 2)).unwrap(), 5000);
+        assert_eq!(count_requests(&encoded(2, 7000)).unwrap(), 7000);
+        assert!(
+            count_requests(&[0x0a, 0x05, 0x00]).is_err(),
+            "a cut-off message"
+        );
     }
 }

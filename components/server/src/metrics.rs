@@ -18,11 +18,12 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("register metric")
 });
 
-/// Client requests answered, by RPC and outcome (ok, error, region_error).
+/// Client requests answered, by RPC and outcome (ok, error, region_error, key_error,
+/// denied, busy).
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "flotilla_server_requests_total",
-        "Client requests answered, by RPC and outcome (ok, error: a key-level error, region_error: the client must re-route)",
+        "Client requests answered, by RPC and outcome (ok; error: a raw request's error; key_error: a transactional key error; region_error: the client must re-route; denied: its caller may not make it; busy: refused server_is_busy at once)",
         &["rpc", "outcome"]
     )
     .expect("register metric")
@@ -101,6 +102,9 @@ pub fn register_all() {
     LazyLock::force(&GC_LOCKS_RESOLVED);
     LazyLock::force(&TXN_LATCH_WAIT_SECONDS);
     LazyLock::force(&TXN_KEY_ERRORS);
+    LazyLock::force(&BUSY);
+    LazyLock::force(&BATCH_STREAMS);
+    LazyLock::force(&BATCH_REQUESTS_PER_MESSAGE);
 }
 
 /// The engine's statistics, read at each scrape (RocksDB keeps them; copying them into
@@ -334,7 +338,7 @@ pub static RESOLVED_TS_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
 pub static BUSY: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "flotilla_server_busy_total",
-        "Client requests refused with server_is_busy at once because server.max-inflight-requests were being served"
+        "Client requests refused with server_is_busy at once: server.max-inflight-requests were being served, or their BatchCommands stream had server.stream-max-inflight unanswered"
     )
     .expect("register metric")
 });

@@ -200,11 +200,11 @@ fn serve_grpc(
         .keepalive_timeout(s.grpc_keepalive_timeout)
         .http2_min_recv_ping_interval_without_data(s.grpc_keepalive_time / 2)
         .build_args();
-    let mut grpc = ServerBuilder::new(env)
-        .channel_args(args)
-        .register_service(proto_grpc::tikvpb_grpc::create_tikv(service))
-        .add_checker(security.checker())
-        .build()?;
+    let mut builder = ServerBuilder::new(env).channel_args(args);
+    for s in crate::service::services(service) {
+        builder = builder.register_service(s);
+    }
+    let mut grpc = builder.add_checker(security.checker()).build()?;
     let port = security
         .listen(&mut grpc, &cfg.server.addr)
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", cfg.server.addr)))?;

@@ -79,17 +79,40 @@ impl Limits {
         }
     }
 
-    /// A place among the requests served at once, held until the answer is ready; or
-    /// server_is_busy.
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    /// A place among the requests served at once; or server_is_busy.
+    fn place(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
         self.inflight.clone().try_acquire_owned().map_err(|_| {
-            metrics::BUSY.inc();
             Error::Busy(format!(
                 "{} requests in flight (server.max-inflight-requests)",
                 self.max_inflight
             ))
         })
     }
+}
+
+/// Why a request is answered without being served.
+pub(crate) enum Refusal {
+    /// Its caller may not make it.
+    Denied(Error),
+    /// The store (or its stream) has no room for it now.
+    Busy(Error),
+}
+
+impl Refusal {
+    /// The outcome label of `flotilla_server_requests_total`, and the error to answer.
+    pub(crate) fn into_parts(self) -> (&'static str, Error) {
+        match self {
+            Refusal::Denied(e) => ("denied", e),
+            Refusal::Busy(e) => ("busy", e),
+        }
+    }
+}
+
+/// A request let in: its place among those served at once, held until its answer is
+/// written (so that answers waiting for a slow reader count too); or why it was not.
+pub(crate) struct Admission {
+    pub(crate) place: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) refusal: Option<Refusal>,
 }
 
 /// Hops a request without routing may take before its region error goes to the client.
@@ -245,14 +268,50 @@ impl TikvService {
         F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
-        reply(&self.rt, sink, self.answer(&self.proof(ctx), req, handle));
+        let Admission { place, refusal } = self.admit(&self.proof(ctx), &req, false);
+        reply(&self.rt, sink, place, self.answer(refusal, req, handle));
     }
 
-    /// The answer to a raw request from a caller with `proof`: refused if it may not
-    /// make it, else `handle`d here or forwarded (see the module doc).
-    pub(crate) fn answer<Req, F, Fut>(
+    /// Lets a request in: its caller (with `proof`) must be allowed to make it, and it
+    /// takes a place among those served at once. `stream_full`: its BatchCommands stream
+    /// has no room, so it is busy whatever the store has.
+    pub(crate) fn admit<R: Guarded + ?Sized>(
         &self,
         proof: &Proof,
+        req: &R,
+        stream_full: bool,
+    ) -> Admission {
+        let refused = |refusal| Admission {
+            place: None,
+            refusal: Some(refusal),
+        };
+        if let Err(e) = self.auth.check(proof, req) {
+            return refused(Refusal::Denied(e));
+        }
+        let place = match stream_full {
+            true => Err(Error::Busy(format!(
+                "its BatchCommands stream has {} requests unanswered (server.stream-max-inflight)",
+                self.limits.stream_max_inflight
+            ))),
+            false => self.limits.place(),
+        };
+        match place {
+            Ok(place) => Admission {
+                place: Some(place),
+                refusal: None,
+            },
+            Err(e) => {
+                metrics::BUSY.inc();
+                refused(Refusal::Busy(e))
+            }
+        }
+    }
+
+    /// The answer to a raw request: its `refusal`, or the request `handle`d here or
+    /// forwarded (see the module doc).
+    pub(crate) fn answer<Req, F, Fut>(
+        &self,
+        refusal: Option<Refusal>,
         req: Req,
         handle: F,
     ) -> impl Future<Output = Req::Resp> + Send + 'static
@@ -261,20 +320,15 @@ impl TikvService {
         F: Fn(RawStorage, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
-        let denied = self.auth.check(proof, &req).err();
-        let place = self.limits.admit();
         let this = self.clone();
         async move {
-            if let Some(e) = denied {
+            if let Some(refusal) = refusal {
+                let (outcome, e) = refusal.into_parts();
                 metrics::REQUESTS
-                    .with_label_values(&[Req::NAME, "denied"])
+                    .with_label_values(&[Req::NAME, outcome])
                     .inc();
                 return error_response(e);
             }
-            let _place = match place {
-                Ok(place) => place,
-                Err(e) => return error_response(e),
-            };
             let timer = metrics::REQUEST_SECONDS
                 .with_label_values(&[Req::NAME])
                 .start_timer();
@@ -300,29 +354,26 @@ impl TikvService {
         }
     }
 
-    /// The answer to a transactional request from a caller with `proof` (see
-    /// `txn_service`): refused if it may not make it.
+    /// The answer to a transactional request (see `txn_service`): its `refusal`, or
+    /// the request `handle`d.
     pub(crate) fn answer_txn<Req, Resp, F, Fut>(
         &self,
-        proof: &Proof,
+        refusal: Option<Refusal>,
         name: &'static str,
         req: Req,
         handle: F,
     ) -> impl Future<Output = Resp> + Send + 'static
     where
-        Req: crate::context::HasContext + Guarded + Send + 'static,
+        Req: crate::context::HasContext + Send + 'static,
         Resp: crate::txn_service::TxnResponse,
         F: FnOnce(crate::txn_storage::TxnStorage, Req) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resp>> + Send,
     {
-        let denied = self.auth.check(proof, &req).err();
-        let place = self.limits.admit();
         let storage = self.txn.clone();
         async move {
-            match (denied, place) {
-                (Some(e), _) => crate::txn_service::refused(name, e),
-                (None, Err(e)) => crate::txn_service::busy(name, e),
-                (None, Ok(_place)) => crate::txn_service::answer(storage, name, req, handle).await,
+            match refusal {
+                Some(refusal) => crate::txn_service::refused(name, refusal),
+                None => crate::txn_service::answer(storage, name, req, handle).await,
             }
         }
     }
@@ -487,21 +538,25 @@ macro_rules! txn_calls {
     ($($method:ident: $req:ident => $resp:ident, $handler:ident;)*) => {
         $(
             fn $method(&mut self, ctx: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
-                let answer = self.answer_txn(&self.proof(&ctx), stringify!($method), req, crate::txn_service::$handler);
-                reply(&self.rt, sink, answer);
+                let Admission { place, refusal } = self.admit(&self.proof(&ctx), &req, false);
+                let answer = self.answer_txn(refusal, stringify!($method), req, crate::txn_service::$handler);
+                reply(&self.rt, sink, place, answer);
             }
         )*
     };
 }
 
-/// Sends the answer of a unary call once it is ready.
+/// Sends the answer of a unary call once it is ready, holding the request's `place`
+/// until it is written.
 fn reply<R: Send + 'static>(
     rt: &tokio::runtime::Handle,
     sink: UnarySink<R>,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
     answer: impl Future<Output = R> + Send + 'static,
 ) {
     rt.spawn(async move {
         let _ = sink.success(answer.await).await;
+        drop(place);
     });
 }
 
@@ -556,8 +611,7 @@ impl Tikv for TikvService {
         stream: RequestStream<BatchCommandsRequest>,
         sink: DuplexSink<BatchCommandsResponse>,
     ) {
-        let run = crate::batch_service::run(self.clone(), self.proof(&ctx), stream, sink);
-        self.rt.spawn(run);
+        crate::batch_service::serve(self, &ctx, stream, sink);
     }
 
     fn compute_hash(
@@ -788,7 +842,12 @@ async fn receive_snapshot(
     }
 }
 
-/// The services a store registers.
+/// The services a store registers, in order: the second replaces the first's
+/// BatchCommands with one whose messages are counted before they are decoded
+/// (grpcio's server keeps the last handler registered for a method).
 pub fn services(svc: TikvService) -> Vec<grpcio::Service> {
-    vec![proto_grpc::tikvpb_grpc::create_tikv(svc)]
+    vec![
+        proto_grpc::tikvpb_grpc::create_tikv(svc.clone()),
+        crate::batch_service::bounded_service(svc),
+    ]
 }

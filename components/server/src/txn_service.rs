@@ -107,15 +107,13 @@ where
     resp
 }
 
-/// The answer to a request refused before it was served (its caller may not make it).
-pub(crate) fn refused<Resp: TxnResponse>(name: &'static str, e: Error) -> Resp {
-    metrics::REQUESTS.with_label_values(&[name, "denied"]).inc();
-    error_response(e)
-}
-
-/// The answer to a request the store had no room for.
-pub(crate) fn busy<Resp: TxnResponse>(name: &'static str, e: Error) -> Resp {
-    metrics::REQUESTS.with_label_values(&[name, "busy"]).inc();
+/// The answer to a request refused before it was served.
+pub(crate) fn refused<Resp: TxnResponse>(
+    name: &'static str,
+    refusal: crate::service::Refusal,
+) -> Resp {
+    let (outcome, e) = refusal.into_parts();
+    metrics::REQUESTS.with_label_values(&[name, outcome]).inc();
     error_response(e)
 }
 
