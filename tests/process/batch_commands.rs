@@ -1,8 +1,9 @@
 //! TiKV's BatchCommands stream against a kv-server, spoken on the wire as TiKV's Go
-//! client speaks it: answers come back by request id, a malformed message ends the
+//! client speaks it: answers come back by request id; a malformed message ends the
 //! stream with INVALID_ARGUMENT and serves nothing of it (also one of too many requests,
-//! counted before it is decoded), and a store or a stream with too many requests in
-//! flight answers server_is_busy at once. The project's own client sends
+//! counted before it is decoded), while a command the store does not serve is answered
+//! alone, empty; and a store or a stream with too many requests in flight answers
+//! server_is_busy at once. The project's own client sends
 //! everything on such streams; a busy store only slows it down.
 
 use crate::common;
@@ -56,13 +57,17 @@ pub(crate) fn message(cmds: Vec<(u64, Option<Cmd>)>) -> BatchCommandsRequest {
     msg
 }
 
-/// Sends `msgs` on one stream, closes it, and collects the answers by id; or the
-/// status the stream ended with.
+/// Answers by request id (`None`: an empty answer, to a command the store does not
+/// serve).
+type Answers = HashMap<u64, Option<Answer>>;
+
+/// Sends `msgs` on one stream, closes it, and collects the answers by id, and the
+/// status the stream failed with, if it failed.
 fn exchange(
     rt: &tokio::runtime::Runtime,
     store: &TikvClient,
     msgs: Vec<BatchCommandsRequest>,
-) -> Result<HashMap<u64, Answer>, grpcio::RpcStatus> {
+) -> (Answers, Option<grpcio::RpcStatus>) {
     rt.block_on(async {
         let (mut sink, mut answers) = store.batch_commands().expect("open a stream");
         let mut got = HashMap::new();
@@ -78,25 +83,29 @@ fn exchange(
                 Ok(Some(mut msg)) => {
                     let ids = msg.take_request_ids();
                     for (id, resp) in ids.into_iter().zip(msg.take_responses()) {
-                        let answer = resp.cmd.expect("an answer carries its command");
-                        assert!(
-                            got.insert(id, answer).is_none(),
-                            "request {id} answered twice"
-                        );
+                        let fresh = got.insert(id, resp.cmd).is_none();
+                        assert!(fresh, "request {id} answered twice");
                     }
                 }
-                Ok(None) => break,
-                Err(grpcio::Error::RpcFailure(s)) => return Err(s),
+                Ok(None) => return (got, None),
+                Err(grpcio::Error::RpcFailure(s)) => return (got, Some(s)),
                 Err(e) => panic!("the stream broke: {e} (sending: {sent:?})"),
             }
         }
-        Ok(got)
     })
 }
 
-fn value_of(answers: &HashMap<u64, Answer>, id: u64) -> Option<Vec<u8>> {
+/// The answers of a stream that must end cleanly.
+fn served(exchanged: (Answers, Option<grpcio::RpcStatus>)) -> Answers {
+    match exchanged {
+        (answers, None) => answers,
+        (_, Some(s)) => panic!("the stream failed: {s:?}"),
+    }
+}
+
+fn value_of(answers: &Answers, id: u64) -> Option<Vec<u8>> {
     match answers.get(&id) {
-        Some(Answer::RawGet(r)) => {
+        Some(Some(Answer::RawGet(r))) => {
             assert!(!r.has_region_error() && r.get_error().is_empty(), "{r:?}");
             (!r.not_found).then(|| r.get_value().to_vec())
         }
@@ -104,13 +113,24 @@ fn value_of(answers: &HashMap<u64, Answer>, id: u64) -> Option<Vec<u8>> {
     }
 }
 
-fn refused(res: Result<HashMap<u64, Answer>, grpcio::RpcStatus>, why: &str) {
-    match res {
-        Err(s) => {
+fn put_ok(answers: &Answers, id: u64) {
+    match answers.get(&id) {
+        Some(Some(Answer::RawPut(r))) => {
+            assert!(!r.has_region_error() && r.get_error().is_empty(), "{r:?}")
+        }
+        other => panic!("request {id}: {other:?}"),
+    }
+}
+
+/// The answers a stream gave before it failed with INVALID_ARGUMENT naming `why`.
+fn refused(exchanged: (Answers, Option<grpcio::RpcStatus>), why: &str) -> Answers {
+    match exchanged {
+        (answers, Some(s)) => {
             assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT, "{s:?}");
             assert!(s.message().contains(why), "{s:?}");
+            answers
         }
-        Ok(answers) => panic!("not refused: {answers:?}"),
+        (answers, None) => panic!("not refused: {answers:?}"),
     }
 }
 
@@ -139,51 +159,49 @@ fn a_batch_stream_answers_each_request_by_its_id_and_refuses_a_malformed_message
         (5, Some(get("b"))),
         (6, Some(get("c"))),
     ]);
-    let answers = exchange(&rt, &store, vec![first]).expect("served");
+    let answers = served(exchange(&rt, &store, vec![first]));
     assert_eq!(answers.len(), 3, "{answers:?}");
-    for id in [9, u64::MAX] {
-        match &answers[&id] {
-            Answer::RawPut(r) => assert!(!r.has_region_error() && r.get_error().is_empty()),
-            other => panic!("{other:?}"),
-        }
-    }
+    put_ok(&answers, 9);
+    put_ok(&answers, u64::MAX);
     match &answers[&3] {
-        Answer::Empty(r) => assert_eq!(r.test_id, 77),
+        Some(Answer::Empty(r)) => assert_eq!(r.test_id, 77),
         other => panic!("{other:?}"),
     }
-    let answers = exchange(&rt, &store, vec![second]).expect("served");
+    let answers = served(exchange(&rt, &store, vec![second]));
     assert_eq!(value_of(&answers, 4), Some(b"1".to_vec()));
     assert_eq!(value_of(&answers, 5), Some(b"2".to_vec()));
     assert_eq!(value_of(&answers, 6), None);
 
-    // Malformed: the stream ends naming the problem, and no request of it is served.
+    // Malformed: the stream ends naming the problem, no request of the message is
+    // served, and what an earlier message asked is answered first.
     let mut uneven = message(vec![(1, Some(put("x", "1")))]);
     uneven.mut_request_ids().push(2);
-    refused(
-        exchange(&rt, &store, vec![uneven]),
+    let before = message(vec![(7, Some(put("w", "1")))]);
+    let answers = refused(
+        exchange(&rt, &store, vec![before, uneven]),
         "1 requests but 2 request ids",
     );
-    let unknown = message(vec![(1, Some(put("y", "1"))), (2, None)]);
-    refused(
-        exchange(&rt, &store, vec![unknown]),
-        "request 2 has no command",
-    );
-    // A command of TiKV's that Flotilla does not serve (Coprocessor, field 22).
-    let mut coprocessor = message(vec![(1, Some(put("y", "1"))), (2, None)]);
-    coprocessor.mut_requests()[1]
+    put_ok(&answers, 7);
+    // A request with no command this store serves (none; TiKV's Coprocessor, field 22)
+    // is answered alone, empty, as TiKV answers it; the rest of its message is served.
+    let mut unknown = message(vec![(1, Some(put("y", "1"))), (2, None), (3, None)]);
+    unknown.mut_requests()[2]
         .mut_unknown_fields()
         .add_length_delimited(22, vec![]);
-    refused(
-        exchange(&rt, &store, vec![coprocessor]),
-        "request 2 has no command",
+    let answers = served(exchange(&rt, &store, vec![unknown]));
+    put_ok(&answers, 1);
+    assert!(
+        answers[&2].is_none() && answers[&3].is_none(),
+        "{answers:?}"
     );
     // Counted before it is decoded: 10,000 empty requests are 20 KB on the wire.
     let flood = message((0..10_000).map(|i| (i, None)).collect());
-    refused(exchange(&rt, &store, vec![flood]), "more than the 4096");
-    for key in ["x", "y"] {
-        let got = rt.block_on(ours.get(key.as_bytes())).expect("read");
-        assert_eq!(got, None, "{key} was written by a refused message");
-    }
+    let answers = refused(exchange(&rt, &store, vec![flood]), "more than the 4096");
+    assert!(answers.is_empty(), "{answers:?}");
+    let read = |key: &[u8]| rt.block_on(ours.get(key)).expect("read");
+    assert_eq!(read(b"x"), None, "x was written by a refused message");
+    assert_eq!(read(b"w"), Some(b"1".to_vec()));
+    assert_eq!(read(b"y"), Some(b"1".to_vec()));
 
     // The project's client sends its requests on such a stream.
     let status = cluster.status_addr(0);
@@ -220,11 +238,11 @@ fn a_store_with_too_many_requests_in_flight_answers_busy_and_the_client_backs_of
     let cmds = (0..64)
         .map(|i| (i, Some(put(&format!("k{i:02}"), "v"))))
         .collect();
-    let answers = exchange(&rt, &store, vec![message(cmds)]).expect("served");
+    let answers = served(exchange(&rt, &store, vec![message(cmds)]));
     assert_eq!(answers.len(), 64);
     let (mut store_busy, mut stream_busy) = (0, 0);
     for answer in answers.values() {
-        let Answer::RawPut(r) = answer else {
+        let Some(Answer::RawPut(r)) = answer else {
             panic!("{answer:?}")
         };
         let reason = r.get_region_error().get_server_is_busy().get_reason();

@@ -54,13 +54,14 @@ impl Tally {
             Answer::RawGet(r) => (r.get_region_error(), r.get_error()),
             other => panic!("an answer of another kind: {other:?}"),
         };
-        let counter = match (
-            region_err.has_server_is_busy(),
-            region_err.get_message(),
-            err,
-        ) {
+        // Busy for the limits only: a request that waited out its Raft timeout is also
+        // answered server_is_busy, and must count as failed here.
+        let reason = region_err.get_server_is_busy().get_reason();
+        let limit = reason.contains("server.max-inflight-requests")
+            || reason.contains("server.stream-max-inflight");
+        let counter = match (limit, region_err.has_server_is_busy(), err) {
             (true, _, _) => &self.busy,
-            (false, "", "") => &self.ok,
+            (false, false, "") if region_err.get_message().is_empty() => &self.ok,
             _ => &self.failed,
         };
         counter.fetch_add(1, Relaxed);

@@ -6,8 +6,9 @@
 //! A stream that fails ends every request waiting on it with the stream's error (for a
 //! write: its outcome is unknown unless gRPC could not connect at all); the next request
 //! opens a new stream. A request still queued when its stream failed was never sent,
-//! and says so ([`NOT_SENT`]), so that even a write may be sent again; one whose caller
-//! stopped waiting before it was written is dropped, never sent late. A request larger
+//! and says so ([`NOT_SENT`]), so that even a write may be sent again. A request whose
+//! caller stopped waiting while it was still queued is dropped; one already handed to
+//! gRPC may still land late, as a unary call abandoned in flight may. A request larger
 //! than a stream message, and every request to a store that does not serve the stream,
 //! goes as a unary call instead.
 
@@ -38,7 +39,9 @@ use protobuf::Message;
 use tokio::sync::{mpsc, oneshot};
 
 /// How the error of a request that never left this client begins.
-pub(crate) const NOT_SENT: &str = "not sent: the batch stream had failed";
+pub(crate) const NOT_SENT: &str = "not sent:";
+/// The error of a request refused because the client's queue to the store is full.
+const QUEUE_FULL: &str = "not sent: the client's queue for the store is full";
 /// Most requests in one message (TiKV's clients use the same figure).
 const MAX_REQUESTS_PER_MESSAGE: usize = 128;
 /// Requests stop joining a message once it is this large; a larger request goes as a
@@ -156,9 +159,10 @@ impl BatchStream {
         if unary || req.compute_size() as usize > MESSAGE_BYTES {
             return req.unary(&self.client, self.opt.clone())?.await;
         }
-        let stream = self
-            .stream()
-            .map_err(|e| failure(RpcStatusCode::UNAVAILABLE, format!("{NOT_SENT} ({e})")))?;
+        let stream = self.stream().map_err(|e| {
+            let why = format!("{NOT_SENT} the batch stream did not open ({e})");
+            failure(RpcStatusCode::UNAVAILABLE, why)
+        })?;
         let (id, answer) = stream.register()?;
         let _forget = Forget {
             waiting: &stream.waiting,
@@ -166,10 +170,10 @@ impl BatchStream {
         };
         if let Err(e) = stream.queue.try_send((id, req.into_cmd())) {
             let why = match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    format!("{NOT_SENT} ({MAX_QUEUED} requests are queued for the store)")
+                mpsc::error::TrySendError::Full(_) => format!("{QUEUE_FULL} ({MAX_QUEUED})"),
+                mpsc::error::TrySendError::Closed(_) => {
+                    format!("{NOT_SENT} the batch stream had ended")
                 }
-                mpsc::error::TrySendError::Closed(_) => NOT_SENT.to_string(),
             };
             return Err(failure(RpcStatusCode::UNAVAILABLE, why));
         }
@@ -216,7 +220,7 @@ impl Stream {
     fn register(&self) -> grpcio::Result<(u64, oneshot::Receiver<Reply>)> {
         let mut w = self.waiting.lock();
         if let Some(why) = &w.ended {
-            let msg = format!("{NOT_SENT} ({})", why.message());
+            let msg = format!("{NOT_SENT} the batch stream had ended ({})", why.message());
             return Err(failure(RpcStatusCode::UNAVAILABLE, msg));
         }
         let id = w.next_id;
@@ -253,13 +257,19 @@ impl Drop for Forget<'_> {
 fn end(waiting: &Mutex<Waiting>, unary_only: &AtomicBool, mut why: RpcStatus) {
     if why.code() == RpcStatusCode::UNIMPLEMENTED {
         unary_only.store(true, Ordering::Relaxed);
-        let msg = format!("{NOT_SENT} (the store does not serve BatchCommands)");
+        let msg = format!("{NOT_SENT} the store does not serve BatchCommands");
         why = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, msg);
     }
     let mut w = waiting.lock();
     w.ended.get_or_insert(why);
     // Dropping the senders wakes the callers, who read `ended`.
     w.callers.clear();
+}
+
+/// Whether a call was refused because the client's queue to the store was full (the
+/// store is slow to take what it was sent; nothing is wrong with the stream).
+pub(crate) fn queue_full(e: &grpcio::Error) -> bool {
+    matches!(e, grpcio::Error::RpcFailure(s) if s.message().starts_with(QUEUE_FULL))
 }
 
 fn failure(code: RpcStatusCode, msg: String) -> grpcio::Error {
@@ -322,7 +332,8 @@ fn next_message(
     let mut next = Some(first);
     while let Some((id, cmd)) = next.take() {
         // Its caller gave up (and may have reported it undetermined): written now, it
-        // could apply after writes that caller made since.
+        // could apply after writes that caller made since. (One already written may
+        // still do so, as a unary call abandoned in flight may.)
         if waiting.lock().callers.contains_key(&id) {
             let req = BatchCommandsRequest_Request {
                 cmd: Some(cmd),
@@ -350,7 +361,7 @@ fn refuse_queued(
     waiting: &Mutex<Waiting>,
 ) {
     queued.close();
-    let msg = format!("{NOT_SENT} (the stream failed before it was written)");
+    let msg = format!("{NOT_SENT} the batch stream failed before it was written");
     let mut w = waiting.lock();
     let unsent = carried
         .into_iter()

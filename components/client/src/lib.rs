@@ -354,6 +354,14 @@ fn is_routing_error(e: &errorpb::Error) -> bool {
         || e.has_server_is_busy()
 }
 
+/// Whether a store refused a request only because it serves as many as it may at once
+/// (`server.max-inflight-requests`, `server.stream-max-inflight`): it still leads, and
+/// asking PD again would only move the load there. (A read that timed out is busy too,
+/// but its store may have lost the lead.)
+fn refused_for_load(e: &errorpb::Error) -> bool {
+    e.has_server_is_busy() && e.get_server_is_busy().get_reason().contains("-inflight")
+}
+
 fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));
@@ -579,7 +587,7 @@ impl Client {
                     isolation: None,
                 });
             }
-        } else {
+        } else if !refused_for_load(e) {
             cache.invalidate(id);
         }
         e.get_message().to_string()
@@ -722,6 +730,8 @@ impl Client {
                 "store {} refused the request: {e}",
                 leader.get_store_id()
             ))),
+            // The client's own queue to the store is full: back off, on the same stream.
+            Err(e) if batch::queue_full(&e) => Ok(Attempt::Retry(e.to_string())),
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());
@@ -1425,7 +1435,10 @@ mod tests {
         )));
         assert!(!never_sent(&grpcio::Error::RemoteStopped));
         // Queued on a batch stream that failed: never sent, but the store may be up.
-        let queued = status(C::UNAVAILABLE, &format!("{} (GOAWAY)", batch::NOT_SENT));
+        let queued = status(
+            C::UNAVAILABLE,
+            &format!("{} the batch stream failed (GOAWAY)", batch::NOT_SENT),
+        );
         assert!(never_sent(&queued) && !could_not_connect(&queued));
     }
 }

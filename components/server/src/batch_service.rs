@@ -10,14 +10,24 @@
 //! - a stream serves at most `server.stream-max-inflight` requests between reading them
 //!   and writing their answers; past it a request is answered server_is_busy at once;
 //!   and once as many of those are unwritten too, the store stops reading the stream and
-//!   gRPC's flow control holds the client back.
+//!   gRPC's flow control holds the client back;
+//! - answers that cannot be written within `server.request-timeout` (a client that
+//!   stopped reading) end the stream, freeing the places they held.
+//!
+//! A malformed message (ids that do not match its requests) ends the stream with
+//! INVALID_ARGUMENT once the requests already read are answered; a request with a
+//! command this store does not serve is answered alone with an empty response, as TiKV
+//! does.
 //!
 //! Each request is checked against the caller's rights as its unary call is, and
 //! refused alone; Empty needs no rights.
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{future::BoxFuture, FutureExt, SinkExt, TryStreamExt};
+use futures::{
+    future::{BoxFuture, Either},
+    FutureExt, SinkExt, TryStreamExt,
+};
 use grpcio::{
     DuplexSink, Marshaller, MessageReader, Method, MethodType, RequestStream, RpcContext,
     RpcStatus, RpcStatusCode, WriteFlags,
@@ -123,7 +133,7 @@ fn count_requests(buf: &[u8]) -> protobuf::ProtobufResult<usize> {
 }
 
 /// Serves one BatchCommands stream.
-pub(crate) fn serve(
+fn serve(
     svc: &TikvService,
     ctx: &RpcContext,
     stream: RequestStream<BatchCommandsRequest>,
@@ -143,8 +153,19 @@ async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     // The request stream lives until the writer is done: dropping it first would cancel
     // the call, and the client would see that instead of the status that says why.
-    let (stream, ()) = futures::join!(read(svc, proof, stream, tx), write(sink, rx));
-    drop(stream);
+    let timeout = svc.limits.write_timeout;
+    let reader = read(svc, proof, stream, tx);
+    let writer = write(sink, rx, timeout);
+    futures::pin_mut!(reader, writer);
+    match futures::future::select(reader, writer).await {
+        Either::Left((stream, writer)) => {
+            writer.await;
+            drop(stream);
+        }
+        // The writer gave up (the client stopped reading, or went away): nothing more
+        // of this stream is read or served; the reader goes when `run` returns.
+        Either::Right(_) => {}
+    }
     metrics::BATCH_STREAMS.dec();
 }
 
@@ -170,15 +191,19 @@ async fn read(
                 return stream;
             }
         };
-        let commands = match commands(&mut batch) {
-            Ok(commands) => commands,
-            Err(why) => {
-                let _ = tx.send(Reply::Fail(invalid(why)));
-                return stream;
-            }
-        };
-        metrics::BATCH_REQUESTS_PER_MESSAGE.observe(commands.len() as f64);
-        for (id, cmd) in commands {
+        let (ids, requests) = (batch.take_request_ids(), batch.take_requests());
+        if ids.len() != requests.len() {
+            let why = format!(
+                "a BatchCommands message has {} requests but {} request ids; nothing of it \
+                 was served",
+                requests.len(),
+                ids.len()
+            );
+            let _ = tx.send(Reply::Fail(invalid(why)));
+            return stream;
+        }
+        metrics::BATCH_REQUESTS_PER_MESSAGE.observe(ids.len() as f64);
+        for (id, mut req) in ids.into_iter().zip(requests) {
             let (held, full) = match window.clone().try_acquire_owned() {
                 Ok(place) => (place, false),
                 Err(_) => (
@@ -190,11 +215,16 @@ async fn read(
                     true,
                 ),
             };
-            let (place, answer) = dispatch(&svc, &proof, cmd, full);
+            let (place, answer) = match req.cmd.take() {
+                Some(cmd) => dispatch(&svc, &proof, cmd, full),
+                None => (None, futures::future::ready(None).boxed()),
+            };
             let tx = tx.clone();
             svc.rt.spawn(async move {
+                // A request that panicked is answered (empty) rather than left to time out.
+                let answer = std::panic::AssertUnwindSafe(answer).catch_unwind().await;
                 let resp = BatchCommandsResponse_Response {
-                    cmd: Some(answer.await),
+                    cmd: answer.ok().flatten(),
                     ..Default::default()
                 };
                 let _ = tx.send(Reply::Answer(id, resp, (held, place)));
@@ -203,37 +233,16 @@ async fn read(
     }
 }
 
-/// A message's requests with their ids; a malformed message is refused whole, before
-/// any of it is served.
-fn commands(batch: &mut BatchCommandsRequest) -> Result<Vec<(u64, Cmd)>, String> {
-    let (ids, requests) = (batch.take_request_ids(), batch.take_requests());
-    if ids.len() != requests.len() {
-        return Err(format!(
-            "a BatchCommands message has {} requests but {} request ids",
-            requests.len(),
-            ids.len()
-        ));
-    }
-    ids.into_iter()
-        .zip(requests)
-        .map(|(id, mut req)| match req.cmd.take() {
-            Some(cmd) => Ok((id, cmd)),
-            None => Err(format!(
-                "BatchCommands request {id} has no command this store serves (Flotilla \
-                 serves the raw and transactional key-value commands and Empty); nothing \
-                 of its message was served"
-            )),
-        })
-        .collect()
-}
-
 /// Writes answers as they come, as many to a message as are ready; closes the stream
-/// once the reader and every request it started are done.
+/// (with the reader's failure, if it failed) once the reader and every request it
+/// started are done. An answer not written within `timeout` ends the stream at once.
 async fn write(
     mut sink: DuplexSink<BatchCommandsResponse>,
     mut rx: mpsc::UnboundedReceiver<Reply>,
+    timeout: Duration,
 ) {
     let mut carried = None;
+    let mut failed = None;
     loop {
         let first = match carried.take() {
             Some(reply) => reply,
@@ -244,7 +253,6 @@ async fn write(
         };
         let mut out = BatchCommandsResponse::default();
         let mut places = Vec::new();
-        let mut failed = None;
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(reply) = next.take() {
@@ -252,7 +260,7 @@ async fn write(
                 Reply::Answer(id, resp, held) => (id, resp, held),
                 Reply::Fail(status) => {
                     failed = Some(status);
-                    break;
+                    continue;
                 }
             };
             let size = resp.compute_size() as usize;
@@ -268,17 +276,20 @@ async fn write(
                 next = rx.try_recv().ok();
             }
         }
-        // What was served goes out before a failure ends the stream.
-        if !places.is_empty() && sink.send((out, WriteFlags::default())).await.is_err() {
+        if places.is_empty() {
+            continue;
+        }
+        let sent = tokio::time::timeout(timeout, sink.send((out, WriteFlags::default()))).await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         drop(places);
-        if let Some(status) = failed {
-            let _ = sink.fail(status).await;
-            return;
-        }
     }
-    let _ = sink.close().await;
+    // What was served has gone out; a failure ends the stream now.
+    let _ = match failed {
+        Some(status) => sink.fail(status).await,
+        None => sink.close().await,
+    };
 }
 
 fn invalid(why: String) -> RpcStatus {
@@ -292,19 +303,22 @@ fn dispatch(
     proof: &Proof,
     cmd: Cmd,
     full: bool,
-) -> (Option<OwnedSemaphorePermit>, BoxFuture<'static, Answer>) {
+) -> (
+    Option<OwnedSemaphorePermit>,
+    BoxFuture<'static, Option<Answer>>,
+) {
     macro_rules! raw {
         ($req:expr, $variant:ident, $handler:ident) => {{
             let Admission { place, refusal } = svc.admit(proof, &$req, full);
             let answer = svc.answer(refusal, $req, raw::$handler);
-            (place, answer.map(Answer::$variant).boxed())
+            (place, answer.map(|a| Some(Answer::$variant(a))).boxed())
         }};
     }
     macro_rules! txn {
         ($req:expr, $variant:ident, $name:literal, $handler:ident) => {{
             let Admission { place, refusal } = svc.admit(proof, &$req, full);
             let answer = svc.answer_txn(refusal, $name, $req, txn::$handler);
-            (place, answer.map(Answer::$variant).boxed())
+            (place, answer.map(|a| Some(Answer::$variant(a))).boxed())
         }};
     }
     match cmd {
@@ -344,7 +358,7 @@ fn dispatch(
             "kv_check_secondary_locks",
             check_secondary_locks
         ),
-        Cmd::Empty(r) => (None, empty(r).map(Answer::Empty).boxed()),
+        Cmd::Empty(r) => (None, empty(r).map(|a| Some(Answer::Empty(a))).boxed()),
     }
 }
 

@@ -246,8 +246,9 @@ pub struct ServerConfig {
     /// requests alike); past it a request is answered server_is_busy at once, and the
     /// client backs off, rather than queueing until it times out.
     pub max_inflight_requests: usize,
-    /// Requests one BatchCommands stream may have between being read and their answers
-    /// being written; past it the store stops reading that stream until answers go out.
+    /// Requests one BatchCommands stream may have served between being read and their
+    /// answers being written; past it a request is answered server_is_busy at once, and
+    /// once as many of those are unwritten too, the store stops reading the stream.
     pub stream_max_inflight: usize,
     /// Snapshots received at once; more are refused until one ends (the sender retries).
     pub snap_max_concurrent_recv: usize,

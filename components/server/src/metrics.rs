@@ -357,7 +357,7 @@ pub static BATCH_REQUESTS_PER_MESSAGE: LazyLock<prometheus::Histogram> = LazyLoc
     prometheus::register_histogram!(
         "flotilla_server_batch_requests_per_message",
         "Requests in each BatchCommands message received",
-        exponential_buckets(1.0, 2.0, 12).expect("valid buckets")
+        exponential_buckets(1.0, 2.0, 13).expect("valid buckets")
     )
     .expect("register metric")
 });

@@ -67,6 +67,9 @@ pub(crate) struct Limits {
     pub(crate) max_inflight: usize,
     /// Requests one BatchCommands stream may hold (`server.stream-max-inflight`).
     pub(crate) stream_max_inflight: usize,
+    /// How long an answer may wait to be written (`server.request-timeout`): past it
+    /// the call ends, and its places are freed.
+    pub(crate) write_timeout: std::time::Duration,
 }
 
 impl Limits {
@@ -76,6 +79,7 @@ impl Limits {
             inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_requests)),
             max_inflight: cfg.max_inflight_requests,
             stream_max_inflight: cfg.stream_max_inflight,
+            write_timeout: cfg.request_timeout,
         }
     }
 
@@ -269,7 +273,13 @@ impl TikvService {
         Fut: Future<Output = Result<Req::Resp>> + Send + 'static,
     {
         let Admission { place, refusal } = self.admit(&self.proof(ctx), &req, false);
-        reply(&self.rt, sink, place, self.answer(refusal, req, handle));
+        reply(
+            &self.rt,
+            &self.limits,
+            sink,
+            place,
+            self.answer(refusal, req, handle),
+        );
     }
 
     /// Lets a request in: its caller (with `proof`) must be allowed to make it, and it
@@ -540,22 +550,24 @@ macro_rules! txn_calls {
             fn $method(&mut self, ctx: RpcContext, req: kvrpcpb::$req, sink: UnarySink<kvrpcpb::$resp>) {
                 let Admission { place, refusal } = self.admit(&self.proof(&ctx), &req, false);
                 let answer = self.answer_txn(refusal, stringify!($method), req, crate::txn_service::$handler);
-                reply(&self.rt, sink, place, answer);
+                reply(&self.rt, &self.limits, sink, place, answer);
             }
         )*
     };
 }
 
 /// Sends the answer of a unary call once it is ready, holding the request's `place`
-/// until it is written.
+/// until it is written (or `limits.write_timeout` passed).
 fn reply<R: Send + 'static>(
     rt: &tokio::runtime::Handle,
+    limits: &Limits,
     sink: UnarySink<R>,
     place: Option<tokio::sync::OwnedSemaphorePermit>,
     answer: impl Future<Output = R> + Send + 'static,
 ) {
+    let timeout = limits.write_timeout;
     rt.spawn(async move {
-        let _ = sink.success(answer.await).await;
+        let _ = tokio::time::timeout(timeout, sink.success(answer.await)).await;
         drop(place);
     });
 }
@@ -605,13 +617,22 @@ impl Tikv for TikvService {
         self.serve(&ctx, sink, req, crate::raw_service::split_region);
     }
 
+    /// Registered apart (`batch_service::bounded_service`, see `services`), with a
+    /// decoder that counts a message's requests first: reached only if that is not.
     fn batch_commands(
         &mut self,
         ctx: RpcContext,
         stream: RequestStream<BatchCommandsRequest>,
         sink: DuplexSink<BatchCommandsResponse>,
     ) {
-        crate::batch_service::serve(self, &ctx, stream, sink);
+        let status = RpcStatus::with_message(
+            RpcStatusCode::UNIMPLEMENTED,
+            "BatchCommands is served by batch_service::bounded_service".into(),
+        );
+        ctx.spawn(async move {
+            let _ = sink.fail(status).await;
+            drop(stream);
+        });
     }
 
     fn compute_hash(
