@@ -331,8 +331,15 @@ impl Cluster {
         r.raftstore.shutdown();
         drop(r.storage);
         drop(r.meta);
+        let engine = r.engine.downgrade();
         drop(r.engine);
         let _ = r.pd_worker.join();
+        // Tasks of the store's runtime may still hold the engine for a moment after
+        // their stop; a restart before they let go would find the database locked. (A
+        // test that keeps a handle of its own keeps it open: no wait is forever.)
+        poll_until(Duration::from_secs(2), || {
+            engine.upgrade().is_none().then_some(())
+        });
     }
 
     /// Starts a stopped store on its data.
