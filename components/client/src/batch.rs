@@ -126,9 +126,13 @@ pub(crate) struct BatchStream {
 /// One open stream.
 struct Stream {
     /// To the task that writes the stream.
-    queue: mpsc::Sender<(u64, Cmd)>,
+    queue: mpsc::Sender<Queued>,
     waiting: Arc<Mutex<Waiting>>,
 }
+
+/// A request waiting for the writer: its id, its command, and its size on the wire
+/// (measured once, when the caller chose between the stream and a unary call).
+type Queued = (u64, Cmd, usize);
 
 /// What a caller gets: the answer, or why there is none.
 type Reply = Result<Answer, RpcStatus>;
@@ -155,8 +159,8 @@ impl BatchStream {
 
     /// Sends `req` on the stream and waits for its answer.
     pub(crate) async fn call<R: Batched>(&self, req: R) -> grpcio::Result<R::Resp> {
-        let unary = self.unary_only.load(Ordering::Relaxed);
-        if unary || req.compute_size() as usize > MESSAGE_BYTES {
+        let size = req.compute_size() as usize;
+        if self.unary_only.load(Ordering::Relaxed) || size > MESSAGE_BYTES {
             return req.unary(&self.client, self.opt.clone())?.await;
         }
         let stream = self.stream().map_err(|e| {
@@ -168,7 +172,7 @@ impl BatchStream {
             waiting: &stream.waiting,
             id,
         };
-        if let Err(e) = stream.queue.try_send((id, req.into_cmd())) {
+        if let Err(e) = stream.queue.try_send((id, req.into_cmd(), size)) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => format!("{QUEUE_FULL} ({MAX_QUEUED})"),
                 mpsc::error::TrySendError::Closed(_) => {
@@ -287,7 +291,7 @@ fn status_in(e: grpcio::Error) -> Option<RpcStatus> {
 /// Writes queued requests, as many to a message as are waiting.
 async fn write_requests(
     mut sink: ClientDuplexSender<BatchCommandsRequest>,
-    mut queued: mpsc::Receiver<(u64, Cmd)>,
+    mut queued: mpsc::Receiver<Queued>,
     waiting: Arc<Mutex<Waiting>>,
     unary_only: Arc<AtomicBool>,
 ) {
@@ -323,29 +327,27 @@ async fn write_requests(
 /// A message of `first` and what else is queued (up to the message's bounds), skipping
 /// requests whose callers gave up; and a request taken that did not fit.
 fn next_message(
-    first: (u64, Cmd),
-    queued: &mut mpsc::Receiver<(u64, Cmd)>,
+    first: Queued,
+    queued: &mut mpsc::Receiver<Queued>,
     waiting: &Mutex<Waiting>,
-) -> (BatchCommandsRequest, Option<(u64, Cmd)>) {
+) -> (BatchCommandsRequest, Option<Queued>) {
     let mut msg = BatchCommandsRequest::default();
     let mut bytes = 0;
     let mut next = Some(first);
-    while let Some((id, cmd)) = next.take() {
+    while let Some((id, cmd, size)) = next.take() {
         // Its caller gave up (and may have reported it undetermined): written now, it
         // could apply after writes that caller made since. (One already written may
         // still do so, as a unary call abandoned in flight may.)
         if waiting.lock().callers.contains_key(&id) {
-            let req = BatchCommandsRequest_Request {
-                cmd: Some(cmd),
-                ..Default::default()
-            };
-            let size = req.compute_size() as usize;
             if !msg.get_requests().is_empty() && bytes + size > MESSAGE_BYTES {
-                return (msg, req.cmd.map(|cmd| (id, cmd)));
+                return (msg, Some((id, cmd, size)));
             }
             bytes += size;
             msg.mut_request_ids().push(id);
-            msg.mut_requests().push(req);
+            msg.mut_requests().push(BatchCommandsRequest_Request {
+                cmd: Some(cmd),
+                ..Default::default()
+            });
         }
         if msg.get_requests().len() < MAX_REQUESTS_PER_MESSAGE {
             next = queued.try_recv().ok();
@@ -356,8 +358,8 @@ fn next_message(
 
 /// Tells the callers of requests still queued that theirs were never sent.
 fn refuse_queued(
-    mut queued: mpsc::Receiver<(u64, Cmd)>,
-    carried: Option<(u64, Cmd)>,
+    mut queued: mpsc::Receiver<Queued>,
+    carried: Option<Queued>,
     waiting: &Mutex<Waiting>,
 ) {
     queued.close();
@@ -366,7 +368,7 @@ fn refuse_queued(
     let unsent = carried
         .into_iter()
         .chain(std::iter::from_fn(|| queued.try_recv().ok()));
-    for (id, _) in unsent {
+    for (id, ..) in unsent {
         if let Some(caller) = w.callers.remove(&id) {
             let status = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, msg.clone());
             let _ = caller.send(Err(status));
