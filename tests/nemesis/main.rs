@@ -917,13 +917,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The short campaign of `make test`; `make jepsen` sets the variables for the long one.
+/// The short campaign of `make test`: one seed per store fault (so that each is some
+/// run's focus, and the three PD faults some run's second focus), long enough for both
+/// foci and a few more faults; `make jepsen` sets the variables for the long one.
 #[test]
 fn seeded_fault_runs_stay_linearizable_durable_and_consistent() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     campaign(
         env_u64("FLOTILLA_NEMESIS_FIRST_SEED", 1),
-        env_u64("FLOTILLA_NEMESIS_RUNS", 10),
-        env_u64("FLOTILLA_NEMESIS_SECS", 20),
+        env_u64("FLOTILLA_NEMESIS_RUNS", STORE_FAULTS.len() as u64),
+        env_u64("FLOTILLA_NEMESIS_SECS", 12),
     );
 }
