@@ -424,7 +424,8 @@ mod tests {
     use super::*;
 
     /// A store that serves RawGet and RawPut unary calls only (BatchCommands is
-    /// UNIMPLEMENTED, as in a store of an older version), counting them.
+    /// UNIMPLEMENTED, as from a server that does not register the method), counting
+    /// them.
     #[derive(Clone, Default)]
     struct UnaryStore {
         calls: Arc<AtomicUsize>,
