@@ -266,3 +266,42 @@ fn kvctl_splits_by_hand_and_clients_route_at_once() {
         Some(&b"routed"[..])
     );
 }
+
+/// A write raft-rs refused to propose (as it does during a leader transfer) was never
+/// appended, so the store that routes a dumb client's request sends it again instead of
+/// handing the client a stale_command: with many regions and leaders moving, a dumb batch
+/// put used to fail that way. The store's first proposal is dropped (fail point
+/// `raft_drop_proposal`); the dumb put must still succeed, once.
+#[test]
+fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
+    let mut cluster = ProcCluster::start(0);
+    cluster.store_env = vec![("FAILPOINTS".into(), "raft_drop_proposal=1*return".into())];
+    cluster.add_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
+    let env = std::sync::Arc::new(EnvBuilder::new().build());
+    let (port, _) = cluster.store_addrs[0];
+    let store = TikvClient::new(ChannelBuilder::new(env).connect(&format!("127.0.0.1:{port}")));
+    let mut put = kvrpcpb::RawPutRequest::default();
+    put.set_key(b"k".to_vec());
+    put.set_value(b"v".to_vec());
+    // PD may list the store's region before the store listens.
+    let opt = grpcio::CallOption::default()
+        .wait_for_ready(true)
+        .timeout(T);
+    let resp = store.raw_put_opt(&put, opt).expect("raw put");
+    assert!(
+        !resp.has_region_error() && resp.get_error().is_empty(),
+        "{resp:?}"
+    );
+    let dropped = common::http_get(&cluster.status_addr(0), "/metrics")
+        .expect("metrics")
+        .lines()
+        .filter(|l| l.starts_with("flotilla_raftstore_proposals_total"))
+        .filter(|l| l.contains("kind=\"normal\"") && l.contains("outcome=\"dropped\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(dropped, 1.0, "the fail point dropped the first proposal");
+    assert_eq!(rt.block_on(c.get(b"k")).expect("get"), Some(b"v".to_vec()));
+}

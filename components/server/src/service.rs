@@ -424,7 +424,9 @@ impl TikvService {
     /// returns the answer and, if it succeeded, the region that gave it. Leadership may
     /// move between looking it up and serving (PD learns of a new leader a heartbeat
     /// late), so a routing error is retried a few times, following the leader hint it
-    /// carries, before it goes back to the client.
+    /// carries, before it goes back to the client. So is stale_command: every use of it
+    /// means the command was never applied (raft-rs dropped the proposal during a leader
+    /// transfer, a new leader overwrote its entry), so even a write is safe to resend.
     async fn serve_in_region<Req, F, Fut>(
         &self,
         req: &Req,
@@ -455,7 +457,10 @@ impl TikvService {
             let Some(e) = resp.region_err() else {
                 return (resp, None);
             };
-            let routing = e.has_not_leader() || e.has_epoch_not_match() || e.has_region_not_found();
+            let routing = e.has_not_leader()
+                || e.has_epoch_not_match()
+                || e.has_region_not_found()
+                || e.has_stale_command();
             if attempt >= FORWARD_ATTEMPTS || !routing {
                 return (resp, None);
             }

@@ -129,7 +129,12 @@ impl PeerFsm {
         cb: Callback<CmdResponse>,
     ) {
         let last = self.raft.raft.raft_log.last_index();
-        let res = f(&mut self.raft);
+        // Test-only: raft-rs refuses the proposal, as during a leader transfer.
+        let dropped = fail::eval("raft_drop_proposal", |_| ()).is_some();
+        let res = match dropped {
+            true => Err(raft::Error::ProposalDropped),
+            false => f(&mut self.raft),
+        };
         let index = self.raft.raft.raft_log.last_index();
         if res.is_err() || index == last {
             // raft-rs drops proposals while a leader transfer is in progress.
