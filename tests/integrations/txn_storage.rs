@@ -44,6 +44,13 @@ impl Env {
         self.c.runtime().block_on(f)
     }
 
+    /// The store leading the region of `key` and that region, once one leads it: a
+    /// leader may step down for a moment on a loaded machine.
+    fn leader(&self, key: &[u8]) -> (u64, proto::metapb::Region) {
+        test_cluster::poll_until(T, || self.c.leader_of_key(&keys::txn::encode_bytes(key)))
+            .expect("a leader within the deadline")
+    }
+
     /// Runs `f` on the leader of `key`'s region, again (as a client would) while the
     /// answer is a routing error: leaders still move after the split.
     fn on_leader<T>(
@@ -133,7 +140,7 @@ impl Env {
         self.prewrite(key, b"old", key, t1).unwrap();
         let c1 = self.ts();
         self.commit(key, t1, c1).unwrap();
-        let (leader, region) = self.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+        let (leader, region) = self.leader(key);
         let follower = region
             .get_peers()
             .iter()
@@ -192,7 +199,7 @@ impl Env {
     /// Moves the leadership of `key`'s region to another store; returns the region and
     /// that store once it leads.
     fn move_leader(&self, key: &[u8]) -> (u64, u64) {
-        let (old, region) = self.c.leader_of_key(&keys::txn::encode_bytes(key)).unwrap();
+        let (old, region) = self.leader(key);
         let to = region
             .get_peers()
             .iter()
@@ -216,12 +223,10 @@ impl Env {
 #[test]
 fn a_transaction_across_two_regions_commits_whole_and_reads_see_one_snapshot() {
     let e = Env::new();
-    let (ra, rx) = (
-        e.c.leader_txn(b"a").unwrap().1,
-        e.c.leader_txn(b"x").unwrap().1,
-    );
+    let (ra, rx) = (e.leader(b"a").1, e.leader(b"x").1);
     assert_ne!(
-        ra.region_id, rx.region_id,
+        ra.get_id(),
+        rx.get_id(),
         "the keys are in different regions"
     );
     let start = e.ts();
@@ -286,7 +291,6 @@ fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
         "{err}"
     );
     // A key outside the request's region.
-    let (s, ctx_a) = e.c.leader_txn(b"a").unwrap();
     let req = PrewriteRequest {
         mutations: vec![Mutation {
             key: b"x".to_vec(),
@@ -299,13 +303,15 @@ fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
             ..Default::default()
         },
     };
-    let err = e.block(s.prewrite(&ctx_a, req.clone())).unwrap_err();
+    let prewrite = |on: &[u8], req: &PrewriteRequest| {
+        e.on_leader(on, |s, ctx| e.block(s.prewrite(ctx, req.clone())))
+    };
+    let err = prewrite(b"a", &req).unwrap_err();
     assert!(err.to_string().contains("not in region"), "{err}");
     // A timestamp of 0, a commit below the start, a mutation list past the size limit.
     let mut zero = req.clone();
     zero.props.start_ts = 0;
-    let (sx, ctx_x) = e.c.leader_txn(b"x").unwrap();
-    let err = e.block(sx.prewrite(&ctx_x, zero)).unwrap_err();
+    let err = prewrite(b"x", &zero).unwrap_err();
     assert!(
         err.to_string().contains("start_version must not be 0"),
         "{err}"
@@ -323,7 +329,7 @@ fn bad_transactional_requests_get_clear_errors_and_change_nothing() {
             op: MutationOp::Put(vec![0; 8 << 10]),
         })
         .collect();
-    let err = e.block(sx.prewrite(&ctx_x, big)).unwrap_err();
+    let err = prewrite(b"x", &big).unwrap_err();
     assert!(err.to_string().contains("raft-entry-max-size"), "{err}");
     // A read timestamp far ahead of PD's clock would raise max_ts for good.
     let future = txn::types::from_physical_ms(txn::types::physical_ms(e.ts()) + 10 * 3600 * 1000);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pd_client::RegionRoute;
 use proto::metapb;
-use test_cluster::{test_config, wait_until, Cluster};
+use test_cluster::{poll_until, test_config, wait_until, Cluster};
 
 const T: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(180);
@@ -101,9 +101,11 @@ fn replicas_stay_in_three_zones_through_splits_a_new_store_and_a_decommission() 
     wait_until("the split into 48 regions", T, || {
         c.split_at_keys(b"", keys.clone()).is_ok()
     });
+    // Waits for the cluster to settle again rather than asking once: a balancing
+    // operator may start between a wait and this look.
     let check = |c: &Cluster, when: &str| {
-        let all = settled(c, 3).expect("settled");
-        assert_eq!(all.len(), REGIONS, "{when}");
+        let all = poll_until(SETTLE, || settled(c, 3).filter(|r| r.len() == REGIONS))
+            .unwrap_or_else(|| panic!("{when}: {REGIONS} regions settled within the deadline"));
         assert_eq!(sharing_a_zone(c, &all), Vec::<u64>::new(), "{when}");
         for r in &all {
             assert_eq!(
@@ -114,9 +116,6 @@ fn replicas_stay_in_three_zones_through_splits_a_new_store_and_a_decommission() 
             );
         }
     };
-    wait_until("48 regions with 3 voters each", SETTLE, || {
-        settled(&c, 3).is_some_and(|r| r.len() == REGIONS)
-    });
     check(&c, "after the splits");
     for i in 0..REGIONS {
         c.must_put(&key(i), b"v");
@@ -190,11 +189,10 @@ fn two_replicas_in_one_zone_are_repaired_once_a_third_zone_has_room() {
     wait_until("the split into 12 regions", T, || {
         c.split_at_keys(b"", keys.clone()).is_ok()
     });
-    wait_until("12 regions with 3 voters each", SETTLE, || {
-        settled(&c, 3).is_some_and(|r| r.len() == REGIONS)
-    });
+    // The routes the wait saw: a second look may catch a balancing operator running.
+    let all = poll_until(SETTLE, || settled(&c, 3).filter(|r| r.len() == REGIONS))
+        .expect("12 regions with 3 voters each within the deadline");
     // Two zones for three replicas: every region has two in one zone, and PD says so.
-    let all = settled(&c, 3).expect("settled");
     assert_eq!(sharing_a_zone(&c, &all).len(), REGIONS);
     assert!(all
         .iter()
