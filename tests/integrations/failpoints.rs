@@ -11,7 +11,7 @@ use std::{
 
 use crossbeam_channel::bounded;
 use engine::Cf;
-use proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
+use proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
 use proto::{metapb::Region, raft_cmdpb::ConfChangeType};
 use test_cluster::{
     history::{Op, Outcome, Recorder},
@@ -205,16 +205,6 @@ fn wait_until_gone(c: &Cluster, store: u64, region: &Region) {
     });
 }
 
-/// Where a region's log starts on one store, and its last index.
-fn log_bounds(c: &Cluster, store: u64, region_id: u64) -> (u64, u64) {
-    let state: RaftLocalState = c
-        .engine(store)
-        .get_msg(Cf::Raft, &keys::raft_state_key(region_id))
-        .expect("read raft state")
-        .expect("raft state");
-    (state.get_truncated_state().index, state.last_index)
-}
-
 /// Holds threads of store `store` whose name starts with `kind` (for example "apply")
 /// for `pause` at fail point `name`, every time they reach it.
 fn slow_down(name: &str, kind: &str, store: u64, pause: Duration) {
@@ -268,12 +258,12 @@ fn crash_during_snapshot_apply(
     // the log past it, and let it back: its snapshot must wait for the apply queue.
     let stall = while_held_on("apply_before_write", &format!("apply-s{follower}-"), || {
         let cut = c.network().isolate(follower);
-        let (_, last_at_cut) = log_bounds(&c, leader, id);
+        let (_, last_at_cut) = c.log_bounds(leader, id);
         for i in 2..40 {
             c.must_put(&key(i), b"v");
         }
         wait_until("the leader to compact past the follower", T, || {
-            log_bounds(&c, leader, id).0 > last_at_cut
+            c.log_bounds(leader, id).0 > last_at_cut
         });
         c.network().remove_filter(cut);
         wait_until("the snapshot to wait for the apply side", T, || {

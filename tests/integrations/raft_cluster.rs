@@ -23,16 +23,6 @@ fn replicated(n: usize, rs: raftstore::Config, pd: pd::Config) -> Cluster {
     c
 }
 
-/// A region's truncated index and last log index on one store.
-fn log_bounds(c: &Cluster, store: u64, region_id: u64) -> (u64, u64) {
-    let state: proto::raft_serverpb::RaftLocalState = c
-        .engine(store)
-        .get_msg(engine::Cf::Raft, &keys::raft_state_key(region_id))
-        .expect("read raft state")
-        .expect("raft state");
-    (state.get_truncated_state().index, state.last_index)
-}
-
 fn snapshots_applied() -> u64 {
     raftstore::metrics::SNAPSHOTS
         .with_label_values(&["apply", "ok"])
@@ -108,9 +98,9 @@ fn follower_partitioned_past_log_gc_recovers_by_snapshot() {
         c.must_put(&key(i), &value(i, 0));
     }
     // Log GC runs on a tick: the puts can be done before one compacts the log.
-    let (_, follower_last) = log_bounds(&c, follower, region.get_id());
+    let (_, follower_last) = c.log_bounds(follower, region.get_id());
     wait_until("the leader to compact its log past the follower", T, || {
-        log_bounds(&c, leader, region.get_id()).0 > follower_last
+        c.log_bounds(leader, region.get_id()).0 > follower_last
     });
     c.network().clear_filters();
     for i in (0..200).step_by(17) {

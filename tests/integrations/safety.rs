@@ -293,3 +293,75 @@ fn a_command_computed_in_an_earlier_term_is_refused() {
     put(term).expect("the current term is accepted");
     c.must_get_equal(b"k", format!("written in term {term}").as_bytes());
 }
+
+/// A leader's proposal that its successor committed reaches the old leader only inside a
+/// snapshot: whether it applied is not known there. Once it was answered stale_command
+/// ("never applied"), and a store routing a dumb client sent such a write again.
+#[test]
+fn a_proposal_covered_by_a_snapshot_is_undetermined_not_stale() {
+    let (mut rs, pd) = test_config();
+    rs.raft_log_gc_count_limit = 30;
+    rs.raft_log_gc_threshold = 5;
+    let c = Cluster::with_config(3, rs, pd);
+    c.wait_voters(b"", 3, T);
+    c.must_put(b"k", b"before");
+    let (old, region) = c.leader_of_key(b"k").expect("a leader");
+    // The old leader's messages go out and nothing comes back: its followers store the
+    // proposal, it never learns that they did.
+    let deaf = c
+        .network()
+        .add_filter(std::sync::Arc::new(move |from, to, _| {
+            match to == old && from != old {
+                true => test_cluster::Verdict::Drop,
+                false => test_cluster::Verdict::Pass,
+            }
+        }));
+    let ctx = Cluster::context(&region, old);
+    let storage = c.storage_with_timeout(old, Duration::from_secs(120));
+    let put = c
+        .runtime()
+        .spawn(async move { storage.put(&ctx, "", b"k", b"once").await });
+    let others: Vec<u64> = c.store_ids().into_iter().filter(|s| *s != old).collect();
+    wait_until(
+        "a new leader to commit the old leader's proposal",
+        T,
+        || {
+            c.leader_of(region.get_id()).is_some_and(|s| s != old)
+                && others
+                    .iter()
+                    .all(|s| c.local_get(*s, b"k").as_deref() == Some(&b"once"[..]))
+        },
+    );
+    c.network().isolate(old);
+    assert!(
+        c.network().remove_filter(deaf) > 0,
+        "the old leader heard nothing"
+    );
+    let (_, old_last) = c.log_bounds(old, region.get_id());
+    for i in 0..100 {
+        c.must_put(format!("after{i:03}").as_bytes(), b"v");
+    }
+    let new = c.leader_of(region.get_id()).expect("a leader");
+    wait_until(
+        "the new leader to compact its log past the old one",
+        T,
+        || c.log_bounds(new, region.get_id()).0 > old_last,
+    );
+    assert!(!put.is_finished(), "the old leader's proposal still waits");
+    c.network().clear_filters();
+    c.must_put(b"later", b"v");
+    c.must_replicate_on(old, b"later", b"v", T);
+    let res = c
+        .runtime()
+        .block_on(async { tokio::time::timeout(T, put).await })
+        .expect("the proposal is answered once the snapshot is in")
+        .expect("the put task");
+    assert!(
+        matches!(
+            res,
+            Err(server::Error::Raft(raftstore::Error::Undetermined(_)))
+        ),
+        "{res:?}"
+    );
+    c.must_get_equal(b"k", b"once");
+}

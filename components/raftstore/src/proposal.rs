@@ -50,6 +50,17 @@ impl ProposalQueue {
         }
     }
 
+    /// Every proposal at or below `index`, for a peer whose log a snapshot replaced up
+    /// to it: whether each one's entry is in the snapshot or was overwritten first is
+    /// not known here. Without this a later commit would settle them as lost.
+    pub fn take_covered(&mut self, index: u64) -> Vec<Proposal> {
+        let (covered, rest) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|p| p.index <= index);
+        self.queue = rest;
+        covered.into()
+    }
+
     /// Every waiting proposal, for a peer that is going away.
     pub fn drain(&mut self) -> impl Iterator<Item = Proposal> + '_ {
         self.queue.drain(..)
@@ -92,6 +103,22 @@ mod tests {
         assert_eq!((took.term, took.index), (7, 13));
         assert_eq!(q.take(7, 14, &mut lost).map(|p| p.index), Some(14));
         assert_eq!(lost.len(), 2);
+        assert!(q.is_empty());
+    }
+
+    /// A peer that lost leadership with proposals at 10 to 12 (term 5) and at 11 (term 7)
+    /// catches up by a snapshot at 11: the proposals it covers have unknown outcomes, the
+    /// one above it is still settled by the commit at its index.
+    #[test]
+    fn a_snapshot_takes_the_proposals_it_covers_whatever_their_term() {
+        let mut q = ProposalQueue::default();
+        for (t, i) in [(5, 10), (5, 12), (7, 11)] {
+            q.push(p(t, i));
+        }
+        assert_eq!(ids(&q.take_covered(11)), vec![(5, 10), (7, 11)]);
+        let mut lost = vec![];
+        assert!(q.take(8, 12, &mut lost).is_none());
+        assert_eq!(ids(&lost), vec![(5, 12)]);
         assert!(q.is_empty());
     }
 

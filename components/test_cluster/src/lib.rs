@@ -676,6 +676,17 @@ impl Cluster {
         self.running[&store_id].engine.clone()
     }
 
+    /// Where a region's log starts on one running store (its truncated index), and its
+    /// last index.
+    pub fn log_bounds(&self, store_id: u64, region_id: u64) -> (u64, u64) {
+        let state: proto::raft_serverpb::RaftLocalState = self
+            .engine(store_id)
+            .get_msg(Cf::Raft, &keys::raft_state_key(region_id))
+            .expect("read raft state")
+            .expect("raft state");
+        (state.get_truncated_state().index, state.last_index)
+    }
+
     /// One running store's router, for mail sent straight to its peers.
     pub fn router(&self, store_id: u64) -> raftstore::RaftRouter {
         self.running[&store_id].raftstore.router()

@@ -149,6 +149,14 @@ impl PeerFsm {
         let region = self.region().clone();
         let meta = snap.get_metadata();
         info!(self.logger, "applying snapshot"; "index" => meta.index, "term" => meta.term);
+        // Proposals of a term this peer led whose entries the snapshot covers: applied
+        // or overwritten, nobody here can tell, and a client must not resend them as
+        // never applied.
+        for p in self.proposals.take_covered(meta.index) {
+            (p.cb)(Err(Error::Undetermined(
+                "a snapshot replaced the log holding the entry",
+            )));
+        }
         {
             let mut meta = ctx.store_meta.lock();
             meta.set_region(region.clone());
