@@ -34,12 +34,17 @@ def cell(r):
         note += " (incomplete)"
     return f"{r['ops']:,.0f}{note}", f"{r['p99']:.1f}"
 
+# The systems bench-vs-etcd.sh names its reports after; other files in OUT are not ours.
+SYSTEMS = ("etcd", "flotilla", "single")
+
 
 def main():
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
     runs = {}
-    for p in sorted(out.glob("*.json")):
+    for p in sorted(out.glob("*-*.json")):
         system, _, run = p.stem.partition("-")
+        if system not in SYSTEMS:
+            continue
         runs.setdefault(run, {})[system] = load(p)
     order = ["load", "write-only", "ycsb-c", "ycsb-a", "ycsb-b", "ycsb-e"]
     side = [r for r in order if r in runs] + sorted(

@@ -8,8 +8,9 @@
 # WARMUP, with the same clients, keys and values; both sides fsync every commit (etcd
 # always does; Flotilla's raftstore.sync-log is on by default). Prints one table with
 # the ratios and writes it, with every run's JSON report, to OUT (a directory; default
-# bench-results/ in the current directory). Every process it starts is stopped when it
-# exits, also on failure or Ctrl-C.
+# bench-results/ in the current directory). The data directories go under TMPDIR, which
+# must not be tmpfs. Every process it starts is stopped when it exits, also on failure
+# or Ctrl-C.
 #
 # Settings (environment): DURATION (20s), WARMUP (3s), CLIENTS (64), CONNECTIONS (4),
 # KEYS (100000), KEY_SIZE (16), VALUE_SIZE (256), WORKLOADS ("write-only ycsb-c ycsb-a
@@ -68,9 +69,14 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$dir"' EXIT
 trap 'exit 130' INT TERM
-# Only this run's reports make the table.
+# On tmpfs an fsync costs nothing, and neither side's figures would mean what they say.
+if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
+  echo "$dir is on tmpfs, where fsync does nothing: set TMPDIR to a directory on disk" >&2
+  exit 2
+fi
+# Only this run's reports make the table; nothing else in OUT is touched.
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT/table.md"
+rm -f "$OUT"/{etcd,flotilla,single}-*.json "$OUT/table.md"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every half second.

@@ -68,7 +68,8 @@ fn exchange(
     store: &TikvClient,
     msgs: Vec<BatchCommandsRequest>,
 ) -> (Answers, Option<grpcio::RpcStatus>) {
-    rt.block_on(async {
+    // A request the store never answers must fail the test, not hang it.
+    let exchanged = async {
         let (mut sink, mut answers) = store.batch_commands().expect("open a stream");
         let mut got = HashMap::new();
         let sent: grpcio::Result<()> = async {
@@ -92,7 +93,9 @@ fn exchange(
                 Err(e) => panic!("the stream broke: {e} (sending: {sent:?})"),
             }
         }
-    })
+    };
+    rt.block_on(async { tokio::time::timeout(T, exchanged).await })
+        .expect("the store answered and ended the stream in time")
 }
 
 /// The answers of a stream that must end cleanly.
@@ -274,4 +277,34 @@ fn a_store_with_too_many_requests_in_flight_answers_busy_and_the_client_backs_of
     for k in &keys {
         assert_eq!(rt.block_on(ours.get(k)).expect("read"), Some(b"v".to_vec()));
     }
+}
+
+/// A store that does not serve BatchCommands (one of an older version; here the fail
+/// point `batch_commands_unimplemented`) still serves the project's client: the client
+/// learns it from the stream's first answer and sends every request unary.
+#[test]
+fn a_store_without_the_stream_serves_the_client_by_unary_calls() {
+    let mut cluster = ProcCluster::start(0);
+    cluster.store_env = vec![(
+        "FAILPOINTS".into(),
+        "batch_commands_unimplemented=return".into(),
+    )];
+    cluster.add_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ours = client(&rt, &cluster.pd_addr);
+    let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("u{i:02}").into_bytes()).collect();
+    for k in &keys {
+        rt.block_on(ours.put(k, b"v")).expect("a write, unary");
+    }
+    for k in &keys {
+        assert_eq!(
+            rt.block_on(ours.get(k)).expect("a read, unary"),
+            Some(b"v".to_vec())
+        );
+    }
+    // The fail point took effect: the store refuses the stream.
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
+    let (_, status) = exchange(&rt, &store, vec![message(vec![(1, Some(get("k")))])]);
+    let status = status.expect("the stream is refused");
+    assert_eq!(status.code(), RpcStatusCode::UNIMPLEMENTED, "{status:?}");
 }

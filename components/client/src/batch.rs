@@ -261,13 +261,23 @@ impl Drop for Forget<'_> {
 fn end(waiting: &Mutex<Waiting>, unary_only: &AtomicBool, mut why: RpcStatus) {
     if why.code() == RpcStatusCode::UNIMPLEMENTED {
         unary_only.store(true, Ordering::Relaxed);
-        let msg = format!("{NOT_SENT} the store does not serve BatchCommands");
+        let msg = format!("{NOT_SENT} {UNSERVED}");
         why = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, msg);
     }
     let mut w = waiting.lock();
     w.ended.get_or_insert(why);
     // Dropping the senders wakes the callers, who read `ended`.
     w.callers.clear();
+}
+
+/// Why a stream ended at a store that does not serve it (an older version).
+const UNSERVED: &str = "the store does not serve BatchCommands";
+
+/// Whether a call was not sent because the store does not serve the stream: the same
+/// store client, unary from now on, sends it again.
+pub(crate) fn stream_unserved(e: &grpcio::Error) -> bool {
+    matches!(e, grpcio::Error::RpcFailure(s)
+        if s.message().starts_with(NOT_SENT) && s.message().contains(UNSERVED))
 }
 
 /// Whether a call was refused because the client's queue to the store was full (the

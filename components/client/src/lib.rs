@@ -731,7 +731,10 @@ impl Client {
                 leader.get_store_id()
             ))),
             // The client's own queue to the store is full: back off, on the same stream.
-            Err(e) if batch::queue_full(&e) => Ok(Attempt::Retry(e.to_string())),
+            // Or the store does not serve the stream: its client goes unary, keep it.
+            Err(e) if batch::queue_full(&e) || batch::stream_unserved(&e) => {
+                Ok(Attempt::Retry(e.to_string()))
+            }
             Err(e) => {
                 self.cache.lock().invalidate(route.region.get_id());
                 self.stores.lock().remove(&leader.get_store_id());

@@ -139,6 +139,16 @@ fn serve(
     stream: RequestStream<BatchCommandsRequest>,
     sink: DuplexSink<BatchCommandsResponse>,
 ) {
+    // Test-only: a store that does not serve the stream, as one of an older version.
+    if fail::eval("batch_commands_unimplemented", |_| ()).is_some() {
+        svc.rt.spawn(async move {
+            let _ = sink
+                .fail(RpcStatus::new(RpcStatusCode::UNIMPLEMENTED))
+                .await;
+            drop(stream);
+        });
+        return;
+    }
     svc.rt.spawn(run(svc.clone(), svc.proof(ctx), stream, sink));
 }
 
