@@ -513,7 +513,7 @@ fn the_checker_catches_a_lease_that_outlives_its_leader() {
     assert!(!linearizable, "a stale read is not linearizable");
 }
 
-/// A write committed but not yet applied on the leader (its apply thread is slow) is
+/// A write committed but not yet applied on the leader (its apply thread is held) is
 /// already visible on a follower, which a replica read is answered from. A read that
 /// starts after that replica read returned must see the write too: the leader's lease
 /// read waits for its commit index to apply rather than answering from what it applied.
@@ -527,12 +527,7 @@ fn a_lease_read_waits_for_writes_a_follower_already_showed() {
     let (leader, region) = c.leader_of_key(b"k").expect("a leader");
     let follower = c.store_ids().into_iter().find(|s| *s != leader).unwrap();
     c.must_replicate_on(follower, b"k", b"a", T);
-    slow_down(
-        "apply_before_write",
-        "apply",
-        leader,
-        Duration::from_millis(600),
-    );
+    let held = hold("apply_before_write", "apply", leader);
     let (storage, ctx) = c.leader_storage(b"k").expect("a leader");
     let put = c
         .runtime()
@@ -549,11 +544,17 @@ fn a_lease_read_waits_for_writes_a_follower_already_showed() {
         Some(&b"b"[..]),
         "the follower shows the write"
     );
+    assert!(!put.is_finished(), "the leader has not applied the write");
     let (storage, ctx) = c.leader_storage(b"k").expect("a leader");
     let read = c
         .runtime()
-        .block_on(storage.get(&ctx, "", b"k"))
-        .expect("a leader read");
+        .spawn(async move { storage.get(&ctx, "", b"k").await });
+    // Time for a read served from the lease alone to come back with the old value; well
+    // inside the read's own timeout (20 ticks of 50 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!read.is_finished(), "the read waits for the leader's apply");
+    held.release();
+    let read = c.runtime().block_on(read).unwrap().expect("a leader read");
     fail::remove("apply_before_write");
     assert_eq!(
         read.as_deref(),
@@ -564,6 +565,40 @@ fn a_lease_read_waits_for_writes_a_follower_already_showed() {
         .block_on(put)
         .unwrap()
         .expect("the write is acknowledged");
+}
+
+/// Threads held at a fail point (see [`hold`]) until released, at the latest when this
+/// is dropped: a failing test must not leave a store's threads stuck.
+struct Held(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Held {
+    fn release(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Holds threads of store `store` whose name starts with `kind` at fail point `name`
+/// until released.
+fn hold(name: &str, kind: &str, store: u64) -> Held {
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prefix = format!("{kind}-s{store}-");
+    let flag = held.clone();
+    fail::cfg_callback(name, move || {
+        let ours = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(&prefix));
+        while ours && flag.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .expect("configure fail point");
+    Held(held)
 }
 
 /// The history checker finds a real violation: with reads served by a cut-off follower

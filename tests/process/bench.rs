@@ -7,8 +7,11 @@ use test_cluster::wait_until;
 
 use crate::common::{kvctl_command, ProcCluster};
 
+/// Runs kv-bench to its end, or kills it after two minutes (coreutils' `timeout`, exit
+/// code 124): a bench that hangs fails the test instead of hanging it.
 fn kv_bench(pd: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
+    let out = Command::new("timeout")
+        .args(["--kill-after=5s", "120s", env!("CARGO_BIN_EXE_kv-bench")])
         .args(["--endpoints", pd, "--quiet"])
         .args(args)
         .output()

@@ -92,15 +92,17 @@ async fn connection(store: TikvClient, n: usize, until: Instant, tally: Arc<Tall
         {
             break;
         }
-        let mut got = 0;
-        while got < PER_CONNECTION {
+        // Each of this round's ids answered exactly once, none other.
+        let mut waiting: std::collections::HashSet<u64> = (round..round + PER_CONNECTION).collect();
+        while !waiting.is_empty() {
             let Ok(Some(mut msg)) = answers.try_next().await else {
-                tally.unanswered.fetch_add(PER_CONNECTION - got, Relaxed);
+                tally.unanswered.fetch_add(waiting.len() as u64, Relaxed);
                 return;
             };
-            for resp in msg.take_responses() {
+            let ids = msg.take_request_ids();
+            for (id, resp) in ids.into_iter().zip(msg.take_responses()) {
+                assert!(waiting.remove(&id), "id {id} answered twice or never asked");
                 tally.count(&resp.cmd.expect("an answer carries its command"));
-                got += 1;
             }
         }
         round += PER_CONNECTION;

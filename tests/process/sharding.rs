@@ -270,7 +270,7 @@ fn kvctl_splits_by_hand_and_clients_route_at_once() {
 /// A write raft-rs refused to propose (as it does during a leader transfer) was never
 /// appended, so the store that routes a dumb client's request sends it again instead of
 /// handing the client a stale_command: with many regions and leaders moving, a dumb batch
-/// put used to fail that way. The store's first proposal is dropped (fail point
+/// put used to fail that way. The store's first data command is dropped (fail point
 /// `raft_drop_proposal`); the dumb put must still succeed, once.
 #[test]
 fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {

@@ -82,9 +82,11 @@ impl Lease {
         self.until = None;
     }
 
-    /// Whether a read arriving at `now` may be served from the lease.
-    pub fn is_valid(&self, now: Instant) -> bool {
-        self.until.is_some_and(|u| now < u)
+    /// Whether a read arriving at `now` may be served from the lease of `term` (the
+    /// peer's current one: a lease of another term never counts, whatever the role
+    /// changes between two Readies looked like).
+    pub fn is_valid(&self, term: u64, now: Instant) -> bool {
+        term == self.term && self.until.is_some_and(|u| now < u)
     }
 
     /// Whether less than a third of the lease is left at `now`: time to renew it.
@@ -150,16 +152,19 @@ mod tests {
     fn an_acknowledgement_keeps_the_lease_from_when_it_was_sent() {
         let mut l = Lease::new(MAX);
         let t0 = Instant::now();
-        assert!(!l.is_valid(t0), "no lease before any acknowledgement");
+        assert!(
+            !l.is_valid(l.term, t0),
+            "no lease before any acknowledgement"
+        );
         l.on_term(3);
         l.renew(3, t0);
-        assert!(l.is_valid(t0 + MAX - Duration::from_millis(1)));
-        assert!(!l.is_valid(t0 + MAX));
+        assert!(l.is_valid(l.term, t0 + MAX - Duration::from_millis(1)));
+        assert!(!l.is_valid(l.term, t0 + MAX));
         assert!(!l.expires_soon(t0));
         assert!(l.expires_soon(t0 + MAX / 2 + MAX / 4));
         // An older round's acknowledgement does not shorten it.
         l.renew(3, t0 - Duration::from_millis(500));
-        assert!(l.is_valid(t0 + MAX - Duration::from_millis(1)));
+        assert!(l.is_valid(l.term, t0 + MAX - Duration::from_millis(1)));
     }
 
     #[test]
@@ -168,22 +173,26 @@ mod tests {
         let mut l = Lease::new(MAX);
         l.on_term(3);
         l.renew(2, t0);
-        assert!(!l.is_valid(t0), "an acknowledgement of an older term");
+        assert!(
+            !l.is_valid(l.term, t0),
+            "an acknowledgement of an older term"
+        );
         l.renew(3, t0);
         l.on_term(4);
-        assert!(!l.is_valid(t0), "a new term drops the lease");
+        assert!(!l.is_valid(l.term, t0), "a new term drops the lease");
         l.renew(4, t0);
         l.revoke();
-        assert!(!l.is_valid(t0));
+        assert!(!l.is_valid(l.term, t0));
         l.renew(4, t0);
-        assert!(!l.is_valid(t0), "revoked for the rest of the term");
+        assert!(!l.is_valid(l.term, t0), "revoked for the rest of the term");
         l.on_term(5);
         l.renew(5, t0);
-        assert!(l.is_valid(t0));
+        assert!(l.is_valid(5, t0));
+        assert!(!l.is_valid(6, t0), "a lease is for its own term only");
         let mut off = Lease::new(Duration::ZERO);
         off.on_term(1);
         off.renew(1, t0);
-        assert!(!off.is_valid(t0));
+        assert!(!off.is_valid(off.term, t0));
     }
 
     #[test]

@@ -520,7 +520,11 @@ impl TikvService {
 
     async fn forward<Req: RawRequest>(&self, req: &Req, store_id: u64) -> Result<Req::Resp> {
         let client = self.resolver.client(store_id).await?;
-        let opt = grpcio::CallOption::default().headers(self.secret.headers());
+        // Bounded like the store's own wait: a peer that went silent must not hold the
+        // request (and its place) until TCP gives up.
+        let opt = grpcio::CallOption::default()
+            .headers(self.secret.headers())
+            .timeout(self.limits.write_timeout);
         let sent = req.forward(&client, opt);
         let res = match sent {
             Ok(rx) => rx.await.map_err(|e| match Req::WRITES {

@@ -57,7 +57,7 @@ pub enum Session {
 
 impl Driver {
     /// Opens `connections` Flotilla clients (each with its own PD client and store
-    /// connections) and checks that PD answers.
+    /// connections) and checks, with one read, that PD and a store answer.
     pub async fn flotilla(
         endpoints: &[String],
         connections: usize,
@@ -76,7 +76,15 @@ impl Driver {
             let t = Arc::new(TxnClient::new(&c));
             conns.push((c, t));
         }
-        Ok(Driver::Flotilla(conns))
+        // PD answering says nothing of the stores: one read must reach one.
+        let (probe, _) = &conns[0];
+        match tokio::time::timeout(timeout, probe.get(b"kv-bench-probe")).await {
+            Ok(Ok(_)) => Ok(Driver::Flotilla(conns)),
+            Ok(Err(e)) => Err(format!("Flotilla's stores did not serve a read: {e}")),
+            Err(_) => Err(format!(
+                "Flotilla's stores did not serve a read in {timeout:?}"
+            )),
+        }
     }
 
     /// Opens `connections` etcd clients and checks, with one read, that the cluster

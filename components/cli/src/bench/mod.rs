@@ -154,6 +154,10 @@ fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
     }
 }
 
+/// The longest run, warm-up included: a bench is not a soak test, and a run's deadline
+/// must stay a time the clock can hold.
+const MAX_RUN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The checks no flag parser can make alone: flags that contradict each other.
 fn validate(args: &BenchArgs) -> Result<KeySpace> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
@@ -189,6 +193,22 @@ fn validate(args: &BenchArgs) -> Result<KeySpace> {
     }
     if args.workload == Workload::Load && !args.warmup.is_zero() {
         return bad("--warmup does not apply to load: keys loaded then would go unmeasured".into());
+    }
+    if args
+        .warmup
+        .checked_add(args.duration)
+        .is_none_or(|d| d > MAX_RUN)
+    {
+        return bad(format!(
+            "--warmup and --duration together must be at most {} days",
+            MAX_RUN.as_secs() / 86400
+        ));
+    }
+    if args.connect_timeout > MAX_RUN {
+        return bad(format!(
+            "--connect-timeout must be at most {} days",
+            MAX_RUN.as_secs() / 86400
+        ));
     }
     if args.workload == Workload::Txn && args.txn_commit == TxnCommit::OnePc && args.keys < 4 {
         return bad(
@@ -336,20 +356,22 @@ async fn worker(plan: Arc<Plan>, mut session: Session) -> Stats {
         let op = plan.mix.pick(&mut rand::thread_rng());
         let started = Instant::now();
         let result = one(&plan, &mut session, op).await;
-        // Operations still retrying when the time is up do not count: the throughput
-        // is over the measured time, not over the stragglers'.
-        let measured = started >= plan.measure_from && Instant::now() <= plan.until;
+        let in_window = started >= plan.measure_from && started < plan.until;
         match result {
             Ok(false) => break,
             Ok(true) => {
                 plan.done.fetch_add(1, Ordering::Relaxed);
-                if measured {
+                // One done after the time is up does not count: the throughput is over
+                // the measured time, not over the stragglers'.
+                if in_window && Instant::now() <= plan.until {
                     stats.of(op).ok(started.elapsed());
                 }
             }
             Err(kind) => {
                 plan.failed.fetch_add(1, Ordering::Relaxed);
-                if measured {
+                // A failure counts whenever it ends: one that took its whole deadline
+                // would otherwise always end after the time is up, and never show.
+                if in_window {
                     stats.of(op).failed(kind);
                 }
             }
@@ -504,6 +526,9 @@ mod tests {
             (&["--clients", "0"], "must be at least 1"),
             (&["--connections", "x"], "is not a whole number"),
             (&["--duration", "0s"], "must be longer than zero"),
+            (&["--duration", "300000000000y"], "must be at most 7 days"),
+            (&["--warmup", "8d"], "must be at most 7 days"),
+            (&["--connect-timeout", "1000y"], "must be at most 7 days"),
             (&["--ops", "0"], "must be at least 1"),
             (&["--key-size", "3"], "cannot hold 100000 distinct keys"),
             (&["--read-ratio", "1.5"], "between 0 and 1"),

@@ -118,7 +118,14 @@ impl PeerFsm {
         if !cmd.has_admin_request() {
             self.size_diff_hint += data.len() as u64;
         }
-        self.propose("normal", |raft| raft.propose(vec![], data), cb);
+        // Test-only: raft-rs refuses a data command, as during a leader transfer.
+        let dropped =
+            !cmd.has_admin_request() && fail::eval("raft_drop_proposal", |_| ()).is_some();
+        let propose = |raft: &mut RawNode<PeerStorage>| match dropped {
+            true => Err(raft::Error::ProposalDropped),
+            false => raft.propose(vec![], data),
+        };
+        self.propose("normal", propose, cb);
     }
 
     /// Proposes through `f` and tracks the entry it appends, if any.
@@ -129,12 +136,7 @@ impl PeerFsm {
         cb: Callback<CmdResponse>,
     ) {
         let last = self.raft.raft.raft_log.last_index();
-        // Test-only: raft-rs refuses the proposal, as during a leader transfer.
-        let dropped = fail::eval("raft_drop_proposal", |_| ()).is_some();
-        let res = match dropped {
-            true => Err(raft::Error::ProposalDropped),
-            false => f(&mut self.raft),
-        };
+        let res = f(&mut self.raft);
         let index = self.raft.raft.raft_log.last_index();
         if res.is_err() || index == last {
             // raft-rs drops proposals while a leader transfer is in progress.

@@ -94,7 +94,7 @@ impl PeerFsm {
     pub(crate) fn lease_holds(&self, now: Instant) -> bool {
         let raft = &self.raft.raft;
         self.is_leader()
-            && self.lease.is_valid(now)
+            && self.lease.is_valid(raft.term, now)
             && self.transfer.is_none()
             && raft.lead_transferee.is_none()
     }
@@ -123,7 +123,9 @@ impl PeerFsm {
     /// heartbeat round.
     pub(crate) fn step_read_index(&mut self, msg: Message) -> raft::Result<()> {
         let now = Instant::now();
-        if self.is_leader() && (!self.lease.is_valid(now) || self.lease.expires_soon(now)) {
+        if self.is_leader()
+            && (!self.lease.is_valid(self.raft.raft.term, now) || self.lease.expires_soon(now))
+        {
             // Followers' reads confirm nothing for the leader itself: renew it for them.
             self.reads.renew();
         }
