@@ -295,13 +295,72 @@ fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
         !resp.has_region_error() && resp.get_error().is_empty(),
         "{resp:?}"
     );
-    let dropped = common::http_get(&cluster.status_addr(0), "/metrics")
+    assert_eq!(
+        dropped_proposals(&cluster),
+        1.0,
+        "the fail point dropped the first proposal"
+    );
+    assert_eq!(rt.block_on(c.get(b"k")).expect("get"), Some(b"v".to_vec()));
+}
+
+/// A dumb client's write across two regions whose second part fails after the first was
+/// applied: the answer says the write is undetermined, not a region error, which would
+/// have the client send all of it again (landing the first part again after writes made
+/// since). Fail point `raft_drop_proposal` lets the first data command through and drops
+/// the next three: every attempt the store makes at the second part.
+#[test]
+fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
+    let mut cluster = ProcCluster::start(0);
+    cluster.store_env = vec![(
+        "FAILPOINTS".into(),
+        "raft_drop_proposal=1*off->3*return".into(),
+    )];
+    cluster.add_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
+    let first = rt.block_on(c.regions()).expect("regions")[0]
+        .region
+        .get_id();
+    rt.block_on(c.split_region(first, &[b"m".to_vec()]))
+        .expect("split at m");
+    wait_until("both regions led", T, || {
+        rt.block_on(c.regions())
+            .is_ok_and(|rs| rs.len() == 2 && rs.iter().all(|r| r.leader.is_some()))
+    });
+    let env = std::sync::Arc::new(EnvBuilder::new().build());
+    let (port, _) = cluster.store_addrs[0];
+    let store = TikvClient::new(ChannelBuilder::new(env).connect(&format!("127.0.0.1:{port}")));
+    let mut put = kvrpcpb::RawBatchPutRequest::default();
+    for k in [b"a", b"z"] {
+        let mut pair = kvrpcpb::KvPair::default();
+        pair.set_key(k.to_vec());
+        pair.set_value(b"v".to_vec());
+        put.mut_pairs().push(pair);
+    }
+    let opt = grpcio::CallOption::default().timeout(T);
+    let resp = store.raw_batch_put_opt(&put, opt).expect("raw batch put");
+    assert!(!resp.has_region_error(), "{resp:?}");
+    assert!(
+        resp.get_error().starts_with(util::wire::UNDETERMINED),
+        "{resp:?}"
+    );
+    assert_eq!(
+        dropped_proposals(&cluster),
+        3.0,
+        "every attempt at z was dropped"
+    );
+    assert_eq!(rt.block_on(c.get(b"a")).expect("get"), Some(b"v".to_vec()));
+    assert_eq!(rt.block_on(c.get(b"z")).expect("get"), None);
+}
+
+/// Data commands the first store's raft-rs refused, from its metrics.
+fn dropped_proposals(cluster: &ProcCluster) -> f64 {
+    common::http_get(&cluster.status_addr(0), "/metrics")
         .expect("metrics")
         .lines()
         .filter(|l| l.starts_with("flotilla_raftstore_proposals_total"))
         .filter(|l| l.contains("kind=\"normal\"") && l.contains("outcome=\"dropped\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    assert_eq!(dropped, 1.0, "the fail point dropped the first proposal");
-    assert_eq!(rt.block_on(c.get(b"k")).expect("get"), Some(b"v".to_vec()));
+        .sum()
 }

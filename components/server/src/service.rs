@@ -390,7 +390,7 @@ impl TikvService {
 
     /// Serves a request without routing (a dumb client's) one region at a time: the
     /// part in its route key's region, then what is left, merging the answers. The first
-    /// error ends it.
+    /// error ends it; a write that fails after a part of it applied is undetermined.
     async fn serve_unrouted<Req, F, Fut>(&self, req: Req, handle: F) -> Req::Resp
     where
         Req: RawRequest,
@@ -405,6 +405,15 @@ impl TikvService {
         let mut so_far = first;
         while let Some(part) = next.take() {
             let (resp, region) = self.serve_in_region(&part, &handle).await;
+            if let Some(e) = resp.region_err().filter(|_| Req::WRITES) {
+                // The earlier regions' parts are applied: a region error would have the
+                // client send the whole write again, landing them after writes since.
+                return error_response(Error::Undetermined(format!(
+                    "the write's parts before key {:?} were applied, the rest was not: {}",
+                    String::from_utf8_lossy(part.route_key()),
+                    e.get_message()
+                )));
+            }
             if resp.failed() {
                 return resp;
             }
