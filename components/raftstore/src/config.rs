@@ -173,11 +173,17 @@ impl Config {
         self.raft_base_tick_interval * (2 * self.raft_election_timeout_ticks as u32)
     }
 
+    /// The longest `leader-lease` may be: the election timeout less two ticks.
+    pub fn max_leader_lease(&self) -> Duration {
+        self.raft_base_tick_interval * self.raft_election_timeout_ticks.saturating_sub(2) as u32
+    }
+
     /// How long a follower takes its leader to hold a lease after it last heard from it
-    /// (or after it restarted, having forgotten its leader): the lease and a tick, for the
-    /// clocks' drift.
+    /// (or after it restarted, having forgotten its leader): the longest lease any leader
+    /// may hold, not this store's own (a store with lease reads off must still wait out
+    /// the lease of a leader that has them on), and a tick for the clocks' drift.
     pub fn lease_wait(&self) -> Duration {
-        self.leader_lease + self.raft_base_tick_interval
+        self.max_leader_lease() + self.raft_base_tick_interval
     }
 
     /// Whole ticks in `d` (at least one).
@@ -214,7 +220,7 @@ impl Validate for Config {
              raft-election-timeout-ticks)",
         )?;
         ensure(
-            self.leader_lease <= tick * (self.raft_election_timeout_ticks as u32).saturating_sub(2),
+            self.leader_lease <= self.max_leader_lease(),
             "raftstore.leader-lease",
             "must be at most the election timeout (raft-base-tick-interval times \
              raft-election-timeout-ticks) less two ticks: a voter's count of an election \
@@ -304,5 +310,23 @@ impl Validate for Config {
             "must be at least region-split-size",
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower with lease reads off waits out a leader's lease all the same.
+    #[test]
+    fn a_followers_wait_does_not_depend_on_its_own_lease() {
+        let on = Config::default();
+        let off = Config {
+            leader_lease: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(on.lease_wait() > on.leader_lease);
+        assert_eq!(off.lease_wait(), on.lease_wait());
+        assert_eq!(on.max_leader_lease(), Duration::from_millis(800));
     }
 }
