@@ -26,6 +26,22 @@ fn hibernating(c: &ProcCluster) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The store's idle CPU: the lowest of up to three windows, stopping at one under the
+/// limit. Work that ends is not the cost of being idle (in one CI run, 15% of a core in
+/// the first window, RocksDB still busy with what the splits wrote on a loaded machine;
+/// 1% when rerun alone); a cost of idleness, such as regions that stopped hibernating,
+/// shows in every window.
+fn idle_cpu(pid: u32) -> f64 {
+    let mut lowest = f64::MAX;
+    for _ in 0..3 {
+        lowest = lowest.min(cpu_share(pid, WINDOW));
+        if lowest < MAX_IDLE_CPU {
+            break;
+        }
+    }
+    lowest
+}
+
 #[test]
 fn a_store_with_10000_regions_serves_and_idles() {
     let _alone = test_cluster::gate::alone();
@@ -78,7 +94,7 @@ fn a_store_with_10000_regions_serves_and_idles() {
         Duration::from_secs(120),
         || hibernating(&c) == REGIONS as f64,
     );
-    let (cpu_many, rss_many) = (cpu_share(pid, WINDOW), rss_bytes(pid));
+    let (cpu_many, rss_many) = (idle_cpu(pid), rss_bytes(pid));
     eprintln!(
         "split into {REGIONS} regions in {:.1}s; idle store with 1 region: {:.1}% of a core, \
          {} MiB RSS; with {REGIONS}: {:.1}% of a core, {} MiB RSS",
