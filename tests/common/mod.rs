@@ -143,6 +143,14 @@ impl Proc {
         }
     }
 
+    /// How the process ended, if it has (an exit code, or the signal that killed it: a
+    /// crash by signal leaves nothing in the log).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The tail of the process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -253,6 +253,11 @@ impl NetCluster {
         self.stores[i].as_mut().is_some_and(|p| p.is_running())
     }
 
+    /// How store `i`'s process ended, if it has.
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.stores[i].as_mut().and_then(|p| p.exit_status())
+    }
+
     /// The last lines of store `i`'s log.
     pub fn log_tail(&self, i: usize) -> String {
         self.stores[i]

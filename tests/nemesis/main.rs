@@ -305,9 +305,11 @@ fn inject(
 fn restart_exited(c: &mut NetCluster, report: &mut Report) {
     for h in 0..STORES {
         if !c.running(h) {
-            report
-                .problems
-                .push(format!("store {h} exited by itself:\n{}", c.log_tail(h)));
+            let how = c.exit_status(h).map(|s| s.to_string()).unwrap_or_default();
+            report.problems.push(format!(
+                "store {h} exited by itself ({how}):\n{}",
+                c.log_tail(h)
+            ));
             c.start_store(h);
         }
     }
