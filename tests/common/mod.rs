@@ -480,6 +480,14 @@ impl ProcCluster {
         args[at + 1].clone()
     }
 
+    /// A PD and one store started with fail points `spec` (the `FAILPOINTS` syntax).
+    pub fn one_store_with_failpoints(spec: &str) -> ProcCluster {
+        let mut cluster = ProcCluster::start(0);
+        cluster.store_env = vec![("FAILPOINTS".into(), spec.into())];
+        cluster.add_store();
+        cluster
+    }
+
     /// Adds a store with the next index and starts it; returns its index.
     pub fn add_store(&mut self) -> usize {
         self.add_labelled_store("")

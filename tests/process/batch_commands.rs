@@ -26,7 +26,7 @@ use protobuf::Message as _;
 
 const T: Duration = Duration::from_secs(60);
 
-fn store_client(addr: &str) -> TikvClient {
+pub(crate) fn store_client(addr: &str) -> TikvClient {
     let env = std::sync::Arc::new(EnvBuilder::new().cq_count(1).build());
     TikvClient::new(ChannelBuilder::new(env).connect(addr))
 }
@@ -284,12 +284,7 @@ fn a_store_with_too_many_requests_in_flight_answers_busy_and_the_client_backs_of
 /// learns it from the stream's first answer and sends every request unary.
 #[test]
 fn a_store_without_the_stream_serves_the_client_by_unary_calls() {
-    let mut cluster = ProcCluster::start(0);
-    cluster.store_env = vec![(
-        "FAILPOINTS".into(),
-        "batch_commands_unimplemented=return".into(),
-    )];
-    cluster.add_store();
+    let cluster = ProcCluster::one_store_with_failpoints("batch_commands_unimplemented=return");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ours = client(&rt, &cluster.pd_addr);
     let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("u{i:02}").into_bytes()).collect();

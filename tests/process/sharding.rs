@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::batch_commands::store_client;
 use common::{client, kvctl, voters, wait_until, ProcCluster};
 use grpcio::{ChannelBuilder, EnvBuilder};
 use proto::kvrpcpb;
@@ -274,15 +275,11 @@ fn kvctl_splits_by_hand_and_clients_route_at_once() {
 /// `raft_drop_proposal`); the dumb put must still succeed, once.
 #[test]
 fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
-    let mut cluster = ProcCluster::start(0);
-    cluster.store_env = vec![("FAILPOINTS".into(), "raft_drop_proposal=1*return".into())];
-    cluster.add_store();
+    let cluster = ProcCluster::one_store_with_failpoints("raft_drop_proposal=1*return");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
     wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
-    let env = std::sync::Arc::new(EnvBuilder::new().build());
-    let (port, _) = cluster.store_addrs[0];
-    let store = TikvClient::new(ChannelBuilder::new(env).connect(&format!("127.0.0.1:{port}")));
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
     let mut put = kvrpcpb::RawPutRequest::default();
     put.set_key(b"k".to_vec());
     put.set_value(b"v".to_vec());
@@ -310,12 +307,7 @@ fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
 /// the next three: every attempt the store makes at the second part.
 #[test]
 fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
-    let mut cluster = ProcCluster::start(0);
-    cluster.store_env = vec![(
-        "FAILPOINTS".into(),
-        "raft_drop_proposal=1*off->3*return".into(),
-    )];
-    cluster.add_store();
+    let cluster = ProcCluster::one_store_with_failpoints("raft_drop_proposal=1*off->3*return");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(&rt, &cluster.pd_addr);
     wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
@@ -328,9 +320,7 @@ fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
         rt.block_on(c.regions())
             .is_ok_and(|rs| rs.len() == 2 && rs.iter().all(|r| r.leader.is_some()))
     });
-    let env = std::sync::Arc::new(EnvBuilder::new().build());
-    let (port, _) = cluster.store_addrs[0];
-    let store = TikvClient::new(ChannelBuilder::new(env).connect(&format!("127.0.0.1:{port}")));
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
     let mut put = kvrpcpb::RawBatchPutRequest::default();
     for k in [b"a", b"z"] {
         let mut pair = kvrpcpb::KvPair::default();
