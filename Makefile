@@ -52,11 +52,14 @@ lint: build
 # acknowledged writes, even seeds with transactions checked for snapshot isolation, lost
 # commits, a bank total while GC collects and unique PD timestamps; every run for replica
 # mismatches. Prints the table and keeps it in $(CARGO_TARGET_DIR)/jepsen.txt. About 45
-# minutes; needs root.
+# minutes; needs root. A store or PD member that crashes by a signal leaves nothing in its
+# log, so core dumps are on: with the kernel's default core_pattern (`core`) the core is
+# in the failing run's kept directory, which the report names.
 JEPSEN_RUNS ?= 100
 JEPSEN_SECS ?= 20
 jepsen: build
 	@echo "progress: tail -f $(CARGO_TARGET_DIR)/jepsen.log"
+	ulimit -c unlimited 2>/dev/null || true; \
 	FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
 	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
 	$(CARGO) test --release --workspace --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1; \

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    util::grpc::quiet_core_logs();
+    util::core_log::core_logs_to_stderr();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -93,7 +93,7 @@ fn config(args: &Args) -> conf::Result<Config> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
-    util::grpc::quiet_core_logs();
+    util::core_log::core_logs_to_stderr();
     // Process tests set fail points through FAILPOINTS (TiKV's convention, e.g.
     // `raw_cas_answer_lost=1*return(3000)`); with it unset, every fail point is inert.
     let _failpoints = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());

@@ -8,7 +8,7 @@ use client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    util::grpc::quiet_core_logs();
+    util::core_log::core_logs_to_stderr();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

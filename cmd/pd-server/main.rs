@@ -119,7 +119,7 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
-    util::grpc::quiet_core_logs();
+    util::core_log::core_logs_to_stderr();
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,

@@ -44,14 +44,3 @@ fn arg(key: &str) -> CString {
 fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).expect("a channel setting fits in i32 milliseconds")
 }
-
-/// Silences the gRPC core's own log lines, which it writes straight to stderr outside the
-/// process's logger: a peer failing TLS handshakes in a loop would otherwise fill the log
-/// at the peer's pace. What matters reaches the caller as an error status, and refusals
-/// the process makes itself are logged and counted where it makes them.
-pub fn quiet_core_logs() {
-    // The core's lines go to the `log` facade, where no logger is installed: dropped.
-    // (`redirect_log` at level Off would restore the core's own stderr logger.)
-    log::set_max_level(log::LevelFilter::Error);
-    grpcio::redirect_log();
-}
