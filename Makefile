@@ -53,17 +53,19 @@ lint: build
 # commits, a bank total while GC collects and unique PD timestamps; every run for replica
 # mismatches. Prints the table and keeps it in $(CARGO_TARGET_DIR)/jepsen.txt. About 45
 # minutes; needs root. A store or PD member that crashes by a signal leaves nothing in its
-# log, so core dumps are on: with the kernel's default core_pattern (`core`) the core is
-# in the failing run's kept directory, which the report names.
+# log, so core dumps are on: where they go is the kernel's core_pattern, printed first
+# (with the default, `core`, in the process's own directory under the failing run's kept
+# directory, `cwd/<name>/`, which the report names).
 JEPSEN_RUNS ?= 100
 JEPSEN_SECS ?= 20
 jepsen: build
 	@echo "progress: tail -f $(CARGO_TARGET_DIR)/jepsen.log"
-	ulimit -c unlimited 2>/dev/null || true; \
-	FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
+	ulimit -c unlimited || echo "core dumps stay at $$(ulimit -c) blocks (hard limit $$(ulimit -Hc))"; \
+	echo "core dumps: $$(ulimit -c) blocks, core_pattern $$(cat /proc/sys/kernel/core_pattern)"; \
+	status=0; FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
 	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
-	$(CARGO) test --release --workspace --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1; \
-	status=$$?; cat $(CARGO_TARGET_DIR)/jepsen.txt; exit $$status
+	$(CARGO) test --release --workspace --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1 \
+	|| status=$$?; cat $(CARGO_TARGET_DIR)/jepsen.txt || true; exit $$status
 
 # Fsyncs per write under 32 writers against a running cluster (see README).
 bench: build

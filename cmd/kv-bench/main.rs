@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    util::core_log::core_logs_to_stderr();
+    util::core_log::core_logs_to_stderr(&Default::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

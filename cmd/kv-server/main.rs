@@ -93,7 +93,6 @@ fn config(args: &Args) -> conf::Result<Config> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
-    util::core_log::core_logs_to_stderr();
     // Process tests set fail points through FAILPOINTS (TiKV's convention, e.g.
     // `raw_cas_answer_lost=1*return(3000)`); with it unset, every fail point is inert.
     let _failpoints = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());
@@ -105,6 +104,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    util::core_log::core_logs_to_stderr(&cfg.log);
+    // A test's way to crash the process as a gRPC core assertion would.
+    fail::fail_point!("grpc_core_assertion", |_| {
+        util::core_log::fail_like_a_core_assertion("the fail point grpc_core_assertion")
+    });
     let logger = util::logger::new(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

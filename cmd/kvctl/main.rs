@@ -8,7 +8,7 @@ use client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    util::core_log::core_logs_to_stderr();
+    util::core_log::core_logs_to_stderr(&Default::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

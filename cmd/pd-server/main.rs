@@ -119,7 +119,6 @@ fn config(args: &Args) -> conf::Result<FileConfig> {
 
 fn main() -> ExitCode {
     util::panic::abort_on_panic();
-    util::core_log::core_logs_to_stderr();
     let args = Args::parse();
     let cfg = match config(&args) {
         Ok(c) => c,
@@ -128,6 +127,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    util::core_log::core_logs_to_stderr(&cfg.log);
     let logger = util::logger::new(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

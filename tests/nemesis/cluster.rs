@@ -194,11 +194,12 @@ impl NetCluster {
             "--data-dir".into(),
             self.disks[i].mountpoint().display().to_string(),
         ];
+        let name = format!("store-{i}");
         self.stores[i] = Some(Proc::spawn_in(
-            &format!("store-{i}"),
+            &name,
             env!("CARGO_BIN_EXE_kv-server"),
             &args,
-            self.dir.path(),
+            &self.cwd(&name),
             self.dir.path(),
             Some(&self.net.netns_path(i)),
         ));
@@ -300,6 +301,15 @@ impl NetCluster {
         self.pd_arg(i, "--status-addr")
     }
 
+    /// The working directory of process `name`, its own: a core dump (`make jepsen`
+    /// turns them on, and the default core_pattern names them `core`) lands there, and a
+    /// second process's does not overwrite it.
+    fn cwd(&self, name: &str) -> std::path::PathBuf {
+        let cwd = self.dir.path().join("cwd").join(name);
+        std::fs::create_dir_all(&cwd).expect("a working directory");
+        cwd
+    }
+
     /// Starts PD member `i` (again) on its host and data.
     pub fn start_pd(&mut self, i: usize) {
         let netns = match self.pd_node(i) {
@@ -307,11 +317,12 @@ impl NetCluster {
             node => Some(self.net.netns_path_of(node)),
         };
         self.pd_paused[i] = false;
+        let name = self.pd_name(i);
         self.pds[i] = Some(Proc::spawn_in(
-            &self.pd_name(i),
+            &name,
             env!("CARGO_BIN_EXE_pd-server"),
             &self.pd_args[i],
-            self.dir.path(),
+            &self.cwd(&name),
             self.dir.path(),
             netns.as_deref(),
         ));

@@ -13,6 +13,7 @@ mod auth;
 mod batch_commands;
 mod bench;
 mod connections;
+mod core_log;
 mod disk_full;
 mod docker;
 mod durability;

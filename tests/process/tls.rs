@@ -2,13 +2,10 @@
 //! Flotilla's client and TiKV's Rust client with certificates, and refuses plaintext
 //! clients, certificates of another CA, common names outside `cert-allowed-cn`, and Raft
 //! traffic from a holder of a client certificate. Certificates rotate without a restart.
-//! A peer failing handshakes in a loop shows in the store's log, once per interval.
 
 use crate::{common, hostile};
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
@@ -197,56 +194,6 @@ fn tls_cluster_serves_clients_with_certificates_and_refuses_the_rest() {
         &kvctl_as(&plain_addr, Some(&certs), "client", &["store", "list"]),
         "a TLS client on a plaintext port",
     );
-}
-
-/// The gRPC core logs a failed TLS handshake as an error line, as it logs a failed
-/// assertion just before it aborts: the line must reach the store's log (it was once
-/// dropped, and a core abort left nothing), and a peer failing handshakes in a loop must
-/// get one line per interval, not one per attempt.
-#[test]
-fn a_failing_handshake_reaches_the_log_once_per_interval_not_per_attempt() {
-    let cluster = ProcCluster::start_tls(1, 1, &[]);
-    let addr = format!("127.0.0.1:{}", cluster.store_addrs[0].0);
-    let store = cluster.stores[0].as_ref().expect("the store runs");
-    let lines = || -> Vec<String> {
-        store
-            .log()
-            .lines()
-            .filter(|l| l.contains("grpc core") && l.contains("Handshake failed"))
-            .map(str::to_string)
-            .collect()
-    };
-    wait_until("the store listening", T, || TcpStream::connect(&addr).is_ok());
-    const BURST: usize = 20;
-    for _ in 0..BURST {
-        plaintext_hello(&addr);
-    }
-    wait_until("the core's handshake error in the store's log", T, || {
-        !lines().is_empty()
-    });
-    assert_eq!(lines().len(), 1, "one line for a burst: {:?}", lines());
-    // Past the interval (10 s), the next failure prints and counts what was held back.
-    wait_until("a second line, past the interval", T, || {
-        plaintext_hello(&addr);
-        lines().len() >= 2
-    });
-    let second = &lines()[1];
-    let held: usize = second
-        .split(" more lines from here held back")
-        .next()
-        .and_then(|head| head.rsplit('(').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of held-back lines: {second}"));
-    assert!(held >= BURST - 1, "{held} held back of {BURST}: {second}");
-}
-
-/// A plaintext HTTP/2 client's first bytes to a TLS port, then waits for the store to
-/// close the connection (its handshake failed).
-fn plaintext_hello(addr: &str) {
-    let mut s = TcpStream::connect(addr).expect("the store's port accepts");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    let _ = s.read_to_end(&mut Vec::new());
 }
 
 /// Writes `text` to `path` through a rename, as an operator's deploy tool would: a

@@ -1,30 +1,34 @@
-//! The gRPC core's own log lines, on stderr, at most one per call site per interval.
+//! The gRPC core's own log lines, in the process's log format, at most one per call site
+//! per interval.
 //!
-//! The core reports a failed assertion (and every other fatal error) as one error line
-//! and aborts at once: with that line dropped, a process dies by SIGABRT with nothing in
-//! its log. So the lines are written synchronously (not through the asynchronous slog
-//! drain, whose queue dies with the process). Other error lines come at a peer's pace (a
-//! peer failing TLS handshakes in a loop), so each call site prints at most once per
-//! [`SITE_INTERVAL`], and its next line says how many it held back.
+//! The core reports a failed assertion (`GPR_ASSERT`, `grpc_core::Crash`) as one error
+//! line and aborts at once: with that line dropped, a process died by SIGABRT with
+//! nothing in its log. So the lines are written synchronously ([`logger::new_sync`]),
+//! not through the asynchronous queue, which dies with the process. (The core's other
+//! fatal paths, absl's checks among them, write to stderr themselves.) Its other error
+//! lines come at a peer's pace (a peer failing TLS handshakes in a loop), so each call
+//! site prints at most once per [`SITE_INTERVAL`], and its next line says how many it
+//! held back. The core logs errors only: `GRPC_VERBOSITY` has no effect.
 
 use std::{
     collections::BTreeMap,
-    io::Write,
-    sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    ffi::CString,
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
+use crate::logger::{self, LogConfig, Logger};
+
 /// How often one call site may print.
-pub const SITE_INTERVAL: Duration = Duration::from_secs(10);
+const SITE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// When each call site last printed, and how many lines it held back since.
-pub struct Limiter {
+struct Limiter {
     sites: BTreeMap<String, (Instant, u64)>,
 }
 
 impl Limiter {
-    /// No call site has printed yet.
-    pub const fn new() -> Limiter {
+    const fn new() -> Limiter {
         Limiter {
             sites: BTreeMap::new(),
         }
@@ -32,7 +36,7 @@ impl Limiter {
 
     /// `Some(held)` if a line of `site` prints at `now` (`held`: the lines held back
     /// before it), `None` if it is held back.
-    pub fn admit(&mut self, site: &str, now: Instant) -> Option<u64> {
+    fn admit(&mut self, site: &str, now: Instant) -> Option<u64> {
         match self.sites.get_mut(site) {
             Some((printed, held)) if now.duration_since(*printed) < SITE_INTERVAL => {
                 *held += 1;
@@ -43,7 +47,7 @@ impl Limiter {
                 Some(std::mem::take(held))
             }
             None => {
-                // Call sites are the core's source lines: a bounded set.
+                // Sites are source lines of the binary: a set bounded by its code.
                 self.sites.insert(site.to_string(), (now, 0));
                 Some(0)
             }
@@ -51,18 +55,14 @@ impl Limiter {
     }
 }
 
-impl Default for Limiter {
-    fn default() -> Self {
-        Limiter::new()
-    }
-}
-
 struct CoreLog {
     limiter: Mutex<Limiter>,
+    logger: OnceLock<Logger>,
 }
 
 static CORE_LOG: CoreLog = CoreLog {
     limiter: Mutex::new(Limiter::new()),
+    logger: OnceLock::new(),
 };
 
 impl log::Log for CoreLog {
@@ -71,65 +71,70 @@ impl log::Log for CoreLog {
     }
 
     fn log(&self, record: &log::Record) {
+        let Some(logger) = self.logger.get() else {
+            return;
+        };
         if !self.enabled(record.metadata()) {
             return;
         }
-        let site = format!(
-            "{}:{}",
-            record.file().unwrap_or(record.target()),
-            record.line().unwrap_or(0)
-        );
-        // A poisoned lock still holds a usable map; this must never panic (it runs
-        // inside the core's C callback).
-        let admitted = CORE_LOG
+        // The core's own logger printed the file name alone; the build path says nothing.
+        let file = record.file().unwrap_or(record.target());
+        let file = file.rsplit('/').next().unwrap_or(file);
+        let site = format!("{file}:{}", record.line().unwrap_or(0));
+        // This runs inside the core's C callback and must not panic: a poisoned lock
+        // still holds a usable map.
+        let admitted = self
             .limiter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .admit(&site, Instant::now());
-        if let Some(held) = admitted {
-            let line = render(record, &site, held, SystemTime::now());
-            // One write, so that two threads' lines do not interleave.
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        }
+        let Some(held_back) = admitted else {
+            return;
+        };
+        let source = match record.module_path() {
+            Some(m) if m.starts_with("grpcio") => "grpc core",
+            Some(m) => m,
+            None => record.target(),
+        };
+        let msg = record.args().to_string();
+        slog::error!(logger, "{}", msg.trim_end();
+            "source" => source, "site" => &site, "held_back" => held_back);
     }
 
     fn flush(&self) {}
 }
 
-/// One stderr line: when (Unix seconds, as the core's own logger had them), the source,
-/// the message, and the lines of this site held back before it.
-fn render(record: &log::Record, site: &str, held: u64, now: SystemTime) -> String {
-    let at = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let source = match record.module_path() {
-        Some(m) if m.starts_with("grpcio") => "grpc core",
-        Some(m) => m,
-        None => record.target(),
-    };
-    let held = match held {
-        0 => String::new(),
-        n => format!(" ({n} more lines from here held back)"),
-    };
-    format!(
-        "{}.{:06} {} {source} {site}: {}{held}\n",
-        at.as_secs(),
-        at.subsec_micros(),
-        record.level(),
-        record.args()
-    )
-}
-
-/// Routes the gRPC core's error lines (and any other crate's `log` errors) to stderr as
-/// above; call once, first thing in `main`.
-pub fn core_logs_to_stderr() {
-    // Only a second call in one process (tests) finds a logger installed: the first stays.
+/// Routes the gRPC core's error lines (and any other crate's `log` errors) to stderr in
+/// `cfg`'s format, as above. Call once, before the first gRPC environment exists; a
+/// second call changes nothing.
+pub fn core_logs_to_stderr(cfg: &LogConfig) {
+    if CORE_LOG
+        .logger
+        .set(logger::new_sync(cfg, std::io::stderr()))
+        .is_err()
+    {
+        return;
+    }
+    // Nothing else in the process installs a `log` logger.
     let _ = log::set_logger(&CORE_LOG);
     log::set_max_level(log::LevelFilter::Error);
     grpcio::redirect_log();
 }
 
+/// Fails as a gRPC core assertion does (its line through the core's logger, then
+/// abort), for the test that such a crash leaves its line in the log.
+pub fn fail_like_a_core_assertion(what: &str) -> ! {
+    let file = c"core_log.rs";
+    let what = CString::new(what.replace('\0', " ")).expect("NULs were replaced");
+    // SAFETY: two NUL-terminated strings that live past the call, which does not return.
+    unsafe { grpcio_sys::gpr_assertion_failed(file.as_ptr(), 1, what.as_ptr()) };
+    unreachable!("gpr_assertion_failed aborts")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logger::tests::Captured;
 
     #[test]
     fn a_site_prints_once_per_interval_and_counts_what_it_held_back() {
@@ -152,18 +157,42 @@ mod tests {
     }
 
     #[test]
-    fn a_line_names_its_source_and_what_was_held_back() {
-        let args = format_args!("Handshake failed with fatal error SSL_ERROR_SSL.");
-        let record = log::Record::builder()
-            .args(args)
-            .level(log::Level::Error)
-            .module_path_static(Some("grpcio::log_util"))
-            .build();
-        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_042);
-        assert_eq!(
-            render(&record, "ssl.cc:1420", 3, at),
-            "1700000000.000042 ERROR grpc core ssl.cc:1420: Handshake failed with fatal \
-             error SSL_ERROR_SSL. (3 more lines from here held back)\n"
-        );
+    fn a_core_line_is_written_at_once_in_the_log_format() {
+        let out = Captured::default();
+        let cfg = LogConfig {
+            format: "json".parse().unwrap(),
+            ..LogConfig::default()
+        };
+        let core = CoreLog {
+            limiter: Mutex::new(Limiter::new()),
+            logger: OnceLock::from(logger::new_sync(&cfg, out.clone())),
+        };
+        let line = |msg: &str| {
+            log::Log::log(
+                &core,
+                &log::Record::builder()
+                    .args(format_args!("{msg}"))
+                    .level(log::Level::Error)
+                    .file(Some("/build/grpc/src/core/tsi/ssl_transport_security.cc"))
+                    .line(Some(1420))
+                    .module_path(Some("grpcio::log_util"))
+                    .build(),
+            )
+        };
+        line("Handshake failed with fatal error SSL_ERROR_SSL.\n");
+        line("held back");
+        // No flush, no drop: the line is there when the call returns.
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let l = &lines[0];
+        assert_eq!(l["msg"], "Handshake failed with fatal error SSL_ERROR_SSL.");
+        assert_eq!(l["level"], "ERRO");
+        assert_eq!(l["source"], "grpc core");
+        assert_eq!(l["site"], "ssl_transport_security.cc:1420");
+        assert_eq!(l["held_back"], 0);
     }
 }

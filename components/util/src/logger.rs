@@ -79,10 +79,31 @@ pub fn new(cfg: &LogConfig) -> Logger {
 
 /// Like [`new`], writing to `out`.
 pub fn new_to(cfg: &LogConfig, out: impl std::io::Write + Send + 'static) -> Logger {
+    let drain = slog_async::Async::new(format(cfg, out))
+        .chan_size(4096)
+        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
+        .build()
+        .fuse();
+    Logger::root(drain.filter_level(cfg.level.slog()).fuse(), o!())
+}
+
+/// Like [`new_to`], but each line is written before the call returns, by the thread
+/// that logs it: for lines that may be a process's last (the asynchronous queue dies
+/// with the process). A writer that blocks blocks that thread.
+pub fn new_sync(cfg: &LogConfig, out: impl std::io::Write + Send + 'static) -> Logger {
+    let drain = std::sync::Mutex::new(format(cfg, out)).fuse();
+    Logger::root(drain.filter_level(cfg.level.slog()).fuse(), o!())
+}
+
+/// `cfg`'s format, writing whole lines to `out`.
+fn format(
+    cfg: &LogConfig,
+    out: impl std::io::Write + Send + 'static,
+) -> Box<dyn Drain<Ok = (), Err = slog::Never> + Send> {
     // Formatters write a record in many small pieces: one write per line keeps lines
     // whole for readers and costs one syscall.
     let out = std::io::LineWriter::with_capacity(64 << 10, out);
-    let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match cfg.format {
+    match cfg.format {
         Format::Text => {
             let decorator = slog_term::PlainDecorator::new(out);
             Box::new(slog_term::FullFormat::new(decorator).build().fuse())
@@ -94,13 +115,7 @@ pub fn new_to(cfg: &LogConfig, out: impl std::io::Write + Send + 'static) -> Log
                 .build()
                 .fuse(),
         ),
-    };
-    let drain = slog_async::Async::new(drain)
-        .chan_size(4096)
-        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
-        .build()
-        .fuse();
-    Logger::root(drain.filter_level(cfg.level.slog()).fuse(), o!())
+    }
 }
 
 /// A logger that drops everything, for tests that do not look at logs.
@@ -119,13 +134,14 @@ pub struct LogConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
+    /// A writer whose bytes the test reads back.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
