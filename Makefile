@@ -62,7 +62,7 @@ jepsen: build
 	@echo "progress: tail -f $(CARGO_TARGET_DIR)/jepsen.log"
 	ulimit -c unlimited || echo "core dumps stay at $$(ulimit -c) blocks (hard limit $$(ulimit -Hc))"; \
 	echo "core dumps: $$(ulimit -c) blocks, core_pattern $$(cat /proc/sys/kernel/core_pattern)"; \
-	status=0; FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
+	rm -f $(CARGO_TARGET_DIR)/jepsen.txt; status=0; FLOTILLA_NEMESIS_RUNS=$(JEPSEN_RUNS) FLOTILLA_NEMESIS_SECS=$(JEPSEN_SECS) \
 	FLOTILLA_NEMESIS_FIRST_SEED=$${JEPSEN_FIRST_SEED:-1} FLOTILLA_NEMESIS_TABLE=$(CARGO_TARGET_DIR)/jepsen.txt \
 	$(CARGO) test --release --workspace --test nemesis seeded_fault_runs -- --nocapture > $(CARGO_TARGET_DIR)/jepsen.log 2>&1 \
 	|| status=$$?; cat $(CARGO_TARGET_DIR)/jepsen.txt || true; exit $$status

@@ -153,7 +153,8 @@ impl Proc {
 
     /// Everything the process has logged so far (stdout and stderr).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        // Lossy: a read may end inside a character the process is still writing.
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// The tail of the process's log, for failure messages.

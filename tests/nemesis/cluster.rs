@@ -302,8 +302,8 @@ impl NetCluster {
     }
 
     /// The working directory of process `name`, its own: a core dump (`make jepsen`
-    /// turns them on, and the default core_pattern names them `core`) lands there, and a
-    /// second process's does not overwrite it.
+    /// turns them on, and the default core_pattern names them `core`) lands there, and
+    /// another process's does not overwrite it (a restart of the same one does).
     fn cwd(&self, name: &str) -> std::path::PathBuf {
         let cwd = self.dir.path().join("cwd").join(name);
         std::fs::create_dir_all(&cwd).expect("a working directory");

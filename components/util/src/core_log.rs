@@ -20,7 +20,7 @@ use std::{
 use crate::logger::{self, LogConfig, Logger};
 
 /// How often one call site may print.
-const SITE_INTERVAL: Duration = Duration::from_secs(10);
+pub const SITE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// When each call site last printed, and how many lines it held back since.
 struct Limiter {
@@ -123,11 +123,12 @@ pub fn core_logs_to_stderr(cfg: &LogConfig) {
 
 /// Fails as a gRPC core assertion does (its line through the core's logger, then
 /// abort), for the test that such a crash leaves its line in the log.
+#[doc(hidden)]
 pub fn fail_like_a_core_assertion(what: &str) -> ! {
-    let file = c"core_log.rs";
+    let file = CString::new(file!()).expect("a source path has no NUL");
     let what = CString::new(what.replace('\0', " ")).expect("NULs were replaced");
     // SAFETY: two NUL-terminated strings that live past the call, which does not return.
-    unsafe { grpcio_sys::gpr_assertion_failed(file.as_ptr(), 1, what.as_ptr()) };
+    unsafe { grpcio_sys::gpr_assertion_failed(file.as_ptr(), line!() as i32, what.as_ptr()) };
     unreachable!("gpr_assertion_failed aborts")
 }
 
@@ -182,12 +183,8 @@ mod tests {
         line("Handshake failed with fatal error SSL_ERROR_SSL.\n");
         line("held back");
         // No flush, no drop: the line is there when the call returns.
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{text}");
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
         let l = &lines[0];
         assert_eq!(l["msg"], "Handshake failed with fatal error SSL_ERROR_SSL.");
         assert_eq!(l["level"], "ERRO");

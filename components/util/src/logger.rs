@@ -1,4 +1,5 @@
-//! Structured logging: slog to stderr, asynchronously, with a level and a format (text
+//! Structured logging: slog to stderr, asynchronously (synchronously for lines that may be
+//! a process's last: `new_sync`), with a level and a format (text
 //! for people, JSON lines for log collectors) from config or flags. Every line carries
 //! its fields (region_id, peer_id, store_id, ...); user keys and values are logged only
 //! at debug level.
@@ -91,11 +92,13 @@ pub fn new_to(cfg: &LogConfig, out: impl std::io::Write + Send + 'static) -> Log
 /// that logs it: for lines that may be a process's last (the asynchronous queue dies
 /// with the process). A writer that blocks blocks that thread.
 pub fn new_sync(cfg: &LogConfig, out: impl std::io::Write + Send + 'static) -> Logger {
-    let drain = std::sync::Mutex::new(format(cfg, out)).fuse();
+    // A poisoned lock only follows a panic, which has aborted the process already.
+    let drain = std::sync::Mutex::new(format(cfg, out)).ignore_res();
     Logger::root(drain.filter_level(cfg.level.slog()).fuse(), o!())
 }
 
-/// `cfg`'s format, writing whole lines to `out`.
+/// `cfg`'s format, writing whole lines to `out`. A line that cannot be written (stderr
+/// closed, `kvctl ... | head`) is dropped: a logger must not stop the process.
 fn format(
     cfg: &LogConfig,
     out: impl std::io::Write + Send + 'static,
@@ -106,14 +109,14 @@ fn format(
     match cfg.format {
         Format::Text => {
             let decorator = slog_term::PlainDecorator::new(out);
-            Box::new(slog_term::FullFormat::new(decorator).build().fuse())
+            Box::new(slog_term::FullFormat::new(decorator).build().ignore_res())
         }
         Format::Json => Box::new(
             slog_json::Json::new(out)
                 .add_default_keys()
                 .set_newlines(true)
                 .build()
-                .fuse(),
+                .ignore_res(),
         ),
     }
 }
@@ -143,6 +146,16 @@ pub(crate) mod tests {
     #[derive(Clone, Default)]
     pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
+    impl Captured {
+        /// What was written, one JSON value per line.
+        pub(crate) fn json_lines(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect()
+        }
+    }
+
     impl std::io::Write for Captured {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -164,12 +177,8 @@ pub(crate) mod tests {
         slog::info!(log, "peer created"; "region_id" => 7u64, "peer_id" => 9u64);
         slog::debug!(log, "not at info level");
         drop(log); // flushes the async drain
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{text}");
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
         let l = &lines[0];
         assert_eq!(l["msg"], "peer created");
         assert_eq!(l["level"], "INFO");
