@@ -275,11 +275,7 @@ fn kvctl_splits_by_hand_and_clients_route_at_once() {
 /// `raft_drop_proposal`); the dumb put must still succeed, once.
 #[test]
 fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
-    let cluster = ProcCluster::one_store_with_failpoints("raft_drop_proposal=1*return");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = client(&rt, &cluster.pd_addr);
-    wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
-    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
+    let (cluster, rt, c, store) = one_leading_store("raft_drop_proposal=1*return");
     let mut put = kvrpcpb::RawPutRequest::default();
     put.set_key(b"k".to_vec());
     put.set_value(b"v".to_vec());
@@ -307,10 +303,7 @@ fn a_dumb_write_whose_proposal_raft_dropped_is_proposed_again() {
 /// the next three: every attempt the store makes at the second part.
 #[test]
 fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
-    let cluster = ProcCluster::one_store_with_failpoints("raft_drop_proposal=1*off->3*return");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = client(&rt, &cluster.pd_addr);
-    wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
+    let (cluster, rt, c, store) = one_leading_store("raft_drop_proposal=1*off->3*return");
     let first = rt.block_on(c.regions()).expect("regions")[0]
         .region
         .get_id();
@@ -320,7 +313,6 @@ fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
         rt.block_on(c.regions())
             .is_ok_and(|rs| rs.len() == 2 && rs.iter().all(|r| r.leader.is_some()))
     });
-    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
     let mut put = kvrpcpb::RawBatchPutRequest::default();
     for k in [b"a", b"z"] {
         let mut pair = kvrpcpb::KvPair::default();
@@ -342,6 +334,24 @@ fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
     );
     assert_eq!(rt.block_on(c.get(b"a")).expect("get"), Some(b"v".to_vec()));
     assert_eq!(rt.block_on(c.get(b"z")).expect("get"), None);
+}
+
+/// One store started with fail points `spec`, once it leads its region: the cluster, a
+/// runtime, a smart client, and a raw client of the store (a dumb client's calls).
+fn one_leading_store(
+    spec: &str,
+) -> (
+    ProcCluster,
+    tokio::runtime::Runtime,
+    client::Client,
+    TikvClient,
+) {
+    let cluster = ProcCluster::one_store_with_failpoints(spec);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&rt, &cluster.pd_addr);
+    wait_until("the store to lead its region", T, || voters(&rt, &c) == 1);
+    let store = store_client(&format!("127.0.0.1:{}", cluster.store_addrs[0].0));
+    (cluster, rt, c, store)
 }
 
 /// Data commands the first store's raft-rs refused, from its metrics.
