@@ -305,7 +305,9 @@ fn inject(
 fn restart_exited(c: &mut NetCluster, report: &mut Report) {
     for h in 0..STORES {
         if !c.running(h) {
-            let how = c.exit_status(h).map(|s| s.to_string()).unwrap_or_default();
+            let how = c
+                .exit_status(h)
+                .map_or("exit status unknown".to_string(), |s| s.to_string());
             report.problems.push(format!(
                 "store {h} exited by itself ({how}):\n{}",
                 c.log_tail(h)

@@ -72,7 +72,8 @@ fn a_failing_handshake_reaches_the_log_once_per_interval_not_per_attempt() {
         !lines().is_empty()
     });
     // Each hello waits for its refusal, so the burst's lines all came within `burst`.
-    if burst < SITE_INTERVAL {
+    // (Half the interval: the store may log a refusal a little after the client saw it.)
+    if burst < SITE_INTERVAL / 2 {
         assert_eq!(lines().len(), 1, "one line for a burst: {:?}", lines());
     }
     // Past the interval, the next failure prints and counts what was held back: every

@@ -334,6 +334,25 @@ fn a_dumb_write_failing_after_a_region_applied_is_undetermined() {
     );
     assert_eq!(rt.block_on(c.get(b"a")).expect("get"), Some(b"v".to_vec()));
     assert_eq!(rt.block_on(c.get(b"z")).expect("get"), None);
+
+    // Any failure after a part applied, not only a region error: here the second
+    // region's value is over the size limit, and the first region's part is applied.
+    let mut put = kvrpcpb::RawBatchPutRequest::default();
+    for (k, len) in [(&b"y"[..], 1), (&b"b"[..], 9 << 20)] {
+        let mut pair = kvrpcpb::KvPair::default();
+        pair.set_key(k.to_vec());
+        pair.set_value(vec![b'v'; len]);
+        put.mut_pairs().push(pair);
+    }
+    let opt = grpcio::CallOption::default().timeout(T);
+    let resp = store.raw_batch_put_opt(&put, opt).expect("raw batch put");
+    assert!(
+        resp.get_error().starts_with(util::wire::UNDETERMINED)
+            && resp.get_error().contains("larger than the limit"),
+        "{resp:?}"
+    );
+    assert_eq!(rt.block_on(c.get(b"y")).expect("get"), Some(b"v".to_vec()));
+    assert_eq!(rt.block_on(c.get(b"b")).expect("get"), None);
 }
 
 /// One store started with fail points `spec`, once it leads its region: the cluster, a

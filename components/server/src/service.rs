@@ -153,6 +153,8 @@ pub trait RawResponse: Default + Send + Unpin + 'static {
     fn region_err(&self) -> Option<&errorpb::Error>;
     /// Whether it carries an error of any kind.
     fn failed(&self) -> bool;
+    /// The text of its error (empty if none).
+    fn error_text(&self) -> String;
     /// Sets the key-level error string (responses without one fold it into a region
     /// error's message).
     fn set_error_str(&mut self, e: String);
@@ -197,6 +199,12 @@ macro_rules! raw_pair {
             fn failed(&self) -> bool {
                 self.region_error.is_some() || !self.get_error().is_empty()
             }
+            fn error_text(&self) -> String {
+                match self.region_err() {
+                    Some(e) => e.get_message().to_string(),
+                    None => self.get_error().to_string(),
+                }
+            }
         }
     };
     ($req:ty, $resp:ty, $name:literal, writes: $writes:literal, $fwd:ident, |$r:ident| $key:expr, has_error: false) => {
@@ -215,6 +223,9 @@ macro_rules! raw_pair {
             }
             fn failed(&self) -> bool {
                 self.region_error.is_some()
+            }
+            fn error_text(&self) -> String {
+                self.region_err().map(|e| e.get_message().to_string()).unwrap_or_default()
             }
         }
     };
@@ -239,6 +250,19 @@ raw_pair!(kvrpcpb::RawGetKeyTTLRequest, kvrpcpb::RawGetKeyTTLResponse, "raw_get_
           |r| r.get_key(), has_error: true);
 raw_pair!(kvrpcpb::SplitRegionRequest, kvrpcpb::SplitRegionResponse, "split_region", writes: true, split_region_async_opt,
           |r| r.get_split_keys().first().map_or(r.get_split_key(), |k| k.as_slice()), has_error: false);
+
+/// A dumb client's write whose part in the region of `key` failed (`why`) after the
+/// parts in earlier regions were applied.
+fn partly_applied(key: &[u8], why: &str) -> Error {
+    let why = why.strip_prefix(util::wire::UNDETERMINED).unwrap_or(why);
+    // The key is the client's and unbounded: its head names it well enough.
+    let head = String::from_utf8_lossy(&key[..key.len().min(32)]);
+    let more = if key.len() > 32 { "..." } else { "" };
+    Error::Undetermined(format!(
+        "the write's parts in earlier regions were applied; the part in the region of \
+         key {head:?}{more} failed: {why}"
+    ))
+}
 
 fn error_response<R: RawResponse>(e: Error) -> R {
     let mut resp = R::default();
@@ -405,14 +429,11 @@ impl TikvService {
         let mut so_far = first;
         while let Some(part) = next.take() {
             let (resp, region) = self.serve_in_region(&part, &handle).await;
-            if let Some(e) = resp.region_err().filter(|_| Req::WRITES) {
+            if Req::WRITES && resp.failed() {
                 // The earlier regions' parts are applied: a region error would have the
-                // client send the whole write again, landing them after writes since.
-                return error_response(Error::Undetermined(format!(
-                    "the write's parts before key {:?} were applied, the rest was not: {}",
-                    String::from_utf8_lossy(part.route_key()),
-                    e.get_message()
-                )));
+                // client send the whole write again, landing them after writes since,
+                // and any other error would say that nothing was written.
+                return error_response(partly_applied(part.route_key(), &resp.error_text()));
             }
             if resp.failed() {
                 return resp;

@@ -77,17 +77,19 @@ impl log::Log for CoreLog {
         if !self.enabled(record.metadata()) {
             return;
         }
-        // The core's own logger printed the file name alone; the build path says nothing.
-        let file = record.file().unwrap_or(record.target());
-        let file = file.rsplit('/').next().unwrap_or(file);
-        let site = format!("{file}:{}", record.line().unwrap_or(0));
+        // Limited by the full path (files of one name live in several directories);
+        // shown by the file name alone, as the core's own logger did.
+        let path = record.file().unwrap_or(record.target());
+        let line = record.line().unwrap_or(0);
+        let key = format!("{path}:{line}");
+        let site = format!("{}:{line}", path.rsplit('/').next().unwrap_or(path));
         // This runs inside the core's C callback and must not panic: a poisoned lock
         // still holds a usable map.
         let admitted = self
             .limiter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(&site, Instant::now());
+            .admit(&key, Instant::now());
         let Some(held_back) = admitted else {
             return;
         };
